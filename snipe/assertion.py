@@ -1,0 +1,213 @@
+"""Signed assertions: the catalog's only kind of record, and the rule that merges them.
+
+An assertion says `name = value` about a URN, at a hybrid-clock timestamp, optionally for a
+lease of `ttl_ms`, signed by its writer's Ed25519 key. A tombstone is an assertion with
+`deleted=True` and no value.
+
+Merge: for each key `(urn, name, signer)` the assertion with the greatest `(ts, signature)`
+wins. That order is total, so merging is commutative, associative and idempotent: replicas that
+saw the same assertions in any order hold the same state.
+
+Canonical encoding: the signed bytes are msgpack of a fixed array with map keys sorted, so a
+value signs the same wherever it was built. `decode_assertion` raises only `CodecError` (or
+`TooLarge`) on arbitrary input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from snipe import hlc
+from snipe.errors import CodecError, TooLarge, UrnError, ValueTypeError
+from snipe.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify_detached
+from snipe.urn import validate_urn
+
+SIGNING_DOMAIN = "snipe-assertion/1"
+MAX_NAME_LENGTH = 256
+MAX_VALUE_DEPTH = 16
+MAX_ASSERTION_BYTES = 1024 * 1024
+MAX_TTL_MS = 365 * 24 * 3600 * 1000
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+
+Value = bytes | str | int | float | bool | list["Value"] | dict[str, "Value"]
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH or "\x00" in name:
+        raise CodecError(f"assertion name {name!r} must be 1 to {MAX_NAME_LENGTH} characters without NUL")
+    return name
+
+
+def canonical_value(value: Any, depth: int = 0) -> Value:
+    """The value with maps sorted by key and tuples as lists; raise ValueTypeError otherwise."""
+    if depth > MAX_VALUE_DEPTH:
+        raise ValueTypeError(f"value nests deeper than {MAX_VALUE_DEPTH} levels")
+    if isinstance(value, bool | str | bytes):
+        return value
+    if isinstance(value, int):
+        if not INT_MIN <= value <= INT_MAX:
+            raise ValueTypeError(f"integer {value} does not fit in 64 bits")
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, list | tuple):
+        return [canonical_value(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise ValueTypeError("map keys in a value must be strings")
+        return {k: canonical_value(value[k], depth + 1) for k in sorted(value)}
+    raise ValueTypeError(
+        f"values are bytes, str, int, float, bool, or lists and maps of those; got {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Assertion:
+    urn: str
+    name: str
+    value: Value | None
+    ts: int
+    ttl_ms: int
+    deleted: bool
+    signer: bytes
+    signature: bytes
+
+    # --- identity and order -------------------------------------------------------------
+    @property
+    def key(self) -> tuple[str, str, bytes]:
+        return (self.urn, self.name, self.signer)
+
+    @property
+    def rank(self) -> tuple[int, bytes]:
+        """The merge order: the greater rank wins for the same key."""
+        return (self.ts, self.signature)
+
+    @property
+    def expires_at_ms(self) -> int | None:
+        return hlc.physical_ms(self.ts) + self.ttl_ms if self.ttl_ms else None
+
+    def is_live(self, now_ms: int) -> bool:
+        exp = self.expires_at_ms
+        return not self.deleted and (exp is None or now_ms < exp)
+
+    # --- signing ------------------------------------------------------------------------
+    def signing_bytes(self) -> bytes:
+        return _signing_bytes(self.urn, self.name, self.value, self.ts, self.ttl_ms, self.deleted, self.signer)
+
+    def verify(self) -> None:
+        """Raise SignatureError unless the signer signed exactly this assertion."""
+        body = self.signing_bytes()
+        cache_key = hashlib.blake2b(body, digest_size=16).digest() + self.signature
+        if cache_key in _verified:
+            _verified.move_to_end(cache_key)
+            return
+        verify_detached(self.signer, body, self.signature)
+        _verified[cache_key] = None
+        if len(_verified) > _VERIFIED_CACHE_SIZE:
+            _verified.popitem(last=False)
+
+    # --- wire ---------------------------------------------------------------------------
+    def encode(self) -> bytes:
+        return msgpack.packb(
+            [self.urn, self.name, self.value, self.ts, self.ttl_ms, self.deleted, self.signer, self.signature],
+            use_bin_type=True,
+        )
+
+    def describe(self) -> str:
+        what = "tombstone" if self.deleted else f"{self.name}={self.value!r}"
+        return f"{self.urn} {what} by {self.signer.hex()[:12]}… at {self.ts}"
+
+
+_VERIFIED_CACHE_SIZE = 100_000
+_verified: OrderedDict[bytes, None] = OrderedDict()
+
+
+def _signing_bytes(urn: str, name: str, value: Any, ts: int, ttl_ms: int, deleted: bool, signer: bytes) -> bytes:
+    return msgpack.packb([SIGNING_DOMAIN, urn, name, value, ts, ttl_ms, deleted, signer], use_bin_type=True)
+
+
+def make_assertion(
+    identity: Identity,
+    urn: str,
+    name: str,
+    value: Any,
+    ts: int,
+    ttl_ms: int = 0,
+    deleted: bool = False,
+) -> Assertion:
+    """Build and sign an assertion; raise UrnError, CodecError or ValueTypeError on bad input."""
+    urn = validate_urn(urn)
+    check_name(name)
+    if deleted:
+        if value is not None:
+            raise ValueTypeError("a tombstone carries no value")
+    else:
+        value = canonical_value(value)
+    if not isinstance(ttl_ms, int) or not 0 <= ttl_ms <= MAX_TTL_MS:
+        raise ValueTypeError(f"ttl_ms must be an integer from 0 (no lease) to {MAX_TTL_MS}")
+    body = _signing_bytes(urn, name, value, ts, ttl_ms, deleted, identity.public_key)
+    if len(body) > MAX_ASSERTION_BYTES:
+        raise TooLarge(f"assertion {urn} {name} is {len(body)} bytes; the limit is {MAX_ASSERTION_BYTES}")
+    return Assertion(urn, name, value, ts, ttl_ms, deleted, identity.public_key, identity.sign(body))
+
+
+def decode_assertion(data: bytes) -> Assertion:
+    """Decode and structurally validate (not verify) an assertion; raise CodecError if malformed."""
+    if len(data) > MAX_ASSERTION_BYTES + 512:
+        raise TooLarge(f"assertion record of {len(data)} bytes exceeds the limit of {MAX_ASSERTION_BYTES}")
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises a zoo of exception types on garbage
+        raise CodecError(f"assertion is not valid msgpack ({exc.__class__.__name__})") from None
+    if not isinstance(obj, list) or len(obj) != 8:
+        raise CodecError("assertion must be an 8-element array")
+    urn, name, value, ts, ttl_ms, deleted, signer, signature = obj
+    try:
+        urn = validate_urn(urn)
+    except UrnError as exc:
+        raise CodecError(f"assertion has a bad URN: {exc}") from None
+    check_name(name)
+    if type(ts) is not int or not 0 <= ts < 2**64:
+        raise CodecError("assertion timestamp must be a 64-bit unsigned integer")
+    if type(ttl_ms) is not int or not 0 <= ttl_ms <= MAX_TTL_MS:
+        raise CodecError(f"assertion ttl_ms must be an integer in [0, {MAX_TTL_MS}]")
+    if type(deleted) is not bool:
+        raise CodecError("assertion deleted flag must be a boolean")
+    if not isinstance(signer, bytes) or len(signer) != PUBLIC_KEY_BYTES:
+        raise CodecError("assertion signer must be a 32-byte Ed25519 public key")
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
+        raise CodecError("assertion signature must be 64 bytes")
+    if deleted:
+        if value is not None:
+            raise CodecError("a tombstone must carry no value")
+    else:
+        try:
+            value = canonical_value(value)
+        except ValueTypeError as exc:
+            raise CodecError(f"assertion value: {exc}") from None
+    return Assertion(urn, name, value, ts, ttl_ms, deleted, signer, signature)
+
+
+def newer(a: Assertion, b: Assertion | None) -> bool:
+    """True when `a` beats `b` for the same key (b None: nothing held)."""
+    return b is None or a.rank > b.rank
+
+
+def merge(*sets: Iterable[Assertion]) -> dict[tuple[str, str, bytes], Assertion]:
+    """Merge assertion sets by the catalog rule: per key, the greatest rank wins."""
+    out: dict[tuple[str, str, bytes], Assertion] = {}
+    for s in sets:
+        for a in s:
+            if newer(a, out.get(a.key)):
+                out[a.key] = a
+    return out
+
+
+def is_finite_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))

@@ -1,0 +1,128 @@
+"""Every error the project raises, under one base class.
+
+Remote errors ("you sent me something wrong") travel on the wire as a code and a message; the
+code maps back to the same class on the other side, so a caller catches `NotAuthorized` whether
+the refusal happened locally or on a replica.
+"""
+
+from __future__ import annotations
+
+
+class SnipeError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    code = "error"
+
+
+class CodecError(SnipeError):
+    """Bytes that do not decode to a well-formed message or assertion."""
+
+    code = "malformed"
+
+
+class UrnError(SnipeError, ValueError):
+    """A URN that does not follow urn:snipe:<kind>:<id>."""
+
+    code = "bad-urn"
+
+
+class ValueTypeError(SnipeError, TypeError):
+    """An assertion value of a type the catalog cannot store."""
+
+    code = "bad-value"
+
+
+class SignatureError(SnipeError):
+    """A signature that does not verify against the key it names."""
+
+    code = "bad-signature"
+
+
+class NotAuthorized(SnipeError):
+    """The signer may not write this assertion, or its key is not admitted."""
+
+    code = "not-authorized"
+
+
+class StaleWrite(SnipeError):
+    """An assertion older than (or equal to) what the replica already holds."""
+
+    code = "stale"
+
+
+class TooLarge(SnipeError):
+    """A message or value over the configured size limit."""
+
+    code = "too-large"
+
+
+class ProtocolVersionError(SnipeError):
+    """The peer asked for a protocol or version this side does not speak."""
+
+    code = "bad-version"
+
+
+class UnknownRequest(SnipeError):
+    """A request kind the service does not implement."""
+
+    code = "unknown-request"
+
+
+class NotFound(SnipeError, KeyError):
+    """No live assertion matches."""
+
+    code = "not-found"
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the sentence.
+        return str(self.args[0]) if self.args else "not found"
+
+
+class Unreachable(SnipeError):
+    """No peer answered before the deadline."""
+
+    code = "unreachable"
+
+
+class QuorumError(Unreachable):
+    """Fewer replicas answered than the quorum asked for."""
+
+    code = "no-quorum"
+
+
+class ResyncNeeded(SnipeError):
+    """A watcher fell behind the replica's change log; it must re-read the current state."""
+
+    code = "resync"
+
+
+class ConfigError(SnipeError):
+    """A configuration file or option that cannot be used as given."""
+
+    code = "bad-config"
+
+
+class ServerError(SnipeError):
+    """The remote side failed on its own account (a bug or a resource problem there)."""
+
+    code = "server-error"
+
+
+_BY_CODE: dict[str, type[SnipeError]] = {}
+
+
+def _register(cls: type[SnipeError]) -> None:
+    _BY_CODE[cls.code] = cls
+    for sub in cls.__subclasses__():
+        _register(sub)
+
+
+_register(SnipeError)
+
+
+def error_from_code(code: str, message: str) -> SnipeError:
+    """Rebuild the error a peer reported; an unknown code becomes a plain SnipeError."""
+    cls = _BY_CODE.get(code, SnipeError)
+    err = cls(message)
+    if cls is SnipeError:
+        err.code = code
+    return err
