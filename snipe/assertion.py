@@ -57,7 +57,7 @@ def canonical_value(value: Any, depth: int = 0) -> Value:
         return value
     if isinstance(value, float):
         return value
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple) and not isinstance(value, msgpack.ExtType):  # ExtType is a tuple
         return [canonical_value(v, depth + 1) for v in value]
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
@@ -149,7 +149,9 @@ def make_assertion(
             raise ValueTypeError("a tombstone carries no value")
     else:
         value = canonical_value(value)
-    if not isinstance(ttl_ms, int) or not 0 <= ttl_ms <= MAX_TTL_MS:
+    if type(ts) is not int or not 0 <= ts < 2**64:
+        raise ValueTypeError(f"ts must be a 64-bit unsigned integer (a packed HLC timestamp), not {ts!r}")
+    if type(ttl_ms) is not int or not 0 <= ttl_ms <= MAX_TTL_MS:
         raise ValueTypeError(f"ttl_ms must be an integer from 0 (no lease) to {MAX_TTL_MS}")
     body = _signing_bytes(urn, name, value, ts, ttl_ms, deleted, identity.public_key)
     if len(body) > MAX_ASSERTION_BYTES:

@@ -91,6 +91,7 @@ class Identity:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a stale tmp file keeps its old mode through O_CREAT
         with os.fdopen(fd, "w") as f:
             f.write(self.seed.hex() + "\n")
         os.replace(tmp, path)
@@ -102,6 +103,8 @@ class Identity:
             text = path.read_text().strip()
         except FileNotFoundError:
             raise ConfigError(f"key file {path} does not exist; create one with `snipe-console keygen`") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read key file {path}: {exc}") from None
         try:
             return cls.from_seed(bytes.fromhex(text))
         except (ValueError, ConfigError):

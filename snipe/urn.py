@@ -41,13 +41,15 @@ class Urn:
         rest = text[len(PREFIX):]
         kind, sep, ident = rest.partition(":")
         kind = kind.lower()
-        if not sep or kind not in KINDS:
+        if not sep:
+            raise UrnError(f"{text!r} lacks an id; expected urn:snipe:<kind>:<id>")
+        if kind not in KINDS:
             raise UrnError(f"{text!r} has kind {kind!r}; the kinds are {', '.join(KINDS)}")
-        if not _ID.match(ident):
+        if not _ID.fullmatch(ident):
             raise UrnError(
                 f"{text!r} has an empty or malformed id; ids use letters, digits and . _ : @ + = ~ -"
             )
-        if kind in CONTENT_KINDS and not _SHA256.match(ident):
+        if kind in CONTENT_KINDS and not _SHA256.fullmatch(ident):
             raise UrnError(f"{text!r}: {kind} URNs are content addresses, sha256:<64 lower-case hex>")
         return cls(kind, ident)
 

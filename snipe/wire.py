@@ -54,7 +54,7 @@ def decode_envelope(data: bytes) -> Envelope:
     if len(data) > MAX_ENVELOPE_BYTES:
         raise TooLarge(f"envelope of {len(data)} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit")
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_buffer_size=MAX_ENVELOPE_BYTES)
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises many types (ValueError, ExtraData, TypeError, ...)
         raise CodecError(f"envelope is not valid msgpack: {exc.__class__.__name__}") from None
     if not isinstance(obj, list) or len(obj) != 5:
