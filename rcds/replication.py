@@ -1,0 +1,202 @@
+"""Replication among replicas: immediate push plus anti-entropy. No I/O.
+
+Push: what a client writes to this replica is sent at once (batched per flush) to every peer.
+Pushed records are not pushed again; anything a push missed is repaired by anti-entropy.
+
+Anti-entropy, every `interval` with the next peer in turn (one round = four one-way messages):
+  ae-top        A -> B  A's 256 top digests
+  ae-leaves     B -> A  for tops that differ, B's 256 leaf digests each
+  ae-summaries  A -> B  for leaves that differ (at most `max_leaves`), A's (key, ts, sig8) list
+  push/ae-want  B -> A  the records B has newer or A lacks, and the keys B wants from A;
+                A answers ae-want with a push.
+Digests are XORs of record hashes (rcds/storage.py), so equal sets compare equal in one message,
+and a round costs O(differences), not O(store). Every message names its sender; the shell has
+already authenticated the sender's key against the replica set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rcds.replica import Accepted, Replica
+from rcds.storage import DIGEST_BYTES, Storage, Summary
+from snipe.assertion import Assertion
+from snipe.effects import Effect, Send, StartTimer
+from snipe.errors import CodecError
+from snipe.wire import Envelope, field_of
+
+PROTOCOL = "rcds-peer"
+VERSION = 1
+AE_TIMER = "anti-entropy"
+FLUSH_TIMER = "push-flush"
+MAX_PUSH_RECORDS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationStats:
+    pushed: int
+    received: int
+    repaired: int
+    rounds: int
+
+
+class Replicator:
+    """Invariants: after a round with peer P in which neither side took writes, both hold the
+    same records for every leaf compared; records are only ever offered, never deleted, so a
+    bad or slow peer can delay repair but never remove data."""
+
+    def __init__(self, me: str, replica: Replica, storage: Storage, peers: Sequence[str] = (),
+                 *, interval: float = 1.0, max_leaves: int = 512) -> None:
+        self.me = me
+        self.replica = replica
+        self.storage = storage
+        self.peers: list[str] = [p for p in peers if p != me]
+        self.interval = interval
+        self.max_leaves = max_leaves
+        self._turn = 0
+        self._outbox: list[bytes] = []
+        self.pushed = self.received = self.repaired = self.rounds = 0
+
+    def stats(self) -> ReplicationStats:
+        return ReplicationStats(self.pushed, self.received, self.repaired, self.rounds)
+
+    def set_peers(self, peers: Sequence[str]) -> None:
+        self.peers = sorted({p for p in peers if p != self.me})
+
+    def _env(self, kind: str, **body: object) -> Envelope:
+        return Envelope(PROTOCOL, VERSION, kind, 0, {"from": self.me, **body})
+
+    # --- events -----------------------------------------------------------------------------
+    def start(self, now: float) -> list[Effect]:
+        return [StartTimer(AE_TIMER, now + self.interval)]
+
+    def on_local_writes(self, accepted: Sequence[Accepted]) -> None:
+        """Queue what clients wrote for the next flush."""
+        self._outbox.extend(a.record.encode() for a in accepted if a.new)
+
+    def flush(self) -> list[Effect]:
+        if not self._outbox or not self.peers:
+            self._outbox.clear()
+            return []
+        effects: list[Effect] = []
+        for i in range(0, len(self._outbox), MAX_PUSH_RECORDS):
+            chunk = self._outbox[i:i + MAX_PUSH_RECORDS]
+            for p in self.peers:
+                effects.append(Send(p, self._env("push"), tuple(chunk)))
+            self.pushed += len(chunk)
+        self._outbox.clear()
+        return effects
+
+    def on_timer(self, key: str, now: float) -> list[Effect]:
+        if key != AE_TIMER:
+            return []
+        effects: list[Effect] = [StartTimer(AE_TIMER, now + self.interval)]
+        if self.peers:
+            peer = self.peers[self._turn % len(self.peers)]
+            self._turn += 1
+            self.rounds += 1
+            effects.append(Send(peer, self._env("ae-top"), (b"".join(self.storage.top_digests()),)))
+        return effects
+
+    def on_message(self, env: Envelope, frames: Sequence[bytes], now_ms: int) -> list[Effect]:
+        """Handle one peer message; raise CodecError if it is malformed (the shell reports it)."""
+        sender = field_of(env, "from", str)
+        match env.kind:
+            case "push":
+                results = self.replica.ingest(list(frames), now_ms)
+                got = sum(1 for r in results if isinstance(r, Accepted) and r.new)
+                self.received += got
+                return []
+            case "ae-top":
+                return self._on_top(sender, frames)
+            case "ae-leaves":
+                return self._on_leaves(sender, env, frames)
+            case "ae-summaries":
+                return self._on_summaries(sender, env, frames)
+            case "ae-want":
+                return self._push_keys(sender, list(frames))
+            case _:
+                raise CodecError(f"unknown {PROTOCOL} message kind {env.kind!r}")
+
+    # --- anti-entropy steps -------------------------------------------------------------------
+    def _on_top(self, sender: str, frames: Sequence[bytes]) -> list[Effect]:
+        theirs = _split_digests(frames, 256)
+        mine = self.storage.top_digests()
+        differing = [i for i in range(256) if theirs[i] != mine[i]]
+        if not differing:
+            return []
+        blobs = [b"".join(self.storage.leaf_digests(t)) for t in differing]
+        return [Send(sender, self._env("ae-leaves", tops=differing), tuple(blobs))]
+
+    def _on_leaves(self, sender: str, env: Envelope, frames: Sequence[bytes]) -> list[Effect]:
+        tops = field_of(env, "tops", list)
+        if len(tops) != len(frames) or not all(isinstance(t, int) and 0 <= t < 256 for t in tops):
+            raise CodecError("ae-leaves: tops must be integers 0-255, one frame of leaf digests each")
+        leaves: list[int] = []
+        for top, blob in zip(tops, frames, strict=True):
+            theirs = _split_digests([blob], 256)
+            mine = self.storage.leaf_digests(top)
+            leaves.extend(top * 256 + i for i in range(256) if theirs[i] != mine[i])
+        leaves = leaves[: self.max_leaves]
+        if not leaves:
+            return []
+        summaries = [_pack_summaries(self.storage.leaf_summaries(leaf)) for leaf in leaves]
+        return [Send(sender, self._env("ae-summaries", leaves=leaves), tuple(summaries))]
+
+    def _on_summaries(self, sender: str, env: Envelope, frames: Sequence[bytes]) -> list[Effect]:
+        leaves = field_of(env, "leaves", list)
+        if len(leaves) != len(frames) or not all(isinstance(x, int) and 0 <= x < 65536 for x in leaves):
+            raise CodecError("ae-summaries: leaves must be integers 0-65535, one frame each")
+        offer: list[bytes] = []
+        want: list[bytes] = []
+        for leaf, blob in zip(leaves, frames, strict=True):
+            theirs = {s.key: s for s in _unpack_summaries(blob)}
+            mine = {s.key: s for s in self.storage.leaf_summaries(leaf)}
+            for key, s in mine.items():
+                t = theirs.get(key)
+                if t is None or (s.ts, s.sig8) > (t.ts, t.sig8):
+                    offer.append(key)
+            for key, t in theirs.items():
+                s = mine.get(key)
+                if s is None or (t.ts, t.sig8) > (s.ts, s.sig8):
+                    want.append(key)
+        effects = self._push_keys(sender, offer)
+        if want:
+            effects.append(Send(sender, self._env("ae-want"), tuple(want)))
+        return effects
+
+    def _push_keys(self, peer: str, keys: list[bytes]) -> list[Effect]:
+        records: list[Assertion] = self.storage.records_by_keys(keys)
+        self.repaired += len(records)
+        return [Send(peer, self._env("push"), tuple(a.encode() for a in records[i:i + MAX_PUSH_RECORDS]))
+                for i in range(0, len(records), MAX_PUSH_RECORDS)]
+
+
+def _split_digests(frames: Sequence[bytes], count: int) -> list[bytes]:
+    if len(frames) != 1 or len(frames[0]) != count * DIGEST_BYTES:
+        raise CodecError(f"expected one frame of {count} digests of {DIGEST_BYTES} bytes")
+    blob = frames[0]
+    return [blob[i * DIGEST_BYTES:(i + 1) * DIGEST_BYTES] for i in range(count)]
+
+
+def _pack_summaries(items: list[Summary]) -> bytes:
+    import msgpack
+    return msgpack.packb([[s.key, s.ts, s.sig8] for s in items], use_bin_type=True)
+
+
+def _unpack_summaries(blob: bytes) -> list[Summary]:
+    import msgpack
+    try:
+        raw = msgpack.unpackb(blob, raw=False)
+    except Exception:
+        raise CodecError("ae-summaries frame is not valid msgpack") from None
+    if not isinstance(raw, list):
+        raise CodecError("ae-summaries frame must be a list")
+    out = []
+    for item in raw:
+        if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], bytes)
+                or type(item[1]) is not int or not isinstance(item[2], bytes)):
+            raise CodecError("ae-summaries entries must be [key bytes, ts int, sig8 bytes]")
+        out.append(Summary(item[0], item[1], item[2]))
+    return out

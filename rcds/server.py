@@ -1,0 +1,420 @@
+"""rcds-server's shell: ZeroMQ sockets and timers around the replica and replication cores.
+
+One thread owns every socket. Each loop turn drains what has arrived (up to a batch), applies
+all puts in it as one storage transaction (group commit), answers, pushes new writes to peers,
+fans changes out to watchers, and fires due timers. Nothing a client or peer sends can stop the
+loop: malformed input gets an error reply naming the problem, and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from rcds.replica import Accepted, Refused, Replica
+from rcds.replication import PROTOCOL as PEER_PROTOCOL
+from rcds.replication import VERSION as PEER_VERSION
+from rcds.replication import Replicator
+from rcds.store import LmdbStorage
+from snipe import authority
+from snipe.assertion import Assertion
+from snipe.catalog import protocol as P
+from snipe.effects import Effect, Send, StartTimer
+from snipe.errors import ResyncNeeded, SnipeError, UnknownRequest
+from snipe.identity import Identity
+from snipe.query import matches, parse_predicates
+from snipe.transport import KeyGate, client_socket, sender_key, server_socket
+from snipe.wire import Envelope, check_version, decode, encode, field_of
+
+log = logging.getLogger("rcds.server")
+
+TICK_S = 0.1
+BATCH = 512
+
+
+@dataclass
+class PeerInfo:
+    id: str
+    endpoint: str
+    key: bytes
+
+
+@dataclass
+class ServerConfig:
+    replica_id: str
+    listen: str
+    data_dir: str
+    identity: Identity
+    admin_key: bytes
+    peers: list[PeerInfo] = field(default_factory=list)
+    anti_entropy_s: float = 1.0
+    log_retention: int = 200_000
+    sync: bool = False
+    gc_grace_ms: int = 24 * 3600 * 1000
+
+
+@dataclass
+class Watcher:
+    client: bytes
+    watch: str
+    prefix: str
+    last_sent: int
+    last_beat: float = 0.0
+    lagged_after: int | None = None
+
+
+class Server:
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.storage = LmdbStorage(cfg.data_dir, sync=cfg.sync, log_retention=cfg.log_retention)
+        self.replica = Replica(self.storage, cfg.admin_key, gc_grace_ms=cfg.gc_grace_ms)
+        self.replicator = Replicator(cfg.replica_id, self.replica, self.storage, interval=cfg.anti_entropy_s)
+        self.ctx = zmq.Context()
+        self.gate = KeyGate(self.ctx, self._admit, self.storage.ed_key_of_curve)
+        self.gate.install()
+        self.gate.learn(cfg.admin_key)
+        self.router = server_socket(self.ctx, zmq.ROUTER, cfg.identity)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.sndhwm = 100_000
+        self.router.rcvhwm = 100_000
+        self.router.maxmsgsize = 64 * 1024 * 1024
+        self.router.bind(cfg.listen)
+        self.peers: dict[str, PeerInfo] = {}
+        self.peer_socks: dict[str, zmq.Socket] = {}
+        self.seed_peers = {p.id: p for p in cfg.peers if p.id != cfg.replica_id}
+        self.timers: dict[str, float] = {}
+        self.watchers: dict[tuple[bytes, str], Watcher] = {}
+        self.delivered_rev = self.storage.last_rev()
+        self.started = time.time()
+        self.requests = 0
+        self.errors = 0
+        self._stop = False
+        self._refresh_peers()
+        self._run_effects(self.replicator.start(time.monotonic()))
+
+    # --- who may connect ------------------------------------------------------------------
+    def _admit(self, ed_key: bytes) -> bool:
+        if ed_key == self.cfg.admin_key or any(p.key == ed_key for p in self.peers.values()):
+            return True
+        return self.storage.is_admitted(ed_key) or any(p.key == ed_key for p in self.seed_peers.values())
+
+    def _refresh_peers(self) -> None:
+        """Peers = configured seeds, plus replicas the admin listed in the catalog, minus removed."""
+        peers = dict(self.seed_peers)
+        now = _now_ms()
+        for a in self.storage.held(P.REPLICA_SET_URN):
+            if not a.name.startswith(P.REPLICA_NAME_PREFIX) or a.signer != self.cfg.admin_key:
+                continue
+            rid = a.name[len(P.REPLICA_NAME_PREFIX):]
+            if rid == self.cfg.replica_id:
+                continue
+            if a.is_live(now) and isinstance(a.value, dict):
+                try:
+                    peers[rid] = PeerInfo(rid, str(a.value["endpoint"]), bytes.fromhex(str(a.value["key"])))
+                except (KeyError, ValueError):
+                    log.warning("ignoring malformed replica entry %s", a.describe())
+            else:
+                peers.pop(rid, None)
+        for rid in set(self.peer_socks) - set(peers):
+            self.peer_socks.pop(rid).close(0)
+        for rid, p in peers.items():
+            old = self.peers.get(rid)
+            if rid in self.peer_socks and old is not None and old.endpoint == p.endpoint and old.key == p.key:
+                continue
+            if rid in self.peer_socks:
+                self.peer_socks.pop(rid).close(0)
+            self.gate.learn(p.key)
+            s = client_socket(self.ctx, zmq.DEALER, self.cfg.identity, p.key)
+            s.sndhwm = 10_000
+            s.connect(p.endpoint)
+            self.peer_socks[rid] = s
+        self.peers = peers
+        self.replicator.set_peers(list(peers))
+
+    # --- main loop --------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop = True
+
+    def serve_forever(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        next_tick = 0.0
+        try:
+            while not self._stop:
+                now = time.monotonic()
+                due = min([next_tick, *self.timers.values()])
+                timeout = max(0.0, min(due - now, TICK_S))
+                if poller.poll(timeout * 1000):
+                    self._drain()
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + TICK_S
+                    while self.replica.tick(_now_ms()) >= 1000:
+                        pass
+                    self._beat(now)
+                for key, at in list(self.timers.items()):
+                    if at <= now:
+                        del self.timers[key]
+                        self._run_effects(self.replicator.on_timer(key, now))
+                self._dispatch_changes()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for s in self.peer_socks.values():
+            s.close(0)
+        self.router.close(0)
+        self.gate.stop()
+        self.ctx.term()
+        self.storage.close()
+
+    def _drain(self) -> None:
+        batch: list[tuple[bytes, str, list[bytes]]] = []
+        for _ in range(BATCH):
+            try:
+                parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            key = sender_key(parts[0]) if parts else ""
+            batch.append((parts[0].bytes, key, [p.bytes for p in parts[1:]]))
+        puts: list[tuple[bytes, Envelope, list[bytes]]] = []
+        for client, key, parts in batch:
+            self.requests += 1
+            try:
+                env, frames = decode(parts)
+            except SnipeError as exc:
+                self._reply(client, Envelope(P.PROTOCOL, P.VERSION, "error", 0,
+                                             {"code": exc.code, "message": str(exc)}))
+                self.errors += 1
+                continue
+            try:
+                if env.protocol == PEER_PROTOCOL:
+                    self._on_peer(key, env, frames)
+                    continue
+                check_version(env, P.PROTOCOL, P.VERSIONS)
+                if env.kind == "put":
+                    puts.append((client, env, frames))
+                else:
+                    self._handle(client, key, env, frames)
+            except SnipeError as exc:
+                self.errors += 1
+                self._reply(client, env.error_reply(exc))
+            except Exception as exc:  # a bug here must not take the replica down
+                log.exception("failed on %s %s", env.protocol, env.kind)
+                self.errors += 1
+                self._reply(client, env.error_reply(_server_error(exc)))
+        if puts:
+            self._handle_puts(puts)
+
+    def _on_peer(self, key: str, env: Envelope, frames: list[bytes]) -> None:
+        if env.version != PEER_VERSION:
+            log.warning("peer speaks %s/%s; this replica speaks version %s", env.protocol, env.version, PEER_VERSION)
+            return
+        sender = env.body.get("from")
+        peer = self.peers.get(sender) if isinstance(sender, str) else None
+        if peer is None or peer.key.hex() != key:
+            log.warning("replication message from %r (key %s…) that is not a known replica", sender, key[:16])
+            return
+        try:
+            self._run_effects(self.replicator.on_message(env, frames, _now_ms()))
+        except SnipeError as exc:
+            log.warning("bad replication message from %s: %s", sender, exc)
+
+    # --- requests ---------------------------------------------------------------------------
+    def _handle_puts(self, puts: list[tuple[bytes, Envelope, list[bytes]]]) -> None:
+        records: list[bytes] = [r for _, _, frames in puts for r in frames]
+        results = self.replica.ingest(records, _now_ms()) if records else []
+        accepted = [r for r in results if isinstance(r, Accepted)]
+        self.replicator.on_local_writes(accepted)
+        self._run_effects(self.replicator.flush())
+        i = 0
+        for client, env, frames in puts:
+            out = []
+            for r in results[i:i + len(frames)]:
+                if isinstance(r, Accepted):
+                    out.append([P.STORED if r.new else P.HELD, "", "", r.rev])
+                else:
+                    assert isinstance(r, Refused)
+                    out.append([P.REFUSED, r.error.code, str(r.error), 0])
+            i += len(frames)
+            self._reply(client, env.reply(results=out))
+        if any(isinstance(r, Accepted) and r.new and r.record.urn == P.REPLICA_SET_URN for r in results):
+            self._refresh_peers()
+
+    def _handle(self, client: bytes, key: str, env: Envelope, frames: list[bytes]) -> None:
+        match env.kind:
+            case "hello":
+                self._reply(client, env.reply(protocols={P.PROTOCOL: list(P.VERSIONS), PEER_PROTOCOL: [PEER_VERSION]},
+                                              replica=self.cfg.replica_id, key=self.cfg.identity.key_id))
+            case "get":
+                urn = field_of(env, "urn", str)
+                name = field_of(env, "name", (str, type(None)), None)
+                recs = [a for a in self.storage.held(urn) if name is None or a.name == name]
+                self._reply(client, env.reply(rev=self.storage.last_rev()), [a.encode() for a in recs])
+            case "query":
+                self._query(client, env)
+            case "watch":
+                self._watch(client, env)
+            case "unwatch":
+                self.watchers.pop((client, field_of(env, "watch", str)), None)
+                self._reply(client, env.reply())
+            case "status":
+                self._reply(client, env.reply(**self.status()))
+            case _:
+                raise UnknownRequest(
+                    f"rcds/1 has no request {env.kind!r}; it has hello, put, get, query, watch, unwatch, status")
+
+    def _query(self, client: bytes, env: Envelope) -> None:
+        prefix = field_of(env, "prefix", str)
+        where = parse_predicates(env.body.get("where"))
+        limit = field_of(env, "limit", int, P.MAX_QUERY_URNS)
+        now = _now_ms()
+        out: list[bytes] = []
+        urns = 0
+        group: list[Assertion] = []
+
+        def flush() -> None:
+            nonlocal urns
+            if not group:
+                return
+            live = [a for a in group if a.is_live(now)]
+            good, _ = authority.visible(live, self.cfg.admin_key, now)
+            if good and matches(good, where):
+                out.extend(a.encode() for a in group)
+                urns += 1
+
+        for a in self.storage.scan_prefix(prefix):
+            if group and a.urn != group[0].urn:
+                flush()
+                group = []
+                if urns >= limit:
+                    break
+            group.append(a)
+        if urns < limit:
+            flush()
+        self._reply(client, env.reply(urns=urns, rev=self.storage.last_rev()), out)
+
+    def _watch(self, client: bytes, env: Envelope) -> None:
+        watch = field_of(env, "watch", str)
+        prefix = field_of(env, "prefix", str)
+        from_rev = field_of(env, "from_rev", (int, type(None)), None)
+        self._dispatch_changes()          # everything up to now goes out under the old watchers first
+        current = self.storage.last_rev()
+        first, _ = self.storage.changes_since(current, 1)
+        if from_rev is None:
+            from_rev = current
+        elif from_rev < first - 1:
+            raise ResyncNeeded(f"revision {from_rev} is no longer in this replica's log (it starts at "
+                               f"{first}); read the current state, then watch from revision {current}")
+        elif from_rev > current:
+            raise ResyncNeeded(f"revision {from_rev} is ahead of this replica ({current}); it is not the "
+                               "replica you watched before: read the current state and watch again")
+        w = Watcher(client, watch, prefix, from_rev, time.monotonic())
+        self.watchers[(client, watch)] = w
+        self._reply(client, env.reply(rev=current, first_rev=first, replica=self.cfg.replica_id))
+        rev = from_rev
+        while rev < current:
+            _, changes = self.storage.changes_since(rev, 5000)
+            if not changes:
+                break
+            self._send_changes(w, [c for c in changes if c.rev <= current])
+            rev = changes[-1].rev
+
+    def _dispatch_changes(self) -> None:
+        last = self.storage.last_rev()
+        if last == self.delivered_rev:
+            return
+        while self.delivered_rev < last:
+            _, changes = self.storage.changes_since(self.delivered_rev, 5000)
+            if not changes:
+                break
+            self.delivered_rev = changes[-1].rev
+            if any(c.record.urn == P.REPLICA_SET_URN for c in changes):
+                self._refresh_peers()
+            for w in list(self.watchers.values()):
+                self._send_changes(w, [c for c in changes if c.rev > w.last_sent])
+
+    def _send_changes(self, w: Watcher, changes: list[Any]) -> None:
+        mine = [c for c in changes if c.record.urn.startswith(w.prefix)]
+        if w.lagged_after is not None:
+            # Tell the watcher what it missed before anything newer; it re-watches from there.
+            if self._reply(w.client, Envelope(P.PROTOCOL, P.VERSION, "lagged", 0,
+                                              {"watch": w.watch, "after": w.lagged_after})):
+                self.watchers.pop((w.client, w.watch), None)
+            return
+        if not mine:
+            if changes:
+                w.last_sent = max(w.last_sent, changes[-1].rev)
+            return
+        env = Envelope(P.PROTOCOL, P.VERSION, "event", 0, {
+            "watch": w.watch, "prev": w.last_sent, "revs": [c.rev for c in mine], "kinds": [c.event for c in mine]})
+        if self._reply(w.client, env, [c.record.encode() for c in mine]):
+            w.last_sent = changes[-1].rev
+            w.last_beat = time.monotonic()
+        elif (w.client, w.watch) in self.watchers:
+            w.lagged_after = w.last_sent
+
+    def _beat(self, now: float) -> None:
+        rev = self.storage.last_rev()
+        for w in list(self.watchers.values()):
+            if now - w.last_beat >= P.HEARTBEAT_S:
+                w.last_beat = now
+                if w.lagged_after is not None:
+                    self._send_changes(w, [])
+                else:
+                    self._reply(w.client, Envelope(P.PROTOCOL, P.VERSION, "heartbeat", 0,
+                                                   {"watch": w.watch, "rev": rev, "prev": w.last_sent}))
+
+    def _reply(self, client: bytes, env: Envelope, frames: list[bytes] | tuple[bytes, ...] = ()) -> bool:
+        """Send to a client; False if it could not take it now (gone, or its queue is full)."""
+        try:
+            self.router.send_multipart([client, *encode(env, frames)], zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                for k in [k for k in self.watchers if k[0] == client]:
+                    del self.watchers[k]
+            return False
+
+    def _run_effects(self, effects: list[Effect]) -> None:
+        for e in effects:
+            if isinstance(e, StartTimer):
+                self.timers[e.key] = e.at
+            elif isinstance(e, Send):
+                sock = self.peer_socks.get(e.to)
+                if sock is None:
+                    continue
+                try:
+                    sock.send_multipart(encode(e.envelope, e.frames), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # peer down or slow: anti-entropy will repair what this push would have carried
+
+    def status(self) -> dict[str, Any]:
+        st = self.replicator.stats()
+        first, _ = self.storage.changes_since(self.storage.last_rev(), 1)
+        return {
+            "replica": self.cfg.replica_id, "key": self.cfg.identity.key_id, "listen": self.cfg.listen,
+            "rev": self.storage.last_rev(), "first_rev": first, "count": self.storage.count(),
+            "peers": sorted(self.peers), "pushed": st.pushed, "received": st.received,
+            "repaired": st.repaired, "ae_rounds": st.rounds, "watchers": len(self.watchers),
+            "requests": self.requests, "errors": self.errors, "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 3), "corrupt_records": len(self.storage.corrupt),
+            "refused_keys": len(self.gate.refused),
+        }
+
+
+def _server_error(exc: Exception) -> SnipeError:
+    from snipe.errors import ServerError
+    return ServerError(f"the replica failed on this request ({exc.__class__.__name__}); it keeps serving")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+

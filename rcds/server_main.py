@@ -1,0 +1,121 @@
+"""`rcds-server`: run one catalog replica from a TOML file and/or flags.
+
+    rcds-server --config conf/rcds-server.toml
+    rcds-server --id r1 --listen tcp://127.0.0.1:7301 --data-dir ./r1 --key-file ./r1/replica.key \\
+                --admin-key <hex> --peer r2=tcp://127.0.0.1:7302#<hex key> ...
+
+Flags override the file. SIGTERM and SIGINT stop the replica cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from rcds.server import PeerInfo, Server, ServerConfig
+from snipe.errors import ConfigError, SnipeError
+from snipe.identity import Identity, public_key_from_id
+
+
+def parse_peer(text: str) -> PeerInfo:
+    rid, sep, rest = text.partition("=")
+    endpoint, sep2, key = rest.partition("#")
+    if not sep or not sep2 or not rid or not endpoint:
+        raise ConfigError(f"peer {text!r} must look like ID=tcp://HOST:PORT#KEYHEX")
+    try:
+        return PeerInfo(rid, endpoint, public_key_from_id(key))
+    except SnipeError as exc:
+        raise ConfigError(f"peer {text!r}: {exc}") from None
+
+
+def load_config(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Namespace]:
+    ap = argparse.ArgumentParser(prog="rcds-server", description="Run one replica of the SNIPE catalog.")
+    ap.add_argument("--config", help="TOML file ([replica] table and [[peers]] array)")
+    ap.add_argument("--id", help="this replica's id (unique in the replica set)")
+    ap.add_argument("--listen", help="ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:7301")
+    ap.add_argument("--data-dir", help="folder for the LMDB store")
+    ap.add_argument("--key-file", help="this replica's Ed25519 key (created if missing)")
+    ap.add_argument("--admin-key", help="the cluster admin's public key id (64 hex)")
+    ap.add_argument("--peer", action="append", default=[], help="ID=ENDPOINT#KEYHEX, repeatable")
+    ap.add_argument("--anti-entropy", type=float, help="seconds between anti-entropy rounds (default 1)")
+    ap.add_argument("--log-retention", type=int, help="change-log entries kept for watchers (default 200000)")
+    ap.add_argument("--sync", action="store_true", default=None, help="fsync every commit (survive power loss)")
+    ap.add_argument("--ready-file", help="write {endpoint, key, pid} as JSON here once serving")
+    ap.add_argument("--log-level", default=os.environ.get("RCDS_LOG_LEVEL", "WARNING"))
+    args = ap.parse_args(argv)
+
+    file_cfg: dict[str, Any] = {}
+    peers_cfg: list[dict[str, Any]] = []
+    if args.config:
+        try:
+            raw = tomllib.loads(Path(args.config).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {args.config} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {args.config} is not valid TOML: {exc}") from None
+        file_cfg = raw.get("replica", {})
+        peers_cfg = raw.get("peers", [])
+        if not isinstance(file_cfg, dict) or not isinstance(peers_cfg, list):
+            raise ConfigError(f"{args.config}: expected a [replica] table and a [[peers]] array")
+
+    def pick(flag: Any, key: str, default: Any = None) -> Any:
+        if flag is not None:
+            return flag
+        return file_cfg.get(key, default)
+
+    rid = pick(args.id, "id")
+    listen = pick(args.listen, "listen")
+    data_dir = pick(args.data_dir, "data_dir")
+    admin = pick(args.admin_key, "admin_key")
+    for name, value in (("id", rid), ("listen", listen), ("data_dir", data_dir), ("admin_key", admin)):
+        if not value:
+            raise ConfigError(f"rcds-server needs {name}: pass --{name.replace('_', '-')} or set it in [replica]")
+    key_file = pick(args.key_file, "key_file", str(Path(data_dir) / "replica.key"))
+    peers = [parse_peer(p) for p in args.peer]
+    for i, p in enumerate(peers_cfg):
+        try:
+            peers.append(PeerInfo(str(p["id"]), str(p["endpoint"]), public_key_from_id(str(p["key"]))))
+        except (KeyError, TypeError, SnipeError) as exc:
+            raise ConfigError(f"{args.config}: peers[{i}] needs id, endpoint and key ({exc})") from None
+    try:
+        admin_key = public_key_from_id(str(admin))
+    except SnipeError:
+        raise ConfigError(f"admin_key {admin!r} is not a 64-hex-character public key") from None
+    cfg = ServerConfig(
+        replica_id=str(rid), listen=str(listen), data_dir=str(data_dir),
+        identity=Identity.load_or_create(key_file), admin_key=admin_key, peers=peers,
+        anti_entropy_s=float(pick(args.anti_entropy, "anti_entropy_s", 1.0)),
+        log_retention=int(pick(args.log_retention, "log_retention", 200_000)),
+        sync=bool(pick(args.sync, "sync", False)),
+    )
+    return cfg, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg, args = load_config(argv)
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s rcds %(levelname)s %(message)s")
+        server = Server(cfg)
+    except SnipeError as exc:
+        print(f"rcds-server: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    signal.signal(signal.SIGINT, lambda *_: server.stop())
+    if args.ready_file:
+        tmp = Path(args.ready_file + ".tmp")
+        tmp.write_text(json.dumps({"endpoint": cfg.listen, "key": cfg.identity.key_id, "pid": os.getpid(),
+                                   "id": cfg.replica_id}))
+        tmp.replace(args.ready_file)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

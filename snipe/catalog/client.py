@@ -1,0 +1,578 @@
+"""The catalog client every SNIPE process uses: quorum writes, verified reads, watches, a cache.
+
+Readers trust keys, not servers. Every record a replica returns is verified (Ed25519) and
+checked against the URN's ownership and delegations before it is believed; what fails is
+dropped, counted in `rejected`, and the read goes on to another replica, so a tampered replica
+can hide data but never forge it.
+
+Quorums: a write goes to every reachable replica and succeeds once W of them acknowledge it; a
+read asks R replicas and merges their answers by the catalog rule (newest per key wins). The
+defaults, W = N//2 + 1 and R = N - W + 1, give read-your-writes.
+
+One client per thread: it owns its sockets (ZeroMQ sockets are not thread-safe).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from snipe import authority
+from snipe.assertion import Assertion, decode_assertion, make_assertion, merge
+from snipe.catalog import protocol as P
+from snipe.catalog.entry import Entry
+from snipe.discovery import FailoverOrder, ReplicaAddress, from_list
+from snipe.errors import (
+    CodecError,
+    ConfigError,
+    QuorumError,
+    ResyncNeeded,
+    SignatureError,
+    SnipeError,
+    TooLarge,
+    error_from_code,
+)
+from snipe.hlc import HybridClock
+from snipe.identity import Identity, public_key_from_id
+from snipe.query import Predicate, matches
+from snipe.transport import client_socket
+from snipe.urn import validate_urn
+from snipe.wire import Envelope, decode, encode
+
+log = logging.getLogger("snipe.catalog")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Rejected:
+    """A record a replica returned that the reader refused to believe."""
+
+    replica: str
+    reason: str
+    record: Assertion | None
+
+
+@dataclass
+class PutResult:
+    acks: int
+    replicas: dict[str, str]          # endpoint -> stored | held | refused code | no answer
+    records: list[Assertion]
+
+
+@dataclass
+class _Conn:
+    address: ReplicaAddress
+    sock: zmq.Socket
+    key: bytes
+
+
+@dataclass
+class WatchEvent:
+    """One change seen by a watch. `kind`: put, delete, expire, or resync (then `state` holds
+    every live record under the prefix and the caller should replace what it knew)."""
+
+    kind: str
+    record: Assertion | None
+    rev: int
+    replica: str
+    state: list[Assertion] = field(default_factory=list)
+
+
+class CatalogClient:
+    def __init__(
+        self,
+        replicas: Sequence[ReplicaAddress | str],
+        identity: Identity,
+        admin_key: bytes | str,
+        *,
+        timeout: float = 3.0,
+        w: int | None = None,
+        r: int | None = None,
+    ) -> None:
+        addrs = [a if isinstance(a, ReplicaAddress) else from_list([a])[0] for a in replicas]
+        if not addrs:
+            raise ConfigError("no catalog replicas given; pass a list, a config file or an SRV domain")
+        self.identity = identity
+        self.admin_key = public_key_from_id(admin_key) if isinstance(admin_key, str) else admin_key
+        self.timeout = timeout
+        self.n = len(addrs)
+        self.w = w or self.n // 2 + 1
+        self.r = r or self.n - self.w + 1
+        self.order = FailoverOrder(addrs, base_backoff=0.5, max_backoff=10.0)
+        self.ctx = zmq.Context.instance()
+        self.conns: dict[str, _Conn] = {}
+        for a in addrs:
+            if a.public_key is None:
+                raise ConfigError(f"replica {a.endpoint} has no key; write it as {a.endpoint}#<key id>")
+            key = bytes.fromhex(a.public_key)
+            sock = client_socket(self.ctx, zmq.DEALER, identity, key)
+            sock.immediate = 1       # a send to a replica that is not connected fails at once
+            sock.sndhwm = sock.rcvhwm = 100_000
+            sock.connect(a.endpoint)
+            self.conns[a.endpoint] = _Conn(a, sock, key)
+        self.poller = zmq.Poller()
+        for c in self.conns.values():
+            self.poller.register(c.sock, zmq.POLLIN)
+        self.by_sock = {c.sock: c for c in self.conns.values()}
+        self.clock = HybridClock()
+        self._ids = itertools.count(1)
+        self._replies: dict[int, tuple[str, Envelope, list[bytes]]] = {}
+        self._late: set[int] = set()      # requests given up on; their replies are dropped
+        self._watches: dict[str, Watch] = {}
+        self.rejected: deque[Rejected] = deque(maxlen=1000)
+        self.rejected_total = 0
+        self._cache: dict[str, tuple[float, Entry]] = {}
+
+    def close(self) -> None:
+        for c in self.conns.values():
+            c.sock.close(0)
+        self.conns.clear()
+
+    def __enter__(self) -> CatalogClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing -----------------------------------------------------------------------------
+    def _send(self, conn: _Conn, kind: str, body: dict[str, Any] | None = None,
+              frames: Sequence[bytes] = ()) -> int | None:
+        """Queue a request; None if the replica has no live connection right now."""
+        rid = next(self._ids)
+        try:
+            conn.sock.send_multipart(encode(Envelope(P.PROTOCOL, P.VERSION, kind, rid, body or {}), frames),
+                                     zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        return rid
+
+    def _pump(self, timeout_s: float) -> None:
+        for sock, _ in self.poller.poll(max(0, timeout_s) * 1000):
+            conn = self.by_sock[sock]
+            while True:
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    env, frames = decode(parts)
+                except SnipeError as exc:
+                    log.warning("undecodable message from replica %s: %s", conn.address.endpoint, exc)
+                    continue
+                if env.request_id:
+                    self.order.mark_up(conn.address)
+                    if env.request_id in self._late:
+                        self._late.discard(env.request_id)
+                    else:
+                        self._replies[env.request_id] = (conn.address.endpoint, env, frames)
+                else:
+                    w = self._watches.get(str(env.body.get("watch")))
+                    if w is not None and w.conn is conn:
+                        w._on_event(env, frames)
+
+    def _fanout(self, conns: Sequence[_Conn], kind: str, body: dict[str, Any] | None, frames: Sequence[bytes],
+                enough: Any, deadline: float) -> dict[str, tuple[Envelope, list[bytes]]]:
+        """Send one request to each of `conns` (retrying those not yet connected) and gather
+        replies until `enough(replies)` says so or the deadline passes. Replicas that never
+        answered are marked down so that later requests prefer the others."""
+        unsent = list(conns)
+        pending: dict[int, _Conn] = {}
+        got: dict[str, tuple[Envelope, list[bytes]]] = {}
+        while True:
+            for conn in list(unsent):
+                rid = self._send(conn, kind, body, frames)
+                if rid is not None:
+                    pending[rid] = conn
+                    unsent.remove(conn)
+            for rid in [r for r in pending if r in self._replies]:
+                endpoint, env, fr = self._replies.pop(rid)
+                del pending[rid]
+                got[endpoint] = (env, fr)
+            if enough(got) or (not pending and not unsent):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._pump(min(left, 0.01 if unsent else 0.05))
+        now = time.monotonic()
+        for conn in [*unsent, *pending.values()]:
+            self.order.mark_down(conn.address, now)
+        for rid in pending:
+            self._late.add(rid)
+        return got
+
+    def _candidates(self) -> list[_Conn]:
+        return [self.conns[a.endpoint] for a in self.order.next_candidates(time.monotonic(), include_backing_off=True)]
+
+    def request(self, kind: str, body: dict[str, Any] | None = None, frames: Sequence[bytes] = (),
+                timeout: float | None = None) -> tuple[str, Envelope, list[bytes]]:
+        """Ask one replica (failing over to the next) and return (endpoint, reply, frames)."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        tried = []
+        for conn in self._candidates():
+            tried.append(conn.address.endpoint)
+            per_try = max(0.1, (deadline - time.monotonic()) / 2)
+            got = self._fanout([conn], kind, body, frames, bool, min(deadline, time.monotonic() + per_try))
+            if got:
+                env, fr = got[conn.address.endpoint]
+                return conn.address.endpoint, env.raise_if_error(), fr
+            if time.monotonic() >= deadline:
+                break
+        raise QuorumError(f"no catalog replica answered {kind!r} in time (tried {', '.join(tried)})")
+
+    # --- writing ------------------------------------------------------------------------------
+    def sign(self, urn: str, name: str, value: Any = None, *, ttl: float | None = None,
+             deleted: bool = False) -> Assertion:
+        ttl_ms = int(ttl * 1000) if ttl else 0
+        return make_assertion(self.identity, urn, name, value, self.clock.now(now_ms()), ttl_ms, deleted)
+
+    def put(self, records: Sequence[Assertion], *, w: int | None = None, timeout: float | None = None) -> PutResult:
+        """Write signed assertions to the replicas; return once W acknowledged every one.
+
+        Raises the replicas' own error (NotAuthorized, SignatureError, StaleWrite, ...) if they
+        refuse a record, or QuorumError if fewer than W answered in time.
+        """
+        w = w or self.w
+        if not records:
+            return PutResult(0, {}, [])
+        if len(records) > P.MAX_BATCH_RECORDS:
+            raise TooLarge(f"a put carries at most {P.MAX_BATCH_RECORDS} assertions; split the batch")
+        if w > self.n:
+            raise ConfigError(f"W={w} is more than the {self.n} replicas configured")
+        frames = [a.encode() for a in records]
+        deadline = time.monotonic() + (timeout or self.timeout)
+        outcome: dict[str, str] = {c: "no answer" for c in self.conns}
+        refusals: list[SnipeError] = []
+
+        def judge(got: dict[str, tuple[Envelope, list[bytes]]]) -> int:
+            acks = 0
+            refusals.clear()
+            for endpoint, (env, _) in got.items():
+                if env.kind == "error":
+                    outcome[endpoint] = str(env.body.get("code"))
+                    refusals.append(error_from_code(str(env.body.get("code")), str(env.body.get("message"))))
+                    continue
+                results = env.body.get("results")
+                if not isinstance(results, list) or len(results) != len(records):
+                    outcome[endpoint] = "malformed reply"
+                    continue
+                bad = [r for r in results if not isinstance(r, list) or len(r) != 4 or r[0] == P.REFUSED]
+                if bad:
+                    outcome[endpoint] = "refused"
+                    first = bad[0]
+                    refusals.append(error_from_code(str(first[1]), str(first[2])) if isinstance(first, list)
+                                    and len(first) == 4 else CodecError("malformed put result"))
+                else:
+                    outcome[endpoint] = "stored"
+                    acks += 1
+            return acks
+
+        got = self._fanout(self._candidates(), "put", None, frames,
+                           lambda g: judge(g) >= w or len(refusals) > self.n - w, deadline)
+        acks = judge(got)
+        for a in records:
+            self._cache.pop(a.urn, None)
+        if acks >= w:
+            return PutResult(acks, outcome, list(records))
+        if refusals:
+            raise refusals[0]
+        raise QuorumError(f"only {acks} of the W={w} replicas acknowledged the write in time: "
+                          + ", ".join(f"{k} {v}" for k, v in outcome.items()))
+
+    def set(self, urn: str, name: str, value: Any, *, ttl: float | None = None, w: int | None = None) -> Assertion:
+        a = self.sign(urn, name, value, ttl=ttl)
+        self.put([a], w=w)
+        return a
+
+    def set_many(self, urn: str, values: dict[str, Any], *, ttl: float | None = None,
+                 w: int | None = None) -> list[Assertion]:
+        recs = [self.sign(urn, k, v, ttl=ttl) for k, v in values.items()]
+        self.put(recs, w=w)
+        return recs
+
+    def delete(self, urn: str, name: str, *, w: int | None = None) -> Assertion:
+        """Tombstone this writer's assertion of `name` about `urn`."""
+        a = self.sign(urn, name, deleted=True)
+        self.put([a], w=w)
+        return a
+
+    def claim(self, urn: str, *, w: int | None = None) -> Assertion:
+        """Become the owner of a proc, group, code or file URN (first claim wins)."""
+        return self.set(urn, authority.OWNER, self.identity.key_id, w=w)
+
+    def delegate(self, urn: str, key_id: str, prefixes: Iterable[str] = ("",), *, w: int | None = None) -> Assertion:
+        """Let `key_id` ("*" for every admitted key) write names starting with any of `prefixes`."""
+        return self.set(urn, authority.DELEGATE_PREFIX + key_id, list(prefixes), w=w)
+
+    # --- reading ------------------------------------------------------------------------------
+    def _believe(self, endpoint: str, frames: list[bytes]) -> list[Assertion]:
+        """Decode and verify records from one replica; drop and report what fails."""
+        out = []
+        for raw in frames:
+            try:
+                a = decode_assertion(raw)
+                a.verify()
+            except (CodecError, TooLarge, SignatureError) as exc:
+                self._reject(endpoint, f"{exc}", None)
+                continue
+            out.append(a)
+        return out
+
+    def _reject(self, endpoint: str, reason: str, a: Assertion | None) -> None:
+        self.rejected.append(Rejected(endpoint, reason, a))
+        self.rejected_total += 1
+        log.warning("catalog replica %s returned a record that fails verification: %s", endpoint, reason)
+
+    def _authorized(self, endpoint: str, records: list[Assertion], now: int) -> list[Assertion]:
+        by_urn: dict[str, list[Assertion]] = {}
+        for a in records:
+            by_urn.setdefault(a.urn, []).append(a)
+        out = []
+        for urn_records in by_urn.values():
+            good, bad = authority.visible(urn_records, self.admin_key, now)
+            for a, why in bad:
+                self._reject(endpoint, f"{a.describe()}: {why}", a)
+            out.extend(good)
+        return out
+
+    def _quorum_read(self, kind: str, body: dict[str, Any], r: int | None, timeout: float | None
+                     ) -> dict[tuple[str, str, bytes], Assertion]:
+        r = r or self.r
+        deadline = time.monotonic() + (timeout or self.timeout)
+        candidates = self._candidates()
+        merged: dict[tuple[str, str, bytes], Assertion] = {}
+        good_answers = 0
+        asked = 0
+        while good_answers < r and asked < len(candidates) and time.monotonic() < deadline:
+            batch = candidates[asked:asked + (r - good_answers)]
+            asked += len(batch)
+            got = self._fanout(batch, kind, body, (), lambda g, n=len(batch): len(g) >= n, deadline)
+            for endpoint, (env, frames) in got.items():
+                if env.kind == "error":
+                    err = error_from_code(str(env.body.get("code")), str(env.body.get("message")))
+                    if not isinstance(err, ResyncNeeded):
+                        raise err
+                    continue
+                before = self.rejected_total
+                believed = self._authorized(endpoint, self._believe(endpoint, frames), now_ms())
+                merged = merge(merged.values(), believed)
+                if self.rejected_total == before:
+                    good_answers += 1      # a replica that returned forgeries does not count
+        if good_answers < r:
+            raise QuorumError(f"only {good_answers} of R={r} replicas gave a verifiable answer to {kind} in time")
+        return merged
+
+    def get(self, urn: str, name: str | None = None, *, r: int | None = None, timeout: float | None = None) -> Entry:
+        """Every verified assertion about `urn` (merged from R replicas)."""
+        urn = validate_urn(urn)
+        body: dict[str, Any] = {"urn": urn}
+        if name is not None:
+            body["name"] = name
+        merged = self._quorum_read("get", body, r, timeout)
+        entry = Entry(urn, sorted(merged.values(), key=lambda a: (a.name, a.signer)))
+        if name is None:
+            self._cache[urn] = (time.monotonic(), entry)
+        return entry
+
+    def cached(self, urn: str, max_age: float = 5.0) -> Entry:
+        """`get`, answered from the cache while the entry is fresh: younger than `max_age`, no
+        lease in it expired, not invalidated by a write, a watch event or `invalidate`."""
+        hit = self._cache.get(urn)
+        if hit is not None:
+            at, entry = hit
+            exp = entry.expires_at_ms()
+            if time.monotonic() - at < max_age and (exp is None or exp > now_ms()):
+                return entry
+        return self.get(urn)
+
+    def invalidate(self, urn: str) -> None:
+        """Forget a cached entry (call it when what it said turned out wrong, e.g. a dead route)."""
+        self._cache.pop(urn, None)
+
+    def query(self, prefix: str, where: Sequence[Predicate] = (), *, limit: int = P.MAX_QUERY_URNS,
+              r: int | None = None, timeout: float | None = None) -> dict[str, Entry]:
+        """Every URN under `prefix` whose live assertions satisfy all predicates."""
+        body = {"prefix": prefix, "where": [list(p) for p in where], "limit": limit}
+        merged = self._quorum_read("query", body, r or 1, timeout)
+        by_urn: dict[str, list[Assertion]] = {}
+        for a in merged.values():
+            by_urn.setdefault(a.urn, []).append(a)
+        now = now_ms()
+        out = {}
+        for urn in sorted(by_urn):
+            e = Entry(urn, sorted(by_urn[urn], key=lambda a: (a.name, a.signer)))
+            if matches(e.live(now), where):
+                out[urn] = e
+        return out
+
+    def status(self, endpoint: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+        if endpoint is None:
+            _, env, _ = self.request("status", timeout=timeout)
+            return env.body
+        got = self._fanout([self.conns[endpoint]], "status", None, (), bool,
+                           time.monotonic() + (timeout or self.timeout))
+        if endpoint not in got:
+            raise QuorumError(f"replica {endpoint} did not answer status in time")
+        return got[endpoint][0].raise_if_error().body
+
+    def watch(self, prefix: str, *, from_rev: int | None = None) -> Watch:
+        w = Watch(self, prefix)
+        w.start(from_rev)
+        return w
+
+
+class Watch:
+    """A subscription to every change under a prefix, across replica failures.
+
+    Order and completeness: events from one replica arrive in revision order; each carries the
+    revision it follows, so a gap is noticed and the watch re-subscribes from the last revision
+    it saw. If the replica no longer has that revision, or dies (no heartbeat for 3 s), the
+    watch moves to another replica and compares that replica's current state with everything it
+    has delivered, delivering each difference as an event: no change is skipped silently. When
+    even that is impossible the caller gets a `resync` event holding the whole current state.
+    """
+
+    def __init__(self, client: CatalogClient, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.id = uuid.uuid4().hex
+        self.conn: _Conn | None = None
+        self.last_rev = 0
+        self.last_heard = time.monotonic()
+        self.delivered: dict[tuple[str, str, bytes], tuple[int, bytes]] = {}
+        self.queue: deque[WatchEvent] = deque()
+        self.switches = 0
+        self._needs_restart = False
+
+    def start(self, from_rev: int | None = None, exclude: _Conn | None = None) -> None:
+        errors = []
+        for conn in self.client._candidates():
+            if conn is exclude and len(self.client.conns) > 1:
+                continue
+            self.conn = conn         # events may arrive before the reply; route them here
+            self.client._watches[self.id] = self
+            got = self.client._fanout([conn], "watch", {"watch": self.id, "prefix": self.prefix, "from_rev": from_rev},
+                                      (), bool, time.monotonic() + self.client.timeout)
+            if not got:
+                errors.append(f"{conn.address.endpoint}: no answer")
+                continue
+            env, _ = got[conn.address.endpoint]
+            if env.kind == "error":
+                errors.append(f"{conn.address.endpoint}: {env.body.get('message')}")
+                if env.body.get("code") == ResyncNeeded.code and from_rev is not None:
+                    self.start(None)
+                    self._catch_up_here()
+                    return None
+                continue
+            if from_rev is None:
+                self.last_rev = int(env.body.get("rev", 0))
+            self.last_heard = time.monotonic()
+            self._needs_restart = False
+            return None
+        self.conn = None
+        raise QuorumError("no replica accepted the watch: " + "; ".join(errors))
+
+    def _fresh(self, a: Assertion) -> bool:
+        seen = self.delivered.get(a.key)
+        return seen is None or seen < a.rank
+
+    def _deliver(self, kind: str, a: Assertion, rev: int) -> None:
+        self.delivered[a.key] = a.rank
+        self.client._cache.pop(a.urn, None)
+        replica = self.conn.address.endpoint if self.conn else ""
+        self.queue.append(WatchEvent(kind, a, rev, replica))
+
+    def _on_event(self, env: Envelope, frames: list[bytes]) -> None:
+        self.last_heard = time.monotonic()
+        endpoint = self.conn.address.endpoint if self.conn else "?"
+        if env.kind == "heartbeat":
+            if env.body.get("prev") not in (None, self.last_rev) and env.body.get("prev", 0) > self.last_rev:
+                self._needs_restart = True
+            return
+        if env.kind == "lagged":
+            self._needs_restart = True
+            return
+        if env.kind != "event":
+            return
+        revs, kinds = env.body.get("revs"), env.body.get("kinds")
+        if env.body.get("prev") != self.last_rev and env.body.get("prev", 0) > self.last_rev:
+            self._needs_restart = True     # a gap: re-subscribe from what we have
+            return
+        if not isinstance(revs, list) or not isinstance(kinds, list) or len(revs) != len(frames):
+            self._needs_restart = True
+            return
+        believed = {a.key: a for a in self.client._believe(endpoint, frames)}
+        for rev, kind, raw in zip(revs, kinds, frames, strict=True):
+            if rev <= self.last_rev:
+                continue
+            self.last_rev = rev
+            try:
+                a = decode_assertion(raw)
+            except SnipeError:
+                continue
+            if a.key not in believed:
+                continue
+            if kind == "expire":
+                self.queue.append(WatchEvent("expire", a, rev, endpoint))
+            elif self._fresh(a):
+                self._deliver("delete" if a.deleted else "put", a, rev)
+
+    def _health(self) -> None:
+        silent = time.monotonic() - self.last_heard > 3 * P.HEARTBEAT_S
+        if silent and self.conn is not None:
+            dead = self.conn
+            self.client.order.mark_down(dead.address, time.monotonic())
+            self.client._watches.pop(self.id, None)
+            self._switch(exclude=dead)
+        elif self._needs_restart and self.conn is not None:
+            self.client._send(self.conn, "unwatch", {"watch": self.id})
+            try:
+                self.start(self.last_rev)
+            except QuorumError:
+                self._switch(exclude=self.conn)
+
+    def _switch(self, exclude: _Conn | None) -> None:
+        """Move to another replica: its revisions mean nothing to us, so compare states."""
+        self.start(None, exclude=exclude)
+        self._catch_up_here()
+
+    def _catch_up_here(self) -> None:
+        state = self.client.query(self.prefix, r=1, timeout=self.client.timeout)
+        for entry in state.values():
+            for a in entry.records:
+                if self._fresh(a):
+                    self._deliver("delete" if a.deleted else "put", a, self.last_rev)
+        self.switches += 1
+
+    def next(self, timeout: float | None = None) -> WatchEvent | None:
+        """The next change, or None if none came within `timeout` seconds."""
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        while not self.queue:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.client._pump(min(left, 0.1))
+            self._health()
+        return self.queue.popleft()
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        while True:
+            ev = self.next()
+            if ev is not None:
+                yield ev
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.client._send(self.conn, "unwatch", {"watch": self.id})
+        self.client._watches.pop(self.id, None)

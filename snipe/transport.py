@@ -1,0 +1,95 @@
+"""CurveZMQ sockets keyed by our Ed25519 identities, and the admission check for servers.
+
+Every TCP link is encrypted and authenticated with CurveZMQ, keys derived from the Ed25519
+identity (snipe/identity.py). A server installs a `KeyGate`: its ZAP handler maps the client's
+Curve key back to the Ed25519 key it came from, asks the server whether that key is known, and
+tags each accepted connection with the Ed25519 key id (ZeroMQ's "User-Id" frame property), so
+a server always knows which key sent a message.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import nacl.bindings
+import zmq
+import zmq.auth.thread
+
+from snipe.identity import Identity, curve_public_key
+
+Admit = Callable[[bytes], bool]           # Ed25519 public key -> known?
+
+
+class KeyGate(zmq.auth.thread.ThreadAuthenticator):
+    """ZAP handler: accepts a Curve client iff `admit(ed25519_key)` says so."""
+
+    def __init__(self, context: zmq.Context, admit: Admit,
+                 resolve: Callable[[bytes], bytes | None] = lambda curve: None) -> None:
+        super().__init__(context)
+        self._admit = admit
+        self._resolve = resolve
+        self._curve_to_ed: dict[bytes, bytes] = {}
+        self._lock = threading.Lock()
+        self.refused: list[str] = []
+
+    def learn(self, ed_key: bytes) -> None:
+        """Remember which Curve key belongs to an Ed25519 key (the map is one-way otherwise)."""
+        curve = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(ed_key)
+        with self._lock:
+            self._curve_to_ed[curve] = ed_key
+
+    def ed_key_of(self, curve_z85: bytes) -> bytes | None:
+        import zmq.utils.z85
+        curve = zmq.utils.z85.decode(curve_z85)
+        with self._lock:
+            ed = self._curve_to_ed.get(curve)
+        return ed if ed is not None else self._resolve(curve)
+
+    # called by pyzmq's ZAP loop, in the authenticator thread
+    def callback(self, domain: str, key: bytes) -> bool:
+        ed = self.ed_key_of(key)
+        ok = ed is not None and self._admit(ed)
+        if not ok:
+            self.refused.append(key.decode())
+            del self.refused[:-100]
+        return ok
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        import zmq.utils.z85
+        ed = self.ed_key_of(zmq.utils.z85.encode(client_public_key))
+        return ed.hex() if ed else ""
+
+    def install(self) -> None:
+        self.start()
+        self.configure_curve_callback(domain="snipe", credentials_provider=self)
+
+
+def server_socket(ctx: zmq.Context, kind: int, identity: Identity) -> zmq.Socket:
+    sock = ctx.socket(kind)
+    pub, sec = identity.curve_keypair()
+    sock.curve_publickey = pub
+    sock.curve_secretkey = sec
+    sock.curve_server = True
+    sock.zap_domain = b"snipe"
+    sock.linger = 0
+    return sock
+
+
+def client_socket(ctx: zmq.Context, kind: int, identity: Identity, server_key: bytes) -> zmq.Socket:
+    """A socket that will only complete a handshake with the holder of `server_key` (Ed25519)."""
+    sock = ctx.socket(kind)
+    pub, sec = identity.curve_keypair()
+    sock.curve_publickey = pub
+    sock.curve_secretkey = sec
+    sock.curve_serverkey = curve_public_key(server_key)
+    sock.linger = 0
+    return sock
+
+
+def sender_key(frame: zmq.Frame) -> str:
+    """The Ed25519 key id the ZAP handler attached to a received frame ("" if none)."""
+    try:
+        return frame.get("User-Id") or ""
+    except zmq.ZMQError:
+        return ""
