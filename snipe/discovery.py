@@ -662,6 +662,10 @@ def discover(
 
     domain = srv_domain or env.get(ENV_SRV_DOMAIN, "").strip() or None
     if domain is not None:
+        try:
+            _check_domain(domain)
+        except ConfigError as exc:
+            raise ConfigError(f"{'srv_domain' if srv_domain else ENV_SRV_DOMAIN}: {exc}") from None
         host, port = _parse_dns_server(server_text) if server_text else (None, 53)
         found = from_srv(domain, host, port, rng=rng)
         log.debug("catalog replicas from SRV records of %s: %s", domain, found)
