@@ -67,7 +67,7 @@ def check_write(
     signer = a.signer.hex()
     if a.signer != admin and not is_admitted(a.signer):
         raise NotAuthorized(
-            f"key {signer[:16]}… is not admitted to this cluster; an admin must assign it a host or "
+            f"{a.urn}: key {signer[:16]}… is not admitted to this cluster; an admin must assign it a host or "
             "user URN, or a daemon must vouch for it")
     if a.signer == admin:
         return
@@ -76,7 +76,7 @@ def check_write(
     owner = effective_owner(others, admin, now_ms)
     if a.name == OWNER:
         if kind in ADMIN_ASSIGNED_KINDS:
-            raise NotAuthorized(f"{a.urn}: {kind} URNs are assigned by the admin key, not claimed")
+            raise NotAuthorized(f"{a.urn}: {kind} URNs are assigned by the admin key, not claimed; ask an admin key")
         if not a.deleted and a.value != signer:
             raise NotAuthorized(f"{a.urn}: an _owner claim must name its own signer {signer[:16]}…")
         if owner is not None and owner.value != signer and (owner.signer == admin or owner.rank < a.rank):
@@ -87,7 +87,7 @@ def check_write(
     if owner.value == signer:
         return
     if a.name.startswith(DELEGATE_PREFIX):
-        raise NotAuthorized(f"{a.urn}: only its owner {str(owner.value)[:16]}… may delegate")
+        raise NotAuthorized(f"{a.urn}: only its owner {str(owner.value)[:16]}… may delegate; ask its owner")
     owner_key = bytes.fromhex(str(owner.value))
     if any(a.name.startswith(p) for p in delegated_prefixes(held, owner_key, a.signer, now_ms)):
         return

@@ -59,17 +59,30 @@ def _literal(text: str) -> Any:
     return text
 
 
+def _same(value: Any, target: Any) -> bool:
+    """Equality that never takes a bool for an int (True is not 1), also inside lists and maps."""
+    if isinstance(value, bool) or isinstance(target, bool):
+        return value is target
+    if isinstance(value, list) and isinstance(target, list):
+        return len(value) == len(target) and all(_same(v, t) for v, t in zip(value, target, strict=True))
+    if isinstance(value, dict) and isinstance(target, dict):
+        return value.keys() == target.keys() and all(_same(value[k], target[k]) for k in value)
+    return bool(value == target)
+
+
 def _holds(value: Any, op: str, target: Any) -> bool:
     if op == "exists":
         return True
     if op == "=":
-        return (value == target and type(value) is not bool) or value is target
+        return _same(value, target)
     if op == "!=":
-        return value != target
+        return not _same(value, target)
     if op == "prefix":
         return isinstance(value, str | bytes) and isinstance(target, type(value)) and value.startswith(target)
     if op == "contains":
-        return isinstance(value, list | str | dict) and target in value
+        if isinstance(value, list):
+            return any(_same(v, target) for v in value)
+        return isinstance(value, str | dict) and isinstance(target, str) and target in value
     numeric = (int, float)
     if isinstance(value, bool) or isinstance(target, bool):
         return False

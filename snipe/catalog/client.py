@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+import zmq.utils.monitor
 
 from snipe import authority
 from snipe.assertion import Assertion, decode_assertion, make_assertion, merge
@@ -33,6 +34,7 @@ from snipe.discovery import FailoverOrder, ReplicaAddress, from_list
 from snipe.errors import (
     CodecError,
     ConfigError,
+    NotAuthorized,
     QuorumError,
     ResyncNeeded,
     SignatureError,
@@ -75,6 +77,20 @@ class _Conn:
     address: ReplicaAddress
     sock: zmq.Socket
     key: bytes
+    monitor: zmq.Socket
+    auth_refused: bool = False
+
+    def check_handshakes(self) -> None:
+        """Read the socket's handshake events: a replica that refused our key says so here."""
+        while True:
+            try:
+                ev = zmq.utils.monitor.recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self.auth_refused = True
+            elif ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.auth_refused = False
 
 
 @dataclass
@@ -119,8 +135,9 @@ class CatalogClient:
             sock = client_socket(self.ctx, zmq.DEALER, identity, key)
             sock.immediate = 1       # a send to a replica that is not connected fails at once
             sock.sndhwm = sock.rcvhwm = 100_000
+            monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
             sock.connect(a.endpoint)
-            self.conns[a.endpoint] = _Conn(a, sock, key)
+            self.conns[a.endpoint] = _Conn(a, sock, key, monitor)
         self.poller = zmq.Poller()
         for c in self.conns.values():
             self.poller.register(c.sock, zmq.POLLIN)
@@ -136,6 +153,8 @@ class CatalogClient:
 
     def close(self) -> None:
         for c in self.conns.values():
+            c.sock.disable_monitor()
+            c.monitor.close(0)
             c.sock.close(0)
         self.conns.clear()
 
@@ -206,10 +225,19 @@ class CatalogClient:
                 break
             self._pump(min(left, 0.01 if unsent else 0.05))
         now = time.monotonic()
-        for conn in [*unsent, *pending.values()]:
+        silent = [*unsent, *pending.values()]
+        for conn in silent:
             self.order.mark_down(conn.address, now)
         for rid in pending:
             self._late.add(rid)
+        if silent and not got:
+            for conn in silent:
+                conn.check_handshakes()
+            refused = [c.address.endpoint for c in silent if c.auth_refused]
+            if refused:
+                raise NotAuthorized(
+                    f"catalog replica {', '.join(refused)} refused this client's key {self.identity.key_id[:16]}…: "
+                    "it is not admitted to the cluster; ask an admin to admit it (a user or host URN)")
         return got
 
     def _candidates(self) -> list[_Conn]:
