@@ -107,7 +107,8 @@ def admissions_granted(a: Assertion, held: list[Assertion], admin: bytes, is_hos
             return [bytes.fromhex(a.value)]
         except ValueError:
             return []
-    if kind == "proc" and a.name.startswith(DELEGATE_PREFIX) and a.name != DELEGATE_PREFIX + ANY_KEY:
+    if (kind == "proc" and a.name.startswith(DELEGATE_PREFIX) and a.name != DELEGATE_PREFIX + ANY_KEY
+            and isinstance(a.value, list) and any(isinstance(p, str) for p in a.value)):  # [] revokes
         owner = effective_owner(held, admin, now_ms)
         if owner is not None and owner.value == a.signer.hex() and (a.signer == admin or is_host_key(a.signer)):
             try:

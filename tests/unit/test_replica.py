@@ -1,0 +1,328 @@
+"""The replica core (rcds/replica.py): assertions in, Accepted/Refused out, state kept in storage.
+
+Every test runs against both storages (MemoryStorage and LmdbStorage) so they are held to one
+behaviour. Times are manual: `now_ms` values, never the wall clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from rcds.replica import Accepted, Refused, Replica
+from rcds.storage import EXPIRE, PUT, ZERO, Change, MemoryStorage, Storage
+from rcds.store import LmdbStorage
+from snipe import hlc
+from snipe.assertion import Assertion, make_assertion
+from snipe.errors import CodecError, NotAuthorized, SignatureError, StaleWrite, TooLarge
+from snipe.identity import Identity
+
+ADMIN, ALICE, BOB, HOSTKEY, TASK, STRANGER = (Identity.from_seed(bytes([i]) * 32) for i in range(11, 17))
+T0 = 1_700_000_000_000
+NOW = T0 + 1_000
+GRACE = 60_000
+SKEW = 30_000
+USER_A, USER_B, HOST = "urn:snipe:user:alice", "urn:snipe:user:bob", "urn:snipe:host:h1"
+PROC, PROC2 = "urn:snipe:proc:p1", "urn:snipe:proc:p2"
+
+
+def put(who: Identity, urn: str, name: str, value: object, at: int = 0, ttl_ms: int = 0) -> Assertion:
+    return make_assertion(who, urn, name, value, hlc.pack(T0 + at), ttl_ms)
+
+
+def tomb(who: Identity, urn: str, name: str, at: int) -> Assertion:
+    return make_assertion(who, urn, name, None, hlc.pack(T0 + at), deleted=True)
+
+
+def claim(who: Identity, urn: str = PROC, at: int = 0) -> Assertion:
+    return put(who, urn, "_owner", who.key_id, at)
+
+
+def outcome(r: Accepted | Refused) -> tuple:
+    """A result as plain data, so whole transcripts compare with ==."""
+    if isinstance(r, Accepted):
+        return ("accepted", r.record, r.rev, r.new)
+    return ("refused", type(r.error), r.record)
+
+
+MakeStorage = Callable[..., Storage]
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def make_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStorage]:
+    opened: list[LmdbStorage] = []
+
+    def make(**kw: int) -> Storage:
+        if request.param == "memory":
+            return MemoryStorage(**kw)
+        s = LmdbStorage(tmp_path / f"db{len(opened)}", map_size=64 << 20, **kw)
+        opened.append(s)
+        return s
+
+    yield make
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def storage(make_storage: MakeStorage) -> Storage:
+    return make_storage()
+
+
+@pytest.fixture
+def replica(storage: Storage) -> Replica:
+    return Replica(storage, ADMIN.public_key, gc_grace_ms=GRACE, max_skew_ms=SKEW)
+
+
+def ingest(replica: Replica, *records: Assertion | bytes, now: int = NOW) -> list[tuple]:
+    return [outcome(r) for r in replica.ingest(list(records), now)]
+
+
+def admitted_alice(replica: Replica) -> Assertion:
+    a = put(ADMIN, USER_A, "_owner", ALICE.key_id)
+    assert ingest(replica, a) == [("accepted", a, 1, True)]
+    return a
+
+
+def held(storage: Storage, urn: str) -> set[Assertion]:
+    return set(storage.held(urn))
+
+
+# --- accepting and refusing ----------------------------------------------------------------------
+def test_a_write_is_stored_logged_and_digested(replica, storage):
+    assign = admitted_alice(replica)
+    c, state = claim(ALICE, at=1), put(ALICE, PROC, "state", "running", at=2)
+    assert ingest(replica, c, state) == [("accepted", c, 2, True), ("accepted", state, 3, True)]
+    assert held(storage, PROC) == {c, state}
+    assert held(storage, USER_A) == {assign}
+    assert storage.count() == 3
+    assert storage.last_rev() == 3
+    assert storage.changes_since(0, 100) == (1, [Change(1, PUT, assign), Change(2, PUT, c), Change(3, PUT, state)])
+    assert storage.changes_since(2, 100) == (1, [Change(3, PUT, state)])
+    assert sum(d != ZERO for d in storage.top_digests()) >= 1
+
+
+def test_identical_reput_is_idempotent(replica, storage):
+    admitted_alice(replica)
+    c = claim(ALICE, at=1)
+    ingest(replica, c)
+    digests, rev = storage.top_digests(), storage.last_rev()
+    assert ingest(replica, c, c.encode()) == [("accepted", c, 0, False), ("accepted", c, 0, False)]
+    assert (storage.top_digests(), storage.last_rev(), storage.count()) == (digests, rev, 2)
+
+
+def test_older_write_is_refused_as_stale(replica, storage):
+    admitted_alice(replica)
+    c, new, old = claim(ALICE), put(ALICE, PROC, "state", "new", at=5), put(ALICE, PROC, "state", "old", at=4)
+    ingest(replica, c, new)
+    [result] = replica.ingest([old], NOW)
+    assert outcome(result) == ("refused", StaleWrite, old)
+    assert PROC in str(result.error) and "re-read and write again" in str(result.error)
+    assert held(storage, PROC) == {c, new}
+
+
+def test_future_timestamp_beyond_skew_is_refused(replica, storage):
+    admitted_alice(replica)
+    near = put(ALICE, PROC, "_owner", ALICE.key_id, at=NOW - T0 + SKEW)        # exactly at the limit
+    far = put(ALICE, PROC2, "_owner", ALICE.key_id, at=NOW - T0 + SKEW + 1)
+    zero = make_assertion(ALICE, PROC2, "_owner", ALICE.key_id, 0)
+    results = replica.ingest([near, far, zero], NOW)
+    assert [outcome(r) for r in results] == [("accepted", near, 2, True), ("refused", StaleWrite, far),
+                                              ("refused", StaleWrite, zero)]
+    assert "check the writer's clock" in str(results[1].error)
+    assert held(storage, PROC2) == set()
+
+
+def test_bad_signature_is_refused(replica, storage):
+    admitted_alice(replica)
+    good = claim(ALICE)
+    forged = dataclasses.replace(good, value=BOB.key_id, signer=BOB.public_key)
+    altered = dataclasses.replace(put(ALICE, PROC2, "_owner", ALICE.key_id), ts=hlc.pack(T0 + 7))
+    results = replica.ingest([forged, altered.encode()], NOW)
+    assert [outcome(r) for r in results] == [("refused", SignatureError, forged), ("refused", SignatureError, altered)]
+    assert PROC in str(results[0].error)
+    assert storage.count() == 1 and storage.last_rev() == 1
+
+
+def test_garbage_is_refused_without_harming_the_rest_of_the_batch(replica, storage):
+    admitted_alice(replica)
+    c, state = claim(ALICE), put(ALICE, PROC, "state", "up", at=1)
+    huge = b"\x00" * (2 * 1024 * 1024)
+    results = replica.ingest([c.encode(), b"\xc1 not msgpack", b"\x93\x01\x02\x03", huge, state.encode()], NOW)
+    assert [outcome(r) for r in results] == [
+        ("accepted", c, 2, True),
+        ("refused", CodecError, None),
+        ("refused", CodecError, None),
+        ("refused", TooLarge, None),
+        ("accepted", state, 3, True),
+    ]
+    assert held(storage, PROC) == {c, state}
+
+
+def test_unauthorized_write_is_refused(replica, storage):
+    admitted_alice(replica)
+    bob_in = put(ADMIN, USER_B, "_owner", BOB.key_id)
+    c = claim(ALICE)
+    theft, rival = put(BOB, PROC, "state", "mine", at=1), claim(BOB, at=2)
+    results = replica.ingest([bob_in, c, theft, rival], NOW)
+    assert [outcome(r) for r in results] == [("accepted", bob_in, 2, True), ("accepted", c, 3, True),
+                                              ("refused", NotAuthorized, theft), ("refused", NotAuthorized, rival)]
+    assert all(PROC in str(r.error) and "ask its owner" in str(r.error) for r in results[2:])
+    assert held(storage, PROC) == {c}
+
+
+def test_unadmitted_key_is_refused(replica, storage):
+    a = claim(STRANGER)
+    [result] = replica.ingest([a], NOW)
+    assert outcome(result) == ("refused", NotAuthorized, a)
+    assert "is not admitted" in str(result.error)
+    assert storage.count() == 0 and storage.last_rev() == 0 and storage.top_digests() == [ZERO] * 256
+
+
+def test_tombstone_supersedes(replica, storage):
+    admitted_alice(replica)
+    c, state, gone = claim(ALICE), put(ALICE, PROC, "state", "up", at=1), tomb(ALICE, PROC, "state", at=2)
+    late = put(ALICE, PROC, "state", "late", at=1)  # older than the tombstone, arriving after it
+    assert [o[0] for o in ingest(replica, c, state, gone)] == ["accepted"] * 3
+    assert ingest(replica, late) == [("refused", StaleWrite, late)]
+    assert held(storage, PROC) == {c, gone}
+    assert not gone.is_live(NOW)
+    revived = put(ALICE, PROC, "state", "again", at=3)
+    assert ingest(replica, revived) == [("accepted", revived, 5, True)]
+
+
+# --- timers: leases and garbage collection -------------------------------------------------------
+def test_lease_expiry_is_logged_at_expiry(replica, storage):
+    admitted_alice(replica)
+    c = claim(ALICE)
+    lease = put(ALICE, PROC, "alive", True, at=100, ttl_ms=5_000)
+    ingest(replica, c, lease)
+    expiry = T0 + 100 + 5_000
+    assert lease.expires_at_ms == expiry
+    assert replica.tick(expiry - 1) == 0
+    assert storage.last_rev() == 3 and lease.is_live(expiry - 1)
+    assert replica.tick(expiry) == 1
+    assert storage.changes_since(3, 10) == (1, [Change(4, EXPIRE, lease)])
+    assert not lease.is_live(expiry)
+    assert held(storage, PROC) == {c, lease}          # remembered until its grace runs out
+    assert replica.tick(expiry + GRACE - 1) == 0
+    assert replica.tick(expiry + GRACE) == 1
+    assert held(storage, PROC) == {c}
+    assert storage.last_rev() == 4                    # forgetting is not a change watchers see
+
+
+def test_renewed_lease_does_not_expire_at_the_old_time(replica, storage):
+    admitted_alice(replica)
+    first = put(ALICE, PROC, "alive", True, at=0, ttl_ms=1_000)
+    renewed = put(ALICE, PROC, "alive", True, at=900, ttl_ms=1_000)
+    ingest(replica, claim(ALICE), first, renewed)
+    assert replica.tick(T0 + 1_000) == 1              # the old timer fires, and finds a newer record
+    assert storage.last_rev() == 4
+    assert replica.tick(T0 + 1_900) == 1
+    assert storage.changes_since(4, 10) == (1, [Change(5, EXPIRE, renewed)])
+
+
+def test_gc_forgets_tombstones_and_refuses_to_resurrect_them(make_storage):
+    storage = make_storage()
+    replica = Replica(storage, ADMIN.public_key, gc_grace_ms=GRACE, max_skew_ms=SKEW)
+    admitted_alice(replica)
+    c = claim(ALICE)
+    state, gone = put(ALICE, PROC, "state", "up", at=1), tomb(ALICE, PROC, "state", at=2)
+    ingest(replica, c)
+    digests_before = storage.top_digests()
+    ingest(replica, state, gone)
+    gc_at = T0 + 2 + GRACE
+    assert replica.tick(gc_at - 1) == 0
+    assert held(storage, PROC) == {c, gone}
+    assert replica.tick(gc_at) == 1
+    assert held(storage, PROC) == {c}
+    assert storage.top_digests() == digests_before     # the XOR digest is back where it was
+    # A peer that still holds the tombstone pushes it: accepted as a no-op, not stored.
+    assert ingest(replica, gone, now=gc_at) == [("accepted", gone, 0, False)]
+    assert held(storage, PROC) == {c}
+    # The same on a replica that never saw it, and for an expired lease past its grace.
+    fresh_storage = make_storage()
+    fresh = Replica(fresh_storage, ADMIN.public_key, gc_grace_ms=GRACE, max_skew_ms=SKEW)
+    lease = put(ALICE, PROC, "alive", True, at=0, ttl_ms=10)
+    later = T0 + 10 + GRACE
+    assert ingest(fresh, gone, lease, now=later) == [("accepted", gone, 0, False), ("accepted", lease, 0, False)]
+    assert fresh_storage.count() == 0 and fresh_storage.last_rev() == 0
+
+
+def test_an_expired_lease_arriving_within_grace_is_stored_and_expires_at_the_next_tick(replica, storage):
+    admitted_alice(replica)
+    c, lease = claim(ALICE), put(ALICE, PROC, "alive", True, at=0, ttl_ms=10)
+    ingest(replica, c)
+    assert ingest(replica, lease, now=T0 + 500) == [("accepted", lease, 3, True)]
+    assert replica.tick(T0 + 500) == 1
+    assert storage.changes_since(3, 10) == (1, [Change(4, EXPIRE, lease)])
+
+
+# --- admission -----------------------------------------------------------------------------------
+def test_admission_through_an_admin_owner_on_a_user_urn(replica, storage):
+    early = claim(ALICE, PROC, at=0)
+    assert ingest(replica, early) == [("refused", NotAuthorized, early)]
+    assert not storage.is_admitted(ALICE.public_key)
+    admitted_alice(replica)
+    assert storage.is_admitted(ALICE.public_key)
+    later = claim(ALICE, PROC, at=1)
+    assert ingest(replica, later) == [("accepted", later, 2, True)]
+
+
+def test_revoking_the_user_urn_unadmits_the_key(replica, storage):
+    admitted_alice(replica)
+    revoke = tomb(ADMIN, USER_A, "_owner", at=5)
+    c = claim(ALICE, PROC, at=6)
+    assert ingest(replica, revoke, c) == [("accepted", revoke, 2, True), ("refused", NotAuthorized, c)]
+    assert not storage.is_admitted(ALICE.public_key)
+
+
+def test_a_leased_admission_ends_at_expiry(replica, storage):
+    lease = put(ADMIN, USER_A, "_owner", ALICE.key_id, ttl_ms=2_000)
+    ingest(replica, lease)
+    assert storage.is_admitted(ALICE.public_key)
+    replica.tick(T0 + 2_000)
+    assert not storage.is_admitted(ALICE.public_key)
+    c = claim(ALICE, PROC, at=2_500)
+    assert ingest(replica, c, now=T0 + 3_000) == [("refused", NotAuthorized, c)]
+
+
+def test_a_host_vouches_for_the_task_it_started(replica, storage):
+    host_in = put(ADMIN, HOST, "_owner", HOSTKEY.key_id)
+    host_claim = claim(HOSTKEY, PROC)
+    vouch = put(HOSTKEY, PROC, f"_delegate.{TASK.key_id}", [""], at=1)
+    task_claim = claim(TASK, PROC2, at=2)
+    results = ingest(replica, host_in, host_claim, vouch, task_claim)
+    assert results == [("accepted", host_in, 1, True), ("accepted", host_claim, 2, True),
+                       ("accepted", vouch, 3, True), ("accepted", task_claim, 4, True)]
+    assert storage.is_admitted(TASK.public_key)
+    withdraw = put(HOSTKEY, PROC, f"_delegate.{TASK.key_id}", [], at=3)
+    task_again = put(TASK, PROC2, "state", "up", at=4)
+    assert ingest(replica, withdraw, task_again) == [("accepted", withdraw, 5, True),
+                                                     ("refused", NotAuthorized, task_again)]
+
+
+# --- the change log ------------------------------------------------------------------------------
+def test_revisions_strictly_increase_and_the_log_keeps_its_retention(make_storage):
+    storage = make_storage(log_retention=5)
+    replica = Replica(storage, ADMIN.public_key, gc_grace_ms=GRACE, max_skew_ms=SKEW)
+    writes = [put(ADMIN, f"urn:snipe:group:g{i}", "n", i, at=i) for i in range(8)]
+    revs = [r.rev for r in replica.ingest(writes[:3], NOW)] + [r.rev for r in replica.ingest(writes[3:], NOW)]
+    assert revs == [1, 2, 3, 4, 5, 6, 7, 8]
+    first, changes = storage.changes_since(0, 100)
+    assert first == 4
+    assert changes == [Change(rev, PUT, w) for rev, w in zip(range(4, 9), writes[3:], strict=True)]
+    assert storage.changes_since(6, 100) == (4, [Change(7, PUT, writes[6]), Change(8, PUT, writes[7])])
+    assert storage.changes_since(3, 2) == (4, [Change(4, PUT, writes[3]), Change(5, PUT, writes[4])])
+    assert storage.changes_since(8, 100) == (4, [])
+    # expiries are revisions too, and advance the window
+    lease = put(ADMIN, "urn:snipe:group:lease", "n", 0, at=10, ttl_ms=10)
+    ingest(replica, lease)
+    replica.tick(T0 + 20)
+    first, changes = storage.changes_since(0, 100)
+    assert first == 6
+    assert [c.rev for c in changes] == [6, 7, 8, 9, 10]
+    assert changes[-2:] == [Change(9, PUT, lease), Change(10, EXPIRE, lease)]
