@@ -40,7 +40,7 @@ from rcds.storage import (
     xor,
 )
 from snipe.assertion import Assertion, decode_assertion
-from snipe.errors import CodecError, ConfigError
+from snipe.errors import CodecError, ConfigError, TooLarge
 
 _U64 = struct.Struct(">Q")
 _EVENTS = {PUT: b"P", EXPIRE: b"E"}
@@ -81,7 +81,7 @@ class LmdbStorage:
     def _decode(self, key: bytes, raw: bytes) -> Assertion | None:
         try:
             return decode_assertion(bytes(raw))
-        except CodecError:
+        except (CodecError, TooLarge):
             self.corrupt.append(key.hex())
             return None
 
