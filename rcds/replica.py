@@ -109,7 +109,7 @@ class Replica:
         if previous is not None:
             for key in authority.admissions_granted(previous, others, self.admin_key, txn.is_host_key, now_ms):
                 txn.unadmit(key, a.urn)
-        for key in authority.admissions_granted(a, others + [a], self.admin_key, txn.is_host_key, now_ms):
+        for key in authority.admissions_granted(a, [*others, a], self.admin_key, txn.is_host_key, now_ms):
             txn.admit(key, a.urn)
 
     def tick(self, now_ms: int, limit: int = 1000) -> int:

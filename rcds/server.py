@@ -29,7 +29,7 @@ from snipe.effects import Effect, Send, StartTimer
 from snipe.errors import ResyncNeeded, SnipeError, UnknownRequest
 from snipe.identity import Identity
 from snipe.query import matches, parse_predicates
-from snipe.transport import KeyGate, client_socket, sender_key, server_socket
+from snipe.transport import KeyGate, Link, sender_key, server_socket
 from snipe.wire import Envelope, check_version, decode, encode, field_of
 
 log = logging.getLogger("rcds.server")
@@ -86,7 +86,7 @@ class Server:
         self.router.maxmsgsize = 64 * 1024 * 1024
         self.router.bind(cfg.listen)
         self.peers: dict[str, PeerInfo] = {}
-        self.peer_socks: dict[str, zmq.Socket] = {}
+        self.peer_links: dict[str, Link] = {}
         self.seed_peers = {p.id: p for p in cfg.peers if p.id != cfg.replica_id}
         self.timers: dict[str, float] = {}
         self.watchers: dict[tuple[bytes, str], Watcher] = {}
@@ -121,19 +121,16 @@ class Server:
                     log.warning("ignoring malformed replica entry %s", a.describe())
             else:
                 peers.pop(rid, None)
-        for rid in set(self.peer_socks) - set(peers):
-            self.peer_socks.pop(rid).close(0)
+        for rid in set(self.peer_links) - set(peers):
+            self.peer_links.pop(rid).close()
         for rid, p in peers.items():
             old = self.peers.get(rid)
-            if rid in self.peer_socks and old is not None and old.endpoint == p.endpoint and old.key == p.key:
+            if rid in self.peer_links and old is not None and old.endpoint == p.endpoint and old.key == p.key:
                 continue
-            if rid in self.peer_socks:
-                self.peer_socks.pop(rid).close(0)
+            if rid in self.peer_links:
+                self.peer_links.pop(rid).close()
             self.gate.learn(p.key)
-            s = client_socket(self.ctx, zmq.DEALER, self.cfg.identity, p.key)
-            s.sndhwm = 10_000
-            s.connect(p.endpoint)
-            self.peer_socks[rid] = s
+            self.peer_links[rid] = Link(self.ctx, self.cfg.identity, p.endpoint, p.key, hwm=10_000, immediate=False)
         self.peers = peers
         self.replicator.set_peers(list(peers))
 
@@ -157,6 +154,8 @@ class Server:
                     next_tick = now + TICK_S
                     while self.replica.tick(_now_ms()) >= 1000:
                         pass
+                    for link in self.peer_links.values():
+                        link.check(now)
                     self._beat(now)
                 for key, at in list(self.timers.items()):
                     if at <= now:
@@ -167,8 +166,8 @@ class Server:
             self.close()
 
     def close(self) -> None:
-        for s in self.peer_socks.values():
-            s.close(0)
+        for link in self.peer_links.values():
+            link.close()
         self.router.close(0)
         self.gate.stop()
         self.ctx.term()
@@ -389,11 +388,11 @@ class Server:
             if isinstance(e, StartTimer):
                 self.timers[e.key] = e.at
             elif isinstance(e, Send):
-                sock = self.peer_socks.get(e.to)
-                if sock is None:
+                link = self.peer_links.get(e.to)
+                if link is None:
                     continue
                 try:
-                    sock.send_multipart(encode(e.envelope, e.frames), zmq.NOBLOCK)
+                    link.sock.send_multipart(encode(e.envelope, e.frames), zmq.NOBLOCK)
                 except zmq.Again:
                     pass  # peer down or slow: anti-entropy will repair what this push would have carried
 

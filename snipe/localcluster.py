@@ -7,6 +7,7 @@ processes bound to loopback (or given addresses), each knowing the others as pee
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -132,10 +133,8 @@ class LocalCatalog:
         return urn
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(SnipeError):
             self.stop()
-        except SnipeError:
-            pass
 
     def __enter__(self) -> LocalCatalog:
         self.start()

@@ -9,6 +9,7 @@ a server always knows which key sent a message.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 
@@ -93,3 +94,63 @@ def sender_key(frame: zmq.Frame) -> str:
         return frame.get("User-Id") or ""
     except zmq.ZMQError:
         return ""
+
+
+class Link:
+    """A DEALER to one server, remade after the server refuses our key.
+
+    libzmq does not reconnect after a CurveZMQ handshake is refused (ZAP status 400), yet a
+    refusal is often temporary: the server learns of our key a moment later (a replica just
+    added to the set, a key just admitted). `check()` reads the handshake events and, once
+    `retry_s` has passed since a refusal, replaces the socket with a fresh one.
+    """
+
+    def __init__(self, ctx: zmq.Context, identity: Identity, endpoint: str, server_key: bytes, *,
+                 hwm: int = 100_000, immediate: bool = True, retry_s: float = 1.0) -> None:
+        self.ctx = ctx
+        self.identity = identity
+        self.endpoint = endpoint
+        self.server_key = server_key
+        self.hwm = hwm
+        self.immediate = immediate
+        self.retry_s = retry_s
+        self.refused_at: float | None = None
+        self.refusals = 0
+        self._make()
+
+    def _make(self) -> None:
+        self.sock = client_socket(self.ctx, zmq.DEALER, self.identity, self.server_key)
+        self.sock.immediate = int(self.immediate)
+        self.sock.sndhwm = self.sock.rcvhwm = self.hwm
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.sock.connect(self.endpoint)
+
+    def check(self, now: float) -> bool:
+        """Read handshake events; remake the socket if due. True if the socket was replaced."""
+        import zmq.utils.monitor
+        while True:
+            try:
+                ev = zmq.utils.monitor.recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self.refused_at = now
+                self.refusals += 1
+            elif ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.refused_at = None
+        if self.refused_at is not None and now - self.refused_at >= self.retry_s:
+            self.close()
+            self._make()
+            self.refused_at = None
+            return True
+        return False
+
+    @property
+    def refused(self) -> bool:
+        return self.refused_at is not None
+
+    def close(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.disable_monitor()
+        self.monitor.close(0)
+        self.sock.close(0)

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-import zmq.utils.monitor
 
 from snipe import authority
 from snipe.assertion import Assertion, decode_assertion, make_assertion, merge
@@ -45,7 +44,7 @@ from snipe.errors import (
 from snipe.hlc import HybridClock
 from snipe.identity import Identity, public_key_from_id
 from snipe.query import Predicate, matches
-from snipe.transport import client_socket
+from snipe.transport import Link
 from snipe.urn import validate_urn
 from snipe.wire import Envelope, decode, encode
 
@@ -75,22 +74,12 @@ class PutResult:
 @dataclass
 class _Conn:
     address: ReplicaAddress
-    sock: zmq.Socket
+    link: Link
     key: bytes
-    monitor: zmq.Socket
-    auth_refused: bool = False
 
-    def check_handshakes(self) -> None:
-        """Read the socket's handshake events: a replica that refused our key says so here."""
-        while True:
-            try:
-                ev = zmq.utils.monitor.recv_monitor_message(self.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self.auth_refused = True
-            elif ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.auth_refused = False
+    @property
+    def sock(self) -> zmq.Socket:
+        return self.link.sock
 
 
 @dataclass
@@ -132,16 +121,9 @@ class CatalogClient:
             if a.public_key is None:
                 raise ConfigError(f"replica {a.endpoint} has no key; write it as {a.endpoint}#<key id>")
             key = bytes.fromhex(a.public_key)
-            sock = client_socket(self.ctx, zmq.DEALER, identity, key)
-            sock.immediate = 1       # a send to a replica that is not connected fails at once
-            sock.sndhwm = sock.rcvhwm = 100_000
-            monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
-            sock.connect(a.endpoint)
-            self.conns[a.endpoint] = _Conn(a, sock, key, monitor)
-        self.poller = zmq.Poller()
-        for c in self.conns.values():
-            self.poller.register(c.sock, zmq.POLLIN)
-        self.by_sock = {c.sock: c for c in self.conns.values()}
+            # immediate: a send to a replica that is not connected fails at once, so we fail over
+            self.conns[a.endpoint] = _Conn(a, Link(self.ctx, identity, a.endpoint, key, immediate=True), key)
+        self._index_sockets()
         self.clock = HybridClock()
         self._ids = itertools.count(1)
         self._replies: dict[int, tuple[str, Envelope, list[bytes]]] = {}
@@ -151,11 +133,20 @@ class CatalogClient:
         self.rejected_total = 0
         self._cache: dict[str, tuple[float, Entry]] = {}
 
+    def _index_sockets(self) -> None:
+        self.poller = zmq.Poller()
+        for c in self.conns.values():
+            self.poller.register(c.sock, zmq.POLLIN)
+        self.by_sock = {c.sock: c for c in self.conns.values()}
+
+    def _check_links(self) -> None:
+        now = time.monotonic()
+        if any([c.link.check(now) for c in self.conns.values()]):
+            self._index_sockets()
+
     def close(self) -> None:
         for c in self.conns.values():
-            c.sock.disable_monitor()
-            c.monitor.close(0)
-            c.sock.close(0)
+            c.link.close()
         self.conns.clear()
 
     def __enter__(self) -> CatalogClient:
@@ -231,9 +222,8 @@ class CatalogClient:
         for rid in pending:
             self._late.add(rid)
         if silent and not got:
-            for conn in silent:
-                conn.check_handshakes()
-            refused = [c.address.endpoint for c in silent if c.auth_refused]
+            self._check_links()
+            refused = [c.address.endpoint for c in silent if c.link.refused]
             if refused:
                 raise NotAuthorized(
                     f"catalog replica {', '.join(refused)} refused this client's key {self.identity.key_id[:16]}…: "
@@ -241,6 +231,7 @@ class CatalogClient:
         return got
 
     def _candidates(self) -> list[_Conn]:
+        self._check_links()
         return [self.conns[a.endpoint] for a in self.order.next_candidates(time.monotonic(), include_backing_off=True)]
 
     def request(self, kind: str, body: dict[str, Any] | None = None, frames: Sequence[bytes] = (),
