@@ -5,8 +5,18 @@ or a peer pushed them. Each is decoded, checked against what is held (newer wins
 one is a no-op), verified (Ed25519), authorized (snipe/authority.py) and, if it passes, stored
 with its log entry, digest update, timers and admissions in one storage transaction.
 
+Two doors, one rule set. A client's write is checked in full against this replica's current view:
+signature, admission, ownership and delegation, clock skew. A record a peer replica pushes
+was already checked in full by the replica its writer talked to, so here it needs a valid
+signature by an admitted key, and no more: ownership and delegation depend on what a replica happened to see first (two racing
+owner claims, a delegation revoked while a write was in flight), and checking it again would
+leave replicas that saw events in different orders holding different sets forever. Readers
+re-check ownership and delegation on every read (snipe/authority.visible), so a record that
+lost a race is stored everywhere alike and believed nowhere.
+
 Invariants:
-- nothing that fails any check is stored, and each refusal says which check failed;
+- replicas that received the same records, in any order, hold the same records;
+- nothing that fails a check is stored, and each refusal says which check failed;
 - a write is never refused for being identical to what is held (retries are idempotent);
 - a tombstone or an expired record is remembered for `gc_grace_ms` after it stops being live,
   so a replica that missed it cannot push the older value back.
@@ -55,7 +65,7 @@ class Replica:
         self.gc_grace_ms = gc_grace_ms
         self.max_skew_ms = max_skew_ms
 
-    def ingest(self, records: list[bytes | Assertion], now_ms: int) -> list[IngestResult]:
+    def ingest(self, records: list[bytes | Assertion], now_ms: int, *, from_peer: bool = False) -> list[IngestResult]:
         decoded: list[Assertion | Refused] = []
         for r in records:
             try:
@@ -65,11 +75,12 @@ class Replica:
         results: list[IngestResult] = []
         with self.storage.write() as txn:
             for item in decoded:
-                results.append(item if isinstance(item, Refused) else self._ingest_one(txn, item, now_ms))
+                results.append(item if isinstance(item, Refused)
+                               else self._ingest_one(txn, item, now_ms, from_peer))
         return results
 
-    def _ingest_one(self, txn: WriteTxn, a: Assertion, now_ms: int) -> IngestResult:
-        if a.ts == 0 or hlc.physical_ms(a.ts) > now_ms + self.max_skew_ms:
+    def _ingest_one(self, txn: WriteTxn, a: Assertion, now_ms: int, from_peer: bool) -> IngestResult:
+        if not from_peer and (a.ts == 0 or hlc.physical_ms(a.ts) > now_ms + self.max_skew_ms):
             return Refused(StaleWrite(
                 f"{a.describe()}: timestamp is {hlc.physical_ms(a.ts) - now_ms} ms in the future "
                 f"(more than the {self.max_skew_ms} ms allowed); check the writer's clock"), a)
@@ -90,11 +101,16 @@ class Replica:
             return Refused(SignatureError(f"{a.describe()}: {exc}"), a)
         urn_held = txn.held(a.urn)
         try:
-            authority.check_write(a, urn_held, self.admin_key, txn.is_admitted, now_ms)
+            if from_peer:
+                authority.check_admitted(a, self.admin_key, txn.is_admitted)
+            else:
+                authority.check_write(a, urn_held, self.admin_key, txn.is_admitted, now_ms)
         except NotAuthorized as exc:
             return Refused(exc, a)
         rev = txn.store(a, held, a.expires_at_ms if not a.deleted else None, gc_at)
-        self._update_admissions(txn, a, held, urn_held, now_ms)
+        if authority.is_reserved(a.name):
+            after = [h for h in urn_held if h.key != a.key] + [a]
+            self._update_admissions(txn, a.urn, urn_held, after, now_ms, now_ms)
         return Accepted(a, rev, new=True)
 
     def _gc_at(self, a: Assertion) -> int | None:
@@ -103,14 +119,18 @@ class Replica:
         exp = a.expires_at_ms
         return exp + self.gc_grace_ms if exp is not None else None
 
-    def _update_admissions(self, txn: WriteTxn, a: Assertion, previous: Assertion | None,
-                           urn_held: list[Assertion], now_ms: int) -> None:
-        others = [h for h in urn_held if h.key != a.key]
-        if previous is not None:
-            for key in authority.admissions_granted(previous, others, self.admin_key, txn.is_host_key, now_ms):
-                txn.unadmit(key, a.urn)
-        for key in authority.admissions_granted(a, [*others, a], self.admin_key, txn.is_host_key, now_ms):
-            txn.admit(key, a.urn)
+    def _update_admissions(self, txn: WriteTxn, urn: str, before: list[Assertion], after: list[Assertion],
+                           before_ms: int, after_ms: int) -> None:
+        """Recompute the keys this URN admits, as of before and after the change: an owner claim
+        arriving after a delegation (in any order) must come out the same."""
+        def grants(held: list[Assertion], at: int) -> set[bytes]:
+            return {k for a in held for k in authority.admissions_granted(a, held, self.admin_key,
+                                                                            txn.is_host_key, at)}
+        old, new = grants(before, before_ms), grants(after, after_ms)
+        for key in old - new:
+            txn.unadmit(key, urn)
+        for key in new - old:
+            txn.admit(key, urn)
 
     def tick(self, now_ms: int, limit: int = 1000) -> int:
         """Fire due timers: log lease expiries (for watchers), forget what is past its grace.
@@ -127,9 +147,9 @@ class Replica:
                 if what == EXPIRE:
                     if a.expires_at_ms == when and not a.deleted:
                         txn.log_expiry(a)
-                        for k in authority.admissions_granted(a, txn.held(a.urn), self.admin_key,
-                                                              txn.is_host_key, when - 1):
-                            txn.unadmit(k, a.urn)
+                        if authority.is_reserved(a.name):
+                            held = txn.held(a.urn)
+                            self._update_admissions(txn, a.urn, held, held, when - 1, max(now_ms, when))
                 elif self._gc_at(a) == when:
                     txn.forget(a)
         return len(due)

@@ -104,7 +104,7 @@ class Replicator:
         sender = field_of(env, "from", str)
         match env.kind:
             case "push":
-                results = self.replica.ingest(list(frames), now_ms)
+                results = self.replica.ingest(list(frames), now_ms, from_peer=True)
                 got = sum(1 for r in results if isinstance(r, Accepted) and r.new)
                 self.received += got
                 return []

@@ -405,7 +405,7 @@ class Server:
             "peers": sorted(self.peers), "pushed": st.pushed, "received": st.received,
             "repaired": st.repaired, "ae_rounds": st.rounds, "watchers": len(self.watchers),
             "requests": self.requests, "errors": self.errors, "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started, 3), "corrupt_records": len(self.storage.corrupt),
+            "uptime_s": round(time.time() - self.started, 3), "corrupt_records": self.storage.corrupt_total,
             "refused_keys": len(self.gate.refused),
             "digest": hashlib.sha256(b"".join(self.storage.top_digests())).hexdigest()[:32],
         }

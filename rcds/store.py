@@ -19,6 +19,7 @@ Python holds no records: 1,000,000 assertions live in the memory map, not on the
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,7 +70,9 @@ class LmdbStorage:
         self.byurn = self.env.open_db(b"byurn")
         self.curves = self.env.open_db(b"curves")
         self.log_retention = log_retention
-        self.corrupt: list[str] = []     # keys whose stored bytes no longer decode (disk tampering)
+        # keys whose stored bytes no longer decode (disk tampering): the last 100, and a count
+        self.corrupt: deque[str] = deque(maxlen=100)
+        self.corrupt_total = 0
 
     def close(self) -> None:
         self.env.close()
@@ -83,6 +86,7 @@ class LmdbStorage:
             return decode_assertion(bytes(raw))
         except (CodecError, TooLarge):
             self.corrupt.append(key.hex())
+            self.corrupt_total += 1
             return None
 
     def _held(self, txn: lmdb.Transaction, urn: str) -> list[Assertion]:

@@ -56,6 +56,14 @@ def delegated_prefixes(held: Iterable[Assertion], owner_key: bytes, writer: byte
     return out
 
 
+def check_admitted(a: Assertion, admin: bytes, is_admitted: Callable[[bytes], bool]) -> None:
+    """Raise NotAuthorized unless the signer is the admin or an admitted key."""
+    if a.signer != admin and not is_admitted(a.signer):
+        raise NotAuthorized(
+            f"{a.urn}: key {a.signer.hex()[:16]}… is not admitted to this cluster; an admin must assign it a "
+            "host or user URN, or a daemon must vouch for it")
+
+
 def check_write(
     a: Assertion,
     held: list[Assertion],
@@ -65,10 +73,7 @@ def check_write(
 ) -> None:
     """Raise NotAuthorized unless `a` may be written given what is `held` for its URN."""
     signer = a.signer.hex()
-    if a.signer != admin and not is_admitted(a.signer):
-        raise NotAuthorized(
-            f"{a.urn}: key {signer[:16]}… is not admitted to this cluster; an admin must assign it a host or "
-            "user URN, or a daemon must vouch for it")
+    check_admitted(a, admin, is_admitted)
     if a.signer == admin:
         return
     kind = Urn.parse(a.urn).kind

@@ -359,10 +359,6 @@ def test_wants_for_unknown_keys_push_nothing(holder):
 
 
 # --- a known gap: claim races leave record sets different for good ---------------------------------------
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a later competing _owner claim is refused by replicas that saw the earlier claim first but stored by "
-    "replicas that saw it first, so their record sets (and digests) never converge, though both agree on "
-    "the owner; anti-entropy re-offers the loser forever"))
 def test_racing_claims_converge():
     net = FakeNet.of_replicas(["r0", "r1"], ADMIN.public_key)
     admit_everywhere(net)
