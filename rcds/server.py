@@ -29,6 +29,7 @@ from snipe.effects import Effect, Send, StartTimer
 from snipe.errors import ResyncNeeded, SnipeError, UnknownRequest
 from snipe.identity import Identity
 from snipe.query import matches, parse_predicates
+from snipe.urn import validate_urn
 from snipe.transport import KeyGate, Link, sender_key, server_socket
 from snipe.wire import Envelope, check_version, decode, encode, field_of
 
@@ -252,7 +253,7 @@ class Server:
                 self._reply(client, env.reply(protocols={P.PROTOCOL: list(P.VERSIONS), PEER_PROTOCOL: [PEER_VERSION]},
                                               replica=self.cfg.replica_id, key=self.cfg.identity.key_id))
             case "get":
-                urn = field_of(env, "urn", str)
+                urn = validate_urn(field_of(env, "urn", str))
                 name = field_of(env, "name", (str, type(None)), None)
                 recs = [a for a in self.storage.held(urn) if name is None or a.name == name]
                 self._reply(client, env.reply(rev=self.storage.last_rev()), [a.encode() for a in recs])

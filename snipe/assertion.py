@@ -33,6 +33,7 @@ SIGNING_DOMAIN = "snipe-assertion/1"
 MAX_NAME_LENGTH = 256
 MAX_VALUE_DEPTH = 16
 MAX_ASSERTION_BYTES = 1024 * 1024
+RECORD_OVERHEAD = 48
 MAX_TTL_MS = 365 * 24 * 3600 * 1000
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1
 
@@ -161,7 +162,9 @@ def make_assertion(
 
 def decode_assertion(data: bytes) -> Assertion:
     """Decode and structurally validate (not verify) an assertion; raise CodecError if malformed."""
-    if len(data) > MAX_ASSERTION_BYTES + 512:
+    # A record is its signed body minus the 18-byte domain string plus the 66-byte signature,
+    # so this is exactly make_assertion's limit on the signed body.
+    if len(data) > MAX_ASSERTION_BYTES + RECORD_OVERHEAD:
         raise TooLarge(f"assertion record of {len(data)} bytes exceeds the limit of {MAX_ASSERTION_BYTES}")
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
