@@ -8,9 +8,9 @@ with its log entry, digest update, timers and admissions in one storage transact
 Two doors, one rule set. A client's write is checked in full against this replica's current view:
 signature, admission, ownership and delegation, clock skew. A record a peer replica pushes
 was already checked in full by the replica its writer talked to, so here it needs a valid
-signature by an admitted key, and no more: ownership and delegation depend on what a replica happened to see first (two racing
-owner claims, a delegation revoked while a write was in flight), and checking it again would
-leave replicas that saw events in different orders holding different sets forever. Readers
+signature by an admitted key, and no more: ownership and delegation depend on what a
+replica happened to see first (two racing owner claims, a delegation revoked while a write
+was in flight), and checking it again would leave replicas that saw events in different orders holding different sets forever. Readers
 re-check ownership and delegation on every read (snipe/authority.visible), so a record that
 lost a race is stored everywhere alike and believed nowhere.
 

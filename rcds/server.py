@@ -8,6 +8,7 @@ loop: malformed input gets an error reply naming the problem, and the loop goes 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -29,8 +30,8 @@ from snipe.effects import Effect, Send, StartTimer
 from snipe.errors import ResyncNeeded, SnipeError, UnknownRequest
 from snipe.identity import Identity
 from snipe.query import matches, parse_predicates
-from snipe.urn import validate_urn
 from snipe.transport import KeyGate, Link, sender_key, server_socket
+from snipe.urn import validate_urn
 from snipe.wire import Envelope, check_version, decode, encode, field_of
 
 log = logging.getLogger("rcds.server")
@@ -392,10 +393,9 @@ class Server:
                 link = self.peer_links.get(e.to)
                 if link is None:
                     continue
-                try:
+                # peer down or slow: anti-entropy will repair what this push would have carried
+                with contextlib.suppress(zmq.Again):
                     link.sock.send_multipart(encode(e.envelope, e.frames), zmq.NOBLOCK)
-                except zmq.Again:
-                    pass  # peer down or slow: anti-entropy will repair what this push would have carried
 
     def status(self) -> dict[str, Any]:
         st = self.replicator.stats()

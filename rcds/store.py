@@ -18,6 +18,7 @@ Python holds no records: 1,000,000 assertions live in the memory map, not on the
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections import deque
 from collections.abc import Iterator
@@ -284,10 +285,9 @@ class _LmdbTxn:
 
     def admit(self, key: bytes, reason: str) -> None:
         self.txn.put(key + reason.encode(), b"", db=self.s.admitted)
-        try:
+        # not a valid Ed25519 point: it can never complete a Curve handshake anyway
+        with contextlib.suppress(Exception):
             self.txn.put(nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(key), key, db=self.s.curves)
-        except Exception:  # not a valid Ed25519 point: it can never complete a Curve handshake anyway
-            pass
 
     def unadmit(self, key: bytes, reason: str) -> None:
         self.txn.delete(key + reason.encode(), db=self.s.admitted)

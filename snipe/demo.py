@@ -9,6 +9,7 @@ process. Prints a readable report, or JSON with --json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -60,7 +61,7 @@ def run(writes: int, console: Console | None) -> dict[str, Any]:
                         say("killed replica r2 with SIGKILL; writes go on with W=2")
                     writer.set("urn:snipe:proc:counter", "count", i, w=2)
                     acked.append(time.monotonic())
-                gap = max(b - a for a, b in zip(acked, acked[1:], strict=False))
+                gap = max(b - a for a, b in itertools.pairwise(acked))
                 seen = 0
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline:

@@ -60,7 +60,8 @@ class LocalCatalog:
             rid = f"r{i + 1}"
             port = ports[i] if ports else free_port(host)
             d = self.root / rid
-            self.replicas.append(ReplicaProc(rid, f"tcp://{host}:{port}", d, Identity.load_or_create(d / "replica.key")))
+            ident = Identity.load_or_create(d / "replica.key")
+            self.replicas.append(ReplicaProc(rid, f"tcp://{host}:{port}", d, ident))
 
     @property
     def addresses(self) -> list[str]:
@@ -83,10 +84,9 @@ class LocalCatalog:
                 continue
             (r.data_dir / "ready.json").unlink(missing_ok=True)
             r.data_dir.mkdir(parents=True, exist_ok=True)
-            log = open(r.data_dir / "server.log", "ab")
-            r.proc = subprocess.Popen(self._argv(r), stdout=log, stderr=subprocess.STDOUT,
-                                      env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
-            log.close()
+            with open(r.data_dir / "server.log", "ab") as log:
+                r.proc = subprocess.Popen(self._argv(r), stdout=log, stderr=subprocess.STDOUT,
+                                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
         deadline = time.monotonic() + timeout
         for r in targets:
             while not (r.data_dir / "ready.json").exists():

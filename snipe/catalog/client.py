@@ -376,7 +376,8 @@ class CatalogClient:
         while good_answers < r and asked < len(candidates) and time.monotonic() < deadline:
             batch = candidates[asked:asked + (r - good_answers)]
             asked += len(batch)
-            got = self._fanout(batch, kind, body, (), lambda g, n=len(batch): len(g) >= n, deadline)
+            want = len(batch)
+            got = self._fanout(batch, kind, body, (), lambda g, want=want: len(g) >= want, deadline)
             for endpoint, (env, frames) in got.items():
                 if env.kind == "error":
                     err = error_from_code(str(env.body.get("code")), str(env.body.get("message")))
