@@ -10,9 +10,9 @@ signature, admission, ownership and delegation, clock skew. A record a peer repl
 was already checked in full by the replica its writer talked to, so here it needs a valid
 signature by an admitted key, and no more: ownership and delegation depend on what a
 replica happened to see first (two racing owner claims, a delegation revoked while a write
-was in flight), and checking it again would leave replicas that saw events in different orders holding different sets forever. Readers
-re-check ownership and delegation on every read (snipe/authority.visible), so a record that
-lost a race is stored everywhere alike and believed nowhere.
+was in flight), and checking it again would leave replicas that saw events in different
+orders holding different sets forever. Readers re-check ownership and delegation on every
+read (snipe/authority.visible), so a record that lost a race is stored everywhere alike and believed nowhere.
 
 Invariants:
 - replicas that received the same records, in any order, hold the same records;
