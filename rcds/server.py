@@ -28,7 +28,7 @@ from snipe.assertion import Assertion
 from snipe.catalog import protocol as P
 from snipe.effects import Effect, Send, StartTimer
 from snipe.errors import ResyncNeeded, SnipeError, UnknownRequest
-from snipe.identity import Identity
+from snipe.identity import Identity, public_key_from_id
 from snipe.query import matches, parse_predicates
 from snipe.transport import KeyGate, Link, sender_key, server_socket
 from snipe.urn import validate_urn
@@ -267,9 +267,12 @@ class Server:
                 self._reply(client, env.reply())
             case "status":
                 self._reply(client, env.reply(**self.status()))
+            case "admitted":
+                key = public_key_from_id(field_of(env, "key", str))
+                self._reply(client, env.reply(reasons=self.storage.admission_reasons(key)))
             case _:
-                raise UnknownRequest(
-                    f"rcds/1 has no request {env.kind!r}; it has hello, put, get, query, watch, unwatch, status")
+                raise UnknownRequest(f"rcds/1 has no request {env.kind!r}; it has hello, put, get, query, watch, "
+                                     "unwatch, status, admitted")
 
     def _query(self, client: bytes, env: Envelope) -> None:
         prefix = field_of(env, "prefix", str)

@@ -184,6 +184,18 @@ class LmdbStorage:
         with self.env.begin() as txn:
             return _has_prefix(txn, self.admitted, key)
 
+    def admission_reasons(self, key: bytes) -> list[str]:
+        """The URNs whose assertions admit `key` (its user or host URN, or a task's proc URN)."""
+        out = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(self.admitted)
+            if cur.set_range(key):
+                for k in cur.iternext(keys=True, values=False):
+                    if not k.startswith(key):
+                        break
+                    out.append(bytes(k[len(key):]).decode())
+        return out
+
     def ed_key_of_curve(self, curve: bytes) -> bytes | None:
         """The Ed25519 key of an admitted key's CurveZMQ key (for the ZAP handler's thread)."""
         with self.env.begin() as txn:

@@ -446,6 +446,41 @@ class CatalogClient:
             raise QuorumError(f"replica {endpoint} did not answer status in time")
         return got[endpoint][0].raise_if_error().body
 
+    def is_admitted(self, key: bytes) -> bool:
+        """Whether `key` is admitted, checked the way readers check everything: a replica names
+        the URNs that admit it, and this client verifies the assertions there itself."""
+        if key == self.admin_key:
+            return True
+        _, env, _ = self.request("admitted", {"key": key.hex()})
+        now = now_ms()
+        for urn in env.body.get("reasons", [])[:8]:
+            if not isinstance(urn, str):
+                continue
+            entry = self.get(urn, r=1)
+            owner = authority.effective_owner(entry.records, self.admin_key, now)
+            kind = urn.split(":")[2] if urn.count(":") >= 3 else ""
+            if kind in authority.ADMIN_ASSIGNED_KINDS:
+                if owner is not None and owner.signer == self.admin_key and owner.value == key.hex():
+                    return True
+            elif kind == "proc" and owner is not None:
+                host_key = bytes.fromhex(str(owner.value))
+                name = authority.DELEGATE_PREFIX + key.hex()
+                vouched = any(a.name == name and a.signer == host_key and isinstance(a.value, list) and a.value
+                              for a in entry.live(now))
+                if vouched and self._is_host_key(host_key):
+                    return True
+        return False
+
+    def _is_host_key(self, key: bytes) -> bool:
+        _, env, _ = self.request("admitted", {"key": key.hex()})
+        now = now_ms()
+        for urn in env.body.get("reasons", [])[:8]:
+            if isinstance(urn, str) and urn.startswith("urn:snipe:host:"):
+                owner = authority.effective_owner(self.get(urn, r=1).records, self.admin_key, now)
+                if owner is not None and owner.signer == self.admin_key and owner.value == key.hex():
+                    return True
+        return False
+
     def watch(self, prefix: str, *, from_rev: int | None = None) -> Watch:
         w = Watch(self, prefix)
         w.start(from_rev)
