@@ -126,3 +126,51 @@ def error_from_code(code: str, message: str) -> SnipeError:
     if cls is SnipeError:
         err.code = code
     return err
+
+
+class IntegrityError(SnipeError):
+    """Content whose sha256 does not match the content address (URN) it was fetched under."""
+
+    code = "bad-hash"
+
+
+class CodeError(SnipeError, ValueError):
+    """Mobile code that cannot be packaged, unpacked or run as given (e.g. an unsafe archive)."""
+
+    code = "bad-code"
+
+
+_register(IntegrityError)
+_register(CodeError)
+
+
+# --- task runner (daemon/tasks.py) ---
+
+
+class BadQuota(SnipeError, ValueError):
+    """A resource quota with an unknown field, a wrong type, or a value that is not positive."""
+
+    code = "bad-quota"
+
+
+class TaskError(SnipeError):
+    """A task that cannot be started or controlled as asked (bad program, cwd, or state)."""
+
+    code = "task-error"
+
+
+class TaskTimeout(TaskError, TimeoutError):
+    """A task still running when a wait on it ran out of time."""
+
+    code = "task-timeout"
+
+
+class UnknownTask(NotFound):
+    """No task with this URN is known to the task runner."""
+
+    code = "unknown-task"
+
+
+_register(BadQuota)
+_register(TaskError)
+_register(UnknownTask)
