@@ -1,0 +1,38 @@
+"""SNIPE for Python: URN-addressed processes and a signed, replicated catalog.
+
+    import snipe
+    snipe.init()                               # join (or start) a cluster
+    code = snipe.publish("worker.py")          # mobile code, content-addressed
+    p = snipe.spawn(code, "arg", quota={"memory_bytes": 1 << 30})
+    print(p.wait()["exit_code"])
+"""
+
+from snipe.errors import SnipeError
+from snipe.runtime import (
+    Process,
+    ProcessEvent,
+    catalog,
+    hosts,
+    init,
+    me,
+    publish,
+    session,
+    shutdown,
+    spawn,
+    stop_embedded,
+)
+
+__all__ = [
+    "Process",
+    "ProcessEvent",
+    "SnipeError",
+    "catalog",
+    "hosts",
+    "init",
+    "me",
+    "publish",
+    "session",
+    "shutdown",
+    "spawn",
+    "stop_embedded",
+]

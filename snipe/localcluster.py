@@ -142,3 +142,147 @@ class LocalCatalog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class DaemonProc:
+    host_id: str
+    endpoint: str
+    state_dir: Path
+    identity: Identity
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.endpoint}#{self.identity.key_id}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+CLUSTER_FILE = "cluster.json"
+
+
+class LocalCluster:
+    """A whole cluster on this machine: catalog replicas plus one daemon per "host", each host
+    bound to its own loopback address (127.0.0.2, .3, ...), as several machines would be.
+
+    `describe()` (also written to `<root>/cluster.json`) tells clients everything they need:
+    replica and daemon addresses, the admin key, the user key file.
+    """
+
+    def __init__(self, root: str | Path, *, replicas: int = 3, hosts: int = 3, lease_s: float = 10.0,
+                 anti_entropy_s: float = 0.5, loopback_hosts: bool = True) -> None:
+        self.root = Path(root)
+        self.catalog = LocalCatalog(self.root / "catalog", replicas, anti_entropy_s=anti_entropy_s)
+        self.admin = self.catalog.admin
+        self.lease_s = lease_s
+        self.user = Identity.load_or_create(self.root / "user.key")
+        self.daemons: list[DaemonProc] = []
+        for i in range(hosts):
+            ip = f"127.0.0.{i + 2}" if loopback_hosts else "127.0.0.1"
+            d = self.root / "hosts" / f"h{i + 1}"
+            self.daemons.append(DaemonProc(f"h{i + 1}", f"tcp://{ip}:{free_port(ip)}", d,
+                                           Identity.load_or_create(d / "host.key")))
+
+    def describe(self) -> dict[str, object]:
+        return {"catalog": self.catalog.addresses, "admin_key": self.admin.key_id,
+                "admin_key_file": str(self.root / "catalog" / "admin.key"),
+                "user_key_file": str(self.root / "user.key"),
+                "daemons": {d.host_id: d.address for d in self.daemons},
+                "pids": [p.proc.pid for p in [*self.catalog.replicas, *self.daemons] if p.proc is not None]}
+
+    def _daemon_argv(self, d: DaemonProc) -> list[str]:
+        argv = [sys.executable, "-m", "snipe_daemon.main", "--host-id", d.host_id, "--listen", d.endpoint,
+                "--state-dir", str(d.state_dir), "--key-file", str(d.state_dir / "host.key"),
+                "--admin-key", self.admin.key_id, "--lease", str(self.lease_s),
+                "--ready-file", str(d.state_dir / "ready.json")]
+        for a in self.catalog.addresses:
+            argv += ["--catalog", a]
+        return argv
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.catalog.start()
+        with self.catalog.client() as c:
+            recs = [c.sign(f"urn:snipe:host:{d.host_id}", "_owner", d.identity.key_id) for d in self.daemons]
+            recs.append(c.sign("urn:snipe:user:local", "_owner", self.user.key_id))
+            c.put(recs, w=len(self.catalog.replicas))
+        for i in range(len(self.daemons)):
+            self.start_daemon(i, wait=False)
+        for i in range(len(self.daemons)):
+            self._wait_daemon(self.daemons[i], timeout)
+        (self.root / CLUSTER_FILE).write_text(json.dumps(self.describe(), indent=2))
+
+    def start_daemon(self, i: int, *, wait: bool = True, timeout: float = 30.0) -> None:
+        d = self.daemons[i]
+        if d.alive:
+            return
+        d.state_dir.mkdir(parents=True, exist_ok=True)
+        (d.state_dir / "ready.json").unlink(missing_ok=True)
+        with open(d.state_dir / "daemon.log", "ab") as log:
+            d.proc = subprocess.Popen(self._daemon_argv(d), stdout=log, stderr=subprocess.STDOUT,
+                                      env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        if wait:
+            self._wait_daemon(d, timeout)
+
+    def _wait_daemon(self, d: DaemonProc, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not (d.state_dir / "ready.json").exists():
+            if d.proc is not None and d.proc.poll() is not None:
+                tail = (d.state_dir / "daemon.log").read_text(errors="replace")[-2000:]
+                raise ConfigError(f"daemon {d.host_id} exited with {d.proc.returncode}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise Unreachable(f"daemon {d.host_id} did not become ready within {timeout} s")
+            time.sleep(0.01)
+
+    def kill_daemon(self, i: int) -> None:
+        d = self.daemons[i]
+        if d.alive and d.proc is not None:
+            d.proc.send_signal(signal.SIGKILL)
+            d.proc.wait(10)
+
+    def stop_daemon(self, i: int) -> None:
+        d = self.daemons[i]
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.terminate()
+            try:
+                d.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                d.proc.kill()
+                d.proc.wait(10)
+
+    def kill_tasks(self) -> None:
+        """SIGKILL every task the daemons started (they run in sessions of their own)."""
+        import psutil
+
+        for d in self.daemons:
+            tasks = d.state_dir / "tasks"
+            if not tasks.exists():
+                continue
+            for p in psutil.process_iter(["cwd", "pid"]):
+                try:
+                    cwd = p.info.get("cwd") or ""
+                    if cwd.startswith(str(tasks)):
+                        os.killpg(p.pid, signal.SIGKILL)
+                except (psutil.Error, ProcessLookupError, PermissionError):
+                    continue
+
+    def close(self) -> None:
+        for i in range(len(self.daemons)):
+            with contextlib.suppress(Exception):
+                self.stop_daemon(i)
+        self.kill_tasks()
+        self.catalog.close()
+        (self.root / CLUSTER_FILE).unlink(missing_ok=True)
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,102 @@
+"""`snipe-daemon`: run the host daemon from a TOML file and/or flags.
+
+    snipe-daemon --config conf/snipe-daemon.toml
+    snipe-daemon --host-id node1 --listen tcp://10.0.0.5:7400 --state-dir /var/lib/snipe/daemon \\
+                 --key-file /var/lib/snipe/daemon/host.key --admin-key <hex> \\
+                 --catalog tcp://10.0.0.1:7301#<key> --catalog ...
+
+The host key must have been admitted by the admin (`snipe-console admit host ID KEY`).
+SIGTERM and SIGINT stop the daemon; its tasks keep running and are re-adopted on restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from snipe_daemon.server import Daemon, DaemonConfig
+
+from snipe.errors import ConfigError, SnipeError
+from snipe.identity import Identity, public_key_from_id
+
+
+def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.Namespace]:
+    ap = argparse.ArgumentParser(prog="snipe-daemon", description="Run the SNIPE daemon for this host.")
+    ap.add_argument("--config", help="TOML file with a [daemon] table")
+    ap.add_argument("--host-id", help="this host's id in urn:snipe:host:<id>")
+    ap.add_argument("--listen", help="ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:7400")
+    ap.add_argument("--advertise", help="endpoint others should use, if not the listen one")
+    ap.add_argument("--state-dir", help="folder for the daemon's state, code cache and task folders")
+    ap.add_argument("--key-file", help="the host's Ed25519 key (created if missing)")
+    ap.add_argument("--admin-key", help="the cluster admin's public key id")
+    ap.add_argument("--catalog", action="append", default=[], help="replica ENDPOINT#KEY, repeatable")
+    ap.add_argument("--lease", type=float, help="seconds the host's metadata lease lasts (default 10)")
+    ap.add_argument("--net-name", action="append", default=[], help="IFACE_OR_CIDR=NAME, a private network")
+    ap.add_argument("--ready-file", help="write {endpoint, key, pid} as JSON once serving")
+    ap.add_argument("--log-level", default=os.environ.get("SNIPE_LOG_LEVEL", "WARNING"))
+    args = ap.parse_args(argv)
+    file_cfg: dict[str, Any] = {}
+    if args.config:
+        try:
+            file_cfg = tomllib.loads(Path(args.config).read_text()).get("daemon", {})
+        except FileNotFoundError:
+            raise ConfigError(f"config file {args.config} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {args.config} is not valid TOML: {exc}") from None
+
+    def pick(flag: Any, key: str, default: Any = None) -> Any:
+        return flag if flag not in (None, []) else file_cfg.get(key, default)
+
+    host_id, listen, state_dir, admin = (pick(args.host_id, "host_id"), pick(args.listen, "listen"),
+                                         pick(args.state_dir, "state_dir"), pick(args.admin_key, "admin_key"))
+    catalog = pick(args.catalog, "catalog", [])
+    for name, value in (("host_id", host_id), ("listen", listen), ("state_dir", state_dir),
+                        ("admin_key", admin), ("catalog", catalog)):
+        if not value:
+            raise ConfigError(f"snipe-daemon needs {name}: pass --{name.replace('_', '-')} or set it in [daemon]")
+    net_names = dict(file_cfg.get("net_names", {}))
+    for item in args.net_name:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--net-name {item!r} must be IFACE_OR_CIDR=NAME")
+        net_names[k] = v
+    speeds = {k: (v.get("bandwidth_mbps"), v.get("latency_us")) for k, v in file_cfg.get("links", {}).items()}
+    try:
+        admin_key = public_key_from_id(str(admin))
+    except SnipeError:
+        raise ConfigError(f"admin_key {admin!r} is not a 64-hex-character public key") from None
+    key_file = pick(args.key_file, "key_file", str(Path(state_dir) / "host.key"))
+    cfg = DaemonConfig(host_id=str(host_id), listen=str(listen), state_dir=Path(state_dir),
+                       identity=Identity.load_or_create(key_file), admin_key=admin_key,
+                       catalog=[str(c) for c in catalog], advertise=pick(args.advertise, "advertise"),
+                       lease_s=float(pick(args.lease, "lease_s", 10.0)), net_names=net_names, link_speeds=speeds)
+    return cfg, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg, args = load_config(argv)
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s snipe-daemon %(levelname)s %(message)s")
+        daemon = Daemon(cfg)
+    except SnipeError as exc:
+        print(f"snipe-daemon: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+    if args.ready_file:
+        tmp = Path(args.ready_file + ".tmp")
+        tmp.write_text(json.dumps({"endpoint": cfg.address, "host": cfg.host_urn, "pid": os.getpid()}))
+        tmp.replace(args.ready_file)
+    daemon.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

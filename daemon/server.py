@@ -1,0 +1,439 @@
+"""snipe-daemon's shell: one per host. It publishes the host, and spawns and controls tasks.
+
+One thread owns the sockets and the task runner. Each turn it answers what arrived, polls its
+tasks (exits, quota breaches), publishes what changed to the catalog, and refreshes the host's
+lease. Task state is written to the daemon's LMDB before it is acted on, so a daemon killed
+with SIGKILL and restarted re-adopts its running tasks and reports the vanished ones as lost.
+
+Catalog records the daemon keeps for a task `urn:snipe:proc:<id>` (owned by the host key, which
+vouches for the task's own key with `_delegate.<task key>`): host, owner (the key that spawned
+it), code, args, supervisor (this daemon's address), pid, started, notify, state, and
+`events`: the list of [seq, kind, at, exit_code, reason] so far, which watchers follow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal as signals
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+from snipe_daemon.hostinfo import LoadSampler, collect_host_info
+from snipe_daemon.state import DaemonState
+from snipe_daemon.tasks import Quota, TaskEvent, TaskRunner
+
+from snipe import authority
+from snipe.catalog.client import CatalogClient
+from snipe.code import CodeCache, entry_argv
+from snipe.daemonclient import PROTOCOL, VERSION, VERSIONS, DaemonClient
+from snipe.errors import (
+    ConfigError,
+    NotAuthorized,
+    NotFound,
+    ServerError,
+    SnipeError,
+    UnknownRequest,
+)
+from snipe.identity import Identity
+from snipe.transport import KeyGate, sender_key, server_socket
+from snipe.urn import new_urn, validate_urn
+from snipe.wire import Envelope, check_version, decode, encode, field_of
+
+log = logging.getLogger("snipe.daemon")
+
+TICK_S = 0.1
+MAX_EVENTS_KEPT = 64
+
+
+@dataclass
+class DaemonConfig:
+    host_id: str
+    listen: str
+    state_dir: Path
+    identity: Identity
+    admin_key: bytes
+    catalog: list[str]
+    advertise: str | None = None          # the endpoint others should use, if not `listen`
+    lease_s: float = 10.0
+    net_names: dict[str, str] = field(default_factory=dict)
+    link_speeds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    python: str = sys.executable
+
+    @property
+    def host_urn(self) -> str:
+        return f"urn:snipe:host:{self.host_id}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.advertise or self.listen}#{self.identity.key_id}"
+
+
+@dataclass
+class Waiter:
+    client: bytes
+    env: Envelope
+    urn: str
+    deadline: float
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig) -> None:
+        self.cfg = cfg
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state = DaemonState(cfg.state_dir / "state")
+        self.codes = CodeCache(cfg.state_dir / "code")
+        self.tasks_dir = cfg.state_dir / "tasks"
+        self.catalog = CatalogClient(cfg.catalog, cfg.identity, cfg.admin_key, timeout=5.0)
+        self._check_host_admitted()
+        self.runner = TaskRunner()
+        self.ctx = zmq.Context()
+        self._admission: dict[bytes, tuple[bool, float]] = {}
+        self._zap_local = threading.local()
+        self.gate = KeyGate(self.ctx, self._admit)
+        self.gate.install()
+        self.router = server_socket(self.ctx, zmq.ROUTER, cfg.identity)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.bind(cfg.listen)
+        self.waiters: list[Waiter] = []
+        self.tasks: dict[str, dict[str, Any]] = self.state.all_tasks()
+        self.draining = bool(self.state.get_meta("draining", False))
+        self.sampler = LoadSampler()
+        self.next_lease = 0.0
+        self._stop = False
+        self._readopt()
+
+    # --- admission ----------------------------------------------------------------------------
+    def _check_host_admitted(self) -> None:
+        entry = self.catalog.get(self.cfg.host_urn)
+        owner = authority.effective_owner(entry.records, self.cfg.admin_key, _now_ms())
+        if owner is None or owner.signer != self.cfg.admin_key or owner.value != self.cfg.identity.key_id:
+            raise NotAuthorized(
+                f"{self.cfg.host_urn} is not assigned to this daemon's key {self.cfg.identity.key_id[:16]}…; "
+                f"the admin must run: snipe-console admit host {self.cfg.host_id} {self.cfg.identity.key_id}")
+
+    def _admit(self, key: bytes) -> bool:
+        """ZAP: is this key admitted? Asked in the authenticator's thread, so it has its own client."""
+        if key in (self.cfg.admin_key, self.cfg.identity.public_key):
+            return True
+        hit = self._admission.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        client = getattr(self._zap_local, "client", None)
+        if client is None:
+            client = CatalogClient(self.cfg.catalog, self.cfg.identity, self.cfg.admin_key, timeout=3.0)
+            self._zap_local.client = client
+        try:
+            ok = client.is_admitted(key)
+        except SnipeError as exc:
+            log.warning("cannot check admission of %s…: %s", key.hex()[:16], exc)
+            return False
+        self._admission[key] = (ok, now + (30.0 if ok else 2.0))
+        if ok:
+            self.gate.learn(key)
+        return ok
+
+    # --- main loop ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop = True
+
+    def serve_forever(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        next_tick = 0.0
+        try:
+            while not self._stop:
+                if poller.poll(TICK_S * 1000):
+                    self._drain()
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + TICK_S
+                    self._tick(now)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.router.close(0)
+        self.gate.stop()
+        client = getattr(self._zap_local, "client", None)
+        if client is not None:
+            client.close()
+        self.catalog.close()
+        self.ctx.term()
+        self.state.close()
+
+    def _tick(self, now: float) -> None:
+        for ev in self.runner.poll(time.time()):
+            self._task_event(ev)
+        for w in list(self.waiters):
+            rec = self.tasks.get(w.urn)
+            done = rec is not None and rec["state"] in ("exited", "killed", "lost")
+            if done or now >= w.deadline:
+                self.waiters.remove(w)
+                self._reply(w.client, w.env.reply(**self._status(w.urn), stderr_tail=self._stderr_tail(w.urn)))
+        if now >= self.next_lease:
+            self.next_lease = now + self.cfg.lease_s / 3
+            try:
+                self._publish_host()
+            except SnipeError as exc:
+                log.warning("could not refresh the host lease: %s", exc)
+
+    def _drain(self) -> None:
+        for _ in range(256):
+            try:
+                parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            client, key = parts[0].bytes, sender_key(parts[0])
+            try:
+                env, frames = decode([p.bytes for p in parts[1:]])
+            except SnipeError as exc:
+                self._reply(client, Envelope(PROTOCOL, VERSION, "error", 0, {"code": exc.code, "message": str(exc)}))
+                continue
+            try:
+                check_version(env, PROTOCOL, VERSIONS)
+                self._handle(client, key, env, frames)
+            except SnipeError as exc:
+                self._reply(client, env.error_reply(exc))
+            except Exception as exc:  # a bug here must not take the host's daemon down
+                log.exception("failed on %s", env.kind)
+                self._reply(client, env.error_reply(ServerError(
+                    f"the daemon failed on {env.kind!r} ({exc.__class__.__name__}: {exc}); it keeps serving")))
+
+    def _reply(self, client: bytes, env: Envelope, frames: tuple[bytes, ...] | list[bytes] = ()) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.router.send_multipart([client, *encode(env, frames)], zmq.NOBLOCK)
+
+    # --- requests -----------------------------------------------------------------------------
+    def _handle(self, client: bytes, key: str, env: Envelope, frames: list[bytes]) -> None:
+        match env.kind:
+            case "hello":
+                self._reply(client, env.reply(protocols={PROTOCOL: list(VERSIONS)}, host=self.cfg.host_urn,
+                                              key=self.cfg.identity.key_id, endpoint=self.cfg.address))
+            case "spawn":
+                self._reply(client, env.reply(**self._spawn(key, env)))
+            case "status":
+                self._reply(client, env.reply(**self._status(self._known(env))))
+            case "wait":
+                urn = self._known(env)
+                timeout = field_of(env, "timeout", (int, float), 3600.0)
+                self.waiters.append(Waiter(client, env, urn, time.monotonic() + max(0.0, float(timeout))))
+            case "kill" | "suspend" | "resume" | "signal":
+                urn = self._known(env)
+                self._check_controller(key, urn)
+                self._control(urn, env)
+                self._reply(client, env.reply(**self._status(urn)))
+            case "ps":
+                self._reply(client, env.reply(tasks=[self._status(u) for u in sorted(self.tasks)]))
+            case "put-code":
+                self._reply(client, env.reply(**self._put_code(env, frames)))
+            case "get-code":
+                urn = field_of(env, "urn", str)
+                blob = self.codes.get_blob(urn)
+                if blob is None:
+                    raise NotFound(f"this daemon does not hold code {urn}")
+                self._reply(client, env.reply(urn=urn), [blob])
+            case "drain":
+                if key not in (self.cfg.admin_key.hex(), self.cfg.identity.key_id):
+                    raise NotAuthorized("only the admin key or the host's own key may drain a host")
+                self.draining = bool(field_of(env, "on", bool, True))
+                self.state.set_meta("draining", self.draining)
+                self._publish_host()
+                self._reply(client, env.reply(draining=self.draining, host=self.cfg.host_urn,
+                                              tasks=len([t for t in self.tasks.values() if t["state"] == "running"])))
+            case _:
+                raise UnknownRequest(f"daemon/1 has no request {env.kind!r}; it has hello, spawn, status, wait, "
+                                     "kill, signal, suspend, resume, ps, put-code, get-code, drain")
+
+    def _known(self, env: Envelope) -> str:
+        urn = validate_urn(field_of(env, "urn", str))
+        if urn not in self.tasks:
+            raise NotFound(f"{urn} is not a task of {self.cfg.host_urn}; ask the daemon named in its 'supervisor'")
+        return urn
+
+    def _check_controller(self, key: str, urn: str) -> None:
+        owner = self.tasks[urn]["owner"]
+        if key not in (owner, self.cfg.admin_key.hex()):
+            raise NotAuthorized(f"{urn} is owned by key {owner[:16]}…, not {key[:16]}…; ask its owner or an admin key")
+
+    def _control(self, urn: str, env: Envelope) -> None:
+        rec = self.tasks[urn]
+        if rec["state"] not in ("running", "suspended"):
+            raise NotFound(f"{urn} is {rec['state']}; there is nothing to {env.kind}")
+        match env.kind:
+            case "kill":
+                self.runner.kill(urn)
+            case "suspend":
+                self.runner.suspend(urn)
+                self._task_event(TaskEvent(urn, "suspended", None, None, time.time()))
+            case "resume":
+                self.runner.resume(urn)
+                self._task_event(TaskEvent(urn, "resumed", None, None, time.time()))
+            case "signal":
+                signum = field_of(env, "signum", int)
+                valid = {s.value for s in signals.Signals}
+                if signum not in valid:
+                    raise SnipeError(f"{signum} is not a signal number on this host")
+                self.runner.signal(urn, signum)
+
+    # --- code ---------------------------------------------------------------------------------
+    def _put_code(self, env: Envelope, frames: list[bytes]) -> dict[str, Any]:
+        urn = validate_urn(field_of(env, "urn", str))
+        if len(frames) != 1:
+            raise SnipeError("put-code carries the code blob as exactly one frame")
+        path = self.codes.install(frames[0], urn)      # verifies the hash against the URN
+        self.catalog.set(urn, "location", self.cfg.address)
+        return {"urn": urn, "path": str(path)}
+
+    def _fetch_code(self, urn: str) -> tuple[Path, dict[str, Any]]:
+        """The unpacked code and its manifest, signed by the code URN's owner (its publisher)."""
+        entry = self.catalog.get(urn)
+        now = _now_ms()
+        owner = entry.owner(self.cfg.admin_key, now)
+        manifests = [a for a in entry.live(now) if a.name == "manifest" and a.signer.hex() == owner]
+        if owner is None or not manifests or not isinstance(manifests[0].value, dict):
+            raise NotAuthorized(f"{urn} has no manifest signed by its publisher; refusing to run it")
+        manifest = manifests[0].value
+        path = self.codes.path_for(urn)
+        if path is not None:
+            return path, manifest
+        errors = []
+        for location in sorted({str(v) for v in entry.values("location", now).values()}):
+            if location == self.cfg.address:
+                continue
+            try:
+                with DaemonClient(location, self.cfg.identity, timeout=30.0) as peer:
+                    _, frames = peer.call("get-code", {"urn": urn})
+                path = self.codes.install(frames[0], urn)       # raises if the bytes do not hash to the URN
+                with contextlib.suppress(SnipeError):
+                    self.catalog.set(urn, "location", self.cfg.address)
+                return path, manifest
+            except SnipeError as exc:
+                errors.append(f"{location}: {exc}")
+        raise NotFound(f"no location could supply {urn}: " + ("; ".join(errors) or "none is listed"))
+
+    # --- spawning -----------------------------------------------------------------------------
+    def _spawn(self, key: str, env: Envelope) -> dict[str, Any]:
+        if self.draining:
+            raise NotAuthorized(f"{self.cfg.host_urn} is draining and takes no new tasks; choose another host")
+        code = validate_urn(field_of(env, "code", str))
+        args = [str(a) for a in field_of(env, "args", list, [])]
+        extra_env = field_of(env, "env", dict, {})
+        quota = Quota.from_value(field_of(env, "quota", dict, {}))
+        notify = [validate_urn(u) for u in field_of(env, "notify", list, [])]
+        code_dir, manifest = self._fetch_code(code)
+
+        urn = new_urn("proc")
+        task_key = Identity.generate()
+        workdir = self.tasks_dir / urn.rsplit(":", 1)[1]
+        workdir.mkdir(parents=True, exist_ok=True)
+        task_key.save(workdir / "task.key")
+        now = _now_ms()
+        self.catalog.put([
+            self.catalog.sign(urn, authority.OWNER, self.cfg.identity.key_id),
+            self.catalog.sign(urn, authority.DELEGATE_PREFIX + task_key.key_id, [""]),
+            self.catalog.sign(urn, "host", self.cfg.host_urn),
+            self.catalog.sign(urn, "owner", key),
+            self.catalog.sign(urn, "code", code),
+            self.catalog.sign(urn, "args", args),
+            self.catalog.sign(urn, "supervisor", self.cfg.address),
+            self.catalog.sign(urn, "notify", notify),
+            self.catalog.sign(urn, "key", task_key.key_id),
+            self.catalog.sign(urn, "started", now),
+            self.catalog.sign(urn, "state", "starting"),
+        ])
+        task_env = {k: str(v) for k, v in extra_env.items()}
+        task_env.update({
+            "SNIPE_PROC_URN": urn, "SNIPE_KEY_FILE": str(workdir / "task.key"),
+            "SNIPE_CATALOG": ",".join(self.cfg.catalog), "SNIPE_ADMIN_KEY": self.cfg.admin_key.hex(),
+            "SNIPE_DAEMON": self.cfg.address, "SNIPE_HOST_URN": self.cfg.host_urn,
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1",
+        })
+        argv = entry_argv(manifest, code_dir, self.cfg.python, args)
+        record = self.runner.start(urn, argv, cwd=str(workdir), env=task_env, quota=quota)
+        self.tasks[urn] = {"record": record.to_value(), "owner": key, "code": code, "state": "running",
+                           "events": [], "seq": 0, "notify": notify}
+        self.state.put_task(urn, self.tasks[urn])
+        self._task_event(TaskEvent(urn, "started", None, None, time.time()))
+        return {"urn": urn, "pid": record.pid, "host": self.cfg.host_urn}
+
+    def _task_event(self, ev: TaskEvent) -> None:
+        rec = self.tasks.get(ev.urn)
+        if rec is None:
+            return
+        rec["seq"] += 1
+        state = {"started": "running", "resumed": "running", "suspended": "suspended", "exited": "exited",
+                 "killed": "killed", "lost": "lost"}.get(ev.kind, rec["state"])
+        rec["state"] = state
+        rec["events"] = (rec["events"] + [[rec["seq"], ev.kind, ev.at, ev.exit_code, ev.reason]])[-MAX_EVENTS_KEPT:]
+        with contextlib.suppress(KeyError):
+            rec["record"] = self.runner.record(ev.urn).to_value()
+        self.state.put_task(ev.urn, rec)
+        values: dict[str, Any] = {"state": state, "events": rec["events"]}
+        if ev.exit_code is not None:
+            values["exit_code"] = ev.exit_code
+        if ev.reason:
+            values["reason"] = ev.reason
+        try:
+            self.catalog.set_many(ev.urn, values)
+        except SnipeError as exc:      # the state is safe in LMDB; the next event republishes it all
+            log.warning("could not publish %s %s: %s", ev.urn, ev.kind, exc)
+
+    def _readopt(self) -> None:
+        running = [u for u, t in self.tasks.items() if t["state"] in ("running", "suspended", "starting")]
+        if not running:
+            return
+        from snipe_daemon.tasks import TaskRecord
+        records = [TaskRecord.from_value(self.tasks[u]["record"]) for u in running]
+        for ev in self.runner.adopt(records):
+            self._task_event(ev)
+
+    def _status(self, urn: str) -> dict[str, Any]:
+        rec = self.tasks[urn]
+        out: dict[str, Any] = {"urn": urn, "state": rec["state"], "owner": rec["owner"], "code": rec["code"],
+                               "host": self.cfg.host_urn, "events": rec["events"]}
+        try:
+            live = self.runner.status(urn)
+            out.update({k: v for k, v in live.items() if k != "state"})
+        except SnipeError:
+            pass
+        record = rec["record"]
+        out["exit_code"] = record.get("exit_code")
+        out["reason"] = record.get("reason")
+        out["pid"] = record.get("pid")
+        return out
+
+    def _stderr_tail(self, urn: str) -> str:
+        try:
+            return self.runner.stderr_tail(urn)
+        except SnipeError:
+            return ""
+
+    # --- the host ------------------------------------------------------------------------------
+    def _publish_host(self) -> None:
+        info = collect_host_info(net_names=self.cfg.net_names, link_speeds=self.cfg.link_speeds)
+        info.update(self.sampler.sample())
+        info.update({"daemon": self.cfg.address, "key": self.cfg.identity.key_id, "alive": True,
+                     "draining": self.draining,
+                     "tasks": len([t for t in self.tasks.values() if t["state"] in ("running", "suspended")])})
+        ttl = self.cfg.lease_s
+        self.catalog.put([self.catalog.sign(self.cfg.host_urn, k, v, ttl=ttl) for k, v in info.items()])
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def remove_task_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+__all__ = ["ConfigError", "Daemon", "DaemonConfig"]

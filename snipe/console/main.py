@@ -1,0 +1,311 @@
+"""`snipe-console`: look at and steer a SNIPE cluster from a terminal.
+
+Every command prints aligned tables for people, or JSON with --json. It joins the cluster the
+way any application does (`snipe.init()`: a task's environment, SNIPE_CATALOG/SNIPE_CONFIG, or
+the embedded local cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal as signals
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+import snipe
+from snipe import authority
+from snipe.catalog.client import CatalogClient
+from snipe.errors import ConfigError, NotFound, SnipeError
+from snipe.identity import Identity
+from snipe.runtime import Process, now_ms, runtime_home, session, start_embedded, stop_embedded
+from snipe.urn import validate_urn
+
+out = Console()
+
+
+def _age(start_ms: Any) -> str:
+    if not isinstance(start_ms, int):
+        return "-"
+    s = max(0, (now_ms() - start_ms) // 1000)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _bytes(n: Any) -> str:
+    if not isinstance(n, int | float):
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*("-" if v is None else str(v) for v in r))
+    out.print(t)
+
+
+def emit(args: argparse.Namespace, data: Any, human: Callable[[], None]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        human()
+
+
+# --- commands --------------------------------------------------------------------------------------
+def cmd_hosts(args: argparse.Namespace) -> int:
+    hosts = snipe.hosts()
+    rows = [[u.rsplit(":", 1)[1], h.get("arch"), h.get("cpus"), _bytes(h.get("memory")), h.get("load"),
+             h.get("tasks"), "draining" if h.get("draining") else "ok", h.get("daemon", "").split("#")[0]]
+            for u, h in sorted(hosts.items())]
+    emit(args, hosts, lambda: table(f"{len(hosts)} live host(s)",
+                                    ["host", "arch", "cpus", "memory", "load", "tasks", "state", "daemon"], rows))
+    return 0
+
+
+def _all_tasks() -> list[dict[str, Any]]:
+    s = session()
+    tasks: list[dict[str, Any]] = []
+    for urn, h in sorted(snipe.hosts().items()):
+        try:
+            reply, _ = s.daemon(str(h["daemon"])).call("ps", timeout=5)
+        except SnipeError as exc:
+            tasks.append({"urn": "?", "host": urn, "state": f"unreachable: {exc}"})
+            continue
+        tasks.extend(reply["tasks"])
+    return tasks
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    tasks = [t for t in _all_tasks() if args.all or t.get("state") in ("running", "suspended")]
+    rows = [[t["urn"], str(t.get("host", "")).rsplit(":", 1)[-1], t.get("state"),
+             f"{t['cpu_seconds']:.2f}s" if isinstance(t.get("cpu_seconds"), float) else "-",
+             _bytes(t.get("rss_bytes")), f"{t['age_s']:.0f}s" if isinstance(t.get("age_s"), float) else "-"]
+            for t in tasks]
+    emit(args, tasks, lambda: table(f"{len(tasks)} task(s)", ["urn", "host", "state", "cpu", "memory", "age"], rows))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    s = session()
+    urn = validate_urn(args.urn)
+    entry = s.catalog.get(urn)
+    now = now_ms()
+    owner = entry.owner(s.admin_key, now)
+    records = [{"name": a.name, "value": a.value, "writer": a.signer.hex(), "ts": a.ts, "ttl_ms": a.ttl_ms,
+                "live": a.is_live(now), "deleted": a.deleted,
+                "expires_in_s": round((a.expires_at_ms - now) / 1000, 1) if a.expires_at_ms else None}
+               for a in entry.records]
+    data = {"urn": urn, "owner": owner, "verified": True, "records": records,
+            "rejected": [r.reason for r in s.catalog.rejected]}
+
+    def human() -> None:
+        out.print(f"[bold]{urn}[/bold]  owner {owner[:16] + '…' if owner else '-'}  "
+                  f"(every record's signature verified; {len(data['rejected'])} rejected)")
+        rows = [[r["name"], _short(r["value"]), r["writer"][:12] + "…",
+                 "live" if r["live"] else ("deleted" if r["deleted"] else "expired"),
+                 f"{r['expires_in_s']}s" if r["expires_in_s"] is not None else ""] for r in records]
+        table("", ["name", "value", "writer", "state", "lease"], rows)
+    emit(args, data, human)
+    return 0
+
+
+def _short(v: Any, n: int = 60) -> str:
+    text = json.dumps(v, default=lambda b: b.hex() if isinstance(b, bytes) else str(b))
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    p = Process(args.urn)
+    if args.command == "signal":
+        signum = int(args.signal) if args.signal.isdigit() else signals.Signals[
+            args.signal if args.signal.startswith("SIG") else "SIG" + args.signal].value
+        reply = p.signal(signum)
+    else:
+        reply = getattr(p, args.command)()
+    emit(args, reply, lambda: out.print(f"{args.urn}: {reply['state']}"))
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    s = session()
+    host_urn = args.host if args.host.startswith("urn:") else f"urn:snipe:host:{args.host}"
+    entry = s.catalog.get(host_urn)
+    address = entry.value("daemon", now_ms())
+    if address is None:
+        raise NotFound(f"{host_urn} has no daemon in the catalog")
+    ident = _admin_identity(args) or s.identity
+    from snipe.daemonclient import DaemonClient
+    with DaemonClient(str(address), ident) as d:
+        reply, _ = d.call("drain", {"on": not args.off})
+    emit(args, reply, lambda: out.print(
+        f"{host_urn}: {'draining, no new tasks' if reply['draining'] else 'taking tasks again'}; "
+        f"{reply['tasks']} task(s) still running there"))
+    return 0
+
+
+def _admin_identity(args: argparse.Namespace) -> Identity | None:
+    path = getattr(args, "admin_key_file", None)
+    if path:
+        return Identity.load(path)
+    desc = runtime_home() / "cluster.json"
+    if desc.exists():
+        key_file = json.loads(desc.read_text()).get("admin_key_file")
+        if key_file and Path(key_file).exists():
+            return Identity.load(key_file)
+    return None
+
+
+def cmd_admit(args: argparse.Namespace) -> int:
+    s = session()
+    admin = _admin_identity(args)
+    if admin is None:
+        raise ConfigError("admitting keys needs the admin key: pass --admin-key-file")
+    urn = f"urn:snipe:{args.kind}:{args.name}"
+    with CatalogClient([c.address for c in s.catalog.conns.values()], admin, s.admin_key) as c:
+        c.set(urn, authority.OWNER, args.key)
+    emit(args, {"urn": urn, "key": args.key}, lambda: out.print(f"admitted key {args.key[:16]}… as {urn}"))
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    if Path(args.path).exists():
+        raise ConfigError(f"{args.path} exists; refusing to overwrite a key")
+    ident = Identity.generate()
+    ident.save(args.path)
+    emit(args, {"path": args.path, "key": ident.key_id}, lambda: out.print(f"{args.path}: key {ident.key_id}"))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    for ev in Process(args.urn).events(timeout=args.timeout):
+        if args.json:
+            print(json.dumps(ev.__dict__), flush=True)
+        else:
+            out.print(f"{ev.seq:4d} {time.strftime('%H:%M:%S', time.localtime(ev.at))} {ev.kind}"
+                      + (f" exit={ev.exit_code}" if ev.exit_code is not None else "")
+                      + (f" ({ev.reason})" if ev.reason else ""))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    urn = snipe.publish(args.path)
+    emit(args, {"urn": urn}, lambda: out.print(urn))
+    return 0
+
+
+def cmd_spawn(args: argparse.Namespace) -> int:
+    p = snipe.spawn(args.code, *args.args, host=args.host)
+    emit(args, {"urn": p.urn, "host": p.host}, lambda: out.print(f"{p.urn} on {p.host}"))
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    home = Path(args.home) if args.home else runtime_home()
+    if args.action == "up":
+        with out.status(f"starting {args.replicas} replica(s) and {args.hosts} daemon(s) in {home}…",
+                        spinner="dots") if not args.json else _null():
+            desc = start_embedded(home, replicas=args.replicas, hosts=args.hosts)
+        emit(args, desc, lambda: table(f"local cluster in {home}", ["part", "address"],
+                                        [["replica", a] for a in desc["catalog"]]
+                                        + [[f"daemon {h}", a] for h, a in desc["daemons"].items()]))
+    elif args.action == "down":
+        stopped = stop_embedded(home)
+        emit(args, {"stopped": stopped}, lambda: out.print("stopped" if stopped else f"no cluster in {home}"))
+    else:
+        path = home / "cluster.json"
+        desc = json.loads(path.read_text()) if path.exists() else None
+        emit(args, desc, lambda: out.print(json.dumps(desc, indent=2) if desc else f"no cluster in {home}"))
+    return 0
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="snipe-console", description="Look at and steer a SNIPE cluster.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("hosts", parents=[common], help="live hosts").set_defaults(fn=cmd_hosts)
+    p = sub.add_parser("ps", parents=[common], help="tasks on every host")
+    p.add_argument("-a", "--all", action="store_true", help="include ended tasks")
+    p.set_defaults(fn=cmd_ps)
+    p = sub.add_parser("show", parents=[common], help="every verified assertion about a URN")
+    p.add_argument("urn")
+    p.set_defaults(fn=cmd_show)
+    for name in ("kill", "suspend", "resume"):
+        p = sub.add_parser(name, parents=[common], help=f"{name} a task (its owner or the admin)")
+        p.add_argument("urn")
+        p.set_defaults(fn=cmd_control)
+    p = sub.add_parser("signal", parents=[common], help="send a signal to a task")
+    p.add_argument("urn")
+    p.add_argument("signal", help="name (TERM, SIGUSR1) or number")
+    p.set_defaults(fn=cmd_control)
+    p = sub.add_parser("drain", parents=[common], help="stop new placements on a host")
+    p.add_argument("host")
+    p.add_argument("--off", action="store_true", help="take tasks again")
+    p.add_argument("--admin-key-file")
+    p.set_defaults(fn=cmd_drain)
+    p = sub.add_parser("admit", parents=[common], help="admit a host or user key (admin)")
+    p.add_argument("kind", choices=["host", "user"])
+    p.add_argument("name")
+    p.add_argument("key")
+    p.add_argument("--admin-key-file")
+    p.set_defaults(fn=cmd_admit)
+    p = sub.add_parser("keygen", parents=[common], help="make a new Ed25519 key file")
+    p.add_argument("path")
+    p.set_defaults(fn=cmd_keygen)
+    p = sub.add_parser("events", parents=[common], help="follow a task's state changes")
+    p.add_argument("urn")
+    p.add_argument("--timeout", type=float, default=None)
+    p.set_defaults(fn=cmd_events)
+    p = sub.add_parser("publish", parents=[common], help="publish a script or folder as mobile code")
+    p.add_argument("path")
+    p.set_defaults(fn=cmd_publish)
+    p = sub.add_parser("spawn", parents=[common], help="start published code as a task")
+    p.add_argument("code")
+    p.add_argument("args", nargs="*")
+    p.add_argument("--host")
+    p.set_defaults(fn=cmd_spawn)
+    p = sub.add_parser("cluster", parents=[common], help="a local cluster on this machine")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--replicas", type=int, default=3)
+    p.add_argument("--hosts", type=int, default=3)
+    p.add_argument("--home", help="runtime folder (default: this user's)")
+    p.set_defaults(fn=cmd_cluster)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except SnipeError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": exc.code, "message": str(exc)}))
+        else:
+            Console(stderr=True).print(f"[red]snipe-console: {exc}[/red]")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""The library applications call: `snipe.init()`, `publish`, `spawn`, `Process`, `me()`.
+
+`init()` decides where this process stands, in this order:
+1. inside a task a daemon started (SNIPE_PROC_URN is set): the task's own URN, key and catalog;
+2. a configured cluster (arguments, SNIPE_CATALOG, or SNIPE_CONFIG / ~/.config/snipe/client.toml);
+3. otherwise the embedded default: the local cluster in this user's runtime folder
+   ($SNIPE_HOME, else $XDG_RUNTIME_DIR/snipe, else /tmp/snipe-<uid>), started if none is running
+   (one replica, one daemon), and reused by every later process, like `ray.init()`.
+The same application code then runs unchanged against a multi-host deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from snipe import authority
+from snipe.catalog.client import CatalogClient
+from snipe.code import package
+from snipe.daemonclient import DaemonClient
+from snipe.discovery import discover
+from snipe.errors import ConfigError, NotAuthorized, NotFound, SnipeError, Unreachable
+from snipe.identity import Identity
+from snipe.placement import choose_host
+from snipe.query import Predicate, parse_predicate_text
+from snipe.urn import validate_urn
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Session:
+    identity: Identity
+    catalog: CatalogClient
+    admin_key: bytes
+    local_daemon: str | None = None
+    me: str | None = None
+    home: Path | None = None
+    _daemons: dict[str, DaemonClient] = field(default_factory=dict)
+
+    def daemon(self, address: str) -> DaemonClient:
+        if address not in self._daemons:
+            self._daemons[address] = DaemonClient(address, self.identity)
+        return self._daemons[address]
+
+    def close(self) -> None:
+        for d in self._daemons.values():
+            d.close()
+        self._daemons.clear()
+        self.catalog.close()
+
+
+_session: Session | None = None
+
+
+def runtime_home() -> Path:
+    if os.environ.get("SNIPE_HOME"):
+        return Path(os.environ["SNIPE_HOME"])
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(base) / "snipe" if base else Path(f"/tmp/snipe-{os.getuid()}")
+
+
+def _cluster_alive(desc: dict[str, Any]) -> bool:
+    pids = desc.get("pids", [])
+    return bool(pids) and all(psutil.pid_exists(p) for p in pids)
+
+
+def start_embedded(home: Path, *, replicas: int = 1, hosts: int = 1) -> dict[str, Any]:
+    """Start (or find) the local cluster in `home`; return its description. Safe to race."""
+    from snipe.localcluster import CLUSTER_FILE, LocalCluster
+
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(home / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        desc_path = home / CLUSTER_FILE
+        if desc_path.exists():
+            desc = json.loads(desc_path.read_text())
+            if _cluster_alive(desc):
+                return desc
+        cluster = LocalCluster(home, replicas=replicas, hosts=hosts, loopback_hosts=hosts > 1)
+        try:
+            cluster.start()
+        except BaseException:
+            cluster.close()
+            raise
+        return cluster.describe()
+
+
+def init(*, catalog: Sequence[str] | None = None, identity: Identity | None = None, admin_key: str | None = None,
+         config: str | None = None, home: str | Path | None = None, daemon: str | None = None) -> Session:
+    """Join a SNIPE cluster (see the module docstring for how it is found). Idempotent."""
+    global _session
+    if _session is not None:
+        return _session
+    env = os.environ
+    if env.get("SNIPE_PROC_URN"):
+        ident = Identity.load(env["SNIPE_KEY_FILE"])
+        admin = env["SNIPE_ADMIN_KEY"]
+        client = CatalogClient(env["SNIPE_CATALOG"].split(","), ident, admin)
+        _session = Session(ident, client, client.admin_key, env.get("SNIPE_DAEMON"), env["SNIPE_PROC_URN"])
+        return _session
+    if catalog or env.get("SNIPE_CATALOG") or config or env.get("SNIPE_CONFIG") or env.get("SNIPE_SRV_DOMAIN"):
+        addrs = discover(list(catalog) if catalog else None, config_path=config)
+        admin = admin_key or env.get("SNIPE_ADMIN_KEY")
+        if not admin:
+            raise ConfigError("set the cluster's admin key: init(admin_key=...) or SNIPE_ADMIN_KEY")
+        key_file = env.get("SNIPE_KEY_FILE", str(Path.home() / ".config" / "snipe" / "user.key"))
+        ident = identity or Identity.load(key_file)
+        client = CatalogClient(addrs, ident, admin)
+        _session = Session(ident, client, client.admin_key, daemon or env.get("SNIPE_DAEMON"))
+        return _session
+    root = Path(home) if home else runtime_home()
+    desc = start_embedded(root)
+    ident = identity or Identity.load(desc["user_key_file"])
+    client = CatalogClient(desc["catalog"], ident, desc["admin_key"])
+    local = next(iter(desc["daemons"].values()), None)
+    _session = Session(ident, client, client.admin_key, local, home=root)
+    return _session
+
+
+def session() -> Session:
+    return _session if _session is not None else init()
+
+
+def shutdown() -> None:
+    """Forget the session (the embedded cluster keeps running for later processes)."""
+    global _session
+    if _session is not None:
+        _session.close()
+        _session = None
+
+
+def me() -> str:
+    """This task's own URN (only inside a task a daemon started)."""
+    s = session()
+    if s.me is None:
+        raise NotFound("this process is not a SNIPE task (no SNIPE_PROC_URN); only spawned tasks have a URN")
+    return s.me
+
+
+def catalog() -> CatalogClient:
+    return session().catalog
+
+
+# --- code ----------------------------------------------------------------------------------------
+def publish(path: str | Path, *, entry: str | None = None, requirements: Sequence[str] = ()) -> str:
+    """Publish a script or package folder as mobile code; return its content-addressed URN."""
+    s = session()
+    pkg = package(path, entry=entry, requirements=requirements)
+    c = s.catalog
+    try:
+        c.put([c.sign(pkg.urn, authority.OWNER, s.identity.key_id),
+               c.sign(pkg.urn, authority.DELEGATE_PREFIX + authority.ANY_KEY, ["location"]),
+               c.sign(pkg.urn, "manifest", pkg.manifest)])
+    except NotAuthorized:
+        owner = c.get(pkg.urn).owner(s.admin_key, now_ms())
+        if owner is None:
+            raise
+        # the same bytes were published before by another key: its manifest stands
+    if s.local_daemon is None:
+        raise ConfigError("no daemon to hold the code on this host; set SNIPE_DAEMON or init(daemon=...)")
+    s.daemon(s.local_daemon).call("put-code", {"urn": pkg.urn, "manifest": pkg.manifest}, (pkg.blob,),
+                                  timeout=120)
+    return pkg.urn
+
+
+# --- processes -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProcessEvent:
+    seq: int
+    kind: str              # started, suspended, resumed, exited, killed, lost, host-lost
+    at: float
+    exit_code: int | None
+    reason: str | None
+
+
+class Process:
+    """A handle on a task, by URN. Works from any process in the cluster."""
+
+    def __init__(self, urn: str, supervisor: str | None = None, host: str | None = None) -> None:
+        self.urn = validate_urn(urn)
+        self._supervisor = supervisor
+        self.host = host
+
+    def __repr__(self) -> str:
+        return f"Process({self.urn!r}, host={self.host!r})"
+
+    @property
+    def supervisor(self) -> str:
+        if self._supervisor is None:
+            entry = session().catalog.get(self.urn)
+            sup = entry.value("supervisor", now_ms())
+            if sup is None:
+                raise NotFound(f"{self.urn} has no supervisor in the catalog; is it a task?")
+            self._supervisor = str(sup)
+            self.host = entry.value("host", now_ms())
+        return self._supervisor
+
+    def _call(self, kind: str, rpc_timeout: float | None = None, **body: Any) -> dict[str, Any]:
+        reply, _ = session().daemon(self.supervisor).call(kind, {"urn": self.urn, **body}, timeout=rpc_timeout)
+        return reply
+
+    def status(self) -> dict[str, Any]:
+        return self._call("status")
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the task ends (or `timeout`); returns its status with exit code and stderr tail."""
+        t = 3600.0 if timeout is None else timeout
+        return self._call("wait", rpc_timeout=t + 10, timeout=t)
+
+    def kill(self) -> dict[str, Any]:
+        return self._call("kill")
+
+    def signal(self, signum: int) -> dict[str, Any]:
+        return self._call("signal", signum=int(signum))
+
+    def suspend(self) -> dict[str, Any]:
+        return self._call("suspend")
+
+    def resume(self) -> dict[str, Any]:
+        return self._call("resume")
+
+    def info(self) -> dict[str, Any]:
+        return session().catalog.get(self.urn).as_dict(now_ms())
+
+    def events(self, timeout: float | None = None) -> Iterator[ProcessEvent]:
+        """Every state change of the task, once each and in order, until it ends or `timeout`
+        passes with nothing new. If the task's host loses its lease, a final `host-lost`."""
+        s = session()
+        w = s.catalog.watch(self.urn)
+        host_watch = None
+        try:
+            seen = 0
+            entry = s.catalog.get(self.urn)
+            host = entry.value("host", now_ms())
+            if isinstance(host, str):
+                host_watch = s.catalog.watch(host)
+            pending = entry.value("events", now_ms(), [])
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                for seq, kind, at, code, reason in sorted(pending or []):
+                    if seq > seen:
+                        if seq != seen + 1 and seen:
+                            yield ProcessEvent(seen + 1, "gap", time.time(), None,
+                                               f"events {seen + 1}..{seq - 1} fell out of the kept history")
+                        seen = seq
+                        yield ProcessEvent(seq, kind, at, code, reason)
+                        if kind in ("exited", "killed", "lost"):
+                            return
+                pending = []
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                ev = w.next(0.1)
+                if ev is not None and ev.record is not None and ev.record.name == "events" and ev.kind == "put":
+                    pending = ev.record.value if isinstance(ev.record.value, list) else []
+                if host_watch is not None:
+                    hev = host_watch.next(0)
+                    if hev is not None and hev.kind == "expire" and hev.record is not None \
+                            and hev.record.name == "alive":
+                        yield ProcessEvent(seen + 1, "host-lost", time.time(), None,
+                                           f"{host}'s lease expired: its daemon is gone or cut off")
+                        return
+        finally:
+            w.close()
+            if host_watch is not None:
+                host_watch.close()
+
+
+def _requirements(requires: Sequence[Predicate | str] | dict[str, Any] | None) -> list[Predicate]:
+    if requires is None:
+        return []
+    if isinstance(requires, dict):
+        return [(k, "=", v) for k, v in requires.items()]
+    return [parse_predicate_text(r) if isinstance(r, str) else tuple(r) for r in requires]  # type: ignore[misc]
+
+
+def hosts(requires: Sequence[Predicate | str] | dict[str, Any] | None = None) -> dict[str, Any]:
+    """The live hosts' metadata, by URN."""
+    s = session()
+    now = now_ms()
+    return {u: e.as_dict(now) for u, e in s.catalog.query("urn:snipe:host:", _requirements(requires)).items()
+            if e.value("alive", now) is True}
+
+
+def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Predicate | str] | dict | None = None,
+          env: dict[str, str] | None = None, quota: dict[str, Any] | None = None,
+          notify: Sequence[str] = ()) -> Process:
+    """Start `code` (a code URN from `publish`) as a task; return its Process handle.
+
+    With no `host`, the least-loaded live host meeting `requires` is chosen; `quota` may set
+    cpu_seconds, memory_bytes, wall_seconds and open_files.
+    """
+    s = session()
+    code = validate_urn(code)
+    if host is not None:
+        host_urn = host if host.startswith("urn:") else f"urn:snipe:host:{host}"
+        entry = s.catalog.get(host_urn)
+        address = entry.value("daemon", now_ms())
+        if address is None or entry.value("alive", now_ms()) is not True:
+            raise Unreachable(f"{host_urn} has no live daemon in the catalog")
+    else:
+        candidates = s.catalog.query("urn:snipe:host:", _requirements(requires))
+        host_urn = choose_host(candidates, _requirements(requires), now_ms())
+        address = candidates[host_urn].value("daemon", now_ms())
+    reply, _ = s.daemon(str(address)).call("spawn", {
+        "code": code, "args": [str(a) for a in args], "env": env or {}, "quota": quota or {},
+        "notify": list(notify)}, timeout=120)
+    return Process(reply["urn"], str(address), reply["host"])
+
+
+def stop_embedded(home: str | Path | None = None) -> bool:
+    """Stop the embedded cluster in `home` (default: this user's runtime folder). True if one ran."""
+    import signal as signals
+
+    root = Path(home) if home else runtime_home()
+    desc_path = root / "cluster.json"
+    if not desc_path.exists():
+        return False
+    desc = json.loads(desc_path.read_text())
+    procs = []
+    for pid in desc.get("pids", []):
+        with contextlib.suppress(psutil.Error):
+            p = psutil.Process(pid)
+            p.send_signal(signals.SIGTERM)
+            procs.append(p)
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    from snipe.localcluster import LocalCluster
+    with contextlib.suppress(SnipeError, OSError):
+        LocalCluster(root, replicas=0, hosts=len(desc.get("daemons", {}))).kill_tasks()
+    desc_path.unlink(missing_ok=True)
+    return True
