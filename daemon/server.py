@@ -8,7 +8,7 @@ with SIGKILL and restarted re-adopts its running tasks and reports the vanished 
 Catalog records the daemon keeps for a task `urn:snipe:proc:<id>` (owned by the host key, which
 vouches for the task's own key with `_delegate.<task key>`): host, owner (the key that spawned
 it), code, args, supervisor (this daemon's address), pid, started, notify, state, and
-`events`: the list of [seq, kind, at, exit_code, reason] so far, which watchers follow.
+`events`: the list of {seq, kind, at, exit_code?, reason?} so far, which watchers follow.
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ class Daemon:
         self.ctx = zmq.Context()
         self._admission: dict[bytes, tuple[bool, float]] = {}
         self._zap_local = threading.local()
-        self.gate = KeyGate(self.ctx, self._admit)
+        self.gate = KeyGate(self.ctx, self._admit, self._resolve_curve)
         self.gate.install()
+        self.gate.learn(cfg.admin_key)
         self.router = server_socket(self.ctx, zmq.ROUTER, cfg.identity)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.bind(cfg.listen)
@@ -109,6 +110,8 @@ class Daemon:
         self.next_lease = 0.0
         self._stop = False
         self._readopt()
+        self._publish_host()              # before anyone is told the daemon is ready
+        self.next_lease = time.monotonic() + cfg.lease_s / 3
 
     # --- admission ----------------------------------------------------------------------------
     def _check_host_admitted(self) -> None:
@@ -119,6 +122,20 @@ class Daemon:
                 f"{self.cfg.host_urn} is not assigned to this daemon's key {self.cfg.identity.key_id[:16]}…; "
                 f"the admin must run: snipe-console admit host {self.cfg.host_id} {self.cfg.identity.key_id}")
 
+    def _zap_client(self) -> CatalogClient:
+        client = getattr(self._zap_local, "client", None)
+        if client is None:
+            client = CatalogClient(self.cfg.catalog, self.cfg.identity, self.cfg.admin_key, timeout=3.0)
+            self._zap_local.client = client
+        return client
+
+    def _resolve_curve(self, curve: bytes) -> bytes | None:
+        try:
+            return self._zap_client().key_of_curve(curve)
+        except SnipeError as exc:
+            log.warning("cannot resolve a client's key: %s", exc)
+            return None
+
     def _admit(self, key: bytes) -> bool:
         """ZAP: is this key admitted? Asked in the authenticator's thread, so it has its own client."""
         if key in (self.cfg.admin_key, self.cfg.identity.public_key):
@@ -127,12 +144,8 @@ class Daemon:
         now = time.monotonic()
         if hit is not None and hit[1] > now:
             return hit[0]
-        client = getattr(self._zap_local, "client", None)
-        if client is None:
-            client = CatalogClient(self.cfg.catalog, self.cfg.identity, self.cfg.admin_key, timeout=3.0)
-            self._zap_local.client = client
         try:
-            ok = client.is_admitted(key)
+            ok = self._zap_client().is_admitted(key)
         except SnipeError as exc:
             log.warning("cannot check admission of %s…: %s", key.hex()[:16], exc)
             return False
@@ -170,9 +183,12 @@ class Daemon:
         self.ctx.term()
         self.state.close()
 
-    def _tick(self, now: float) -> None:
+    def _poll_tasks(self) -> None:
         for ev in self.runner.poll(time.time()):
             self._task_event(ev)
+
+    def _tick(self, now: float) -> None:
+        self._poll_tasks()
         for w in list(self.waiters):
             rec = self.tasks.get(w.urn)
             done = rec is not None and rec["state"] in ("exited", "killed", "lost")
@@ -230,6 +246,7 @@ class Daemon:
                 urn = self._known(env)
                 self._check_controller(key, urn)
                 self._control(urn, env)
+                self._poll_tasks()               # so the reply already shows the new state
                 self._reply(client, env.reply(**self._status(urn)))
             case "ps":
                 self._reply(client, env.reply(tasks=[self._status(u) for u in sorted(self.tasks)]))
@@ -272,11 +289,9 @@ class Daemon:
             case "kill":
                 self.runner.kill(urn)
             case "suspend":
-                self.runner.suspend(urn)
-                self._task_event(TaskEvent(urn, "suspended", None, None, time.time()))
+                self.runner.suspend(urn)        # the runner reports the event on its next poll
             case "resume":
                 self.runner.resume(urn)
-                self._task_event(TaskEvent(urn, "resumed", None, None, time.time()))
             case "signal":
                 signum = field_of(env, "signum", int)
                 valid = {s.value for s in signals.Signals}
@@ -373,7 +388,12 @@ class Daemon:
         state = {"started": "running", "resumed": "running", "suspended": "suspended", "exited": "exited",
                  "killed": "killed", "lost": "lost"}.get(ev.kind, rec["state"])
         rec["state"] = state
-        rec["events"] = (rec["events"] + [[rec["seq"], ev.kind, ev.at, ev.exit_code, ev.reason]])[-MAX_EVENTS_KEPT:]
+        event = {"seq": rec["seq"], "kind": ev.kind, "at": ev.at}
+        if ev.exit_code is not None:
+            event["exit_code"] = ev.exit_code
+        if ev.reason:
+            event["reason"] = ev.reason
+        rec["events"] = (rec["events"] + [event])[-MAX_EVENTS_KEPT:]
         with contextlib.suppress(KeyError):
             rec["record"] = self.runner.record(ev.urn).to_value()
         self.state.put_task(ev.urn, rec)

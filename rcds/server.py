@@ -27,7 +27,7 @@ from snipe import authority
 from snipe.assertion import Assertion
 from snipe.catalog import protocol as P
 from snipe.effects import Effect, Send, StartTimer
-from snipe.errors import ResyncNeeded, SnipeError, UnknownRequest
+from snipe.errors import CodecError, ResyncNeeded, SnipeError, UnknownRequest
 from snipe.identity import Identity, public_key_from_id
 from snipe.query import matches, parse_predicates
 from snipe.transport import KeyGate, Link, sender_key, server_socket
@@ -268,8 +268,16 @@ class Server:
             case "status":
                 self._reply(client, env.reply(**self.status()))
             case "admitted":
-                key = public_key_from_id(field_of(env, "key", str))
-                self._reply(client, env.reply(reasons=self.storage.admission_reasons(key)))
+                if "curve" in env.body:
+                    try:
+                        curve = bytes.fromhex(field_of(env, "curve", str))
+                    except ValueError:
+                        raise CodecError("'curve' must be the hex of a 32-byte X25519 key") from None
+                    ed = self.storage.ed_key_of_curve(curve)
+                else:
+                    ed = public_key_from_id(field_of(env, "key", str))
+                reasons = self.storage.admission_reasons(ed) if ed else []
+                self._reply(client, env.reply(key=ed.hex() if ed else None, reasons=reasons))
             case _:
                 raise UnknownRequest(f"rcds/1 has no request {env.kind!r}; it has hello, put, get, query, watch, "
                                      "unwatch, status, admitted")

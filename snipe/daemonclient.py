@@ -84,4 +84,9 @@ class DaemonClient:
                     continue          # a late answer to a request we gave up on
                 return env.raise_if_error().body, out
             if self.link.check(time.monotonic()):
+                if self.link.refusals >= 3:
+                    break
                 self.link.sock.send_multipart(parts)
+        from snipe.errors import NotAuthorized
+        raise NotAuthorized(f"daemon {self.endpoint} refused this key {self.identity.key_id[:16]}… "
+                            f"{self.link.refusals} times: it is not admitted to the cluster")

@@ -249,7 +249,11 @@ class Process:
             pending = entry.value("events", now_ms(), [])
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
-                for seq, kind, at, code, reason in sorted(pending or []):
+                for item in sorted(pending or [], key=lambda e: e.get("seq", 0) if isinstance(e, dict) else 0):
+                    if not isinstance(item, dict) or not isinstance(item.get("seq"), int):
+                        continue
+                    seq, kind, at = item["seq"], str(item.get("kind")), float(item.get("at", 0))
+                    code, reason = item.get("exit_code"), item.get("reason")
                     if seq > seen:
                         if seq != seen + 1 and seen:
                             yield ProcessEvent(seen + 1, "gap", time.time(), None,
@@ -310,7 +314,7 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
         if address is None or entry.value("alive", now_ms()) is not True:
             raise Unreachable(f"{host_urn} has no live daemon in the catalog")
     else:
-        candidates = s.catalog.query("urn:snipe:host:", _requirements(requires))
+        candidates = s.catalog.query("urn:snipe:host:")      # all of them, so a refusal can say why
         host_urn = choose_host(candidates, _requirements(requires), now_ms())
         address = candidates[host_urn].value("daemon", now_ms())
     reply, _ = s.daemon(str(address)).call("spawn", {

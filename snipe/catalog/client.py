@@ -471,6 +471,18 @@ class CatalogClient:
                     return True
         return False
 
+    def key_of_curve(self, curve: bytes) -> bytes | None:
+        """The admitted Ed25519 key whose CurveZMQ key is `curve` (raw 32 bytes), if any.
+        Servers use it to name a client from its handshake; the answer is checked (the curve
+        key must derive from the key returned), so a replica cannot substitute another key."""
+        import nacl.bindings
+        _, env, _ = self.request("admitted", {"curve": curve.hex()})
+        key = env.body.get("key")
+        if not isinstance(key, str):
+            return None
+        ed = public_key_from_id(key)
+        return ed if nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(ed) == curve else None
+
     def _is_host_key(self, key: bytes) -> bool:
         _, env, _ = self.request("admitted", {"key": key.hex()})
         now = now_ms()

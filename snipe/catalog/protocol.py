@@ -8,7 +8,8 @@ Requests (client -> replica; every reply echoes the request id, kind "ok" or "er
   watch   {watch, prefix, from_rev?}-> {rev, first_rev}; then events (below) or error "resync"
   unwatch {watch}                   -> {}
   status                            -> {replica, rev, first_rev, count, peers, ...}
-  admitted {key}                    -> {reasons: [urn]} the URNs whose assertions admit key
+  admitted {key} or {curve}         -> {key, reasons: [urn]}: the URNs whose assertions admit the
+                                       key (given as Ed25519, or as the X25519 key of a handshake)
 Events (replica -> client, request id 0):
   event     {watch, prev, revs: [int], kinds: [str]}  frames: one record per change
   heartbeat {watch, rev}                              sent every HEARTBEAT_S while idle

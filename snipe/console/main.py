@@ -27,7 +27,8 @@ from snipe.identity import Identity
 from snipe.runtime import Process, now_ms, runtime_home, session, start_embedded, stop_embedded
 from snipe.urn import validate_urn
 
-out = Console()
+# Piped output is read by scripts and greps: keep each row on one line.
+out = Console(width=None if sys.stdout.isatty() else 250)
 
 
 def _age(start_ms: Any) -> str:
@@ -49,8 +50,8 @@ def _bytes(n: Any) -> str:
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    for c in columns:
-        t.add_column(c, overflow="fold")
+    for i, c in enumerate(columns):
+        t.add_column(c, overflow="fold", no_wrap=i == 0)
     for r in rows:
         t.add_row(*("-" if v is None else str(v) for v in r))
     out.print(t)

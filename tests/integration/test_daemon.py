@@ -1,0 +1,221 @@
+"""snipe-daemon with real replicas and daemons: hosts, spawning, control, quotas, crash safety."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import snipe
+from snipe.code import CodeCache
+from snipe.daemonclient import DaemonClient
+from snipe.errors import NotAuthorized, NotFound, SnipeError
+from snipe.identity import Identity
+from snipe.localcluster import LocalCluster
+from tests.support import wait_for
+
+WORKER = textwrap.dedent('''
+    import os, sys, time
+    import snipe
+    snipe.init()
+    me = snipe.me()
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    snipe.catalog().set(me, "result", sum(i * i for i in range(n)))
+    print("worker", me, "done", flush=True)
+''')
+
+SLEEPER = textwrap.dedent('''
+    import signal, sys, time, pathlib
+    def on_usr1(*_):
+        pathlib.Path("got-usr1").write_text("yes")
+    signal.signal(signal.SIGUSR1, on_usr1)
+    pathlib.Path("ready").write_text("yes")
+    end = time.time() + float(sys.argv[1] if len(sys.argv) > 1 else 600)
+    while time.time() < end:
+        time.sleep(0.05)
+''')
+
+HOG = textwrap.dedent('''
+    import time
+    blocks = []
+    for _ in range(100):
+        blocks.append(bytearray(20 * 1024 * 1024))
+        time.sleep(0.02)
+    time.sleep(60)
+''')
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path / "cluster", replicas=3, hosts=3, lease_s=2.0, anti_entropy_s=0.3)
+    try:
+        c.start()
+        snipe.init(catalog=c.catalog.addresses, identity=c.user, admin_key=c.admin.key_id,
+                   daemon=c.daemons[0].address)
+        yield c
+    finally:
+        snipe.shutdown()
+        c.close()
+
+
+def publish(tmp_path: Path, name: str, source: str) -> str:
+    path = tmp_path / name
+    path.write_text(source)
+    return snipe.publish(path)
+
+
+def test_hosts_publish_leased_metadata_and_vanish_when_the_daemon_dies(cluster: LocalCluster) -> None:
+    hosts = wait_for(lambda: len(snipe.hosts()) == 3 and snipe.hosts(), 20, "three live hosts")
+    for urn, h in hosts.items():
+        assert urn.startswith("urn:snipe:host:h")
+        assert h["cpus"] >= 1 and h["memory"] > 0 and h["arch"] and isinstance(h["interfaces"], list)
+        assert h["daemon"].startswith("tcp://127.0.0.") and h["key"] in h["daemon"]
+        assert "rlimits" in h["playground"]
+    cluster.kill_daemon(2)
+    wait_for(lambda: set(snipe.hosts()) == {"urn:snipe:host:h1", "urn:snipe:host:h2"}, 20,
+             "h3 to disappear when its lease runs out")
+
+
+def test_spawn_runs_verified_code_on_every_host(cluster: LocalCluster, tmp_path: Path) -> None:
+    code = publish(tmp_path, "worker.py", WORKER)
+    assert code.startswith("urn:snipe:code:sha256:")
+    procs = [snipe.spawn(code, 100 + i, host=f"h{i + 1}") for i in range(3)]
+    for i, p in enumerate(procs):
+        done = p.wait(60)
+        assert (done["state"], done["exit_code"]) == ("exited", 0), done
+        info = p.info()
+        assert info["result"] == sum(k * k for k in range(100 + i))
+        assert info["host"] == f"urn:snipe:host:h{i + 1}" and info["state"] == "exited"
+        assert info["owner"] == cluster.user.key_id and info["code"] == code
+        assert info["supervisor"] == cluster.daemons[i].address
+
+
+def test_placement_honours_requirements(cluster: LocalCluster, tmp_path: Path) -> None:
+    code = publish(tmp_path, "worker.py", WORKER)
+    wait_for(lambda: len(snipe.hosts()) == 3, 20, "three live hosts")
+    p = snipe.spawn(code, 5, requires=[f"arch={os.uname().machine}"])
+    assert p.wait(60)["exit_code"] == 0
+    with pytest.raises(NotFound, match="no live, non-draining host meets"):
+        snipe.spawn(code, requires=["arch=sparc64"])
+
+
+def test_a_tampered_code_blob_is_refused(cluster: LocalCluster, tmp_path: Path) -> None:
+    code = publish(tmp_path, "worker.py", WORKER)       # held by h1's daemon only
+    blob_path = CodeCache(cluster.daemons[0].state_dir / "code").blob_path(code)
+    assert blob_path is not None
+    data = bytearray(blob_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob_path.write_bytes(bytes(data))
+    with pytest.raises(SnipeError, match="sha256|hash"):
+        snipe.spawn(code, host="h2")
+
+
+def test_a_quota_breach_kills_the_task_and_says_which(cluster: LocalCluster, tmp_path: Path) -> None:
+    code = publish(tmp_path, "hog.py", HOG)
+    p = snipe.spawn(code, host="h1", quota={"memory_bytes": 100 * 1024 * 1024})
+    done = p.wait(60)
+    assert done["state"] == "killed" and "memory" in (done["reason"] or ""), done
+    kinds = [e.kind for e in p.events(timeout=5)]
+    assert kinds[0] == "started" and kinds[-1] == "killed"
+
+
+def test_a_daemon_killed_and_restarted_readopts_its_running_task(cluster: LocalCluster, tmp_path: Path) -> None:
+    code = publish(tmp_path, "sleeper.py", SLEEPER)
+    long = snipe.spawn(code, 600, host="h1")
+    short = snipe.spawn(code, 0.2, host="h1")
+    pid, short_pid = long.status()["pid"], short.status()["pid"]
+    cluster.kill_daemon(0)
+    wait_for(lambda: _ended(short_pid), 10, "the short task to end while the daemon is down")
+    assert psutil.pid_exists(pid)                          # the task outlived its daemon
+    cluster.start_daemon(0)
+    snipe.session()._daemons.clear()
+    assert long.status()["state"] == "running" and long.status()["pid"] == pid
+    assert short.status()["state"] in ("exited", "lost")
+    assert long.kill()["urn"] == long.urn
+    assert long.wait(30)["state"] == "killed"
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10,
+             "the re-adopted task to die")
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_only_the_owner_or_admin_controls_a_task(cluster: LocalCluster, tmp_path: Path) -> None:
+    code = publish(tmp_path, "sleeper.py", SLEEPER)
+    p = snipe.spawn(code, 600, host="h2")
+    mallory = Identity.generate()
+    cluster.catalog.admit(mallory, "mallory")
+    with DaemonClient(cluster.daemons[1].address, mallory) as d, pytest.raises(NotAuthorized, match="ask its owner"):
+        d.call("kill", {"urn": p.urn})
+    stranger = Identity.generate()
+    with DaemonClient(cluster.daemons[1].address, stranger, timeout=3) as d, pytest.raises(NotAuthorized):
+        d.call("status", {"urn": p.urn})
+    with DaemonClient(cluster.daemons[1].address, cluster.admin) as d:
+        reply, _ = d.call("kill", {"urn": p.urn})
+    assert p.wait(30)["state"] == "killed"
+
+
+def test_notify_events_arrive_complete_once_and_in_order(cluster: LocalCluster, tmp_path: Path) -> None:
+    code = publish(tmp_path, "sleeper.py", SLEEPER)
+    p = snipe.spawn(code, 600, host="h3")
+    wait_for(lambda: p.status()["state"] == "running", 10, "running")
+    workdir = cluster.daemons[2].state_dir / "tasks" / p.urn.rsplit(":", 1)[1]
+    wait_for(lambda: (workdir / "ready").exists(), 20, "the task to install its SIGUSR1 handler")
+    p.signal(signal.SIGUSR1)
+    marker = wait_for(lambda: (workdir / "got-usr1").exists() and workdir / "got-usr1", 20, "the handler to run")
+    p.suspend()
+    p.resume()
+    p.kill()
+    events = list(p.events(timeout=20))
+    assert [e.kind for e in events] == ["started", "suspended", "resumed", "killed"]
+    assert [e.seq for e in events] == [1, 2, 3, 4]
+    assert marker.read_text() == "yes"
+
+
+def test_a_draining_host_takes_no_new_tasks(cluster: LocalCluster, tmp_path: Path) -> None:
+    code = publish(tmp_path, "worker.py", WORKER)
+    with DaemonClient(cluster.daemons[0].address, cluster.admin) as d:
+        d.call("drain", {"on": True})
+    with pytest.raises(NotAuthorized, match="draining"):
+        snipe.spawn(code, host="h1")
+    wait_for(lambda: snipe.hosts()["urn:snipe:host:h1"].get("draining") is True, 10, "h1 to say it drains")
+    placed = {snipe.spawn(code, 3).host for _ in range(4)}
+    assert "urn:snipe:host:h1" not in placed
+
+
+def test_console_commands_print_tables_and_json(cluster: LocalCluster, tmp_path: Path) -> None:
+    code = publish(tmp_path, "sleeper.py", SLEEPER)
+    p = snipe.spawn(code, 600, host="h1")
+    env = {**os.environ, "SNIPE_CATALOG": ",".join(cluster.catalog.addresses),
+           "SNIPE_ADMIN_KEY": cluster.admin.key_id, "SNIPE_KEY_FILE": str(cluster.root / "user.key")}
+
+    def console(*args: str) -> str:
+        r = subprocess.run([sys.executable, "-m", "snipe.console.main", *args], env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    import json
+    hosts = json.loads(console("hosts", "--json"))
+    assert sorted(hosts) == ["urn:snipe:host:h1", "urn:snipe:host:h2", "urn:snipe:host:h3"]
+    assert "live host(s)" in console("hosts")
+    ps = json.loads(console("ps", "--json"))
+    assert [t["urn"] for t in ps] == [p.urn]
+    assert p.urn in console("ps")
+    shown = json.loads(console("show", p.urn, "--json"))
+    assert {r["name"] for r in shown["records"]} >= {"host", "owner", "state", "supervisor", "code"}
+    assert "suspended" in console("suspend", p.urn)
+    assert "running" in console("resume", p.urn)
+    console("kill", p.urn)
+    assert p.wait(30)["state"] == "killed"
