@@ -113,7 +113,7 @@ def test_a_tampered_code_blob_is_refused(cluster: LocalCluster, tmp_path: Path) 
     data = bytearray(blob_path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob_path.write_bytes(bytes(data))
-    with pytest.raises(SnipeError, match="sha256|hash"):
+    with pytest.raises(SnipeError, match=r"sha256|hash|does not hold"):
         snipe.spawn(code, host="h2")
 
 
@@ -162,7 +162,7 @@ def test_only_the_owner_or_admin_controls_a_task(cluster: LocalCluster, tmp_path
     with DaemonClient(cluster.daemons[1].address, stranger, timeout=3) as d, pytest.raises(NotAuthorized):
         d.call("status", {"urn": p.urn})
     with DaemonClient(cluster.daemons[1].address, cluster.admin) as d:
-        reply, _ = d.call("kill", {"urn": p.urn})
+        d.call("kill", {"urn": p.urn})
     assert p.wait(30)["state"] == "killed"
 
 
@@ -219,3 +219,53 @@ def test_console_commands_print_tables_and_json(cluster: LocalCluster, tmp_path:
     assert "running" in console("resume", p.urn)
     console("kill", p.urn)
     assert p.wait(30)["state"] == "killed"
+
+
+def test_a_location_serving_forged_code_is_refused_and_a_good_copy_used(cluster: LocalCluster,
+                                                                         tmp_path: Path) -> None:
+    """A malicious host advertises itself as a location of the code and serves other bytes (a
+    valid archive of an evil script). The fetching daemon checks the bytes against the code URN,
+    refuses them, and runs the good copy from the honest location."""
+    import threading
+
+    import zmq
+
+    from snipe.code import package
+    from snipe.transport import server_socket
+    from snipe.wire import decode, encode
+
+    code = publish(tmp_path, "worker.py", WORKER)
+    (tmp_path / "evil").mkdir()
+    (tmp_path / "evil" / "worker.py").write_text(WORKER.replace("sum(i * i for i in range(n))", "'evil'"))
+    evil_blob = package(tmp_path / "evil" / "worker.py").blob
+
+    mallory = Identity.generate()
+    cluster.catalog.admit(mallory, "mallory", kind="host")
+    ctx = zmq.Context.instance()
+    sock = server_socket(ctx, zmq.ROUTER, mallory)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    asked: list[str] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if sock.poll(50):
+                ident, *parts = sock.recv_multipart()
+                env, _ = decode(parts)
+                asked.append(env.kind)
+                sock.send_multipart([ident, *encode(env.reply(urn=code), [evil_blob])])
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        from snipe.catalog import CatalogClient
+        with CatalogClient(cluster.catalog.addresses, mallory, cluster.admin.key_id) as c:
+            c.set(code, "location", f"tcp://127.0.0.1:{port}#{mallory.key_id}")   # sorts before 127.0.0.2
+        p = snipe.spawn(code, 7, host="h2")
+        assert p.wait(60)["exit_code"] == 0
+        assert p.info()["result"] == sum(i * i for i in range(7))
+        assert asked == ["get-code"]
+    finally:
+        stop.set()
+        t.join(5)
+        sock.close(0)
