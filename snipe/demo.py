@@ -1,109 +1,132 @@
-"""The main job (`bin/dev demo`): a local catalog cluster doing real work, start to finish.
+"""The main job (`bin/dev demo`): a fresh local cluster doing real work, then a clean stop.
 
-It starts three rcds-server replicas on loopback, admits a user key, has three "hosts" publish
-leased metadata, finds hosts by attributes, follows changes with a watch, kills a replica
-with SIGKILL while writes continue, restarts it and shows that it converges, then stops every
-process. Prints a readable report, or JSON with --json.
+It starts 3 catalog replicas and 3 host daemons (each host on its own loopback address),
+publishes a worker as mobile code, spawns 12 workers that the placement spreads over the hosts,
+kills one replica with SIGKILL while they run, collects every worker's result from the
+catalog, checks the total against a local computation, and stops every process it started.
+The work: counting the primes below 2,000,000, in 12 slices.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from snipe.identity import Identity
-from snipe.localcluster import LocalCatalog
+import snipe
+from snipe.localcluster import LocalCluster
+
+WORKER = '''\
+"""Count the primes in [lo, hi) and publish the count on this task's own URN."""
+import sys, time
+import snipe
+
+lo, hi = int(sys.argv[1]), int(sys.argv[2])
+started = time.perf_counter()
+sieve = bytearray([1]) * (hi - lo)
+p = 2
+while p * p < hi:
+    start = max(p * p, (lo + p - 1) // p * p)
+    sieve[start - lo:hi - lo:p] = bytes(len(range(start, hi, p)))
+    p += 1
+count = sum(sieve[max(0, 2 - lo):])
+snipe.init()
+snipe.catalog().set_many(snipe.me(), {"result": count, "seconds": round(time.perf_counter() - started, 4)})
+'''
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+def primes_below(n: int) -> int:
+    sieve = bytearray([1]) * n
+    sieve[:2] = b"\x00\x00"
+    for p in range(2, int(n ** 0.5) + 1):
+        if sieve[p]:
+            sieve[p * p::p] = bytes(len(range(p * p, n, p)))
+    return sum(sieve)
 
 
-def run(writes: int, console: Console | None) -> dict[str, Any]:
-    def say(text: str) -> None:
-        if console is not None:
-            console.print(text)
+def run(limit: int, workers: int, console: Console | None) -> dict[str, Any]:
+    quiet = console is None
+    con = console or Console(quiet=True)
+    report: dict[str, Any] = {"limit": limit, "workers": workers}
+    with tempfile.TemporaryDirectory(prefix="snipe-demo-") as root:
+        cluster = LocalCluster(Path(root) / "cluster", replicas=3, hosts=3, lease_s=5.0)
+        try:
+            t0 = time.perf_counter()
+            with con.status("starting 3 replicas and 3 daemons…", spinner="dots"):
+                cluster.start()
+            report["startup_s"] = round(time.perf_counter() - t0, 3)
+            con.print(f"cluster up in {report['startup_s']} s: 3 replicas, hosts "
+                      + ", ".join(d.endpoint for d in cluster.daemons))
+            snipe.init(catalog=cluster.catalog.addresses, identity=cluster.user, admin_key=cluster.admin.key_id,
+                       daemon=cluster.daemons[0].address)
+            script = Path(root) / "primes.py"
+            script.write_text(WORKER)
+            code = snipe.publish(script)
+            con.print(f"published the worker as {code[:40]}…")
 
-    report: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="snipe-demo-") as root, LocalCatalog(root, 3) as cat:
-        say(f"started 3 replicas: {', '.join(r.endpoint for r in cat.replicas)}")
-        hosts = {f"node{i}": Identity.generate() for i in range(3)}
-        for name, ident in hosts.items():
-            cat.admit(ident, name, kind="host")
-        say("admin admitted 3 host keys")
-        specs = {"node0": ("x86_64", 16), "node1": ("aarch64", 32), "node2": ("x86_64", 4)}
-        for name, ident in hosts.items():
-            arch, gib = specs[name]
-            with cat.client(ident) as c:
-                c.set_many(f"urn:snipe:host:{name}", {"arch": arch, "memory": gib << 30, "cpus": 2}, ttl=30)
-        with cat.client() as reader:
-            found = reader.query("urn:snipe:host:", [("arch", "=", "x86_64"), ("memory", ">=", 8 << 30)])
-            report["query"] = {"where": "arch=x86_64 and memory>=8GiB", "hosts": list(found)}
-            say(f"hosts with arch=x86_64 and memory >= 8 GiB: {', '.join(found)}")
+            bounds = [limit * i // workers for i in range(workers + 1)]
+            t1 = time.perf_counter()
+            procs = [snipe.spawn(code, bounds[i], bounds[i + 1]) for i in range(workers)]
+            report["spawn_s"] = round(time.perf_counter() - t1, 3)
+            cluster.catalog.kill(1)
+            con.print(f"spawned {workers} workers in {report['spawn_s']} s; killed replica r2 with SIGKILL")
 
-            user = Identity.generate()
-            cat.admit(user, "demo")
-            watch = reader.watch("urn:snipe:proc:")
-            with cat.client(user) as writer:
-                writer.claim("urn:snipe:proc:counter")
-                acked = []
-                for i in range(writes):
-                    if i == writes // 3:
-                        cat.kill(1)
-                        say("killed replica r2 with SIGKILL; writes go on with W=2")
-                    writer.set("urn:snipe:proc:counter", "count", i, w=2)
-                    acked.append(time.monotonic())
-                gap = max(b - a for a, b in itertools.pairwise(acked))
-                seen = 0
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
-                    ev = watch.next(0.2)
-                    if ev is None:
-                        break
-                    seen += 1
-                report["writes"] = {"acknowledged": len(acked), "longest_gap_ms": round(gap * 1000, 1),
-                                    "watch_events": seen}
-                say(f"{len(acked)} writes acknowledged; longest gap {gap * 1000:.1f} ms; watcher saw {seen} events")
-                cat.start(1)
-                target = reader.status(cat.replicas[0].endpoint)["digest"]
-                t0 = time.monotonic()
-                while reader.status(cat.replicas[1].endpoint)["digest"] != target and time.monotonic() - t0 < 30:
-                    time.sleep(0.05)
-                report["restart"] = {"converged_s": round(time.monotonic() - t0, 3)}
-                say(f"restarted r2; it converged in {time.monotonic() - t0:.2f} s")
-            rows = [reader.status(r.endpoint) for r in cat.replicas]
-            report["replicas"] = [{k: s[k] for k in ("replica", "rev", "count", "pushed", "received", "repaired")}
-                                  for s in rows]
-            final = reader.get("urn:snipe:proc:counter").value("count", now_ms())
-            report["final_count"] = final
+            rows = []
+            progress = Progress(TextColumn("collecting"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                TimeElapsedColumn(), console=con, disable=quiet)
+            with progress:
+                bar = progress.add_task("collect", total=workers)
+                for i, p in enumerate(procs):
+                    done = p.wait(120)
+                    info = p.info()
+                    rows.append({"urn": p.urn, "host": str(p.host).rsplit(":", 1)[-1], "lo": bounds[i],
+                                 "hi": bounds[i + 1], "state": done["state"], "exit_code": done["exit_code"],
+                                 "primes": info.get("result"), "seconds": info.get("seconds")})
+                    progress.advance(bar)
+            report["wall_s"] = round(time.perf_counter() - t1, 3)
+            report["workers_by_host"] = {h: sum(1 for r in rows if r["host"] == h) for h in sorted({r["host"]
+                                                                                                    for r in rows})}
+            report["rows"] = rows
+            report["total"] = sum(r["primes"] or 0 for r in rows)
+            report["expected"] = primes_below(limit)
+            report["ok"] = report["total"] == report["expected"] and all(r["exit_code"] == 0 for r in rows)
+        finally:
+            snipe.shutdown()
+            with con.status("stopping every process…", spinner="dots"):
+                cluster.close()
     if console is not None:
-        t = Table(title="replicas")
-        for col in ("replica", "rev", "count", "pushed", "received", "repaired"):
-            t.add_column(col, justify="right" if col != "replica" else "left")
-        for r in report["replicas"]:
-            t.add_row(*(str(r[c]) for c in ("replica", "rev", "count", "pushed", "received", "repaired")))
+        t = Table(title=f"primes below {limit:,} counted by {workers} tasks", title_justify="left")
+        for col in ("task", "host", "range", "primes", "seconds"):
+            t.add_column(col, justify="left" if col in ("task", "host", "range") else "right")
+        for r in rows:
+            t.add_row(r["urn"].rsplit(":", 1)[1][:12], r["host"], f"[{r['lo']:,}, {r['hi']:,})",
+                      f"{r['primes']:,}" if r["primes"] is not None else "-", str(r["seconds"]))
         console.print(t)
-        console.print(f"final value of count: {report['final_count']} (expected {writes - 1}); all processes stopped")
+        console.print(f"tasks per host: {report['workers_by_host']}")
+        verdict = "[green]matches[/green]" if report["ok"] else "[red]DOES NOT match[/red]"
+        console.print(f"total {report['total']:,} {verdict} the local count {report['expected']:,}; "
+                      f"{report['wall_s']} s from first spawn to last result; every process stopped")
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="snipe-demo", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="snipe-demo", description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
-    ap.add_argument("--writes", type=int, default=300)
+    ap.add_argument("--limit", type=int, default=2_000_000, help="count primes below this")
+    ap.add_argument("--workers", type=int, default=12)
     args = ap.parse_args(argv)
-    report = run(args.writes, None if args.json else Console())
+    report = run(args.limit, args.workers, None if args.json else Console())
     if args.json:
         print(json.dumps(report, indent=2))
-    return 0 if report["final_count"] == args.writes - 1 else 1
+    return 0 if report["ok"] else 1
 
 
 if __name__ == "__main__":

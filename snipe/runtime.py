@@ -48,6 +48,7 @@ class Session:
     me: str | None = None
     home: Path | None = None
     _daemons: dict[str, DaemonClient] = field(default_factory=dict)
+    placed: dict[str, list[int]] = field(default_factory=dict)     # host URN -> when we placed tasks there
 
     def daemon(self, address: str) -> DaemonClient:
         if address not in self._daemons:
@@ -315,11 +316,14 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
             raise Unreachable(f"{host_urn} has no live daemon in the catalog")
     else:
         candidates = s.catalog.query("urn:snipe:host:")      # all of them, so a refusal can say why
-        host_urn = choose_host(candidates, _requirements(requires), now_ms())
+        host_urn = choose_host(candidates, _requirements(requires), now_ms(), s.placed)
         address = candidates[host_urn].value("daemon", now_ms())
     reply, _ = s.daemon(str(address)).call("spawn", {
         "code": code, "args": [str(a) for a in args], "env": env or {}, "quota": quota or {},
         "notify": list(notify)}, timeout=120)
+    recent = s.placed.setdefault(host_urn, [])
+    recent.append(now_ms())
+    del recent[:-256]
     return Process(reply["urn"], str(address), reply["host"])
 
 

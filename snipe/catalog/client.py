@@ -51,6 +51,9 @@ from snipe.wire import Envelope, decode, encode
 log = logging.getLogger("snipe.catalog")
 
 
+HEDGE_AFTER_S = 0.25
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -377,7 +380,10 @@ class CatalogClient:
             batch = candidates[asked:asked + (r - good_answers)]
             asked += len(batch)
             want = len(batch)
-            got = self._fanout(batch, kind, body, (), lambda g, want=want: len(g) >= want, deadline)
+            # Hedge: if a replica is slow or dead, ask the next one rather than wait out the deadline,
+            # unless no other replica is left to ask.
+            wait_until = deadline if asked >= len(candidates) else min(deadline, time.monotonic() + HEDGE_AFTER_S)
+            got = self._fanout(batch, kind, body, (), lambda g, want=want: len(g) >= want, wait_until)
             for endpoint, (env, frames) in got.items():
                 if env.kind == "error":
                     err = error_from_code(str(env.body.get("code")), str(env.body.get("message")))
