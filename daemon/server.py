@@ -27,6 +27,7 @@ from typing import Any
 
 import zmq
 from snipe_daemon.hostinfo import LoadSampler, collect_host_info
+from snipe_daemon.pool import WarmPool
 from snipe_daemon.state import DaemonState
 from snipe_daemon.tasks import Quota, TaskEvent, TaskRunner
 
@@ -66,6 +67,7 @@ class DaemonConfig:
     net_names: dict[str, str] = field(default_factory=dict)
     link_speeds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     python: str = sys.executable
+    warm_pool: int = 2                      # interpreters kept ready to become tasks
 
     @property
     def host_urn(self) -> str:
@@ -94,6 +96,7 @@ class Daemon:
         self.catalog = CatalogClient(cfg.catalog, cfg.identity, cfg.admin_key, timeout=5.0)
         self._check_host_admitted()
         self.runner = TaskRunner()
+        self.pool = WarmPool(cfg.warm_pool, cfg.state_dir / "tasks", cfg.python)
         self.ctx = zmq.Context()
         self._admission: dict[bytes, tuple[bool, float]] = {}
         self._zap_local = threading.local()
@@ -174,6 +177,7 @@ class Daemon:
             self.close()
 
     def close(self) -> None:
+        self.pool.close()
         self.router.close(0)
         self.gate.stop()
         client = getattr(self._zap_local, "client", None)
@@ -189,6 +193,7 @@ class Daemon:
 
     def _tick(self, now: float) -> None:
         self._poll_tasks()
+        self.pool.refill()
         for w in list(self.waiters):
             rec = self.tasks.get(w.urn)
             done = rec is not None and rec["state"] in ("exited", "killed", "lost")
@@ -352,6 +357,9 @@ class Daemon:
         workdir.mkdir(parents=True, exist_ok=True)
         task_key.save(workdir / "task.key")
         now = _now_ms()
+        started = {"seq": 1, "kind": "started", "at": time.time()}
+        # One catalog round trip per spawn: the task is registered as running with its first
+        # event before it starts (a failure to start is published right after, below).
         self.catalog.put([
             self.catalog.sign(urn, authority.OWNER, self.cfg.identity.key_id),
             self.catalog.sign(urn, authority.DELEGATE_PREFIX + task_key.key_id, [""]),
@@ -363,7 +371,8 @@ class Daemon:
             self.catalog.sign(urn, "notify", notify),
             self.catalog.sign(urn, "key", task_key.key_id),
             self.catalog.sign(urn, "started", now),
-            self.catalog.sign(urn, "state", "starting"),
+            self.catalog.sign(urn, "state", "running"),
+            self.catalog.sign(urn, "events", [started]),
         ])
         task_env = {k: str(v) for k, v in extra_env.items()}
         task_env.update({
@@ -373,11 +382,17 @@ class Daemon:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1",
         })
         argv = entry_argv(manifest, code_dir, self.cfg.python, args)
-        record = self.runner.start(urn, argv, cwd=str(workdir), env=task_env, quota=quota)
+        try:
+            record = self.runner.start(urn, argv, cwd=str(workdir), env=task_env, quota=quota,
+                                       warm=self.pool.take(argv[0]))
+        except SnipeError as exc:
+            failed = {"seq": 2, "kind": "lost", "at": time.time(), "reason": f"could not start: {exc}"}
+            with contextlib.suppress(SnipeError):
+                self.catalog.set_many(urn, {"state": "lost", "events": [started, failed], "reason": failed["reason"]})
+            raise
         self.tasks[urn] = {"record": record.to_value(), "owner": key, "code": code, "state": "running",
-                           "events": [], "seq": 0, "notify": notify}
+                           "events": [started], "seq": 1, "notify": notify}
         self.state.put_task(urn, self.tasks[urn])
-        self._task_event(TaskEvent(urn, "started", None, None, time.time()))
         return {"urn": urn, "pid": record.pid, "host": self.cfg.host_urn}
 
     def _task_event(self, ev: TaskEvent) -> None:

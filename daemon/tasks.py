@@ -250,11 +250,13 @@ class TaskRunner:
     # ----- starting and adopting
 
     def start(self, urn: str, argv: Sequence[str], *, cwd: str | os.PathLike[str], env: Mapping[str, str],
-              quota: Quota | None = None, stdin: str | os.PathLike[str] | None = None) -> TaskRecord:
+              quota: Quota | None = None, stdin: str | os.PathLike[str] | None = None,
+              warm: subprocess.Popen[bytes] | None = None) -> TaskRecord:
         """Start `argv` in `cwd` with exactly `env`, in a new session, under `quota`.
 
         stdout and stderr go to `<urn with : as _>.stdout/.stderr` in `cwd`; stdin is the named
-        file (relative to `cwd`) or /dev/null.
+        file (relative to `cwd`) or /dev/null. `warm` is an idle zygote (daemon/zygote.py) to
+        become the task instead of starting a new process; only for Python programs, no stdin.
         """
         if not isinstance(urn, str) or not urn:
             raise TaskError(f"a task needs a URN, got {urn!r}")
@@ -274,6 +276,8 @@ class TaskRunner:
         stem = _file_stem(urn)
         stdout_path, stderr_path = workdir / f"{stem}.stdout", workdir / f"{stem}.stderr"
         limits = self._rlimits(quota)
+        if warm is not None and stdin is None and warm.stdin is not None:
+            return self._become(urn, warm, argv, workdir, env, quota, limits, stdout_path, stderr_path)
         if limits:
             spec = ",".join(f"{name}:{soft}:{hard}" for name, soft, hard in limits)
             command = [sys.executable, "-I", "-S", "-c", _EXEC_WITH_LIMITS, spec, program, *argv]
@@ -297,6 +301,27 @@ class TaskRunner:
             cwd=str(workdir), started_at=self._clock(), quota=quota, state="running", exit_code=None,
             reason=None, stderr_path=str(stderr_path), stdout_path=str(stdout_path))
         self._tasks[urn] = _Task(record=record, popen=popen)
+        return _copy(record)
+
+    def _become(self, urn: str, warm: subprocess.Popen[bytes], argv: Sequence[str], workdir: Path,
+                env: Mapping[str, str], quota: Quota, limits: list[tuple[str, int, int]], stdout_path: Path,
+                stderr_path: Path) -> TaskRecord:
+        """Hand a zygote its task (one JSON line); it applies the limits to itself and runs it."""
+        import json
+        command = {"argv": list(argv), "cwd": str(workdir), "env": dict(env), "limits": limits,
+                   "stdout": str(stdout_path), "stderr": str(stderr_path)}
+        assert warm.stdin is not None
+        try:
+            warm.stdin.write(json.dumps(command).encode() + b"\n")
+            warm.stdin.close()
+            create_time = psutil.Process(warm.pid).create_time()
+        except (OSError, psutil.Error) as exc:
+            raise TaskError(f"cannot start {urn}: the warm interpreter {warm.pid} failed ({exc})") from exc
+        record = TaskRecord(
+            urn=urn, pid=warm.pid, create_time=create_time, argv=list(argv), cwd=str(workdir),
+            started_at=self._clock(), quota=quota, state="running", exit_code=None, reason=None,
+            stderr_path=str(stderr_path), stdout_path=str(stdout_path))
+        self._tasks[urn] = _Task(record=record, popen=warm)
         return _copy(record)
 
     def adopt(self, records: Iterable[TaskRecord]) -> list[TaskEvent]:
