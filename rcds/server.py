@@ -66,7 +66,8 @@ class Watcher:
     client: bytes
     watch: str
     prefix: str
-    last_sent: int
+    last_sent: int                 # the log position this watcher has been scanned up to
+    last_event: int = 0            # the revision of the last event it was sent: the next one's "prev"
     last_beat: float = 0.0
     lagged_after: int | None = None
 
@@ -256,7 +257,9 @@ class Server:
             case "get":
                 urn = validate_urn(field_of(env, "urn", str))
                 name = field_of(env, "name", (str, type(None)), None)
-                recs = [a for a in self.storage.held(urn) if name is None or a.name == name]
+                # readers need the URN's ownership and delegations to believe any record of it
+                recs = [a for a in self.storage.held(urn)
+                        if name is None or a.name == name or authority.is_reserved(a.name)]
                 self._reply(client, env.reply(rev=self.storage.last_rev()), [a.encode() for a in recs])
             case "query":
                 self._query(client, env)
@@ -327,7 +330,7 @@ class Server:
         elif from_rev > current:
             raise ResyncNeeded(f"revision {from_rev} is ahead of this replica ({current}); it is not the "
                                "replica you watched before: read the current state and watch again")
-        w = Watcher(client, watch, prefix, from_rev, time.monotonic())
+        w = Watcher(client, watch, prefix, from_rev, from_rev, time.monotonic())
         self.watchers[(client, watch)] = w
         self._reply(client, env.reply(rev=current, first_rev=first, replica=self.cfg.replica_id))
         rev = from_rev
@@ -365,12 +368,13 @@ class Server:
                 w.last_sent = max(w.last_sent, changes[-1].rev)
             return
         env = Envelope(P.PROTOCOL, P.VERSION, "event", 0, {
-            "watch": w.watch, "prev": w.last_sent, "revs": [c.rev for c in mine], "kinds": [c.event for c in mine]})
+            "watch": w.watch, "prev": w.last_event, "revs": [c.rev for c in mine], "kinds": [c.event for c in mine]})
         if self._reply(w.client, env, [c.record.encode() for c in mine]):
             w.last_sent = changes[-1].rev
+            w.last_event = mine[-1].rev
             w.last_beat = time.monotonic()
         elif (w.client, w.watch) in self.watchers:
-            w.lagged_after = w.last_sent
+            w.lagged_after = w.last_event
 
     def _beat(self, now: float) -> None:
         rev = self.storage.last_rev()
@@ -381,7 +385,7 @@ class Server:
                     self._send_changes(w, [])
                 else:
                     self._reply(w.client, Envelope(P.PROTOCOL, P.VERSION, "heartbeat", 0,
-                                                   {"watch": w.watch, "rev": rev, "prev": w.last_sent}))
+                                                   {"watch": w.watch, "rev": rev, "prev": w.last_event}))
 
     def _reply(self, client: bytes, env: Envelope, frames: list[bytes] | tuple[bytes, ...] = ()) -> bool:
         """Send to a client; False if it could not take it now (gone, or its queue is full)."""

@@ -400,7 +400,8 @@ class CatalogClient:
         return merged
 
     def get(self, urn: str, name: str | None = None, *, r: int | None = None, timeout: float | None = None) -> Entry:
-        """Every verified assertion about `urn` (merged from R replicas)."""
+        """Every verified assertion about `urn` (merged from R replicas); with `name`, those of
+        that name and the URN's reserved ones (ownership and delegation) that vouch for them."""
         urn = validate_urn(urn)
         body: dict[str, Any] = {"urn": urn}
         if name is not None:
@@ -632,11 +633,11 @@ class Watch:
         """The next change, or None if none came within `timeout` seconds."""
         deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
         while not self.queue:
+            self._health()
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             self.client._pump(min(left, 0.1))
-            self._health()
         return self.queue.popleft()
 
     def __iter__(self) -> Iterator[WatchEvent]:

@@ -269,3 +269,16 @@ def test_a_location_serving_forged_code_is_refused_and_a_good_copy_used(cluster:
         stop.set()
         t.join(5)
         sock.close(0)
+
+
+def test_when_a_hosts_lease_expires_its_tasks_are_reported_lost(cluster: LocalCluster, tmp_path: Path) -> None:
+    code = publish(tmp_path, "sleeper.py", SLEEPER)
+    p = snipe.spawn(code, 600, host="h3")
+    pid = p.status()["pid"]
+    cluster.kill_daemon(2)
+    try:
+        events = list(p.events(timeout=30))
+        assert [e.kind for e in events] == ["started", "host-lost"]
+        assert "urn:snipe:host:h3" in (events[-1].reason or "")
+    finally:
+        os.killpg(pid, signal.SIGKILL)
