@@ -3,7 +3,9 @@
 Requests (client -> replica; every reply echoes the request id, kind "ok" or "error"):
   hello                             -> {protocols: {name: [versions]}, replica: id, key: hex}
   put     frames: assertions        -> {results: [[status, code, message, rev], ...]}
-  get     {urn, name?}              -> frames: every record held, tombstones included
+  get     {urn, name?}              -> frames: every record held, tombstones included (with a
+                                       name: that name's, and the URN's reserved names, which
+                                       readers need to believe it: ownership and delegation)
   query   {prefix, where, limit}    -> frames: every record of each matching URN
   watch   {watch, prefix, from_rev?}-> {rev, first_rev}; then events (below) or error "resync"
   unwatch {watch}                   -> {}

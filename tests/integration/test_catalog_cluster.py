@@ -155,6 +155,24 @@ def test_deletes_are_tombstones_that_replicate(catalog: LocalCatalog, user: Iden
                          f"the tombstone on replica {i + 1}")
 
 
+def test_get_by_name_returns_what_owners_and_delegates_wrote(catalog: LocalCatalog, user: Identity) -> None:
+    """A get by name carries the URN's ownership and delegations too, so the reader can believe
+    a record signed by a key other than the admin."""
+    helper = Identity.generate()
+    catalog.admit(helper, "bob")
+    with catalog.client(user) as owner, catalog.client(helper) as delegate, catalog.client() as reader:
+        owner.claim("urn:snipe:proc:named")
+        owner.put([owner.sign("urn:snipe:proc:named", "x", 1), owner.sign("urn:snipe:proc:named", "y", 2)], w=3)
+        owner.delegate("urn:snipe:proc:named", helper.key_id, ["z"], w=3)
+        delegate.set("urn:snipe:proc:named", "z", 3, w=3)
+        for r in (1, 2):
+            x = reader.get("urn:snipe:proc:named", name="x", r=r)
+            assert x.value("x", now_ms()) == 1 and x.value("y", now_ms()) is None
+            assert x.owner(catalog.admin.public_key, now_ms()) == user.key_id
+            assert reader.get("urn:snipe:proc:named", name="z", r=r).value("z", now_ms()) == 3
+        assert reader.rejected_total == 0
+
+
 def test_watch_from_a_compacted_revision_gets_every_change_or_a_resync(tmp_path) -> None:
     with LocalCatalog(tmp_path, 1, extra_args=("--log-retention", "20")) as cat, cat.client() as c:
         c.set("urn:snipe:host:h", "_owner", cat.admin.key_id)
