@@ -19,7 +19,6 @@ import os
 import shutil
 import signal as signals
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from snipe_daemon.state import DaemonState
 from snipe_daemon.tasks import Quota, TaskEvent, TaskRunner
 
 from snipe import authority
+from snipe.admission import CatalogAdmission
 from snipe.catalog.client import CatalogClient
 from snipe.code import CodeCache, entry_argv
 from snipe.daemonclient import PROTOCOL, VERSION, VERSIONS, DaemonClient
@@ -98,9 +98,8 @@ class Daemon:
         self.runner = TaskRunner()
         self.pool = WarmPool(cfg.warm_pool, cfg.state_dir / "tasks", cfg.python)
         self.ctx = zmq.Context()
-        self._admission: dict[bytes, tuple[bool, float]] = {}
-        self._zap_local = threading.local()
-        self.gate = KeyGate(self.ctx, self._admit, self._resolve_curve)
+        self.admission = CatalogAdmission(cfg.catalog, cfg.identity, cfg.admin_key)
+        self.gate = KeyGate(self.ctx, self.admission.admit, self.admission.resolve)
         self.gate.install()
         self.gate.learn(cfg.admin_key)
         self.router = server_socket(self.ctx, zmq.ROUTER, cfg.identity)
@@ -125,38 +124,6 @@ class Daemon:
                 f"{self.cfg.host_urn} is not assigned to this daemon's key {self.cfg.identity.key_id[:16]}…; "
                 f"the admin must run: snipe-console admit host {self.cfg.host_id} {self.cfg.identity.key_id}")
 
-    def _zap_client(self) -> CatalogClient:
-        client = getattr(self._zap_local, "client", None)
-        if client is None:
-            client = CatalogClient(self.cfg.catalog, self.cfg.identity, self.cfg.admin_key, timeout=3.0)
-            self._zap_local.client = client
-        return client
-
-    def _resolve_curve(self, curve: bytes) -> bytes | None:
-        try:
-            return self._zap_client().key_of_curve(curve)
-        except SnipeError as exc:
-            log.warning("cannot resolve a client's key: %s", exc)
-            return None
-
-    def _admit(self, key: bytes) -> bool:
-        """ZAP: is this key admitted? Asked in the authenticator's thread, so it has its own client."""
-        if key in (self.cfg.admin_key, self.cfg.identity.public_key):
-            return True
-        hit = self._admission.get(key)
-        now = time.monotonic()
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        try:
-            ok = self._zap_client().is_admitted(key)
-        except SnipeError as exc:
-            log.warning("cannot check admission of %s…: %s", key.hex()[:16], exc)
-            return False
-        self._admission[key] = (ok, now + (30.0 if ok else 2.0))
-        if ok:
-            self.gate.learn(key)
-        return ok
-
     # --- main loop ----------------------------------------------------------------------------
     def stop(self) -> None:
         self._stop = True
@@ -180,9 +147,7 @@ class Daemon:
         self.pool.close()
         self.router.close(0)
         self.gate.stop()
-        client = getattr(self._zap_local, "client", None)
-        if client is not None:
-            client.close()
+        self.admission.close()
         self.catalog.close()
         self.ctx.term()
         self.state.close()

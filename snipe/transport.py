@@ -45,7 +45,12 @@ class KeyGate(zmq.auth.thread.ThreadAuthenticator):
         curve = zmq.utils.z85.decode(curve_z85)
         with self._lock:
             ed = self._curve_to_ed.get(curve)
-        return ed if ed is not None else self._resolve(curve)
+        if ed is None:
+            ed = self._resolve(curve)
+            if ed is not None:
+                with self._lock:
+                    self._curve_to_ed[curve] = ed
+        return ed
 
     # called by pyzmq's ZAP loop, in the authenticator thread
     def callback(self, domain: str, key: bytes) -> bool:
