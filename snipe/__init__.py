@@ -8,6 +8,7 @@
 """
 
 from snipe.errors import SnipeError
+from snipe.messaging.endpoint import Message
 from snipe.runtime import (
     Process,
     ProcessEvent,
@@ -15,7 +16,14 @@ from snipe.runtime import (
     hosts,
     init,
     me,
+    messaging_stats,
+    probe,
     publish,
+    recv,
+    recv_async,
+    send,
+    send_async,
+    send_obj,
     session,
     shutdown,
     spawn,
@@ -23,6 +31,7 @@ from snipe.runtime import (
 )
 
 __all__ = [
+    "Message",
     "Process",
     "ProcessEvent",
     "SnipeError",
@@ -30,7 +39,14 @@ __all__ = [
     "hosts",
     "init",
     "me",
+    "messaging_stats",
+    "probe",
     "publish",
+    "recv",
+    "recv_async",
+    "send",
+    "send_async",
+    "send_obj",
     "session",
     "shutdown",
     "spawn",

@@ -30,9 +30,10 @@ from snipe.daemonclient import DaemonClient
 from snipe.discovery import discover
 from snipe.errors import ConfigError, NotAuthorized, NotFound, SnipeError, Unreachable
 from snipe.identity import Identity
+from snipe.messaging.endpoint import Endpoint, Message
 from snipe.placement import choose_host
 from snipe.query import Predicate, parse_predicate_text
-from snipe.urn import validate_urn
+from snipe.urn import new_urn, validate_urn
 
 
 def now_ms() -> int:
@@ -49,6 +50,27 @@ class Session:
     home: Path | None = None
     _daemons: dict[str, DaemonClient] = field(default_factory=dict)
     placed: dict[str, list[int]] = field(default_factory=dict)     # host URN -> when we placed tasks there
+    host: str | None = None
+    catalog_addresses: list[str] = field(default_factory=list)
+    _endpoint: Endpoint | None = None
+
+    def endpoint(self) -> Endpoint:
+        """This process's messaging endpoint, started on first use (a task's at init)."""
+        if self._endpoint is None:
+            if self.me is None:
+                self.me = new_urn("proc")
+                self.catalog.claim(self.me)
+                self.catalog.set_many(self.me, {"owner": self.identity.key_id, "state": "running",
+                                                "started": now_ms(), "kind": "application"})
+            if self.host is None and self.local_daemon is not None:
+                with contextlib.suppress(SnipeError):
+                    self.host = self.daemon(self.local_daemon).call("hello", timeout=5)[0].get("host")
+            ep = Endpoint(self.me, self.identity, self.catalog_addresses, self.admin_key, host_urn=self.host,
+                          runtime_dir=(self.home / "msg") if self.home else None)
+            me = self.me
+            ep.start(lambda values: self.catalog.set_many(me, values))
+            self._endpoint = ep
+        return self._endpoint
 
     def daemon(self, address: str) -> DaemonClient:
         if address not in self._daemons:
@@ -56,6 +78,9 @@ class Session:
         return self._daemons[address]
 
     def close(self) -> None:
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
         for d in self._daemons.values():
             d.close()
         self._daemons.clear()
@@ -108,8 +133,10 @@ def init(*, catalog: Sequence[str] | None = None, identity: Identity | None = No
     if env.get("SNIPE_PROC_URN"):
         ident = Identity.load(env["SNIPE_KEY_FILE"])
         admin = env["SNIPE_ADMIN_KEY"]
-        client = CatalogClient(env["SNIPE_CATALOG"].split(","), ident, admin)
-        _session = Session(ident, client, client.admin_key, env.get("SNIPE_DAEMON"), env["SNIPE_PROC_URN"])
+        addrs = env["SNIPE_CATALOG"].split(",")
+        client = CatalogClient(addrs, ident, admin)
+        _session = Session(ident, client, client.admin_key, env.get("SNIPE_DAEMON"), env["SNIPE_PROC_URN"],
+                           host=env.get("SNIPE_HOST_URN"), catalog_addresses=addrs)
         return _session
     if catalog or env.get("SNIPE_CATALOG") or config or env.get("SNIPE_CONFIG") or env.get("SNIPE_SRV_DOMAIN"):
         addrs = discover(list(catalog) if catalog else None, config_path=config)
@@ -119,14 +146,15 @@ def init(*, catalog: Sequence[str] | None = None, identity: Identity | None = No
         key_file = env.get("SNIPE_KEY_FILE", str(Path.home() / ".config" / "snipe" / "user.key"))
         ident = identity or Identity.load(key_file)
         client = CatalogClient(addrs, ident, admin)
-        _session = Session(ident, client, client.admin_key, daemon or env.get("SNIPE_DAEMON"))
+        _session = Session(ident, client, client.admin_key, daemon or env.get("SNIPE_DAEMON"),
+                           catalog_addresses=[str(a) for a in addrs])
         return _session
     root = Path(home) if home else runtime_home()
     desc = start_embedded(root)
     ident = identity or Identity.load(desc["user_key_file"])
     client = CatalogClient(desc["catalog"], ident, desc["admin_key"])
     local = next(iter(desc["daemons"].values()), None)
-    _session = Session(ident, client, client.admin_key, local, home=root)
+    _session = Session(ident, client, client.admin_key, local, home=root, catalog_addresses=list(desc["catalog"]))
     return _session
 
 
@@ -143,11 +171,58 @@ def shutdown() -> None:
 
 
 def me() -> str:
-    """This task's own URN (only inside a task a daemon started)."""
+    """This process's own URN: a task's from its daemon; an application gets one on first use."""
     s = session()
     if s.me is None:
-        raise NotFound("this process is not a SNIPE task (no SNIPE_PROC_URN); only spawned tasks have a URN")
+        s.endpoint()
+    assert s.me is not None
     return s.me
+
+
+# --- messaging -------------------------------------------------------------------------------------
+def send(urn: str, payload: bytes | bytearray | memoryview, tag: int = 0, *, timeout: float | None = None,
+         deadline: float = 30.0) -> None:
+    """Send `payload` to the process `urn`: reliable, FIFO per pair, exactly once. Blocks at the
+    high-water mark (Unreachable after `timeout`). A message not acknowledged within `deadline`
+    seconds comes back from `recv` as a failure (`Message.failed`), naming the reason."""
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise TypeError(f"payload must be bytes-like, not {type(payload).__name__}; use send_obj for objects")
+    session().endpoint().send(validate_urn(urn), payload, int(tag), timeout=timeout, deadline_s=deadline)
+
+
+def send_obj(urn: str, obj: Any, tag: int = 0, **kw: Any) -> None:
+    """`send` a msgpack-able object (`Message.obj()` decodes it)."""
+    import msgpack
+    send(urn, msgpack.packb(obj, use_bin_type=True), tag, **kw)
+
+
+def recv(source: str | None = None, tag: int | None = None, timeout: float | None = None) -> Message | None:
+    """The next message (from `source`, with `tag`, if given), waiting up to `timeout` seconds
+    (None: forever); None if nothing came. Selective, as PVM's pvm_recv."""
+    return session().endpoint().recv(source, tag, timeout)
+
+
+def probe(source: str | None = None, tag: int | None = None) -> bool:
+    """Whether a matching message is waiting (never blocks)."""
+    return session().endpoint().probe(source, tag)
+
+
+def messaging_stats() -> dict[str, dict[str, Any]]:
+    """Per peer: sent, acked, retransmitted, received, bytes, current route."""
+    return session().endpoint().stats()
+
+
+async def send_async(urn: str, payload: bytes, tag: int = 0, **kw: Any) -> None:
+    """`send` for asyncio applications (blocks only a worker thread at the high-water mark)."""
+    import asyncio
+    await asyncio.to_thread(send, urn, payload, tag, **kw)
+
+
+async def recv_async(source: str | None = None, tag: int | None = None, timeout: float | None = None
+                     ) -> Message | None:
+    """`recv` for asyncio applications."""
+    import asyncio
+    return await asyncio.to_thread(recv, source, tag, timeout)
 
 
 def catalog() -> CatalogClient:
@@ -231,6 +306,9 @@ class Process:
 
     def resume(self) -> dict[str, Any]:
         return self._call("resume")
+
+    def send(self, payload: bytes, tag: int = 0, **kw: Any) -> None:
+        send(self.urn, payload, tag, **kw)
 
     def info(self) -> dict[str, Any]:
         return session().catalog.get(self.urn).as_dict(now_ms())

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+import snipe
 from snipe.identity import Identity
-from snipe.localcluster import LocalCatalog
+from snipe.localcluster import LocalCatalog, LocalCluster
 
 
 @pytest.fixture
@@ -28,3 +29,18 @@ def user(catalog: LocalCatalog) -> Identity:
     ident = Identity.generate()
     catalog.admit(ident, "alice")
     return ident
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """Three replicas and three daemons (hosts h1-h3 on 127.0.0.2-4); this test process is
+    joined to it as the cluster's user."""
+    c = LocalCluster(tmp_path / "cluster", replicas=3, hosts=3, lease_s=2.0, anti_entropy_s=0.3)
+    try:
+        c.start()
+        snipe.init(catalog=c.catalog.addresses, identity=c.user, admin_key=c.admin.key_id,
+                   daemon=c.daemons[0].address)
+        yield c
+    finally:
+        snipe.shutdown()
+        c.close()

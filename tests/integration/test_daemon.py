@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -50,19 +49,6 @@ HOG = textwrap.dedent('''
         time.sleep(0.02)
     time.sleep(60)
 ''')
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "cluster", replicas=3, hosts=3, lease_s=2.0, anti_entropy_s=0.3)
-    try:
-        c.start()
-        snipe.init(catalog=c.catalog.addresses, identity=c.user, admin_key=c.admin.key_id,
-                   daemon=c.daemons[0].address)
-        yield c
-    finally:
-        snipe.shutdown()
-        c.close()
 
 
 def publish(tmp_path: Path, name: str, source: str) -> str:

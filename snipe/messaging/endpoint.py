@@ -1,0 +1,490 @@
+"""A process's messaging endpoint: the socket shell around the reliable-channel core.
+
+One I/O thread owns every socket. It receives on a ROUTER bound to TCP on all interfaces and
+to an ipc socket only its user can open (both CurveZMQ, admitting keys the cluster admitted),
+and sends through one DEALER per route to each peer. Application threads hand it messages
+through a queue and read deliveries from the inbox; `send` blocks at the high-water mark.
+
+Per peer the shell keeps one `Outbound` (sequence numbers, retransmission; snipe/messaging/
+channel.py) whatever the route, so changing routes mid-stream neither loses nor reorders:
+what was in flight on the old route is retransmitted on the new one and deduplicated by the
+receiver. Routes come from the catalog (both processes' `comm` and their hosts' interfaces,
+snipe/messaging/routes.py), best first; a route that stops getting acknowledgements is left
+for the next, and the peer is re-resolved periodically so a better route is taken when one
+appears. A message not acknowledged by its deadline, or sent to a process the catalog says has
+ended, comes back to the sender as a delivery-failure message, never silence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from snipe.admission import CatalogAdmission
+from snipe.catalog.client import CatalogClient, now_ms
+from snipe.errors import CodecError, NotFound, ProtocolVersionError, SnipeError, Unreachable
+from snipe.identity import Identity, public_key_from_id
+from snipe.messaging.channel import (
+    PROTOCOL,
+    VERSION,
+    DeliveryFailed,
+    Inbound,
+    Outbound,
+    parse_ack,
+    parse_data,
+)
+from snipe.messaging.routes import ProcView, Route, advertised_comm, choose_routes
+from snipe.transport import KeyGate, Link, sender_key, server_socket
+from snipe.wire import Envelope, decode, encode
+
+log = logging.getLogger("snipe.messaging")
+
+ENDED_STATES = ("exited", "killed", "lost")
+DEFAULT_DEADLINE_S = 30.0
+RESOLVE_EVERY_S = 5.0
+FAILOVER_AFTER_ATTEMPTS = 3
+
+
+@dataclass
+class Message:
+    """A received message, or (failed=True) a message of ours that could not be delivered."""
+
+    source: str
+    tag: int
+    payload: bytes
+    group: str | None = None
+    failed: bool = False
+    reason: str | None = None
+
+    def obj(self) -> Any:
+        """The payload decoded from msgpack (what `send_obj` sent)."""
+        return msgpack.unpackb(self.payload, raw=False)
+
+
+@dataclass
+class _Peer:
+    urn: str
+    out: Outbound
+    routes: list[Route] = field(default_factory=list)
+    route_index: int = 0
+    links: dict[str, Link] = field(default_factory=dict)
+    key: bytes | None = None
+    resolved_at: float = -1e9
+    waiting_since: float | None = None       # unresolved: since when we have messages for it
+    bytes_sent: int = 0
+
+    @property
+    def route(self) -> Route | None:
+        return self.routes[self.route_index] if self.routes else None
+
+
+class Endpoint:
+    def __init__(self, me: str, identity: Identity, catalog: list[str], admin_key: bytes, *,
+                 host_urn: str | None = None, runtime_dir: Path | None = None, hwm: int = 65536,
+                 window: int = 4096) -> None:
+        self.me, self.identity, self.catalog_addrs, self.admin_key = me, identity, catalog, admin_key
+        self.host_urn = host_urn
+        self.instance = uuid.uuid4().hex
+        self.hwm, self.window = hwm, window
+        self.runtime_dir = runtime_dir or Path(os.environ.get("XDG_RUNTIME_DIR", f"/tmp/snipe-{os.getuid()}"))
+        self.ctx = zmq.Context()
+        self.admission = CatalogAdmission(catalog, identity, admin_key)
+        self.gate = KeyGate(self.ctx, self.admission.admit, self.admission.resolve)
+        self.gate.install()
+        self.router = server_socket(self.ctx, zmq.ROUTER, identity)
+        self.router.rcvhwm = self.router.sndhwm = 100_000
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.port = self.router.bind_to_random_port("tcp://*")
+        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.ipc_path = str(self.runtime_dir / f"msg-{self.instance[:16]}.sock")
+        old_umask = os.umask(0o077)              # the socket file: this user only
+        try:
+            self.router.bind(f"ipc://{self.ipc_path}")
+        finally:
+            os.umask(old_umask)
+        self.wake_rx = self.ctx.socket(zmq.PAIR)
+        self.wake_rx.bind(f"inproc://wake-{self.instance}")
+        self.wake_tx = self.ctx.socket(zmq.PAIR)
+        self.wake_tx.connect(f"inproc://wake-{self.instance}")
+        self.wake_lock = threading.Lock()
+
+        self.cond = threading.Condition()
+        self.commands: deque[tuple[str, int, bytes, float]] = deque()
+        self.inbox: deque[Message] = deque()
+        self.held: dict[str, int] = {}           # per destination: messages accepted, not yet settled
+        self.peers: dict[str, _Peer] = {}
+        self.inbound: dict[str, Inbound] = {}
+        self.reply_to: dict[str, bytes] = {}     # source URN -> ROUTER identity of its latest link
+        self.sources_ok: dict[tuple[str, str], float] = {}
+        self.received: dict[str, int] = {}
+        self.bytes_received: dict[str, int] = {}
+        self.paused = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.catalog: CatalogClient | None = None   # the I/O thread's own
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def start(self, publish: Callable[[dict[str, Any]], None]) -> None:
+        """Publish where we listen (through `publish`, which writes our own catalog entry) and
+        start the I/O thread."""
+        interfaces: list[dict[str, Any]] = []
+        if self.host_urn:
+            with CatalogClient(self.catalog_addrs, self.identity, self.admin_key) as c:
+                ifs = c.get(self.host_urn).value("interfaces", now_ms(), [])
+                interfaces = ifs if isinstance(ifs, list) else []
+        comm = advertised_comm(self.port, self.ipc_path, interfaces)
+        values: dict[str, Any] = {"comm": comm, "instance": self.instance, "key": self.identity.key_id}
+        if self.host_urn:
+            values["host"] = self.host_urn
+        publish(values)
+        self._thread = threading.Thread(target=self._run, name="snipe-messaging", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(5)
+        self.gate.stop()
+        self.admission.close()
+        for s in (self.router, self.wake_rx, self.wake_tx):
+            s.close(0)
+        with contextlib.suppress(OSError):
+            os.unlink(self.ipc_path)
+        self.ctx.term()
+
+    def _wake(self) -> None:
+        with self.wake_lock, contextlib.suppress(zmq.ZMQError):
+            self.wake_tx.send(b"", zmq.NOBLOCK)
+
+    # --- the application's side ------------------------------------------------------------------
+    def send(self, dest: str, payload: bytes, tag: int = 0, *, timeout: float | None = None,
+             deadline_s: float = DEFAULT_DEADLINE_S) -> None:
+        """Queue a message; blocks while `dest` already holds `hwm` unsettled messages (raising
+        Unreachable after `timeout`)."""
+        if dest == self.me:
+            with self.cond:
+                self.inbox.append(Message(self.me, tag, payload))
+                self.cond.notify_all()
+            return
+        limit = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while self.held.get(dest, 0) >= self.hwm:
+                left = None if limit is None else limit - time.monotonic()
+                if left is not None and left <= 0:
+                    raise Unreachable(f"{dest} has {self.hwm} messages unacknowledged (the high-water mark); "
+                                      f"send timed out after {timeout} s")
+                self.cond.wait(left)
+            self.held[dest] = self.held.get(dest, 0) + 1
+            self.commands.append((dest, tag, payload, time.monotonic() + deadline_s))
+        self._wake()
+
+    def recv(self, source: str | None = None, tag: int | None = None, timeout: float | None = None) -> Message | None:
+        limit = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for i, m in enumerate(self.inbox):
+                    if (source is None or m.source == source) and (tag is None or m.tag == tag):
+                        del self.inbox[i]
+                        if self.paused and len(self.inbox) < self.hwm // 2:
+                            self._wake()
+                        return m
+                left = None if limit is None else limit - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self.cond.wait(left)
+
+    def probe(self, source: str | None = None, tag: int | None = None) -> bool:
+        with self.cond:
+            return any((source is None or m.source == source) and (tag is None or m.tag == tag) for m in self.inbox)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for urn, p in list(self.peers.items()):
+            r = p.route
+            out[urn] = {"sent": p.out.sent, "acked": p.out.acked, "retransmitted": p.out.retransmitted,
+                        "bytes_sent": p.bytes_sent, "route": r.endpoint if r else None,
+                        "route_kind": r.kind if r else None, "in_flight": p.out.held()}
+        for urn, n in list(self.received.items()):
+            out.setdefault(urn, {})["received"] = n
+            out[urn]["bytes_received"] = self.bytes_received.get(urn, 0)
+        return out
+
+    # --- the I/O thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        self.catalog = CatalogClient(self.catalog_addrs, self.identity, self.admin_key, timeout=2.0)
+        poller = zmq.Poller()
+        poller.register(self.wake_rx, zmq.POLLIN)
+        registered: set[zmq.Socket] = set()
+        try:
+            while not self._stop:
+                want_router = not self.paused
+                if want_router and self.router not in registered:
+                    poller.register(self.router, zmq.POLLIN)
+                    registered.add(self.router)
+                elif not want_router and self.router in registered:
+                    poller.unregister(self.router)
+                    registered.discard(self.router)
+                socks = {link.sock for p in self.peers.values() for link in p.links.values()}
+                for s in socks - registered:
+                    poller.register(s, zmq.POLLIN)
+                    registered.add(s)
+                for s in [s for s in registered if s is not self.router and s not in socks]:
+                    with contextlib.suppress(KeyError, zmq.ZMQError):
+                        poller.unregister(s)
+                    registered.discard(s)
+                timeout = self._next_timer()
+                ready = dict(poller.poll(timeout * 1000 if timeout is not None else 100))
+                if self.wake_rx in ready:
+                    while True:
+                        try:
+                            self.wake_rx.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                self._take_commands()
+                if self.router in ready:
+                    self._read_router()
+                for p in list(self.peers.values()):
+                    for link in list(p.links.values()):
+                        if link.sock in ready:
+                            self._read_link(p, link)
+                self._timers()
+        except Exception:  # the thread must say why it died; the application then sees failures
+            log.exception("the messaging thread failed")
+        finally:
+            for p in self.peers.values():
+                for link in p.links.values():
+                    link.close()
+            if self.catalog is not None:
+                self.catalog.close()
+
+    def _next_timer(self) -> float | None:
+        times = [t for p in self.peers.values() if (t := p.out.next_deadline()) is not None]
+        if any(p.waiting_since is not None for p in self.peers.values()):
+            times.append(time.monotonic() + 0.05)
+        if not times:
+            return 0.5
+        return max(0.0, min(min(times) - time.monotonic(), 0.5))
+
+    def _take_commands(self) -> None:
+        with self.cond:
+            batch = list(self.commands)
+            self.commands.clear()
+        now = time.monotonic()
+        touched: set[str] = set()
+        for dest, tag, payload, deadline in batch:
+            p = self.peers.get(dest)
+            if p is None:
+                p = self.peers[dest] = _Peer(dest, Outbound(self.me, dest, window=self.window, hwm=self.hwm * 2))
+            p.out.submit(tag, payload, now, deadline)
+            touched.add(dest)
+        for dest in touched:
+            self._pump_peer(self.peers[dest], now)
+
+    def _pump_peer(self, p: _Peer, now: float) -> None:
+        if not p.routes or now - p.resolved_at > RESOLVE_EVERY_S:
+            self._resolve(p, now)
+        if not p.routes:
+            if p.waiting_since is None:
+                p.waiting_since = now
+            return
+        p.waiting_since = None
+        self._transmit(p, p.out.flush(now))
+
+    def _resolve(self, p: _Peer, now: float) -> None:
+        """Find the peer's routes in the catalog. A peer that has ended fails its messages."""
+        assert self.catalog is not None
+        p.resolved_at = now
+        try:
+            self.catalog.invalidate(p.urn)
+            entry = self.catalog.get(p.urn, r=1)
+        except SnipeError as exc:
+            log.debug("cannot resolve %s: %s", p.urn, exc)
+            return
+        values = entry.as_dict(now_ms())
+        state = values.get("state")
+        if state in ENDED_STATES:
+            self._fail(p, f"{p.urn} has {state}" + (f": {values['reason']}" if values.get("reason") else ""))
+            return
+        peer = ProcView.from_values(p.urn, values)
+        key = values.get("key")
+        if not peer.comm or not isinstance(key, str):
+            return                              # not listening yet: keep the messages, retry shortly
+        try:
+            p.key = public_key_from_id(key)
+        except SnipeError:
+            return
+        mine = ProcView(self.me, self.host_urn, self.instance, [])
+        my_host = self._host_values(self.host_urn)
+        peer_host = self._host_values(peer.host)
+        routes = choose_routes(mine, peer, my_host, peer_host)
+        best = routes[0] if routes else None
+        if best is not None and (p.route is None or p.route.endpoint != best.endpoint):
+            was = p.route.endpoint if p.route else None
+            p.routes, p.route_index = routes, 0
+            log.info("%s: route to %s is now %s (was %s)", self.me, p.urn, best.endpoint, was)
+        else:
+            p.routes = routes
+            p.route_index = min(p.route_index, max(0, len(routes) - 1))
+
+    def _host_values(self, host: str | None) -> dict[str, Any] | None:
+        if not host or self.catalog is None:
+            return None
+        try:
+            return self.catalog.cached(host, max_age=RESOLVE_EVERY_S).as_dict(now_ms())
+        except SnipeError:
+            return None
+
+    def _link(self, p: _Peer) -> Link | None:
+        r = p.route
+        if r is None or p.key is None:
+            return None
+        link = p.links.get(r.endpoint)
+        if link is None:
+            link = p.links[r.endpoint] = Link(self.ctx, self.identity, r.endpoint, p.key, immediate=False,
+                                              hwm=100_000)
+        return link
+
+    def _transmit(self, p: _Peer, sends: list[Any]) -> None:
+        link = self._link(p)
+        if link is None:
+            return
+        for s in sends:
+            env = Envelope(s.envelope.protocol, s.envelope.version, s.envelope.kind, 0,
+                           {**s.envelope.body, "f": self.me})
+            try:
+                link.sock.send_multipart(encode(env, s.frames), zmq.NOBLOCK, copy=False)
+                p.bytes_sent += sum(len(f) for f in s.frames)
+            except zmq.Again:
+                pass       # the link's queue is full: retransmission will resend it
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        for p in list(self.peers.values()):
+            if p.waiting_since is not None and now - p.resolved_at > 0.2:
+                self._pump_peer(p, now)
+            for link in p.links.values():
+                link.check(now)
+            sends, failed = p.out.on_timer(now)
+            if failed:
+                self._settle(p.urn, failed)
+            if sends:
+                if p.out.flight and p.out.flight[0].attempts >= FAILOVER_AFTER_ATTEMPTS and len(p.routes) > 1:
+                    p.route_index = (p.route_index + 1) % len(p.routes)     # this route is not working
+                    log.info("%s: failing over to %s for %s", self.me, p.route and p.route.endpoint, p.urn)
+                if p.out.flight and p.out.flight[0].attempts % 4 == 0:
+                    self._resolve(p, now)      # re-read the catalog: the peer may have moved or ended
+                self._transmit(p, sends)
+            elif now - p.resolved_at > RESOLVE_EVERY_S and p.out.held():
+                self._resolve(p, now)
+            if p.waiting_since is not None and p.out.queue and p.out.queue[0].deadline <= now:
+                self._settle(p.urn, p.out.fail_all(f"{p.urn} has no messaging endpoint in the catalog"))
+
+    def _fail(self, p: _Peer, reason: str) -> None:
+        self._settle(p.urn, p.out.fail_all(reason))
+
+    def _settle(self, dest: str, failed: list[DeliveryFailed]) -> None:
+        with self.cond:
+            for f in failed:
+                self.inbox.append(Message(dest, f.tag, b"", failed=True, reason=f.reason))
+            p = self.peers.get(dest)
+            self.held[dest] = p.out.held() if p is not None else 0
+            self.cond.notify_all()
+
+    def _read_link(self, p: _Peer, link: Link) -> None:
+        now = time.monotonic()
+        for _ in range(1000):
+            try:
+                parts = link.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                env, _ = decode(parts)
+                if env.kind == "error":
+                    log.warning("%s refused our messages: %s", p.urn, env.body.get("message"))
+                    continue
+                session, cum = parse_ack(env)
+            except SnipeError as exc:
+                log.warning("bad acknowledgement from %s: %s", p.urn, exc)
+                continue
+            self._transmit(p, p.out.on_ack(session, cum, now))
+        with self.cond:
+            self.held[p.urn] = p.out.held()
+            self.cond.notify_all()
+
+    def _read_router(self) -> None:
+        for _ in range(1000):
+            try:
+                parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            ident, key = parts[0].bytes, sender_key(parts[0])
+            try:
+                if len(parts) < 2:
+                    raise CodecError("a message needs an envelope frame")
+                env, _ = decode([parts[1].bytes])
+                # Large payloads stay in ZeroMQ's buffer (no copy); small ones become bytes.
+                frames = [f.buffer if len(f) > 65536 else f.bytes for f in parts[2:]]
+                self._on_data(ident, key, env, frames)
+            except SnipeError as exc:
+                reply = Envelope(PROTOCOL, VERSION, "error", 0, {"code": exc.code, "message": str(exc)})
+                with contextlib.suppress(zmq.ZMQError):
+                    self.router.send_multipart([ident, *encode(reply)], zmq.NOBLOCK)
+            if self.paused:
+                return
+
+    def _on_data(self, ident: bytes, key: str, env: Envelope, frames: list[Any]) -> None:
+        if env.protocol != PROTOCOL or env.version != VERSION:
+            raise ProtocolVersionError(f"this endpoint speaks {PROTOCOL}/{VERSION}, not {env.protocol}/{env.version}"
+                                       f"; versions on offer: {VERSION}")
+        if env.kind != "data":
+            raise CodecError(f"msg/1 has no message kind {env.kind!r} here (expected data)")
+        source = env.body.get("f")
+        if not isinstance(source, str) or not self._source_is(source, key):
+            raise CodecError(f"data claims to come from {source!r}, which key {key[:16]}… does not speak for")
+        session, base, first, tags = parse_data(env, frames)
+        inbound = self.inbound.get(source)
+        if inbound is None:
+            inbound = self.inbound[source] = Inbound(self.me, source, window=self.window)
+        self.reply_to[source] = ident
+        delivered, ack = inbound.on_data(session, base, first, tags, frames)
+        if delivered:
+            with self.cond:
+                self.inbox.extend(Message(d.source, d.tag, d.payload) for d in delivered)
+                self.paused = len(self.inbox) >= self.hwm
+                self.cond.notify_all()
+            self.received[source] = self.received.get(source, 0) + len(delivered)
+            self.bytes_received[source] = self.bytes_received.get(source, 0) + sum(len(d.payload) for d in delivered)
+        with contextlib.suppress(zmq.ZMQError):
+            self.router.send_multipart([ident, *encode(ack.envelope)], zmq.NOBLOCK)
+
+    def _source_is(self, urn: str, key: str) -> bool:
+        """Does `key` speak for process `urn`? (Its own key, or the key that owns the URN.)"""
+        hit = self.sources_ok.get((urn, key))
+        if hit is not None and hit > time.monotonic():
+            return True
+        assert self.catalog is not None
+        try:
+            entry = self.catalog.get(urn, r=1)
+        except SnipeError:
+            return False
+        values = entry.as_dict(now_ms())
+        ok = values.get("key") == key or entry.owner(self.admin_key, now_ms()) == key
+        if ok:
+            self.sources_ok[(urn, key)] = time.monotonic() + 60
+        return ok
+
+
+__all__ = ["Endpoint", "Message", "NotFound"]
