@@ -5,9 +5,10 @@ memory, load, playground capabilities, and one entry per network address with th
 family, address, netmask (as prefix length and CIDR network), the configured private "net
 name" if any, and per-message latency and bandwidth. This module gathers those facts
 (`collect_host_info`, `collect_interfaces`), keeps the volatile ones fresh cheaply
-(`LoadSampler`), and answers the question message routing asks of two hosts' interface lists:
-which pairs of interfaces sit on a common IP subnet or a common named private network, fastest
-first (`shared_networks`, pure, SNIPE section 4.3).
+(`LoadSampler`). The question message routing asks of two hosts' interface lists, which pairs
+of interfaces sit on a common IP subnet or a common named private network, fastest first, is
+answered by `shared_networks` in snipe.messaging.routes (pure, SNIPE section 4.3: the `snipe`
+package never imports this one); it is re-exported here for compatibility.
 
 Link speed comes from configuration, not from the kernel: psutil reports 10000 Mbit/s for every
 veth, so `link_speeds` (bandwidth in Mbit/s, latency in microseconds) is what routing ranks by;
@@ -35,6 +36,7 @@ from typing import Any, Literal
 import psutil
 
 from snipe.assertion import canonical_value
+from snipe.messaging.routes import parse_address, shared_networks
 
 __all__ = [
     "Interface",
@@ -158,13 +160,6 @@ def _prefixlen(netmask: str | None, version: int) -> int | None:
     return ones
 
 
-def _parse_address(text: str) -> IpAddress | None:
-    try:
-        return ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-
-
 def build_interfaces(
     addrs: Mapping[str, Iterable[Any]],
     stats: Mapping[str, Any],
@@ -196,7 +191,7 @@ def build_interfaces(
                 family = "ipv6"
             else:
                 continue
-            address = _parse_address(rec.address)
+            address = parse_address(rec.address)
             if address is None:
                 continue
             if address.is_loopback and not include_loopback:
@@ -367,106 +362,3 @@ class LoadSampler:
             "load_per_cpu": load / self.cpus,
             "memory_available": int(self._memory_available()),
         }
-
-
-# --- shared networks (pure) -------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Endpoint:
-    value: dict[str, Any]
-    address: IpAddress
-    network: IpNetwork | None
-    net_name: str | None
-    bandwidth: float | None
-    latency: float | None
-    speed: float | None
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) and value >= 0 else None
-
-
-def _endpoint(value: object) -> _Endpoint | None:
-    """A usable interface entry from the catalog, or None (down, loopback or malformed)."""
-    if not isinstance(value, dict) or value.get("up", True) is False:
-        return None
-    text = value.get("address")
-    address = _parse_address(text) if isinstance(text, str) else None
-    if address is None or address.is_loopback or address.is_unspecified:
-        return None
-    network: IpNetwork | None = None
-    try:
-        if isinstance(value.get("network"), str):
-            network = ipaddress.ip_network(value["network"], strict=False)
-        elif isinstance(value.get("prefixlen"), int) and not isinstance(value.get("prefixlen"), bool):
-            network = ipaddress.ip_network(f"{address}/{value['prefixlen']}", strict=False)
-    except ValueError:
-        network = None
-    if network is not None and (network.version != address.version or address not in network):
-        network = None
-    if network is not None and address.is_link_local:
-        network = None  # every link has fe80::/64 (and 169.254/16): a match says nothing
-    net_name = value.get("net_name")
-    return _Endpoint(
-        value=value,
-        address=address,
-        network=network,
-        net_name=net_name if isinstance(net_name, str) and net_name else None,
-        bandwidth=_number(value.get("bandwidth_mbps")),
-        latency=_number(value.get("latency_us")),
-        speed=_number(value.get("speed_mbps")),
-    )
-
-
-def _shared(x: _Endpoint, y: _Endpoint) -> bool:
-    if x.address.version != y.address.version or x.address == y.address:
-        return False
-    if x.net_name is not None and y.net_name is not None:
-        return x.net_name == y.net_name  # explicit names decide, even over equal subnets
-    return (
-        x.network is not None and y.network is not None
-        and y.address in x.network and x.address in y.network
-    )
-
-
-def _combine(a: float | None, b: float | None, pick: Callable[[float, float], float]) -> float | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return pick(a, b)
-
-
-def _rank(pair: tuple[_Endpoint, _Endpoint]) -> tuple[bool, float, bool, float, bool, float]:
-    x, y = pair
-    bandwidth = _combine(x.bandwidth, y.bandwidth, min)  # the slower end bounds the link
-    latency = _combine(x.latency, y.latency, max)
-    speed = _combine(x.speed, y.speed, min)
-    return (
-        bandwidth is None, -(bandwidth or 0.0),
-        latency is None, latency or 0.0,
-        speed is None, -(speed or 0.0),
-    )
-
-
-def shared_networks(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Pairs (interface of host a, interface of host b) on a common network, best first.
-
-    `a` and `b` are two hosts' `interfaces` values as stored in the catalog. Two entries share a
-    network when they are of the same IP family and either both carry the same `net_name`, or
-    they do not carry different net names and each address lies in the other's subnet. Entries
-    that are down, loopback, unspecified or malformed are ignored, as are subnet matches on
-    link-local addresses; identical addresses never pair.
-
-    Order: highest configured bandwidth (the lower of the two ends), then lowest latency (the
-    higher of the two), then kernel speed (the lower); unknown values rank after known ones;
-    ties keep the order of `a`, then of `b`. Pure: no I/O, inputs are not modified.
-    """
-    ends_a = [e for e in map(_endpoint, a) if e is not None]
-    ends_b = [e for e in map(_endpoint, b) if e is not None]
-    pairs = [(x, y) for x in ends_a for y in ends_b if _shared(x, y)]
-    pairs.sort(key=_rank)
-    return [(x.value, y.value) for x, y in pairs]

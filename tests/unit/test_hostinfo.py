@@ -1,6 +1,7 @@
 """Host metadata (daemon/hostinfo.py): the collected map is catalog-storable, configured net
-names and link speeds attach by interface name and by CIDR, shared_networks pairs and ranks
-interfaces as route selection needs, host ids are URN-safe, the load sampler is cheap."""
+names and link speeds attach by interface name and by CIDR, what it publishes is what
+shared_networks (snipe.messaging.routes, re-exported here) reads, host ids are URN-safe, the load
+sampler is cheap."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from snipe_daemon.hostinfo import (
 
 from snipe.assertion import canonical_value
 from snipe.errors import ValueTypeError
+from snipe.messaging import routes
 from snipe.urn import Urn
 
 AF_LINK = 17
@@ -310,152 +312,11 @@ def test_load_sampler_never_divides_by_zero():
     assert LoadSampler(0, loadavg=lambda: (1.0, 0, 0), memory_available=lambda: 1).sample()["load_per_cpu"] == 1.0
 
 
-# --- shared_networks ------------------------------------------------------------------------------
+# --- shared_networks (its unit tests live in test_routes.py, with the code) -----------------------
 
-def iface(address: str, network: str | None = None, **extra: Any) -> dict[str, Any]:
-    family = "ipv6" if ":" in address else "ipv4"
-    value: dict[str, Any] = {"name": extra.pop("name", "eth"), "family": family, "address": address, "up": True}
-    if network is not None:
-        value["network"] = network
-        value["prefixlen"] = int(network.split("/")[1])
-    value.update(extra)
-    return value
-
-
-def test_no_shared_network():
-    a = [iface("10.1.0.1", "10.1.0.0/24"), iface("fd00:1::1", "fd00:1::/64")]
-    b = [iface("10.2.0.1", "10.2.0.0/24"), iface("fd00:2::1", "fd00:2::/64")]
-    assert shared_networks(a, b) == []
-    assert shared_networks([], b) == [] and shared_networks(a, []) == []
-
-
-def test_common_subnet_pairs_per_family_never_across_families():
-    a4, a6 = iface("10.1.0.1", "10.1.0.0/24"), iface("fd00:1::1", "fd00:1::/64")
-    b4, b6 = iface("10.1.0.2", "10.1.0.0/24"), iface("fd00:1::2", "fd00:1::/64")
-    pairs = shared_networks([a4, a6], [b6, b4])
-    assert pairs == [(a4, b4), (a6, b6)]
-    assert shared_networks([a4], [b6]) == []
-    assert shared_networks([a6], [b4]) == []
-
-
-def test_ipv4_and_ipv6_with_the_same_net_name_still_do_not_pair():
-    a = [iface("10.1.0.1", "10.1.0.0/24", net_name="fabric")]
-    b = [iface("fd00:1::2", "fd00:1::/64", net_name="fabric")]
-    assert shared_networks(a, b) == []
-
-
-def test_same_net_name_on_different_subnets_is_shared():
-    a = [iface("10.1.0.1", "10.1.0.0/24", net_name="ib")]
-    b = [iface("10.9.0.7", "10.9.0.0/24", net_name="ib")]
-    assert shared_networks(a, b) == [(a[0], b[0])]
-
-
-def test_net_name_without_subnet_information_is_enough():
-    a = [iface("192.168.5.1", net_name="myrinet")]
-    b = [iface("172.16.0.9", net_name="myrinet")]
-    assert shared_networks(a, b) == [(a[0], b[0])]
-
-
-def test_different_net_names_on_the_same_subnet_are_different_networks():
-    a = [iface("10.0.0.1", "10.0.0.0/24", net_name="site-a")]
-    b = [iface("10.0.0.2", "10.0.0.0/24", net_name="site-b")]
-    assert shared_networks(a, b) == []
-
-
-def test_one_named_side_still_shares_a_subnet():
-    a = [iface("10.0.0.1", "10.0.0.0/24", net_name="lab")]
-    b = [iface("10.0.0.2", "10.0.0.0/24")]
-    assert shared_networks(a, b) == [(a[0], b[0])]
-
-
-def test_subnet_needs_each_address_in_the_others_network():
-    wide = iface("10.1.0.1", "10.1.0.0/16")
-    narrow_in = iface("10.1.0.9", "10.1.0.0/24")
-    narrow_out = iface("10.1.7.9", "10.1.7.0/24")
-    assert shared_networks([wide], [narrow_in]) == [(wide, narrow_in)]
-    assert shared_networks([wide], [narrow_out]) == []  # 10.1.0.1 is off 10.1.7.0/24's link
-    assert shared_networks([narrow_in], [narrow_out]) == []
-
-
-def test_prefixlen_alone_gives_the_subnet():
-    a = {"address": "10.3.0.1", "prefixlen": 24, "up": True}
-    b = {"address": "10.3.0.200", "prefixlen": 24}
-    assert shared_networks([a], [b]) == [(a, b)]
-
-
-def test_loopback_link_local_down_same_address_and_junk_are_ignored():
-    a = [
-        iface("127.0.0.1", "127.0.0.0/8"),
-        iface("::1", "::1/128"),
-        iface("fe80::1", "fe80::/64"),
-        iface("169.254.1.1", "169.254.0.0/16"),
-        iface("10.5.0.1", "10.5.0.0/24", up=False),
-        iface("10.6.0.1", "10.6.0.0/24"),
-        "not a map", {"address": 7}, {"address": "bogus"}, {"address": "10.7.0.1", "network": "nonsense"},
-        {"address": "10.8.0.1", "network": "10.9.0.0/24"}, {"address": "0.0.0.0", "network": "0.0.0.0/0"},
-    ]
-    b = [
-        iface("127.0.0.2", "127.0.0.0/8"),
-        iface("::1", "::1/128"),
-        iface("fe80::2", "fe80::/64"),
-        iface("169.254.1.2", "169.254.0.0/16"),
-        iface("10.5.0.2", "10.5.0.0/24"),
-        iface("10.6.0.1", "10.6.0.0/24"),
-        {"address": "10.7.0.2", "network": "10.7.0.0/24"}, {"address": "10.8.0.2", "network": "10.8.0.0/24"},
-        {"address": "10.0.0.1", "network": "0.0.0.0/0"},
-    ]
-    assert shared_networks(a, b) == []  # type: ignore[arg-type]
-
-
-def test_link_local_pairs_only_by_net_name():
-    a = [iface("fe80::1", "fe80::/64", net_name="direct")]
-    b = [iface("fe80::2", "fe80::/64", net_name="direct")]
-    assert shared_networks(a, b) == [(a[0], b[0])]
-
-
-def test_ordering_bandwidth_then_latency_then_speed():
-    slow = ("10.1.0.1", "10.1.0.2", "10.1.0.0/24", {"bandwidth_mbps": 100.0, "latency_us": 10.0})
-    fast_far = ("10.2.0.1", "10.2.0.2", "10.2.0.0/24", {"bandwidth_mbps": 10000.0, "latency_us": 80.0})
-    fast_near = ("10.3.0.1", "10.3.0.2", "10.3.0.0/24", {"bandwidth_mbps": 10000.0, "latency_us": 5.0})
-    fast_near_fast_kernel = ("10.4.0.1", "10.4.0.2", "10.4.0.0/24",
-                             {"bandwidth_mbps": 10000.0, "latency_us": 5.0, "speed_mbps": 40000})
-    unknown = ("10.5.0.1", "10.5.0.2", "10.5.0.0/24", {"speed_mbps": 100000})
-    nets = [unknown, slow, fast_far, fast_near, fast_near_fast_kernel]
-    a = [iface(x, net, **extra) for x, _, net, extra in nets]
-    b = [iface(y, net, **extra) for _, y, net, extra in reversed(nets)]
-    got = [(pa["address"], pb["address"]) for pa, pb in shared_networks(a, b)]
-    assert got == [("10.4.0.1", "10.4.0.2"), ("10.3.0.1", "10.3.0.2"), ("10.2.0.1", "10.2.0.2"),
-                   ("10.1.0.1", "10.1.0.2"), ("10.5.0.1", "10.5.0.2")]
-
-
-def test_the_slower_end_bounds_a_pair():
-    # a's 10 Gbit/s NIC on a net where b only has 100 Mbit/s ranks below a 1 Gbit/s net on both ends
-    a = [iface("10.1.0.1", "10.1.0.0/24", bandwidth_mbps=10000.0),
-         iface("10.2.0.1", "10.2.0.0/24", bandwidth_mbps=1000)]
-    b = [iface("10.1.0.2", "10.1.0.0/24", bandwidth_mbps=100.0),
-         iface("10.2.0.2", "10.2.0.0/24", bandwidth_mbps=1000)]
-    assert [pa["address"] for pa, _ in shared_networks(a, b)] == ["10.2.0.1", "10.1.0.1"]
-    # latency: the higher end counts
-    a = [iface("10.1.0.1", "10.1.0.0/24", latency_us=1.0), iface("10.2.0.1", "10.2.0.0/24", latency_us=20.0)]
-    b = [iface("10.1.0.2", "10.1.0.0/24", latency_us=50.0), iface("10.2.0.2", "10.2.0.0/24", latency_us=20.0)]
-    assert [pa["address"] for pa, _ in shared_networks(a, b)] == ["10.2.0.1", "10.1.0.1"]
-
-
-def test_one_configured_end_is_used_and_bogus_numbers_are_unknown():
-    a = [iface("10.1.0.1", "10.1.0.0/24", bandwidth_mbps=True), iface("10.2.0.1", "10.2.0.0/24")]
-    b = [iface("10.1.0.2", "10.1.0.0/24", bandwidth_mbps=-5), iface("10.2.0.2", "10.2.0.0/24", bandwidth_mbps=10)]
-    assert [pa["address"] for pa, _ in shared_networks(a, b)] == ["10.2.0.1", "10.1.0.1"]
-
-
-def test_ties_keep_input_order_and_inputs_are_untouched():
-    a = [iface("10.1.0.1", "10.1.0.0/24", name="x"), iface("10.1.0.3", "10.1.0.0/24", name="y")]
-    b = [iface("10.1.0.2", "10.1.0.0/24"), iface("10.1.0.4", "10.1.0.0/24")]
-    before = (repr(a), repr(b))
-    pairs = shared_networks(a, b)
-    assert [(pa["address"], pb["address"]) for pa, pb in pairs] == [
-        ("10.1.0.1", "10.1.0.2"), ("10.1.0.1", "10.1.0.4"), ("10.1.0.3", "10.1.0.2"), ("10.1.0.3", "10.1.0.4")]
-    assert all(pa in a and pb in b for pa, pb in pairs)
-    assert (repr(a), repr(b)) == before
+def test_shared_networks_is_reexported_from_snipe_messaging():
+    assert shared_networks is routes.shared_networks
+    assert "shared_networks" in hostinfo.__all__
 
 
 def test_collected_values_round_trip_into_shared_networks():
