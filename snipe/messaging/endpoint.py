@@ -375,6 +375,10 @@ class Endpoint:
         for p in list(self.peers.values()):
             if p.waiting_since is not None and now - p.resolved_at > 0.2:
                 self._pump_peer(p, now)
+            if p.waiting_since is not None and p.out.queue and p.out.queue[0].deadline <= now:
+                self._settle(p.urn, p.out.fail_all(
+                    f"{p.urn} has no messaging endpoint in the catalog (not a process, or it never listened)"))
+                continue
             for link in p.links.values():
                 link.check(now)
             sends, failed = p.out.on_timer(now)
@@ -389,8 +393,6 @@ class Endpoint:
                 self._transmit(p, sends)
             elif now - p.resolved_at > RESOLVE_EVERY_S and p.out.held():
                 self._resolve(p, now)
-            if p.waiting_since is not None and p.out.queue and p.out.queue[0].deadline <= now:
-                self._settle(p.urn, p.out.fail_all(f"{p.urn} has no messaging endpoint in the catalog"))
 
     def _fail(self, p: _Peer, reason: str) -> None:
         self._settle(p.urn, p.out.fail_all(reason))

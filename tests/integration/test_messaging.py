@@ -39,3 +39,62 @@ def test_an_application_and_a_task_exchange_messages_in_order(cluster: LocalClus
     assert echo.wait(30)["exit_code"] == 0
     stats = snipe.messaging_stats()[echo.urn]
     assert stats["sent"] == 501 and stats["received"] == 500 and stats["route"].startswith("tcp://")
+
+
+SINK = textwrap.dedent('''
+    import hashlib, snipe
+    m = snipe.recv(timeout=120)
+    snipe.catalog().set_many(snipe.me(), {"size": len(m.payload),
+                                          "sha256": hashlib.sha256(m.payload).hexdigest()})
+''')
+
+
+def test_a_256_mib_message_arrives_intact(cluster: LocalCluster, tmp_path: Path) -> None:
+    sink = snipe.spawn(publish(tmp_path, "sink.py", SINK), host="h3", quota={"memory_bytes": 2 << 30})
+    blob = hashlib.sha256(b"seed").digest() * (256 * 1024 * 1024 // 32)
+    snipe.send(sink.urn, blob, deadline=120)
+    done = sink.wait(120)
+    assert done["exit_code"] == 0, done
+    info = sink.info()
+    assert info["size"] == len(blob) == 256 * 1024 * 1024
+    assert info["sha256"] == hashlib.sha256(blob).hexdigest()
+
+
+def test_a_dead_receiver_gives_a_delivery_failure(cluster: LocalCluster, tmp_path: Path) -> None:
+    echo = snipe.spawn(publish(tmp_path, "echo.py", ECHO), host="h2")
+    snipe.send(echo.urn, b"ping", tag=1)
+    assert snipe.recv(source=echo.urn, timeout=30).payload == b"ping"
+    echo.kill()
+    assert echo.wait(30)["state"] == "killed"
+    snipe.send(echo.urn, b"anyone?", tag=7, deadline=10)
+    m = snipe.recv(source=echo.urn, timeout=30)
+    assert m is not None and m.failed and m.tag == 7
+    assert "killed" in (m.reason or "") or "deadline" in (m.reason or ""), m.reason
+
+
+def test_messages_to_a_process_that_never_listens_fail_at_their_deadline(cluster: LocalCluster) -> None:
+    ghost = "urn:snipe:proc:0123456789abcdef"
+    snipe.send(ghost, b"hello?", tag=3, deadline=1.0)
+    m = snipe.recv(source=ghost, timeout=20)
+    assert m is not None and m.failed and m.tag == 3 and "no messaging endpoint" in (m.reason or "")
+
+
+def test_a_stranger_key_cannot_deliver(cluster: LocalCluster, tmp_path: Path) -> None:
+    import zmq
+
+    from snipe.identity import Identity
+    from snipe.runtime import now_ms
+    from snipe.transport import Link
+    from snipe.wire import Envelope, encode
+
+    snipe.recv(timeout=0)                         # start our endpoint
+    me = snipe.me()
+    values = snipe.catalog().get(me).as_dict(now_ms())
+    tcp = next(c["endpoint"] for c in values["comm"] if c.get("transport") == "tcp")
+    link = Link(zmq.Context.instance(), Identity.generate(), tcp, bytes.fromhex(values["key"]), immediate=False)
+    try:
+        link.sock.send_multipart(encode(Envelope("msg", 1, "data", 0, {"s": 1, "b": 1, "q": 1, "t": [0],
+                                                                       "f": me}), [b"forged"]))
+        assert snipe.recv(timeout=2) is None      # the handshake was refused: nothing delivered
+    finally:
+        link.close()
