@@ -144,8 +144,9 @@ class Endpoint:
             with CatalogClient(self.catalog_addrs, self.identity, self.admin_key) as c:
                 ifs = c.get(self.host_urn).value("interfaces", now_ms(), [])
                 interfaces = ifs if isinstance(ifs, list) else []
-        comm = advertised_comm(self.port, self.ipc_path, interfaces)
-        values: dict[str, Any] = {"comm": comm, "instance": self.instance, "key": self.identity.key_id}
+        self.publish = publish
+        self.comm = advertised_comm(self.port, self.ipc_path, interfaces)
+        values: dict[str, Any] = {"comm": self.comm, "instance": self.instance, "key": self.identity.key_id}
         if self.host_urn:
             values["host"] = self.host_urn
         publish(values)
@@ -164,6 +165,17 @@ class Endpoint:
         with contextlib.suppress(OSError):
             os.unlink(self.ipc_path)
         self.ctx.term()
+
+    def withdraw(self, transport: str) -> None:
+        """Stop offering a transport ("ipc" or "tcp"): republish `comm` without it, then close
+        its listener. Senders move to their next route without losing or reordering anything."""
+        self.comm = [c for c in self.comm if c.get("transport") != transport]
+        self.publish({"comm": self.comm})
+        with contextlib.suppress(zmq.ZMQError):
+            if transport == "ipc":
+                self.router.unbind(f"ipc://{self.ipc_path}")
+            else:
+                self.router.unbind(f"tcp://0.0.0.0:{self.port}")
 
     def _wake(self) -> None:
         with self.wake_lock, contextlib.suppress(zmq.ZMQError):
@@ -188,8 +200,10 @@ class Endpoint:
                                       f"send timed out after {timeout} s")
                 self.cond.wait(left)
             self.held[dest] = self.held.get(dest, 0) + 1
+            first = not self.commands
             self.commands.append((dest, tag, payload, time.monotonic() + deadline_s))
-        self._wake()
+        if first:               # the I/O thread takes the whole queue at once: one wake-up is enough
+            self._wake()
 
     def recv(self, source: str | None = None, tag: int | None = None, timeout: float | None = None) -> Message | None:
         limit = None if timeout is None else time.monotonic() + timeout

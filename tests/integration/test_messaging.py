@@ -98,3 +98,51 @@ def test_a_stranger_key_cannot_deliver(cluster: LocalCluster, tmp_path: Path) ->
         assert snipe.recv(timeout=2) is None      # the handshake was refused: nothing delivered
     finally:
         link.close()
+
+
+COUNTER_SENDER = textwrap.dedent('''
+    import sys, snipe
+    peer, n = sys.argv[1], int(sys.argv[2])
+    for i in range(n):
+        snipe.send(peer, i.to_bytes(8, "big"), tag=5)
+    m = snipe.recv(source=peer, timeout=300)          # the receiver's verdict ends the run
+    snipe.catalog().set(snipe.me(), "verdict", m.obj() if m and not m.failed else repr(m))
+''')
+
+COUNTER_RECEIVER = textwrap.dedent('''
+    import sys, snipe
+    n = int(sys.argv[1])
+    snipe.recv(timeout=0)                              # listen before the sender starts
+    snipe.catalog().set(snipe.me(), "listening", True)
+    expected, dup_or_gap, source = 0, 0, None
+    while expected < n:
+        m = snipe.recv(timeout=120)
+        if m is None:
+            break
+        source = m.source
+        if int.from_bytes(m.payload, "big") != expected:
+            dup_or_gap += 1
+        expected += 1
+    verdict = {"received": expected, "out_of_order": dup_or_gap}
+    snipe.catalog().set_many(snipe.me(), verdict)
+    snipe.send_obj(source, verdict)
+    snipe.recv(timeout=5)
+''')
+
+
+def _listening(p: snipe.Process) -> bool:
+    from snipe.runtime import now_ms
+    return snipe.catalog().get(p.urn).value("listening", now_ms()) is True
+
+
+def test_two_tasks_on_different_daemons_exchange_a_million_messages(cluster: LocalCluster, tmp_path: Path) -> None:
+    from tests.support import wait_for
+
+    n = 1_000_000
+    receiver = snipe.spawn(publish(tmp_path, "rx.py", COUNTER_RECEIVER), n, host="h3")
+    wait_for(lambda: _listening(receiver), 30, "the receiver to listen")
+    sender = snipe.spawn(publish(tmp_path, "tx.py", COUNTER_SENDER), receiver.urn, n, host="h2")
+    assert sender.wait(300)["exit_code"] == 0
+    assert receiver.wait(60)["exit_code"] == 0
+    assert receiver.info()["received"] == n and receiver.info()["out_of_order"] == 0
+    assert sender.info()["verdict"] == {"received": n, "out_of_order": 0}
