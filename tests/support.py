@@ -21,3 +21,35 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str =
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last_exc})"
                                                                               if last_exc else ""))
+
+
+class PortBlock:
+    """Drop every TCP packet to or from a loopback port with nftables, in a table of its own
+    (named by this process and a counter) that `close()` deletes. Needs root and nft."""
+
+    _count = 0
+
+    def __init__(self, port: int) -> None:
+        import os
+        import shutil
+        import subprocess
+
+        if os.geteuid() != 0 or shutil.which("nft") is None:
+            raise PermissionError("needs root and nft (nftables) to cut a connection")
+        PortBlock._count += 1
+        self.table = f"snipe_test_{os.getpid()}_{PortBlock._count}"
+        self.port = port
+        rules = (f"table inet {self.table} {{\n chain output {{\n  type filter hook output priority 0;\n"
+                 f"  tcp dport {port} drop\n  tcp sport {port} drop\n }}\n}}\n")
+        subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True, capture_output=True)
+
+    def close(self) -> None:
+        import subprocess
+
+        subprocess.run(["nft", "delete", "table", "inet", self.table], check=False, capture_output=True)
+
+    def __enter__(self) -> "PortBlock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -146,3 +146,99 @@ def test_two_tasks_on_different_daemons_exchange_a_million_messages(cluster: Loc
     assert receiver.wait(60)["exit_code"] == 0
     assert receiver.info()["received"] == n and receiver.info()["out_of_order"] == 0
     assert sender.info()["verdict"] == {"received": n, "out_of_order": 0}
+
+
+WITHDRAWING_RECEIVER = textwrap.dedent('''
+    import sys, snipe
+    n = int(sys.argv[1])
+    snipe.recv(timeout=0)
+    snipe.catalog().set(snipe.me(), "listening", True)
+    got, source = [], None
+    while len(got) < n:
+        m = snipe.recv(timeout=60)
+        if m is None:
+            break
+        source = m.source
+        got.append(int.from_bytes(m.payload, "big"))
+        if len(got) == n // 2:
+            snipe.session().endpoint().withdraw("ipc")     # the route in use goes away mid-stream
+    snipe.send_obj(source, {"in_order": got == list(range(n)), "count": len(got)})
+    snipe.recv(timeout=5)
+''')
+
+
+def test_a_route_withdrawn_mid_stream_loses_and_reorders_nothing(cluster: LocalCluster, tmp_path: Path) -> None:
+    from tests.support import wait_for
+
+    n = 20_000
+    receiver = snipe.spawn(publish(tmp_path, "wrx.py", WITHDRAWING_RECEIVER), n, host="h1")   # our host: ipc
+    wait_for(lambda: _listening(receiver), 30, "the receiver to listen")
+    routes = set()
+    for i in range(n):
+        snipe.send(receiver.urn, i.to_bytes(8, "big"))
+        if i % 500 == 0:
+            routes.add(snipe.messaging_stats().get(receiver.urn, {}).get("route_kind"))
+    m = snipe.recv(source=receiver.urn, timeout=120)
+    assert m is not None and not m.failed, m
+    assert m.obj() == {"in_order": True, "count": n}
+    routes.add(snipe.messaging_stats()[receiver.urn]["route_kind"])
+    assert routes >= {"ipc", "tcp"}, routes
+
+
+def _can_block() -> str | None:
+    import os
+    import shutil
+    if os.geteuid() != 0:
+        return "cutting a connection needs root (nftables)"
+    if shutil.which("nft") is None:
+        return "cutting a connection needs nft (Debian package nftables)"
+    return None
+
+
+def test_the_receivers_connection_cut_and_restored_mid_stream(cluster: LocalCluster, tmp_path: Path) -> None:
+    import pytest
+
+    from snipe.runtime import now_ms
+    from tests.support import PortBlock, wait_for
+
+    if (why := _can_block()) is not None:
+        pytest.skip(why)
+    n = 30_000
+    receiver = snipe.spawn(publish(tmp_path, "crx.py", COUNTER_RECEIVER), n, host="h3")
+    wait_for(lambda: _listening(receiver), 30, "the receiver to listen")
+    comm = snipe.catalog().get(receiver.urn).value("comm", now_ms())
+    port = int(next(c for c in comm if c["transport"] == "tcp")["endpoint"].rsplit(":", 1)[1])
+    for i in range(n // 3):
+        snipe.send(receiver.urn, i.to_bytes(8, "big"))
+    with PortBlock(port):
+        for i in range(n // 3, 2 * n // 3):
+            snipe.send(receiver.urn, i.to_bytes(8, "big"))
+        wait_for(lambda: snipe.messaging_stats()[receiver.urn]["retransmitted"] > 0, 30,
+                 "retransmissions while the link is cut")
+    for i in range(2 * n // 3, n):
+        snipe.send(receiver.urn, i.to_bytes(8, "big"))
+    m = snipe.recv(source=receiver.urn, timeout=120)
+    assert m is not None and not m.failed, m
+    assert m.obj() == {"received": n, "out_of_order": 0}
+
+
+def test_a_peer_speaking_another_version_is_told_which_versions_exist(cluster: LocalCluster) -> None:
+    import zmq
+
+    from snipe.runtime import now_ms
+    from snipe.transport import Link
+    from snipe.wire import Envelope, decode, encode
+
+    snipe.recv(timeout=0)
+    me = snipe.me()
+    values = snipe.catalog().get(me).as_dict(now_ms())
+    tcp = next(c["endpoint"] for c in values["comm"] if c.get("transport") == "tcp")
+    link = Link(zmq.Context.instance(), cluster.user, tcp, bytes.fromhex(values["key"]), immediate=False)
+    try:
+        link.sock.send_multipart(encode(Envelope("msg", 2, "data", 0, {"f": me}), [b"x"]))
+        assert link.sock.poll(10_000), "no answer"
+        env, _ = decode(link.sock.recv_multipart())
+        assert env.kind == "error" and env.body["code"] == "bad-version"
+        assert "versions on offer: 1" in env.body["message"]
+    finally:
+        link.close()
