@@ -118,6 +118,13 @@ def cmd_show(args: argparse.Namespace) -> int:
                  "live" if r["live"] else ("deleted" if r["deleted"] else "expired"),
                  f"{r['expires_in_s']}s" if r["expires_in_s"] is not None else ""] for r in records]
         table("", ["name", "value", "writer", "state", "lease"], rows)
+        stats = entry.value("msg_stats", now)
+        if isinstance(stats, dict) and stats:
+            table("messaging, per peer", ["peer", "sent", "acked", "retransmitted", "received", "bytes out",
+                                         "bytes in", "route"],
+                  [[peer, s.get("sent"), s.get("acked"), s.get("retransmitted"), s.get("received"),
+                    _bytes(s.get("bytes_sent")), _bytes(s.get("bytes_received")), s.get("route")]
+                   for peer, s in sorted(stats.items()) if isinstance(s, dict)])
     emit(args, data, human)
     return 0
 

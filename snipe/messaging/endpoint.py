@@ -54,6 +54,7 @@ log = logging.getLogger("snipe.messaging")
 ENDED_STATES = ("exited", "killed", "lost")
 DEFAULT_DEADLINE_S = 30.0
 RESOLVE_EVERY_S = 5.0
+STATS_EVERY_S = 5.0          # per-peer counters published on our own URN (a lease), for the console
 FAILOVER_AFTER_ATTEMPTS = 3
 
 
@@ -131,6 +132,8 @@ class Endpoint:
         self.received: dict[str, int] = {}
         self.bytes_received: dict[str, int] = {}
         self.paused = False
+        self._stats_at = 0.0
+        self._stats_published: dict[str, Any] = {}
         self._stop = False
         self._thread: threading.Thread | None = None
         self.catalog: CatalogClient | None = None   # the I/O thread's own
@@ -275,6 +278,7 @@ class Endpoint:
                         if link.sock in ready:
                             self._read_link(p, link)
                 self._timers()
+                self._publish_stats()
         except Exception:  # the thread must say why it died; the application then sees failures
             log.exception("the messaging thread failed")
         finally:
@@ -407,6 +411,20 @@ class Endpoint:
                 self._transmit(p, sends)
             elif now - p.resolved_at > RESOLVE_EVERY_S and p.out.held():
                 self._resolve(p, now)
+
+    def _publish_stats(self) -> None:
+        now = time.monotonic()
+        if now - self._stats_at < STATS_EVERY_S:
+            return
+        self._stats_at = now
+        stats = {urn: {k: v for k, v in s.items() if v is not None} for urn, s in self.stats().items()}
+        if stats == self._stats_published or self.catalog is None:
+            return
+        try:
+            self.catalog.set(self.me, "msg_stats", stats, ttl=3 * STATS_EVERY_S)
+            self._stats_published = stats
+        except SnipeError as exc:
+            log.debug("could not publish messaging counters: %s", exc)
 
     def _fail(self, p: _Peer, reason: str) -> None:
         self._settle(p.urn, p.out.fail_all(reason))

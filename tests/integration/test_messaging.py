@@ -242,3 +242,35 @@ def test_a_peer_speaking_another_version_is_told_which_versions_exist(cluster: L
         assert "versions on offer: 1" in env.body["message"]
     finally:
         link.close()
+
+
+def test_per_peer_counters_are_readable_and_shown_by_the_console(cluster: LocalCluster, tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import wait_for
+
+    echo = snipe.spawn(publish(tmp_path, "echo.py", ECHO), host="h2")
+    for i in range(10):
+        snipe.send(echo.urn, b"x" * 100, tag=i)
+    for _ in range(10):
+        assert snipe.recv(source=echo.urn, timeout=30) is not None
+    mine = snipe.messaging_stats()[echo.urn]
+    assert (mine["sent"], mine["received"], mine["bytes_sent"]) == (10, 10, 1000)
+    env = {**os.environ, "SNIPE_CATALOG": ",".join(cluster.catalog.addresses),
+           "SNIPE_ADMIN_KEY": cluster.admin.key_id, "SNIPE_KEY_FILE": str(cluster.root / "user.key")}
+
+    def shown() -> dict:
+        r = subprocess.run([sys.executable, "-m", "snipe.console.main", "show", snipe.me(), "--json"], env=env,
+                           capture_output=True, text=True, timeout=60)
+        return next((rec["value"] for rec in json.loads(r.stdout)["records"] if rec["name"] == "msg_stats"), {})
+
+    published = wait_for(lambda: shown().get(echo.urn, {}).get("sent") == 10 and shown(), 30,
+                         "the counters to be published")
+    assert published[echo.urn]["route"].startswith("tcp://")
+    r = subprocess.run([sys.executable, "-m", "snipe.console.main", "show", snipe.me()], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert "messaging, per peer" in r.stdout and echo.urn in r.stdout
+    snipe.send(echo.urn, b"", tag=99)
