@@ -48,7 +48,7 @@ class PortBlock:
 
         subprocess.run(["nft", "delete", "table", "inet", self.table], check=False, capture_output=True)
 
-    def __enter__(self) -> "PortBlock":
+    def __enter__(self) -> PortBlock:
         return self
 
     def __exit__(self, *exc: object) -> None:
