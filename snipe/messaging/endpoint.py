@@ -132,6 +132,9 @@ class Endpoint:
         self.received: dict[str, int] = {}
         self.bytes_received: dict[str, int] = {}
         self.paused = False
+        self.system_handlers: dict[int, Callable[[Message], None]] = {}
+        self.periodic: list[Callable[[float], None]] = []      # run by the I/O thread about every 0.5 s
+        self._periodic_at = 0.0
         self._stats_at = 0.0
         self._stats_published: dict[str, Any] = {}
         self._stop = False
@@ -279,6 +282,15 @@ class Endpoint:
                             self._read_link(p, link)
                 self._timers()
                 self._publish_stats()
+                self._take_commands()           # what handlers and relays queued this turn
+                now = time.monotonic()
+                if now - self._periodic_at >= 0.5:
+                    self._periodic_at = now
+                    for job in self.periodic:
+                        try:
+                            job(now)
+                        except SnipeError as exc:
+                            log.warning("periodic job failed: %s", exc)
         except Exception:  # the thread must say why it died; the application then sees failures
             log.exception("the messaging thread failed")
         finally:
@@ -426,12 +438,39 @@ class Endpoint:
         except SnipeError as exc:
             log.debug("could not publish messaging counters: %s", exc)
 
+    # --- multicast hooks (snipe/multicast) -------------------------------------------------------
+    def _on_system(self, m: Message) -> None:
+        handler = self.system_handlers.get(m.tag)
+        if handler is None:
+            log.debug("no handler for reserved tag %s from %s", m.tag, m.source)
+            return
+        try:
+            handler(m)
+        except SnipeError as exc:
+            log.warning("dropping a tag %s message from %s: %s", m.tag, m.source, exc)
+
+    def deliver_local(self, messages: list[Message]) -> None:
+        """Put messages in the application's inbox (from the I/O thread)."""
+        with self.cond:
+            self.inbox.extend(messages)
+            self.cond.notify_all()
+
+    def submit(self, dest: str, tag: int, payload: bytes, deadline_s: float = DEFAULT_DEADLINE_S) -> None:
+        """`send` for the I/O thread itself (relays): never blocks; memory is bounded by the
+        relays' own flow (each relayed message was accepted from a bounded channel)."""
+        with self.cond:
+            self.held[dest] = self.held.get(dest, 0) + 1
+            self.commands.append((dest, tag, payload, time.monotonic() + deadline_s))
+
     def _fail(self, p: _Peer, reason: str) -> None:
         self._settle(p.urn, p.out.fail_all(reason))
 
     def _settle(self, dest: str, failed: list[DeliveryFailed]) -> None:
         with self.cond:
             for f in failed:
+                if f.tag < 0:       # a relay hop of the multicast layer: the other routers cover it
+                    log.info("multicast hop to %s failed: %s", dest, f.reason)
+                    continue
                 self.inbox.append(Message(dest, f.tag, b"", failed=True, reason=f.reason))
             p = self.peers.get(dest)
             self.held[dest] = p.out.held() if p is not None else 0
@@ -495,8 +534,12 @@ class Endpoint:
         self.reply_to[source] = ident
         delivered, ack = inbound.on_data(session, base, first, tags, frames)
         if delivered:
+            plain = [Message(d.source, d.tag, d.payload) for d in delivered if d.tag >= 0]
+            for d in delivered:
+                if d.tag < 0:                 # reserved tags: the multicast layer's traffic
+                    self._on_system(Message(d.source, d.tag, d.payload))
             with self.cond:
-                self.inbox.extend(Message(d.source, d.tag, d.payload) for d in delivered)
+                self.inbox.extend(plain)
                 self.paused = len(self.inbox) >= self.hwm
                 self.cond.notify_all()
             self.received[source] = self.received.get(source, 0) + len(delivered)
