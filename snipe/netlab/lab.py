@@ -152,7 +152,7 @@ class Lab:
             self.procs = {k: P.Proc.from_value(v) for k, v in _state.get("procs", {}).items()}
         self._lock = threading.RLock()
         self._downed = False
-        if _state is None or not detached:
+        if not detached:          # a run made by `snipe-netlab up` outlives the command; `down` ends it
             _register(self)
 
     # --- names -----------------------------------------------------------------------------------
