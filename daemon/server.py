@@ -26,7 +26,8 @@ from typing import Any
 
 import zmq
 from snipe_daemon.hostinfo import LoadSampler, collect_host_info
-from snipe_daemon.pool import WarmPool
+from snipe_daemon.mcast import GroupRouter
+from snipe_daemon.pool import WarmPool, reap_orphans
 from snipe_daemon.state import DaemonState
 from snipe_daemon.tasks import Quota, TaskEvent, TaskRunner
 
@@ -44,6 +45,7 @@ from snipe.errors import (
     UnknownRequest,
 )
 from snipe.identity import Identity
+from snipe.messaging.endpoint import Endpoint
 from snipe.transport import KeyGate, sender_key, server_socket
 from snipe.urn import new_urn, validate_urn
 from snipe.wire import Envelope, check_version, decode, encode, field_of
@@ -51,6 +53,8 @@ from snipe.wire import Envelope, check_version, decode, encode, field_of
 log = logging.getLogger("snipe.daemon")
 
 TICK_S = 0.1
+MANIFEST_TTL_S = 10.0          # how long a verified code manifest is trusted without asking the catalog again
+REAP_S = 1.0                   # how often orphans adopted as subreaper are collected
 MAX_EVENTS_KEPT = 64
 
 
@@ -92,6 +96,8 @@ class Daemon:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = DaemonState(cfg.state_dir / "state")
         self.codes = CodeCache(cfg.state_dir / "code")
+        self._manifests: dict[str, tuple[float, dict[str, Any]]] = {}   # code URN -> (good until, manifest)
+        self._next_reap = 0.0
         self.tasks_dir = cfg.state_dir / "tasks"
         self.catalog = CatalogClient(cfg.catalog, cfg.identity, cfg.admin_key, timeout=5.0)
         self._check_host_admitted()
@@ -112,7 +118,13 @@ class Daemon:
         self.next_lease = 0.0
         self._stop = False
         self._readopt()
+        self.comm: dict[str, Any] = {}
         self._publish_host()              # before anyone is told the daemon is ready
+        # The daemon's own messaging endpoint (its URN is the host's): multicast routing.
+        self.endpoint = Endpoint(cfg.host_urn, cfg.identity, cfg.catalog, cfg.admin_key, host_urn=cfg.host_urn,
+                                 runtime_dir=cfg.state_dir / "msg")
+        self.endpoint.start(self._publish_comm)
+        self.groups = GroupRouter(cfg.host_urn, cfg.address, self.catalog, self.endpoint, cfg.lease_s)
         self.next_lease = time.monotonic() + cfg.lease_s / 3
 
     # --- admission ----------------------------------------------------------------------------
@@ -143,7 +155,12 @@ class Daemon:
         finally:
             self.close()
 
+    def _publish_comm(self, values: dict[str, Any]) -> None:
+        self.comm = {k: v for k, v in values.items() if k in ("comm", "instance")}
+        self._publish_host()
+
     def close(self) -> None:
+        self.endpoint.close()
         self.pool.close()
         self.router.close(0)
         self.gate.stop()
@@ -159,6 +176,10 @@ class Daemon:
     def _tick(self, now: float) -> None:
         self._poll_tasks()
         self.pool.refill()
+        if self.pool.fork and now >= self._next_reap:
+            self._next_reap = now + REAP_S
+            reap_orphans(self.runner.pids() | self.pool.pids())
+        self.groups.tick(now)
         for w in list(self.waiters):
             rec = self.tasks.get(w.urn)
             done = rec is not None and rec["state"] in ("exited", "killed", "lost")
@@ -228,6 +249,14 @@ class Daemon:
                 if blob is None:
                     raise NotFound(f"this daemon does not hold code {urn}")
                 self._reply(client, env.reply(urn=urn), [blob])
+            case "mcast-join":
+                routers = self.groups.join(field_of(env, "group", str), validate_urn(field_of(env, "member", str)))
+                self._reply(client, env.reply(routers=routers))
+            case "mcast-leave":
+                self.groups.leave(field_of(env, "group", str), validate_urn(field_of(env, "member", str)))
+                self._reply(client, env.reply())
+            case "mcast-status":
+                self._reply(client, env.reply(**self.groups.status()))
             case "drain":
                 if key not in (self.cfg.admin_key.hex(), self.cfg.identity.key_id):
                     raise NotAuthorized("only the admin key or the host's own key may drain a host")
@@ -238,7 +267,8 @@ class Daemon:
                                               tasks=len([t for t in self.tasks.values() if t["state"] == "running"])))
             case _:
                 raise UnknownRequest(f"daemon/1 has no request {env.kind!r}; it has hello, spawn, status, wait, "
-                                     "kill, signal, suspend, resume, ps, put-code, get-code, drain")
+                                     "kill, signal, suspend, resume, ps, put-code, get-code, drain, mcast-join, "
+                                     "mcast-leave, mcast-status")
 
     def _known(self, env: Envelope) -> str:
         urn = validate_urn(field_of(env, "urn", str))
@@ -275,11 +305,20 @@ class Daemon:
         if len(frames) != 1:
             raise SnipeError("put-code carries the code blob as exactly one frame")
         path = self.codes.install(frames[0], urn)      # verifies the hash against the URN
+        self._manifests.pop(urn, None)                 # published again: maybe with another manifest
         self.catalog.set(urn, "location", self.cfg.address)
         return {"urn": urn, "path": str(path)}
 
     def _fetch_code(self, urn: str) -> tuple[Path, dict[str, Any]]:
-        """The unpacked code and its manifest, signed by the code URN's owner (its publisher)."""
+        """The unpacked code and its manifest, signed by the code URN's owner (its publisher).
+
+        A verified manifest is kept for MANIFEST_TTL_S, so spawns of the same code within that
+        time skip the catalog read (the bytes are checked against the URN when installed)."""
+        hit = self._manifests.get(urn)
+        if hit is not None and hit[0] > time.monotonic():
+            cached = self.codes.path_for(urn)
+            if cached is not None:
+                return cached, hit[1]
         entry = self.catalog.get(urn)
         now = _now_ms()
         owner = entry.owner(self.cfg.admin_key, now)
@@ -287,6 +326,9 @@ class Daemon:
         if owner is None or not manifests or not isinstance(manifests[0].value, dict):
             raise NotAuthorized(f"{urn} has no manifest signed by its publisher; refusing to run it")
         manifest = manifests[0].value
+        if len(self._manifests) >= 256:
+            self._manifests = {u: m for u, m in self._manifests.items() if m[0] > time.monotonic()}
+        self._manifests[urn] = (time.monotonic() + MANIFEST_TTL_S, manifest)
         path = self.codes.path_for(urn)
         if path is not None:
             return path, manifest
@@ -421,6 +463,7 @@ class Daemon:
     def _publish_host(self) -> None:
         info = collect_host_info(net_names=self.cfg.net_names, link_speeds=self.cfg.link_speeds)
         info.update(self.sampler.sample())
+        info.update(self.comm)
         info.update({"daemon": self.cfg.address, "key": self.cfg.identity.key_id, "alive": True,
                      "draining": self.draining,
                      "tasks": len([t for t in self.tasks.values() if t["state"] in ("running", "suspended")])})

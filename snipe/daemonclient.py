@@ -11,6 +11,9 @@ Requests (client -> snipe-daemon; the reply echoes the request id, kind "ok" or 
   put-code {urn, manifest} frame: blob   -> {urn, path}
   get-code {urn}                         -> frame: blob
   drain   {on}                           -> {draining}
+  mcast-join {group, member}             -> {routers}: this host stands for election as a router
+  mcast-leave {group, member}            -> {}
+  mcast-status                           -> {routing, local, relayed}
 Who may do what: any admitted key may spawn and read; only a task's owner (the key that
 spawned it) or the admin may kill, signal, suspend or resume it; only the host's own key or the
 admin may drain.

@@ -31,6 +31,7 @@ from snipe.discovery import discover
 from snipe.errors import ConfigError, NotAuthorized, NotFound, SnipeError, Unreachable
 from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint, Message
+from snipe.multicast.groups import Membership
 from snipe.placement import choose_host
 from snipe.query import Predicate, parse_predicate_text
 from snipe.urn import new_urn, validate_urn
@@ -53,6 +54,14 @@ class Session:
     host: str | None = None
     catalog_addresses: list[str] = field(default_factory=list)
     _endpoint: Endpoint | None = None
+    _membership: Membership | None = None
+
+    def membership(self) -> Membership:
+        if self._membership is None:
+            ep = self.endpoint()
+            assert self.me is not None
+            self._membership = Membership(ep, self.catalog, self.me, self.host)
+        return self._membership
 
     def endpoint(self) -> Endpoint:
         """This process's messaging endpoint, started on first use (a task's at init)."""
@@ -205,6 +214,41 @@ def recv(source: str | None = None, tag: int | None = None, timeout: float | Non
 def probe(source: str | None = None, tag: int | None = None) -> bool:
     """Whether a matching message is waiting (never blocks)."""
     return session().endpoint().probe(source, tag)
+
+
+def join(group: str) -> list[str]:
+    """Join a multicast group (`urn:snipe:group:<name>`); its messages then arrive through
+    `recv`, with `Message.group` set. Returns the routers this process registered with."""
+    s = session()
+    membership = s.membership()
+    me_ = s.me
+
+    def elect(g: str) -> list[str] | None:
+        if s.local_daemon is None:
+            return None
+        reply, _ = s.daemon(s.local_daemon).call("mcast-join", {"group": g, "member": me_}, timeout=30)
+        return list(reply.get("routers", []))
+    return membership.join(group, elect)
+
+
+def leave(group: str) -> None:
+    """Leave a group: no more of its messages are delivered here."""
+    s = session()
+    s.membership().leave(group)
+    if s.local_daemon is not None:
+        with contextlib.suppress(SnipeError):
+            s.daemon(s.local_daemon).call("mcast-leave", {"group": validate_urn(group), "member": s.me}, timeout=10)
+
+
+def mcast(group: str, payload: bytes | bytearray | memoryview, tag: int = 0) -> int:
+    """Send to every member of `group`; a sender need not be a member. Reliable while a
+    minority of the group's routers fail; FIFO per sender at every member."""
+    return session().membership().mcast(group, payload, int(tag))
+
+
+def members(group: str) -> list[str]:
+    """The URNs of the group's current members."""
+    return session().membership().members(group)
 
 
 def messaging_stats() -> dict[str, dict[str, Any]]:

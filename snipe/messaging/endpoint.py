@@ -108,8 +108,11 @@ class Endpoint:
         self.router.rcvhwm = self.router.sndhwm = 100_000
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.port = self.router.bind_to_random_port("tcp://*")
-        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ipc_path = str(self.runtime_dir / f"msg-{self.instance[:16]}.sock")
+        if len(self.ipc_path) > 100:       # sockaddr_un holds 107 bytes: fall back to a short folder
+            self.runtime_dir = Path(f"/tmp/snipe-{os.getuid()}") / "msg"
+            self.ipc_path = str(self.runtime_dir / f"msg-{self.instance[:16]}.sock")
+        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         old_umask = os.umask(0o077)              # the socket file: this user only
         try:
             self.router.bind(f"ipc://{self.ipc_path}")

@@ -1,0 +1,166 @@
+"""The member's and sender's side of multicast: join, leave, mcast, members.
+
+The group's catalog entry (`urn:snipe:group:<name>`), one assertion per writer so nothing
+races: `member.<proc URN>` = {host, routers} by each member's own key, `router.<host URN>` =
+{daemon} by each router daemon, as a lease. The first joiner claims the group and lets every
+admitted key write `member.` and `router.` names under it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from snipe import authority
+from snipe.catalog.client import CatalogClient, now_ms
+from snipe.catalog.entry import Entry
+from snipe.errors import NotAuthorized, NotFound, SnipeError
+from snipe.messaging.endpoint import Message
+from snipe.messaging.routes import shared_networks
+from snipe.multicast.core import MCAST_DATA, MCAST_DELIVER, Header, Reorder, pack, pick_routers, targets, unpack
+from snipe.urn import validate_urn
+
+if TYPE_CHECKING:
+    from snipe.messaging.endpoint import Endpoint
+
+MEMBER = "member."
+ROUTER = "router."
+
+
+def live_routers(entry: Entry, now: int) -> dict[str, dict[str, Any]]:
+    return {a.name[len(ROUTER):]: a.value for a in entry.live(now)
+            if a.name.startswith(ROUTER) and isinstance(a.value, dict)}
+
+
+def live_members(entry: Entry, now: int) -> dict[str, dict[str, Any]]:
+    return {a.name[len(MEMBER):]: a.value for a in entry.live(now)
+            if a.name.startswith(MEMBER) and isinstance(a.value, dict)}
+
+
+def ensure_group(catalog: CatalogClient, group: str) -> None:
+    """Claim the group if nobody has, opening `member.` and `router.` names to admitted keys."""
+    entry = catalog.get(group)
+    if entry.owner(catalog.admin_key, now_ms()) is not None:
+        return
+    with contextlib.suppress(NotAuthorized):   # another process claimed it first: its delegation serves
+        catalog.put([catalog.sign(group, authority.OWNER, catalog.identity.key_id),
+                     catalog.sign(group, authority.DELEGATE_PREFIX + authority.ANY_KEY, [MEMBER, ROUTER])])
+
+
+class Membership:
+    """This process's groups. Delivery runs in the endpoint's I/O thread; the rest in callers'."""
+
+    def __init__(self, endpoint: Endpoint, catalog: CatalogClient, me: str, host: str | None) -> None:
+        self.endpoint, self.catalog, self.me, self.host = endpoint, catalog, me, host
+        self.lock = threading.Lock()
+        self.joined: dict[str, list[str]] = {}            # group -> routers we registered with
+        self.reorder: dict[tuple[str, str], Reorder] = {}
+        self.seqs: dict[str, itertools.count[int]] = {}
+        endpoint.system_handlers[MCAST_DELIVER] = self._on_deliver
+        endpoint.periodic.append(self._tend)
+
+    # --- the application's calls ------------------------------------------------------------------
+    def join(self, group: str, elect: Any = None) -> list[str]:
+        """Join `group`; `elect(group)` asks this host's daemon to stand as a router, returning
+        the routers it knows. Returns the routers we registered with."""
+        group = validate_urn(group)
+        ensure_group(self.catalog, group)
+        with_routers = elect(group) if elect is not None else None
+        routers = self._register(self.catalog, group, with_routers)
+        with self.lock:
+            self.joined[group] = routers
+        return routers
+
+    def leave(self, group: str) -> None:
+        group = validate_urn(group)
+        with self.lock:
+            self.joined.pop(group, None)
+            for key in [k for k in self.reorder if k[0] == group]:
+                del self.reorder[key]
+        self.catalog.delete(group, MEMBER + self.me)
+
+    def members(self, group: str) -> list[str]:
+        return sorted(live_members(self.catalog.get(validate_urn(group)), now_ms()))
+
+    def mcast(self, group: str, payload: bytes, tag: int = 0) -> int:
+        """Send to every member of `group` (through more than half of its routers); returns the
+        message's sequence number for this sender and group."""
+        group = validate_urn(group)
+        routers = sorted(live_routers(self.catalog.cached(group, max_age=1.0), now_ms()))
+        if not routers:
+            self.catalog.invalidate(group)
+            routers = sorted(live_routers(self.catalog.get(group), now_ms()))
+        if not routers:
+            raise NotFound(f"{group} has no live routers: no member has joined it (or their hosts are gone)")
+        seq = next(self.seqs.setdefault(group, itertools.count(1)))
+        chosen = targets(routers, seq)
+        data = pack(Header(group, self.me, seq, int(tag), tuple(chosen)), payload)
+        for r in chosen:
+            self.endpoint.send(r, data, MCAST_DATA)
+        return seq
+
+    # --- registration ----------------------------------------------------------------------------
+    def _register(self, catalog: CatalogClient, group: str, routers: list[str] | None) -> list[str]:
+        now = now_ms()
+        if routers is None:
+            routers = list(live_routers(catalog.get(group), now))
+        interfaces = self._interfaces(catalog, self.host)
+        by_router = {r: self._interfaces(catalog, r) for r in routers}
+        chosen = pick_routers(self.host, interfaces, by_router, shared_networks)
+        catalog.set(group, MEMBER + self.me, {"host": self.host or "", "routers": chosen, "since": now})
+        return chosen
+
+    @staticmethod
+    def _interfaces(catalog: CatalogClient, host: str | None) -> list[dict[str, Any]]:
+        if not host:
+            return []
+        try:
+            ifs = catalog.cached(host, max_age=10.0).value("interfaces", now_ms(), [])
+        except SnipeError:
+            return []
+        return ifs if isinstance(ifs, list) else []
+
+    def _tend(self, now: float) -> None:
+        """I/O thread, twice a second: re-register where a router of ours has gone, report holes."""
+        catalog = self.endpoint.catalog
+        if catalog is None:
+            return
+        with self.lock:
+            joined = dict(self.joined)
+        for group, mine in joined.items():
+            catalog.invalidate(group)
+            live = live_routers(catalog.get(group, r=1), now_ms())
+            if set(mine) <= set(live) and len(mine) >= min(2, len(live)):
+                continue
+            chosen = self._register(catalog, group, list(live))
+            with self.lock:
+                if group in self.joined:
+                    self.joined[group] = chosen
+        lost: list[Message] = []
+        with self.lock:
+            for (group, origin), r in self.reorder.items():
+                items, hole = r.on_timer(now)
+                if hole is not None:
+                    lost.append(Message(origin, -1, b"", group=group, failed=True,
+                                        reason=f"multicast messages {hole[0]}..{hole[1]} from {origin} never "
+                                               f"arrived (their routers failed before relaying them)"))
+                lost.extend(items)
+        if lost:
+            self.endpoint.deliver_local(lost)
+
+    # --- delivery (I/O thread) ---------------------------------------------------------------------
+    def _on_deliver(self, m: Message) -> None:
+        h, body = unpack(m.payload)
+        with self.lock:
+            if h.group not in self.joined:
+                return                                   # we left: nothing more for us
+            r = self.reorder.setdefault((h.group, h.origin), Reorder())
+            ready = r.on_data(h.seq, Message(h.origin, h.tag, bytes(body), group=h.group), time.monotonic())
+        if ready:
+            self.endpoint.deliver_local(ready)
+
+
+__all__ = ["MCAST_DATA", "Membership", "ensure_group", "live_members", "live_routers"]
