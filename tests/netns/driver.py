@@ -1,0 +1,246 @@
+"""The netns suite's client side: run by the tests INSIDE a lab namespace (`ip netns exec`), never
+in the root namespace. Reads the lab's description from $SNIPE_NETLAB_LAB and joins the lab's
+cluster from the environment the harness sets (SNIPE_CATALOG, SNIPE_ADMIN_KEY, SNIPE_KEY_FILE,
+SNIPE_DAEMON). Talks to the test through files in --dir (the file system is shared; the network
+is not). Every loop is bounded in count and time.
+
+    driver.py catalog-write --dir D --seconds S     sequential catalog writes; progress + acked list
+    driver.py catalog-verify --dir D --since T      convergence time, then every acked write on every replica
+    driver.py unicast --dir D --n N ...             spawn a receiver and a sender task, wait for both
+    driver.py host-loss --dir D --host H            spawn a sleeper on H, follow its events to host-lost
+    driver.py host-after --dir D --host H ...       after the heal: state, events, duplicates
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from snipe.catalog.client import CatalogClient, now_ms
+from snipe.errors import SnipeError
+from snipe.identity import Identity
+
+TASKS = Path(__file__).parent / "tasks"
+
+
+def lab() -> dict[str, Any]:
+    return json.loads(Path(os.environ["SNIPE_NETLAB_LAB"]).read_text())
+
+
+def write(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, default=str))
+    tmp.replace(path)
+
+
+def admin_client(addresses: list[str] | None = None, **kw: Any) -> CatalogClient:
+    d = lab()
+    admin = Identity.load(d["admin_key_file"])
+    return CatalogClient(addresses or d["catalog"], admin, admin.key_id, **kw)
+
+
+# --- case 1: the catalog ------------------------------------------------------------------------------
+def catalog_write(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.dir)
+    urn = f"urn:snipe:group:netlab-writes-{lab()['run']}"
+    acked: list[int] = []
+    failed: list[list[Any]] = []
+    latencies: list[float] = []
+    with admin_client(timeout=args.put_timeout) as c:
+        for _ in range(100):
+            try:
+                c.claim(urn)
+                break
+            except SnipeError:
+                time.sleep(0.1)
+        t0 = time.time()
+        end = time.monotonic() + args.seconds
+        i = 0
+        last_progress = 0.0
+        while time.monotonic() < end and i < args.max_writes:
+            t = time.monotonic()
+            try:
+                c.set(urn, f"k{i:06d}", i)
+                acked.append(i)
+                latencies.append(time.monotonic() - t)
+            except SnipeError as exc:
+                failed.append([i, exc.__class__.__name__, round(time.time() - t0, 3)])
+            i += 1
+            if i % 10 == 0 or time.monotonic() - last_progress > 0.1:
+                last_progress = time.monotonic()
+                write(out / "progress.json", {"sent": i, "acked": len(acked), "failed": len(failed),
+                                              "elapsed": time.time() - t0})
+    latencies.sort()
+    result = {"urn": urn, "sent": i, "acked": acked, "failed": failed, "seconds": round(time.time() - t0, 3),
+              "put_p50_ms": round(1000 * latencies[len(latencies) // 2], 2) if latencies else None,
+              "put_max_ms": round(1000 * latencies[-1], 2) if latencies else None}
+    write(out / "writes.json", result)
+    return {k: v for k, v in result.items() if k != "acked"} | {"acked": len(acked)}
+
+
+def catalog_verify(args: argparse.Namespace) -> dict[str, Any]:
+    from snipe.netlab.agent import converge
+
+    d = lab()
+    out = Path(args.dir)
+    writes = json.loads((out / "writes.json").read_text())
+    since = args.since
+    if since is None:                 # started before the heal: the test writes healed.json
+        from snipe.netlab.agent import replica_status
+        replica_status(d, timeout=0.5)           # connections made, imports done
+        write(out / "verify-ready.json", {"t": time.time()})
+        deadline = time.monotonic() + 60
+        while not (out / "healed.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        since = json.loads((out / "healed.json").read_text())["at"]
+    conv = converge(d, since, args.timeout)
+    acked = set(writes["acked"])
+    per_replica: dict[str, Any] = {}
+    for addr in d["catalog"]:
+        with admin_client([addr], timeout=5.0) as c:
+            try:
+                names = c.get(writes["urn"]).as_dict(now_ms())
+            except SnipeError as exc:
+                per_replica[addr.split("#")[0]] = {"error": str(exc)}
+                continue
+        have = {int(k[1:]) for k in names if k.startswith("k") and k[1:].isdigit()}
+        per_replica[addr.split("#")[0]] = {"present": len(have), "acked_missing": sorted(acked - have)[:50],
+                                           "acked_missing_count": len(acked - have),
+                                           "unacked_present": len(have - acked)}
+    result = {"converge": conv, "replicas": per_replica}
+    write(Path(args.dir) / "verify.json", result)
+    return result
+
+
+# --- case 2: unicast ----------------------------------------------------------------------------------
+def _listening(urn: str) -> bool:
+    import snipe
+    return snipe.catalog().get(urn).value("listening", now_ms()) is True
+
+
+def unicast(args: argparse.Namespace) -> dict[str, Any]:
+    import snipe
+
+    out = Path(args.dir)
+    snipe.init()
+    rx_code = snipe.publish(TASKS / "receiver.py")
+    tx_code = snipe.publish(TASKS / "sender.py")
+    t0 = time.time()
+    rx = snipe.spawn(rx_code, args.n, str(out / "receiver.json"), host=args.receiver_host)
+    deadline = time.monotonic() + 60
+    while not _listening(rx.urn):
+        if time.monotonic() > deadline:
+            raise SystemExit("the receiver did not listen within 60 s")
+        time.sleep(0.05)
+    tx = snipe.spawn(tx_code, rx.urn, args.n, args.interval_ms, str(out / "progress.json"),
+                     str(out / "sender.json"), host=args.sender_host)
+    write(out / "spawned.json", {"sender": tx.urn, "receiver": rx.urn, "t": time.time()})
+    tx_done = tx.wait(args.timeout)
+    rx_done = rx.wait(30)
+    return {"sender_exit": tx_done.get("exit_code"), "receiver_exit": rx_done.get("exit_code"),
+            "sender_stderr": tx_done.get("stderr_tail", "")[-1500:],
+            "receiver_stderr": rx_done.get("stderr_tail", "")[-1500:], "wall_s": round(time.time() - t0, 3)}
+
+
+# --- case 5: a host partitioned away ----------------------------------------------------------------------
+def host_loss(args: argparse.Namespace) -> dict[str, Any]:
+    import snipe
+
+    out = Path(args.dir)
+    snipe.init()
+    code = snipe.publish(TASKS / "sleeper.py")
+    p = snipe.spawn(code, str(out / "heartbeat.json"), args.task_seconds, host=args.host)
+    write(out / "spawned.json", {"urn": p.urn, "code": code, "t": time.time()})
+    events = []
+    for ev in p.events(timeout=args.timeout):          # ends at host-lost, at the task's end, or at timeout
+        events.append({"seq": ev.seq, "kind": ev.kind, "at": time.time(), "reason": ev.reason})
+        write(out / "events.json", {"events": events})
+        if ev.kind == "host-lost":
+            break
+    write(out / "events.json", {"events": events, "done": True})
+    return {"urn": p.urn, "events": events}
+
+
+def host_after(args: argparse.Namespace) -> dict[str, Any]:
+    """After the partition healed: wait for the host to be back, watch the task for a while, then
+    report its catalog state, its events, what its daemon says, and how many tasks run its code."""
+    import snipe
+
+    out = Path(args.dir)
+    snipe.init()
+    spawned = json.loads((out / "spawned.json").read_text())
+    urn, code = spawned["urn"], spawned["code"]
+    host_urn = f"urn:snipe:host:{args.host}"
+    t0 = time.time()
+    back_after = None
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            if snipe.catalog().get(host_urn).value("alive", now_ms()) is True:
+                back_after = round(time.time() - t0, 3)
+                break
+        except SnipeError:
+            pass
+        time.sleep(0.1)
+    time.sleep(args.settle)              # give the daemon time to republish whatever it would
+    c = snipe.catalog()
+    values = c.get(urn).as_dict(now_ms())
+    tasks = c.query("urn:snipe:proc:")
+    same_code = sorted(u for u, e in tasks.items() if e.value("code", now_ms()) == code)
+    try:
+        status = snipe.Process(urn).status()
+        daemon_state = status.get("state")
+    except SnipeError as exc:
+        daemon_state = f"error: {exc}"
+    return {"host_back_after_s": back_after, "state": values.get("state"), "reason": values.get("reason"),
+            "events": [e.get("kind") for e in values.get("events", []) if isinstance(e, dict)],
+            "daemon_state": daemon_state, "tasks_with_this_code": same_code}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="driver.py")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("catalog-write")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--max-writes", type=int, default=200_000)
+    p.add_argument("--put-timeout", type=float, default=2.0)
+    p.set_defaults(func=catalog_write)
+    p = sub.add_parser("catalog-verify")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--since", type=float)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=catalog_verify)
+    p = sub.add_parser("unicast")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--n", type=int, default=3000)
+    p.add_argument("--interval-ms", type=float, default=2.0)
+    p.add_argument("--sender-host", default="h1")
+    p.add_argument("--receiver-host", default="h2")
+    p.add_argument("--timeout", type=float, default=180.0)
+    p.set_defaults(func=unicast)
+    p = sub.add_parser("host-loss")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--host", default="h3")
+    p.add_argument("--task-seconds", type=float, default=240.0)
+    p.add_argument("--timeout", type=float, default=90.0)
+    p.set_defaults(func=host_loss)
+    p = sub.add_parser("host-after")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--host", default="h3")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--settle", type=float, default=4.0)
+    p.set_defaults(func=host_after)
+    args = ap.parse_args(argv)
+    result = args.func(args)
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
