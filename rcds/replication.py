@@ -2,6 +2,8 @@
 
 Push: what a client writes to this replica is sent at once (batched per flush) to every peer.
 Pushed records are not pushed again; anything a push missed is repaired by anti-entropy.
+A push carries its records in one frame (snipe/catalog/protocol.py's records frame), at most
+`MAX_PUSH_RECORDS` of them and about `MAX_PUSH_BYTES`; an ae-want carries its keys the same way.
 
 Anti-entropy, every `interval` with the next peer in turn (one round = four one-way messages):
   ae-top        A -> B  A's 256 top digests
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from rcds.replica import Accepted, Replica
 from rcds.storage import DIGEST_BYTES, Storage, Summary
 from snipe.assertion import Assertion
+from snipe.catalog.protocol import pack_records, unpack_records
 from snipe.effects import Effect, Send, StartTimer
 from snipe.errors import CodecError
 from snipe.wire import Envelope, field_of
@@ -31,6 +34,7 @@ VERSION = 1
 AE_TIMER = "anti-entropy"
 FLUSH_TIMER = "push-flush"
 MAX_PUSH_RECORDS = 500
+MAX_PUSH_BYTES = 16 * 1024 * 1024     # a push holds at least one record, then stops past this
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +84,10 @@ class Replicator:
             self._outbox.clear()
             return []
         effects: list[Effect] = []
-        for i in range(0, len(self._outbox), MAX_PUSH_RECORDS):
-            chunk = self._outbox[i:i + MAX_PUSH_RECORDS]
+        for chunk in _chunks(self._outbox):
+            frame = pack_records(chunk)
             for p in self.peers:
-                effects.append(Send(p, self._env("push"), tuple(chunk)))
+                effects.append(Send(p, self._env("push"), (frame,)))
             self.pushed += len(chunk)
         self._outbox.clear()
         return effects
@@ -104,7 +108,8 @@ class Replicator:
         sender = field_of(env, "from", str)
         match env.kind:
             case "push":
-                results = self.replica.ingest(list(frames), now_ms, from_peer=True)
+                records = unpack_records(frames, MAX_PUSH_RECORDS, f"{PROTOCOL} push")
+                results = self.replica.ingest(list(records), now_ms, from_peer=True)
                 got = sum(1 for r in results if isinstance(r, Accepted) and r.new)
                 self.received += got
                 return []
@@ -115,7 +120,7 @@ class Replicator:
             case "ae-summaries":
                 return self._on_summaries(sender, env, frames)
             case "ae-want":
-                return self._push_keys(sender, list(frames))
+                return self._push_keys(sender, unpack_records(frames, MAX_PUSH_RECORDS, f"{PROTOCOL} ae-want"))
             case _:
                 raise CodecError(f"unknown {PROTOCOL} message kind {env.kind!r}")
 
@@ -162,15 +167,28 @@ class Replicator:
                 if s is None or (t.ts, t.sig8) > (s.ts, s.sig8):
                     want.append(key)
         effects = self._push_keys(sender, offer)
-        if want:
-            effects.append(Send(sender, self._env("ae-want"), tuple(want)))
+        effects.extend(Send(sender, self._env("ae-want"), (pack_records(want[i:i + MAX_PUSH_RECORDS]),))
+                       for i in range(0, len(want), MAX_PUSH_RECORDS))
         return effects
 
     def _push_keys(self, peer: str, keys: list[bytes]) -> list[Effect]:
         records: list[Assertion] = self.storage.records_by_keys(keys)
         self.repaired += len(records)
-        return [Send(peer, self._env("push"), tuple(a.encode() for a in records[i:i + MAX_PUSH_RECORDS]))
-                for i in range(0, len(records), MAX_PUSH_RECORDS)]
+        return [Send(peer, self._env("push"), (pack_records(chunk),))
+                for chunk in _chunks([a.encode() for a in records])]
+
+
+def _chunks(records: list[bytes]) -> list[list[bytes]]:
+    """Records split into pushes of at most MAX_PUSH_RECORDS, each about MAX_PUSH_BYTES at most."""
+    out: list[list[bytes]] = []
+    size = 0
+    for r in records:
+        if not out or len(out[-1]) >= MAX_PUSH_RECORDS or size + len(r) > MAX_PUSH_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(r)
+        size += len(r)
+    return out
 
 
 def _split_digests(frames: Sequence[bytes], count: int) -> list[bytes]:

@@ -185,7 +185,7 @@ class Server:
                 break
             key = sender_key(parts[0]) if parts else ""
             batch.append((parts[0].bytes, key, [p.bytes for p in parts[1:]]))
-        puts: list[tuple[bytes, Envelope, list[bytes]]] = []
+        puts: list[tuple[bytes, Envelope, list[bytes]]] = []     # (client, request, its records)
         for client, key, parts in batch:
             self.requests += 1
             try:
@@ -201,7 +201,7 @@ class Server:
                     continue
                 check_version(env, P.PROTOCOL, P.VERSIONS)
                 if env.kind == "put":
-                    puts.append((client, env, frames))
+                    puts.append((client, env, P.unpack_records(frames, P.MAX_BATCH_RECORDS, "put")))
                 else:
                     self._handle(client, key, env, frames)
             except SnipeError as exc:
@@ -230,21 +230,21 @@ class Server:
 
     # --- requests ---------------------------------------------------------------------------
     def _handle_puts(self, puts: list[tuple[bytes, Envelope, list[bytes]]]) -> None:
-        records: list[bytes] = [r for _, _, frames in puts for r in frames]
+        records: list[bytes] = [r for _, _, recs in puts for r in recs]
         results = self.replica.ingest(records, _now_ms()) if records else []
         accepted = [r for r in results if isinstance(r, Accepted)]
         self.replicator.on_local_writes(accepted)
         self._run_effects(self.replicator.flush())
         i = 0
-        for client, env, frames in puts:
+        for client, env, recs in puts:
             out = []
-            for r in results[i:i + len(frames)]:
+            for r in results[i:i + len(recs)]:
                 if isinstance(r, Accepted):
                     out.append([P.STORED if r.new else P.HELD, "", "", r.rev])
                 else:
                     assert isinstance(r, Refused)
                     out.append([P.REFUSED, r.error.code, str(r.error), 0])
-            i += len(frames)
+            i += len(recs)
             self._reply(client, env.reply(results=out))
         if any(isinstance(r, Accepted) and r.new and r.record.urn == P.REPLICA_SET_URN for r in results):
             self._refresh_peers()
@@ -257,10 +257,9 @@ class Server:
             case "get":
                 urn = validate_urn(field_of(env, "urn", str))
                 name = field_of(env, "name", (str, type(None)), None)
-                # readers need the URN's ownership and delegations to believe any record of it
-                recs = [a for a in self.storage.held(urn)
-                        if name is None or a.name == name or authority.is_reserved(a.name)]
-                self._reply(client, env.reply(rev=self.storage.last_rev()), [a.encode() for a in recs])
+                # as stored: the reader verifies them (with a name, the URN's ownership and delegation come too)
+                records = self.storage.held_raw(urn, name)
+                self._reply(client, env.reply(rev=self.storage.last_rev()), [P.pack_records(records)])
             case "query":
                 self._query(client, env)
             case "watch":
@@ -313,7 +312,7 @@ class Server:
             group.append(a)
         if urns < limit:
             flush()
-        self._reply(client, env.reply(urns=urns, rev=self.storage.last_rev()), out)
+        self._reply(client, env.reply(urns=urns, rev=self.storage.last_rev()), [P.pack_records(out)])
 
     def _watch(self, client: bytes, env: Envelope) -> None:
         watch = field_of(env, "watch", str)
@@ -369,7 +368,7 @@ class Server:
             return
         env = Envelope(P.PROTOCOL, P.VERSION, "event", 0, {
             "watch": w.watch, "prev": w.last_event, "revs": [c.rev for c in mine], "kinds": [c.event for c in mine]})
-        if self._reply(w.client, env, [c.record.encode() for c in mine]):
+        if self._reply(w.client, env, [P.pack_records([c.record.encode() for c in mine])]):
             w.last_sent = changes[-1].rev
             w.last_event = mine[-1].rev
             w.last_beat = time.monotonic()

@@ -87,6 +87,7 @@ class WriteTxn(Protocol):
 class Storage(Protocol):
     def write(self) -> WriteTxnContext: ...
     def held(self, urn: str) -> list[Assertion]: ...
+    def held_raw(self, urn: str, name: str | None = None) -> list[bytes]: ...
     def scan_prefix(self, prefix: str) -> Iterator[Assertion]: ...
     def records_by_keys(self, keys: list[bytes]) -> list[Assertion]: ...
     def top_digests(self) -> list[bytes]: ...
@@ -126,6 +127,11 @@ class MemoryStorage:
     def held(self, urn: str) -> list[Assertion]:
         p = urn_prefix_key(urn)
         return [a for k, a in self.records.items() if k.startswith(p)]
+
+    def held_raw(self, urn: str, name: str | None = None) -> list[bytes]:
+        """Encoded records about `urn`; with `name`, that name's and the URN's reserved names'."""
+        return [a.encode() for a in sorted(self.held(urn), key=record_key)
+                if name is None or a.name == name or a.name.startswith("_")]
 
     def scan_prefix(self, prefix: str) -> Iterator[Assertion]:
         for a in sorted(self.records.values(), key=lambda a: (a.urn, a.name, a.signer)):

@@ -107,6 +107,19 @@ class LmdbStorage:
         with self.env.begin() as txn:
             return self._held(txn, urn)
 
+    def held_raw(self, urn: str, name: str | None = None) -> list[bytes]:
+        """The stored bytes of the records about `urn`, not decoded (readers verify them); with
+        `name`, that name's and the URN's reserved names' (its ownership and delegation)."""
+        prefix = urn_prefix_key(urn)
+        with self.env.begin() as txn:
+            cur = txn.cursor(self.records)
+            if name is None:
+                return _values_under(cur, prefix)
+            out = _values_under(cur, prefix + b"_")     # every reserved name starts with "_"
+            if not name.startswith("_"):
+                out += _values_under(cur, prefix + name.encode() + b"\0")
+            return out
+
     def scan_prefix(self, prefix: str) -> Iterator[Assertion]:
         """Every record whose URN starts with `prefix`, in URN order, read in one snapshot."""
         pb = prefix.encode()
@@ -212,6 +225,16 @@ class LmdbStorage:
             for a in self._held(txn, urn):
                 if a.name == name:
                     txn.put(record_key(a), new_value_bytes, db=self.records)
+
+
+def _values_under(cur: lmdb.Cursor, prefix: bytes) -> list[bytes]:
+    out = []
+    if cur.set_range(prefix):
+        for k, v in cur:
+            if not k.startswith(prefix):
+                break
+            out.append(v)
+    return out
 
 
 def _has_prefix(txn: lmdb.Transaction, db: object, prefix: bytes) -> bool:

@@ -272,7 +272,7 @@ class CatalogClient:
             raise TooLarge(f"a put carries at most {P.MAX_BATCH_RECORDS} assertions; split the batch")
         if w > self.n:
             raise ConfigError(f"W={w} is more than the {self.n} replicas configured")
-        frames = [a.encode() for a in records]
+        frames = [P.pack_records([a.encode() for a in records])]
         deadline = time.monotonic() + (timeout or self.timeout)
         outcome: dict[str, str] = {c: "no answer" for c in self.conns}
         refusals: list[SnipeError] = []
@@ -338,18 +338,26 @@ class CatalogClient:
         return self.set(urn, authority.DELEGATE_PREFIX + key_id, list(prefixes), w=w)
 
     # --- reading ------------------------------------------------------------------------------
-    def _believe(self, endpoint: str, frames: list[bytes]) -> list[Assertion]:
+    def _records_of(self, endpoint: str, frames: list[bytes]) -> list[bytes] | None:
+        """The records a replica's reply carries; None (reported) if its records frame is malformed."""
+        try:
+            return P.unpack_records(frames, P.MAX_REPLY_RECORDS, "reply")
+        except (CodecError, TooLarge) as exc:
+            self._reject(endpoint, f"{exc}", None)
+            return None
+
+    def _believe(self, endpoint: str, records: list[bytes]) -> list[Assertion]:
         """Decode and verify records from one replica; drop and report what fails."""
-        out = []
-        for raw in frames:
-            try:
-                a = decode_assertion(raw)
-                a.verify()
-            except (CodecError, TooLarge, SignatureError) as exc:
-                self._reject(endpoint, f"{exc}", None)
-                continue
-            out.append(a)
-        return out
+        return [a for a in map(lambda raw: self._believe_one(endpoint, raw), records) if a is not None]
+
+    def _believe_one(self, endpoint: str, raw: bytes) -> Assertion | None:
+        try:
+            a = decode_assertion(raw)
+            a.verify()
+        except (CodecError, TooLarge, SignatureError) as exc:
+            self._reject(endpoint, f"{exc}", None)
+            return None
+        return a
 
     def _reject(self, endpoint: str, reason: str, a: Assertion | None) -> None:
         self.rejected.append(Rejected(endpoint, reason, a))
@@ -391,7 +399,8 @@ class CatalogClient:
                         raise err
                     continue
                 before = self.rejected_total
-                believed = self._authorized(endpoint, self._believe(endpoint, frames), now_ms())
+                records = self._records_of(endpoint, frames)
+                believed = self._authorized(endpoint, self._believe(endpoint, records or []), now_ms())
                 merged = merge(merged.values(), believed)
                 if self.rejected_total == before:
                     good_answers += 1      # a replica that returned forgeries does not count
@@ -583,19 +592,17 @@ class Watch:
         if env.body.get("prev") != self.last_rev and env.body.get("prev", 0) > self.last_rev:
             self._needs_restart = True     # a gap: re-subscribe from what we have
             return
-        if not isinstance(revs, list) or not isinstance(kinds, list) or len(revs) != len(frames):
+        records = self.client._records_of(endpoint, frames)
+        if (records is None or not isinstance(revs, list) or not isinstance(kinds, list)
+                or len(revs) != len(records)):
             self._needs_restart = True
             return
-        believed = {a.key: a for a in self.client._believe(endpoint, frames)}
-        for rev, kind, raw in zip(revs, kinds, frames, strict=True):
+        for rev, kind, raw in zip(revs, kinds, records, strict=True):
             if rev <= self.last_rev:
                 continue
             self.last_rev = rev
-            try:
-                a = decode_assertion(raw)
-            except SnipeError:
-                continue
-            if a.key not in believed:
+            a = self.client._believe_one(endpoint, raw)
+            if a is None:
                 continue
             if kind == "expire":
                 self.queue.append(WatchEvent("expire", a, rev, endpoint))

@@ -45,7 +45,7 @@ class Raw:
         return self.ask(encode(Envelope(P.PROTOCOL, version, kind, self.ids, body or {}), frames))
 
     def put(self, *records: bytes) -> list[list]:
-        env, _ = self.request("put", frames=records)
+        env, _ = self.request("put", frames=[P.pack_records(records)])
         assert env.kind == "ok", env.body
         return env.body["results"]
 
@@ -124,6 +124,18 @@ def test_garbage_messages_get_error_replies(catalog: LocalCatalog, user: Identit
     assert env.body["code"] == "malformed" and "op one of" in env.body["message"]
     env, _ = raw.request("watch", {"watch": "w", "prefix": "urn:", "from_rev": 10**12})
     assert env.body["code"] == "resync"
+    env, _ = raw.request("put")
+    assert env.body["code"] == "malformed" and "one frame" in env.body["message"]
+    env, _ = raw.request("put", frames=[P.pack_records([b"a"]), P.pack_records([b"b"])])
+    assert env.body["code"] == "malformed" and "one frame" in env.body["message"]
+    env, _ = raw.request("put", frames=[msgpack.packb({"records": []})])
+    assert env.body["code"] == "malformed" and "msgpack array" in env.body["message"]
+    env, _ = raw.request("put", frames=[msgpack.packb(["not bytes"])])
+    assert env.body["code"] == "malformed" and "byte strings" in env.body["message"]
+    env, _ = raw.request("put", frames=[P.pack_records([b"x"] * (P.MAX_BATCH_RECORDS + 1))])
+    assert env.body["code"] == "too-large" and f"at most {P.MAX_BATCH_RECORDS} records" in env.body["message"]
+    env, frames = raw.request("get", {"urn": "urn:snipe:proc:nothing-here"})
+    assert env.kind == "ok" and P.unpack_records(frames, 10) == []
     still_serving(raw, user)
 
 
@@ -131,7 +143,8 @@ def test_a_peer_pretending_to_be_a_replica_changes_nothing(catalog: LocalCatalog
                                                             raw: Raw) -> None:
     before = wait_for(lambda: raw.request("status")[0].body, 5, "status")
     forged = make_assertion(user, "urn:snipe:proc:sneak", "_owner", user.key_id, ts())
-    raw.link.sock.send_multipart(encode(Envelope("rcds-peer", 1, "push", 0, {"from": "r2"}), [forged.encode()]))
+    raw.link.sock.send_multipart(encode(Envelope("rcds-peer", 1, "push", 0, {"from": "r2"}),
+                                        [P.pack_records([forged.encode()])]))
     env, _ = raw.request("get", {"urn": "urn:snipe:proc:sneak"})
     assert env.kind == "ok"
     after = raw.request("status")[0].body

@@ -12,13 +12,15 @@ from fakenet import T0_MS, FakeNet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rcds import replication
 from rcds.replica import Accepted, Replica
 from rcds.replication import AE_TIMER, FLUSH_TIMER, MAX_PUSH_RECORDS, PROTOCOL, VERSION, Replicator
 from rcds.storage import EXPIRE, ZERO, MemoryStorage, leaf_of, record_key
 from snipe import hlc
 from snipe.assertion import Assertion, make_assertion, merge
+from snipe.catalog.protocol import pack_records
 from snipe.effects import Send, StartTimer
-from snipe.errors import CodecError
+from snipe.errors import CodecError, TooLarge
 from snipe.identity import Identity
 from snipe.wire import Envelope
 
@@ -55,7 +57,7 @@ def test_local_writes_are_pushed_to_every_peer_once():
     r2 = put(ADMIN, "urn:snipe:group:g", "m", 2, hlc.pack(NOW))
     results = a.replica.ingest([r1, r1, r2], NOW)
     a.on_local_writes([r for r in results if isinstance(r, Accepted)])
-    frames = (r1.encode(), r2.encode())                  # the identical retry is not pushed twice
+    frames = (pack_records([r1.encode(), r2.encode()]),)  # the identical retry is not pushed twice
     assert a.flush() == [Send("B", env("push", "A"), frames), Send("C", env("push", "A"), frames)]
     assert a.flush() == []
     assert a.stats().pushed == 2
@@ -66,7 +68,16 @@ def test_large_pushes_are_chunked():
     r = put(ADMIN, "urn:snipe:group:g", "n", 1, hlc.pack(NOW))
     a.on_local_writes([Accepted(r, i, True) for i in range(MAX_PUSH_RECORDS + 1)])
     effects = a.flush()
-    assert [(e.to, len(e.frames)) for e in effects] == [("B", MAX_PUSH_RECORDS), ("B", 1)]
+    assert [(e.to, len(e.frames), len(msgpack.unpackb(e.frames[0]))) for e in effects] == [
+        ("B", 1, MAX_PUSH_RECORDS), ("B", 1, 1)]
+
+
+def test_pushes_of_big_records_are_chunked_by_size(monkeypatch):
+    monkeypatch.setattr(replication, "MAX_PUSH_BYTES", 1200)
+    a = replicator("A", ["A", "B"])
+    big = [put(ADMIN, "urn:snipe:group:g", f"n{i}", b"x" * 400, hlc.pack(NOW)) for i in range(5)]
+    a.on_local_writes([Accepted(r, i, True) for i, r in enumerate(big)])
+    assert [len(msgpack.unpackb(e.frames[0])) for e in a.flush()] == [2, 2, 1]
 
 
 def test_without_peers_nothing_is_pushed_and_nothing_is_kept():
@@ -82,7 +93,7 @@ def test_without_peers_nothing_is_pushed_and_nothing_is_kept():
 def test_a_push_is_ingested_by_the_receiver():
     b = replicator("B", ["A", "B"])
     r = put(ADMIN, "urn:snipe:group:g", "n", 1, hlc.pack(NOW))
-    assert b.on_message(env("push", "A"), [r.encode(), r.encode()], NOW) == []
+    assert b.on_message(env("push", "A"), [pack_records([r.encode(), r.encode()])], NOW) == []
     assert list(b.storage.scan_prefix("")) == [r]
     assert b.stats().received == 1
 
@@ -118,15 +129,15 @@ def test_one_anti_entropy_round_repairs_both_sides():
 
     # B -> A: what B has that A lacks, and what B wants
     assert b.on_message(summaries.envelope, summaries.frames, NOW) == [
-        Send("A", env("push", "B"), (only_b.encode(),)),
-        Send("A", env("ae-want", "B"), (record_key(only_a),)),
+        Send("A", env("push", "B"), (pack_records([only_b.encode()]),)),
+        Send("A", env("ae-want", "B"), (pack_records([record_key(only_a)]),)),
     ]
     push_b, want = b.on_message(summaries.envelope, summaries.frames, NOW)
 
     # A takes B's record and answers the want with a push
     assert a.on_message(push_b.envelope, push_b.frames, NOW) == []
     [push_a] = a.on_message(want.envelope, want.frames, NOW)
-    assert push_a == Send("B", env("push", "A"), (only_a.encode(),))
+    assert push_a == Send("B", env("push", "A"), (pack_records([only_a.encode()]),))
     assert b.on_message(push_a.envelope, push_a.frames, NOW) == []
 
     assert list(a.storage.scan_prefix("")) == list(b.storage.scan_prefix("")) == [only_a, only_b]
@@ -305,7 +316,13 @@ def test_any_fault_schedule_converges_to_the_merge_of_all_writes(n, seed, drop, 
 GOOD_TOPS = bytes(32 * 256)
 MALFORMED = [
     ("unknown kind", Envelope(PROTOCOL, VERSION, "ae-bogus", 0, {"from": "B"}), []),
-    ("no sender", Envelope(PROTOCOL, VERSION, "push", 0, {}), []),
+    ("no sender", Envelope(PROTOCOL, VERSION, "push", 0, {}), [pack_records([])]),
+    ("push without its records frame", env("push", "B"), []),
+    ("push of one frame per record", env("push", "B"), [pack_records([]), pack_records([])]),
+    ("push frame not an array", env("push", "B"), [msgpack.packb({"a": 1})]),
+    ("push frame not msgpack", env("push", "B"), [b"\x92\xc4"]),
+    ("push of strings", env("push", "B"), [msgpack.packb(["record"])]),
+    ("ae-want frame not an array", env("ae-want", "B"), [b"key"]),
     ("sender not a string", Envelope(PROTOCOL, VERSION, "ae-top", 0, {"from": 7}), [GOOD_TOPS]),
     ("ae-top without digests", env("ae-top", "B"), []),
     ("ae-top short", env("ae-top", "B"), [GOOD_TOPS[:-1]]),
@@ -350,12 +367,21 @@ def test_a_push_of_garbage_is_refused_record_by_record(holder):
     forged = put(ADMIN, "urn:snipe:group:x", "n", 1, hlc.pack(NOW))
     forged = Assertion(forged.urn, forged.name, 2, forged.ts, 0, False, forged.signer, forged.signature)
     unadmitted = put(BOB, "urn:snipe:proc:x", "_owner", BOB.key_id, hlc.pack(NOW))
-    assert holder.on_message(env("push", "B"), [b"", b"\xc1", forged.encode(), unadmitted.encode()], NOW) == []
+    assert holder.on_message(env("push", "B"), [pack_records([b"", b"\xc1", forged.encode(), unadmitted.encode()])],
+                             NOW) == []
+    assert snapshot(holder) == before
+
+
+def test_a_push_over_the_limit_is_refused_whole(holder):
+    before = snapshot(holder)
+    r = put(ADMIN, "urn:snipe:group:x", "n", 1, hlc.pack(NOW))
+    with pytest.raises(TooLarge, match="at most 500 records"):
+        holder.on_message(env("push", "B"), [pack_records([r.encode()] * (MAX_PUSH_RECORDS + 1))], NOW)
     assert snapshot(holder) == before
 
 
 def test_wants_for_unknown_keys_push_nothing(holder):
-    assert holder.on_message(env("ae-want", "B"), [b"", b"\0\0nothing", b"x" * 100], NOW) == []
+    assert holder.on_message(env("ae-want", "B"), [pack_records([b"", b"\0\0nothing", b"x" * 100])], NOW) == []
 
 
 # --- a known gap: claim races leave record sets different for good ---------------------------------------

@@ -198,6 +198,29 @@ def test_scan_prefix_orders_by_urn_name_signer_and_respects_boundaries(lmdb_path
         lm.close()
 
 
+def test_held_raw_reads_an_entry_or_one_name_with_the_reserved_ones(lmdb_path):
+    names = ("_owner", "_delegate.*", "a", "Z", "x", "xy", "x_")
+    writes = [put(who, urn, name, 1) for urn in URNS[:3] for name in names for who in (ADMIN, ALICE)]
+    lm = LmdbStorage(lmdb_path, map_size=MAP)
+    try:
+        for s in (MemoryStorage(), lm):
+            with s.write() as txn:
+                for w in writes:
+                    txn.store(w, None, None, None)
+
+            def read(name: str | None, s: Storage = s) -> list[tuple[str, str]]:
+                return sorted((a.urn, a.name) for a in map(decode_assertion, s.held_raw("urn:snipe:host:a", name)))
+
+            everything = sorted(("urn:snipe:host:a", n) for n in names for _ in (ADMIN, ALICE))
+            assert read(None) == everything
+            assert read("x") == [k for k in everything if k[1] in ("_owner", "_delegate.*", "x")]
+            assert read("_owner") == [k for k in everything if k[1] in ("_owner", "_delegate.*")]
+            assert read("nothing") == [k for k in everything if k[1] in ("_owner", "_delegate.*")]
+            assert s.held_raw("urn:snipe:host:c") == []
+    finally:
+        lm.close()
+
+
 def test_scan_prefix_forgets_what_gc_forgot(lmdb_path):
     lm = LmdbStorage(lmdb_path, map_size=MAP)
     try:
