@@ -265,13 +265,22 @@ def _uss_rss(pid: int) -> dict[str, float]:
 
 
 def idle_zygotes(daemon_pid: int, tasks_dir: Path) -> list[psutil.Process]:
-    """The daemon's pre-started interpreters that have not become a task (still in the pool's cwd)."""
+    """The daemon's pre-started interpreters that have not become a task (named snipe-zygote while idle)."""
     out = []
     for child in psutil.Process(daemon_pid).children():
         with contextlib.suppress(psutil.Error):
-            if "snipe_daemon.zygote" in " ".join(child.cmdline()) and Path(child.cwd()) == tasks_dir:
+            if child.name() == "snipe-zygote" and Path(child.cwd()) == tasks_dir:
                 out.append(child)
     return out
+
+
+def zygote_template(daemon_pid: int) -> psutil.Process | None:
+    """The interpreter the daemon forks its zygotes from, if it has one."""
+    for child in psutil.Process(daemon_pid).children():
+        with contextlib.suppress(psutil.Error):
+            if child.name() == "snipe-template":
+                return child
+    return None
 
 
 def wait_pool_ready(daemon_pid: int, tasks_dir: Path, size: int, timeout: float = 20.0) -> bool:
@@ -338,7 +347,7 @@ def py_spy(pid: int, out: Path) -> Iterator[dict[str, Any]]:
         return
     raw = out.with_suffix(".txt")
     proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "500",
-                             "--output", str(raw), "--nonblocking"],
+                             "--output", str(raw), "--nonblocking", "--idle"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.5)
     try:
@@ -363,8 +372,10 @@ def _hot_functions(raw: Path, top: int = 15) -> dict[str, Any]:
             continue
         count = int(count_text)
         frames = stack.split(";")
-        if any("poll" in f and ("zmq" in f or "serve_forever" in f) for f in frames[-2:]):
-            continue          # the daemon waiting for work
+        if not any("serve_forever" in f for f in frames):
+            continue          # not the daemon's main thread (e.g. the ZAP authenticator)
+        if len(frames) >= 2 and "serve_forever" in frames[-2] and "poll" in frames[-1]:
+            continue          # the daemon's loop waiting for work (other waits, e.g. for replicas, count)
         total += count
         for f in set(frames):
             inclusive[f] = inclusive.get(f, 0) + count
@@ -414,6 +425,8 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         memory: dict[str, Any] = {"daemon_after_start": _uss_rss(daemon_pid)}
         zs = idle_zygotes(daemon_pid, tasks_dir)
         memory["idle_zygote"] = _uss_rss(zs[0].pid) if zs else {"error": "no idle zygote found"}
+        template = zygote_template(daemon_pid)
+        memory["zygote_template"] = _uss_rss(template.pid) if template else {"absent": True}
 
         def spawn_one(tag: str) -> Any:
             return snipe.spawn(code, sink.endpoint, tag)  # type: ignore[union-attr]
@@ -561,7 +574,7 @@ def _table(r: dict[str, Any]) -> str:
               f"  daemon USS after start {m['daemon_after_start']['uss_mib']}, after spawns "
               f"{m['daemon_after_spawns']['uss_mib']} (target < {m['daemon_target_mib']}: "
               f"{'met' if m['daemon_target_met'] else 'NOT met'})",
-              f"  idle zygote {json.dumps(m['idle_zygote'])}"]
+              f"  idle zygote {json.dumps(m['idle_zygote'])}, zygote template {json.dumps(m['zygote_template'])}"]
     for name, v in m["sleepers"].items():
         lines.append(f"  {name}: USS {v['uss_mib']} RSS {v['rss_mib']}")
     lines.append(f"  task beyond bare python+zmq: {json.dumps(m['task_extra_vs_bare_zmq'])}; "

@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 import psutil
 
@@ -221,10 +221,23 @@ class TaskRecord:
         return cls(**fields_)
 
 
+class WarmProcess(Protocol):
+    """An idle interpreter, our child, that becomes the task it reads from `stdin` (daemon/zygote.py):
+    a subprocess.Popen, or a daemon/pool.py Zygote forked from a template and adopted by us."""
+
+    pid: int
+    stdin: IO[bytes] | None
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
 @dataclass
 class _Task:
     record: TaskRecord
-    popen: subprocess.Popen[bytes] | None  # None: adopted, not our child
+    popen: subprocess.Popen[bytes] | WarmProcess | None  # None: adopted, not our child
     kill_reason: str | None = None  # set once we decided to SIGKILL it; its exit reports this
     cpu_seconds: float = 0.0  # the most seen: time of reaped-elsewhere descendants drops out
     rss_bytes: int = 0
@@ -251,7 +264,7 @@ class TaskRunner:
 
     def start(self, urn: str, argv: Sequence[str], *, cwd: str | os.PathLike[str], env: Mapping[str, str],
               quota: Quota | None = None, stdin: str | os.PathLike[str] | None = None,
-              warm: subprocess.Popen[bytes] | None = None) -> TaskRecord:
+              warm: WarmProcess | None = None) -> TaskRecord:
         """Start `argv` in `cwd` with exactly `env`, in a new session, under `quota`.
 
         stdout and stderr go to `<urn with : as _>.stdout/.stderr` in `cwd`; stdin is the named
@@ -303,7 +316,7 @@ class TaskRunner:
         self._tasks[urn] = _Task(record=record, popen=popen)
         return _copy(record)
 
-    def _become(self, urn: str, warm: subprocess.Popen[bytes], argv: Sequence[str], workdir: Path,
+    def _become(self, urn: str, warm: WarmProcess, argv: Sequence[str], workdir: Path,
                 env: Mapping[str, str], quota: Quota, limits: list[tuple[str, int, int]], stdout_path: Path,
                 stderr_path: Path) -> TaskRecord:
         """Hand a zygote its task (one JSON line); it applies the limits to itself and runs it."""
@@ -397,6 +410,10 @@ class TaskRunner:
     def record(self, urn: str) -> TaskRecord:
         """A copy of one task's record."""
         return _copy(self._task(urn).record)
+
+    def pids(self) -> set[int]:
+        """The pids of the live tasks (their leaders)."""
+        return {t.record.pid for t in self._tasks.values() if t.record.live}
 
     def records(self) -> list[TaskRecord]:
         """Copies of every task's record, for the daemon to store."""
