@@ -76,7 +76,14 @@ def should_route(me: str, my_interfaces: list[dict[str, Any]], routers: Mapping[
         return True
     if len(routers) < wanted:
         return True
-    return not any(shared(my_interfaces, ifs) for ifs in routers.values())
+    return not any(_same_network(my_interfaces, ifs, shared) for ifs in routers.values())
+
+
+def _same_network(a: list[dict[str, Any]], b: list[dict[str, Any]], shared: Shared) -> bool:
+    """Shared for election: a common subnet or net name, or the same addresses (two daemons on
+    one machine, which route selection rightly never pairs)."""
+    addrs = {i.get("address") for i in a if isinstance(i, dict)} - {None}
+    return bool(shared(a, b)) or bool(addrs & {i.get("address") for i in b if isinstance(i, dict)})
 
 
 def pick_routers(my_host: str | None, my_interfaces: list[dict[str, Any]],

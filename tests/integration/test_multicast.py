@@ -66,3 +66,74 @@ def test_every_member_gets_every_message_once_and_in_order(cluster: LocalCluster
     for m in members:
         assert m.wait(120)["exit_code"] == 0
         assert (_value(m, "got"), _value(m, "bad"), _value(m, "senders")) == (n, 0, 1)
+
+
+def _routers() -> set[str]:
+    from snipe.multicast.groups import live_routers
+
+    snipe.catalog().invalidate(GROUP)
+    return set(live_routers(snipe.catalog().get(GROUP), now_ms()))
+
+
+def test_losing_a_router_mid_stream_loses_no_message_and_a_new_one_is_elected(cluster: LocalCluster,
+                                                                              tmp_path: Path) -> None:
+    """3 daemons, 12 members, 3 senders of 10,000 messages each; one router's daemon is killed
+    with SIGKILL mid-stream. Every member still gets all 30,000, once each, each sender's in
+    order; the third host takes the dead router's place."""
+    n, senders_n = 10_000, 3
+    member_code = publish(tmp_path, "member.py", MEMBER)
+    members = [snipe.spawn(member_code, GROUP, n * senders_n, host=f"h{i % 3 + 1}") for i in range(12)]
+    wait_for(lambda: all(_value(m, "joined") for m in members), 60, "members to join")
+    routers = wait_for(lambda: len(_routers()) == 2 and _routers(), 20, "two routers")
+    sender_code = publish(tmp_path, "sender.py", SENDER)
+    senders = [snipe.spawn(sender_code, GROUP, n, host=f"h{i + 1}") for i in range(senders_n)]
+    victim = sorted(routers)[0]
+    idx = int(victim.rsplit("h", 1)[1]) - 1
+    wait_for(lambda: any(_relayed(cluster, i) > n // 2 for i in range(3)), 120, "the stream to be under way")
+    cluster.kill_daemon(idx)
+    new = wait_for(lambda: (r := _routers()) and victim not in r and len(r) == 2 and r, 30,
+                   "a new router to replace the dead one")
+    assert len(new - routers) == 1
+    for s in senders:
+        wait_for(lambda s=s: _value(s, "sent") == n, 240, "senders to finish")
+    for m in members:
+        wait_for(lambda m=m: _value(m, "got") is not None, 240, "every member's count")
+    counts = [(_value(m, "got"), _value(m, "bad"), _value(m, "senders")) for m in members]
+    print("per member (got, out of order or failed, senders):", counts)
+    assert counts == [(n * senders_n, 0, senders_n)] * len(members)
+
+
+def _relayed(cluster: LocalCluster, i: int) -> int:
+    from snipe.daemonclient import DaemonClient
+
+    with DaemonClient(cluster.daemons[i].address, cluster.user, timeout=5) as d:
+        return int(d.call("mcast-status")[0]["relayed"])
+
+
+LEAVER = textwrap.dedent('''
+    import sys, time, snipe
+    group = sys.argv[1]
+    snipe.join(group)
+    snipe.catalog().set(snipe.me(), "joined", True)
+    first = snipe.recv(timeout=60)
+    snipe.leave(group)
+    snipe.catalog().set(snipe.me(), "left", True)
+    later = 0
+    end = time.time() + 3
+    while time.time() < end:
+        if snipe.recv(timeout=0.2) is not None:
+            later += 1
+    snipe.catalog().set_many(snipe.me(), {"first": first is not None, "after_leave": later})
+''')
+
+
+def test_a_member_that_leaves_stops_receiving(cluster: LocalCluster, tmp_path: Path) -> None:
+    p = snipe.spawn(publish(tmp_path, "leaver.py", LEAVER), GROUP, host="h2")
+    wait_for(lambda: _value(p, "joined"), 60, "the member to join")
+    snipe.mcast(GROUP, b"before")
+    wait_for(lambda: _value(p, "left"), 60, "the member to leave")
+    assert p.urn not in snipe.members(GROUP)
+    for i in range(20):
+        snipe.mcast(GROUP, b"after %d" % i) if snipe.members(GROUP) or True else None
+    assert p.wait(60)["exit_code"] == 0
+    assert _value(p, "first") is True and _value(p, "after_leave") == 0
