@@ -8,14 +8,14 @@ namespace; this pytest process only builds, injects faults and reads files.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from snipe.netlab import Lab, Topology, cleanup_stale, why_not
+from snipe.netlab import Lab, cleanup_stale, why_not
+from tests.netns.helpers import Labs
 
 HERE = Path(__file__).parent
 REPORTS: list[tuple[str, dict[str, Any]]] = []
@@ -54,48 +54,11 @@ def stale_cleaned() -> dict[str, Any]:
     return cleanup_stale()
 
 
-class _Labs:
-    """Labs made for one fixture scope, all torn down at its end (logs kept when a test failed)."""
-
-    def __init__(self, request: pytest.FixtureRequest) -> None:
-        self.request = request
-        self.labs: list[Lab] = []
-        self.failed_before = request.session.testsfailed
-
-    def make(self, topology: Topology, *, services: bool = True) -> Lab:
-        lab = Lab(topology)
-        self.labs.append(lab)
-        t = time.monotonic()
-        lab.up(services=services)
-        print(f"lab {lab.rid} up in {time.monotonic() - t:.1f} s (netem: {lab.state.get('netem')})")
-        return lab
-
-    def close(self) -> None:
-        node = self.request.node
-        failed = self.request.session.testsfailed > self.failed_before or any(
-            getattr(getattr(node, f"rep_{w}", None), "failed", False) for w in ("setup", "call"))
-        for lab in self.labs:
-            r = lab.down(keep_logs=failed)
-            if r.get("logs"):
-                print(f"lab {lab.rid} logs kept in {r['logs']}")
-
-
 @pytest.fixture
 def make_lab(request: pytest.FixtureRequest, stale_cleaned: dict[str, Any]) -> Iterator[Callable[..., Lab]]:
     """make_lab(topology, services=True) -> a Lab that is up; torn down after the test (logs kept
     under the runs folder's logs/ when the test failed)."""
-    labs = _Labs(request)
-    try:
-        yield labs.make
-    finally:
-        labs.close()
-
-
-@pytest.fixture(scope="module")
-def make_module_lab(request: pytest.FixtureRequest, stale_cleaned: dict[str, Any]
-                    ) -> Iterator[Callable[..., Lab]]:
-    """make_lab for fixtures shared by several tests of a module."""
-    labs = _Labs(request)
+    labs = Labs(request)
     try:
         yield labs.make
     finally:

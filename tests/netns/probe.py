@@ -4,7 +4,7 @@
     probe.py connect HOST:PORT [...]        one line of JSON: which connected within 1 s
     probe.py rtt HOST:PORT N                round-trip times (ms) of N 100-byte echoes
     probe.py push HOST:PORT BYTES           seconds to send BYTES and have them echoed back
-    probe.py udp-sink PORT SECONDS          count datagrams; prints the count
+    probe.py udp-sink PORT SECONDS          count datagrams (until 1 s quiet); prints the count
     probe.py udp-blast HOST:PORT N          send N datagrams, 0.2 ms apart
 """
 
@@ -98,11 +98,15 @@ def udp_sink(port: int, seconds: float) -> None:
     print(json.dumps({"listening": port}), flush=True)
     n = 0
     end = time.monotonic() + seconds
+    last = None
     while time.monotonic() < end:
         try:
             s.recv(2048)
             n += 1
+            last = time.monotonic()
         except TimeoutError:
+            if last is not None and time.monotonic() - last > 1.0:
+                break                          # the blast is over
             continue
     print(json.dumps({"received": n}))
 

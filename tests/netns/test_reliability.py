@@ -13,13 +13,13 @@ import ipaddress
 import json
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from snipe.netlab import Lab, default_topology
-from tests.netns.helpers import driver_argv, read_json, wait_file
+from tests.netns.helpers import driver_argv, lab_scope, read_json, wait_file
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
@@ -117,22 +117,26 @@ CONDITIONS = {
 
 
 @pytest.fixture(scope="module", params=sorted(CONDITIONS))
-def unicast_run(request: pytest.FixtureRequest, make_module_lab: Callable[..., Lab],
-                report: Callable[[str, dict[str, Any]], None]) -> dict[str, Any]:
+def unicast_run(request: pytest.FixtureRequest, stale_cleaned: dict[str, Any],
+                report: Callable[[str, dict[str, Any]], None]) -> Iterator[dict[str, Any]]:
     """A sender task on h1 streams 3000 numbered 1 KiB messages (one per 2 ms) to a receiver
     task on h2 (both hosts on public and fastnet); a driver in `ctl` spawns both through the
     daemons. "lossy": 5% loss leaving h1 and h2 on both networks (nftables), and 50 ms each way
     plus up to 20 ms per-connection jitter on h1's links (netem where the kernel has it, else
     the harness's relay). A third of the way in, h1's fastnet link is cut (interface down)."""
-    cond = CONDITIONS[request.param]
-    lab = make_module_lab(default_topology())
+    with lab_scope(request) as make:
+        yield _unicast(make(default_topology()), request.param, report)
+
+
+def _unicast(lab: Lab, condition: str, report: Callable[[str, dict[str, Any]], None]) -> dict[str, Any]:
+    cond = CONDITIONS[condition]
     delays: list[str] = []
     if cond:
         for host in ("h1", "h2"):
             for net in ("fastnet", "public"):
                 lab.loss(host, net, cond["loss_pct"], direction="out")
         delays = [lab.delay("h1", net, cond["delay_ms"], jitter_ms=cond["jitter_ms"]) for net in ("fastnet", "public")]
-    work = lab.dir / f"case2-{request.param}"
+    work = lab.dir / f"case2-{condition}"
     work.mkdir()
     n = 3000
     driver = lab.popen(lab.client_host, driver_argv("unicast", "--dir", work, "--n", n, "--interval-ms", 2,
@@ -146,7 +150,7 @@ def unicast_run(request: pytest.FixtureRequest, make_module_lab: Callable[..., L
         if driver.poll() is None:
             driver.kill()
     tx, rx = read_json(work / "sender.json"), read_json(work / "receiver.json")
-    facts = {"condition": request.param, **cond, "n": n, "sent": tx.get("sent"), "acknowledged": tx.get("acked"),
+    facts = {"condition": condition, **cond, "n": n, "sent": tx.get("sent"), "acknowledged": tx.get("acked"),
              "delivered": rx.get("received"), "lost": (tx.get("sent") or 0) - (rx.get("received") or 0),
              "duplicates": rx.get("duplicates"), "gaps": rx.get("gaps"), "in_order": rx.get("in_order"),
              "retransmitted": tx.get("retransmitted"), "delivery_failures": tx.get("failures"),
@@ -155,7 +159,7 @@ def unicast_run(request: pytest.FixtureRequest, make_module_lab: Callable[..., L
              "delay_mechanism": lab.faults()[delays[0]]["mechanism"] if delays else None,
              "relay": {f: lab.relay_stats(f) for f in delays}, "driver": summary,
              "fastnet": lab.topo.net("fastnet").cidr, "public": lab.topo.net("public").cidr}
-    report(f"case2 unicast ({request.param})", facts)
+    report(f"case2 unicast ({condition})", facts)
     return facts
 
 
@@ -184,11 +188,15 @@ def test_unicast_uses_the_private_net_then_falls_back_to_public_when_it_is_cut(u
 
 # --- case 5 ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def partitioned_host_run(make_module_lab: Callable[..., Lab], report: Callable[[str, dict[str, Any]], None]
-                         ) -> dict[str, Any]:
+def partitioned_host_run(request: pytest.FixtureRequest, stale_cleaned: dict[str, Any],
+                         report: Callable[[str, dict[str, Any]], None]) -> Iterator[dict[str, Any]]:
     """A sleeper task on h3, watched from ctl with Process.events(); h3 is partitioned away
     until the watcher sees host-lost, then healed; then the task's state is read again."""
-    lab = make_module_lab(default_topology(lease_s=3.0))
+    with lab_scope(request) as make:
+        yield _partitioned_host(make(default_topology(lease_s=3.0)), report)
+
+
+def _partitioned_host(lab: Lab, report: Callable[[str, dict[str, Any]], None]) -> dict[str, Any]:
     work = lab.dir / "case5"
     work.mkdir()
     watcher = lab.popen(lab.client_host, driver_argv("host-loss", "--dir", work, "--host", "h3"))
