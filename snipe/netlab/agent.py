@@ -43,33 +43,40 @@ def admit(lab: dict[str, Any], timeout: float) -> dict[str, Any]:
     raise SystemExit(f"could not admit the lab's keys: {last}")
 
 
-def replica_status(lab: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
-    admin = _admin(lab)
+def _status_of(c: CatalogClient, lab: dict[str, Any], timeout: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    with CatalogClient(lab["catalog"], admin, admin.key_id, timeout=timeout) as c:
-        for addr in lab["catalog"]:
-            endpoint = addr.split("#")[0]
-            try:
-                st = c.status(endpoint, timeout=timeout)
-                out[endpoint] = {k: st.get(k) for k in ("replica", "rev", "count", "digest", "repaired", "ae_rounds")}
-            except SnipeError as exc:
-                out[endpoint] = {"error": str(exc)}
+    for addr in lab["catalog"]:
+        endpoint = addr.split("#")[0]
+        try:
+            st = c.status(endpoint, timeout=timeout)
+            out[endpoint] = {k: st.get(k) for k in ("replica", "rev", "count", "digest", "repaired", "ae_rounds")}
+        except SnipeError as exc:
+            out[endpoint] = {"error": str(exc)}
     return out
 
 
+def replica_status(lab: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
+    admin = _admin(lab)
+    with CatalogClient(lab["catalog"], admin, admin.key_id, timeout=timeout) as c:
+        return _status_of(c, lab, timeout)
+
+
 def converge(lab: dict[str, Any], since: float | None, timeout: float) -> dict[str, Any]:
-    """Poll every replica's status until all digests are equal (bounded by `timeout`)."""
+    """Poll every replica's status until all digests are equal (bounded by `timeout`); the time
+    is counted from `since` (a time.time() value, default now)."""
     since = since or time.time()
     deadline = time.monotonic() + timeout
     polls = 0
     st: dict[str, Any] = {}
-    while time.monotonic() < deadline and polls < 100_000:
-        polls += 1
-        st = replica_status(lab, timeout=1.0)
-        digests = {v.get("digest") for v in st.values()}
-        if len(digests) == 1 and None not in digests:
-            return {"converged": True, "after_s": round(time.time() - since, 3), "polls": polls, "replicas": st}
-        time.sleep(0.05)
+    admin = _admin(lab)
+    with CatalogClient(lab["catalog"], admin, admin.key_id, timeout=1.0) as c:
+        while time.monotonic() < deadline and polls < 100_000:
+            polls += 1
+            st = _status_of(c, lab, 1.0)
+            digests = {v.get("digest") for v in st.values()}
+            if len(digests) == 1 and None not in digests:
+                return {"converged": True, "after_s": round(time.time() - since, 3), "polls": polls, "replicas": st}
+            time.sleep(0.02)
     return {"converged": False, "after_s": round(time.time() - since, 3), "polls": polls, "replicas": st}
 
 
