@@ -1,0 +1,843 @@
+"""Messaging benchmark: snipe.send/recv between two processes against raw pyzmq and Ray, in one run.
+
+Run it from the repository root, as a module::
+
+    python -m benchmarks.messaging              # readable table, then the JSON
+    python -m benchmarks.messaging --json       # the JSON only
+    python -m benchmarks.messaging --quick      # a smoke run (small counts, one repetition)
+    python -m benchmarks.messaging --profile DIR   # also py-spy both ends of the 64 B one-way path
+
+What one run measures, all on this machine, sender and receiver always in separate processes:
+
+1. **Raw pyzmq** (no cluster running yet): a DEALER (sender process) to a ROUTER (receiver
+   process), one frame per message and no header, over ipc and over tcp (loopback), once in
+   plain text and once with CurveZMQ on (what encryption itself costs). High-water marks are
+   100,000 messages, as the project's sockets have; payloads of 64 KiB and more are sent and
+   received without copying, as the project does.
+2. **The project**: a ``LocalCluster`` (1 catalog replica, to keep CPU for the measurement, and
+   2 hosts, h1 on 127.0.0.2 and h2 on 127.0.0.3); the two ends are tasks spawned with
+   ``snipe.spawn`` that use the public API (``snipe.send``/``snipe.recv``).  Both on h1: the
+   route chosen is ipc; receiver on h2: tcp.  The route actually used is read from
+   ``snipe.messaging_stats()[peer]["route_kind"]`` at the sender and reported.
+3. **Ray**, when ``import ray`` works (never installed by this benchmark): actor method calls,
+   a round trip ``ray.get(actor.echo.remote(b))`` and the throughput of
+   ``ray.get([actor.sink.remote(b) for ...])``.
+
+Cases, the same for every implementation:
+
+- round trip, 64 B: ping-pong, the sender waits for each echo; p50/p99 after a warm-up;
+- one-way throughput, 64 B, 1 KiB and 1 MiB: the sender sends N messages back to back, the
+  receiver counts them and answers with its clock (CLOCK_MONOTONIC, shared by the processes)
+  when the last one arrived; throughput = N / (last arrival - first send).  Each case runs
+  ``reps`` times; the median is reported (and the best).
+- memory (project only): the sender sends 1,000,000 messages of 64 B (``--quick``: 50,000) to a
+  receiver that is stopped (SIGSTOP through the daemon, ``Process.suspend``) for ``stop_s``
+  seconds when the run starts, then reads slowly (a short sleep per batch).  The sender's RSS
+  and USS are sampled; its held messages are bounded by the endpoint's high-water mark
+  (``Endpoint.hwm``), so its peak stays bounded however far the receiver falls behind.
+
+Ratios project/raw for each case, with the targets of the messaging issue and whether each is
+met: 64 B one-way >= 1.0x raw plain pyzmq, 1 KiB >= 0.8x, 1 MiB >= 0.8x, round-trip p50 <= 1.5x
+raw, throughput >= 10x Ray's, round trip >= 5x faster than Ray's (null when Ray is absent).
+
+Every process this benchmark starts is stopped, and its temporary folder removed, also on
+errors and on SIGINT/SIGTERM.  Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+__all__ = ["Settings", "main", "run_benchmark"]
+
+MIB = 1024 * 1024
+SIZES = (64, 1024, MIB)
+SIZE_NAMES = {64: "64B", 1024: "1KiB", MIB: "1MiB"}
+TARGET_ONEWAY = {64: 1.0, 1024: 0.8, MIB: 0.8}     # project/raw plain throughput, at least
+TARGET_RTT_P50 = 1.5                                 # project/raw plain round-trip p50, at most
+TARGET_RAY_THROUGHPUT = 10.0                         # project/Ray throughput, at least
+TARGET_RAY_RTT = 5.0                                 # Ray/project round-trip p50, at least
+RAW_HWM = 100_000
+STEP_TIMEOUT_S = 120.0
+
+# --- the two ends ---------------------------------------------------------------------------------
+# Both scripts take: role (tx|rx), peer (URN or endpoint), plan (JSON list of steps), result path
+# prefix. Each writes "<prefix>.ready" ({"pid", ...}) when listening; the sender writes the
+# results to "<prefix>.json". Steps: ["hello"], ["sleep", s] (sender only), ["rtt", size, n],
+# ["oneway", size, n], ["slow", size, n, every, pause_s] (receiver sleeps pause_s every `every`
+# messages; the sender writes "<prefix>.phase" and waits for "<prefix>.go" first), ["bye"].
+_COMMON = '''
+import json, os, resource, sys, time
+
+
+def mark(prefix, name, **info):
+    tmp = f"{prefix}.{name}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, f"{prefix}.{name}")
+
+
+def wait_file(path, timeout):
+    limit = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > limit:
+            raise SystemExit(f"{path} did not appear within {timeout} s")
+        time.sleep(0.005)
+
+
+def maxrss_kib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def p(size):
+    return (b"0123456789abcdef" * (size // 16 + 1))[:size]
+'''
+
+PROJECT_WORKER = _COMMON + '''
+import snipe
+
+role, peer, plan, prefix = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+send, recv = snipe.send, snipe.recv
+
+
+def expect(m, what):
+    if m is None:
+        raise SystemExit(f"timed out waiting for {what}")
+    if m.failed:
+        raise SystemExit(f"delivery failure while waiting for {what}: {m.reason}")
+    return m
+
+
+snipe.recv(timeout=0)                            # listen before anything else
+mark(prefix, "ready", pid=os.getpid(), urn=snipe.me())
+if role == "rx":
+    src = None
+    for step in plan:
+        kind = step[0]
+        if kind == "hello":
+            src = expect(recv(timeout=120), "hello").source
+            send(src, b"ok")
+        elif kind == "rtt":
+            for _ in range(step[2]):
+                m = recv(timeout=60)
+                send(m.source, m.payload)
+        elif kind in ("oneway", "slow"):
+            size, n = step[1], step[2]
+            every, pause = (step[3], step[4]) if kind == "slow" else (0, 0.0)
+            bad = 0
+            for i in range(n):
+                m = recv(timeout=60)
+                if m is None:
+                    bad += n - i
+                    break
+                if m.failed or len(m.payload) != size:
+                    bad += 1
+                if every and i % every == 0:
+                    time.sleep(pause)
+            t = time.monotonic()
+            snipe.send_obj(src, {"t": t, "bad": bad})
+        elif kind == "bye":
+            send(expect(recv(timeout=60), "bye").source, b"bye")
+            time.sleep(0.5)                      # let the acknowledgement of the answer come back
+    snipe.shutdown()
+else:
+    results = []
+    route = None
+    for step in plan:
+        kind = step[0]
+        if kind == "hello":
+            send(peer, b"hi")
+            expect(recv(source=peer, timeout=120), "the hello answer")
+        elif kind == "sleep":
+            time.sleep(step[1])
+        elif kind == "rtt":
+            size, n = step[1], step[2]
+            payload, lat = p(size), []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                send(peer, payload)
+                expect(recv(source=peer, timeout=60), "an echo")
+                lat.append(time.perf_counter() - t0)
+            results.append({"kind": "rtt", "size": size, "n": n, "lat_us": [round(x * 1e6, 1) for x in lat]})
+        elif kind in ("oneway", "slow"):
+            size, n = step[1], step[2]
+            payload = p(size)
+            info = {}
+            if kind == "slow":
+                ep = snipe.session().endpoint()
+                mark(prefix, "phase", pid=os.getpid(), maxrss_kib=maxrss_kib())
+                wait_file(prefix + ".go", 60)
+                max_held, base_rss = 0, maxrss_kib()
+                t0 = time.monotonic()
+                for i in range(n):
+                    send(peer, payload)
+                    if i & 1023 == 0:
+                        max_held = max(max_held, ep.stats()[peer]["in_flight"])
+                info = {"hwm": ep.hwm, "max_held_seen": max_held, "maxrss_kib_before": base_rss}
+            else:
+                t0 = time.monotonic()
+                for _ in range(n):
+                    send(peer, payload)
+            t_sent = time.monotonic()
+            r = expect(recv(source=peer, timeout=300), "the receiver's count").obj()
+            results.append({"kind": kind, "size": size, "n": n, "seconds": r["t"] - t0,
+                            "send_seconds": t_sent - t0, "bad": r["bad"], "maxrss_kib": maxrss_kib(), **info})
+        elif kind == "bye":
+            stats = snipe.messaging_stats()[peer]
+            route = {"route_kind": stats["route_kind"], "route": stats["route"]}
+            send(peer, b"bye")
+            expect(recv(source=peer, timeout=60), "the answer to bye")
+            stats = snipe.messaging_stats()[peer]
+            mark(prefix, "json", route=route, results=results, stats=stats, maxrss_kib=maxrss_kib())
+    snipe.shutdown()
+'''
+
+RAW_WORKER = _COMMON + '''
+import zmq
+
+role, endpoint, plan, prefix, keys = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], \\
+    json.loads(sys.argv[5])
+ctx = zmq.Context()
+s = ctx.socket(zmq.ROUTER if role == "rx" else zmq.DEALER)
+s.sndhwm = s.rcvhwm = int(keys.get("hwm", 100000))
+s.linger = 2000
+s.rcvtimeo = 60000
+if keys.get("server_public"):
+    if role == "rx":
+        s.curve_server = True
+        s.curve_publickey, s.curve_secretkey = keys["server_public"].encode(), keys["server_secret"].encode()
+    else:
+        s.curve_serverkey = keys["server_public"].encode()
+        s.curve_publickey, s.curve_secretkey = keys["client_public"].encode(), keys["client_secret"].encode()
+if role == "rx":
+    if endpoint.startswith("tcp://"):
+        endpoint = f"{endpoint}:{s.bind_to_random_port(endpoint)}"
+    else:
+        s.bind(endpoint)
+    mark(prefix, "ready", pid=os.getpid(), endpoint=endpoint)
+    ident = None
+    for step in plan:
+        kind = step[0]
+        if kind == "hello":
+            ident, _ = s.recv_multipart()
+            s.send_multipart([ident, b"ok"])
+        elif kind == "rtt":
+            for _ in range(step[2]):
+                ident, m = s.recv_multipart()
+                s.send_multipart([ident, m])
+        elif kind == "oneway":
+            size, n = step[1], step[2]
+            copy = size < 65536
+            bad = 0
+            for _ in range(n):
+                parts = s.recv_multipart(copy=copy)
+                if len(parts[1]) != size:
+                    bad += 1
+            t = time.monotonic()
+            s.send_multipart([ident, json.dumps({"t": t, "bad": bad}).encode()])
+        elif kind == "bye":
+            ident, _ = s.recv_multipart()
+            s.send_multipart([ident, b"bye"])
+else:
+    mark(prefix, "ready", pid=os.getpid())
+    s.connect(endpoint)
+    results = []
+    for step in plan:
+        kind = step[0]
+        if kind == "hello":
+            s.send(b"hi")
+            s.recv()
+        elif kind == "sleep":
+            time.sleep(step[1])
+        elif kind == "rtt":
+            size, n = step[1], step[2]
+            payload, lat = p(size), []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                s.send(payload)
+                s.recv()
+                lat.append(time.perf_counter() - t0)
+            results.append({"kind": "rtt", "size": size, "n": n, "lat_us": [round(x * 1e6, 1) for x in lat]})
+        elif kind == "oneway":
+            size, n = step[1], step[2]
+            payload = p(size)
+            copy = size < 65536
+            t0 = time.monotonic()
+            for _ in range(n):
+                s.send(payload, copy=copy)
+            t_sent = time.monotonic()
+            r = json.loads(s.recv())
+            results.append({"kind": "oneway", "size": size, "n": n, "seconds": r["t"] - t0,
+                            "send_seconds": t_sent - t0, "bad": r["bad"], "maxrss_kib": maxrss_kib()})
+        elif kind == "bye":
+            s.send(b"bye")
+            s.recv()
+            mark(prefix, "json", route={"route_kind": endpoint.split(":", 1)[0], "route": endpoint},
+                 results=results, maxrss_kib=maxrss_kib())
+    s.close()
+    ctx.term()
+'''
+
+
+@dataclass
+class Settings:
+    n_64: int = 300_000
+    n_1k: int = 150_000
+    n_1m: int = 1_000
+    reps: int = 3
+    rtt_n: int = 3_000
+    rtt_warmup: int = 300
+    warmup_n: int = 20_000
+    settle_s: float = 2.0
+    memory_n: int = 1_000_000
+    memory_stop_s: float = 4.0
+    slow_every: int = 1_000
+    slow_pause_s: float = 0.004
+    ray_n: int = 3_000
+    profile_dir: str | None = None
+    profile_n: int = 300_000
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(n_64=30_000, n_1k=15_000, n_1m=100, reps=1, rtt_n=300, rtt_warmup=50, warmup_n=2_000,
+                   settle_s=1.0, memory_n=50_000, memory_stop_s=1.5, slow_every=500, slow_pause_s=0.004,
+                   ray_n=300, profile_n=50_000)
+
+    def counts(self) -> dict[int, int]:
+        return {64: self.n_64, 1024: self.n_1k, MIB: self.n_1m}
+
+
+def _say(msg: str) -> None:
+    print(f"[messaging-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of `values` (q in 0..100)."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = max(0, min(len(s) - 1, round(q / 100 * len(s) + 0.5) - 1))
+    return s[k]
+
+
+def _mib(n: float) -> float:
+    return round(n / MIB, 2)
+
+
+def plan(settings: Settings, *, rtt: bool = True, sizes: Sequence[int] = SIZES) -> list[list[Any]]:
+    """The steps both ends of a pair run, in order."""
+    steps: list[list[Any]] = [["hello"], ["sleep", settings.settle_s]]
+    if settings.warmup_n:
+        steps.append(["oneway", 64, settings.warmup_n])
+    if rtt:
+        steps += [["rtt", 64, settings.rtt_warmup], ["rtt", 64, settings.rtt_n]]
+    counts = settings.counts()
+    for _ in range(settings.reps):
+        steps += [["oneway", size, counts[size]] for size in sizes]
+    steps.append(["bye"])
+    return steps
+
+
+def summarize(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """A pair's result file, reduced: route, rtt percentiles, one-way throughput per size."""
+    out: dict[str, Any] = {"route_kind": raw["route"]["route_kind"], "route": raw["route"]["route"]}
+    rtts = [r for r in raw["results"] if r["kind"] == "rtt"]
+    if rtts:
+        lat = rtts[-1]["lat_us"]                      # the first rtt step is the warm-up
+        out["rtt_64B"] = {"n": len(lat), "p50_us": round(_percentile(lat, 50), 1),
+                          "p99_us": round(_percentile(lat, 99), 1), "mean_us": round(statistics.fmean(lat), 1)}
+    oneways = [r for r in raw["results"] if r["kind"] == "oneway"][1 if settings.warmup_n else 0:]
+    for size in SIZES:
+        runs = [r for r in oneways if r["size"] == size]
+        if not runs:
+            continue
+        rates = [r["n"] / r["seconds"] for r in runs]
+        med = statistics.median(rates)
+        out[f"oneway_{SIZE_NAMES[size]}"] = {
+            "n": runs[0]["n"], "reps": len(runs), "msgs_per_s": round(med), "best_msgs_per_s": round(max(rates)),
+            "mib_per_s": round(med * size / MIB, 1), "all_msgs_per_s": [round(x) for x in rates],
+            "bad": sum(r["bad"] for r in runs)}
+    if raw.get("stats"):
+        out["sent"], out["retransmitted"] = raw["stats"].get("sent"), raw["stats"].get("retransmitted")
+    if raw.get("maxrss_kib"):
+        out["sender_maxrss_mib"] = round(raw["maxrss_kib"] / 1024, 1)
+    return out
+
+
+# --- process bookkeeping --------------------------------------------------------------------------
+class Procs:
+    """Every subprocess and task this benchmark starts; `close` stops them all."""
+
+    def __init__(self) -> None:
+        self.popen: list[subprocess.Popen[bytes]] = []
+        self.tasks: list[Any] = []
+
+    def start(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as f:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        self.popen.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in self.popen:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(5)
+        self.popen.clear()
+        for t in self.tasks:
+            with contextlib.suppress(Exception):
+                t.kill()
+        self.tasks.clear()
+
+
+def _wait_file(path: Path, timeout: float, alive: Any = None) -> dict[str, Any]:
+    limit = time.monotonic() + timeout
+    while not path.exists():
+        if alive is not None and not alive():
+            raise RuntimeError(f"a worker ended before writing {path.name}")
+        if time.monotonic() > limit:
+            raise TimeoutError(f"{path.name} did not appear within {timeout} s")
+        time.sleep(0.01)
+    return json.loads(path.read_text())
+
+
+# --- raw pyzmq -------------------------------------------------------------------------------------
+def run_raw_pair(root: Path, procs: Procs, name: str, transport: str, curve: bool, steps: list[list[Any]],
+                 timeout: float) -> dict[str, Any]:
+    import zmq
+
+    script = root / "raw_worker.py"
+    keys: dict[str, Any] = {"hwm": RAW_HWM}
+    if curve:
+        sp, ss = zmq.curve_keypair()
+        cp, cs = zmq.curve_keypair()
+        keys.update(server_public=sp.decode(), server_secret=ss.decode(), client_public=cp.decode(),
+                    client_secret=cs.decode())
+    endpoint = f"ipc://{root}/raw-{name}.sock" if transport == "ipc" else "tcp://127.0.0.3"
+    prefix = root / f"raw-{name}"
+    plan_text = json.dumps(steps)
+    rx = procs.start([sys.executable, str(script), "rx", endpoint, plan_text, f"{prefix}-rx", json.dumps(keys)],
+                     root / f"raw-{name}-rx.log")
+    ready = _wait_file(Path(f"{prefix}-rx.ready"), 30, lambda: rx.poll() is None)
+    tx = procs.start([sys.executable, str(script), "tx", ready["endpoint"], plan_text, f"{prefix}-tx",
+                      json.dumps(keys)], root / f"raw-{name}-tx.log")
+    try:
+        tx.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"raw {name}: the sender did not finish within {timeout} s") from None
+    if tx.returncode != 0:
+        log = (root / f"raw-{name}-tx.log").read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"raw {name}: the sender exited with {tx.returncode}:\n{log}")
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        rx.wait(10)
+    return json.loads(Path(f"{prefix}-tx.json").read_text())
+
+
+# --- the project -----------------------------------------------------------------------------------
+class Project:
+    """Two tasks on a LocalCluster exchanging messages through snipe.send/recv."""
+
+    def __init__(self, root: Path, procs: Procs, code: str) -> None:
+        self.root, self.procs, self.code = root, procs, code
+        self.env = {"XDG_RUNTIME_DIR": str(root / "run")}
+        (root / "run").mkdir(exist_ok=True, mode=0o700)
+
+    def start_pair(self, name: str, rx_host: str, tx_host: str, steps: list[list[Any]]
+                   ) -> tuple[Any, Any, dict[str, Any], dict[str, Any], Path]:
+        import snipe
+
+        prefix = self.root / f"project-{name}"
+        plan_text = json.dumps(steps)
+        rx = snipe.spawn(self.code, "rx", "-", plan_text, f"{prefix}-rx", host=rx_host, env=self.env)
+        self.procs.tasks.append(rx)
+        rx_ready = _wait_file(Path(f"{prefix}-rx.ready"), 60)
+        tx = snipe.spawn(self.code, "tx", rx.urn, plan_text, f"{prefix}-tx", host=tx_host, env=self.env)
+        self.procs.tasks.append(tx)
+        tx_ready = _wait_file(Path(f"{prefix}-tx.ready"), 60)
+        return rx, tx, rx_ready, tx_ready, prefix
+
+    def finish(self, name: str, rx: Any, tx: Any, prefix: Path, timeout: float) -> dict[str, Any]:
+        done = tx.wait(timeout)
+        if done.get("exit_code") != 0:
+            raise RuntimeError(f"project {name}: the sender ended {done.get('state')} "
+                               f"({done.get('exit_code')}): {str(done.get('stderr', ''))[-1500:]}")
+        rdone = rx.wait(30)
+        if rdone.get("exit_code") != 0:
+            _say(f"project {name}: the receiver ended {rdone.get('state')}: {str(rdone.get('stderr', ''))[-500:]}")
+        return json.loads(Path(f"{prefix}-tx.json").read_text())
+
+    def run_pair(self, name: str, rx_host: str, tx_host: str, steps: list[list[Any]], timeout: float
+                 ) -> dict[str, Any]:
+        rx, tx, _, _, prefix = self.start_pair(name, rx_host, tx_host, steps)
+        return self.finish(name, rx, tx, prefix, timeout)
+
+
+def memory_run(project: Project, settings: Settings, tx_host: str, rx_host: str) -> dict[str, Any]:
+    """The sender's RSS/USS while the receiver is stopped, then slow."""
+    steps: list[list[Any]] = [["hello"], ["sleep", settings.settle_s / 2],
+                              ["slow", 64, settings.memory_n, settings.slow_every, settings.slow_pause_s], ["bye"]]
+    rx, tx, rx_ready, tx_ready, prefix = project.start_pair("memory", rx_host, tx_host, steps)
+    phase = _wait_file(Path(f"{prefix}-tx.phase"), 120)
+    sender = psutil.Process(tx_ready["pid"])
+    before = sender.memory_full_info()
+    samples: list[tuple[float, int, int]] = []
+
+    def sample() -> None:
+        with contextlib.suppress(psutil.Error):
+            m = sender.memory_full_info()
+            samples.append((time.monotonic(), m.rss, m.uss))
+
+    rx.suspend()
+    t0 = time.monotonic()
+    Path(f"{prefix}-tx.go").write_text("go")
+    while time.monotonic() - t0 < settings.memory_stop_s:
+        sample()
+        time.sleep(0.1)
+    rx.resume()
+    stopped_until = time.monotonic()
+    limit = time.monotonic() + STEP_TIMEOUT_S * 2
+    while sender.is_running() and sender.status() != psutil.STATUS_ZOMBIE and time.monotonic() < limit:
+        sample()
+        time.sleep(0.1)
+        if Path(f"{prefix}-tx.json").exists():
+            break
+    raw = project.finish("memory", rx, tx, prefix, 60)
+    slow = next(r for r in raw["results"] if r["kind"] == "slow")
+    during_stop = [s for s in samples if s[0] <= stopped_until]
+    return {
+        "messages": settings.memory_n, "size": 64, "receiver_stopped_s": settings.memory_stop_s,
+        "receiver_slow": f"sleeps {settings.slow_pause_s * 1000:g} ms every {settings.slow_every} messages",
+        "hwm_messages": slow["hwm"], "max_held_seen": slow["max_held_seen"],
+        "sender_before": {"rss_mib": _mib(before.rss), "uss_mib": _mib(before.uss),
+                          "maxrss_mib": round(phase["maxrss_kib"] / 1024, 1)},
+        "sender_peak": {"rss_mib": _mib(max((s[1] for s in samples), default=0)),
+                        "uss_mib": _mib(max((s[2] for s in samples), default=0)),
+                        "maxrss_mib": round(slow["maxrss_kib"] / 1024, 1)},
+        "sender_peak_while_stopped": {"rss_mib": _mib(max((s[1] for s in during_stop), default=0)),
+                                      "uss_mib": _mib(max((s[2] for s in during_stop), default=0))},
+        "growth_mib": round((max((s[2] for s in samples), default=before.uss) - before.uss) / MIB, 2),
+        "bytes_per_held_message": round((max((s[2] for s in samples), default=before.uss) - before.uss)
+                                        / max(1, slow["hwm"])),
+        "samples": len(samples), "seconds": round(slow["seconds"], 2), "bad": slow["bad"],
+        "rx_pid": rx_ready["pid"], "route_kind": raw["route"]["route_kind"],
+        "retransmitted": raw["stats"].get("retransmitted")}
+
+
+# --- Ray -------------------------------------------------------------------------------------------
+def ray_bench(settings: Settings) -> dict[str, Any]:
+    try:
+        import ray  # type: ignore[import-not-found]
+    except Exception as exc:      # ImportError, or a broken install
+        return {"available": False, "reason": f"import ray failed: {exc.__class__.__name__}: {exc}"}
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+
+        @ray.remote
+        class Peer:
+            def __init__(self) -> None:
+                self.count = 0
+
+            def echo(self, b: bytes) -> bytes:
+                return b
+
+            def sink(self, b: bytes) -> None:
+                self.count += 1
+
+        actor = Peer.remote()  # type: ignore[attr-defined]
+        small = b"x" * 64
+        for _ in range(100):
+            ray.get(actor.echo.remote(small))
+        lat = []
+        for _ in range(settings.ray_n):
+            t0 = time.perf_counter()
+            ray.get(actor.echo.remote(small))
+            lat.append((time.perf_counter() - t0) * 1e6)
+        out: dict[str, Any] = {"available": True, "version": ray.__version__,
+                               "rtt_64B": {"n": len(lat), "p50_us": round(_percentile(lat, 50), 1),
+                                           "p99_us": round(_percentile(lat, 99), 1)}}
+        for size, n in ((64, settings.ray_n * 3), (1024, settings.ray_n * 3), (MIB, max(20, settings.n_1m // 5))):
+            payload = b"x" * size
+            t0 = time.perf_counter()
+            ray.get([actor.sink.remote(payload) for _ in range(n)])
+            dt = time.perf_counter() - t0
+            out[f"oneway_{SIZE_NAMES[size]}"] = {"n": n, "msgs_per_s": round(n / dt),
+                                                 "mib_per_s": round(n * size / dt / MIB, 1)}
+        return out
+    except Exception as exc:
+        return {"available": False, "reason": f"ray failed: {exc.__class__.__name__}: {exc}"}
+    finally:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+
+
+# --- profiling -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def py_spy(pids: dict[str, int], out: Path, procs: Procs) -> Iterator[dict[str, Any]]:
+    """py-spy record of each pid while the block runs; yields a dict filled with hot functions."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    result: dict[str, Any] = {}
+    if not Path(exe).exists():
+        result["error"] = "py-spy is not installed"
+        yield result
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    running = {}
+    for name, pid in pids.items():
+        raw = out / f"{name}.txt"
+        running[name] = (procs.start([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+                                      "--nonblocking", "--output", str(raw)], out / f"{name}.py-spy.log"), raw)
+    time.sleep(1.0)
+    try:
+        yield result
+    finally:
+        for name, (proc, raw) in running.items():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            result[name] = hot_functions(raw) if raw.exists() else {
+                "error": (out / f"{name}.py-spy.log").read_text(errors="replace")[-500:]}
+
+
+def _short(frame: str) -> str:
+    """py-spy's "func (path/to/file.py:123)" as "func (file.py)": one entry per function."""
+    name, sep, where = frame.partition(" (")
+    return f"{name} ({where.rsplit(':', 1)[0].rsplit('/', 1)[-1]})" if sep else frame
+
+
+def hot_functions(raw: Path, top: int = 15) -> dict[str, Any]:
+    """From py-spy's raw output (collapsed stacks): self and inclusive shares per function."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_short(f) for f in stack.split(";")]
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + count
+
+    def rank(d: dict[str, int]) -> list[dict[str, Any]]:
+        best = sorted(d.items(), key=lambda kv: -kv[1])[:top]
+        return [{"function": f, "share": round(c / total, 3)} for f, c in best]
+
+    return {"samples": total, "self": rank(own), "inclusive": rank(inclusive)} if total else {"samples": 0}
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def ratios(project: dict[str, Any], raw: dict[str, Any], ray: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for transport in ("ipc", "tcp"):
+        p = project.get(transport, {})
+        plain, curve = raw.get(f"{transport}-plain", {}), raw.get(f"{transport}-curve", {})
+        t: dict[str, Any] = {}
+        for size in SIZES:
+            key = f"oneway_{SIZE_NAMES[size]}"
+            mine = p.get(key, {}).get("msgs_per_s")
+            r = _ratio(mine, plain.get(key, {}).get("msgs_per_s"))
+            t[key] = {"project_vs_raw_plain": r,
+                      "project_vs_raw_curve": _ratio(mine, curve.get(key, {}).get("msgs_per_s")),
+                      "raw_curve_vs_raw_plain": _ratio(curve.get(key, {}).get("msgs_per_s"),
+                                                       plain.get(key, {}).get("msgs_per_s")),
+                      "target": f">= {TARGET_ONEWAY[size]}x raw plain", "target_met": r is not None
+                      and r >= TARGET_ONEWAY[size]}
+        mine = p.get("rtt_64B", {}).get("p50_us")
+        r = _ratio(mine, plain.get("rtt_64B", {}).get("p50_us"))
+        t["rtt_64B_p50"] = {"project_vs_raw_plain": r,
+                            "project_vs_raw_curve": _ratio(mine, curve.get("rtt_64B", {}).get("p50_us")),
+                            "p99_project_vs_raw_plain": _ratio(p.get("rtt_64B", {}).get("p99_us"),
+                                                               plain.get("rtt_64B", {}).get("p99_us")),
+                            "target": f"<= {TARGET_RTT_P50}x raw plain",
+                            "target_met": r is not None and r <= TARGET_RTT_P50}
+        out[transport] = t
+    if ray.get("available"):
+        best = {k: max(project.get(tr, {}).get(k, {}).get("msgs_per_s", 0) for tr in ("ipc", "tcp"))
+                for k in (f"oneway_{SIZE_NAMES[s]}" for s in SIZES)}
+        out["ray"] = {}
+        for key, mine in best.items():
+            r = _ratio(mine, ray.get(key, {}).get("msgs_per_s"))
+            out["ray"][key] = {"project_vs_ray": r, "target": f">= {TARGET_RAY_THROUGHPUT}x",
+                               "target_met": r is not None and r >= TARGET_RAY_THROUGHPUT}
+        p50 = min(project.get(tr, {}).get("rtt_64B", {}).get("p50_us", float("inf")) for tr in ("ipc", "tcp"))
+        r = _ratio(ray["rtt_64B"]["p50_us"], p50)
+        out["ray"]["rtt_64B_p50"] = {"ray_vs_project": r, "target": f">= {TARGET_RAY_RTT}x",
+                                     "target_met": r is not None and r >= TARGET_RAY_RTT}
+    else:
+        out["ray"] = {"available": False, "reason": ray.get("reason"), "target_met": None}
+    return out
+
+
+def run_benchmark(settings: Settings) -> dict[str, Any]:
+    import snipe
+    from snipe.localcluster import LocalCluster
+
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="snipe-bench-msg-"))
+    procs = Procs()
+    cluster: LocalCluster | None = None
+    result: dict[str, Any] = {"benchmark": "messaging", "settings": asdict(settings), "cpus": os.cpu_count(),
+                              "python": sys.version.split()[0], "loadavg_before": os.getloadavg()}
+    try:
+        import zmq
+        result["zmq"] = {"pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()}
+        (root / "raw_worker.py").write_text(RAW_WORKER)
+        (root / "project_worker.py").write_text(PROJECT_WORKER)
+        steps = plan(settings)
+        timeout = STEP_TIMEOUT_S * (2 + settings.reps)
+
+        raw: dict[str, Any] = {}
+        for transport in ("ipc", "tcp"):
+            for curve in (False, True):
+                name = f"{transport}-{'curve' if curve else 'plain'}"
+                _say(f"raw pyzmq DEALER->ROUTER, {name}")
+                raw[name] = summarize(run_raw_pair(root, procs, name, transport, curve, steps, timeout), settings)
+        procs.close()
+
+        _say("starting a local cluster: 1 replica, 2 hosts (h1 127.0.0.2, h2 127.0.0.3)")
+        cluster = LocalCluster(root / "cluster", replicas=1, hosts=2, loopback_hosts=True)
+        cluster.start()
+        snipe.init(catalog=cluster.catalog.addresses, identity=cluster.user, admin_key=cluster.admin.key_id,
+                   daemon=cluster.daemons[0].address)
+        code = snipe.publish(root / "project_worker.py")
+        proj = Project(root, procs, code)
+        time.sleep(settings.settle_s)
+        project: dict[str, Any] = {}
+        for transport, rx_host in (("ipc", "h1"), ("tcp", "h2")):
+            _say(f"project: two tasks, sender on h1, receiver on {rx_host} (expecting {transport})")
+            project[transport] = summarize(proj.run_pair(transport, rx_host, "h1", steps, timeout), settings)
+            if project[transport]["route_kind"] != transport:
+                _say(f"warning: the route used was {project[transport]['route_kind']}, not {transport}")
+
+        _say(f"memory: {settings.memory_n} messages of 64 B to a receiver stopped {settings.memory_stop_s} s, "
+             f"then slow")
+        memory = memory_run(proj, settings, "h1", "h2")
+
+        if settings.profile_dir:
+            _say(f"profile: py-spy on both ends of {settings.profile_n} messages of 64 B over ipc")
+            psteps: list[list[Any]] = [["hello"], ["sleep", settings.settle_s], ["oneway", 64, settings.profile_n],
+                                       ["bye"]]
+            rx, tx, rx_ready, tx_ready, prefix = proj.start_pair("profile", "h1", "h1", psteps)
+            with py_spy({"sender": tx_ready["pid"], "receiver": rx_ready["pid"]},
+                        Path(settings.profile_dir), procs) as prof:
+                praw = proj.finish("profile", rx, tx, prefix, timeout)
+            result["profile"] = {"case": "64 B one-way, ipc, sampled at 200 Hz", **prof,
+                                 "throughput_under_profiler": summarize(praw, Settings(warmup_n=0))}
+
+        _say("Ray actor calls")
+        ray = ray_bench(settings)
+        result.update({"raw_pyzmq": raw, "project": project, "ray": ray, "memory": memory,
+                       "ratios": ratios(project, raw, ray), "elapsed_s": round(time.monotonic() - started, 1),
+                       "loadavg_after": os.getloadavg()})
+        return result
+    finally:
+        with contextlib.suppress(Exception):
+            snipe.shutdown()
+        procs.close()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _fmt(v: Any, spec: str = "") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(r: dict[str, Any]) -> str:
+    lines = [f"messaging between two processes, {r['cpus']} CPUs, Python {r['python']}, "
+             f"pyzmq {r['zmq']['pyzmq']} / libzmq {r['zmq']['libzmq']}", ""]
+    head = f"{'case':<26}{'route':>6}{'rtt p50 us':>12}{'rtt p99 us':>12}" + "".join(
+        f"{SIZE_NAMES[s] + ' msg/s':>14}" for s in SIZES) + f"{'1MiB MiB/s':>12}{'retx':>9}"
+    lines += [head, "-" * len(head)]
+    rows = [(f"raw pyzmq {k}", v) for k, v in r["raw_pyzmq"].items()]
+    rows += [(f"snipe {k}", v) for k, v in r["project"].items()]
+    if r["ray"].get("available"):
+        rows.append(("ray actor calls", {**r["ray"], "route_kind": "-"}))
+    for name, v in rows:
+        rtt = v.get("rtt_64B", {})
+        lines.append(f"{name:<26}{v.get('route_kind', '-'):>6}{_fmt(rtt.get('p50_us'), '.1f'):>12}"
+                     f"{_fmt(rtt.get('p99_us'), '.1f'):>12}"
+                     + "".join(f"{_fmt(v.get(f'oneway_{SIZE_NAMES[s]}', {}).get('msgs_per_s'), ','):>14}"
+                               for s in SIZES)
+                     + f"{_fmt(v.get('oneway_1MiB', {}).get('mib_per_s'), '.0f'):>12}"
+                     + f"{_fmt(v.get('retransmitted'), ','):>9}")
+    if not r["ray"].get("available"):
+        lines.append(f"ray: not available ({r['ray'].get('reason')})")
+    lines += ["", "ratios (project / raw plain pyzmq, same transport):"]
+    for transport in ("ipc", "tcp"):
+        for key, v in r["ratios"][transport].items():
+            met = {True: "met", False: "NOT met", None: "n/a"}[v["target_met"]]
+            lines.append(f"  {transport} {key:<16} {_fmt(v['project_vs_raw_plain']):>7}x  (vs raw curve "
+                         f"{_fmt(v['project_vs_raw_curve'])}x)  target {v['target']}: {met}")
+    lines.append(f"  ray: {json.dumps(r['ratios']['ray'])}")
+    m = r["memory"]
+    lines += ["", f"memory: sender of {m['messages']:,} x 64 B, receiver stopped {m['receiver_stopped_s']} s then "
+              f"{m['receiver_slow']}; hwm {m['hwm_messages']:,} messages (max held seen {m['max_held_seen']:,})",
+              f"  sender before: {json.dumps(m['sender_before'])}", f"  sender peak:   {json.dumps(m['sender_peak'])}",
+              f"  growth {m['growth_mib']} MiB USS = {m['bytes_per_held_message']} B per held message at the hwm"]
+    if "profile" in r:
+        for side in ("sender", "receiver"):
+            lines += ["", f"profile, {side} (self time share, busy samples):"]
+            for item in r["profile"].get(side, {}).get("self", [])[:10]:
+                lines.append(f"  {item['share']:>6.1%}  {item['function']}")
+    lines.append(f"\nelapsed {r['elapsed_s']} s; load average before {r['loadavg_before'][0]:.1f}, "
+                 f"after {r['loadavg_after'][0]:.1f} (other processes on this machine skew every figure)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.messaging", description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print only the JSON result")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: small counts, one repetition")
+    ap.add_argument("--reps", type=int, help="repetitions of each one-way case (median reported)")
+    ap.add_argument("--profile", metavar="DIR", help="also py-spy both ends of the 64 B one-way path")
+    args = ap.parse_args(argv)
+    settings = Settings.quick() if args.quick else Settings()
+    if args.reps is not None:
+        settings.reps = args.reps
+    if args.profile:
+        settings.profile_dir = args.profile
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    result = run_benchmark(settings)
+    if not args.json:
+        print(table(result))
+        print()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
