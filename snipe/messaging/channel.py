@@ -13,7 +13,9 @@ the sender still holds, lets a receiver that has never heard of a session (it re
 sender reset after a failure) start at the right place instead of waiting for seq 1 forever.
 
 Invariants:
-- Inbound delivers seq n of a session only after n-1, and each seq at most once.
+- Inbound delivers seq n of a session only after n-1 (or at the sender's base, below which
+  everything was acknowledged), and each seq at most once, also when late packets of a session
+  it left arrive (it remembers where the last `REMEMBERED_SESSIONS` sessions stopped).
 - Outbound never forgets a message before it is acknowledged or reported failed; after a
   failure it fails everything queued behind it (FIFO cannot skip a message) and starts a new
   session, so later sends are not held hostage.
@@ -38,6 +40,7 @@ VERSION = 1
 INITIAL_RTO = 0.2
 MIN_RTO = 0.02
 MAX_RTO = 5.0
+REMEMBERED_SESSIONS = 16      # per Inbound: where each recently left session stopped
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +184,25 @@ class Inbound:
         self.session: int | None = None
         self.expected = 1
         self.early: dict[int, tuple[int, bytes]] = {}
+        self.left: dict[int, int] = {}           # sessions switched away from -> their next seq, oldest first
         self.delivered = self.duplicates = 0
 
     def on_data(self, session: int, base: int, first: int, tags: Sequence[int], payloads: Sequence[bytes]
                 ) -> tuple[list[Deliver], Send]:
         if session != self.session:
-            # A session we have not seen: the sender restarted its channel. Start where it says
-            # it still holds messages; anything earlier was acknowledged to the old session.
-            self.session, self.expected, self.early = session, base, {}
+            # Another session: the sender restarted its channel, or this is a late packet of one
+            # we left. Resume a session we left where we stopped (never deliver a seq twice); start
+            # a new one where the sender says it still holds messages.
+            if self.session is not None:
+                self.left[self.session] = self.expected
+                while len(self.left) > REMEMBERED_SESSIONS:
+                    del self.left[next(iter(self.left))]
+            self.session, self.expected, self.early = session, self.left.pop(session, base), {}
+        if base > self.expected:
+            # The sender holds nothing below base: it was acknowledged (to an earlier incarnation
+            # of this receiver whose first packet carried a stale base); waiting for it would stall.
+            self.expected = base
+            self.early = {q: m for q, m in self.early.items() if q >= base}
         out: list[Deliver] = []
         for i, (tag, payload) in enumerate(zip(tags, payloads, strict=True)):
             seq = first + i
