@@ -261,7 +261,7 @@ class Bare:
 # --- memory -----------------------------------------------------------------------------------------
 def _uss_rss(pid: int) -> dict[str, float]:
     info = psutil.Process(pid).memory_full_info()
-    return {"uss_mib": _mib(info.uss), "rss_mib": _mib(info.rss)}
+    return {"uss_mib": _mib(info.uss), "pss_mib": _mib(info.pss), "rss_mib": _mib(info.rss)}
 
 
 def idle_zygotes(daemon_pid: int, tasks_dir: Path) -> list[psutil.Process]:
@@ -512,6 +512,8 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         memory["task_extra_vs_bare_snipe_zmq"] = {
             "uss_mib": round(t["uss_mib"] - sleepers["bare python+snipe+zmq"]["uss_mib"], 2),
             "rss_mib": round(t["rss_mib"] - sleepers["bare python+snipe+zmq"]["rss_mib"], 2)}
+        memory["note"] = ("USS: pages only that process holds (what one more task costs); PSS also counts a share of "
+                          "the pages it shares, e.g. with the zygote template it was forked from")
 
         # --- Ray
         _say("Ray actor creation + first result")
@@ -576,7 +578,7 @@ def _table(r: dict[str, Any]) -> str:
               f"{'met' if m['daemon_target_met'] else 'NOT met'})",
               f"  idle zygote {json.dumps(m['idle_zygote'])}, zygote template {json.dumps(m['zygote_template'])}"]
     for name, v in m["sleepers"].items():
-        lines.append(f"  {name}: USS {v['uss_mib']} RSS {v['rss_mib']}")
+        lines.append(f"  {name}: USS {v['uss_mib']} PSS {v['pss_mib']} RSS {v['rss_mib']}")
     lines.append(f"  task beyond bare python+zmq: {json.dumps(m['task_extra_vs_bare_zmq'])}; "
                  f"beyond bare python+snipe+zmq: {json.dumps(m['task_extra_vs_bare_snipe_zmq'])}")
     return "\n".join(lines)

@@ -55,6 +55,7 @@ class Session:
     catalog_addresses: list[str] = field(default_factory=list)
     _endpoint: Endpoint | None = None
     _membership: Membership | None = None
+    _hosts_seen: tuple[float, dict[str, Any]] | None = None     # (monotonic time, host entries) for placement
 
     def membership(self) -> Membership:
         if self._membership is None:
@@ -420,6 +421,12 @@ def hosts(requires: Sequence[Predicate | str] | dict[str, Any] | None = None) ->
             if e.value("alive", now) is True}
 
 
+# Placement reuses the hosts' entries for this long: a loop of spawns costs one catalog query per
+# interval, not one each (the hosts' own counts of tasks are refreshed every lease/3 seconds anyway,
+# and this client adds the tasks it placed since, see snipe/placement.py).
+PLACEMENT_CACHE_S = 1.0
+
+
 def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Predicate | str] | dict | None = None,
           env: dict[str, str] | None = None, quota: dict[str, Any] | None = None,
           notify: Sequence[str] = ()) -> Process:
@@ -430,19 +437,31 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
     """
     s = session()
     code = validate_urn(code)
+    body = {"code": code, "args": [str(a) for a in args], "env": env or {}, "quota": quota or {},
+            "notify": list(notify)}
     if host is not None:
         host_urn = host if host.startswith("urn:") else f"urn:snipe:host:{host}"
         entry = s.catalog.get(host_urn)
         address = entry.value("daemon", now_ms())
         if address is None or entry.value("alive", now_ms()) is not True:
             raise Unreachable(f"{host_urn} has no live daemon in the catalog")
+        reply, _ = s.daemon(str(address)).call("spawn", body, timeout=120)
     else:
-        candidates = s.catalog.query("urn:snipe:host:")      # all of them, so a refusal can say why
-        host_urn = choose_host(candidates, _requirements(requires), now_ms(), s.placed)
-        address = candidates[host_urn].value("daemon", now_ms())
-    reply, _ = s.daemon(str(address)).call("spawn", {
-        "code": code, "args": [str(a) for a in args], "env": env or {}, "quota": quota or {},
-        "notify": list(notify)}, timeout=120)
+        seen = s._hosts_seen
+        fresh = seen is None or time.monotonic() - seen[0] >= PLACEMENT_CACHE_S
+        if fresh:
+            s._hosts_seen = seen = (time.monotonic(), s.catalog.query("urn:snipe:host:"))  # all, so a refusal says why
+        assert seen is not None
+        host_urn = choose_host(seen[1], _requirements(requires), now_ms(), s.placed)
+        address = seen[1][host_urn].value("daemon", now_ms())
+        try:
+            reply, _ = s.daemon(str(address)).call("spawn", body, timeout=120)
+        except NotAuthorized:
+            if fresh:
+                raise
+            # the host list was up to PLACEMENT_CACHE_S old (the host may have started draining): ask again
+            s._hosts_seen = None
+            return spawn(code, *args, requires=requires, env=env, quota=quota, notify=notify)
     recent = s.placed.setdefault(host_urn, [])
     recent.append(now_ms())
     del recent[:-256]
