@@ -21,12 +21,14 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import IO
 
 PR_SET_CHILD_SUBREAPER = 36
 _PID = struct.Struct("!i")
 TEMPLATE_TIMEOUT_S = 60.0          # to start and import; under heavy load it may take a while
+TAKE_WAIT_S = 0.5                  # how long a spawn waits for a fork when the pool is empty
 
 
 def become_subreaper() -> bool:
@@ -108,7 +110,6 @@ class Zygote:
                 except ChildProcessError:
                     self.returncode = -1
             return self.returncode
-        import time
         deadline = time.monotonic() + timeout
         while self.poll() is None:
             if time.monotonic() >= deadline:
@@ -231,6 +232,7 @@ class WarmPool:
                     self._end([z])
                     return
                 self.idle.append(z)
+                self._cond.notify_all()          # a take() may be waiting for it
 
     # --- the daemon's side --------------------------------------------------------------------------
     def refill(self) -> None:
@@ -239,18 +241,28 @@ class WarmPool:
             self._cond.notify()
 
     def take(self, python: str) -> Warm | None:
-        """An idle zygote for a program run by `python`, or None (then start it cold)."""
-        if python != self.python:
+        """An idle zygote for a program run by `python`, or None (then start it cold).
+
+        With a template running and the pool empty (a burst outran the refill), it waits up to
+        TAKE_WAIT_S for the next fork: a few milliseconds, where a cold start costs hundreds."""
+        if python != self.python or self.size <= 0:
             return None
+        deadline = time.monotonic() + TAKE_WAIT_S
         with self._cond:
-            while self.idle:
-                p = self.idle.pop(0)
-                if p.poll() is None:
-                    self.served += 1
-                    self._cond.notify()
-                    return p
+            while True:
+                while self.idle:
+                    p = self.idle.pop(0)
+                    if p.poll() is None:
+                        self.served += 1
+                        self._cond.notify()
+                        return p
+                self._cond.notify()
+                left = deadline - time.monotonic()
+                template = self._template
+                if not self.fork or left <= 0 or template is None or template.poll() is not None:
+                    break
+                self._cond.wait(left)
             self.missed += 1
-            self._cond.notify()
         return None
 
     def pids(self) -> set[int]:
