@@ -1,0 +1,809 @@
+"""Multicast benchmark: 1 sender to 30 members over 3 daemons, against repeated unicast and raw PUB/SUB.
+
+Run it from the repository root, as a module::
+
+    python -m benchmarks.multicast              # readable table, then the JSON
+    python -m benchmarks.multicast --json       # the JSON only
+    python -m benchmarks.multicast --quick      # a smoke run (small counts)
+    python -m benchmarks.multicast --profile DIR   # also py-spy the router daemons (and the sender)
+
+What one run measures, all on this machine, every end in a process of its own:
+
+1. **Raw pyzmq PUB/SUB** (no cluster running yet): one PUB process bound on tcp 127.0.0.2, 30
+   SUB processes. High-water marks are off (0), so nothing is dropped for want of room; PUB/SUB
+   has no acknowledgement, retransmission, ordering across publishers or membership.
+2. **The project**: a ``LocalCluster`` (1 catalog replica, to leave CPU to the measurement, and
+   3 hosts h1-h3 on 127.0.0.2-4); 30 member tasks (10 per host) that call ``snipe.join`` and
+   read with ``snipe.recv``; one sender task on h1. The same sender then does
+   - **multicast**: ``snipe.mcast(group, payload)`` per message (the daemons relay), and
+   - **repeated unicast**: ``snipe.send(member, payload)`` to each of the 30 members per message.
+
+Each case has the same phases: a warm-up (routes and connections), a **throughput** phase (the
+sender sends N messages of 64 B back to back; latency here includes queueing) and a **paced**
+phase (a fixed rate every case sustains; latency without queueing). Every payload carries its
+phase, index and the sender's ``time.monotonic()`` (CLOCK_MONOTONIC, one clock for every process
+of the machine); a member takes latency = arrival - send time, for every k-th message. After the
+last data message the sender sends an end marker along the same path (FIFO per sender), and
+each member then reports its count, its out-of-order or duplicate count and its latency samples:
+project members in a unicast message back to this benchmark's own process, raw subscribers in a
+file. Throughput = N / (last arrival at any member - first send); deliveries/s = messages
+delivered to all members together over the same time.
+
+Ratios and the targets of the multicast issue, with honest ``target_met``: multicast throughput
+>= 3x the repeated-unicast throughput at 30 members, and >= 30% of raw PUB/SUB. The load average
+of the machine is reported before and after; other processes competing for the CPUs distort
+every figure, and the JSON says so when the load is above the number of CPUs.
+
+Every process this benchmark starts is stopped, and its temporary folder removed, also on errors
+and on SIGINT/SIGTERM. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Settings", "main", "run_benchmark"]
+
+GROUP = "urn:snipe:group:bench-mcast"
+TARGET_VS_UNICAST = 3.0          # multicast / repeated-unicast throughput, at least
+TARGET_VS_RAW = 0.3              # multicast / raw PUB/SUB throughput, at least
+TAG_DATA, TAG_HELLO, TAG_CTRL, TAG_REPORT = 0, 11, 12, 13
+SAMPLES_PER_MEMBER = 500         # latency samples a member keeps per phase (every k-th message)
+
+# Payload header, the same for every case: kind (0 data, 1 end of phase, 2 beacon, 3 bye),
+# phase, index, messages in the phase, send time (time.monotonic()).
+_HEADER = '''
+import struct
+HDR = struct.Struct(">BHIId")
+DATA, END, BEACON, BYE = 0, 1, 2, 3
+
+
+class Phase:
+    """One receiver's view of one phase."""
+
+    def __init__(self, n):
+        self.n, self.count, self.bad, self.expect = n, 0, 0, 0
+        self.stride = max(1, n // @SAMPLES@)
+        self.first_sent = None
+        self.last_arrival = None
+        self.lat_us = []
+
+    def add(self, index, sent, now):
+        if index != self.expect:
+            self.bad += 1
+        self.expect = index + 1
+        self.count += 1
+        if self.first_sent is None or sent < self.first_sent:
+            self.first_sent = sent
+        self.last_arrival = now
+        if index % self.stride == 0:
+            self.lat_us.append(round((now - sent) * 1e6, 1))
+
+    def report(self, **extra):
+        return {"count": self.count, "n": self.n, "bad": self.bad, "first_sent": self.first_sent,
+                "last_arrival": self.last_arrival, "lat_us": self.lat_us, **extra}
+'''
+
+MEMBER = _HEADER + '''
+import os, sys, time
+import snipe
+
+group, bench = sys.argv[1], sys.argv[2]
+snipe.join(group)
+snipe.send_obj(bench, {"member": snipe.me(), "pid": os.getpid()}, @TAG_HELLO@)
+phases, failed = {}, 0
+while True:
+    m = snipe.recv(timeout=5)
+    if m is None:
+        continue
+    now = time.monotonic()
+    if m.failed:
+        failed += 1
+        continue
+    if m.tag == @TAG_CTRL@:
+        cmd = m.obj()
+        if cmd["op"] == "report":
+            p = phases.get(cmd["phase"]) or Phase(0)
+            snipe.send_obj(bench, {"phase": cmd["phase"], **p.report(failed=failed, partial=True)}, @TAG_REPORT@)
+        elif cmd["op"] == "bye":
+            break
+        continue
+    kind, phase, index, n, sent = HDR.unpack_from(m.payload)
+    p = phases.get(phase)
+    if p is None:
+        p = phases[phase] = Phase(n)
+    if kind == DATA:
+        p.add(index, sent, now)
+    elif kind == END:
+        snipe.send_obj(bench, {"phase": phase, **p.report(failed=failed, partial=False,
+                                                         via_group=m.group is not None)}, @TAG_REPORT@)
+time.sleep(0.3)            # let the acknowledgements of the reports go out
+snipe.shutdown()
+'''
+
+SENDER = _HEADER + '''
+import os, sys, time
+import snipe
+
+group, bench = sys.argv[1], sys.argv[2]
+snipe.send_obj(bench, {"sender": snipe.me(), "pid": os.getpid()}, @TAG_HELLO@)
+failures = 0
+while True:
+    m = snipe.recv(timeout=5)
+    if m is None:
+        continue
+    if m.failed:
+        failures += 1
+        continue
+    cmd = m.obj()
+    if cmd["op"] == "bye":
+        break
+    mode, phase, n, rate, size = cmd["mode"], cmd["phase"], cmd["n"], cmd["rate"], cmd["size"]
+    pad = b"." * max(0, size - HDR.size)
+    members = cmd.get("members", [])
+    mcast, send = snipe.mcast, snipe.send
+
+    def out(payload):
+        if mode == "mcast":
+            mcast(group, payload)
+        else:
+            for u in members:
+                send(u, payload)
+
+    t0 = time.monotonic()
+    for i in range(n):
+        if rate:
+            wait = t0 + i / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        out(HDR.pack(DATA, phase, i, n, time.monotonic()) + pad)
+    t_sent = time.monotonic()
+    out(HDR.pack(END, phase, n, n, time.monotonic()))
+    snipe.send_obj(bench, {"done": phase, "t0": t0, "t_sent": t_sent, "failures": failures}, @TAG_REPORT@)
+time.sleep(0.3)
+snipe.shutdown()
+'''
+
+RAW = _HEADER + '''
+import json, os, sys, time
+import zmq
+
+role, endpoint, prefix, plan = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+
+
+def mark(name, info):
+    tmp = f"{prefix}.{name}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, f"{prefix}.{name}")
+
+
+ctx = zmq.Context()
+if role == "sub":
+    s = ctx.socket(zmq.SUB)
+    s.rcvhwm = 0
+    s.connect(endpoint)
+    s.setsockopt(zmq.SUBSCRIBE, b"")
+    mark("ready", {"pid": os.getpid()})
+    phases, warm = {}, False
+    while True:
+        payload = s.recv()
+        now = time.monotonic()
+        kind, phase, index, n, sent = HDR.unpack_from(payload)
+        if kind == BEACON:
+            if not warm:
+                warm = True
+                mark("warm", {})
+            continue
+        if kind == BYE:
+            break
+        p = phases.get(phase)
+        if p is None:
+            p = phases[phase] = Phase(n)
+        if kind == DATA:
+            p.add(index, sent, now)
+        elif kind == END:
+            mark(f"p{phase}", {"phase": phase, **p.report(failed=0, partial=False)})
+else:
+    subs, timeout = plan["subs"], plan["timeout"]
+    s = ctx.socket(zmq.PUB)
+    s.sndhwm = 0
+    s.bind(endpoint)
+    mark("ready", {"pid": os.getpid()})
+
+    def wait_all(suffix, beacon):
+        limit = time.monotonic() + timeout
+        while not all(os.path.exists(f"{sub}.{suffix}") for sub in subs):
+            if time.monotonic() > limit:
+                raise SystemExit(f"not every subscriber wrote .{suffix} within {timeout} s")
+            if beacon:
+                s.send(HDR.pack(BEACON, 0, 0, 0, 0.0))
+            time.sleep(0.02)
+
+    wait_all("warm", True)            # every subscription is in place (no slow joiner)
+    done = {}
+    for phase, n, rate, size in plan["phases"]:
+        pad = b"." * max(0, size - HDR.size)
+        t0 = time.monotonic()
+        for i in range(n):
+            if rate:
+                wait = t0 + i / rate - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            s.send(HDR.pack(DATA, phase, i, n, time.monotonic()) + pad)
+        t_sent = time.monotonic()
+        s.send(HDR.pack(END, phase, n, n, time.monotonic()))
+        done[phase] = {"t0": t0, "t_sent": t_sent}
+        wait_all(f"p{phase}", False)
+    s.send(HDR.pack(BYE, 0, 0, 0, 0.0))
+    mark("json", done)
+    time.sleep(0.5)
+s.close(linger=2000)
+ctx.term()
+'''
+
+
+
+
+def _script(text: str) -> str:
+    """A worker's source with this module's constants filled in."""
+    for name, value in (("SAMPLES", SAMPLES_PER_MEMBER), ("TAG_HELLO", TAG_HELLO), ("TAG_CTRL", TAG_CTRL),
+                        ("TAG_REPORT", TAG_REPORT)):
+        text = text.replace(f"@{name}@", str(value))
+    return text
+
+
+@dataclass
+class Settings:
+    members: int = 30
+    hosts: int = 3
+    size: int = 64
+    warmup_n: int = 300
+    mcast_n: int = 5_000
+    unicast_n: int = 2_000
+    raw_n: int = 50_000
+    paced_rate: float = 100.0         # messages/s in the paced phase (every case sustains it here)
+    paced_n: int = 300
+    settle_s: float = 1.0
+    phase_timeout_s: float = 120.0
+    profile_dir: str | None = None
+    profile_n: int = 3_000
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(warmup_n=100, mcast_n=500, unicast_n=300, raw_n=5_000, paced_n=100, settle_s=0.5,
+                   phase_timeout_s=60.0, profile_n=500)
+
+
+def _say(msg: str) -> None:
+    print(f"[multicast-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile of `values` (q in 0..100); None when there are none."""
+    s = sorted(values)
+    if not s:
+        return None
+    k = max(0, min(len(s) - 1, round(q / 100 * len(s) + 0.5) - 1))
+    return s[k]
+
+
+def summarize_phase(n: int, members: int, reports: Sequence[dict[str, Any]], t0: float | None = None
+                    ) -> dict[str, Any]:
+    """Members' reports of one phase, reduced: throughput, deliveries, latency percentiles."""
+    got = [r for r in reports if r]
+    deliveries = sum(r["count"] for r in got)
+    lat = [x for r in got for x in r["lat_us"]]
+    firsts = [r["first_sent"] for r in got if r.get("first_sent") is not None]
+    lasts = [r["last_arrival"] for r in got if r.get("last_arrival") is not None]
+    start = t0 if t0 is not None else (min(firsts) if firsts else None)
+    seconds = (max(lasts) - start) if lasts and start is not None else None
+    complete = [r for r in got if r["count"] == n]
+    return {
+        "n": n, "members": members, "members_reporting": len(got),
+        "members_with_all": len(complete),
+        "deliveries": deliveries, "expected_deliveries": n * members,
+        "missing": n * members - deliveries,
+        "out_of_order_or_duplicate": sum(r["bad"] for r in got),
+        "failure_notices": max((r.get("failed", 0) for r in got), default=0),
+        "seconds": round(seconds, 4) if seconds else None,
+        "msgs_per_s": round(n / seconds, 1) if seconds else None,
+        "deliveries_per_s": round(deliveries / seconds, 1) if seconds else None,
+        "latency_us": {"samples": len(lat), "p50": _percentile(lat, 50), "p99": _percentile(lat, 99),
+                       "mean": round(statistics.fmean(lat), 1) if lat else None},
+    }
+
+
+# --- process bookkeeping --------------------------------------------------------------------------
+class Procs:
+    """Every subprocess and task this benchmark starts; `close` stops them all."""
+
+    def __init__(self) -> None:
+        self.popen: list[subprocess.Popen[bytes]] = []
+        self.tasks: list[Any] = []
+
+    def start(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as f:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        self.popen.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in self.popen:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+        for p in self.popen:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(5)
+        self.popen.clear()
+        for t in self.tasks:
+            with contextlib.suppress(Exception):
+                t.kill()
+        self.tasks.clear()
+
+
+def _wait_file(path: Path, timeout: float, alive: Any = None) -> dict[str, Any]:
+    limit = time.monotonic() + timeout
+    while not path.exists():
+        if alive is not None and not alive():
+            raise RuntimeError(f"a worker ended before writing {path.name}")
+        if time.monotonic() > limit:
+            raise TimeoutError(f"{path.name} did not appear within {timeout} s")
+        time.sleep(0.01)
+    return json.loads(path.read_text())
+
+
+# --- raw pyzmq PUB/SUB -----------------------------------------------------------------------------
+def run_raw(root: Path, procs: Procs, settings: Settings) -> dict[str, Any]:
+    """One PUB to `members` SUB processes: warm-up, throughput, paced."""
+    script = root / "raw_worker.py"
+    script.write_text(_script(RAW))
+    phases = [[1, settings.warmup_n, 0, settings.size], [2, settings.raw_n, 0, settings.size],
+              [3, settings.paced_n, settings.paced_rate, settings.size]]
+    subs = [root / f"raw-sub{i}" for i in range(settings.members)]
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        endpoint = f"tcp://127.0.0.2:{s.getsockname()[1]}"
+    pub_prefix = root / "raw-pub"
+    plan = {"subs": [str(p) for p in subs], "phases": phases, "timeout": settings.phase_timeout_s}
+    pub = procs.start([sys.executable, str(script), "pub", endpoint, str(pub_prefix), json.dumps(plan)],
+                      root / "raw-pub.log")
+    _wait_file(Path(f"{pub_prefix}.ready"), 30, lambda: pub.poll() is None)
+    sub_procs = [procs.start([sys.executable, str(script), "sub", endpoint, str(p), "{}"], Path(f"{p}.log"))
+                 for p in subs]
+    try:
+        pub.wait(settings.phase_timeout_s * 4)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError("raw PUB/SUB: the publisher did not finish in time") from None
+    if pub.returncode != 0:
+        raise RuntimeError(f"raw PUB/SUB: the publisher exited with {pub.returncode}: "
+                           f"{(root / 'raw-pub.log').read_text(errors='replace')[-1500:]}")
+    done = json.loads(Path(f"{pub_prefix}.json").read_text())
+    for p in sub_procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(10)
+    out: dict[str, Any] = {"transport": "tcp 127.0.0.2", "hwm": "none (0)", "subscribers": settings.members}
+    for phase, n, _rate, _size in phases:
+        reports = []
+        for p in subs:
+            f = Path(f"{p}.p{phase}")
+            reports.append(json.loads(f.read_text()) if f.exists() else {})
+        out[{1: "warmup", 2: "throughput", 3: "paced"}[phase]] = summarize_phase(
+            n, settings.members, reports, done[str(phase)]["t0"])
+    out["paced"]["rate"] = settings.paced_rate
+    return out
+
+
+# --- the project -----------------------------------------------------------------------------------
+class Project:
+    """Member tasks and a sender task on a LocalCluster, driven from this process."""
+
+    def __init__(self, root: Path, procs: Procs, settings: Settings) -> None:
+        self.root, self.procs, self.settings = root, procs, settings
+        self.env = {"XDG_RUNTIME_DIR": str(root / "run")}
+        (root / "run").mkdir(exist_ok=True, mode=0o700)
+        self.members: list[str] = []
+        self.member_pids: dict[str, int] = {}
+        self.sender: str | None = None
+        self.sender_pid: int | None = None
+        self.next_phase = 10
+
+    def start(self, bench: str) -> None:
+        import snipe
+
+        s = self.settings
+        (self.root / "member.py").write_text(_script(MEMBER))
+        (self.root / "sender.py").write_text(_script(SENDER))
+        member_code = snipe.publish(self.root / "member.py")
+        sender_code = snipe.publish(self.root / "sender.py")
+        for i in range(s.members):
+            self.procs.tasks.append(snipe.spawn(member_code, GROUP, bench, host=f"h{i % s.hosts + 1}",
+                                                env=self.env))
+        hellos = self._collect(TAG_HELLO, s.members, 180, "members to join")
+        self.members = sorted(h["member"] for h in hellos)
+        self.member_pids = {h["member"]: h["pid"] for h in hellos}
+        self.procs.tasks.append(snipe.spawn(sender_code, GROUP, bench, host="h1", env=self.env))
+        hello = self._collect(TAG_HELLO, 1, 60, "the sender to start")[0]
+        self.sender, self.sender_pid = hello["sender"], hello["pid"]
+
+    def _collect(self, tag: int, count: int, timeout: float, what: str) -> list[dict[str, Any]]:
+        import snipe
+
+        out: list[dict[str, Any]] = []
+        limit = time.monotonic() + timeout
+        while len(out) < count:
+            left = limit - time.monotonic()
+            if left <= 0:
+                self._explain(f"timed out after {timeout} s waiting for {what} ({len(out)}/{count})")
+            m = snipe.recv(tag=tag, timeout=min(left, 5.0)) if left > 0 else None
+            if m is not None and not m.failed:
+                out.append(m.obj())
+        return out
+
+    def _explain(self, why: str) -> None:
+        """Raise with the state of any task that ended early."""
+        notes = []
+        for t in self.procs.tasks:
+            with contextlib.suppress(Exception):
+                st = t.status()
+                if st.get("state") != "running":
+                    notes.append(f"{t.urn}: {st.get('state')} {st.get('exit_code')} "
+                                 f"{str(st.get('stderr', ''))[-600:]}")
+        raise TimeoutError(why + ("\n" + "\n".join(notes[:3]) if notes else ""))
+
+    def phase(self, mode: str, n: int, rate: float = 0.0) -> dict[str, Any]:
+        """One phase: the sender sends `n` messages (`mode` mcast or unicast); every member reports."""
+        import snipe
+
+        assert self.sender is not None
+        s = self.settings
+        k = self.next_phase
+        self.next_phase += 1
+        cmd = {"op": "run", "mode": mode, "phase": k, "n": n, "rate": rate, "size": s.size}
+        if mode == "unicast":
+            cmd["members"] = self.members
+        snipe.send_obj(self.sender, cmd, TAG_CTRL)
+        timeout = s.phase_timeout_s + (n / rate if rate else 0)
+        reports: dict[str, dict[str, Any]] = {}
+        done: dict[str, Any] | None = None
+        limit = time.monotonic() + timeout
+        asked = False
+        while len(reports) < len(self.members) or done is None:
+            m = snipe.recv(tag=TAG_REPORT, timeout=1.0)
+            if m is not None and not m.failed:
+                r = m.obj()
+                if "done" in r and r["done"] == k:
+                    done = r
+                elif r.get("phase") == k:
+                    reports[m.source] = r
+            if time.monotonic() > limit:
+                if asked or done is None:
+                    break
+                asked = True          # the end marker did not reach some: ask for what they have
+                for u in set(self.members) - set(reports):
+                    snipe.send_obj(u, {"op": "report", "phase": k}, TAG_CTRL)
+                limit = time.monotonic() + 15
+        if done is None:
+            self._explain(f"{mode} phase {k}: the sender did not finish within {timeout} s")
+        assert done is not None
+        out = summarize_phase(n, len(self.members), [reports.get(u, {}) for u in self.members], done["t0"])
+        out["send_seconds"] = round(done["t_sent"] - done["t0"], 4)
+        out["sender_failure_notices"] = done["failures"]
+        if rate:
+            out["rate"] = rate
+        return out
+
+    def close(self) -> None:
+        import snipe
+
+        for u in [*self.members, *([self.sender] if self.sender else [])]:
+            with contextlib.suppress(Exception):
+                snipe.send_obj(u, {"op": "bye"}, TAG_CTRL)
+
+
+def _daemon_status(cluster: Any) -> dict[str, Any]:
+    from snipe.daemonclient import DaemonClient
+
+    out = {}
+    for d in cluster.daemons:
+        try:
+            with DaemonClient(d.address, cluster.user, timeout=5) as c:
+                st = c.call("mcast-status")[0]
+            out[d.host_id] = {"routing": GROUP in st.get("routing", []), "relayed": st.get("relayed"),
+                              "local_members": len(st.get("local", {}).get(GROUP, []))}
+        except Exception as exc:  # a status is a nicety: report why it is missing
+            out[d.host_id] = {"error": f"{exc.__class__.__name__}: {exc}"}
+    return out
+
+
+def _registrations() -> dict[str, Any]:
+    """Routers in the group's entry and how many members registered with each."""
+    import snipe
+    from snipe.multicast.groups import live_members, live_routers
+    from snipe.runtime import now_ms
+
+    c = snipe.catalog()
+    c.invalidate(GROUP)
+    entry = c.get(GROUP)
+    routers = sorted(live_routers(entry, now_ms()))
+    members = live_members(entry, now_ms())
+    per = {r: sum(1 for v in members.values() if r in v.get("routers", [])) for r in routers}
+    return {"routers": routers, "members": len(members), "members_per_router": per}
+
+
+# --- profiling -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def py_spy(pids: dict[str, int], out: Path, procs: Procs) -> Iterator[dict[str, Any]]:
+    """py-spy record of each pid while the block runs; yields a dict filled with hot functions."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    result: dict[str, Any] = {}
+    if not Path(exe).exists():
+        result["error"] = "py-spy is not installed"
+        yield result
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    running = {}
+    for name, pid in pids.items():
+        raw = out / f"{name}.txt"
+        running[name] = (procs.start([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+                                      "--threads", "--nonblocking", "--output", str(raw)],
+                                     out / f"{name}.py-spy.log"), raw)
+    time.sleep(1.0)
+    try:
+        yield result
+    finally:
+        for name, (proc, raw) in running.items():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            result[name] = hot_functions(raw) if raw.exists() else {
+                "error": (out / f"{name}.py-spy.log").read_text(errors="replace")[-500:]}
+
+
+def _short(frame: str) -> str:
+    """py-spy's "func (path/to/file.py:123)" as "func (file.py)": one entry per function."""
+    name, sep, where = frame.partition(" (")
+    return f"{name} ({where.rsplit(':', 1)[0].rsplit('/', 1)[-1]})" if sep else frame
+
+
+_WAITING = ("Condition.wait (threading.py)", "Poller.poll (poll.py)", "EpollSelector.select (selectors.py)",
+            "Event.wait (threading.py)", "poll (poll.py)", "select (selectors.py)", "sleep", "recv (socket.py)")
+
+
+def hot_functions(raw: Path, top: int = 15) -> dict[str, Any]:
+    """From py-spy's raw output (collapsed stacks, thread first): per thread, busy samples; self and
+    inclusive shares per function of the busy samples (a stack whose leaf waits counts as idle)."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    threads: dict[str, int] = {}
+    total = idle = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        parts = stack.split(";")
+        thread, frames = (parts[0], [_short(f) for f in parts[1:]]) if parts[0].startswith(("thread", "process")) \
+            else ("?", [_short(f) for f in parts])
+        if not frames or frames[-1].startswith(_WAITING) or any(frames[-1].startswith(w) for w in _WAITING):
+            idle += count
+            continue
+        total += count
+        threads[thread] = threads.get(thread, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + count
+
+    def rank(d: dict[str, int]) -> list[dict[str, Any]]:
+        best = sorted(d.items(), key=lambda kv: -kv[1])[:top]
+        return [{"function": f, "share": round(c / total, 3)} for f, c in best]
+
+    if not total:
+        return {"busy_samples": 0, "idle_samples": idle}
+    return {"busy_samples": total, "idle_samples": idle, "busy_by_thread": rank(threads)[:6],
+            "self": rank(own), "inclusive": rank(inclusive)}
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def ratios(mc: dict[str, Any], uni: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+    t_m = mc["throughput"]["msgs_per_s"]
+    vs_uni = _ratio(t_m, uni["throughput"]["msgs_per_s"])
+    vs_raw = _ratio(t_m, raw["throughput"]["msgs_per_s"])
+    lat = {}
+    for case in ("throughput", "paced"):
+        for q in ("p50", "p99"):
+            lat[f"{case}_{q}"] = {"multicast_vs_unicast": _ratio(mc[case]["latency_us"][q], uni[case]["latency_us"][q]),
+                                  "multicast_vs_raw": _ratio(mc[case]["latency_us"][q], raw[case]["latency_us"][q])}
+    return {
+        "throughput_vs_repeated_unicast": {"ratio": vs_uni, "target": f">= {TARGET_VS_UNICAST}x",
+                                           "target_met": vs_uni is not None and vs_uni >= TARGET_VS_UNICAST},
+        "throughput_vs_raw_pubsub": {"ratio": vs_raw, "target": f">= {TARGET_VS_RAW}x",
+                                     "target_met": vs_raw is not None and vs_raw >= TARGET_VS_RAW},
+        "latency": lat,
+    }
+
+
+def _guarantees(*phases: dict[str, Any]) -> dict[str, Any]:
+    ok = all(p["missing"] == 0 and p["out_of_order_or_duplicate"] == 0 for p in phases)
+    return {"every_member_got_every_message_once_in_order": ok,
+            "missing": sum(p["missing"] for p in phases),
+            "out_of_order_or_duplicate": sum(p["out_of_order_or_duplicate"] for p in phases)}
+
+
+def _load_note(before: Sequence[float], after: Sequence[float]) -> str | None:
+    cpus = os.cpu_count() or 1
+    worst = max(before[0], after[0])
+    if worst > cpus:
+        return (f"load average {worst:.1f} on {cpus} CPUs: other processes competed for the CPUs during this "
+                f"run, so every figure (and most of all the 30-process cases) is lower and noisier than on an "
+                f"idle machine")
+    return None
+
+
+def run_benchmark(settings: Settings) -> dict[str, Any]:
+    import snipe
+    from snipe.localcluster import LocalCluster
+
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="snipe-bench-mcast-"))
+    procs = Procs()
+    cluster: LocalCluster | None = None
+    project: Project | None = None
+    result: dict[str, Any] = {"benchmark": "multicast", "settings": asdict(settings), "cpus": os.cpu_count(),
+                              "python": sys.version.split()[0], "loadavg_before": os.getloadavg()}
+    try:
+        import zmq
+        result["zmq"] = {"pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()}
+
+        _say(f"raw pyzmq PUB/SUB: 1 PUB, {settings.members} SUB processes")
+        raw = run_raw(root, procs, settings)
+        procs.close()
+
+        _say(f"starting a local cluster: 1 replica, {settings.hosts} hosts")
+        cluster = LocalCluster(root / "cluster", replicas=1, hosts=settings.hosts, loopback_hosts=True)
+        cluster.start()
+        snipe.init(catalog=cluster.catalog.addresses, identity=cluster.user, admin_key=cluster.admin.key_id,
+                   daemon=cluster.daemons[0].address)
+        bench = snipe.me()
+        project = Project(root, procs, settings)
+        _say(f"spawning {settings.members} members ({settings.members // settings.hosts} per host) and a sender")
+        project.start(bench)
+        time.sleep(settings.settle_s)
+        topology = _registrations()
+        _say(f"routers: {topology['routers']}")
+
+        _say("multicast: warm-up, throughput, paced")
+        mc = {"warmup": project.phase("mcast", settings.warmup_n),
+              "throughput": project.phase("mcast", settings.mcast_n),
+              "paced": project.phase("mcast", settings.paced_n, settings.paced_rate)}
+        routers_after = _daemon_status(cluster)
+        _say("repeated unicast: warm-up, throughput, paced")
+        uni = {"warmup": project.phase("unicast", settings.warmup_n),
+               "throughput": project.phase("unicast", settings.unicast_n),
+               "paced": project.phase("unicast", settings.paced_n, settings.paced_rate)}
+
+        if settings.profile_dir:
+            _say(f"profile: py-spy on the router daemons and the sender, {settings.profile_n} multicasts")
+            host_ids = {f"urn:snipe:host:{d.host_id}": d for d in cluster.daemons}
+            pids = {f"router-{host_ids[r].host_id}": host_ids[r].proc.pid for r in topology["routers"]
+                    if r in host_ids and host_ids[r].proc is not None}
+            if project.sender_pid:
+                pids["sender"] = project.sender_pid
+            if project.members:
+                pids["member"] = project.member_pids[project.members[0]]
+            with py_spy(pids, Path(settings.profile_dir), procs) as prof:
+                under = project.phase("mcast", settings.profile_n)
+            result["profile"] = {"case": f"{settings.profile_n} multicasts flat out, sampled at 200 Hz", **prof,
+                                 "throughput_under_profiler": under["msgs_per_s"]}
+
+        result.update({
+            "topology": {**topology, "member_tasks": len(project.members), "hosts": settings.hosts,
+                         "catalog_replicas": 1, "daemons": routers_after},
+            "multicast": mc, "unicast_x30": uni, "raw_pubsub": raw,
+            "ratios": ratios(mc, uni, raw),
+            "guarantees": {"multicast": _guarantees(*mc.values()), "unicast": _guarantees(*uni.values())},
+        })
+        return result
+    finally:
+        if project is not None:
+            with contextlib.suppress(Exception):
+                project.close()
+                time.sleep(0.5)
+        with contextlib.suppress(Exception):
+            snipe.shutdown()
+        procs.close()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close()
+        shutil.rmtree(root, ignore_errors=True)
+        result["elapsed_s"] = round(time.monotonic() - started, 1)
+        result["loadavg_after"] = os.getloadavg()
+        result["load_note"] = _load_note(result["loadavg_before"], result["loadavg_after"])
+
+
+def _fmt(v: Any, spec: str = "") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(r: dict[str, Any]) -> str:
+    lines = [f"multicast: 1 sender to {r['settings']['members']} members, {r['cpus']} CPUs, Python {r['python']}, "
+             f"pyzmq {r['zmq']['pyzmq']} / libzmq {r['zmq']['libzmq']}",
+             f"routers {r['topology']['routers']}, members per router {r['topology']['members_per_router']}", ""]
+    head = (f"{'case':<22}{'phase':<11}{'n':>7}{'msg/s':>10}{'deliv/s':>11}{'p50 us':>10}{'p99 us':>10}"
+            f"{'missing':>9}{'bad':>6}")
+    lines += [head, "-" * len(head)]
+    for name, key in (("snipe.mcast", "multicast"), ("snipe.send x30", "unicast_x30"), ("raw PUB/SUB", "raw_pubsub")):
+        for phase in ("throughput", "paced"):
+            p = r[key][phase]
+            lines.append(f"{name:<22}{phase:<11}{p['n']:>7}{_fmt(p['msgs_per_s'], ',.0f'):>10}"
+                         f"{_fmt(p['deliveries_per_s'], ',.0f'):>11}{_fmt(p['latency_us']['p50'], ',.0f'):>10}"
+                         f"{_fmt(p['latency_us']['p99'], ',.0f'):>10}{p['missing']:>9}"
+                         f"{p['out_of_order_or_duplicate']:>6}")
+    lines.append("")
+    for name, v in r["ratios"].items():
+        if "target" in v:
+            met = "met" if v["target_met"] else "NOT met"
+            lines.append(f"{name:<34} {_fmt(v['ratio'])}x   target {v['target']}: {met}")
+    if "profile" in r:
+        for side, v in r["profile"].items():
+            if isinstance(v, dict) and "self" in v:
+                lines += ["", f"profile, {side} (self time share of busy samples; busy by thread "
+                              f"{[(t['function'], t['share']) for t in v.get('busy_by_thread', [])][:3]}):"]
+                for item in v["self"][:10]:
+                    lines.append(f"  {item['share']:>6.1%}  {item['function']}")
+    lines.append(f"\nelapsed {r['elapsed_s']} s; load average before {r['loadavg_before'][0]:.1f}, "
+                 f"after {r['loadavg_after'][0]:.1f}")
+    if r.get("load_note"):
+        lines.append(f"NOTE: {r['load_note']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.multicast", description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print only the JSON result")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: small counts")
+    ap.add_argument("--profile", metavar="DIR", help="also py-spy the router daemons, the sender and a member")
+    args = ap.parse_args(argv)
+    settings = Settings.quick() if args.quick else Settings()
+    if args.profile:
+        settings.profile_dir = args.profile
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    result = run_benchmark(settings)
+    if not args.json:
+        print(table(result))
+        print()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
