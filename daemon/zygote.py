@@ -21,6 +21,11 @@ descriptor, and costs a few hundred KiB of its own until it runs something: the 
 memory is shared with the template. A fork takes a few milliseconds instead of the whole start
 of an interpreter, so the pool refills at once even during a burst of spawns.
 
+What forked zygotes share with the template, and so with each other: the imported modules and
+the string hash seed (PYTHONHASHSEED is drawn once per interpreter). The template holds no key
+or task data; `random` is reseeded in every child by Python itself, and os.urandom, uuid4,
+secrets and libsodium draw from the kernel.
+
 ``python -m snipe_daemon.zygote`` without ``--template`` is one zygote started directly (by
 exec), for a daemon that cannot be a subreaper.
 
