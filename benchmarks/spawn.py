@@ -17,8 +17,8 @@ What one run measures, all on this machine:
    hello arrives.  *Sequential*: ``--spawns`` spawns one after another, each waiting for its
    hello, with ``--gap`` seconds between them so the daemon's warm pool (``DaemonConfig.
    warm_pool``, 2 by default) can refill, which is the realistic case.  *Burst*: ``--burst``
-   spawns back to back, then all hellos (the pool serves the first ones warm, the rest start
-   cold); per-spawn latency and the makespan.
+   spawns back to back, then all hellos (the pool refills in the background; "warm" counts the
+   spawns a pre-started interpreter served); per-spawn latency and the makespan.
 2. **The baseline.**  The same hello program started by ``subprocess.Popen([sys.executable,
    script, endpoint, tag])``, measured the same way: once importing only zmq ("python+zmq"),
    once also importing snipe ("python+snipe+zmq"), sequential and burst.
@@ -26,8 +26,9 @@ What one run measures, all on this machine:
    plus the first result of a method call, ``ray.get(Actor.remote().ping.remote())``.
 4. **Ratios and targets**: project/bare p50 (target <= 1.0x, against both baselines) and
    Ray/project p50 (target >= 10x).
-5. **Memory** (psutil USS, the pages only that process holds): the idle daemon after start-up
-   and after all the spawns (target < 60 MiB), an idle warm-pool interpreter (USS and RSS), and
+5. **Memory** (psutil USS, the pages only that process holds, i.e. what one more such process
+   costs; PSS and RSS beside it): the idle daemon after start-up and after all the spawns
+   (target < 60 MiB), an idle warm-pool interpreter and the template it was forked from, and
    what a spawned task costs beyond a bare subprocess: a task that imports snipe and zmq and
    sleeps, against bare python+zmq and python+snipe+zmq sleepers.
 
@@ -536,6 +537,17 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         else:
             ratios["ray_vs_project"] = {"available": False, "reason": ray.get("reason")}
         result.update({"project": project, "bare": bare_results, "ray": ray, "ratios": ratios, "memory": memory})
+        result["summary"] = {
+            "project_sequential_p50_ms": p50, "project_sequential_p99_ms": project["sequential"]["p99_ms"],
+            "project_burst_makespan_ms": project["burst"]["makespan_ms"],
+            **{f"bare[{n}]_sequential_p50_ms": r["sequential"]["p50_ms"] for n, r in bare_results.items()},
+            **{f"project/bare[{n}]": ratios[f"project_vs_bare[{n}]"]["sequential_p50"] for n in bare_results},
+            "ray/project": ratios["ray_vs_project"].get("p50", "n/a (Ray not installed)"),
+            "daemon_uss_mib": memory["daemon_after_spawns"]["uss_mib"],
+            "task_uss_beyond_bare_zmq_mib": memory["task_extra_vs_bare_zmq"]["uss_mib"],
+            "targets_met": {"project <= 1.0x bare python+zmq": ratios["project_vs_bare[python+zmq]"]["met"],
+                            "ray >= 10x project": ratios["ray_vs_project"].get("met"),
+                            "daemon USS < 60 MiB": memory["daemon_target_met"]}}
         return result
     finally:
         with contextlib.suppress(Exception):
