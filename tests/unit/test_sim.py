@@ -274,3 +274,148 @@ def test_same_seed_same_run_event_for_event():
     a, b = _chatter(42), _chatter(42)
     assert len(a) > 1000 and a == b
     assert _chatter(43) != a
+
+
+# --- scenario wiring: the simulator's storage and replica are the plain ones, faster ---------------
+def _catalog_history(seed: int) -> list[tuple[int, list[Any]]]:
+    """Writes (and a grace-period tick) at replica level: claims, updates, tombstones, leases."""
+    from snipe import hlc
+    from snipe.assertion import make_assertion
+    from snipe.identity import Identity
+
+    rng = random.Random(seed)
+    admin = Identity.from_seed(bytes([9]) * 32)
+    hosts = [Identity.from_seed(bytes([10 + i]) * 32) for i in range(4)]
+    t = 1_700_000_000_000
+    steps: list[tuple[int, list[Any]]] = []
+    for i, h in enumerate(hosts):
+        steps.append((t, [make_assertion(admin, f"urn:snipe:host:h{i}", "_owner", h.key_id, hlc.pack(t))]))
+    for n in range(200):
+        t += 10
+        i = rng.randrange(len(hosts))
+        urn, name = f"urn:snipe:host:h{i}", rng.choice(["cpus", "load", "arch", "memory"])
+        deleted = rng.random() < 0.1
+        a = make_assertion(hosts[i], urn, name, None if deleted else n, hlc.pack(t),
+                           ttl_ms=rng.choice([0, 0, 50]) if not deleted else 0, deleted=deleted)
+        steps.append((t, [a]))
+    return steps
+
+
+def test_indexed_storage_holds_and_answers_exactly_as_memory_storage_and_clones_are_independent():
+    from benchmarks.sim.catalog_store import IndexedStorage
+    from rcds.replica import Replica
+    from rcds.storage import TOPS, MemoryStorage, leaf_of
+
+    steps = _catalog_history(5)
+    admin_key = steps[0][1][0].signer
+    plain, indexed = MemoryStorage(), IndexedStorage()
+    reps = [Replica(plain, admin_key, gc_grace_ms=100), Replica(indexed, admin_key, gc_grace_ms=100)]
+    snapshot = None
+    for n, (t, recs) in enumerate(steps):
+        results = [r.ingest(list(recs), t) for r in reps]
+        assert results[0] == results[1]
+        assert reps[0].tick(t) == reps[1].tick(t)
+        if n == 100:
+            snapshot = (indexed.clone(), dict(indexed.records), indexed.top_digests(), list(indexed.log))
+    assert reps[0].tick(steps[-1][0] + 10_000) == reps[1].tick(steps[-1][0] + 10_000) > 0   # forgets
+
+    def state(s: MemoryStorage) -> tuple[Any, ...]:
+        urns = sorted({a.urn for a in s.records.values()} | {f"urn:snipe:host:h{i}" for i in range(4)})
+        leaves = sorted({leaf_of(u) for u in urns})
+        return (dict(s.records), list(s.records), s.log, s.rev, s.top_digests(),
+                [s.leaf_digests(t) for t in range(TOPS)], [s.held(u) for u in urns],
+                [s.leaf_summaries(x) for x in leaves], dict(s.admitted), s.host_keys, s.timers)
+
+    assert state(plain) == state(indexed)
+
+    # The clone taken halfway kept that state while the original moved on, and carries on alike.
+    assert snapshot is not None
+    clone, records, tops, log = snapshot
+    assert dict(clone.records) == records and clone.top_digests() == tops and clone.log == log
+    fresh = IndexedStorage()
+    fresh_rep, clone_rep = Replica(fresh, admin_key, gc_grace_ms=100), Replica(clone, admin_key, gc_grace_ms=100)
+    for n, (t, recs) in enumerate(steps):
+        if n > 100:
+            assert clone_rep.ingest(list(recs), t) == fresh_rep.ingest(list(recs), t)
+            clone_rep.tick(t)
+        else:
+            fresh_rep.ingest(list(recs), t)
+        fresh_rep.tick(t)
+    assert state(clone) == state(fresh)
+
+
+def test_shared_decode_replica_shares_one_object_per_record_and_counts_refusals():
+    from collections import Counter
+
+    from benchmarks.sim.catalog_store import IndexedStorage, SharedDecodeReplica
+    from rcds.replica import Accepted, Refused
+
+    steps = _catalog_history(6)
+    admin_key = steps[0][1][0].signer
+    cache: dict[bytes, Any] = {}
+    refusals: Counter[str] = Counter()
+    a, b = (SharedDecodeReplica(IndexedStorage(), admin_key, cache, refusals) for _ in range(2))
+    owner = steps[0][1][0]
+    for r in (a, b):
+        assert r.ingest([owner.encode()], steps[0][0], from_peer=True) == [Accepted(owner, 1, True)]
+    assert a.storage.records == b.storage.records
+    assert all(x is y for x, y in zip(a.storage.records.values(), b.storage.records.values(), strict=True))
+    assert isinstance(a.ingest([b"not an assertion"], steps[0][0])[0], Refused)
+    assert refusals == Counter({"CodecError": 1})
+
+
+# --- scenarios ------------------------------------------------------------------------------------
+def test_catalog_scenario_converges_after_the_partition_heals():
+    from benchmarks.sim.catalog import QUICK, CatalogWorld
+
+    world = CatalogWorld(QUICK, seed=2)
+    world.build()
+    world.run()
+    rep = world.report()
+    assert rep["converged"] and rep["unconverged_replicas"] == 0 and rep["convergence_s"] > 0
+    assert rep["unconverged_by_second"][0][1] > 0          # the partition really left replicas apart
+    assert rep["records_written_during_partition"] > 0 and rep["network"]["cut"] > 0
+    assert rep["crashed_replicas"] > 0 and rep["network"]["lost"] > 0
+    reference = dict(world.reference.records)
+    assert len(reference) == rep["records_per_replica"]
+    for node in world.nodes:                                # every replica holds every record written
+        assert dict(node.storage.records) == reference
+
+
+def test_channel_scenario_delivers_everything_exactly_once_in_order():
+    from benchmarks.sim.channel import QUICK, run_channel
+
+    rep = run_channel(QUICK, seed=2)
+    assert rep["delivery_ratio"] == 1.0 and rep["exactly_once_in_order"] and rep["all_acknowledged"]
+    assert rep["delivery_failures"] == 0 and rep["pairs_exact"] == rep["pairs"]
+    # ... and the network did its worst: losses, duplicates, cut links, hence retransmissions.
+    net = rep["network"]
+    assert net["lost"] > 0 and net["duplicated"] > 0 and net["cut"] > 0
+    assert rep["retransmissions"] > 0 and rep["duplicates_suppressed"] > 0
+
+
+def test_multicast_is_a_placeholder_that_reports_nothing_simulated():
+    from benchmarks.sim import SCENARIOS
+
+    rep = SCENARIOS["multicast"].run(1, True, None)
+    assert rep["simulated"] is False and "election core" in rep["reason"]
+
+
+def test_simulate_quick_is_determined_by_the_seed_even_across_processes():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from benchmarks.simulate import simulate, without_timings
+
+    here = without_timings(simulate(seed=3, quick=True, hosts=80))
+    root = Path(__file__).resolve().parents[2]
+    for hashseed in ("0", "12345"):                       # str hashing differs: set order must not matter
+        out = subprocess.run([sys.executable, str(root / "benchmarks" / "simulate.py"), "--quick", "--json",
+                              "--seed", "3", "--hosts", "80"], capture_output=True, text=True, check=True, timeout=240,
+                             env={**os.environ, "PYTHONHASHSEED": hashseed})
+        assert without_timings(json.loads(out.stdout)) == here
+    other = without_timings(simulate(seed=4, quick=True, hosts=80, only=["catalog"]))
+    assert other["scenarios"]["catalog"] != here["scenarios"]["catalog"]
