@@ -14,16 +14,25 @@ was in flight), and checking it again would leave replicas that saw events in di
 orders holding different sets forever. Readers re-check ownership and delegation on every
 read (snipe/authority.visible), so a record that lost a race is stored everywhere alike and believed nowhere.
 
+Group commit: inside `with replica.batch():` every ingest joins one storage transaction, which
+commits when the block ends; nothing in it is acknowledged before that.
+
 Invariants:
 - replicas that received the same records, in any order, hold the same records;
 - nothing that fails a check is stored, and each refusal says which check failed;
 - a write is never refused for being identical to what is held (retries are idempotent);
 - a tombstone or an expired record is remembered for `gc_grace_ms` after it stops being live,
-  so a replica that missed it cannot push the older value back.
+  so a replica that missed it cannot push the older value back;
+- `recently_held(raw)` is true only for bytes a recent, committed ingest accepted (stored, or
+  found identical to what is held, or past its grace): ingesting them again would change
+  nothing, so the replication core may skip them undecoded when a peer pushes them.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from rcds.storage import EXPIRE, Storage, WriteTxn
@@ -33,6 +42,7 @@ from snipe.errors import CodecError, NotAuthorized, SignatureError, SnipeError, 
 
 DEFAULT_GC_GRACE_MS = 24 * 3600 * 1000
 DEFAULT_MAX_SKEW_MS = 30_000
+RECENT_RECORDS = 8192          # how many recently held records `recently_held` remembers
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +69,41 @@ class Replica:
         *,
         gc_grace_ms: int = DEFAULT_GC_GRACE_MS,
         max_skew_ms: int = DEFAULT_MAX_SKEW_MS,
+        watched_urns: Collection[str] = (),
     ) -> None:
         self.storage = storage
         self.admin_key = admin_key
         self.gc_grace_ms = gc_grace_ms
         self.max_skew_ms = max_skew_ms
+        # Which of `watched_urns` changed (a record stored, expired or forgotten); the shell clears it.
+        self.watched_urns = frozenset(watched_urns)
+        self.changed: set[str] = set()
+        self._txn: WriteTxn | None = None
+        self._uncommitted: list[bytes] = []
+        self._recent: OrderedDict[bytes, None] = OrderedDict()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: every `ingest` inside the block goes into one storage transaction."""
+        if self._txn is not None:
+            yield
+            return
+        try:
+            with self.storage.write() as txn:
+                self._txn = txn
+                yield
+        finally:
+            self._txn = None
+            held, self._uncommitted = self._uncommitted, []
+        for raw in held:                  # reached only once the transaction committed
+            if raw not in self._recent:
+                self._recent[raw] = None
+                if len(self._recent) > RECENT_RECORDS:
+                    self._recent.popitem(last=False)
+
+    def recently_held(self, raw: bytes) -> bool:
+        """Whether these very bytes were accepted (or found held) by a recent, committed ingest."""
+        return raw in self._recent
 
     def ingest(self, records: list[bytes | Assertion], now_ms: int, *, from_peer: bool = False) -> list[IngestResult]:
         decoded: list[Assertion | Refused] = []
@@ -73,10 +113,13 @@ class Replica:
             except (CodecError, TooLarge) as exc:
                 decoded.append(Refused(exc))
         results: list[IngestResult] = []
-        with self.storage.write() as txn:
-            for item in decoded:
-                results.append(item if isinstance(item, Refused)
-                               else self._ingest_one(txn, item, now_ms, from_peer))
+        with self.batch():
+            assert self._txn is not None
+            for raw, item in zip(records, decoded, strict=True):
+                result = item if isinstance(item, Refused) else self._ingest_one(self._txn, item, now_ms, from_peer)
+                if isinstance(result, Accepted) and isinstance(raw, bytes):
+                    self._uncommitted.append(raw)
+                results.append(result)
         return results
 
     def _ingest_one(self, txn: WriteTxn, a: Assertion, now_ms: int, from_peer: bool) -> IngestResult:
@@ -99,18 +142,21 @@ class Replica:
             a.verify()
         except SignatureError as exc:
             return Refused(SignatureError(f"{a.describe()}: {exc}"), a)
-        urn_held = txn.held(a.urn)
+        # Ownership, delegation and admissions depend on the URN's reserved names alone.
+        reserved = txn.reserved(a.urn) if not from_peer or authority.is_reserved(a.name) else []
         try:
             if from_peer:
                 authority.check_admitted(a, self.admin_key, txn.is_admitted)
             else:
-                authority.check_write(a, urn_held, self.admin_key, txn.is_admitted, now_ms)
+                authority.check_write(a, reserved, self.admin_key, txn.is_admitted, now_ms)
         except NotAuthorized as exc:
             return Refused(exc, a)
         rev = txn.store(a, held, a.expires_at_ms if not a.deleted else None, gc_at)
         if authority.is_reserved(a.name):
-            after = [h for h in urn_held if h.key != a.key] + [a]
-            self._update_admissions(txn, a.urn, urn_held, after, now_ms, now_ms)
+            after = [h for h in reserved if h.key != a.key] + [a]
+            self._update_admissions(txn, a.urn, reserved, after, now_ms, now_ms)
+        if a.urn in self.watched_urns:
+            self.changed.add(a.urn)
         return Accepted(a, rev, new=True)
 
     def _gc_at(self, a: Assertion) -> int | None:
@@ -145,11 +191,16 @@ class Replica:
                 if a is None:
                     continue
                 if what == EXPIRE:
-                    if a.expires_at_ms == when and not a.deleted:
-                        txn.log_expiry(a)
-                        if authority.is_reserved(a.name):
-                            held = txn.held(a.urn)
-                            self._update_admissions(txn, a.urn, held, held, when - 1, max(now_ms, when))
+                    if a.expires_at_ms != when or a.deleted:
+                        continue
+                    txn.log_expiry(a)
+                    if authority.is_reserved(a.name):
+                        reserved = txn.reserved(a.urn)
+                        self._update_admissions(txn, a.urn, reserved, reserved, when - 1, max(now_ms, when))
                 elif self._gc_at(a) == when:
                     txn.forget(a)
+                else:
+                    continue
+                if a.urn in self.watched_urns:
+                    self.changed.add(a.urn)
         return len(due)

@@ -1,8 +1,9 @@
 """rcds-server's shell: ZeroMQ sockets and timers around the replica and replication cores.
 
-One thread owns every socket. Each loop turn drains what has arrived (up to a batch), applies
-all puts in it as one storage transaction (group commit), answers, pushes new writes to peers,
-fans changes out to watchers, and fires due timers. Nothing a client or peer sends can stop the
+One thread owns every socket. Each loop turn drains what has arrived (up to a batch), stores
+all puts and peer pushes in it as one storage transaction (group commit), answers, pushes new
+writes to peers, fans changes out to watchers (reading the change log only while anyone
+watches), and fires due timers. Nothing a client or peer sends can stop the
 loop: malformed input gets an error reply naming the problem, and the loop goes on.
 """
 
@@ -76,7 +77,8 @@ class Server:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
         self.storage = LmdbStorage(cfg.data_dir, sync=cfg.sync, log_retention=cfg.log_retention)
-        self.replica = Replica(self.storage, cfg.admin_key, gc_grace_ms=cfg.gc_grace_ms)
+        self.replica = Replica(self.storage, cfg.admin_key, gc_grace_ms=cfg.gc_grace_ms,
+                               watched_urns=(P.REPLICA_SET_URN,))
         self.replicator = Replicator(cfg.replica_id, self.replica, self.storage, interval=cfg.anti_entropy_s)
         self.ctx = zmq.Context()
         self.gate = KeyGate(self.ctx, self._admit, self.storage.ed_key_of_curve)
@@ -164,6 +166,9 @@ class Server:
                     if at <= now:
                         del self.timers[key]
                         self._run_effects(self.replicator.on_timer(key, now))
+                if self.replica.changed:          # the replica set changed: a write, a push, an expiry
+                    self.replica.changed.clear()
+                    self._refresh_peers()
                 self._dispatch_changes()
         finally:
             self.close()
@@ -186,6 +191,7 @@ class Server:
             key = sender_key(parts[0]) if parts else ""
             batch.append((parts[0].bytes, key, [p.bytes for p in parts[1:]]))
         puts: list[tuple[bytes, Envelope, list[bytes]]] = []     # (client, request, its records)
+        pushes: list[tuple[str, Envelope, list[bytes]]] = []     # (peer key, message, frames)
         for client, key, parts in batch:
             self.requests += 1
             try:
@@ -197,7 +203,10 @@ class Server:
                 continue
             try:
                 if env.protocol == PEER_PROTOCOL:
-                    self._on_peer(key, env, frames)
+                    if env.kind == "push":
+                        pushes.append((key, env, frames))       # stored with the puts, below
+                    else:
+                        self._on_peer(key, env, frames)
                     continue
                 check_version(env, P.PROTOCOL, P.VERSIONS)
                 if env.kind == "put":
@@ -211,8 +220,8 @@ class Server:
                 log.exception("failed on %s %s", env.protocol, env.kind)
                 self.errors += 1
                 self._reply(client, env.error_reply(_server_error(exc)))
-        if puts:
-            self._handle_puts(puts)
+        if puts or pushes:
+            self._group_commit(puts, pushes)
 
     def _on_peer(self, key: str, env: Envelope, frames: list[bytes]) -> None:
         if env.version != PEER_VERSION:
@@ -229,11 +238,22 @@ class Server:
             log.warning("bad replication message from %s: %s", sender, exc)
 
     # --- requests ---------------------------------------------------------------------------
-    def _handle_puts(self, puts: list[tuple[bytes, Envelope, list[bytes]]]) -> None:
+    def _group_commit(self, puts: list[tuple[bytes, Envelope, list[bytes]]],
+                      pushes: list[tuple[str, Envelope, list[bytes]]]) -> None:
+        """Store what peers pushed and clients put in this turn in one transaction, then answer."""
         records: list[bytes] = [r for _, _, recs in puts for r in recs]
-        results = self.replica.ingest(records, _now_ms()) if records else []
-        accepted = [r for r in results if isinstance(r, Accepted)]
-        self.replicator.on_local_writes(accepted)
+        try:
+            with self.replica.batch():
+                for key, env, frames in pushes:
+                    self._on_peer(key, env, frames)
+                results = self.replica.ingest(records, _now_ms()) if records else []
+        except Exception as exc:  # a bug here must not take the replica down; the transaction was aborted
+            log.exception("failed to store %d puts and %d pushes", len(puts), len(pushes))
+            self.errors += len(puts)
+            for client, env, _ in puts:
+                self._reply(client, env.error_reply(_server_error(exc)))
+            return
+        self.replicator.on_local_writes([r for r in results if isinstance(r, Accepted)])
         self._run_effects(self.replicator.flush())
         i = 0
         for client, env, recs in puts:
@@ -246,8 +266,6 @@ class Server:
                     out.append([P.REFUSED, r.error.code, str(r.error), 0])
             i += len(recs)
             self._reply(client, env.reply(results=out))
-        if any(isinstance(r, Accepted) and r.new and r.record.urn == P.REPLICA_SET_URN for r in results):
-            self._refresh_peers()
 
     def _handle(self, client: bytes, key: str, env: Envelope, frames: list[bytes]) -> None:
         match env.kind:
@@ -342,15 +360,14 @@ class Server:
 
     def _dispatch_changes(self) -> None:
         last = self.storage.last_rev()
-        if last == self.delivered_rev:
+        if last == self.delivered_rev or not self.watchers:
+            self.delivered_rev = last
             return
         while self.delivered_rev < last:
             _, changes = self.storage.changes_since(self.delivered_rev, 5000)
             if not changes:
                 break
             self.delivered_rev = changes[-1].rev
-            if any(c.record.urn == P.REPLICA_SET_URN for c in changes):
-                self._refresh_peers()
             for w in list(self.watchers.values()):
                 self._send_changes(w, [c for c in changes if c.rev > w.last_sent])
 

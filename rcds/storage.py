@@ -71,6 +71,7 @@ class Summary:
 
 class WriteTxn(Protocol):
     def held(self, urn: str) -> list[Assertion]: ...
+    def reserved(self, urn: str) -> list[Assertion]: ...     # held, reserved names only
     def current(self, a: Assertion) -> Assertion | None: ...
     def store(self, a: Assertion, previous: Assertion | None, expires_at: int | None, gc_at: int | None) -> int: ...
     def log_expiry(self, a: Assertion) -> int: ...
@@ -181,6 +182,9 @@ class _MemoryTxn:
 
     def held(self, urn: str) -> list[Assertion]:
         return self.s.held(urn)
+
+    def reserved(self, urn: str) -> list[Assertion]:
+        return [a for a in self.s.held(urn) if a.name.startswith("_")]
 
     def current(self, a: Assertion) -> Assertion | None:
         return self.s.records.get(record_key(a))

@@ -90,8 +90,9 @@ class LmdbStorage:
             self.corrupt_total += 1
             return None
 
-    def _held(self, txn: lmdb.Transaction, urn: str) -> list[Assertion]:
-        prefix = urn_prefix_key(urn)
+    def _held(self, txn: lmdb.Transaction, urn: str, names: bytes = b"") -> list[Assertion]:
+        """The records about `urn` (only those whose names start with `names`, if given)."""
+        prefix = urn_prefix_key(urn) + names
         out = []
         cur = txn.cursor(self.records)
         if cur.set_range(prefix):
@@ -272,6 +273,9 @@ class _LmdbTxn:
 
     def held(self, urn: str) -> list[Assertion]:
         return self.s._held(self.txn, urn)
+
+    def reserved(self, urn: str) -> list[Assertion]:
+        return self.s._held(self.txn, urn, b"_")     # every reserved name starts with "_"
 
     def current(self, a: Assertion) -> Assertion | None:
         return self.record_by_key(record_key(a))

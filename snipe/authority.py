@@ -71,7 +71,8 @@ def check_write(
     is_admitted: Callable[[bytes], bool],
     now_ms: int,
 ) -> None:
-    """Raise NotAuthorized unless `a` may be written given what is `held` for its URN."""
+    """Raise NotAuthorized unless `a` may be written given what is `held` for its URN (of which
+    only the reserved names count: ownership and delegation)."""
     signer = a.signer.hex()
     check_admitted(a, admin, is_admitted)
     if a.signer == admin:

@@ -326,3 +326,57 @@ def test_revisions_strictly_increase_and_the_log_keeps_its_retention(make_storag
     assert first == 6
     assert [c.rev for c in changes] == [6, 7, 8, 9, 10]
     assert changes[-2:] == [Change(9, PUT, lease), Change(10, EXPIRE, lease)]
+
+
+# --- group commit, and what a replica remembers of it ----------------------------------------------
+def test_a_batch_commits_every_ingest_in_it_at_once(make_storage):
+    storage = make_storage()
+    replica = Replica(storage, ADMIN.public_key, gc_grace_ms=GRACE, max_skew_ms=SKEW)
+    a, b = put(ADMIN, "urn:snipe:group:a", "n", 1), put(ADMIN, "urn:snipe:group:b", "n", 2)
+    with replica.batch():
+        assert ingest(replica, a.encode()) == [("accepted", a, 1, True)]
+        assert not replica.recently_held(a.encode())           # not committed yet
+        assert [outcome(r) for r in replica.ingest([b.encode()], NOW, from_peer=True)] == [("accepted", b, 2, True)]
+    assert storage.last_rev() == 2
+    assert replica.recently_held(a.encode()) and replica.recently_held(b.encode())
+
+
+def test_an_aborted_batch_is_not_remembered(tmp_path):
+    storage = LmdbStorage(tmp_path / "db", map_size=64 << 20)
+    try:
+        replica = Replica(storage, ADMIN.public_key)
+        a = put(ADMIN, "urn:snipe:group:a", "n", 1)
+        with pytest.raises(RuntimeError), replica.batch():
+            replica.ingest([a.encode()], NOW)
+            raise RuntimeError("the shell failed mid-batch")
+        assert storage.last_rev() == 0 and not replica.recently_held(a.encode())
+        assert ingest(replica, a.encode()) == [("accepted", a, 1, True)]
+    finally:
+        storage.close()
+
+
+def test_recently_held_covers_identical_retries_but_not_refusals(replica):
+    admitted_alice(replica)
+    c, stranger = claim(ALICE), claim(STRANGER, PROC2)
+    forged = dataclasses.replace(put(ALICE, PROC, "n", 1), value=2)
+    ingest(replica, c.encode(), stranger.encode(), forged.encode())
+    assert replica.recently_held(c.encode())
+    assert not replica.recently_held(stranger.encode()) and not replica.recently_held(forged.encode())
+    again = Replica(replica.storage, ADMIN.public_key)            # a restarted replica remembers nothing
+    assert not again.recently_held(c.encode())
+    assert ingest(again, c.encode()) == [("accepted", c, 0, False)]
+    assert again.recently_held(c.encode())
+
+
+def test_watched_urns_report_stores_expiries_and_forgetting(storage):
+    replica = Replica(storage, ADMIN.public_key, gc_grace_ms=GRACE, watched_urns=("urn:snipe:group:set",))
+    other, mine = put(ADMIN, "urn:snipe:group:other", "n", 1), put(ADMIN, "urn:snipe:group:set", "n", 1, ttl_ms=10)
+    replica.ingest([other], NOW)
+    assert replica.changed == set()
+    replica.ingest([mine, mine], NOW)
+    assert replica.changed == {"urn:snipe:group:set"}
+    replica.changed.clear()
+    replica.ingest([mine], NOW)                                  # held already: no change
+    assert replica.changed == set()
+    replica.tick(T0 + 10)
+    assert replica.changed == {"urn:snipe:group:set"}
