@@ -52,6 +52,8 @@ log = logging.getLogger("snipe.catalog")
 
 
 HEDGE_AFTER_S = 0.25
+LINK_CHECK_S = 0.1       # how often links read their handshake events
+REFUSED_RETRY_S = 0.25   # a refused handshake is tried again this soon: the key may be admitted by now
 
 
 def now_ms() -> int:
@@ -125,7 +127,8 @@ class CatalogClient:
                 raise ConfigError(f"replica {a.endpoint} has no key; write it as {a.endpoint}#<key id>")
             key = bytes.fromhex(a.public_key)
             # immediate: a send to a replica that is not connected fails at once, so we fail over
-            self.conns[a.endpoint] = _Conn(a, Link(self.ctx, identity, a.endpoint, key, immediate=True), key)
+            link = Link(self.ctx, identity, a.endpoint, key, immediate=True, retry_s=REFUSED_RETRY_S)
+            self.conns[a.endpoint] = _Conn(a, link, key)
         self._index_sockets()
         self.clock = HybridClock()
         self._ids = itertools.count(1)
@@ -135,6 +138,7 @@ class CatalogClient:
         self.rejected: deque[Rejected] = deque(maxlen=1000)
         self.rejected_total = 0
         self._cache: dict[str, tuple[float, Entry]] = {}
+        self._links_checked = 0.0
 
     def _index_sockets(self) -> None:
         self.poller = zmq.Poller()
@@ -142,10 +146,17 @@ class CatalogClient:
             self.poller.register(c.sock, zmq.POLLIN)
         self.by_sock = {c.sock: c for c in self.conns.values()}
 
-    def _check_links(self) -> None:
+    def _check_links(self, *, force: bool = False) -> list[_Conn]:
+        """Let the links read their handshake events (at most every LINK_CHECK_S unless forced);
+        returns the connections whose socket was remade after a refusal."""
         now = time.monotonic()
-        if any([c.link.check(now) for c in self.conns.values()]):
+        if not force and now - self._links_checked < LINK_CHECK_S:
+            return []
+        self._links_checked = now
+        remade = [c for c in self.conns.values() if c.link.check(now)]
+        if remade:
             self._index_sockets()
+        return remade
 
     def close(self) -> None:
         for c in self.conns.values():
@@ -173,11 +184,8 @@ class CatalogClient:
     def _pump(self, timeout_s: float) -> None:
         for sock, _ in self.poller.poll(max(0, timeout_s) * 1000):
             conn = self.by_sock[sock]
-            while True:
-                try:
-                    parts = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
                 try:
                     env, frames = decode(parts)
                 except SnipeError as exc:
@@ -197,11 +205,14 @@ class CatalogClient:
     def _fanout(self, conns: Sequence[_Conn], kind: str, body: dict[str, Any] | None, frames: Sequence[bytes],
                 enough: Any, deadline: float) -> dict[str, tuple[Envelope, list[bytes]]]:
         """Send one request to each of `conns` (retrying those not yet connected) and gather
-        replies until `enough(replies)` says so or the deadline passes. Replicas that never
-        answered are marked down so that later requests prefer the others."""
+        replies until `enough(replies)` says so or the deadline passes. Replicas that could not
+        be sent to, or did not answer by the deadline, are marked down so that later requests
+        prefer the others; one merely slower than the replies that were enough is not."""
         unsent = list(conns)
         pending: dict[int, _Conn] = {}
         got: dict[str, tuple[Envelope, list[bytes]]] = {}
+        timed_out = False
+        refusals = {c.address.endpoint: c.link.refusals for c in conns}
         while True:
             for conn in list(unsent):
                 rid = self._send(conn, kind, body, frames)
@@ -216,17 +227,24 @@ class CatalogClient:
                 break
             left = deadline - time.monotonic()
             if left <= 0:
+                timed_out = True
                 break
+            for conn in self._check_links():         # a refused handshake, remade: ask again
+                for rid in [r for r, c in pending.items() if c is conn]:
+                    del pending[rid]
+                    self._late.add(rid)
+                    unsent.append(conn)
             self._pump(min(left, 0.01 if unsent else 0.05))
         now = time.monotonic()
         silent = [*unsent, *pending.values()]
-        for conn in silent:
+        for conn in silent if timed_out else unsent:
             self.order.mark_down(conn.address, now)
         for rid in pending:
             self._late.add(rid)
         if silent and not got:
-            self._check_links()
-            refused = [c.address.endpoint for c in silent if c.link.refused]
+            self._check_links(force=True)
+            refused = [c.address.endpoint for c in silent
+                       if c.link.refused or c.link.refusals > refusals[c.address.endpoint]]
             if refused:
                 raise NotAuthorized(
                     f"catalog replica {', '.join(refused)} refused this client's key {self.identity.key_id[:16]}…: "
