@@ -5,13 +5,16 @@ rule says so (snipe/multicast/core.should_route); it then holds a `router.<host 
 the group and renews it while the group has members here. Every turn it re-runs the election
 for groups with local members, so a router that died is replaced. Relaying runs in the
 daemon's messaging endpoint thread: each message is relayed once (Relay) to the members that
-registered with this router and to the routers that have not had it yet.
+registered with this router and to the routers that have not had it yet. Who those are is read
+from the group's catalog entry at most every VIEW_REFRESH_S per group (`_View`), not per message.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from snipe.catalog.client import CatalogClient, now_ms
@@ -24,6 +27,21 @@ from snipe.urn import validate_urn
 
 log = logging.getLogger("snipe.daemon.mcast")
 
+# How long a router relays with the same member and router lists before reading the group's
+# (cached) entry again. The entry itself may be up to 0.5 s old; a member that left is dropped by
+# its own Membership anyway, and a hop to a router that died just fails (the others cover it).
+VIEW_REFRESH_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What relaying needs from the group's entry, computed once per refresh."""
+
+    at: float                      # time.monotonic() when computed
+    expires_ms: int | None         # the earliest lease expiry in the entry it came from
+    members: tuple[str, ...]       # members registered with this router
+    routers: tuple[str, ...]       # live routers, this one included, sorted
+
 
 class GroupRouter:
     def __init__(self, host_urn: str, address: str, catalog: CatalogClient, endpoint: Endpoint, lease_s: float,
@@ -34,6 +52,7 @@ class GroupRouter:
         self.routing: set[str] = set()
         self.lock = threading.Lock()
         self.relays: dict[str, Relay] = {}
+        self.views: dict[str, _View] = {}
         self.relayed = 0
         endpoint.system_handlers[MCAST_DATA] = self._on_data
         self.next_refresh = 0.0
@@ -63,6 +82,14 @@ class GroupRouter:
                 if group not in self.routing:
                     log.info("%s: now a router for %s", self.host_urn, group)
                 self.routing.add(group)
+        elif self.host_urn in routers:
+            # Surplus (hosts elected themselves at once): withdraw the lease. Members move to the
+            # keepers within a turn of their own; until then this daemon still relays what it gets.
+            log.info("%s: stepping down as a router for %s (%d routers, %d wanted)", self.host_urn, group,
+                     len(routers), self.wanted)
+            self.catalog.delete(group, ROUTER + self.host_urn)
+            with self.lock:
+                self.routing.discard(group)
 
     def _interfaces(self, host: str) -> list[dict[str, Any]]:
         try:
@@ -95,26 +122,39 @@ class GroupRouter:
                     "relayed": self.relayed}
 
     # --- endpoint thread: relaying -------------------------------------------------------------
-    def _on_data(self, m: Message) -> None:
-        h, body = unpack(m.payload)
+    def _view(self, group: str) -> _View | None:
+        """The members registered here and the live routers, recomputed every VIEW_REFRESH_S
+        (sooner when a lease in the entry it came from has expired)."""
+        v = self.views.get(group)
+        now = time.monotonic()
+        if v is not None and now - v.at < VIEW_REFRESH_S and (v.expires_ms is None or v.expires_ms > now_ms()):
+            return v
         catalog = self.endpoint.catalog
         if catalog is None:
+            return None
+        entry = catalog.cached(group, max_age=0.5)
+        wall = now_ms()
+        members = tuple(u for u, val in live_members(entry, wall).items() if self.host_urn in val.get("routers", []))
+        routers = set(live_routers(entry, wall))
+        routers.add(self.host_urn)
+        v = self.views[group] = _View(now, entry.expires_at_ms(), members, tuple(sorted(routers)))
+        return v
+
+    def _on_data(self, m: Message) -> None:
+        h, body = unpack(m.payload)
+        view = self._view(h.group)
+        if view is None:
             return
-        entry = catalog.cached(h.group, max_age=0.5)
-        now = now_ms()
-        members = [u for u, v in live_members(entry, now).items() if self.host_urn in v.get("routers", [])]
-        routers = list(live_routers(entry, now))
-        if self.host_urn not in routers:
-            routers.append(self.host_urn)
-        relay = self.relays.setdefault(h.group, Relay(self.host_urn))
-        out = relay.on_data(h, members, routers)
+        relay = self.relays.get(h.group)
+        if relay is None:
+            relay = self.relays[h.group] = Relay(self.host_urn)
+        out = relay.on_data(h, view.members, view.routers)
         if out is None:
             return
         self.relayed += 1
         payload = pack(out.header, body)
+        submit = self.endpoint.submit
         for member in out.deliver_to:
-            self.endpoint.submit(member, MCAST_DELIVER, payload)
+            submit(member, MCAST_DELIVER, payload)
         for router in out.forward_to:
-            self.endpoint.submit(router, MCAST_DATA, payload)
-
-
+            submit(router, MCAST_DATA, payload)

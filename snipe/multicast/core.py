@@ -4,7 +4,9 @@ delivers. The daemon and the messaging endpoint wrap them; the simulator can dri
 SNIPE 4.4, as built here:
 - Routers are host daemons that elect themselves per group (`should_route`): a host with a
   member becomes a router while the group has fewer than `wanted` live routers, or when no
-  router shares a network with it (so a new network gets a router of its own).
+  router shares a network with it (so a new network gets a router of its own). Hosts that
+  elected themselves at once and so left surplus routers sharing a network step down to the
+  `keepers`, the same for every router that sees the same list.
 - A member registers with up to two routers (`pick_routers`): its own host's first, then those
   on a shared network, best first.
 - A sender sends each message to more than half of the routers (`targets`).
@@ -71,12 +73,27 @@ Shared = Callable[[list[dict[str, Any]], list[dict[str, Any]]], list[Any]]
 
 def should_route(me: str, my_interfaces: list[dict[str, Any]], routers: Mapping[str, list[dict[str, Any]]],
                  shared: Shared, wanted: int = DEFAULT_WANTED) -> bool:
-    """Should host `me` (which has a member of the group) be one of its routers?"""
+    """Should host `me` (which has a member of the group) be one of its routers?
+
+    A host already routing stays unless hosts that elected themselves at the same moment left
+    more routers than needed: then those not in `keepers` step down (their networks stay
+    covered, by a keeper that shares them)."""
     if me in routers:
-        return True
+        return len(routers) <= wanted or me in keepers(routers, shared, wanted)
     if len(routers) < wanted:
         return True
     return not any(_same_network(my_interfaces, ifs, shared) for ifs in routers.values())
+
+
+def keepers(routers: Mapping[str, list[dict[str, Any]]], shared: Shared, wanted: int = DEFAULT_WANTED) -> list[str]:
+    """The routers that stay when there are surplus ones: the first `wanted` by name, then, in
+    name order, each one sharing no network with those already kept. Every router computes the
+    same list from the same view, so exactly the surplus steps down."""
+    keep: list[str] = []
+    for r in sorted(routers):
+        if len(keep) < wanted or not any(_same_network(routers[r], routers[k], shared) for k in keep):
+            keep.append(r)
+    return keep
 
 
 def _same_network(a: list[dict[str, Any]], b: list[dict[str, Any]], shared: Shared) -> bool:
@@ -164,6 +181,10 @@ class Reorder:
         self.held: dict[int, Any] = {}
         self.gap_since: float | None = None
         self.gap_timeout = gap_timeout
+
+    def wants(self, seq: int) -> bool:
+        """False for a message already delivered or held (a duplicate: skip building its item)."""
+        return self.expected is None or (seq >= self.expected and seq not in self.held)
 
     def on_data(self, seq: int, item: Any, now: float) -> list[Any]:
         if self.expected is None:

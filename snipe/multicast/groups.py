@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 MEMBER = "member."
 ROUTER = "router."
+ROUTERS_MAX_AGE_S = 1.0     # a sender re-reads the group's routers at least this often
 
 
 def live_routers(entry: Entry, now: int) -> dict[str, dict[str, Any]]:
@@ -59,6 +60,9 @@ class Membership:
         self.joined: dict[str, list[str]] = {}            # group -> routers we registered with
         self.reorder: dict[tuple[str, str], Reorder] = {}
         self.seqs: dict[str, itertools.count[int]] = {}
+        # group name as the caller spelled it -> (monotonic time, URN, sorted live routers, the
+        # earliest lease expiry in the entry they came from): mcast reads the entry once a second
+        self.routers_seen: dict[str, tuple[float, str, list[str], int | None]] = {}
         endpoint.system_handlers[MCAST_DELIVER] = self._on_deliver
         endpoint.periodic.append(self._tend)
 
@@ -88,13 +92,23 @@ class Membership:
     def mcast(self, group: str, payload: bytes, tag: int = 0) -> int:
         """Send to every member of `group` (through more than half of its routers); returns the
         message's sequence number for this sender and group."""
-        group = validate_urn(group)
-        routers = sorted(live_routers(self.catalog.cached(group, max_age=1.0), now_ms()))
-        if not routers:
-            self.catalog.invalidate(group)
-            routers = sorted(live_routers(self.catalog.get(group), now_ms()))
-        if not routers:
-            raise NotFound(f"{group} has no live routers: no member has joined it (or their hosts are gone)")
+        hit = self.routers_seen.get(group)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < ROUTERS_MAX_AGE_S and (hit[3] is None or hit[3] > now_ms()):
+            _, group, routers, _ = hit
+        else:
+            asked = group
+            group = validate_urn(group)
+            entry = self.catalog.cached(group, max_age=ROUTERS_MAX_AGE_S)
+            routers = sorted(live_routers(entry, now_ms()))
+            if not routers:
+                self.catalog.invalidate(group)
+                entry = self.catalog.get(group)
+                routers = sorted(live_routers(entry, now_ms()))
+            if not routers:
+                self.routers_seen.pop(asked, None)
+                raise NotFound(f"{group} has no live routers: no member has joined it (or their hosts are gone)")
+            self.routers_seen[asked] = (now, group, routers, entry.expires_at_ms())
         seq = next(self.seqs.setdefault(group, itertools.count(1)))
         chosen = targets(routers, seq)
         data = pack(Header(group, self.me, seq, int(tag), tuple(chosen)), payload)
@@ -157,7 +171,11 @@ class Membership:
         with self.lock:
             if h.group not in self.joined:
                 return                                   # we left: nothing more for us
-            r = self.reorder.setdefault((h.group, h.origin), Reorder())
+            r = self.reorder.get((h.group, h.origin))
+            if r is None:
+                r = self.reorder[(h.group, h.origin)] = Reorder()
+            elif not r.wants(h.seq):
+                return                                   # the copy from our other router: already here
             ready = r.on_data(h.seq, Message(h.origin, h.tag, bytes(body), group=h.group), time.monotonic())
         if ready:
             self.endpoint.deliver_local(ready)
