@@ -117,6 +117,8 @@ class Daemon:
         self.sampler = LoadSampler()
         self.next_lease = 0.0
         self._stop = False
+        self.lease_until = time.monotonic() + cfg.lease_s   # our host lease runs out then (monotonic)
+        self.unpublished: set[str] = set()        # tasks whose latest state the catalog has not taken yet
         self._readopt()
         self.comm: dict[str, Any] = {}
         self._publish_host()              # before anyone is told the daemon is ready
@@ -188,11 +190,34 @@ class Daemon:
                 self._reply(w.client, w.env.reply(**self._status(w.urn), stderr_tail=self._stderr_tail(w.urn)))
         if now >= self.next_lease:
             self.next_lease = now + self.cfg.lease_s / 3
+            lapsed = False
             try:
-                self._publish_host()
+                self._publish_host(timeout=self.cfg.lease_s / 3)
+                # Renewed, but if the old lease had already run out the cluster has been told our
+                # tasks are lost: they must be, even though we are back.
+                lapsed = now > self.lease_until
+                self.lease_until = now + self.cfg.lease_s
+                if lapsed:
+                    self._fence(now, "the host's lease had lapsed (cut off from the catalog)")
+                for urn in list(self.unpublished):
+                    self._publish_task(urn)
             except SnipeError as exc:
                 log.warning("could not refresh the host lease: %s", exc)
+        if time.monotonic() > self.lease_until:
+            self._fence(now, "the host's lease lapsed (cut off from the catalog)")
 
+    def _fence(self, now: float, why: str) -> None:
+        """Once our lease has lapsed, the cluster has been told our tasks are lost (host-lost):
+        so they must be. Kill them (the events say why) rather than let them come back after a
+        partition heals, running behind their owners' backs."""
+        live = [u for u, t in self.tasks.items() if t["state"] in ("running", "suspended")]
+        if not live:
+            return
+        log.warning("%s: %s; stopping %d task(s)", self.cfg.host_urn, why, len(live))
+        for urn in live:
+            with contextlib.suppress(SnipeError):
+                self.runner.kill(urn, reason=f"{why}: the task was reported lost, so it was stopped")
+        self._poll_tasks()      # their "killed" events are published once the catalog answers again
     def _drain(self) -> None:
         for _ in range(256):
             try:
@@ -419,15 +444,25 @@ class Daemon:
         with contextlib.suppress(KeyError):
             rec["record"] = self.runner.record(ev.urn).to_value()
         self.state.put_task(ev.urn, rec)
-        values: dict[str, Any] = {"state": state, "events": rec["events"]}
-        if ev.exit_code is not None:
-            values["exit_code"] = ev.exit_code
-        if ev.reason:
-            values["reason"] = ev.reason
+        self._publish_task(ev.urn)
+
+    def _publish_task(self, urn: str) -> None:
+        rec = self.tasks[urn]
+        if time.monotonic() > self.lease_until:
+            self.unpublished.add(urn)       # cut off from the catalog: publish once it answers again
+            return
+        values: dict[str, Any] = {"state": rec["state"], "events": rec["events"]}
+        last = rec["events"][-1] if rec["events"] else {}
+        if "exit_code" in last:
+            values["exit_code"] = last["exit_code"]
+        if last.get("reason"):
+            values["reason"] = last["reason"]
         try:
-            self.catalog.set_many(ev.urn, values)
-        except SnipeError as exc:      # the state is safe in LMDB; the next event republishes it all
-            log.warning("could not publish %s %s: %s", ev.urn, ev.kind, exc)
+            self.catalog.set_many(urn, values)
+            self.unpublished.discard(urn)
+        except SnipeError as exc:      # the state is safe in LMDB; it is published when the catalog answers
+            self.unpublished.add(urn)
+            log.warning("could not publish %s %s: %s", urn, rec["state"], exc)
 
     def _readopt(self) -> None:
         running = [u for u, t in self.tasks.items() if t["state"] in ("running", "suspended", "starting")]
@@ -460,7 +495,7 @@ class Daemon:
             return ""
 
     # --- the host ------------------------------------------------------------------------------
-    def _publish_host(self) -> None:
+    def _publish_host(self, timeout: float | None = None) -> None:
         info = collect_host_info(net_names=self.cfg.net_names, link_speeds=self.cfg.link_speeds)
         info.update(self.sampler.sample())
         info.update(self.comm)
@@ -468,7 +503,8 @@ class Daemon:
                      "draining": self.draining,
                      "tasks": len([t for t in self.tasks.values() if t["state"] in ("running", "suspended")])})
         ttl = self.cfg.lease_s
-        self.catalog.put([self.catalog.sign(self.cfg.host_urn, k, v, ttl=ttl) for k, v in info.items()])
+        self.catalog.put([self.catalog.sign(self.cfg.host_urn, k, v, ttl=ttl) for k, v in info.items()],
+                         timeout=timeout)
 
 
 def _now_ms() -> int:
