@@ -14,6 +14,11 @@ Anti-entropy, every `interval` with the next peer in turn (one round = four one-
 Digests are XORs of record hashes (rcds/storage.py), so equal sets compare equal in one message,
 and a round costs O(differences), not O(store). Every message names its sender; the shell has
 already authenticated the sender's key against the replica set.
+
+While a peer's pushes of new writes keep arriving, its digests differ from ours by what is in
+flight, and a round would only resend that: the round with that peer is put off, but never
+more than `MAX_DEFERRALS` times in a row, so every pair still compares at least every
+(MAX_DEFERRALS + 1) rounds of turns. Pushes that answer a round carry `repair` and do not count.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ AE_TIMER = "anti-entropy"
 FLUSH_TIMER = "push-flush"
 MAX_PUSH_RECORDS = 500
 MAX_PUSH_BYTES = 16 * 1024 * 1024     # a push holds at least one record, then stops past this
+MAX_DEFERRALS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +49,7 @@ class ReplicationStats:
     received: int
     repaired: int
     rounds: int
+    deferred: int = 0
 
 
 class Replicator:
@@ -60,10 +67,12 @@ class Replicator:
         self.max_leaves = max_leaves
         self._turn = 0
         self._outbox: list[bytes] = []
-        self.pushed = self.received = self.repaired = self.rounds = 0
+        self._live_pushes: dict[str, int] = {}    # pushes of new writes from each peer since its last turn
+        self._deferrals: dict[str, int] = {}      # rounds with each peer put off in a row
+        self.pushed = self.received = self.repaired = self.rounds = self.deferred = 0
 
     def stats(self) -> ReplicationStats:
-        return ReplicationStats(self.pushed, self.received, self.repaired, self.rounds)
+        return ReplicationStats(self.pushed, self.received, self.repaired, self.rounds, self.deferred)
 
     def set_peers(self, peers: Sequence[str]) -> None:
         self.peers = sorted({p for p in peers if p != self.me})
@@ -99,8 +108,14 @@ class Replicator:
         if self.peers:
             peer = self.peers[self._turn % len(self.peers)]
             self._turn += 1
-            self.rounds += 1
-            effects.append(Send(peer, self._env("ae-top"), (b"".join(self.storage.top_digests()),)))
+            in_flight = self._live_pushes.pop(peer, 0) > 0
+            if in_flight and self._deferrals.get(peer, 0) < MAX_DEFERRALS:
+                self._deferrals[peer] = self._deferrals.get(peer, 0) + 1
+                self.deferred += 1
+            else:
+                self._deferrals[peer] = 0
+                self.rounds += 1
+                effects.append(Send(peer, self._env("ae-top"), (b"".join(self.storage.top_digests()),)))
         return effects
 
     def on_message(self, env: Envelope, frames: Sequence[bytes], now_ms: int) -> list[Effect]:
@@ -114,6 +129,8 @@ class Replicator:
                 results = self.replica.ingest(fresh, now_ms, from_peer=True) if fresh else []
                 got = sum(1 for r in results if isinstance(r, Accepted) and r.new)
                 self.received += got
+                if not env.body.get("repair"):
+                    self._live_pushes[sender] = self._live_pushes.get(sender, 0) + 1
                 return []
             case "ae-top":
                 return self._on_top(sender, frames)
@@ -176,7 +193,7 @@ class Replicator:
     def _push_keys(self, peer: str, keys: list[bytes]) -> list[Effect]:
         records: list[Assertion] = self.storage.records_by_keys(keys)
         self.repaired += len(records)
-        return [Send(peer, self._env("push"), (pack_records(chunk),))
+        return [Send(peer, self._env("push", repair=True), (pack_records(chunk),))
                 for chunk in _chunks([a.encode() for a in records])]
 
 

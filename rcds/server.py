@@ -435,7 +435,7 @@ class Server:
             "replica": self.cfg.replica_id, "key": self.cfg.identity.key_id, "listen": self.cfg.listen,
             "rev": self.storage.last_rev(), "first_rev": first, "count": self.storage.count(),
             "peers": sorted(self.peers), "pushed": st.pushed, "received": st.received,
-            "repaired": st.repaired, "ae_rounds": st.rounds, "watchers": len(self.watchers),
+            "repaired": st.repaired, "ae_rounds": st.rounds, "ae_deferred": st.deferred, "watchers": len(self.watchers),
             "requests": self.requests, "errors": self.errors, "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 3), "corrupt_records": self.storage.corrupt_total,
             "refused_keys": len(self.gate.refused),

@@ -150,13 +150,22 @@ class LmdbStorage:
         return out
 
     def top_digests(self) -> list[bytes]:
-        with self.env.begin() as txn:
-            return [bytes(txn.get(b"T" + bytes([i]), default=ZERO, db=self.digests)) for i in range(TOPS)]
+        return self._digests_under(b"T", TOPS)
 
     def leaf_digests(self, top: int) -> list[bytes]:
+        return self._digests_under(b"L" + bytes([top]), 256)
+
+    def _digests_under(self, prefix: bytes, count: int) -> list[bytes]:
+        """The digests keyed `prefix` + one byte, ZERO where none is stored (one cursor pass)."""
+        out = [ZERO] * count
         with self.env.begin() as txn:
-            return [bytes(txn.get(b"L" + (top * 256 + i).to_bytes(2, "big"), default=ZERO, db=self.digests))
-                    for i in range(256)]
+            cur = txn.cursor(self.digests)
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    out[k[len(prefix)]] = v
+        return out
 
     def leaf_summaries(self, leaf: int) -> list[Summary]:
         prefix = leaf.to_bytes(2, "big")

@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 
 from rcds import replication
 from rcds.replica import Accepted, Replica
-from rcds.replication import AE_TIMER, FLUSH_TIMER, MAX_PUSH_RECORDS, PROTOCOL, VERSION, Replicator
+from rcds.replication import (
+    AE_TIMER,
+    FLUSH_TIMER,
+    MAX_DEFERRALS,
+    MAX_PUSH_RECORDS,
+    PROTOCOL,
+    VERSION,
+    Replicator,
+)
 from rcds.storage import EXPIRE, ZERO, MemoryStorage, leaf_of, record_key
 from snipe import hlc
 from snipe.assertion import Assertion, make_assertion, merge
@@ -129,7 +137,7 @@ def test_one_anti_entropy_round_repairs_both_sides():
 
     # B -> A: what B has that A lacks, and what B wants
     assert b.on_message(summaries.envelope, summaries.frames, NOW) == [
-        Send("A", env("push", "B"), (pack_records([only_b.encode()]),)),
+        Send("A", env("push", "B", repair=True), (pack_records([only_b.encode()]),)),
         Send("A", env("ae-want", "B"), (pack_records([record_key(only_a)]),)),
     ]
     push_b, want = b.on_message(summaries.envelope, summaries.frames, NOW)
@@ -137,7 +145,7 @@ def test_one_anti_entropy_round_repairs_both_sides():
     # A takes B's record and answers the want with a push
     assert a.on_message(push_b.envelope, push_b.frames, NOW) == []
     [push_a] = a.on_message(want.envelope, want.frames, NOW)
-    assert push_a == Send("B", env("push", "A"), (pack_records([only_a.encode()]),))
+    assert push_a == Send("B", env("push", "A", repair=True), (pack_records([only_a.encode()]),))
     assert b.on_message(push_a.envelope, push_a.frames, NOW) == []
 
     assert list(a.storage.scan_prefix("")) == list(b.storage.scan_prefix("")) == [only_a, only_b]
@@ -166,6 +174,23 @@ def test_rounds_rotate_through_the_peers():
     assert sends == ["B", "C", "D", "B", "C", "D"]
     assert a.stats().rounds == 6
     assert replicator("A", ["A"]).on_timer(AE_TIMER, 5.0) == [StartTimer(AE_TIMER, 6.0)]
+
+
+def test_a_round_is_put_off_while_the_peers_pushes_arrive_but_not_for_ever():
+    a = replicator("A", ["A", "B"])
+    writes = iter(put(ADMIN, "urn:snipe:group:g", f"n{i}", i, hlc.pack(NOW)) for i in range(100))
+
+    def turn(t: int, live_push: bool = True, repair: bool = False) -> bool:
+        """One anti-entropy turn after B pushed (or not); True if a round with B started."""
+        if live_push or repair:
+            body = {"repair": True} if repair else {}
+            a.on_message(env("push", "B", **body), [pack_records([next(writes).encode()])], NOW)
+        return len(a.on_timer(AE_TIMER, float(t))) == 2
+
+    assert [turn(t) for t in range(10)] == [False] * MAX_DEFERRALS + [True] + [False] * MAX_DEFERRALS + [True]
+    assert turn(10, live_push=False) and not turn(11) and turn(12, live_push=False)
+    assert turn(13, live_push=False, repair=True)            # answers to a round do not put the next one off
+    assert a.stats().deferred == 2 * MAX_DEFERRALS + 1 and a.stats().rounds == 5
 
 
 # --- several replicas on the fake network -----------------------------------------------------------
