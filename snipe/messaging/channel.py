@@ -6,7 +6,13 @@ per source) delivers in sequence order exactly once, holds early arrivals, drops
 and acknowledges cumulatively. Both speak `msg/1`:
 
   data  {s: session, b: base, q: first seq, t: [tags]}  frames: one payload per message
+        {s, b, q, t, z: [payload sizes]}  frames: one, the payloads concatenated ("packed")
   ack   {s: session, c: highest seq delivered in order}
+
+The cores speak in one frame per payload; a shell may pack a batch of small payloads into one
+frame on the wire (`pack_frames`, what the endpoint does when every payload is at most
+`PACK_MAX` bytes: one ZeroMQ part and one CurveZMQ box per batch instead of one per message) and
+must accept both forms (`unpack_frames`, before `parse_data`).
 
 A session is one incarnation of a sender's channel (a random 64-bit id). `base`, the lowest seq
 the sender still holds, lets a receiver that has never heard of a session (it restarted, or the
@@ -19,8 +25,10 @@ Invariants:
 - Outbound never forgets a message before it is acknowledged or reported failed; after a
   failure it fails everything queued behind it (FIFO cannot skip a message) and starts a new
   session, so later sends are not held hostage.
-- Memory is bounded: at most `window` messages in flight and `hwm` messages held per channel;
-  `Outbound.room()` tells the shell when to block a sender (back-pressure).
+- Memory is bounded: at most `window` messages (and about `window_bytes` bytes) in flight and
+  `hwm` messages held per channel; `Outbound.room()` tells the shell when to block a sender
+  (back-pressure). A batch holds at most `max_batch` messages and, unless it is one message,
+  `max_batch_bytes` bytes, so big messages are acknowledged (and timed) one by one.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ VERSION = 1
 INITIAL_RTO = 0.2
 MIN_RTO = 0.02
 MAX_RTO = 5.0
+PACK_MAX = 16 * 1024          # payloads up to this size may travel packed, a batch in one frame
 REMEMBERED_SESSIONS = 16      # per Inbound: where each recently left session stopped
 
 
@@ -65,23 +74,32 @@ class _Held:
     tag: int
     payload: bytes
     deadline: float
+    size: int = 0
     sent_at: float = -1.0
     attempts: int = 0
 
 
 class Outbound:
     def __init__(self, me: str, to: str, *, window: int = 4096, hwm: int = 65536, max_batch: int = 256,
+                 window_bytes: int = 8 << 20, max_batch_bytes: int = 1 << 20, min_rto: float = MIN_RTO,
                  rng: random.Random | None = None) -> None:
         self.me, self.to = me, to
         self.window, self.hwm, self.max_batch = window, hwm, max_batch
+        self.window_bytes, self.max_batch_bytes = window_bytes, max_batch_bytes
         self.rng = rng or random.Random()
         self.session = self.rng.getrandbits(63)
         self.next_seq = 1
         self.flight: deque[_Held] = deque()      # sent, not yet acknowledged, in seq order
         self.queue: deque[_Held] = deque()       # accepted, not yet sent (window full)
+        self.flight_bytes = 0
+        # (deadline, seq) of held messages with finite deadlines, deadlines increasing: the first
+        # is the earliest deadline of all held messages (a sliding-window minimum, O(1) a message).
+        self.deadlines: deque[tuple[float, int]] = deque()
         self.srtt: float | None = None
         self.rttvar = 0.0
-        self.rto = INITIAL_RTO
+        self.min_rto = min_rto
+        self.rto = max(INITIAL_RTO, min_rto)
+        self.progress_at = 0.0                   # when an ack last acknowledged something new
         self.sent = self.retransmitted = self.acked = 0
 
     def room(self) -> int:
@@ -92,19 +110,34 @@ class Outbound:
 
     def submit(self, tag: int, payload: bytes, now: float, deadline: float) -> None:
         """Accept a message (call `room()` first: the shell blocks the sender when it is 0)."""
-        self.queue.append(_Held(self.next_seq, tag, payload, deadline))
-        self.next_seq += 1
+        seq = self.next_seq
+        self.queue.append(_Held(seq, tag, payload, deadline, len(payload)))
+        self.next_seq = seq + 1
+        if deadline != float("inf"):
+            d = self.deadlines
+            while d and d[-1][0] >= deadline:
+                d.pop()
+            d.append((deadline, seq))
 
     def flush(self, now: float) -> list[Send]:
         """Send what the window allows, batched."""
         out: list[Send] = []
-        while self.queue and len(self.flight) < self.window:
-            n = min(self.max_batch, self.window - len(self.flight), len(self.queue))
-            batch = [self.queue.popleft() for _ in range(n)]
-            for h in batch:
+        queue, flight = self.queue, self.flight
+        while queue and len(flight) < self.window and (not flight or self.flight_bytes < self.window_bytes):
+            n = min(self.max_batch, self.window - len(flight), len(queue))
+            batch: list[_Held] = []
+            size = 0
+            for _ in range(n):
+                h = queue[0]
+                if batch and size + h.size > self.max_batch_bytes:
+                    break
+                queue.popleft()
                 h.sent_at, h.attempts = now, 1
-            self.flight.extend(batch)
-            self.sent += n
+                size += h.size
+                batch.append(h)
+            flight.extend(batch)
+            self.flight_bytes += size
+            self.sent += len(batch)
             out.append(self._data(batch))
         return out
 
@@ -118,10 +151,19 @@ class Outbound:
         if session != self.session:
             return []                                   # an ack for a session we abandoned
         newest: _Held | None = None
-        while self.flight and self.flight[0].seq <= cum:
-            newest = self.flight.popleft()
+        flight = self.flight
+        while flight and flight[0].seq <= cum:
+            newest = flight.popleft()
+            self.flight_bytes -= newest.size
             self.acked += 1
-        if newest is not None and newest.attempts == 1:  # Karn: time only unambiguous samples
+        if newest is None:
+            return self.flush(now)
+        self.progress_at = now                   # restart the retransmission timer (RFC 6298, 5.3)
+        low = flight[0].seq if flight else self.queue[0].seq if self.queue else self.next_seq
+        d = self.deadlines
+        while d and d[0][1] < low:
+            d.popleft()
+        if newest.attempts == 1:                         # Karn: time only unambiguous samples
             self._sample(now - newest.sent_at)
         return self.flush(now)
 
@@ -131,25 +173,27 @@ class Outbound:
         else:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.rto = min(MAX_RTO, max(MIN_RTO, self.srtt + 4 * self.rttvar))
+        self.rto = min(MAX_RTO, max(self.min_rto, self.srtt + 4 * self.rttvar))
 
     def on_timer(self, now: float) -> tuple[list[Send], list[DeliveryFailed]]:
         """Retransmit what timed out (go-back from the oldest unacknowledged); fail what is
         past its deadline, with everything behind it."""
-        expired = next((h for h in (*self.flight, *self.queue) if h.deadline <= now), None)
-        if expired is not None:
+        if self.deadlines and self.deadlines[0][0] <= now:
             return [], self.fail_all(f"not acknowledged by {self.to} before its deadline")
-        if not self.flight or self.flight[0].sent_at + self.rto * (2 ** (self.flight[0].attempts - 1)) > now:
+        retry = self._retry_at()
+        if retry is None or retry > now:
             return [], []
         out: list[Send] = []
         batch: list[_Held] = []
+        size = 0
         for h in self.flight:
+            if batch and (len(batch) == self.max_batch or size + h.size > self.max_batch_bytes):
+                out.append(self._data(batch))
+                batch, size = [], 0
             h.sent_at = now
             h.attempts += 1
             batch.append(h)
-            if len(batch) == self.max_batch:
-                out.append(self._data(batch))
-                batch = []
+            size += h.size
         if batch:
             out.append(self._data(batch))
         self.retransmitted += len(self.flight)
@@ -157,17 +201,27 @@ class Outbound:
 
     def next_deadline(self) -> float | None:
         """When on_timer next has something to do."""
-        times = []
-        if self.flight:
-            h = self.flight[0]
-            times.append(h.sent_at + self.rto * (2 ** (h.attempts - 1)))
-        times.extend(h.deadline for h in (*self.flight, *self.queue) if h.deadline != float("inf"))
-        return min(times) if times else None
+        retry = self._retry_at()
+        if not self.deadlines:
+            return retry
+        first = self.deadlines[0][0]
+        return first if retry is None else min(retry, first)
+
+    def _retry_at(self) -> float | None:
+        """When the oldest unacknowledged message is retransmitted: an RTO (doubled per attempt)
+        after it was sent, or after the last ack that made progress, whichever is later (a long
+        queue drained at the receiver's pace is not a loss)."""
+        if not self.flight:
+            return None
+        h = self.flight[0]
+        return max(h.sent_at, self.progress_at) + self.rto * (2 ** (h.attempts - 1))
 
     def fail_all(self, reason: str) -> list[DeliveryFailed]:
         failed = [DeliveryFailed(self.to, h.seq, h.tag, reason) for h in (*self.flight, *self.queue)]
         self.flight.clear()
         self.queue.clear()
+        self.deadlines.clear()
+        self.flight_bytes = 0
         self.session = self.rng.getrandbits(63)
         self.next_seq = 1
         return failed
@@ -231,6 +285,38 @@ def parse_data(env: Envelope, frames: Sequence[bytes]) -> tuple[int, int, int, l
     if not (0 <= session < 2**63 and 1 <= base <= first < 2**62):
         raise CodecError("msg/1 data: session, base and seq out of range (need 1 <= base <= seq)")
     return session, base, first, tags
+
+
+def pack_frames(frames: Sequence[bytes]) -> tuple[list[int] | None, list[bytes]]:
+    """A batch's payloads for the wire: (sizes, [one frame]) when there are several and each is at
+    most PACK_MAX bytes, else (None, the frames as they are). Put sizes in the body as "z"."""
+    if len(frames) > 1:
+        sizes = [len(f) for f in frames]
+        if max(sizes) <= PACK_MAX:
+            return sizes, [b"".join(frames)]
+    return None, list(frames)
+
+
+def unpack_frames(env: Envelope, frames: Sequence[bytes]) -> list[bytes]:
+    """The payloads of a data message, packed ("z") or one per frame; CodecError if malformed."""
+    sizes = env.body.get("z")
+    if sizes is None:
+        return list(frames)
+    if not isinstance(sizes, list) or not isinstance(env.body.get("t"), list) or len(sizes) != len(env.body["t"]) \
+            or not all(type(n) is int and n >= 0 for n in sizes):
+        raise CodecError("msg/1 data: z must be a list of payload sizes, one per tag")
+    if len(frames) != 1 or sum(sizes) != len(frames[0]):
+        raise CodecError(f"msg/1 data: packed payloads of {sum(sizes)} bytes need one frame of that size, "
+                         f"not {len(frames)} frame(s)")
+    blob = frames[0]
+    if not isinstance(blob, bytes):
+        blob = bytes(blob)
+    out: list[bytes] = []
+    at = 0
+    for n in sizes:
+        out.append(blob[at:at + n])
+        at += n
+    return out
 
 
 def parse_ack(env: Envelope) -> tuple[int, int]:
