@@ -42,8 +42,10 @@ from snipe.messaging.channel import (
     DeliveryFailed,
     Inbound,
     Outbound,
+    pack_frames,
     parse_ack,
     parse_data,
+    unpack_frames,
 )
 from snipe.messaging.routes import ProcView, Route, advertised_comm, choose_routes
 from snipe.transport import KeyGate, Link, sender_key, server_socket
@@ -55,10 +57,17 @@ ENDED_STATES = ("exited", "killed", "lost")
 DEFAULT_DEADLINE_S = 30.0
 RESOLVE_EVERY_S = 5.0
 STATS_EVERY_S = 5.0          # per-peer counters published on our own URN (a lease), for the console
-FAILOVER_AFTER_ATTEMPTS = 3
+FAILOVER_SILENCE_S = 2.0     # a route with data outstanding and no acknowledgement for this long has failed
+SHUN_ROUTE_S = 30.0          # ... and is not taken again for this long (then it is probed again)
+# Our links are reliable streams (ZeroMQ over TCP or ipc): a message is lost only when a
+# connection breaks, a route changes or the peer restarts. A busy process (the GIL handed over
+# every 5 ms, a receiver draining a long queue) easily takes more than the channel's 20 ms floor to
+# acknowledge, and a spurious timeout resends the whole window and, after a few, fails over to a
+# worse route; so retransmit no sooner than this.
+MIN_RTO_S = 0.2
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     """A received message, or (failed=True) a message of ours that could not be delivered."""
 
@@ -85,6 +94,9 @@ class _Peer:
     resolved_at: float = -1e9
     waiting_since: float | None = None       # unresolved: since when we have messages for it
     bytes_sent: int = 0
+    failed: int = 0                          # messages reported failed (with out.acked: settled)
+    heard_at: float = 0.0                    # last acknowledgement, or when the current route was taken
+    shunned: dict[str, float] = field(default_factory=dict)   # route endpoint -> not before (monotonic)
 
     @property
     def route(self) -> Route | None:
@@ -124,10 +136,19 @@ class Endpoint:
         self.wake_tx.connect(f"inproc://wake-{self.instance}")
         self.wake_lock = threading.Lock()
 
-        self.cond = threading.Condition()
+        # One plain lock guards the queues between application threads and the I/O thread (a
+        # Condition over it for the waits): the fast paths of send and recv take it once.
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
         self.commands: deque[tuple[str, int, bytes, float]] = deque()
         self.inbox: deque[Message] = deque()
-        self.held: dict[str, int] = {}           # per destination: messages accepted, not yet settled
+        # Per destination: messages accepted (send, submit) and settled (acknowledged or reported
+        # failed, written by the I/O thread); a sender blocks while the difference is at the hwm.
+        self.accepted: dict[str, int] = {}
+        self.settled: dict[str, int] = {}
+        self._blocked = 0                        # senders waiting at the hwm
+        self._wake_pending = False               # a wake-up is on its way to the I/O thread
+        self._checks_at = 0.0
         self.peers: dict[str, _Peer] = {}
         self.inbound: dict[str, Inbound] = {}
         self.reply_to: dict[str, bytes] = {}     # source URN -> ROUTER identity of its latest link
@@ -200,21 +221,39 @@ class Endpoint:
                 self.inbox.append(Message(self.me, tag, payload))
                 self.cond.notify_all()
             return
+        with self.lock:
+            n = self.accepted.get(dest, 0)
+            if n - self.settled.get(dest, 0) >= self.hwm:
+                n = self._wait_for_room(dest, timeout)
+            self.accepted[dest] = n + 1
+            self.commands.append((dest, tag, payload, time.monotonic() + deadline_s))
+        if not self._wake_pending:  # the I/O thread takes the whole queue at once: one wake-up per burst
+            self._wake_pending = True
+            self._wake()
+
+    def _wait_for_room(self, dest: str, timeout: float | None) -> int:
+        """(Holding the lock.) Wait until `dest` holds fewer than hwm unsettled messages."""
         limit = None if timeout is None else time.monotonic() + timeout
-        with self.cond:
-            while self.held.get(dest, 0) >= self.hwm:
+        self._blocked += 1
+        try:
+            while self.accepted.get(dest, 0) - self.settled.get(dest, 0) >= self.hwm:
                 left = None if limit is None else limit - time.monotonic()
                 if left is not None and left <= 0:
                     raise Unreachable(f"{dest} has {self.hwm} messages unacknowledged (the high-water mark); "
                                       f"send timed out after {timeout} s")
                 self.cond.wait(left)
-            self.held[dest] = self.held.get(dest, 0) + 1
-            first = not self.commands
-            self.commands.append((dest, tag, payload, time.monotonic() + deadline_s))
-        if first:               # the I/O thread takes the whole queue at once: one wake-up is enough
-            self._wake()
+        finally:
+            self._blocked -= 1
+        return self.accepted.get(dest, 0)
 
     def recv(self, source: str | None = None, tag: int | None = None, timeout: float | None = None) -> Message | None:
+        if source is None and tag is None:
+            with self.lock:                      # the common case: the oldest message, if any
+                if self.inbox:
+                    m = self.inbox.popleft()
+                    if self.paused and len(self.inbox) < self.hwm // 2:
+                        self._wake()
+                    return m
         limit = None if timeout is None else time.monotonic() + timeout
         with self.cond:
             while True:
@@ -312,7 +351,10 @@ class Endpoint:
         return max(0.0, min(min(times) - time.monotonic(), 0.5))
 
     def _take_commands(self) -> None:
-        with self.cond:
+        with self.lock:
+            self._wake_pending = False           # before taking: a send after this wakes us again
+            if not self.commands:
+                return
             batch = list(self.commands)
             self.commands.clear()
         now = time.monotonic()
@@ -320,7 +362,8 @@ class Endpoint:
         for dest, tag, payload, deadline in batch:
             p = self.peers.get(dest)
             if p is None:
-                p = self.peers[dest] = _Peer(dest, Outbound(self.me, dest, window=self.window, hwm=self.hwm * 2))
+                p = self.peers[dest] = _Peer(dest, Outbound(self.me, dest, window=self.window, hwm=self.hwm * 2,
+                                                             min_rto=MIN_RTO_S))
             p.out.submit(tag, payload, now, deadline)
             touched.add(dest)
         for dest in touched:
@@ -363,10 +406,13 @@ class Endpoint:
         my_host = self._host_values(self.host_urn)
         peer_host = self._host_values(peer.host)
         routes = choose_routes(mine, peer, my_host, peer_host)
-        best = routes[0] if routes else None
+        usable = [i for i, r in enumerate(routes) if p.shunned.get(r.endpoint, 0.0) <= now]
+        best_index = usable[0] if usable else 0
+        best = routes[best_index] if routes else None
         if best is not None and (p.route is None or p.route.endpoint != best.endpoint):
             was = p.route.endpoint if p.route else None
-            p.routes, p.route_index = routes, 0
+            p.routes, p.route_index = routes, best_index
+            p.heard_at = now
             log.info("%s: route to %s is now %s (was %s)", self.me, p.urn, best.endpoint, was)
         else:
             p.routes = routes
@@ -395,16 +441,22 @@ class Endpoint:
         if link is None:
             return
         for s in sends:
-            env = Envelope(s.envelope.protocol, s.envelope.version, s.envelope.kind, 0,
-                           {**s.envelope.body, "f": self.me})
+            body = {**s.envelope.body, "f": self.me}
+            sizes, frames = pack_frames(s.frames)    # small payloads: one frame for the batch
+            if sizes is not None:
+                body["z"] = sizes
+            env = Envelope(s.envelope.protocol, s.envelope.version, s.envelope.kind, 0, body)
             try:
-                link.sock.send_multipart(encode(env, s.frames), zmq.NOBLOCK, copy=False)
-                p.bytes_sent += sum(len(f) for f in s.frames)
+                link.sock.send_multipart(encode(env, frames), zmq.NOBLOCK, copy=False)
+                p.bytes_sent += sum(sizes) if sizes is not None else sum(len(f) for f in frames)
             except zmq.Again:
                 pass       # the link's queue is full: retransmission will resend it
 
     def _timers(self) -> None:
         now = time.monotonic()
+        check_links = now - self._checks_at >= 0.05      # handshake events: no need to look every turn
+        if check_links:
+            self._checks_at = now
         for p in list(self.peers.values()):
             if p.waiting_since is not None and now - p.resolved_at > 0.2:
                 self._pump_peer(p, now)
@@ -412,20 +464,38 @@ class Endpoint:
                 self._settle(p.urn, p.out.fail_all(
                     f"{p.urn} has no messaging endpoint in the catalog (not a process, or it never listened)"))
                 continue
-            for link in p.links.values():
-                link.check(now)
+            if check_links:
+                for link in p.links.values():
+                    link.check(now)
             sends, failed = p.out.on_timer(now)
             if failed:
                 self._settle(p.urn, failed)
             if sends:
-                if p.out.flight and p.out.flight[0].attempts >= FAILOVER_AFTER_ATTEMPTS and len(p.routes) > 1:
-                    p.route_index = (p.route_index + 1) % len(p.routes)     # this route is not working
-                    log.info("%s: failing over to %s for %s", self.me, p.route and p.route.endpoint, p.urn)
+                self._failover_if_silent(p, now)
                 if p.out.flight and p.out.flight[0].attempts % 4 == 0:
                     self._resolve(p, now)      # re-read the catalog: the peer may have moved or ended
                 self._transmit(p, sends)
             elif now - p.resolved_at > RESOLVE_EVERY_S and p.out.held():
                 self._resolve(p, now)
+
+    def _failover_if_silent(self, p: _Peer, now: float) -> None:
+        """Loss and delay make retransmissions; only silence makes a dead route. A route that
+        carried nothing back for max(2 s, 8 RTT) while data waited is shunned for a while and
+        the next route taken; the channel's sequence numbers keep the stream intact."""
+        if not p.out.flight or len(p.routes) < 2 or p.route is None:
+            return
+        silence = max(FAILOVER_SILENCE_S, 8 * (p.out.srtt or 0.0))
+        if now - p.heard_at < silence:
+            return
+        p.shunned[p.route.endpoint] = now + SHUN_ROUTE_S
+        for step in range(1, len(p.routes) + 1):
+            i = (p.route_index + step) % len(p.routes)
+            if p.shunned.get(p.routes[i].endpoint, 0.0) <= now or step == len(p.routes):
+                p.route_index = i
+                break
+        p.heard_at = now
+        log.info("%s: no acknowledgement from %s for %.1f s; failing over to %s", self.me, p.urn, silence,
+                 p.route and p.route.endpoint)
 
     def _publish_stats(self) -> None:
         now = time.monotonic()
@@ -461,8 +531,8 @@ class Endpoint:
     def submit(self, dest: str, tag: int, payload: bytes, deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         """`send` for the I/O thread itself (relays): never blocks; memory is bounded by the
         relays' own flow (each relayed message was accepted from a bounded channel)."""
-        with self.cond:
-            self.held[dest] = self.held.get(dest, 0) + 1
+        with self.lock:
+            self.accepted[dest] = self.accepted.get(dest, 0) + 1
             self.commands.append((dest, tag, payload, time.monotonic() + deadline_s))
 
     def _fail(self, p: _Peer, reason: str) -> None:
@@ -476,7 +546,9 @@ class Endpoint:
                     continue
                 self.inbox.append(Message(dest, f.tag, b"", failed=True, reason=f.reason))
             p = self.peers.get(dest)
-            self.held[dest] = p.out.held() if p is not None else 0
+            if p is not None:
+                p.failed += len(failed)
+                self.settled[dest] = p.out.acked + p.failed
             self.cond.notify_all()
 
     def _read_link(self, p: _Peer, link: Link) -> None:
@@ -495,10 +567,14 @@ class Endpoint:
             except SnipeError as exc:
                 log.warning("bad acknowledgement from %s: %s", p.urn, exc)
                 continue
+            p.heard_at = now
             self._transmit(p, p.out.on_ack(session, cum, now))
-        with self.cond:
-            self.held[p.urn] = p.out.held()
-            self.cond.notify_all()
+        settled = p.out.acked + p.failed
+        if settled != self.settled.get(p.urn, 0):
+            with self.lock:
+                self.settled[p.urn] = settled
+                if self._blocked:
+                    self.cond.notify_all()
 
     def _read_router(self) -> None:
         for _ in range(1000):
@@ -530,17 +606,19 @@ class Endpoint:
         source = env.body.get("f")
         if not isinstance(source, str) or not self._source_is(source, key):
             raise CodecError(f"data claims to come from {source!r}, which key {key[:16]}… does not speak for")
-        session, base, first, tags = parse_data(env, frames)
+        payloads = unpack_frames(env, frames)
+        session, base, first, tags = parse_data(env, payloads)
         inbound = self.inbound.get(source)
         if inbound is None:
             inbound = self.inbound[source] = Inbound(self.me, source, window=self.window)
         self.reply_to[source] = ident
-        delivered, ack = inbound.on_data(session, base, first, tags, frames)
+        delivered, ack = inbound.on_data(session, base, first, tags, payloads)
         if delivered:
-            plain = [Message(d.source, d.tag, d.payload) for d in delivered if d.tag >= 0]
-            for d in delivered:
-                if d.tag < 0:                 # reserved tags: the multicast layer's traffic
-                    self._on_system(Message(d.source, d.tag, d.payload))
+            plain = [Message(source, d.tag, d.payload) for d in delivered if d.tag >= 0]
+            if len(plain) != len(delivered):
+                for d in delivered:
+                    if d.tag < 0:             # reserved tags: the multicast layer's traffic
+                        self._on_system(Message(d.source, d.tag, d.payload))
             with self.cond:
                 self.inbox.extend(plain)
                 self.paused = len(self.inbox) >= self.hwm
