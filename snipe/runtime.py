@@ -195,9 +195,20 @@ def send(urn: str, payload: bytes | bytearray | memoryview, tag: int = 0, *, tim
     """Send `payload` to the process `urn`: reliable, FIFO per pair, exactly once. Blocks at the
     high-water mark (Unreachable after `timeout`). A message not acknowledged within `deadline`
     seconds comes back from `recv` as a failure (`Message.failed`), naming the reason."""
-    if not isinstance(payload, bytes | bytearray | memoryview):
+    if not isinstance(payload, _BYTES_LIKE):
         raise TypeError(f"payload must be bytes-like, not {type(payload).__name__}; use send_obj for objects")
-    session().endpoint().send(validate_urn(urn), payload, int(tag), timeout=timeout, deadline_s=deadline)
+    dest = _valid_dests.get(urn) if type(urn) is str else None
+    if dest is None:                     # parsing a URN costs more than the rest of a send: once per peer
+        dest = validate_urn(urn)
+        if type(urn) is str:
+            if len(_valid_dests) >= 4096:
+                _valid_dests.clear()
+            _valid_dests[urn] = dest
+    session().endpoint().send(dest, payload, int(tag), timeout=timeout, deadline_s=deadline)
+
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+_valid_dests: dict[str, str] = {}       # destination text -> its validated, normalised URN
 
 
 def send_obj(urn: str, obj: Any, tag: int = 0, **kw: Any) -> None:
