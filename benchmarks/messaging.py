@@ -141,8 +141,11 @@ if role == "rx":
             size, n = step[1], step[2]
             every, pause = (step[3], step[4]) if kind == "slow" else (0, 0.0)
             bad = 0
+            c0 = None
             for i in range(n):
                 m = recv(timeout=60)
+                if c0 is None:
+                    c0 = time.process_time()
                 if m is None:
                     bad += n - i
                     break
@@ -151,7 +154,7 @@ if role == "rx":
                 if every and i % every == 0:
                     time.sleep(pause)
             t = time.monotonic()
-            snipe.send_obj(src, {"t": t, "bad": bad})
+            snipe.send_obj(src, {"t": t, "bad": bad, "cpu": time.process_time() - (c0 or 0)})
         elif kind == "bye":
             send(expect(recv(timeout=60), "bye").source, b"bye")
             time.sleep(0.5)                      # let the acknowledgement of the answer come back
@@ -191,20 +194,24 @@ else:
                         max_held = max(max_held, ep.stats()[peer]["in_flight"])
                 info = {"hwm": ep.hwm, "max_held_seen": max_held, "maxrss_kib_before": base_rss}
             else:
-                t0 = time.monotonic()
+                c0, t0 = time.process_time(), time.monotonic()
                 for _ in range(n):
                     send(peer, payload)
             t_sent = time.monotonic()
             r = expect(recv(source=peer, timeout=300), "the receiver's count").obj()
+            cpu = time.process_time() - c0 if kind == "oneway" else None
             results.append({"kind": kind, "size": size, "n": n, "seconds": r["t"] - t0,
-                            "send_seconds": t_sent - t0, "bad": r["bad"], "maxrss_kib": maxrss_kib(), **info})
+                            "send_seconds": t_sent - t0, "bad": r["bad"], "maxrss_kib": maxrss_kib(),
+                            "cpu_tx": cpu, "cpu_rx": r.get("cpu"), **info})
         elif kind == "bye":
             stats = snipe.messaging_stats()[peer]
             route = {"route_kind": stats["route_kind"], "route": stats["route"]}
             send(peer, b"bye")
             expect(recv(source=peer, timeout=60), "the answer to bye")
             stats = snipe.messaging_stats()[peer]
-            mark(prefix, "json", route=route, results=results, stats=stats, maxrss_kib=maxrss_kib())
+            import snipe.messaging.channel as channel
+            mark(prefix, "json", route=route, results=results, stats=stats, maxrss_kib=maxrss_kib(),
+                 packs=hasattr(channel, "pack_frames"), snipe_at=os.path.dirname(snipe.__file__))
     snipe.shutdown()
 '''
 
@@ -245,12 +252,15 @@ if role == "rx":
             size, n = step[1], step[2]
             copy = size < 65536
             bad = 0
-            for _ in range(n):
-                parts = s.recv_multipart(copy=copy)
+            parts = s.recv_multipart(copy=copy)
+            c0 = time.process_time()
+            for i in range(n):
+                if i:
+                    parts = s.recv_multipart(copy=copy)
                 if len(parts[1]) != size:
                     bad += 1
             t = time.monotonic()
-            s.send_multipart([ident, json.dumps({"t": t, "bad": bad}).encode()])
+            s.send_multipart([ident, json.dumps({"t": t, "bad": bad, "cpu": time.process_time() - c0}).encode()])
         elif kind == "bye":
             ident, _ = s.recv_multipart()
             s.send_multipart([ident, b"bye"])
@@ -278,13 +288,14 @@ else:
             size, n = step[1], step[2]
             payload = p(size)
             copy = size < 65536
-            t0 = time.monotonic()
+            c0, t0 = time.process_time(), time.monotonic()
             for _ in range(n):
                 s.send(payload, copy=copy)
             t_sent = time.monotonic()
             r = json.loads(s.recv())
             results.append({"kind": "oneway", "size": size, "n": n, "seconds": r["t"] - t0,
-                            "send_seconds": t_sent - t0, "bad": r["bad"], "maxrss_kib": maxrss_kib()})
+                            "send_seconds": t_sent - t0, "bad": r["bad"], "maxrss_kib": maxrss_kib(),
+                            "cpu_tx": time.process_time() - c0, "cpu_rx": r["cpu"]})
         elif kind == "bye":
             s.send(b"bye")
             s.recv()
@@ -372,6 +383,9 @@ def summarize(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
         out[f"oneway_{SIZE_NAMES[size]}"] = {
             "n": runs[0]["n"], "reps": len(runs), "msgs_per_s": round(med), "best_msgs_per_s": round(max(rates)),
             "mib_per_s": round(med * size / MIB, 1), "all_msgs_per_s": [round(x) for x in rates],
+            # CPU time (all threads) per message: less sensitive than wall time to other load
+            "cpu_us_per_msg": {side: round(statistics.median(r[f"cpu_{side}"] for r in runs) / runs[0]["n"] * 1e6, 2)
+                               for side in ("tx", "rx") if all(r.get(f"cpu_{side}") is not None for r in runs)},
             "bad": sum(r["bad"] for r in runs)}
     if raw.get("stats"):
         out["sent"], out["retransmitted"] = raw["stats"].get("sent"), raw["stats"].get("retransmitted")
@@ -604,7 +618,7 @@ def py_spy(pids: dict[str, int], out: Path, procs: Procs) -> Iterator[dict[str, 
     for name, pid in pids.items():
         raw = out / f"{name}.txt"
         running[name] = (procs.start([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-                                      "--nonblocking", "--output", str(raw)], out / f"{name}.py-spy.log"), raw)
+                                      "--nonblocking", "--gil", "--output", str(raw)], out / f"{name}.py-spy.log"), raw)
     time.sleep(1.0)
     try:
         yield result
@@ -626,17 +640,26 @@ def _short(frame: str) -> str:
     return f"{name} ({where.rsplit(':', 1)[0].rsplit('/', 1)[-1]})" if sep else frame
 
 
+# Leaf frames where a thread waits (py-spy's own idle detection misses some with --nonblocking).
+_WAITING = ("Condition.wait (threading.py)", "Poller.poll (poll.py)", "EpollSelector.select (selectors.py)",
+            "Event.wait (threading.py)", "wait_file (project_worker.py)")
+
+
 def hot_functions(raw: Path, top: int = 15) -> dict[str, Any]:
-    """From py-spy's raw output (collapsed stacks): self and inclusive shares per function."""
+    """From py-spy's raw output (collapsed stacks): self and inclusive shares per function of the
+    busy samples (those whose leaf is a wait are counted as idle and left out)."""
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
-    total = 0
+    total = idle = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not count_text.isdigit():
             continue
         count = int(count_text)
         frames = [_short(f) for f in stack.split(";")]
+        if frames[-1] in _WAITING:
+            idle += count
+            continue
         total += count
         own[frames[-1]] = own.get(frames[-1], 0) + count
         for f in set(frames):
@@ -646,7 +669,9 @@ def hot_functions(raw: Path, top: int = 15) -> dict[str, Any]:
         best = sorted(d.items(), key=lambda kv: -kv[1])[:top]
         return [{"function": f, "share": round(c / total, 3)} for f, c in best]
 
-    return {"samples": total, "self": rank(own), "inclusive": rank(inclusive)} if total else {"samples": 0}
+    if not total:
+        return {"busy_samples": 0, "idle_samples": idle}
+    return {"busy_samples": total, "idle_samples": idle, "self": rank(own), "inclusive": rank(inclusive)}
 
 
 # --- the benchmark ---------------------------------------------------------------------------------
@@ -749,8 +774,9 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
             with py_spy({"sender": tx_ready["pid"], "receiver": rx_ready["pid"]},
                         Path(settings.profile_dir), procs) as prof:
                 praw = proj.finish("profile", rx, tx, prefix, timeout)
-            result["profile"] = {"case": "64 B one-way, ipc, sampled at 200 Hz", **prof,
-                                 "throughput_under_profiler": summarize(praw, Settings(warmup_n=0))}
+            result["profile"] = {
+                "case": "64 B one-way, ipc; py-spy --gil at 200 Hz: where each process spends its Python time",
+                **prof, "throughput_under_profiler": summarize(praw, Settings(warmup_n=0))}
 
         _say("Ray actor calls")
         ray = ray_bench(settings)
