@@ -76,9 +76,13 @@ def format_summary(res: dict[str, Any]) -> str:
             f"failures {c['delivery_failures']}, retransmissions {c['retransmissions']}, "
             f"duplicates suppressed {c['duplicates_suppressed']}, all acknowledged at {c['completion_s']} s")
         lines.append(f"    wall {c['wall_s']} s, cpu {c['cpu_s']} s, {c['events']} events")
-    if "multicast" in sc:
-        m = sc["multicast"]
-        lines.append(f"  multicast: {'simulated' if m.get('simulated') else 'not simulated: ' + m['reason']}")
+    for name in [n for n in sc if n not in ("catalog", "channel")]:     # no summary of their own
+        figs = sc[name]
+        if figs.get("simulated") is False:
+            lines.append(f"  {name}: not simulated: {figs.get('reason')}")
+        else:
+            scalars = ", ".join(f"{k} {v}" for k, v in figs.items() if isinstance(v, int | float | str | bool))
+            lines.append(f"  {name}: {scalars}")
     lines.append(f"  total wall {res['total_wall_s']} s")
     return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 """Scenario A, the catalog: N real replica cores gossiping through a partition, crashes and loss.
 
-Every virtual host runs one replica: `rcds.replica.Replica` (through `SharedDecodeReplica`) over
+Every virtual host runs one replica: `rcds.replica.Replica` (through `CountingReplica`, which counts refusals) over
 an in-memory store (`IndexedStorage`), driven by `rcds.replication.Replicator` — push on write,
 anti-entropy every `interval`. Nothing about replication is re-implemented here; this module only
 builds the world, carries effects (benchmarks/sim/shell.py) and watches digests.
@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from benchmarks.sim.catalog_store import IndexedStorage, SharedDecodeReplica
+from benchmarks.sim.catalog_store import CountingReplica, IndexedStorage
 from benchmarks.sim.shell import T0_MS, CoreNode
 from rcds.replica import Accepted, Refused
 from rcds.replication import Replicator
@@ -88,7 +88,7 @@ class ReplicaNode(CoreNode):
         self.world = world
         self.storage = storage
         self.peers = list(peers)
-        self.replica = SharedDecodeReplica(storage, world.admin.public_key, world.decoded, world.refusals)
+        self.replica = CountingReplica(storage, world.admin.public_key, world.refusals)
         self.replicator: Replicator | None = None
         self.seen_rev = storage.last_rev()
 
@@ -142,7 +142,6 @@ class CatalogWorld:
         self.rng = self.sim.stream("catalog-workload")
         self.admin = Identity.from_seed(self.setup_rng.randbytes(32))
         self.admin_clock = hlc.HybridClock()
-        self.decoded: dict[bytes, Assertion] = {}
         self.refusals: Counter[str] = Counter()
         self.retired: list[Any] = []
         self.written: list[Assertion] = []
@@ -174,7 +173,7 @@ class CatalogWorld:
                         for h in homes[:cfg.writers]]
         self.joiners = [(names[h], Identity.from_seed(rng.randbytes(32))) for h in homes[cfg.writers:]]
         template = IndexedStorage()
-        boot = SharedDecodeReplica(template, self.admin.public_key, self.decoded, self.refusals)
+        boot = CountingReplica(template, self.admin.public_key, self.refusals)
         for home, ident, _ in self.writers:
             results = boot.ingest(self._host_record(ident, f"urn:snipe:host:{home}", boot_ms), boot_ms)
             assert all(isinstance(r, Accepted) and r.new for r in results), results
@@ -237,7 +236,7 @@ class CatalogWorld:
     def _heal(self) -> None:
         self.sim.net.heal()
         self.at_heal = {"sent": self.sim.net.stats.sent, "bytes_sent": self.sim.net.stats.bytes_sent}
-        ref = SharedDecodeReplica(self.reference, self.admin.public_key, self.decoded, Counter())
+        ref = CountingReplica(self.reference, self.admin.public_key, Counter())
         results = ref.ingest(list(self.written), T0_MS + round(self.sim.now * 1000), from_peer=True)
         assert all(isinstance(r, Accepted) for r in results), [r for r in results if isinstance(r, Refused)]
         self.target = b"".join(self.reference.top_digests())

@@ -3,20 +3,17 @@
 Two pieces, both behaviour-preserving (tests/unit/test_sim.py checks them against the plain ones):
 
 - `IndexedStorage` is `rcds.storage.MemoryStorage` with its records also indexed by digest leaf.
-  `MemoryStorage.held(urn)` and `leaf_summaries(leaf)` scan every record; the replica core calls
-  `held` on every ingest and anti-entropy calls `leaf_summaries` for every differing leaf, so
-  with R records a replica's work grows as R per record. The index makes both proportional to
-  the records of one leaf. `clone()` copies a storage cheaply: records, digests and log entries
-  are immutable and shared, only the containers are copied (a converged cluster's replicas hold
-  the same records, so one replica's bootstrap state is cloned into every other).
-  Digests are cached too: `leaf_digests(top)` and `top_digests()` build 256-entry lists from
-  dicts on every call (every anti-entropy message calls them); the cache keeps each list until
-  a digest under it changes.
-- `SharedDecodeReplica` is `rcds.replica.Replica` whose `ingest` decodes each distinct encoded
-  record once per simulation and hands the core the decoded `Assertion` (which `ingest` accepts
-  as such). Decoding is a pure function of the bytes and assertions are immutable, so every
-  replica holding a record shares one object instead of ten thousand copies. It also counts
-  refusals by error type, which the core returns but the replicator does not keep.
+  `MemoryStorage.held(urn)` (which its write transaction's `reserved` uses too) and
+  `leaf_summaries(leaf)` scan every record; the replica core reads a URN's reserved names on
+  writes and anti-entropy reads the summaries of every differing leaf, so with R records a
+  replica's work grows as R per record. The index makes both proportional to the records of one
+  leaf. Digests are indexed too: `leaf_digests(top)` and `top_digests()` look up 256 dict entries
+  per call (every anti-entropy message makes such calls), mostly absent ones; the index lists
+  the entries present, and the top list is kept until a top changes.
+  `clone()` copies a storage cheaply: records, digests and log entries are immutable and
+  shared, only the containers are copied (a converged cluster's replicas hold the same records,
+  so one replica's bootstrap state is cloned into every other).
+- `CountingReplica` is `rcds.replica.Replica` counting its refusals by error type.
 """
 
 from __future__ import annotations
@@ -26,8 +23,7 @@ from typing import Any
 
 from rcds.replica import IngestResult, Refused, Replica
 from rcds.storage import ZERO, MemoryStorage, Summary, urn_prefix_key
-from snipe.assertion import Assertion, decode_assertion
-from snipe.errors import CodecError, TooLarge
+from snipe.assertion import Assertion
 
 
 class _IndexedRecords(dict[bytes, Assertion]):
@@ -67,24 +63,35 @@ class _IndexedRecords(dict[bytes, Assertion]):
         return c
 
 
-class _CachedDigests(dict[int, bytes]):
-    """A dict of leaf (or top) digests that remembers the 256-entry list of each group
-    (`index >> shift`) until a digest in it changes. Cached lists are never mutated."""
+class _SparseDigests(dict[int, bytes]):
+    """A dict of leaf (or top) digests that also keeps, per group of 256 (`index >> shift`),
+    which indexes it holds, so a group's 256-entry list is built from the few it holds; with
+    `cache`, the built lists are kept until a digest in their group changes (for the tops, read
+    every round and changed far less often). Tuples and cached lists are replaced, never
+    mutated, so clones may share them."""
 
-    __slots__ = ("cache", "shift")
+    __slots__ = ("cache", "members", "shift")
 
-    def __init__(self, shift: int) -> None:
+    def __init__(self, shift: int, cache: bool = False) -> None:
         super().__init__()
         self.shift = shift
-        self.cache: dict[int, list[bytes]] = {}
+        self.members: dict[int, tuple[int, ...]] = {}
+        self.cache: dict[int, list[bytes]] | None = {} if cache else None
 
     def __setitem__(self, key: int, value: bytes) -> None:
+        g = key >> self.shift
+        if key not in self:
+            self.members[g] = (*self.members.get(g, ()), key)
         dict.__setitem__(self, key, value)
-        self.cache.pop(key >> self.shift, None)
+        if self.cache is not None:
+            self.cache.pop(g, None)
 
     def __delitem__(self, key: int) -> None:
         dict.__delitem__(self, key)
-        self.cache.pop(key >> self.shift, None)
+        g = key >> self.shift
+        self.members[g] = tuple(k for k in self.members[g] if k != key)
+        if self.cache is not None:
+            self.cache.pop(g, None)
 
     def _unsupported(self, *args: Any, **kw: Any) -> None:
         raise NotImplementedError("IndexedStorage digests change only through [key] = value and del")
@@ -93,16 +100,22 @@ class _CachedDigests(dict[int, bytes]):
 
     def group(self, g: int) -> list[bytes]:
         """The 256 digests of group `g` (ZERO where none), as a new list."""
-        cached = self.cache.get(g)
-        if cached is None:
-            base = g << 8
-            cached = self.cache[g] = [self.get(base + i, ZERO) for i in range(256)]
-        return list(cached)
+        if self.cache is not None:
+            hit = self.cache.get(g)
+            if hit is not None:
+                return list(hit)
+        out = [ZERO] * 256
+        for k in self.members.get(g, ()):
+            out[k & 255] = self[k]
+        if self.cache is not None:
+            self.cache[g] = list(out)
+        return out
 
-    def clone(self) -> _CachedDigests:
-        c = _CachedDigests(self.shift)
+    def clone(self) -> _SparseDigests:
+        c = _SparseDigests(self.shift)
         dict.update(c, self)
-        c.cache = dict(self.cache)
+        c.members = dict(self.members)
+        c.cache = None if self.cache is None else dict(self.cache)
         return c
 
 
@@ -112,8 +125,8 @@ class IndexedStorage(MemoryStorage):
     def __init__(self, log_retention: int = 100_000) -> None:
         super().__init__(log_retention)
         self.records: _IndexedRecords = _IndexedRecords()
-        self.leaves: _CachedDigests = _CachedDigests(8)
-        self.tops: _CachedDigests = _CachedDigests(16)      # one group: all 256 tops
+        self.leaves: _SparseDigests = _SparseDigests(8)
+        self.tops: _SparseDigests = _SparseDigests(16, cache=True)      # one group: all 256 tops
 
     def held(self, urn: str) -> list[Assertion]:
         p = urn_prefix_key(urn)
@@ -135,7 +148,7 @@ class IndexedStorage(MemoryStorage):
         """An independent storage holding the same state (immutable contents shared)."""
         c = IndexedStorage.__new__(IndexedStorage)
         for name, value in vars(self).items():
-            if isinstance(value, _IndexedRecords | _CachedDigests):
+            if isinstance(value, _IndexedRecords | _SparseDigests):
                 value = value.clone()
             elif isinstance(value, dict):
                 value = {k: set(v) if isinstance(v, set) else v for k, v in value.items()}
@@ -145,32 +158,16 @@ class IndexedStorage(MemoryStorage):
         return c
 
 
-class SharedDecodeReplica(Replica):
-    """A Replica that decodes each distinct record once per simulation (see the module doc)."""
+class CountingReplica(Replica):
+    """A Replica that also counts its refusals by error type (the core returns them; the
+    replicator does not keep them). Ingest itself is the core's, untouched."""
 
-    def __init__(self, storage: IndexedStorage, admin_key: bytes, decoded: dict[bytes, Assertion],
-                 refusals: Counter[str], **kw: Any) -> None:
+    def __init__(self, storage: IndexedStorage, admin_key: bytes, refusals: Counter[str], **kw: Any) -> None:
         super().__init__(storage, admin_key, **kw)
-        self.decoded = decoded
         self.refusals = refusals
 
     def ingest(self, records: list[bytes | Assertion], now_ms: int, *, from_peer: bool = False) -> list[IngestResult]:
-        cache = self.decoded
-        items: list[bytes | Assertion] = []
-        for r in records:
-            if isinstance(r, bytes):
-                a = cache.get(r)
-                if a is None:
-                    try:
-                        a = decode_assertion(r)
-                    except (CodecError, TooLarge):
-                        items.append(r)          # the core refuses it and says why
-                        continue
-                    cache[r] = a
-                items.append(a)
-            else:
-                items.append(r)
-        results = super().ingest(items, now_ms, from_peer=from_peer)
+        results = super().ingest(records, now_ms, from_peer=from_peer)
         for res in results:
             if isinstance(res, Refused):
                 self.refusals[type(res.error).__name__] += 1
