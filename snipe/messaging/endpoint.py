@@ -140,7 +140,7 @@ class Endpoint:
         # Condition over it for the waits): the fast paths of send and recv take it once.
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
-        self.commands: deque[tuple[str, int, bytes, float]] = deque()
+        self.commands: deque[tuple[str, int, bytes, float]] = deque()    # (dest, tag, payload, deadline_s)
         self.inbox: deque[Message] = deque()
         # Per destination: messages accepted (send, submit) and settled (acknowledged or reported
         # failed, written by the I/O thread); a sender blocks while the difference is at the hwm.
@@ -226,7 +226,7 @@ class Endpoint:
             if n - self.settled.get(dest, 0) >= self.hwm:
                 n = self._wait_for_room(dest, timeout)
             self.accepted[dest] = n + 1
-            self.commands.append((dest, tag, payload, time.monotonic() + deadline_s))
+            self.commands.append((dest, tag, payload, deadline_s))
         if not self._wake_pending:  # the I/O thread takes the whole queue at once: one wake-up per burst
             self._wake_pending = True
             self._wake()
@@ -358,16 +358,24 @@ class Endpoint:
             batch = list(self.commands)
             self.commands.clear()
         now = time.monotonic()
-        touched: set[str] = set()
-        for dest, tag, payload, deadline in batch:
-            p = self.peers.get(dest)
-            if p is None:
-                p = self.peers[dest] = _Peer(dest, Outbound(self.me, dest, window=self.window, hwm=self.hwm * 2,
-                                                             min_rto=MIN_RTO_S))
-            p.out.submit(tag, payload, now, deadline)
-            touched.add(dest)
-        for dest in touched:
-            self._pump_peer(self.peers[dest], now)
+        # A deadline runs from here, at most one turn of this thread after the send: one float per
+        # burst, so the channel keeps one deadline entry for the burst.
+        deadlines: dict[float, float] = {}
+        touched: dict[str, _Peer] = {}
+        last, out = "", None
+        for dest, tag, payload, deadline_s in batch:
+            if dest != last or out is None:
+                p = touched.get(dest) or self.peers.get(dest)
+                if p is None:
+                    p = self.peers[dest] = _Peer(dest, Outbound(self.me, dest, window=self.window,
+                                                                hwm=self.hwm * 2, min_rto=MIN_RTO_S))
+                touched[dest], last, out = p, dest, p.out
+            deadline = deadlines.get(deadline_s)
+            if deadline is None:
+                deadline = deadlines[deadline_s] = now + deadline_s
+            out.submit(tag, payload, now, deadline)
+        for p in touched.values():
+            self._pump_peer(p, now)
 
     def _pump_peer(self, p: _Peer, now: float) -> None:
         if not p.routes or now - p.resolved_at > RESOLVE_EVERY_S:
@@ -533,7 +541,7 @@ class Endpoint:
         relays' own flow (each relayed message was accepted from a bounded channel)."""
         with self.lock:
             self.accepted[dest] = self.accepted.get(dest, 0) + 1
-            self.commands.append((dest, tag, payload, time.monotonic() + deadline_s))
+            self.commands.append((dest, tag, payload, deadline_s))
 
     def _fail(self, p: _Peer, reason: str) -> None:
         self._settle(p.urn, p.out.fail_all(reason))
