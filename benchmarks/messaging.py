@@ -134,9 +134,13 @@ if role == "rx":
             src = expect(recv(timeout=120), "hello").source
             send(src, b"ok")
         elif kind == "rtt":
-            for _ in range(step[2]):
+            m = recv(timeout=60)
+            c0 = time.process_time()
+            send(m.source, m.payload)
+            for _ in range(step[2] - 1):
                 m = recv(timeout=60)
                 send(m.source, m.payload)
+            snipe.send_obj(src, {"cpu": time.process_time() - c0})
         elif kind in ("oneway", "slow"):
             size, n = step[1], step[2]
             every, pause = (step[3], step[4]) if kind == "slow" else (0, 0.0)
@@ -172,12 +176,16 @@ else:
         elif kind == "rtt":
             size, n = step[1], step[2]
             payload, lat = p(size), []
+            c0 = time.process_time()
             for _ in range(n):
                 t0 = time.perf_counter()
                 send(peer, payload)
                 expect(recv(source=peer, timeout=60), "an echo")
                 lat.append(time.perf_counter() - t0)
-            results.append({"kind": "rtt", "size": size, "n": n, "lat_us": [round(x * 1e6, 1) for x in lat]})
+            cpu = time.process_time() - c0
+            r = expect(recv(source=peer, timeout=60), "the receiver's CPU time").obj()
+            results.append({"kind": "rtt", "size": size, "n": n, "lat_us": [round(x * 1e6, 1) for x in lat],
+                            "cpu_tx": cpu, "cpu_rx": r["cpu"]})
         elif kind in ("oneway", "slow"):
             size, n = step[1], step[2]
             payload = p(size)
@@ -245,9 +253,13 @@ if role == "rx":
             ident, _ = s.recv_multipart()
             s.send_multipart([ident, b"ok"])
         elif kind == "rtt":
-            for _ in range(step[2]):
+            ident, m = s.recv_multipart()
+            c0 = time.process_time()
+            s.send_multipart([ident, m])
+            for _ in range(step[2] - 1):
                 ident, m = s.recv_multipart()
                 s.send_multipart([ident, m])
+            s.send_multipart([ident, json.dumps({"cpu": time.process_time() - c0}).encode()])
         elif kind == "oneway":
             size, n = step[1], step[2]
             copy = size < 65536
@@ -278,12 +290,16 @@ else:
         elif kind == "rtt":
             size, n = step[1], step[2]
             payload, lat = p(size), []
+            c0 = time.process_time()
             for _ in range(n):
                 t0 = time.perf_counter()
                 s.send(payload)
                 s.recv()
                 lat.append(time.perf_counter() - t0)
-            results.append({"kind": "rtt", "size": size, "n": n, "lat_us": [round(x * 1e6, 1) for x in lat]})
+            cpu = time.process_time() - c0
+            r = json.loads(s.recv())
+            results.append({"kind": "rtt", "size": size, "n": n, "lat_us": [round(x * 1e6, 1) for x in lat],
+                            "cpu_tx": cpu, "cpu_rx": r["cpu"]})
         elif kind == "oneway":
             size, n = step[1], step[2]
             payload = p(size)
@@ -372,7 +388,9 @@ def summarize(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
     if rtts:
         lat = rtts[-1]["lat_us"]                      # the first rtt step is the warm-up
         out["rtt_64B"] = {"n": len(lat), "p50_us": round(_percentile(lat, 50), 1),
-                          "p99_us": round(_percentile(lat, 99), 1), "mean_us": round(statistics.fmean(lat), 1)}
+                          "p99_us": round(_percentile(lat, 99), 1), "mean_us": round(statistics.fmean(lat), 1),
+                          "cpu_us_per_round_trip": {side: round(rtts[-1][f"cpu_{side}"] / len(lat) * 1e6, 1)
+                                                    for side in ("tx", "rx") if f"cpu_{side}" in rtts[-1]}}
     oneways = [r for r in raw["results"] if r["kind"] == "oneway"][1 if settings.warmup_n else 0:]
     for size in SIZES:
         runs = [r for r in oneways if r["size"] == size]
