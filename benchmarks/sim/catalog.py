@@ -151,6 +151,7 @@ class CatalogWorld:
         self.pending: set[str] = set()
         self.converged_at: float | None = None
         self.curve: list[tuple[float, int]] = []
+        self.last_write_at: float | None = None
         self.at_heal: dict[str, int] = {}
         self.events = Counter[str]()
 
@@ -225,12 +226,14 @@ class CatalogWorld:
         a = make_assertion(ident, f"urn:snipe:host:{home}", "load", round(self.rng.random() * 8, 2),
                            clock.now(node.now_ms))
         self.written.append(a)
+        self.last_write_at = self.sim.now
         node.write([a])
 
     def _join(self, home: str, ident: Identity) -> None:
         node = self._replica_for(home)
         recs = self._host_record(ident, f"urn:snipe:host:{home}", node.now_ms)
         self.written.extend(recs)
+        self.last_write_at = self.sim.now
         node.write(recs)
 
     def _heal(self) -> None:
@@ -284,6 +287,8 @@ class CatalogWorld:
             "partitioned_replicas": round(cfg.partition_fraction * cfg.replicas),
             "partition_s": [cfg.partition_at, self.heal_at],
             "crashed_replicas": round(cfg.crash_fraction * cfg.replicas),
+            "last_write_before_heal_s": (round(self.heal_at - self.last_write_at, 3)
+                                         if self.last_write_at is not None else None),
             "converged": converged,
             "convergence_s": conv,
             "convergence_rounds": round(conv / cfg.interval, 2) if conv is not None else None,
