@@ -7,6 +7,10 @@ for groups with local members, so a router that died is replaced. Relaying runs 
 daemon's messaging endpoint thread: each message is relayed once (Relay) to the members that
 registered with this router and to the routers that have not had it yet. Who those are is read
 from the group's catalog entry at most every VIEW_REFRESH_S per group (`_View`), not per message.
+
+Each relayed message is also kept in the group's `History` (bounded). A member's `Resume` (sent
+when it registers with this router) adds it to the members relayed to at once, for
+RESUMED_HOLD_S, by which time the catalog lists it, and replays what it missed from the history.
 """
 
 from __future__ import annotations
@@ -21,7 +25,18 @@ from snipe.catalog.client import CatalogClient, now_ms
 from snipe.errors import SnipeError
 from snipe.messaging.endpoint import Endpoint, Message
 from snipe.messaging.routes import shared_networks
-from snipe.multicast.core import DEFAULT_WANTED, MCAST_DATA, MCAST_DELIVER, Relay, pack, should_route, unpack
+from snipe.multicast.core import (
+    DEFAULT_WANTED,
+    MCAST_DATA,
+    MCAST_DELIVER,
+    MCAST_RESUME,
+    History,
+    Relay,
+    pack,
+    should_route,
+    unpack,
+    unpack_resume,
+)
 from snipe.multicast.groups import ROUTER, ensure_group, live_members, live_routers
 from snipe.urn import validate_urn
 
@@ -31,6 +46,14 @@ log = logging.getLogger("snipe.daemon.mcast")
 # (cached) entry again. The entry itself may be up to 0.5 s old; a member that left is dropped by
 # its own Membership anyway, and a hop to a router that died just fails (the others cover it).
 VIEW_REFRESH_S = 0.25
+RESUMED_HOLD_S = 10.0          # a resuming member is relayed to before the catalog lists it, this long
+HISTORY_MESSAGES = 100_000     # per group: what a router keeps for members that resume
+HISTORY_BYTES = 64 << 20
+HISTORY_AGE_S = 120.0
+# A hop to a live member or router that is merely slow must not be given up: a given-up delivery is
+# a message lost for that member. Relays have no back-pressure on senders yet (submit never blocks),
+# so under a flat-out stream a member's queue at its router can be tens of seconds long.
+HOP_DEADLINE_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +76,12 @@ class GroupRouter:
         self.lock = threading.Lock()
         self.relays: dict[str, Relay] = {}
         self.views: dict[str, _View] = {}
+        self.histories: dict[str, History] = {}
+        self.resumed: dict[str, dict[str, float]] = {}    # group -> member -> when it resumed (monotonic)
         self.relayed = 0
+        self.replayed = 0
         endpoint.system_handlers[MCAST_DATA] = self._on_data
+        endpoint.system_handlers[MCAST_RESUME] = self._on_resume
         self.next_refresh = 0.0
 
     # --- daemon thread: requests and leases ----------------------------------------------------
@@ -119,7 +146,8 @@ class GroupRouter:
     def status(self) -> dict[str, Any]:
         with self.lock:
             return {"routing": sorted(self.routing), "local": {g: sorted(m) for g, m in self.local.items()},
-                    "relayed": self.relayed}
+                    "relayed": self.relayed, "replayed": self.replayed,
+                    "history": {g: len(h.items) for g, h in self.histories.items()}}
 
     # --- endpoint thread: relaying -------------------------------------------------------------
     def _view(self, group: str) -> _View | None:
@@ -134,10 +162,17 @@ class GroupRouter:
             return None
         entry = catalog.cached(group, max_age=0.5)
         wall = now_ms()
-        members = tuple(u for u, val in live_members(entry, wall).items() if self.host_urn in val.get("routers", []))
+        members = {u for u, val in live_members(entry, wall).items() if self.host_urn in val.get("routers", [])}
+        resumed = self.resumed.get(group)
+        if resumed:
+            for u, at in list(resumed.items()):
+                if now - at < RESUMED_HOLD_S:
+                    members.add(u)
+                else:
+                    del resumed[u]
         routers = set(live_routers(entry, wall))
         routers.add(self.host_urn)
-        v = self.views[group] = _View(now, entry.expires_at_ms(), members, tuple(sorted(routers)))
+        v = self.views[group] = _View(now, entry.expires_at_ms(), tuple(sorted(members)), tuple(sorted(routers)))
         return v
 
     def _on_data(self, m: Message) -> None:
@@ -153,8 +188,27 @@ class GroupRouter:
             return
         self.relayed += 1
         payload = pack(out.header, body)
+        history = self.histories.get(h.group)
+        if history is None:
+            history = self.histories[h.group] = History(HISTORY_MESSAGES, HISTORY_BYTES, HISTORY_AGE_S * 1000)
+        history.add(h.origin, h.seq, now_ms(), payload, len(payload))
         submit = self.endpoint.submit
         for member in out.deliver_to:
-            submit(member, MCAST_DELIVER, payload)
+            submit(member, MCAST_DELIVER, payload, HOP_DEADLINE_S)
         for router in out.forward_to:
-            submit(router, MCAST_DATA, payload)
+            submit(router, MCAST_DATA, payload, HOP_DEADLINE_S)
+
+    def _on_resume(self, m: Message) -> None:
+        """A member registered with us: relay to it from now on (unless it only asks for a
+        replay), and replay what it lacks."""
+        r = unpack_resume(m.payload)
+        if r.follow:
+            self.resumed.setdefault(validate_urn(r.group), {})[m.source] = time.monotonic()
+            self.views.pop(r.group, None)
+        history = self.histories.get(r.group)
+        if history is None:
+            return
+        missed = history.replay(r.next, r.since_ms)
+        self.replayed += len(missed)
+        for payload in missed:
+            self.endpoint.submit(m.source, MCAST_DELIVER, payload, HOP_DEADLINE_S)

@@ -8,7 +8,7 @@ SNIPE 4.4, as built here:
   elected themselves at once and so left surplus routers sharing a network step down to the
   `keepers`, the same for every router that sees the same list.
 - A member registers with up to two routers (`pick_routers`): its own host's first, then those
-  on a shared network, best first.
+  on a shared network, then the others, spread over the routers by a hash of host and router.
 - A sender sends each message to more than half of the routers (`targets`).
 - A router relays (`Relay`) to its registered members and to every router not yet named in the
   message's `seen` list, and drops duplicates by (origin, seq): the routers form a full mesh,
@@ -17,15 +17,28 @@ SNIPE 4.4, as built here:
   loses no message.
 - A member (`Reorder`) delivers each origin's messages once and in sequence order; a message
   missing for longer than `gap_timeout` is reported, never skipped silently.
+- Every router keeps its group's recent messages (`History`, bounded by count, bytes and age).
+  A member that registers with a router, at its join or when it moves because a router of its
+  own died, sends it a `Resume`: the next sequence number it wants from each origin it has seen
+  and its join time for the others. The router delivers to it from then on (before the catalog
+  says it registered) and replays what it holds from those points. As the routers it moves to
+  may be new (elected after the failure, without the history), it also asks the two it has
+  known the longest for a replay only (`resume_targets`). So a member whose routers
+  all failed at once (two of a hundred is still a minority) loses nothing as long as the
+  history spans the time it takes to notice (a router lease, plus a turn), and a late joiner
+  gets exactly the messages a router relayed after its join.
 
 Wire: a multicast message rides the unicast channel under a reserved tag, its payload being a
-4-byte header length, a msgpack header [group, origin, seq, tag, seen], then the body.
+4-byte header length, a msgpack header [group, origin, seq, tag, seen], then the body. A resume
+is msgpack [group, since (ms), [[origin, next seq], ...], follow].
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +48,7 @@ from snipe.errors import CodecError
 
 MCAST_DATA = -2        # sender -> router, router -> router
 MCAST_DELIVER = -3     # router -> member
+MCAST_RESUME = -4      # member -> router: deliver to me from now on, and replay what I missed
 DEFAULT_WANTED = 2
 MEMBER_ROUTERS = 2
 _LEN = struct.Struct(">I")
@@ -65,6 +79,45 @@ def unpack(payload: bytes | memoryview) -> tuple[Header, memoryview]:
             and isinstance(seen, list) and all(isinstance(s, str) for s in seen)):
         raise CodecError("multicast header fields have the wrong types")
     return Header(group, origin, seq, tag, tuple(seen)), view[4 + n:]
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """A member's request to a router it (re-)registered with."""
+
+    group: str
+    since_ms: int                        # the member's join: origins not in `next` replay from here
+    next: dict[str, int]                 # origin -> the first seq the member still wants
+    follow: bool = True                  # False: only replay (a router the member did not register with)
+
+
+def pack_resume(r: Resume) -> bytes:
+    return msgpack.packb([r.group, r.since_ms, [[o, q] for o, q in sorted(r.next.items())], r.follow],
+                         use_bin_type=True)
+
+
+def unpack_resume(payload: bytes | memoryview) -> Resume:
+    try:
+        group, since, nxt, follow = msgpack.unpackb(payload, raw=False)
+        table = {o: q for o, q in nxt}
+    except Exception:
+        raise CodecError("malformed multicast resume") from None
+    if not (isinstance(group, str) and type(since) is int and type(follow) is bool
+            and all(isinstance(o, str) and type(q) is int for o, q in table.items())):
+        raise CodecError("multicast resume fields have the wrong types")
+    return Resume(group, since, table, follow)
+
+
+def resume_targets(chosen: Sequence[str], first_seen: Mapping[str, float], live: Iterable[str],
+                   n: int = 2) -> list[str]:
+    """Routers a member moving to `chosen` (because a router of its own went away) also asks for a
+    replay only: the `n` live ones it has seen live the longest (`first_seen`: router -> when the
+    member first saw it live). The routers it picks may all be new, elected after the failure
+    with no history of what it missed, or already dead with a lease still running; every router
+    that lived through the failure had every message."""
+    picked = set(chosen)
+    old = sorted((first_seen[r], r) for r in live if r not in picked and r in first_seen)
+    return [r for _, r in old[:n]]
 
 
 # --- election --------------------------------------------------------------------------------------
@@ -105,12 +158,15 @@ def _same_network(a: list[dict[str, Any]], b: list[dict[str, Any]], shared: Shar
 
 def pick_routers(my_host: str | None, my_interfaces: list[dict[str, Any]],
                  routers: Mapping[str, list[dict[str, Any]]], shared: Shared, n: int = MEMBER_ROUTERS) -> list[str]:
-    """The routers a member registers with: its own host's, then those on a shared network."""
-    def rank(r: str) -> tuple[int, int, str]:
+    """The routers a member registers with: its own host's, then those on a shared network,
+    then the others. Within a tier the order is a hash of (host, router) (rendezvous hashing):
+    the members of one host agree, and different hosts spread over the routers instead of all
+    taking the same name-first one as their second."""
+    def rank(r: str) -> tuple[int, bytes, str]:
         if r == my_host:
-            return (0, 0, r)
-        pairs = shared(my_interfaces, routers[r])
-        return (1, 0, r) if pairs else (2, 0, r)
+            return (0, b"", r)
+        tier = 1 if shared(my_interfaces, routers[r]) else 2
+        return (tier, hashlib.blake2b(f"{my_host}|{r}".encode(), digest_size=8).digest(), r)
     return sorted(routers, key=rank)[:n]
 
 
@@ -169,6 +225,36 @@ class Relay:
         forward = tuple(r for r in sorted(routers) if r != self.me and r not in h.seen)
         seen = tuple(sorted({*h.seen, self.me, *forward}))
         return Relayed(tuple(members_here), forward, Header(h.group, h.origin, h.seq, h.tag, seen))
+
+
+class History:
+    """A router's recent messages of one group, oldest first, for `Resume`: at most
+    `max_messages` and `max_bytes`, none older than `max_age` (in the caller's clock)."""
+
+    def __init__(self, max_messages: int = 100_000, max_bytes: int = 64 << 20, max_age: float = 120.0) -> None:
+        self.max_messages, self.max_bytes, self.max_age = max_messages, max_bytes, max_age
+        self.items: deque[tuple[str, int, float, Any, int]] = deque()    # origin, seq, at, item, size
+        self.bytes = 0
+        self.dropped = 0
+
+    def add(self, origin: str, seq: int, at: float, item: Any, size: int) -> None:
+        items = self.items
+        items.append((origin, seq, at, item, size))
+        self.bytes += size
+        while items and (len(items) > self.max_messages or self.bytes > self.max_bytes
+                         or at - items[0][2] > self.max_age):
+            self.bytes -= items.popleft()[4]
+            self.dropped += 1
+
+    def replay(self, nxt: Mapping[str, int], since: float) -> list[Any]:
+        """What a member resuming from `nxt` (origin -> first seq wanted; origins it has not
+        seen: whatever came at or after `since`) lacks, in the order it came."""
+        out = []
+        for origin, seq, at, item, _ in self.items:
+            want = nxt.get(origin)
+            if (seq >= want) if want is not None else (at >= since):
+                out.append(item)
+        return out
 
 
 # --- member ------------------------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """The member's and sender's side of multicast: join, leave, mcast, members.
 
+A member tells each router it registers with where it stands (a `Resume`, at its join and when
+it moves because a router of its own went away), so the router relays to it at once and replays
+what it missed from its history (snipe/multicast/core.py).
+
 The group's catalog entry (`urn:snipe:group:<name>`), one assertion per writer so nothing
 races: `member.<proc URN>` = {host, routers} by each member's own key, `router.<host URN>` =
 {daemon} by each router daemon, as a lease. The first joiner claims the group and lets every
@@ -12,6 +16,7 @@ import contextlib
 import itertools
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from snipe import authority
@@ -20,7 +25,20 @@ from snipe.catalog.entry import Entry
 from snipe.errors import NotAuthorized, NotFound, SnipeError
 from snipe.messaging.endpoint import Message
 from snipe.messaging.routes import shared_networks
-from snipe.multicast.core import MCAST_DATA, MCAST_DELIVER, Header, Reorder, pack, pick_routers, targets, unpack
+from snipe.multicast.core import (
+    MCAST_DATA,
+    MCAST_DELIVER,
+    MCAST_RESUME,
+    Header,
+    Reorder,
+    Resume,
+    pack,
+    pack_resume,
+    pick_routers,
+    resume_targets,
+    targets,
+    unpack,
+)
 from snipe.urn import validate_urn
 
 if TYPE_CHECKING:
@@ -58,6 +76,8 @@ class Membership:
         self.endpoint, self.catalog, self.me, self.host = endpoint, catalog, me, host
         self.lock = threading.Lock()
         self.joined: dict[str, list[str]] = {}            # group -> routers we registered with
+        self.since: dict[str, int] = {}                   # group -> when we joined (ms)
+        self.first_seen: dict[str, dict[str, float]] = {}  # group -> live router -> when we first saw it live
         self.reorder: dict[tuple[str, str], Reorder] = {}
         self.seqs: dict[str, itertools.count[int]] = {}
         # group name as the caller spelled it -> (monotonic time, URN, sorted live routers, the
@@ -71,17 +91,22 @@ class Membership:
         """Join `group`; `elect(group)` asks this host's daemon to stand as a router, returning
         the routers it knows. Returns the routers we registered with."""
         group = validate_urn(group)
+        since = now_ms()
         ensure_group(self.catalog, group)
         with_routers = elect(group) if elect is not None else None
         routers = self._register(self.catalog, group, with_routers)
         with self.lock:
             self.joined[group] = routers
+            self.since.setdefault(group, since)
+        self._resume(group, routers, lambda r, data: self.endpoint.send(r, data, MCAST_RESUME))
         return routers
 
     def leave(self, group: str) -> None:
         group = validate_urn(group)
         with self.lock:
             self.joined.pop(group, None)
+            self.since.pop(group, None)
+            self.first_seen.pop(group, None)
             for key in [k for k in self.reorder if k[0] == group]:
                 del self.reorder[key]
         self.catalog.delete(group, MEMBER + self.me)
@@ -121,11 +146,34 @@ class Membership:
         now = now_ms()
         if routers is None:
             routers = list(live_routers(catalog.get(group), now))
+        seen_at = time.monotonic()
+        with self.lock:
+            seen = self.first_seen.setdefault(group, {})
+            for r in routers:
+                seen.setdefault(r, seen_at)
         interfaces = self._interfaces(catalog, self.host)
         by_router = {r: self._interfaces(catalog, r) for r in routers}
         chosen = pick_routers(self.host, interfaces, by_router, shared_networks)
         catalog.set(group, MEMBER + self.me, {"host": self.host or "", "routers": chosen, "since": now})
         return chosen
+
+    def _resume(self, group: str, routers: list[str], send: Any, replay_only: Sequence[str] = ()) -> None:
+        """Tell the routers we registered with where we stand, so they relay to us at once and
+        replay what we missed (from our join, or since a router of ours died); `replay_only`
+        routers just replay."""
+        with self.lock:
+            since = self.since.get(group)
+            if since is None:
+                return
+            nxt = {origin: r.expected for (g, origin), r in self.reorder.items()
+                   if g == group and r.expected is not None}
+        data = pack_resume(Resume(group, since, nxt))
+        for r in routers:
+            send(r, data)
+        if replay_only:
+            data = pack_resume(Resume(group, since, nxt, follow=False))
+            for r in replay_only:
+                send(r, data)
 
     @staticmethod
     def _interfaces(catalog: CatalogClient, host: str | None) -> list[dict[str, Any]]:
@@ -147,12 +195,22 @@ class Membership:
         for group, mine in joined.items():
             catalog.invalidate(group)
             live = live_routers(catalog.get(group, r=1), now_ms())
+            with self.lock:
+                seen = self.first_seen.setdefault(group, {})
+                for r in [r for r in seen if r not in live]:
+                    del seen[r]                          # one that comes back is new again
+                for r in live:
+                    seen.setdefault(r, now)
+                first_seen = dict(seen)
             if set(mine) <= set(live) and len(mine) >= min(2, len(live)):
                 continue
             chosen = self._register(catalog, group, list(live))
             with self.lock:
-                if group in self.joined:
-                    self.joined[group] = chosen
+                if group not in self.joined:
+                    continue
+                self.joined[group] = chosen
+            self._resume(group, chosen, lambda r, data: self.endpoint.submit(r, MCAST_RESUME, data),
+                         resume_targets(chosen, first_seen, live))
         lost: list[Message] = []
         with self.lock:
             for (group, origin), r in self.reorder.items():
