@@ -273,9 +273,9 @@ class Settings:
     hosts: int = 3
     size: int = 64
     warmup_n: int = 300
-    mcast_n: int = 5_000
-    unicast_n: int = 2_000
-    raw_n: int = 50_000
+    mcast_n: int = 10_000
+    unicast_n: int = 6_000
+    raw_n: int = 100_000
     paced_rate: float = 100.0         # messages/s in the paced phase (every case sustains it here)
     paced_n: int = 300
     settle_s: float = 1.0
@@ -352,9 +352,21 @@ class Procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(5)
         self.popen.clear()
-        for t in self.tasks:
-            with contextlib.suppress(Exception):
-                t.kill()
+        # Tasks are asked to end first (Project.close); those still running are killed through
+        # their daemon while the session lives (LocalCluster.close kills any left by their cwd).
+        from snipe import runtime
+
+        sess = runtime._session          # never snipe.session(): with none it would start one
+        dead: set[str] = set()
+        for t in self.tasks if sess is not None else ():
+            sup = getattr(t, "_supervisor", None)
+            if sup is None or sup in dead:
+                continue
+            try:
+                sess.daemon(sup).call("kill", {"urn": t.urn}, timeout=3)
+            except Exception as exc:  # already ended (refused) or the daemon is gone (skip its others)
+                if exc.__class__.__name__ == "Unreachable":
+                    dead.add(sup)
         self.tasks.clear()
 
 
@@ -546,7 +558,10 @@ def _registrations() -> dict[str, Any]:
     routers = sorted(live_routers(entry, now_ms()))
     members = live_members(entry, now_ms())
     per = {r: sum(1 for v in members.values() if r in v.get("routers", [])) for r in routers}
-    return {"routers": routers, "members": len(members), "members_per_router": per}
+    # every router a member registered with relays each message to it: the copies each member receives
+    copies = round(sum(per.values()) / len(members), 2) if members else None
+    return {"routers": routers, "members": len(members), "members_per_router": per,
+            "copies_received_per_member": copies}
 
 
 # --- profiling -------------------------------------------------------------------------------------
@@ -734,9 +749,9 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
             with contextlib.suppress(Exception):
                 project.close()
                 time.sleep(0.5)
+        procs.close()                      # before the session goes: tasks are killed through it
         with contextlib.suppress(Exception):
             snipe.shutdown()
-        procs.close()
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close()
