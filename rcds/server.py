@@ -31,7 +31,7 @@ from snipe.effects import Effect, Send, StartTimer
 from snipe.errors import CodecError, ResyncNeeded, SnipeError, UnknownRequest
 from snipe.identity import Identity, public_key_from_id
 from snipe.query import matches, parse_predicates
-from snipe.transport import KeyGate, Link, sender_key, server_socket
+from snipe.transport import KeyGate, Link, send_parts, sender_key, server_socket
 from snipe.urn import validate_urn
 from snipe.wire import Envelope, check_version, decode, encode, field_of
 
@@ -39,6 +39,7 @@ log = logging.getLogger("rcds.server")
 
 TICK_S = 0.1
 BATCH = 512
+_NOBLOCK, _POLLIN = int(zmq.NOBLOCK), int(zmq.POLLIN)   # plain ints: pyzmq's enum flags cost microseconds
 
 
 @dataclass
@@ -145,7 +146,7 @@ class Server:
 
     def serve_forever(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.router, _POLLIN)
         next_tick = 0.0
         try:
             while not self._stop:
@@ -185,7 +186,7 @@ class Server:
         batch: list[tuple[bytes, str, list[bytes]]] = []
         for _ in range(BATCH):
             try:
-                parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts = self.router.recv_multipart(_NOBLOCK, copy=False)
             except zmq.Again:
                 break
             key = sender_key(parts[0]) if parts else ""
@@ -406,7 +407,7 @@ class Server:
     def _reply(self, client: bytes, env: Envelope, frames: list[bytes] | tuple[bytes, ...] = ()) -> bool:
         """Send to a client; False if it could not take it now (gone, or its queue is full)."""
         try:
-            self.router.send_multipart([client, *encode(env, frames)], zmq.NOBLOCK)
+            send_parts(self.router, [client, *encode(env, frames)], _NOBLOCK)
             return True
         except zmq.Again:
             return False
@@ -426,7 +427,7 @@ class Server:
                     continue
                 # peer down or slow: anti-entropy will repair what this push would have carried
                 with contextlib.suppress(zmq.Again):
-                    link.sock.send_multipart(encode(e.envelope, e.frames), zmq.NOBLOCK)
+                    send_parts(link.sock, encode(e.envelope, e.frames), _NOBLOCK)
 
     def status(self) -> dict[str, Any]:
         st = self.replicator.stats()

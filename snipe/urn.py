@@ -6,6 +6,7 @@ file URNs are content addresses, `sha256:<64 lower-case hex>`, so the name is th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import uuid
@@ -60,6 +61,14 @@ def parse_urn(text: str | Urn) -> Urn:
 
 def validate_urn(text: str) -> str:
     """Return the normalised text of a URN, or raise UrnError."""
+    if not isinstance(text, str):
+        raise UrnError(f"a URN must be a string, not {type(text).__name__}")
+    return _normalised(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _normalised(text: str) -> str:
+    """URNs repeat (every record names one): parse each distinct text once while it stays in use."""
     return str(Urn.parse(text))
 
 

@@ -18,7 +18,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +44,7 @@ from snipe.errors import (
 from snipe.hlc import HybridClock
 from snipe.identity import Identity, public_key_from_id
 from snipe.query import Predicate, matches
-from snipe.transport import Link
+from snipe.transport import Link, send_parts
 from snipe.urn import validate_urn
 from snipe.wire import Envelope, decode, encode
 
@@ -53,6 +53,9 @@ log = logging.getLogger("snipe.catalog")
 
 HEDGE_AFTER_S = 0.25
 LINK_CHECK_S = 0.1       # how often links read their handshake events
+BELIEVED_RECORDS = 20_000  # verified records remembered by their bytes, so a repeat read skips the work
+# plain ints: pyzmq's enum flags cost microseconds on every call
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 REFUSED_RETRY_S = 0.25   # a refused handshake is tried again this soon: the key may be admitted by now
 
 
@@ -138,12 +141,13 @@ class CatalogClient:
         self.rejected: deque[Rejected] = deque(maxlen=1000)
         self.rejected_total = 0
         self._cache: dict[str, tuple[float, Entry]] = {}
+        self._believed: OrderedDict[bytes, Assertion] = OrderedDict()
         self._links_checked = 0.0
 
     def _index_sockets(self) -> None:
         self.poller = zmq.Poller()
         for c in self.conns.values():
-            self.poller.register(c.sock, zmq.POLLIN)
+            self.poller.register(c.sock, _POLLIN)
         self.by_sock = {c.sock: c for c in self.conns.values()}
 
     def _check_links(self, *, force: bool = False) -> list[_Conn]:
@@ -175,8 +179,7 @@ class CatalogClient:
         """Queue a request; None if the replica has no live connection right now."""
         rid = next(self._ids)
         try:
-            conn.sock.send_multipart(encode(Envelope(P.PROTOCOL, P.VERSION, kind, rid, body or {}), frames),
-                                     zmq.NOBLOCK)
+            send_parts(conn.sock, encode(Envelope(P.PROTOCOL, P.VERSION, kind, rid, body or {}), frames), _NOBLOCK)
         except zmq.Again:
             return None
         return rid
@@ -184,8 +187,8 @@ class CatalogClient:
     def _pump(self, timeout_s: float) -> None:
         for sock, _ in self.poller.poll(max(0, timeout_s) * 1000):
             conn = self.by_sock[sock]
-            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                parts = sock.recv_multipart(zmq.NOBLOCK)
+            while sock.getsockopt(_EVENTS) & _POLLIN:
+                parts = sock.recv_multipart(_NOBLOCK)
                 try:
                     env, frames = decode(parts)
                 except SnipeError as exc:
@@ -369,12 +372,19 @@ class CatalogClient:
         return [a for a in map(lambda raw: self._believe_one(endpoint, raw), records) if a is not None]
 
     def _believe_one(self, endpoint: str, raw: bytes) -> Assertion | None:
+        a = self._believed.get(raw)
+        if a is not None:                 # these very bytes decoded and verified before
+            self._believed.move_to_end(raw)
+            return a
         try:
             a = decode_assertion(raw)
             a.verify()
         except (CodecError, TooLarge, SignatureError) as exc:
             self._reject(endpoint, f"{exc}", None)
             return None
+        self._believed[raw] = a
+        if len(self._believed) > BELIEVED_RECORDS:
+            self._believed.popitem(last=False)
         return a
 
     def _reject(self, endpoint: str, reason: str, a: Assertion | None) -> None:
