@@ -19,6 +19,7 @@ from typing import Any
 
 import zmq
 
+from rcds.mapbudget import MapBudget
 from rcds.replica import Accepted, Refused, Replica
 from rcds.replication import PROTOCOL as PEER_PROTOCOL
 from rcds.replication import VERSION as PEER_VERSION
@@ -61,6 +62,7 @@ class ServerConfig:
     log_retention: int = 200_000
     sync: bool = False
     gc_grace_ms: int = 24 * 3600 * 1000
+    map_budget_mib: int = 64       # pages of the LMDB map kept mapped before they are dropped (rcds/mapbudget.py)
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Server:
         self.replica = Replica(self.storage, cfg.admin_key, gc_grace_ms=cfg.gc_grace_ms,
                                watched_urns=(P.REPLICA_SET_URN,))
         self.replicator = Replicator(cfg.replica_id, self.replica, self.storage, interval=cfg.anti_entropy_s)
+        self.map_budget = MapBudget(self.storage.data_file, cfg.map_budget_mib << 20)
         self.ctx = zmq.Context()
         self.gate = KeyGate(self.ctx, self._admit, self.storage.ed_key_of_curve)
         self.gate.install()
@@ -163,6 +166,7 @@ class Server:
                     for link in self.peer_links.values():
                         link.check(now)
                     self._beat(now)
+                    self.map_budget.check(now)
                 for key, at in list(self.timers.items()):
                     if at <= now:
                         del self.timers[key]
@@ -440,6 +444,7 @@ class Server:
             "requests": self.requests, "errors": self.errors, "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 3), "corrupt_records": self.storage.corrupt_total,
             "refused_keys": len(self.gate.refused),
+            "map_resident_mib": round(self.map_budget.resident / 2**20, 1), "map_trims": self.map_budget.trims,
             "digest": hashlib.sha256(b"".join(self.storage.top_digests())).hexdigest()[:32],
         }
 

@@ -47,6 +47,8 @@ def load_config(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.N
     ap.add_argument("--anti-entropy", type=float, help="seconds between anti-entropy rounds (default 1)")
     ap.add_argument("--log-retention", type=int, help="change-log entries kept for watchers (default 200000)")
     ap.add_argument("--sync", action="store_true", default=None, help="fsync every commit (survive power loss)")
+    ap.add_argument("--map-budget-mib", type=int,
+                    help="MiB of the LMDB map kept mapped before its pages are dropped (default 64)")
     ap.add_argument("--ready-file", help="write {endpoint, key, pid} as JSON here once serving")
     ap.add_argument("--log-level", default=os.environ.get("RCDS_LOG_LEVEL", "WARNING"))
     args = ap.parse_args(argv)
@@ -94,6 +96,7 @@ def load_config(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.N
         anti_entropy_s=float(pick(args.anti_entropy, "anti_entropy_s", 1.0)),
         log_retention=int(pick(args.log_retention, "log_retention", 200_000)),
         sync=bool(pick(args.sync, "sync", False)),
+        map_budget_mib=int(pick(args.map_budget_mib, "map_budget_mib", 64)),
     )
     return cfg, args
 

@@ -62,6 +62,7 @@ class LmdbStorage:
                                  readahead=False, max_readers=256)
         except (OSError, lmdb.Error) as exc:
             raise ConfigError(f"cannot open the catalog store at {path}: {exc}") from None
+        self.data_file = path / "data.mdb"
         self.records = self.env.open_db(b"records")
         self.log = self.env.open_db(b"log")
         self.digests = self.env.open_db(b"digests")
