@@ -104,6 +104,7 @@ class Outbound:
         self.min_rto = min_rto
         self.rto = max(INITIAL_RTO, min_rto)
         self.progress_at = 0.0                   # when an ack last acknowledged something new
+        self.timeouts = 0                        # retransmission timeouts since then (the backoff)
         self.sent = self.retransmitted = self.acked = 0
 
     def room(self) -> int:
@@ -165,7 +166,7 @@ class Outbound:
             self.acked += 1
         if newest is None:
             return self.flush(now)
-        self.progress_at = now                   # restart the retransmission timer (RFC 6298, 5.3)
+        self.progress_at, self.timeouts = now, 0  # restart the retransmission timer (RFC 6298, 5.3)
         low = flight[0].seq if flight else self.queue[0].seq if self.queue else self.next_seq
         d = self.deadlines
         while d and d[0][1] < low:
@@ -204,6 +205,7 @@ class Outbound:
         if batch:
             out.append(self._data(batch))
         self.retransmitted += len(self.flight)
+        self.timeouts += 1
         return out, []
 
     def next_deadline(self) -> float | None:
@@ -215,20 +217,22 @@ class Outbound:
         return first if retry is None else min(retry, first)
 
     def _retry_at(self) -> float | None:
-        """When the oldest unacknowledged message is retransmitted: an RTO (doubled per attempt)
-        after it was sent, or after the last ack that made progress, whichever is later (a long
-        queue drained at the receiver's pace is not a loss)."""
+        """When the oldest unacknowledged message is retransmitted: an RTO after it was sent, or
+        after the last ack that made progress, whichever is later (a long queue drained at the
+        receiver's pace is not a loss); doubled per timeout since that progress, up to MAX_RTO (a
+        receiver that paused for seconds inflates the RTO; unbounded doubling on top of that
+        would wait past a message's deadline for a retransmission that was needed)."""
         if not self.flight:
             return None
-        h = self.flight[0]
-        return max(h.sent_at, self.progress_at) + self.rto * (2 ** (h.attempts - 1))
+        backoff = self.rto * (2 ** self.timeouts) if self.timeouts < 16 else MAX_RTO
+        return max(self.flight[0].sent_at, self.progress_at) + max(self.rto, min(MAX_RTO, backoff))
 
     def fail_all(self, reason: str) -> list[DeliveryFailed]:
         failed = [DeliveryFailed(self.to, h.seq, h.tag, reason) for h in (*self.flight, *self.queue)]
         self.flight.clear()
         self.queue.clear()
         self.deadlines.clear()
-        self.flight_bytes = 0
+        self.flight_bytes = self.timeouts = 0
         self.session = self.rng.getrandbits(63)
         self.next_seq = 1
         return failed
