@@ -149,6 +149,9 @@ class Endpoint:
         self._blocked = 0                        # senders waiting at the hwm
         self._wake_pending = False               # a wake-up is on its way to the I/O thread
         self._checks_at = 0.0
+        self._timers_due = 0.0                   # when the I/O thread next has timers to look at
+        self._timers_at = 0.0                    # ... and when it last did (at least every 0.25 s)
+        self._links_version = 0                  # bumped when a link (socket) is made or remade
         self.peers: dict[str, _Peer] = {}
         self.inbound: dict[str, Inbound] = {}
         self.reply_to: dict[str, bytes] = {}     # source URN -> ROUTER identity of its latest link
@@ -290,6 +293,7 @@ class Endpoint:
         poller = zmq.Poller()
         poller.register(self.wake_rx, zmq.POLLIN)
         registered: set[zmq.Socket] = set()
+        links_seen = -1
         try:
             while not self._stop:
                 want_router = not self.paused
@@ -299,15 +303,18 @@ class Endpoint:
                 elif not want_router and self.router in registered:
                     poller.unregister(self.router)
                     registered.discard(self.router)
-                socks = {link.sock for p in self.peers.values() for link in p.links.values()}
-                for s in socks - registered:
-                    poller.register(s, zmq.POLLIN)
-                    registered.add(s)
-                for s in [s for s in registered if s is not self.router and s not in socks]:
-                    with contextlib.suppress(KeyError, zmq.ZMQError):
-                        poller.unregister(s)
-                    registered.discard(s)
+                if links_seen != self._links_version:        # a link was made or remade
+                    links_seen = self._links_version
+                    socks = {link.sock for p in self.peers.values() for link in p.links.values()}
+                    for s in socks - registered:
+                        poller.register(s, zmq.POLLIN)
+                        registered.add(s)
+                    for s in [s for s in registered if s is not self.router and s not in socks]:
+                        with contextlib.suppress(KeyError, zmq.ZMQError):
+                            poller.unregister(s)
+                        registered.discard(s)
                 timeout = self._next_timer()
+                self._timers_due = time.monotonic() + (timeout if timeout is not None else 0.1)
                 ready = dict(poller.poll(timeout * 1000 if timeout is not None else 100))
                 if self.wake_rx in ready:
                     while True:
@@ -322,9 +329,12 @@ class Endpoint:
                     for link in list(p.links.values()):
                         if link.sock in ready:
                             self._read_link(p, link)
-                self._timers()
+                now = time.monotonic()
+                if now >= self._timers_due or now - self._timers_at >= 0.25:   # a retry or deadline is due
+                    self._timers()
                 self._publish_stats()
-                self._take_commands()           # what handlers and relays queued this turn
+                if self.commands:
+                    self._take_commands()       # what handlers and relays queued this turn
                 now = time.monotonic()
                 if now - self._periodic_at >= 0.5:
                     self._periodic_at = now
@@ -442,9 +452,12 @@ class Endpoint:
         if link is None:
             link = p.links[r.endpoint] = Link(self.ctx, self.identity, r.endpoint, p.key, immediate=False,
                                               hwm=100_000)
+            self._links_version += 1
         return link
 
     def _transmit(self, p: _Peer, sends: list[Any]) -> None:
+        if not sends:
+            return
         link = self._link(p)
         if link is None:
             return
@@ -461,7 +474,7 @@ class Endpoint:
                 pass       # the link's queue is full: retransmission will resend it
 
     def _timers(self) -> None:
-        now = time.monotonic()
+        now = self._timers_at = time.monotonic()
         check_links = now - self._checks_at >= 0.05      # handshake events: no need to look every turn
         if check_links:
             self._checks_at = now
@@ -474,7 +487,8 @@ class Endpoint:
                 continue
             if check_links:
                 for link in p.links.values():
-                    link.check(now)
+                    if link.check(now):
+                        self._links_version += 1
             sends, failed = p.out.on_timer(now)
             if failed:
                 self._settle(p.urn, failed)
