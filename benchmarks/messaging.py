@@ -57,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -110,7 +110,10 @@ def p(size):
 '''
 
 PROJECT_WORKER = _COMMON + '''
+import logging
 import snipe
+
+logging.basicConfig(level=os.environ.get("SNIPE_LOG", "WARNING"), format="%(asctime)s %(name)s %(message)s")
 
 role, peer, plan, prefix = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 send, recv = snipe.send, snipe.recv
@@ -511,10 +514,10 @@ class Project:
         done = tx.wait(timeout)
         if done.get("exit_code") != 0:
             raise RuntimeError(f"project {name}: the sender ended {done.get('state')} "
-                               f"({done.get('exit_code')}): {str(done.get('stderr', ''))[-1500:]}")
+                               f"({done.get('exit_code')}): {str(done.get('stderr_tail', ''))[-1500:]}")
         rdone = rx.wait(30)
         if rdone.get("exit_code") != 0:
-            _say(f"project {name}: the receiver ended {rdone.get('state')}: {str(rdone.get('stderr', ''))[-500:]}")
+            _say(f"project {name}: the receiver ended {rdone.get('state')}: {str(rdone.get('stderr_tail', ''))[-500:]}")
         return json.loads(Path(f"{prefix}-tx.json").read_text())
 
     def run_pair(self, name: str, rx_host: str, tx_host: str, steps: list[list[Any]], timeout: float
@@ -713,6 +716,11 @@ def ratios(project: dict[str, Any], raw: dict[str, Any], ray: dict[str, Any]) ->
                                                        plain.get(key, {}).get("msgs_per_s")),
                       "target": f">= {TARGET_ONEWAY[size]}x raw plain", "target_met": r is not None
                       and r >= TARGET_ONEWAY[size]}
+            # What the ratio would be with each process on an idle core of its own: the busier
+            # side's CPU per message bounds the rate (informative only; targets use the rates).
+            cpu_p, cpu_r = p.get(key, {}).get("cpu_us_per_msg", {}), plain.get(key, {}).get("cpu_us_per_msg", {})
+            if len(cpu_p) == 2 and len(cpu_r) == 2:
+                t[key]["by_cpu"] = _ratio(max(cpu_r.values()), max(cpu_p.values()))
         mine = p.get("rtt_64B", {}).get("p50_us")
         r = _ratio(mine, plain.get("rtt_64B", {}).get("p50_us"))
         t["rtt_64B_p50"] = {"project_vs_raw_plain": r,
@@ -739,6 +747,16 @@ def ratios(project: dict[str, Any], raw: dict[str, Any], ray: dict[str, Any]) ->
     return out
 
 
+def _attempt(label: str, procs: Procs, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One case; a failure is reported in the result (and its processes stopped), not fatal."""
+    try:
+        return run()
+    except Exception as exc:
+        _say(f"{label} failed: {exc.__class__.__name__}: {exc}")
+        procs.close()
+        return {"error": f"{exc.__class__.__name__}: {exc}"[:2000]}
+
+
 def run_benchmark(settings: Settings) -> dict[str, Any]:
     import snipe
     from snipe.localcluster import LocalCluster
@@ -762,7 +780,8 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
             for curve in (False, True):
                 name = f"{transport}-{'curve' if curve else 'plain'}"
                 _say(f"raw pyzmq DEALER->ROUTER, {name}")
-                raw[name] = summarize(run_raw_pair(root, procs, name, transport, curve, steps, timeout), settings)
+                raw[name] = _attempt(name, procs, lambda t=transport, c=curve, n=name: summarize(
+                    run_raw_pair(root, procs, n, t, c, steps, timeout), settings))
         procs.close()
 
         _say("starting a local cluster: 1 replica, 2 hosts (h1 127.0.0.2, h2 127.0.0.3)")
@@ -776,25 +795,29 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         project: dict[str, Any] = {}
         for transport, rx_host in (("ipc", "h1"), ("tcp", "h2")):
             _say(f"project: two tasks, sender on h1, receiver on {rx_host} (expecting {transport})")
-            project[transport] = summarize(proj.run_pair(transport, rx_host, "h1", steps, timeout), settings)
-            if project[transport]["route_kind"] != transport:
-                _say(f"warning: the route used was {project[transport]['route_kind']}, not {transport}")
+            project[transport] = _attempt(f"project {transport}", procs, lambda t=transport, h=rx_host: summarize(
+                proj.run_pair(t, h, "h1", steps, timeout), settings))
+            used = project[transport].get("route_kind")
+            if used is not None and used != transport:
+                _say(f"warning: the route used was {used}, not {transport}")
 
         _say(f"memory: {settings.memory_n} messages of 64 B to a receiver stopped {settings.memory_stop_s} s, "
              f"then slow")
-        memory = memory_run(proj, settings, "h1", "h2")
+        memory = _attempt("memory", procs, lambda: memory_run(proj, settings, "h1", "h2"))
 
         if settings.profile_dir:
             _say(f"profile: py-spy on both ends of {settings.profile_n} messages of 64 B over ipc")
-            psteps: list[list[Any]] = [["hello"], ["sleep", settings.settle_s], ["oneway", 64, settings.profile_n],
-                                       ["bye"]]
-            rx, tx, rx_ready, tx_ready, prefix = proj.start_pair("profile", "h1", "h1", psteps)
-            with py_spy({"sender": tx_ready["pid"], "receiver": rx_ready["pid"]},
-                        Path(settings.profile_dir), procs) as prof:
-                praw = proj.finish("profile", rx, tx, prefix, timeout)
-            result["profile"] = {
-                "case": "64 B one-way, ipc; py-spy --gil at 200 Hz: where each process spends its Python time",
-                **prof, "throughput_under_profiler": summarize(praw, Settings(warmup_n=0))}
+
+            def profile() -> dict[str, Any]:
+                psteps: list[list[Any]] = [["hello"], ["sleep", settings.settle_s],
+                                           ["oneway", 64, settings.profile_n], ["bye"]]
+                rx, tx, rx_ready, tx_ready, prefix = proj.start_pair("profile", "h1", "h1", psteps)
+                with py_spy({"sender": tx_ready["pid"], "receiver": rx_ready["pid"]},
+                            Path(settings.profile_dir), procs) as prof:
+                    praw = proj.finish("profile", rx, tx, prefix, timeout)
+                return {"case": "64 B one-way, ipc; py-spy --gil at 200 Hz: where each process spends its Python "
+                                "time", **prof, "throughput_under_profiler": summarize(praw, Settings(warmup_n=0))}
+            result["profile"] = _attempt("profile", procs, profile)
 
         _say("Ray actor calls")
         ray = ray_bench(settings)
@@ -833,21 +856,32 @@ def table(r: dict[str, Any]) -> str:
                      + "".join(f"{_fmt(v.get(f'oneway_{SIZE_NAMES[s]}', {}).get('msgs_per_s'), ','):>14}"
                                for s in SIZES)
                      + f"{_fmt(v.get('oneway_1MiB', {}).get('mib_per_s'), '.0f'):>12}"
-                     + f"{_fmt(v.get('retransmitted'), ','):>9}")
+                     + f"{_fmt(v.get('retransmitted'), ','):>9}"
+                     + (f"  error: {v['error'][:200]}" if "error" in v else ""))
+    lines += ["", "CPU time, microseconds per message (sender/receiver process, all threads) and per round trip:"]
+    for name, v in rows:
+        cells = []
+        for size in SIZES:
+            c = v.get(f"oneway_{SIZE_NAMES[size]}", {}).get("cpu_us_per_msg", {})
+            cells.append(f"{SIZE_NAMES[size]} {_fmt(c.get('tx'))}/{_fmt(c.get('rx'))}")
+        c = v.get("rtt_64B", {}).get("cpu_us_per_round_trip", {})
+        cells.append(f"rtt {_fmt(c.get('tx'))}/{_fmt(c.get('rx'))}")
+        lines.append(f"  {name:<26}" + "   ".join(cells))
     if not r["ray"].get("available"):
         lines.append(f"ray: not available ({r['ray'].get('reason')})")
     lines += ["", "ratios (project / raw plain pyzmq, same transport):"]
     for transport in ("ipc", "tcp"):
         for key, v in r["ratios"][transport].items():
             met = {True: "met", False: "NOT met", None: "n/a"}[v["target_met"]]
+            by_cpu = f", by CPU {_fmt(v['by_cpu'])}x" if "by_cpu" in v else ""
             lines.append(f"  {transport} {key:<16} {_fmt(v['project_vs_raw_plain']):>7}x  (vs raw curve "
-                         f"{_fmt(v['project_vs_raw_curve'])}x)  target {v['target']}: {met}")
+                         f"{_fmt(v['project_vs_raw_curve'])}x{by_cpu})  target {v['target']}: {met}")
     lines.append(f"  ray: {json.dumps(r['ratios']['ray'])}")
     m = r["memory"]
-    lines += ["", f"memory: sender of {m['messages']:,} x 64 B, receiver stopped {m['receiver_stopped_s']} s then "
-              f"{m['receiver_slow']}; hwm {m['hwm_messages']:,} messages (max held seen {m['max_held_seen']:,})",
-              f"  sender before: {json.dumps(m['sender_before'])}", f"  sender peak:   {json.dumps(m['sender_peak'])}",
-              f"  growth {m['growth_mib']} MiB USS = {m['bytes_per_held_message']} B per held message at the hwm"]
+    if "error" in m:
+        lines += ["", f"memory: failed: {m['error']}"]
+    else:
+        lines += _memory_lines(m)
     if "profile" in r:
         for side in ("sender", "receiver"):
             lines += ["", f"profile, {side} (self time share, busy samples):"]
@@ -856,6 +890,13 @@ def table(r: dict[str, Any]) -> str:
     lines.append(f"\nelapsed {r['elapsed_s']} s; load average before {r['loadavg_before'][0]:.1f}, "
                  f"after {r['loadavg_after'][0]:.1f} (other processes on this machine skew every figure)")
     return "\n".join(lines)
+
+
+def _memory_lines(m: dict[str, Any]) -> list[str]:
+    return ["", f"memory: sender of {m['messages']:,} x 64 B, receiver stopped {m['receiver_stopped_s']} s then "
+              f"{m['receiver_slow']}; hwm {m['hwm_messages']:,} messages (max held seen {m['max_held_seen']:,})",
+              f"  sender before: {json.dumps(m['sender_before'])}", f"  sender peak:   {json.dumps(m['sender_peak'])}",
+              f"  growth {m['growth_mib']} MiB USS = {m['bytes_per_held_message']} B per held message at the hwm"]
 
 
 def main(argv: list[str] | None = None) -> int:
