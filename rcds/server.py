@@ -3,8 +3,9 @@
 One thread owns every socket. Each loop turn drains what has arrived (up to a batch), stores
 all puts and peer pushes in it as one storage transaction (group commit), answers, pushes new
 writes to peers, fans changes out to watchers (reading the change log only while anyone
-watches), and fires due timers. Nothing a client or peer sends can stop the
-loop: malformed input gets an error reply naming the problem, and the loop goes on.
+watches), fires due timers, and keeps the LMDB map's mapped pages within budget. Nothing a
+client or peer sends can stop the loop: malformed input gets an error reply naming the
+problem, and the loop goes on.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ log = logging.getLogger("rcds.server")
 
 TICK_S = 0.1
 BATCH = 512
-_NOBLOCK, _POLLIN = int(zmq.NOBLOCK), int(zmq.POLLIN)   # plain ints: pyzmq's enum flags cost microseconds
+# plain ints: pyzmq's enum flags cost microseconds on every call
+_NOBLOCK, _POLLIN, _EVENTS = int(zmq.NOBLOCK), int(zmq.POLLIN), int(zmq.EVENTS)
 
 
 @dataclass
@@ -189,10 +191,9 @@ class Server:
     def _drain(self) -> None:
         batch: list[tuple[bytes, str, list[bytes]]] = []
         for _ in range(BATCH):
-            try:
-                parts = self.router.recv_multipart(_NOBLOCK, copy=False)
-            except zmq.Again:
+            if not self.router.getsockopt(_EVENTS) & _POLLIN:
                 break
+            parts = self.router.recv_multipart(_NOBLOCK, copy=False)
             key = sender_key(parts[0]) if parts else ""
             batch.append((parts[0].bytes, key, [p.bytes for p in parts[1:]]))
         puts: list[tuple[bytes, Envelope, list[bytes]]] = []     # (client, request, its records)
@@ -354,6 +355,7 @@ class Server:
                                "replica you watched before: read the current state and watch again")
         w = Watcher(client, watch, prefix, from_rev, from_rev, time.monotonic())
         self.watchers[(client, watch)] = w
+        self.delivered_rev = current      # this watcher is brought up to `current` below
         self._reply(client, env.reply(rev=current, first_rev=first, replica=self.cfg.replica_id))
         rev = from_rev
         while rev < current:
@@ -364,10 +366,9 @@ class Server:
             rev = changes[-1].rev
 
     def _dispatch_changes(self) -> None:
-        last = self.storage.last_rev()
-        if last == self.delivered_rev or not self.watchers:
-            self.delivered_rev = last
+        if not self.watchers:             # nobody to tell: a new watcher starts from the log itself
             return
+        last = self.storage.last_rev()
         while self.delivered_rev < last:
             _, changes = self.storage.changes_since(self.delivered_rev, 5000)
             if not changes:

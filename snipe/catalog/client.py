@@ -52,11 +52,12 @@ log = logging.getLogger("snipe.catalog")
 
 
 HEDGE_AFTER_S = 0.25
-LINK_CHECK_S = 0.1       # how often links read their handshake events
-BELIEVED_RECORDS = 20_000  # verified records remembered by their bytes, so a repeat read skips the work
+LINK_CHECK_S = 0.1           # how often links read their handshake events
+REFUSED_RETRY_S = 0.25       # a refused handshake is tried again this soon: the key may be admitted by now
+BELIEVED_RECORDS = 20_000    # verified records remembered by their bytes, so a repeat read skips the work
+
 # plain ints: pyzmq's enum flags cost microseconds on every call
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
-REFUSED_RETRY_S = 0.25   # a refused handshake is tried again this soon: the key may be admitted by now
 
 
 def now_ms() -> int:
@@ -369,7 +370,7 @@ class CatalogClient:
 
     def _believe(self, endpoint: str, records: list[bytes]) -> list[Assertion]:
         """Decode and verify records from one replica; drop and report what fails."""
-        return [a for a in map(lambda raw: self._believe_one(endpoint, raw), records) if a is not None]
+        return [a for raw in records if (a := self._believe_one(endpoint, raw)) is not None]
 
     def _believe_one(self, endpoint: str, raw: bytes) -> Assertion | None:
         a = self._believed.get(raw)
