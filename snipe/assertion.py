@@ -104,14 +104,12 @@ class Assertion:
     def verify(self) -> None:
         """Raise SignatureError unless the signer signed exactly this assertion."""
         body = self.signing_bytes()
-        cache_key = hashlib.blake2b(body, digest_size=16).digest() + self.signature
+        cache_key = _verified_key(body, self.signature)
         if cache_key in _verified:
             _verified.move_to_end(cache_key)
             return
         verify_detached(self.signer, body, self.signature)
-        _verified[cache_key] = None
-        if len(_verified) > _VERIFIED_CACHE_SIZE:
-            _verified.popitem(last=False)
+        _remember_verified(cache_key)
 
     # --- wire ---------------------------------------------------------------------------
     def encode(self) -> bytes:
@@ -126,7 +124,17 @@ class Assertion:
 
 
 _VERIFIED_CACHE_SIZE = 100_000
-_verified: OrderedDict[bytes, None] = OrderedDict()
+_verified: OrderedDict[bytes, None] = OrderedDict()      # signatures known good: made here, or verified
+
+
+def _verified_key(body: bytes, signature: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=16).digest() + signature
+
+
+def _remember_verified(cache_key: bytes) -> None:
+    _verified[cache_key] = None
+    if len(_verified) > _VERIFIED_CACHE_SIZE:
+        _verified.popitem(last=False)
 
 
 def _signing_bytes(urn: str, name: str, value: Any, ts: int, ttl_ms: int, deleted: bool, signer: bytes) -> bytes:
@@ -157,7 +165,9 @@ def make_assertion(
     body = _signing_bytes(urn, name, value, ts, ttl_ms, deleted, identity.public_key)
     if len(body) > MAX_ASSERTION_BYTES:
         raise TooLarge(f"assertion {urn} {name} is {len(body)} bytes; the limit is {MAX_ASSERTION_BYTES}")
-    return Assertion(urn, name, value, ts, ttl_ms, deleted, identity.public_key, identity.sign(body))
+    signature = identity.sign(body)
+    _remember_verified(_verified_key(body, signature))    # a writer reading back its own records skips the check
+    return Assertion(urn, name, value, ts, ttl_ms, deleted, identity.public_key, signature)
 
 
 def decode_assertion(data: bytes) -> Assertion:

@@ -257,6 +257,8 @@ class CatalogClient:
 
     def _candidates(self) -> list[_Conn]:
         self._check_links()
+        if self.order.next_retry_at() is None:     # none is down: the configured order
+            return list(self.conns.values())
         return [self.conns[a.endpoint] for a in self.order.next_candidates(time.monotonic(), include_backing_off=True)]
 
     def request(self, kind: str, body: dict[str, Any] | None = None, frames: Sequence[bytes] = (),

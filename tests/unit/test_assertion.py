@@ -282,6 +282,8 @@ def test_the_verified_cache_is_bounded_and_only_holds_successes(monkeypatch):
     monkeypatch.setattr(assertion_module, "_verified", type(assertion_module._verified)())
     cache = assertion_module._verified
     a, b, c = (make_assertion(ALICE, HOST, "n", i, ts=TS) for i in range(3))
+    assert len(cache) == 2                       # signatures made here are known good, up to the bound
+    cache.clear()
     with pytest.raises(SignatureError):
         dataclasses.replace(a, value=99).verify()
     assert len(cache) == 0
