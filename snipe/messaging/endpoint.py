@@ -310,6 +310,8 @@ class Endpoint:
         links_seen = -1
         try:
             while not self._stop:
+                if self.paused and len(self.inbox) < self.hwm // 2:
+                    self.paused = False         # the application has read half of it (recv wakes us)
                 want_router = not self.paused
                 if want_router and self.router not in registered:
                     poller.register(self.router, zmq.POLLIN)
