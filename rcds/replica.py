@@ -23,9 +23,10 @@ Invariants:
 - a write is never refused for being identical to what is held (retries are idempotent);
 - a tombstone or an expired record is remembered for `gc_grace_ms` after it stops being live,
   so a replica that missed it cannot push the older value back;
-- `recently_held(raw)` is true only for bytes a recent, committed ingest accepted (stored, or
-  found identical to what is held, or past its grace): ingesting them again would change
-  nothing, so the replication core may skip them undecoded when a peer pushes them.
+- `recently_held(raw)` is true only for bytes a recent ingest accepted (stored, or found
+  identical to what is held, or past its grace) that committed or belongs to the batch still
+  open (whose fate any new ingest shares): ingesting them again would change nothing, so the
+  replication core may skip them undecoded when a peer pushes them.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Replica:
         self.watched_urns = frozenset(watched_urns)
         self.changed: set[str] = set()
         self._txn: WriteTxn | None = None
-        self._uncommitted: list[bytes] = []
+        self._uncommitted: set[bytes] = set()
         self._recent: OrderedDict[bytes, None] = OrderedDict()
 
     @contextmanager
@@ -94,7 +95,7 @@ class Replica:
                 yield
         finally:
             self._txn = None
-            held, self._uncommitted = self._uncommitted, []
+            held, self._uncommitted = self._uncommitted, set()
         for raw in held:                  # reached only once the transaction committed
             if raw not in self._recent:
                 self._recent[raw] = None
@@ -102,8 +103,9 @@ class Replica:
                     self._recent.popitem(last=False)
 
     def recently_held(self, raw: bytes) -> bool:
-        """Whether these very bytes were accepted (or found held) by a recent, committed ingest."""
-        return raw in self._recent
+        """Whether these very bytes were accepted (or found held) by a recent ingest, committed
+        or in the batch still open."""
+        return raw in self._recent or raw in self._uncommitted
 
     def ingest(self, records: list[bytes | Assertion], now_ms: int, *, from_peer: bool = False) -> list[IngestResult]:
         decoded: list[Assertion | Refused] = []
@@ -118,7 +120,7 @@ class Replica:
             for raw, item in zip(records, decoded, strict=True):
                 result = item if isinstance(item, Refused) else self._ingest_one(self._txn, item, now_ms, from_peer)
                 if isinstance(result, Accepted) and isinstance(raw, bytes):
-                    self._uncommitted.append(raw)
+                    self._uncommitted.add(raw)
                 results.append(result)
         return results
 

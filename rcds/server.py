@@ -33,7 +33,7 @@ from snipe.effects import Effect, Send, StartTimer
 from snipe.errors import CodecError, ResyncNeeded, SnipeError, UnknownRequest
 from snipe.identity import Identity, public_key_from_id
 from snipe.query import matches, parse_predicates
-from snipe.transport import KeyGate, Link, send_parts, sender_key, server_socket
+from snipe.transport import KeyGate, Link, recv_parts, send_parts, sender_key, server_socket
 from snipe.urn import validate_urn
 from snipe.wire import Envelope, check_version, decode, encode, field_of
 
@@ -41,6 +41,7 @@ log = logging.getLogger("rcds.server")
 
 TICK_S = 0.1
 BATCH = 512
+PUSH_DELAY_S = 0.005      # new writes go to the peers together, shortly after (rcds/replication.py)
 # plain ints: pyzmq's enum flags cost microseconds on every call
 _NOBLOCK, _POLLIN, _EVENTS = int(zmq.NOBLOCK), int(zmq.POLLIN), int(zmq.EVENTS)
 
@@ -84,7 +85,8 @@ class Server:
         self.storage = LmdbStorage(cfg.data_dir, sync=cfg.sync, log_retention=cfg.log_retention)
         self.replica = Replica(self.storage, cfg.admin_key, gc_grace_ms=cfg.gc_grace_ms,
                                watched_urns=(P.REPLICA_SET_URN,))
-        self.replicator = Replicator(cfg.replica_id, self.replica, self.storage, interval=cfg.anti_entropy_s)
+        self.replicator = Replicator(cfg.replica_id, self.replica, self.storage, interval=cfg.anti_entropy_s,
+                                     push_delay=PUSH_DELAY_S)
         self.map_budget = MapBudget(self.storage.data_file, cfg.map_budget_mib << 20)
         self.ctx = zmq.Context()
         self.gate = KeyGate(self.ctx, self._admit, self.storage.ed_key_of_curve)
@@ -193,7 +195,7 @@ class Server:
         for _ in range(BATCH):
             if not self.router.getsockopt(_EVENTS) & _POLLIN:
                 break
-            parts = self.router.recv_multipart(_NOBLOCK, copy=False)
+            parts = recv_parts(self.router, _NOBLOCK)
             key = sender_key(parts[0]) if parts else ""
             batch.append((parts[0].bytes, key, [p.bytes for p in parts[1:]]))
         puts: list[tuple[bytes, Envelope, list[bytes]]] = []     # (client, request, its records)
@@ -246,21 +248,22 @@ class Server:
     # --- requests ---------------------------------------------------------------------------
     def _group_commit(self, puts: list[tuple[bytes, Envelope, list[bytes]]],
                       pushes: list[tuple[str, Envelope, list[bytes]]]) -> None:
-        """Store what peers pushed and clients put in this turn in one transaction, then answer."""
+        """Store what clients put and peers pushed in this turn in one transaction, then answer.
+        The puts go first: a push of a record a client also wrote here is then skipped."""
         records: list[bytes] = [r for _, _, recs in puts for r in recs]
         try:
             with self.replica.batch():
+                results = self.replica.ingest(records, _now_ms()) if records else []
                 for key, env, frames in pushes:
                     self._on_peer(key, env, frames)
-                results = self.replica.ingest(records, _now_ms()) if records else []
         except Exception as exc:  # a bug here must not take the replica down; the transaction was aborted
             log.exception("failed to store %d puts and %d pushes", len(puts), len(pushes))
             self.errors += len(puts)
             for client, env, _ in puts:
                 self._reply(client, env.error_reply(_server_error(exc)))
             return
-        self.replicator.on_local_writes([r for r in results if isinstance(r, Accepted)])
-        self._run_effects(self.replicator.flush())
+        self._run_effects(self.replicator.on_local_writes([r for r in results if isinstance(r, Accepted)],
+                                                          time.monotonic()))
         i = 0
         for client, env, recs in puts:
             out = []

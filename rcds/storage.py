@@ -16,6 +16,7 @@ unit tests and the simulator. Both keep the same derived state:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ PUT = "put"
 EXPIRE = "expire"
 
 
+@functools.lru_cache(maxsize=8192)
 def leaf_of(urn: str) -> int:
     return int.from_bytes(hashlib.sha256(urn.encode()).digest()[:2], "big")
 

@@ -303,23 +303,24 @@ class _LmdbTxn:
         for k in (b"L" + key[:2], b"T" + key[:1]):
             self.digest_cache[k] = xor(self._digest(k), delta)
 
-    def _log(self, event: str, a: Assertion) -> int:
+    def _log(self, event: str, a: Assertion, data: bytes | None = None) -> int:
         self.rev += 1
-        self.txn.put(_U64.pack(self.rev), _EVENTS[event] + a.encode(), db=self.s.log, append=True)
+        self.txn.put(_U64.pack(self.rev), _EVENTS[event] + (data or a.encode()), db=self.s.log, append=True)
         return self.rev
 
     def store(self, a: Assertion, previous: Assertion | None, expires_at: int | None, gc_at: int | None) -> int:
         key = record_key(a)
         delta = element_digest(a) if previous is None else xor(element_digest(a), element_digest(previous))
         self._digest_delta(key, delta)
-        self.txn.put(key, a.encode(), db=self.s.records)
+        data = a.encode()
+        self.txn.put(key, data, db=self.s.records)
         if previous is None:
             self.txn.put(key[2:], b"", db=self.s.byurn)
         if expires_at is not None:
             self.txn.put(_U64.pack(expires_at) + _TIMER_KINDS[EXPIRE] + key, b"", db=self.s.timers)
         if gc_at is not None:
             self.txn.put(_U64.pack(gc_at) + _TIMER_KINDS["gc"] + key, b"", db=self.s.timers)
-        return self._log(PUT, a)
+        return self._log(PUT, a, data)
 
     def log_expiry(self, a: Assertion) -> int:
         return self._log(EXPIRE, a)

@@ -15,6 +15,7 @@ value signs the same wherever it was built. `decode_assertion` raises only `Code
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections import OrderedDict
@@ -171,11 +172,29 @@ def make_assertion(
 
 
 def decode_assertion(data: bytes) -> Assertion:
-    """Decode and structurally validate (not verify) an assertion; raise CodecError if malformed."""
+    """Decode and structurally validate (not verify) an assertion; raise CodecError if malformed.
+
+    Decoding is a pure function of the bytes and an Assertion is immutable, so the results for
+    recent small records are shared: a replica meets one record from its writer, from its peers
+    and in its own store within moments.
+    """
     # A record is its signed body minus the 18-byte domain string plus the 66-byte signature,
     # so this is exactly make_assertion's limit on the signed body.
     if len(data) > MAX_ASSERTION_BYTES + RECORD_OVERHEAD:
         raise TooLarge(f"assertion record of {len(data)} bytes exceeds the limit of {MAX_ASSERTION_BYTES}")
+    data = bytes(data)
+    return _decode_shared(data) if len(data) <= _SHARED_DECODE_MAX_BYTES else _decode(data)
+
+
+_SHARED_DECODE_MAX_BYTES = 2048
+
+
+@functools.lru_cache(maxsize=2048)
+def _decode_shared(data: bytes) -> Assertion:
+    return _decode(data)
+
+
+def _decode(data: bytes) -> Assertion:
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises a zoo of exception types on garbage

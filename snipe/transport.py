@@ -104,6 +104,15 @@ def send_parts(sock: zmq.Socket, parts: list[bytes], flags: int = 0) -> None:
     sock.send(parts[-1], flags)
 
 
+def recv_parts(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
+    """`sock.recv_multipart(flags, copy=False)`, reading each frame's more-flag from the frame
+    itself rather than by a socket option lookup per frame."""
+    parts = [sock.recv(flags, copy=False)]
+    while parts[-1].more:
+        parts.append(sock.recv(flags, copy=False))
+    return parts
+
+
 def sender_key(frame: zmq.Frame) -> str:
     """The Ed25519 key id the ZAP handler attached to a received frame ("" if none)."""
     try:

@@ -44,7 +44,7 @@ from snipe.errors import (
 from snipe.hlc import HybridClock
 from snipe.identity import Identity, public_key_from_id
 from snipe.query import Predicate, matches
-from snipe.transport import Link, send_parts
+from snipe.transport import Link, recv_parts, send_parts
 from snipe.urn import validate_urn
 from snipe.wire import Envelope, decode, encode
 
@@ -189,7 +189,7 @@ class CatalogClient:
         for sock, _ in self.poller.poll(max(0, timeout_s) * 1000):
             conn = self.by_sock[sock]
             while sock.getsockopt(_EVENTS) & _POLLIN:
-                parts = sock.recv_multipart(_NOBLOCK)
+                parts = recv_parts(sock, _NOBLOCK)
                 try:
                     env, frames = decode(parts)
                 except SnipeError as exc:

@@ -335,7 +335,7 @@ def test_a_batch_commits_every_ingest_in_it_at_once(make_storage):
     a, b = put(ADMIN, "urn:snipe:group:a", "n", 1), put(ADMIN, "urn:snipe:group:b", "n", 2)
     with replica.batch():
         assert ingest(replica, a.encode()) == [("accepted", a, 1, True)]
-        assert not replica.recently_held(a.encode())           # not committed yet
+        assert replica.recently_held(a.encode())               # within the batch it joins
         assert [outcome(r) for r in replica.ingest([b.encode()], NOW, from_peer=True)] == [("accepted", b, 2, True)]
     assert storage.last_rev() == 2
     assert replica.recently_held(a.encode()) and replica.recently_held(b.encode())
