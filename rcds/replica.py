@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from rcds.storage import EXPIRE, Storage, WriteTxn
@@ -79,22 +79,24 @@ class Replica:
         # Which of `watched_urns` changed (a record stored, expired or forgotten); the shell clears it.
         self.watched_urns = frozenset(watched_urns)
         self.changed: set[str] = set()
+        self._batch: ExitStack | None = None
         self._txn: WriteTxn | None = None
         self._uncommitted: set[bytes] = set()
         self._recent: OrderedDict[bytes, None] = OrderedDict()
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Group commit: every `ingest` inside the block goes into one storage transaction."""
-        if self._txn is not None:
+        """Group commit: every `ingest` inside the block goes into one storage transaction, begun
+        by the first of them (a block that ingests nothing costs no transaction)."""
+        if self._batch is not None:
             yield
             return
         try:
-            with self.storage.write() as txn:
-                self._txn = txn
+            with ExitStack() as stack:
+                self._batch = stack
                 yield
         finally:
-            self._txn = None
+            self._batch = self._txn = None
             held, self._uncommitted = self._uncommitted, set()
         for raw in held:                  # reached only once the transaction committed
             if raw not in self._recent:
@@ -116,13 +118,20 @@ class Replica:
                 decoded.append(Refused(exc))
         results: list[IngestResult] = []
         with self.batch():
-            assert self._txn is not None
+            txn = self._writing()
             for raw, item in zip(records, decoded, strict=True):
-                result = item if isinstance(item, Refused) else self._ingest_one(self._txn, item, now_ms, from_peer)
+                result = item if isinstance(item, Refused) else self._ingest_one(txn, item, now_ms, from_peer)
                 if isinstance(result, Accepted) and isinstance(raw, bytes):
                     self._uncommitted.add(raw)
                 results.append(result)
         return results
+
+    def _writing(self) -> WriteTxn:
+        """The open batch's storage transaction, begun on first use."""
+        assert self._batch is not None
+        if self._txn is None:
+            self._txn = self._batch.enter_context(self.storage.write())
+        return self._txn
 
     def _ingest_one(self, txn: WriteTxn, a: Assertion, now_ms: int, from_peer: bool) -> IngestResult:
         if not from_peer and (a.ts == 0 or hlc.physical_ms(a.ts) > now_ms + self.max_skew_ms):

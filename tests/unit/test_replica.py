@@ -380,3 +380,22 @@ def test_watched_urns_report_stores_expiries_and_forgetting(storage):
     assert replica.changed == set()
     replica.tick(T0 + 10)
     assert replica.changed == {"urn:snipe:group:set"}
+
+
+def test_a_batch_begins_its_transaction_with_its_first_ingest():
+    class Counting(MemoryStorage):
+        begun = 0
+
+        def write(self):  # type: ignore[no-untyped-def]
+            self.begun += 1
+            return super().write()
+
+    storage = Counting()
+    replica = Replica(storage, ADMIN.public_key)
+    with replica.batch():
+        pass
+    assert storage.begun == 0
+    with replica.batch():
+        replica.ingest([put(ADMIN, "urn:snipe:group:a", "n", 1)], NOW)
+        replica.ingest([put(ADMIN, "urn:snipe:group:b", "n", 1)], NOW, from_peer=True)
+    assert storage.begun == 1 and storage.last_rev() == 2
