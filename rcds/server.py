@@ -191,19 +191,18 @@ class Server:
         self.storage.close()
 
     def _drain(self) -> None:
-        batch: list[tuple[bytes, str, list[bytes]]] = []
+        batch: list[list[zmq.Frame]] = []
         for _ in range(BATCH):
             if not self.router.getsockopt(_EVENTS) & _POLLIN:
                 break
-            parts = recv_parts(self.router, _NOBLOCK)
-            key = sender_key(parts[0]) if parts else ""
-            batch.append((parts[0].bytes, key, [p.bytes for p in parts[1:]]))
+            batch.append(recv_parts(self.router, _NOBLOCK))
         puts: list[tuple[bytes, Envelope, list[bytes]]] = []     # (client, request, its records)
         pushes: list[tuple[str, Envelope, list[bytes]]] = []     # (peer key, message, frames)
-        for client, key, parts in batch:
+        for parts in batch:
             self.requests += 1
+            client = parts[0].bytes
             try:
-                env, frames = decode(parts)
+                env, frames = decode(parts[1:])
             except SnipeError as exc:
                 self._reply(client, Envelope(P.PROTOCOL, P.VERSION, "error", 0,
                                              {"code": exc.code, "message": str(exc)}))
@@ -211,6 +210,7 @@ class Server:
                 continue
             try:
                 if env.protocol == PEER_PROTOCOL:
+                    key = sender_key(parts[0])                # which replica's key sent it
                     if env.kind == "push":
                         pushes.append((key, env, frames))       # stored with the puts, below
                     else:
@@ -220,7 +220,7 @@ class Server:
                 if env.kind == "put":
                     puts.append((client, env, P.unpack_records(frames, P.MAX_BATCH_RECORDS, "put")))
                 else:
-                    self._handle(client, key, env, frames)
+                    self._handle(client, env, frames)
             except SnipeError as exc:
                 self.errors += 1
                 self._reply(client, env.error_reply(exc))
@@ -276,7 +276,7 @@ class Server:
             i += len(recs)
             self._reply(client, env.reply(results=out))
 
-    def _handle(self, client: bytes, key: str, env: Envelope, frames: list[bytes]) -> None:
+    def _handle(self, client: bytes, env: Envelope, frames: list[bytes]) -> None:
         match env.kind:
             case "hello":
                 self._reply(client, env.reply(protocols={P.PROTOCOL: list(P.VERSIONS), PEER_PROTOCOL: [PEER_VERSION]},
