@@ -41,7 +41,7 @@ log = logging.getLogger("rcds.server")
 
 TICK_S = 0.1
 BATCH = 512
-PUSH_DELAY_S = 0.005      # new writes go to the peers together, shortly after (rcds/replication.py)
+PUSH_DELAY_S = 0.02       # new writes go to the peers together, shortly after (rcds/replication.py)
 # plain ints: pyzmq's enum flags cost microseconds on every call
 _NOBLOCK, _POLLIN, _EVENTS = int(zmq.NOBLOCK), int(zmq.POLLIN), int(zmq.EVENTS)
 
