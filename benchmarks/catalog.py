@@ -492,7 +492,7 @@ def _failover(cat: Any, seed: bytes, s: Settings) -> dict[str, Any]:
 
 def _one_urn(cat: Any, seed: bytes, s: Settings) -> dict[str, Any]:
     """One client writes up to `one_urn_names` names under a single URN: how a put's cost grows with
-    what the URN already holds (the replica reads the whole entry to check ownership)."""
+    what the URN already holds (the replica reads the URN's ownership and delegations to check a write)."""
     from snipe.identity import Identity
 
     ident = Identity.from_seed(seed)
@@ -791,7 +791,8 @@ def run_memory(s: Settings, root: Path) -> dict[str, Any]:
             "max_uss_without_lmdb_map_mib": worst_heap,
             "note": "USS counts the pages of the LMDB map a replica has faulted in (clean page-cache pages only it "
                     "maps, reclaimable); the kernel maps cached neighbours of each faulting page too, so a few "
-                    "random reads map far more than they read, up to data_mdb_mib in all",
+                    "random reads map far more than they read. A replica drops them (madvise) when they pass its "
+                    "map budget (map_budget_mib, 64 by default; checked every 0.5 s, rcds/mapbudget.py)",
             "target_mib": TARGET_MEMORY_MIB,
             "target_met": worst <= TARGET_MEMORY_MIB,
             "target_met_without_lmdb_map": worst_heap <= TARGET_MEMORY_MIB,
