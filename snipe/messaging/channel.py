@@ -8,6 +8,9 @@ and acknowledges cumulatively. Both speak `msg/1`:
   data  {s: session, b: base, q: first seq, t: [tags]}  frames: one payload per message
         {s, b, q, t, z: [payload sizes]}  frames: one, the payloads concatenated ("packed")
   ack   {s: session, c: highest seq delivered in order}
+        {s, c, w: 0}  the same, and "busy": the receiver's application is behind and its shell
+                      has stopped reading; do not resend for BUSY_HOLD s (it says so again
+                      while busy, and acknowledges normally once it reads again)
 
 The cores speak in one frame per payload; a shell may pack a batch of small payloads into one
 frame on the wire (`pack_frames`, what the endpoint does when every payload is at most
@@ -49,6 +52,7 @@ VERSION = 1
 INITIAL_RTO = 0.2
 MIN_RTO = 0.02
 MAX_RTO = 5.0
+BUSY_HOLD = 1.0               # after a busy ack: no retransmission for this long
 PACK_MAX = 16 * 1024          # payloads up to this size may travel packed, a batch in one frame
 REMEMBERED_SESSIONS = 16
 INF = float("inf")      # per Inbound: where each recently left session stopped
@@ -105,7 +109,9 @@ class Outbound:
         self.rto = max(INITIAL_RTO, min_rto)
         self.progress_at = 0.0                   # when an ack last acknowledged something new
         self.timeouts = 0                        # retransmission timeouts since then (the backoff)
+        self.busy_until = 0.0                    # the receiver said it is busy: no retransmission before
         self.sent = self.retransmitted = self.acked = 0
+        self.sent_bytes = 0                      # payload bytes of `sent` (first transmissions)
 
     def room(self) -> int:
         return self.hwm - len(self.flight) - len(self.queue)
@@ -145,6 +151,7 @@ class Outbound:
                 batch.append(h)
             flight.extend(batch)
             self.flight_bytes += size
+            self.sent_bytes += size
             self.sent += len(batch)
             out.append(self._data(batch))
         return out
@@ -155,9 +162,11 @@ class Outbound:
                        {"s": self.session, "b": base, "q": batch[0].seq, "t": [h.tag for h in batch]})
         return Send(self.to, env, tuple(h.payload for h in batch))
 
-    def on_ack(self, session: int, cum: int, now: float) -> list[Send]:
+    def on_ack(self, session: int, cum: int, now: float, busy: bool = False) -> list[Send]:
         if session != self.session:
             return []                                   # an ack for a session we abandoned
+        if busy:                                        # alive, but not reading: waiting is not loss
+            self.busy_until = now + BUSY_HOLD
         newest: _Held | None = None
         flight = self.flight
         while flight and flight[0].seq <= cum:
@@ -225,7 +234,8 @@ class Outbound:
         if not self.flight:
             return None
         backoff = self.rto * (2 ** self.timeouts) if self.timeouts < 16 else MAX_RTO
-        return max(self.flight[0].sent_at, self.progress_at) + max(self.rto, min(MAX_RTO, backoff))
+        retry = max(self.flight[0].sent_at, self.progress_at) + max(self.rto, min(MAX_RTO, backoff))
+        return max(retry, self.busy_until)
 
     def fail_all(self, reason: str) -> list[DeliveryFailed]:
         failed = [DeliveryFailed(self.to, h.seq, h.tag, reason) for h in (*self.flight, *self.queue)]
@@ -233,6 +243,7 @@ class Outbound:
         self.queue.clear()
         self.deadlines.clear()
         self.flight_bytes = self.timeouts = 0
+        self.busy_until = 0.0
         self.session = self.rng.getrandbits(63)
         self.next_seq = 1
         return failed
@@ -335,6 +346,17 @@ def unpack_frames(env: Envelope, frames: Sequence[bytes]) -> list[bytes]:
         out.append(blob[at:at + n])
         at += n
     return out
+
+
+def busy_ack(session: int, cum: int) -> Envelope:
+    """An ack that also says the receiver is busy (see the module docstring)."""
+    return Envelope(PROTOCOL, VERSION, "ack", 0, {"s": session, "c": cum, "w": 0})
+
+
+def ack_is_busy(env: Envelope) -> bool:
+    """Whether an ack says the receiver is busy ("w": 0); anything else in "w" means not."""
+    w = env.body.get("w")
+    return type(w) is int and w == 0
 
 
 def parse_ack(env: Envelope) -> tuple[int, int]:

@@ -43,6 +43,8 @@ from snipe.messaging.channel import (
     DeliveryFailed,
     Inbound,
     Outbound,
+    ack_is_busy,
+    busy_ack,
     pack_frames,
     parse_ack,
     parse_data,
@@ -72,6 +74,9 @@ MIN_RTO_S = 0.2
 ACK_DELAY_S = 0.005
 ACK_EVERY = 1024             # messages delivered since the last ack: acknowledge now
 ACK_EVERY_BYTES = 1 << 20    # bytes delivered since the last ack: acknowledge now
+# While the inbox is at its hwm (this shell stops reading), tell the recent senders so this often
+# that we are busy, not gone: they hold their retransmissions and do not fail over.
+BUSY_EVERY_S = 0.25
 
 
 @dataclass(slots=True)
@@ -100,7 +105,6 @@ class _Peer:
     key: bytes | None = None
     resolved_at: float = -1e9
     waiting_since: float | None = None       # unresolved: since when we have messages for it
-    bytes_sent: int = 0
     failed: int = 0                          # messages reported failed (with out.acked: settled)
     heard_at: float = 0.0                    # last acknowledgement, or when the current route was taken
     shunned: dict[str, float] = field(default_factory=dict)   # route endpoint -> not before (monotonic)
@@ -164,6 +168,8 @@ class Endpoint:
         self._links_version = 0                  # bumped when a link (socket) is made or remade
         self._acks: dict[str, list[Any]] = {}    # source -> [ROUTER identity, ack envelope, messages, bytes, due]
         self._acks_due = float("inf")
+        self._last_data: dict[str, float] = {}  # source -> when its data last came (busy notices)
+        self._busy_at = 0.0
         self.peers: dict[str, _Peer] = {}
         self.inbound: dict[str, Inbound] = {}
         self.reply_to: dict[str, bytes] = {}     # source URN -> ROUTER identity of its latest link
@@ -294,7 +300,7 @@ class Endpoint:
         for urn, p in list(self.peers.items()):
             r = p.route
             out[urn] = {"sent": p.out.sent, "acked": p.out.acked, "retransmitted": p.out.retransmitted,
-                        "bytes_sent": p.bytes_sent, "route": r.endpoint if r else None,
+                        "bytes_sent": p.out.sent_bytes, "route": r.endpoint if r else None,
                         "route_kind": r.kind if r else None, "in_flight": p.out.held()}
         for urn, n in list(self.received.items()):
             out.setdefault(urn, {})["received"] = n
@@ -346,6 +352,8 @@ class Endpoint:
                 now = time.monotonic()
                 if now >= self._acks_due:
                     self._flush_acks(now)
+                if self.paused and now - self._busy_at >= BUSY_EVERY_S:
+                    self._say_busy(now)
                 if now >= self._timers_due or now - self._timers_at >= 0.25:   # a retry or deadline is due
                     self._timers()
                 self._publish_stats()
@@ -376,6 +384,8 @@ class Endpoint:
             times.append(time.monotonic() + 0.05)
         if self._acks:
             times.append(self._acks_due)
+        if self.paused:
+            times.append(self._busy_at + BUSY_EVERY_S)
         if not times:
             return 0.5
         return max(0.0, min(min(times) - time.monotonic(), 0.5))
@@ -487,11 +497,8 @@ class Endpoint:
             if sizes is not None:
                 body["z"] = sizes
             env = Envelope(s.envelope.protocol, s.envelope.version, s.envelope.kind, 0, body)
-            try:
+            with contextlib.suppress(zmq.Again):      # the link's queue is full: retransmission resends it
                 link.sock.send_multipart(encode(env, frames), zmq.NOBLOCK, copy=False)
-                p.bytes_sent += sum(sizes) if sizes is not None else sum(len(f) for f in frames)
-            except zmq.Again:
-                pass       # the link's queue is full: retransmission will resend it
 
     def _timers(self) -> None:
         now = self._timers_at = time.monotonic()
@@ -610,7 +617,7 @@ class Endpoint:
                 log.warning("bad acknowledgement from %s: %s", p.urn, exc)
                 continue
             p.heard_at = now
-            self._transmit(p, p.out.on_ack(session, cum, now))
+            self._transmit(p, p.out.on_ack(session, cum, now, busy=ack_is_busy(env)))
         settled = p.out.acked + p.failed
         if settled != self.settled.get(p.urn, 0):
             with self.lock:
@@ -663,14 +670,18 @@ class Endpoint:
                         self._on_system(Message(d.source, d.tag, d.payload))
             with self.cond:
                 self.inbox.extend(plain)
-                self.paused = len(self.inbox) >= self.hwm
+                paused = len(self.inbox) >= self.hwm
+                if paused and not self.paused:
+                    self._busy_at = 0.0         # tell the senders at once
+                self.paused = paused
                 self.cond.notify_all()
             self.received[source] = self.received.get(source, 0) + len(delivered)
             nbytes = sum(len(d.payload) for d in delivered)
             self.bytes_received[source] = self.bytes_received.get(source, 0) + nbytes
+            now = self._last_data[source] = time.monotonic()
             pending = self._acks.get(source)
             if pending is None:
-                due = time.monotonic() + ACK_DELAY_S
+                due = now + ACK_DELAY_S
                 pending = self._acks[source] = [ident, ack.envelope, 0, 0, due]
                 self._acks_due = min(self._acks_due, due)
             else:
@@ -685,6 +696,17 @@ class Endpoint:
     def _send_ack(self, ident: bytes, ack: Envelope) -> None:
         with contextlib.suppress(zmq.ZMQError):
             self.router.send_multipart([ident, *encode(ack)], zmq.NOBLOCK)
+
+    def _say_busy(self, now: float) -> None:
+        """Tell each source that sent data lately that we are busy (with what we delivered)."""
+        self._busy_at = now
+        for source, at in list(self._last_data.items()):
+            inbound, ident = self.inbound.get(source), self.reply_to.get(source)
+            if now - at > DEFAULT_DEADLINE_S:      # long quiet: forget it
+                del self._last_data[source]
+            elif inbound is not None and inbound.session is not None and ident is not None:
+                self._acks.pop(source, None)     # this ack covers the pending one
+                self._send_ack(ident, busy_ack(inbound.session, inbound.expected - 1))
 
     def _flush_acks(self, now: float) -> None:
         """Send the acknowledgements that have waited long enough."""
