@@ -1,9 +1,8 @@
 """Replication among replicas: immediate push plus anti-entropy. No I/O.
 
-Push: what a client writes to this replica is sent to every peer, batched per flush: at once,
-or, with `push_delay`, when FLUSH_TIMER fires that long after the first queued write (clients
-usually write to every replica themselves, and a peer skips a pushed record it already holds
-without decoding it, so a short delay saves peers most of the work as well as messages).
+Push: what a client writes to this replica is sent at once (batched per flush) to every peer.
+Clients usually write to every replica themselves, so a peer skips a pushed record it already
+holds without decoding it (Replica.recently_held).
 Pushed records are not pushed again; anything a push missed is repaired by anti-entropy.
 A push carries its records in one frame (snipe/catalog/protocol.py's records frame), at most
 `MAX_PUSH_RECORDS` of them and about `MAX_PUSH_BYTES`; an ae-want carries its keys the same way.
@@ -61,14 +60,13 @@ class Replicator:
     bad or slow peer can delay repair but never remove data."""
 
     def __init__(self, me: str, replica: Replica, storage: Storage, peers: Sequence[str] = (),
-                 *, interval: float = 1.0, max_leaves: int = 512, push_delay: float = 0.0) -> None:
+                 *, interval: float = 1.0, max_leaves: int = 512) -> None:
         self.me = me
         self.replica = replica
         self.storage = storage
         self.peers: list[str] = [p for p in peers if p != me]
         self.interval = interval
         self.max_leaves = max_leaves
-        self.push_delay = push_delay
         self._turn = 0
         self._outbox: list[bytes] = []
         self._live_pushes: dict[str, int] = {}    # pushes of new writes from each peer since its last turn
@@ -88,14 +86,9 @@ class Replicator:
     def start(self, now: float) -> list[Effect]:
         return [StartTimer(AE_TIMER, now + self.interval)]
 
-    def on_local_writes(self, accepted: Sequence[Accepted], now: float | None = None) -> list[Effect]:
-        """Queue what clients wrote for the next flush. With `push_delay` and `now`, the first
-        queued write arms FLUSH_TIMER; otherwise the caller flushes."""
-        idle = not self._outbox
+    def on_local_writes(self, accepted: Sequence[Accepted]) -> None:
+        """Queue what clients wrote for the next flush."""
         self._outbox.extend(a.record.encode() for a in accepted if a.new)
-        if idle and self._outbox and self.push_delay > 0 and now is not None:
-            return [StartTimer(FLUSH_TIMER, now + self.push_delay)]
-        return []
 
     def flush(self) -> list[Effect]:
         if not self._outbox or not self.peers:
@@ -111,8 +104,6 @@ class Replicator:
         return effects
 
     def on_timer(self, key: str, now: float) -> list[Effect]:
-        if key == FLUSH_TIMER:
-            return self.flush()
         if key != AE_TIMER:
             return []
         effects: list[Effect] = [StartTimer(AE_TIMER, now + self.interval)]

@@ -41,7 +41,6 @@ log = logging.getLogger("rcds.server")
 
 TICK_S = 0.1
 BATCH = 512
-PUSH_DELAY_S = 0.02       # new writes go to the peers together, shortly after (rcds/replication.py)
 # plain ints: pyzmq's enum flags cost microseconds on every call
 _NOBLOCK, _POLLIN, _EVENTS = int(zmq.NOBLOCK), int(zmq.POLLIN), int(zmq.EVENTS)
 
@@ -85,8 +84,7 @@ class Server:
         self.storage = LmdbStorage(cfg.data_dir, sync=cfg.sync, log_retention=cfg.log_retention)
         self.replica = Replica(self.storage, cfg.admin_key, gc_grace_ms=cfg.gc_grace_ms,
                                watched_urns=(P.REPLICA_SET_URN,))
-        self.replicator = Replicator(cfg.replica_id, self.replica, self.storage, interval=cfg.anti_entropy_s,
-                                     push_delay=PUSH_DELAY_S)
+        self.replicator = Replicator(cfg.replica_id, self.replica, self.storage, interval=cfg.anti_entropy_s)
         self.map_budget = MapBudget(self.storage.data_file, cfg.map_budget_mib << 20)
         self.ctx = zmq.Context()
         self.gate = KeyGate(self.ctx, self._admit, self.storage.ed_key_of_curve)
@@ -248,22 +246,23 @@ class Server:
     # --- requests ---------------------------------------------------------------------------
     def _group_commit(self, puts: list[tuple[bytes, Envelope, list[bytes]]],
                       pushes: list[tuple[str, Envelope, list[bytes]]]) -> None:
-        """Store what clients put and peers pushed in this turn in one transaction, then answer.
-        The puts go first: a push of a record a client also wrote here is then skipped."""
+        """Store what peers pushed and clients put in this turn in one transaction, then answer.
+        The pushes go first, so a client's write is checked knowing what the peers just sent
+        (an admission or a claim it depends on); a record both sent costs one check either way."""
         records: list[bytes] = [r for _, _, recs in puts for r in recs]
         try:
             with self.replica.batch():
-                results = self.replica.ingest(records, _now_ms()) if records else []
                 for key, env, frames in pushes:
                     self._on_peer(key, env, frames)
+                results = self.replica.ingest(records, _now_ms()) if records else []
         except Exception as exc:  # a bug here must not take the replica down; the transaction was aborted
             log.exception("failed to store %d puts and %d pushes", len(puts), len(pushes))
             self.errors += len(puts)
             for client, env, _ in puts:
                 self._reply(client, env.error_reply(_server_error(exc)))
             return
-        self._run_effects(self.replicator.on_local_writes([r for r in results if isinstance(r, Accepted)],
-                                                          time.monotonic()))
+        self.replicator.on_local_writes([r for r in results if isinstance(r, Accepted)])
+        self._run_effects(self.replicator.flush())
         i = 0
         for client, env, recs in puts:
             out = []

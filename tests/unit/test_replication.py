@@ -71,16 +71,6 @@ def test_local_writes_are_pushed_to_every_peer_once():
     assert a.stats().pushed == 2
 
 
-def test_with_a_push_delay_writes_go_out_together_when_the_flush_timer_fires():
-    s = MemoryStorage()
-    a = Replicator("A", Replica(s, ADMIN.public_key), s, ["B"], push_delay=0.005)
-    r1, r2 = (put(ADMIN, "urn:snipe:group:g", n, 1, hlc.pack(NOW)) for n in "nm")
-    assert a.on_local_writes(a.replica.ingest([r1], NOW), 10.0) == [StartTimer(FLUSH_TIMER, 10.005)]
-    assert a.on_local_writes(a.replica.ingest([r2], NOW), 10.002) == []      # the timer is armed already
-    assert a.on_timer(FLUSH_TIMER, 10.005) == [Send("B", env("push", "A"), (pack_records([r1.encode(), r2.encode()]),))]
-    assert a.on_timer(FLUSH_TIMER, 10.010) == []
-
-
 def test_large_pushes_are_chunked():
     a = replicator("A", ["A", "B"])
     r = put(ADMIN, "urn:snipe:group:g", "n", 1, hlc.pack(NOW))
