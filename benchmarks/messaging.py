@@ -36,9 +36,15 @@ Cases, the same for every implementation:
   and USS are sampled; its held messages are bounded by the endpoint's high-water mark
   (``Endpoint.hwm``), so its peak stays bounded however far the receiver falls behind.
 
+Each process also reports its CPU time (all its threads) per message and per round trip: on a
+shared 2-core machine wall-clock rates swing with whatever else runs, CPU per message much less.
+
 Ratios project/raw for each case, with the targets of the messaging issue and whether each is
 met: 64 B one-way >= 1.0x raw plain pyzmq, 1 KiB >= 0.8x, 1 MiB >= 0.8x, round-trip p50 <= 1.5x
 raw, throughput >= 10x Ray's, round trip >= 5x faster than Ray's (null when Ray is absent).
+`target_met` is judged on the measured rates; `by_cpu` (raw's busier side's CPU per message over
+the project's) says what the ratio would be with each process on an idle core, for information.
+A case that fails is reported as {"error": ...} and the run goes on.
 
 Every process this benchmark starts is stopped, and its temporary folder removed, also on
 errors and on SIGINT/SIGTERM.  Progress goes to stderr.
