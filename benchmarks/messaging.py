@@ -436,7 +436,9 @@ class Procs:
         self.popen.append(p)
         return p
 
-    def close(self) -> None:
+    def close(self, *, tasks: bool = True) -> None:
+        """Stop everything; tasks through their daemon unless `tasks` is False (then the caller
+        stops the cluster, which kills every task at once, also when a daemon call was cut short)."""
         for p in self.popen:
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -444,7 +446,7 @@ class Procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(5)
         self.popen.clear()
-        for t in self.tasks:
+        for t in self.tasks if tasks else ():
             with contextlib.suppress(Exception):
                 t.kill()
         self.tasks.clear()
@@ -834,7 +836,7 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
     finally:
         with contextlib.suppress(Exception):
             snipe.shutdown()
-        procs.close()
+        procs.close(tasks=False)
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close()
