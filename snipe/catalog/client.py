@@ -57,7 +57,7 @@ REFUSED_RETRY_S = 0.25       # a refused handshake is tried again this soon: the
 BELIEVED_RECORDS = 20_000    # verified records remembered by their bytes, so a repeat read skips the work
 
 # plain ints: pyzmq's enum flags cost microseconds on every call
-_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_POLLIN, _NOBLOCK = int(zmq.POLLIN), int(zmq.NOBLOCK)
 
 
 def now_ms() -> int:
@@ -186,25 +186,25 @@ class CatalogClient:
         return rid
 
     def _pump(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for messages, then take one from each socket that has any (the
+        poll is level-triggered: the rest are taken on the next call, which returns at once)."""
         for sock, _ in self.poller.poll(max(0, timeout_s) * 1000):
             conn = self.by_sock[sock]
-            while sock.getsockopt(_EVENTS) & _POLLIN:
-                parts = recv_parts(sock, _NOBLOCK)
-                try:
-                    env, frames = decode(parts)
-                except SnipeError as exc:
-                    log.warning("undecodable message from replica %s: %s", conn.address.endpoint, exc)
-                    continue
-                if env.request_id:
-                    self.order.mark_up(conn.address)
-                    if env.request_id in self._late:
-                        self._late.discard(env.request_id)
-                    else:
-                        self._replies[env.request_id] = (conn.address.endpoint, env, frames)
+            try:
+                env, frames = decode(recv_parts(sock, _NOBLOCK))
+            except SnipeError as exc:
+                log.warning("undecodable message from replica %s: %s", conn.address.endpoint, exc)
+                continue
+            if env.request_id:
+                self.order.mark_up(conn.address)
+                if env.request_id in self._late:
+                    self._late.discard(env.request_id)
                 else:
-                    w = self._watches.get(str(env.body.get("watch")))
-                    if w is not None and w.conn is conn:
-                        w._on_event(env, frames)
+                    self._replies[env.request_id] = (conn.address.endpoint, env, frames)
+            else:
+                w = self._watches.get(str(env.body.get("watch")))
+                if w is not None and w.conn is conn:
+                    w._on_event(env, frames)
 
     def _fanout(self, conns: Sequence[_Conn], kind: str, body: dict[str, Any] | None, frames: Sequence[bytes],
                 enough: Any, deadline: float) -> dict[str, tuple[Envelope, list[bytes]]]:
