@@ -110,20 +110,22 @@ class Replica:
         return raw in self._recent or raw in self._uncommitted
 
     def ingest(self, records: list[bytes | Assertion], now_ms: int, *, from_peer: bool = False) -> list[IngestResult]:
+        if self._batch is None:           # not inside a batch: this ingest is one
+            with self.batch():
+                return self.ingest(records, now_ms, from_peer=from_peer)
         decoded: list[Assertion | Refused] = []
         for r in records:
             try:
                 decoded.append(r if isinstance(r, Assertion) else decode_assertion(r))
             except (CodecError, TooLarge) as exc:
                 decoded.append(Refused(exc))
+        txn = self._writing()
         results: list[IngestResult] = []
-        with self.batch():
-            txn = self._writing()
-            for raw, item in zip(records, decoded, strict=True):
-                result = item if isinstance(item, Refused) else self._ingest_one(txn, item, now_ms, from_peer)
-                if isinstance(result, Accepted) and isinstance(raw, bytes):
-                    self._uncommitted.add(raw)
-                results.append(result)
+        for raw, item in zip(records, decoded, strict=True):
+            result = item if isinstance(item, Refused) else self._ingest_one(txn, item, now_ms, from_peer)
+            if isinstance(result, Accepted) and isinstance(raw, bytes):
+                self._uncommitted.add(raw)
+            results.append(result)
         return results
 
     def _writing(self) -> WriteTxn:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 
 from snipe.assertion import Assertion
 from snipe.errors import NotAuthorized
-from snipe.urn import Urn
+from snipe.urn import parse_urn
 
 OWNER = "_owner"
 DELEGATE_PREFIX = "_delegate."
@@ -77,7 +77,7 @@ def check_write(
     check_admitted(a, admin, is_admitted)
     if a.signer == admin:
         return
-    kind = Urn.parse(a.urn).kind
+    kind = parse_urn(a.urn).kind
     others = [h for h in held if h.key != a.key]
     owner = effective_owner(others, admin, now_ms)
     if a.name == OWNER:
@@ -107,7 +107,7 @@ def admissions_granted(a: Assertion, held: list[Assertion], admin: bytes, is_hos
     """The keys this live assertion admits (see the module rules)."""
     if not a.is_live(now_ms):
         return []
-    kind = Urn.parse(a.urn).kind
+    kind = parse_urn(a.urn).kind
     if a.name == OWNER and a.signer == admin and kind in ADMIN_ASSIGNED_KINDS and isinstance(a.value, str):
         try:
             return [bytes.fromhex(a.value)]

@@ -56,7 +56,11 @@ class Urn:
 
 
 def parse_urn(text: str | Urn) -> Urn:
-    return text if isinstance(text, Urn) else Urn.parse(text)
+    if isinstance(text, Urn):
+        return text
+    if not isinstance(text, str):
+        raise UrnError(f"a URN must be a string, not {type(text).__name__}")
+    return _parsed(text)
 
 
 def validate_urn(text: str) -> str:
@@ -66,10 +70,15 @@ def validate_urn(text: str) -> str:
     return _normalised(text)
 
 
+# URNs repeat (every record names one): parse each distinct text once while it stays in use.
 @functools.lru_cache(maxsize=8192)
 def _normalised(text: str) -> str:
-    """URNs repeat (every record names one): parse each distinct text once while it stays in use."""
-    return str(Urn.parse(text))
+    return str(_parsed(text))
+
+
+@functools.lru_cache(maxsize=8192)
+def _parsed(text: str) -> Urn:
+    return Urn.parse(text)
 
 
 def content_urn(kind: str, data: bytes) -> str:
