@@ -112,7 +112,10 @@ class Replica:
     def ingest(self, records: list[bytes | Assertion], now_ms: int, *, from_peer: bool = False) -> list[IngestResult]:
         if self._batch is None:           # not inside a batch: this ingest is one
             with self.batch():
-                return self.ingest(records, now_ms, from_peer=from_peer)
+                return self._ingest(records, now_ms, from_peer)
+        return self._ingest(records, now_ms, from_peer)
+
+    def _ingest(self, records: list[bytes | Assertion], now_ms: int, from_peer: bool) -> list[IngestResult]:
         decoded: list[Assertion | Refused] = []
         for r in records:
             try:
