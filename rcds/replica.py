@@ -43,7 +43,8 @@ from snipe.errors import CodecError, NotAuthorized, SignatureError, SnipeError, 
 
 DEFAULT_GC_GRACE_MS = 24 * 3600 * 1000
 DEFAULT_MAX_SKEW_MS = 30_000
-RECENT_RECORDS = 8192          # how many recently held records `recently_held` remembers
+RECENT_RECORDS = 8192          # how many recently held records `recently_held` remembers,
+RECENT_MAX_BYTES = 4096        # of at most this size each (a bigger one is simply checked again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +127,7 @@ class Replica:
         results: list[IngestResult] = []
         for raw, item in zip(records, decoded, strict=True):
             result = item if isinstance(item, Refused) else self._ingest_one(txn, item, now_ms, from_peer)
-            if isinstance(result, Accepted) and isinstance(raw, bytes):
+            if isinstance(result, Accepted) and isinstance(raw, bytes) and len(raw) <= RECENT_MAX_BYTES:
                 self._uncommitted.add(raw)
             results.append(result)
         return results

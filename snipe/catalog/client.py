@@ -54,7 +54,8 @@ log = logging.getLogger("snipe.catalog")
 HEDGE_AFTER_S = 0.25
 LINK_CHECK_S = 0.1           # how often links read their handshake events
 REFUSED_RETRY_S = 0.25       # a refused handshake is tried again this soon: the key may be admitted by now
-BELIEVED_RECORDS = 20_000    # verified records remembered by their bytes, so a repeat read skips the work
+BELIEVED_RECORDS = 20_000    # verified records remembered by their bytes, so a repeat read skips the work,
+BELIEVED_MAX_BYTES = 4096    # if they are at most this big
 
 # plain ints: pyzmq's enum flags cost microseconds on every call
 _POLLIN, _NOBLOCK = int(zmq.POLLIN), int(zmq.NOBLOCK)
@@ -385,9 +386,10 @@ class CatalogClient:
         except (CodecError, TooLarge, SignatureError) as exc:
             self._reject(endpoint, f"{exc}", None)
             return None
-        self._believed[raw] = a
-        if len(self._believed) > BELIEVED_RECORDS:
-            self._believed.popitem(last=False)
+        if len(raw) <= BELIEVED_MAX_BYTES:
+            self._believed[raw] = a
+            if len(self._believed) > BELIEVED_RECORDS:
+                self._believed.popitem(last=False)
         return a
 
     def _reject(self, endpoint: str, reason: str, a: Assertion | None) -> None:

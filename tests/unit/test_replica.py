@@ -362,6 +362,9 @@ def test_recently_held_covers_identical_retries_but_not_refusals(replica):
     ingest(replica, c.encode(), stranger.encode(), forged.encode())
     assert replica.recently_held(c.encode())
     assert not replica.recently_held(stranger.encode()) and not replica.recently_held(forged.encode())
+    big = put(ALICE, PROC, "big", b"x" * 5000)
+    ingest(replica, big.encode())
+    assert not replica.recently_held(big.encode())                # big records are simply checked again
     again = Replica(replica.storage, ADMIN.public_key)            # a restarted replica remembers nothing
     assert not again.recently_held(c.encode())
     assert ingest(again, c.encode()) == [("accepted", c, 0, False)]
