@@ -301,11 +301,14 @@ class CatalogClient:
         deadline = time.monotonic() + (timeout or self.timeout)
         outcome: dict[str, str] = {c: "no answer" for c in self.conns}
         refusals: list[SnipeError] = []
+        acks = 0
 
         def judge(got: dict[str, tuple[Envelope, list[bytes]]]) -> int:
-            acks = 0
-            refusals.clear()
+            """Count the acknowledgements so far, judging each replica's answer once."""
+            nonlocal acks
             for endpoint, (env, _) in got.items():
+                if outcome[endpoint] != "no answer":
+                    continue
                 if env.kind == "error":
                     outcome[endpoint] = str(env.body.get("code"))
                     refusals.append(error_from_code(str(env.body.get("code")), str(env.body.get("message"))))
