@@ -8,6 +8,7 @@
 """
 
 from snipe.errors import SnipeError
+from snipe.hooks import on_checkpoint, on_restore
 from snipe.messaging.endpoint import Message
 from snipe.runtime import (
     Process,
@@ -48,6 +49,8 @@ __all__ = [
     "me",
     "members",
     "messaging_stats",
+    "on_checkpoint",
+    "on_restore",
     "probe",
     "publish",
     "recv",
