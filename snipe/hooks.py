@@ -32,6 +32,8 @@ _pending: list[Any] = []     # state handed to this process at start, until on_r
 class HookError(SnipeError):
     """A checkpoint or restore hook raised, or returned what cannot be saved."""
 
+    code = "hook-failed"
+
 
 def on_checkpoint(fn: SaveFn) -> None:
     """Register how this task saves its state; `fn()` returns a msgpack-able value or bytes."""
