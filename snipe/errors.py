@@ -107,6 +107,12 @@ class ServerError(SnipeError):
     code = "server-error"
 
 
+class HookError(SnipeError):
+    """A task's checkpoint or restore hook raised, or returned what cannot be saved (snipe/hooks.py)."""
+
+    code = "hook-failed"
+
+
 _BY_CODE: dict[str, type[SnipeError]] = {}
 
 

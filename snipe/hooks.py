@@ -18,7 +18,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from snipe.errors import SnipeError
+from snipe.errors import HookError
+
+__all__ = ["HookError", "hand_over", "has_checkpoint_hook", "on_checkpoint", "on_restore", "reset",
+           "run_restore", "save_state"]
 
 SaveFn = Callable[[], Any]
 RestoreFn = Callable[[Any], None]
@@ -27,12 +30,6 @@ _lock = threading.Lock()
 _save: SaveFn | None = None
 _restore: RestoreFn | None = None
 _pending: list[Any] = []     # state handed to this process at start, until on_restore takes it
-
-
-class HookError(SnipeError):
-    """A checkpoint or restore hook raised, or returned what cannot be saved."""
-
-    code = "hook-failed"
 
 
 def on_checkpoint(fn: SaveFn) -> None:
