@@ -39,6 +39,8 @@ def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.N
     ap.add_argument("--catalog", action="append", default=[], help="replica ENDPOINT#KEY, repeatable")
     ap.add_argument("--lease", type=float, help="seconds the host's metadata lease lasts (default 10)")
     ap.add_argument("--net-name", action="append", default=[], help="IFACE_OR_CIDR=NAME, a private network")
+    ap.add_argument("--relay", help="relay for hosts that share no network (a gateway): listen here, "
+                                    "e.g. tcp://0.0.0.0:7401")
     ap.add_argument("--ready-file", help="write {endpoint, key, pid} as JSON once serving")
     ap.add_argument("--log-level", default=os.environ.get("SNIPE_LOG_LEVEL", "WARNING"))
     args = ap.parse_args(argv)
@@ -76,7 +78,8 @@ def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.N
     cfg = DaemonConfig(host_id=str(host_id), listen=str(listen), state_dir=Path(state_dir),
                        identity=Identity.load_or_create(key_file), admin_key=admin_key,
                        catalog=[str(c) for c in catalog], advertise=pick(args.advertise, "advertise"),
-                       lease_s=float(pick(args.lease, "lease_s", 10.0)), net_names=net_names, link_speeds=speeds)
+                       lease_s=float(pick(args.lease, "lease_s", 10.0)), net_names=net_names, link_speeds=speeds,
+                       relay=pick(args.relay, "relay"))
     return cfg, args
 
 

@@ -28,6 +28,7 @@ import zmq
 from snipe_daemon.hostinfo import LoadSampler, collect_host_info
 from snipe_daemon.mcast import GroupRouter
 from snipe_daemon.pool import WarmPool, reap_orphans
+from snipe_daemon.relay import Relay
 from snipe_daemon.state import DaemonState
 from snipe_daemon.tasks import Quota, TaskEvent, TaskRunner
 
@@ -72,6 +73,7 @@ class DaemonConfig:
     link_speeds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     python: str = sys.executable
     warm_pool: int = 2                      # interpreters kept ready to become tasks
+    relay: str | None = None                # listen endpoint of the gateway relay (None: this host relays nothing)
 
     @property
     def host_urn(self) -> str:
@@ -112,6 +114,9 @@ class Daemon:
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.bind(cfg.listen)
         self.waiters: list[Waiter] = []
+        # A gateway host relays sealed messages between hosts that share no network (daemon/relay.py).
+        self.relay = Relay(self.ctx, cfg.identity, cfg.host_urn, cfg.catalog, cfg.admin_key, cfg.relay) \
+            if cfg.relay else None
         self.tasks: dict[str, dict[str, Any]] = self.state.all_tasks()
         self.draining = bool(self.state.get_meta("draining", False))
         self.sampler = LoadSampler()
@@ -126,6 +131,8 @@ class Daemon:
         self.endpoint = Endpoint(cfg.host_urn, cfg.identity, cfg.catalog, cfg.admin_key, host_urn=cfg.host_urn,
                                  runtime_dir=cfg.state_dir / "msg")
         self.endpoint.start(self._publish_comm)
+        if self.relay is not None:
+            self.relay.start()
         self.groups = GroupRouter(cfg.host_urn, cfg.address, self.catalog, self.endpoint, cfg.lease_s)
         self.next_lease = time.monotonic() + cfg.lease_s / 3
 
@@ -163,6 +170,8 @@ class Daemon:
 
     def close(self) -> None:
         self.endpoint.close()
+        if self.relay is not None:
+            self.relay.close()
         self.pool.close()
         self.router.close(0)
         self.gate.stop()
@@ -282,6 +291,8 @@ class Daemon:
                 self._reply(client, env.reply())
             case "mcast-status":
                 self._reply(client, env.reply(**self.groups.status()))
+            case "relay-status":
+                self._reply(client, env.reply(relay=self.relay.status() if self.relay else None))
             case "drain":
                 if key not in (self.cfg.admin_key.hex(), self.cfg.identity.key_id):
                     raise NotAuthorized("only the admin key or the host's own key may drain a host")
@@ -293,7 +304,7 @@ class Daemon:
             case _:
                 raise UnknownRequest(f"daemon/1 has no request {env.kind!r}; it has hello, spawn, status, wait, "
                                      "kill, signal, suspend, resume, ps, put-code, get-code, drain, mcast-join, "
-                                     "mcast-leave, mcast-status")
+                                     "mcast-leave, mcast-status, relay-status")
 
     def _known(self, env: Envelope) -> str:
         urn = validate_urn(field_of(env, "urn", str))
@@ -501,6 +512,7 @@ class Daemon:
         info.update(self.comm)
         info.update({"daemon": self.cfg.address, "key": self.cfg.identity.key_id, "alive": True,
                      "draining": self.draining,
+                     **({"relay_port": self.relay.port} if self.relay is not None else {}),
                      "tasks": len([t for t in self.tasks.values() if t["state"] in ("running", "suspended")])})
         ttl = self.cfg.lease_s
         self.catalog.put([self.catalog.sign(self.cfg.host_urn, k, v, ttl=ttl) for k, v in info.items()],

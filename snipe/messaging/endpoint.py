@@ -13,6 +13,9 @@ snipe/messaging/routes.py), best first; a route that stops getting acknowledgeme
 for the next, and the peer is re-resolved periodically so a better route is taken when one
 appears. A message not acknowledged by its deadline, or sent to a process the catalog says has
 ended, comes back to the sender as a delivery-failure message, never silence.
+
+A peer whose host shares no network with ours is reached through a gateway daemon (a `relay`
+route): the same channel, its messages and acks sealed end to end (snipe/messaging/gateway.py).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from snipe.messaging.channel import (
     parse_data,
     unpack_frames,
 )
+from snipe.messaging.gateway import RELAY, Sealer, parse_relay, relay_parts
 from snipe.messaging.routes import ProcView, Route, advertised_comm, choose_routes
 from snipe.transport import KeyGate, Link, sender_key, server_socket
 from snipe.wire import Envelope, decode, encode
@@ -174,6 +178,9 @@ class Endpoint:
         self.inbound: dict[str, Inbound] = {}
         self.reply_to: dict[str, bytes] = {}     # source URN -> ROUTER identity of its latest link
         self.sources_ok: dict[tuple[str, str], float] = {}
+        self.sealer = Sealer(identity)
+        self.relayed: dict[str, bytes] = {}      # source URN -> its key, while its data comes through a gateway
+        self._gateways: tuple[float, dict[str, Any]] = (-1e9, {})   # (when read, relaying hosts' values)
         self.received: dict[str, int] = {}
         self.bytes_received: dict[str, int] = {}
         self.paused = False
@@ -301,7 +308,8 @@ class Endpoint:
             r = p.route
             out[urn] = {"sent": p.out.sent, "acked": p.out.acked, "retransmitted": p.out.retransmitted,
                         "bytes_sent": p.out.sent_bytes, "route": r.endpoint if r else None,
-                        "route_kind": r.kind if r else None, "in_flight": p.out.held()}
+                        "route_kind": r.kind if r else None, "route_net": r.net if r else None,
+                        "in_flight": p.out.held()}
         for urn, n in list(self.received.items()):
             out.setdefault(urn, {})["received"] = n
             out[urn]["bytes_received"] = self.bytes_received.get(urn, 0)
@@ -454,6 +462,8 @@ class Endpoint:
         my_host = self._host_values(self.host_urn)
         peer_host = self._host_values(peer.host)
         routes = choose_routes(mine, peer, my_host, peer_host)
+        if peer.host != self.host_urn and not any(r.net for r in routes):     # no shared network
+            routes = choose_routes(mine, peer, my_host, peer_host, self._gateway_hosts(now))
         usable = [i for i, r in enumerate(routes) if p.shunned.get(r.endpoint, 0.0) <= now]
         best_index = usable[0] if usable else 0
         best = routes[best_index] if routes else None
@@ -474,13 +484,32 @@ class Endpoint:
         except SnipeError:
             return None
 
+    def _gateway_hosts(self, now: float) -> dict[str, Any]:
+        """Hosts whose daemons relay (publish `relay_port`), read at most every RESOLVE_EVERY_S."""
+        at, hosts = self._gateways
+        if now - at < RESOLVE_EVERY_S or self.catalog is None:
+            return hosts
+        try:
+            found = self.catalog.query("urn:snipe:host:")
+        except SnipeError as exc:
+            log.debug("cannot list gateway hosts: %s", exc)
+            return hosts
+        t = now_ms()
+        hosts = {u: v for u, e in found.items() if "relay_port" in (v := e.as_dict(t))}
+        self._gateways = (now, hosts)
+        return hosts
+
     def _link(self, p: _Peer) -> Link | None:
         r = p.route
         if r is None or p.key is None:
             return None
         link = p.links.get(r.endpoint)
         if link is None:
-            link = p.links[r.endpoint] = Link(self.ctx, self.identity, r.endpoint, p.key, immediate=False,
+            try:     # a relay route authenticates the gateway on the link; the messages are sealed for the peer
+                server_key = public_key_from_id(r.via_key) if r.kind == "relay" and r.via_key else p.key
+            except SnipeError:
+                return None
+            link = p.links[r.endpoint] = Link(self.ctx, self.identity, r.endpoint, server_key, immediate=False,
                                               hwm=100_000)
             self._links_version += 1
         return link
@@ -491,14 +520,18 @@ class Endpoint:
         link = self._link(p)
         if link is None:
             return
+        sealed_for = p.key if p.route is not None and p.route.kind == "relay" else None
         for s in sends:
             body = {**s.envelope.body, "f": self.me}
             sizes, frames = pack_frames(s.frames)    # small payloads: one frame for the batch
             if sizes is not None:
                 body["z"] = sizes
             env = Envelope(s.envelope.protocol, s.envelope.version, s.envelope.kind, 0, body)
+            parts = encode(env, frames)
+            if sealed_for is not None:
+                parts = relay_parts(self.me, p.urn, self.sealer.seal(sealed_for, self.me, p.urn, parts))
             with contextlib.suppress(zmq.Again):      # the link's queue is full: retransmission resends it
-                link.sock.send_multipart(encode(env, frames), zmq.NOBLOCK, copy=False)
+                link.sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
 
     def _timers(self) -> None:
         now = self._timers_at = time.monotonic()
@@ -608,10 +641,15 @@ class Endpoint:
             except zmq.Again:
                 break
             try:
-                env, _ = decode(parts)
+                env, frames = decode(parts)
                 if env.kind == "error":
                     log.warning("%s refused our messages: %s", p.urn, env.body.get("message"))
                     continue
+                if env.kind == RELAY:              # an ack sealed by the peer, through a gateway
+                    source, dest, sealed = parse_relay(env, frames)
+                    if source != p.urn or dest != self.me or p.key is None:
+                        raise CodecError(f"a relayed ack from {source} to {dest} came on the link to {p.urn}")
+                    env, _ = decode(self.sealer.open(p.key, source, dest, sealed))
                 session, cum = parse_ack(env)
             except SnipeError as exc:
                 log.warning("bad acknowledgement from %s: %s", p.urn, exc)
@@ -638,13 +676,44 @@ class Endpoint:
                 env, _ = decode([parts[1].bytes])
                 # Large payloads stay in ZeroMQ's buffer (no copy); small ones become bytes.
                 frames = [f.buffer if len(f) > 65536 else f.bytes for f in parts[2:]]
-                self._on_data(ident, key, env, frames)
+                if env.kind == RELAY:
+                    key, env, frames = self._unseal(env, frames)
+                    self._on_data(ident, key, env, frames)
+                else:
+                    self._on_data(ident, key, env, frames)
+                    if self.relayed:            # it came directly: its acks go back unsealed
+                        self.relayed.pop(env.body.get("f"), None)
             except SnipeError as exc:
                 reply = Envelope(PROTOCOL, VERSION, "error", 0, {"code": exc.code, "message": str(exc)})
                 with contextlib.suppress(zmq.ZMQError):
                     self.router.send_multipart([ident, *encode(reply)], zmq.NOBLOCK)
             if self.paused:
                 return
+
+    def _unseal(self, env: Envelope, frames: list[Any]) -> tuple[str, Envelope, list[bytes]]:
+        """Open a message a gateway relayed: (the source's key id, the inner envelope, its frames).
+        Its acks will be sealed and go back through the gateway (`relayed`)."""
+        source, dest, sealed = parse_relay(env, frames)
+        if dest != self.me:
+            raise CodecError(f"a relayed message for {dest} reached {self.me}")
+        key = self._key_of(source)
+        if key is None:
+            raise CodecError(f"a relayed message names {source}, which has no key in the catalog")
+        inner, inner_frames = decode(self.sealer.open(key, source, dest, sealed))
+        if inner.body.get("f") != source:
+            raise CodecError(f"a sealed message from {source} says it is from {inner.body.get('f')!r}")
+        self.relayed[source] = key
+        self.sources_ok[(source, key.hex())] = time.monotonic() + 60
+        return key.hex(), inner, inner_frames
+
+    def _key_of(self, urn: str) -> bytes | None:
+        """The public key a process publishes (`key`), from the catalog."""
+        assert self.catalog is not None
+        try:
+            value = self.catalog.cached(urn, max_age=RESOLVE_EVERY_S).as_dict(now_ms()).get("key")
+            return public_key_from_id(value) if isinstance(value, str) else None
+        except SnipeError:
+            return None
 
     def _on_data(self, ident: bytes, key: str, env: Envelope, frames: list[Any]) -> None:
         if env.protocol != PROTOCOL or env.version != VERSION:
@@ -691,11 +760,15 @@ class Endpoint:
             if pending[2] < ACK_EVERY and pending[3] < ACK_EVERY_BYTES:
                 return
         self._acks.pop(source, None)
-        self._send_ack(ident, ack.envelope)
+        self._send_ack(ident, ack.envelope, source)
 
-    def _send_ack(self, ident: bytes, ack: Envelope) -> None:
+    def _send_ack(self, ident: bytes, ack: Envelope, source: str) -> None:
+        parts = encode(ack)
+        key = self.relayed.get(source) if self.relayed else None
+        if key is not None:                      # it came through a gateway: seal the ack for it
+            parts = relay_parts(self.me, source, self.sealer.seal(key, self.me, source, parts))
         with contextlib.suppress(zmq.ZMQError):
-            self.router.send_multipart([ident, *encode(ack)], zmq.NOBLOCK)
+            self.router.send_multipart([ident, *parts], zmq.NOBLOCK)
 
     def _say_busy(self, now: float) -> None:
         """Tell each source that sent data lately that we are busy (with what we delivered)."""
@@ -706,7 +779,7 @@ class Endpoint:
                 del self._last_data[source]
             elif inbound is not None and inbound.session is not None and ident is not None:
                 self._acks.pop(source, None)     # this ack covers the pending one
-                self._send_ack(ident, busy_ack(inbound.session, inbound.expected - 1))
+                self._send_ack(ident, busy_ack(inbound.session, inbound.expected - 1), source)
 
     def _flush_acks(self, now: float) -> None:
         """Send the acknowledgements that have waited long enough."""
@@ -714,7 +787,7 @@ class Endpoint:
         for source, (ident, ack, _, _, at) in list(self._acks.items()):
             if at <= now:
                 del self._acks[source]
-                self._send_ack(ident, ack)
+                self._send_ack(ident, ack, source)
             else:
                 due = min(due, at)
         self._acks_due = due

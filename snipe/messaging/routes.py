@@ -10,7 +10,10 @@ route a fallback the messaging shell tries when an earlier one fails:
 3. each network the two hosts share, by configured net name or by IP subnet
    (`shared_networks` on the hosts' `interfaces` lists), fastest first: the peer's `tcp`
    endpoint on its address on that network;
-4. last, the peer's default `tcp` endpoint (normal IP routing), `net` None.
+4. when the hosts share no network and a host that shares one with each runs a relaying daemon
+   (a gateway, after OCEAN's path names): a `relay` route through each such gateway, best first
+   (`gateway_routes`), `net` "via <gateway id>/<network it shares with the peer>";
+5. last, the peer's default `tcp` endpoint (normal IP routing), `net` None.
 
 What a process publishes as `comm` is built by `advertised_comm`; what a process's catalog entry
 says is read by `ProcView.from_values`. Interface entries are the maps a host daemon publishes
@@ -25,7 +28,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from snipe.errors import UrnError
@@ -38,11 +41,12 @@ __all__ = [
     "RouteKind",
     "advertised_comm",
     "choose_routes",
+    "gateway_routes",
     "parse_address",
     "shared_networks",
 ]
 
-RouteKind = Literal["inproc", "ipc", "tcp"]
+RouteKind = Literal["inproc", "ipc", "tcp", "relay"]
 TRANSPORTS: tuple[str, ...] = ("inproc", "ipc", "tcp")
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -373,7 +377,10 @@ class Route:
     """One way to reach a peer: `kind` inproc, ipc or tcp; the ZeroMQ `endpoint`; `net`, the
     net name or CIDR of the shared network it uses (None for the default route and for inproc
     and ipc); the link's advertised `bandwidth_mbps` (the slower end) and `latency_us` (the
-    higher end), None if unknown; `rank`, its position in the list (0 = best)."""
+    higher end), None if unknown; `rank`, its position in the list (0 = best). A `relay` route
+    connects to a gateway daemon's relay (`endpoint`), which forwards to the peer: `via` is the
+    gateway's host URN and `via_key` its key id (the link authenticates the gateway; the
+    messages themselves are sealed for the peer)."""
 
     kind: str
     endpoint: str
@@ -381,6 +388,8 @@ class Route:
     bandwidth_mbps: float | None
     latency_us: float | None
     rank: int
+    via: str | None = None
+    via_key: str | None = None
 
 
 def _interfaces(host: Mapping[str, Any] | None) -> list[Any]:
@@ -396,8 +405,58 @@ def _loopback_net(entry: Mapping[str, Any]) -> str | None:
     return "::1/128" if parsed.version == 6 else "127.0.0.0/8"
 
 
+def _relay_port(host: Mapping[str, Any]) -> int | None:
+    port = host.get("relay_port")
+    return port if type(port) is int and 0 < port < 65536 else None
+
+
+def _host_id(urn: str) -> str:
+    return urn.rsplit(":", 1)[-1]
+
+
+def gateway_routes(my_host_urn: str | None, my_host: Mapping[str, Any] | None, peer_host_urn: str | None,
+                   peer_host: Mapping[str, Any] | None,
+                   gateways: Mapping[str, Mapping[str, Any]]) -> list[Route]:
+    """Relay routes from a host to another through gateway hosts, best first (`rank` 0-based).
+
+    `gateways` maps host URNs to their catalog values; a host is a gateway when it publishes a
+    `relay_port` (1-65535) and a `key`, and shares a network with each end (`shared_networks`
+    on `interfaces`; the two ends themselves and unknown hosts are never gateways). One route
+    per gateway: to its relay port on its address on the best network it shares with us; `net`
+    names the hop to the peer ("via gw/back": the gateway's id, then the net name or subnet of
+    the best network it shares with the peer). Bandwidth is the lower of the two hops', latency
+    their sum. Order: highest bandwidth, then lowest latency (unknown last), then host URN.
+    Pure: inputs are not modified.
+    """
+    if my_host is None or peer_host is None or my_host_urn is None or my_host_urn == peer_host_urn:
+        return []
+    found: list[tuple[tuple[bool, float, bool, float, str], Route]] = []
+    for urn, host in gateways.items():
+        if not isinstance(host, Mapping):
+            continue
+        port, key = _relay_port(host), host.get("key")
+        if urn in (my_host_urn, peer_host_urn) or port is None or not isinstance(key, str) or not key:
+            continue
+        to_gateway = _shared_pairs(_interfaces(my_host), _interfaces(host))
+        to_peer = _shared_pairs(_interfaces(host), _interfaces(peer_host))
+        if not to_gateway or not to_peer:
+            continue
+        (x, g), (g2, y) = to_gateway[0], to_peer[0]
+        bw1, lat1, _ = _pair_speed(x, g)
+        bw2, lat2, _ = _pair_speed(g2, y)
+        bandwidth = _combine(bw1, bw2, min)
+        latency = lat1 + lat2 if lat1 is not None and lat2 is not None else None
+        hop = g2.net_name if _by_name(g2, y) else str(y.network)
+        route = Route("relay", _tcp_endpoint(g.address, port), f"via {_host_id(urn)}/{hop}", bandwidth, latency, 0,
+                      via=urn, via_key=key)
+        found.append(((bandwidth is None, -(bandwidth or 0.0), latency is None, latency or 0.0, urn), route))
+    found.sort(key=lambda item: item[0])
+    return [replace(route, rank=i) for i, (_, route) in enumerate(found)]
+
+
 def choose_routes(me: ProcView, peer: ProcView, my_host: Mapping[str, Any] | None,
-                  peer_host: Mapping[str, Any] | None) -> list[Route]:
+                  peer_host: Mapping[str, Any] | None,
+                  gateways: Mapping[str, Mapping[str, Any]] | None = None) -> list[Route]:
     """The routes from `me` to `peer`, best first; each later route is a fallback.
 
     `my_host` and `peer_host` are the two hosts' catalog values (only `interfaces` is read;
@@ -410,8 +469,14 @@ def choose_routes(me: ProcView, peer: ProcView, my_host: Mapping[str, Any] | Non
     - every network the hosts share (`shared_networks` on their interfaces), fastest first:
       the peer's tcp endpoints on its address there, `net` the shared net name when both ends
       name it, else the peer's subnet in CIDR form; bandwidth and latency are the pair's;
+    - only when the hosts are different and share no network: relay routes through the
+      `gateways` (host URN -> catalog values) that share a network with each (`gateway_routes`);
     - the peer's default tcp endpoint (`ProcView.default_tcp`, loopback entries only on the
       same host), `net` None, always last when there is one.
+
+    Relay routes come before the default route: a gateway that shares a network with both ends
+    is known to reach the peer, while IP routing between hosts with no common network is a guess
+    (and where it works, the hosts usually do share a subnet or a configured net name).
 
     An endpoint appears once before the default route (at its best place); the default route
     may repeat an earlier endpoint, so every list that has a default ends with it. Loopback
@@ -426,11 +491,12 @@ def choose_routes(me: ProcView, peer: ProcView, my_host: Mapping[str, Any] | Non
         candidates.extend(("ipc", e["endpoint"], None, None, None) for e in peer.entries("ipc"))
         candidates.extend(("tcp", e["endpoint"], _loopback_net(e), None, None)
                           for e in peer.entries("tcp") if _is_loopback(e))
+    shared = _shared_pairs(_interfaces(my_host), _interfaces(peer_host))
     by_address: dict[str, list[str]] = {}
     for entry in peer.entries("tcp"):
         if not _is_loopback(entry) and isinstance(entry.get("address"), str):
             by_address.setdefault(entry["address"], []).append(entry["endpoint"])
-    for x, y in _shared_pairs(_interfaces(my_host), _interfaces(peer_host)):
+    for x, y in shared:
         bandwidth, latency, _ = _pair_speed(x, y)
         net = x.net_name if _by_name(x, y) else str(y.network)
         candidates.extend(("tcp", endpoint, net, bandwidth, latency) for endpoint in by_address.get(str(y.address), []))
@@ -440,6 +506,11 @@ def choose_routes(me: ProcView, peer: ProcView, my_host: Mapping[str, Any] | Non
         if endpoint not in seen:
             seen.add(endpoint)
             routes.append(Route(kind, endpoint, net, bandwidth, latency, len(routes)))
+    if not same_host and not shared and gateways:
+        for relay in gateway_routes(me.host, my_host, peer.host, peer_host, gateways):
+            if relay.endpoint not in seen:
+                seen.add(relay.endpoint)
+                routes.append(replace(relay, rank=len(routes)))
     default = peer.default_tcp(allow_loopback=same_host)
     if default is not None:
         routes.append(Route("tcp", default["endpoint"], None, None, None, len(routes)))

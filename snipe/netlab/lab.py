@@ -47,7 +47,14 @@ from typing import Any
 
 from snipe.netlab import procs as P
 from snipe.netlab.sh import ToolError, ns_run, run, which
-from snipe.netlab.topology import DAEMON_PORT, REPLICA_PORT, Topology, default_topology
+from snipe.netlab.topology import (
+    CATALOG_FORWARD_BASE,
+    DAEMON_PORT,
+    RELAY_PORT,
+    REPLICA_PORT,
+    Topology,
+    default_topology,
+)
 
 log = logging.getLogger("snipe.netlab")
 
@@ -285,7 +292,8 @@ class Lab:
         d = self.describe()
         env = self._env(host)
         daemons = d.get("daemons", {})
-        env.update({"SNIPE_CATALOG": ",".join(d.get("catalog", [])), "SNIPE_ADMIN_KEY": d.get("admin_key", ""),
+        catalog = d.get("catalogs", {}).get(host) or d.get("catalog", [])
+        env.update({"SNIPE_CATALOG": ",".join(catalog), "SNIPE_ADMIN_KEY": d.get("admin_key", ""),
                     "SNIPE_KEY_FILE": d.get("user_key_file", ""), "SNIPE_NETLAB_LAB": str(self.dir / "lab.json")})
         daemon = daemons.get(host) or next(iter(daemons.values()), None)
         if daemon:
@@ -317,16 +325,20 @@ class Lab:
         ids = {h.name: f"r{i + 1}" for i, h in enumerate(replica_hosts)}
         endpoints = {h.name: f"tcp://{self.topo.address(h.name, cat_net)}:{REPLICA_PORT}" for h in replica_hosts}
         catalog = [f"{endpoints[h]}#{keys['replicas'][h].key_id}" for h in endpoints]
-        daemons = {h.name: f"tcp://{self.topo.address(h.name, cat_net)}:{DAEMON_PORT}#{keys['hosts'][h.name].key_id}"
+        # A daemon host off the catalog's network reaches the replicas through port forwards on a
+        # gateway host that is on both (see _catalog_forwards); its daemon listens on its own network.
+        forwards = self._catalog_forwards(replica_hosts, endpoints)
+        catalogs = {h.name: [f"{fwd}#{keys['replicas'][r].key_id}" for r, fwd in forwards[h.name]]
+                    if h.name in forwards else catalog for h in self.topo.hosts}
+        daemons = {h.name: f"tcp://{self.topo.address(h.name, cat_net if cat_net in h.nets else h.nets[0])}:"
+                           f"{DAEMON_PORT}#{keys['hosts'][h.name].key_id}"
                    for h in self.topo.hosts if h.daemon}
-        for h in self.topo.hosts:
-            if h.daemon and cat_net not in h.nets:
-                raise LabError(f"host {h.name} runs a daemon but is not on {cat_net}, where the catalog is")
         self.state["describe"] = {
             "run": self.rid, "dir": str(self.dir), "catalog": catalog, "replica_ids": ids,
             "admin_key": keys["admin"].key_id, "admin_key_file": str(self.dir / "keys" / "admin.key"),
             "user_key": keys["user"].key_id, "user_key_file": str(self.dir / "keys" / "user.key"),
             "user_urn": "urn:snipe:user:netlab",
+            "catalogs": {h: c for h, c in catalogs.items() if h in forwards},   # hosts with their own list
             "daemons": daemons, "host_keys": {h: k.key_id for h, k in keys["hosts"].items()},
             "hosts": {h.name: {"ns": self.ns(h.name), "addresses": self.topo.addresses(h.name),
                                "replica": h.replica, "daemon": h.daemon} for h in self.topo.hosts},
@@ -348,6 +360,7 @@ class Lab:
                                str(d / "ready.json")))
         for h in replica_hosts:
             self._wait_ready(self.procs[f"replica@{h.name}"], timeout)
+        self._start_forwards(timeout)
         if daemons:
             self.agent(["admit"], timeout=timeout)
         for h in self.topo.hosts:
@@ -362,7 +375,9 @@ class Lab:
                     "--key-file", str(d / "host.key"), "--admin-key", keys["admin"].key_id,
                     "--lease", str(self.topo.lease_s), "--ready-file", str(d / "ready.json"),
                     "--log-level", self.log_level]
-            for c in catalog:
+            if h.relay:
+                argv += ["--relay", f"tcp://0.0.0.0:{RELAY_PORT}"]
+            for c in catalogs[h.name]:
                 argv += ["--catalog", c]
             for net_name in h.nets:
                 net = self.topo.net(net_name)
@@ -374,6 +389,47 @@ class Lab:
             if p.kind == "daemon":
                 self._wait_ready(p, timeout)
         self._save()
+
+    def _catalog_forwards(self, replica_hosts: list[Any], endpoints: dict[str, str]
+                          ) -> dict[str, list[tuple[str, str]]]:
+        """For each daemon host not on the catalog's network: [(replica host, forwarded endpoint)],
+        the forwards running on a gateway host that shares a network with it and is on the
+        catalog's network (port CATALOG_FORWARD_BASE + k for replica k)."""
+        cat_net = self.topo.catalog_net
+        out: dict[str, list[tuple[str, str]]] = {}
+        forwards: set[tuple[str, str, str]] = set()
+        for h in self.topo.hosts:
+            if not h.daemon or cat_net in h.nets:
+                continue
+            gateway = next(((g, n) for g in self.topo.hosts if cat_net in g.nets
+                            for n in h.nets if n in g.nets), None)
+            if gateway is None:
+                raise LabError(f"host {h.name} runs a daemon but is not on {cat_net}, where the catalog is, "
+                               f"and no host on {cat_net} shares a network with it")
+            g, net = gateway
+            address = self.topo.address(g.name, net)
+            out[h.name] = [(r.name, f"tcp://{address}:{CATALOG_FORWARD_BASE + k}")
+                           for k, r in enumerate(replica_hosts)]
+            for k, r in enumerate(replica_hosts):
+                forwards.add((g.name, f"{address}:{CATALOG_FORWARD_BASE + k}", endpoints[r.name].split("://", 1)[1]))
+        self.state["forwards"] = sorted(forwards)      # (gateway host, listen, replica's endpoint)
+        return out
+
+    def _start_forwards(self, timeout: float) -> None:
+        """One forwarder process per gateway host, for every replica endpoint forwarded there."""
+        by_gateway: dict[str, list[str]] = {}
+        for gw, listen, target in self.state.get("forwards", []):
+            by_gateway.setdefault(gw, []).append(f"{listen}={target}")
+        d = self.dir / "forwards"
+        for gw, pairs in sorted(by_gateway.items()):
+            d.mkdir(parents=True, exist_ok=True)
+            argv = [sys.executable, "-m", "snipe.netlab.relay", "--delay-ms", "0", "--mark", hex(RELAY_MARK),
+                    "--ready-file", str(d / f"{gw}.ready")]
+            for pair in pairs:
+                argv += ["--forward", pair]
+            name = f"forward@{gw}"
+            self._spawn(P.Proc(name, "forward", gw, argv, str(d / f"{gw}.log"), str(d / f"{gw}.ready")))
+            self._wait_ready(self.procs[name], timeout)
 
     def _daemon_toml(self, host: str) -> str:
         lines = ["[daemon]", ""]

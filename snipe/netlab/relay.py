@@ -18,6 +18,11 @@ by TCP's resequencing); what an application can see is data sent on a later conn
 reconnect or a route change) overtaking data still held on an earlier one, and that is what the
 jitter produces. Queues are bounded (`--max-buffer` bytes per direction): a full queue stops
 reading, so back-pressure reaches the sender as it would on a slow link.
+
+Forwarding (not transparent): `--forward LISTEN_ADDR:PORT=TARGET_ADDR:PORT` (repeatable) listens
+there and copies every connection to the fixed target, with no delay unless one is given. The
+harness runs it on a gateway host so a host reachable only through that gateway can reach the
+catalog replicas (CurveZMQ inside is untouched: the forwarder sees ciphertext only).
 """
 
 from __future__ import annotations
@@ -99,13 +104,13 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay
 
 
 async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, args: argparse.Namespace,
-                 stats: Stats) -> None:
+                 stats: Stats, target: tuple[str, int] | None = None) -> None:
     sock = client_w.get_extra_info("socket")
     stats.connections += 1
     stats.active += 1
     try:
         try:
-            dst = original_destination(sock)
+            dst = target or original_destination(sock)
         except OSError:
             stats.failed += 1
             return
@@ -132,8 +137,13 @@ async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
 
 async def main_async(args: argparse.Namespace) -> None:
     stats = Stats()
-    server = await asyncio.start_server(lambda r, w: handle(r, w, args, stats), "0.0.0.0", args.port,
-                                        reuse_address=True)
+    servers = []
+    if args.port is not None:
+        servers.append(await asyncio.start_server(lambda r, w: handle(r, w, args, stats), "0.0.0.0", args.port,
+                                                  reuse_address=True))
+    for listen, target in args.forward:
+        servers.append(await asyncio.start_server(lambda r, w, t=target: handle(r, w, args, stats, t), listen[0],
+                                                  listen[1], reuse_address=True))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -149,12 +159,29 @@ async def main_async(args: argparse.Namespace) -> None:
         if args.stats_file:
             with contextlib.suppress(OSError):
                 Path(args.stats_file).write_text(json.dumps(vars(stats)))
-    server.close()
+    for server in servers:
+        server.close()
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ADDRESS:PORT")
+    return host, int(port)
+
+
+def _forward(text: str) -> tuple[tuple[str, int], tuple[str, int]]:
+    listen, sep, target = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LISTEN_ADDR:PORT=TARGET_ADDR:PORT")
+    return _address(listen), _address(target)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="snipe-netlab-relay", description=__doc__.split("\n")[0])
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port", type=int, help="the transparent relay's port (nftables redirects to it)")
+    ap.add_argument("--forward", action="append", default=[], type=_forward,
+                    help="LISTEN_ADDR:PORT=TARGET_ADDR:PORT, a plain port forward (repeatable)")
     ap.add_argument("--delay-ms", type=float, default=50.0)
     ap.add_argument("--jitter-ms", type=float, default=0.0)
     ap.add_argument("--mark", type=lambda s: int(s, 0), default=0x5A1)
@@ -164,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ready-file")
     ap.add_argument("--stats-file")
     args = ap.parse_args(argv)
+    if args.port is None and not args.forward:
+        ap.error("give --port (transparent relay) or --forward (port forwards), or both")
     asyncio.run(main_async(args))
     return 0
 

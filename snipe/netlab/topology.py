@@ -4,13 +4,15 @@ The default topology (`default_topology()`):
 
     public   10.201.1.0/24  every host but `far`                       1 Gbit/s, 200 us advertised
     fastnet  10.201.2.0/24  h1, h2 (SNIPE net name "fastnet")         10 Gbit/s,  20 us advertised
-    back     10.201.3.0/24  gw, far (far is reachable only through gw) 1 Gbit/s, 200 us advertised
+    back     10.201.3.0/24  gw, far (net name "back"; far only through gw) 1 Gbit/s, 200 us advertised
 
     h1   public+fastnet   rcds-server r1, snipe-daemon
     h2   public+fastnet   rcds-server r2, snipe-daemon
     h3   public           rcds-server r3, snipe-daemon
-    gw   public+back      snipe-daemon (the gateway host; IP forwarding off unless asked)
-    far  back             nothing by default (it cannot reach the catalog without a gateway)
+    gw   public+back      snipe-daemon relaying messages (the gateway host; IP forwarding off unless asked)
+    far  back             nothing by default; with `far=True` a snipe-daemon, which reaches the
+                          catalog through port forwards the harness runs on gw (its messages to
+                          other hosts go through gw's relay)
     ctl  public           no service: where drivers and people's commands run
 
 Host i (0-based, in list order) gets address .(10 + i) on each of its networks.
@@ -25,6 +27,8 @@ from typing import Any
 BASE_PREFIX = "10.201.0.0/16"
 REPLICA_PORT = 7301
 DAEMON_PORT = 7400
+RELAY_PORT = 7401                    # a relaying daemon's gateway relay
+CATALOG_FORWARD_BASE = 7310          # on a gateway host: port 7310 + k forwards to replica k (k from 0)
 
 
 @dataclass
@@ -47,6 +51,7 @@ class HostSpec:
     replica: bool = False
     daemon: bool = False
     ip_forward: bool = False         # the gateway may forward at IP level; off unless asked
+    relay: bool = False              # its daemon relays messages for hosts that share no network
 
 
 @dataclass
@@ -130,20 +135,21 @@ def default_nets() -> list[NetSpec]:
     return [
         NetSpec("public", "10.201.1.0/24", None, 1000, 200),
         NetSpec("fastnet", "10.201.2.0/24", "fastnet", 10000, 20),
-        NetSpec("back", "10.201.3.0/24", None, 1000, 200),
+        NetSpec("back", "10.201.3.0/24", "back", 1000, 200),
     ]
 
 
 def default_topology(*, daemons: bool = True, replicas: int = 3, lease_s: float = 3.0,
-                     anti_entropy_s: float = 0.3) -> Topology:
-    """h1..h3 (replicas and daemons, h1 and h2 on fastnet), gw (daemon, public+back), far
-    (back only), ctl (client only). `replicas` < 3 leaves the later hosts without one."""
+                     anti_entropy_s: float = 0.3, far: bool = False) -> Topology:
+    """h1..h3 (replicas and daemons, h1 and h2 on fastnet), gw (relaying daemon, public+back),
+    far (back only; a daemon too if `far`), ctl (client only). `replicas` < 3 leaves the later
+    hosts without one."""
     hosts = [
         HostSpec("h1", ["public", "fastnet"], replica=replicas >= 1, daemon=daemons),
         HostSpec("h2", ["public", "fastnet"], replica=replicas >= 2, daemon=daemons),
         HostSpec("h3", ["public"], replica=replicas >= 3, daemon=daemons),
-        HostSpec("gw", ["public", "back"], daemon=daemons),
-        HostSpec("far", ["back"]),
+        HostSpec("gw", ["public", "back"], daemon=daemons, relay=daemons),
+        HostSpec("far", ["back"], daemon=daemons and far),
         HostSpec("ctl", ["public"]),
     ]
     return Topology(default_nets(), hosts, lease_s=lease_s, anti_entropy_s=anti_entropy_s)

@@ -7,6 +7,8 @@ is not). Every loop is bounded in count and time.
     driver.py catalog-write --dir D --seconds S     sequential catalog writes; progress + acked list
     driver.py catalog-verify --dir D --since T      convergence time, then every acked write on every replica
     driver.py unicast --dir D --n N ...             spawn a receiver and a sender task, wait for both
+                                                    (--receiver-urn: the receiver runs already)
+    driver.py receiver --dir D --n N --host H       spawn a receiver task on H, say its URN, wait for it
     driver.py host-loss --dir D --host H            spawn a sleeper on H, follow its events to host-lost
     driver.py host-after --dir D --host H ...       after the heal: state, events, duplicates
 """
@@ -131,7 +133,8 @@ def unicast(args: argparse.Namespace) -> dict[str, Any]:
     rx_code = snipe.publish(TASKS / "receiver.py")
     tx_code = snipe.publish(TASKS / "sender.py")
     t0 = time.time()
-    rx = snipe.spawn(rx_code, args.n, str(out / "receiver.json"), host=args.receiver_host)
+    rx = snipe.Process(args.receiver_urn) if args.receiver_urn else \
+        snipe.spawn(rx_code, args.n, str(out / "receiver.json"), host=args.receiver_host)
     deadline = time.monotonic() + 60
     while not _listening(rx.urn):
         if time.monotonic() > deadline:
@@ -141,10 +144,26 @@ def unicast(args: argparse.Namespace) -> dict[str, Any]:
                      str(out / "sender.json"), host=args.sender_host)
     write(out / "spawned.json", {"sender": tx.urn, "receiver": rx.urn, "t": time.time()})
     tx_done = tx.wait(args.timeout)
+    if args.receiver_urn:               # its daemon is on a host we may not reach: its driver waits for it
+        return {"sender_exit": tx_done.get("exit_code"), "sender_stderr": tx_done.get("stderr_tail", "")[-1500:],
+                "wall_s": round(time.time() - t0, 3)}
     rx_done = rx.wait(30)
     return {"sender_exit": tx_done.get("exit_code"), "receiver_exit": rx_done.get("exit_code"),
             "sender_stderr": tx_done.get("stderr_tail", "")[-1500:],
             "receiver_stderr": rx_done.get("stderr_tail", "")[-1500:], "wall_s": round(time.time() - t0, 3)}
+
+
+def receiver(args: argparse.Namespace) -> dict[str, Any]:
+    """Spawn the receiver task on this host's daemon (for a host other drivers cannot reach)."""
+    import snipe
+
+    out = Path(args.dir)
+    snipe.init()
+    rx = snipe.spawn(snipe.publish(TASKS / "receiver.py"), args.n, str(out / "receiver.json"), host=args.host)
+    write(out / "receiver-spawned.json", {"urn": rx.urn, "t": time.time()})
+    done = rx.wait(args.timeout)
+    return {"receiver": rx.urn, "receiver_exit": done.get("exit_code"),
+            "receiver_stderr": done.get("stderr_tail", "")[-1500:]}
 
 
 # --- case 5: a host partitioned away ----------------------------------------------------------------------
@@ -222,8 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval-ms", type=float, default=2.0)
     p.add_argument("--sender-host", default="h1")
     p.add_argument("--receiver-host", default="h2")
+    p.add_argument("--receiver-urn")
     p.add_argument("--timeout", type=float, default=180.0)
     p.set_defaults(func=unicast)
+    p = sub.add_parser("receiver")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--n", type=int, default=3000)
+    p.add_argument("--host", required=True)
+    p.add_argument("--timeout", type=float, default=240.0)
+    p.set_defaults(func=receiver)
     p = sub.add_parser("host-loss")
     p.add_argument("--dir", required=True)
     p.add_argument("--host", default="h3")

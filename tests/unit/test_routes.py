@@ -550,6 +550,62 @@ def test_routes_are_values():
         routes[0].rank = 5  # type: ignore[misc]
 
 
+# --- gateways (relay routes) ----------------------------------------------------------------------
+
+# h1 is on public; far only on back; gw is on both and relays; gw2 too, slower to far; h3 only on public
+H1 = "urn:snipe:host:h1"
+FAR = "urn:snipe:host:far"
+H1_HOST = {"interfaces": [iface("10.201.1.10", "10.201.1.0/24", bandwidth_mbps=1000.0, latency_us=200.0)]}
+FAR_HOST = {"interfaces": [iface("10.201.3.14", "10.201.3.0/24", net_name="back", bandwidth_mbps=1000.0,
+                                 latency_us=200.0)]}
+GW_HOST = {"relay_port": 7401, "key": "ab" * 32, "interfaces": [
+    iface("10.201.1.13", "10.201.1.0/24", bandwidth_mbps=1000.0, latency_us=200.0),
+    iface("10.201.3.13", "10.201.3.0/24", net_name="back", bandwidth_mbps=1000.0, latency_us=200.0)]}
+GW2_HOST = {"relay_port": 7401, "key": "cd" * 32, "interfaces": [
+    iface("10.201.1.15", "10.201.1.0/24", bandwidth_mbps=1000.0, latency_us=200.0),
+    iface("10.201.3.15", "10.201.3.0/24", net_name="back", bandwidth_mbps=100.0, latency_us=900.0)]}
+FAR_PROC = proc("urn:snipe:proc:f", FAR, "f1", advertised_comm(PORT, None, FAR_HOST["interfaces"]))
+H1_PROC = proc("urn:snipe:proc:h", H1, "h1", advertised_comm(PORT, None, H1_HOST["interfaces"]))
+
+
+def test_no_shared_network_goes_through_the_gateways_best_first_before_the_default():
+    gateways = {"urn:snipe:host:gw2": GW2_HOST, "urn:snipe:host:gw": GW_HOST}
+    routes = choose_routes(H1_PROC, FAR_PROC, H1_HOST, FAR_HOST, gateways)
+    assert lines(routes) == [
+        ("relay", "tcp://10.201.1.13:7401", "via gw/back"),
+        ("relay", "tcp://10.201.1.15:7401", "via gw2/back"),
+        ("tcp", "tcp://10.201.3.14:40123", None),
+    ]
+    assert (routes[0].via, routes[0].via_key) == ("urn:snipe:host:gw", "ab" * 32)
+    assert (routes[0].bandwidth_mbps, routes[0].latency_us) == (1000.0, 400.0)
+    assert (routes[1].bandwidth_mbps, routes[1].latency_us) == (100.0, 1100.0)
+    # and the other way: far reaches gw on back, and the hop to h1 is named by its subnet
+    back = choose_routes(FAR_PROC, H1_PROC, FAR_HOST, H1_HOST, {"urn:snipe:host:gw": GW_HOST})
+    assert lines(back)[0] == ("relay", "tcp://10.201.3.13:7401", "via gw/10.201.1.0/24")
+
+
+def test_gateways_are_not_used_when_a_network_is_shared_or_on_the_same_host():
+    gateways = {"urn:snipe:host:gw": GW_HOST}
+    assert all(r.kind != "relay" for r in choose_routes(P, Q, A_HOST, B_HOST, gateways))
+    local = proc("urn:snipe:proc:f2", FAR, "f2", advertised_comm(PORT, "/run/f2.sock", FAR_HOST["interfaces"]))
+    assert all(r.kind != "relay" for r in choose_routes(FAR_PROC, local, FAR_HOST, FAR_HOST, gateways))
+
+
+def test_what_is_not_a_usable_gateway():
+    def relays(gateways: dict[str, Any]) -> list[str]:
+        return [r.endpoint for r in choose_routes(H1_PROC, FAR_PROC, H1_HOST, FAR_HOST, gateways) if r.kind == "relay"]
+
+    assert relays({}) == []
+    assert relays({"urn:snipe:host:gw": {**GW_HOST, "relay_port": None}}) == []          # does not relay
+    assert relays({"urn:snipe:host:gw": {**GW_HOST, "relay_port": 70000}}) == []
+    assert relays({"urn:snipe:host:gw": {**GW_HOST, "relay_port": True}}) == []
+    assert relays({"urn:snipe:host:gw": {**GW_HOST, "key": None}}) == []                 # no key to check it by
+    assert relays({"urn:snipe:host:gw": {**GW_HOST, "interfaces": GW_HOST["interfaces"][:1]}}) == []  # not on back
+    assert relays({"urn:snipe:host:gw": "junk", FAR: GW_HOST, H1: GW_HOST}) == []        # junk, or an end itself
+    assert relays({"urn:snipe:host:gw": GW_HOST}) == ["tcp://10.201.1.13:7401"]
+    assert choose_routes(H1_PROC, FAR_PROC, None, FAR_HOST, {"urn:snipe:host:gw": GW_HOST})[0].kind == "tcp"
+
+
 # --- choose_routes: properties --------------------------------------------------------------------
 
 SUBNETS = ["10.1.0", "10.2.0", "192.168.7"]

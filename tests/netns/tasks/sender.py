@@ -31,7 +31,7 @@ def note(i):
     st = snipe.messaging_stats().get(peer, {})
     r = st.get("route")
     if r and (not routes or routes[-1][1] != r):
-        routes.append([i, r, round(time.time() - t0, 3)])
+        routes.append([i, r, round(time.time() - t0, 3), st.get("route_net")])
     return st
 
 
