@@ -9,6 +9,8 @@ is not). Every loop is bounded in count and time.
     driver.py unicast --dir D --n N ...             spawn a receiver and a sender task, wait for both
                                                     (--receiver-urn: the receiver runs already)
     driver.py receiver --dir D --n N --host H       spawn a receiver task on H, say its URN, wait for it
+    driver.py mcast-member --dir D --group G --n N  a plain process (not a task) in a group: counts per sender
+    driver.py mcast-sender --dir D --group G --n N  waits for two routers and go.json, then multicasts N
     driver.py host-loss --dir D --host H            spawn a sleeper on H, follow its events to host-lost
     driver.py host-after --dir D --host H ...       after the heal: state, events, duplicates
 """
@@ -16,6 +18,7 @@ is not). Every loop is bounded in count and time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -166,6 +169,117 @@ def receiver(args: argparse.Namespace) -> dict[str, Any]:
             "receiver_stderr": done.get("stderr_tail", "")[-1500:]}
 
 
+# --- case 3: multicast -------------------------------------------------------------------------------------
+_last_routers: list[str] = []
+
+
+def _routers(group: str) -> list[str]:
+    """The group's live routers (one replica's answer: one may be partitioned away); the last
+    answer if no replica answers in time."""
+    import snipe
+    from snipe.multicast.groups import live_routers
+
+    global _last_routers
+    c = snipe.catalog()
+    c.invalidate(group)
+    with contextlib.suppress(SnipeError):
+        _last_routers = sorted(live_routers(c.get(group, r=1, timeout=1.0), now_ms()))
+    return _last_routers
+
+
+def mcast_member(args: argparse.Namespace) -> dict[str, Any]:
+    """A member that is a plain process, not a daemon's task, so a daemon whose lease lapses (a
+    partitioned host) does not stop it (case 5's fencing): it must catch up after the heal, or
+    be told explicitly what it lost. Per sender, payloads carry 0, 1, 2, ...; a reported hole
+    advances the expected number by its size."""
+    import re
+
+    import snipe
+
+    out = Path(args.dir) / f"member-{args.name}.json"
+    snipe.init()
+    routers = snipe.join(args.group)
+    state: dict[str, Any] = {"name": args.name, "me": snipe.me(), "joined_routers": routers, "received": 0,
+                             "duplicates": 0, "gaps": 0, "lost_reported": 0, "holes": [], "done": False}
+    expected: dict[str, int] = {}
+    write(out, state)
+    t0 = time.monotonic()
+    last_write = 0.0
+    while time.monotonic() - t0 < args.timeout and state["received"] + state["lost_reported"] < args.n:
+        m = snipe.recv(timeout=0.5)
+        now = time.monotonic()
+        if m is not None:
+            if m.failed:
+                hit = re.search(r"messages (\d+)\.\.(\d+)", m.reason or "")
+                size = int(hit.group(2)) - int(hit.group(1)) + 1 if hit else 0
+                state["lost_reported"] += size
+                state["holes"].append({"from": m.source, "reason": m.reason, "at_s": round(now - t0, 3)})
+                expected[m.source] = expected.get(m.source, 0) + size
+            else:
+                i = int.from_bytes(bytes(m.payload[:8]), "big")
+                want = expected.get(m.source, 0)
+                state["received"] += 1
+                if i < want:
+                    state["duplicates"] += 1
+                elif i > want:
+                    state["gaps"] += i - want
+                expected[m.source] = max(want, i + 1)
+                state.setdefault("first_at", time.time())
+                state["last_at"] = time.time()
+        if now - last_write > 0.2:
+            last_write = now
+            write(out, state)
+    state["done"] = True
+    state["senders"] = len(expected)
+    write(out, state)
+    return state
+
+
+def mcast_sender(args: argparse.Namespace) -> dict[str, Any]:
+    """Wait for the group's two routers (written to routers.json), then for the test's go.json,
+    then multicast N numbered messages at a steady pace, noting the live routers as it goes."""
+    import snipe
+
+    out = Path(args.dir)
+    snipe.init()
+    deadline = time.monotonic() + 60
+    while len(_routers(args.group)) < 2:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the group has routers {_routers(args.group)} after 60 s, not two")
+        time.sleep(0.1)
+    write(out / "routers.json", {"routers": _routers(args.group), "me": snipe.me()})
+    while not (out / "go.json").exists():
+        if time.monotonic() > deadline + 60:
+            raise SystemExit("no go.json from the test")
+        time.sleep(0.05)
+    t0 = time.time()
+    seen: list[list[Any]] = [[0, _routers(args.group), 0.0]]
+    pad = b"m" * 56
+    due = time.monotonic()
+    for i in range(args.n):
+        snipe.mcast(args.group, i.to_bytes(8, "big") + pad)
+        if i % 50 == 0:
+            now_routers = _routers(args.group)
+            if now_routers != seen[-1][1]:
+                seen.append([i, now_routers, round(time.time() - t0, 3)])
+            write(out / "mcast-progress.json", {"sent": i + 1, "t": time.time(), "routers": seen})
+        due += args.interval_ms / 1000.0
+        if (wait := due - time.monotonic()) > 0:
+            time.sleep(wait)
+    result = {"sent": args.n, "send_s": round(time.time() - t0, 3), "routers": seen,
+              "stats": snipe.messaging_stats()}
+    # the hops to the routers settle (acknowledged, or given up for a router that died): bounded
+    end = time.monotonic() + 30
+    while time.monotonic() < end and any(v.get("in_flight") for v in snipe.messaging_stats().values()):
+        time.sleep(0.1)
+    result["stats"] = snipe.messaging_stats()
+    final = _routers(args.group)
+    if final != seen[-1][1]:
+        seen.append([args.n, final, round(time.time() - t0, 3)])
+    write(out / "mcast-sender.json", result)
+    return {k: v for k, v in result.items() if k != "stats"}
+
+
 # --- case 5: a host partitioned away ----------------------------------------------------------------------
 def host_loss(args: argparse.Namespace) -> dict[str, Any]:
     import snipe
@@ -250,6 +364,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", required=True)
     p.add_argument("--timeout", type=float, default=240.0)
     p.set_defaults(func=receiver)
+    p = sub.add_parser("mcast-member")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--group", required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.set_defaults(func=mcast_member)
+    p = sub.add_parser("mcast-sender")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--group", required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--interval-ms", type=float, default=2.5)
+    p.set_defaults(func=mcast_sender)
     p = sub.add_parser("host-loss")
     p.add_argument("--dir", required=True)
     p.add_argument("--host", default="h3")

@@ -2,9 +2,8 @@
 and cut links, with every participant inside a namespace. Each case reports what was sent,
 acknowledged, delivered and lost, and how long things took.
 
-Cases 3 (multicast) and 4 (migration) and routing through the gateway host wait for those
-features; the default topology already has the gateway host (`gw`, on public and back) and a
-host reachable only through it (`far`).
+Case 4 (migration) belongs with the migration work; routing through the gateway host is in
+test_gateway.py.
 """
 
 from __future__ import annotations
@@ -179,6 +178,106 @@ def test_unicast_uses_the_private_net_then_falls_back_to_public_when_it_is_cut(u
     assert not early, f"the sender left fastnet before it was cut: {routes}"
     assert _on(f["route_before_cut"], fast), f
     assert _on(routes[-1][1], public), f"not on public after fastnet was cut: {routes}"
+
+
+# --- case 3 ---------------------------------------------------------------------------------------------
+MCAST_N = 4000
+MCAST_HOSTS = ("h1", "h2", "h3", "gw")
+
+
+@pytest.fixture(scope="module")
+def mcast_partition_run(request: pytest.FixtureRequest, stale_cleaned: dict[str, Any],
+                        report: Callable[[str, dict[str, Any]], None]) -> Iterator[dict[str, Any]]:
+    """One member on each of h1, h2, h3 and gw (plain processes, so a daemon that fences its
+    tasks after its lease lapses leaves them be); the group elects two routers; a sender on h1
+    multicasts 4000 numbered messages (one per 2.5 ms). A quarter of the way in, the host of a
+    router other than h1 is partitioned away, until the sender sees a new router elected in
+    its place; then healed."""
+    with lab_scope(request) as make:
+        yield _mcast_partition(make(default_topology()), report)
+
+
+def _mcast_partition(lab: Lab, report: Callable[[str, dict[str, Any]], None]) -> dict[str, Any]:
+    work = lab.dir / "case3"
+    work.mkdir()
+    group, n = f"urn:snipe:group:case3-{lab.rid}", MCAST_N
+    procs: dict[str, subprocess.Popen[str]] = {}
+    timeline: list[dict[str, Any]] = []
+    t0 = time.time()
+
+    def mark(what: str, **kw: Any) -> None:
+        timeline.append({"t": round(time.time() - t0, 2), "what": what, **kw})
+
+    try:
+        for h in MCAST_HOSTS:
+            procs[h] = lab.popen(h, driver_argv("mcast-member", "--dir", work, "--group", group, "--n", n,
+                                                "--name", h, "--timeout", 180))
+        for h in MCAST_HOSTS:
+            wait_file(work / f"member-{h}.json", timeout=90, proc=procs[h], what=f"the member on {h} to join")
+        sender = procs["sender"] = lab.popen("h1", driver_argv("mcast-sender", "--dir", work, "--group", group,
+                                                               "--n", n, "--interval-ms", 2.5))
+        routers = wait_file(work / "routers.json", timeout=90, proc=sender, what="two routers")["routers"]
+        victim_urn = next(r for r in routers if r != "urn:snipe:host:h1")
+        victim = victim_urn.rsplit(":", 1)[1]
+        (work / "go.json").write_text("{}")
+        mark("stream starts", routers=routers)
+        wait_file(work / "mcast-progress.json", lambda v: v["sent"] >= n // 4, 90, sender, "a quarter sent")
+        part = lab.partition([victim])
+        part_at = time.time()
+        mark(f"partition {victim} (a router's host)")
+
+        def replaced(v: dict[str, Any]) -> bool:
+            now = v["routers"][-1][1]
+            return (victim_urn not in now and len(now) >= 2) or (work / "mcast-sender.json").exists()
+
+        wait_file(work / "mcast-progress.json", replaced, 60, sender, "a new router")
+        elected_at = time.time()
+        mark("the sender sees a new router", routers=read_json(work / "mcast-progress.json")["routers"][-1][1])
+        lab.heal(part)
+        heal_at = time.time()
+        mark("healed")
+        sent = _finish(sender, 120)
+        got = {h: _finish(procs[h], 200) for h in MCAST_HOSTS}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    tx = read_json(work / "mcast-sender.json")
+    hops = {urn: {"sent": v.get("sent"), "acked": v.get("acked")} for urn, v in tx.get("stats", {}).items()
+            if "sent" in v}
+    members = {h: {"inside_partition": h == victim, "delivered": g["received"], "lost": n - g["received"],
+                   "lost_reported": g["lost_reported"], "duplicates": g["duplicates"], "gaps": g["gaps"],
+                   "senders": g.get("senders"), "holes": g["holes"][:3],
+                   "done_after_heal_s": round(g["last_at"] - heal_at, 3) if g.get("last_at") else None}
+               for h, g in got.items()}
+    facts = {"n": n, "sent": sent["sent"], "acknowledged_by_router_hops": hops, "members": members,
+             "victim": victim, "routers_seen_by_sender": sent["routers"], "timeline": timeline,
+             "new_router_seen_after_s": round(elected_at - part_at, 3), "partition_s": round(heal_at - part_at, 3),
+             "send_s": sent["send_s"]}
+    report("case3 multicast, a router's host partitioned", facts)
+    return facts
+
+
+def test_members_outside_the_partition_get_everything_once_in_order(mcast_partition_run: dict[str, Any]) -> None:
+    f = mcast_partition_run
+    for h, m in f["members"].items():
+        if not m["inside_partition"]:
+            assert (m["delivered"], m["lost_reported"], m["duplicates"], m["gaps"]) == (f["n"], 0, 0, 0), (h, f)
+
+
+def test_a_new_router_replaces_the_partitioned_one(mcast_partition_run: dict[str, Any]) -> None:
+    f = mcast_partition_run
+    victim, seen = f"urn:snipe:host:{f['victim']}", f["routers_seen_by_sender"]
+    first = set(seen[0][1])
+    assert victim in first, f
+    assert any(victim not in r and len(r) >= 2 and set(r) - first for _, r, _ in seen), f
+
+
+def test_members_inside_the_partition_catch_up_or_report_the_loss(mcast_partition_run: dict[str, Any]) -> None:
+    f = mcast_partition_run
+    inside = f["members"][f["victim"]]
+    assert inside["duplicates"] == 0 and inside["gaps"] == 0, f
+    assert inside["delivered"] + inside["lost_reported"] == f["n"], f
 
 
 # --- case 5 ---------------------------------------------------------------------------------------------
