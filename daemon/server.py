@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import shutil
 import signal as signals
 import sys
@@ -30,10 +31,12 @@ from snipe_daemon.mcast import GroupRouter
 from snipe_daemon.pool import WarmPool, reap_orphans
 from snipe_daemon.relay import Relay
 from snipe_daemon.state import DaemonState
+from snipe_daemon.takeover import TakeoverWatcher
 from snipe_daemon.tasks import Quota, TaskEvent, TaskRunner
 
 from snipe import authority
 from snipe.admission import CatalogAdmission
+from snipe.assertion import make_assertion
 from snipe.catalog.client import CatalogClient
 from snipe.code import CodeCache, entry_argv
 from snipe.daemonclient import PROTOCOL, VERSION, VERSIONS, DaemonClient
@@ -47,6 +50,8 @@ from snipe.errors import (
 )
 from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint
+from snipe.replication.sealed import seal, unseal
+from snipe.replication.takeover import Claim
 from snipe.transport import KeyGate, sender_key, server_socket
 from snipe.urn import new_urn, validate_urn
 from snipe.wire import Envelope, check_version, decode, encode, field_of
@@ -57,6 +62,8 @@ TICK_S = 0.1
 MANIFEST_TTL_S = 10.0          # how long a verified code manifest is trusted without asking the catalog again
 REAP_S = 1.0                   # how often orphans adopted as subreaper are collected
 MAX_EVENTS_KEPT = 64
+MAX_FILE_BYTES = 1 << 30       # a stored blob (a checkpoint) at most this big
+RESTART_POLICIES = ("on-host-failure",)
 
 
 @dataclass
@@ -98,6 +105,9 @@ class Daemon:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.state = DaemonState(cfg.state_dir / "state")
         self.codes = CodeCache(cfg.state_dir / "code")
+        self.files = CodeCache(cfg.state_dir / "files", kind="file")     # checkpoints others stored here
+        self.takeovers: queue.Queue[tuple[Claim, dict[str, Any]]] = queue.Queue()
+        self.task_keys: dict[str, Identity] = {}    # tasks taken over: their key signs their catalog entry
         self._manifests: dict[str, tuple[float, dict[str, Any]]] = {}   # code URN -> (good until, manifest)
         self._next_reap = 0.0
         self.tasks_dir = cfg.state_dir / "tasks"
@@ -135,6 +145,9 @@ class Daemon:
             self.relay.start()
         self.groups = GroupRouter(cfg.host_urn, cfg.address, self.catalog, self.endpoint, cfg.lease_s)
         self.next_lease = time.monotonic() + cfg.lease_s / 3
+        self.watcher = TakeoverWatcher(cfg.host_urn, cfg.identity, cfg.catalog, cfg.admin_key,
+                                       lambda claim, values: self.takeovers.put((claim, values)))
+        self.watcher.start()
 
     # --- admission ----------------------------------------------------------------------------
     def _check_host_admitted(self) -> None:
@@ -169,6 +182,7 @@ class Daemon:
         self._publish_host()
 
     def close(self) -> None:
+        self.watcher.stop()
         self.endpoint.close()
         if self.relay is not None:
             self.relay.close()
@@ -186,6 +200,12 @@ class Daemon:
 
     def _tick(self, now: float) -> None:
         self._poll_tasks()
+        while not self.takeovers.empty():
+            claim, values = self.takeovers.get_nowait()
+            try:
+                self._take_over(claim, values)
+            except SnipeError as exc:
+                log.warning("could not take over %s: %s", claim.urn, exc)
         self.pool.refill()
         if self.pool.fork and now >= self._next_reap:
             self._next_reap = now + REAP_S
@@ -283,6 +303,30 @@ class Daemon:
                 if blob is None:
                     raise NotFound(f"this daemon does not hold code {urn}")
                 self._reply(client, env.reply(urn=urn), [blob])
+            case "put-file":
+                urn = validate_urn(field_of(env, "urn", str))
+                if len(frames) != 1 or len(frames[0]) > MAX_FILE_BYTES:
+                    raise SnipeError(f"put-file carries the blob as one frame of at most {MAX_FILE_BYTES} bytes")
+                self.files.put_blob(frames[0], urn)       # verifies the hash against the URN
+                keys = self.state.get_meta(f"file:{urn}", [])
+                if key not in keys:
+                    self.state.set_meta(f"file:{urn}", [*keys, key])
+                self._reply(client, env.reply(urn=urn, host=self.cfg.host_urn))
+            case "get-file":
+                urn = validate_urn(field_of(env, "urn", str))
+                blob = self.files.get_blob(urn)
+                if blob is None:
+                    raise NotFound(f"{self.cfg.host_urn} does not hold {urn}")
+                self._reply(client, env.reply(urn=urn), [blob])
+            case "drop-file":
+                urn = validate_urn(field_of(env, "urn", str))
+                keys = [k for k in self.state.get_meta(f"file:{urn}", []) if k != key]
+                if keys == self.state.get_meta(f"file:{urn}", []) and keys:
+                    raise NotAuthorized(f"{urn} was stored here by other keys; only they may drop it")
+                self.state.set_meta(f"file:{urn}", keys)
+                if not keys:
+                    self.files.drop_blob(urn)
+                self._reply(client, env.reply())
             case "mcast-join":
                 routers = self.groups.join(field_of(env, "group", str), validate_urn(field_of(env, "member", str)))
                 self._reply(client, env.reply(routers=routers))
@@ -303,8 +347,8 @@ class Daemon:
                                               tasks=len([t for t in self.tasks.values() if t["state"] == "running"])))
             case _:
                 raise UnknownRequest(f"daemon/1 has no request {env.kind!r}; it has hello, spawn, status, wait, "
-                                     "kill, signal, suspend, resume, ps, put-code, get-code, drain, mcast-join, "
-                                     "mcast-leave, mcast-status, relay-status")
+                                     "kill, signal, suspend, resume, ps, put-code, get-code, put-file, get-file, "
+                                     "drop-file, drain, mcast-join, mcast-leave, mcast-status, relay-status")
 
     def _known(self, env: Envelope) -> str:
         urn = validate_urn(field_of(env, "urn", str))
@@ -392,6 +436,12 @@ class Daemon:
         extra_env = field_of(env, "env", dict, {})
         quota = Quota.from_value(field_of(env, "quota", dict, {}))
         notify = [validate_urn(u) for u in field_of(env, "notify", list, [])]
+        restart = field_of(env, "restart", str, "") or None
+        if restart is not None and restart not in RESTART_POLICIES:
+            raise SnipeError(f"restart policy {restart!r} is unknown; the policies are {', '.join(RESTART_POLICIES)}")
+        every = field_of(env, "checkpoint_every", (int, float), 0)
+        if every < 0:
+            raise SnipeError(f"checkpoint_every must be a positive number of seconds, not {every}")
         code_dir, manifest = self._fetch_code(code)
 
         urn = new_urn("proc")
@@ -416,14 +466,10 @@ class Daemon:
             self.catalog.sign(urn, "started", now),
             self.catalog.sign(urn, "state", "running"),
             self.catalog.sign(urn, "events", [started]),
+            *[self.catalog.sign(urn, k, v) for k, v in self._takeover_names(
+                task_key, restart, every, extra_env, field_of(env, "quota", dict, {})).items()],
         ])
-        task_env = {k: str(v) for k, v in extra_env.items()}
-        task_env.update({
-            "SNIPE_PROC_URN": urn, "SNIPE_KEY_FILE": str(workdir / "task.key"),
-            "SNIPE_CATALOG": ",".join(self.cfg.catalog), "SNIPE_ADMIN_KEY": self.cfg.admin_key.hex(),
-            "SNIPE_DAEMON": self.cfg.address, "SNIPE_HOST_URN": self.cfg.host_urn,
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1",
-        })
+        task_env = self._task_env(urn, workdir, extra_env, every)
         argv = entry_argv(manifest, code_dir, self.cfg.python, args)
         try:
             record = self.runner.start(urn, argv, cwd=str(workdir), env=task_env, quota=quota,
@@ -434,9 +480,111 @@ class Daemon:
                 self.catalog.set_many(urn, {"state": "lost", "events": [started, failed], "reason": failed["reason"]})
             raise
         self.tasks[urn] = {"record": record.to_value(), "owner": key, "code": code, "state": "running",
-                           "events": [started], "seq": 1, "notify": notify}
+                           "events": [started], "seq": 1, "notify": notify, "restart": restart}
         self.state.put_task(urn, self.tasks[urn])
         return {"urn": urn, "pid": record.pid, "host": self.cfg.host_urn}
+
+    def _task_env(self, urn: str, workdir: Path, extra_env: dict[str, Any], every: float) -> dict[str, str]:
+        task_env = {k: str(v) for k, v in extra_env.items()}
+        task_env.update({
+            "SNIPE_PROC_URN": urn, "SNIPE_KEY_FILE": str(workdir / "task.key"),
+            "SNIPE_CATALOG": ",".join(self.cfg.catalog), "SNIPE_ADMIN_KEY": self.cfg.admin_key.hex(),
+            "SNIPE_DAEMON": self.cfg.address, "SNIPE_HOST_URN": self.cfg.host_urn,
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1",
+        })
+        if every:
+            task_env["SNIPE_CHECKPOINT_EVERY"] = str(float(every))
+        return task_env
+
+    def _takeover_names(self, task_key: Identity, restart: str | None, every: float, extra_env: dict[str, Any],
+                        quota: dict[str, Any]) -> dict[str, Any]:
+        """The catalog names that let another host take the task over: the policy, and the task's
+        key (with its environment and quota) sealed to each other live host's key."""
+        names: dict[str, Any] = {}
+        if every:
+            names["checkpoint_every"] = float(every)
+        if restart is None:
+            return names
+        now = _now_ms()
+        sealed = {}
+        secret = {"seed": task_key.seed, "env": {k: str(v) for k, v in extra_env.items()}, "quota": quota}
+        for host, entry in self.catalog.query("urn:snipe:host:").items():
+            host_key = entry.value("key", now)
+            if host != self.cfg.host_urn and entry.value("alive", now) is True and isinstance(host_key, str):
+                sealed[host] = seal(secret, host_key)
+        if not sealed:
+            log.warning("no other live host to restart tasks on: the restart policy cannot act yet")
+        names.update({"restart": restart, "takeover_keys": sealed, "incarnation": 0})
+        return names
+
+    # --- taking over a task whose host died (daemon/takeover.py decides who) -----------------
+    def _take_over(self, claim: Claim, values: dict[str, Any]) -> None:
+        urn = claim.urn
+        secret = unseal(values["takeover_keys"][self.cfg.host_urn], self.cfg.identity)
+        task_key = Identity.from_seed(secret["seed"])
+        if values.get("key") != task_key.key_id:
+            raise NotAuthorized(f"the sealed key for {urn} is not the task's key {str(values.get('key'))[:16]}…")
+        code = validate_urn(str(values.get("code")))
+        args = [str(a) for a in values.get("args", []) if isinstance(a, str | int | float)]
+        code_dir, manifest = self._fetch_code(code)
+        workdir = self.tasks_dir / f"{urn.rsplit(':', 1)[1]}.{claim.incarnation}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        task_key.save(workdir / "task.key")
+        every = values.get("checkpoint_every") if isinstance(values.get("checkpoint_every"), int | float) else 0
+        task_env = self._task_env(urn, workdir, dict(secret.get("env") or {}), every)
+        ckpt = values.get("checkpoint")
+        how = "from the beginning (it had no checkpoint)"
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("file"), str):
+            path = workdir / "restore.ckpt"
+            path.write_bytes(self._fetch_file(ckpt))
+            task_env.update({"SNIPE_RESTORE_FILE": str(path), "SNIPE_RESTORE_URN": ckpt["file"]})
+            how = f"from checkpoint {ckpt.get('seq')}"
+        events = [e for e in values.get("events", []) if isinstance(e, dict) and isinstance(e.get("seq"), int)]
+        seq = max((e["seq"] for e in events), default=0) + 1
+        event = {"seq": seq, "kind": "restarted", "at": time.time(),
+                 "reason": f"{values.get('host')} was lost; restarted on {self.cfg.host_urn} {how}"}
+        events = [*events, event][-MAX_EVENTS_KEPT:]
+        self._put_as(task_key, urn, {"host": self.cfg.host_urn, "supervisor": self.cfg.address, "state": "running",
+                                     "events": events, "incarnation": claim.incarnation, "started": _now_ms()})
+        argv = entry_argv(manifest, code_dir, self.cfg.python, args)
+        record = self.runner.start(urn, argv, cwd=str(workdir), env=task_env,
+                                   quota=Quota.from_value(secret.get("quota") or {}), warm=self.pool.take(argv[0]))
+        self.task_keys[urn] = task_key
+        self.tasks[urn] = {"record": record.to_value(), "owner": str(values.get("owner")), "code": code,
+                           "state": "running", "events": events, "seq": seq, "notify": values.get("notify", []),
+                           "restart": values.get("restart"), "incarnation": claim.incarnation,
+                           "key_file": str(workdir / "task.key")}
+        self.state.put_task(urn, self.tasks[urn])
+
+    def _fetch_file(self, ckpt: dict[str, Any]) -> bytes:
+        """A stored checkpoint, from this host or one of its holders (checked against its URN)."""
+        urn = validate_urn(ckpt["file"])
+        blob = self.files.get_blob(urn)
+        if blob is not None:
+            return blob
+        errors = []
+        for address in [str(a) for a in ckpt.get("holders", []) if a != self.cfg.address]:
+            try:
+                with DaemonClient(address, self.cfg.identity, timeout=30.0) as peer:
+                    _, frames = peer.call("get-file", {"urn": urn})
+                self.files.put_blob(frames[0], urn)          # raises unless the bytes hash to the URN
+                return bytes(frames[0])
+            except SnipeError as exc:
+                errors.append(f"{address}: {exc}")
+        raise NotFound(f"no holder could supply checkpoint {urn}: " + ("; ".join(errors) or "none is listed"))
+
+    def _put_as(self, identity: Identity, urn: str, values: dict[str, Any]) -> None:
+        """Write a taken-over task's names signed by its own key (the host key is not its owner)."""
+        ts = self.catalog.clock
+        self.catalog.put([make_assertion(identity, urn, k, v, ts.now(_now_ms())) for k, v in values.items()])
+
+    def _task_key(self, urn: str) -> Identity | None:
+        key = self.task_keys.get(urn)
+        path = self.tasks.get(urn, {}).get("key_file")
+        if key is None and isinstance(path, str):
+            with contextlib.suppress(OSError, SnipeError):
+                key = self.task_keys[urn] = Identity.load(path)
+        return key
 
     def _task_event(self, ev: TaskEvent) -> None:
         rec = self.tasks.get(ev.urn)
@@ -469,11 +617,23 @@ class Daemon:
         if last.get("reason"):
             values["reason"] = last["reason"]
         try:
-            self.catalog.set_many(urn, values)
+            if rec.get("restart") and self._superseded(urn, rec):
+                self.unpublished.discard(urn)       # taken over elsewhere: that host speaks for it now
+                return
+            key = self._task_key(urn)
+            if key is not None:
+                self._put_as(key, urn, values)
+            else:
+                self.catalog.set_many(urn, values)
             self.unpublished.discard(urn)
         except SnipeError as exc:      # the state is safe in LMDB; it is published when the catalog answers
             self.unpublished.add(urn)
             log.warning("could not publish %s %s: %s", urn, rec["state"], exc)
+
+    def _superseded(self, urn: str, rec: dict[str, Any]) -> bool:
+        """Another host took this task over since we started it (a later incarnation runs)."""
+        incarnation = self.catalog.get(urn).value("incarnation", _now_ms(), 0)
+        return isinstance(incarnation, int) and incarnation > rec.get("incarnation", 0)
 
     def _readopt(self) -> None:
         running = [u for u, t in self.tasks.items() if t["state"] in ("running", "suspended", "starting")]

@@ -7,6 +7,7 @@
     print(p.wait()["exit_code"])
 """
 
+from snipe.checkpoints import checkpoint
 from snipe.errors import SnipeError
 from snipe.hooks import on_checkpoint, on_restore
 from snipe.messaging.endpoint import Message
@@ -41,6 +42,7 @@ __all__ = [
     "ProcessEvent",
     "SnipeError",
     "catalog",
+    "checkpoint",
     "hosts",
     "init",
     "join",

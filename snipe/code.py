@@ -126,7 +126,8 @@ def package(
 
 def verify(blob: bytes, urn: str) -> None:
     """Raise IntegrityError unless `blob` hashes to the content URN `urn` (UrnError if malformed)."""
-    expected = _hex_of(urn)
+    kind = Urn.parse(urn).kind
+    expected = _hex_of(urn, kind if kind == "file" else "code")
     actual = hashlib.sha256(blob).hexdigest()
     if actual != expected:
         raise IntegrityError(f"content does not match its URN: expected sha256 {expected}, got sha256 {actual}")
@@ -196,7 +197,8 @@ class CodeCache:
     tree or blob, and processes installing the same code at once all end up with one copy.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], kind: str = "code") -> None:
+        self.kind = kind            # "file" for stored blobs that are never unpacked (checkpoints)
         self.root = Path(root)
         self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
         self._blobs = self.root / "blobs"
@@ -204,12 +206,12 @@ class CodeCache:
 
     def path_for(self, urn: str) -> Path | None:
         """The unpacked tree of this code, or None if it is not installed."""
-        path = self.root / _hex_of(urn)
+        path = self.root / _hex_of(urn, self.kind)
         return path if path.is_dir() else None
 
     def blob_path(self, urn: str) -> Path | None:
         """The file holding this code's blob (to serve to other hosts), or None if not held."""
-        path = self._blobs / _hex_of(urn)
+        path = self._blobs / _hex_of(urn, self.kind)
         return path if path.is_file() else None
 
     def has(self, urn: str) -> bool:
@@ -238,8 +240,13 @@ class CodeCache:
         verify(blob, urn)
         return self._store(blob, urn)
 
+    def drop_blob(self, urn: str) -> None:
+        """Forget a stored blob (a superseded checkpoint); idempotent."""
+        with contextlib.suppress(FileNotFoundError):
+            (self._blobs / _hex_of(urn, self.kind)).unlink()
+
     def _store(self, blob: bytes, urn: str) -> Path:
-        path = self._blobs / _hex_of(urn)
+        path = self._blobs / _hex_of(urn, self.kind)
         if not path.is_file():
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self._blobs)
             try:
@@ -488,8 +495,8 @@ def _make_parents(dest: Path, out: Path) -> None:
         folder.chmod(0o755)
 
 
-def _hex_of(urn: str) -> str:
+def _hex_of(urn: str, kind: str = "code") -> str:
     parsed = Urn.parse(urn)
-    if parsed.kind != "code":
-        raise UrnError(f"{urn!r} is not a code URN (urn:snipe:code:sha256:<hex>)")
+    if parsed.kind != kind:
+        raise UrnError(f"{urn!r} is not a {kind} URN (urn:snipe:{kind}:sha256:<hex>)")
     return parsed.id.removeprefix("sha256:")

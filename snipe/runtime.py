@@ -16,14 +16,14 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from snipe import authority
+from snipe import authority, checkpoints
 from snipe.catalog.client import CatalogClient
 from snipe.code import package
 from snipe.daemonclient import DaemonClient
@@ -64,8 +64,9 @@ class Session:
             self._membership = Membership(ep, self.catalog, self.me, self.host)
         return self._membership
 
-    def endpoint(self) -> Endpoint:
-        """This process's messaging endpoint, started on first use (a task's at init)."""
+    def endpoint(self, prepare: Callable[[Endpoint], None] | None = None) -> Endpoint:
+        """This process's messaging endpoint, started on first use (a task's at init); `prepare`
+        runs on it before it starts listening (restoring a checkpoint's channels)."""
         if self._endpoint is None:
             if self.me is None:
                 self.me = new_urn("proc")
@@ -78,7 +79,7 @@ class Session:
             ep = Endpoint(self.me, self.identity, self.catalog_addresses, self.admin_key, host_urn=self.host,
                           runtime_dir=(self.home / "msg") if self.home else None)
             me = self.me
-            ep.start(lambda values: self.catalog.set_many(me, values))
+            ep.start(lambda values: self.catalog.set_many(me, values), prepare)
             self._endpoint = ep
         return self._endpoint
 
@@ -147,6 +148,8 @@ def init(*, catalog: Sequence[str] | None = None, identity: Identity | None = No
         client = CatalogClient(addrs, ident, admin)
         _session = Session(ident, client, client.admin_key, env.get("SNIPE_DAEMON"), env["SNIPE_PROC_URN"],
                            host=env.get("SNIPE_HOST_URN"), catalog_addresses=addrs)
+        if env.get("SNIPE_RESTORE_FILE") or env.get("SNIPE_CHECKPOINT_EVERY"):
+            checkpoints.resume_at_start(_session)     # started from a checkpoint, or checkpointing periodically
         return _session
     if catalog or env.get("SNIPE_CATALOG") or config or env.get("SNIPE_CONFIG") or env.get("SNIPE_SRV_DOMAIN"):
         addrs = discover(list(catalog) if catalog else None, config_path=config)
@@ -204,7 +207,12 @@ def send(urn: str, payload: bytes | bytearray | memoryview, tag: int = 0, *, tim
             if len(_valid_dests) >= 4096:
                 _valid_dests.clear()
             _valid_dests[urn] = dest
+    if checkpoints.due != _INF:
+        checkpoints.maybe_checkpoint()
     session().endpoint().send(dest, payload, int(tag), timeout=timeout, deadline_s=deadline)
+
+
+_INF = float("inf")
 
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -220,11 +228,15 @@ def send_obj(urn: str, obj: Any, tag: int = 0, **kw: Any) -> None:
 def recv(source: str | None = None, tag: int | None = None, timeout: float | None = None) -> Message | None:
     """The next message (from `source`, with `tag`, if given), waiting up to `timeout` seconds
     (None: forever); None if nothing came. Selective, as PVM's pvm_recv."""
+    if checkpoints.due != _INF:
+        checkpoints.maybe_checkpoint()
     return session().endpoint().recv(source, tag, timeout)
 
 
 def probe(source: str | None = None, tag: int | None = None) -> bool:
     """Whether a matching message is waiting (never blocks)."""
+    if checkpoints.due != _INF:
+        checkpoints.maybe_checkpoint()
     return session().endpoint().probe(source, tag)
 
 
@@ -436,20 +448,32 @@ def hosts(requires: Sequence[Predicate | str] | dict[str, Any] | None = None) ->
 # interval, not one each (the hosts' own counts of tasks are refreshed every lease/3 seconds anyway,
 # and this client adds the tasks it placed since, see snipe/placement.py).
 PLACEMENT_CACHE_S = 1.0
+RESTART_POLICIES = ("on-host-failure",)
 
 
 def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Predicate | str] | dict | None = None,
           env: dict[str, str] | None = None, quota: dict[str, Any] | None = None,
-          notify: Sequence[str] = ()) -> Process:
+          notify: Sequence[str] = (), checkpoint_every: float | None = None, restart: str | None = None) -> Process:
     """Start `code` (a code URN from `publish`) as a task; return its Process handle.
 
     With no `host`, the least-loaded live host meeting `requires` is chosen; `quota` may set
-    cpu_seconds, memory_bytes, wall_seconds and open_files.
+    cpu_seconds, memory_bytes, wall_seconds and open_files. `checkpoint_every` (seconds) makes
+    the task checkpoint itself periodically (snipe/checkpoints.py); `restart="on-host-failure"`
+    has it restarted on another live host, from its last checkpoint (or from the beginning
+    without one), keeping its URN, when its host's lease lapses.
     """
     s = session()
     code = validate_urn(code)
-    body = {"code": code, "args": [str(a) for a in args], "env": env or {}, "quota": quota or {},
-            "notify": list(notify)}
+    body: dict[str, Any] = {"code": code, "args": [str(a) for a in args], "env": env or {}, "quota": quota or {},
+                            "notify": list(notify)}
+    if checkpoint_every is not None:
+        if not (isinstance(checkpoint_every, int | float) and checkpoint_every > 0):
+            raise ValueError(f"checkpoint_every must be a positive number of seconds, not {checkpoint_every!r}")
+        body["checkpoint_every"] = float(checkpoint_every)
+    if restart is not None:
+        if restart not in RESTART_POLICIES:
+            raise ValueError(f"restart must be one of {RESTART_POLICIES}, not {restart!r}")
+        body["restart"] = restart
     if host is not None:
         host_urn = host if host.startswith("urn:") else f"urn:snipe:host:{host}"
         entry = s.catalog.get(host_urn)
@@ -472,7 +496,8 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
                 raise
             # the host list was up to PLACEMENT_CACHE_S old (the host may have started draining): ask again
             s._hosts_seen = None
-            return spawn(code, *args, requires=requires, env=env, quota=quota, notify=notify)
+            return spawn(code, *args, requires=requires, env=env, quota=quota, notify=notify,
+                         checkpoint_every=checkpoint_every, restart=restart)
     recent = s.placed.setdefault(host_urn, [])
     recent.append(now_ms())
     del recent[:-256]

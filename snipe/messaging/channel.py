@@ -28,6 +28,13 @@ Invariants:
 - Outbound never forgets a message before it is acknowledged or reported failed; after a
   failure it fails everything queued behind it (FIFO cannot skip a message) and starts a new
   session, so later sends are not held hostage.
+- Retention (for receivers that can be restarted from a checkpoint, `retain` > 0): an
+  acknowledged message is kept, up to `retain` messages / `retain_bytes` bytes, until the
+  receiver says it checkpointed it (`on_checkpointed`); a restored receiver says where its
+  checkpoint stands (`on_resume`) and gets what was retained after that again, and a delivery
+  failure for each message that fell out of retention (never silence). A restored Inbound is
+  `pinned`: it does not skip ahead to a sender's base until the sender's data says it heard the
+  resume ("r": 1 in data, sent for the rest of the session after `on_resume`).
 - Memory is bounded: at most `window` messages (and about `window_bytes` bytes) in flight and
   `hwm` messages held per channel; `Outbound.room()` tells the shell when to block a sender
   (back-pressure). A batch holds at most `max_batch` messages and, unless it is one message,
@@ -112,6 +119,12 @@ class Outbound:
         self.busy_until = 0.0                    # the receiver said it is busy: no retransmission before
         self.sent = self.retransmitted = self.acked = 0
         self.sent_bytes = 0                      # payload bytes of `sent` (first transmissions)
+        self.retain = 0                          # acknowledged messages kept for a restartable receiver
+        self.retain_bytes = 16 << 20
+        self.retained: deque[_Held] = deque()    # acknowledged, not yet checkpointed by the receiver
+        self.retained_size = 0
+        self.acked_upto = 0                      # highest seq acknowledged in this session
+        self.resumed = False                     # a restored receiver resumed this session: data says "r"
 
     def room(self) -> int:
         return self.hwm - len(self.flight) - len(self.queue)
@@ -158,8 +171,10 @@ class Outbound:
 
     def _data(self, batch: Sequence[_Held]) -> Send:
         base = self.flight[0].seq if self.flight else batch[0].seq
-        env = Envelope(PROTOCOL, VERSION, "data", 0,
-                       {"s": self.session, "b": base, "q": batch[0].seq, "t": [h.tag for h in batch]})
+        body = {"s": self.session, "b": base, "q": batch[0].seq, "t": [h.tag for h in batch]}
+        if self.resumed:
+            body["r"] = 1
+        env = Envelope(PROTOCOL, VERSION, "data", 0, body)
         return Send(self.to, env, tuple(h.payload for h in batch))
 
     def on_ack(self, session: int, cum: int, now: float, busy: bool = False) -> list[Send]:
@@ -173,8 +188,11 @@ class Outbound:
             newest = flight.popleft()
             self.flight_bytes -= newest.size
             self.acked += 1
+            if self.retain:
+                self._keep(newest)
         if newest is None:
             return self.flush(now)
+        self.acked_upto = newest.seq
         self.progress_at, self.timeouts = now, 0  # restart the retransmission timer (RFC 6298, 5.3)
         low = flight[0].seq if flight else self.queue[0].seq if self.queue else self.next_seq
         d = self.deadlines
@@ -200,19 +218,7 @@ class Outbound:
         retry = self._retry_at()
         if retry is None or retry > now:
             return [], []
-        out: list[Send] = []
-        batch: list[_Held] = []
-        size = 0
-        for h in self.flight:
-            if batch and (len(batch) == self.max_batch or size + h.size > self.max_batch_bytes):
-                out.append(self._data(batch))
-                batch, size = [], 0
-            h.sent_at = now
-            h.attempts += 1
-            batch.append(h)
-            size += h.size
-        if batch:
-            out.append(self._data(batch))
+        out = self._resend_flight(now)
         self.retransmitted += len(self.flight)
         self.timeouts += 1
         return out, []
@@ -244,9 +250,67 @@ class Outbound:
         self.deadlines.clear()
         self.flight_bytes = self.timeouts = 0
         self.busy_until = 0.0
+        self.retained.clear()
+        self.retained_size = self.acked_upto = 0
+        self.resumed = False
         self.session = self.rng.getrandbits(63)
         self.next_seq = 1
         return failed
+
+    def _keep(self, h: _Held) -> None:
+        self.retained.append(h)
+        self.retained_size += h.size
+        while len(self.retained) > self.retain or (self.retained_size > self.retain_bytes and len(self.retained) > 1):
+            old = self.retained.popleft()
+            self.retained_size -= old.size
+
+    def on_checkpointed(self, session: int, cum: int) -> None:
+        """The receiver's checkpoint holds everything up to `cum`: forget what was retained for it."""
+        if session != self.session:
+            return
+        while self.retained and self.retained[0].seq <= cum:
+            self.retained_size -= self.retained.popleft().size
+
+    def on_resume(self, session: int, cum: int, now: float) -> tuple[list[Send], list[DeliveryFailed]]:
+        """A receiver restored from a checkpoint holds everything up to `cum` of `session`.
+
+        Returns (sends, failed): the retained messages after `cum` go out again (at the head of
+        the flight, marked "r" so the pinned receiver may skip to their base), and each
+        acknowledged message after `cum` no longer retained is a delivery failure. Nothing for
+        a session we no longer speak."""
+        if session != self.session or cum >= self.next_seq:
+            return [], []
+        again = [h for h in self.retained if h.seq > cum]
+        first_again = again[0].seq if again else self.acked_upto + 1
+        failed = [DeliveryFailed(self.to, q, 0, f"acknowledged by an incarnation of {self.to} that was lost before "
+                                 "it checkpointed this message; it restarted from an earlier checkpoint")
+                  for q in range(cum + 1, min(first_again, self.acked_upto + 1))]
+        self.retained.clear()
+        self.retained_size = 0
+        self.resumed = True
+        for h in reversed(again):
+            h.attempts = 0
+            self.flight.appendleft(h)
+            self.flight_bytes += h.size
+        if not self.flight:
+            return [], failed
+        return self._resend_flight(now), failed
+
+    def _resend_flight(self, now: float) -> list[Send]:
+        out: list[Send] = []
+        batch: list[_Held] = []
+        size = 0
+        for h in self.flight:
+            if batch and (len(batch) == self.max_batch or size + h.size > self.max_batch_bytes):
+                out.append(self._data(batch))
+                batch, size = [], 0
+            h.sent_at = now
+            h.attempts += 1
+            batch.append(h)
+            size += h.size
+        if batch:
+            out.append(self._data(batch))
+        return out
 
     def take_unacknowledged(self) -> list[tuple[int, bytes]]:
         """(tag, payload) of everything not yet acknowledged, in order (for migration)."""
@@ -262,9 +326,17 @@ class Inbound:
         self.early: dict[int, tuple[int, bytes]] = {}
         self.left: dict[int, int] = {}           # sessions switched away from -> their next seq, oldest first
         self.delivered = self.duplicates = 0
+        self.pinned = False     # restored from a checkpoint: no skipping to a base until the sender answers
 
-    def on_data(self, session: int, base: int, first: int, tags: Sequence[int], payloads: Sequence[bytes]
-                ) -> tuple[list[Deliver], Send]:
+    @classmethod
+    def restored(cls, me: str, source: str, session: int, expected: int, *, window: int = 4096) -> Inbound:
+        """An Inbound as a checkpoint left it, pinned until the sender's data shows it heard our resume."""
+        inbound = cls(me, source, window=window)
+        inbound.session, inbound.expected, inbound.pinned = session, expected, True
+        return inbound
+
+    def on_data(self, session: int, base: int, first: int, tags: Sequence[int], payloads: Sequence[bytes],
+                resumed: bool = False) -> tuple[list[Deliver], Send]:
         if session != self.session:
             # Another session: the sender restarted its channel, or this is a late packet of one
             # we left. Resume a session we left where we stopped (never deliver a seq twice); start
@@ -274,7 +346,10 @@ class Inbound:
                 while len(self.left) > REMEMBERED_SESSIONS:
                     del self.left[next(iter(self.left))]
             self.session, self.expected, self.early = session, self.left.pop(session, base), {}
-        if base > self.expected:
+            self.pinned = False
+        if resumed and session == self.session:
+            self.pinned = False
+        if base > self.expected and not self.pinned:
             # The sender holds nothing below base: it was acknowledged (to an earlier incarnation
             # of this receiver whose first packet carried a stale base); waiting for it would stall.
             self.expected = base

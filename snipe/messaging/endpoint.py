@@ -29,6 +29,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,9 @@ ACK_EVERY_BYTES = 1 << 20    # bytes delivered since the last ack: acknowledge n
 # While the inbox is at its hwm (this shell stops reading), tell the recent senders so this often
 # that we are busy, not gone: they hold their retransmissions and do not fail over.
 BUSY_EVERY_S = 0.25
+# Acknowledged messages kept for a peer that may be restarted from a checkpoint (its catalog entry
+# has `restart`), until it says it checkpointed them: redelivered if it is (snipe/checkpoints.py).
+RETAIN_FOR_RESTART = 65536
 
 
 @dataclass(slots=True)
@@ -189,14 +193,21 @@ class Endpoint:
         self._periodic_at = 0.0
         self._stats_at = 0.0
         self._stats_published: dict[str, Any] = {}
+        self._io_calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._stop = False
         self._thread: threading.Thread | None = None
         self.catalog: CatalogClient | None = None   # the I/O thread's own
+        from snipe.messaging import snapshot  # the resume protocol of restored receivers
+        snapshot.install(self)
 
     # --- lifecycle ------------------------------------------------------------------------------
-    def start(self, publish: Callable[[dict[str, Any]], None]) -> None:
+    def start(self, publish: Callable[[dict[str, Any]], None],
+              prepare: Callable[[Endpoint], None] | None = None) -> None:
         """Publish where we listen (through `publish`, which writes our own catalog entry) and
-        start the I/O thread."""
+        start the I/O thread. `prepare` runs first, before anyone can reach us (a restored task
+        puts its channels back: snipe/messaging/snapshot.py)."""
+        if prepare is not None:
+            prepare(self)
         interfaces: list[dict[str, Any]] = []
         if self.host_urn:
             with CatalogClient(self.catalog_addrs, self.identity, self.admin_key) as c:
@@ -315,6 +326,14 @@ class Endpoint:
             out[urn]["bytes_received"] = self.bytes_received.get(urn, 0)
         return out
 
+    def run_in_io(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Run `fn` in the I/O thread between two turns and return what it returns: a view of the
+        channels no packet changes halfway (checkpoints take the library's state this way)."""
+        done: Future[Any] = Future()
+        self._io_calls.append((fn, done))
+        self._wake()
+        return done.result(timeout)
+
     # --- the I/O thread ---------------------------------------------------------------------------
     def _run(self) -> None:
         self.catalog = CatalogClient(self.catalog_addrs, self.identity, self.admin_key, timeout=2.0)
@@ -351,6 +370,12 @@ class Endpoint:
                     with contextlib.suppress(OSError):
                         os.read(self.wake_rx, 4096)     # an eventfd: one read clears it
                 self._take_commands()
+                while self._io_calls:
+                    fn, done = self._io_calls.popleft()
+                    try:
+                        done.set_result(fn())
+                    except Exception as exc:
+                        done.set_exception(exc)
                 if self.router in ready:
                     self._read_router()
                 for p in list(self.peers.values()):
@@ -450,6 +475,8 @@ class Endpoint:
         if state in ENDED_STATES:
             self._fail(p, f"{p.urn} has {state}" + (f": {values['reason']}" if values.get("reason") else ""))
             return
+        if values.get("restart") and not p.out.retain:      # it may be restored from a checkpoint
+            p.out.retain = RETAIN_FOR_RESTART
         peer = ProcView.from_values(p.urn, values)
         key = values.get("key")
         if not peer.comm or not isinstance(key, str):
@@ -730,7 +757,7 @@ class Endpoint:
         if inbound is None:
             inbound = self.inbound[source] = Inbound(self.me, source, window=self.window)
         self.reply_to[source] = ident
-        delivered, ack = inbound.on_data(session, base, first, tags, payloads)
+        delivered, ack = inbound.on_data(session, base, first, tags, payloads, env.body.get("r") == 1)
         if delivered:
             plain = [Message(source, d.tag, d.payload) for d in delivered if d.tag >= 0]
             if len(plain) != len(delivered):

@@ -1,0 +1,124 @@
+"""The messaging library's own state in a checkpoint, and how a restored receiver resumes.
+
+What a checkpoint holds of the endpoint (`capture`, run in its I/O thread, so no packet lands
+halfway): the unread inbox, per source the session and next seq expected (everything before it
+is either read by the application or in the inbox), and per destination the messages not yet
+acknowledged.
+
+What `restore` does in the restarted process:
+- the inbox comes back first; each source's Inbound comes back `pinned` (channel.py);
+- the unacknowledged sends go out again in a new session (the peer may see them twice: the
+  restored task re-executes from its checkpoint, so sends after it are made again too);
+- each source gets RESUME {s, c}: "of your session s I hold everything up to c". The source
+  re-sends what it retained after c and reports the rest as delivery failures (channel.py,
+  `Outbound.on_resume`), so a message sent to the task since its checkpoint is redelivered
+  or reported lost at its sender, never silently dropped.
+
+After a checkpoint is stored durably, each source gets CHECKPOINTED {s, c} and drops what it
+retained up to c. Both travel as reserved-tag messages on the ordinary reliable channel.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import msgpack
+
+from snipe.errors import CodecError
+from snipe.messaging.channel import Inbound, Outbound
+from snipe.messaging.endpoint import MIN_RTO_S, Endpoint, Message, _Peer
+
+log = logging.getLogger("snipe.messaging")
+
+TAG_RESUME = -10
+TAG_CHECKPOINTED = -11
+
+
+def capture(ep: Endpoint) -> dict[str, Any]:
+    """The library's state (call through `ep.run_in_io`)."""
+    with ep.lock:
+        inbox = [[m.source, m.tag, bytes(m.payload), m.group, m.failed, m.reason] for m in ep.inbox]
+    inbound = {src: [ib.session, ib.expected] for src, ib in ep.inbound.items() if ib.session is not None}
+    out = {dest: [[tag, bytes(payload)] for tag, payload in p.out.take_unacknowledged() if tag >= 0]
+           for dest, p in ep.peers.items()}
+    return {"inbox": inbox, "in": inbound, "out": {d: m for d, m in out.items() if m}}
+
+
+def positions(state: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """Per source: (session, highest seq the checkpoint holds)."""
+    return {src: (int(v[0]), int(v[1]) - 1) for src, v in state.get("in", {}).items()}
+
+
+def restore(ep: Endpoint, state: dict[str, Any]) -> None:
+    """Put a checkpoint's library state into an endpoint before it starts (`Endpoint.start`'s
+    `prepare`): no data may reach a source's channel before it is restored."""
+    try:
+        inbox = [Message(str(s), int(t), p, g, bool(f), r) for s, t, p, g, f, r in state.get("inbox", [])]
+        inbound = {str(src): (int(v[0]), int(v[1])) for src, v in state.get("in", {}).items()}
+        unacked = {str(d): [(int(t), p) for t, p in msgs] for d, msgs in state.get("out", {}).items()}
+    except (TypeError, ValueError) as exc:
+        raise CodecError(f"a checkpoint's messaging state is malformed: {exc}") from exc
+    with ep.cond:
+        ep.inbox.extendleft(reversed(inbox))
+        ep.cond.notify_all()
+    for src, (session, expected) in inbound.items():
+        ep.inbound[src] = Inbound.restored(ep.me, src, session, expected, window=ep.window)
+        ep.submit(src, TAG_RESUME, msgpack.packb({"s": session, "c": expected - 1}))
+    for dest, msgs in unacked.items():
+        for tag, payload in msgs:
+            ep.submit(dest, tag, payload)
+
+
+def tell_checkpointed(ep: Endpoint, where: dict[str, tuple[int, int]]) -> None:
+    """Tell each source what the stored checkpoint holds of its messages (from any thread)."""
+    for src, (session, cum) in where.items():
+        ep.submit(src, TAG_CHECKPOINTED, msgpack.packb({"s": session, "c": cum}))
+    ep._wake()
+
+
+def install(ep: Endpoint) -> None:
+    """Answer RESUME and CHECKPOINTED from restored or checkpointing receivers."""
+    ep.system_handlers[TAG_RESUME] = lambda m: _on_resume(ep, m)
+    ep.system_handlers[TAG_CHECKPOINTED] = lambda m: _on_checkpointed(ep, m)
+
+
+def _position(m: Message) -> tuple[int, int]:
+    try:
+        body = msgpack.unpackb(m.payload, raw=False)
+        session, cum = body["s"], body["c"]
+    except Exception as exc:
+        raise CodecError(f"a resume position from {m.source} is malformed: {exc}") from exc
+    if type(session) is not int or type(cum) is not int or not (0 <= session < 2**63 and 0 <= cum < 2**62):
+        raise CodecError(f"a resume position from {m.source} is out of range")
+    return session, cum
+
+
+def _outbound(ep: Endpoint, dest: str) -> _Peer:
+    p = ep.peers.get(dest)
+    if p is None:
+        p = ep.peers[dest] = _Peer(dest, Outbound(ep.me, dest, window=ep.window, hwm=ep.hwm * 2, min_rto=MIN_RTO_S))
+    return p
+
+
+def _on_resume(ep: Endpoint, m: Message) -> None:
+    session, cum = _position(m)
+    p = _outbound(ep, m.source)
+    now = time.monotonic()
+    ep._resolve(p, now)          # it restarted elsewhere: its old routes lead nowhere
+    sends, failed = p.out.on_resume(session, cum, now)
+    if failed:
+        log.warning("%s restarted from a checkpoint: %d message(s) it had acknowledged are lost", m.source,
+                    len(failed))
+        with ep.cond:       # already counted as settled when they were acknowledged
+            ep.inbox.extend(Message(f.to, f.tag, b"", failed=True, reason=f.reason) for f in failed)
+            ep.cond.notify_all()
+    ep._transmit(p, sends)
+
+
+def _on_checkpointed(ep: Endpoint, m: Message) -> None:
+    session, cum = _position(m)
+    p = ep.peers.get(m.source)
+    if p is not None:
+        p.out.on_checkpointed(session, cum)

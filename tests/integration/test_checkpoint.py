@@ -1,0 +1,133 @@
+"""Checkpoint/restart on real replicas and daemons: a host killed -9 under a checkpointed task.
+
+The task (COUNTER) keeps every number it was sent; the test process sends it numbers, has it
+checkpoint, sends more, kills its host's daemon and the task with SIGKILL, and sends more while
+it is down. The task must come back on another host (one only) from the checkpoint (its state
+continues, not from zero), with every number exactly once and in order: those it had received
+after the checkpoint are redelivered by the sender, those sent while it was down delivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import snipe
+from snipe.daemonclient import DaemonClient
+from snipe.localcluster import LocalCluster
+from tests.support import wait_for
+
+COUNTER = textwrap.dedent('''
+    import sys
+    import snipe
+    state = {"got": []}
+    snipe.on_checkpoint(lambda: state)
+    snipe.on_restore(lambda saved: state.update(saved))
+    snipe.init()
+    parent = sys.argv[1]
+    snipe.send_obj(parent, {"ready": snipe.me(), "restored": len(state["got"])}, tag=4)
+    while True:
+        m = snipe.recv()
+        if m.failed:
+            continue
+        if m.tag == 1:
+            state["got"].append(int(m.payload))
+        elif m.tag == 2:
+            snipe.send_obj(m.source, {"id": m.obj(), "got": state["got"]}, tag=2)
+        elif m.tag == 3:
+            record = snipe.checkpoint()
+            snipe.send_obj(m.source, record, tag=3)
+''')
+
+
+def publish(tmp_path: Path, name: str, source: str) -> str:
+    path = tmp_path / name
+    path.write_text(source)
+    return snipe.publish(path)
+
+
+def recv_obj(tag: int, timeout: float = 30.0, match: Any = None) -> dict[str, Any]:
+    def got() -> dict[str, Any] | None:
+        m = snipe.recv(tag=tag, timeout=0.2)
+        if m is None:
+            return None
+        assert not m.failed, m.reason
+        obj = m.obj()
+        return obj if match is None or match(obj) else None
+    return wait_for(got, timeout, f"a tag {tag} reply")  # type: ignore[return-value]
+
+
+def report(urn: str, ident: int) -> list[int]:
+    snipe.send_obj(urn, ident, tag=2)
+    return recv_obj(2, 60, lambda o: o["id"] == ident)["got"]
+
+
+def running_on(cluster: LocalCluster, urn: str) -> list[str]:
+    """The hosts whose daemon runs `urn` now."""
+    out = []
+    for d in cluster.daemons:
+        if not d.alive:
+            continue
+        with DaemonClient(d.address, cluster.user) as c:
+            tasks = c.call("ps", timeout=10)[0]["tasks"]
+        out += [d.host_id for t in tasks if t["urn"] == urn and t["state"] == "running"]
+    return out
+
+
+def test_a_task_restarts_elsewhere_from_its_checkpoint_when_its_host_is_killed(cluster: LocalCluster,
+                                                                              tmp_path: Path) -> None:
+    code = publish(tmp_path, "counter.py", COUNTER)
+    me = snipe.me()
+    p = snipe.spawn(code, me, host="h2", restart="on-host-failure")
+    assert recv_obj(4)["restored"] == 0
+    for i in range(100):
+        snipe.send(p.urn, str(i).encode(), 1)
+    snipe.send(p.urn, b"", 3)
+    record = recv_obj(3)
+    assert record["seq"] == 1 and len(record["holders"]) == 2 and "urn:snipe:host:h2" in record["hosts"]
+    assert snipe.catalog().get(p.urn).value("checkpoint", snipe.runtime.now_ms())["file"] == record["file"]
+    for i in range(100, 150):
+        snipe.send(p.urn, str(i).encode(), 1)
+    assert report(p.urn, 1) == list(range(150))      # 100..149 reached it (acknowledged) after the checkpoint
+
+    pid = p.status()["pid"]
+    cluster.kill_daemon(1)                             # kill -9 of h2's daemon, then of its task
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for i in range(150, 200):                          # sent while it is down
+        snipe.send(p.urn, str(i).encode(), 1)
+
+    back = recv_obj(4, 60)
+    assert back["ready"] == p.urn and back["restored"] == 100      # resumed from the checkpoint, not from zero
+    info = p.info()
+    assert info["host"] in ("urn:snipe:host:h1", "urn:snipe:host:h3") and info["incarnation"] == 1
+    assert report(p.urn, 2) == list(range(200))      # every number once, in order
+    assert len(running_on(cluster, p.urn)) == 1      # exactly one survivor took it over
+    restarted = [e for e in info["events"] if e["kind"] == "restarted"]
+    assert len(restarted) == 1 and "from checkpoint 1" in restarted[0]["reason"]
+
+
+def test_a_task_without_hooks_restarts_from_the_beginning(cluster: LocalCluster, tmp_path: Path) -> None:
+    code = publish(tmp_path, "plain.py", textwrap.dedent('''
+        import os, sys
+        import snipe
+        snipe.init()
+        snipe.send(sys.argv[1], os.environ["SNIPE_HOST_URN"].encode(), tag=5)
+        while True:
+            snipe.recv()
+    '''))
+    p = snipe.spawn(code, snipe.me(), host="h3", restart="on-host-failure")
+    first = snipe.recv(tag=5, timeout=30)
+    assert first is not None and first.payload == b"urn:snipe:host:h3"
+    pid = p.status()["pid"]
+    cluster.kill_daemon(2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    again = snipe.recv(tag=5, timeout=60)
+    assert again is not None and again.payload in (b"urn:snipe:host:h1", b"urn:snipe:host:h2")
+    events = p.info()["events"]
+    assert "from the beginning" in next(e for e in events if e["kind"] == "restarted")["reason"]

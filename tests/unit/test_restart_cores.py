@@ -1,0 +1,156 @@
+"""The I/O-free parts of checkpoint/restart: retention and resume in the channel core, the
+takeover planner, sealed task secrets. Transcripts first, then a hypothesis property."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from snipe.errors import IntegrityError
+from snipe.identity import Identity
+from snipe.messaging.channel import Deliver, DeliveryFailed, Inbound, Outbound, parse_data
+from snipe.replication.sealed import seal, unseal
+from snipe.replication.takeover import Claim, TakeoverPlanner, Watched, claim_urn, ranking
+
+
+def sent(n: int, retain: int = 100) -> Outbound:
+    out = Outbound("a", "b", rng=random.Random(1))
+    out.retain = retain
+    for i in range(1, n + 1):
+        out.submit(0, b"m%d" % i, 0.0, float("inf"))
+    out.flush(0.0)
+    return out
+
+
+def seqs_of(sends: list) -> list[int]:
+    return [s.envelope.body["q"] + i for s in sends for i in range(len(s.frames))]
+
+
+def feed(inbound: Inbound, sends: list) -> list[Deliver]:
+    got: list[Deliver] = []
+    for s in sends:
+        d, _ = inbound.on_data(*parse_data(s.envelope, s.frames), s.frames, s.envelope.body.get("r") == 1)
+        got += d
+    return got
+
+
+def test_acknowledged_messages_are_retained_until_checkpointed_and_resent_on_resume() -> None:
+    out = sent(5)
+    out.on_ack(out.session, 5, 0.1)
+    assert [h.seq for h in out.retained] == [1, 2, 3, 4, 5] and out.room() == out.hwm   # retained do not block
+    out.on_checkpointed(out.session, 2)
+    assert [h.seq for h in out.retained] == [3, 4, 5]
+    sends, failed = out.on_resume(out.session, 2, 0.2)
+    assert failed == [] and seqs_of(sends) == [3, 4, 5]
+    assert sends[0].envelope.body["b"] == 3 and sends[0].envelope.body["r"] == 1
+    assert list(sends[0].frames) == [b"m3", b"m4", b"m5"]
+    assert out.retained == type(out.retained)()
+
+
+def test_what_fell_out_of_retention_is_reported_failed_never_skipped_silently() -> None:
+    out = sent(5, retain=2)
+    out.on_ack(out.session, 5, 0.1)
+    sends, failed = out.on_resume(out.session, 1, 0.2)
+    assert [f.seq for f in failed] == [2, 3] and all(isinstance(f, DeliveryFailed) and "checkpoint" in f.reason
+                                                     for f in failed)
+    assert seqs_of(sends) == [4, 5] and sends[0].envelope.body["b"] == 4
+
+
+def test_a_resume_for_another_session_changes_nothing() -> None:
+    out = sent(3)
+    out.on_ack(out.session, 3, 0.1)
+    assert out.on_resume(out.session ^ 1, 0, 0.2) == ([], [])
+    assert len(out.retained) == 3
+
+
+def test_a_restored_inbound_waits_for_the_resent_messages_before_later_ones() -> None:
+    out = sent(8)
+    out.on_ack(out.session, 5, 0.1)                         # 1..5 reached the incarnation that died
+    inbound = Inbound.restored("b", "a", out.session, 3)    # its checkpoint held 1..2
+    stale, _ = out.on_timer(10.0)                           # 6..8 retransmitted before the resume arrives
+    assert feed(inbound, stale) == []                       # pinned: base 6 does not skip 3..5
+    sends, failed = out.on_resume(out.session, 2, 10.1)
+    assert failed == []
+    assert [d.seq for d in feed(inbound, sends)] == [3, 4, 5, 6, 7, 8]
+
+
+@settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 40), data=st.data())
+def test_every_message_after_the_checkpoint_is_delivered_once_in_order_or_reported(n: int, data: st.DataObject
+                                                                                  ) -> None:
+    acked = data.draw(st.integers(0, n), label="acknowledged before the crash")
+    ckpt = data.draw(st.integers(0, acked), label="held by the checkpoint")
+    retain = data.draw(st.integers(0, n), label="retention")
+    early = data.draw(st.booleans(), label="retransmission arrives before the resume")
+    out = sent(n, retain=retain)
+    if acked:
+        out.on_ack(out.session, acked, 0.1)
+    inbound = Inbound.restored("b", "a", out.session, ckpt + 1)
+    got: list[Deliver] = []
+    if early:
+        stale, _ = out.on_timer(10.0)
+        got += feed(inbound, stale)
+    sends, failed = out.on_resume(out.session, ckpt, 10.1)
+    got += feed(inbound, sends)
+    if not early:
+        more, _ = out.on_timer(20.0)
+        got += feed(inbound, more)
+    delivered = [d.seq for d in got]
+    lost = [f.seq for f in failed]
+    assert delivered == sorted(set(delivered))                         # once each, in order
+    assert sorted(delivered + lost) == list(range(ckpt + 1, n + 1))     # nothing silently missing
+    assert all(q > ckpt for q in lost) and len(lost) == max(0, acked - ckpt - retain)
+
+
+# --- who takes over --------------------------------------------------------------------------------
+W = Watched("urn:snipe:proc:t", "urn:snipe:host:h2", 0,
+            ("urn:snipe:host:h1", "urn:snipe:host:h2", "urn:snipe:host:h3"))
+
+
+def test_nothing_is_claimed_while_the_tasks_host_is_live() -> None:
+    p = TakeoverPlanner("urn:snipe:host:h1")
+    assert p.observe([W], {"urn:snipe:host:h1", "urn:snipe:host:h2", "urn:snipe:host:h3"}, 0.0) == []
+
+
+def test_the_first_ranked_survivor_claims_at_once_the_second_after_the_stagger_each_once() -> None:
+    live = {"urn:snipe:host:h1", "urn:snipe:host:h3"}
+    first, second = ranking(W, live)
+    claim = Claim(W.urn, 1, claim_urn(W.urn, 1))
+    a, b = TakeoverPlanner(first, stagger=1.0), TakeoverPlanner(second, stagger=1.0)
+    assert a.observe([W], live, 5.0) == [claim] and b.observe([W], live, 5.0) == []
+    assert a.observe([W], live, 9.0) == []                   # claimed once
+    assert b.observe([W], live, 5.9) == [] and b.observe([W], live, 6.0) == [claim]
+
+
+def test_a_host_that_is_not_a_candidate_never_claims_and_standbys_keep_their_order() -> None:
+    live = {"urn:snipe:host:h1", "urn:snipe:host:h3", "urn:snipe:host:h4"}
+    assert TakeoverPlanner("urn:snipe:host:h4").observe([W], live, 0.0) == []
+    standby = Watched(W.urn, W.host, 2, ("urn:snipe:host:h3", "urn:snipe:host:h1"), ordered=True)
+    assert ranking(standby, live) == ["urn:snipe:host:h3", "urn:snipe:host:h1"]
+    assert TakeoverPlanner("urn:snipe:host:h3", stagger=1.0).observe([standby], live, 0.0) == [
+        Claim(W.urn, 3, f"{W.urn}.takeover3")]
+
+
+def test_a_host_that_comes_back_resets_the_wait() -> None:
+    live = {"urn:snipe:host:h1", "urn:snipe:host:h3"}
+    second = ranking(W, live)[1]
+    p = TakeoverPlanner(second, stagger=1.0)
+    assert p.observe([W], live, 0.0) == []
+    assert p.observe([W], live | {W.host}, 0.5) == []        # its host renewed its lease
+    assert p.observe([W], live, 0.9) == []                   # the wait starts again from here
+    assert p.observe([W], live, 1.9) == [Claim(W.urn, 1, claim_urn(W.urn, 1))]
+
+
+# --- sealed task secrets ---------------------------------------------------------------------------
+def test_a_sealed_secret_opens_only_with_the_host_key_it_was_sealed_to() -> None:
+    host, other = Identity.generate(), Identity.generate()
+    secret = {"seed": b"\x01" * 32, "env": {"A": "1"}, "quota": {}}
+    box = seal(secret, host.key_id)
+    assert unseal(box, host) == secret
+    with pytest.raises(IntegrityError):
+        unseal(box, other)
+    with pytest.raises(IntegrityError):
+        unseal(box[:-1] + bytes([box[-1] ^ 1]), host)
