@@ -169,9 +169,34 @@ class _Row:
     misses: int
     first_error: str | None = None
     records_per_get: float | None = None
+    cpu_s: float = 0.0               # the client process's own CPU time in the phase
 
 
-def _summarise(rows: Sequence[_Row], ops_per_client: int) -> dict[str, Any]:
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time so far of the processes `pids` (all their threads); 0 for one gone."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def cpu_per_op(ops: int, wall: float, clients_cpu: float, servers_cpu: float) -> dict[str, Any]:
+    """CPU microseconds per completed operation, split into the client processes' and the
+    servers' (replicas or etcd members), and how many of the machine's cores they kept busy."""
+    n = max(ops, 1)
+    return {
+        "clients_us": round(clients_cpu / n * 1e6, 1),
+        "servers_us": round(servers_cpu / n * 1e6, 1),
+        "total_us": round((clients_cpu + servers_cpu) / n * 1e6, 1),
+        "cores_busy": round((clients_cpu + servers_cpu) / max(wall, 1e-9), 2),
+    }
+
+
+def _summarise(rows: Sequence[_Row], ops_per_client: int, servers_cpu: float | None = None) -> dict[str, Any]:
     t_start = min(r.t0 for r in rows)
     t_end = max(r.t1 for r in rows)
     lat = sorted(x for r in rows for x in r.lat)
@@ -196,6 +221,8 @@ def _summarise(rows: Sequence[_Row], ops_per_client: int) -> dict[str, Any]:
     per_get = [r.records_per_get for r in rows if r.records_per_get is not None]
     if per_get:
         out["records_per_get"] = round(sum(per_get) / len(per_get), 2)
+    if servers_cpu is not None:
+        out["cpu_per_op"] = cpu_per_op(len(lat), wall, sum(r.cpu_s for r in rows), servers_cpu)
     return out
 
 
@@ -353,6 +380,7 @@ def _client_worker(addresses: list[str], admin_key: str, seed: bytes, level: int
             first_error: str | None = None
             r = PHASE_R.get(phase)
             urns_written = max(1, math.ceil(written / names_per_urn))
+            c0 = time.process_time()
             t0 = time.monotonic()
             deadline = t0 + phase_timeout
             for i in range(ops):
@@ -375,47 +403,83 @@ def _client_worker(addresses: list[str], admin_key: str, seed: bytes, level: int
                 if time.monotonic() >= deadline:
                     break
             # a plain tuple: a class defined here would pickle as __mp_main__._Row in this process
-            results.put((phase, worker, t0, time.monotonic(), lat, errors, misses, first_error,
-                         round(got_records / gets, 2) if gets else None))
+            t1 = time.monotonic()
+            results.put((phase, worker, t0, t1, lat, errors, misses, first_error,
+                         round(got_records / gets, 2) if gets else None, time.process_time() - c0))
 
 
-def _run_level(cat: Any, seeds: Sequence[bytes], level: int, s: Settings, profiler: _Profiler,
-               profile: bool) -> dict[str, dict[str, Any]]:
-    ctx = mp.get_context("spawn")
-    ready = ctx.Queue()
-    results = ctx.Queue()
-    go = [ctx.Event() for _ in PHASES]
-    addresses = cat.addresses
-    procs = [
-        ctx.Process(target=_client_worker,
-                    args=(_rotated(addresses, w), cat.admin.key_id, seeds[w], level, w, s.ops, s.names_per_urn,
-                          s.value_size, s.phase_timeout, ready, go, results),
-                    name=f"catalog-bench-c{level}-w{w}", daemon=True)
-        for w in range(level)
-    ]
-    summary: dict[str, dict[str, Any]] = {}
+class _ProjectLevel:
+    """The client processes of one concurrency level, started together and kept waiting between
+    phases, which run one at a time in `PHASES` order (etcd's phases run in between, when it is
+    measured, so both systems meet the same load from the rest of the machine)."""
+
+    def __init__(self, cat: Any, seeds: Sequence[bytes], level: int, s: Settings, profiler: _Profiler,
+                 profile: bool) -> None:
+        self.cat, self.level, self.s, self.profiler, self.profile = cat, level, s, profiler, profile
+        ctx = mp.get_context("spawn")
+        self.ready = ctx.Queue()
+        self.results = ctx.Queue()
+        self.go = [ctx.Event() for _ in PHASES]
+        self.procs = [
+            ctx.Process(target=_client_worker,
+                        args=(_rotated(cat.addresses, w), cat.admin.key_id, seeds[w], level, w, s.ops, s.names_per_urn,
+                              s.value_size, s.phase_timeout, self.ready, self.go, self.results),
+                        name=f"catalog-bench-c{level}-w{w}", daemon=True)
+            for w in range(level)
+        ]
+        self._stack = contextlib.ExitStack()
+        self._next = 0
+
+    def __enter__(self) -> _ProjectLevel:
+        self._stack.enter_context(_processes(self.procs))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._stack.close()
+        finally:
+            self.profiler.close()
+            for q in (self.ready, self.results):
+                q.close()
+                q.cancel_join_thread()
+
+    def run_phase(self, phase: str) -> dict[str, Any]:
+        if PHASES[self._next] != phase:
+            raise ValueError(f"phase {phase!r} asked for; the next is {PHASES[self._next]!r}")
+        start = self.go[self._next]
+        self._next += 1
+        cat, level, s = self.cat, self.level, self.s
+        ready_rows = _collect(self.ready, level, READY_TIMEOUT_S, self.procs, f"{level} clients ready to {phase}")
+        if self.profile and phase in ("put", "get_r1"):
+            targets = {r.id: r.proc.pid for r in cat.replicas if r.proc is not None}
+            targets["client0"] = next(pid for ph, w, pid in ready_rows if w == 0)
+            self.profiler.start(f"{phase}.c{level}", targets)
+        server_pids = [r.proc.pid for r in cat.replicas if r.proc is not None]
+        msgs0 = _replica_requests(cat)
+        cpu0 = _cpu_seconds(server_pids)
+        start.set()
+        got = _collect(self.results, level, s.phase_timeout + 60.0, self.procs, f"{phase} results")
+        cpu1 = _cpu_seconds(server_pids)
+        msgs1 = _replica_requests(cat)
+        rows = [_Row(*t) for t in got]
+        self.profiler.stop()
+        summary = _summarise(rows, s.ops, cpu1 - cpu0)
+        if msgs0 is not None and msgs1 is not None:
+            summary["replica_messages_in_per_op"] = round((msgs1 - msgs0) / max(summary["ops"], 1), 2)
+        _say(f"  {phase:<7} {level:>2} clients: {summary['ops_per_s']:>8.0f} ops/s  p50 {summary['p50_ms']} ms  "
+             f"p99 {summary['p99_ms']} ms  errors {summary['errors']}  cpu/op {summary['cpu_per_op']}")
+        return summary
+
+
+def _replica_requests(cat: Any) -> int | None:
+    """Messages the replicas have received in all (clients' requests and peers' messages)."""
+    from snipe.catalog.client import CatalogClient
+
     try:
-        with _processes(procs):
-            for phase, start in zip(PHASES, go, strict=True):
-                ready_rows = _collect(ready, level, READY_TIMEOUT_S, procs, f"{level} clients ready to {phase}")
-                if profile and phase in ("put", "get_r1"):
-                    targets = {r.id: r.proc.pid for r in cat.replicas if r.proc is not None}
-                    targets["client0"] = next(pid for ph, w, pid in ready_rows if w == 0)
-                    profiler.start(f"{phase}.c{level}", targets)
-                start.set()
-                got = _collect(results, level, s.phase_timeout + 60.0, procs, f"{phase} results")
-                rows = [_Row(*t) for t in got]
-                profiler.stop()
-                summary[phase] = _summarise(rows, s.ops)
-                _say(f"  {phase:<7} {level:>2} clients: {summary[phase]['ops_per_s']:>8.0f} ops/s  "
-                     f"p50 {summary[phase]['p50_ms']} ms  p99 {summary[phase]['p99_ms']} ms  "
-                     f"errors {summary[phase]['errors']}")
-    finally:
-        profiler.close()
-        for q in (ready, results):
-            q.close()
-            q.cancel_join_thread()
-    return summary
+        with CatalogClient(cat.addresses, cat.admin, cat.admin.key_id, timeout=5.0) as admin:
+            return sum(int(admin.status(r.endpoint)["requests"]) - 1 for r in cat.replicas)  # not this status
+    except Exception:  # the figure is optional; the phase is not
+        return None
 
 
 def _failover(cat: Any, seed: bytes, s: Settings) -> dict[str, Any]:
@@ -519,7 +583,17 @@ def _one_urn(cat: Any, seed: bytes, s: Settings) -> dict[str, Any]:
     }
 
 
-def run_project(s: Settings, root: Path, profiler: _Profiler) -> dict[str, Any]:
+# the order phases run in when etcd is measured too: each of etcd's right after ours
+INTERLEAVED = (("project", "put"), ("etcd", "put"), ("project", "get_r1"), ("etcd", "get_serializable"),
+               ("project", "get_r2"))
+
+
+def run_project(s: Settings, root: Path, profiler: _Profiler, etcd: Any = None) -> dict[str, Any]:
+    """The project's quorum phases, the one-URN run and fail-over; with `etcd` (a started
+    ``benchmarks.etcd_baseline.EtcdCluster``) etcd's phases too, each run right after ours
+    at the same concurrency (`INTERLEAVED`), so that both meet the same load from the rest of
+    the machine."""
+    from benchmarks import etcd_baseline as eb
     from snipe.catalog.client import CatalogClient
     from snipe.identity import Identity
     from snipe.localcluster import LocalCatalog
@@ -547,13 +621,30 @@ def run_project(s: Settings, root: Path, profiler: _Profiler) -> dict[str, Any]:
             "loadavg_1m_before": _loadavg(),
             "put": {}, "get_r1": {}, "get_r2": {},
         }
+        etcd_out: dict[str, Any] | None = None
+        if etcd is not None:
+            etcd_out = eb.result_header(etcd, eb.etcd_version(etcd.binary) or "unknown", s.value_size, s.ops,
+                                        s.phase_timeout)
+            etcd_out["interleaved"] = ("each etcd phase ran right after the project's phase of the same kind and "
+                                       "concurrency, in one run: " + ", ".join(f"{a} {b}" for a, b in INTERLEAVED))
         t0 = time.monotonic()
         for level in s.levels:
-            _say(f"project: {level} client(s), {s.ops} ops each per phase")
-            summary = _run_level(cat, seeds, level, s, profiler, profile=level == max(s.levels))
-            for phase, stats in summary.items():
-                out[phase][str(level)] = stats
+            _say(f"project{' and etcd' if etcd else ''}: {level} client(s), {s.ops} ops each per phase")
+            with contextlib.ExitStack() as stack:
+                ours = stack.enter_context(_ProjectLevel(cat, seeds, level, s, profiler,
+                                                         profile=level == max(s.levels)))
+                theirs = (stack.enter_context(eb.LevelRun(etcd.client_urls, etcd.pids, level, s.ops, s.value_size,
+                                                          s.phase_timeout)) if etcd is not None else None)
+                for system, phase in INTERLEAVED:
+                    if system == "project":
+                        out[phase][str(level)] = ours.run_phase(phase)
+                    elif theirs is not None and etcd_out is not None:
+                        st = etcd_out[phase][str(level)] = theirs.run_phase(phase)
+                        _say(f"  etcd {phase:<16} {level:>2} clients: {st['ops_per_s']:>8.0f} ops/s  "
+                             f"cpu/op {st['cpu_per_op']}")
         out["bench_seconds"] = round(time.monotonic() - t0, 2)
+        if etcd_out is not None:
+            etcd_out["loadavg_1m_after"] = _loadavg()
         out["loadavg_1m_after"] = _loadavg()
         _say(f"project: 1 client, up to {s.one_urn_names} names under one URN")
         out["one_urn"] = _one_urn(cat, seeds[-2], s)
@@ -562,7 +653,7 @@ def run_project(s: Settings, root: Path, profiler: _Profiler) -> dict[str, Any]:
         _say("fail-over: writing every 5 ms while replica 0 is killed")
         failover = _failover(cat, seeds[-1], s)
         _say(f"  longest gap between acknowledgements: {failover['max_gap_ms']} ms")
-        return {"project": out, "failover": failover}
+        return {"project": out, "failover": failover, "etcd": etcd_out}
     finally:
         cat.close()
 
@@ -821,6 +912,30 @@ def run_etcd(s: Settings) -> dict[str, Any]:
     return res
 
 
+@contextlib.contextmanager
+def _etcd_cluster(s: Settings) -> Iterator[tuple[Any, str | None]]:
+    """A started etcd cluster to interleave with the project's phases, or (None, why not)."""
+    from benchmarks.etcd_baseline import EtcdCluster, EtcdError, etcd_binary
+
+    if "etcd" not in s.sections or not s.etcd:
+        yield None, None if "etcd" not in s.sections else "skipped (--quick or --no-etcd)"
+        return
+    if etcd_binary() is None:
+        yield None, "etcd binary not found on PATH"
+        return
+    cluster = EtcdCluster(members=N_REPLICAS)
+    try:
+        cluster.start()
+    except EtcdError as exc:
+        yield None, f"{exc}"[:2000]
+        return
+    _say(f"etcd: {N_REPLICAS} members up, its phases run between the project's")
+    try:
+        yield cluster, None
+    finally:
+        cluster.stop()
+
+
 def compare(project: dict[str, Any], etcd: dict[str, Any], levels: Sequence[int]) -> dict[str, Any]:
     """Project/etcd throughput ratios and the issue's targets (16 clients, or the top level)."""
     if not etcd.get("available"):
@@ -879,11 +994,17 @@ def run_benchmark(s: Settings) -> dict[str, Any]:
         if "ceiling" in s.sections:
             result["ceiling"] = _safe("ceiling", lambda: run_ceiling(s, root))
         if "project" in s.sections:
-            both = _safe("project", lambda: run_project(s, root, profiler))
+            with _etcd_cluster(s) as (etcd, why_not):
+                both = _safe("project", lambda: run_project(s, root, profiler, etcd))
             result["project"] = both.get("project", both)
             result["failover"] = both.get("failover", both)
-        result["etcd"] = (_safe("etcd", lambda: run_etcd(s)) if "etcd" in s.sections
-                          else {"available": False, "reason": "not in --sections"})
+            if both.get("etcd") is not None:
+                result["etcd"] = both["etcd"]
+            elif why_not is not None:
+                result["etcd"] = {"available": False, "reason": why_not}
+        if "etcd" not in result:
+            result["etcd"] = (_safe("etcd", lambda: run_etcd(s)) if "etcd" in s.sections
+                              else {"available": False, "reason": "not in --sections"})
         result["comparison"] = compare(result.get("project", {}), result["etcd"], s.levels)
         if "memory" in s.sections:
             result["memory"] = _safe("memory", lambda: run_memory(s, root))

@@ -54,10 +54,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = [
+    "PHASES",
     "EtcdCluster",
     "EtcdError",
+    "LevelRun",
     "etcd_binary",
     "etcd_version",
+    "result_header",
     "run_etcd_baseline",
 ]
 
@@ -450,6 +453,7 @@ def _worker(
         lat: list[float] = []
         errors = 0
         misses = 0
+        c0 = time.process_time()
         t0 = time.monotonic()
         deadline = t0 + phase_timeout
         for i in range(ops):
@@ -474,7 +478,7 @@ def _worker(
             if time.monotonic() >= deadline:
                 break
         t1 = time.monotonic()
-        results.put((phase, worker, t0, t1, lat, errors, misses))
+        results.put((phase, worker, t0, t1, lat, errors, misses, time.process_time() - c0))
     conn.close()
 
 
@@ -486,7 +490,20 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[int(rank) - 1]
 
 
-def _summarise(rows: list[tuple[Any, ...]], ops_per_client: int) -> dict[str, Any]:
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time so far of the processes `pids` (all their threads)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def _summarise(rows: list[tuple[Any, ...]], ops_per_client: int, servers_cpu: float | None = None
+               ) -> dict[str, Any]:
     t_start = min(r[2] for r in rows)
     t_end = max(r[3] for r in rows)
     lat = sorted(x for r in rows for x in r[4])
@@ -505,64 +522,86 @@ def _summarise(rows: list[tuple[Any, ...]], ops_per_client: int) -> dict[str, An
     }
     if misses:
         out["misses"] = misses
+    if servers_cpu is not None:
+        n = max(len(lat), 1)
+        clients_cpu = sum(r[7] for r in rows)
+        out["cpu_per_op"] = {
+            "clients_us": round(clients_cpu / n * 1e6, 1),
+            "servers_us": round(servers_cpu / n * 1e6, 1),
+            "total_us": round((clients_cpu + servers_cpu) / n * 1e6, 1),
+            "cores_busy": round((clients_cpu + servers_cpu) / wall, 2),
+        }
     return out
+
+
+class LevelRun:
+    """The client processes of one concurrency level, started together and kept waiting between
+    phases, which run one at a time in `PHASES` order: a caller may run another system's phases
+    in between, so that both are measured under the same load from the rest of the machine."""
+
+    def __init__(self, client_urls: Sequence[str], member_pids: Sequence[int], level: int, ops_per_client: int,
+                 value_size: int, phase_timeout: float) -> None:
+        self.member_pids = list(member_pids)
+        self.level = level
+        self.ops_per_client = ops_per_client
+        self.phase_timeout = phase_timeout
+        # spawn, not fork: the caller may hold threads (zmq, loggers) whose locks a fork
+        # would copy.  The price: the caller's main module is re-imported in each client,
+        # so it must guard its entry point with ``if __name__ == "__main__":``.
+        ctx = mp.get_context("spawn")
+        self.ready = ctx.Queue()
+        self.go = [ctx.Event() for _ in PHASES]
+        self.results = ctx.Queue()
+        self.procs = [
+            ctx.Process(target=_worker,
+                        args=(client_urls[w % len(client_urls)], level, w, ops_per_client, value_size, phase_timeout,
+                              self.ready, self.go, self.results),
+                        name=f"etcd-bench-c{level}-w{w}", daemon=True)
+            for w in range(level)
+        ]
+        self._next = 0
+
+    def __enter__(self) -> LevelRun:
+        for p in self.procs:
+            p.start()
+        return self
+
+    def run_phase(self, phase: str) -> dict[str, Any]:
+        """Run the next phase (they come in `PHASES` order) and summarise it."""
+        if PHASES[self._next] != phase:
+            raise ValueError(f"phase {phase!r} asked for; the next is {PHASES[self._next]!r}")
+        start = self.go[self._next]
+        self._next += 1
+        # Spawning 16 interpreters on 2 cores takes a few seconds: generous bound.
+        _collect(self.ready, self.level, 60.0, self.procs, f"{phase} clients ready")
+        cpu0 = _cpu_seconds(self.member_pids)
+        start.set()
+        bound = self.phase_timeout + 2 * HTTP_TIMEOUT_S + 10.0
+        rows = _collect(self.results, self.level, bound, self.procs, f"{phase} results")
+        return _summarise(rows, self.ops_per_client, _cpu_seconds(self.member_pids) - cpu0)
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.join(timeout=10.0 if exc[0] is None else 0.1)
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for q in (self.ready, self.results):
+            q.close()
+            q.cancel_join_thread()
 
 
 def _run_level(
     client_urls: Sequence[str],
+    member_pids: Sequence[int],
     level: int,
     ops_per_client: int,
     value_size: int,
     phase_timeout: float,
 ) -> dict[str, dict[str, Any]]:
-    # spawn, not fork: the caller may hold threads (zmq, loggers) whose locks a fork
-    # would copy.  The price: the caller's main module is re-imported in each client,
-    # so it must guard its entry point with ``if __name__ == "__main__":``.
-    ctx = mp.get_context("spawn")
-    ready = ctx.Queue()
-    go = [ctx.Event() for _ in PHASES]
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_worker,
-            args=(
-                client_urls[w % len(client_urls)],
-                level,
-                w,
-                ops_per_client,
-                value_size,
-                phase_timeout,
-                ready,
-                go,
-                results,
-            ),
-            name=f"etcd-bench-c{level}-w{w}",
-            daemon=True,
-        )
-        for w in range(level)
-    ]
-    for p in procs:
-        p.start()
-    summary: dict[str, dict[str, Any]] = {}
-    try:
-        for phase, start in zip(PHASES, go, strict=True):
-            # Spawning 16 interpreters on 2 cores takes a few seconds: generous bound.
-            _collect(ready, level, 60.0, procs, f"{phase} clients ready")
-            start.set()
-            bound = phase_timeout + 2 * HTTP_TIMEOUT_S + 10.0
-            rows = _collect(results, level, bound, procs, f"{phase} results")
-            summary[phase] = _summarise(rows, ops_per_client)
-        for p in procs:
-            p.join(timeout=10.0)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
-        for q in (ready, results):
-            q.close()
-            q.cancel_join_thread()
-    return summary
+    with LevelRun(client_urls, member_pids, level, ops_per_client, value_size, phase_timeout) as run:
+        return {phase: run.run_phase(phase) for phase in PHASES}
 
 
 def _collect(q: Any, n: int, timeout: float, procs: Sequence[Any], what: str) -> list[Any]:
@@ -585,6 +624,28 @@ def _collect(q: Any, n: int, timeout: float, procs: Sequence[Any], what: str) ->
         if time.monotonic() >= deadline:
             raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what} ({len(items)}/{n})")
     return items
+
+
+def result_header(cluster: EtcdCluster, version: str, value_size: int, ops_per_client: int,
+                  phase_timeout: float) -> dict[str, Any]:
+    """What a result says about the cluster and the clients, before the figures."""
+    return {
+        "available": True,
+        "version": version,
+        "members": len(cluster.client_urls),
+        "leader_member": cluster.leader_index(),
+        "transport": "HTTP/1.1 JSON gateway (/v3/kv/*), http.client, 1 process per client",
+        "clients": "1 process per client, each with one persistent HTTP connection to one member (round-robin)",
+        "value_size": value_size,
+        "ops_per_client": ops_per_client,
+        "phase_timeout_s": phase_timeout,
+        "data_dir_parent": str(cluster.tmpdir.parent) if cluster.tmpdir else None,
+        "cpus": os.cpu_count(),
+        # Other load on the machine skews every figure: record it.
+        "loadavg_1m_before": round(os.getloadavg()[0], 2),
+        "put": {},
+        "get_serializable": {},
+    }
 
 
 def run_etcd_baseline(
@@ -627,24 +688,9 @@ def run_etcd_baseline(
         return {"available": False, "reason": str(exc), "version": version}
     try:
         t0 = time.monotonic()
-        result: dict[str, Any] = {
-            "available": True,
-            "version": version,
-            "members": len(cluster.client_urls),
-            "leader_member": cluster.leader_index(),
-            "transport": "HTTP/1.1 JSON gateway (/v3/kv/*), http.client, 1 process per client",
-            "value_size": value_size,
-            "ops_per_client": ops_per_client,
-            "phase_timeout_s": phase_timeout,
-            "data_dir_parent": str(cluster.tmpdir.parent) if cluster.tmpdir else None,
-            "cpus": os.cpu_count(),
-            # Other load on the machine skews every figure: record it.
-            "loadavg_1m_before": round(os.getloadavg()[0], 2),
-            "put": {},
-            "get_serializable": {},
-        }
+        result = result_header(cluster, version, value_size, ops_per_client, phase_timeout)
         for level in levels:
-            summary = _run_level(cluster.client_urls, level, ops_per_client, value_size, phase_timeout)
+            summary = _run_level(cluster.client_urls, cluster.pids, level, ops_per_client, value_size, phase_timeout)
             for phase, stats in summary.items():
                 result[phase][str(level)] = stats
         result["bench_seconds"] = round(time.monotonic() - t0, 2)
