@@ -14,6 +14,7 @@ it), code, args, supervisor (this daemon's address), pid, started, notify, state
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import queue
@@ -47,6 +48,7 @@ from snipe.errors import (
     ServerError,
     SnipeError,
     UnknownRequest,
+    Unreachable,
 )
 from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint
@@ -64,6 +66,8 @@ REAP_S = 1.0                   # how often orphans adopted as subreaper are coll
 MAX_EVENTS_KEPT = 64
 MAX_FILE_BYTES = 1 << 30       # a stored blob (a checkpoint) at most this big
 RESTART_POLICIES = ("on-host-failure",)
+REPLICA_MODES = ("standby",)
+STANDBY_CHECKPOINT_S = 1.0     # a standby-replicated task checkpoints this often unless told otherwise
 
 
 @dataclass
@@ -106,7 +110,7 @@ class Daemon:
         self.state = DaemonState(cfg.state_dir / "state")
         self.codes = CodeCache(cfg.state_dir / "code")
         self.files = CodeCache(cfg.state_dir / "files", kind="file")     # checkpoints others stored here
-        self.takeovers: queue.Queue[tuple[Claim, dict[str, Any]]] = queue.Queue()
+        self.takeovers: queue.Queue[tuple[Claim | None, dict[str, Any]]] = queue.Queue()   # None: fetch code
         self.task_keys: dict[str, Identity] = {}    # tasks taken over: their key signs their catalog entry
         self._manifests: dict[str, tuple[float, dict[str, Any]]] = {}   # code URN -> (good until, manifest)
         self._next_reap = 0.0
@@ -146,7 +150,8 @@ class Daemon:
         self.groups = GroupRouter(cfg.host_urn, cfg.address, self.catalog, self.endpoint, cfg.lease_s)
         self.next_lease = time.monotonic() + cfg.lease_s / 3
         self.watcher = TakeoverWatcher(cfg.host_urn, cfg.identity, cfg.catalog, cfg.admin_key,
-                                       lambda claim, values: self.takeovers.put((claim, values)))
+                                       lambda claim, values: self.takeovers.put((claim, values)),
+                                       lambda code: self.takeovers.put((None, {"code": code})))
         self.watcher.start()
 
     # --- admission ----------------------------------------------------------------------------
@@ -203,9 +208,12 @@ class Daemon:
         while not self.takeovers.empty():
             claim, values = self.takeovers.get_nowait()
             try:
-                self._take_over(claim, values)
+                if claim is None:            # we stand by for a replicated task: hold its code
+                    self._fetch_code(validate_urn(str(values["code"])))
+                else:
+                    self._take_over(claim, values)
             except SnipeError as exc:
-                log.warning("could not take over %s: %s", claim.urn, exc)
+                log.warning("could not %s: %s", f"take over {claim.urn}" if claim else "fetch standby code", exc)
         self.pool.refill()
         if self.pool.fork and now >= self._next_reap:
             self._next_reap = now + REAP_S
@@ -413,7 +421,10 @@ class Daemon:
         if path is not None:
             return path, manifest
         errors = []
-        for location in sorted({str(v) for v in entry.values("location", now).values()}):
+        # Only daemons whose host is alive: a dead one would hold this loop for the call's timeout.
+        live = {str(e.value("daemon", now)) for e in self.catalog.query("urn:snipe:host:").values()
+                if e.value("alive", now) is True}
+        for location in sorted({str(v) for v in entry.values("location", now).values()} & live):
             if location == self.cfg.address:
                 continue
             try:
@@ -442,6 +453,12 @@ class Daemon:
         every = field_of(env, "checkpoint_every", (int, float), 0)
         if every < 0:
             raise SnipeError(f"checkpoint_every must be a positive number of seconds, not {every}")
+        replicas = field_of(env, "replicas", int, 1)
+        mode = field_of(env, "mode", str, "standby")
+        if replicas > 1:
+            if mode not in REPLICA_MODES:
+                raise SnipeError(f"replica mode {mode!r} is unknown; the modes are {', '.join(REPLICA_MODES)}")
+            restart, every = "on-host-failure", every or STANDBY_CHECKPOINT_S
         code_dir, manifest = self._fetch_code(code)
 
         urn = new_urn("proc")
@@ -467,7 +484,7 @@ class Daemon:
             self.catalog.sign(urn, "state", "running"),
             self.catalog.sign(urn, "events", [started]),
             *[self.catalog.sign(urn, k, v) for k, v in self._takeover_names(
-                task_key, restart, every, extra_env, field_of(env, "quota", dict, {})).items()],
+                urn, task_key, restart, every, extra_env, field_of(env, "quota", dict, {}), replicas).items()],
         ])
         task_env = self._task_env(urn, workdir, extra_env, every)
         argv = entry_argv(manifest, code_dir, self.cfg.python, args)
@@ -496,10 +513,11 @@ class Daemon:
             task_env["SNIPE_CHECKPOINT_EVERY"] = str(float(every))
         return task_env
 
-    def _takeover_names(self, task_key: Identity, restart: str | None, every: float, extra_env: dict[str, Any],
-                        quota: dict[str, Any]) -> dict[str, Any]:
+    def _takeover_names(self, urn: str, task_key: Identity, restart: str | None, every: float,
+                        extra_env: dict[str, Any], quota: dict[str, Any], replicas: int = 1) -> dict[str, Any]:
         """The catalog names that let another host take the task over: the policy, and the task's
-        key (with its environment and quota) sealed to each other live host's key."""
+        key (with its environment and quota) sealed to each other live host's key; for a
+        replicated task, its standby hosts (the first N-1 other live hosts by rendezvous hash)."""
         names: dict[str, Any] = {}
         if every:
             names["checkpoint_every"] = float(every)
@@ -515,6 +533,11 @@ class Daemon:
         if not sealed:
             log.warning("no other live host to restart tasks on: the restart policy cannot act yet")
         names.update({"restart": restart, "takeover_keys": sealed, "incarnation": 0})
+        if replicas > 1:
+            if len(sealed) < replicas - 1:
+                raise Unreachable(f"replicas={replicas} needs {replicas} live hosts; {len(sealed) + 1} are live")
+            ranked = sorted(sealed, key=lambda h: hashlib.sha256(f"{urn}|{h}".encode()).digest())
+            names.update({"replicas": replicas, "mode": "standby", "standbys": ranked[:replicas - 1]})
         return names
 
     # --- taking over a task whose host died (daemon/takeover.py decides who) -----------------
@@ -544,8 +567,11 @@ class Daemon:
         event = {"seq": seq, "kind": "restarted", "at": time.time(),
                  "reason": f"{values.get('host')} was lost; restarted on {self.cfg.host_urn} {how}"}
         events = [*events, event][-MAX_EVENTS_KEPT:]
-        self._put_as(task_key, urn, {"host": self.cfg.host_urn, "supervisor": self.cfg.address, "state": "running",
-                                     "events": events, "incarnation": claim.incarnation, "started": _now_ms()})
+        names = {"host": self.cfg.host_urn, "supervisor": self.cfg.address, "state": "running",
+                 "events": events, "incarnation": claim.incarnation, "started": _now_ms()}
+        if isinstance(values.get("standbys"), list):
+            names["standbys"] = self._new_standbys(values)
+        self._put_as(task_key, urn, names)
         argv = entry_argv(manifest, code_dir, self.cfg.python, args)
         record = self.runner.start(urn, argv, cwd=str(workdir), env=task_env,
                                    quota=Quota.from_value(secret.get("quota") or {}), warm=self.pool.take(argv[0]))
@@ -555,6 +581,17 @@ class Daemon:
                            "restart": values.get("restart"), "incarnation": claim.incarnation,
                            "key_file": str(workdir / "task.key")}
         self.state.put_task(urn, self.tasks[urn])
+
+    def _new_standbys(self, values: dict[str, Any]) -> list[str]:
+        """A promoted standby's successors: the other standbys, and live hosts the task's key was
+        sealed to in place of this one (so the task keeps `replicas` hosts while there are some)."""
+        now = _now_ms()
+        left = [str(h) for h in values.get("standbys", []) if h != self.cfg.host_urn]
+        want = int(values.get("replicas", len(left) + 2)) - 1
+        live = {u for u, e in self.catalog.query("urn:snipe:host:").items() if e.value("alive", now) is True}
+        spare = sorted(h for h in values.get("takeover_keys", {}) if h in live and h != self.cfg.host_urn
+                       and h not in left and h != values.get("host"))
+        return [h for h in left if h in live] + spare[:max(0, want - len([h for h in left if h in live]))]
 
     def _fetch_file(self, ckpt: dict[str, Any]) -> bytes:
         """A stored checkpoint, from this host or one of its holders (checked against its URN)."""

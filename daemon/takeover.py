@@ -4,7 +4,8 @@ A thread with its own catalog client sweeps every SWEEP_S: the live hosts, and t
 tasks with a restart policy (`restart` on their entry). The planner says which to claim; a
 claim is an `_owner` claim on `<task>.takeover<n>`, read back after CLAIM_SETTLE_S (the
 earliest claim wins at every replica). A won claim goes to the daemon's main thread (`won`),
-which starts the task (daemon/server.py, `_take_over`).
+which starts the task (daemon/server.py, `_take_over`). A host named a standby of a replicated
+task is asked to hold its code (`stand_by`), so a promotion does not depend on the dead host.
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ def watched_from(urn: str, values: dict[str, Any]) -> Watched | None:
 
 class TakeoverWatcher:
     def __init__(self, host_urn: str, identity: Identity, catalog: list[str], admin_key: bytes,
-                 won: Callable[[Claim, dict[str, Any]], None]) -> None:
+                 won: Callable[[Claim, dict[str, Any]], None], stand_by: Callable[[str], None]) -> None:
         self.host_urn, self.identity, self.catalog_addrs, self.admin_key = host_urn, identity, catalog, admin_key
         self.won = won
+        self.stand_by = stand_by          # called once per code URN of a task we are a standby of
+        self.held: set[str] = set()
         self.planner = TakeoverPlanner(host_urn, stagger=STAGGER_S)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snipe-takeover", daemon=True)
@@ -80,6 +83,11 @@ class TakeoverWatcher:
             if isinstance(values.get("takeover_keys"), dict) and self.host_urn in values["takeover_keys"]:
                 tasks[urn] = values
         watched = [w for u, v in tasks.items() if (w := watched_from(u, v)) is not None]
+        for values in tasks.values():
+            code = values.get("code")
+            if self.host_urn in (values.get("standbys") or []) and isinstance(code, str) and code not in self.held:
+                self.held.add(code)
+                self.stand_by(code)
         for claim in self.planner.observe(watched, live, time.monotonic()):
             if self._claim(catalog, claim):
                 log.warning("%s takes over %s as incarnation %d", self.host_urn, claim.urn, claim.incarnation)

@@ -97,33 +97,41 @@ def checkpoint() -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise hooks.HookError(f"the on_checkpoint hook returned what msgpack cannot save: {exc}") from exc
     urn = content_urn("file", blob)
-    holders, hosts = _store(s, urn, blob)
+    holders, hosts, live = _store(s, urn, blob)
     record = {"file": urn, "seq": seq, "at": at, "size": len(blob), "holders": holders, "hosts": hosts}
     s.catalog.set(s.me, "checkpoint", record)
     previous, _seq, _last = _last, seq, record
     snapshot.tell_checkpointed(ep, snapshot.positions(lib))
     if previous is not None and previous.get("file") != urn:
-        _drop(s, previous)
+        _drop(s, previous, live)
     return record
 
 
-def _store(s: Any, urn: str, blob: bytes) -> tuple[list[str], list[str]]:
-    """Put the blob on COPIES daemons (ours first); return their addresses and host URNs."""
+def _store(s: Any, urn: str, blob: bytes) -> tuple[list[str], list[str], set[str]]:
+    """Put the blob on COPIES daemons (ours first, then a replicated task's standbys); return
+    their addresses and host URNs, and the live hosts' URNs."""
     from snipe.runtime import now_ms
 
     candidates = [(s.host or "", s.local_daemon)]
     now = now_ms()
+    standbys = s.catalog.get(s.me).value("standbys", now)
+    standbys = [str(h) for h in standbys] if isinstance(standbys, list) else []
+    copies = max(COPIES, 1 + len(standbys))       # a replicated task's standbys each hold every checkpoint
     others = []
+    live = {s.host or ""}
     for host, entry in s.catalog.query("urn:snipe:host:").items():
         address = entry.value("daemon", now)
+        if entry.value("alive", now) is True:
+            live.add(host)
         if host != s.host and entry.value("alive", now) is True and isinstance(address, str):
-            others.append((hashlib.sha256(f"{s.me}|{host}".encode()).digest(), host, address))
-    candidates += [(h, a) for _, h, a in sorted(others)]
+            rank = standbys.index(host) if host in standbys else len(standbys)
+            others.append((rank, hashlib.sha256(f"{s.me}|{host}".encode()).digest(), host, address))
+    candidates += [(h, a) for _, _, h, a in sorted(others)]
     holders: list[str] = []
     hosts: list[str] = []
     errors: list[str] = []
     for host, address in candidates:
-        if len(holders) >= COPIES:
+        if len(holders) >= copies:
             break
         try:
             s.daemon(address).call("put-file", {"urn": urn}, (blob,), timeout=STORE_TIMEOUT_S)
@@ -133,16 +141,18 @@ def _store(s: Any, urn: str, blob: bytes) -> tuple[list[str], list[str]]:
             errors.append(f"{host or address}: {exc}")
     if not holders:
         raise Unreachable(f"no daemon would store checkpoint {urn}: " + "; ".join(errors))
-    if len(holders) < COPIES:
+    if len(holders) < copies:
         log.warning("checkpoint %s is held by %d daemon(s) only (%s)", urn, len(holders), "; ".join(errors) or
                     "no other live host")
-    return holders, hosts
+    return holders, hosts, live
 
 
-def _drop(s: Any, record: dict[str, Any]) -> None:
-    for address in record.get("holders", []):
-        with contextlib.suppress(SnipeError):
-            s.daemon(str(address)).call("drop-file", {"urn": record["file"]}, timeout=10)
+def _drop(s: Any, record: dict[str, Any], live: set[str]) -> None:
+    """Drop a superseded checkpoint at its holders that are alive (a dead one's copy dies with it)."""
+    for address, host in zip(record.get("holders", []), record.get("hosts", []), strict=False):
+        if host in live:
+            with contextlib.suppress(SnipeError):
+                s.daemon(str(address)).call("drop-file", {"urn": record["file"]}, timeout=5)
 
 
 def decode(blob: bytes, urn: str) -> dict[str, Any]:

@@ -449,11 +449,13 @@ def hosts(requires: Sequence[Predicate | str] | dict[str, Any] | None = None) ->
 # and this client adds the tasks it placed since, see snipe/placement.py).
 PLACEMENT_CACHE_S = 1.0
 RESTART_POLICIES = ("on-host-failure",)
+REPLICA_MODES = ("standby",)
 
 
 def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Predicate | str] | dict | None = None,
           env: dict[str, str] | None = None, quota: dict[str, Any] | None = None,
-          notify: Sequence[str] = (), checkpoint_every: float | None = None, restart: str | None = None) -> Process:
+          notify: Sequence[str] = (), checkpoint_every: float | None = None, restart: str | None = None,
+          replicas: int = 1, mode: str = "standby") -> Process:
     """Start `code` (a code URN from `publish`) as a task; return its Process handle.
 
     With no `host`, the least-loaded live host meeting `requires` is chosen; `quota` may set
@@ -461,6 +463,12 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
     the task checkpoint itself periodically (snipe/checkpoints.py); `restart="on-host-failure"`
     has it restarted on another live host, from its last checkpoint (or from the beginning
     without one), keeping its URN, when its host's lease lapses.
+
+    `replicas=N, mode="standby"`: one URN backed by N hosts: the primary runs the task and
+    checkpoints it (every `checkpoint_every`, default 1 s) to itself and the N-1 standby hosts,
+    which hold its code and state; when the primary's host dies the first live standby is
+    promoted (restarted there from the checkpoint). Senders keep every message until a
+    checkpoint holds it, so losing a replica loses no acknowledged message.
     """
     s = session()
     code = validate_urn(code)
@@ -474,6 +482,12 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
         if restart not in RESTART_POLICIES:
             raise ValueError(f"restart must be one of {RESTART_POLICIES}, not {restart!r}")
         body["restart"] = restart
+    if replicas != 1:
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+            raise ValueError(f"replicas must be a positive integer, not {replicas!r}")
+        if mode not in REPLICA_MODES:
+            raise ValueError(f"mode must be one of {REPLICA_MODES}, not {mode!r}")
+        body.update({"replicas": replicas, "mode": mode})
     if host is not None:
         host_urn = host if host.startswith("urn:") else f"urn:snipe:host:{host}"
         entry = s.catalog.get(host_urn)
@@ -497,7 +511,7 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
             # the host list was up to PLACEMENT_CACHE_S old (the host may have started draining): ask again
             s._hosts_seen = None
             return spawn(code, *args, requires=requires, env=env, quota=quota, notify=notify,
-                         checkpoint_every=checkpoint_every, restart=restart)
+                         checkpoint_every=checkpoint_every, restart=restart, replicas=replicas, mode=mode)
     recent = s.placed.setdefault(host_urn, [])
     recent.append(now_ms())
     del recent[:-256]

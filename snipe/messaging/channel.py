@@ -125,9 +125,16 @@ class Outbound:
         self.retained_size = 0
         self.acked_upto = 0                      # highest seq acknowledged in this session
         self.resumed = False                     # a restored receiver resumed this session: data says "r"
+        self.strict = False                      # retained messages are unsettled until checkpointed
 
     def room(self) -> int:
-        return self.hwm - len(self.flight) - len(self.queue)
+        return self.hwm - len(self.flight) - len(self.queue) - self.retained_unsettled()
+
+    def retained_unsettled(self) -> int:
+        """Retained messages that still count against the hwm: all of them for a `strict` receiver
+        (a replicated task in standby mode: a message is settled only once a checkpoint holds it,
+        so none is ever dropped from retention), none otherwise."""
+        return len(self.retained) if self.strict else 0
 
     def held(self) -> int:
         return len(self.flight) + len(self.queue)
@@ -288,6 +295,7 @@ class Outbound:
         self.retained.clear()
         self.retained_size = 0
         self.resumed = True
+        self.acked -= len(again)                 # unacknowledged again: counted when acknowledged again
         for h in reversed(again):
             h.attempts = 0
             self.flight.appendleft(h)

@@ -477,6 +477,7 @@ class Endpoint:
             return
         if values.get("restart") and not p.out.retain:      # it may be restored from a checkpoint
             p.out.retain = RETAIN_FOR_RESTART
+            p.out.strict = values.get("mode") == "standby"  # replicated: nothing acknowledged may be lost
         peer = ProcView.from_values(p.urn, values)
         key = values.get("key")
         if not peer.comm or not isinstance(key, str):
@@ -657,7 +658,7 @@ class Endpoint:
             p = self.peers.get(dest)
             if p is not None:
                 p.failed += len(failed)
-                self.settled[dest] = p.out.acked + p.failed
+                self.settled[dest] = p.out.acked + p.failed - p.out.retained_unsettled()
             self.cond.notify_all()
 
     def _read_link(self, p: _Peer, link: Link) -> None:
@@ -683,7 +684,7 @@ class Endpoint:
                 continue
             p.heard_at = now
             self._transmit(p, p.out.on_ack(session, cum, now, busy=ack_is_busy(env)))
-        settled = p.out.acked + p.failed
+        settled = p.out.acked + p.failed - p.out.retained_unsettled()
         if settled != self.settled.get(p.urn, 0):
             with self.lock:
                 self.settled[p.urn] = settled

@@ -154,3 +154,14 @@ def test_a_sealed_secret_opens_only_with_the_host_key_it_was_sealed_to() -> None
         unseal(box, other)
     with pytest.raises(IntegrityError):
         unseal(box[:-1] + bytes([box[-1] ^ 1]), host)
+
+
+def test_for_a_standby_replicated_receiver_retained_messages_hold_the_hwm_until_checkpointed() -> None:
+    out = sent(4)
+    out.strict = True
+    out.on_ack(out.session, 4, 0.1)
+    assert out.room() == out.hwm - 4 and out.retained_unsettled() == 4      # acknowledged, not yet safe
+    out.on_checkpointed(out.session, 3)
+    assert out.room() == out.hwm - 1
+    sends, failed = out.on_resume(out.session, 3, 0.2)
+    assert failed == [] and seqs_of(sends) == [4] and out.acked == 3       # unacknowledged again

@@ -1,0 +1,61 @@
+"""Replicated processes on real replicas and daemons: standby mode survives kill -9 of its
+primary's host with no acknowledged message lost.
+
+The primary runs on h1, the host where the code was published (so the standby must hold the
+code itself), checkpointing every 0.5 s to itself and its standby. The test streams numbers to
+the task's URN and has every one acknowledged (the task reports them), kills h1's daemon and
+the task with SIGKILL, streams more while it is down, and then asks: every number must be
+there once and in order, on the promoted standby, and the sender saw no failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import snipe
+from snipe.localcluster import LocalCluster
+from tests.integration.test_checkpoint import COUNTER, publish, recv_obj, report, running_on
+from tests.support import wait_for
+
+
+def test_a_standby_replica_is_promoted_when_the_primarys_host_is_killed(cluster: LocalCluster,
+                                                                        tmp_path: Path) -> None:
+    code = publish(tmp_path, "counter.py", COUNTER)
+    p = snipe.spawn(code, snipe.me(), host="h1", replicas=2, mode="standby", checkpoint_every=0.5)
+    info = p.info()
+    assert info["mode"] == "standby" and info["replicas"] == 2 and len(info["standbys"]) == 1
+    standby = info["standbys"][0]
+    assert standby in ("urn:snipe:host:h2", "urn:snipe:host:h3")
+    assert recv_obj(4)["restored"] == 0
+    for i in range(150):
+        snipe.send(p.urn, str(i).encode(), 1)
+    assert report(p.urn, 1) == list(range(150))
+    wait_for(lambda: (p.info().get("checkpoint") or {}).get("hosts", [None])[-1] == standby, 30,
+             "a periodic checkpoint held by the standby")
+    for i in range(150, 300):                         # acknowledged, maybe after the last checkpoint
+        snipe.send(p.urn, str(i).encode(), 1)
+    assert report(p.urn, 2) == list(range(300))
+
+    pid = p.status()["pid"]
+    cluster.kill_daemon(0)                             # kill -9 of the primary's host daemon, then of the task
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for i in range(300, 400):
+        snipe.send(p.urn, str(i).encode(), 1)
+
+    back = recv_obj(4, 60)
+    assert back["ready"] == p.urn and back["restored"] > 0    # from a checkpoint, not from zero
+    info = p.info()
+    assert info["host"] == standby and info["incarnation"] == 1
+    assert report(p.urn, 3) == list(range(400))               # no acknowledged message lost, none twice
+    assert running_on(cluster, p.urn) == [standby.rsplit(":", 1)[1]]
+    third = {"urn:snipe:host:h2", "urn:snipe:host:h3"} - {standby}
+    assert info["standbys"] == sorted(third)                  # a new standby replaces the promoted one
+    failures = []
+    while (m := snipe.recv(timeout=0)) is not None:
+        if m.failed:
+            failures.append(m.reason)
+    assert failures == []
