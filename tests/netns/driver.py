@@ -256,17 +256,24 @@ def mcast_sender(args: argparse.Namespace) -> dict[str, Any]:
     seen: list[list[Any]] = [[0, _routers(args.group), 0.0]]
     pad = b"m" * 56
     due = time.monotonic()
+    in_mcast = in_reads = 0.0
     for i in range(args.n):
+        t = time.monotonic()
         snipe.mcast(args.group, i.to_bytes(8, "big") + pad)
+        in_mcast += time.monotonic() - t
         if i % 50 == 0:
+            t = time.monotonic()
             now_routers = _routers(args.group)
+            in_reads += time.monotonic() - t
             if now_routers != seen[-1][1]:
                 seen.append([i, now_routers, round(time.time() - t0, 3)])
-            write(out / "mcast-progress.json", {"sent": i + 1, "t": time.time(), "routers": seen})
+            write(out / "mcast-progress.json", {"sent": i + 1, "t": time.time(), "routers": seen,
+                                                "in_mcast_s": round(in_mcast, 3), "in_reads_s": round(in_reads, 3)})
         due += args.interval_ms / 1000.0
         if (wait := due - time.monotonic()) > 0:
             time.sleep(wait)
     result = {"sent": args.n, "send_s": round(time.time() - t0, 3), "routers": seen,
+              "in_mcast_s": round(in_mcast, 3), "in_reads_s": round(in_reads, 3),
               "stats": snipe.messaging_stats()}
     # the hops to the routers settle (acknowledged, or given up for a router that died): bounded
     end = time.monotonic() + 30

@@ -253,7 +253,7 @@ def _mcast_partition(lab: Lab, report: Callable[[str, dict[str, Any]], None]) ->
     facts = {"n": n, "sent": sent["sent"], "acknowledged_by_router_hops": hops, "members": members,
              "victim": victim, "routers_seen_by_sender": sent["routers"], "timeline": timeline,
              "new_router_seen_after_s": round(elected_at - part_at, 3), "partition_s": round(heal_at - part_at, 3),
-             "send_s": sent["send_s"]}
+             "send_s": sent["send_s"], "in_mcast_s": tx.get("in_mcast_s"), "in_router_reads_s": tx.get("in_reads_s")}
     report("case3 multicast, a router's host partitioned", facts)
     return facts
 
