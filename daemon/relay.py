@@ -129,6 +129,9 @@ class Relay:
                 reply = Envelope(PROTOCOL, VERSION, "error", 0, {"code": exc.code, "message": str(exc)})
                 with contextlib.suppress(zmq.ZMQError):
                     self.sock.send_multipart([conn, *encode(reply)], zmq.NOBLOCK)
+            except Exception:  # a bug here must not stop the relay for everyone else
+                self.refused += 1
+                log.exception("the relay failed on a message from key %s…", key[:16])
 
     def _read_peer(self, dest: str, sock: zmq.Socket) -> None:
         for _ in range(1000):
@@ -145,7 +148,10 @@ class Relay:
             except SnipeError as exc:
                 log.info("dropping a malformed answer from %s: %s", dest, exc)
                 continue
-            self._apply(self.core.from_peer(dest, source, to, parts, time.monotonic()))
+            try:
+                self._apply(self.core.from_peer(dest, source, to, parts, time.monotonic()))
+            except Exception:  # a bug here must not stop the relay for everyone else
+                log.exception("the relay failed on an answer from %s", dest)
 
     def _apply(self, effects: list[Any]) -> None:
         for e in effects:

@@ -1,6 +1,6 @@
 """`snipe-netlab`: several SNIPE hosts on this machine as network namespaces, by hand.
 
-    snipe-netlab up [--hosts N] [--no-services] [--lease S]   build a lab; prints its run id
+    snipe-netlab up [--hosts N] [--far] [--no-services] [--lease S]   build a lab; prints its run id
     snipe-netlab status [--run RID]                           runs, or one run's hosts, processes, faults
     snipe-netlab exec HOST CMD [ARG...]                       run CMD inside HOST, joined to the lab's cluster
     snipe-netlab fault loss HOST NET PCT | delay HOST NET MS [--jitter MS] | rate HOST NET MBIT
@@ -49,7 +49,8 @@ def _status_text(st: dict[str, Any]) -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    topo = simple_topology(args.hosts, lease_s=args.lease) if args.hosts else default_topology(lease_s=args.lease)
+    topo = simple_topology(args.hosts, lease_s=args.lease) if args.hosts else \
+        default_topology(lease_s=args.lease, far=args.far)
     lab = Lab(topo, run_id=args.run, detached=True, log_level=args.log_level)
     lab.up(services=not args.no_services)
     st = lab.status()
@@ -153,6 +154,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", parents=[common], help="build a lab and start its services")
     p.add_argument("--hosts", type=int, help="N plain hosts h1..hN (+ctl) instead of the default topology")
     p.add_argument("--no-services", action="store_true", help="only the network")
+    p.add_argument("--far", action="store_true",
+                   help="also run a daemon on far (it reaches the catalog through port forwards on gw, and "
+                        "other hosts' processes through gw's relay)")
     p.add_argument("--lease", type=float, default=5.0, help="daemons' host lease in seconds (default 5)")
     p.add_argument("--log-level", default="WARNING")
     p.set_defaults(func=cmd_up)
