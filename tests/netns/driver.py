@@ -197,8 +197,17 @@ def mcast_member(args: argparse.Namespace) -> dict[str, Any]:
     import snipe
 
     out = Path(args.dir) / f"member-{args.name}.json"
+    from snipe.errors import StaleWrite
+
     snipe.init()
-    routers = snipe.join(args.group)
+    for attempt in range(50):
+        try:
+            routers = snipe.join(args.group)
+            break
+        except StaleWrite:      # members sharing one key raced to claim the group: it is claimed now
+            if attempt == 49:
+                raise
+            time.sleep(0.1)
     state: dict[str, Any] = {"name": args.name, "me": snipe.me(), "joined_routers": routers, "received": 0,
                              "duplicates": 0, "gaps": 0, "lost_reported": 0, "holes": [], "done": False}
     expected: dict[str, int] = {}

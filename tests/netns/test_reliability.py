@@ -233,9 +233,11 @@ def _mcast_partition(lab: Lab, report: Callable[[str, dict[str, Any]], None]) ->
         wait_file(work / "mcast-progress.json", replaced, 60, sender, "a new router")
         elected_at = time.time()
         mark("the sender sees a new router", routers=read_json(work / "mcast-progress.json")["routers"][-1][1])
+        at_heal = {"sent": read_json(work / "mcast-progress.json").get("sent"),
+                   "inside_member_received": read_json(work / f"member-{victim}.json").get("received")}
         lab.heal(part)
         heal_at = time.time()
-        mark("healed")
+        mark("healed", **at_heal)
         sent = _finish(sender, 120)
         got = {h: _finish(procs[h], 200) for h in MCAST_HOSTS}
     finally:
