@@ -1,8 +1,9 @@
 """Replication among replicas: immediate push plus anti-entropy. No I/O.
 
-Push: what a client writes to this replica is sent at once (batched per flush) to every peer.
-Clients usually write to every replica themselves, so a peer skips a pushed record it already
-holds without decoding it (Replica.recently_held).
+Push: what a client writes to this replica is sent at once (batched per flush) to every peer
+the client did not send it to itself (a put names the replicas it was sent to, W of them
+first, and only the first named pushes; rcds/server.py). A peer skips a pushed record it
+already holds without decoding it (Replica.recently_held).
 Pushed records are not pushed again; anything a push missed is repaired by anti-entropy.
 A push carries its records in one frame (snipe/catalog/protocol.py's records frame), at most
 `MAX_PUSH_RECORDS` of them and about `MAX_PUSH_BYTES`; an ae-want carries its keys the same way.
@@ -25,7 +26,7 @@ more than `MAX_DEFERRALS` times in a row, so every pair still compares at least 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from rcds.replica import Accepted, Replica
@@ -68,7 +69,7 @@ class Replicator:
         self.interval = interval
         self.max_leaves = max_leaves
         self._turn = 0
-        self._outbox: list[bytes] = []
+        self._outbox: list[tuple[bytes, frozenset[str]]] = []     # (record, peers that need no push of it)
         self._live_pushes: dict[str, int] = {}    # pushes of new writes from each peer since its last turn
         self._deferrals: dict[str, int] = {}      # rounds with each peer put off in a row
         self.pushed = self.received = self.repaired = self.rounds = self.deferred = 0
@@ -86,20 +87,31 @@ class Replicator:
     def start(self, now: float) -> list[Effect]:
         return [StartTimer(AE_TIMER, now + self.interval)]
 
-    def on_local_writes(self, accepted: Sequence[Accepted]) -> None:
-        """Queue what clients wrote for the next flush."""
-        self._outbox.extend(a.record.encode() for a in accepted if a.new)
+    def on_local_writes(self, accepted: Sequence[Accepted], *, raw: Sequence[bytes] | None = None,
+                        sent_to: Collection[str] = ()) -> None:
+        """Queue what a client wrote for the next flush: the new records, for every peer except
+        those in `sent_to` (the client sent them there itself; if one of those copies is lost,
+        anti-entropy repairs it). `raw`, when given, holds the records as the client sent them,
+        one per result, and is pushed as it is rather than encoded again."""
+        skip = frozenset(sent_to)
+        if raw is None:
+            self._outbox.extend((a.record.encode(), skip) for a in accepted if a.new)
+        else:
+            self._outbox.extend((r, skip) for a, r in zip(accepted, raw, strict=True) if a.new)
 
     def flush(self) -> list[Effect]:
         if not self._outbox or not self.peers:
             self._outbox.clear()
             return []
         effects: list[Effect] = []
-        for chunk in _chunks(self._outbox):
-            frame = pack_records(chunk)
-            for p in self.peers:
-                effects.append(Send(p, self._env("push"), (frame,)))
-            self.pushed += len(chunk)
+        frames: dict[frozenset[str], list[bytes]] = {}    # the frames of a set of skips, shared by the peers it suits
+        for p in self.peers:
+            skips = frozenset(skip for _, skip in self._outbox if p in skip)
+            if skips not in frames:
+                frames[skips] = [pack_records(chunk)
+                                 for chunk in _chunks([r for r, skip in self._outbox if skip not in skips])]
+            effects.extend(Send(p, self._env("push"), (frame,)) for frame in frames[skips])
+        self.pushed += sum(1 for _, skip in self._outbox if not skip.issuperset(self.peers))
         self._outbox.clear()
         return effects
 

@@ -261,7 +261,13 @@ class Server:
             for client, env, _ in puts:
                 self._reply(client, env.error_reply(_server_error(exc)))
             return
-        self.replicator.on_local_writes([r for r in results if isinstance(r, Accepted)])
+        i = 0
+        for _, env, recs in puts:
+            took = [(r, raw) for r, raw in zip(results[i:i + len(recs)], recs, strict=True) if isinstance(r, Accepted)]
+            if took:
+                self.replicator.on_local_writes([r for r, _ in took], raw=[raw for _, raw in took],
+                                                sent_to=self._sent_to(env))
+            i += len(recs)
         self._run_effects(self.replicator.flush())
         i = 0
         for client, env, recs in puts:
@@ -274,6 +280,20 @@ class Server:
                     out.append([P.REFUSED, r.error.code, str(r.error), 0])
             i += len(recs)
             self._reply(client, env.reply(results=out))
+
+    def _sent_to(self, env: Envelope) -> list[str]:
+        """The peers this replica need not push a put to: those its client says it sent the put
+        to as well ("to": the first P.KEY_TAG_BYTES of each replica's key, in order), and all of
+        them unless this replica is named first: the first named pushes to the rest. A copy that
+        a lost message or a crash kept from a replica is repaired by anti-entropy; an unusable
+        list means every peer gets a push."""
+        tags = env.body.get("to")
+        if not isinstance(tags, list) or not tags or type(tags[0]) is not bytes:
+            return []
+        if tags[0] != self.cfg.identity.public_key[:P.KEY_TAG_BYTES]:
+            return list(self.peers)
+        tagset = {t for t in tags if type(t) is bytes}
+        return [pid for pid, p in self.peers.items() if p.key[:P.KEY_TAG_BYTES] in tagset]
 
     def _handle(self, client: bytes, env: Envelope, frames: list[bytes]) -> None:
         match env.kind:

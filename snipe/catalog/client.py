@@ -354,13 +354,17 @@ class CatalogClient:
                     acks += 1
             return acks
 
-        # W replicas first; the peers' pushes carry the write to the rest. Another is asked when
+        # W replicas first; the first of them pushes the write to the rest. Another is asked when
         # one of them cannot be reached or refuses, or answers slower than puts usually take.
+        # Ownership, delegations and admissions (reserved names) go to every replica at once:
+        # this client's later writes that depend on them then reach no replica before them.
         candidates = self._candidates()
+        first = self.n if any(authority.is_reserved(a.name) for a in records) else w
         started = time.monotonic()
-        got = self._fanout(candidates[:w], "put", None, frames,
+        to = [c.key[:P.KEY_TAG_BYTES] for c in candidates[:first]]
+        got = self._fanout(candidates[:first], "put", {"to": to}, frames,
                            lambda g: judge(g) >= w or len(refusals) > self.n - w, deadline,
-                           spares=candidates[w:], needed=lambda g: w - judge(g), hedge_s=self._put_hedge_s())
+                           spares=candidates[first:], needed=lambda g: w - judge(g), hedge_s=self._put_hedge_s())
         acks = judge(got)
         if acks >= w:
             self._put_s += PUT_EWMA * (time.monotonic() - started - self._put_s)

@@ -2,7 +2,10 @@
 
 Requests (client -> replica; every reply echoes the request id, kind "ok" or "error"):
   hello                             -> {protocols: {name: [versions]}, replica: id, key: hex}
-  put     records                   -> {results: [[status, code, message, rev], ...]}
+  put     {to?} records             -> {results: [[status, code, message, rev], ...]}; `to` lists
+                                       the replicas the client sends this put to (the first
+                                       KEY_TAG_BYTES of each one's key): the first of them pushes
+                                       it to the others, the rest push it nowhere
   get     {urn, name?}              -> records: every record held, tombstones included (with a
                                        name: that name's, and the URN's reserved names, which
                                        readers need to believe it: ownership and delegation)
@@ -37,6 +40,7 @@ VERSION = 1
 VERSIONS = (1,)
 
 HEARTBEAT_S = 1.0
+KEY_TAG_BYTES = 8                  # a replica named in a put's "to" by this much of its key
 MAX_BATCH_RECORDS = 10_000
 MAX_QUERY_URNS = 100_000
 MAX_REPLY_RECORDS = 10_000_000     # what a client takes in one reply (a query can be large)

@@ -71,6 +71,33 @@ def test_local_writes_are_pushed_to_every_peer_once():
     assert a.stats().pushed == 2
 
 
+def test_a_write_is_not_pushed_to_the_peers_its_client_sent_it_to():
+    a = replicator("A", ["A", "B", "C", "D"])
+    r1 = put(ADMIN, "urn:snipe:group:g", "n", 1, hlc.pack(NOW))
+    r2 = put(ADMIN, "urn:snipe:group:g", "m", 2, hlc.pack(NOW))
+    a.on_local_writes(a.replica.ingest([r1], NOW), sent_to={"B"})
+    a.on_local_writes(a.replica.ingest([r2], NOW), sent_to={"B", "C"})
+    both, first = (pack_records([r1.encode(), r2.encode()]),), (pack_records([r1.encode()]),)
+    assert a.flush() == [Send("C", env("push", "A"), first), Send("D", env("push", "A"), both)]
+    assert a.stats().pushed == 2
+
+
+def test_a_write_is_pushed_as_its_client_sent_it():
+    a = replicator("A", ["A", "B"])
+    r = put(ADMIN, "urn:snipe:group:g", "n", 1, hlc.pack(NOW))
+    as_sent = b"the bytes the client sent"       # not re-encoded: peers compare bytes (recently_held)
+    a.on_local_writes(a.replica.ingest([r], NOW), raw=[as_sent])
+    assert a.flush() == [Send("B", env("push", "A"), (pack_records([as_sent]),))]
+
+
+def test_a_write_every_peer_got_from_its_client_is_not_pushed():
+    a = replicator("A", ["A", "B"])
+    a.on_local_writes(a.replica.ingest([put(ADMIN, "urn:snipe:group:g", "n", 1, hlc.pack(NOW))], NOW),
+                      sent_to={"A", "B"})
+    assert a.flush() == []
+    assert a.stats().pushed == 0
+
+
 def test_large_pushes_are_chunked():
     a = replicator("A", ["A", "B"])
     r = put(ADMIN, "urn:snipe:group:g", "n", 1, hlc.pack(NOW))
