@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 from snipe_daemon.hostinfo import LoadSampler, collect_host_info
 from snipe_daemon.mcast import GroupRouter
+from snipe_daemon.migration import Migrations
 from snipe_daemon.pool import WarmPool, reap_orphans
 from snipe_daemon.relay import Relay
 from snipe_daemon.state import DaemonState
@@ -132,6 +133,7 @@ class Daemon:
         self.relay = Relay(self.ctx, cfg.identity, cfg.host_urn, cfg.catalog, cfg.admin_key, cfg.relay) \
             if cfg.relay else None
         self.tasks: dict[str, dict[str, Any]] = self.state.all_tasks()
+        self.migrations = Migrations(self)       # before re-adoption: task events ask it
         self.draining = bool(self.state.get_meta("draining", False))
         self.sampler = LoadSampler()
         self.next_lease = 0.0
@@ -219,9 +221,10 @@ class Daemon:
             self._next_reap = now + REAP_S
             reap_orphans(self.runner.pids() | self.pool.pids())
         self.groups.tick(now)
+        self.migrations.tick(now)
         for w in list(self.waiters):
             rec = self.tasks.get(w.urn)
-            done = rec is not None and rec["state"] in ("exited", "killed", "lost")
+            done = rec is not None and rec["state"] in ("exited", "killed", "lost", "migrated")
             if done or now >= w.deadline:
                 self.waiters.remove(w)
                 self._reply(w.client, w.env.reply(**self._status(w.urn), stderr_tail=self._stderr_tail(w.urn)))
@@ -345,6 +348,18 @@ class Daemon:
                 self._reply(client, env.reply(**self.groups.status()))
             case "relay-status":
                 self._reply(client, env.reply(relay=self.relay.status() if self.relay else None))
+            case "migrate":
+                self.migrations.begin(client, key, env)          # answered when it is done
+            case "migrate-done":
+                self.migrations.task_report(client, key, env)
+            case "clone":
+                self.migrations.clone(client, key, env)          # answered when the clone is ready
+            case "clone-ready":
+                self.migrations.clone_ready(client, key, env)
+            case "clone-running":
+                self.migrations.clone_running(client, key, env)
+            case "clone-drop":
+                self.migrations.clone_drop(client, key, env)
             case "drain":
                 if key not in (self.cfg.admin_key.hex(), self.cfg.identity.key_id):
                     raise NotAuthorized("only the admin key or the host's own key may drain a host")
@@ -356,7 +371,8 @@ class Daemon:
             case _:
                 raise UnknownRequest(f"daemon/1 has no request {env.kind!r}; it has hello, spawn, status, wait, "
                                      "kill, signal, suspend, resume, ps, put-code, get-code, put-file, get-file, "
-                                     "drop-file, drain, mcast-join, mcast-leave, mcast-status, relay-status")
+                                     "drop-file, drain, mcast-join, mcast-leave, mcast-status, relay-status, migrate, "
+                                     "migrate-done, clone, clone-ready, clone-running, clone-drop")
 
     def _known(self, env: Envelope) -> str:
         urn = validate_urn(field_of(env, "urn", str))
@@ -486,20 +502,27 @@ class Daemon:
             *[self.catalog.sign(urn, k, v) for k, v in self._takeover_names(
                 urn, task_key, restart, every, extra_env, field_of(env, "quota", dict, {}), replicas).items()],
         ])
-        task_env = self._task_env(urn, workdir, extra_env, every)
-        argv = entry_argv(manifest, code_dir, self.cfg.python, args)
         try:
-            record = self.runner.start(urn, argv, cwd=str(workdir), env=task_env, quota=quota,
-                                       warm=self.pool.take(argv[0]))
+            record = self.launch(urn, code_dir, manifest, args, extra_env, quota, workdir, every=every)
         except SnipeError as exc:
             failed = {"seq": 2, "kind": "lost", "at": time.time(), "reason": f"could not start: {exc}"}
             with contextlib.suppress(SnipeError):
                 self.catalog.set_many(urn, {"state": "lost", "events": [started, failed], "reason": failed["reason"]})
             raise
         self.tasks[urn] = {"record": record.to_value(), "owner": key, "code": code, "state": "running",
-                           "events": [started], "seq": 1, "notify": notify, "restart": restart}
+                           "events": [started], "seq": 1, "notify": notify, "restart": restart, "args": args,
+                           "env": {k: str(v) for k, v in extra_env.items()}, "key": task_key.key_id,
+                           "every": every}
         self.state.put_task(urn, self.tasks[urn])
         return {"urn": urn, "pid": record.pid, "host": self.cfg.host_urn}
+
+    def launch(self, urn: str, code_dir: Path, manifest: dict[str, Any], args: list[str], extra_env: dict[str, Any],
+               quota: Quota, workdir: Path, more_env: dict[str, str] | None = None, every: float = 0.0) -> Any:
+        """Start the process of task `urn` (its key already in `workdir`/task.key)."""
+        task_env = self._task_env(urn, workdir, extra_env, every)
+        task_env.update(more_env or {})
+        argv = entry_argv(manifest, code_dir, self.cfg.python, args)
+        return self.runner.start(urn, argv, cwd=str(workdir), env=task_env, quota=quota, warm=self.pool.take(argv[0]))
 
     def _task_env(self, urn: str, workdir: Path, extra_env: dict[str, Any], every: float) -> dict[str, str]:
         task_env = {k: str(v) for k, v in extra_env.items()}
@@ -627,6 +650,14 @@ class Daemon:
         rec = self.tasks.get(ev.urn)
         if rec is None:
             return
+        if self.migrations.quiet(ev.urn):     # a clone not yet running, or an original that moved
+            with contextlib.suppress(KeyError):
+                rec["record"] = self.runner.record(ev.urn).to_value()
+            if rec.get("incoming") and ev.kind in ("exited", "killed", "lost"):
+                rec["state"] = "lost"
+                self.migrations.clone_exited(ev.urn)
+            self.state.put_task(ev.urn, rec)
+            return
         rec["seq"] += 1
         state = {"started": "running", "resumed": "running", "suspended": "suspended", "exited": "exited",
                  "killed": "killed", "lost": "lost"}.get(ev.kind, rec["state"])
@@ -685,6 +716,8 @@ class Daemon:
         rec = self.tasks[urn]
         out: dict[str, Any] = {"urn": urn, "state": rec["state"], "owner": rec["owner"], "code": rec["code"],
                                "host": self.cfg.host_urn, "events": rec["events"]}
+        if rec.get("moved_to"):
+            out["moved_to"] = rec["moved_to"]
         try:
             live = self.runner.status(urn)
             out.update({k: v for k, v in live.items() if k != "state"})

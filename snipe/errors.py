@@ -180,3 +180,12 @@ class UnknownTask(NotFound):
 _register(BadQuota)
 _register(TaskError)
 _register(UnknownTask)
+
+
+class MigrationFailed(SnipeError):
+    """A migration did not happen: the process still runs where it was. The message says why."""
+
+    code = "migration-failed"
+
+
+_register(MigrationFailed)

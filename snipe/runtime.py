@@ -81,6 +81,9 @@ class Session:
             me = self.me
             ep.start(lambda values: self.catalog.set_many(me, values), prepare)
             self._endpoint = ep
+            if os.environ.get("SNIPE_PROC_URN") == me:      # a task: its daemon may migrate it
+                from snipe.migration.origin import OriginShell
+                OriginShell(self, ep)
         return self._endpoint
 
     def daemon(self, address: str) -> DaemonClient:
@@ -148,6 +151,15 @@ def init(*, catalog: Sequence[str] | None = None, identity: Identity | None = No
         client = CatalogClient(addrs, ident, admin)
         _session = Session(ident, client, client.admin_key, env.get("SNIPE_DAEMON"), env["SNIPE_PROC_URN"],
                            host=env.get("SNIPE_HOST_URN"), catalog_addresses=addrs)
+        if env.get("SNIPE_MIGRATION"):        # a migration's clone: take the process over first
+            from snipe.hooks import hand_over
+            from snipe.migration.clone import become_clone
+            from snipe.migration.origin import OriginShell
+            mid = env.pop("SNIPE_MIGRATION")
+            state = become_clone(_session, mid)
+            assert _session._endpoint is not None
+            OriginShell(_session, _session._endpoint)
+            hand_over(state)
         if env.get("SNIPE_RESTORE_FILE") or env.get("SNIPE_CHECKPOINT_EVERY"):
             checkpoints.resume_at_start(_session)     # started from a checkpoint, or checkpointing periodically
         return _session
@@ -231,6 +243,14 @@ def recv(source: str | None = None, tag: int | None = None, timeout: float | Non
     if checkpoints.due != _INF:
         checkpoints.maybe_checkpoint()
     return session().endpoint().recv(source, tag, timeout)
+
+
+def safe_point() -> None:
+    """Say this is a good moment to take the task's state (a migration waits for one): for a
+    task that computes long between its other snipe calls. Costs nothing when none is waiting."""
+    s = session()
+    if s._endpoint is not None and s._endpoint.safe_point_due:
+        s._endpoint._safe_point()
 
 
 def probe(source: str | None = None, tag: int | None = None) -> bool:
@@ -361,7 +381,14 @@ class Process:
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         """Block until the task ends (or `timeout`); returns its status with exit code and stderr tail."""
         t = 3600.0 if timeout is None else timeout
-        return self._call("wait", rpc_timeout=t + 10, timeout=t)
+        limit = time.monotonic() + t
+        for _ in range(64):                      # a task that migrates is followed to its new host
+            reply = self._call("wait", rpc_timeout=t + 10, timeout=max(0.0, limit - time.monotonic()))
+            if reply.get("state") != "migrated":
+                return reply
+            self._supervisor = None
+            time.sleep(0.05)                     # its new daemon publishes the move a moment later
+        return reply
 
     def kill(self) -> dict[str, Any]:
         return self._call("kill")
@@ -377,6 +404,15 @@ class Process:
 
     def send(self, payload: bytes, tag: int = 0, **kw: Any) -> None:
         send(self.urn, payload, tag, **kw)
+
+    def migrate(self, host: str, *, timeout: float = 120.0) -> dict[str, Any]:
+        """Move the task to `host` (SNIPE 4.6), keeping its URN, messages and state (its
+        on_checkpoint/on_restore hooks). Returns {urn, from, to, blackout_s}. Raises
+        MigrationFailed, naming why, if it could not be moved; the task then still runs here."""
+        target = host if host.startswith("urn:") else f"urn:snipe:host:{host}"
+        reply = self._call("migrate", rpc_timeout=timeout + 10, host=validate_urn(target), timeout=timeout)
+        self._supervisor, self.host = reply.get("supervisor"), reply.get("to")
+        return reply
 
     def info(self) -> dict[str, Any]:
         return session().catalog.get(self.urn).as_dict(now_ms())

@@ -324,6 +324,47 @@ class Outbound:
         """(tag, payload) of everything not yet acknowledged, in order (for migration)."""
         return [(h.tag, h.payload) for h in (*self.flight, *self.queue)]
 
+    # --- migration (snipe/migration): the channel moves to another process, same session ---------
+    def export_state(self, now: float) -> dict[str, Any]:
+        """What a clone needs to continue this channel where it stands: the session, the next
+        seq, and every unacknowledged message with its seq, tag and time left to its deadline
+        (payloads are returned separately by `held_payloads`, in the same order)."""
+        held = [*self.flight, *self.queue]
+        return {"session": self.session, "next_seq": self.next_seq, "retain": self.retain,
+                "held": [[h.seq, h.tag, None if h.deadline == INF else max(0.0, h.deadline - now)] for h in held]}
+
+    def held_payloads(self) -> list[bytes]:
+        return [h.payload for h in (*self.flight, *self.queue)]
+
+    def restore_state(self, state: dict[str, Any], payloads: Sequence[bytes], now: float) -> None:
+        """Continue a channel exported by `export_state` (a fresh Outbound only). Everything
+        held goes out again with its own seq in the same session: the receiver delivers what it
+        had not yet and drops the rest as duplicates, so nothing is lost, doubled or reordered."""
+        if self.flight or self.queue or self.next_seq != 1:
+            raise ValueError("restore_state needs a fresh channel")
+        held = state["held"]
+        if len(held) != len(payloads):
+            raise CodecError(f"a migrated channel holds {len(held)} messages but {len(payloads)} payloads came")
+        self.session, self.next_seq = int(state["session"]), int(state["next_seq"])
+        self.retain = int(state.get("retain", 0))
+        self.acked_upto = int(held[0][0]) - 1 if held else self.next_seq - 1
+        for (seq, tag, left), payload in zip(held, payloads, strict=True):
+            deadline = INF if left is None else now + float(left)
+            self.queue.append(_Held(int(seq), int(tag), payload, deadline, len(payload)))
+            if deadline < INF:
+                d = self.deadlines
+                while d and d[-1][0] > deadline:
+                    d.pop()
+                d.append([deadline, int(seq)])
+
+    def resend_all(self, now: float) -> list[Send]:
+        """Send everything unacknowledged again at once (the receiver moved: a redirect)."""
+        self.busy_until = 0.0
+        self.timeouts = 0
+        self.progress_at = now
+        self.retransmitted += len(self.flight)
+        return self._resend_flight(now) + self.flush(now)
+
 
 class Inbound:
     def __init__(self, me: str, source: str, *, window: int = 4096) -> None:
@@ -386,6 +427,19 @@ class Inbound:
         self.delivered += len(out)
         ack = Send(self.source, Envelope(PROTOCOL, VERSION, "ack", 0, {"s": session, "c": self.expected - 1}))
         return out, ack
+
+
+    def export_state(self) -> dict[str, Any]:
+        """Where this receiver stands (migration): early arrivals are left out (they were not
+        acknowledged, so their sender still holds them)."""
+        return {"session": self.session, "expected": self.expected, "pinned": self.pinned,
+                "left": [[s, n] for s, n in self.left.items()]}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.session, self.expected = state["session"], int(state["expected"])
+        self.left = {int(s): int(n) for s, n in state["left"]}
+        self.pinned = bool(state.get("pinned", False))
+        self.early = {}
 
 
 def parse_data(env: Envelope, frames: Sequence[bytes]) -> tuple[int, int, int, list[int]]:

@@ -116,6 +116,7 @@ class _Peer:
     failed: int = 0                          # messages reported failed (with out.acked: settled)
     heard_at: float = 0.0                    # last acknowledgement, or when the current route was taken
     shunned: dict[str, float] = field(default_factory=dict)   # route endpoint -> not before (monotonic)
+    gone: set[str] = field(default_factory=set)  # instances that redirected us elsewhere (they migrated)
 
     @property
     def route(self) -> Route | None:
@@ -189,6 +190,13 @@ class Endpoint:
         self.bytes_received: dict[str, int] = {}
         self.paused = False
         self.system_handlers: dict[int, Callable[[Message], None]] = {}
+        # Migration (snipe/migration): the application's own thread runs `at_safe_point` at its
+        # next send/recv/probe once `safe_point_due` is set; while `frozen` this endpoint delivers
+        # nothing (senders are told it is busy) and after `moved` it answers with redirects.
+        self.safe_point_due = False
+        self.at_safe_point: Callable[[], None] | None = None
+        self.frozen = False
+        self.moved: dict[str, Any] | None = None
         self.periodic: list[Callable[[float], None]] = []      # run by the I/O thread about every 0.5 s
         self._periodic_at = 0.0
         self._stats_at = 0.0
@@ -202,12 +210,20 @@ class Endpoint:
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self, publish: Callable[[dict[str, Any]], None],
-              prepare: Callable[[Endpoint], None] | None = None) -> None:
+              prepare: Callable[[Endpoint], None] | None = None, *, announce: bool = True) -> None:
         """Publish where we listen (through `publish`, which writes our own catalog entry) and
         start the I/O thread. `prepare` runs first, before anyone can reach us (a restored task
-        puts its channels back: snipe/messaging/snapshot.py)."""
+        puts its channels back: snipe/messaging/snapshot.py). A migration's clone does the steps
+        itself: `learn_comm`, restore, `run`, and `announce` once it owns the process."""
         if prepare is not None:
             prepare(self)
+        self.learn_comm(publish)
+        if announce:
+            self.announce()
+        self.run()
+
+    def learn_comm(self, publish: Callable[[dict[str, Any]], None]) -> None:
+        """Learn our host's interfaces and so the `comm` we will publish."""
         interfaces: list[dict[str, Any]] = []
         if self.host_urn:
             with CatalogClient(self.catalog_addrs, self.identity, self.admin_key) as c:
@@ -215,10 +231,18 @@ class Endpoint:
                 interfaces = ifs if isinstance(ifs, list) else []
         self.publish = publish
         self.comm = advertised_comm(self.port, self.ipc_path, interfaces)
+
+    def location(self) -> dict[str, Any]:
+        """Where this endpoint is: what `announce` publishes, what a redirect carries."""
         values: dict[str, Any] = {"comm": self.comm, "instance": self.instance, "key": self.identity.key_id}
         if self.host_urn:
             values["host"] = self.host_urn
-        publish(values)
+        return values
+
+    def announce(self) -> None:
+        self.publish(self.location())
+
+    def run(self) -> None:
         self._thread = threading.Thread(target=self._run, name="snipe-messaging", daemon=True)
         self._thread.start()
 
@@ -257,6 +281,8 @@ class Endpoint:
              deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         """Queue a message; blocks while `dest` already holds `hwm` unsettled messages (raising
         Unreachable after `timeout`)."""
+        if self.safe_point_due:
+            self._safe_point()
         if dest == self.me:
             with self.cond:
                 self.inbox.append(Message(self.me, tag, payload))
@@ -288,6 +314,8 @@ class Endpoint:
         return self.accepted.get(dest, 0)
 
     def recv(self, source: str | None = None, tag: int | None = None, timeout: float | None = None) -> Message | None:
+        if self.safe_point_due:
+            self._safe_point()
         if source is None and tag is None:
             with self.lock:                      # the common case: the oldest message, if any
                 if self.inbox:
@@ -308,10 +336,140 @@ class Endpoint:
                 if left is not None and left <= 0:
                     return None
                 self.cond.wait(left)
+                if self.safe_point_due:          # a migration asks for us while we wait
+                    self.cond.release()
+                    try:
+                        self._safe_point()
+                    finally:
+                        self.cond.acquire()
 
     def probe(self, source: str | None = None, tag: int | None = None) -> bool:
+        if self.safe_point_due:
+            self._safe_point()
         with self.cond:
             return any((source is None or m.source == source) and (tag is None or m.tag == tag) for m in self.inbox)
+
+    def _safe_point(self) -> None:
+        """The application's thread is in a call of ours, between its own updates: a migration
+        may take its state now (snipe/migration/origin.py)."""
+        self.safe_point_due = False
+        fn = self.at_safe_point
+        if fn is not None:
+            fn()
+
+    def ask_safe_point(self) -> None:
+        """(Any thread.) Have the application's thread call `at_safe_point` at its next call;
+        wakes it if it is waiting in recv."""
+        with self.cond:
+            self.safe_point_due = True
+            self.cond.notify_all()
+
+    # --- migration: freeze, export, restore, redirect (I/O thread unless said otherwise) ----------
+    def freeze(self) -> None:
+        """Stop delivering and sending new messages: from here on the state export is exact.
+        Acknowledgements due for what was delivered go out first."""
+        self._flush_acks(float("inf"))
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """A migration failed: carry on here as if nothing happened."""
+        self.frozen = False
+        self._wake()
+
+    def export_state(self) -> tuple[dict[str, Any], list[bytes]]:
+        """(I/O thread, frozen.) Every channel, unread message and unsent command, exactly."""
+        now = time.monotonic()
+        payloads: list[bytes] = []
+        outs = []
+        for urn, p in self.peers.items():
+            if p.out.held() or p.out.next_seq > 1:
+                outs.append([urn, p.out.export_state(now)])
+                payloads.extend(p.out.held_payloads())
+        with self.lock:
+            inbox = list(self.inbox)
+            commands = list(self.commands)
+        for m in inbox:
+            payloads.append(bytes(m.payload) if not isinstance(m.payload, bytes) else m.payload)
+        for _, _, payload, _ in commands:
+            payloads.append(payload)
+        state = {"out": outs, "in": [[src, ib.export_state()] for src, ib in self.inbound.items()],
+                 "inbox": [[m.source, m.tag, m.group, m.failed, m.reason] for m in inbox],
+                 "commands": [[d, t, dl] for d, t, _, dl in commands],
+                 "received": dict(self.received), "bytes_received": dict(self.bytes_received)}
+        return state, payloads
+
+    def restore_state(self, state: dict[str, Any], payloads: list[bytes]) -> None:
+        """(Before run().) Continue the channels and the inbox of a process that migrated here."""
+        now = time.monotonic()
+        at = 0
+        for urn, out_state in state["out"]:
+            n = len(out_state["held"])
+            out = Outbound(self.me, urn, window=self.window, hwm=self.hwm * 2, min_rto=MIN_RTO_S)
+            out.restore_state(out_state, payloads[at:at + n], now)
+            at += n
+            self.peers[urn] = _Peer(urn, out)
+            self.accepted[urn] = self.settled[urn] = 0
+            self.accepted[urn] = out.held()
+        for src, in_state in state["in"]:
+            ib = self.inbound[src] = Inbound(self.me, src, window=self.window)
+            ib.restore_state(in_state)
+        for (source, tag, group, failed, reason) in state["inbox"]:
+            self.inbox.append(Message(source, tag, payloads[at], group, failed, reason))
+            at += 1
+        for dest, tag, deadline_s in state["commands"]:
+            self.accepted[dest] = self.accepted.get(dest, 0) + 1
+            self.commands.append((dest, tag, payloads[at], deadline_s))
+            at += 1
+        if at != len(payloads):
+            raise CodecError(f"migrated messaging state names {at} payloads but {len(payloads)} came")
+        self.received.update(state.get("received", {}))
+        self.bytes_received.update(state.get("bytes_received", {}))
+
+    def move_to(self, location: dict[str, Any]) -> int:
+        """(I/O thread.) This process now lives at `location` (a clone's `location()`): tell every
+        peer we know of, and from now on answer any message with that redirect. Returns how
+        many peers were told."""
+        self.moved = location
+        self.paused = False           # keep reading: every straggler gets the redirect
+        told = 0
+        env = self._redirect_envelope()
+        for source, ident in list(self.reply_to.items()):   # those who send to us
+            self._send_ack(ident, env, source)
+            told += 1
+        for p in self.peers.values():                   # those we send to
+            for link in p.links.values():
+                with contextlib.suppress(zmq.ZMQError, zmq.Again):
+                    link.sock.send_multipart(encode(env), zmq.NOBLOCK)
+                    told += 1
+        return told
+
+    def _redirect_envelope(self) -> Envelope:
+        return Envelope(PROTOCOL, VERSION, "redirect", 0, {"f": self.me, "from": self.instance, "to": self.moved})
+
+    def _on_redirect(self, urn: str, env: Envelope) -> None:
+        """A process we talk to moved: take the routes to its new place at once and send it
+        everything it has not acknowledged (it continues our channel where it stood)."""
+        to, old = env.body.get("to"), env.body.get("from")
+        if not isinstance(to, dict) or not isinstance(old, str):
+            raise CodecError("msg/1 redirect needs to: {comm, host, instance, key} and from: instance")
+        p = self.peers.get(urn)
+        if p is None or to.get("instance") in p.gone:
+            return
+        p.gone.add(old)
+        now = time.monotonic()
+        peer = ProcView.from_values(urn, to)
+        key = to.get("key")
+        if isinstance(key, str):
+            with contextlib.suppress(SnipeError):
+                p.key = public_key_from_id(key)
+        mine = ProcView(self.me, self.host_urn, self.instance, [])
+        routes = choose_routes(mine, peer, self._host_values(self.host_urn), self._host_values(peer.host))
+        if not routes:
+            return
+        p.routes, p.route_index, p.heard_at, p.resolved_at = routes, 0, now, now
+        p.shunned.clear()
+        log.info("%s: %s moved; route is now %s", self.me, urn, routes[0].endpoint)
+        self._transmit(p, p.out.resend_all(now))
 
     def stats(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -342,6 +500,8 @@ class Endpoint:
         registered: set[zmq.Socket] = set()
         links_seen = -1
         try:
+            for p in list(self.peers.values()):     # channels a migration brought: carry on at once
+                self._pump_peer(p, time.monotonic())
             while not self._stop:
                 if self.paused and len(self.inbox) < self.hwm // 2:
                     self.paused = False         # the application has read half of it (recv wakes us)
@@ -387,13 +547,15 @@ class Endpoint:
                     self._flush_acks(now)
                 if self.paused and now - self._busy_at >= BUSY_EVERY_S:
                     self._say_busy(now)
+                if self.moved is not None:
+                    continue                    # the process lives elsewhere: only redirects from here
                 if now >= self._timers_due or now - self._timers_at >= 0.25:   # a retry or deadline is due
                     self._timers()
                 self._publish_stats()
                 if self.commands:
                     self._take_commands()       # what handlers and relays queued this turn
                 now = time.monotonic()
-                if now - self._periodic_at >= 0.5:
+                if now - self._periodic_at >= 0.5 and not self.frozen:
                     self._periodic_at = now
                     for job in self.periodic:
                         try:
@@ -424,6 +586,8 @@ class Endpoint:
         return max(0.0, min(min(times) - time.monotonic(), 0.5))
 
     def _take_commands(self) -> None:
+        if self.frozen or self.moved is not None:
+            return                              # they stay queued: a migration takes them along
         with self.lock:
             self._wake_pending = False           # before taking: a send after this wakes us again
             if not self.commands:
@@ -480,6 +644,8 @@ class Endpoint:
             p.out.strict = values.get("mode") == "standby"  # replicated: nothing acknowledged may be lost
         peer = ProcView.from_values(p.urn, values)
         key = values.get("key")
+        if peer.instance in p.gone:
+            return                              # a stale entry: the process told us it moved
         if not peer.comm or not isinstance(key, str):
             return                              # not listening yet: keep the messages, retry shortly
         try:
@@ -678,6 +844,11 @@ class Endpoint:
                     if source != p.urn or dest != self.me or p.key is None:
                         raise CodecError(f"a relayed ack from {source} to {dest} came on the link to {p.urn}")
                     env, _ = decode(self.sealer.open(p.key, source, dest, sealed))
+                if env.kind == "redirect":
+                    self._on_redirect(p.urn, env)
+                    continue
+                if self.moved is not None:
+                    continue                            # our channels live on in the clone
                 session, cum = parse_ack(env)
             except SnipeError as exc:
                 log.warning("bad acknowledgement from %s: %s", p.urn, exc)
@@ -747,11 +918,22 @@ class Endpoint:
         if env.protocol != PROTOCOL or env.version != VERSION:
             raise ProtocolVersionError(f"this endpoint speaks {PROTOCOL}/{VERSION}, not {env.protocol}/{env.version}"
                                        f"; versions on offer: {VERSION}")
-        if env.kind != "data":
-            raise CodecError(f"msg/1 has no message kind {env.kind!r} here (expected data)")
+        if env.kind not in ("data", "redirect"):
+            raise CodecError(f"msg/1 has no message kind {env.kind!r} here (expected data or redirect)")
         source = env.body.get("f")
         if not isinstance(source, str) or not self._source_is(source, key):
             raise CodecError(f"data claims to come from {source!r}, which key {key[:16]}… does not speak for")
+        if env.kind == "redirect":
+            self._on_redirect(source, env)
+            return
+        if self.moved is not None:            # a straggler: tell it where we are now
+            self._send_ack(ident, self._redirect_envelope(), source)
+            return
+        if self.frozen:                       # migrating: deliver nothing, and say we are busy, not gone
+            held = self.inbound.get(source)
+            if held is not None and held.session is not None:
+                self._send_ack(ident, busy_ack(held.session, held.expected - 1), source)
+            return
         payloads = unpack_frames(env, frames)
         session, base, first, tags = parse_data(env, payloads)
         inbound = self.inbound.get(source)

@@ -1,0 +1,50 @@
+"""A process's multicast standing, moved with it: the groups it joined, where each origin's
+stream stands (and what is held early), and its own next sequence number per group it sends to.
+The routers deliver by URN through the unicast channels, which move with the process, so a
+member that migrates keeps receiving every group message once and in order."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import TYPE_CHECKING, Any
+
+from snipe.catalog.client import CatalogClient, now_ms
+from snipe.messaging.endpoint import Message
+from snipe.multicast.core import Reorder
+
+if TYPE_CHECKING:
+    from snipe.multicast.groups import Membership
+
+
+def export_groups(m: Membership | None) -> dict[str, Any]:
+    if m is None:
+        return {}
+    with m.lock:
+        reorder = [[g, origin, r.expected, [[seq, it.tag, bytes(it.payload)] for seq, it in sorted(r.held.items())]]
+                   for (g, origin), r in m.reorder.items()]
+        return {"joined": {g: list(rs) for g, rs in m.joined.items()}, "since": dict(m.since), "reorder": reorder,
+                "seqs": {g: next(copy.copy(c)) for g, c in m.seqs.items()}}
+
+
+def restore_groups(m: Membership, state: dict[str, Any]) -> None:
+    if not state:
+        return
+    with m.lock:
+        m.joined.update({g: list(rs) for g, rs in state["joined"].items()})
+        m.since.update(state["since"])
+        for g, origin, expected, held in state["reorder"]:
+            r = m.reorder[(g, origin)] = Reorder()
+            r.expected = expected
+            r.held = {seq: Message(origin, tag, payload, group=g) for seq, tag, payload in held}
+        for g, n in state["seqs"].items():
+            m.seqs[g] = itertools.count(int(n))
+
+
+def reregister(m: Membership, catalog: CatalogClient, host: str | None) -> None:
+    """Say in each group's entry that this member now stands on `host` (same routers)."""
+    from snipe.multicast.groups import MEMBER
+    with m.lock:
+        joined = dict(m.joined)
+    for g, routers in joined.items():
+        catalog.set(g, MEMBER + m.me, {"host": host or "", "routers": routers, "since": now_ms()})

@@ -1,0 +1,185 @@
+"""Process migration between real daemons (SNIPE 4.6): a task keeps its URN, its state and every
+message across moves, its peers only see latency, and a move that fails leaves it running."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import snipe
+from snipe.errors import MigrationFailed
+from snipe.localcluster import LocalCluster
+from snipe.runtime import now_ms
+from tests.support import wait_for
+
+COUNTER = textwrap.dedent('''
+    import os, sys, snipe
+    n = int(sys.argv[1])
+    state = {"count": 0, "bad": 0, "source": None, "hosts": []}
+    snipe.on_checkpoint(lambda: state)
+    snipe.on_restore(lambda saved: state.update(saved))
+    snipe.probe()                              # listen (in a clone: take over the process here)
+    state["hosts"].append(os.environ["SNIPE_HOST_URN"])
+    snipe.catalog().set(snipe.me(), "listening", len(state["hosts"]))
+    while state["count"] < n:
+        m = snipe.recv(timeout=120)
+        if m is None:
+            break
+        if m.failed or m.tag != 5:
+            continue
+        state["source"] = m.source
+        if int.from_bytes(m.payload, "big") != state["count"]:
+            state["bad"] += 1
+        state["count"] += 1
+    verdict = {"count": state["count"], "bad": state["bad"], "hosts": state["hosts"]}
+    snipe.catalog().set_many(snipe.me(), verdict)
+    snipe.send_obj(state["source"], verdict, tag=6)
+    snipe.recv(timeout=5)
+''')
+
+
+def publish(tmp_path: Path, name: str, source: str) -> str:
+    path = tmp_path / name
+    path.write_text(source)
+    return snipe.publish(path)
+
+
+def _value(urn: str, name: str) -> object:
+    snipe.catalog().invalidate(urn)
+    return snipe.catalog().get(urn).value(name, now_ms())
+
+
+class Stream:
+    """This process streams numbered messages to a task from a thread, paced; it stops at each
+    of `holds` until released, so a migration can start with the stream held mid-way and then
+    run while the stream goes on."""
+
+    def __init__(self, dest: str, n: int, holds: tuple[int, ...] = (), batch: int = 500, pause: float = 0.01) -> None:
+        self.dest, self.n, self.holds, self.batch, self.pause = dest, n, holds, batch, pause
+        self.sent = 0
+        self.error: BaseException | None = None
+        self.release = threading.Semaphore(0)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while self.sent < self.n:
+                if self.sent in self.holds and not self.release.acquire(timeout=300):
+                    raise TimeoutError(f"the stream was held at {self.sent} and never released")
+                stop = min([h for h in self.holds if h > self.sent] + [self.n, self.sent + self.batch])
+                while self.sent < stop:
+                    snipe.send(self.dest, self.sent.to_bytes(8, "big"), tag=5, deadline=120)
+                    self.sent += 1
+                time.sleep(self.pause)          # pacing, not waiting for a condition
+        except BaseException as exc:
+            self.error = exc
+
+
+def migrate_mid_stream(task: snipe.Process, host: str, stream: Stream, at: int) -> dict:
+    """Start moving `task` while the stream is held at `at`, then let the stream run on."""
+    wait_for(lambda: stream.sent == at, 120, f"{at:,} messages sent")
+    result: list[dict | BaseException] = []
+
+    def move() -> None:
+        try:
+            result.append(task.migrate(host))
+        except BaseException as exc:
+            result.append(exc)
+    mover = threading.Thread(target=move)
+    mover.start()
+    stream.release.release()                      # the stream goes on while the task moves
+    mover.join(180)
+    assert result and not isinstance(result[0], BaseException), result
+    return result[0]  # type: ignore[return-value]
+
+
+def test_a_counting_task_migrated_twice_mid_stream_gets_every_message_once_in_order(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    n = 100_000
+    counter = snipe.spawn(publish(tmp_path, "counter.py", COUNTER), n, host="h1")
+    wait_for(lambda: _value(counter.urn, "listening") == 1, 30, "the counter to listen")
+    stream = Stream(counter.urn, n, holds=(30_000, 65_000))
+    moved = migrate_mid_stream(counter, "h2", stream, 30_000)
+    assert moved["to"] == "urn:snipe:host:h2" and moved["urn"] == counter.urn
+    migrate_mid_stream(counter, "h3", stream, 65_000)
+    stream.thread.join(120)
+    assert stream.error is None, stream.error
+    m = snipe.recv(source=counter.urn, timeout=120)
+    assert m is not None and not m.failed, m
+    verdict = m.obj()
+    assert verdict == {"count": n, "bad": 0, "hosts": ["urn:snipe:host:h1", "urn:snipe:host:h2",
+                                                       "urn:snipe:host:h3"]}
+    assert snipe.recv(timeout=0) is None          # the peer saw no delivery failure, nothing else
+    info = counter.info()
+    assert info["host"] == "urn:snipe:host:h3" and info["supervisor"] == cluster.daemons[2].address
+    kinds = [e["kind"] for e in info["events"]]
+    assert kinds.count("migrated") == 2, kinds
+    assert counter.wait(60)["exit_code"] == 0
+
+
+PINGER = textwrap.dedent('''
+    import snipe
+    state = {"pings": 0, "ballast": bytes(192 << 20)}     # a big state: the transfer takes a while
+    snipe.on_checkpoint(lambda: state)
+    snipe.on_restore(lambda saved: state.update(saved))
+    snipe.probe()
+    snipe.catalog().set(snipe.me(), "listening", True)
+    while True:
+        m = snipe.recv(timeout=120)
+        if m is None or m.tag == 99:
+            break
+        state["pings"] += 1
+        snipe.send(m.source, state["pings"].to_bytes(4, "big"), tag=m.tag)
+''')
+
+
+def _ping(task: snipe.Process, tag: int) -> int:
+    snipe.send(task.urn, b"", tag=tag)
+    m = snipe.recv(source=task.urn, timeout=60)
+    assert m is not None and not m.failed and m.tag == tag, m
+    return int.from_bytes(m.payload, "big")
+
+
+def test_a_migration_whose_target_dies_during_the_transfer_leaves_the_task_running(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    """The target host dies (its daemon and the clone killed -9) while the state streams in:
+    migrate() raises MigrationFailed saying why, and the task answers where it was, its count
+    intact."""
+    import psutil
+
+    from snipe.daemonclient import DaemonClient
+    task = snipe.spawn(publish(tmp_path, "pinger.py", PINGER), host="h1")
+    wait_for(lambda: _value(task.urn, "listening") is True, 60, "the task to listen")
+    assert _ping(task, 1) == 1
+    errors: list[BaseException] = []
+
+    def move() -> None:
+        try:
+            task.migrate("h3", timeout=90)
+        except BaseException as exc:
+            errors.append(exc)
+    mover = threading.Thread(target=move)
+    mover.start()
+
+    def clone_pid() -> int | None:
+        with DaemonClient(cluster.daemons[2].address, cluster.user) as h3:
+            tasks = h3.call("ps")[0]["tasks"]
+        return next((t["pid"] for t in tasks if t["urn"] == task.urn), None)
+    pid = wait_for(clone_pid, 60, "the clone to start on h3")
+    clone = psutil.Process(pid)
+    base = clone.memory_info().rss
+    # The state arriving: the clone's memory grows as the 192 MiB state streams in.
+    wait_for(lambda: clone.memory_info().rss - base > 32 << 20 or not mover.is_alive(), 60, "the transfer to start")
+    cluster.kill_daemon(2)
+    clone.kill()
+    mover.join(120)
+    assert not mover.is_alive()
+    assert errors and isinstance(errors[0], MigrationFailed), errors
+    assert "still runs on urn:snipe:host:h1" in str(errors[0]) and "did not confirm" in str(errors[0]), errors[0]
+    assert _value(task.urn, "host") == "urn:snipe:host:h1"
+    assert _ping(task, 2) == 2                    # the same process, its state intact, answering
+    snipe.send(task.urn, b"", tag=99)
+    assert task.wait(60)["exit_code"] == 0
