@@ -663,3 +663,31 @@ def test_every_route_list_ends_with_the_default_route(
     shared = shared_networks(a, b)
     net_routes = [r for r in routes[:-1] if r.kind == "tcp" and not r.endpoint.startswith("tcp://127.")]
     assert len(net_routes) == len({pb["address"] for _, pb in shared})
+
+
+@given(a=host_interfaces(1), b=host_interfaces(2), g1=host_interfaces(3), g2=host_interfaces(4),
+       port=st.sampled_from([7401, 0, None]))
+def test_relay_routes_only_without_a_shared_network_through_gateways_sharing_one_with_each(
+    a: list[dict[str, Any]], b: list[dict[str, Any]], g1: list[dict[str, Any]], g2: list[dict[str, Any]],
+    port: int | None,
+) -> None:
+    gateways = {"urn:snipe:host:g1": {"interfaces": g1, "relay_port": port, "key": "ab" * 32},
+                "urn:snipe:host:g2": {"interfaces": g2, "relay_port": 7401, "key": "cd" * 32}}
+    peer = proc("urn:snipe:proc:q", HOST_B, "q1", advertised_comm(PORT, None, b))
+    me = proc("urn:snipe:proc:p", HOST_A, "p1", [])
+    routes = choose_routes(me, peer, {"interfaces": a}, {"interfaces": b}, gateways)
+    relays = [r for r in routes if r.kind == "relay"]
+    if shared_networks(a, b):
+        assert relays == []
+    usable = {u for u, g in gateways.items() if g["relay_port"] and shared_networks(a, g["interfaces"])
+              and shared_networks(g["interfaces"], b)}
+    if not shared_networks(a, b):
+        assert {r.via for r in relays} == usable
+    for r in relays:
+        assert r.net is not None and r.net.startswith(f"via {r.via.rsplit(':', 1)[1]}/")
+        host = gateways[r.via]
+        assert r.endpoint in {f"tcp://{x['address']}:7401" if ":" not in x["address"]
+                              else f"tcp://[{x['address']}]:7401" for _, x in shared_networks(a, host["interfaces"])}
+    if relays and routes[-1].kind == "tcp" and routes[-1].net is None:
+        assert routes.index(relays[-1]) < len(routes) - 1          # relays come before the default route
+    assert [r.rank for r in routes] == list(range(len(routes)))
