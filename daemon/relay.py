@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from snipe.catalog.client import CatalogClient, now_ms
-from snipe.errors import CodecError, NotAuthorized, ProtocolVersionError, SnipeError
+from snipe.errors import CodecError, ConfigError, NotAuthorized, ProtocolVersionError, SnipeError
 from snipe.identity import Identity, public_key_from_id
 from snipe.messaging.channel import PROTOCOL, VERSION
 from snipe.messaging.gateway import RELAY, Lookup, RelayCore, ToPeer, ToSender, parse_relay
@@ -42,7 +42,12 @@ class Relay:
         self.ctx = ctx
         self.sock = server_socket(ctx, zmq.ROUTER, identity)
         self.sock.rcvhwm = self.sock.sndhwm = 100_000
-        self.sock.bind(listen)
+        try:
+            self.sock.bind(listen)
+        except zmq.ZMQError as exc:
+            self.sock.close(0)
+            raise ConfigError(f"the relay cannot listen on {listen!r} ({exc}); give another endpoint to --relay") \
+                from None
         endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.port = int(endpoint.rsplit(":", 1)[1])
         self.core = RelayCore()
