@@ -24,8 +24,16 @@ What one run measures, all on 127.0.0.1:
    process, of pre-signed encoded assertions (decode, verify, authorize, store, commit), one
    record per transaction and 100 per transaction.
 3. **etcd** (``benchmarks.etcd_baseline``), same operation counts and value size, when the
-   ``etcd`` binary is installed; ratios of the project's figures to etcd's and the issue's
-   targets: put at W=2 >= etcd put, get at R=1 >= 2 x etcd serializable get (16 clients).
+   ``etcd`` binary is installed, on the same loopback, with the same kind of load generator: one
+   process per client (etcd: one HTTP connection to one member; ours: one CurveZMQ connection to
+   each replica). Its phases run right after ours of the same kind and concurrency, in rounds
+   (``--rounds``, default 2): project put, etcd put, project get R=1, etcd get, project get R=2;
+   each figure is the phase's median round and each ratio the median of the rounds' ratios
+   (ours over etcd's in the same round), so both systems meet the same load from the rest of a
+   shared machine. Every phase also reports the CPU time per operation of the client processes
+   and of the servers (replicas or etcd members, all threads), which varies far less with that
+   load than the rates do, and the messages the replicas received per operation. Targets:
+   put at W=2 >= etcd put, get at R=1 >= 2 x etcd serializable get (16 clients).
 4. **Memory.**  A fresh 3-replica set holding ``--assertions`` assertions.  They are signed in
    worker processes and ingested through ``Replica.ingest`` (every check, batches of
    ``MAX_BATCH_RECORDS``) into the first replica's LMDB store while the replicas are stopped,
@@ -106,13 +114,14 @@ class Settings:
     failover_kill_at_s: float = 1.0
     failover_interval_s: float = 0.005
     etcd: bool = True
+    rounds: int = 2                  # rounds of the quorum phases (and etcd's, interleaved); medians are reported
     sections: tuple[str, ...] = ("ceiling", "project", "etcd", "memory")
     py_spy_dir: str | None = None
     quick: bool = False
 
     @classmethod
     def quick_settings(cls) -> Settings:
-        return cls(ops=30, levels=(1, 2), phase_timeout=5.0, assertions=3000, ceiling_ops=300,
+        return cls(ops=30, levels=(1, 2), phase_timeout=5.0, rounds=1, assertions=3000, ceiling_ops=300,
                    memory_reads=50, one_urn_names=50, failover_s=1.5, failover_kill_at_s=0.5, etcd=False, quick=True)
 
 
@@ -170,6 +179,7 @@ class _Row:
     first_error: str | None = None
     records_per_get: float | None = None
     cpu_s: float = 0.0               # the client process's own CPU time in the phase
+    spares_asked: int = 0            # puts that went to a replica beyond the first W (slow or down)
 
 
 def _cpu_seconds(pids: Sequence[int]) -> float:
@@ -223,6 +233,9 @@ def _summarise(rows: Sequence[_Row], ops_per_client: int, servers_cpu: float | N
         out["records_per_get"] = round(sum(per_get) / len(per_get), 2)
     if servers_cpu is not None:
         out["cpu_per_op"] = cpu_per_op(len(lat), wall, sum(r.cpu_s for r in rows), servers_cpu)
+    spares = sum(r.spares_asked for r in rows)
+    if spares:
+        out["requests_to_a_spare_replica"] = spares
     return out
 
 
@@ -369,7 +382,7 @@ def _client_worker(addresses: list[str], admin_key: str, seed: bytes, level: int
             client.put([client.sign(u, "_owner", ident.key_id) for u in pool[i:i + 1000]], w=N_REPLICAS,
                        timeout=30.0)
         written = 0
-        for phase, start in zip(PHASES, go, strict=True):
+        for phase, start in zip(itertools.cycle(PHASES), go):     # as many rounds of the phases as `go` events
             ready.put((phase, worker, os.getpid()))
             give_up = time.monotonic() + READY_TIMEOUT_S
             while not start.wait(timeout=0.2):
@@ -381,6 +394,7 @@ def _client_worker(addresses: list[str], admin_key: str, seed: bytes, level: int
             r = PHASE_R.get(phase)
             urns_written = max(1, math.ceil(written / names_per_urn))
             c0 = time.process_time()
+            spares0 = client.spares_asked
             t0 = time.monotonic()
             deadline = t0 + phase_timeout
             for i in range(ops):
@@ -405,7 +419,8 @@ def _client_worker(addresses: list[str], admin_key: str, seed: bytes, level: int
             # a plain tuple: a class defined here would pickle as __mp_main__._Row in this process
             t1 = time.monotonic()
             results.put((phase, worker, t0, t1, lat, errors, misses, first_error,
-                         round(got_records / gets, 2) if gets else None, time.process_time() - c0))
+                         round(got_records / gets, 2) if gets else None, time.process_time() - c0,
+                         client.spares_asked - spares0))
 
 
 class _ProjectLevel:
@@ -419,7 +434,7 @@ class _ProjectLevel:
         ctx = mp.get_context("spawn")
         self.ready = ctx.Queue()
         self.results = ctx.Queue()
-        self.go = [ctx.Event() for _ in PHASES]
+        self.go = [ctx.Event() for _ in range(s.rounds) for _ in PHASES]
         self.procs = [
             ctx.Process(target=_client_worker,
                         args=(_rotated(cat.addresses, w), cat.admin.key_id, seeds[w], level, w, s.ops, s.names_per_urn,
@@ -444,8 +459,8 @@ class _ProjectLevel:
                 q.cancel_join_thread()
 
     def run_phase(self, phase: str) -> dict[str, Any]:
-        if PHASES[self._next] != phase:
-            raise ValueError(f"phase {phase!r} asked for; the next is {PHASES[self._next]!r}")
+        if PHASES[self._next % len(PHASES)] != phase:
+            raise ValueError(f"phase {phase!r} asked for; the next is {PHASES[self._next % len(PHASES)]!r}")
         start = self.go[self._next]
         self._next += 1
         cat, level, s = self.cat, self.level, self.s
@@ -469,6 +484,12 @@ class _ProjectLevel:
         _say(f"  {phase:<7} {level:>2} clients: {summary['ops_per_s']:>8.0f} ops/s  p50 {summary['p50_ms']} ms  "
              f"p99 {summary['p99_ms']} ms  errors {summary['errors']}  cpu/op {summary['cpu_per_op']}")
         return summary
+
+
+def _median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median throughput (the lower of the middle two), and every round's."""
+    pick = sorted(runs, key=lambda r: r["ops_per_s"])[(len(runs) - 1) // 2]
+    return {**pick, "rounds_ops_per_s": [r["ops_per_s"] for r in runs]} if len(runs) > 1 else pick
 
 
 def _replica_requests(cat: Any) -> int | None:
@@ -629,19 +650,27 @@ def run_project(s: Settings, root: Path, profiler: _Profiler, etcd: Any = None) 
                                        "concurrency, in one run: " + ", ".join(f"{a} {b}" for a, b in INTERLEAVED))
         t0 = time.monotonic()
         for level in s.levels:
-            _say(f"project{' and etcd' if etcd else ''}: {level} client(s), {s.ops} ops each per phase")
+            _say(f"project{' and etcd' if etcd else ''}: {level} client(s), {s.ops} ops each per phase, "
+                 f"{s.rounds} round(s)")
+            rounds: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
             with contextlib.ExitStack() as stack:
                 ours = stack.enter_context(_ProjectLevel(cat, seeds, level, s, profiler,
                                                          profile=level == max(s.levels)))
                 theirs = (stack.enter_context(eb.LevelRun(etcd.client_urls, etcd.pids, level, s.ops, s.value_size,
-                                                          s.phase_timeout)) if etcd is not None else None)
-                for system, phase in INTERLEAVED:
-                    if system == "project":
-                        out[phase][str(level)] = ours.run_phase(phase)
-                    elif theirs is not None and etcd_out is not None:
-                        st = etcd_out[phase][str(level)] = theirs.run_phase(phase)
-                        _say(f"  etcd {phase:<16} {level:>2} clients: {st['ops_per_s']:>8.0f} ops/s  "
-                             f"cpu/op {st['cpu_per_op']}")
+                                                          s.phase_timeout, s.rounds)) if etcd is not None else None)
+                for _ in range(s.rounds):
+                    for system, phase in INTERLEAVED:
+                        if system == "project":
+                            rounds[system, phase].append(ours.run_phase(phase))
+                        elif theirs is not None:
+                            st = theirs.run_phase(phase)
+                            rounds[system, phase].append(st)
+                            _say(f"  etcd {phase:<16} {level:>2} clients: {st['ops_per_s']:>8.0f} ops/s  "
+                                 f"cpu/op {st['cpu_per_op']}")
+            for (system, phase), runs in rounds.items():
+                target = out if system == "project" else etcd_out
+                if target is not None:
+                    target[phase][str(level)] = _median_round(runs)
         out["bench_seconds"] = round(time.monotonic() - t0, 2)
         if etcd_out is not None:
             etcd_out["loadavg_1m_after"] = _loadavg()
@@ -943,9 +972,13 @@ def compare(project: dict[str, Any], etcd: dict[str, Any], levels: Sequence[int]
                 "target_met": None}
 
     def ratio(phase: str, etcd_phase: str, level: int) -> float | None:
-        a = project.get(phase, {}).get(str(level), {}).get("ops_per_s")
-        b = etcd.get(etcd_phase, {}).get(str(level), {}).get("ops_per_s")
-        return round(a / b, 3) if a and b else None
+        """Median over rounds of ours / etcd's in the same round (each etcd phase ran right after ours)."""
+        a = project.get(phase, {}).get(str(level), {})
+        b = etcd.get(etcd_phase, {}).get(str(level), {})
+        ours = a.get("rounds_ops_per_s") or [a.get("ops_per_s")]
+        theirs = b.get("rounds_ops_per_s") or [b.get("ops_per_s")]
+        pairs = sorted(x / y for x, y in zip(ours, theirs, strict=False) if x and y)
+        return round(pairs[(len(pairs) - 1) // 2], 3) if pairs else None
 
     out: dict[str, Any] = {"available": True}
     for level in levels:
@@ -1098,6 +1131,8 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[Settings, bool]:
     ap.add_argument("--ops", type=int, help=f"operations per client per phase (default {DEFAULT_OPS_PER_CLIENT})")
     ap.add_argument("--concurrency", help="comma-separated client counts (default 1,16)")
     ap.add_argument("--phase-timeout", type=float, help="time bound per phase in seconds")
+    ap.add_argument("--rounds", type=int, help="rounds of the quorum phases, etcd's interleaved (default 2); "
+                                               "figures are each phase's median round")
     ap.add_argument("--names-per-urn", type=int, help=f"names written under each claimed URN "
                                                       f"(default {DEFAULT_NAMES_PER_URN})")
     ap.add_argument("--assertions", type=int, help=f"assertions held for the memory figure "
@@ -1117,6 +1152,8 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[Settings, bool]:
         s.phase_timeout = args.phase_timeout
     if args.names_per_urn is not None:
         s.names_per_urn = args.names_per_urn
+    if args.rounds is not None:
+        s.rounds = max(1, args.rounds)
     if args.assertions is not None:
         s.assertions = args.assertions
     if args.etcd is not None:

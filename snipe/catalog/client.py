@@ -52,10 +52,11 @@ log = logging.getLogger("snipe.catalog")
 
 
 HEDGE_AFTER_S = 0.25
-PUT_HEDGE_MIN_S = 0.005      # a put asks one more replica after twice its usual time, within these bounds
-PUT_HEDGE_FACTOR = 2.0
-PUT_HEDGE_MAX_S = 0.04
-PUT_EWMA = 0.1
+PUT_HEDGE_MIN_S = 0.005      # a put asks one more replica after 1.5 times its usual time, within these bounds
+PUT_HEDGE_FACTOR = 1.5
+PUT_HEDGE_MAX_S = HEDGE_AFTER_S
+PUT_EWMA = 0.2
+PUT_FIRST_GUESS_S = 0.05      # a new client's guess at a put's time, until it has measured some
 LINK_CHECK_S = 0.1           # how often links read their handshake events
 REFUSED_RETRY_S = 0.25       # a refused handshake is tried again this soon: the key may be admitted by now
 BELIEVED_RECORDS = 20_000    # verified records remembered by their bytes, so a repeat read skips the work,
@@ -152,7 +153,8 @@ class CatalogClient:
         self._believed: OrderedDict[bytes, Assertion] = OrderedDict()
         self._believed_answers: OrderedDict[bytes, list[Assertion]] = OrderedDict()
         self._links_checked = 0.0
-        self._put_s = PUT_HEDGE_MIN_S / PUT_HEDGE_FACTOR     # moving average of a W-acknowledged put's time
+        self._put_s = PUT_FIRST_GUESS_S     # moving average of a W-acknowledged put's time
+        self.spares_asked = 0      # requests sent to a replica beyond the first ones (slow, unreachable or refusing)
 
     def _index_sockets(self) -> None:
         self.poller = zmq.Poller()
@@ -251,6 +253,7 @@ class CatalogClient:
                 timed_out = True
                 break
             if spares and (now >= hedge_at or (needed is not None and len(pending) < needed(got))):
+                self.spares_asked += 1
                 unsent.append(spares.pop(0))
                 hedge_at = now + hedge_s
                 continue
