@@ -67,7 +67,7 @@ REAP_S = 1.0                   # how often orphans adopted as subreaper are coll
 MAX_EVENTS_KEPT = 64
 MAX_FILE_BYTES = 1 << 30       # a stored blob (a checkpoint) at most this big
 RESTART_POLICIES = ("on-host-failure",)
-REPLICA_MODES = ("standby",)
+REPLICA_MODES = ("standby", "all")
 STANDBY_CHECKPOINT_S = 1.0     # a standby-replicated task checkpoints this often unless told otherwise
 
 
@@ -153,7 +153,8 @@ class Daemon:
         self.next_lease = time.monotonic() + cfg.lease_s / 3
         self.watcher = TakeoverWatcher(cfg.host_urn, cfg.identity, cfg.catalog, cfg.admin_key,
                                        lambda claim, values: self.takeovers.put((claim, values)),
-                                       lambda code: self.takeovers.put((None, {"code": code})))
+                                       lambda code: self.takeovers.put((None, {"code": code})),
+                                       lambda values: self.takeovers.put((None, values)))
         self.watcher.start()
 
     # --- admission ----------------------------------------------------------------------------
@@ -210,7 +211,9 @@ class Daemon:
         while not self.takeovers.empty():
             claim, values = self.takeovers.get_nowait()
             try:
-                if claim is None:            # we stand by for a replicated task: hold its code
+                if claim is None and "copy" in values:      # run our copy of a task in mode "all"
+                    self._start_copy(values)
+                elif claim is None:          # we stand by for a replicated task: hold its code
                     self._fetch_code(validate_urn(str(values["code"])))
                 else:
                     self._take_over(claim, values)
@@ -474,7 +477,8 @@ class Daemon:
         if replicas > 1:
             if mode not in REPLICA_MODES:
                 raise SnipeError(f"replica mode {mode!r} is unknown; the modes are {', '.join(REPLICA_MODES)}")
-            restart, every = "on-host-failure", every or STANDBY_CHECKPOINT_S
+            if mode == "standby":
+                restart, every = "on-host-failure", every or STANDBY_CHECKPOINT_S
         code_dir, manifest = self._fetch_code(code)
 
         urn = new_urn("proc")
@@ -500,10 +504,11 @@ class Daemon:
             self.catalog.sign(urn, "state", "running"),
             self.catalog.sign(urn, "events", [started]),
             *[self.catalog.sign(urn, k, v) for k, v in self._takeover_names(
-                urn, task_key, restart, every, extra_env, field_of(env, "quota", dict, {}), replicas).items()],
+                urn, task_key, restart, every, extra_env, field_of(env, "quota", dict, {}), replicas, mode).items()],
         ])
         try:
-            record = self.launch(urn, code_dir, manifest, args, extra_env, quota, workdir, every=every)
+            record = self.launch(urn, code_dir, manifest, args, extra_env, quota, workdir, every=every,
+                                 more_env={"SNIPE_REPLICA_INDEX": "0"} if replicas > 1 and mode == "all" else None)
         except SnipeError as exc:
             failed = {"seq": 2, "kind": "lost", "at": time.time(), "reason": f"could not start: {exc}"}
             with contextlib.suppress(SnipeError):
@@ -537,14 +542,15 @@ class Daemon:
         return task_env
 
     def _takeover_names(self, urn: str, task_key: Identity, restart: str | None, every: float,
-                        extra_env: dict[str, Any], quota: dict[str, Any], replicas: int = 1) -> dict[str, Any]:
+                        extra_env: dict[str, Any], quota: dict[str, Any], replicas: int = 1,
+                        mode: str = "standby") -> dict[str, Any]:
         """The catalog names that let another host take the task over: the policy, and the task's
         key (with its environment and quota) sealed to each other live host's key; for a
         replicated task, its standby hosts (the first N-1 other live hosts by rendezvous hash)."""
         names: dict[str, Any] = {}
         if every:
             names["checkpoint_every"] = float(every)
-        if restart is None:
+        if restart is None and replicas == 1:
             return names
         now = _now_ms()
         sealed = {}
@@ -555,12 +561,15 @@ class Daemon:
                 sealed[host] = seal(secret, host_key)
         if not sealed:
             log.warning("no other live host to restart tasks on: the restart policy cannot act yet")
+        if replicas > 1 and len(sealed) < replicas - 1:
+            raise Unreachable(f"replicas={replicas} needs {replicas} live hosts; {len(sealed) + 1} are live")
+        ranked = sorted(sealed, key=lambda h: hashlib.sha256(f"{urn}|{h}".encode()).digest())[:replicas - 1]
+        if replicas > 1 and mode == "all":      # N copies run at once; no takeover
+            return {**names, "replicas": replicas, "mode": "all", "copies": [self.cfg.host_urn, *ranked],
+                    "copy_keys": {h: sealed[h] for h in ranked}}
         names.update({"restart": restart, "takeover_keys": sealed, "incarnation": 0})
         if replicas > 1:
-            if len(sealed) < replicas - 1:
-                raise Unreachable(f"replicas={replicas} needs {replicas} live hosts; {len(sealed) + 1} are live")
-            ranked = sorted(sealed, key=lambda h: hashlib.sha256(f"{urn}|{h}".encode()).digest())
-            names.update({"replicas": replicas, "mode": "standby", "standbys": ranked[:replicas - 1]})
+            names.update({"replicas": replicas, "mode": "standby", "standbys": ranked})
         return names
 
     # --- taking over a task whose host died (daemon/takeover.py decides who) -----------------
@@ -577,13 +586,13 @@ class Daemon:
         workdir.mkdir(parents=True, exist_ok=True)
         task_key.save(workdir / "task.key")
         every = values.get("checkpoint_every") if isinstance(values.get("checkpoint_every"), int | float) else 0
-        task_env = self._task_env(urn, workdir, dict(secret.get("env") or {}), every)
+        restore: dict[str, str] = {}
         ckpt = values.get("checkpoint")
         how = "from the beginning (it had no checkpoint)"
         if isinstance(ckpt, dict) and isinstance(ckpt.get("file"), str):
             path = workdir / "restore.ckpt"
             path.write_bytes(self._fetch_file(ckpt))
-            task_env.update({"SNIPE_RESTORE_FILE": str(path), "SNIPE_RESTORE_URN": ckpt["file"]})
+            restore = {"SNIPE_RESTORE_FILE": str(path), "SNIPE_RESTORE_URN": ckpt["file"]}
             how = f"from checkpoint {ckpt.get('seq')}"
         events = [e for e in values.get("events", []) if isinstance(e, dict) and isinstance(e.get("seq"), int)]
         seq = max((e["seq"] for e in events), default=0) + 1
@@ -595,13 +604,36 @@ class Daemon:
         if isinstance(values.get("standbys"), list):
             names["standbys"] = self._new_standbys(values)
         self._put_as(task_key, urn, names)
-        argv = entry_argv(manifest, code_dir, self.cfg.python, args)
-        record = self.runner.start(urn, argv, cwd=str(workdir), env=task_env,
-                                   quota=Quota.from_value(secret.get("quota") or {}), warm=self.pool.take(argv[0]))
+        record = self.launch(urn, code_dir, manifest, args, dict(secret.get("env") or {}),
+                             Quota.from_value(secret.get("quota") or {}), workdir, restore, every)
         self.task_keys[urn] = task_key
         self.tasks[urn] = {"record": record.to_value(), "owner": str(values.get("owner")), "code": code,
                            "state": "running", "events": events, "seq": seq, "notify": values.get("notify", []),
                            "restart": values.get("restart"), "incarnation": claim.incarnation,
+                           "key_file": str(workdir / "task.key")}
+        self.state.put_task(urn, self.tasks[urn])
+
+    def _start_copy(self, values: dict[str, Any]) -> None:
+        """Start copy `values["copy"]` of a replicated task in mode "all" under the task's URN and key."""
+        urn, index = validate_urn(str(values["urn"])), int(values["copy"])
+        if urn in self.tasks and self.tasks[urn]["state"] in ("running", "suspended"):
+            return
+        secret = unseal(values["copy_keys"][self.cfg.host_urn], self.cfg.identity)
+        task_key = Identity.from_seed(secret["seed"])
+        if values.get("key") != task_key.key_id:
+            raise NotAuthorized(f"the sealed key for {urn} is not the task's key {str(values.get('key'))[:16]}…")
+        code = validate_urn(str(values.get("code")))
+        code_dir, manifest = self._fetch_code(code)
+        workdir = self.tasks_dir / f"{urn.rsplit(':', 1)[1]}.copy{index}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        task_key.save(workdir / "task.key")
+        args = [str(a) for a in values.get("args", []) if isinstance(a, str | int | float)]
+        record = self.launch(urn, code_dir, manifest, args, dict(secret.get("env") or {}),
+                             Quota.from_value(secret.get("quota") or {}), workdir, {"SNIPE_REPLICA_INDEX": str(index)})
+        self.task_keys[urn] = task_key
+        started = {"seq": 1, "kind": "started", "at": time.time()}
+        self.tasks[urn] = {"record": record.to_value(), "owner": str(values.get("owner")), "code": code,
+                           "state": "running", "events": [started], "seq": 1, "notify": [], "copy": index,
                            "key_file": str(workdir / "task.key")}
         self.state.put_task(urn, self.tasks[urn])
 
@@ -684,6 +716,9 @@ class Daemon:
             values["exit_code"] = last["exit_code"]
         if last.get("reason"):
             values["reason"] = last["reason"]
+        if rec.get("copy"):         # a copy of a task in mode "all": copy 0's host speaks for the URN
+            self.unpublished.discard(urn)
+            return
         try:
             if rec.get("restart") and self._superseded(urn, rec):
                 self.unpublished.discard(urn)       # taken over elsewhere: that host speaks for it now

@@ -5,7 +5,8 @@ tasks with a restart policy (`restart` on their entry). The planner says which t
 claim is an `_owner` claim on `<task>.takeover<n>`, read back after CLAIM_SETTLE_S (the
 earliest claim wins at every replica). A won claim goes to the daemon's main thread (`won`),
 which starts the task (daemon/server.py, `_take_over`). A host named a standby of a replicated
-task is asked to hold its code (`stand_by`), so a promotion does not depend on the dead host.
+task is asked to hold its code (`stand_by`), so a promotion does not depend on the dead host;
+a host named in the `copies` of a task in mode "all" is asked to run its copy (`run_copy`).
 """
 
 from __future__ import annotations
@@ -43,11 +44,14 @@ def watched_from(urn: str, values: dict[str, Any]) -> Watched | None:
 
 class TakeoverWatcher:
     def __init__(self, host_urn: str, identity: Identity, catalog: list[str], admin_key: bytes,
-                 won: Callable[[Claim, dict[str, Any]], None], stand_by: Callable[[str], None]) -> None:
+                 won: Callable[[Claim, dict[str, Any]], None], stand_by: Callable[[str], None],
+                 run_copy: Callable[[dict[str, Any]], None]) -> None:
         self.host_urn, self.identity, self.catalog_addrs, self.admin_key = host_urn, identity, catalog, admin_key
         self.won = won
         self.stand_by = stand_by          # called once per code URN of a task we are a standby of
         self.held: set[str] = set()
+        self.run_copy = run_copy          # called once per copy of a task in mode "all" placed on this host
+        self.copies_started: set[str] = set()
         self.planner = TakeoverPlanner(host_urn, stagger=STAGGER_S)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snipe-takeover", daemon=True)
@@ -82,6 +86,13 @@ class TakeoverWatcher:
             values = entry.as_dict(now)
             if isinstance(values.get("takeover_keys"), dict) and self.host_urn in values["takeover_keys"]:
                 tasks[urn] = values
+        for urn, entry in catalog.query("urn:snipe:proc:", [("copies", "exists", None)]).items():
+            values = entry.as_dict(now)
+            copies = values.get("copies")
+            if (urn not in self.copies_started and isinstance(copies, list) and self.host_urn in copies[1:]
+                    and values.get("state") == "running" and isinstance(values.get("copy_keys"), dict)):
+                self.copies_started.add(urn)
+                self.run_copy({**values, "urn": urn, "copy": copies.index(self.host_urn)})
         watched = [w for u, v in tasks.items() if (w := watched_from(u, v)) is not None]
         for values in tasks.values():
             code = values.get("code")

@@ -76,15 +76,29 @@ class Session:
             if self.host is None and self.local_daemon is not None:
                 with contextlib.suppress(SnipeError):
                     self.host = self.daemon(self.local_daemon).call("hello", timeout=5)[0].get("host")
-            ep = Endpoint(self.me, self.identity, self.catalog_addresses, self.admin_key, host_urn=self.host,
-                          runtime_dir=(self.home / "msg") if self.home else None)
             me = self.me
-            ep.start(lambda values: self.catalog.set_many(me, values), prepare)
+            copy = os.environ.get("SNIPE_REPLICA_INDEX") if me == os.environ.get("SNIPE_PROC_URN") else None
+            ep = Endpoint(me, self.identity, self.catalog_addresses, self.admin_key, host_urn=self.host,
+                          runtime_dir=(self.home / "msg") if self.home else None,
+                          session_seed=me if copy is not None else None)
+            ep.start(self._publisher(me, copy), prepare)
             self._endpoint = ep
             if os.environ.get("SNIPE_PROC_URN") == me:      # a task: its daemon may migrate it
                 from snipe.migration.origin import OriginShell
                 OriginShell(self, ep)
         return self._endpoint
+
+    def _publisher(self, me: str, copy: str | None) -> Callable[[dict[str, Any]], None]:
+        """How the endpoint publishes where it listens: on our entry, or, for copy i of a
+        replicated task in mode "all" (all copies share the URN), as one `copy.<i>` record."""
+        if copy is None:
+            return lambda values: self.catalog.set_many(me, values)
+        mine: dict[str, Any] = {}
+
+        def publish(values: dict[str, Any]) -> None:
+            mine.update({k: v for k, v in values.items() if k in ("comm", "instance", "host")})
+            self.catalog.set(me, f"copy.{copy}", mine)
+        return publish
 
     def daemon(self, address: str) -> DaemonClient:
         if address not in self._daemons:
@@ -239,10 +253,21 @@ def send_obj(urn: str, obj: Any, tag: int = 0, **kw: Any) -> None:
 
 def recv(source: str | None = None, tag: int | None = None, timeout: float | None = None) -> Message | None:
     """The next message (from `source`, with `tag`, if given), waiting up to `timeout` seconds
-    (None: forever); None if nothing came. Selective, as PVM's pvm_recv."""
-    if checkpoints.due != _INF:
+    (None: forever); None if nothing came. Selective, as PVM's pvm_recv. A task that checkpoints
+    periodically does so while it waits here too (waiting for a message is a safe point)."""
+    if checkpoints.due == _INF:
+        return session().endpoint().recv(source, tag, timeout)
+    ep = session().endpoint()
+    limit = None if timeout is None else time.monotonic() + timeout
+    while True:
         checkpoints.maybe_checkpoint()
-    return session().endpoint().recv(source, tag, timeout)
+        now = time.monotonic()
+        wait = max(0.0, checkpoints.due - now)
+        if limit is not None:
+            wait = min(wait, max(0.0, limit - now))
+        m = ep.recv(source, tag, wait)
+        if m is not None or (limit is not None and time.monotonic() >= limit):
+            return m
 
 
 def safe_point() -> None:
@@ -485,7 +510,7 @@ def hosts(requires: Sequence[Predicate | str] | dict[str, Any] | None = None) ->
 # and this client adds the tasks it placed since, see snipe/placement.py).
 PLACEMENT_CACHE_S = 1.0
 RESTART_POLICIES = ("on-host-failure",)
-REPLICA_MODES = ("standby",)
+REPLICA_MODES = ("standby", "all")
 
 
 def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Predicate | str] | dict | None = None,
@@ -505,6 +530,9 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
     which hold its code and state; when the primary's host dies the first live standby is
     promoted (restarted there from the checkpoint). Senders keep every message until a
     checkpoint holds it, so losing a replica loses no acknowledged message.
+    `mode="all"`: N copies run on N hosts; every message sent to the URN is delivered to each
+    copy, and the copies number what they send alike, so a peer gets each answer once (the
+    task must be deterministic: same messages in, same messages out, in the same order).
     """
     s = session()
     code = validate_urn(code)

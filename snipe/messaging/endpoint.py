@@ -24,6 +24,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 import threading
 import time
 import uuid
@@ -117,6 +118,9 @@ class _Peer:
     heard_at: float = 0.0                    # last acknowledgement, or when the current route was taken
     shunned: dict[str, float] = field(default_factory=dict)   # route endpoint -> not before (monotonic)
     gone: set[str] = field(default_factory=set)  # instances that redirected us elsewhere (they migrated)
+    copies: list[str] = field(default_factory=list)     # a replicated URN in mode "all": its copies' peers
+    parent: str | None = None                # this peer is copy `copy_index` of the replicated URN `parent`
+    copy_index: int = -1
 
     @property
     def route(self) -> Route | None:
@@ -126,8 +130,11 @@ class _Peer:
 class Endpoint:
     def __init__(self, me: str, identity: Identity, catalog: list[str], admin_key: bytes, *,
                  host_urn: str | None = None, runtime_dir: Path | None = None, hwm: int = 65536,
-                 window: int = 4096) -> None:
+                 window: int = 4096, session_seed: str | None = None) -> None:
         self.me, self.identity, self.catalog_addrs, self.admin_key = me, identity, catalog, admin_key
+        # A copy of a replicated task (mode "all"): every copy numbers its messages to a peer in the
+        # same session, so the peer's channel keeps the first of each and drops the others' copies.
+        self.session_seed = session_seed
         self.host_urn = host_urn
         self.instance = uuid.uuid4().hex
         self.hwm, self.window = hwm, window
@@ -604,8 +611,7 @@ class Endpoint:
             if dest != last or out is None:
                 p = touched.get(dest) or self.peers.get(dest)
                 if p is None:
-                    p = self.peers[dest] = _Peer(dest, Outbound(self.me, dest, window=self.window,
-                                                                hwm=self.hwm * 2, min_rto=MIN_RTO_S))
+                    p = self.peers[dest] = self._new_peer(dest)
                 touched[dest], last, out = p, dest, p.out
             deadline = deadlines.get(deadline_s)
             if deadline is None:
@@ -614,9 +620,30 @@ class Endpoint:
         for p in touched.values():
             self._pump_peer(p, now)
 
+    def _new_peer(self, dest: str, parent: str | None = None, copy_index: int = -1) -> _Peer:
+        rng = random.Random(f"{self.session_seed}|{dest}") if self.session_seed else None
+        return _Peer(dest, Outbound(self.me, dest, window=self.window, hwm=self.hwm * 2, min_rto=MIN_RTO_S, rng=rng),
+                     parent=parent, copy_index=copy_index)
+
+    def _fan_out(self, p: _Peer, now: float) -> None:
+        """A replicated URN in mode "all": what was sent to it goes to each copy, in order."""
+        held = list(p.out.queue)
+        p.out.queue.clear()
+        p.out.deadlines.clear()
+        for i, key in enumerate(p.copies):
+            sub = self.peers.get(key)
+            if sub is None:
+                sub = self.peers[key] = self._new_peer(key, p.urn, i)
+            for h in held:
+                sub.out.submit(h.tag, h.payload, now, h.deadline)
+            self._pump_peer(sub, now)
+
     def _pump_peer(self, p: _Peer, now: float) -> None:
         if not p.routes or now - p.resolved_at > RESOLVE_EVERY_S:
             self._resolve(p, now)
+        if p.copies:
+            self._fan_out(p, now)
+            return
         if not p.routes:
             if p.waiting_since is None:
                 p.waiting_since = now
@@ -628,13 +655,22 @@ class Endpoint:
         """Find the peer's routes in the catalog. A peer that has ended fails its messages."""
         assert self.catalog is not None
         p.resolved_at = now
+        urn = p.parent or p.urn
         try:
-            self.catalog.invalidate(p.urn)
-            entry = self.catalog.get(p.urn, r=1)
+            self.catalog.invalidate(urn)
+            entry = self.catalog.get(urn, r=1)
         except SnipeError as exc:
             log.debug("cannot resolve %s: %s", p.urn, exc)
             return
         values = entry.as_dict(now_ms())
+        replicas = values.get("replicas")
+        if values.get("mode") == "all" and isinstance(replicas, int) and p.parent is None:
+            p.copies = [f"{urn}#{i}" for i in range(min(replicas, 64))]
+            return
+        if p.parent is not None:                # a copy: its own comm, instance and host
+            mine_of = values.get(f"copy.{p.copy_index}")
+            mine_of = mine_of if isinstance(mine_of, dict) else {}
+            values = {**values, **{k: mine_of.get(k) for k in ("comm", "instance", "host")}}
         state = values.get("state")
         if state in ENDED_STATES:
             self._fail(p, f"{p.urn} has {state}" + (f": {values['reason']}" if values.get("reason") else ""))
@@ -642,7 +678,7 @@ class Endpoint:
         if values.get("restart") and not p.out.retain:      # it may be restored from a checkpoint
             p.out.retain = RETAIN_FOR_RESTART
             p.out.strict = values.get("mode") == "standby"  # replicated: nothing acknowledged may be lost
-        peer = ProcView.from_values(p.urn, values)
+        peer = ProcView.from_values(urn, values)
         key = values.get("key")
         if peer.instance in p.gone:
             return                              # a stale entry: the process told us it moved
@@ -815,17 +851,31 @@ class Endpoint:
         self._settle(p.urn, p.out.fail_all(reason))
 
     def _settle(self, dest: str, failed: list[DeliveryFailed]) -> None:
+        p = self.peers.get(dest)
         with self.cond:
             for f in failed:
                 if f.tag < 0:       # a relay hop of the multicast layer: the other routers cover it
                     log.info("multicast hop to %s failed: %s", dest, f.reason)
                     continue
-                self.inbox.append(Message(dest, f.tag, b"", failed=True, reason=f.reason))
-            p = self.peers.get(dest)
+                if p is not None and p.parent is not None:      # one copy of a replicated URN
+                    self.inbox.append(Message(p.parent, f.tag, b"", failed=True,
+                                              reason=f"copy {p.copy_index}: {f.reason}"))
+                else:
+                    self.inbox.append(Message(dest, f.tag, b"", failed=True, reason=f.reason))
             if p is not None:
                 p.failed += len(failed)
-                self.settled[dest] = p.out.acked + p.failed - p.out.retained_unsettled()
+                key, n = self._settled(p)
+                self.settled[key] = n
             self.cond.notify_all()
+
+    def _settled(self, p: _Peer) -> tuple[str, int]:
+        """(the URN senders block on, how many of its messages are settled): for a copy of a
+        replicated URN, the fewest any copy has settled."""
+        if p.parent is None:
+            return p.urn, p.out.acked + p.failed - p.out.retained_unsettled()
+        parent = self.peers.get(p.parent)
+        subs = [self.peers[k] for k in (parent.copies if parent else []) if k in self.peers] or [p]
+        return p.parent, min(q.out.acked + q.failed - q.out.retained_unsettled() for q in subs)
 
     def _read_link(self, p: _Peer, link: Link) -> None:
         now = time.monotonic()
@@ -855,10 +905,10 @@ class Endpoint:
                 continue
             p.heard_at = now
             self._transmit(p, p.out.on_ack(session, cum, now, busy=ack_is_busy(env)))
-        settled = p.out.acked + p.failed - p.out.retained_unsettled()
-        if settled != self.settled.get(p.urn, 0):
+        key, settled = self._settled(p)
+        if settled != self.settled.get(key, 0):
             with self.lock:
-                self.settled[p.urn] = settled
+                self.settled[key] = settled
                 if self._blocked:
                     self.cond.notify_all()
 

@@ -1,5 +1,6 @@
 """Replicated processes on real replicas and daemons: standby mode survives kill -9 of its
-primary's host with no acknowledged message lost.
+primary's host with no acknowledged message lost; mode "all" delivers every message to every
+copy and the peer gets each answer once.
 
 The primary runs on h1, the host where the code was published (so the standby must hold the
 code itself), checkpointing every 0.5 s to itself and its standby. The test streams numbers to
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import textwrap
 from pathlib import Path
 
 import snipe
@@ -59,3 +61,51 @@ def test_a_standby_replica_is_promoted_when_the_primarys_host_is_killed(cluster:
         if m.failed:
             failures.append(m.reason)
     assert failures == []
+
+
+COPY = textwrap.dedent('''
+    import os, sys
+    import snipe
+    got = []
+    snipe.init()
+    index = os.environ["SNIPE_REPLICA_INDEX"]
+    snipe.send_obj(sys.argv[1], {"ready": snipe.me()}, tag=4)
+    while True:
+        m = snipe.recv()
+        if m.failed:
+            continue
+        if m.tag == 1:
+            got.append(int(m.payload))
+        elif m.tag == 2:
+            snipe.catalog().set(snipe.me(), "got." + index, {"id": m.obj(), "got": got})
+            snipe.send_obj(m.source, {"id": m.obj(), "got": got}, tag=2)
+''')
+
+
+def test_in_mode_all_every_copy_gets_every_message_and_the_peer_each_answer_once(cluster: LocalCluster,
+                                                                                 tmp_path: Path) -> None:
+    code = publish(tmp_path, "mirror.py", COPY)  # not copy.py: it would shadow the stdlib module
+    p = snipe.spawn(code, snipe.me(), replicas=3, mode="all")
+    info = p.info()
+    assert info["mode"] == "all" and sorted(info["copies"]) == [f"urn:snipe:host:h{i}" for i in (1, 2, 3)]
+    assert recv_obj(4)["ready"] == p.urn
+    for i in range(100):
+        snipe.send(p.urn, str(i).encode(), 1)
+    assert report(p.urn, 1) == list(range(100))
+
+    def copies_at(ident: int) -> bool:
+        values = p.info()
+        return all((values.get(f"got.{i}") or {}).get("id") == ident for i in range(3))
+    wait_for(lambda: copies_at(1), 60, "every copy to answer request 1")
+    assert all(p.info()[f"got.{i}"]["got"] == list(range(100)) for i in range(3))    # delivered to every copy
+    assert report(p.urn, 2) == list(range(100))
+    wait_for(lambda: copies_at(2), 60, "every copy to answer request 2")
+    ep = snipe.session().endpoint()
+    wait_for(lambda: ep.inbound[p.urn].duplicates >= 2, 30, "the other copies' answers to arrive (and be dropped)")
+    others = []
+    while (m := snipe.recv(timeout=0)) is not None:
+        others.append((m.tag, m.failed))
+    assert others == []                          # ready, answer 1 and answer 2 arrived once each
+    assert ep.received[p.urn] == 3
+    stats = snipe.messaging_stats()
+    assert [stats[f"{p.urn}#{i}"]["acked"] for i in range(3)] == [102, 102, 102]
