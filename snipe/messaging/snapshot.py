@@ -1,9 +1,9 @@
 """The messaging library's own state in a checkpoint, and how a restored receiver resumes.
 
 What a checkpoint holds of the endpoint (`capture`, run in its I/O thread, so no packet lands
-halfway): the unread inbox, per source the session and next seq expected (everything before it
-is either read by the application or in the inbox), and per destination the messages not yet
-acknowledged.
+halfway; `Endpoint.export_state`, shared with migration): the unread inbox, per source the
+session and next seq expected (everything before it is either read by the application or in
+the inbox), per destination the messages not yet acknowledged, and sends not yet taken up.
 
 What `restore` does in the restarted process:
 - the inbox comes back first; each source's Inbound comes back `pinned` (channel.py);
@@ -37,38 +37,57 @@ TAG_CHECKPOINTED = -11
 
 
 def capture(ep: Endpoint) -> dict[str, Any]:
-    """The library's state (call through `ep.run_in_io`)."""
-    with ep.lock:
-        inbox = [[m.source, m.tag, bytes(m.payload), m.group, m.failed, m.reason] for m in ep.inbox]
-    inbound = {src: [ib.session, ib.expected] for src, ib in ep.inbound.items() if ib.session is not None}
-    out = {dest: [[tag, bytes(payload)] for tag, payload in p.out.take_unacknowledged() if tag >= 0]
-           for dest, p in ep.peers.items()}
-    return {"inbox": inbox, "in": inbound, "out": {d: m for d, m in out.items() if m}}
+    """The library's state (call through `ep.run_in_io`): the endpoint's own export (the one
+    migration uses), with its payloads."""
+    state, payloads = ep.export_state()
+    return {"state": state, "payloads": [bytes(p) for p in payloads]}
 
 
-def positions(state: dict[str, Any]) -> dict[str, tuple[int, int]]:
+def positions(lib: dict[str, Any]) -> dict[str, tuple[int, int]]:
     """Per source: (session, highest seq the checkpoint holds)."""
-    return {src: (int(v[0]), int(v[1]) - 1) for src, v in state.get("in", {}).items()}
+    return {str(src): (int(v["session"]), int(v["expected"]) - 1)
+            for src, v in lib.get("state", {}).get("in", []) if v.get("session") is not None}
 
 
-def restore(ep: Endpoint, state: dict[str, Any]) -> None:
+def restore(ep: Endpoint, lib: dict[str, Any]) -> None:
     """Put a checkpoint's library state into an endpoint before it starts (`Endpoint.start`'s
-    `prepare`): no data may reach a source's channel before it is restored."""
+    `prepare`): no data may reach a source's channel before it is restored.
+
+    Unlike a migration (the same process moving on), a restored task re-executes from its
+    checkpoint, maybe differently: what it had not seen acknowledged goes out again in a new
+    session, so nothing it sends again can be taken for a duplicate and dropped."""
     try:
-        inbox = [Message(str(s), int(t), p, g, bool(f), r) for s, t, p, g, f, r in state.get("inbox", [])]
-        inbound = {str(src): (int(v[0]), int(v[1])) for src, v in state.get("in", {}).items()}
-        unacked = {str(d): [(int(t), p) for t, p in msgs] for d, msgs in state.get("out", {}).items()}
-    except (TypeError, ValueError) as exc:
+        state, payloads = lib.get("state", {}), list(lib.get("payloads", []))
+        at = 0
+        unacked: dict[str, list[tuple[int, bytes]]] = {}
+        for dest, out in state.get("out", []):
+            held = [(int(tag), payloads[at + i]) for i, (_, tag, _) in enumerate(out["held"])]
+            at += len(held)
+            dest = str(dest).split("#", 1)[0]          # a copy of a URN in mode "all": to the URN again
+            if len(held) > len(unacked.get(dest, [])):
+                unacked[dest] = [(t, p) for t, p in held if t >= 0]
+        inbox = []
+        for source, tag, group, failed, reason in state.get("inbox", []):
+            inbox.append(Message(str(source), int(tag), payloads[at], group, bool(failed), reason))
+            at += 1
+        commands = []
+        for dest, tag, deadline_s in state.get("commands", []):
+            commands.append((str(dest), int(tag), payloads[at], float(deadline_s)))
+            at += 1
+        inbound = positions(lib)
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
         raise CodecError(f"a checkpoint's messaging state is malformed: {exc}") from exc
     with ep.cond:
         ep.inbox.extendleft(reversed(inbox))
         ep.cond.notify_all()
-    for src, (session, expected) in inbound.items():
-        ep.inbound[src] = Inbound.restored(ep.me, src, session, expected, window=ep.window)
-        ep.submit(src, TAG_RESUME, msgpack.packb({"s": session, "c": expected - 1}))
+    for src, (session, cum) in inbound.items():
+        ep.inbound[src] = Inbound.restored(ep.me, src, session, cum + 1, window=ep.window)
+        ep.submit(src, TAG_RESUME, msgpack.packb({"s": session, "c": cum}))
     for dest, msgs in unacked.items():
         for tag, payload in msgs:
             ep.submit(dest, tag, payload)
+    for dest, tag, payload, deadline_s in commands:
+        ep.submit(dest, tag, payload, deadline_s)
 
 
 def tell_checkpointed(ep: Endpoint, where: dict[str, tuple[int, int]]) -> None:
