@@ -147,19 +147,34 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
-    s = session()
-    host_urn = args.host if args.host.startswith("urn:") else f"urn:snipe:host:{args.host}"
-    entry = s.catalog.get(host_urn)
-    address = entry.value("daemon", now_ms())
-    if address is None:
-        raise NotFound(f"{host_urn} has no daemon in the catalog")
-    ident = _admin_identity(args) or s.identity
-    from snipe.daemonclient import DaemonClient
-    with DaemonClient(str(address), ident) as d:
-        reply, _ = d.call("drain", {"on": not args.off})
-    emit(args, reply, lambda: out.print(
-        f"{host_urn}: {'draining, no new tasks' if reply['draining'] else 'taking tasks again'}; "
-        f"{reply['tasks']} task(s) still running there"))
+    if args.off:
+        s = session()
+        host_urn = args.host if args.host.startswith("urn:") else f"urn:snipe:host:{args.host}"
+        address = s.catalog.get(host_urn).value("daemon", now_ms())
+        if address is None:
+            raise NotFound(f"{host_urn} has no daemon in the catalog")
+        from snipe.daemonclient import DaemonClient
+        with DaemonClient(str(address), _admin_identity(args) or s.identity) as d:
+            reply, _ = d.call("drain", {"on": False})
+        emit(args, reply, lambda: out.print(f"{host_urn}: taking tasks again"))
+        return 0
+    from snipe.migration.drain import drain
+    result = drain(args.host, identity=_admin_identity(args), migrate=not args.no_migrate, timeout=args.timeout)
+
+    def human() -> None:
+        out.print(f"{result['host']}: draining, no new tasks; {len(result['moved'])} task(s) moved, "
+                  f"{len(result['left'])} left")
+        rows = [[m["urn"], "moved", m["to"]] for m in result["moved"]] + \
+               [[m["urn"], "left", m["reason"]] for m in result["left"]]
+        if rows:
+            table("tasks", ["task", "outcome", "to / why"], rows)
+    emit(args, result, human)
+    return 1 if result["left"] else 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    reply = Process(args.urn).migrate(args.host, timeout=args.timeout)
+    emit(args, reply, lambda: out.print(f"{reply['urn']}: moved from {reply['from']} to {reply['to']}"))
     return 0
 
 
@@ -266,11 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("urn")
     p.add_argument("signal", help="name (TERM, SIGUSR1) or number")
     p.set_defaults(fn=cmd_control)
-    p = sub.add_parser("drain", parents=[common], help="stop new placements on a host")
+    p = sub.add_parser("drain", parents=[common], help="stop new placements on a host and migrate its tasks off")
     p.add_argument("host")
     p.add_argument("--off", action="store_true", help="take tasks again")
+    p.add_argument("--no-migrate", action="store_true", help="only stop new placements; tasks stay")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds each migration may take")
     p.add_argument("--admin-key-file")
     p.set_defaults(fn=cmd_drain)
+    p = sub.add_parser("migrate", parents=[common], help="move a task to another host, keeping its URN and state")
+    p.add_argument("urn")
+    p.add_argument("host")
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.set_defaults(fn=cmd_migrate)
     p = sub.add_parser("admit", parents=[common], help="admit a host or user key (admin)")
     p.add_argument("kind", choices=["host", "user"])
     p.add_argument("name")

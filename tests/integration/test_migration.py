@@ -3,9 +3,14 @@ message across moves, its peers only see latency, and a move that fails leaves i
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import snipe
@@ -56,8 +61,10 @@ class Stream:
     of `holds` until released, so a migration can start with the stream held mid-way and then
     run while the stream goes on."""
 
-    def __init__(self, dest: str, n: int, holds: tuple[int, ...] = (), batch: int = 500, pause: float = 0.01) -> None:
+    def __init__(self, dest: str, n: int, holds: tuple[int, ...] = (), batch: int = 500, pause: float = 0.01,
+                 send: Callable[[int], None] | None = None) -> None:
         self.dest, self.n, self.holds, self.batch, self.pause = dest, n, holds, batch, pause
+        self.send = send or (lambda i: snipe.send(self.dest, i.to_bytes(8, "big"), tag=5, deadline=120))
         self.sent = 0
         self.error: BaseException | None = None
         self.release = threading.Semaphore(0)
@@ -71,7 +78,7 @@ class Stream:
                     raise TimeoutError(f"the stream was held at {self.sent} and never released")
                 stop = min([h for h in self.holds if h > self.sent] + [self.n, self.sent + self.batch])
                 while self.sent < stop:
-                    snipe.send(self.dest, self.sent.to_bytes(8, "big"), tag=5, deadline=120)
+                    self.send(self.sent)
                     self.sent += 1
                 time.sleep(self.pause)          # pacing, not waiting for a condition
         except BaseException as exc:
@@ -183,3 +190,98 @@ def test_a_migration_whose_target_dies_during_the_transfer_leaves_the_task_runni
     assert _ping(task, 2) == 2                    # the same process, its state intact, answering
     snipe.send(task.urn, b"", tag=99)
     assert task.wait(60)["exit_code"] == 0
+
+
+MEMBER = textwrap.dedent('''
+    import os, sys, snipe
+    g1, g2, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    state = {"next": {g1: 0, g2: 0}, "got": {g1: 0, g2: 0}, "bad": 0, "hosts": [], "joined": False}
+    snipe.on_checkpoint(lambda: state)
+    snipe.on_restore(lambda saved: state.update(saved))
+    snipe.probe()
+    state["hosts"].append(os.environ["SNIPE_HOST_URN"])
+    if not state["joined"]:                    # a clone is already in the groups: they moved with it
+        snipe.join(g1)
+        snipe.join(g2)
+        state["joined"] = True
+    snipe.catalog().set(snipe.me(), "joined", len(state["hosts"]))
+    while min(state["got"].values()) < n:
+        m = snipe.recv(timeout=120)
+        if m is None:
+            break
+        if m.failed or m.group not in state["next"]:
+            state["bad"] += 1
+            continue
+        k = int.from_bytes(m.payload[:8], "big")
+        if k != state["next"][m.group]:
+            state["bad"] += 1
+        state["next"][m.group] = k + 1
+        state["got"][m.group] += 1
+    snipe.catalog().set(snipe.me(), "verdict", {"got": state["got"], "bad": state["bad"], "hosts": state["hosts"]})
+    snipe.recv(timeout=5)
+''')
+
+
+def test_a_member_of_two_groups_migrated_mid_stream_gets_every_group_message_once_in_order(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    g1, g2, n = "urn:snipe:group:mig-a", "urn:snipe:group:mig-b", 3000
+    member = snipe.spawn(publish(tmp_path, "member.py", MEMBER), g1, g2, n, host="h1")
+    wait_for(lambda: _value(member.urn, "joined") == 1, 60, "the member to join both groups")
+
+    def mcast(i: int) -> None:            # message i: to g1 when even, to g2 when odd
+        snipe.mcast(g1 if i % 2 == 0 else g2, (i // 2).to_bytes(8, "big") + b"." * 56)
+    stream = Stream(member.urn, 2 * n, holds=(2000,), batch=100, pause=0.01, send=mcast)
+    moved = migrate_mid_stream(member, "h2", stream, 2000)
+    assert moved["to"] == "urn:snipe:host:h2"
+    stream.thread.join(120)
+    assert stream.error is None, stream.error
+    verdict = wait_for(lambda: _value(member.urn, "verdict"), 120, "the member's verdict")
+    assert verdict == {"got": {g1: n, g2: n}, "bad": 0, "hosts": ["urn:snipe:host:h1", "urn:snipe:host:h2"]}
+    assert sorted(snipe.members(g1)) == [member.urn] and sorted(snipe.members(g2)) == [member.urn]
+    # the clone re-registers in the background once it runs
+    wait_for(lambda: (_value(g1, "member." + member.urn) or {}).get("host") == "urn:snipe:host:h2", 30,
+             "the member's entry to name its new host")
+
+
+def _console_env(cluster: LocalCluster) -> dict[str, str]:
+    return {**os.environ, "SNIPE_CATALOG": ",".join(cluster.catalog.addresses),
+            "SNIPE_ADMIN_KEY": cluster.admin.key_id, "SNIPE_KEY_FILE": str(cluster.root / "user.key")}
+
+
+def _console(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "snipe.console.main", *args], env=_console_env(cluster),
+                          capture_output=True, text=True, timeout=180)
+
+
+PLAIN = textwrap.dedent('''
+    import snipe
+    snipe.probe()
+    snipe.catalog().set(snipe.me(), "listening", True)
+    snipe.recv(timeout=300)
+''')
+
+
+def test_console_migrate_and_drain(cluster: LocalCluster, tmp_path: Path) -> None:
+    """`snipe-console migrate URN HOST` moves a task; `drain HOST` moves every task with hooks
+    off the host and leaves one without hooks running there, saying why."""
+    pinger = snipe.spawn(publish(tmp_path, "pinger.py", PINGER.replace("bytes(192 << 20)", "b''")), host="h1")
+    plain = snipe.spawn(publish(tmp_path, "plain.py", PLAIN), host="h2")
+    wait_for(lambda: _value(pinger.urn, "listening") is True and _value(plain.urn, "listening") is True, 60,
+             "both tasks to listen")
+    r = _console(cluster, "migrate", pinger.urn, "h2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["to"] == "urn:snipe:host:h2"
+    assert _ping(pinger, 1) == 1
+    r = _console(cluster, "drain", "h2", "--timeout", "60", "--json",
+                 "--admin-key-file", str(cluster.root / "catalog" / "admin.key"))
+    assert r.returncode == 1, r.stdout + r.stderr             # one task could not move
+    drained = json.loads(r.stdout)
+    assert [m["urn"] for m in drained.get("moved", [])] == [pinger.urn], (drained, r.stderr)
+    assert [m["urn"] for m in drained["left"]] == [plain.urn], drained
+    assert "no on_checkpoint hook" in drained["left"][0]["reason"], drained
+    assert _value(pinger.urn, "host") in ("urn:snipe:host:h1", "urn:snipe:host:h3")
+    assert _ping(pinger, 2) == 2                  # moved twice, its count intact
+    assert _value(plain.urn, "host") == "urn:snipe:host:h2" and _value(plain.urn, "state") == "running"
+    r = _console(cluster, "migrate", plain.urn, "h3")
+    assert r.returncode != 0 and "no on_checkpoint hook" in " ".join(r.stderr.split()), r.stderr
+    assert snipe.hosts()["urn:snipe:host:h2"]["draining"] is True
