@@ -58,6 +58,7 @@ PUT_HEDGE_MAX_S = HEDGE_AFTER_S
 PUT_EWMA = 0.2
 PUT_FIRST_GUESS_S = 0.05      # a new client's guess at a put's time, until it has measured some
 LINK_CHECK_S = 0.1           # how often links read their handshake events
+PUMP_ALL_S = 0.25            # how often every socket is read while requests wait on a few
 REFUSED_RETRY_S = 0.25       # a refused handshake is tried again this soon: the key may be admitted by now
 BELIEVED_RECORDS = 20_000    # verified records remembered by their bytes, so a repeat read skips the work,
 BELIEVED_MAX_BYTES = 4096    # if they are at most this big
@@ -153,6 +154,7 @@ class CatalogClient:
         self._believed: OrderedDict[bytes, Assertion] = OrderedDict()
         self._believed_answers: OrderedDict[bytes, list[Assertion]] = OrderedDict()
         self._links_checked = 0.0
+        self._pumped_all = 0.0
         self._put_s = PUT_FIRST_GUESS_S     # moving average of a W-acknowledged put's time
         self.spares_asked = 0      # requests sent to a replica beyond the first ones (slow, unreachable or refusing)
 
@@ -196,10 +198,18 @@ class CatalogClient:
             return None
         return rid
 
-    def _pump(self, timeout_s: float) -> None:
+    def _pump(self, timeout_s: float, conns: Iterable[_Conn] | None = None) -> None:
         """Wait up to `timeout_s` for messages, then take one from each socket that has any (the
-        poll is level-triggered: the rest are taken on the next call, which returns at once)."""
-        for sock, _ in self.poller.poll(max(0, timeout_s) * 1000):
+        poll is level-triggered: the rest are taken on the next call, which returns at once).
+        With `conns`, only their sockets are watched (each socket polled costs CPU on every call);
+        the others are still read at least every PUMP_ALL_S (watch events, late replies)."""
+        now = time.monotonic()
+        if conns is None or now - self._pumped_all >= PUMP_ALL_S:
+            self._pumped_all = now
+            ready = self.poller.poll(max(0, timeout_s) * 1000)
+        else:
+            ready = zmq.zmq_poll([(c.sock, _POLLIN) for c in conns], max(0, timeout_s) * 1000)
+        for sock, _ in ready:
             conn = self.by_sock[sock]
             try:
                 env, frames = decode(recv_parts(sock, _NOBLOCK))
@@ -265,7 +275,7 @@ class CatalogClient:
             wait = min(left, 0.01 if unsent else 0.05)
             if spares:
                 wait = min(wait, max(0.0, hedge_at - now))
-            self._pump(wait)
+            self._pump(wait, {id(c): c for c in pending.values()}.values())
         now = time.monotonic()
         silent = [*unsent, *pending.values()]
         for conn in silent if timed_out else unsent:
@@ -359,13 +369,16 @@ class CatalogClient:
 
         # W replicas first; the first of them pushes the write to the rest. Another is asked when
         # one of them cannot be reached or refuses, or answers slower than puts usually take.
-        # Ownership, delegations and admissions (reserved names) go to every replica at once:
-        # this client's later writes that depend on them then reach no replica before them.
+        # Ownership, delegations and admissions (reserved names) go to every replica at once, and
+        # every replica that stores them pushes them on: this client's later writes that depend
+        # on them reach a replica first only if the client could not send them there, and even
+        # then its peers' pushes are on their way.
         candidates = self._candidates()
-        first = self.n if any(authority.is_reserved(a.name) for a in records) else w
+        reserved = any(authority.is_reserved(a.name) for a in records)
+        first = self.n if reserved else w
+        body = None if reserved else {"to": [c.key[:P.KEY_TAG_BYTES] for c in candidates[:first]]}
         started = time.monotonic()
-        to = [c.key[:P.KEY_TAG_BYTES] for c in candidates[:first]]
-        got = self._fanout(candidates[:first], "put", {"to": to}, frames,
+        got = self._fanout(candidates[:first], "put", body, frames,
                            lambda g: judge(g) >= w or len(refusals) > self.n - w, deadline,
                            spares=candidates[first:], needed=lambda g: w - judge(g), hedge_s=self._put_hedge_s())
         acks = judge(got)
