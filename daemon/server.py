@@ -68,6 +68,7 @@ MAX_EVENTS_KEPT = 64
 MAX_FILE_BYTES = 1 << 30       # a stored blob (a checkpoint) at most this big
 RESTART_POLICIES = ("on-host-failure",)
 REPLICA_MODES = ("standby", "all")
+TAKEOVER_TRIES = 5             # a won takeover that fails (code or checkpoint unreachable) is tried again
 STANDBY_CHECKPOINT_S = 1.0     # a standby-replicated task checkpoints this often unless told otherwise
 
 
@@ -113,6 +114,7 @@ class Daemon:
         self.files = CodeCache(cfg.state_dir / "files", kind="file")     # checkpoints others stored here
         self.takeovers: queue.Queue[tuple[Claim | None, dict[str, Any]]] = queue.Queue()   # None: fetch code
         self.task_keys: dict[str, Identity] = {}    # tasks taken over: their key signs their catalog entry
+        self._takeover_retries: list[tuple[float, Claim, dict[str, Any]]] = []     # (not before, claim, values)
         self._manifests: dict[str, tuple[float, dict[str, Any]]] = {}   # code URN -> (good until, manifest)
         self._next_reap = 0.0
         self.tasks_dir = cfg.state_dir / "tasks"
@@ -218,7 +220,14 @@ class Daemon:
                 else:
                     self._take_over(claim, values)
             except SnipeError as exc:
-                log.warning("could not %s: %s", f"take over {claim.urn}" if claim else "fetch standby code", exc)
+                tries = int(values.get("_tries", 0)) + 1
+                log.warning("could not %s (attempt %d of %d): %s", f"take over {claim.urn}" if claim else
+                            "start a copy or fetch standby code", tries, TAKEOVER_TRIES, exc)
+                if claim is not None and tries < TAKEOVER_TRIES:     # we won the claim: nobody else will
+                    self._takeover_retries.append((now + 1.0, claim, {**values, "_tries": tries}))
+        for item in [r for r in self._takeover_retries if r[0] <= now]:
+            self._takeover_retries.remove(item)
+            self.takeovers.put((item[1], item[2]))
         self.pool.refill()
         if self.pool.fork and now >= self._next_reap:
             self._next_reap = now + REAP_S
@@ -440,10 +449,10 @@ class Daemon:
         if path is not None:
             return path, manifest
         errors = []
-        # Only daemons whose host is alive: a dead one would hold this loop for the call's timeout.
-        live = {str(e.value("daemon", now)) for e in self.catalog.query("urn:snipe:host:").values()
-                if e.value("alive", now) is True}
-        for location in sorted({str(v) for v in entry.values("location", now).values()} & live):
+        # Not the daemons of hosts whose lease lapsed: a dead one would hold this loop for the call's timeout.
+        dead = {str(a.value) for e in self.catalog.query("urn:snipe:host:").values()
+                if e.value("alive", now) is not True for a in e.records if a.name == "daemon"}
+        for location in sorted({str(v) for v in entry.values("location", now).values()} - dead):
             if location == self.cfg.address:
                 continue
             try:
@@ -616,7 +625,7 @@ class Daemon:
     def _start_copy(self, values: dict[str, Any]) -> None:
         """Start copy `values["copy"]` of a replicated task in mode "all" under the task's URN and key."""
         urn, index = validate_urn(str(values["urn"])), int(values["copy"])
-        if urn in self.tasks and self.tasks[urn]["state"] in ("running", "suspended"):
+        if urn in self.tasks:        # started already (a copy that ended is not started again)
             return
         secret = unseal(values["copy_keys"][self.cfg.host_urn], self.cfg.identity)
         task_key = Identity.from_seed(secret["seed"])

@@ -27,6 +27,7 @@ log = logging.getLogger("snipe.daemon")
 SWEEP_S = 0.5
 CLAIM_SETTLE_S = 0.5
 STAGGER_S = 1.5
+COPY_ASK_AGAIN_S = 5.0
 
 
 def watched_from(urn: str, values: dict[str, Any]) -> Watched | None:
@@ -51,7 +52,7 @@ class TakeoverWatcher:
         self.stand_by = stand_by          # called once per code URN of a task we are a standby of
         self.held: set[str] = set()
         self.run_copy = run_copy          # called once per copy of a task in mode "all" placed on this host
-        self.copies_started: set[str] = set()
+        self.copies_asked: dict[str, float] = {}     # task -> when we last asked for our copy (asked again later)
         self.planner = TakeoverPlanner(host_urn, stagger=STAGGER_S)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snipe-takeover", daemon=True)
@@ -89,9 +90,10 @@ class TakeoverWatcher:
         for urn, entry in catalog.query("urn:snipe:proc:", [("copies", "exists", None)]).items():
             values = entry.as_dict(now)
             copies = values.get("copies")
-            if (urn not in self.copies_started and isinstance(copies, list) and self.host_urn in copies[1:]
+            if (time.monotonic() - self.copies_asked.get(urn, -COPY_ASK_AGAIN_S) >= COPY_ASK_AGAIN_S
+                    and isinstance(copies, list) and self.host_urn in copies[1:]
                     and values.get("state") == "running" and isinstance(values.get("copy_keys"), dict)):
-                self.copies_started.add(urn)
+                self.copies_asked[urn] = time.monotonic()       # the daemon skips a copy it started
                 self.run_copy({**values, "urn": urn, "copy": copies.index(self.host_urn)})
         watched = [w for u, v in tasks.items() if (w := watched_from(u, v)) is not None]
         for values in tasks.values():
