@@ -692,8 +692,8 @@ class Endpoint:
         my_host = self._host_values(self.host_urn)
         peer_host = self._host_values(peer.host)
         routes = choose_routes(mine, peer, my_host, peer_host)
-        if peer.host != self.host_urn and not any(r.net for r in routes):     # no shared network
-            routes = choose_routes(mine, peer, my_host, peer_host, self._gateway_hosts(now))
+        if peer_host and my_host and peer.host != self.host_urn and not any(r.net for r in routes):
+            routes = choose_routes(mine, peer, my_host, peer_host, self._gateway_hosts(now))   # no shared network
         usable = [i for i, r in enumerate(routes) if p.shunned.get(r.endpoint, 0.0) <= now]
         best_index = usable[0] if usable else 0
         best = routes[best_index] if routes else None
@@ -719,6 +719,7 @@ class Endpoint:
         at, hosts = self._gateways
         if now - at < RESOLVE_EVERY_S or self.catalog is None:
             return hosts
+        self._gateways = (now, hosts)           # asked at most every RESOLVE_EVERY_S, answered or not
         try:
             found = self.catalog.query("urn:snipe:host:")
         except SnipeError as exc:

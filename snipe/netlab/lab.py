@@ -387,7 +387,15 @@ class Lab:
                                str(d / "ready.json")))
         for _name, p in list(self.procs.items()):
             if p.kind == "daemon":
-                self._wait_ready(p, timeout)
+                try:
+                    self._wait_ready(p, timeout)
+                except LabError:
+                    # A daemon checks its admission in the catalog as it starts and gives up after a
+                    # few seconds; on a loaded machine the replicas may answer later. Once more:
+                    if p.alive:
+                        raise
+                    self._spawn(p)
+                    self._wait_ready(p, timeout)
         self._save()
 
     def _catalog_forwards(self, replica_hosts: list[Any], endpoints: dict[str, str]

@@ -266,10 +266,14 @@ def mcast_sender(args: argparse.Namespace) -> dict[str, Any]:
     pad = b"m" * 56
     due = time.monotonic()
     in_mcast = in_reads = 0.0
+    slow: list[list[Any]] = []             # mcast calls that took over 0.2 s: [index, seconds, at]
     for i in range(args.n):
         t = time.monotonic()
         snipe.mcast(args.group, i.to_bytes(8, "big") + pad)
-        in_mcast += time.monotonic() - t
+        took = time.monotonic() - t
+        in_mcast += took
+        if took > 0.2 and len(slow) < 20:
+            slow.append([i, round(took, 3), round(time.time() - t0, 3)])
         if i % 50 == 0:
             t = time.monotonic()
             now_routers = _routers(args.group)
@@ -282,7 +286,7 @@ def mcast_sender(args: argparse.Namespace) -> dict[str, Any]:
         if (wait := due - time.monotonic()) > 0:
             time.sleep(wait)
     result = {"sent": args.n, "send_s": round(time.time() - t0, 3), "routers": seen,
-              "in_mcast_s": round(in_mcast, 3), "in_reads_s": round(in_reads, 3),
+              "in_mcast_s": round(in_mcast, 3), "in_reads_s": round(in_reads, 3), "slow_mcast_calls": slow,
               "stats": snipe.messaging_stats()}
     # the hops to the routers settle (acknowledged, or given up for a router that died): bounded
     end = time.monotonic() + 30
