@@ -1,9 +1,13 @@
 """A process's messaging endpoint: the socket shell around the reliable-channel core.
 
-One I/O thread owns every socket. It receives on a ROUTER bound to TCP on all interfaces and
-to an ipc socket only its user can open (both CurveZMQ, admitting keys the cluster admitted),
-and sends through one DEALER per route to each peer. Application threads hand it messages
-through a queue and read deliveries from the inbox; `send` blocks at the high-water mark.
+Whoever holds `Endpoint.io` (a lock) owns the sockets and the channels' state: the I/O thread,
+which polls the sockets' file descriptors without holding it, or an application thread that
+found it free (a lone send transmits at once; a recv with nothing waiting reads the sockets
+itself for a moment): no hand-off between threads on a round trip. The endpoint receives on a
+ROUTER bound to TCP on all interfaces and to an ipc socket only its user can open (both
+CurveZMQ, admitting keys the cluster admitted), and sends through one DEALER per route to each
+peer. Application threads otherwise hand messages over through a queue and read deliveries from
+the inbox; `send` blocks at the high-water mark.
 
 Per peer the shell keeps one `Outbound` (sequence numbers, retransmission; snipe/messaging/
 channel.py) whatever the route, so changing routes mid-stream neither loses nor reorders:
@@ -57,10 +61,11 @@ from snipe.messaging.channel import (
 )
 from snipe.messaging.gateway import RELAY, Sealer, parse_relay, relay_parts
 from snipe.messaging.routes import ProcView, Route, advertised_comm, choose_routes
-from snipe.transport import KeyGate, Link, sender_key, server_socket
+from snipe.transport import KeyGate, Link, ipc_server_socket, sender_key, server_socket
 from snipe.wire import Envelope, decode, encode
 
 log = logging.getLogger("snipe.messaging")
+ReplyTo = tuple[zmq.Socket, bytes]       # where a message came from: our ROUTER and the link's identity there
 
 ENDED_STATES = ("exited", "killed", "lost")
 DEFAULT_DEADLINE_S = 30.0
@@ -86,6 +91,18 @@ BUSY_EVERY_S = 0.25
 # Acknowledged messages kept for a peer that may be restarted from a checkpoint (its catalog entry
 # has `restart`), until it says it checkpointed them: redelivered if it is (snipe/checkpoints.py).
 RETAIN_FOR_RESTART = 65536
+# An application thread does the socket work itself when the I/O thread is idle (no hand-off of the
+# message between threads, the cost of a round trip): a send that follows the previous one by at
+# least DIRECT_GAP_S (a lone message; a burst is left to the I/O thread, which packs what queued
+# meanwhile into one frame), and a recv that finds nothing waiting, which then reads the sockets for
+# up to DIRECT_HOLD_S before handing over to the I/O thread.
+# While application threads do that (the last time within APP_ACTIVE_S), the I/O thread leaves the
+# sockets to them (it would wake for every message they read) and looks at them only when woken,
+# when a timer is due, or APP_ACTIVE_S after the application last did.
+DIRECT_GAP_S = 50e-6
+DIRECT_HOLD_S = 0.005
+APP_ACTIVE_S = 0.01
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 @dataclass(slots=True)
@@ -141,11 +158,16 @@ class Endpoint:
         self.runtime_dir = runtime_dir or Path(os.environ.get("XDG_RUNTIME_DIR", f"/tmp/snipe-{os.getuid()}"))
         self.ctx = zmq.Context()
         self.admission = CatalogAdmission(catalog, identity, admin_key)
-        self.gate = KeyGate(self.ctx, self.admission.admit, self.admission.resolve)
+        self.gate = KeyGate(self.ctx, self.admission.admit, self.admission.resolve, server_key=identity.public_key)
         self.gate.install()
+        # Two listeners: TCP with CurveZMQ, ipc with signed PLAIN credentials (same user only; why
+        # that is as safe there: snipe/transport.py).
         self.router = server_socket(self.ctx, zmq.ROUTER, identity)
-        self.router.rcvhwm = self.router.sndhwm = 100_000
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.ipc_router = ipc_server_socket(self.ctx, zmq.ROUTER)
+        for sock in (self.router, self.ipc_router):
+            sock.rcvhwm = sock.sndhwm = 100_000
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.routers = (self.router, self.ipc_router)
         self.port = self.router.bind_to_random_port("tcp://*")
         self.ipc_path = str(self.runtime_dir / f"msg-{self.instance[:16]}.sock")
         if len(self.ipc_path) > 100:       # sockaddr_un holds 107 bytes: fall back to a short folder
@@ -154,7 +176,7 @@ class Endpoint:
         self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         old_umask = os.umask(0o077)              # the socket file: this user only
         try:
-            self.router.bind(f"ipc://{self.ipc_path}")
+            self.ipc_router.bind(f"ipc://{self.ipc_path}")
         finally:
             os.umask(old_umask)
         # Application threads wake the I/O thread through a file descriptor it polls with its
@@ -170,6 +192,13 @@ class Endpoint:
         # Condition over it for the waits): the fast paths of send and recv take it once.
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
+        # The sockets, peers, channels and pending acks belong to whoever holds `io` (taken before
+        # `lock` when both are needed).
+        self.io = threading.Lock()
+        self._sent_at = 0.0                      # the last send's time (lone sends go direct)
+        self._io_sleep_until = 0.0               # the I/O thread's poll ends by then (monotonic)
+        self._app_active_until = 0.0             # application threads read the sockets until then
+        self._app_poller: tuple[int, zmq.Poller] | None = None   # (links version, poller) for direct recvs
         self.commands: deque[tuple[str, int, bytes, float]] = deque()    # (dest, tag, payload, deadline_s)
         self.inbox: deque[Message] = deque()
         # Per destination: messages accepted (send, submit) and settled (acknowledged or reported
@@ -182,13 +211,13 @@ class Endpoint:
         self._timers_due = 0.0                   # when the I/O thread next has timers to look at
         self._timers_at = 0.0                    # ... and when it last did (at least every 0.25 s)
         self._links_version = 0                  # bumped when a link (socket) is made or remade
-        self._acks: dict[str, list[Any]] = {}    # source -> [ROUTER identity, ack envelope, messages, bytes, due]
+        self._acks: dict[str, list[Any]] = {}    # source -> [ReplyTo, ack envelope, messages, bytes, due]
         self._acks_due = float("inf")
         self._last_data: dict[str, float] = {}  # source -> when its data last came (busy notices)
         self._busy_at = 0.0
         self.peers: dict[str, _Peer] = {}
         self.inbound: dict[str, Inbound] = {}
-        self.reply_to: dict[str, bytes] = {}     # source URN -> ROUTER identity of its latest link
+        self.reply_to: dict[str, ReplyTo] = {}   # source URN -> its latest link (our ROUTER, its identity)
         self.sources_ok: dict[tuple[str, str], float] = {}
         self.sealer = Sealer(identity)
         self.relayed: dict[str, bytes] = {}      # source URN -> its key, while its data comes through a gateway
@@ -260,7 +289,9 @@ class Endpoint:
             self._thread.join(5)
         self.gate.stop()
         self.admission.close()
-        self.router.close(0)
+        with self.io:                            # not while an application thread reads it
+            self.router.close(0)
+            self.ipc_router.close(0)
         for fd in {self.wake_rx, self.wake_tx}:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -275,7 +306,7 @@ class Endpoint:
         self.publish({"comm": self.comm})
         with contextlib.suppress(zmq.ZMQError):
             if transport == "ipc":
-                self.router.unbind(f"ipc://{self.ipc_path}")
+                self.ipc_router.unbind(f"ipc://{self.ipc_path}")
             else:
                 self.router.unbind(f"tcp://0.0.0.0:{self.port}")
 
@@ -301,8 +332,38 @@ class Endpoint:
                 n = self._wait_for_room(dest, timeout)
             self.accepted[dest] = n + 1
             self.commands.append((dest, tag, payload, deadline_s))
+            alone = len(self.commands) == 1
+        now = time.monotonic()
+        lone, self._sent_at = now - self._sent_at >= DIRECT_GAP_S, now
+        if alone and lone and self.io.acquire(blocking=False):
+            try:
+                done = self._send_direct(dest, now)
+            finally:
+                self.io.release()
+            if done:
+                self._app_active_until = now + APP_ACTIVE_S
+                self._nudge_io()
+                return
         if not self._wake_pending:  # the I/O thread takes the whole queue at once: one wake-up per burst
             self._wake_pending = True
+            self._wake()
+
+    def _send_direct(self, dest: str, now: float) -> bool:
+        """(Holding io.) Transmit what is queued from this thread, if `dest` is resolved and its
+        route is up; False leaves it to the I/O thread (resolving means asking the catalog)."""
+        p = self.peers.get(dest)
+        if self.catalog is None or p is None or not p.routes or p.waiting_since is not None \
+                or now - p.resolved_at > RESOLVE_EVERY_S or self.frozen or self.moved is not None:
+            return False
+        self._take_commands()
+        self._read_input()       # our sends may have taken the sockets' readiness signals: read what waits
+        return True
+
+    def _nudge_io(self) -> None:
+        """After an application thread did I/O work: wake the I/O thread if something (an ack to
+        send, a retransmission timer) is now due before its poll would end."""
+        due = self._next_timer()
+        if due is not None and time.monotonic() + due < self._io_sleep_until - APP_ACTIVE_S:
             self._wake()
 
     def _wait_for_room(self, dest: str, timeout: float | None) -> int:
@@ -331,6 +392,10 @@ class Endpoint:
                         self._wake()
                     return m
         limit = None if timeout is None else time.monotonic() + timeout
+        if timeout is None or timeout > 0:
+            m = self._recv_direct(source, tag, limit)
+            if m is not None:
+                return m
         with self.cond:
             while True:
                 for i, m in enumerate(self.inbox):
@@ -349,6 +414,63 @@ class Endpoint:
                         self._safe_point()
                     finally:
                         self.cond.acquire()
+
+    def _take_match(self, source: str | None, tag: int | None) -> Message | None:
+        with self.lock:
+            for i, m in enumerate(self.inbox):
+                if (source is None or m.source == source) and (tag is None or m.tag == tag):
+                    del self.inbox[i]
+                    return m
+        return None
+
+    def _recv_direct(self, source: str | None, tag: int | None, limit: float | None) -> Message | None:
+        """Wait for a message by reading the sockets in this thread, while the I/O thread is
+        idle, for up to DIRECT_HOLD_S (the I/O thread waits meanwhile: timers are not served);
+        None then, or if the I/O thread is busy: the caller waits for it to deliver."""
+        # The I/O thread holds io for a turn at a time (it may have woken for this very message):
+        # wait for the turn to end rather than for it to hand the message over.
+        if self.catalog is None or self.paused or not self.io.acquire(timeout=DIRECT_HOLD_S):
+            return None
+        m = None
+        try:
+            hold = time.monotonic() + DIRECT_HOLD_S
+            if limit is not None:
+                hold = min(hold, limit)
+            poller = self._poller_for_app()
+            while True:
+                self._take_commands()
+                self._read_input()
+                now = time.monotonic()
+                if now >= self._acks_due:
+                    self._flush_acks(now)
+                m = self._take_match(source, tag)
+                if m is not None or self.paused or now >= hold:
+                    return m
+                ready = dict(poller.poll(math.ceil((min(hold, self._acks_due) - now) * 1000)))
+                if self.wake_rx in ready:
+                    with contextlib.suppress(OSError):
+                        os.read(self.wake_rx, 4096)
+        finally:
+            self.io.release()
+            if m is None:          # handing over to the I/O thread: it must watch the sockets again
+                self._app_active_until = 0.0
+                self._wake()
+            else:
+                self._app_active_until = time.monotonic() + APP_ACTIVE_S
+                self._nudge_io()
+
+    def _poller_for_app(self) -> zmq.Poller:
+        """(Holding io.) A poller on every socket the endpoint reads, and the wake-up descriptor."""
+        if self._app_poller is None or self._app_poller[0] != self._links_version:
+            poller = zmq.Poller()
+            poller.register(self.wake_rx, zmq.POLLIN)
+            for sock in self._input_sockets():
+                poller.register(sock, zmq.POLLIN)
+            self._app_poller = (self._links_version, poller)
+        return self._app_poller[1]
+
+    def _input_sockets(self) -> list[zmq.Socket]:
+        return [*self.routers, *(link.sock for p in self.peers.values() for link in p.links.values())]
 
     def probe(self, source: str | None = None, tag: int | None = None) -> bool:
         if self.safe_point_due:
@@ -502,83 +624,121 @@ class Endpoint:
     # --- the I/O thread ---------------------------------------------------------------------------
     def _run(self) -> None:
         self.catalog = CatalogClient(self.catalog_addrs, self.identity, self.admin_key, timeout=2.0)
+        # The poller watches file descriptors only (the wake-up, each socket's ZMQ_FD), never the
+        # sockets themselves: it runs without `io`, while an application thread may be using them.
+        # ZMQ_FD only says something happened; each turn reads what the sockets' EVENTS say waits.
         poller = zmq.Poller()
         poller.register(self.wake_rx, zmq.POLLIN)
-        registered: set[zmq.Socket] = set()
-        links_seen = -1
+        watched: set[int] = set()
+        fds: set[int] = set()
+        fds_for: tuple[int, bool, bool] = (-1, False, False)    # (links version, paused, app) of fds
         try:
             for p in list(self.peers.values()):     # channels a migration brought: carry on at once
                 self._pump_peer(p, time.monotonic())
+            served_at = time.monotonic()
             while not self._stop:
-                if self.paused and len(self.inbox) < self.hwm // 2:
-                    self.paused = False         # the application has read half of it (recv wakes us)
-                want_router = not self.paused
-                if want_router and self.router not in registered:
-                    poller.register(self.router, zmq.POLLIN)
-                    registered.add(self.router)
-                elif not want_router and self.router in registered:
-                    poller.unregister(self.router)
-                    registered.discard(self.router)
-                if links_seen != self._links_version:        # a link was made or remade
-                    links_seen = self._links_version
-                    socks = {link.sock for p in self.peers.values() for link in p.links.values()}
-                    for s in socks - registered:
-                        poller.register(s, zmq.POLLIN)
-                        registered.add(s)
-                    for s in [s for s in registered if s is not self.router and s not in socks]:
-                        with contextlib.suppress(KeyError, zmq.ZMQError):
-                            poller.unregister(s)
-                        registered.discard(s)
-                timeout = self._next_timer()
-                self._timers_due = time.monotonic() + (timeout if timeout is not None else 0.1)
+                # While an application thread serves the sockets, do not queue behind it (its
+                # next send would wait for our turn): look again shortly, but take a turn at
+                # least every APP_ACTIVE_S (timers, acks, catalog work).
+                now = time.monotonic()
+                if now < self._app_active_until and now - served_at < APP_ACTIVE_S:
+                    if not self.io.acquire(blocking=False):
+                        time.sleep(0.001)
+                        continue
+                else:
+                    self.io.acquire()
+                served_at = now
+                try:
+                    waiting = self._turn()
+                    now = time.monotonic()
+                    app = now < self._app_active_until
+                    if fds_for != (self._links_version, self.paused, app):
+                        fds_for = (self._links_version, self.paused, app)
+                        fds = set() if app else {s.getsockopt(zmq.FD) for s in self._input_sockets()
+                                                 if s not in self.routers or not self.paused}
+                    timeout = 0.0 if waiting else self._next_timer()
+                    if app and timeout is not None:
+                        timeout = min(timeout, self._app_active_until - now)
+                    self._timers_due = now + (timeout if timeout is not None else 0.1)
+                    self._io_sleep_until = now + (timeout if timeout is not None else 0.1)
+                finally:
+                    self.io.release()
+                for fd in fds - watched:
+                    poller.register(fd, zmq.POLLIN)
+                for fd in watched - fds:
+                    with contextlib.suppress(KeyError):
+                        poller.unregister(fd)
+                watched = fds
                 # whole milliseconds, rounded up: a timeout under 1 ms would poll without waiting
                 ready = dict(poller.poll(math.ceil(timeout * 1000) if timeout is not None else 100))
                 if self.wake_rx in ready:
                     with contextlib.suppress(OSError):
                         os.read(self.wake_rx, 4096)     # an eventfd: one read clears it
-                self._take_commands()
-                while self._io_calls:
-                    fn, done = self._io_calls.popleft()
-                    try:
-                        done.set_result(fn())
-                    except Exception as exc:
-                        done.set_exception(exc)
-                if self.router in ready:
-                    self._read_router()
-                for p in list(self.peers.values()):
-                    for link in list(p.links.values()):
-                        if link.sock in ready:
-                            self._read_link(p, link)
-                now = time.monotonic()
-                if now >= self._acks_due:
-                    self._flush_acks(now)
-                if self.paused and now - self._busy_at >= BUSY_EVERY_S:
-                    self._say_busy(now)
-                if self.moved is not None:
-                    continue                    # the process lives elsewhere: only redirects from here
-                if now >= self._timers_due or now - self._timers_at >= 0.25:   # a retry or deadline is due
-                    self._timers()
-                self._publish_stats()
-                if self.commands:
-                    self._take_commands()       # what handlers and relays queued this turn
-                now = time.monotonic()
-                if now - self._periodic_at >= 0.5 and not self.frozen:
-                    self._periodic_at = now
-                    for job in self.periodic:
-                        try:
-                            job(now)
-                        except SnipeError as exc:
-                            log.warning("periodic job failed: %s", exc)
         except Exception:  # the thread must say why it died; the application then sees failures
             log.exception("the messaging thread failed")
         finally:
-            with contextlib.suppress(Exception):
-                self._flush_acks(float("inf"))
-            for p in self.peers.values():
-                for link in p.links.values():
-                    link.close()
+            with self.io:
+                with contextlib.suppress(Exception):
+                    self._flush_acks(float("inf"))
+                for p in self.peers.values():
+                    for link in p.links.values():
+                        link.close()
             if self.catalog is not None:
                 self.catalog.close()
+
+    def _turn(self) -> bool:
+        """(Holding io.) One round of the I/O thread's work; True if input is still waiting."""
+        if self.paused and len(self.inbox) < self.hwm // 2:
+            self.paused = False         # the application has read half of it (recv wakes us)
+        self._take_commands()
+        while self._io_calls:
+            fn, done = self._io_calls.popleft()
+            try:
+                done.set_result(fn())
+            except Exception as exc:
+                done.set_exception(exc)
+        self._read_input()
+        now = time.monotonic()
+        if now >= self._acks_due:
+            self._flush_acks(now)
+        if self.paused and now - self._busy_at >= BUSY_EVERY_S:
+            self._say_busy(now)
+        if self.moved is not None:
+            return self._input_waiting()        # the process lives elsewhere: only redirects from here
+        if now >= self._timers_due or now - self._timers_at >= 0.25:   # a retry or deadline is due
+            self._timers()
+        self._publish_stats()
+        if self.commands:
+            self._take_commands()       # what handlers and relays queued this turn
+        now = time.monotonic()
+        if now - self._periodic_at >= 0.5 and not self.frozen:
+            self._periodic_at = now
+            for job in self.periodic:
+                try:
+                    job(now)
+                except SnipeError as exc:
+                    log.warning("periodic job failed: %s", exc)
+        if self.commands:
+            self._take_commands()
+        return self._input_waiting()
+
+    def _read_input(self) -> None:
+        """(Holding io.) Read every socket that has messages waiting."""
+        if not self.paused:
+            for router in self.routers:
+                if router.getsockopt(_EVENTS) & _POLLIN:
+                    self._read_router(router)
+        for p in list(self.peers.values()):
+            for link in list(p.links.values()):
+                if link.sock.getsockopt(_EVENTS) & _POLLIN:
+                    self._read_link(p, link)
+
+    def _input_waiting(self) -> bool:
+        """(Holding io.) Whether a socket we read has messages waiting (after our own sends, which
+        may have consumed the readiness signal of its descriptor)."""
+        if not self.paused and any(router.getsockopt(_EVENTS) & _POLLIN for router in self.routers):
+            return True
+        return any(link.sock.getsockopt(_EVENTS) & _POLLIN for p in self.peers.values() for link in p.links.values())
 
     def _next_timer(self) -> float | None:
         times = [t for p in self.peers.values() if (t := p.out.next_deadline()) is not None]
@@ -741,6 +901,7 @@ class Endpoint:
             except SnipeError:
                 return None
             link = p.links[r.endpoint] = Link(self.ctx, self.identity, r.endpoint, server_key, immediate=False,
+                                              signed_ipc=r.kind == "ipc",
                                               hwm=100_000)
             self._links_version += 1
         return link
@@ -913,13 +1074,13 @@ class Endpoint:
                 if self._blocked:
                     self.cond.notify_all()
 
-    def _read_router(self) -> None:
+    def _read_router(self, router: zmq.Socket) -> None:
         for _ in range(1000):
             try:
-                parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            ident, key = parts[0].bytes, sender_key(parts[0])
+            ident, key = (router, parts[0].bytes), sender_key(parts[0])
             try:
                 if len(parts) < 2:
                     raise CodecError("a message needs an envelope frame")
@@ -934,9 +1095,8 @@ class Endpoint:
                     if self.relayed:            # it came directly: its acks go back unsealed
                         self.relayed.pop(env.body.get("f"), None)
             except SnipeError as exc:
-                reply = Envelope(PROTOCOL, VERSION, "error", 0, {"code": exc.code, "message": str(exc)})
-                with contextlib.suppress(zmq.ZMQError):
-                    self.router.send_multipart([ident, *encode(reply)], zmq.NOBLOCK)
+                self._send_ack(ident, Envelope(PROTOCOL, VERSION, "error", 0, {"code": exc.code, "message": str(exc)}),
+                               "")
             if self.paused:
                 return
 
@@ -965,7 +1125,7 @@ class Endpoint:
         except SnipeError:
             return None
 
-    def _on_data(self, ident: bytes, key: str, env: Envelope, frames: list[Any]) -> None:
+    def _on_data(self, ident: ReplyTo, key: str, env: Envelope, frames: list[Any]) -> None:
         if env.protocol != PROTOCOL or env.version != VERSION:
             raise ProtocolVersionError(f"this endpoint speaks {PROTOCOL}/{VERSION}, not {env.protocol}/{env.version}"
                                        f"; versions on offer: {VERSION}")
@@ -1023,13 +1183,14 @@ class Endpoint:
         self._acks.pop(source, None)
         self._send_ack(ident, ack.envelope, source)
 
-    def _send_ack(self, ident: bytes, ack: Envelope, source: str) -> None:
+    def _send_ack(self, to: ReplyTo, ack: Envelope, source: str) -> None:
+        """Answer (an ack, or an error) on the connection `to` a message from `source` came on."""
         parts = encode(ack)
         key = self.relayed.get(source) if self.relayed else None
         if key is not None:                      # it came through a gateway: seal the ack for it
             parts = relay_parts(self.me, source, self.sealer.seal(key, self.me, source, parts))
         with contextlib.suppress(zmq.ZMQError):
-            self.router.send_multipart([ident, *parts], zmq.NOBLOCK)
+            to[0].send_multipart([to[1], *parts], zmq.NOBLOCK)
 
     def _say_busy(self, now: float) -> None:
         """Tell each source that sent data lately that we are busy (with what we delivered)."""
