@@ -9,7 +9,7 @@ Run it from the repository root, as a module::
 
 What one run measures, all on this machine, sender and receiver always in separate processes:
 
-1. **Raw pyzmq** (no cluster running yet): a DEALER (sender process) to a ROUTER (receiver
+1. **Raw pyzmq**: a DEALER (sender process) to a ROUTER (receiver
    process), one frame per message and no header, over ipc and over tcp (loopback), once in
    plain text and once with CurveZMQ on (what encryption itself costs). High-water marks are
    100,000 messages, as the project's sockets have; payloads of 64 KiB and more are sent and
@@ -17,7 +17,9 @@ What one run measures, all on this machine, sender and receiver always in separa
 2. **The project**: a ``LocalCluster`` (1 catalog replica, to keep CPU for the measurement, and
    2 hosts, h1 on 127.0.0.2 and h2 on 127.0.0.3); the two ends are tasks spawned with
    ``snipe.spawn`` that use the public API (``snipe.send``/``snipe.recv``).  Both on h1: the
-   route chosen is ipc; receiver on h2: tcp.  The route actually used is read from
+   route chosen is ipc (authenticated, not encrypted: snipe/transport.py says why that is as
+   safe for a same-user socket); receiver on h2: tcp (CurveZMQ, as the issue requires for every
+   TCP link: compare it with raw tcp-curve too).  The route actually used is read from
    ``snipe.messaging_stats()[peer]["route_kind"]`` at the sender and reported.
 3. **Ray**, when ``import ray`` works (never installed by this benchmark): actor method calls,
    a round trip ``ray.get(actor.echo.remote(b))`` and the throughput of
@@ -38,6 +40,9 @@ Cases, the same for every implementation:
 
 Each process also reports its CPU time (all its threads) per message and per round trip: on a
 shared 2-core machine wall-clock rates swing with whatever else runs, CPU per message much less.
+The cluster starts first; then, per transport, the raw pairs and the project's pair run back to
+back, so each baseline is measured under the load its case saw.  ``--transports ipc`` and
+``--skip raw,memory,ray`` (any of raw, project, memory, ray) run a part of it.
 
 Ratios project/raw for each case, with the targets of the messaging issue and whether each is
 met: 64 B one-way >= 1.0x raw plain pyzmq, 1 KiB >= 0.8x, 1 MiB >= 0.8x, round-trip p50 <= 1.5x
@@ -347,6 +352,8 @@ class Settings:
     slow_pause_s: float = 0.004
     ray_n: int = 3_000
     profile_dir: str | None = None
+    transports: tuple[str, ...] = ("ipc", "tcp")
+    skip: tuple[str, ...] = ()                # of raw, project, memory, ray
     profile_n: int = 300_000
 
     @classmethod
@@ -783,15 +790,8 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         steps = plan(settings)
         timeout = STEP_TIMEOUT_S * (2 + settings.reps)
 
-        raw: dict[str, Any] = {}
-        for transport in ("ipc", "tcp"):
-            for curve in (False, True):
-                name = f"{transport}-{'curve' if curve else 'plain'}"
-                _say(f"raw pyzmq DEALER->ROUTER, {name}")
-                raw[name] = _attempt(name, procs, lambda t=transport, c=curve, n=name: summarize(
-                    run_raw_pair(root, procs, n, t, c, steps, timeout), settings))
-        procs.close()
-
+        # The cluster first, then per transport the raw pairs and the project's back to back: on a
+        # shared machine the load changes by the minute, and each baseline is meant for its case.
         _say("starting a local cluster: 1 replica, 2 hosts (h1 127.0.0.2, h2 127.0.0.3)")
         cluster = LocalCluster(root / "cluster", replicas=1, hosts=2, loopback_hosts=True)
         cluster.start()
@@ -800,8 +800,19 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         code = snipe.publish(root / "project_worker.py")
         proj = Project(root, procs, code)
         time.sleep(settings.settle_s)
+        raw: dict[str, Any] = {}
         project: dict[str, Any] = {}
         for transport, rx_host in (("ipc", "h1"), ("tcp", "h2")):
+            if transport not in settings.transports:
+                continue
+            for curve in (False, True) if "raw" not in settings.skip else ():
+                name = f"{transport}-{'curve' if curve else 'plain'}"
+                _say(f"raw pyzmq DEALER->ROUTER, {name}")
+                raw[name] = _attempt(name, procs, lambda t=transport, c=curve, n=name: summarize(
+                    run_raw_pair(root, procs, n, t, c, steps, timeout), settings))
+                procs.close()
+            if "project" in settings.skip:
+                continue
             _say(f"project: two tasks, sender on h1, receiver on {rx_host} (expecting {transport})")
             project[transport] = _attempt(f"project {transport}", procs, lambda t=transport, h=rx_host: summarize(
                 proj.run_pair(t, h, "h1", steps, timeout), settings))
@@ -809,9 +820,11 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
             if used is not None and used != transport:
                 _say(f"warning: the route used was {used}, not {transport}")
 
-        _say(f"memory: {settings.memory_n} messages of 64 B to a receiver stopped {settings.memory_stop_s} s, "
-             f"then slow")
-        memory = _attempt("memory", procs, lambda: memory_run(proj, settings, "h1", "h2"))
+        memory: dict[str, Any] = {"skipped": True}
+        if "memory" not in settings.skip:
+            _say(f"memory: {settings.memory_n} messages of 64 B to a receiver stopped {settings.memory_stop_s} s, "
+                 f"then slow")
+            memory = _attempt("memory", procs, lambda: memory_run(proj, settings, "h1", "h2"))
 
         if settings.profile_dir:
             _say(f"profile: py-spy on both ends of {settings.profile_n} messages of 64 B over ipc")
@@ -827,8 +840,10 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
                                 "time", **prof, "throughput_under_profiler": summarize(praw, Settings(warmup_n=0))}
             result["profile"] = _attempt("profile", procs, profile)
 
-        _say("Ray actor calls")
-        ray = ray_bench(settings)
+        ray: dict[str, Any] = {"available": False, "reason": "skipped (--skip ray)"}
+        if "ray" not in settings.skip:
+            _say("Ray actor calls")
+            ray = ray_bench(settings)
         result.update({"raw_pyzmq": raw, "project": project, "ray": ray, "memory": memory,
                        "ratios": ratios(project, raw, ray), "elapsed_s": round(time.monotonic() - started, 1),
                        "loadavg_after": os.getloadavg()})
@@ -888,7 +903,7 @@ def table(r: dict[str, Any]) -> str:
     m = r["memory"]
     if "error" in m:
         lines += ["", f"memory: failed: {m['error']}"]
-    else:
+    elif not m.get("skipped"):
         lines += _memory_lines(m)
     if "profile" in r:
         for side in ("sender", "receiver"):
@@ -913,12 +928,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a smoke run: small counts, one repetition")
     ap.add_argument("--reps", type=int, help="repetitions of each one-way case (median reported)")
     ap.add_argument("--profile", metavar="DIR", help="also py-spy both ends of the 64 B one-way path")
+    ap.add_argument("--transports", default="ipc,tcp", help="comma-separated, of ipc and tcp (default both)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to leave out: raw, project, memory, ray")
     args = ap.parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
     if args.reps is not None:
         settings.reps = args.reps
     if args.profile:
         settings.profile_dir = args.profile
+    settings.transports = tuple(t for t in args.transports.split(",") if t)
+    settings.skip = tuple(t for t in args.skip.split(",") if t)
+    bad = [t for t in settings.transports if t not in ("ipc", "tcp")] + \
+        [t for t in settings.skip if t not in ("raw", "project", "memory", "ray")]
+    if bad:
+        ap.error(f"unknown transport or part: {', '.join(bad)}")
 
     def on_term(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")

@@ -171,7 +171,8 @@ class Relay:
                     except SnipeError:
                         continue
                     link = self.links[e.dest] = Link(self.ctx, self.identity, e.endpoint, server_key,
-                                                     immediate=False, hwm=100_000)
+                                                     immediate=False, hwm=100_000,
+                                                     signed_ipc=e.endpoint.startswith("ipc://"))
                 with contextlib.suppress(zmq.Again):    # full: the sender's channel retransmits
                     link.sock.send_multipart(e.parts, zmq.NOBLOCK)
             elif isinstance(e, ToSender):

@@ -97,11 +97,12 @@ RETAIN_FOR_RESTART = 65536
 # meanwhile into one frame), and a recv that finds nothing waiting, which then reads the sockets for
 # up to DIRECT_HOLD_S before handing over to the I/O thread.
 # While application threads do that (the last time within APP_ACTIVE_S), the I/O thread leaves the
-# sockets to them (it would wake for every message they read) and looks at them only when woken,
-# when a timer is due, or APP_ACTIVE_S after the application last did.
+# sockets and the delayed acks to them (it would wake for every message they read, and take the GIL
+# from them) and looks at the sockets only when woken, when a retransmission or deadline is due, or
+# APP_ACTIVE_S after the application last did.
 DIRECT_GAP_S = 50e-6
 DIRECT_HOLD_S = 0.005
-APP_ACTIVE_S = 0.01
+APP_ACTIVE_S = 0.02
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
@@ -198,6 +199,7 @@ class Endpoint:
         self._sent_at = 0.0                      # the last send's time (lone sends go direct)
         self._io_sleep_until = 0.0               # the I/O thread's poll ends by then (monotonic)
         self._app_active_until = 0.0             # application threads read the sockets until then
+        self._io_wants = False                   # the I/O thread waits for io: no new direct work
         self._app_poller: tuple[int, zmq.Poller] | None = None   # (links version, poller) for direct recvs
         self.commands: deque[tuple[str, int, bytes, float]] = deque()    # (dest, tag, payload, deadline_s)
         self.inbox: deque[Message] = deque()
@@ -335,7 +337,7 @@ class Endpoint:
             alone = len(self.commands) == 1
         now = time.monotonic()
         lone, self._sent_at = now - self._sent_at >= DIRECT_GAP_S, now
-        if alone and lone and self.io.acquire(blocking=False):
+        if alone and lone and not self._io_wants and self.io.acquire(blocking=False):
             try:
                 done = self._send_direct(dest, now)
             finally:
@@ -362,13 +364,15 @@ class Endpoint:
     def _nudge_io(self) -> None:
         """After an application thread did I/O work: wake the I/O thread if something (an ack to
         send, a retransmission timer) is now due before its poll would end."""
-        due = self._next_timer()
+        due = self._next_timer(acks=False)
         if due is not None and time.monotonic() + due < self._io_sleep_until - APP_ACTIVE_S:
             self._wake()
 
     def _wait_for_room(self, dest: str, timeout: float | None) -> int:
         """(Holding the lock.) Wait until `dest` holds fewer than hwm unsettled messages."""
         limit = None if timeout is None else time.monotonic() + timeout
+        self._app_active_until = 0.0             # the I/O thread reads the acknowledgements meanwhile
+        self._wake()
         self._blocked += 1
         try:
             while self.accepted.get(dest, 0) - self.settled.get(dest, 0) >= self.hwm:
@@ -425,11 +429,11 @@ class Endpoint:
 
     def _recv_direct(self, source: str | None, tag: int | None, limit: float | None) -> Message | None:
         """Wait for a message by reading the sockets in this thread, while the I/O thread is
-        idle, for up to DIRECT_HOLD_S (the I/O thread waits meanwhile: timers are not served);
-        None then, or if the I/O thread is busy: the caller waits for it to deliver."""
+        idle, for up to DIRECT_HOLD_S, or until the I/O thread wants a turn (its timers, periodic
+        jobs): None then, or if it is busy, and the caller waits for it to deliver."""
         # The I/O thread holds io for a turn at a time (it may have woken for this very message):
         # wait for the turn to end rather than for it to hand the message over.
-        if self.catalog is None or self.paused or not self.io.acquire(timeout=DIRECT_HOLD_S):
+        if self.catalog is None or self.paused or self._io_wants or not self.io.acquire(timeout=DIRECT_HOLD_S):
             return None
         m = None
         try:
@@ -444,9 +448,9 @@ class Endpoint:
                 if now >= self._acks_due:
                     self._flush_acks(now)
                 m = self._take_match(source, tag)
-                if m is not None or self.paused or now >= hold:
+                if m is not None or self.paused or now >= hold or self._io_wants:
                     return m
-                ready = dict(poller.poll(math.ceil((min(hold, self._acks_due) - now) * 1000)))
+                ready = dict(poller.poll(max(0, math.ceil((min(hold, self._acks_due) - now) * 1000))))
                 if self.wake_rx in ready:
                     with contextlib.suppress(OSError):
                         os.read(self.wake_rx, 4096)
@@ -646,19 +650,22 @@ class Endpoint:
                         time.sleep(0.001)
                         continue
                 else:
+                    self._io_wants = True       # application threads leave io to us until we had it
                     self.io.acquire()
+                    self._io_wants = False
                 served_at = now
                 try:
                     waiting = self._turn()
                     now = time.monotonic()
-                    app = now < self._app_active_until
+                    app_until = self._app_active_until     # once: application threads change it
+                    app = now < app_until
                     if fds_for != (self._links_version, self.paused, app):
                         fds_for = (self._links_version, self.paused, app)
                         fds = set() if app else {s.getsockopt(zmq.FD) for s in self._input_sockets()
                                                  if s not in self.routers or not self.paused}
-                    timeout = 0.0 if waiting else self._next_timer()
+                    timeout = 0.0 if waiting else self._next_timer(acks=not app)
                     if app and timeout is not None:
-                        timeout = min(timeout, self._app_active_until - now)
+                        timeout = max(0.0, min(timeout, app_until - now))
                     self._timers_due = now + (timeout if timeout is not None else 0.1)
                     self._io_sleep_until = now + (timeout if timeout is not None else 0.1)
                 finally:
@@ -740,11 +747,13 @@ class Endpoint:
             return True
         return any(link.sock.getsockopt(_EVENTS) & _POLLIN for p in self.peers.values() for link in p.links.values())
 
-    def _next_timer(self) -> float | None:
+    def _next_timer(self, acks: bool = True) -> float | None:
+        """Seconds until the next timer is due (at most 0.5); `acks`: counting acknowledgements
+        waiting to be sent (an application thread that reads the sockets sends them)."""
         times = [t for p in self.peers.values() if (t := p.out.next_deadline()) is not None]
         if any(p.waiting_since is not None for p in self.peers.values()):
             times.append(time.monotonic() + 0.05)
-        if self._acks:
+        if self._acks and acks:
             times.append(self._acks_due)
         if self.paused:
             times.append(self._busy_at + BUSY_EVERY_S)
