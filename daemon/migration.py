@@ -200,6 +200,8 @@ class Migrations:
         old = d.tasks.get(urn)
         if old is not None and old["state"] in ("running", "suspended"):
             raise MigrationFailed(f"{urn} already runs on {d.cfg.host_urn}")
+        if old is not None:
+            self._end_lingering(urn)
         ident = Identity.from_seed(bytes.fromhex(field_of(env, "seed", str)))
         if ident.key_id != entry.value("key", now):
             raise NotAuthorized(f"the key sent for {urn} is not the key the catalog names for it")
@@ -222,6 +224,18 @@ class Migrations:
         d.state.put_task(urn, d.tasks[urn])
         d.task_keys[urn] = ident
         self.incoming[urn] = Incoming(mid, client, env, time.monotonic() + CLONE_TIMEOUT_S)
+
+    def _end_lingering(self, urn: str) -> None:
+        """The task comes back to a host where its earlier self may still linger, answering
+        stragglers with redirects: end that one now (the new original redirects its peers)."""
+        d = self.d
+        with contextlib.suppress(SnipeError):
+            if d.runner.record(urn).live:
+                d.runner.kill(urn, reason="the task came back here; its earlier self stops redirecting")
+                d.runner.wait(urn, 10)
+        d._poll_tasks()                       # its exit is taken while the record still says it moved
+        with contextlib.suppress(SnipeError):
+            d.runner.forget(urn)
 
     def clone_ready(self, client: bytes, key: str, env: Envelope) -> None:
         urn = self.d._known(env)

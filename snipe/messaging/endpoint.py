@@ -136,6 +136,7 @@ class _Peer:
     heard_at: float = 0.0                    # last acknowledgement, or when the current route was taken
     shunned: dict[str, float] = field(default_factory=dict)   # route endpoint -> not before (monotonic)
     gone: set[str] = field(default_factory=set)  # instances that redirected us elsewhere (they migrated)
+    view: dict[str, Any] | None = None           # its comm, host, instance and key as last resolved
     copies: list[str] = field(default_factory=list)     # a replicated URN in mode "all": its copies' peers
     parent: str | None = None                # this peer is copy `copy_index` of the replicated URN `parent`
     copy_index: int = -1
@@ -229,7 +230,9 @@ class Endpoint:
         self.paused = False
         self.system_handlers: dict[int, Callable[[Message], None]] = {}
         # Migration (snipe/migration): the application's own thread runs `at_safe_point` at its
-        # next send/recv/probe once `safe_point_due` is set; while `frozen` this endpoint delivers
+        # next recv/probe (or snipe.safe_point) once `safe_point_due` is set (not in send: a send
+        # is mostly half-way through handling a message, which the application's state rarely
+        # says); while `frozen` this endpoint delivers
         # nothing (senders are told it is busy) and after `moved` it answers with redirects.
         self.safe_point_due = False
         self.at_safe_point: Callable[[], None] | None = None
@@ -321,8 +324,6 @@ class Endpoint:
              deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         """Queue a message; blocks while `dest` already holds `hwm` unsettled messages (raising
         Unreachable after `timeout`)."""
-        if self.safe_point_due:
-            self._safe_point()
         if dest == self.me:
             with self.cond:
                 self.inbox.append(Message(self.me, tag, payload))
@@ -516,7 +517,7 @@ class Endpoint:
         outs = []
         for urn, p in self.peers.items():
             if p.out.held() or p.out.next_seq > 1:
-                outs.append([urn, p.out.export_state(now)])
+                outs.append([urn, p.out.export_state(now), p.view])
                 payloads.extend(p.out.held_payloads())
         with self.lock:
             inbox = list(self.inbox)
@@ -535,12 +536,14 @@ class Endpoint:
         """(Before run().) Continue the channels and the inbox of a process that migrated here."""
         now = time.monotonic()
         at = 0
-        for urn, out_state in state["out"]:
+        for urn, out_state, view in state["out"]:
             n = len(out_state["held"])
             out = Outbound(self.me, urn, window=self.window, hwm=self.hwm * 2, min_rto=MIN_RTO_S)
             out.restore_state(out_state, payloads[at:at + n], now)
             at += n
-            self.peers[urn] = _Peer(urn, out)
+            p = self.peers[urn] = _Peer(urn, out)
+            if isinstance(view, dict):      # the peer's routes from here, without asking the catalog
+                self._take_view(p, view, now)
             self.accepted[urn] = self.settled[urn] = 0
             self.accepted[urn] = out.held()
         for src, in_state in state["in"]:
@@ -557,6 +560,22 @@ class Endpoint:
             raise CodecError(f"migrated messaging state names {at} payloads but {len(payloads)} came")
         self.received.update(state.get("received", {}))
         self.bytes_received.update(state.get("bytes_received", {}))
+
+    def _take_view(self, p: _Peer, view: dict[str, Any], now: float) -> None:
+        with contextlib.suppress(SnipeError, ValueError):
+            p.key = public_key_from_id(str(view.get("key")))
+            mine = ProcView(self.me, self.host_urn, self.instance, [])
+            peer = ProcView.from_values(p.urn, view)
+            p.routes = choose_routes(mine, peer, self._host_values(self.host_urn), self._host_values(peer.host))
+            p.route_index, p.heard_at, p.resolved_at, p.view = 0, now, now, view
+
+    def peer_keys(self) -> list[bytes]:
+        """(I/O thread.) The keys of the processes we talk to: a clone admits them ahead."""
+        keys = {p.key for p in self.peers.values() if p.key is not None}
+        for (_, key), _until in list(self.sources_ok.items()):
+            with contextlib.suppress(ValueError):
+                keys.add(bytes.fromhex(key))
+        return sorted(keys)
 
     def move_to(self, location: dict[str, Any]) -> int:
         """(I/O thread.) This process now lives at `location` (a clone's `location()`): tell every
@@ -857,6 +876,8 @@ class Endpoint:
             p.key = public_key_from_id(key)
         except SnipeError:
             return
+        p.view = {"comm": values.get("comm"), "host": values.get("host"), "instance": values.get("instance"),
+                  "key": key}
         mine = ProcView(self.me, self.host_urn, self.instance, [])
         my_host = self._host_values(self.host_urn)
         peer_host = self._host_values(peer.host)

@@ -12,6 +12,7 @@ commit in time, or with a state it cannot read, it exits: the original is still 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -28,6 +29,7 @@ from snipe.messaging.endpoint import Endpoint
 from snipe.migration import transfer
 from snipe.migration.core import Clone, Effect, Exit, Restore, Run, SayReady
 from snipe.migration.groups import reregister, restore_groups
+from snipe.migration.origin import trace
 from snipe.transport import sender_key, server_socket
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ def become_clone(s: Session, mid: str) -> Any:
     ep = Endpoint(me, s.identity, s.catalog_addresses, s.admin_key, host_urn=s.host,
                   runtime_dir=(s.home / "msg") if s.home else None)
     ep.learn_comm(lambda values: s.catalog.set_many(me, values))
+    ep.gate.learn(s.identity.public_key)        # the original connects with our own key
     sock = server_socket(ep.ctx, zmq.ROUTER, s.identity)
     sock.rcvhwm = sock.sndhwm = 0
     port = sock.bind_to_random_port("tcp://*")
@@ -75,6 +78,11 @@ def become_clone(s: Session, mid: str) -> Any:
                 if env.body["id"] != mid:
                     continue
                 origin = parts[0].bytes
+                trace(f"clone: {env.kind} came")
+                if env.kind == "prepare":              # before the blackout: admit the peers now
+                    _admit_ahead(ep, env.body.get("keys"))
+                    sock.send_multipart([origin, *transfer.message("prepared", mid)])
+                    continue
                 if env.kind == "state":
                     try:
                         lib, payloads, groups, app = transfer.decode_state(env, frames)
@@ -95,10 +103,12 @@ def become_clone(s: Session, mid: str) -> Any:
                         if groups:
                             restore_groups(s.membership(), groups)
                     case SayReady():
+                        trace("clone: restored")
                         assert origin is not None
                         sock.send_multipart([origin, *transfer.message("ready", mid, location=ep.location())])
                     case Run():
                         ep.run()
+                        trace("clone: running")
                         threading.Thread(target=_announce, args=(s, ep, mid, bool(groups)), daemon=True,
                                          name="snipe-migrated").start()
                         return app
@@ -108,6 +118,16 @@ def become_clone(s: Session, mid: str) -> Any:
                         os._exit(3)
     finally:
         sock.close(0)
+
+
+def _admit_ahead(ep: Endpoint, keys: Any) -> None:
+    """Learn and admit the keys the original's peers will reach us with after the redirect, so
+    their handshakes need no catalog look-up then."""
+    for key in keys if isinstance(keys, list) else []:
+        with contextlib.suppress(ValueError, TypeError, SnipeError):
+            k = bytes.fromhex(key)
+            ep.gate.learn(k)
+            ep.admission.admit(k)
 
 
 def _announce(s: Session, ep: Endpoint, mid: str, in_groups: bool) -> None:

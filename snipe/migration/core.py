@@ -169,8 +169,8 @@ class Source:
             return self._fail(f"the clone on {self.target} did not start within {self.clone_timeout:g} s")
         # The task may still be about to move: it is told nothing more, and refuses a move it
         # was not asked for in time (Origin.deadline) -- so the clone is dropped.
-        return self._fail(f"the task did not move within {self.move_timeout:g} s (it must call snipe "
-                          "(recv, send, probe or safe_point) for its state to be taken)")
+        return self._fail(f"the task did not move within {self.move_timeout:g} s (its state is taken when it "
+                          "calls snipe.recv, probe or safe_point)")
 
     def _fail(self, reason: str) -> list[Effect]:
         self.state, self.reason = "failed", reason
@@ -185,6 +185,7 @@ class Origin:
 
     endpoints: tuple[str, ...]
     ready_timeout: float
+    bytes_per_s: float = 5e6         # the slowest transfer to wait for (CurveZMQ on a loaded host)
     state: str = "asked"
     deadline: float = 0.0
     reason: str | None = None
@@ -216,6 +217,11 @@ class Origin:
         self.deadline = now + self.ready_timeout
         return [Freeze(), SendState(self.endpoints)]
 
+    def on_sending(self, nbytes: int, now: float) -> None:
+        """The state is `nbytes` long: give the transfer its time on top of `ready_timeout`."""
+        if self.state == "sending":
+            self.deadline = now + self.ready_timeout + nbytes / self.bytes_per_s
+
     def on_ready(self, location: dict[str, Any], now: float) -> list[Effect]:
         if not self._go("ready"):
             return []
@@ -230,8 +236,8 @@ class Origin:
     def on_timer(self, now: float) -> list[Effect]:
         if now < self.deadline:
             return []
-        return self._abort("timeout", f"the clone did not confirm the state within {self.ready_timeout:g} s "
-                                      "(its host died, or the transfer was cut)")
+        return self._abort("timeout", "the clone did not confirm the state in time (its host died, or the "
+                                      "transfer was cut)")
 
     def _abort(self, event: str, reason: str) -> list[Effect]:
         if not self._go(event):

@@ -86,6 +86,10 @@ def test_origin_thaws_when_the_clone_is_silent() -> None:
     o.at_safe_point(10, asked_until=40)
     out = o.on_timer(15)
     assert [type(e) for e in out] == [Thaw, Report] and not out[1].ok and "did not confirm" in (out[1].reason or "")
+    o2 = Origin(("e",), ready_timeout=5, bytes_per_s=100)
+    o2.at_safe_point(10, asked_until=40)
+    o2.on_sending(1000, 11)                         # 1,000 bytes at 100 B/s: 10 s more to wait
+    assert o2.deadline == 26 and o2.on_timer(25) == []
     assert o.on_ready({}, 16) == []                  # a late ready is ignored: the original goes on
 
 
