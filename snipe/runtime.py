@@ -368,7 +368,7 @@ def publish(path: str | Path, *, entry: str | None = None, requirements: Sequenc
 @dataclass(frozen=True)
 class ProcessEvent:
     seq: int
-    kind: str              # started, suspended, resumed, exited, killed, lost, host-lost
+    kind: str              # started, suspended, resumed, migrated, exited, killed, lost, host-lost
     at: float
     exit_code: int | None
     reason: str | None
@@ -470,6 +470,13 @@ class Process:
                         yield ProcessEvent(seq, kind, at, code, reason)
                         if kind in ("exited", "killed", "lost"):
                             return
+                        if kind == "migrated":      # follow the lease of the host it moved to
+                            s.catalog.invalidate(self.urn)
+                            moved_to = s.catalog.get(self.urn).value("host", now_ms())
+                            if isinstance(moved_to, str) and moved_to != host:
+                                if host_watch is not None:
+                                    host_watch.close()
+                                host, host_watch = moved_to, s.catalog.watch(moved_to)
                 pending = []
                 if deadline is not None and time.monotonic() >= deadline:
                     return

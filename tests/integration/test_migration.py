@@ -129,6 +129,8 @@ def test_a_counting_task_migrated_twice_mid_stream_gets_every_message_once_in_or
     assert info["host"] == "urn:snipe:host:h3" and info["supervisor"] == cluster.daemons[2].address
     kinds = [e["kind"] for e in info["events"]]
     assert kinds.count("migrated") == 2, kinds
+    seen = [e.kind for e in counter.events(timeout=2)]       # what a watcher of the task sees
+    assert seen.count("migrated") == 2 and seen[0] == "started", seen
     assert counter.wait(60)["exit_code"] == 0
 
 
