@@ -911,7 +911,7 @@ class Endpoint:
             return hosts
         self._gateways = (now, hosts)           # asked at most every RESOLVE_EVERY_S, answered or not
         try:
-            found = self.catalog.query("urn:snipe:host:")
+            found = self.catalog.query("urn:snipe:host:", [("relay_port", ">=", 1)])   # replicas filter
         except SnipeError as exc:
             log.debug("cannot list gateway hosts: %s", exc)
             return hosts
