@@ -575,8 +575,9 @@ class Daemon:
         ranked = sorted(sealed, key=lambda h: hashlib.sha256(f"{urn}|{h}".encode()).digest())[:replicas - 1]
         if replicas > 1 and mode == "all":      # N copies run at once; no takeover
             return {**names, "replicas": replicas, "mode": "all", "copies": [self.cfg.host_urn, *ranked],
-                    "copy_keys": {h: sealed[h] for h in ranked}}
-        names.update({"restart": restart, "takeover_keys": sealed, "incarnation": 0})
+                    "on_call": ranked, "copy_keys": {h: sealed[h] for h in ranked}}
+        # on_call: the hosts that may act for this task (their takeover watchers find it by this name)
+        names.update({"restart": restart, "takeover_keys": sealed, "incarnation": 0, "on_call": sorted(sealed)})
         if replicas > 1:
             names.update({"replicas": replicas, "mode": "standby", "standbys": ranked})
         return names

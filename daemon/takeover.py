@@ -1,7 +1,8 @@
 """The shell around snipe/replication/takeover.py: watch for orphaned tasks and claim them.
 
-A thread with its own catalog client sweeps every SWEEP_S: the live hosts, and the running
-tasks with a restart policy (`restart` on their entry). The planner says which to claim; a
+A thread with its own catalog client sweeps every SWEEP_S: the live hosts, and the tasks that
+name this host `on_call` (restartable or standby-replicated tasks whose key was sealed to it,
+tasks in mode "all" with a copy placed here): two catalog queries a sweep. The planner says which to claim; a
 claim is an `_owner` claim on `<task>.takeover<n>`, read back after CLAIM_SETTLE_S (the
 earliest claim wins at every replica). A won claim goes to the daemon's main thread (`won`),
 which starts the task (daemon/server.py, `_take_over`). A host named a standby of a replicated
@@ -24,7 +25,7 @@ from snipe.replication.takeover import Claim, TakeoverPlanner, Watched
 
 log = logging.getLogger("snipe.daemon")
 
-SWEEP_S = 0.5
+SWEEP_S = 1.0
 CLAIM_SETTLE_S = 0.5
 STAGGER_S = 1.5
 COPY_ASK_AGAIN_S = 5.0
@@ -83,12 +84,10 @@ class TakeoverWatcher:
         if self.host_urn not in live:
             return                      # we are cut off ourselves: leave it to the others
         tasks: dict[str, dict[str, Any]] = {}
-        for urn, entry in catalog.query("urn:snipe:proc:", [("restart", "exists", None)]).items():
+        for urn, entry in catalog.query("urn:snipe:proc:", [("on_call", "contains", self.host_urn)]).items():
             values = entry.as_dict(now)
             if isinstance(values.get("takeover_keys"), dict) and self.host_urn in values["takeover_keys"]:
                 tasks[urn] = values
-        for urn, entry in catalog.query("urn:snipe:proc:", [("copies", "exists", None)]).items():
-            values = entry.as_dict(now)
             copies = values.get("copies")
             if (time.monotonic() - self.copies_asked.get(urn, -COPY_ASK_AGAIN_S) >= COPY_ASK_AGAIN_S
                     and isinstance(copies, list) and self.host_urn in copies[1:]
