@@ -46,7 +46,7 @@ def capture(ep: Endpoint) -> dict[str, Any]:
 def positions(lib: dict[str, Any]) -> dict[str, tuple[int, int]]:
     """Per source: (session, highest seq the checkpoint holds)."""
     return {str(src): (int(v["session"]), int(v["expected"]) - 1)
-            for src, v in lib.get("state", {}).get("in", []) if v.get("session") is not None}
+            for src, v, *_ in lib.get("state", {}).get("in", []) if v.get("session") is not None}
 
 
 def restore(ep: Endpoint, lib: dict[str, Any]) -> None:
@@ -60,18 +60,18 @@ def restore(ep: Endpoint, lib: dict[str, Any]) -> None:
         state, payloads = lib.get("state", {}), list(lib.get("payloads", []))
         at = 0
         unacked: dict[str, list[tuple[int, bytes]]] = {}
-        for dest, out in state.get("out", []):
+        for dest, out, *_ in state.get("out", []):       # [urn, channel, ...more migration keeps]
             held = [(int(tag), payloads[at + i]) for i, (_, tag, _) in enumerate(out["held"])]
             at += len(held)
             dest = str(dest).split("#", 1)[0]          # a copy of a URN in mode "all": to the URN again
             if len(held) > len(unacked.get(dest, [])):
                 unacked[dest] = [(t, p) for t, p in held if t >= 0]
         inbox = []
-        for source, tag, group, failed, reason in state.get("inbox", []):
+        for source, tag, group, failed, reason, *_ in state.get("inbox", []):
             inbox.append(Message(str(source), int(tag), payloads[at], group, bool(failed), reason))
             at += 1
         commands = []
-        for dest, tag, deadline_s in state.get("commands", []):
+        for dest, tag, deadline_s, *_ in state.get("commands", []):
             commands.append((str(dest), int(tag), payloads[at], float(deadline_s)))
             at += 1
         inbound = positions(lib)
