@@ -29,6 +29,13 @@ project members in a unicast message back to this benchmark's own process, raw s
 file. Throughput = N / (last arrival at any member - first send); deliveries/s = messages
 delivered to all members together over the same time.
 
+CPU: every phase also reports the CPU seconds its processes spent (members, sender, daemons and
+catalog for the project, read with psutil before and after; subscribers and publisher for raw
+PUB/SUB, each reporting its own ``time.process_time()`` at the end of each phase) and the CPU
+microseconds per delivered message, per role and in all. On a shared 2-CPU machine the wall
+rates swing with the other processes' load; CPU per delivery is what the design costs, and
+``ratios.deliveries_per_cpu_s`` compares the three by it.
+
 Ratios and the targets of the multicast issue, with honest ``target_met``: multicast throughput
 >= 3x the repeated-unicast throughput at 30 members, and >= 30% of raw PUB/SUB. The load average
 of the machine is reported before and after; other processes competing for the CPUs distort
@@ -95,7 +102,7 @@ class Phase:
 
     def report(self, **extra):
         return {"count": self.count, "n": self.n, "bad": self.bad, "first_sent": self.first_sent,
-                "last_arrival": self.last_arrival, "lat_us": self.lat_us, **extra}
+                "last_arrival": self.last_arrival, "lat_us": self.lat_us, "cpu_s": time.process_time(), **extra}
 '''
 
 MEMBER = _HEADER + '''
@@ -247,8 +254,8 @@ else:
             s.send(HDR.pack(DATA, phase, i, n, time.monotonic()) + pad)
         t_sent = time.monotonic()
         s.send(HDR.pack(END, phase, n, n, time.monotonic()))
-        done[phase] = {"t0": t0, "t_sent": t_sent}
         wait_all(f"p{phase}", False)
+        done[phase] = {"t0": t0, "t_sent": t_sent, "cpu_s": time.process_time()}
     s.send(HDR.pack(BYE, 0, 0, 0, 0.0))
     mark("json", done)
     time.sleep(0.5)
@@ -326,6 +333,29 @@ def summarize_phase(n: int, members: int, reports: Sequence[dict[str, Any]], t0:
         "latency_us": {"samples": len(lat), "p50": _percentile(lat, 50), "p99": _percentile(lat, 99),
                        "mean": round(statistics.fmean(lat), 1) if lat else None},
     }
+
+
+def cpu_figures(cpu_s: dict[str, float], deliveries: int) -> dict[str, Any]:
+    """CPU seconds per role in one phase, and microseconds of CPU per delivered message (per role
+    and in all): the figure that does not swing with the load other processes put on the machine."""
+    total = sum(cpu_s.values())
+    per = {role: round(v / deliveries * 1e6, 2) if deliveries else None for role, v in cpu_s.items()}
+    per["total"] = round(total / deliveries * 1e6, 2) if deliveries else None
+    return {"cpu_s": {**{k: round(v, 3) for k, v in cpu_s.items()}, "total": round(total, 3)},
+            "cpu_us_per_delivery": per,
+            "deliveries_per_cpu_s": round(deliveries / total, 1) if total else None}
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of these processes (those that have ended count 0)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+    return total
 
 
 # --- process bookkeeping --------------------------------------------------------------------------
@@ -413,13 +443,23 @@ def run_raw(root: Path, procs: Procs, settings: Settings) -> dict[str, Any]:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(10)
     out: dict[str, Any] = {"transport": "tcp 127.0.0.2", "hwm": "none (0)", "subscribers": settings.members}
+    cpu_before: dict[str, float] = {}        # worker -> its process_time at the end of the previous phase
     for phase, n, _rate, _size in phases:
         reports = []
+        cpu: dict[str, float] = {"members": 0.0, "sender": 0.0}
         for p in subs:
             f = Path(f"{p}.p{phase}")
-            reports.append(json.loads(f.read_text()) if f.exists() else {})
-        out[{1: "warmup", 2: "throughput", 3: "paced"}[phase]] = summarize_phase(
-            n, settings.members, reports, done[str(phase)]["t0"])
+            r = json.loads(f.read_text()) if f.exists() else {}
+            reports.append(r)
+            if "cpu_s" in r:
+                cpu["members"] += r["cpu_s"] - cpu_before.get(str(p), 0.0)
+                cpu_before[str(p)] = r["cpu_s"]
+        d = done[str(phase)]
+        cpu["sender"] = d["cpu_s"] - cpu_before.get("pub", 0.0)
+        cpu_before["pub"] = d["cpu_s"]
+        summary = out[{1: "warmup", 2: "throughput", 3: "paced"}[phase]] = summarize_phase(
+            n, settings.members, reports, d["t0"])
+        summary.update(cpu_figures(cpu, summary["deliveries"]))
     out["paced"]["rate"] = settings.paced_rate
     return out
 
@@ -437,6 +477,7 @@ class Project:
         self.sender: str | None = None
         self.sender_pid: int | None = None
         self.next_phase = 10
+        self.role_pids: dict[str, list[int]] = {}      # members, sender, daemons, catalog: whose CPU a phase costs
 
     def start(self, bench: str) -> None:
         import snipe
@@ -492,6 +533,7 @@ class Project:
         cmd = {"op": "run", "mode": mode, "phase": k, "n": n, "rate": rate, "size": s.size}
         if mode == "unicast":
             cmd["members"] = self.members
+        cpu_before = {role: cpu_seconds(pids) for role, pids in self.role_pids.items()}
         snipe.send_obj(self.sender, cmd, TAG_CTRL)
         timeout = s.phase_timeout_s + (n / rate if rate else 0)
         reports: dict[str, dict[str, Any]] = {}
@@ -516,7 +558,9 @@ class Project:
         if done is None:
             self._explain(f"{mode} phase {k}: the sender did not finish within {timeout} s")
         assert done is not None
+        cpu = {role: cpu_seconds(pids) - cpu_before[role] for role, pids in self.role_pids.items()}
         out = summarize_phase(n, len(self.members), [reports.get(u, {}) for u in self.members], done["t0"])
+        out.update(cpu_figures(cpu, out["deliveries"]))
         out["send_seconds"] = round(done["t_sent"] - done["t0"], 4)
         out["sender_failure_notices"] = done["failures"]
         if rate:
@@ -539,16 +583,19 @@ def _daemon_status(cluster: Any) -> dict[str, Any]:
         try:
             with DaemonClient(d.address, cluster.user, timeout=5) as c:
                 st = c.call("mcast-status")[0]
-            out[d.host_id] = {"routing": GROUP in st.get("routing", []), "relayed": st.get("relayed"),
-                              "local_members": len(st.get("local", {}).get(GROUP, []))}
+            out[d.host_id] = {"routing": GROUP in st.get("routing", []),
+                              "local_members": len(st.get("local", {}).get(GROUP, [])),
+                              **st.get("groups", {}).get(GROUP, {})}
         except Exception as exc:  # a status is a nicety: report why it is missing
             out[d.host_id] = {"error": f"{exc.__class__.__name__}: {exc}"}
     return out
 
 
 def _registrations() -> dict[str, Any]:
-    """Routers in the group's entry and how many members registered with each."""
+    """Routers in the group's entry, how many members registered with each, and how many each
+    delivers to (the first live router a member registered with; the other stands by)."""
     import snipe
+    from snipe.multicast.core import first_live
     from snipe.multicast.groups import live_members, live_routers
     from snipe.runtime import now_ms
 
@@ -558,10 +605,9 @@ def _registrations() -> dict[str, Any]:
     routers = sorted(live_routers(entry, now_ms()))
     members = live_members(entry, now_ms())
     per = {r: sum(1 for v in members.values() if r in v.get("routers", [])) for r in routers}
-    # every router a member registered with relays each message to it: the copies each member receives
-    copies = round(sum(per.values()) / len(members), 2) if members else None
+    served = {r: sum(1 for v in members.values() if first_live(v.get("routers", []), routers) == r) for r in routers}
     return {"routers": routers, "members": len(members), "members_per_router": per,
-            "copies_received_per_member": copies}
+            "members_delivered_to_per_router": served}
 
 
 # --- profiling -------------------------------------------------------------------------------------
@@ -660,6 +706,13 @@ def ratios(mc: dict[str, Any], uni: dict[str, Any], raw: dict[str, Any]) -> dict
         "throughput_vs_raw_pubsub": {"ratio": vs_raw, "target": f">= {TARGET_VS_RAW}x",
                                      "target_met": vs_raw is not None and vs_raw >= TARGET_VS_RAW},
         "latency": lat,
+        # Deliveries per CPU-second of every process involved: what the machine's 2 CPUs allow when
+        # the other processes on it leave none spare (wall rates swing with their load, this less).
+        "deliveries_per_cpu_s": {
+            "multicast_vs_unicast": _ratio(mc["throughput"].get("deliveries_per_cpu_s"),
+                                           uni["throughput"].get("deliveries_per_cpu_s")),
+            "multicast_vs_raw": _ratio(mc["throughput"].get("deliveries_per_cpu_s"),
+                                       raw["throughput"].get("deliveries_per_cpu_s"))},
     }
 
 
@@ -708,6 +761,11 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         project = Project(root, procs, settings)
         _say(f"spawning {settings.members} members ({settings.members // settings.hosts} per host) and a sender")
         project.start(bench)
+        project.role_pids = {
+            "members": list(project.member_pids.values()),
+            "sender": [project.sender_pid] if project.sender_pid else [],
+            "daemons": [d.proc.pid for d in cluster.daemons if d.proc is not None],
+            "catalog": [r.proc.pid for r in cluster.catalog.replicas if r.proc is not None]}
         time.sleep(settings.settle_s)
         topology = _registrations()
         _say(f"routers: {topology['routers']}")
@@ -768,9 +826,11 @@ def _fmt(v: Any, spec: str = "") -> str:
 def table(r: dict[str, Any]) -> str:
     lines = [f"multicast: 1 sender to {r['settings']['members']} members, {r['cpus']} CPUs, Python {r['python']}, "
              f"pyzmq {r['zmq']['pyzmq']} / libzmq {r['zmq']['libzmq']}",
-             f"routers {r['topology']['routers']}, members per router {r['topology']['members_per_router']}", ""]
+             f"routers {r['topology']['routers']}, members registered per router "
+             f"{r['topology']['members_per_router']}, delivered to {r['topology']['members_delivered_to_per_router']}",
+             ""]
     head = (f"{'case':<22}{'phase':<11}{'n':>7}{'msg/s':>10}{'deliv/s':>11}{'p50 us':>10}{'p99 us':>10}"
-            f"{'missing':>9}{'bad':>6}")
+            f"{'missing':>9}{'bad':>6}{'cpu us/deliv':>14}")
     lines += [head, "-" * len(head)]
     for name, key in (("snipe.mcast", "multicast"), ("snipe.send x30", "unicast_x30"), ("raw PUB/SUB", "raw_pubsub")):
         for phase in ("throughput", "paced"):
@@ -778,7 +838,8 @@ def table(r: dict[str, Any]) -> str:
             lines.append(f"{name:<22}{phase:<11}{p['n']:>7}{_fmt(p['msgs_per_s'], ',.0f'):>10}"
                          f"{_fmt(p['deliveries_per_s'], ',.0f'):>11}{_fmt(p['latency_us']['p50'], ',.0f'):>10}"
                          f"{_fmt(p['latency_us']['p99'], ',.0f'):>10}{p['missing']:>9}"
-                         f"{p['out_of_order_or_duplicate']:>6}")
+                         f"{p['out_of_order_or_duplicate']:>6}"
+                         f"{_fmt(p.get('cpu_us_per_delivery', {}).get('total'), ',.2f'):>14}")
     lines.append("")
     for name, v in r["ratios"].items():
         if "target" in v:

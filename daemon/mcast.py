@@ -2,11 +2,19 @@
 
 A daemon stands as a router for a group when a process on its host joins and the election
 rule says so (snipe/multicast/core.should_route); it then holds a `router.<host URN>` lease on
-the group and renews it while the group has members here. Every turn it re-runs the election
-for groups with local members, so a router that died is replaced. Relaying runs in the
-daemon's messaging endpoint thread: each message is relayed once (Relay) to the members that
-registered with this router and to the routers that have not had it yet. Who those are is read
-from the group's catalog entry at most every VIEW_REFRESH_S per group (`_View`), not per message.
+the group and renews it while the group has members here. The lease's value carries the
+router's counters for the group (relayed, delivered, duplicates, replayed, history), which
+`snipe-console show GROUP` lists. Every turn it re-runs the election for groups with local
+members, so a router that died is replaced. Relaying runs in the daemon's messaging endpoint
+thread: each message is relayed once (Relay) to the routers that have not had it yet and to the
+members for which this router is the first live one they registered with (`first_live`; the
+others stand by). Who those are is read from the group's catalog entry at most every
+VIEW_REFRESH_S per group (`_View`), not per message. A member that stops being ours (its first
+router came back) is still delivered to for HANDOVER_S, so the hand-over overlaps (the member
+drops the copies) rather than leaving a gap.
+
+Messages for members go out once per turn of the endpoint's loop: what was relayed in the turn
+is one `Batch`, packed once, sent to each member (one channel message per member per turn).
 
 Each relayed message is also kept in the group's `History` (bounded). A member's `Resume` (sent
 when it registers with this router) adds it to the members relayed to at once, for
@@ -30,23 +38,28 @@ from snipe.multicast.core import (
     MCAST_DATA,
     MCAST_DELIVER,
     MCAST_RESUME,
+    Batch,
     History,
     Relay,
+    batches,
+    first_live,
     pack,
     should_route,
     unpack,
     unpack_resume,
 )
-from snipe.multicast.groups import ROUTER, ensure_group, live_members, live_routers
+from snipe.multicast.groups import ROUTER, ensure_group, live_members, live_routers, next_expiry
 from snipe.urn import validate_urn
 
 log = logging.getLogger("snipe.daemon.mcast")
 
 # How long a router relays with the same member and router lists before reading the group's
-# (cached) entry again. The entry itself may be up to 0.5 s old; a member that left is dropped by
-# its own Membership anyway, and a hop to a router that died just fails (the others cover it).
-VIEW_REFRESH_S = 0.25
+# entry again (from one replica; sooner when a live lease in it runs out). A member that left is
+# dropped by its own Membership anyway, and a hop to a router that died just fails (the others
+# cover it).
+VIEW_REFRESH_S = 0.5
 RESUMED_HOLD_S = 10.0          # a resuming member is relayed to before the catalog lists it, this long
+HANDOVER_S = 3.0               # a member whose first live router is another is still relayed to, this long
 HISTORY_MESSAGES = 100_000     # per group: what a router keeps for members that resume
 HISTORY_BYTES = 64 << 20
 HISTORY_AGE_S = 120.0
@@ -62,8 +75,20 @@ class _View:
 
     at: float                      # time.monotonic() when computed
     expires_ms: int | None         # the earliest lease expiry in the entry it came from
-    members: tuple[str, ...]       # members registered with this router
+    members: tuple[str, ...]       # members this router delivers to
     routers: tuple[str, ...]       # live routers, this one included, sorted
+
+
+@dataclass
+class GroupCounts:
+    """One group's relay counters at this router (the endpoint thread writes, others read)."""
+
+    relayed: int = 0               # messages relayed (each once)
+    duplicates: int = 0            # copies dropped: relayed before
+    delivered: int = 0             # deliveries to members (a message to 10 members: 10)
+    batches: int = 0               # channel messages those deliveries took
+    replayed: int = 0              # deliveries from the history to resuming members
+    members: int = 0               # members delivered to, at the last view
 
 
 class GroupRouter:
@@ -78,10 +103,14 @@ class GroupRouter:
         self.views: dict[str, _View] = {}
         self.histories: dict[str, History] = {}
         self.resumed: dict[str, dict[str, float]] = {}    # group -> member -> when it resumed (monotonic)
+        self.ours: dict[str, dict[str, float]] = {}       # group -> member -> when last seen as ours (monotonic)
+        self.counts: dict[str, GroupCounts] = {}
+        self.pending: dict[str, Batch] = {}               # group -> relayed this turn, for its members
         self.relayed = 0
         self.replayed = 0
         endpoint.system_handlers[MCAST_DATA] = self._on_data
         endpoint.system_handlers[MCAST_RESUME] = self._on_resume
+        endpoint.turn_end.append(self._flush)
         self.next_refresh = 0.0
 
     # --- daemon thread: requests and leases ----------------------------------------------------
@@ -104,7 +133,7 @@ class GroupRouter:
         ifs = {r: self._interfaces(r) for r in routers}
         mine = self._interfaces(self.host_urn)
         if should_route(self.host_urn, mine, ifs, shared_networks, self.wanted):
-            self.catalog.set(group, ROUTER + self.host_urn, {"daemon": self.address}, ttl=self.lease_s)
+            self.catalog.set(group, ROUTER + self.host_urn, self._lease_value(group), ttl=self.lease_s)
             with self.lock:
                 if group not in self.routing:
                     log.info("%s: now a router for %s", self.host_urn, group)
@@ -139,15 +168,29 @@ class GroupRouter:
                 if has_members:
                     self._elect(g)
                 elif g in self.routing:
-                    self.catalog.set(g, ROUTER + self.host_urn, {"daemon": self.address}, ttl=self.lease_s)
+                    self.catalog.set(g, ROUTER + self.host_urn, self._lease_value(g), ttl=self.lease_s)
             except SnipeError as exc:
                 log.warning("multicast upkeep of %s failed: %s", g, exc)
+
+    def group_counts(self, group: str) -> dict[str, int]:
+        """This router's counters for `group` (as published in its lease)."""
+        c = self.counts.get(group) or GroupCounts()
+        h = self.histories.get(group)
+        return {"relayed": c.relayed, "delivered": c.delivered, "duplicates": c.duplicates, "batches": c.batches,
+                "replayed": c.replayed, "members": c.members, "history": len(h.items) if h else 0,
+                "history_bytes": h.bytes if h else 0}
+
+    def _lease_value(self, group: str) -> dict[str, Any]:
+        return {"daemon": self.address, **self.group_counts(group)}
 
     def status(self) -> dict[str, Any]:
         with self.lock:
             return {"routing": sorted(self.routing), "local": {g: sorted(m) for g, m in self.local.items()},
                     "relayed": self.relayed, "replayed": self.replayed,
-                    "history": {g: len(h.items) for g, h in self.histories.items()}}
+                    # the endpoint thread adds to these dicts: iterate over copies (list() is atomic)
+                    "history": {g: len(h.items) for g, h in list(self.histories.items())},
+                    "groups": {g: self.group_counts(g) for g in sorted(set(list(self.counts)) | self.routing)},
+                    "served": {g: list(v.members) for g, v in list(self.views.items())}}
 
     # --- endpoint thread: relaying -------------------------------------------------------------
     def _view(self, group: str) -> _View | None:
@@ -160,19 +203,26 @@ class GroupRouter:
         catalog = self.endpoint.catalog
         if catalog is None:
             return None
-        entry = catalog.cached(group, max_age=0.5)
+        entry = catalog.get(group, r=1)        # once a refresh: one replica's answer is fresh enough
         wall = now_ms()
-        members = {u for u, val in live_members(entry, wall).items() if self.host_urn in val.get("routers", [])}
-        resumed = self.resumed.get(group)
-        if resumed:
-            for u, at in list(resumed.items()):
-                if now - at < RESUMED_HOLD_S:
-                    members.add(u)
-                else:
-                    del resumed[u]
         routers = set(live_routers(entry, wall))
         routers.add(self.host_urn)
-        v = self.views[group] = _View(now, entry.expires_at_ms(), tuple(sorted(members)), tuple(sorted(routers)))
+        me = self.host_urn
+        ours = self.ours.setdefault(group, {})
+        for u, val in live_members(entry, wall).items():
+            mine = val.get("routers")
+            if isinstance(mine, list) and first_live(mine, routers) == me:
+                ours[u] = now
+        members = set()
+        for held in (ours, self.resumed.get(group, {})):
+            hold = HANDOVER_S if held is ours else RESUMED_HOLD_S
+            for u, at in list(held.items()):
+                if now - at < hold:
+                    members.add(u)
+                else:
+                    del held[u]
+        v = self.views[group] = _View(now, next_expiry(entry, wall), tuple(sorted(members)), tuple(sorted(routers)))
+        self.counts.setdefault(group, GroupCounts()).members = len(members)
         return v
 
     def _on_data(self, m: Message) -> None:
@@ -183,25 +233,56 @@ class GroupRouter:
         relay = self.relays.get(h.group)
         if relay is None:
             relay = self.relays[h.group] = Relay(self.host_urn)
+        counts = self.counts.get(h.group)
+        if counts is None:
+            counts = self.counts[h.group] = GroupCounts()
         out = relay.on_data(h, view.members, view.routers)
         if out is None:
+            counts.duplicates += 1
             return
         self.relayed += 1
-        payload = pack(out.header, body)
+        counts.relayed += 1
+        data = bytes(body)
         history = self.histories.get(h.group)
         if history is None:
             history = self.histories[h.group] = History(HISTORY_MESSAGES, HISTORY_BYTES, HISTORY_AGE_S * 1000)
-        history.add(h.origin, h.seq, now_ms(), payload, len(payload))
+        history.add(h.origin, h.seq, now_ms(), (h.origin, h.seq, h.tag, data), len(data))
+        if out.deliver_to:
+            batch = self.pending.get(h.group)
+            if batch is None:
+                batch = self.pending[h.group] = Batch(h.group)
+            batch.add(h.origin, h.seq, h.tag, data)
+            if batch.full():
+                self._send_batch(h.group, self.pending.pop(h.group))
+        if out.forward_to:
+            payload = pack(out.header, body)
+            for router in out.forward_to:
+                self.endpoint.submit(router, MCAST_DATA, payload, HOP_DEADLINE_S)
+
+    def _flush(self) -> None:
+        """End of the endpoint's turn: what each group relayed in it, to its members."""
+        if self.pending:
+            pending, self.pending = self.pending, {}
+            for group, batch in pending.items():
+                self._send_batch(group, batch)
+
+    def _send_batch(self, group: str, batch: Batch) -> None:
+        view = self._view(group)
+        if view is None or not view.members:
+            return
+        payload = batch.pack()
         submit = self.endpoint.submit
-        for member in out.deliver_to:
+        for member in view.members:
             submit(member, MCAST_DELIVER, payload, HOP_DEADLINE_S)
-        for router in out.forward_to:
-            submit(router, MCAST_DATA, payload, HOP_DEADLINE_S)
+        counts = self.counts[group]
+        counts.delivered += batch.count * len(view.members)
+        counts.batches += len(view.members)
 
     def _on_resume(self, m: Message) -> None:
         """A member registered with us: relay to it from now on (unless it only asks for a
         replay), and replay what it lacks."""
         r = unpack_resume(m.payload)
+        self._flush()           # what this turn relayed goes out first (the replay repeats what the member lacks)
         if r.follow:
             self.resumed.setdefault(validate_urn(r.group), {})[m.source] = time.monotonic()
             self.views.pop(r.group, None)
@@ -210,5 +291,7 @@ class GroupRouter:
             return
         missed = history.replay(r.next, r.since_ms)
         self.replayed += len(missed)
-        for payload in missed:
+        counts = self.counts.setdefault(r.group, GroupCounts())
+        counts.replayed += len(missed)
+        for payload in batches(r.group, missed):
             self.endpoint.submit(m.source, MCAST_DELIVER, payload, HOP_DEADLINE_S)

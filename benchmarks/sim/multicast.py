@@ -7,16 +7,19 @@ re-implemented here.
 - Every host is a daemon (`HostNode`). When a member on it joins a group, and every
   `daemon_tick` after, it runs `should_route` (with a configurable `wanted`) over the group's live
   routers and their networks, then holds, renews or withdraws a router lease. A router relays
-  what arrives with `Relay` to the members registered with it and to the routers not yet in
-  the message's `seen`, exactly as daemon/mcast.py does (a per-group view of members and routers
-  refreshed every `view_refresh`).
+  what arrives with `Relay` to the members whose first live router it is (`first_live`; still
+  for `handover` after it stops being) and to the routers not yet in the message's `seen`,
+  exactly as daemon/mcast.py does (a per-group view of members and routers refreshed every
+  `view_refresh`).
 - Members are processes of their own (`MemberNode`) on a host: they join (the host's daemon
   elects, then the member registers with `pick_routers`), re-register every `member_tick` when
   a router of theirs has gone (snipe/multicast/groups.py `_tend`), deliver through `Reorder`
   per sender, and report holes the reorderer gives up on after `gap_timeout`. A member whose
   daemon crashes lives on, as tasks do. With `resume` (the default, as the real code does) a
-  member sends each router it registers with a `Resume`, and the router, which keeps a
-  `History`, relays to it at once and replays what it missed; with `resume=False` the scenario
+  member sends the router that delivers to it a `Resume`, and the router, which keeps a
+  `History`, relays to it at once and replays what it missed (a member that moves also asks its
+  standby and its oldest routers for a replay only, and one with a hole open for `hole_replay`
+  asks its routers); with `resume=False` the scenario
   shows what happens without: a member whose two routers both crash loses what was sent until
   it notices, silently if the stream ends first.
 - Senders (`SenderNode`) are processes that are not members: each message goes to `targets`
@@ -44,6 +47,7 @@ import bisect
 import resource
 import time
 from collections import Counter
+from collections.abc import Container
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -55,6 +59,7 @@ from snipe.multicast.core import (
     Relay,
     Reorder,
     Resume,
+    first_live,
     pack,
     pack_resume,
     pick_routers,
@@ -103,6 +108,8 @@ class MulticastConfig:
     resume: bool = True               # members send Resume on (re-)registration; routers keep History
     history_age: float = 120.0        # History bound (seconds; count and bytes as the daemon's)
     resumed_hold: float = 10.0        # a resuming member is relayed to before the catalog lists it
+    handover: float = 3.0             # a member whose first live router is another is still relayed to
+    hole_replay: float = 1.0          # a member with a hole open this long asks its routers for a replay
     local_latency: Latency = field(default_factory=lambda: LogNormal(0.0001, 0.3, floor=0.00003))
     network_latency: Latency = field(default_factory=lambda: LogNormal(0.0005, 0.4, floor=0.0001))
     remote_latency: Latency = field(default_factory=lambda: LogNormal(0.01, 0.5, floor=0.002))
@@ -154,8 +161,11 @@ class Directory:
         now = self.sim.now
         return min((t for t in self.routers.get(group, {}).values() if t > now), default=float("inf"))
 
-    def members_of(self, group: str, router: str) -> tuple[str, ...]:
-        return tuple(sorted(self.by_router.get((group, router), ())))
+    def members_of(self, group: str, router: str, live: Container[str]) -> tuple[str, ...]:
+        """The members registered with `router` whose first live router it is (the others'
+        first delivers; it stands by)."""
+        return tuple(sorted(m for m in self.by_router.get((group, router), ())
+                            if first_live(self.registered.get(m, ()), live) == router))
 
     # --- writes (visible after the delay) ------------------------------------------------------
     def set_router(self, group: str, host: str, ttl: float) -> None:
@@ -205,6 +215,7 @@ class HostNode:
         self.views: dict[str, _View] = {}
         self.histories: dict[str, History] = {}
         self.resumed: dict[str, dict[str, float]] = {}     # group -> member -> when it resumed
+        self.ours: dict[str, dict[str, float]] = {}        # group -> member -> when last its first live router
         self.replayed = 0
 
     def start(self, at: float) -> None:
@@ -247,18 +258,20 @@ class HostNode:
         now = self.sim.now
         if v is not None and now - v.at < self.world.cfg.view_refresh and v.expires > now:
             return v
-        d = self.world.directory
+        d, cfg = self.world.directory, self.world.cfg
         routers = set(d.live_routers(group))
         routers.add(self.name)
-        members = d.members_of(group, self.name)
-        resumed = self.resumed.get(group)
-        if resumed:
-            hold = self.world.cfg.resumed_hold
-            for m, at in list(resumed.items()):
-                if now - at >= hold:
-                    del resumed[m]
-            members = tuple(sorted({*members, *resumed}))
-        v = self.views[group] = _View(now, d.earliest_expiry(group), members, tuple(sorted(routers)))
+        ours = self.ours.setdefault(group, {})
+        for m in d.members_of(group, self.name, routers):
+            ours[m] = now
+        members: set[str] = set()
+        for held, hold in ((ours, cfg.handover), (self.resumed.get(group, {}), cfg.resumed_hold)):
+            for m, at in list(held.items()):
+                if now - at < hold:
+                    members.add(m)
+                else:
+                    del held[m]
+        v = self.views[group] = _View(now, d.earliest_expiry(group), tuple(sorted(members)), tuple(sorted(routers)))
         return v
 
     def on_message(self, src: str, payload: tuple[Header, float] | Resume) -> None:
@@ -302,7 +315,7 @@ class HostNode:
         self.world.retired_relays.extend(self.relays.values())
         self.world.retired_replayed += self.replayed
         self.local, self.routing, self.relays, self.views = {}, set(), {}, {}
-        self.histories, self.resumed, self.replayed = {}, {}, 0
+        self.histories, self.resumed, self.ours, self.replayed = {}, {}, {}, 0
 
     def on_restart(self) -> None:
         self.start(self.sim.now)
@@ -323,6 +336,7 @@ class MemberNode:
         self.violations = 0                       # a duplicate or an out-of-order delivery
         self.holes = 0                            # messages a reorderer gave up on
         self.after_leave = 0
+        self.hole_replay_at = -1e9
 
     @property
     def joined(self) -> bool:
@@ -358,9 +372,9 @@ class MemberNode:
             nxt = {o: r.expected for o, r in sorted(self.reorder.items()) if r.expected is not None}
             resume = Resume(self.group, round(self.joined_at * 1000), nxt)
             size = len(pack_resume(resume))
-            for router in chosen:
+            for router in chosen[:1]:                 # the one that delivers
                 self.sim.send(self.name, router, resume, size, "mcast resume")
-            for router in resume_targets(chosen, self.first_seen, live) if moving else ():
+            for router in [*chosen[1:], *resume_targets(chosen, self.first_seen, live)] if moving else ():
                 only = Resume(self.group, resume.since_ms, nxt, follow=False)
                 self.sim.send(self.name, router, only, size, "mcast resume")
 
@@ -375,12 +389,29 @@ class MemberNode:
         if not (set(self.mine) <= set(live) and len(self.mine) >= min(2, len(live))):
             self.world.counts["re-registrations"] += 1
             self._register()
+        else:
+            self._replay_holes(now)
         for origin in sorted(self.reorder):
             items, hole = self.reorder[origin].on_timer(now)
             if hole is not None:
                 self.holes += hole[1] - hole[0] + 1
             self._deliver(origin, items)
         self.sim.set_timer(self.name, "tend", now + self.world.cfg.member_tick)
+
+    def _replay_holes(self, now: float) -> None:
+        """As snipe/multicast/groups.py: a hole open for `hole_replay` asks the routers to replay."""
+        cfg = self.world.cfg
+        gaps = [r.gap_since for r in self.reorder.values() if r.gap_since is not None]
+        if not cfg.resume or not gaps or now - min(gaps) < cfg.hole_replay \
+                or now - self.hole_replay_at < cfg.hole_replay:
+            return
+        self.hole_replay_at = now
+        self.world.counts["hole replays"] += 1
+        nxt = {o: r.expected for o, r in sorted(self.reorder.items()) if r.expected is not None}
+        assert self.joined_at is not None
+        only = Resume(self.group, round(self.joined_at * 1000), nxt, follow=False)
+        for router in self.mine:
+            self.sim.send(self.name, router, only, len(pack_resume(only)), "mcast resume")
 
     def on_message(self, src: str, payload: tuple[Header, float]) -> None:
         h, sent_at = payload

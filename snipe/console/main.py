@@ -24,6 +24,8 @@ from snipe import authority
 from snipe.catalog.client import CatalogClient
 from snipe.errors import ConfigError, NotFound, SnipeError
 from snipe.identity import Identity
+from snipe.multicast.core import first_live
+from snipe.multicast.groups import live_members, live_routers
 from snipe.runtime import Process, now_ms, runtime_home, session, start_embedded, stop_embedded
 from snipe.urn import validate_urn
 
@@ -98,6 +100,40 @@ def cmd_ps(args: argparse.Namespace) -> int:
     return 0
 
 
+ROUTER_COUNTS = ("relayed", "delivered", "duplicates", "replayed", "history")
+
+
+def group_view(entry: Any, now: int) -> dict[str, Any]:
+    """A multicast group's live members and routers, with each router's published counters."""
+    members = live_members(entry, now)
+    routers = live_routers(entry, now)
+    served = {r: sum(1 for m in members.values() if first_live(m.get("routers", []), routers) == r) for r in routers}
+    return {
+        "members": [{"member": u, "host": v.get("host") or None, "routers": v.get("routers", []),
+                     "delivered_by": first_live(v.get("routers", []), routers)} for u, v in sorted(members.items())],
+        "routers": [{"router": r, "daemon": v.get("daemon"), "members_served": served[r],
+                     **{k: v.get(k) for k in (*ROUTER_COUNTS, "history_bytes", "batches")}}
+                    for r, v in sorted(routers.items())],
+    }
+
+
+def _host(urn: Any) -> str:
+    return str(urn).rsplit(":", 1)[-1] if urn else "-"
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    now = now_ms()
+    groups = []
+    for urn, entry in session().catalog.query("urn:snipe:group:").items():
+        v = group_view(entry, now)
+        groups.append({"group": urn, "members": len(v["members"]), "routers": [r["router"] for r in v["routers"]],
+                       "relayed": max((r["relayed"] or 0 for r in v["routers"]), default=0)})
+    rows = [[g["group"], g["members"], ", ".join(_host(r) for r in g["routers"]) or "-", g["relayed"]] for g in groups]
+    emit(args, groups, lambda: table(f"{len(groups)} multicast group(s)",
+                                     ["group", "members", "routers", "messages relayed (most by a router)"], rows))
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     s = session()
     urn = validate_urn(args.urn)
@@ -110,10 +146,24 @@ def cmd_show(args: argparse.Namespace) -> int:
                for a in entry.records]
     data = {"urn": urn, "owner": owner, "verified": True, "records": records,
             "rejected": [r.reason for r in s.catalog.rejected]}
+    group = group_view(entry, now) if urn.startswith("urn:snipe:group:") else None
+    if group is not None:
+        data["group"] = group
 
     def human() -> None:
         out.print(f"[bold]{urn}[/bold]  owner {owner[:16] + '…' if owner else '-'}  "
                   f"(every record's signature verified; {len(data['rejected'])} rejected)")
+        if group is not None:
+            table(f"{len(group['members'])} member(s)", ["member", "host", "delivered by", "standby"],
+                  [[m["member"], _host(m["host"]), _host(m["delivered_by"]),
+                    ", ".join(_host(r) for r in m["routers"] if r != m["delivered_by"]) or "-"]
+                   for m in group["members"]])
+            table(f"{len(group['routers'])} router(s), counts since each router started",
+                  ["router", "members served", "relayed", "delivered", "duplicates dropped", "replayed",
+                   "history", "history bytes"],
+                  [[_host(r["router"]), r["members_served"], *(r[k] for k in ROUTER_COUNTS), _bytes(r["history_bytes"])]
+                   for r in group["routers"]])
+            return
         rows = [[r["name"], _short(r["value"]), r["writer"][:12] + "…",
                  "live" if r["live"] else ("deleted" if r["deleted"] else "expired"),
                  f"{r['expires_in_s']}s" if r["expires_in_s"] is not None else ""] for r in records]
@@ -270,9 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ps", parents=[common], help="tasks on every host")
     p.add_argument("-a", "--all", action="store_true", help="include ended tasks")
     p.set_defaults(fn=cmd_ps)
-    p = sub.add_parser("show", parents=[common], help="every verified assertion about a URN")
+    p = sub.add_parser("show", parents=[common], help="every verified assertion about a URN (a group: its members "
+                                                       "and routers, with each router's message counts)")
     p.add_argument("urn")
     p.set_defaults(fn=cmd_show)
+    sub.add_parser("groups", parents=[common], help="multicast groups: members and routers").set_defaults(fn=cmd_groups)
     for name in ("kill", "suspend", "resume"):
         p = sub.add_parser(name, parents=[common], help=f"{name} a task (its owner or the admin)")
         p.add_argument("urn")

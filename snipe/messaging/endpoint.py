@@ -239,6 +239,9 @@ class Endpoint:
         self.frozen = False
         self.moved: dict[str, Any] | None = None
         self.periodic: list[Callable[[float], None]] = []      # run by the I/O thread about every 0.5 s
+        # run by the I/O thread after each turn's reads, before it sends what they queued: a
+        # multicast router sends what it relayed this turn as one batch per member
+        self.turn_end: list[Callable[[], None]] = []
         self._periodic_at = 0.0
         self._stats_at = 0.0
         self._stats_published: dict[str, Any] = {}
@@ -734,6 +737,8 @@ class Endpoint:
         if now >= self._timers_due or now - self._timers_at >= 0.25:   # a retry or deadline is due
             self._timers()
         self._publish_stats()
+        for hook in self.turn_end:
+            hook()
         if self.commands:
             self._take_commands()       # what handlers and relays queued this turn
         now = time.monotonic()

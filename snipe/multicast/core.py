@@ -9,28 +9,40 @@ SNIPE 4.4, as built here:
   `keepers`, the same for every router that sees the same list.
 - A member registers with up to two routers (`pick_routers`): its own host's first, then those
   on a shared network, then the others, spread over the routers by a hash of host and router.
+  Only the first of them that is live delivers to it (`first_live`); the other stands by with
+  the group's history, from which the member resumes when the live one dies. (Both delivering
+  would double every router's and every member's work for copies the member drops.) A router
+  that stops being a member's first keeps delivering for a hand-over time, so the two overlap
+  instead of leaving a gap; a gap that still opens is filled by a replay the member asks for.
 - A sender sends each message to more than half of the routers (`targets`).
-- A router relays (`Relay`) to its registered members and to every router not yet named in the
-  message's `seen` list, and drops duplicates by (origin, seq): the routers form a full mesh,
-  which satisfies "registers with more than half of the others". With a majority of routers
-  reached by every send and every member registered with two, losing a minority of routers
-  loses no message.
-- A member (`Reorder`) delivers each origin's messages once and in sequence order; a message
-  missing for longer than `gap_timeout` is reported, never skipped silently.
+- A router relays (`Relay`) to the members it delivers to and to every router not yet named in
+  the message's `seen` list, and drops duplicates by (origin, seq): the routers form a full
+  mesh, which satisfies "registers with more than half of the others". With a majority of
+  routers reached by every send, every router has every message, so losing a minority of
+  routers loses no message: a member whose router died resumes at another.
+- A member (`Reorder`) delivers each origin's messages once and in sequence order; a hole that
+  has not moved for `gap_timeout` is reported, never skipped silently.
 - Every router keeps its group's recent messages (`History`, bounded by count, bytes and age).
-  A member that registers with a router, at its join or when it moves because a router of its
-  own died, sends it a `Resume`: the next sequence number it wants from each origin it has seen
-  and its join time for the others. The router delivers to it from then on (before the catalog
-  says it registered) and replays what it holds from those points. As the routers it moves to
-  may be new (elected after the failure, without the history), it also asks the two it has
-  known the longest for a replay only (`resume_targets`). So a member whose routers
-  all failed at once (two of a hundred is still a minority) loses nothing as long as the
-  history spans the time it takes to notice (a router lease, plus a turn), and a late joiner
-  gets exactly the messages a router relayed after its join.
+  A member sends the router that is to deliver to it, at its join or when it moves because a
+  router of its own died, a `Resume`: the next sequence number it wants from each origin it
+  has seen and its join time for the others. The router delivers to it from then on (before
+  the catalog says it registered) and replays what it holds from those points. As that router
+  may be new (elected after the failure, without the history), a member that moves also asks
+  its standby and the two routers it has known the longest for a replay only
+  (`resume_targets`). So a member whose routers all failed at once (two of a hundred is still
+  a minority) loses nothing as long as the history spans the time it takes to notice (a
+  router lease, plus a turn), and a late joiner gets exactly the messages a router relayed
+  after its join.
+- A router relays to its members in batches (`Batch`): what it relayed in one turn of its I/O
+  loop goes to each member as one payload, built once and shared by all of them, so a router's
+  cost per delivery and a member's per message shrink with the load.
 
-Wire: a multicast message rides the unicast channel under a reserved tag, its payload being a
-4-byte header length, a msgpack header [group, origin, seq, tag, seen], then the body. A resume
-is msgpack [group, since (ms), [[origin, next seq], ...], follow].
+Wire: a multicast message rides the unicast channel under a reserved tag. Sender -> router and
+router -> router (MCAST_DATA): a 4-byte header length, a msgpack header [group, origin, seq,
+tag, seen], then the body. Router -> member (MCAST_DELIVER, a batch): a 4-byte header length, a
+msgpack header [group, [[origin, first seq, [tags], [body sizes]], ...]] (runs of consecutive
+seqs of one origin), then the bodies back to back. A resume is msgpack [group, since (ms),
+[[origin, next seq], ...], follow].
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,10 +59,12 @@ import msgpack
 from snipe.errors import CodecError
 
 MCAST_DATA = -2        # sender -> router, router -> router
-MCAST_DELIVER = -3     # router -> member
+MCAST_DELIVER = -3     # router -> member: a batch of one group's messages
 MCAST_RESUME = -4      # member -> router: deliver to me from now on, and replay what I missed
 DEFAULT_WANTED = 2
 MEMBER_ROUTERS = 2
+BATCH_MESSAGES = 1024        # a batch to members holds at most this many messages
+BATCH_BYTES = 256 << 10      # ... and, unless it is one message, at most this many body bytes
 _LEN = struct.Struct(">I")
 
 
@@ -79,6 +93,83 @@ def unpack(payload: bytes | memoryview) -> tuple[Header, memoryview]:
             and isinstance(seen, list) and all(isinstance(s, str) for s in seen)):
         raise CodecError("multicast header fields have the wrong types")
     return Header(group, origin, seq, tag, tuple(seen)), view[4 + n:]
+
+
+class Batch:
+    """Messages of one group for a router's members, in the order it relayed them: runs of
+    consecutive seqs per origin. `pack` makes the one payload every member gets."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.runs: list[list[Any]] = []          # [origin, first seq, [tags], [sizes]]
+        self.bodies: list[bytes] = []
+        self.count = 0
+        self.size = 0
+
+    def full(self) -> bool:
+        return self.count >= BATCH_MESSAGES or self.size >= BATCH_BYTES
+
+    def add(self, origin: str, seq: int, tag: int, body: bytes) -> None:
+        runs = self.runs
+        if runs:
+            run = runs[-1]
+            if run[0] == origin and run[1] + len(run[2]) == seq:
+                run[2].append(tag)
+                run[3].append(len(body))
+                self.bodies.append(body)
+                self.count += 1
+                self.size += len(body)
+                return
+        runs.append([origin, seq, [tag], [len(body)]])
+        self.bodies.append(body)
+        self.count += 1
+        self.size += len(body)
+
+    def pack(self) -> bytes:
+        head = msgpack.packb([self.group, self.runs], use_bin_type=True)
+        return b"".join((_LEN.pack(len(head)), head, *self.bodies))
+
+
+def batches(group: str, items: Iterable[tuple[str, int, int, bytes]]) -> list[bytes]:
+    """(origin, seq, tag, body) items as packed batches of at most BATCH_MESSAGES / BATCH_BYTES."""
+    out: list[bytes] = []
+    b = Batch(group)
+    for origin, seq, tag, body in items:
+        if b.count and (b.count >= BATCH_MESSAGES or b.size + len(body) > BATCH_BYTES):
+            out.append(b.pack())
+            b = Batch(group)
+        b.add(origin, seq, tag, body)
+    if b.count:
+        out.append(b.pack())
+    return out
+
+
+def unpack_batch(payload: bytes | memoryview) -> tuple[str, list[tuple[str, int, list[int], list[bytes]]]]:
+    """(group, [(origin, first seq, tags, bodies), ...]) of a batch; CodecError if malformed."""
+    if not isinstance(payload, bytes):
+        payload = bytes(payload)        # a large one may come as ZeroMQ's buffer: bodies are bytes
+    try:
+        (n,) = _LEN.unpack_from(payload, 0)
+        group, runs = msgpack.unpackb(payload[4:4 + n], raw=False)
+    except Exception:
+        raise CodecError("malformed multicast batch header") from None
+    if not isinstance(group, str) or not isinstance(runs, list):
+        raise CodecError("multicast batch: the header must be [group, runs]")
+    at = 4 + n
+    out = []
+    for run in runs:
+        if not (isinstance(run, list) and len(run) == 4 and isinstance(run[0], str) and type(run[1]) is int
+                and isinstance(run[2], list) and isinstance(run[3], list) and len(run[2]) == len(run[3])
+                and all(type(t) is int for t in run[2]) and all(type(k) is int and k >= 0 for k in run[3])):
+            raise CodecError("multicast batch: each run must be [origin, first seq, [tags], [sizes]]")
+        bodies = []
+        for k in run[3]:
+            bodies.append(payload[at:at + k])
+            at += k
+        out.append((run[0], run[1], run[2], bodies))
+    if at != len(payload):
+        raise CodecError(f"multicast batch: the sizes add up to {at} bytes, the payload has {len(payload)}")
+    return group, out
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +259,15 @@ def pick_routers(my_host: str | None, my_interfaces: list[dict[str, Any]],
         tier = 1 if shared(my_interfaces, routers[r]) else 2
         return (tier, hashlib.blake2b(f"{my_host}|{r}".encode(), digest_size=8).digest(), r)
     return sorted(routers, key=rank)[:n]
+
+
+def first_live(routers: Sequence[str], live: Container[str]) -> str | None:
+    """The router that delivers to a member registered with `routers` (best first): the first of
+    them that is live. The others stand by."""
+    for r in routers:
+        if r in live:
+            return r
+    return None
 
 
 def targets(routers: Sequence[str], origin_seq: int) -> list[str]:
@@ -260,7 +360,8 @@ class History:
 # --- member ------------------------------------------------------------------------------------
 class Reorder:
     """One origin's messages to one member: once each, in seq order, starting at the first one
-    seen (a member that joins mid-stream gets messages from its join onwards)."""
+    seen (a member that joins mid-stream gets messages from its join onwards). A hole that has
+    not moved for `gap_timeout` is given up (and reported by the caller)."""
 
     def __init__(self, gap_timeout: float = 10.0) -> None:
         self.expected: int | None = None
@@ -272,6 +373,16 @@ class Reorder:
         """False for a message already delivered or held (a duplicate: skip building its item)."""
         return self.expected is None or (seq >= self.expected and seq not in self.held)
 
+    def on_run(self, first: int, items: list[Any], now: float) -> list[Any]:
+        """`items` with seqs first, first+1, ...: what can be delivered now, in order."""
+        if self.expected is None or (first == self.expected and not self.held):
+            self.expected = first + len(items)          # the usual case: the next ones, nothing held
+            return items
+        out: list[Any] = []
+        for i, item in enumerate(items):
+            out.extend(self.on_data(first + i, item, now))
+        return out
+
     def on_data(self, seq: int, item: Any, now: float) -> list[Any]:
         if self.expected is None:
             self.expected = seq
@@ -282,7 +393,9 @@ class Reorder:
         while self.expected in self.held:
             out.append(self.held.pop(self.expected))
             self.expected += 1
-        self.gap_since = (self.gap_since or now) if self.held else None
+        # A hole is given up only after gap_timeout without progress: a replay that fills it
+        # bit by bit while the live stream goes on (a member catching up at a new router) is not lost.
+        self.gap_since = None if not self.held else now if out or self.gap_since is None else self.gap_since
         return out
 
     def on_timer(self, now: float) -> tuple[list[Any], tuple[int, int] | None]:

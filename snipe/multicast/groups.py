@@ -1,8 +1,10 @@
 """The member's and sender's side of multicast: join, leave, mcast, members.
 
-A member tells each router it registers with where it stands (a `Resume`, at its join and when
-it moves because a router of its own went away), so the router relays to it at once and replays
-what it missed from its history (snipe/multicast/core.py).
+A member registers with two routers; the first live one delivers, the other stands by. It tells
+the one that delivers where it stands (a `Resume`, at its join and when it moves because a router
+of its own went away), so that router relays to it at once and replays what it missed from its
+history (snipe/multicast/core.py). A hole in an origin's sequence that stays open for
+HOLE_REPLAY_S (a hand-over between routers that left a gap) makes it ask its routers to replay.
 
 The group's catalog entry (`urn:snipe:group:<name>`), one assertion per writer so nothing
 races: `member.<proc URN>` = {host, routers} by each member's own key, `router.<host URN>` =
@@ -37,7 +39,7 @@ from snipe.multicast.core import (
     pick_routers,
     resume_targets,
     targets,
-    unpack,
+    unpack_batch,
 )
 from snipe.urn import validate_urn
 
@@ -47,6 +49,12 @@ if TYPE_CHECKING:
 MEMBER = "member."
 ROUTER = "router."
 ROUTERS_MAX_AGE_S = 1.0     # a sender re-reads the group's routers at least this often
+HOLE_REPLAY_S = 1.0         # a hole open this long: ask the routers for a replay (again after as long)
+# A member re-reads its group's routers (to notice one of its own gone, or a new one) this often
+# while its router delivers, and every QUIET_READ_S when nothing came for that long: a router
+# that delivers is alive, and thirty members reading the group twice a second cost a fifth of a CPU.
+READ_EVERY_S = 5.0
+QUIET_READ_S = 1.0
 
 
 def live_routers(entry: Entry, now: int) -> dict[str, dict[str, Any]]:
@@ -57,6 +65,14 @@ def live_routers(entry: Entry, now: int) -> dict[str, dict[str, Any]]:
 def live_members(entry: Entry, now: int) -> dict[str, dict[str, Any]]:
     return {a.name[len(MEMBER):]: a.value for a in entry.live(now)
             if a.name.startswith(MEMBER) and isinstance(a.value, dict)}
+
+
+def next_expiry(entry: Entry, now: int) -> int | None:
+    """When the next of the entry's live leases runs out (what it says changes then). Leases
+    that have run out (a dead router's stays in the entry) say nothing about that: counting them
+    made every reader re-read the group on every message once a router had died."""
+    return min((a.expires_at_ms for a in entry.records
+                if a.expires_at_ms is not None and a.expires_at_ms > now and not a.deleted), default=None)
 
 
 def ensure_group(catalog: CatalogClient, group: str) -> None:
@@ -79,6 +95,9 @@ class Membership:
         self.since: dict[str, int] = {}                   # group -> when we joined (ms)
         self.first_seen: dict[str, dict[str, float]] = {}  # group -> live router -> when we first saw it live
         self.reorder: dict[tuple[str, str], Reorder] = {}
+        self.hole_replay_at: dict[str, float] = {}       # group -> when we last asked for a replay of a hole
+        self.heard_at: dict[str, float] = {}             # group -> when a batch last came (monotonic)
+        self.read_at: dict[str, float] = {}              # group -> when _tend last read its routers
         self.seqs: dict[str, itertools.count[int]] = {}
         # group name as the caller spelled it -> (monotonic time, URN, sorted live routers, the
         # earliest lease expiry in the entry they came from): mcast reads the entry once a second
@@ -98,7 +117,7 @@ class Membership:
         with self.lock:
             self.joined[group] = routers
             self.since.setdefault(group, since)
-        self._resume(group, routers, lambda r, data: self.endpoint.send(r, data, MCAST_RESUME))
+        self._resume(group, routers[:1], lambda r, data: self.endpoint.send(r, data, MCAST_RESUME))
         return routers
 
     def leave(self, group: str) -> None:
@@ -106,6 +125,8 @@ class Membership:
         with self.lock:
             self.joined.pop(group, None)
             self.since.pop(group, None)
+            self.read_at.pop(group, None)
+            self.heard_at.pop(group, None)
             self.first_seen.pop(group, None)
             for key in [k for k in self.reorder if k[0] == group]:
                 del self.reorder[key]
@@ -133,7 +154,7 @@ class Membership:
             if not routers:
                 self.routers_seen.pop(asked, None)
                 raise NotFound(f"{group} has no live routers: no member has joined it (or their hosts are gone)")
-            self.routers_seen[asked] = (now, group, routers, entry.expires_at_ms())
+            self.routers_seen[asked] = (now, group, routers, next_expiry(entry, now_ms()))
         seq = next(self.seqs.setdefault(group, itertools.count(1)))
         chosen = targets(routers, seq)
         data = pack(Header(group, self.me, seq, int(tag), tuple(chosen)), payload)
@@ -157,9 +178,9 @@ class Membership:
         catalog.set(group, MEMBER + self.me, {"host": self.host or "", "routers": chosen, "since": now})
         return chosen
 
-    def _resume(self, group: str, routers: list[str], send: Any, replay_only: Sequence[str] = ()) -> None:
-        """Tell the routers we registered with where we stand, so they relay to us at once and
-        replay what we missed (from our join, or since a router of ours died); `replay_only`
+    def _resume(self, group: str, routers: Sequence[str], send: Any, replay_only: Sequence[str] = ()) -> None:
+        """Tell `routers` (the one that delivers to us) where we stand, so they relay to us at once
+        and replay what we missed (from our join, or since a router of ours died); `replay_only`
         routers just replay."""
         with self.lock:
             since = self.since.get(group)
@@ -193,6 +214,12 @@ class Membership:
         with self.lock:
             joined = dict(self.joined)
         for group, mine in joined.items():
+            since_read = now - self.read_at.get(group, -1e9)
+            quiet = now - self.heard_at.get(group, -1e9) >= QUIET_READ_S
+            if since_read < (QUIET_READ_S if quiet else READ_EVERY_S):
+                self._replay_holes(group, now, mine, self._submit_resume)
+                continue
+            self.read_at[group] = now
             catalog.invalidate(group)
             live = live_routers(catalog.get(group, r=1), now_ms())
             with self.lock:
@@ -203,14 +230,17 @@ class Membership:
                     seen.setdefault(r, now)
                 first_seen = dict(seen)
             if set(mine) <= set(live) and len(mine) >= min(2, len(live)):
+                self._replay_holes(group, now, [r for r in mine if r in live],
+                                   self._submit_resume)
                 continue
             chosen = self._register(catalog, group, list(live))
             with self.lock:
                 if group not in self.joined:
                     continue
                 self.joined[group] = chosen
-            self._resume(group, chosen, lambda r, data: self.endpoint.submit(r, MCAST_RESUME, data),
-                         resume_targets(chosen, first_seen, live))
+            # the one that delivers may be new (no history): the standby and the oldest routers replay too
+            self._resume(group, chosen[:1], self._submit_resume,
+                         [*chosen[1:], *resume_targets(chosen, first_seen, live)])
         lost: list[Message] = []
         with self.lock:
             for (group, origin), r in self.reorder.items():
@@ -223,20 +253,39 @@ class Membership:
         if lost:
             self.endpoint.deliver_local(lost)
 
+    def _submit_resume(self, router: str, data: bytes) -> None:
+        self.endpoint.submit(router, MCAST_RESUME, data)
+
+    def _replay_holes(self, group: str, now: float, routers: Sequence[str], send: Any) -> None:
+        """A hole open for HOLE_REPLAY_S (the routers handed us over with a gap): ask them to replay."""
+        with self.lock:
+            open_since = [r.gap_since for (g, _), r in self.reorder.items() if g == group and r.gap_since is not None]
+            if not open_since or now - min(open_since) < HOLE_REPLAY_S \
+                    or now - self.hole_replay_at.get(group, -1e9) < HOLE_REPLAY_S:
+                return
+            self.hole_replay_at[group] = now
+        self._resume(group, (), send, routers)
+
     # --- delivery (I/O thread) ---------------------------------------------------------------------
     def _on_deliver(self, m: Message) -> None:
-        h, body = unpack(m.payload)
+        """A batch from a router: each origin's run through its Reorder (once each, in order)."""
+        group, runs = unpack_batch(m.payload)
+        ready: list[Message] = []
+        now = time.monotonic()
         with self.lock:
-            if h.group not in self.joined:
+            if group not in self.joined:
                 return                                   # we left: nothing more for us
-            r = self.reorder.get((h.group, h.origin))
-            if r is None:
-                r = self.reorder[(h.group, h.origin)] = Reorder()
-            elif not r.wants(h.seq):
-                return                                   # the copy from our other router: already here
-            ready = r.on_data(h.seq, Message(h.origin, h.tag, bytes(body), group=h.group), time.monotonic())
+            self.heard_at[group] = now
+            for origin, first, tags, bodies in runs:
+                r = self.reorder.get((group, origin))
+                if r is None:
+                    r = self.reorder[(group, origin)] = Reorder()
+                elif r.expected is not None and first + len(tags) <= r.expected:
+                    continue                             # a replay of what we have: skip building it
+                ready.extend(r.on_run(first, [Message(origin, t, b, group) for t, b in zip(tags, bodies, strict=True)],
+                                      now))
         if ready:
             self.endpoint.deliver_local(ready)
 
 
-__all__ = ["MCAST_DATA", "Membership", "ensure_group", "live_members", "live_routers"]
+__all__ = ["MCAST_DATA", "Membership", "ensure_group", "live_members", "live_routers", "next_expiry"]

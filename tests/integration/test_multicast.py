@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import snipe
 from snipe.localcluster import LocalCluster
@@ -137,3 +141,62 @@ def test_a_member_that_leaves_stops_receiving(cluster: LocalCluster, tmp_path: P
         snipe.mcast(GROUP, b"after %d" % i) if snipe.members(GROUP) or True else None
     assert p.wait(60)["exit_code"] == 0
     assert _value(p, "first") is True and _value(p, "after_leave") == 0
+
+
+STAYER = textwrap.dedent('''
+    import sys, snipe
+    group, expected = sys.argv[1], int(sys.argv[2])
+    snipe.join(group)
+    snipe.catalog().set(snipe.me(), "joined", True)
+    got = 0
+    while got < expected:
+        m = snipe.recv(timeout=120)
+        if m is None:
+            break
+        got += 1
+    snipe.catalog().set(snipe.me(), "got", got)
+    snipe.recv(timeout=120)           # stay a member while the console looks
+''')
+
+
+def test_the_console_lists_groups_and_shows_members_routers_and_their_counts(
+        cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from snipe.console.main import main as console
+
+    def console_json(*argv: str) -> Any:
+        capsys.readouterr()
+        assert console([*argv, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    n = 200
+    code = publish(tmp_path, "stayer.py", STAYER)
+    members = [snipe.spawn(code, GROUP, n, host=f"h{i % 3 + 1}") for i in range(3)]
+    wait_for(lambda: all(_value(m, "joined") for m in members), 60, "members to join")
+    wait_for(lambda: len(_routers()) == 2, 20, "two routers")
+    for i in range(n):
+        snipe.mcast(GROUP, i.to_bytes(8, "big"))
+    wait_for(lambda: all(_value(m, "got") == n for m in members), 120, "every member's messages")
+
+    def counted() -> Any:
+        shown = console_json("show", GROUP)["group"]
+        return all(r["relayed"] == n for r in shown["routers"]) and shown
+    shown = wait_for(counted, 30, "the routers to publish their counts")
+    assert sorted(m["member"] for m in shown["members"]) == sorted(m.urn for m in members)
+    routers = {r["router"] for r in shown["routers"]}
+    assert routers == _routers()
+    for m in shown["members"]:
+        assert m["delivered_by"] == m["routers"][0] and set(m["routers"]) <= routers and len(m["routers"]) == 2
+    # both routers got every message from the sender (a majority of two is both): none forwarded, none dropped
+    assert [(r["duplicates"], r["history"]) for r in shown["routers"]] == [(0, n), (0, n)]
+    assert sum(r["members_served"] for r in shown["routers"]) == 3
+    assert sum(r["delivered"] for r in shown["routers"]) >= 3 * n     # a hand-over overlaps: more, never fewer
+
+    groups = console_json("groups")
+    assert {"group": GROUP, "members": 3, "routers": sorted(routers), "relayed": n} in groups
+
+    capsys.readouterr()
+    assert console(["show", GROUP]) == 0 and console(["groups"]) == 0
+    text = capsys.readouterr().out
+    assert "3 member(s)" in text and "2 router(s)" in text and "duplicates dropped" in text
+    assert all(m.urn in text for m in members) and "1 multicast group(s)" in text
+

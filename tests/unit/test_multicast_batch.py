@@ -1,0 +1,71 @@
+"""Multicast batches (router -> member), the primary-router rule and Reorder's run fast path."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from snipe.errors import CodecError
+from snipe.multicast.core import (
+    BATCH_MESSAGES,
+    Batch,
+    Reorder,
+    batches,
+    first_live,
+    unpack_batch,
+)
+
+
+def test_a_batch_keeps_runs_of_consecutive_seqs_per_origin_and_unpacks_to_what_went_in():
+    b = Batch("urn:snipe:group:g")
+    for origin, seq, tag, body in [("a", 1, 0, b"x"), ("a", 2, 5, b""), ("b", 7, 0, b"yy"), ("a", 3, 1, b"z"),
+                                   ("a", 5, 0, b"w")]:
+        b.add(origin, seq, tag, body)
+    assert b.count == 5 and b.size == 5
+    assert unpack_batch(b.pack()) == ("urn:snipe:group:g", [
+        ("a", 1, [0, 5], [b"x", b""]), ("b", 7, [0], [b"yy"]), ("a", 3, [1], [b"z"]), ("a", 5, [0], [b"w"])])
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(1, 50), st.integers(-5, 5), st.binary(max_size=40)),
+                max_size=60))
+def test_batches_round_trip_every_item_in_order(items):
+    out = [(o, first + i, t, body) for payload in batches("urn:snipe:group:g", items)
+           for o, first, tags, bodies in unpack_batch(payload)[1]
+           for i, (t, body) in enumerate(zip(tags, bodies, strict=True))]
+    assert out == items
+
+
+def test_batches_are_bounded_by_count():
+    items = [("a", i, 0, b".") for i in range(1, BATCH_MESSAGES + 2)]
+    packed = batches("urn:snipe:group:g", items)
+    assert [sum(len(r[2]) for r in unpack_batch(p)[1]) for p in packed] == [BATCH_MESSAGES, 1]
+
+
+@pytest.mark.parametrize("payload", [
+    b"",
+    b"\x00\x00\x00\x05abc",
+    b"\x00\x00\x00\x01\x90",                                                    # header not [group, runs]
+    (lambda h: len(h).to_bytes(4, "big") + h)(msgpack.packb(["g", [["a", 1, [0], [3]]]])) + b"ab",   # short body
+    (lambda h: len(h).to_bytes(4, "big") + h)(msgpack.packb(["g", [["a", 1, [0, 1], [1]]]])) + b"a",  # tags != sizes
+    (lambda h: len(h).to_bytes(4, "big") + h)(msgpack.packb(["g", [["a", "1", [0], [1]]]])) + b"a",   # seq not int
+    (lambda h: len(h).to_bytes(4, "big") + h)(msgpack.packb(["g", [["a", 1, [0], [1]]]])) + b"ab",    # bytes left
+])
+def test_a_malformed_batch_is_a_codec_error(payload):
+    with pytest.raises(CodecError):
+        unpack_batch(payload)
+
+
+def test_the_first_live_router_a_member_registered_with_delivers():
+    assert first_live(["h1", "h2"], {"h1", "h2", "h3"}) == "h1"
+    assert first_live(["h1", "h2"], {"h2", "h3"}) == "h2"          # h1 died: the standby takes over
+    assert first_live(["h1", "h2"], {"h3"}) is None
+
+
+def test_reorder_takes_a_run_at_once_and_falls_back_to_one_by_one_around_holes():
+    r = Reorder()
+    assert r.on_run(5, ["m5", "m6"], 0.0) == ["m5", "m6"]              # first seen: from here on
+    assert r.on_run(9, ["m9"], 0.0) == [] and r.gap_since == 0.0          # 7 and 8 missing: held
+    assert r.on_run(6, ["m6", "m7", "m8"], 1.0) == ["m7", "m8", "m9"]    # the replay fills it; m6 again dropped
+    assert r.expected == 10 and not r.held and r.gap_since is None
