@@ -592,10 +592,8 @@ def _daemon_status(cluster: Any) -> dict[str, Any]:
 
 
 def _registrations() -> dict[str, Any]:
-    """Routers in the group's entry, how many members registered with each, and how many each
-    delivers to (the first live router a member registered with; the other stands by)."""
+    """Routers in the group's entry and how many members registered with each."""
     import snipe
-    from snipe.multicast.core import first_live
     from snipe.multicast.groups import live_members, live_routers
     from snipe.runtime import now_ms
 
@@ -605,9 +603,10 @@ def _registrations() -> dict[str, Any]:
     routers = sorted(live_routers(entry, now_ms()))
     members = live_members(entry, now_ms())
     per = {r: sum(1 for v in members.values() if r in v.get("routers", [])) for r in routers}
-    served = {r: sum(1 for v in members.values() if first_live(v.get("routers", []), routers) == r) for r in routers}
+    # every router a member registered with relays each message to it: the copies each member receives
+    copies = round(sum(per.values()) / len(members), 2) if members else None
     return {"routers": routers, "members": len(members), "members_per_router": per,
-            "members_delivered_to_per_router": served}
+            "copies_received_per_member": copies}
 
 
 # --- profiling -------------------------------------------------------------------------------------
@@ -826,9 +825,7 @@ def _fmt(v: Any, spec: str = "") -> str:
 def table(r: dict[str, Any]) -> str:
     lines = [f"multicast: 1 sender to {r['settings']['members']} members, {r['cpus']} CPUs, Python {r['python']}, "
              f"pyzmq {r['zmq']['pyzmq']} / libzmq {r['zmq']['libzmq']}",
-             f"routers {r['topology']['routers']}, members registered per router "
-             f"{r['topology']['members_per_router']}, delivered to {r['topology']['members_delivered_to_per_router']}",
-             ""]
+             f"routers {r['topology']['routers']}, members per router {r['topology']['members_per_router']}", ""]
     head = (f"{'case':<22}{'phase':<11}{'n':>7}{'msg/s':>10}{'deliv/s':>11}{'p50 us':>10}{'p99 us':>10}"
             f"{'missing':>9}{'bad':>6}{'cpu us/deliv':>14}")
     lines += [head, "-" * len(head)]

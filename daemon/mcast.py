@@ -7,10 +7,9 @@ router's counters for the group (relayed, delivered, duplicates, replayed, histo
 `snipe-console show GROUP` lists. Every turn it re-runs the election for groups with local
 members, so a router that died is replaced. Relaying runs in the daemon's messaging endpoint
 thread: each message is relayed once (Relay) to the routers that have not had it yet and to the
-members for which this router is the first live one they registered with (`first_live`; the
-others stand by). Who those are is read from the group's catalog entry at most every
-VIEW_REFRESH_S per group (`_View`), not per message. A member that stops being ours (its first
-router came back) is still delivered to for HANDOVER_S, so the hand-over overlaps (the member
+members that registered with it. Who those are is read from the group's catalog entry at most every
+VIEW_REFRESH_S per group (`_View`), not per message. A member that stops being ours (it registered
+with others) is still delivered to for HANDOVER_S, so the hand-over overlaps (the member
 drops the copies) rather than leaving a gap.
 
 Messages for members go out once per turn of the endpoint's loop: what was relayed in the turn
@@ -42,7 +41,6 @@ from snipe.multicast.core import (
     History,
     Relay,
     batches,
-    first_live,
     pack,
     should_route,
     unpack,
@@ -211,7 +209,7 @@ class GroupRouter:
         ours = self.ours.setdefault(group, {})
         for u, val in live_members(entry, wall).items():
             mine = val.get("routers")
-            if isinstance(mine, list) and first_live(mine, routers) == me:
+            if isinstance(mine, list) and me in mine:
                 ours[u] = now
         members = set()
         for held in (ours, self.resumed.get(group, {})):

@@ -7,7 +7,7 @@ re-implemented here.
 - Every host is a daemon (`HostNode`). When a member on it joins a group, and every
   `daemon_tick` after, it runs `should_route` (with a configurable `wanted`) over the group's live
   routers and their networks, then holds, renews or withdraws a router lease. A router relays
-  what arrives with `Relay` to the members whose first live router it is (`first_live`; still
+  what arrives with `Relay` to the members registered with it (still
   for `handover` after it stops being) and to the routers not yet in the message's `seen`,
   exactly as daemon/mcast.py does (a per-group view of members and routers refreshed every
   `view_refresh`).
@@ -16,10 +16,10 @@ re-implemented here.
   a router of theirs has gone (snipe/multicast/groups.py `_tend`), deliver through `Reorder`
   per sender, and report holes the reorderer gives up on after `gap_timeout`. A member whose
   daemon crashes lives on, as tasks do. With `resume` (the default, as the real code does) a
-  member sends the router that delivers to it a `Resume`, and the router, which keeps a
+  member sends each router it registers with a `Resume`, and the router, which keeps a
   `History`, relays to it at once and replays what it missed (a member that moves also asks its
-  standby and its oldest routers for a replay only, and one with a hole open for `hole_replay`
-  asks its routers); with `resume=False` the scenario
+  oldest routers for a replay only, and one with a hole open for `hole_replay` asks its
+  routers); with `resume=False` the scenario
   shows what happens without: a member whose two routers both crash loses what was sent until
   it notices, silently if the stream ends first.
 - Senders (`SenderNode`) are processes that are not members: each message goes to `targets`
@@ -47,7 +47,6 @@ import bisect
 import resource
 import time
 from collections import Counter
-from collections.abc import Container
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -59,7 +58,6 @@ from snipe.multicast.core import (
     Relay,
     Reorder,
     Resume,
-    first_live,
     pack,
     pack_resume,
     pick_routers,
@@ -109,7 +107,8 @@ class MulticastConfig:
     history_age: float = 120.0        # History bound (seconds; count and bytes as the daemon's)
     resumed_hold: float = 10.0        # a resuming member is relayed to before the catalog lists it
     handover: float = 3.0             # a member whose first live router is another is still relayed to
-    hole_replay: float = 1.0          # a member with a hole open this long asks its routers for a replay
+    hole_replay: float = 2.0          # a member with a hole open this long asks its routers for a replay
+    hole_replay_again: float = 10.0   # ... and again after this long
     local_latency: Latency = field(default_factory=lambda: LogNormal(0.0001, 0.3, floor=0.00003))
     network_latency: Latency = field(default_factory=lambda: LogNormal(0.0005, 0.4, floor=0.0001))
     remote_latency: Latency = field(default_factory=lambda: LogNormal(0.01, 0.5, floor=0.002))
@@ -161,11 +160,8 @@ class Directory:
         now = self.sim.now
         return min((t for t in self.routers.get(group, {}).values() if t > now), default=float("inf"))
 
-    def members_of(self, group: str, router: str, live: Container[str]) -> tuple[str, ...]:
-        """The members registered with `router` whose first live router it is (the others'
-        first delivers; it stands by)."""
-        return tuple(sorted(m for m in self.by_router.get((group, router), ())
-                            if first_live(self.registered.get(m, ()), live) == router))
+    def members_of(self, group: str, router: str) -> tuple[str, ...]:
+        return tuple(sorted(self.by_router.get((group, router), ())))
 
     # --- writes (visible after the delay) ------------------------------------------------------
     def set_router(self, group: str, host: str, ttl: float) -> None:
@@ -262,7 +258,7 @@ class HostNode:
         routers = set(d.live_routers(group))
         routers.add(self.name)
         ours = self.ours.setdefault(group, {})
-        for m in d.members_of(group, self.name, routers):
+        for m in d.members_of(group, self.name):
             ours[m] = now
         members: set[str] = set()
         for held, hold in ((ours, cfg.handover), (self.resumed.get(group, {}), cfg.resumed_hold)):
@@ -372,9 +368,9 @@ class MemberNode:
             nxt = {o: r.expected for o, r in sorted(self.reorder.items()) if r.expected is not None}
             resume = Resume(self.group, round(self.joined_at * 1000), nxt)
             size = len(pack_resume(resume))
-            for router in chosen[:1]:                 # the one that delivers
+            for router in chosen:
                 self.sim.send(self.name, router, resume, size, "mcast resume")
-            for router in [*chosen[1:], *resume_targets(chosen, self.first_seen, live)] if moving else ():
+            for router in resume_targets(chosen, self.first_seen, live) if moving else ():
                 only = Resume(self.group, resume.since_ms, nxt, follow=False)
                 self.sim.send(self.name, router, only, size, "mcast resume")
 
@@ -403,7 +399,7 @@ class MemberNode:
         cfg = self.world.cfg
         gaps = [r.gap_since for r in self.reorder.values() if r.gap_since is not None]
         if not cfg.resume or not gaps or now - min(gaps) < cfg.hole_replay \
-                or now - self.hole_replay_at < cfg.hole_replay:
+                or now - self.hole_replay_at < cfg.hole_replay_again:
             return
         self.hole_replay_at = now
         self.world.counts["hole replays"] += 1

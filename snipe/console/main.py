@@ -24,7 +24,6 @@ from snipe import authority
 from snipe.catalog.client import CatalogClient
 from snipe.errors import ConfigError, NotFound, SnipeError
 from snipe.identity import Identity
-from snipe.multicast.core import first_live
 from snipe.multicast.groups import live_members, live_routers
 from snipe.runtime import Process, now_ms, runtime_home, session, start_embedded, stop_embedded
 from snipe.urn import validate_urn
@@ -107,10 +106,10 @@ def group_view(entry: Any, now: int) -> dict[str, Any]:
     """A multicast group's live members and routers, with each router's published counters."""
     members = live_members(entry, now)
     routers = live_routers(entry, now)
-    served = {r: sum(1 for m in members.values() if first_live(m.get("routers", []), routers) == r) for r in routers}
+    served = {r: sum(1 for m in members.values() if r in m.get("routers", [])) for r in routers}
     return {
         "members": [{"member": u, "host": v.get("host") or None, "routers": v.get("routers", []),
-                     "delivered_by": first_live(v.get("routers", []), routers)} for u, v in sorted(members.items())],
+                     } for u, v in sorted(members.items())],
         "routers": [{"router": r, "daemon": v.get("daemon"), "members_served": served[r],
                      **{k: v.get(k) for k in (*ROUTER_COUNTS, "history_bytes", "batches")}}
                     for r, v in sorted(routers.items())],
@@ -154,9 +153,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         out.print(f"[bold]{urn}[/bold]  owner {owner[:16] + '…' if owner else '-'}  "
                   f"(every record's signature verified; {len(data['rejected'])} rejected)")
         if group is not None:
-            table(f"{len(group['members'])} member(s)", ["member", "host", "delivered by", "standby"],
-                  [[m["member"], _host(m["host"]), _host(m["delivered_by"]),
-                    ", ".join(_host(r) for r in m["routers"] if r != m["delivered_by"]) or "-"]
+            table(f"{len(group['members'])} member(s)", ["member", "host", "routers (each delivers)"],
+                  [[m["member"], _host(m["host"]), ", ".join(_host(r) for r in m["routers"]) or "-"]
                    for m in group["members"]])
             table(f"{len(group['routers'])} router(s), counts since each router started",
                   ["router", "members served", "relayed", "delivered", "duplicates dropped", "replayed",

@@ -905,9 +905,19 @@ class Endpoint:
         if not host or self.catalog is None:
             return None
         try:
-            return self.catalog.cached(host, max_age=RESOLVE_EVERY_S).as_dict(now_ms())
+            entry = self.catalog.cached(host, max_age=RESOLVE_EVERY_S)
         except SnipeError:
             return None
+        values = entry.as_dict(now_ms())
+        if "interfaces" not in values:
+            # The host's daemon let its lease lapse (it died): its network did not go with it and
+            # its tasks live on, so route by the interfaces it last published (a task there whose
+            # only endpoints share a network with us would otherwise be unreachable).
+            last = max((a for a in entry.records if a.name == "interfaces" and not a.deleted),
+                       key=lambda a: a.ts, default=None)
+            if last is not None:
+                values["interfaces"] = last.value
+        return values
 
     def _gateway_hosts(self, now: float) -> dict[str, Any]:
         """Hosts whose daemons relay (publish `relay_port`), read at most every RESOLVE_EVERY_S."""

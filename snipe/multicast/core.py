@@ -9,11 +9,12 @@ SNIPE 4.4, as built here:
   `keepers`, the same for every router that sees the same list.
 - A member registers with up to two routers (`pick_routers`): its own host's first, then those
   on a shared network, then the others, spread over the routers by a hash of host and router.
-  Only the first of them that is live delivers to it (`first_live`); the other stands by with
-  the group's history, from which the member resumes when the live one dies. (Both delivering
-  would double every router's and every member's work for copies the member drops.) A router
-  that stops being a member's first keeps delivering for a hand-over time, so the two overlap
-  instead of leaving a gap; a gap that still opens is filled by a replay the member asks for.
+  Both deliver to it (the member drops the second copy), so losing one leaves the live stream
+  flowing with no hole. (One delivering with the other standing by halves the copies, but every
+  failure of a member's router then opens a hole that a replay must fill from behind the live
+  messages queued before it; under load that came too late. Batches keep the copies cheap.) A
+  router that a member stops registering with keeps delivering for a hand-over time, so the
+  two overlap; a hole that still opens is filled by a replay the member asks for.
 - A sender sends each message to more than half of the routers (`targets`).
 - A router relays (`Relay`) to the members it delivers to and to every router not yet named in
   the message's `seen` list, and drops duplicates by (origin, seq): the routers form a full
@@ -50,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections import deque
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,13 +262,6 @@ def pick_routers(my_host: str | None, my_interfaces: list[dict[str, Any]],
     return sorted(routers, key=rank)[:n]
 
 
-def first_live(routers: Sequence[str], live: Container[str]) -> str | None:
-    """The router that delivers to a member registered with `routers` (best first): the first of
-    them that is live. The others stand by."""
-    for r in routers:
-        if r in live:
-            return r
-    return None
 
 
 def targets(routers: Sequence[str], origin_seq: int) -> list[str]:

@@ -1,7 +1,7 @@
 """The member's and sender's side of multicast: join, leave, mcast, members.
 
-A member registers with two routers; the first live one delivers, the other stands by. It tells
-the one that delivers where it stands (a `Resume`, at its join and when it moves because a router
+A member registers with two routers; both deliver (it drops the copies). It tells
+them where it stands (a `Resume`, at its join and when it moves because a router
 of its own went away), so that router relays to it at once and replays what it missed from its
 history (snipe/multicast/core.py). A hole in an origin's sequence that stays open for
 HOLE_REPLAY_S (a hand-over between routers that left a gap) makes it ask its routers to replay.
@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from snipe import authority
@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 MEMBER = "member."
 ROUTER = "router."
 ROUTERS_MAX_AGE_S = 1.0     # a sender re-reads the group's routers at least this often
-HOLE_REPLAY_S = 1.0         # a hole open this long: ask the routers for a replay (again after as long)
+HOLE_REPLAY_S = 2.0         # a hole open this long: ask the routers for a replay ...
+HOLE_REPLAY_AGAIN_S = 10.0  # ... and again after this long (a replay of a long backlog takes a while)
 # A member re-reads its group's routers (to notice one of its own gone, or a new one) this often
 # while its router delivers, and every QUIET_READ_S when nothing came for that long: a router
 # that delivers is alive, and thirty members reading the group twice a second cost a fifth of a CPU.
@@ -117,7 +118,7 @@ class Membership:
         with self.lock:
             self.joined[group] = routers
             self.since.setdefault(group, since)
-        self._resume(group, routers[:1], lambda r, data: self.endpoint.send(r, data, MCAST_RESUME))
+        self._resume(group, routers, lambda r, data: self.endpoint.send(r, data, MCAST_RESUME))
         return routers
 
     def leave(self, group: str) -> None:
@@ -163,7 +164,11 @@ class Membership:
         return seq
 
     # --- registration ----------------------------------------------------------------------------
-    def _register(self, catalog: CatalogClient, group: str, routers: list[str] | None) -> list[str]:
+    def _register(self, catalog: CatalogClient, group: str, routers: list[str] | None,
+                  before_write: Callable[[list[str]], None] | None = None) -> list[str]:
+        """Pick our routers from `routers` (or the live ones) and say so in the catalog;
+        `before_write(chosen)` runs first (the resume to the new one: its replay then precedes
+        any live message it would send on reading the registration)."""
         now = now_ms()
         if routers is None:
             routers = list(live_routers(catalog.get(group), now))
@@ -175,11 +180,13 @@ class Membership:
         interfaces = self._interfaces(catalog, self.host)
         by_router = {r: self._interfaces(catalog, r) for r in routers}
         chosen = pick_routers(self.host, interfaces, by_router, shared_networks)
+        if before_write is not None:
+            before_write(chosen)
         catalog.set(group, MEMBER + self.me, {"host": self.host or "", "routers": chosen, "since": now})
         return chosen
 
     def _resume(self, group: str, routers: Sequence[str], send: Any, replay_only: Sequence[str] = ()) -> None:
-        """Tell `routers` (the one that delivers to us) where we stand, so they relay to us at once
+        """Tell `routers` (those we registered with) where we stand, so they relay to us at once
         and replay what we missed (from our join, or since a router of ours died); `replay_only`
         routers just replay."""
         with self.lock:
@@ -233,14 +240,15 @@ class Membership:
                 self._replay_holes(group, now, [r for r in mine if r in live],
                                    self._submit_resume)
                 continue
-            chosen = self._register(catalog, group, list(live))
+            def resume(chosen: list[str], group: str = group, first_seen: dict[str, float] = first_seen,
+                       live: dict[str, Any] = live) -> None:
+                # the ones we move to may be new (no history): the oldest routers replay too
+                self._resume(group, chosen, self._submit_resume, resume_targets(chosen, first_seen, live))
+            chosen = self._register(catalog, group, list(live), resume)
             with self.lock:
                 if group not in self.joined:
                     continue
                 self.joined[group] = chosen
-            # the one that delivers may be new (no history): the standby and the oldest routers replay too
-            self._resume(group, chosen[:1], self._submit_resume,
-                         [*chosen[1:], *resume_targets(chosen, first_seen, live)])
         lost: list[Message] = []
         with self.lock:
             for (group, origin), r in self.reorder.items():
@@ -261,7 +269,7 @@ class Membership:
         with self.lock:
             open_since = [r.gap_since for (g, _), r in self.reorder.items() if g == group and r.gap_since is not None]
             if not open_since or now - min(open_since) < HOLE_REPLAY_S \
-                    or now - self.hole_replay_at.get(group, -1e9) < HOLE_REPLAY_S:
+                    or now - self.hole_replay_at.get(group, -1e9) < HOLE_REPLAY_AGAIN_S:
                 return
             self.hole_replay_at[group] = now
         self._resume(group, (), send, routers)

@@ -13,7 +13,6 @@ from snipe.multicast.core import (
     Batch,
     Reorder,
     batches,
-    first_live,
     unpack_batch,
 )
 
@@ -56,11 +55,6 @@ def test_a_malformed_batch_is_a_codec_error(payload):
     with pytest.raises(CodecError):
         unpack_batch(payload)
 
-
-def test_the_first_live_router_a_member_registered_with_delivers():
-    assert first_live(["h1", "h2"], {"h1", "h2", "h3"}) == "h1"
-    assert first_live(["h1", "h2"], {"h2", "h3"}) == "h2"          # h1 died: the standby takes over
-    assert first_live(["h1", "h2"], {"h3"}) is None
 
 
 def test_reorder_takes_a_run_at_once_and_falls_back_to_one_by_one_around_holes():
