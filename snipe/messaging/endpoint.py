@@ -1198,6 +1198,11 @@ class Endpoint:
         self.reply_to[source] = ident
         delivered, ack = inbound.on_data(session, base, first, tags, payloads, env.body.get("r") == 1)
         if delivered:
+            # counted before the messages become visible: a reader that got them and then reads the
+            # counters (another thread may have done the I/O) must see them counted
+            self.received[source] = self.received.get(source, 0) + len(delivered)
+            nbytes = sum(len(d.payload) for d in delivered)
+            self.bytes_received[source] = self.bytes_received.get(source, 0) + nbytes
             plain = [Message(source, d.tag, d.payload) for d in delivered if d.tag >= 0]
             if len(plain) != len(delivered):
                 for d in delivered:
@@ -1210,9 +1215,6 @@ class Endpoint:
                     self._busy_at = 0.0         # tell the senders at once
                 self.paused = paused
                 self.cond.notify_all()
-            self.received[source] = self.received.get(source, 0) + len(delivered)
-            nbytes = sum(len(d.payload) for d in delivered)
-            self.bytes_received[source] = self.bytes_received.get(source, 0) + nbytes
             now = self._last_data[source] = time.monotonic()
             pending = self._acks.get(source)
             if pending is None:
