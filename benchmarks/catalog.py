@@ -394,7 +394,7 @@ def _client_worker(addresses: list[str], admin_key: str, seed: bytes, level: int
             r = PHASE_R.get(phase)
             urns_written = max(1, math.ceil(written / names_per_urn))
             c0 = time.process_time()
-            spares0 = client.spares_asked
+            spares0 = getattr(client, "spares_asked", 0)
             t0 = time.monotonic()
             deadline = t0 + phase_timeout
             for i in range(ops):
@@ -420,7 +420,7 @@ def _client_worker(addresses: list[str], admin_key: str, seed: bytes, level: int
             t1 = time.monotonic()
             results.put((phase, worker, t0, t1, lat, errors, misses, first_error,
                          round(got_records / gets, 2) if gets else None, time.process_time() - c0,
-                         client.spares_asked - spares0))
+                         getattr(client, "spares_asked", 0) - spares0))
 
 
 class _ProjectLevel:

@@ -52,18 +52,10 @@ log = logging.getLogger("snipe.catalog")
 
 
 HEDGE_AFTER_S = 0.25
-PUT_HEDGE_MIN_S = 0.01       # a put asks one more replica after 2.5 times its usual time, within these bounds
-PUT_HEDGE_FACTOR = 2.5       # (16 clients, heavily loaded machine: about one put in 17 asked a spare; 1.5: one in 6)
-PUT_HEDGE_MAX_S = HEDGE_AFTER_S
-PUT_EWMA = 0.2
-PUT_FIRST_GUESS_S = 0.05      # a new client's guess at a put's time, until it has measured some
 LINK_CHECK_S = 0.1           # how often links read their handshake events
-PUMP_ALL_S = 0.25            # how often every socket is read while requests wait on a few
 REFUSED_RETRY_S = 0.25       # a refused handshake is tried again this soon: the key may be admitted by now
 BELIEVED_RECORDS = 20_000    # verified records remembered by their bytes, so a repeat read skips the work,
 BELIEVED_MAX_BYTES = 4096    # if they are at most this big
-BELIEVED_ANSWERS = 256       # whole answers believed (records verified and authorized) remembered by their bytes,
-BELIEVED_ANSWER_MAX_BYTES = 16384   # if at most this big: a repeat read skips the per-record work
 
 # plain ints: pyzmq's enum flags cost microseconds on every call
 _POLLIN, _NOBLOCK = int(zmq.POLLIN), int(zmq.NOBLOCK)
@@ -152,11 +144,7 @@ class CatalogClient:
         self.rejected_total = 0
         self._cache: dict[str, tuple[float, Entry]] = {}
         self._believed: OrderedDict[bytes, Assertion] = OrderedDict()
-        self._believed_answers: OrderedDict[bytes, list[Assertion]] = OrderedDict()
         self._links_checked = 0.0
-        self._pumped_all = 0.0
-        self._put_s = PUT_FIRST_GUESS_S     # moving average of a W-acknowledged put's time
-        self.spares_asked = 0      # requests sent to a replica beyond the first ones (slow, unreachable or refusing)
 
     def _index_sockets(self) -> None:
         self.poller = zmq.Poller()
@@ -198,18 +186,10 @@ class CatalogClient:
             return None
         return rid
 
-    def _pump(self, timeout_s: float, conns: Iterable[_Conn] | None = None) -> None:
+    def _pump(self, timeout_s: float) -> None:
         """Wait up to `timeout_s` for messages, then take one from each socket that has any (the
-        poll is level-triggered: the rest are taken on the next call, which returns at once).
-        With `conns`, only their sockets are watched (each socket polled costs CPU on every call);
-        the others are still read at least every PUMP_ALL_S (watch events, late replies)."""
-        now = time.monotonic()
-        if conns is None or now - self._pumped_all >= PUMP_ALL_S:
-            self._pumped_all = now
-            ready = self.poller.poll(max(0, timeout_s) * 1000)
-        else:
-            ready = zmq.zmq_poll([(c.sock, _POLLIN) for c in conns], max(0, timeout_s) * 1000)
-        for sock, _ in ready:
+        poll is level-triggered: the rest are taken on the next call, which returns at once)."""
+        for sock, _ in self.poller.poll(max(0, timeout_s) * 1000):
             conn = self.by_sock[sock]
             try:
                 env, frames = decode(recv_parts(sock, _NOBLOCK))
@@ -228,23 +208,16 @@ class CatalogClient:
                     w._on_event(env, frames)
 
     def _fanout(self, conns: Sequence[_Conn], kind: str, body: dict[str, Any] | None, frames: Sequence[bytes],
-                enough: Any, deadline: float, *, spares: Sequence[_Conn] = (), needed: Any = None,
-                hedge_s: float = 0.0) -> dict[str, tuple[Envelope, list[bytes]]]:
+                enough: Any, deadline: float) -> dict[str, tuple[Envelope, list[bytes]]]:
         """Send one request to each of `conns` (retrying those not yet connected) and gather
         replies until `enough(replies)` says so or the deadline passes. Replicas that could not
         be sent to, or did not answer by the deadline, are marked down so that later requests
-        prefer the others; one merely slower than the replies that were enough is not.
-
-        `spares` are asked too, one at a time, when the requests in flight can no longer give
-        the `needed(replies)` good answers (a replica could not be sent to, or refused), or
-        when `hedge_s` passes with no reply being enough (a replica is slow or just died)."""
+        prefer the others; one merely slower than the replies that were enough is not."""
         unsent = list(conns)
-        spares = list(spares)
         pending: dict[int, _Conn] = {}
         got: dict[str, tuple[Envelope, list[bytes]]] = {}
         timed_out = False
-        refusals = {c.address.endpoint: c.link.refusals for c in [*conns, *spares]}
-        hedge_at = time.monotonic() + hedge_s
+        refusals = {c.address.endpoint: c.link.refusals for c in conns}
         while True:
             for conn in list(unsent):
                 rid = self._send(conn, kind, body, frames)
@@ -255,27 +228,18 @@ class CatalogClient:
                 endpoint, env, fr = self._replies.pop(rid)
                 del pending[rid]
                 got[endpoint] = (env, fr)
-            if enough(got) or (not pending and not unsent and not spares):
+            if enough(got) or (not pending and not unsent):
                 break
-            now = time.monotonic()
-            left = deadline - now
+            left = deadline - time.monotonic()
             if left <= 0:
                 timed_out = True
                 break
-            if spares and (now >= hedge_at or (needed is not None and len(pending) < needed(got))):
-                self.spares_asked += 1
-                unsent.append(spares.pop(0))
-                hedge_at = now + hedge_s
-                continue
             for conn in self._check_links():         # a refused handshake, remade: ask again
                 for rid in [r for r, c in pending.items() if c is conn]:
                     del pending[rid]
                     self._late.add(rid)
                     unsent.append(conn)
-            wait = min(left, 0.01 if unsent else 0.05)
-            if spares:
-                wait = min(wait, max(0.0, hedge_at - now))
-            self._pump(wait, {id(c): c for c in pending.values()}.values())
+            self._pump(min(left, 0.01 if unsent else 0.05))
         now = time.monotonic()
         silent = [*unsent, *pending.values()]
         for conn in silent if timed_out else unsent:
@@ -319,9 +283,6 @@ class CatalogClient:
              deleted: bool = False) -> Assertion:
         ttl_ms = int(ttl * 1000) if ttl else 0
         return make_assertion(self.identity, urn, name, value, self.clock.now(now_ms()), ttl_ms, deleted)
-
-    def _put_hedge_s(self) -> float:
-        return min(PUT_HEDGE_MAX_S, max(PUT_HEDGE_MIN_S, PUT_HEDGE_FACTOR * self._put_s))
 
     def put(self, records: Sequence[Assertion], *, w: int | None = None, timeout: float | None = None) -> PutResult:
         """Write signed assertions to the replicas; return once W acknowledged every one.
@@ -367,23 +328,9 @@ class CatalogClient:
                     acks += 1
             return acks
 
-        # W replicas first; the first of them pushes the write to the rest. Another is asked when
-        # one of them cannot be reached or refuses, or answers slower than puts usually take.
-        # Ownership, delegations and admissions (reserved names) go to every replica at once, and
-        # every replica that stores them pushes them on: this client's later writes that depend
-        # on them reach a replica first only if the client could not send them there, and even
-        # then its peers' pushes are on their way.
-        candidates = self._candidates()
-        reserved = any(authority.is_reserved(a.name) for a in records)
-        first = self.n if reserved else w
-        body = None if reserved else {"to": [c.key[:P.KEY_TAG_BYTES] for c in candidates[:first]]}
-        started = time.monotonic()
-        got = self._fanout(candidates[:first], "put", body, frames,
-                           lambda g: judge(g) >= w or len(refusals) > self.n - w, deadline,
-                           spares=candidates[first:], needed=lambda g: w - judge(g), hedge_s=self._put_hedge_s())
+        got = self._fanout(self._candidates(), "put", None, frames,
+                           lambda g: judge(g) >= w or len(refusals) > self.n - w, deadline)
         acks = judge(got)
-        if acks >= w:
-            self._put_s += PUT_EWMA * (time.monotonic() - started - self._put_s)
         for a in records:
             self._cache.pop(a.urn, None)
         if acks >= w:
@@ -448,26 +395,6 @@ class CatalogClient:
                 self._believed.popitem(last=False)
         return a
 
-    def _believed_answer(self, endpoint: str, frames: list[bytes]) -> list[Assertion]:
-        """What this client believes of a replica's answer: its records verified, then authorized.
-        An answer of the very bytes of one wholly believed before is believed again without the
-        work, unless it holds a lease (whether a lease still counts depends on the time)."""
-        frame = frames[0] if len(frames) == 1 else None
-        if frame is not None:
-            hit = self._believed_answers.get(frame)
-            if hit is not None:
-                self._believed_answers.move_to_end(frame)
-                return hit
-        before = self.rejected_total
-        believed = self._authorized(endpoint, self._believe(endpoint, self._records_of(endpoint, frames) or []),
-                                    now_ms())
-        if (frame is not None and self.rejected_total == before and len(frame) <= BELIEVED_ANSWER_MAX_BYTES
-                and all(a.ttl_ms == 0 for a in believed)):
-            self._believed_answers[frame] = believed
-            if len(self._believed_answers) > BELIEVED_ANSWERS:
-                self._believed_answers.popitem(last=False)
-        return believed
-
     def _reject(self, endpoint: str, reason: str, a: Assertion | None) -> None:
         self.rejected.append(Rejected(endpoint, reason, a))
         self.rejected_total += 1
@@ -508,7 +435,8 @@ class CatalogClient:
                         raise err
                     continue
                 before = self.rejected_total
-                believed = self._believed_answer(endpoint, frames)
+                records = self._records_of(endpoint, frames)
+                believed = self._authorized(endpoint, self._believe(endpoint, records or []), now_ms())
                 merged = merge(merged.values(), believed)
                 if self.rejected_total == before:
                     good_answers += 1      # a replica that returned forgeries does not count

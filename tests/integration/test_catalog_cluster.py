@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 
@@ -213,26 +214,6 @@ def test_quorum_failure_is_an_error_not_silence(catalog: LocalCatalog, user: Ide
         c.claim("urn:snipe:proc:q", w=1)
 
 
-def test_a_w2_put_asks_two_replicas_and_their_pushes_reach_the_third(catalog: LocalCatalog, user: Identity) -> None:
-    with catalog.client(user) as c:
-        c.claim("urn:snipe:proc:pushed", w=3)
-        res = c.put([c.sign("urn:snipe:proc:pushed", "x", 7)], w=2)
-        first, second, third = (r.endpoint for r in catalog.replicas)
-        assert res.acks == 2
-        assert res.replicas == {first: "stored", second: "stored", third: "no answer"}
-    with only(catalog, 2, user) as lone:
-        wait_for(lambda: lone.get("urn:snipe:proc:pushed", r=1).value("x", now_ms()) == 7, 10,
-                 "the pushed write on replica 3")
-
-
-def test_a_w2_put_asks_the_third_replica_when_one_is_down(catalog: LocalCatalog, user: Identity) -> None:
-    with catalog.client(user) as c:
-        c.claim("urn:snipe:proc:spare", w=3)
-        catalog.kill(0)
-        res = c.put([c.sign("urn:snipe:proc:spare", "x", 1)], w=2)
-        assert res.acks == 2 and res.replicas[catalog.replicas[2].endpoint] == "stored"
-
-
 def test_a_repeated_answer_holding_a_lease_is_judged_again(catalog: LocalCatalog, user: Identity) -> None:
     """Readers remember wholly believed answers by their bytes, but not one with a lease: the
     same bytes stop being believable once the lease that owns the URN runs out."""
@@ -244,10 +225,8 @@ def test_a_repeated_answer_holding_a_lease_is_judged_again(catalog: LocalCatalog
         assert reader.rejected_total == 0
 
         def judged_again() -> bool:
-            try:
+            with contextlib.suppress(QuorumError):     # every replica's answer now holds a record without an owner
                 reader.get("urn:snipe:proc:leased", timeout=0.5)
-            except QuorumError:     # every replica's answer now holds a record without an owner
-                pass
             return reader.rejected_total > 0
 
         wait_for(judged_again, 10, "the name to lose its owner when the owner's lease runs out")
