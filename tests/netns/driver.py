@@ -9,6 +9,7 @@ is not). Every loop is bounded in count and time.
     driver.py unicast --dir D --n N ...             spawn a receiver and a sender task, wait for both
                                                     (--receiver-urn: the receiver runs already)
     driver.py receiver --dir D --n N --host H       spawn a receiver task on H, say its URN, wait for it
+    driver.py migrate-stream --dir D --n N ...      a counter task streamed to by a sender task, moved mid-stream
     driver.py mcast-member --dir D --group G --n N  a plain process (not a task) in a group: counts per sender
     driver.py mcast-sender --dir D --group G --n N  waits for two routers and go.json, then multicasts N
     driver.py host-loss --dir D --host H            spawn a sleeper on H, follow its events to host-lost
@@ -167,6 +168,55 @@ def receiver(args: argparse.Namespace) -> dict[str, Any]:
     done = rx.wait(args.timeout)
     return {"receiver": rx.urn, "receiver_exit": done.get("exit_code"),
             "receiver_stderr": done.get("stderr_tail", "")[-1500:]}
+
+
+# --- case 4: migration mid-stream --------------------------------------------------------------------------
+def migrate_stream(args: argparse.Namespace) -> dict[str, Any]:
+    """Spawn a counter task on --task-host and a sender task on --peer-host streaming N numbered
+    messages to it; at each fraction of --at, move the counter to the matching host of --to
+    (Process.migrate, from here: its caller is in a third namespace); wait for both tasks."""
+    import snipe
+    from snipe.errors import MigrationFailed
+
+    out = Path(args.dir)
+    snipe.init()
+    t0 = time.time()
+    counter = snipe.spawn(snipe.publish(TASKS / "counter.py"), args.n, str(out / "counter.json"),
+                          host=args.task_host)
+    deadline = time.monotonic() + 60
+    while snipe.catalog().get(counter.urn).value("listening", now_ms()) != 1:
+        snipe.catalog().invalidate(counter.urn)
+        if time.monotonic() > deadline:
+            raise SystemExit("the counter did not listen within 60 s")
+        time.sleep(0.05)
+    sender = snipe.spawn(snipe.publish(TASKS / "sender.py"), counter.urn, args.n, args.interval_ms,
+                         str(out / "progress.json"), str(out / "sender.json"), host=args.peer_host)
+    write(out / "spawned.json", {"counter": counter.urn, "sender": sender.urn, "t": time.time()})
+    moves: list[dict[str, Any]] = []
+    for frac, host in zip(args.at, args.to, strict=True):
+        deadline = time.monotonic() + 120
+        sent = 0
+        while sent < frac * args.n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the sender had sent {sent} of {args.n} after 120 s")
+            with contextlib.suppress(OSError, ValueError):
+                sent = json.loads((out / "progress.json").read_text())["sent"]
+            time.sleep(0.01)
+        t = time.monotonic()
+        try:
+            reply = counter.migrate(host, timeout=60)
+            moves.append({"to": reply.get("to"), "from": reply.get("from"), "at_sent": sent,
+                          "migrate_call_s": round(time.monotonic() - t, 3)})
+        except MigrationFailed as exc:
+            moves.append({"to": host, "at_sent": sent, "error": str(exc),
+                          "migrate_call_s": round(time.monotonic() - t, 3)})
+        write(out / "moves.json", {"moves": moves})
+    tx_done = sender.wait(args.timeout)
+    rx_done = counter.wait(60)
+    return {"counter": counter.urn, "moves": moves, "sender_exit": tx_done.get("exit_code"),
+            "counter_exit": rx_done.get("exit_code"), "counter_host": counter.info().get("host"),
+            "sender_stderr": tx_done.get("stderr_tail", "")[-1500:],
+            "counter_stderr": rx_done.get("stderr_tail", "")[-1500:], "wall_s": round(time.time() - t0, 3)}
 
 
 # --- case 3: multicast -------------------------------------------------------------------------------------
@@ -384,6 +434,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", required=True)
     p.add_argument("--timeout", type=float, default=240.0)
     p.set_defaults(func=receiver)
+    p = sub.add_parser("migrate-stream")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--n", type=int, default=20_000)
+    p.add_argument("--interval-ms", type=float, default=0.5)
+    p.add_argument("--task-host", default="h1")
+    p.add_argument("--peer-host", default="h3")
+    p.add_argument("--at", type=float, nargs="+", default=[1 / 3, 2 / 3], help="fractions of the stream sent")
+    p.add_argument("--to", nargs="+", default=["h2", "h1"], help="the hosts to move to, one per --at")
+    p.add_argument("--timeout", type=float, default=180.0)
+    p.set_defaults(func=migrate_stream)
     p = sub.add_parser("mcast-member")
     p.add_argument("--dir", required=True)
     p.add_argument("--group", required=True)

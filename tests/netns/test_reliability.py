@@ -2,8 +2,7 @@
 and cut links, with every participant inside a namespace. Each case reports what was sent,
 acknowledged, delivered and lost, and how long things took.
 
-Case 4 (migration) belongs with the migration work; routing through the gateway host is in
-test_gateway.py.
+Routing through the gateway host is in test_gateway.py.
 """
 
 from __future__ import annotations
@@ -281,6 +280,49 @@ def test_members_inside_the_partition_catch_up_or_report_the_loss(mcast_partitio
     inside = f["members"][f["victim"]]
     assert inside["duplicates"] == 0 and inside["gaps"] == 0, f
     assert inside["delivered"] + inside["lost_reported"] == f["n"], f
+
+
+# --- case 4 ---------------------------------------------------------------------------------------------
+MIGRATE_N = 20_000
+
+
+def test_a_task_migrated_between_namespaces_mid_stream_gets_every_message_once_in_order(
+        make_lab: Callable[..., Lab], report: Callable[[str, dict[str, Any]], None]) -> None:
+    """A counting task on h1 (state moved by its on_checkpoint/on_restore hooks) receives 20,000
+    numbered 1 KiB messages from a sender task on h3 (one per 0.5 ms); a driver in ctl moves it
+    to h2 a third of the way in and back to h1 at two thirds. It counts every message once and
+    in order, the sender sees every message acknowledged and no delivery failure. The blackout
+    reported is what the task saw: from its last message before a move to its first after."""
+    lab = make_lab(default_topology())
+    work = lab.dir / "case4"
+    work.mkdir()
+    n = MIGRATE_N
+    driver = lab.popen(lab.client_host, driver_argv("migrate-stream", "--dir", work, "--n", n, "--interval-ms", 0.5,
+                                                    "--task-host", "h1", "--peer-host", "h3",
+                                                    "--at", 1 / 3, 2 / 3, "--to", "h2", "h1"))
+    try:
+        summary = _finish(driver, 240)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    tx, rx = read_json(work / "sender.json"), read_json(work / "counter.json")
+    facts = {"n": n, "sent": tx.get("sent"), "acknowledged": tx.get("acked"), "delivered": rx.get("count"),
+             "lost": (tx.get("sent") or 0) - (rx.get("count") or 0), "duplicates": rx.get("duplicates"),
+             "gaps": rx.get("gaps"), "in_order": rx.get("in_order"), "first_bad": rx.get("first_bad"),
+             "retransmitted": tx.get("retransmitted"), "delivery_failures": tx.get("failures"),
+             "failed_messages_at_task": rx.get("failed"), "task_hosts": rx.get("hosts"),
+             "moves_by_driver": summary["moves"], "blackout_seen_by_task": rx.get("moves"),
+             "routes": tx.get("routes", []), "send_s": tx.get("send_s"), "all_acked_s": tx.get("all_acked_s"),
+             "driver": {k: v for k, v in summary.items() if k != "moves"}}
+    report("case4 migration mid-stream", facts)
+    assert all("error" not in m for m in summary["moves"]), facts
+    assert rx.get("hosts") == ["urn:snipe:host:h1", "urn:snipe:host:h2", "urn:snipe:host:h1"], facts
+    assert summary["counter_host"] == "urn:snipe:host:h1", facts
+    moved_at = [m["at_message"] for m in rx.get("moves", [])]
+    assert len(moved_at) == 2 and all(0 < i < n for i in moved_at), f"the moves were not mid-stream: {facts}"
+    assert summary["sender_exit"] == 0 and summary["counter_exit"] == 0, facts
+    assert (rx.get("count"), rx.get("duplicates"), rx.get("gaps"), rx.get("in_order")) == (n, 0, 0, True), facts
+    assert tx.get("acked") == n and not tx.get("failures"), facts
 
 
 # --- case 5 ---------------------------------------------------------------------------------------------
