@@ -432,7 +432,7 @@ class Process:
 
     def migrate(self, host: str, *, timeout: float = 120.0) -> dict[str, Any]:
         """Move the task to `host` (SNIPE 4.6), keeping its URN, messages and state (its
-        on_checkpoint/on_restore hooks). Returns {urn, from, to, blackout_s}. Raises
+        on_checkpoint/on_restore hooks). Returns {urn, from, to, supervisor}. Raises
         MigrationFailed, naming why, if it could not be moved; the task then still runs here."""
         target = host if host.startswith("urn:") else f"urn:snipe:host:{host}"
         reply = self._call("migrate", rpc_timeout=timeout + 10, host=validate_urn(target), timeout=timeout)
