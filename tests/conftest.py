@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,16 @@ import pytest
 import snipe
 from snipe.identity import Identity
 from snipe.localcluster import LocalCatalog, LocalCluster
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A run stopped with SIGTERM (a CI timeout, `kill`) tears its fixtures down like Ctrl-C does,
+    # so the clusters and tasks the tests started do not outlive it.
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture
