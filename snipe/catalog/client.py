@@ -331,6 +331,23 @@ class CatalogClient:
         got = self._fanout(self._candidates(), "put", None, frames,
                            lambda g: judge(g) >= w or len(refusals) > self.n - w, deadline)
         acks = judge(got)
+        backoff = 0.01
+        while 0 < acks < w and refusals and time.monotonic() + backoff < deadline \
+                and all(isinstance(e, NotAuthorized) for e in refusals):
+            # Another replica stored what these refused on authority: they lack a record the others
+            # hold (this client's own claim, an admission or delegation still being pushed), so ask
+            # them again shortly rather than fail a write the cluster will accept.
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 0.2)
+            again = [c for c in self._candidates() if outcome[c.address.endpoint] not in ("stored", "no answer")]
+            if not again:
+                break
+            for c in again:
+                outcome[c.address.endpoint] = "no answer"
+            refusals.clear()
+            got = self._fanout(again, "put", None, frames,
+                               lambda g: judge(g) >= w or len(refusals) > self.n - w, deadline)
+            acks = judge(got)
         for a in records:
             self._cache.pop(a.urn, None)
         if acks >= w:
