@@ -77,6 +77,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.measure import cpu_seconds as _cpu_seconds
+
 __all__ = ["Settings", "main", "run_benchmark"]
 
 LOOPBACK = "127.0.0.1"
@@ -181,17 +183,6 @@ class _Row:
     cpu_s: float = 0.0               # the client process's own CPU time in the phase
     spares_asked: int = 0            # puts that went to a replica beyond the first W (slow or down)
 
-
-def _cpu_seconds(pids: Sequence[int]) -> float:
-    """User + system CPU time so far of the processes `pids` (all their threads); 0 for one gone."""
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-    return total
 
 
 def cpu_per_op(ops: int, wall: float, clients_cpu: float, servers_cpu: float) -> dict[str, Any]:

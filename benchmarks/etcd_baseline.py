@@ -54,6 +54,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from benchmarks.measure import cpu_seconds as _cpu_seconds
+
 __all__ = [
     "PHASES",
     "EtcdCluster",
@@ -490,17 +492,6 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     rank = max(1, min(len(sorted_values), -(-len(sorted_values) * q // 100)))
     return sorted_values[int(rank) - 1]
 
-
-def _cpu_seconds(pids: Sequence[int]) -> float:
-    """User + system CPU time so far of the processes `pids` (all their threads)."""
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-    return total
 
 
 def _summarise(rows: list[tuple[Any, ...]], ops_per_client: int, servers_cpu: float | None = None

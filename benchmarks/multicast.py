@@ -63,6 +63,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.measure import cpu_seconds
+
 __all__ = ["Settings", "main", "run_benchmark"]
 
 GROUP = "urn:snipe:group:bench-mcast"
@@ -345,17 +347,6 @@ def cpu_figures(cpu_s: dict[str, float], deliveries: int) -> dict[str, Any]:
             "cpu_us_per_delivery": per,
             "deliveries_per_cpu_s": round(deliveries / total, 1) if total else None}
 
-
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """User + system CPU seconds of these processes (those that have ended count 0)."""
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-    return total
 
 
 # --- process bookkeeping --------------------------------------------------------------------------
