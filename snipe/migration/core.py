@@ -25,7 +25,7 @@ its class's `_TRANSITIONS` table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from snipe.errors import MigrationFailed
 
@@ -103,8 +103,22 @@ Effect = StartClone | AskTask | DropClone | Finish | Freeze | SendState | Commit
 
 
 # --- the source daemon's side ------------------------------------------------------------------------
+class _Machine:
+    """A state and its transition table; `_go(event)` moves along it (False: not from here)."""
+
+    state: str
+    _TRANSITIONS: ClassVar[dict[tuple[str, str], str]] = {}
+
+    def _go(self, event: str) -> bool:
+        nxt = self._TRANSITIONS.get((self.state, event))
+        if nxt is None:
+            return False
+        self.state = nxt
+        return True
+
+
 @dataclass
-class Source:
+class Source(_Machine):
     """One migration of `urn` from this host to `target`. States: new -> cloning -> moving ->
     done | failed. `clone_timeout` bounds the clone's start, `move_timeout` the task's move
     (reaching a safe point plus the transfer)."""
@@ -118,7 +132,7 @@ class Source:
     reason: str | None = None
     endpoints: tuple[str, ...] = field(default=())
 
-    _TRANSITIONS = {
+    _TRANSITIONS: ClassVar[dict[tuple[str, str], str]] = {
         ("new", "start"): "cloning",
         ("cloning", "clone-ready"): "moving",
         ("cloning", "clone-failed"): "failed",
@@ -127,13 +141,6 @@ class Source:
         ("moving", "task-failed"): "failed",
         ("moving", "timeout"): "failed",
     }
-
-    def _go(self, event: str) -> bool:
-        nxt = self._TRANSITIONS.get((self.state, event))
-        if nxt is None:
-            return False
-        self.state = nxt
-        return True
 
     def start(self, now: float) -> list[Effect]:
         if not self._go("start"):
@@ -179,7 +186,7 @@ class Source:
 
 # --- the migrating process ---------------------------------------------------------------------------
 @dataclass
-class Origin:
+class Origin(_Machine):
     """The original process's side. States: asked -> sending -> committed | aborted.
     `deadline` (on the caller's clock) is when it gives up waiting for the clone's `ready`."""
 
@@ -190,7 +197,7 @@ class Origin:
     deadline: float = 0.0
     reason: str | None = None
 
-    _TRANSITIONS = {
+    _TRANSITIONS: ClassVar[dict[tuple[str, str], str]] = {
         ("asked", "safe-point"): "sending",
         ("asked", "expired"): "aborted",
         ("sending", "ready"): "committed",
@@ -198,13 +205,6 @@ class Origin:
         ("sending", "send-failed"): "aborted",
         ("sending", "timeout"): "aborted",
     }
-
-    def _go(self, event: str) -> bool:
-        nxt = self._TRANSITIONS.get((self.state, event))
-        if nxt is None:
-            return False
-        self.state = nxt
-        return True
 
     def at_safe_point(self, now: float, asked_until: float) -> list[Effect]:
         """The application's thread is in a snipe call. `asked_until`: the source's deadline
@@ -248,7 +248,7 @@ class Origin:
 
 # --- the clone -----------------------------------------------------------------------------------------
 @dataclass
-class Clone:
+class Clone(_Machine):
     """The new process's side. States: waiting -> ready -> running | gone. It waits
     `state_timeout` for the state and `commit_timeout` after `ready` for the commit."""
 
@@ -258,7 +258,7 @@ class Clone:
     deadline: float = 0.0
     reason: str | None = None
 
-    _TRANSITIONS = {
+    _TRANSITIONS: ClassVar[dict[tuple[str, str], str]] = {
         ("waiting", "state"): "ready",
         ("waiting", "timeout"): "gone",
         ("waiting", "abort"): "gone",
@@ -267,13 +267,6 @@ class Clone:
         ("ready", "abort"): "gone",
         ("ready", "timeout"): "gone",
     }
-
-    def _go(self, event: str) -> bool:
-        nxt = self._TRANSITIONS.get((self.state, event))
-        if nxt is None:
-            return False
-        self.state = nxt
-        return True
 
     def start(self, now: float) -> list[Effect]:
         self.deadline = now + self.state_timeout
