@@ -466,6 +466,25 @@ class Daemon:
                 errors.append(f"{location}: {exc}")
         raise NotFound(f"no location could supply {urn}: " + ("; ".join(errors) or "none is listed"))
 
+    def _give_code(self, urn: str, hosts: list[str]) -> None:
+        """Put code on the standby (or copy) hosts of a replicated task, before it starts: a
+        promotion must not depend on the host that just died to supply the code (the code was
+        published to this host only; a standby that fetched it on its own could lose that race)."""
+        blob = self.codes.get_blob(urn)
+        if blob is None:
+            raise NotFound(f"this daemon no longer holds code {urn}; publish it again")
+        now = _now_ms()
+        for host in hosts:
+            address = self.catalog.get(host).value("daemon", now)
+            if not isinstance(address, str):
+                raise Unreachable(f"standby host {host} lists no daemon address; the replicated task was not started")
+            try:
+                with DaemonClient(address, self.cfg.identity, timeout=30.0) as peer:
+                    peer.call("put-code", {"urn": urn}, (blob,))
+            except SnipeError as exc:
+                raise Unreachable(f"could not give code {urn} to standby host {host} ({exc}); "
+                                  "the replicated task was not started") from exc
+
     # --- spawning -----------------------------------------------------------------------------
     def _spawn(self, key: str, env: Envelope) -> dict[str, Any]:
         if self.draining:
@@ -497,6 +516,10 @@ class Daemon:
         task_key.save(workdir / "task.key")
         now = _now_ms()
         started = {"seq": 1, "kind": "started", "at": time.time()}
+        names = self._takeover_names(urn, task_key, restart, every, extra_env, field_of(env, "quota", dict, {}),
+                                     replicas, mode)
+        if replicas > 1:        # before the task is announced: its other hosts must not need this one
+            self._give_code(code, names.get("standbys") or names.get("copies", [])[1:])
         # One catalog round trip per spawn: the task is registered as running with its first
         # event before it starts (a failure to start is published right after, below).
         self.catalog.put([
@@ -512,8 +535,7 @@ class Daemon:
             self.catalog.sign(urn, "started", now),
             self.catalog.sign(urn, "state", "running"),
             self.catalog.sign(urn, "events", [started]),
-            *[self.catalog.sign(urn, k, v) for k, v in self._takeover_names(
-                urn, task_key, restart, every, extra_env, field_of(env, "quota", dict, {}), replicas, mode).items()],
+            *[self.catalog.sign(urn, k, v) for k, v in names.items()],
         ])
         try:
             record = self.launch(urn, code_dir, manifest, args, extra_env, quota, workdir, every=every,

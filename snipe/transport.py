@@ -28,7 +28,6 @@ from collections.abc import Callable
 
 import nacl.bindings
 import zmq
-import zmq.auth.thread
 
 from snipe.errors import SnipeError
 from snipe.identity import Identity, curve_public_key, public_key_from_id, verify_detached
@@ -42,19 +41,28 @@ def ipc_token(server_key: bytes, client_key: bytes) -> bytes:
     return IPC_TOKEN + b"\0" + server_key + client_key
 
 
-class KeyGate(zmq.auth.thread.ThreadAuthenticator):
-    """ZAP handler: accepts a Curve client iff `admit(ed25519_key)` says so."""
+class KeyGate:
+    """ZAP handler: accepts a Curve client iff `admit(ed25519_key)` says so, and an ipc client by
+    its signed token (`check_ipc`); tags each accepted connection with the Ed25519 key id.
+
+    Its own thread with a plain, level-triggered zmq poll on a socket made in that thread. (It
+    was pyzmq's ThreadAuthenticator, whose asyncio poller wraps a ZAP socket made in another
+    thread; now and then it slept through a waiting request, so a client's handshake stalled
+    until its call timed out: a standby could not fetch its code for 30 s.)"""
 
     domain = b"snipe"
+    ZAP_ENDPOINT = "inproc://zeromq.zap.01"      # where libzmq sends every ZAP request of the context
 
     def __init__(self, context: zmq.Context, admit: Admit,
                  resolve: Callable[[bytes], bytes | None] = lambda curve: None, server_key: bytes = b"") -> None:
-        super().__init__(context)
+        self.context = context
         self.server_key = server_key          # our Ed25519 key: what ipc clients' tokens must name
         self._admit = admit
         self._resolve = resolve
         self._curve_to_ed: dict[bytes, bytes] = {}
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self.refused: list[str] = []
 
     def learn(self, ed_key: bytes) -> None:
@@ -63,9 +71,7 @@ class KeyGate(zmq.auth.thread.ThreadAuthenticator):
         with self._lock:
             self._curve_to_ed[curve] = ed_key
 
-    def ed_key_of(self, curve_z85: bytes) -> bytes | None:
-        import zmq.utils.z85
-        curve = zmq.utils.z85.decode(curve_z85)
+    def ed_key_of(self, curve: bytes) -> bytes | None:
         with self._lock:
             ed = self._curve_to_ed.get(curve)
         if ed is None:
@@ -75,24 +81,85 @@ class KeyGate(zmq.auth.thread.ThreadAuthenticator):
                     self._curve_to_ed[curve] = ed
         return ed
 
-    # called by pyzmq's ZAP loop, in the authenticator thread
-    def callback(self, domain: str, key: bytes) -> bool:
-        ed = self.ed_key_of(key)
-        ok = ed is not None and self._admit(ed)
-        if not ok:
-            self.refused.append(key.decode())
-            del self.refused[:-100]
-        return ok
+    def install(self) -> None:
+        """Bind the context's ZAP endpoint and start answering (raises if another gate holds it)."""
+        bound = threading.Event()
+        failed: list[BaseException] = []
 
-    async def handle_zap_message(self, msg: list[bytes]) -> None:
-        if len(msg) >= 8 and msg[0] == b"1.0" and msg[5] == b"PLAIN" and msg[2] == self.domain:
-            ok, reason, user = self.check_ipc(msg[3].decode("utf-8", "replace"), msg[6], msg[7])
+        def run() -> None:
+            sock = self.context.socket(zmq.REP)
+            sock.linger = 0
+            try:
+                sock.bind(self.ZAP_ENDPOINT)
+            except zmq.ZMQError as exc:
+                failed.append(exc)
+                sock.close(0)
+                bound.set()
+                return
+            bound.set()
+            try:
+                self._serve(sock)
+            finally:
+                sock.close(0)
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=run, name="snipe-keygate", daemon=True)
+        self._thread.start()
+        bound.wait(10)
+        if failed:
+            raise SnipeError(f"cannot install the key gate: {failed[0]} (one gate per ZeroMQ context)")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _serve(self, sock: zmq.Socket) -> None:
+        while not self._stop.is_set():
+            if not sock.poll(200):
+                continue
+            for _ in range(1000):                 # every request waiting, then poll again
+                try:
+                    msg = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    reply = self.answer(msg)
+                except Exception as exc:  # a bug or a failed lookup must not stop the gate
+                    reply = self._reply(msg, False, f"the gate failed: {exc.__class__.__name__}", "")
+                sock.send_multipart(reply)
+
+    def answer(self, msg: list[bytes]) -> list[bytes]:
+        """The ZAP reply frames for one request (RFC 27: version, request id, domain, address,
+        identity, mechanism, credentials...)."""
+        if len(msg) < 6 or msg[0] != b"1.0":
+            return self._reply(msg, False, "not a ZAP 1.0 request", "")
+        domain, address, mechanism, credentials = msg[2], msg[3].decode("utf-8", "replace"), msg[5], msg[6:]
+        if domain != self.domain:
+            return self._reply(msg, False, f"unknown domain {domain[:32]!r}", "")
+        if mechanism == b"PLAIN" and len(credentials) == 2:
+            ok, reason, user = self.check_ipc(address, credentials[0], credentials[1])
             if not ok:
-                self.refused.append(f"ipc {msg[6][:64].decode('utf-8', 'replace')}: {reason}")
-                del self.refused[:-100]
-            self._send_zap_reply(msg[1], b"200" if ok else b"400", b"OK" if ok else reason.encode(), user)
-            return
-        await super().handle_zap_message(msg)
+                self._note_refused(f"ipc {credentials[0][:64].decode('utf-8', 'replace')}: {reason}")
+            return self._reply(msg, ok, reason, user)
+        if mechanism == b"CURVE" and len(credentials) == 1 and len(credentials[0]) == 32:
+            ed = self.ed_key_of(credentials[0])
+            if ed is not None and self._admit(ed):
+                return self._reply(msg, True, "OK", ed.hex())
+            import zmq.utils.z85
+            self._note_refused(zmq.utils.z85.encode(credentials[0]).decode())
+            return self._reply(msg, False, "key not admitted", "")
+        return self._reply(msg, False, f"mechanism {mechanism[:16]!r} with these credentials is not accepted", "")
+
+    @staticmethod
+    def _reply(msg: list[bytes], ok: bool, reason: str, user: str) -> list[bytes]:
+        request_id = msg[1] if len(msg) > 1 else b""
+        return [b"1.0", request_id, b"200" if ok else b"400", reason.encode()[:255], user.encode(), b""]
+
+    def _note_refused(self, what: str) -> None:
+        self.refused.append(what)
+        del self.refused[:-100]
 
     def check_ipc(self, address: str, username: bytes, password: bytes) -> tuple[bool, str, str]:
         """(ok, reason, user id) for PLAIN credentials on our ipc socket: a process of our Unix
@@ -109,15 +176,6 @@ class KeyGate(zmq.auth.thread.ThreadAuthenticator):
         if not self._admit(key):
             return False, f"key {key.hex()[:16]}… is not admitted", ""
         return True, "OK", key.hex()
-
-    def curve_user_id(self, client_public_key: bytes) -> str:
-        import zmq.utils.z85
-        ed = self.ed_key_of(zmq.utils.z85.encode(client_public_key))
-        return ed.hex() if ed else ""
-
-    def install(self) -> None:
-        self.start()
-        self.configure_curve_callback(domain="snipe", credentials_provider=self)
 
 
 def server_socket(ctx: zmq.Context, kind: int, identity: Identity) -> zmq.Socket:
