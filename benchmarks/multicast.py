@@ -510,7 +510,7 @@ class Project:
                 st = t.status()
                 if st.get("state") != "running":
                     notes.append(f"{t.urn}: {st.get('state')} {st.get('exit_code')} "
-                                 f"{str(st.get('stderr', ''))[-600:]}")
+                                 f"{str(t.wait(1).get('stderr_tail', ''))[-600:]}")
         raise TimeoutError(why + ("\n" + "\n".join(notes[:3]) if notes else ""))
 
     def phase(self, mode: str, n: int, rate: float = 0.0) -> dict[str, Any]:

@@ -20,7 +20,8 @@ Invariants:
   queued and handed out by `poll()`, so `wait()` can drive the checks without losing any.
 
 Quotas, and how each is enforced:
-- cpu_seconds: user+system time of the whole tree, sampled on each poll; RLIMIT_CPU on each
+- cpu_seconds: user+system time of the whole tree, sampled on each poll (a task with none of
+  the cpu, memory and open-files quotas only every UNLIMITED_SAMPLE_S, for its figures); RLIMIT_CPU on each
   process (soft = ceil(quota), hard = soft + 1) is the kernel's backstop, and a death by its
   SIGXCPU is reported as a cpu breach.
 - memory_bytes: resident set size of the whole tree, sampled on each poll (an over-estimate
@@ -245,6 +246,10 @@ class _Task:
     peak_rss_bytes: int = 0
     peak_open_files: int = 0
     ended_at: float | None = None
+    sampled_at: float = float("-inf")  # when a task without usage quotas was last sampled (see _sample_due)
+
+
+UNLIMITED_SAMPLE_S = 2.0        # how often the use of a task without cpu/memory/files quotas is read
 
 
 class TaskRunner:
@@ -516,7 +521,7 @@ class TaskRunner:
             if ended:
                 self._finish(task, code, now, unknown_reason="exit code unknown: adopted, not a child of this daemon")
                 continue
-            if task.kill_reason is None and self._sample(task):
+            if task.kill_reason is None and self._sample_due(task, now) and self._sample(task):
                 task.kill_reason = self._breach(task, now)
             if task.kill_reason is not None:  # sent again on every poll until the exit is seen
                 self._send(task, _signal.SIGKILL, group=True, tree=True)
@@ -569,6 +574,20 @@ class TaskRunner:
             return f"signal {_signal.Signals(signum).name}"
         except ValueError:
             return f"signal {signum}"
+
+    @staticmethod
+    def _sample_due(task: _Task, now: float) -> bool:
+        """A task with a cpu, memory or open-files quota is sampled on every poll; any other only
+        every UNLIMITED_SAMPLE_S, for its figures (reading a process tree's use costs a dozen /proc
+        reads per process: at every poll, a daemon with ten busy tasks spent a third of its time
+        there). status() samples afresh whenever it is asked."""
+        q = task.record.quota
+        if q.cpu_seconds is not None or q.memory_bytes is not None or q.open_files is not None:
+            return True
+        if now - task.sampled_at >= UNLIMITED_SAMPLE_S or now < task.sampled_at:
+            task.sampled_at = now
+            return True
+        return False
 
     def _sample(self, task: _Task) -> bool:
         """Refresh the task's use from its process tree; False if nothing of it could be read."""
