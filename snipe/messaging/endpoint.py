@@ -25,6 +25,7 @@ route): the same channel, its messages and acks sealed end to end (snipe/messagi
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -201,7 +202,8 @@ class Endpoint:
         self._io_sleep_until = 0.0               # the I/O thread's poll ends by then (monotonic)
         self._app_active_until = 0.0             # application threads read the sockets until then
         self._io_wants = False                   # the I/O thread waits for io: no new direct work
-        self._app_poller: tuple[int, zmq.Poller] | None = None   # (links version, poller) for direct recvs
+        # (links version, poller, a reader per socket) for direct recvs
+        self._app_poller: tuple[int, zmq.Poller, dict[zmq.Socket, Callable[[], None]]] | None = None
         self.commands: deque[tuple[str, int, bytes, float]] = deque()    # (dest, tag, payload, deadline_s)
         self.inbox: deque[Message] = deque()
         # Per destination: messages accepted (send, submit) and settled (acknowledged or reported
@@ -438,16 +440,24 @@ class Endpoint:
         # The I/O thread holds io for a turn at a time (it may have woken for this very message):
         # wait for the turn to end rather than for it to hand the message over.
         if self.catalog is None or self.paused or self._io_wants or not self.io.acquire(timeout=DIRECT_HOLD_S):
+            self._hand_back()
             return None
         m = None
         try:
             hold = time.monotonic() + DIRECT_HOLD_S
             if limit is not None:
                 hold = min(hold, limit)
-            poller = self._poller_for_app()
+            poller, readers = self._poller_for_app()
+            ready: dict[Any, int] | None = None      # first what waits anywhere; then what poll saw
             while True:
                 self._take_commands()
-                self._read_input()
+                if ready is None:
+                    self._read_input()
+                else:          # each EVENTS check costs two system calls: read only what poll named
+                    for sock in ready:
+                        reader = readers.get(sock)
+                        if reader is not None and not (self.paused and sock in self.routers):
+                            reader()
                 now = time.monotonic()
                 if now >= self._acks_due:
                     self._flush_acks(now)
@@ -460,22 +470,37 @@ class Endpoint:
                         os.read(self.wake_rx, 4096)
         finally:
             self.io.release()
-            if m is None:          # handing over to the I/O thread: it must watch the sockets again
-                self._app_active_until = 0.0
-                self._wake()
+            if m is None:
+                self._hand_back()
             else:
                 self._app_active_until = time.monotonic() + APP_ACTIVE_S
                 self._nudge_io()
 
-    def _poller_for_app(self) -> zmq.Poller:
-        """(Holding io.) A poller on every socket the endpoint reads, and the wake-up descriptor."""
+    def _hand_back(self) -> None:
+        """The caller will wait for the I/O thread to deliver: it must watch the sockets again
+        (while it thinks an application thread serves them, it sleeps without them for up to
+        APP_ACTIVE_S; a recv that found it busy and did not say so waited that long, the 20 ms
+        tail of the round trips)."""
+        if self._app_active_until:
+            self._app_active_until = 0.0
+            self._wake()
+
+    def _poller_for_app(self) -> tuple[zmq.Poller, dict[zmq.Socket, Callable[[], None]]]:
+        """(Holding io.) A poller on every socket the endpoint reads and the wake-up descriptor,
+        and for each socket the call that reads it."""
         if self._app_poller is None or self._app_poller[0] != self._links_version:
             poller = zmq.Poller()
             poller.register(self.wake_rx, zmq.POLLIN)
-            for sock in self._input_sockets():
+            readers: dict[zmq.Socket, Callable[[], None]] = {}
+            for router in self.routers:
+                readers[router] = functools.partial(self._read_router, router)
+            for p in self.peers.values():
+                for link in p.links.values():
+                    readers[link.sock] = functools.partial(self._read_link, p, link)
+            for sock in readers:
                 poller.register(sock, zmq.POLLIN)
-            self._app_poller = (self._links_version, poller)
-        return self._app_poller[1]
+            self._app_poller = (self._links_version, poller, readers)
+        return self._app_poller[1], self._app_poller[2]
 
     def _input_sockets(self) -> list[zmq.Socket]:
         return [*self.routers, *(link.sock for p in self.peers.values() for link in p.links.values())]
@@ -655,6 +680,8 @@ class Endpoint:
         # ZMQ_FD only says something happened; each turn reads what the sockets' EVENTS say waits.
         poller = zmq.Poller()
         poller.register(self.wake_rx, zmq.POLLIN)
+        idle_poller = zmq.Poller()               # the wake-up alone: while the application has the sockets
+        idle_poller.register(self.wake_rx, zmq.POLLIN)
         watched: set[int] = set()
         fds: set[int] = set()
         fds_for: tuple[int, bool, bool] = (-1, False, False)    # (links version, paused, app) of fds
@@ -669,7 +696,12 @@ class Endpoint:
                 now = time.monotonic()
                 if now < self._app_active_until and now - served_at < APP_ACTIVE_S:
                     if not self.io.acquire(blocking=False):
-                        time.sleep(0.001)
+                        # Sleep until our turn is due, or until the application hands the sockets
+                        # back (it writes the wake-up then): trying every millisecond cost each
+                        # side of a round trip two wake-ups and the GIL handoffs they bring.
+                        if idle_poller.poll(math.ceil((served_at + APP_ACTIVE_S - now) * 1000)):
+                            with contextlib.suppress(OSError):
+                                os.read(self.wake_rx, 4096)
                         continue
                 else:
                     self._io_wants = True       # application threads leave io to us until we had it
