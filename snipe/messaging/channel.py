@@ -200,13 +200,17 @@ class Outbound:
         if newest is None:
             return self.flush(now)
         self.acked_upto = newest.seq
-        self.progress_at, self.timeouts = now, 0  # restart the retransmission timer (RFC 6298, 5.3)
+        self.progress_at = now                           # restart the retransmission timer (RFC 6298, 5.3)
         low = flight[0].seq if flight else self.queue[0].seq if self.queue else self.next_seq
         d = self.deadlines
         while d and d[0][1] < low:
             d.popleft()
         if newest.attempts == 1:                         # Karn: time only unambiguous samples
             self._sample(now - newest.sent_at)
+            self.timeouts = 0
+        # else the backed-off timer stays until such a sample (Karn, RFC 6298 5.5-5.7): reset on
+        # every ack, an RTO taken from one early sample stayed too short, and each message under
+        # jitter was sent again about four times (a property test found it: 13 resends for 8).
         return self.flush(now)
 
     def _sample(self, rtt: float) -> None:
