@@ -225,6 +225,8 @@ class Daemon:
                             "start a copy or fetch standby code", tries, TAKEOVER_TRIES, exc)
                 if claim is not None and tries < TAKEOVER_TRIES:     # we won the claim: nobody else will
                     self._takeover_retries.append((now + 1.0, claim, {**values, "_tries": tries}))
+                elif claim is not None:
+                    self._abandon_takeover(claim, values, exc)
         for item in [r for r in self._takeover_retries if r[0] <= now]:
             self._takeover_retries.remove(item)
             self.takeovers.put((item[1], item[2]))
@@ -518,8 +520,11 @@ class Daemon:
         started = {"seq": 1, "kind": "started", "at": time.time()}
         names = self._takeover_names(urn, task_key, restart, every, extra_env, field_of(env, "quota", dict, {}),
                                      replicas, mode)
-        if replicas > 1:        # before the task is announced: its other hosts must not need this one
-            self._give_code(code, names.get("standbys") or names.get("copies", [])[1:])
+        # Before the task is announced, its code goes where a restart or promotion may run it:
+        # the host that dies must not be the only one that holds it (the code was published here).
+        holders = names.get("standbys") or names.get("copies", [])[1:] or names.get("on_call", [])[:1]
+        if holders:
+            self._give_code(code, holders)
         # One catalog round trip per spawn: the task is registered as running with its first
         # event before it starts (a failure to start is published right after, below).
         self.catalog.put([
@@ -598,8 +603,10 @@ class Daemon:
         if replicas > 1 and mode == "all":      # N copies run at once; no takeover
             return {**names, "replicas": replicas, "mode": "all", "copies": [self.cfg.host_urn, *ranked],
                     "on_call": ranked, "copy_keys": {h: sealed[h] for h in ranked}}
-        # on_call: the hosts that may act for this task (their takeover watchers find it by this name)
-        names.update({"restart": restart, "takeover_keys": sealed, "incarnation": 0, "on_call": sorted(sealed)})
+        # on_call: the hosts that may act for this task (their takeover watchers find it by this
+        # name), in rendezvous order: the first is given the code at spawn
+        names.update({"restart": restart, "takeover_keys": sealed, "incarnation": 0,
+                      "on_call": sorted(sealed, key=lambda h: hashlib.sha256(f"{urn}|{h}".encode()).digest())})
         if replicas > 1:
             names.update({"replicas": replicas, "mode": "standby", "standbys": ranked})
         return names
@@ -644,6 +651,22 @@ class Daemon:
                            "restart": values.get("restart"), "incarnation": claim.incarnation,
                            "key_file": str(workdir / "task.key")}
         self.state.put_task(urn, self.tasks[urn])
+
+    def _abandon_takeover(self, claim: Claim, values: dict[str, Any], exc: SnipeError) -> None:
+        """Our last attempt to restart a task whose host died failed: mark it lost, saying why.
+        The claim is ours, so nobody else will try; left "running", it would wait forever."""
+        reason = (f"{values.get('host')} was lost and {self.cfg.host_urn} could not restart the task "
+                  f"({TAKEOVER_TRIES} attempts): {exc}")
+        log.warning("giving up on %s: %s", claim.urn, reason)
+        try:
+            secret = unseal(values["takeover_keys"][self.cfg.host_urn], self.cfg.identity)
+            events = [e for e in values.get("events", []) if isinstance(e, dict) and isinstance(e.get("seq"), int)]
+            seq = max((e["seq"] for e in events), default=0) + 1
+            events = [*events, {"seq": seq, "kind": "lost", "at": time.time(), "reason": reason}][-MAX_EVENTS_KEPT:]
+            self._put_as(Identity.from_seed(secret["seed"]), claim.urn,
+                         {"state": "lost", "reason": reason, "events": events})
+        except SnipeError as again:
+            log.warning("could not publish that %s is lost: %s", claim.urn, again)
 
     def _start_copy(self, values: dict[str, Any]) -> None:
         """Start copy `values["copy"]` of a replicated task in mode "all" under the task's URN and key."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import textwrap
 from pathlib import Path
@@ -120,14 +121,48 @@ def test_a_task_without_hooks_restarts_from_the_beginning(cluster: LocalCluster,
         while True:
             snipe.recv()
     '''))
-    p = snipe.spawn(code, snipe.me(), host="h3", restart="on-host-failure")
+    # on h1, where the code was published: the host that dies must not take the only copy of the code along
+    p = snipe.spawn(code, snipe.me(), host="h1", restart="on-host-failure")
     first = snipe.recv(tag=5, timeout=30)
-    assert first is not None and first.payload == b"urn:snipe:host:h3"
+    assert first is not None and first.payload == b"urn:snipe:host:h1"
     pid = p.status()["pid"]
-    cluster.kill_daemon(2)
+    cluster.kill_daemon(0)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
     again = snipe.recv(tag=5, timeout=60)
-    assert again is not None and again.payload in (b"urn:snipe:host:h1", b"urn:snipe:host:h2")
+    assert again is not None and again.payload in (b"urn:snipe:host:h2", b"urn:snipe:host:h3")
     events = p.info()["events"]
     assert "from the beginning" in next(e for e in events if e["kind"] == "restarted")["reason"]
+
+
+def test_a_task_that_cannot_be_restarted_is_reported_lost_with_the_reason(cluster: LocalCluster,
+                                                                         tmp_path: Path) -> None:
+    code = publish(tmp_path, "idle.py", textwrap.dedent('''
+        import sys
+        import snipe
+        snipe.init()
+        snipe.send(sys.argv[1], b"up", tag=5)
+        while True:
+            snipe.recv()
+    '''))
+    p = snipe.spawn(code, snipe.me(), host="h1", restart="on-host-failure")
+    up = snipe.recv(tag=5, timeout=30)
+    assert up is not None and up.payload == b"up"
+    holder = p.info()["on_call"][0]                 # the host given the code at spawn
+    assert holder in ("urn:snipe:host:h2", "urn:snipe:host:h3")
+    code_dir = cluster.daemons[int(holder[-1]) - 1].state_dir / "code"
+    shutil.rmtree(code_dir)                          # its copy is lost too (a disk replaced, say)
+    code_dir.mkdir()
+    pid = p.status()["pid"]
+    cluster.kill_daemon(0)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+    def lost() -> dict[str, Any] | None:
+        info = p.info()
+        return info if info.get("state") == "lost" else None
+    info = wait_for(lost, 90, "the task to be reported lost after the failed restarts")
+    event = info["events"][-1]
+    assert event["kind"] == "lost" and "could not restart the task" in event["reason"]
+    assert code in event["reason"]                   # names what was missing
+    assert running_on(cluster, p.urn) == []
