@@ -142,6 +142,7 @@ class CatalogClient:
         self._watches: dict[str, Watch] = {}
         self.rejected: deque[Rejected] = deque(maxlen=1000)
         self.rejected_total = 0
+        self.suspect_total = 0            # rejections that make a replica's answer untrustworthy
         self._cache: dict[str, tuple[float, Entry]] = {}
         self._believed: OrderedDict[bytes, Assertion] = OrderedDict()
         self._links_checked = 0.0
@@ -412,10 +413,16 @@ class CatalogClient:
                 self._believed.popitem(last=False)
         return a
 
-    def _reject(self, endpoint: str, reason: str, a: Assertion | None) -> None:
+    def _reject(self, endpoint: str, reason: str, a: Assertion | None, *, suspect: bool = True) -> None:
+        """Record a record we do not believe; `suspect`: it is evidence against the replica (a
+        forgery, or a name its signer could not write), so its answer does not count."""
         self.rejected.append(Rejected(endpoint, reason, a))
         self.rejected_total += 1
-        log.warning("catalog replica %s returned a record that fails verification: %s", endpoint, reason)
+        if suspect:
+            self.suspect_total += 1
+            log.warning("catalog replica %s returned a record that fails verification: %s", endpoint, reason)
+        else:
+            log.info("not believed from %s (its authority lapsed): %s", endpoint, reason)
 
     def _authorized(self, endpoint: str, records: list[Assertion], now: int) -> list[Assertion]:
         by_urn: dict[str, list[Assertion]] = {}
@@ -424,8 +431,13 @@ class CatalogClient:
         out = []
         for urn_records in by_urn.values():
             good, bad = authority.visible(urn_records, self.admin_key, now)
+            # An owner claim that ran out (a lease) or was deleted leaves the URN's other records
+            # without authority: genuine records, not a sign of tampering. (A replica that hides
+            # the claim altogether still looks suspect, and the client asks another.)
+            lapsed = bool(bad) and any(a.name == authority.OWNER for a in urn_records) and \
+                authority.effective_owner(urn_records, self.admin_key, now) is None
             for a, why in bad:
-                self._reject(endpoint, f"{a.describe()}: {why}", a)
+                self._reject(endpoint, f"{a.describe()}: {why}", a, suspect=not lapsed)
             out.extend(good)
         return out
 
@@ -451,11 +463,11 @@ class CatalogClient:
                     if not isinstance(err, ResyncNeeded):
                         raise err
                     continue
-                before = self.rejected_total
+                before = self.suspect_total
                 records = self._records_of(endpoint, frames)
                 believed = self._authorized(endpoint, self._believe(endpoint, records or []), now_ms())
                 merged = merge(merged.values(), believed)
-                if self.rejected_total == before:
+                if self.suspect_total == before:
                     good_answers += 1      # a replica that returned forgeries does not count
         if good_answers < r:
             raise QuorumError(f"only {good_answers} of R={r} replicas gave a verifiable answer to {kind} in time")
