@@ -68,6 +68,7 @@ MAX_EVENTS_KEPT = 64
 MAX_FILE_BYTES = 1 << 30       # a stored blob (a checkpoint) at most this big
 RESTART_POLICIES = ("on-host-failure",)
 REPLICA_MODES = ("standby", "all")
+GIVE_CODE_TIMEOUT_S = 5.0       # a spawn's push of code to a standby host, at most (capped at a quarter lease)
 TAKEOVER_TRIES = 5             # a won takeover that fails (code or checkpoint unreachable) is tried again
 STANDBY_CHECKPOINT_S = 1.0     # a standby-replicated task checkpoints this often unless told otherwise
 
@@ -468,24 +469,36 @@ class Daemon:
                 errors.append(f"{location}: {exc}")
         raise NotFound(f"no location could supply {urn}: " + ("; ".join(errors) or "none is listed"))
 
-    def _give_code(self, urn: str, hosts: list[str]) -> None:
-        """Put code on the standby (or copy) hosts of a replicated task, before it starts: a
-        promotion must not depend on the host that just died to supply the code (the code was
-        published to this host only; a standby that fetched it on its own could lose that race)."""
+    def _give_code(self, urn: str, hosts: list[str], *, required: bool) -> None:
+        """Put code on the hosts that may run a task after this one dies, before it starts: a
+        promotion or restart must not depend on the dead host to supply the code (it was
+        published here; a standby that fetched it on its own could lose that race).
+
+        The call blocks this loop, so it is bounded well inside a lease renewal period (two
+        daemons pushing to each other at once each wait that long, not a lease). `required`
+        (standbys, copies): a host that cannot take it fails the spawn; otherwise (a restart
+        policy's first host) it is a warning and the restart fetches the code when it runs."""
         blob = self.codes.get_blob(urn)
         if blob is None:
             raise NotFound(f"this daemon no longer holds code {urn}; publish it again")
         now = _now_ms()
+        held = {str(v) for v in self.catalog.get(urn).values("location", now).values()}
+        timeout = max(0.5, min(GIVE_CODE_TIMEOUT_S, self.cfg.lease_s / 4))
         for host in hosts:
-            address = self.catalog.get(host).value("daemon", now)
-            if not isinstance(address, str):
-                raise Unreachable(f"standby host {host} lists no daemon address; the replicated task was not started")
             try:
-                with DaemonClient(address, self.cfg.identity, timeout=30.0) as peer:
+                address = self.catalog.get(host).value("daemon", now)
+                if not isinstance(address, str):
+                    raise Unreachable(f"{host} lists no daemon address")
+                if address in held:
+                    continue
+                with DaemonClient(address, self.cfg.identity, timeout=timeout) as peer:
                     peer.call("put-code", {"urn": urn}, (blob,))
             except SnipeError as exc:
-                raise Unreachable(f"could not give code {urn} to standby host {host} ({exc}); "
-                                  "the replicated task was not started") from exc
+                if required:
+                    raise Unreachable(f"could not give code {urn} to replica host {host} ({exc}); "
+                                      "the replicated task was not started") from exc
+                log.warning("could not give code %s to %s, the first host to restart the task if this one "
+                            "dies (%s); a restart there fetches it then", urn, host, exc)
 
     # --- spawning -----------------------------------------------------------------------------
     def _spawn(self, key: str, env: Envelope) -> dict[str, Any]:
@@ -513,18 +526,20 @@ class Daemon:
 
         urn = new_urn("proc")
         task_key = Identity.generate()
+        names = self._takeover_names(urn, task_key, restart, every, extra_env, field_of(env, "quota", dict, {}),
+                                     replicas, mode)
+        # Before the task is announced, its code goes where a restart or promotion may run it:
+        # the host that dies must not be the only one that holds it (the code was published here).
+        replicas_at = names.get("standbys") or names.get("copies", [])[1:]
+        if replicas_at:
+            self._give_code(code, replicas_at, required=True)
+        elif names.get("on_call"):
+            self._give_code(code, names["on_call"][:1], required=False)
         workdir = self.tasks_dir / urn.rsplit(":", 1)[1]
         workdir.mkdir(parents=True, exist_ok=True)
         task_key.save(workdir / "task.key")
         now = _now_ms()
         started = {"seq": 1, "kind": "started", "at": time.time()}
-        names = self._takeover_names(urn, task_key, restart, every, extra_env, field_of(env, "quota", dict, {}),
-                                     replicas, mode)
-        # Before the task is announced, its code goes where a restart or promotion may run it:
-        # the host that dies must not be the only one that holds it (the code was published here).
-        holders = names.get("standbys") or names.get("copies", [])[1:] or names.get("on_call", [])[:1]
-        if holders:
-            self._give_code(code, holders)
         # One catalog round trip per spawn: the task is registered as running with its first
         # event before it starts (a failure to start is published right after, below).
         self.catalog.put([

@@ -521,8 +521,10 @@ class TaskRunner:
             if ended:
                 self._finish(task, code, now, unknown_reason="exit code unknown: adopted, not a child of this daemon")
                 continue
-            if task.kill_reason is None and self._sample_due(task, now) and self._sample(task):
-                task.kill_reason = self._breach(task, now)
+            if task.kill_reason is None:
+                if self._sample_due(task, now):
+                    self._sample(task)
+                task.kill_reason = self._breach(task, now)      # wall time needs no sample
             if task.kill_reason is not None:  # sent again on every poll until the exit is seen
                 self._send(task, _signal.SIGKILL, group=True, tree=True)
 

@@ -22,6 +22,7 @@ of the throughput of large messages on ipc (1 MiB: ~0.15x of plain pyzmq with it
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -31,6 +32,8 @@ import zmq
 
 from snipe.errors import SnipeError
 from snipe.identity import Identity, curve_public_key, public_key_from_id, verify_detached
+
+log = logging.getLogger("snipe.transport")
 
 Admit = Callable[[bytes], bool]           # Ed25519 public key -> known?
 IPC_TOKEN = b"snipe ipc/1"                # what an ipc client signs, with the server's key and its own
@@ -105,14 +108,20 @@ class KeyGate:
         self._stop.clear()
         self._thread = threading.Thread(target=run, name="snipe-keygate", daemon=True)
         self._thread.start()
-        bound.wait(10)
+        # Without a ZAP handler bound, libzmq would accept every client unauthenticated: never go on.
+        if not bound.wait(10):
+            raise SnipeError("cannot install the key gate: its thread did not bind the ZAP endpoint in 10 s")
         if failed:
             raise SnipeError(f"cannot install the key gate: {failed[0]} (one gate per ZeroMQ context)")
 
     def stop(self) -> None:
+        """Stop answering; returns once the thread has closed its socket (a lookup in progress,
+        bounded by the catalog client's timeout, finishes first): the context can then terminate."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(5)
+            self._thread.join(30)
+            if self._thread.is_alive():
+                log.warning("the key gate's thread did not stop in 30 s; terminating the context may hang")
             self._thread = None
 
     def _serve(self, sock: zmq.Socket) -> None:

@@ -365,3 +365,18 @@ def test_adopt_after_the_daemon_was_killed(tmp_path: Path) -> None:
             daemon_a.stdout.close()
         _kill_records(records)
         _kill_records(runner_b.records())
+
+
+def test_wall_quota_is_checked_on_every_poll_though_use_is_read_less_often(tmp_path: Path) -> None:
+    """A task with only a wall-time quota is sampled every UNLIMITED_SAMPLE_S, but its age is
+    judged on each poll (driven here by the runner's clock, so no waiting is involved)."""
+    clock = [1000.0]
+    runner = TaskRunner(clock=lambda: clock[0])
+    runner.start(URN, [PY, "-c", SLEEP_FOREVER], cwd=tmp_path, env=ENV, quota=Quota(wall_seconds=1))
+    try:
+        assert runner.poll(clock[0] + 0.5) == []           # sampled now; the next sample is 2 s away
+        runner.poll(clock[0] + 1.5)                        # over the quota before that: killed now
+        done = runner.wait(URN, timeout=10)                # (its clock stays put: only the kill ends it)
+        assert done.state == "killed" and (done.reason or "").startswith("quota: wall 1 s exceeded"), done
+    finally:
+        _kill_records(runner.records())
