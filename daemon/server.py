@@ -225,7 +225,8 @@ class Daemon:
                 log.warning("could not %s (attempt %d of %d): %s", f"take over {claim.urn}" if claim else
                             "start a copy or fetch standby code", tries, TAKEOVER_TRIES, exc)
                 if claim is not None and tries < TAKEOVER_TRIES:     # we won the claim: nobody else will
-                    self._takeover_retries.append((now + 1.0, claim, {**values, "_tries": tries}))
+                    # backing off (1, 2, 4, 8 s): a catalog or checkpoint holder may be back shortly
+                    self._takeover_retries.append((now + 2.0 ** (tries - 1), claim, {**values, "_tries": tries}))
                 elif claim is not None:
                     self._abandon_takeover(claim, values, exc)
         for item in [r for r in self._takeover_retries if r[0] <= now]:
