@@ -84,6 +84,7 @@ MIN_RTO_S = 0.2
 # many round trips of a ping-pong) instead of one ZeroMQ message, one wake-up and one turn of the
 # sender's I/O thread each. Nothing delivered (a duplicate, a gap) is acknowledged at once.
 ACK_DELAY_S = 0.005
+CLOSE_LINGER_MS = 250             # how long close() lets owed acknowledgements leave
 ACK_EVERY = 1024             # messages delivered since the last ack: acknowledge now
 ACK_EVERY_BYTES = 1 << 20    # bytes delivered since the last ack: acknowledge now
 # While the inbox is at its hwm (this shell stops reading), tell the recent senders so this often
@@ -300,8 +301,10 @@ class Endpoint:
         self.gate.stop()
         self.admission.close()
         with self.io:                            # not while an application thread reads it
-            self.router.close(0)
-            self.ipc_router.close(0)
+            # the acknowledgements the I/O thread flushed on its way out still go out (bounded:
+            # a peer that is gone costs CLOSE_LINGER_MS at most)
+            self.router.close(CLOSE_LINGER_MS)
+            self.ipc_router.close(CLOSE_LINGER_MS)
         for fd in {self.wake_rx, self.wake_tx}:
             with contextlib.suppress(OSError):
                 os.close(fd)

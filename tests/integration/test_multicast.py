@@ -42,7 +42,7 @@ MEMBER = textwrap.dedent('''
         last[m.source] = n
         got[m.source] = got.get(m.source, 0) + 1
     snipe.catalog().set_many(snipe.me(), {"got": sum(got.values()), "bad": bad, "senders": len(got)})
-    time.sleep(1)
+    snipe.shutdown()                # sends the acknowledgements still owed, then closes
 ''')
 
 SENDER = textwrap.dedent('''

@@ -54,4 +54,4 @@ while time.monotonic() < deadline:
 write(result_path, {"received": received, "next_expected": expected, "duplicates": dups, "gaps": gaps,
                     "in_order": dups == 0 and gaps == 0 and expected == received, "first_bad": first_bad,
                     "bye": bye, "source": source, "first_at": t_first, "done_at": time.time()})
-time.sleep(0.5)
+snipe.shutdown()                            # sends the acknowledgements still owed, then closes

@@ -48,12 +48,19 @@ for i in range(n):
     if wait > 0:
         time.sleep(wait)
 sent_done = time.time()
-deadline = time.monotonic() + 120           # bounded: every message acknowledged, or we report what was
-while time.monotonic() < deadline:
-    st = note(n)
-    if st.get("acked", 0) >= n:
-        break
-    time.sleep(0.05)
+
+
+def wait_acked(count, seconds):
+    """Bounded: until `count` messages are acknowledged, or `seconds` pass; the last stats."""
+    deadline = time.monotonic() + seconds
+    while True:
+        st = note(count)
+        if st.get("acked", 0) >= count or time.monotonic() >= deadline:
+            return st
+        time.sleep(0.05)
+
+
+st = wait_acked(n, 120)                     # every message acknowledged, or we report what was
 acked_done = time.time()
 failures = []
 for _ in range(n + 10):                     # delivery failures come back as messages
@@ -68,4 +75,5 @@ result = {"sent": n, "acked": st.get("acked", 0), "retransmitted": st.get("retra
           "all_acked_s": round(acked_done - t0, 3), "stats": st}
 write(result_path, result)
 snipe.send(peer, b"", tag=BYE)
-time.sleep(1.0)
+wait_acked(n + 1, 10)                       # the receiver has the BYE before we go
+snipe.shutdown()
