@@ -50,6 +50,7 @@ import psutil
 import zmq
 
 import snipe
+from benchmarks.measure import cpu_seconds
 from snipe.identity import Identity
 from snipe.localcluster import LocalCluster
 from snipe.runtime import now_ms
@@ -123,15 +124,6 @@ class Pinger:
         return max((b - a for a, b in itertools.pairwise(t)), default=float("nan"))
 
 
-def _cpu(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            c = psutil.Process(pid).cpu_times()
-            total += c.user + c.system
-    return total
-
-
 def _task_pids(urn: str) -> list[int]:
     out = []
     for p in psutil.process_iter(["pid", "environ"]):
@@ -162,13 +154,13 @@ def measure_project(cluster: LocalCluster, root: Path, size: int, moves: int) ->
         for i in range(moves):
             start = time.monotonic()
             pids = _task_pids(task.urn)
-            cpu0 = _cpu(pids + daemons)
+            cpu0 = cpu_seconds(pids + daemons)
             task.migrate(hosts[i % 2], timeout=300)
             end = time.monotonic()
             time.sleep(0.5)                      # let the echoes after the move come in
             pids = sorted(set(pids + _task_pids(task.urn)))
             rounds.append({"blackout_s": pinger.gap(start, end + 0.5), "migrate_s": end - start,
-                           "cpu_s": _cpu(pids + daemons) - cpu0})
+                           "cpu_s": cpu_seconds(pids + daemons) - cpu0})
             if pinger.error is not None:
                 raise RuntimeError(f"the pinger failed: {pinger.error}")
         steady = pinger.gap((rounds and time.monotonic() - 0.4) or 0, time.monotonic())
