@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from snipe_daemon.migration import NOTIFY_TAG
+
 import snipe
 from snipe.errors import MigrationFailed
 from snipe.localcluster import LocalCluster
@@ -273,13 +275,17 @@ PLAIN = textwrap.dedent('''
 def test_console_migrate_and_drain(cluster: LocalCluster, tmp_path: Path) -> None:
     """`snipe-console migrate URN HOST` moves a task; `drain HOST` moves every task with hooks
     off the host and leaves one without hooks running there, saying why."""
-    pinger = snipe.spawn(publish(tmp_path, "pinger.py", PINGER.replace("bytes(192 << 20)", "b''")), host="h1")
+    pinger = snipe.spawn(publish(tmp_path, "pinger.py", PINGER.replace("bytes(192 << 20)", "b''")), host="h1",
+                         notify=[snipe.me()])
     plain = snipe.spawn(publish(tmp_path, "plain.py", PLAIN), host="h2")
     wait_for(lambda: _value(pinger.urn, "listening") is True and _value(plain.urn, "listening") is True, 60,
              "both tasks to listen")
     r = _console(cluster, "migrate", pinger.urn, "h2", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["to"] == "urn:snipe:host:h2"
+    told = snipe.recv(tag=NOTIFY_TAG, timeout=30)             # the notify list hears of the move
+    assert told is not None and not told.failed, told
+    assert told.obj()["urn"] == pinger.urn and told.obj()["kind"] == "migrated", told.obj()
     assert _ping(pinger, 1) == 1
     r = _console(cluster, "drain", "h2", "--timeout", "60", "--json",
                  "--admin-key-file", str(cluster.root / "catalog" / "admin.key"))
