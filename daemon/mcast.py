@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from snipe.catalog.client import CatalogClient, now_ms
-from snipe.errors import SnipeError
-from snipe.messaging.endpoint import Endpoint, Message
+from snipe.errors import CodecError, SnipeError
+from snipe.messaging.channel import Deliver
+from snipe.messaging.endpoint import Endpoint
 from snipe.messaging.routes import shared_networks
 from snipe.multicast.core import (
     DEFAULT_WANTED,
@@ -110,7 +111,7 @@ class GroupRouter:
         self.relayed = 0
         self.replayed = 0
         endpoint.system_handlers[MCAST_DATA] = self._on_data
-        endpoint.system_handlers[MCAST_RESUME] = self._on_resume
+        endpoint.system_handlers[MCAST_RESUME] = endpoint.one_by_one(self._on_resume)
         endpoint.turn_end.append(self._flush)
         self.next_refresh = 0.0
 
@@ -226,39 +227,46 @@ class GroupRouter:
         self.counts.setdefault(group, GroupCounts()).members = len(members)
         return v
 
-    def _on_data(self, m: Message) -> None:
-        h, body = unpack(m.payload)
-        view = self._view(h.group)
-        if view is None:
-            return
-        relay = self.relays.get(h.group)
-        if relay is None:
-            relay = self.relays[h.group] = Relay(self.host_urn)
-        counts = self.counts.get(h.group)
-        if counts is None:
-            counts = self.counts[h.group] = GroupCounts()
-        out = relay.on_data(h, view.members, view.routers)
-        if out is None:
-            counts.duplicates += 1
-            return
-        self.relayed += 1
-        counts.relayed += 1
-        data = bytes(body)
-        history = self.histories.get(h.group)
-        if history is None:
-            history = self.histories[h.group] = History(HISTORY_MESSAGES, HISTORY_BYTES, HISTORY_AGE_S * 1000)
-        history.add(h.origin, h.seq, now_ms(), (h.origin, h.seq, h.tag, data), len(data))
-        if out.deliver_to:
-            batch = self.pending.get(h.group)
-            if batch is None:
-                batch = self.pending[h.group] = Batch(h.group)
-            batch.add(h.origin, h.seq, h.tag, data)
-            if batch.full():
-                self._send_batch(h.group, self.pending.pop(h.group))
-        if out.forward_to:
-            payload = pack(out.header, body)
-            for router in out.forward_to:
-                self.endpoint.submit(router, MCAST_DATA, payload, HOP_DEADLINE_S)
+    def _on_data(self, messages: list[Deliver]) -> None:
+        """A run of multicast messages (from a sender or another router): relay each once."""
+        wall = now_ms()
+        for m in messages:
+            try:
+                h, body = unpack(m.payload)
+            except CodecError as exc:
+                log.warning("dropping a multicast message from %s: %s", m.source, exc)
+                continue
+            view = self._view(h.group)
+            if view is None:
+                continue
+            relay = self.relays.get(h.group)
+            if relay is None:
+                relay = self.relays[h.group] = Relay(self.host_urn)
+            counts = self.counts.get(h.group)
+            if counts is None:
+                counts = self.counts[h.group] = GroupCounts()
+            out = relay.on_data(h, view.members, view.routers)
+            if out is None:
+                counts.duplicates += 1
+                continue
+            self.relayed += 1
+            counts.relayed += 1
+            data = bytes(body)
+            history = self.histories.get(h.group)
+            if history is None:
+                history = self.histories[h.group] = History(HISTORY_MESSAGES, HISTORY_BYTES, HISTORY_AGE_S * 1000)
+            history.add(h.origin, h.seq, wall, (h.origin, h.seq, h.tag, data), len(data))
+            if out.deliver_to:
+                batch = self.pending.get(h.group)
+                if batch is None:
+                    batch = self.pending[h.group] = Batch(h.group)
+                batch.add(h.origin, h.seq, h.tag, data)
+                if batch.full():
+                    self._send_batch(h.group, self.pending.pop(h.group))
+            if out.forward_to:
+                payload = pack(out.header, body)
+                for router in out.forward_to:
+                    self.endpoint.submit(router, MCAST_DATA, payload, HOP_DEADLINE_S)
 
     def _flush(self) -> None:
         """End of the endpoint's turn: what each group relayed in it, to its members."""
@@ -279,7 +287,7 @@ class GroupRouter:
         counts.delivered += batch.count * len(view.members)
         counts.batches += len(view.members)
 
-    def _on_resume(self, m: Message) -> None:
+    def _on_resume(self, m: Deliver) -> None:
         """A member registered with us: relay to it from now on (unless it only asks for a
         replay), and replay what it lacks."""
         r = unpack_resume(m.payload)

@@ -50,6 +50,7 @@ from snipe.identity import Identity, public_key_from_id
 from snipe.messaging.channel import (
     PROTOCOL,
     VERSION,
+    Deliver,
     DeliveryFailed,
     Inbound,
     Outbound,
@@ -67,6 +68,7 @@ from snipe.wire import Envelope, decode, encode
 
 log = logging.getLogger("snipe.messaging")
 ReplyTo = tuple[zmq.Socket, bytes]       # where a message came from: our ROUTER and the link's identity there
+SystemHandler = Callable[[list[Deliver]], None]    # takes a run of one reserved tag's messages, in order
 
 ENDED_STATES = ("exited", "killed", "lost")
 DEFAULT_DEADLINE_S = 30.0
@@ -231,7 +233,7 @@ class Endpoint:
         self.received: dict[str, int] = {}
         self.bytes_received: dict[str, int] = {}
         self.paused = False
-        self.system_handlers: dict[int, Callable[[Message], None]] = {}
+        self.system_handlers: dict[int, SystemHandler] = {}
         # Migration (snipe/migration): the application's own thread runs `at_safe_point` at its
         # next recv/probe (or snipe.safe_point) once `safe_point_due` is set (not in send: a send
         # is mostly half-way through handling a message, which the application's state rarely
@@ -1066,15 +1068,35 @@ class Endpoint:
             log.debug("could not publish messaging counters: %s", exc)
 
     # --- multicast hooks (snipe/multicast) -------------------------------------------------------
-    def _on_system(self, m: Message) -> None:
-        handler = self.system_handlers.get(m.tag)
-        if handler is None:
-            log.debug("no handler for reserved tag %s from %s", m.tag, m.source)
-            return
-        try:
-            handler(m)
-        except SnipeError as exc:
-            log.warning("dropping a tag %s message from %s: %s", m.tag, m.source, exc)
+    def _on_system(self, messages: list[Deliver]) -> None:
+        """Reserved-tag messages from one source, in order: each run of one tag to its handler at
+        once (a router takes a sender's burst as one, not message by message)."""
+        start = 0
+        for end in range(1, len(messages) + 1):
+            if end < len(messages) and messages[end].tag == messages[start].tag:
+                continue
+            run = messages[start:end]
+            start = end
+            handler = self.system_handlers.get(run[0].tag)
+            if handler is None:
+                log.debug("no handler for reserved tag %s from %s", run[0].tag, run[0].source)
+                continue
+            try:
+                handler(run)
+            except SnipeError as exc:
+                log.warning("dropping %d tag %s message(s) from %s: %s", len(run), run[0].tag, run[0].source, exc)
+
+    @staticmethod
+    def one_by_one(handle: Callable[[Deliver], None]) -> SystemHandler:
+        """A system handler that takes the messages of a run one at a time; a malformed one is
+        logged and dropped without the rest of the run."""
+        def run(messages: list[Deliver]) -> None:
+            for m in messages:
+                try:
+                    handle(m)
+                except SnipeError as exc:
+                    log.warning("dropping a tag %s message from %s: %s", m.tag, m.source, exc)
+        return run
 
     def deliver_local(self, messages: list[Message]) -> None:
         """Put messages in the application's inbox (from the I/O thread)."""
@@ -1239,10 +1261,8 @@ class Endpoint:
             nbytes = sum(len(d.payload) for d in delivered)
             self.bytes_received[source] = self.bytes_received.get(source, 0) + nbytes
             plain = [Message(source, d.tag, d.payload) for d in delivered if d.tag >= 0]
-            if len(plain) != len(delivered):
-                for d in delivered:
-                    if d.tag < 0:             # reserved tags: the multicast layer's traffic
-                        self._on_system(Message(d.source, d.tag, d.payload))
+            if len(plain) != len(delivered):  # reserved tags: the multicast layer's traffic
+                self._on_system([d for d in delivered if d.tag < 0])
             with self.cond:
                 self.inbox.extend(plain)
                 paused = len(self.inbox) >= self.hwm

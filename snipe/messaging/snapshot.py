@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 
 from snipe.errors import CodecError
-from snipe.messaging.channel import Inbound, Outbound
+from snipe.messaging.channel import Deliver, Inbound, Outbound
 from snipe.messaging.endpoint import MIN_RTO_S, Endpoint, Message, _Peer
 
 log = logging.getLogger("snipe.messaging")
@@ -99,11 +99,11 @@ def tell_checkpointed(ep: Endpoint, where: dict[str, tuple[int, int]]) -> None:
 
 def install(ep: Endpoint) -> None:
     """Answer RESUME and CHECKPOINTED from restored or checkpointing receivers."""
-    ep.system_handlers[TAG_RESUME] = lambda m: _on_resume(ep, m)
-    ep.system_handlers[TAG_CHECKPOINTED] = lambda m: _on_checkpointed(ep, m)
+    ep.system_handlers[TAG_RESUME] = ep.one_by_one(lambda m: _on_resume(ep, m))
+    ep.system_handlers[TAG_CHECKPOINTED] = ep.one_by_one(lambda m: _on_checkpointed(ep, m))
 
 
-def _position(m: Message) -> tuple[int, int]:
+def _position(m: Deliver) -> tuple[int, int]:
     try:
         body = msgpack.unpackb(m.payload, raw=False)
         session, cum = body["s"], body["c"]
@@ -121,7 +121,7 @@ def _outbound(ep: Endpoint, dest: str) -> _Peer:
     return p
 
 
-def _on_resume(ep: Endpoint, m: Message) -> None:
+def _on_resume(ep: Endpoint, m: Deliver) -> None:
     session, cum = _position(m)
     p = _outbound(ep, m.source)
     now = time.monotonic()
@@ -136,7 +136,7 @@ def _on_resume(ep: Endpoint, m: Message) -> None:
     ep._transmit(p, sends)
 
 
-def _on_checkpointed(ep: Endpoint, m: Message) -> None:
+def _on_checkpointed(ep: Endpoint, m: Deliver) -> None:
     session, cum = _position(m)
     p = ep.peers.get(m.source)
     if p is not None:

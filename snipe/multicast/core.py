@@ -74,9 +74,10 @@ MEMBER_ROUTERS = 2
 BATCH_MESSAGES = 1024        # a batch to members holds at most this many messages
 BATCH_BYTES = 256 << 10      # ... and, unless it is one message, at most this many body bytes
 _LEN = struct.Struct(">I")
+_STR = {str}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)          # not frozen: a frozen dataclass costs 3-4x as much to make, once a message
 class Header:
     group: str
     origin: str
@@ -97,8 +98,8 @@ def unpack(payload: bytes | memoryview) -> tuple[Header, memoryview]:
         group, origin, seq, tag, seen = msgpack.unpackb(view[4:4 + n], raw=False)
     except Exception:
         raise CodecError("malformed multicast header") from None
-    if not (isinstance(group, str) and isinstance(origin, str) and type(seq) is int and type(tag) is int
-            and isinstance(seen, list) and all(isinstance(s, str) for s in seen)):
+    if not (type(group) is str and type(origin) is str and type(seq) is int and type(tag) is int
+            and type(seen) is list and set(map(type, seen)) <= _STR):
         raise CodecError("multicast header fields have the wrong types")
     return Header(group, origin, seq, tag, tuple(seen)), view[4 + n:]
 
@@ -307,6 +308,9 @@ class _Seen:
 
     def add(self, seq: int) -> bool:
         """Record seq; False if it was seen before."""
+        if seq == self.below and not self.above:     # the next one, nothing out of order: the usual case
+            self.below = seq + 1
+            return True
         if seq < self.below or seq in self.above:
             return False
         self.above.add(seq)
@@ -319,7 +323,7 @@ class _Seen:
         return True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Relayed:
     deliver_to: tuple[str, ...]          # member URNs
     forward_to: tuple[str, ...]          # router (host) URNs
@@ -336,14 +340,18 @@ class Relay:
         self.duplicates = 0
 
     def on_data(self, h: Header, members_here: Sequence[str], routers: Sequence[str]) -> Relayed | None:
-        s = self.seen.setdefault((h.group, h.origin), _Seen())
+        """`routers`: the live ones, sorted (the forwards go out in that order)."""
+        s = self.seen.get((h.group, h.origin))
+        if s is None:
+            s = self.seen[(h.group, h.origin)] = _Seen()
         if not s.add(h.seq):
             self.duplicates += 1
             return None
         self.relayed += 1
-        forward = tuple(r for r in sorted(routers) if r != self.me and r not in h.seen)
-        seen = tuple(sorted({*h.seen, self.me, *forward}))
-        return Relayed(tuple(members_here), forward, Header(h.group, h.origin, h.seq, h.tag, seen))
+        forward = tuple(r for r in routers if r != self.me and r not in h.seen)
+        if forward or self.me not in h.seen:
+            h = Header(h.group, h.origin, h.seq, h.tag, tuple(sorted({*h.seen, self.me, *forward})))
+        return Relayed(tuple(members_here), forward, h)
 
 
 class History:

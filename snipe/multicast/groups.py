@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from snipe import authority
 from snipe.catalog.client import CatalogClient, now_ms
 from snipe.catalog.entry import Entry
-from snipe.errors import NotAuthorized, NotFound, SnipeError
+from snipe.errors import CodecError, NotAuthorized, NotFound, SnipeError
+from snipe.messaging.channel import Deliver
 from snipe.messaging.endpoint import Message
 from snipe.messaging.routes import shared_networks
 from snipe.multicast.core import (
@@ -43,6 +45,8 @@ from snipe.multicast.core import (
     unpack_batch,
 )
 from snipe.urn import validate_urn
+
+log = logging.getLogger("snipe.multicast")
 
 if TYPE_CHECKING:
     from snipe.messaging.endpoint import Endpoint
@@ -276,23 +280,28 @@ class Membership:
         self._resume(group, (), send, routers)
 
     # --- delivery (I/O thread) ---------------------------------------------------------------------
-    def _on_deliver(self, m: Message) -> None:
-        """A batch from a router: each origin's run through its Reorder (once each, in order)."""
-        group, runs = unpack_batch(m.payload)
+    def _on_deliver(self, batches: list[Deliver]) -> None:
+        """Batches from a router: each origin's run through its Reorder (once each, in order)."""
         ready: list[Message] = []
         now = time.monotonic()
         with self.lock:
-            if group not in self.joined:
-                return                                   # we left: nothing more for us
-            self.heard_at[group] = now
-            for origin, first, tags, bodies in runs:
-                r = self.reorder.get((group, origin))
-                if r is None:
-                    r = self.reorder[(group, origin)] = Reorder()
-                elif r.expected is not None and first + len(tags) <= r.expected:
-                    continue                             # a replay of what we have: skip building it
-                ready.extend(r.on_run(first, [Message(origin, t, b, group) for t, b in zip(tags, bodies, strict=True)],
-                                      now))
+            for m in batches:
+                try:
+                    group, runs = unpack_batch(m.payload)
+                except CodecError as exc:
+                    log.warning("dropping a multicast batch from %s: %s", m.source, exc)
+                    continue
+                if group not in self.joined:
+                    continue                             # we left: nothing more for us
+                self.heard_at[group] = now
+                for origin, first, tags, bodies in runs:
+                    r = self.reorder.get((group, origin))
+                    if r is None:
+                        r = self.reorder[(group, origin)] = Reorder()
+                    elif r.expected is not None and first + len(tags) <= r.expected:
+                        continue                         # a replay of what we have: skip building it
+                    items = [Message(origin, t, b, group) for t, b in zip(tags, bodies, strict=True)]
+                    ready.extend(r.on_run(first, items, now))
         if ready:
             self.endpoint.deliver_local(ready)
 

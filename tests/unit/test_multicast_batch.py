@@ -11,8 +11,12 @@ from snipe.errors import CodecError
 from snipe.multicast.core import (
     BATCH_MESSAGES,
     Batch,
+    Header,
+    Relay,
     Reorder,
     batches,
+    delivering,
+    resume_plan,
     unpack_batch,
 )
 
@@ -63,3 +67,26 @@ def test_reorder_takes_a_run_at_once_and_falls_back_to_one_by_one_around_holes()
     assert r.on_run(9, ["m9"], 0.0) == [] and r.gap_since == 0.0          # 7 and 8 missing: held
     assert r.on_run(6, ["m6", "m7", "m8"], 1.0) == ["m7", "m8", "m9"]    # the replay fills it; m6 again dropped
     assert r.expected == 10 and not r.held and r.gap_since is None
+
+
+def test_only_a_members_first_router_delivers_to_it_and_a_move_asks_the_rest_for_a_replay():
+    assert delivering(["h2", "h1"]) == "h2" and delivering([]) is None
+    seen = {"old": 1.0, "h3": 5.0, "h2": 2.0}
+    assert resume_plan(["h2", "h3"], seen, ["h2", "h3"], moving=False) == (["h2"], [])        # a join: no replay asked
+    assert resume_plan(["h3", "h2"], seen, ["old", "h2", "h3"], moving=True) == (["h3"], ["h2", "old"])
+
+
+def test_a_router_relays_each_message_once_and_forwards_only_to_routers_that_have_not_had_it():
+    relay = Relay("r1")
+    h = Header("g", "s", 1, 0, ("r1", "r2"))
+    out = relay.on_data(h, ["m1"], ["r1", "r2", "r3"])
+    assert out is not None and out.deliver_to == ("m1",) and out.forward_to == ("r3",)
+    assert out.header.seen == ("r1", "r2", "r3")                        # r3 does not send it back to r2
+    assert relay.on_data(h, ["m1"], ["r1", "r2", "r3"]) is None          # a duplicate (from another router)
+    seen_by_all = Header("g", "s", 2, 0, ("r1", "r2", "r3"))
+    out = relay.on_data(seen_by_all, ["m1"], ["r1", "r2", "r3"])
+    assert out is not None and out.forward_to == () and out.header is seen_by_all
+    late = Header("g", "s", 5, 0, ("r1",))                               # 3 and 4 not yet: 5 is still new once
+    assert relay.on_data(late, [], ["r1"]) is not None and relay.on_data(late, [], ["r1"]) is None
+    assert relay.on_data(Header("g", "s", 3, 0, ("r1",)), [], ["r1"]) is not None
+    assert (relay.relayed, relay.duplicates) == (4, 2)
