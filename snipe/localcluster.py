@@ -126,10 +126,11 @@ class LocalCatalog:
         return CatalogClient(self.addresses, identity or self.admin, self.admin.key_id, **kw)  # type: ignore[arg-type]
 
     def admit(self, identity: Identity, name: str | None = None, kind: str = "user") -> str:
-        """Have the admin make `identity` the owner of a user (or host) URN, which admits it."""
+        """Have the admin make `identity` the owner of a user (or host) URN, which admits it at
+        every replica before this returns (the caller talks to any of them next)."""
         urn = f"urn:snipe:{kind}:{name or identity.key_id[:16]}"
         with self.client() as c:
-            c.set(urn, "_owner", identity.key_id)
+            c.set(urn, "_owner", identity.key_id, w=c.n)
         return urn
 
     def close(self) -> None:

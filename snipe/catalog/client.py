@@ -52,6 +52,11 @@ log = logging.getLogger("snipe.catalog")
 
 
 HEDGE_AFTER_S = 0.25
+PUT_HEDGE_MIN_S = 0.01       # a put asks one more replica after 2.5 times its usual time, within these bounds
+PUT_HEDGE_FACTOR = 2.5
+PUT_HEDGE_MAX_S = HEDGE_AFTER_S
+PUT_EWMA = 0.2
+PUT_FIRST_GUESS_S = 0.05     # a new client's guess at a put's time, until it has measured some
 LINK_CHECK_S = 0.1           # how often links read their handshake events
 REFUSED_RETRY_S = 0.25       # a refused handshake is tried again this soon: the key may be admitted by now
 BELIEVED_RECORDS = 20_000    # verified records remembered by their bytes, so a repeat read skips the work,
@@ -146,6 +151,8 @@ class CatalogClient:
         self._cache: dict[str, tuple[float, Entry]] = {}
         self._believed: OrderedDict[bytes, Assertion] = OrderedDict()
         self._links_checked = 0.0
+        self._put_s = PUT_FIRST_GUESS_S     # moving average of a W-acknowledged put's time
+        self.spares_asked = 0      # put requests sent beyond the first W (slow, unreachable or refusing replicas)
 
     def _index_sockets(self) -> None:
         self.poller = zmq.Poller()
@@ -209,16 +216,23 @@ class CatalogClient:
                     w._on_event(env, frames)
 
     def _fanout(self, conns: Sequence[_Conn], kind: str, body: dict[str, Any] | None, frames: Sequence[bytes],
-                enough: Any, deadline: float) -> dict[str, tuple[Envelope, list[bytes]]]:
+                enough: Any, deadline: float, *, spares: Sequence[_Conn] = (), needed: Any = None,
+                hedge_s: float = 0.0) -> dict[str, tuple[Envelope, list[bytes]]]:
         """Send one request to each of `conns` (retrying those not yet connected) and gather
         replies until `enough(replies)` says so or the deadline passes. Replicas that could not
         be sent to, or did not answer by the deadline, are marked down so that later requests
-        prefer the others; one merely slower than the replies that were enough is not."""
+        prefer the others; one merely slower than the replies that were enough is not.
+
+        `spares` are asked too, one at a time, when the requests in flight can no longer give
+        the `needed(replies)` good answers (a replica could not be sent to, or refused), or
+        when `hedge_s` passes with no reply being enough (a replica is slow or just died)."""
         unsent = list(conns)
+        spares = list(spares)
         pending: dict[int, _Conn] = {}
         got: dict[str, tuple[Envelope, list[bytes]]] = {}
         timed_out = False
-        refusals = {c.address.endpoint: c.link.refusals for c in conns}
+        refusals = {c.address.endpoint: c.link.refusals for c in [*conns, *spares]}
+        hedge_at = time.monotonic() + hedge_s
         while True:
             for conn in list(unsent):
                 rid = self._send(conn, kind, body, frames)
@@ -229,18 +243,27 @@ class CatalogClient:
                 endpoint, env, fr = self._replies.pop(rid)
                 del pending[rid]
                 got[endpoint] = (env, fr)
-            if enough(got) or (not pending and not unsent):
+            if enough(got) or (not pending and not unsent and not spares):
                 break
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 timed_out = True
                 break
+            if spares and (now >= hedge_at or (needed is not None and len(pending) + len(unsent) < needed(got))):
+                self.spares_asked += 1
+                unsent.append(spares.pop(0))
+                hedge_at = now + hedge_s
+                continue
             for conn in self._check_links():         # a refused handshake, remade: ask again
                 for rid in [r for r, c in pending.items() if c is conn]:
                     del pending[rid]
                     self._late.add(rid)
                     unsent.append(conn)
-            self._pump(min(left, 0.01 if unsent else 0.05))
+            wait = min(left, 0.01 if unsent else 0.05)
+            if spares:
+                wait = min(wait, max(0.0, hedge_at - now))
+            self._pump(wait)
         now = time.monotonic()
         silent = [*unsent, *pending.values()]
         for conn in silent if timed_out else unsent:
@@ -284,6 +307,9 @@ class CatalogClient:
              deleted: bool = False) -> Assertion:
         ttl_ms = int(ttl * 1000) if ttl else 0
         return make_assertion(self.identity, urn, name, value, self.clock.now(now_ms()), ttl_ms, deleted)
+
+    def _put_hedge_s(self) -> float:
+        return min(PUT_HEDGE_MAX_S, max(PUT_HEDGE_MIN_S, PUT_HEDGE_FACTOR * self._put_s))
 
     def put(self, records: Sequence[Assertion], *, w: int | None = None, timeout: float | None = None) -> PutResult:
         """Write signed assertions to the replicas; return once W acknowledged every one.
@@ -329,9 +355,23 @@ class CatalogClient:
                     acks += 1
             return acks
 
-        got = self._fanout(self._candidates(), "put", None, frames,
-                           lambda g: judge(g) >= w or len(refusals) > self.n - w, deadline)
+        # W replicas first; the first of them pushes the write to the rest (rcds/server.py
+        # `_sent_to`), in batches: the others' work is a share of a push, not a request each.
+        # Another is asked when one of them cannot be reached or refuses, or answers slower than
+        # puts usually take. Ownership, delegations and admissions (reserved names) go to every
+        # replica at once, and every replica that stores them pushes them on: this client's later
+        # writes, which depend on them, then find them wherever they go.
+        candidates = self._candidates()
+        reserved = any(authority.is_reserved(a.name) for a in records)
+        first = len(candidates) if reserved else w
+        body = None if reserved else {"to": [c.key[:P.KEY_TAG_BYTES] for c in candidates[:first]]}
+        started = time.monotonic()
+        got = self._fanout(candidates[:first], "put", body, frames,
+                           lambda g: judge(g) >= w or len(refusals) > self.n - w, deadline,
+                           spares=candidates[first:], needed=lambda g: w - judge(g), hedge_s=self._put_hedge_s())
         acks = judge(got)
+        if acks >= w:
+            self._put_s += PUT_EWMA * (time.monotonic() - started - self._put_s)
         backoff = 0.01
         while 0 < acks < w and refusals and time.monotonic() + backoff < deadline \
                 and all(isinstance(e, NotAuthorized) for e in refusals):
