@@ -31,7 +31,8 @@ from snipe.migration.groups import export_groups
 from snipe.transport import client_socket
 
 if TYPE_CHECKING:
-    from snipe.messaging.endpoint import Endpoint, Message
+    from snipe.messaging.channel import Deliver
+    from snipe.messaging.endpoint import Endpoint
     from snipe.runtime import Session
 
 log = logging.getLogger("snipe.migration")
@@ -53,11 +54,11 @@ class OriginShell:
     def __init__(self, session: Session, endpoint: Endpoint) -> None:
         self.session, self.endpoint = session, endpoint
         self.request: dict[str, Any] | None = None
-        endpoint.system_handlers[MIGRATE_TAG] = self._on_request
+        endpoint.system_handlers[MIGRATE_TAG] = endpoint.one_by_one(self._on_request)
         endpoint.at_safe_point = self.at_safe_point
 
     # I/O thread
-    def _on_request(self, m: Message) -> None:
+    def _on_request(self, m: Deliver) -> None:
         if m.source != self.endpoint.host_urn:
             log.warning("a migration request from %s, not from this task's daemon: ignored", m.source)
             return
