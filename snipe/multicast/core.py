@@ -75,6 +75,7 @@ BATCH_MESSAGES = 1024        # a batch to members holds at most this many messag
 BATCH_BYTES = 256 << 10      # ... and, unless it is one message, at most this many body bytes
 _LEN = struct.Struct(">I")
 _STR = {str}
+_INT = {int}
 
 
 @dataclass(slots=True)          # not frozen: a frozen dataclass costs 3-4x as much to make, once a message
@@ -167,9 +168,10 @@ def unpack_batch(payload: bytes | memoryview) -> tuple[str, list[tuple[str, int,
     at = 4 + n
     out = []
     for run in runs:
-        if not (isinstance(run, list) and len(run) == 4 and isinstance(run[0], str) and type(run[1]) is int
-                and isinstance(run[2], list) and isinstance(run[3], list) and len(run[2]) == len(run[3])
-                and all(type(t) is int for t in run[2]) and all(type(k) is int and k >= 0 for k in run[3])):
+        # set(map(type, ...)) checks a long run's items far faster than a generator would
+        if not (type(run) is list and len(run) == 4 and type(run[0]) is str and type(run[1]) is int
+                and type(run[2]) is list and type(run[3]) is list and len(run[2]) == len(run[3]) and run[2]
+                and set(map(type, run[2])) == _INT and set(map(type, run[3])) == _INT and min(run[3]) >= 0):
             raise CodecError("multicast batch: each run must be [origin, first seq, [tags], [sizes]]")
         bodies = []
         for k in run[3]:

@@ -105,9 +105,10 @@ class Membership:
         self.heard_at: dict[str, float] = {}             # group -> when a batch last came (monotonic)
         self.read_at: dict[str, float] = {}              # group -> when _tend last read its routers
         self.seqs: dict[str, itertools.count[int]] = {}
-        # group name as the caller spelled it -> (monotonic time, URN, sorted live routers, the
-        # earliest lease expiry in the entry they came from): mcast reads the entry once a second
-        self.routers_seen: dict[str, tuple[float, str, list[str], int | None]] = {}
+        # group name as the caller spelled it -> (monotonic time, URN, `targets` for each seq modulo
+        # the number of live routers, the earliest lease expiry in the entry they came from): mcast
+        # reads the entry once a second
+        self.routers_seen: dict[str, tuple[float, str, list[list[str]], int | None]] = {}
         endpoint.system_handlers[MCAST_DELIVER] = self._on_deliver
         endpoint.periodic.append(self._tend)
 
@@ -147,7 +148,7 @@ class Membership:
         hit = self.routers_seen.get(group)
         now = time.monotonic()
         if hit is not None and now - hit[0] < ROUTERS_MAX_AGE_S and (hit[3] is None or hit[3] > now_ms()):
-            _, group, routers, _ = hit
+            _, group, rotations, _ = hit
         else:
             asked = group
             group = validate_urn(group)
@@ -160,9 +161,10 @@ class Membership:
             if not routers:
                 self.routers_seen.pop(asked, None)
                 raise NotFound(f"{group} has no live routers: no member has joined it (or their hosts are gone)")
-            self.routers_seen[asked] = (now, group, routers, next_expiry(entry, now_ms()))
+            rotations = [targets(routers, i) for i in range(len(routers))]
+            self.routers_seen[asked] = (now, group, rotations, next_expiry(entry, now_ms()))
         seq = next(self.seqs.setdefault(group, itertools.count(1)))
-        chosen = targets(routers, seq)
+        chosen = rotations[seq % len(rotations)]
         data = pack(Header(group, self.me, seq, int(tag), tuple(chosen)), payload)
         for r in chosen:
             self.endpoint.send(r, data, MCAST_DATA)
