@@ -202,7 +202,10 @@ class Endpoint:
         # `lock` when both are needed).
         self.io = threading.Lock()
         self._sent_at = 0.0                      # the last send's time (lone sends go direct)
-        self._io_sleep_until = 0.0               # the I/O thread's poll ends by then (monotonic)
+        self._io_sleep_until = 0.0               # the I/O thread's poll ends by then, its timers due (monotonic)
+        # peers sent to since the I/O thread last reckoned every timer (an application thread's
+        # direct sends may have set one sooner than the I/O thread's poll ends)
+        self._touched: set[str] = set()
         self._app_active_until = 0.0             # application threads read the sockets until then
         self._io_wants = False                   # the I/O thread waits for io: no new direct work
         # (links version, poller, a reader per socket) for direct recvs
@@ -216,8 +219,7 @@ class Endpoint:
         self._blocked = 0                        # senders waiting at the hwm
         self._wake_pending = False               # a wake-up is on its way to the I/O thread
         self._checks_at = 0.0
-        self._timers_due = 0.0                   # when the I/O thread next has timers to look at
-        self._timers_at = 0.0                    # ... and when it last did (at least every 0.25 s)
+        self._timers_at = 0.0                    # when the I/O thread last looked at its timers (every 0.25 s at least)
         self._links_version = 0                  # bumped when a link (socket) is made or remade
         self._acks: dict[str, list[Any]] = {}    # source -> [ReplyTo, ack envelope, messages, bytes, due]
         self._acks_due = float("inf")
@@ -349,13 +351,16 @@ class Endpoint:
         now = time.monotonic()
         lone, self._sent_at = now - self._sent_at >= DIRECT_GAP_S, now
         if alone and lone and not self._io_wants and self.io.acquire(blocking=False):
+            soonest = math.inf
             try:
                 done = self._send_direct(dest, now)
+                if done:
+                    soonest = self._touched_soonest()
             finally:
                 self.io.release()
             if done:
                 self._app_active_until = now + APP_ACTIVE_S
-                self._nudge_io()
+                self._nudge_io(soonest)
                 return
         if not self._wake_pending:  # the I/O thread takes the whole queue at once: one wake-up per burst
             self._wake_pending = True
@@ -372,11 +377,23 @@ class Endpoint:
         self._read_input()       # our sends may have taken the sockets' readiness signals: read what waits
         return True
 
-    def _nudge_io(self) -> None:
-        """After an application thread did I/O work: wake the I/O thread if something (an ack to
-        send, a retransmission timer) is now due before its poll would end."""
-        due = self._next_timer(acks=False)
-        if due is not None and time.monotonic() + due < self._io_sleep_until - APP_ACTIVE_S:
+    def _touched_soonest(self) -> float:
+        """(Holding io.) The soonest retransmission or deadline of the peers sent to since this
+        was last asked: what an application thread's I/O work may have moved up (the acks it owes
+        are its own to send while it reads the sockets). Only those peers, not every one: this
+        runs after every direct send and recv."""
+        soonest = math.inf
+        for urn in self._touched:
+            p = self.peers.get(urn)
+            due = p.out.next_deadline() if p is not None else None
+            if due is not None and due < soonest:
+                soonest = due
+        self._touched.clear()
+        return soonest
+
+    def _nudge_io(self, soonest: float) -> None:
+        """Wake the I/O thread if `soonest` (from `_touched_soonest`) comes before its poll ends."""
+        if soonest < self._io_sleep_until - APP_ACTIVE_S:
             self._wake()
 
     def _wait_for_room(self, dest: str, timeout: float | None) -> int:
@@ -474,12 +491,13 @@ class Endpoint:
                     with contextlib.suppress(OSError):
                         os.read(self.wake_rx, 4096)
         finally:
+            soonest = self._touched_soonest() if m is not None else math.inf
             self.io.release()
             if m is None:
                 self._hand_back()
             else:
                 self._app_active_until = time.monotonic() + APP_ACTIVE_S
-                self._nudge_io()
+                self._nudge_io(soonest)
 
     def _hand_back(self) -> None:
         """The caller will wait for the I/O thread to deliver: it must watch the sockets again
@@ -723,10 +741,10 @@ class Endpoint:
                         fds = set() if app else {s.getsockopt(zmq.FD) for s in self._input_sockets()
                                                  if s not in self.routers or not self.paused}
                     timeout = 0.0 if waiting else self._next_timer(acks=not app)
-                    if app and timeout is not None:
+                    self._touched.clear()                # reckoned in: every peer's timers
+                    if app:
                         timeout = max(0.0, min(timeout, app_until - now))
-                    self._timers_due = now + (timeout if timeout is not None else 0.1)
-                    self._io_sleep_until = now + (timeout if timeout is not None else 0.1)
+                    self._io_sleep_until = now + timeout
                 finally:
                     self.io.release()
                 for fd in fds - watched:
@@ -736,7 +754,7 @@ class Endpoint:
                         poller.unregister(fd)
                 watched = fds
                 # whole milliseconds, rounded up: a timeout under 1 ms would poll without waiting
-                ready = dict(poller.poll(math.ceil(timeout * 1000) if timeout is not None else 100))
+                ready = dict(poller.poll(math.ceil(timeout * 1000)))
                 if self.wake_rx in ready:
                     with contextlib.suppress(OSError):
                         os.read(self.wake_rx, 4096)     # an eventfd: one read clears it
@@ -771,7 +789,7 @@ class Endpoint:
             self._say_busy(now)
         if self.moved is not None:
             return self._input_waiting()        # the process lives elsewhere: only redirects from here
-        if now >= self._timers_due or now - self._timers_at >= 0.25:   # a retry or deadline is due
+        if now >= self._io_sleep_until or now - self._timers_at >= 0.25:   # a retry or deadline is due
             self._timers()
         self._publish_stats()
         for hook in self.turn_end:
@@ -808,7 +826,7 @@ class Endpoint:
             return True
         return any(link.sock.getsockopt(_EVENTS) & _POLLIN for p in self.peers.values() for link in p.links.values())
 
-    def _next_timer(self, acks: bool = True) -> float | None:
+    def _next_timer(self, acks: bool = True) -> float:
         """Seconds until the next timer is due (at most 0.5); `acks`: counting acknowledgements
         waiting to be sent (an application thread that reads the sockets sends them)."""
         times = [t for p in self.peers.values() if (t := p.out.next_deadline()) is not None]
@@ -1006,6 +1024,7 @@ class Endpoint:
                 parts = relay_parts(self.me, p.urn, self.sealer.seal(sealed_for, self.me, p.urn, parts))
             with contextlib.suppress(zmq.Again):      # the link's queue is full: retransmission resends it
                 link.sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+        self._touched.add(p.urn)
 
     def _timers(self) -> None:
         now = self._timers_at = time.monotonic()
