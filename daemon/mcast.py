@@ -83,10 +83,9 @@ class _View:
 
 @dataclass
 class GroupCounts:
-    """One group's relay counters at this router (the endpoint thread writes, others read)."""
+    """One group's delivery counters at this router (the endpoint thread writes, others read);
+    what it relayed and dropped as duplicates its `Relay` counts."""
 
-    relayed: int = 0               # messages relayed (each once)
-    duplicates: int = 0            # copies dropped: relayed before
     delivered: int = 0             # deliveries to members (a message to 10 members: 10)
     batches: int = 0               # channel messages those deliveries took
     replayed: int = 0              # deliveries from the history to resuming members
@@ -178,7 +177,9 @@ class GroupRouter:
         """This router's counters for `group` (as published in its lease)."""
         c = self.counts.get(group) or GroupCounts()
         h = self.histories.get(group)
-        return {"relayed": c.relayed, "delivered": c.delivered, "duplicates": c.duplicates, "batches": c.batches,
+        r = self.relays.get(group)
+        return {"relayed": r.relayed if r else 0, "delivered": c.delivered, "duplicates": r.duplicates if r else 0,
+                "batches": c.batches,
                 "replayed": c.replayed, "members": c.members, "history": len(h.items) if h else 0,
                 "history_bytes": h.bytes if h else 0}
 
@@ -242,15 +243,10 @@ class GroupRouter:
             relay = self.relays.get(h.group)
             if relay is None:
                 relay = self.relays[h.group] = Relay(self.host_urn)
-            counts = self.counts.get(h.group)
-            if counts is None:
-                counts = self.counts[h.group] = GroupCounts()
             out = relay.on_data(h, view.members, view.routers)
             if out is None:
-                counts.duplicates += 1
                 continue
             self.relayed += 1
-            counts.relayed += 1
             data = bytes(body)
             history = self.histories.get(h.group)
             if history is None:
@@ -283,7 +279,7 @@ class GroupRouter:
         submit = self.endpoint.submit
         for member in view.members:
             submit(member, MCAST_DELIVER, payload, HOP_DEADLINE_S)
-        counts = self.counts[group]
+        counts = self.counts.setdefault(group, GroupCounts())
         counts.delivered += batch.count * len(view.members)
         counts.batches += len(view.members)
 
