@@ -585,7 +585,6 @@ def _daemon_status(cluster: Any) -> dict[str, Any]:
 def _registrations() -> dict[str, Any]:
     """Routers in the group's entry and how many members registered with each."""
     import snipe
-    from snipe.multicast.core import delivering
     from snipe.multicast.groups import live_members, live_routers
     from snipe.runtime import now_ms
 
@@ -595,11 +594,10 @@ def _registrations() -> dict[str, Any]:
     routers = sorted(live_routers(entry, now_ms()))
     members = live_members(entry, now_ms())
     per = {r: sum(1 for v in members.values() if r in v.get("routers", [])) for r in routers}
-    # only the router a member registered with first delivers to it; the others stand by
-    first = {r: sum(1 for v in members.values() if delivering(v.get("routers", [])) == r) for r in routers}
-    copies = round(sum(first.values()) / len(members), 2) if members else None
+    # every router a member registered with relays each message to it: the copies each member receives
+    copies = round(sum(per.values()) / len(members), 2) if members else None
     return {"routers": routers, "members": len(members), "members_per_router": per,
-            "members_delivered_to_per_router": first, "copies_received_per_member": copies}
+            "copies_received_per_member": copies}
 
 
 # --- profiling -------------------------------------------------------------------------------------

@@ -7,9 +7,8 @@ router's counters for the group (relayed, delivered, duplicates, replayed, histo
 `snipe-console show GROUP` lists. Every turn it re-runs the election for groups with local
 members, so a router that died is replaced. Relaying runs in the daemon's messaging endpoint
 thread: each message is relayed once (Relay) to the routers that have not had it yet and to the
-members that registered with it first (a member's other routers stand by, holding the history).
-Who those are is read from the group's catalog entry at most every VIEW_REFRESH_S per group
-(`_View`), not per message. A member that stops being ours (it registered
+members that registered with it. Who those are is read from the group's catalog entry at most every
+VIEW_REFRESH_S per group (`_View`), not per message. A member that stops being ours (it registered
 with others) is still delivered to for HANDOVER_S, so the hand-over overlaps (the member
 drops the copies) rather than leaving a gap.
 
@@ -17,9 +16,8 @@ Messages for members go out once per turn of the endpoint's loop: what was relay
 is one `Batch`, packed once, sent to each member (one channel message per member per turn).
 
 Each relayed message is also kept in the group's `History` (bounded). A member's `Resume` (sent
-when it registers with this router to deliver to it) adds it to the members relayed to at once,
-for RESUMED_HOLD_S, by which time the catalog lists it, and replays what it missed from the
-history; a replay-only `Resume` (from a member that moved, to its standbys) just replays.
+when it registers with this router) adds it to the members relayed to at once, for
+RESUMED_HOLD_S, by which time the catalog lists it, and replays what it missed from the history.
 """
 
 from __future__ import annotations
@@ -44,7 +42,6 @@ from snipe.multicast.core import (
     History,
     Relay,
     batches,
-    delivering,
     pack,
     should_route,
     unpack,
@@ -214,7 +211,7 @@ class GroupRouter:
         ours = self.ours.setdefault(group, {})
         for u, val in live_members(entry, wall).items():
             mine = val.get("routers")
-            if isinstance(mine, list) and delivering(mine) == me:     # a standby sends nothing
+            if isinstance(mine, list) and me in mine:
                 ours[u] = now
         members = set()
         for held in (ours, self.resumed.get(group, {})):

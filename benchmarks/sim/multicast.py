@@ -7,7 +7,7 @@ re-implemented here.
 - Every host is a daemon (`HostNode`). When a member on it joins a group, and every
   `daemon_tick` after, it runs `should_route` (with a configurable `wanted`) over the group's live
   routers and their networks, then holds, renews or withdraws a router lease. A router relays
-  what arrives with `Relay` to the members that registered with it first (`delivering`; still
+  what arrives with `Relay` to the members registered with it (still
   for `handover` after it stops being) and to the routers not yet in the message's `seen`,
   exactly as daemon/mcast.py does (a per-group view of members and routers refreshed every
   `view_refresh`).
@@ -16,10 +16,10 @@ re-implemented here.
   a router of theirs has gone (snipe/multicast/groups.py `_tend`), deliver through `Reorder`
   per sender, and report holes the reorderer gives up on after `gap_timeout`. A member whose
   daemon crashes lives on, as tasks do. With `resume` (the default, as the real code does) a
-  member sends the router it registers to deliver to it a `Resume`, and the router, which keeps
-  a `History`, relays to it at once and replays what it missed (a member that moves also asks
-  its standby and its oldest routers for a replay only, `resume_plan`, and one with a hole open
-  for `hole_replay` asks its routers); with `resume=False` the scenario
+  member sends each router it registers with a `Resume`, and the router, which keeps a
+  `History`, relays to it at once and replays what it missed (a member that moves also asks its
+  oldest routers for a replay only, and one with a hole open for `hole_replay` asks its
+  routers); with `resume=False` the scenario
   shows what happens without: a member whose two routers both crash loses what was sent until
   it notices, silently if the stream ends first.
 - Senders (`SenderNode`) are processes that are not members: each message goes to `targets`
@@ -58,11 +58,10 @@ from snipe.multicast.core import (
     Relay,
     Reorder,
     Resume,
-    delivering,
     pack,
     pack_resume,
     pick_routers,
-    resume_plan,
+    resume_targets,
     should_route,
     targets,
 )
@@ -149,7 +148,7 @@ class Directory:
         self.sim, self.delay, self.interfaces = sim, delay, interfaces
         self.routers: dict[str, dict[str, float]] = {}                 # group -> host -> lease expiry
         self.registered: dict[str, tuple[str, ...]] = {}              # member -> its routers
-        self.by_router: dict[tuple[str, str], set[str]] = {}          # (group, router) -> members it delivers to
+        self.by_router: dict[tuple[str, str], set[str]] = {}          # (group, router) -> members
         self.writes = 0
 
     def live_routers(self, group: str) -> dict[str, Interfaces]:
@@ -184,14 +183,12 @@ class Directory:
         self.routers.get(group, {}).pop(host, None)
 
     def _register(self, group: str, member: str, routers: tuple[str, ...] | None) -> None:
-        first = delivering(self.registered.pop(member, ()))
-        if first is not None:
-            self.by_router.get((group, first), set()).discard(member)
+        for r in self.registered.pop(member, ()):
+            self.by_router.get((group, r), set()).discard(member)
         if routers is not None:
             self.registered[member] = routers
-            first = delivering(routers)
-            if first is not None:
-                self.by_router.setdefault((group, first), set()).add(member)
+            for r in routers:
+                self.by_router.setdefault((group, r), set()).add(member)
 
 
 @dataclass(slots=True)
@@ -371,10 +368,9 @@ class MemberNode:
             nxt = {o: r.expected for o, r in sorted(self.reorder.items()) if r.expected is not None}
             resume = Resume(self.group, round(self.joined_at * 1000), nxt)
             size = len(pack_resume(resume))
-            follow, replay_only = resume_plan(chosen, self.first_seen, live, moving)
-            for router in follow:
+            for router in chosen:
                 self.sim.send(self.name, router, resume, size, "mcast resume")
-            for router in replay_only:
+            for router in resume_targets(chosen, self.first_seen, live) if moving else ():
                 only = Resume(self.group, resume.since_ms, nxt, follow=False)
                 self.sim.send(self.name, router, only, size, "mcast resume")
 

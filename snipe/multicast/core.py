@@ -9,19 +9,15 @@ SNIPE 4.4, as built here:
   `keepers`, the same for every router that sees the same list.
 - A member registers with up to two routers (`pick_routers`): its own host's first, then those
   on a shared network, then the others, spread over the routers by a hash of host and router.
-  The first delivers to it (`delivering`); the other stands by: it has every message in its
-  history, and sends nothing to the member until the member moves. Every copy a member gets
-  costs it and its router a share of their CPU, so one copy, not two, is what makes multicast
-  cheaper than repeated unicast. A router that a member stops registering with keeps
-  delivering for a hand-over time, so the two overlap; a hole that still opens is filled by a
-  replay the member asks for.
-- The member drives every move (`resume_plan`): when a router of its own is gone it registers
-  anew and sends a `Resume` to its new first router, which replays from the member's position
-  and then follows with the live stream, in one channel, so the replay is never queued behind
-  live messages (a standby that started delivering on its own would put live messages first
-  and open a hole the replay must fill from behind them). The rest of its routers, and the
-  routers it has known longest, get a replay-only `Resume`: its new first router may be newly
-  elected, without the history.
+  Both deliver to it (the member drops the second copy), so losing one leaves the live stream
+  flowing with no hole. (One delivering with the other standing by halves the copies. Tried
+  twice: a standby that starts delivering on its own queues the replay behind live messages;
+  one the member moves to with a `Resume` replays first, but then any message the member's one
+  router lacks, because its peers did not list it yet when they relayed, is lost to the member,
+  silently when it is the first the member would see. The second copy covers that. Batches
+  keep the copies cheap.) A router that a member stops registering with keeps delivering for a
+  hand-over time, so the two overlap; a hole that still opens is filled by a replay the member
+  asks for.
 - A sender sends each message to more than half of the routers (`targets`).
 - A router relays (`Relay`) to the members it delivers to and to every router not yet named in
   the message's `seen` list, and drops duplicates by (origin, seq): the routers form a full
@@ -208,24 +204,6 @@ def unpack_resume(payload: bytes | memoryview) -> Resume:
             and all(isinstance(o, str) and type(q) is int for o, q in table.items())):
         raise CodecError("multicast resume fields have the wrong types")
     return Resume(group, since, table, follow)
-
-
-def delivering(routers: Sequence[str]) -> str | None:
-    """The router that delivers to a member registered with `routers` (its first); the rest
-    stand by, holding the history for when the member moves to them."""
-    return routers[0] if routers else None
-
-
-def resume_plan(chosen: Sequence[str], first_seen: Mapping[str, float], live: Iterable[str],
-                moving: bool) -> tuple[list[str], list[str]]:
-    """(follow, replay only): the routers a member registering with `chosen` sends a Resume.
-    The delivering one follows (replays, then delivers live). A member that moves because a
-    router of its own went away also asks its standbys and the routers it has known the longest
-    for a replay: the one it moves to may be new, without the history of what it missed."""
-    follow = list(chosen[:1])
-    if not moving:
-        return follow, []
-    return follow, [*chosen[1:], *resume_targets(chosen, first_seen, live)]
 
 
 def resume_targets(chosen: Sequence[str], first_seen: Mapping[str, float], live: Iterable[str],

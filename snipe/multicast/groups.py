@@ -1,11 +1,10 @@
 """The member's and sender's side of multicast: join, leave, mcast, members.
 
-A member registers with two routers; the first delivers to it and the other stands by. It
-tells the first where it stands (a `Resume`, at its join and when it moves because a router of
-its own went away), so that router relays to it at once and replays what it missed from its
-history; a member that moves asks the others for a replay too (snipe/multicast/core.py). A
-hole in an origin's sequence that stays open for HOLE_REPLAY_S (a hand-over between routers
-that left a gap) makes it ask its routers to replay.
+A member registers with two routers; both deliver (it drops the copies). It tells
+them where it stands (a `Resume`, at its join and when it moves because a router
+of its own went away), so that router relays to it at once and replays what it missed from its
+history (snipe/multicast/core.py). A hole in an origin's sequence that stays open for
+HOLE_REPLAY_S (a hand-over between routers that left a gap) makes it ask its routers to replay.
 
 The group's catalog entry (`urn:snipe:group:<name>`), one assertion per writer so nothing
 races: `member.<proc URN>` = {host, routers} by each member's own key, `router.<host URN>` =
@@ -40,7 +39,7 @@ from snipe.multicast.core import (
     pack,
     pack_resume,
     pick_routers,
-    resume_plan,
+    resume_targets,
     targets,
     unpack_batch,
 )
@@ -124,7 +123,7 @@ class Membership:
         with self.lock:
             self.joined[group] = routers
             self.since.setdefault(group, since)
-        self._resume(group, routers[:1], lambda r, data: self.endpoint.send(r, data, MCAST_RESUME))
+        self._resume(group, routers, lambda r, data: self.endpoint.send(r, data, MCAST_RESUME))
         return routers
 
     def leave(self, group: str) -> None:
@@ -193,9 +192,9 @@ class Membership:
         return chosen
 
     def _resume(self, group: str, routers: Sequence[str], send: Any, replay_only: Sequence[str] = ()) -> None:
-        """Tell `routers` (the one we registered to deliver to us) where we stand, so it relays
-        to us at once and replays what we missed (from our join, or since a router of ours died);
-        `replay_only` routers just replay."""
+        """Tell `routers` (those we registered with) where we stand, so they relay to us at once
+        and replay what we missed (from our join, or since a router of ours died); `replay_only`
+        routers just replay."""
         with self.lock:
             since = self.since.get(group)
             if since is None:
@@ -249,8 +248,8 @@ class Membership:
                 continue
             def resume(chosen: list[str], group: str = group, first_seen: dict[str, float] = first_seen,
                        live: dict[str, Any] = live) -> None:
-                follow, replay_only = resume_plan(chosen, first_seen, live, moving=True)
-                self._resume(group, follow, self._submit_resume, replay_only)
+                # the ones we move to may be new (no history): the oldest routers replay too
+                self._resume(group, chosen, self._submit_resume, resume_targets(chosen, first_seen, live))
             chosen = self._register(catalog, group, list(live), resume)
             with self.lock:
                 if group not in self.joined:

@@ -1,4 +1,4 @@
-"""Multicast batches (router -> member), the primary-router rule and Reorder's run fast path."""
+"""Multicast batches (router -> member), Relay's dedup and forwarding, and Reorder's run fast path."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from snipe.multicast.core import (
     Relay,
     Reorder,
     batches,
-    delivering,
-    resume_plan,
     unpack_batch,
 )
 
@@ -67,13 +65,6 @@ def test_reorder_takes_a_run_at_once_and_falls_back_to_one_by_one_around_holes()
     assert r.on_run(9, ["m9"], 0.0) == [] and r.gap_since == 0.0          # 7 and 8 missing: held
     assert r.on_run(6, ["m6", "m7", "m8"], 1.0) == ["m7", "m8", "m9"]    # the replay fills it; m6 again dropped
     assert r.expected == 10 and not r.held and r.gap_since is None
-
-
-def test_only_a_members_first_router_delivers_to_it_and_a_move_asks_the_rest_for_a_replay():
-    assert delivering(["h2", "h1"]) == "h2" and delivering([]) is None
-    seen = {"old": 1.0, "h3": 5.0, "h2": 2.0}
-    assert resume_plan(["h2", "h3"], seen, ["h2", "h3"], moving=False) == (["h2"], [])        # a join: no replay asked
-    assert resume_plan(["h3", "h2"], seen, ["old", "h2", "h3"], moving=True) == (["h3"], ["h2", "old"])
 
 
 def test_a_router_relays_each_message_once_and_forwards_only_to_routers_that_have_not_had_it():
