@@ -47,7 +47,7 @@ from snipe.multicast.core import (
     unpack,
     unpack_resume,
 )
-from snipe.multicast.groups import ROUTER, ensure_group, live_members, live_routers, next_expiry
+from snipe.multicast.groups import ROUTER, ensure_group, live_members, live_routers
 from snipe.urn import validate_urn
 
 log = logging.getLogger("snipe.daemon.mcast")
@@ -221,7 +221,7 @@ class GroupRouter:
                     members.add(u)
                 else:
                     del held[u]
-        v = self.views[group] = _View(now, next_expiry(entry, wall), tuple(sorted(members)), tuple(sorted(routers)))
+        v = self.views[group] = _View(now, entry.next_expiry(wall), tuple(sorted(members)), tuple(sorted(routers)))
         self.counts.setdefault(group, GroupCounts()).members = len(members)
         return v
 

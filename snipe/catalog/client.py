@@ -148,7 +148,7 @@ class CatalogClient:
         self.rejected: deque[Rejected] = deque(maxlen=1000)
         self.rejected_total = 0
         self.suspect_total = 0            # rejections that make a replica's answer untrustworthy
-        self._cache: dict[str, tuple[float, Entry]] = {}
+        self._cache: dict[str, tuple[float, Entry, int | None]] = {}   # urn -> (when, entry, its next expiry)
         self._believed: OrderedDict[bytes, Assertion] = OrderedDict()
         self._links_checked = 0.0
         self._put_s = PUT_FIRST_GUESS_S     # moving average of a W-acknowledged put's time
@@ -523,17 +523,17 @@ class CatalogClient:
         merged = self._quorum_read("get", body, r, timeout)
         entry = Entry(urn, sorted(merged.values(), key=lambda a: (a.name, a.signer)))
         if name is None:
-            self._cache[urn] = (time.monotonic(), entry)
+            self._cache[urn] = (time.monotonic(), entry, entry.next_expiry(now_ms()))
         return entry
 
     def cached(self, urn: str, max_age: float = 5.0) -> Entry:
         """`get`, answered from the cache while the entry is fresh: younger than `max_age`, no
-        lease in it expired, not invalidated by a write, a watch event or `invalidate`."""
+        lease in it that was live when it was read has run out since (it may have been renewed),
+        not invalidated by a write, a watch event or `invalidate`."""
         hit = self._cache.get(urn)
         if hit is not None:
-            at, entry = hit
-            exp = entry.expires_at_ms()
-            if time.monotonic() - at < max_age and (exp is None or exp > now_ms()):
+            at, entry, expiry = hit
+            if time.monotonic() - at < max_age and (expiry is None or expiry > now_ms()):
                 return entry
         return self.get(urn)
 

@@ -49,6 +49,9 @@ class Entry:
                 out[a.name] = (a.rank, a.value)
         return {k: v for k, (_, v) in sorted(out.items())}
 
-    def expires_at_ms(self) -> int | None:
-        exps = [a.expires_at_ms for a in self.records if a.expires_at_ms is not None and not a.deleted]
-        return min(exps) if exps else None
+    def next_expiry(self, now_ms: int) -> int | None:
+        """When the next of the leases live at `now_ms` runs out: what the entry says changes
+        then. Leases that already ran out (a dead process's stays in the entry) say nothing
+        about that."""
+        return min((a.expires_at_ms for a in self.records
+                    if a.expires_at_ms is not None and a.expires_at_ms > now_ms and not a.deleted), default=None)

@@ -72,14 +72,6 @@ def live_members(entry: Entry, now: int) -> dict[str, dict[str, Any]]:
             if a.name.startswith(MEMBER) and isinstance(a.value, dict)}
 
 
-def next_expiry(entry: Entry, now: int) -> int | None:
-    """When the next of the entry's live leases runs out (what it says changes then). Leases
-    that have run out (a dead router's stays in the entry) say nothing about that: counting them
-    made every reader re-read the group on every message once a router had died."""
-    return min((a.expires_at_ms for a in entry.records
-                if a.expires_at_ms is not None and a.expires_at_ms > now and not a.deleted), default=None)
-
-
 def ensure_group(catalog: CatalogClient, group: str) -> None:
     """Claim the group if nobody has, opening `member.` and `router.` names to admitted keys."""
     entry = catalog.get(group)
@@ -161,7 +153,7 @@ class Membership:
                 self.routers_seen.pop(asked, None)
                 raise NotFound(f"{group} has no live routers: no member has joined it (or their hosts are gone)")
             rotations = [targets(routers, i) for i in range(len(routers))]
-            self.routers_seen[asked] = (now, group, rotations, next_expiry(entry, now_ms()))
+            self.routers_seen[asked] = (now, group, rotations, entry.next_expiry(now_ms()))
         seq = next(self.seqs.setdefault(group, itertools.count(1)))
         chosen = rotations[seq % len(rotations)]
         data = pack(Header(group, self.me, seq, int(tag), tuple(chosen)), payload)
@@ -307,4 +299,4 @@ class Membership:
             self.endpoint.deliver_local(ready)
 
 
-__all__ = ["MCAST_DATA", "Membership", "ensure_group", "live_members", "live_routers", "next_expiry"]
+__all__ = ["MCAST_DATA", "Membership", "ensure_group", "live_members", "live_routers"]
