@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from snipe.catalog.client import CatalogClient, now_ms
-from snipe.errors import CodecError, SnipeError
+from snipe.errors import SnipeError
 from snipe.messaging.channel import Deliver
 from snipe.messaging.endpoint import Endpoint
 from snipe.messaging.routes import shared_networks
@@ -228,12 +228,7 @@ class GroupRouter:
     def _on_data(self, messages: list[Deliver]) -> None:
         """A run of multicast messages (from a sender or another router): relay each once."""
         wall = now_ms()
-        for m in messages:
-            try:
-                h, body = unpack(m.payload)
-            except CodecError as exc:
-                log.warning("dropping a multicast message from %s: %s", m.source, exc)
-                continue
+        for _, (h, body) in self.endpoint.decoded(messages, unpack, "multicast message"):
             view = self._view(h.group)
             if view is None:
                 continue

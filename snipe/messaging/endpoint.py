@@ -38,7 +38,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import zmq
@@ -69,6 +69,7 @@ from snipe.wire import Envelope, decode, encode
 log = logging.getLogger("snipe.messaging")
 ReplyTo = tuple[zmq.Socket, bytes]       # where a message came from: our ROUTER and the link's identity there
 SystemHandler = Callable[[list[Deliver]], None]    # takes a run of one reserved tag's messages, in order
+Decoded = TypeVar("Decoded")
 
 ENDED_STATES = ("exited", "killed", "lost")
 DEFAULT_DEADLINE_S = 30.0
@@ -1119,6 +1120,19 @@ class Endpoint:
                 except SnipeError as exc:
                     log.warning("dropping a tag %s message from %s: %s", m.tag, m.source, exc)
         return run
+
+    @staticmethod
+    def decoded(messages: list[Deliver], decode: Callable[[bytes], Decoded], what: str
+                ) -> list[tuple[Deliver, Decoded]]:
+        """For a system handler: each message with its payload decoded; one that `decode` finds
+        malformed (CodecError) is logged, naming its source, and left out."""
+        out = []
+        for m in messages:
+            try:
+                out.append((m, decode(m.payload)))
+            except CodecError as exc:
+                log.warning("dropping a %s from %s: %s", what, m.source, exc)
+        return out
 
     def deliver_local(self, messages: list[Message]) -> None:
         """Put messages in the application's inbox (from the I/O thread)."""

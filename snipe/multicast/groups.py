@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from snipe import authority
 from snipe.catalog.client import CatalogClient, now_ms
 from snipe.catalog.entry import Entry
-from snipe.errors import CodecError, NotAuthorized, NotFound, SnipeError
+from snipe.errors import NotAuthorized, NotFound, SnipeError
 from snipe.messaging.channel import Deliver
 from snipe.messaging.endpoint import Message
 from snipe.messaging.routes import shared_networks
@@ -44,8 +43,6 @@ from snipe.multicast.core import (
     unpack_batch,
 )
 from snipe.urn import validate_urn
-
-log = logging.getLogger("snipe.multicast")
 
 if TYPE_CHECKING:
     from snipe.messaging.endpoint import Endpoint
@@ -275,15 +272,11 @@ class Membership:
     # --- delivery (I/O thread) ---------------------------------------------------------------------
     def _on_deliver(self, batches: list[Deliver]) -> None:
         """Batches from a router: each origin's run through its Reorder (once each, in order)."""
+        decoded = self.endpoint.decoded(batches, unpack_batch, "multicast batch")    # outside the lock
         ready: list[Message] = []
         now = time.monotonic()
         with self.lock:
-            for m in batches:
-                try:
-                    group, runs = unpack_batch(m.payload)
-                except CodecError as exc:
-                    log.warning("dropping a multicast batch from %s: %s", m.source, exc)
-                    continue
+            for _, (group, runs) in decoded:
                 if group not in self.joined:
                     continue                             # we left: nothing more for us
                 self.heard_at[group] = now
