@@ -196,6 +196,7 @@ class Server:
             batch.append(recv_parts(self.router, _NOBLOCK))
         puts: list[tuple[bytes, Envelope, list[bytes]]] = []     # (client, request, its records)
         pushes: list[tuple[str, Envelope, list[bytes]]] = []     # (peer key, message, frames)
+        requests: list[tuple[bytes, Envelope, list[bytes]]] = []  # (client, request, frames)
         for parts in batch:
             self.requests += 1
             client = parts[0].bytes
@@ -218,16 +219,26 @@ class Server:
                 if env.kind == "put":
                     puts.append((client, env, P.unpack_records(frames, P.MAX_BATCH_RECORDS, "put")))
                 else:
-                    self._handle(client, env, frames)
-            except SnipeError as exc:
-                self.errors += 1
-                self._reply(client, env.error_reply(exc))
-            except Exception as exc:  # a bug here must not take the replica down
-                log.exception("failed on %s %s", env.protocol, env.kind)
-                self.errors += 1
-                self._reply(client, env.error_reply(_server_error(exc)))
+                    # answered after this turn's puts are stored: a read that arrived behind a
+                    # client's put must see it (the client may have moved on after W others acked)
+                    requests.append((client, env, frames))
+            except Exception as exc:
+                self._answer_failure(client, env, exc)
         if puts or pushes:
             self._group_commit(puts, pushes)
+        for client, env, frames in requests:
+            try:
+                self._handle(client, env, frames)
+            except Exception as exc:
+                self._answer_failure(client, env, exc)
+
+    def _answer_failure(self, client: bytes, env: Envelope, exc: Exception) -> None:
+        """Tell the client why its request failed; a bug here must not take the replica down."""
+        self.errors += 1
+        if not isinstance(exc, SnipeError):
+            log.exception("failed on %s %s", env.protocol, env.kind, exc_info=exc)
+            exc = _server_error(exc)
+        self._reply(client, env.error_reply(exc))
 
     def _on_peer(self, key: str, env: Envelope, frames: list[bytes]) -> None:
         if env.version != PEER_VERSION:

@@ -543,9 +543,10 @@ class CatalogClient:
 
     def query(self, prefix: str, where: Sequence[Predicate] = (), *, limit: int = P.MAX_QUERY_URNS,
               r: int | None = None, timeout: float | None = None) -> dict[str, Entry]:
-        """Every URN under `prefix` whose live assertions satisfy all predicates."""
+        """Every URN under `prefix` whose live assertions satisfy all predicates, merged from R
+        replicas (by default enough that it sees this client's acknowledged writes)."""
         body = {"prefix": prefix, "where": [list(p) for p in where], "limit": limit}
-        merged = self._quorum_read("query", body, r or 1, timeout)
+        merged = self._quorum_read("query", body, r, timeout)
         by_urn: dict[str, list[Assertion]] = {}
         for a in merged.values():
             by_urn.setdefault(a.urn, []).append(a)
