@@ -5,6 +5,15 @@ the client did not send it to itself (a put names the replicas it was sent to, W
 first, and only the first named pushes; rcds/server.py). A peer skips a pushed record it
 already holds without decoding it (Replica.recently_held).
 Pushed records are not pushed again; anything a push missed is repaired by anti-entropy.
+
+Confirmed pushes: a client may send a W>1 put to one replica alone ("relay", rcds/server.py),
+which answers once W-1 peers hold the records too. Its writes go to every peer in the next
+flush, and the pushes to as many peers as the most demanding of those puts needs carry that
+flush's number ("ack"): the peers with the fewest acknowledgements outstanding, taking turns
+when they tie, so a dead or slow peer is soon asked no more and the others share the work.
+A peer answers each such push, after committing it, with a push-ack saying whether it holds
+every record ("ok"). Once a peer has acknowledged all of a flush's pushes to it, the core
+reports `Confirmed(peer, seq)`. Acks not come within MAX_ROUNDS_AWAITED flushes are given up.
 A push carries its records in one frame (snipe/catalog/protocol.py's records frame), at most
 `MAX_PUSH_RECORDS` of them and about `MAX_PUSH_BYTES`; an ae-want carries its keys the same way.
 
@@ -44,6 +53,17 @@ FLUSH_TIMER = "push-flush"
 MAX_PUSH_RECORDS = 500
 MAX_PUSH_BYTES = 16 * 1024 * 1024     # a push holds at least one record, then stops past this
 MAX_DEFERRALS = 4
+MAX_ROUNDS_AWAITED = 256              # flushes whose confirmations are still awaited; older ones are forgotten
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """`peer` committed every record of flush `seq` that was pushed to it."""
+    peer: str
+    seq: int
+
+
+PeerEffect = Effect | Confirmed
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +92,9 @@ class Replicator:
         self._outbox: list[tuple[bytes, frozenset[str]]] = []     # (record, peers that need no push of it)
         self._live_pushes: dict[str, int] = {}    # pushes of new writes from each peer since its last turn
         self._deferrals: dict[str, int] = {}      # rounds with each peer put off in a row
+        self._seq = 0                  # the number of the next flush
+        self._confirm = 0              # how many peers the next flush's pushes ask to acknowledge them
+        self._awaited: dict[tuple[int, str], int] = {}   # (flush, peer) -> its pushes not yet acknowledged
         self.pushed = self.received = self.repaired = self.rounds = self.deferred = 0
 
     def stats(self) -> ReplicationStats:
@@ -88,32 +111,60 @@ class Replicator:
         return [StartTimer(AE_TIMER, now + self.interval)]
 
     def on_local_writes(self, accepted: Sequence[Accepted], *, raw: Sequence[bytes] | None = None,
-                        sent_to: Collection[str] = ()) -> None:
+                        sent_to: Collection[str] = (), confirm: int = 0) -> int:
         """Queue what a client wrote for the next flush: the new records, for every peer except
         those in `sent_to` (the client sent them there itself; if one of those copies is lost,
         anti-entropy repairs it). `raw`, when given, holds the records as the client sent them,
-        one per result, and is pushed as it is rather than encoded again."""
-        skip = frozenset(sent_to)
+        one per result, and is pushed as it is rather than encoded again. With `confirm` (a
+        number of peers), every record goes to every peer, held ones too (a peer may lack them),
+        and that many peers are asked to acknowledge the flush. Returns the number of the flush
+        they leave in, which `Confirmed` will name."""
+        skip = frozenset() if confirm else frozenset(sent_to)
+        self._confirm = max(self._confirm, confirm)
         if raw is None:
-            self._outbox.extend((a.record.encode(), skip) for a in accepted if a.new)
+            self._outbox.extend((a.record.encode(), skip) for a in accepted if a.new or confirm)
         else:
-            self._outbox.extend((r, skip) for a, r in zip(accepted, raw, strict=True) if a.new)
+            self._outbox.extend((r, skip) for a, r in zip(accepted, raw, strict=True) if a.new or confirm)
+        return self._seq
 
     def flush(self) -> list[Effect]:
+        seq, confirm = self._seq, self._confirm
+        self._seq += 1
+        self._confirm = 0
         if not self._outbox or not self.peers:
             self._outbox.clear()
             return []
         effects: list[Effect] = []
         frames: dict[frozenset[str], list[bytes]] = {}    # the frames of a set of skips, shared by the peers it suits
+        if confirm:
+            for key in [k for k in self._awaited if k[0] <= seq - MAX_ROUNDS_AWAITED]:
+                del self._awaited[key]
+        ackers = set(self._ackers(seq, confirm))
+        plain, asking = self._env("push"), self._env("push", ack=seq)
         for p in self.peers:
             skips = frozenset(skip for _, skip in self._outbox if p in skip)
             if skips not in frames:
                 frames[skips] = [pack_records(chunk)
                                  for chunk in _chunks([r for r, skip in self._outbox if skip not in skips])]
-            effects.extend(Send(p, self._env("push"), (frame,)) for frame in frames[skips])
+            effects.extend(Send(p, asking if p in ackers else plain, (frame,)) for frame in frames[skips])
+            if p in ackers and frames[skips]:
+                self._awaited[(seq, p)] = len(frames[skips])
         self.pushed += sum(1 for _, skip in self._outbox if not skip.issuperset(self.peers))
         self._outbox.clear()
         return effects
+
+    def _ackers(self, seq: int, count: int) -> list[str]:
+        """The `count` peers to ask for acks of flush `seq`: those with the fewest outstanding,
+        taking turns (by `seq`) among equals."""
+        if not count:
+            return []
+        outstanding = {p: 0 for p in self.peers}
+        for _, p in self._awaited:
+            if p in outstanding:
+                outstanding[p] += 1
+        n = len(self.peers)
+        order = sorted(range(n), key=lambda i: (outstanding[self.peers[i]], (i - seq) % n))
+        return [self.peers[i] for i in order[:count]]
 
     def on_timer(self, key: str, now: float) -> list[Effect]:
         if key != AE_TIMER:
@@ -132,11 +183,14 @@ class Replicator:
                 effects.append(Send(peer, self._env("ae-top"), (b"".join(self.storage.top_digests()),)))
         return effects
 
-    def on_message(self, env: Envelope, frames: Sequence[bytes], now_ms: int) -> list[Effect]:
-        """Handle one peer message; raise CodecError if it is malformed (the shell reports it)."""
+    def on_message(self, env: Envelope, frames: Sequence[bytes], now_ms: int) -> list[PeerEffect]:
+        """Handle one peer message; raise CodecError if it is malformed (the shell reports it).
+        The push-ack a push asks for is among the effects: send it only once the push's
+        records are committed."""
         sender = field_of(env, "from", str)
         match env.kind:
             case "push":
+                ack = field_of(env, "ack", int) if "ack" in env.body else None
                 records = unpack_records(frames, MAX_PUSH_RECORDS, f"{PROTOCOL} push")
                 # Bytes this replica committed moments ago (a client wrote to every replica) need no second look.
                 fresh: list[bytes | Assertion] = [r for r in records if not self.replica.recently_held(r)]
@@ -145,6 +199,19 @@ class Replicator:
                 self.received += got
                 if not env.body.get("repair"):
                     self._live_pushes[sender] = self._live_pushes.get(sender, 0) + 1
+                if ack is None:
+                    return []
+                ok = all(isinstance(r, Accepted) for r in results)
+                return [Send(sender, self._env("push-ack", ack=ack, ok=ok))]
+            case "push-ack":
+                key, ok = (field_of(env, "ack", int), sender), field_of(env, "ok", bool)
+                left = self._awaited.get(key)
+                if left is None:
+                    return []              # forgotten, or a peer that already refused part of it
+                if not ok or left <= 1:
+                    del self._awaited[key]
+                    return [Confirmed(sender, key[0])] if ok else []
+                self._awaited[key] = left - 1
                 return []
             case "ae-top":
                 return self._on_top(sender, frames)

@@ -15,21 +15,24 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
+from rcds import put_waits
 from rcds.mapbudget import MapBudget
+from rcds.put_waits import PutWaits, WaitingPut
 from rcds.replica import Accepted, Refused, Replica
 from rcds.replication import PROTOCOL as PEER_PROTOCOL
 from rcds.replication import VERSION as PEER_VERSION
-from rcds.replication import Replicator
+from rcds.replication import Confirmed, PeerEffect, Replicator
 from rcds.store import LmdbStorage
 from snipe import authority
 from snipe.assertion import Assertion
 from snipe.catalog import protocol as P
-from snipe.effects import Effect, Send, StartTimer
+from snipe.effects import Send, StartTimer
 from snipe.errors import CodecError, ResyncNeeded, SnipeError, UnknownRequest
 from snipe.identity import Identity, public_key_from_id
 from snipe.query import matches, parse_predicates
@@ -78,6 +81,9 @@ class Watcher:
     lagged_after: int | None = None
 
 
+_Put = tuple[bytes, Envelope, list[bytes], tuple[int, float] | None]   # (client, request, records, relay)
+
+
 class Server:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
@@ -100,6 +106,7 @@ class Server:
         self.peer_links: dict[str, Link] = {}
         self.seed_peers = {p.id: p for p in cfg.peers if p.id != cfg.replica_id}
         self.timers: dict[str, float] = {}
+        self.put_waits = PutWaits()
         self.watchers: dict[tuple[bytes, str], Watcher] = {}
         self.delivered_rev = self.storage.last_rev()
         self.started = time.time()
@@ -172,7 +179,7 @@ class Server:
                 for key, at in list(self.timers.items()):
                     if at <= now:
                         del self.timers[key]
-                        self._run_effects(self.replicator.on_timer(key, now))
+                        self._on_timer(key, now)
                 if self.replica.changed:          # the replica set changed: a write, a push, an expiry
                     self.replica.changed.clear()
                     self._refresh_peers()
@@ -194,7 +201,7 @@ class Server:
             if not self.router.getsockopt(_EVENTS) & _POLLIN:
                 break
             batch.append(recv_parts(self.router, _NOBLOCK))
-        puts: list[tuple[bytes, Envelope, list[bytes]]] = []     # (client, request, its records)
+        puts: list[_Put] = []
         pushes: list[tuple[str, Envelope, list[bytes]]] = []     # (peer key, message, frames)
         requests: list[tuple[bytes, Envelope, list[bytes]]] = []  # (client, request, frames)
         for parts in batch:
@@ -217,7 +224,8 @@ class Server:
                     continue
                 check_version(env, P.PROTOCOL, P.VERSIONS)
                 if env.kind == "put":
-                    puts.append((client, env, P.unpack_records(frames, P.MAX_BATCH_RECORDS, "put")))
+                    puts.append((client, env, P.unpack_records(frames, P.MAX_BATCH_RECORDS, "put"),
+                                 self._relay_of(env)))
                 else:
                     # answered after this turn's puts are stored: a read that arrived behind a
                     # client's put must see it (the client may have moved on after W others acked)
@@ -240,57 +248,93 @@ class Server:
             exc = _server_error(exc)
         self._reply(client, env.error_reply(exc))
 
-    def _on_peer(self, key: str, env: Envelope, frames: list[bytes]) -> None:
+    def _on_peer(self, key: str, env: Envelope, frames: list[bytes], *, run: bool = True) -> list[PeerEffect]:
+        """Handle a peer's message; its effects are carried out, or with `run=False` returned
+        (a push's ack must wait for the commit of what it acknowledges)."""
         if env.version != PEER_VERSION:
             log.warning("peer speaks %s/%s; this replica speaks version %s", env.protocol, env.version, PEER_VERSION)
-            return
+            return []
         sender = env.body.get("from")
         peer = self.peers.get(sender) if isinstance(sender, str) else None
         if peer is None or peer.key.hex() != key:
             log.warning("replication message from %r (key %s…) that is not a known replica", sender, key[:16])
-            return
+            return []
         try:
-            self._run_effects(self.replicator.on_message(env, frames, _now_ms()))
+            effects = self.replicator.on_message(env, frames, _now_ms())
         except SnipeError as exc:
             log.warning("bad replication message from %s: %s", sender, exc)
+            return []
+        if not run:
+            return effects
+        self._run_effects(effects)
+        return []
 
     # --- requests ---------------------------------------------------------------------------
-    def _group_commit(self, puts: list[tuple[bytes, Envelope, list[bytes]]],
+    def _group_commit(self, puts: list[_Put],
                       pushes: list[tuple[str, Envelope, list[bytes]]]) -> None:
         """Store what peers pushed and clients put in this turn in one transaction, then answer.
         The pushes go first, so a client's write is checked knowing what the peers just sent
         (an admission or a claim it depends on); a record both sent costs one check either way."""
-        records: list[bytes] = [r for _, _, recs in puts for r in recs]
+        records: list[bytes] = [r for _, _, recs, _ in puts for r in recs]
+        committed: list[PeerEffect] = []      # the pushes' acks: sent once what they acknowledge is committed
         try:
             with self.replica.batch():
                 for key, env, frames in pushes:
-                    self._on_peer(key, env, frames)
+                    committed.extend(self._on_peer(key, env, frames, run=False))
                 results = self.replica.ingest(records, _now_ms()) if records else []
         except Exception as exc:  # a bug here must not take the replica down; the transaction was aborted
             log.exception("failed to store %d puts and %d pushes", len(puts), len(pushes))
             self.errors += len(puts)
-            for client, env, _ in puts:
+            for client, env, _, _ in puts:
                 self._reply(client, env.error_reply(_server_error(exc)))
             return
+        self._run_effects(committed)
+        now = time.monotonic()
         i = 0
-        for _, env, recs in puts:
-            took = [(r, raw) for r, raw in zip(results[i:i + len(recs)], recs, strict=True) if isinstance(r, Accepted)]
+        for client, env, recs, relay in puts:
+            mine = results[i:i + len(recs)]
+            i += len(recs)
+            took = [(r, raw) for r, raw in zip(mine, recs, strict=True) if isinstance(r, Accepted)]
+            out = [[P.STORED if r.new else P.HELD, "", "", r.rev] if isinstance(r, Accepted)
+                   else [P.REFUSED, r.error.code, str(r.error), 0] for r in mine if isinstance(r, Accepted | Refused)]
+            if not took or len(took) < len(recs):
+                relay = None               # refused here: the client learns why at once
             if took:
-                self.replicator.on_local_writes([r for r, _ in took], raw=[raw for _, raw in took],
-                                                sent_to=self._sent_to(env))
-            i += len(recs)
+                flush = self.replicator.on_local_writes([r for r, _ in took], raw=[raw for _, raw in took],
+                                                        sent_to=self._sent_to(env), confirm=relay[0] if relay else 0)
+            if relay is None:
+                self._reply(client, env.reply(results=out))
+            else:
+                needed, wait_s = relay
+                self._run_effects(self.put_waits.wait(flush, WaitingPut(client, env, out, needed, now + wait_s)))
         self._run_effects(self.replicator.flush())
-        i = 0
-        for client, env, recs in puts:
-            out = []
-            for r in results[i:i + len(recs)]:
-                if isinstance(r, Accepted):
-                    out.append([P.STORED if r.new else P.HELD, "", "", r.rev])
-                else:
-                    assert isinstance(r, Refused)
-                    out.append([P.REFUSED, r.error.code, str(r.error), 0])
-            i += len(recs)
-            self._reply(client, env.reply(results=out))
+
+    def _relay_of(self, put: Envelope) -> tuple[int, float] | None:
+        """For a put its client sent here alone ("relay": how many peers must hold it too, "wait":
+        for at most how many ms): (peers to wait for, seconds to wait); None for a plain put or
+        when this replica has no peers to wait for (then it answers at once, for itself)."""
+        relay, wait_ms = put.body.get("relay"), put.body.get("wait")
+        if type(relay) is not int or relay < 1 or not self.peers:
+            return None
+        if type(wait_ms) is not int or not 0 <= wait_ms <= P.MAX_RELAY_WAIT_MS:
+            raise CodecError(f"a relayed put needs 'wait', an int of 0 to {P.MAX_RELAY_WAIT_MS} ms")
+        return min(relay, len(self.peers)), wait_ms / 1000
+
+    def _answer_waiting(self, put: WaitingPut) -> None:
+        """Answer a relayed put: this replica's results, and every replica holding its records
+        (this one and the peers that confirmed), by their key tags as the client's "to" names them."""
+        tags = [self.cfg.identity.public_key[:P.KEY_TAG_BYTES]]
+        tags.extend(self.peers[p].key[:P.KEY_TAG_BYTES] for p in put.confirmed_by if p in self.peers)
+        self._reply(put.reply_to, put.request.reply(results=put.results, held_by=tags))
+
+    def _on_timer(self, key: str, now: float) -> None:
+        if key == put_waits.TIMER:
+            expired, effects = self.put_waits.on_timer(now)
+            for put in expired:
+                self._answer_waiting(put)
+            self._run_effects(effects)
+        else:
+            self._run_effects(self.replicator.on_timer(key, now))
 
     def _sent_to(self, env: Envelope) -> list[str]:
         """The peers this replica need not push a put to: those its client says it sent the put
@@ -455,10 +499,13 @@ class Server:
                     del self.watchers[k]
             return False
 
-    def _run_effects(self, effects: list[Effect]) -> None:
+    def _run_effects(self, effects: Sequence[PeerEffect]) -> None:
         for e in effects:
             if isinstance(e, StartTimer):
                 self.timers[e.key] = e.at
+            elif isinstance(e, Confirmed):
+                for put in self.put_waits.on_confirmed(e.peer, e.seq):
+                    self._answer_waiting(put)
             elif isinstance(e, Send):
                 link = self.peer_links.get(e.to)
                 if link is None:

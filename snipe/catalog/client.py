@@ -57,6 +57,7 @@ PUT_HEDGE_FACTOR = 2.5
 PUT_HEDGE_MAX_S = HEDGE_AFTER_S
 PUT_EWMA = 0.2
 PUT_FIRST_GUESS_S = 0.05     # a new client's guess at a put's time, until it has measured some
+RELAY_SLACK_S = 0.005        # how much longer than twice its wait a relayed put's replica may take to answer
 LINK_CHECK_S = 0.1           # how often links read their handshake events
 REFUSED_RETRY_S = 0.25       # a refused handshake is tried again this soon: the key may be admitted by now
 BELIEVED_RECORDS = 20_000    # verified records remembered by their bytes, so a repeat read skips the work,
@@ -140,6 +141,7 @@ class CatalogClient:
             link = Link(self.ctx, identity, a.endpoint, key, immediate=True, retry_s=REFUSED_RETRY_S)
             self.conns[a.endpoint] = _Conn(a, link, key)
         self._index_sockets()
+        self._by_tag = {c.key[:P.KEY_TAG_BYTES]: endpoint for endpoint, c in self.conns.items()}
         self.clock = HybridClock()
         self._ids = itertools.count(1)
         self._replies: dict[int, tuple[str, Envelope, list[bytes]]] = {}
@@ -155,10 +157,21 @@ class CatalogClient:
         self.spares_asked = 0      # put requests sent beyond the first W (slow, unreachable or refusing replicas)
 
     def _index_sockets(self) -> None:
-        self.poller = zmq.Poller()
-        for c in self.conns.values():
-            self.poller.register(c.sock, _POLLIN)
         self.by_sock = {c.sock: c for c in self.conns.values()}
+        self._pollers: dict[frozenset[str], zmq.Poller] = {}
+
+    def _poller(self, conns: Iterable[_Conn] | None) -> zmq.Poller:
+        """A poller over `conns` and every connection a watch listens on (all when None).
+        Asking only the sockets a reply can come from matters: ZeroMQ checks each polled
+        socket's command queue with a system call or two, before and after the wait."""
+        wanted = frozenset(c.address.endpoint for c in conns) if conns is not None else frozenset(self.conns)
+        wanted |= {w.conn.address.endpoint for w in self._watches.values() if w.conn is not None}
+        poller = self._pollers.get(wanted)
+        if poller is None:
+            poller = self._pollers[wanted] = zmq.Poller()
+            for endpoint in wanted:
+                poller.register(self.conns[endpoint].sock, _POLLIN)
+        return poller
 
     def _check_links(self, *, force: bool = False) -> list[_Conn]:
         """Let the links read their handshake events (at most every LINK_CHECK_S unless forced);
@@ -194,10 +207,11 @@ class CatalogClient:
             return None
         return rid
 
-    def _pump(self, timeout_s: float) -> None:
-        """Wait up to `timeout_s` for messages, then take one from each socket that has any (the
-        poll is level-triggered: the rest are taken on the next call, which returns at once)."""
-        for sock, _ in self.poller.poll(max(0, timeout_s) * 1000):
+    def _pump(self, timeout_s: float, conns: Iterable[_Conn] | None = None) -> None:
+        """Wait up to `timeout_s` for messages from `conns` (all when None) and the watched ones,
+        then take one from each socket that has any (the poll is level-triggered: the rest are
+        taken on the next call, which returns at once)."""
+        for sock, _ in self._poller(conns).poll(max(0, timeout_s) * 1000):
             conn = self.by_sock[sock]
             try:
                 env, frames = decode(recv_parts(sock, _NOBLOCK))
@@ -263,7 +277,7 @@ class CatalogClient:
             wait = min(left, 0.01 if unsent else 0.05)
             if spares:
                 wait = min(wait, max(0.0, hedge_at - now))
-            self._pump(wait)
+            self._pump(wait, pending.values())
         now = time.monotonic()
         silent = [*unsent, *pending.values()]
         for conn in silent if timed_out else unsent:
@@ -355,21 +369,36 @@ class CatalogClient:
                     acks += 1
             return acks
 
-        # W replicas first; the first of them pushes the write to the rest (rcds/server.py
-        # `_sent_to`), in batches: the others' work is a share of a push, not a request each.
-        # Another is asked when one of them cannot be reached or refuses, or answers slower than
-        # puts usually take. Ownership, delegations and admissions (reserved names) go to every
-        # replica at once, and every replica that stores them pushes them on: this client's later
-        # writes, which depend on them, then find them wherever they go.
+        # One request first: the first replica stores the write, pushes it to the others with
+        # the rest of its writes, and answers once W-1 of them hold it too (rcds/put_waits.py).
+        # What it could not get confirmed in about the usual time of a put, this client writes
+        # to the others itself: W of them at once, the first of which pushes it to the rest
+        # (rcds/server.py `_sent_to`), and another when one of them cannot be reached, refuses,
+        # or is slower than puts usually are. Ownership, delegations and admissions (reserved
+        # names) go to every replica at once, and every replica that stores them pushes them
+        # on: this client's later writes, which depend on them, then find them wherever they go.
         candidates = self._candidates()
         reserved = any(authority.is_reserved(a.name) for a in records)
-        first = len(candidates) if reserved else w
-        body = None if reserved else {"to": [c.key[:P.KEY_TAG_BYTES] for c in candidates[:first]]}
         started = time.monotonic()
-        got = self._fanout(candidates[:first], "put", body, frames,
-                           lambda g: judge(g) >= w or len(refusals) > self.n - w, deadline,
-                           spares=candidates[first:], needed=lambda g: w - judge(g), hedge_s=self._put_hedge_s())
-        acks = judge(got)
+        hedge_s = self._put_hedge_s()
+        if not reserved and 1 < w <= len(candidates):
+            first = candidates[0]
+            got = self._fanout([first], "put", {"relay": w - 1, "wait": int(hedge_s * 1000)}, frames, bool,
+                               min(deadline, started + 2 * hedge_s + RELAY_SLACK_S))
+            if judge(got) and first.address.endpoint in got:
+                for tag in got[first.address.endpoint][0].body.get("held_by") or ():
+                    endpoint = self._by_tag.get(tag) if isinstance(tag, bytes) else None
+                    if endpoint is not None and outcome[endpoint] == "no answer":
+                        outcome[endpoint] = "stored"
+                        acks += 1
+            candidates = [c for c in candidates if outcome[c.address.endpoint] == "no answer"]
+        if acks < w and len(refusals) <= self.n - w:
+            first_n = len(candidates) if reserved else w - acks
+            body = None if reserved else {"to": [c.key[:P.KEY_TAG_BYTES] for c in candidates[:first_n]]}
+            got = self._fanout(candidates[:first_n], "put", body, frames,
+                               lambda g: judge(g) >= w or len(refusals) > self.n - w, deadline,
+                               spares=candidates[first_n:], needed=lambda g: w - judge(g), hedge_s=hedge_s)
+            judge(got)
         if acks >= w:
             self._put_s += PUT_EWMA * (time.monotonic() - started - self._put_s)
         backoff = 0.01

@@ -6,6 +6,10 @@ Requests (client -> replica; every reply echoes the request id, kind "ok" or "er
                                        the replicas the client sends this put to (the first
                                        KEY_TAG_BYTES of each one's key): the first of them pushes
                                        it to the others, the rest push it nowhere
+  put     {relay, wait} records     -> {results, held_by: [key tag]}: sent to this replica alone,
+                                       which answers once `relay` peers hold the records too, or
+                                       after `wait` ms with those that do; `held_by` names every
+                                       replica holding them, this one first (rcds/put_waits.py)
   get     {urn, name?}              -> records: every record held, tombstones included (with a
                                        name: that name's, and the URN's reserved names, which
                                        readers need to believe it: ownership and delegation)
@@ -40,6 +44,7 @@ VERSION = 1
 VERSIONS = (1,)
 
 HEARTBEAT_S = 1.0
+MAX_RELAY_WAIT_MS = 10_000         # the longest a relayed put may ask its replica to wait for peers
 KEY_TAG_BYTES = 8                  # a replica named in a put's "to" by this much of its key
 MAX_BATCH_RECORDS = 10_000
 MAX_QUERY_URNS = 100_000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 import time
 
 import pytest
@@ -166,6 +167,30 @@ def test_a_read_sent_behind_a_put_sees_it_on_that_replica(catalog: LocalCatalog)
         assert empty == [], f"gets that missed the put sent just before them: {empty}"
     finally:
         link.close()
+
+
+def test_a_put_is_one_request_answered_once_a_peer_holds_it_and_refused_when_none_can(catalog: LocalCatalog,
+                                                                                      user: Identity) -> None:
+    """With replica 3 paused, a W=2 put goes to replica 1 alone, which answers once replica 2
+    holds the write too: replica 2 has every acknowledged write at once, and the answer says so.
+    With both peers paused, no put is acknowledged."""
+    first, second, third = (r.endpoint for r in catalog.replicas)
+    with catalog.client(user, timeout=5) as c, only(catalog, 1, user) as reader:
+        c.claim("urn:snipe:proc:relayed")
+        catalog.replicas[2].proc.send_signal(signal.SIGSTOP)    # type: ignore[union-attr]
+        try:
+            for i in range(20):
+                result = c.put([c.sign("urn:snipe:proc:relayed", "n", i)], w=2)
+                assert result.replicas == {first: "stored", second: "stored", third: "no answer"}
+                assert reader.get("urn:snipe:proc:relayed", "n", r=1).value("n", now_ms()) == i
+            assert c.spares_asked == 0
+            catalog.replicas[1].proc.send_signal(signal.SIGSTOP)    # type: ignore[union-attr]
+            with pytest.raises(QuorumError, match="W=2"):
+                c.set("urn:snipe:proc:relayed", "n", "never", w=2)
+        finally:
+            for r in catalog.replicas[1:]:
+                r.proc.send_signal(signal.SIGCONT)    # type: ignore[union-attr]
+        assert c.put([c.sign("urn:snipe:proc:relayed", "n", "after")], w=2).acks >= 2
 
 
 def test_query_by_prefix_and_predicates(catalog: LocalCatalog) -> None:

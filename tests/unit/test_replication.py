@@ -133,6 +133,62 @@ def test_a_push_is_ingested_by_the_receiver():
     assert b.stats().received == 1
 
 
+# --- confirmed pushes (a relayed put waits for them) ---------------------------------------------------
+def test_a_confirmed_flush_goes_to_every_peer_and_each_peer_confirms_it_after_all_its_parts(monkeypatch):
+    monkeypatch.setattr(replication, "MAX_PUSH_RECORDS", 2)
+    a = replicator("A", ["A", "B", "C"])
+    recs = [put(ADMIN, "urn:snipe:group:g", f"n{i}", i, hlc.pack(NOW)) for i in range(3)]
+    first = a.on_local_writes(a.replica.ingest(recs[:1], NOW), sent_to={"B"})      # a plain put: not B
+    seq = a.on_local_writes(a.replica.ingest(recs[1:], NOW), sent_to={"B", "C"}, confirm=2)
+    assert first == seq == 0
+    effects = a.flush()
+    # the relayed records go to every peer (the client sent them here alone); C's push is in two parts
+    assert [(e.to, e.envelope.body.get("ack"), len(msgpack.unpackb(e.frames[0]))) for e in effects] == [
+        ("B", 0, 2), ("C", 0, 2), ("C", 0, 1)]
+    assert a.on_local_writes([], confirm=1) == 1                        # the next flush has the next number
+    assert a.on_message(env("push-ack", "C", ack=0, ok=True), [], NOW) == []
+    assert a.on_message(env("push-ack", "B", ack=0, ok=True), [], NOW) == [replication.Confirmed("B", 0)]
+    assert a.on_message(env("push-ack", "B", ack=0, ok=True), [], NOW) == []           # once only
+    assert a.on_message(env("push-ack", "C", ack=0, ok=False), [], NOW) == []          # refused a part
+    assert a.on_message(env("push-ack", "C", ack=0, ok=True), [], NOW) == []
+
+
+def test_acks_are_asked_of_the_peers_with_fewest_outstanding_taking_turns():
+    a = replicator("A", ["A", "B", "C"])
+
+    def flush_asks(i: int) -> list[str]:
+        r = put(ADMIN, "urn:snipe:group:g", f"n{i}", i, hlc.pack(NOW))
+        a.on_local_writes(a.replica.ingest([r], NOW), confirm=1)
+        effects = a.flush()
+        assert sorted(e.to for e in effects) == ["B", "C"]           # both get the records
+        return [e.to for e in effects if "ack" in e.envelope.body]
+
+    assert flush_asks(0) == ["B"]
+    a.on_message(env("push-ack", "B", ack=0, ok=True), [], NOW)
+    assert flush_asks(1) == ["C"]                                   # equals take turns
+    a.on_message(env("push-ack", "C", ack=1, ok=True), [], NOW)
+    assert flush_asks(2) == ["B"]                                   # B never answers this one ...
+    assert flush_asks(3) == ["C"]
+    a.on_message(env("push-ack", "C", ack=3, ok=True), [], NOW)
+    assert flush_asks(4) == ["C"]                                   # ... so C is asked, until it has as many
+
+
+def test_a_peer_acknowledges_a_confirmed_push_saying_whether_it_holds_every_record():
+    b = replicator("B", ["A", "B"])
+    good = put(ADMIN, "urn:snipe:group:g", "n", 1, hlc.pack(NOW))
+    forged = Assertion(good.urn, "m", 2, good.ts, 0, False, ALICE.public_key, good.signature)
+    assert b.on_message(env("push", "A", ack=7), [pack_records([good.encode()])], NOW) == [
+        Send("A", env("push-ack", "B", ack=7, ok=True))]
+    assert b.on_message(env("push", "A", ack=8), [pack_records([good.encode()])], NOW) == [
+        Send("A", env("push-ack", "B", ack=8, ok=True))]                  # already held: still ok
+    assert b.on_message(env("push", "A", ack=9), [pack_records([good.encode(), forged.encode()])], NOW) == [
+        Send("A", env("push-ack", "B", ack=9, ok=False))]
+    with pytest.raises(CodecError, match="ack"):
+        b.on_message(env("push", "A", ack="x"), [pack_records([good.encode()])], NOW)
+    with pytest.raises(CodecError, match="ok"):
+        b.on_message(env("push-ack", "A", ack=1), [], NOW)
+
+
 # --- one anti-entropy round, as a transcript ----------------------------------------------------------
 def test_one_anti_entropy_round_repairs_both_sides():
     a, b = replicator("A", ["A", "B"]), replicator("B", ["A", "B"])
