@@ -81,7 +81,7 @@ class Replicator:
     bad or slow peer can delay repair but never remove data."""
 
     def __init__(self, me: str, replica: Replica, storage: Storage, peers: Sequence[str] = (),
-                 *, interval: float = 1.0, max_leaves: int = 512) -> None:
+                 *, interval: float = 1.0, max_leaves: int = 512, first_flush: int = 0) -> None:
         self.me = me
         self.replica = replica
         self.storage = storage
@@ -92,7 +92,9 @@ class Replicator:
         self._outbox: list[tuple[bytes, frozenset[str]]] = []     # (record, peers that need no push of it)
         self._live_pushes: dict[str, int] = {}    # pushes of new writes from each peer since its last turn
         self._deferrals: dict[str, int] = {}      # rounds with each peer put off in a row
-        self._seq = 0                  # the number of the next flush
+        # The number of the next flush. The shell starts it somewhere new at every start, so an
+        # ack a peer sends late for a flush of this replica's past life confirms nothing now.
+        self._seq = first_flush
         self._confirm = 0              # how many peers the next flush's pushes ask to acknowledge them
         self._awaited: dict[tuple[int, str], int] = {}   # (flush, peer) -> its pushes not yet acknowledged
         self.pushed = self.received = self.repaired = self.rounds = self.deferred = 0

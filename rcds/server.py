@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -90,7 +91,8 @@ class Server:
         self.storage = LmdbStorage(cfg.data_dir, sync=cfg.sync, log_retention=cfg.log_retention)
         self.replica = Replica(self.storage, cfg.admin_key, gc_grace_ms=cfg.gc_grace_ms,
                                watched_urns=(P.REPLICA_SET_URN,))
-        self.replicator = Replicator(cfg.replica_id, self.replica, self.storage, interval=cfg.anti_entropy_s)
+        self.replicator = Replicator(cfg.replica_id, self.replica, self.storage, interval=cfg.anti_entropy_s,
+                                     first_flush=secrets.randbits(48))
         self.map_budget = MapBudget(self.storage.data_file, cfg.map_budget_mib << 20)
         self.ctx = zmq.Context()
         self.gate = KeyGate(self.ctx, self._admit, self.storage.ed_key_of_curve)
