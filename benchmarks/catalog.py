@@ -182,6 +182,7 @@ class _Row:
     records_per_get: float | None = None
     cpu_s: float = 0.0               # the client process's own CPU time in the phase
     spares_asked: int = 0            # puts that went to a replica beyond the first W (slow or down)
+    relayed: int = 0                 # puts sent to one replica to relay (the replicas were busy)
 
 
 
@@ -227,6 +228,8 @@ def _summarise(rows: Sequence[_Row], ops_per_client: int, servers_cpu: float | N
     spares = sum(r.spares_asked for r in rows)
     if spares:
         out["requests_to_a_spare_replica"] = spares
+    if any(r.relayed for r in rows):
+        out["relayed_puts"] = sum(r.relayed for r in rows)
     return out
 
 
@@ -385,7 +388,7 @@ def _client_worker(addresses: list[str], admin_key: str, seed: bytes, level: int
             r = PHASE_R.get(phase)
             urns_written = max(1, math.ceil(written / names_per_urn))
             c0 = time.process_time()
-            spares0 = getattr(client, "spares_asked", 0)
+            spares0, relayed0 = getattr(client, "spares_asked", 0), getattr(client, "relayed", 0)
             t0 = time.monotonic()
             deadline = t0 + phase_timeout
             for i in range(ops):
@@ -411,7 +414,7 @@ def _client_worker(addresses: list[str], admin_key: str, seed: bytes, level: int
             t1 = time.monotonic()
             results.put((phase, worker, t0, t1, lat, errors, misses, first_error,
                          round(got_records / gets, 2) if gets else None, time.process_time() - c0,
-                         getattr(client, "spares_asked", 0) - spares0))
+                         getattr(client, "spares_asked", 0) - spares0, getattr(client, "relayed", 0) - relayed0))
 
 
 class _ProjectLevel:

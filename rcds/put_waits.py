@@ -28,6 +28,7 @@ class WaitingPut:
     results: list[list[Any]]      # this replica's own results, one per record, as the put's reply carries them
     needed: int                   # peers that must confirm
     deadline: float
+    turn: int = 1                 # how many client puts the replica stored in the turn of this one
     confirmed_by: list[str] = field(default_factory=list)
 
 

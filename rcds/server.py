@@ -305,10 +305,11 @@ class Server:
                 flush = self.replicator.on_local_writes([r for r, _ in took], raw=[raw for _, raw in took],
                                                         sent_to=self._sent_to(env), confirm=relay[0] if relay else 0)
             if relay is None:
-                self._reply(client, env.reply(results=out))
+                self._reply(client, env.reply(results=out, turn=len(puts)))
             else:
                 needed, wait_s = relay
-                self._run_effects(self.put_waits.wait(flush, WaitingPut(client, env, out, needed, now + wait_s)))
+                self._run_effects(self.put_waits.wait(flush, WaitingPut(client, env, out, needed, now + wait_s,
+                                                                        turn=len(puts))))
         self._run_effects(self.replicator.flush())
 
     def _relay_of(self, put: Envelope) -> tuple[int, float] | None:
@@ -327,7 +328,7 @@ class Server:
         (this one and the peers that confirmed), by their key tags as the client's "to" names them."""
         tags = [self.cfg.identity.public_key[:P.KEY_TAG_BYTES]]
         tags.extend(self.peers[p].key[:P.KEY_TAG_BYTES] for p in put.confirmed_by if p in self.peers)
-        self._reply(put.reply_to, put.request.reply(results=put.results, held_by=tags))
+        self._reply(put.reply_to, put.request.reply(results=put.results, held_by=tags, turn=put.turn))
 
     def _on_timer(self, key: str, now: float) -> None:
         if key == put_waits.TIMER:

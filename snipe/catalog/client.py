@@ -58,6 +58,7 @@ PUT_HEDGE_MAX_S = HEDGE_AFTER_S
 PUT_EWMA = 0.2
 PUT_FIRST_GUESS_S = 0.05     # a new client's guess at a put's time, until it has measured some
 RELAY_SLACK_S = 0.005        # how much longer than twice its wait a relayed put's replica may take to answer
+RELAY_FROM_TURN = 1.5        # relay puts once replicas store this many client puts a turn, on average
 LINK_CHECK_S = 0.1           # how often links read their handshake events
 REFUSED_RETRY_S = 0.25       # a refused handshake is tried again this soon: the key may be admitted by now
 BELIEVED_RECORDS = 20_000    # verified records remembered by their bytes, so a repeat read skips the work,
@@ -120,7 +121,10 @@ class CatalogClient:
         timeout: float = 3.0,
         w: int | None = None,
         r: int | None = None,
+        relay: bool | None = None,
     ) -> None:
+        """`relay`: send each W>1 put to one replica, which relays it (True), never (False), or
+        when the replicas are busy (None, the default; see `put`)."""
         addrs = [a if isinstance(a, ReplicaAddress) else from_list([a])[0] for a in replicas]
         if not addrs:
             raise ConfigError("no catalog replicas given; pass a list, a config file or an SRV domain")
@@ -154,6 +158,9 @@ class CatalogClient:
         self._believed: OrderedDict[bytes, Assertion] = OrderedDict()
         self._links_checked = 0.0
         self._put_s = PUT_FIRST_GUESS_S     # moving average of a W-acknowledged put's time
+        self._turn = 1.0           # moving average of the client puts a replica stored in the turn of ours
+        self.relay = relay
+        self.relayed = 0           # puts sent to one replica to relay
         self.spares_asked = 0      # put requests sent beyond the first W (slow, unreachable or refusing replicas)
 
     def _index_sockets(self) -> None:
@@ -367,21 +374,29 @@ class CatalogClient:
                 else:
                     outcome[endpoint] = "stored"
                     acks += 1
+                    turn = env.body.get("turn")
+                    if type(turn) is int and turn > 0:
+                        self._turn += PUT_EWMA * (min(turn, 64) - self._turn)
             return acks
 
-        # One request first: the first replica stores the write, pushes it to the others with
-        # the rest of its writes, and answers once W-1 of them hold it too (rcds/put_waits.py).
-        # What it could not get confirmed in about the usual time of a put, this client writes
-        # to the others itself: W of them at once, the first of which pushes it to the rest
-        # (rcds/server.py `_sent_to`), and another when one of them cannot be reached, refuses,
-        # or is slower than puts usually are. Ownership, delegations and admissions (reserved
-        # names) go to every replica at once, and every replica that stores them pushes them
-        # on: this client's later writes, which depend on them, then find them wherever they go.
+        # When the replicas are busy (they store several clients' puts a turn), one request: the
+        # first replica stores the write, pushes it to the others with the rest of its writes,
+        # and answers once W-1 of them hold it too (rcds/put_waits.py). That halves the messages
+        # of a put, the most of its cost on a busy machine, but takes two hops in a row, so an
+        # idle cluster is written to directly: W replicas at once, the first of which pushes the
+        # write to the rest (rcds/server.py `_sent_to`), and another when one of them cannot be
+        # reached, refuses, or is slower than puts usually are. What a relaying replica could not
+        # get confirmed in about the usual time of a put is written that way too. Ownership,
+        # delegations and admissions (reserved names) go to every replica at once, and every
+        # replica that stores them pushes them on: this client's later writes, which depend on
+        # them, then find them wherever they go.
         candidates = self._candidates()
         reserved = any(authority.is_reserved(a.name) for a in records)
         started = time.monotonic()
         hedge_s = self._put_hedge_s()
-        if not reserved and 1 < w <= len(candidates):
+        relay = self.relay if self.relay is not None else self._turn >= RELAY_FROM_TURN
+        if relay and not reserved and 1 < w <= len(candidates):
+            self.relayed += 1
             first = candidates[0]
             got = self._fanout([first], "put", {"relay": w - 1, "wait": int(hedge_s * 1000)}, frames, bool,
                                min(deadline, started + 2 * hedge_s + RELAY_SLACK_S))

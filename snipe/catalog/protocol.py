@@ -2,10 +2,11 @@
 
 Requests (client -> replica; every reply echoes the request id, kind "ok" or "error"):
   hello                             -> {protocols: {name: [versions]}, replica: id, key: hex}
-  put     {to?} records             -> {results: [[status, code, message, rev], ...]}; `to` lists
+  put     {to?} records             -> {results: [[status, code, message, rev], ...], turn}; `to` lists
                                        the replicas the client sends this put to (the first
                                        KEY_TAG_BYTES of each one's key): the first of them pushes
-                                       it to the others, the rest push it nowhere
+                                       it to the others, the rest push it nowhere; `turn`: how
+                                       many client puts the replica stored with this one (its load)
   put     {relay, wait} records     -> {results, held_by: [key tag]}: sent to this replica alone,
                                        which answers once `relay` peers hold the records too, or
                                        after `wait` ms with those that do; `held_by` names every

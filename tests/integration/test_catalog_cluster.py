@@ -171,11 +171,11 @@ def test_a_read_sent_behind_a_put_sees_it_on_that_replica(catalog: LocalCatalog)
 
 def test_a_put_is_one_request_answered_once_a_peer_holds_it_and_refused_when_none_can(catalog: LocalCatalog,
                                                                                       user: Identity) -> None:
-    """With replica 3 paused, a W=2 put goes to replica 1 alone, which answers once replica 2
-    holds the write too: replica 2 has every acknowledged write at once, and the answer says so.
-    With both peers paused, no put is acknowledged."""
+    """With replica 3 paused, a relayed W=2 put goes to replica 1 alone, which answers once
+    replica 2 holds the write too: replica 2 has every acknowledged write at once, and the
+    answer says so. With both peers paused, no put is acknowledged."""
     first, second, third = (r.endpoint for r in catalog.replicas)
-    with catalog.client(user, timeout=5) as c, only(catalog, 1, user) as reader:
+    with catalog.client(user, timeout=5, relay=True) as c, only(catalog, 1, user) as reader:
         c.claim("urn:snipe:proc:relayed")
         catalog.replicas[2].proc.send_signal(signal.SIGSTOP)    # type: ignore[union-attr]
         try:
@@ -183,7 +183,7 @@ def test_a_put_is_one_request_answered_once_a_peer_holds_it_and_refused_when_non
                 result = c.put([c.sign("urn:snipe:proc:relayed", "n", i)], w=2)
                 assert result.replicas == {first: "stored", second: "stored", third: "no answer"}
                 assert reader.get("urn:snipe:proc:relayed", "n", r=1).value("n", now_ms()) == i
-            assert c.spares_asked == 0
+            assert c.spares_asked == 0 and c.relayed == 20
             catalog.replicas[1].proc.send_signal(signal.SIGSTOP)    # type: ignore[union-attr]
             with pytest.raises(QuorumError, match="W=2"):
                 c.set("urn:snipe:proc:relayed", "n", "never", w=2)
@@ -191,6 +191,16 @@ def test_a_put_is_one_request_answered_once_a_peer_holds_it_and_refused_when_non
             for r in catalog.replicas[1:]:
                 r.proc.send_signal(signal.SIGCONT)    # type: ignore[union-attr]
         assert c.put([c.sign("urn:snipe:proc:relayed", "n", "after")], w=2).acks >= 2
+
+
+def test_a_lone_client_writes_directly(catalog: LocalCatalog, user: Identity) -> None:
+    """By default a client relays its puts only once replicas report storing several puts a
+    turn: one client writing alone never does (a relay costs a second hop in a row)."""
+    with catalog.client(user) as c:
+        c.claim("urn:snipe:proc:lone")
+        for i in range(20):
+            c.set("urn:snipe:proc:lone", "n", i, w=2)
+        assert c.relayed == 0
 
 
 def test_query_by_prefix_and_predicates(catalog: LocalCatalog) -> None:
