@@ -109,6 +109,7 @@ class Server:
         self.seed_peers = {p.id: p for p in cfg.peers if p.id != cfg.replica_id}
         self.timers: dict[str, float] = {}
         self.put_waits = PutWaits()
+        self._held: list[tuple[zmq.Socket, list[bytes]]] | None = None   # sends held until the end of the turn
         self.watchers: dict[tuple[bytes, str], Watcher] = {}
         self.delivered_rev = self.storage.last_rev()
         self.started = time.time()
@@ -198,6 +199,15 @@ class Server:
         self.storage.close()
 
     def _drain(self) -> None:
+        self._held = []
+        try:
+            self._take_turn()
+        finally:
+            held, self._held = self._held, None
+            for sock, parts in held:
+                self._send_now(sock, parts)
+
+    def _take_turn(self) -> None:
         batch: list[list[zmq.Frame]] = []
         for _ in range(BATCH):
             if not self.router.getsockopt(_EVENTS) & _POLLIN:
@@ -491,8 +501,26 @@ class Server:
 
     def _reply(self, client: bytes, env: Envelope, frames: list[bytes] | tuple[bytes, ...] = ()) -> bool:
         """Send to a client; False if it could not take it now (gone, or its queue is full)."""
+        return self._send(self.router, [client, *encode(env, frames)])
+
+    def _send(self, sock: zmq.Socket, parts: list[bytes]) -> bool:
+        """Send on the router (to a client) or a peer link. Within a turn, sends are held and
+        made together at its end: sends in a row wake ZeroMQ's I/O thread once, not once each,
+        and on a small machine that wake-up is the dearest part of a send."""
+        if self._held is not None:
+            self._held.append((sock, parts))
+            return True
+        return self._send_now(sock, parts)
+
+    def _send_now(self, sock: zmq.Socket, parts: list[bytes]) -> bool:
+        if sock is not self.router:
+            # peer down or slow: anti-entropy will repair what this push would have carried
+            with contextlib.suppress(zmq.Again):
+                send_parts(sock, parts, _NOBLOCK)
+            return True
+        client = parts[0]
         try:
-            send_parts(self.router, [client, *encode(env, frames)], _NOBLOCK)
+            send_parts(self.router, parts, _NOBLOCK)
             return True
         except zmq.Again:
             return False
@@ -513,9 +541,7 @@ class Server:
                 link = self.peer_links.get(e.to)
                 if link is None:
                     continue
-                # peer down or slow: anti-entropy will repair what this push would have carried
-                with contextlib.suppress(zmq.Again):
-                    send_parts(link.sock, encode(e.envelope, e.frames), _NOBLOCK)
+                self._send(link.sock, encode(e.envelope, e.frames))
 
     def status(self) -> dict[str, Any]:
         st = self.replicator.stats()
