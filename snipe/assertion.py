@@ -238,8 +238,10 @@ def merge(*sets: Iterable[Assertion]) -> dict[tuple[str, str, bytes], Assertion]
     out: dict[tuple[str, str, bytes], Assertion] = {}
     for s in sets:
         for a in s:
-            if newer(a, out.get(a.key)):
-                out[a.key] = a
+            key = (a.urn, a.name, a.signer)          # a.key and newer(), spelt out: readers merge every answer
+            held = out.get(key)
+            if held is None or (a.ts, a.signature) > (held.ts, held.signature):
+                out[key] = a
     return out
 
 
