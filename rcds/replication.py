@@ -13,7 +13,8 @@ flush's number ("ack"): the peers with the fewest acknowledgements outstanding, 
 when they tie, so a dead or slow peer is soon asked no more and the others share the work.
 A peer answers each such push, after committing it, with a push-ack saying whether it holds
 every record ("ok"). Once a peer has acknowledged all of a flush's pushes to it, the core
-reports `Confirmed(peer, seq)`. Acks not come within MAX_ROUNDS_AWAITED flushes are given up.
+reports `Confirmed(peer, seq)`. Flushes are numbered only when they ask for acks; acks that
+have not come within MAX_ROUNDS_AWAITED such flushes are given up on.
 A push carries its records in one frame (snipe/catalog/protocol.py's records frame), at most
 `MAX_PUSH_RECORDS` of them and about `MAX_PUSH_BYTES`; an ae-want carries its keys the same way.
 
@@ -53,7 +54,7 @@ FLUSH_TIMER = "push-flush"
 MAX_PUSH_RECORDS = 500
 MAX_PUSH_BYTES = 16 * 1024 * 1024     # a push holds at least one record, then stops past this
 MAX_DEFERRALS = 4
-MAX_ROUNDS_AWAITED = 256              # flushes whose confirmations are still awaited; older ones are forgotten
+MAX_ROUNDS_AWAITED = 4096             # acked flushes whose acks are still awaited; older ones are given up
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,8 @@ class Replicator:
         # ack a peer sends late for a flush of this replica's past life confirms nothing now.
         self._seq = first_flush
         self._confirm = 0              # how many peers the next flush's pushes ask to acknowledge them
-        self._awaited: dict[tuple[int, str], int] = {}   # (flush, peer) -> its pushes not yet acknowledged
+        self._awaited: dict[tuple[int, str], int] = {}   # (flush, peer) -> pushes not yet acknowledged, oldest first
+        self._outstanding: dict[str, int] = {}           # peer -> its flushes in _awaited
         self.pushed = self.received = self.repaired = self.rounds = self.deferred = 0
 
     def stats(self) -> ReplicationStats:
@@ -131,16 +133,19 @@ class Replicator:
 
     def flush(self) -> list[Effect]:
         seq, confirm = self._seq, self._confirm
-        self._seq += 1
-        self._confirm = 0
+        if confirm:
+            self._seq += 1
+            self._confirm = 0
         if not self._outbox or not self.peers:
             self._outbox.clear()
             return []
         effects: list[Effect] = []
         frames: dict[frozenset[str], list[bytes]] = {}    # the frames of a set of skips, shared by the peers it suits
-        if confirm:
-            for key in [k for k in self._awaited if k[0] <= seq - MAX_ROUNDS_AWAITED]:
-                del self._awaited[key]
+        while self._awaited:
+            oldest = next(iter(self._awaited))
+            if oldest[0] > seq - MAX_ROUNDS_AWAITED:
+                break
+            self._forget(oldest)
         ackers = set(self._ackers(seq, confirm))
         plain, asking = self._env("push"), self._env("push", ack=seq)
         for p in self.peers:
@@ -151,6 +156,7 @@ class Replicator:
             effects.extend(Send(p, asking if p in ackers else plain, (frame,)) for frame in frames[skips])
             if p in ackers and frames[skips]:
                 self._awaited[(seq, p)] = len(frames[skips])
+                self._outstanding[p] = self._outstanding.get(p, 0) + 1
         self.pushed += sum(1 for _, skip in self._outbox if not skip.issuperset(self.peers))
         self._outbox.clear()
         return effects
@@ -160,13 +166,17 @@ class Replicator:
         taking turns (by `seq`) among equals."""
         if not count:
             return []
-        outstanding = {p: 0 for p in self.peers}
-        for _, p in self._awaited:
-            if p in outstanding:
-                outstanding[p] += 1
         n = len(self.peers)
-        order = sorted(range(n), key=lambda i: (outstanding[self.peers[i]], (i - seq) % n))
+        order = sorted(range(n), key=lambda i: (self._outstanding.get(self.peers[i], 0), (i - seq) % n))
         return [self.peers[i] for i in order[:count]]
+
+    def _forget(self, key: tuple[int, str]) -> None:
+        del self._awaited[key]
+        left = self._outstanding.get(key[1], 0) - 1
+        if left > 0:
+            self._outstanding[key[1]] = left
+        else:
+            self._outstanding.pop(key[1], None)
 
     def on_timer(self, key: str, now: float) -> list[Effect]:
         if key != AE_TIMER:
@@ -211,7 +221,7 @@ class Replicator:
                 if left is None:
                     return []              # forgotten, or a peer that already refused part of it
                 if not ok or left <= 1:
-                    del self._awaited[key]
+                    self._forget(key)
                     return [Confirmed(sender, key[0])] if ok else []
                 self._awaited[key] = left - 1
                 return []

@@ -1,8 +1,10 @@
 """rcds-server's shell: ZeroMQ sockets and timers around the replica and replication cores.
 
 One thread owns every socket. Each loop turn drains what has arrived (up to a batch), stores
-all puts and peer pushes in it as one storage transaction (group commit), answers, pushes new
-writes to peers, fans changes out to watchers (reading the change log only while anyone
+all puts and peer pushes in it as one storage transaction (group commit), then answers the
+turn's reads (so a read behind a put sees it), pushes new writes to peers, and sends all of it
+together at the end of the turn; relayed puts wait for their peers' acks (rcds/put_waits.py).
+Between turns it fans changes out to watchers (reading the change log only while anyone
 watches), fires due timers, and keeps the LMDB map's mapped pages within budget. Nothing a
 client or peer sends can stop the loop: malformed input gets an error reply naming the
 problem, and the loop goes on.
@@ -203,9 +205,13 @@ class Server:
         try:
             self._take_turn()
         finally:
-            held, self._held = self._held, None
-            for sock, parts in held:
-                self._send_now(sock, parts)
+            self._send_held()
+            self._held = None
+
+    def _send_held(self) -> None:
+        held, self._held = self._held, []
+        for sock, parts in held or ():
+            self._send_now(sock, parts)
 
     def _take_turn(self) -> None:
         batch: list[list[zmq.Frame]] = []
@@ -472,8 +478,8 @@ class Server:
         mine = [c for c in changes if c.record.urn.startswith(w.prefix)]
         if w.lagged_after is not None:
             # Tell the watcher what it missed before anything newer; it re-watches from there.
-            if self._reply(w.client, Envelope(P.PROTOCOL, P.VERSION, "lagged", 0,
-                                              {"watch": w.watch, "after": w.lagged_after})):
+            if self._tell_watcher(w.client, Envelope(P.PROTOCOL, P.VERSION, "lagged", 0,
+                                                     {"watch": w.watch, "after": w.lagged_after})):
                 self.watchers.pop((w.client, w.watch), None)
             return
         if not mine:
@@ -482,7 +488,7 @@ class Server:
             return
         env = Envelope(P.PROTOCOL, P.VERSION, "event", 0, {
             "watch": w.watch, "prev": w.last_event, "revs": [c.rev for c in mine], "kinds": [c.event for c in mine]})
-        if self._reply(w.client, env, [P.pack_records([c.record.encode() for c in mine])]):
+        if self._tell_watcher(w.client, env, [P.pack_records([c.record.encode() for c in mine])]):
             w.last_sent = changes[-1].rev
             w.last_event = mine[-1].rev
             w.last_beat = time.monotonic()
@@ -507,11 +513,19 @@ class Server:
     def _send(self, sock: zmq.Socket, parts: list[bytes]) -> bool:
         """Send on the router (to a client) or a peer link. Within a turn, sends are held and
         made together at its end: sends in a row wake ZeroMQ's I/O thread once, not once each,
-        and on a small machine that wake-up is the dearest part of a send."""
+        and on a small machine that wake-up is the dearest part of a send. (A held send reports
+        True; what must know whether its send was taken uses `_tell_watcher`.)"""
         if self._held is not None:
             self._held.append((sock, parts))
             return True
         return self._send_now(sock, parts)
+
+    def _tell_watcher(self, client: bytes, env: Envelope, frames: list[bytes] | tuple[bytes, ...] = ()) -> bool:
+        """Send to a watcher at once, after what the turn holds (so in order), and say whether
+        it was taken: a watcher's bookkeeping (what it was sent, whether it lags) depends on it."""
+        if self._held:
+            self._send_held()
+        return self._send_now(self.router, [client, *encode(env, frames)])
 
     def _send_now(self, sock: zmq.Socket, parts: list[bytes]) -> bool:
         if sock is not self.router:

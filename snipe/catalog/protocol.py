@@ -7,7 +7,7 @@ Requests (client -> replica; every reply echoes the request id, kind "ok" or "er
                                        KEY_TAG_BYTES of each one's key): the first of them pushes
                                        it to the others, the rest push it nowhere; `turn`: how
                                        many client puts the replica stored with this one (its load)
-  put     {relay, wait} records     -> {results, held_by: [key tag]}: sent to this replica alone,
+  put     {relay, wait} records     -> {results, held_by: [key tag], turn}: to this replica alone,
                                        which answers once `relay` peers hold the records too, or
                                        after `wait` ms with those that do; `held_by` names every
                                        replica holding them, this one first (rcds/put_waits.py)
