@@ -434,6 +434,15 @@ class Endpoint:
                 return m
         with self.cond:
             while True:
+                # A migration asks for us while we wait: checked before each wait, not only after
+                # one, for the ask may have come while this thread read the sockets itself
+                # (_recv_direct runs the handler that asks), when no wait was there to wake.
+                if self.safe_point_due:
+                    self.cond.release()
+                    try:
+                        self._safe_point()
+                    finally:
+                        self.cond.acquire()
                 for i, m in enumerate(self.inbox):
                     if (source is None or m.source == source) and (tag is None or m.tag == tag):
                         del self.inbox[i]
@@ -444,12 +453,6 @@ class Endpoint:
                 if left is not None and left <= 0:
                     return None
                 self.cond.wait(left)
-                if self.safe_point_due:          # a migration asks for us while we wait
-                    self.cond.release()
-                    try:
-                        self._safe_point()
-                    finally:
-                        self.cond.acquire()
 
     def _take_match(self, source: str | None, tag: int | None) -> Message | None:
         with self.lock:
@@ -488,7 +491,7 @@ class Endpoint:
                 if now >= self._acks_due:
                     self._flush_acks(now)
                 m = self._take_match(source, tag)
-                if m is not None or self.paused or now >= hold or self._io_wants:
+                if m is not None or self.paused or now >= hold or self._io_wants or self.safe_point_due:
                     return m
                 ready = dict(poller.poll(max(0, math.ceil((min(hold, self._acks_due) - now) * 1000))))
                 if self.wake_rx in ready:

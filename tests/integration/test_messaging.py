@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import textwrap
+import threading
 from pathlib import Path
 
 import snipe
 from snipe.localcluster import LocalCluster
+from snipe.messaging.endpoint import Message
 
 ECHO = textwrap.dedent('''
     import snipe
@@ -294,3 +296,28 @@ def test_per_peer_counters_are_readable_and_shown_by_the_console(cluster: LocalC
                        capture_output=True, text=True, timeout=60)
     assert "messaging, per peer" in r.stdout and echo.urn in r.stdout
     snipe.send(echo.urn, b"", tag=99)
+
+
+def test_a_safe_point_asked_while_recv_reads_the_sockets_itself_is_taken(cluster: LocalCluster) -> None:
+    """A migration asks for a safe point from a handler, and the application's own thread runs
+    handlers while it reads the sockets in recv, before it waits: recv must take the safe point
+    then, not sleep through it (a migration once timed out so). The ask is made right after
+    that read here; the safe point queues the message recv is waiting for."""
+    ep = snipe.runtime.session().endpoint()
+    read_directly, at_safe_point = ep._recv_direct, ep.at_safe_point
+
+    def read_then_ask(*args: object) -> Message | None:
+        got = read_directly(*args)        # type: ignore[arg-type]
+        ep.ask_safe_point()
+        return got
+
+    ep._recv_direct = read_then_ask       # type: ignore[method-assign]
+    ep.at_safe_point = lambda: ep.deliver_local([Message(ep.me, 7, b"after the safe point")])
+    got: list[Message | None] = []
+    try:
+        waiter = threading.Thread(target=lambda: got.append(snipe.recv(tag=7)), daemon=True)
+        waiter.start()
+        waiter.join(30)
+        assert got and got[0] is not None and got[0].payload == b"after the safe point"
+    finally:
+        ep._recv_direct, ep.at_safe_point = read_directly, at_safe_point   # type: ignore[method-assign]
