@@ -193,6 +193,26 @@ def test_a_put_is_one_request_answered_once_a_peer_holds_it_and_refused_when_non
         assert c.put([c.sign("urn:snipe:proc:relayed", "n", "after")], w=2).acks >= 2
 
 
+def test_a_direct_put_asks_a_spare_replica_when_one_of_its_first_w_is_silent(catalog: LocalCatalog,
+                                                                             user: Identity) -> None:
+    """A direct W=2 put goes to replicas 1 and 2; with replica 2 paused it cannot answer, and
+    the client asks replica 3 once about its usual put time has passed (the hedge), so the
+    write is acknowledged by 1 and 3 long before the client's timeout."""
+    first, second, third = (r.endpoint for r in catalog.replicas)
+    with catalog.client(user, timeout=30, relay=False) as c:
+        c.claim("urn:snipe:proc:hedged")
+        # every replica answers once, so none is set aside as unreachable (a link still in its
+        # handshake when the claim went out would be) and the put asks replicas 1 and 2 first
+        assert c.get("urn:snipe:proc:hedged", r=3).value("_owner", now_ms()) == user.key_id
+        catalog.replicas[1].proc.send_signal(signal.SIGSTOP)    # type: ignore[union-attr]
+        try:
+            result = c.put([c.sign("urn:snipe:proc:hedged", "n", 1)], w=2)
+        finally:
+            catalog.replicas[1].proc.send_signal(signal.SIGCONT)    # type: ignore[union-attr]
+        assert result.replicas == {first: "stored", second: "no answer", third: "stored"}
+        assert c.spares_asked == 1 and c.relayed == 0
+
+
 def test_a_lone_client_writes_directly(catalog: LocalCatalog, user: Identity) -> None:
     """By default a client relays its puts only once replicas report storing several puts a
     turn: one client writing alone never does (a relay costs a second hop in a row)."""
