@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,11 +23,38 @@ from snipe.catalog.client import CatalogClient
 from snipe.errors import ConfigError, SnipeError, Unreachable
 from snipe.identity import Identity
 
+_handed_out: set[tuple[str, int]] = set()
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A TCP port free on `host` now, for a server started next, from below the kernel's range
+    of ephemeral ports: the kernel gives those to outgoing connections too, so one taken by
+    binding port 0 may be a connection's by the time the server binds it (a replica once failed
+    to start so). A port below the range is taken only on purpose; none is handed out twice."""
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(max(1024, low - 12_000), low)
+        if (host, port) in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add((host, port))
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:   # all taken: the kernel's choice
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    """The lowest port of the kernel's ephemeral range (Linux's default when unreadable)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 @dataclass
