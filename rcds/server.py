@@ -314,8 +314,7 @@ class Server:
             mine = results[i:i + len(recs)]
             i += len(recs)
             took = [(r, raw) for r, raw in zip(mine, recs, strict=True) if isinstance(r, Accepted)]
-            out = [[P.STORED if r.new else P.HELD, "", "", r.rev] if isinstance(r, Accepted)
-                   else [P.REFUSED, r.error.code, str(r.error), 0] for r in mine if isinstance(r, Accepted | Refused)]
+            out = [_result_row(r) for r in mine]
             if not took or len(took) < len(recs):
                 relay = None               # refused here: the client learns why at once
             if took:
@@ -506,19 +505,19 @@ class Server:
                     self._reply(w.client, Envelope(P.PROTOCOL, P.VERSION, "heartbeat", 0,
                                                    {"watch": w.watch, "rev": rev, "prev": w.last_event}))
 
-    def _reply(self, client: bytes, env: Envelope, frames: list[bytes] | tuple[bytes, ...] = ()) -> bool:
-        """Send to a client; False if it could not take it now (gone, or its queue is full)."""
-        return self._send(self.router, [client, *encode(env, frames)])
+    def _reply(self, client: bytes, env: Envelope, frames: list[bytes] | tuple[bytes, ...] = ()) -> None:
+        """Send to a client (one that is gone or whose queue is full misses it)."""
+        self._send(self.router, [client, *encode(env, frames)])
 
-    def _send(self, sock: zmq.Socket, parts: list[bytes]) -> bool:
+    def _send(self, sock: zmq.Socket, parts: list[bytes]) -> None:
         """Send on the router (to a client) or a peer link. Within a turn, sends are held and
         made together at its end: sends in a row wake ZeroMQ's I/O thread once, not once each,
-        and on a small machine that wake-up is the dearest part of a send. (A held send reports
-        True; what must know whether its send was taken uses `_tell_watcher`.)"""
+        and on a small machine that wake-up is the dearest part of a send. What must know
+        whether its send was taken uses `_tell_watcher`."""
         if self._held is not None:
             self._held.append((sock, parts))
-            return True
-        return self._send_now(sock, parts)
+        else:
+            self._send_now(sock, parts)
 
     def _tell_watcher(self, client: bytes, env: Envelope, frames: list[bytes] | tuple[bytes, ...] = ()) -> bool:
         """Send to a watcher at once, after what the turn holds (so in order), and say whether
@@ -528,6 +527,7 @@ class Server:
         return self._send_now(self.router, [client, *encode(env, frames)])
 
     def _send_now(self, sock: zmq.Socket, parts: list[bytes]) -> bool:
+        """Send now; False if a client could not take it (gone, or its queue is full)."""
         if sock is not self.router:
             # peer down or slow: anti-entropy will repair what this push would have carried
             with contextlib.suppress(zmq.Again):
@@ -572,6 +572,13 @@ class Server:
             "map_resident_mib": round(self.map_budget.resident / 2**20, 1), "map_trims": self.map_budget.trims,
             "digest": hashlib.sha256(b"".join(self.storage.top_digests())).hexdigest()[:32],
         }
+
+
+def _result_row(r: Accepted | Refused) -> list[Any]:
+    """One record's line in a put's answer: [status, error code, message, revision]."""
+    if isinstance(r, Accepted):
+        return [P.STORED if r.new else P.HELD, "", "", r.rev]
+    return [P.REFUSED, r.error.code, str(r.error), 0]
 
 
 def _server_error(exc: Exception) -> SnipeError:

@@ -32,9 +32,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     binding port 0 may be a connection's by the time the server binds it (a replica once failed
     to start so). A port below the range is taken only on purpose; none is handed out twice."""
     low = _ephemeral_low()
-    rng = random.Random()
     for _ in range(500):
-        port = rng.randrange(max(1024, low - 12_000), low)
+        port = random.randrange(max(1024, low - 12_000), low)
         if (host, port) in _handed_out:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -400,7 +400,7 @@ class CatalogClient:
             first = candidates[0]
             got = self._fanout([first], "put", {"relay": w - 1, "wait": int(hedge_s * 1000)}, frames, bool,
                                min(deadline, started + 2 * hedge_s + RELAY_SLACK_S))
-            if judge(got) and first.address.endpoint in got:
+            if judge(got):                # it stored them: the others it names hold them too
                 for tag in got[first.address.endpoint][0].body.get("held_by") or ():
                     endpoint = self._by_tag.get(tag) if isinstance(tag, bytes) else None
                     if endpoint is not None and outcome[endpoint] == "no answer":
