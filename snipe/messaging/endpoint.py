@@ -47,6 +47,7 @@ from snipe.admission import CatalogAdmission
 from snipe.catalog.client import CatalogClient, now_ms
 from snipe.errors import CodecError, NotFound, ProtocolVersionError, SnipeError, Unreachable
 from snipe.identity import Identity, public_key_from_id
+from snipe.messaging.allocator import keep_freed_buffers
 from snipe.messaging.channel import (
     PROTOCOL,
     VERSION,
@@ -166,6 +167,7 @@ class Endpoint:
         self.instance = uuid.uuid4().hex
         self.hwm, self.window = hwm, window
         self.runtime_dir = runtime_dir or Path(os.environ.get("XDG_RUNTIME_DIR", f"/tmp/snipe-{os.getuid()}"))
+        keep_freed_buffers()                     # before the first large message: see allocator.py
         self.ctx = zmq.Context()
         self.admission = CatalogAdmission(catalog, identity, admin_key)
         self.gate = KeyGate(self.ctx, self.admission.admit, self.admission.resolve, server_key=identity.public_key)
