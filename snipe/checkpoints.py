@@ -16,7 +16,11 @@ Only then are the task's sources told what the checkpoint holds (they drop what 
 restart). A checkpoint is taken only at a safe point: inside `checkpoint()` itself, or, when
 periodic, when the application's thread enters `send`, `recv` or `probe` after the period.
 A task started from a checkpoint (SNIPE_RESTORE_FILE, set by its daemon) hands the state to its
-`on_restore` hook and restores the library state when it joins (`snipe.init`).
+`on_restore` hook and restores the library state when it joins (`snipe.init`), its multicast
+groups included (snipe/migration/groups.py: the groups joined, each origin's place, its own next
+sequence numbers): the routers' channels to it resume as any source's do, so it gets every group
+message after its checkpoint once and in order. What it multicasts again while it re-executes
+carries the sequence numbers the first run used, so members that got those keep the first copy.
 """
 
 from __future__ import annotations
@@ -86,14 +90,19 @@ def checkpoint() -> dict[str, Any]:
     s = session()
     if s.me is None or s.local_daemon is None:
         raise ConfigError("checkpoint() needs a task started by a daemon (snipe.spawn), which stores it")
+    from snipe.migration.groups import export_groups
+
     app = hooks.save_state()
     ep = s.endpoint()
-    lib = ep.run_in_io(lambda: snapshot.capture(ep))
+    # the groups' standing with the channels' in one I/O turn: a batch delivered between the two
+    # would be in one and not the other
+    lib, groups = ep.run_in_io(lambda: (snapshot.capture(ep), export_groups(s._membership)))
     seq = _seq + 1
     at = now_ms()
     try:
         blob = msgpack.packb({"format": FORMAT, "proc": s.me, "seq": seq, "at": at,
-                              "hooked": hooks.has_checkpoint_hook(), "app": app, "lib": lib}, use_bin_type=True)
+                              "hooked": hooks.has_checkpoint_hook(), "app": app, "lib": lib, "groups": groups},
+                             use_bin_type=True)
     except (TypeError, ValueError) as exc:
         raise hooks.HookError(f"the on_checkpoint hook returned what msgpack cannot save: {exc}") from exc
     urn = content_urn("file", blob)
@@ -185,7 +194,20 @@ def resume_at_start(s: Any) -> None:
             _last = record if isinstance(record, dict) and record.get("file") == urn else None
         if data.get("hooked"):
             hooks.hand_over(data.get("app"))
-        s.endpoint(prepare=lambda ep: snapshot.restore(ep, data.get("lib") or {}))
+        groups = data.get("groups") or {}
+
+        def prepare(ep: Any) -> None:
+            snapshot.restore(ep, data.get("lib") or {})
+            if groups:     # before the endpoint listens: a router's batch must find its group joined
+                from snipe.migration.groups import restore_groups
+                from snipe.multicast.groups import Membership
+                assert s.me is not None
+                s._membership = Membership(ep, s.catalog, s.me, s.host)
+                restore_groups(s._membership, groups)
+        s.endpoint(prepare=prepare)
+        if groups:
+            from snipe.migration.groups import reregister
+            reregister(s._membership, s.catalog, s.host)     # the same routers, from this host
     every = os.environ.get("SNIPE_CHECKPOINT_EVERY")
     if every:
         set_period(float(every))

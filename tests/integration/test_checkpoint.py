@@ -10,6 +10,7 @@ after the checkpoint are redelivered by the sender, those sent while it was down
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -166,3 +167,87 @@ def test_a_task_that_cannot_be_restarted_is_reported_lost_with_the_reason(cluste
     assert event["kind"] == "lost" and "could not restart the task" in event["reason"]
     assert code in event["reason"]                   # names what was missing
     assert running_on(cluster, p.urn) == []
+
+
+GROUP = "urn:snipe:group:checkpointed"
+
+# COUNTER's numbers come as multicasts; joining is part of the state (a restored task is in the group).
+GROUP_COUNTER = textwrap.dedent('''
+    import sys
+    import snipe
+    state = {"got": [], "joined": False}
+    snipe.on_checkpoint(lambda: state)
+    snipe.on_restore(lambda saved: state.update(saved))
+    snipe.init()
+    parent, group = sys.argv[1], sys.argv[2]
+    if not state["joined"]:
+        snipe.join(group)
+        state["joined"] = True
+    snipe.send_obj(parent, {"ready": snipe.me(), "restored": len(state["got"])}, tag=4)
+    while True:
+        m = snipe.recv()
+        if m.failed:
+            continue
+        if m.group == group:
+            state["got"].append(int(m.payload))
+        elif m.tag == 2:
+            snipe.send_obj(m.source, {"id": m.obj(), "got": state["got"]}, tag=2)
+        elif m.tag == 3:
+            record = snipe.checkpoint()
+            snipe.send_obj(m.source, record, tag=3)
+''')
+
+STAY = textwrap.dedent('''
+    import sys
+    import snipe
+    snipe.join(sys.argv[2])
+    snipe.send(sys.argv[1], b"", tag=5)
+    while True:
+        snipe.recv()
+''')
+
+
+def test_a_member_restarted_from_its_checkpoint_is_still_in_its_group_and_misses_nothing(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    """The counter above, its numbers multicast: after its host is killed it comes back from the
+    checkpoint still a member, and gets every group message after the checkpoint (those it had
+    and lost with its state, and those sent while it was down) once and in order."""
+    from snipe.multicast.groups import live_routers
+
+    me = snipe.me()
+    stay = snipe.spawn(publish(tmp_path, "stay.py", STAY), me, GROUP, host="h1")    # h1 stands as a router
+    assert snipe.recv(tag=5, timeout=60) is not None
+    p = snipe.spawn(publish(tmp_path, "counter.py", GROUP_COUNTER), me, GROUP, host="h2", restart="on-host-failure")
+    assert recv_obj(4, 60)["restored"] == 0
+    ids = itertools.count(1)
+
+    def routers() -> set[str]:
+        snipe.catalog().invalidate(GROUP)
+        return set(live_routers(snipe.catalog().get(GROUP), snipe.runtime.now_ms()))
+    wait_for(lambda: len(routers()) == 2, 30, "two routers for the group")
+    for i in range(100):
+        snipe.mcast(GROUP, str(i).encode())
+    wait_for(lambda: len(report(p.urn, next(ids))) == 100, 60, "the first 100 multicasts")
+    snipe.send(p.urn, b"", 3)
+    assert recv_obj(3)["seq"] == 1
+    for i in range(100, 150):
+        snipe.mcast(GROUP, str(i).encode())
+    wait_for(lambda: len(report(p.urn, next(ids))) == 150, 60, "50 more after the checkpoint")
+
+    pid = p.status()["pid"]
+    cluster.kill_daemon(1)                             # kill -9 of h2's daemon (a router), then of its task
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for i in range(150, 200):                          # sent while it is down
+        snipe.mcast(GROUP, str(i).encode())
+
+    back = recv_obj(4, 90)
+    assert back["ready"] == p.urn and back["restored"] == 100
+
+    def all_of_them() -> list[int] | None:
+        got = report(p.urn, next(ids))
+        return got if len(got) >= 200 else None
+    got = wait_for(all_of_them, 90, "every multicast after the restart")
+    assert got == list(range(200))                     # once each, in order
+    assert p.info()["host"] in ("urn:snipe:host:h1", "urn:snipe:host:h3")
+    assert stay.status()["state"] == "running"
