@@ -624,9 +624,7 @@ class Endpoint:
     def _take_view(self, p: _Peer, view: dict[str, Any], now: float) -> None:
         with contextlib.suppress(SnipeError, ValueError):
             p.key = public_key_from_id(str(view.get("key")))
-            mine = ProcView(self.me, self.host_urn, self.instance, [])
-            peer = ProcView.from_values(p.urn, view)
-            p.routes = choose_routes(mine, peer, self._host_values(self.host_urn), self._host_values(peer.host))
+            p.routes = self._routes_to(ProcView.from_values(p.urn, view), now)
             p.route_index, p.heard_at, p.resolved_at, p.view = 0, now, now, view
 
     def peer_keys(self) -> list[bytes]:
@@ -674,8 +672,7 @@ class Endpoint:
         if isinstance(key, str):
             with contextlib.suppress(SnipeError):
                 p.key = public_key_from_id(key)
-        mine = ProcView(self.me, self.host_urn, self.instance, [])
-        routes = choose_routes(mine, peer, self._host_values(self.host_urn), self._host_values(peer.host))
+        routes = self._routes_to(peer, now)
         if not routes:
             return
         p.routes, p.route_index, p.heard_at, p.resolved_at = routes, 0, now, now
@@ -947,12 +944,7 @@ class Endpoint:
             return
         p.view = {"comm": values.get("comm"), "host": values.get("host"), "instance": values.get("instance"),
                   "key": key}
-        mine = ProcView(self.me, self.host_urn, self.instance, [])
-        my_host = self._host_values(self.host_urn)
-        peer_host = self._host_values(peer.host)
-        routes = choose_routes(mine, peer, my_host, peer_host)
-        if peer_host and my_host and peer.host != self.host_urn and not any(r.net for r in routes):
-            routes = choose_routes(mine, peer, my_host, peer_host, self._gateway_hosts(now))   # no shared network
+        routes = self._routes_to(peer, now)
         usable = [i for i, r in enumerate(routes) if p.shunned.get(r.endpoint, 0.0) <= now]
         best_index = usable[0] if usable else 0
         best = routes[best_index] if routes else None
@@ -964,6 +956,17 @@ class Endpoint:
         else:
             p.routes = routes
             p.route_index = min(p.route_index, max(0, len(routes) - 1))
+
+    def _routes_to(self, peer: ProcView, now: float) -> list[Route]:
+        """The routes to `peer`, best first; through a gateway daemon when our hosts share no
+        network (whether the peer was resolved, restored after a migration, or redirected)."""
+        mine = ProcView(self.me, self.host_urn, self.instance, [])
+        my_host = self._host_values(self.host_urn)
+        peer_host = self._host_values(peer.host)
+        routes = choose_routes(mine, peer, my_host, peer_host)
+        if peer_host and my_host and peer.host != self.host_urn and not any(r.net for r in routes):
+            routes = choose_routes(mine, peer, my_host, peer_host, self._gateway_hosts(now))
+        return routes
 
     def _host_values(self, host: str | None) -> dict[str, Any] | None:
         if not host or self.catalog is None:

@@ -58,8 +58,8 @@ class Freeze:                # Origin: stop delivering and sending, take the sta
 
 
 @dataclass(frozen=True)
-class SendState:             # Origin -> clone: the state
-    endpoints: tuple[str, ...]
+class SendState:             # Origin -> clone: the state (over the connection AskTask made)
+    pass
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ class Origin(_Machine):
         if not self._go("safe-point"):
             return []
         self.deadline = now + self.ready_timeout
-        return [Freeze(), SendState(self.endpoints)]
+        return [Freeze(), SendState()]
 
     def on_sending(self, nbytes: int, now: float) -> None:
         """The state is `nbytes` long: give the transfer its time on top of `ready_timeout`."""

@@ -74,7 +74,7 @@ def test_source_task_refusal_is_reported() -> None:
 
 def test_origin_commits_only_on_ready() -> None:
     o = Origin(("tcp://h2:1",), ready_timeout=5)
-    assert o.at_safe_point(10, asked_until=40) == [Freeze(), SendState(("tcp://h2:1",))]
+    assert o.at_safe_point(10, asked_until=40) == [Freeze(), SendState()]
     assert o.on_timer(14.9) == []
     assert o.on_ready({"instance": "i2"}, 11) == [Commit({"instance": "i2"}), Report(True)]
     assert o.state == "committed"
