@@ -25,7 +25,8 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import nacl.bindings
 import zmq
@@ -228,14 +229,16 @@ def client_socket(ctx: zmq.Context, kind: int, identity: Identity, server_key: b
 
 
 _SNDMORE = int(zmq.SNDMORE)
+_ZERO_COPY_FROM = 65536           # pyzmq's own copy_threshold
 
 
-def send_parts(sock: zmq.Socket, parts: list[bytes], flags: int = 0) -> None:
+def send_parts(sock: zmq.Socket, parts: Sequence[Any], flags: int = 0) -> None:
     """`sock.send_multipart(parts, flags)` without its per-frame enum arithmetic (microseconds
-    a message on the hot paths); `flags` as a plain int, e.g. int(zmq.NOBLOCK)."""
-    for part in parts[:-1]:
-        sock.send(part, flags | _SNDMORE)
-    sock.send(parts[-1], flags)
+    a message on the hot paths); `flags` as a plain int, e.g. int(zmq.NOBLOCK). Large parts go
+    without a copy (ZeroMQ holds a reference until sent), small ones copied (cheaper for them)."""
+    last = len(parts) - 1
+    for i, part in enumerate(parts):
+        sock.send(part, flags | _SNDMORE if i < last else flags, copy=len(part) < _ZERO_COPY_FROM)
 
 
 def recv_parts(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:

@@ -64,7 +64,7 @@ from snipe.messaging.channel import (
 )
 from snipe.messaging.gateway import RELAY, Sealer, parse_relay, relay_parts
 from snipe.messaging.routes import ProcView, Route, advertised_comm, choose_routes
-from snipe.transport import KeyGate, Link, ipc_server_socket, sender_key, server_socket
+from snipe.transport import KeyGate, Link, ipc_server_socket, send_parts, sender_key, server_socket
 from snipe.wire import Envelope, decode, encode
 
 log = logging.getLogger("snipe.messaging")
@@ -112,7 +112,7 @@ RETAIN_FOR_RESTART = 65536
 DIRECT_GAP_S = 50e-6
 DIRECT_HOLD_S = 0.005
 APP_ACTIVE_S = 0.02
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
 
 @dataclass(slots=True)
@@ -479,23 +479,26 @@ class Endpoint:
             if limit is not None:
                 hold = min(hold, limit)
             poller, readers = self._poller_for_app()
-            ready: dict[Any, int] | None = None      # first what waits anywhere; then what poll saw
+            # Read only what poll names (each socket's EVENTS check costs two system calls), from
+            # the first round on: poll looks at every socket before it sleeps, so what already
+            # waits is named at once.
+            ready: dict[Any, int] = {}
+            polled = False
             while True:
                 self._take_commands()
-                if ready is None:
-                    self._read_input()
-                else:          # each EVENTS check costs two system calls: read only what poll named
-                    for sock in ready:
-                        reader = readers.get(sock)
-                        if reader is not None and not (self.paused and sock in self.routers):
-                            reader()
+                for sock in ready:
+                    reader = readers.get(sock)
+                    if reader is not None and not (self.paused and sock in self.routers):
+                        reader()
                 now = time.monotonic()
                 if now >= self._acks_due:
                     self._flush_acks(now)
                 m = self._take_match(source, tag)
-                if m is not None or self.paused or now >= hold or self._io_wants or self.safe_point_due:
+                if m is not None or self.paused or (polled and now >= hold) or self._io_wants \
+                        or self.safe_point_due:
                     return m
                 ready = dict(poller.poll(max(0, math.ceil((min(hold, self._acks_due) - now) * 1000))))
+                polled = True
                 if self.wake_rx in ready:
                     with contextlib.suppress(OSError):
                         os.read(self.wake_rx, 4096)
@@ -1035,7 +1038,7 @@ class Endpoint:
             if sealed_for is not None:
                 parts = relay_parts(self.me, p.urn, self.sealer.seal(sealed_for, self.me, p.urn, parts))
             with contextlib.suppress(zmq.Again):      # the link's queue is full: retransmission resends it
-                link.sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+                send_parts(link.sock, parts, _NOBLOCK)
         self._touched.add(p.urn)
 
     def _timers(self) -> None:
