@@ -19,7 +19,9 @@ What one run measures, all on this machine, every end in a process of its own:
    - **repeated unicast**: ``snipe.send(member, payload)`` to each of the 30 members per message.
 
 Each case has the same phases: a warm-up (routes and connections), a **throughput** phase (the
-sender sends N messages of 64 B back to back; latency here includes queueing) and a **paced**
+sender sends N messages of 64 B back to back; latency here includes queueing; run ``--rounds``
+times, 3 by default, the two cases in turn, and the pair with the median ratio reported, so a
+change in the machine's load between the cases does not decide the ratio) and a **paced**
 phase (a fixed rate every case sustains; latency without queueing). Every payload carries its
 phase, index and the sender's ``time.monotonic()`` (CLOCK_MONOTONIC, one clock for every process
 of the machine); a member takes latency = arrival - send time, for every k-th message. After the
@@ -291,11 +293,12 @@ class Settings:
     phase_timeout_s: float = 120.0
     profile_dir: str | None = None
     profile_n: int = 3_000
+    rounds: int = 3                   # throughput rounds, multicast and unicast in turn (the median pair counts)
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(warmup_n=100, mcast_n=500, unicast_n=300, raw_n=5_000, paced_n=100, settle_s=0.5,
-                   phase_timeout_s=60.0, profile_n=500)
+                   phase_timeout_s=60.0, profile_n=500, rounds=1)
 
 
 def _say(msg: str) -> None:
@@ -681,6 +684,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
+def median_round(rounds: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (multicast, unicast) throughput pair whose ratio is the median. The two cases run in
+    turn, round after round, so the machine's load (it swings by the minute on a shared VM) weighs
+    on both alike; each pair's ratio is taken within the pair."""
+    def ratio(pair: tuple[dict[str, Any], dict[str, Any]]) -> float:
+        return (pair[0]["msgs_per_s"] or 0.0) / (pair[1]["msgs_per_s"] or float("inf"))
+    return sorted(rounds, key=ratio)[len(rounds) // 2]
+
+
 def ratios(mc: dict[str, Any], uni: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
     t_m = mc["throughput"]["msgs_per_s"]
     vs_uni = _ratio(t_m, uni["throughput"]["msgs_per_s"])
@@ -760,15 +772,16 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         topology = _registrations()
         _say(f"routers: {topology['routers']}")
 
-        _say("multicast: warm-up, throughput, paced")
-        mc = {"warmup": project.phase("mcast", settings.warmup_n),
-              "throughput": project.phase("mcast", settings.mcast_n),
-              "paced": project.phase("mcast", settings.paced_n, settings.paced_rate)}
+        _say("multicast and repeated unicast: warm-up each, then "
+             f"{settings.rounds} throughput round(s) of each in turn, then paced each")
+        mc = {"warmup": project.phase("mcast", settings.warmup_n)}
+        uni = {"warmup": project.phase("unicast", settings.warmup_n)}
+        rounds = [(project.phase("mcast", settings.mcast_n), project.phase("unicast", settings.unicast_n))
+                  for _ in range(settings.rounds)]
+        mc["throughput"], uni["throughput"] = median_round(rounds)
+        mc["paced"] = project.phase("mcast", settings.paced_n, settings.paced_rate)
+        uni["paced"] = project.phase("unicast", settings.paced_n, settings.paced_rate)
         routers_after = _daemon_status(cluster)
-        _say("repeated unicast: warm-up, throughput, paced")
-        uni = {"warmup": project.phase("unicast", settings.warmup_n),
-               "throughput": project.phase("unicast", settings.unicast_n),
-               "paced": project.phase("unicast", settings.paced_n, settings.paced_rate)}
 
         if settings.profile_dir:
             _say(f"profile: py-spy on the router daemons and the sender, {settings.profile_n} multicasts")
@@ -789,7 +802,10 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
                          "catalog_replicas": 1, "daemons": routers_after},
             "multicast": mc, "unicast_x30": uni, "raw_pubsub": raw,
             "ratios": ratios(mc, uni, raw),
-            "guarantees": {"multicast": _guarantees(*mc.values()), "unicast": _guarantees(*uni.values())},
+            "rounds": [{"multicast_msgs_per_s": m["msgs_per_s"], "unicast_msgs_per_s": u["msgs_per_s"],
+                        "ratio": _ratio(m["msgs_per_s"], u["msgs_per_s"])} for m, u in rounds],
+            "guarantees": {"multicast": _guarantees(mc["warmup"], mc["paced"], *(m for m, _ in rounds)),
+                           "unicast": _guarantees(uni["warmup"], uni["paced"], *(u for _, u in rounds))},
         })
         return result
     finally:
@@ -829,6 +845,10 @@ def table(r: dict[str, Any]) -> str:
                          f"{p['out_of_order_or_duplicate']:>6}"
                          f"{_fmt(p.get('cpu_us_per_delivery', {}).get('total'), ',.2f'):>14}")
     lines.append("")
+    if len(r.get("rounds", [])) > 1:
+        lines.append("throughput rounds (multicast / unicast msg/s, ratio): " + ", ".join(
+            f"{_fmt(x['multicast_msgs_per_s'], ',.0f')} / {_fmt(x['unicast_msgs_per_s'], ',.0f')} = {_fmt(x['ratio'])}"
+            for x in r["rounds"]) + "; the median pair is in the table")
     for name, v in r["ratios"].items():
         if "target" in v:
             met = "met" if v["target_met"] else "NOT met"
@@ -852,8 +872,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print only the JSON result")
     ap.add_argument("--quick", action="store_true", help="a smoke run: small counts")
     ap.add_argument("--profile", metavar="DIR", help="also py-spy the router daemons, the sender and a member")
+    ap.add_argument("--rounds", type=int, help="throughput rounds of each case, in turn (default 3; the median "
+                                                 "pair's ratio is reported)")
     args = ap.parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
+    if args.rounds is not None:
+        if args.rounds < 1:
+            ap.error("--rounds must be at least 1")
+        settings.rounds = args.rounds
     if args.profile:
         settings.profile_dir = args.profile
 
