@@ -40,8 +40,10 @@ Cases, the same for every implementation:
 
 Each process also reports its CPU time (all its threads) per message and per round trip: on a
 shared 2-core machine wall-clock rates swing with whatever else runs, CPU per message much less.
-The cluster starts first; then, per transport, the raw pairs and the project's pair run back to
-back, so each baseline is measured under the load its case saw.  ``--transports ipc`` and
+The cluster starts first; then, per transport, ``reps`` rounds: in each, the raw pairs and the
+project's pair run one repetition of every case, back to back, in an order reversed every other
+round (a pair run right after another's heavy phases is slower, so no implementation always gets
+the fresher machine); each case's figure is over all rounds.  ``--transports ipc`` and
 ``--skip raw,memory,ray`` (any of raw, project, memory, ray) run a part of it.
 
 Ratios project/raw for each case, with the targets of the messaging issue and whether each is
@@ -69,7 +71,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -399,15 +401,24 @@ def plan(settings: Settings, *, rtt: bool = True, sizes: Sequence[int] = SIZES) 
 
 def summarize(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """A pair's result file, reduced: route, rtt percentiles, one-way throughput per size."""
+    return summarize_rounds([raw], settings)
+
+
+def summarize_rounds(pairs: Sequence[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """The result files of one implementation's pairs (one per round), reduced together: each
+    pair's warm-ups left out, the round trips pooled, the one-way rates' median over the rounds."""
+    raw = pairs[-1]
     out: dict[str, Any] = {"route_kind": raw["route"]["route_kind"], "route": raw["route"]["route"]}
-    rtts = [r for r in raw["results"] if r["kind"] == "rtt"]
+    rtts, oneways = [], []
+    for pair in pairs:
+        rtts += [r for r in pair["results"] if r["kind"] == "rtt"][1:]     # the first rtt step is the warm-up
+        oneways += [r for r in pair["results"] if r["kind"] == "oneway"][1 if settings.warmup_n else 0:]
     if rtts:
-        lat = rtts[-1]["lat_us"]                      # the first rtt step is the warm-up
-        out["rtt_64B"] = {"n": len(lat), "p50_us": round(_percentile(lat, 50), 1),
+        lat = [x for r in rtts for x in r["lat_us"]]
+        out["rtt_64B"] = {"n": len(lat), "rounds": len(rtts), "p50_us": round(_percentile(lat, 50), 1),
                           "p99_us": round(_percentile(lat, 99), 1), "mean_us": round(statistics.fmean(lat), 1),
-                          "cpu_us_per_round_trip": {side: round(rtts[-1][f"cpu_{side}"] / len(lat) * 1e6, 1)
-                                                    for side in ("tx", "rx") if f"cpu_{side}" in rtts[-1]}}
-    oneways = [r for r in raw["results"] if r["kind"] == "oneway"][1 if settings.warmup_n else 0:]
+                          "cpu_us_per_round_trip": {side: round(sum(r[f"cpu_{side}"] for r in rtts) / len(lat) * 1e6, 1)
+                                                    for side in ("tx", "rx") if all(f"cpu_{side}" in r for r in rtts)}}
     for size in SIZES:
         runs = [r for r in oneways if r["size"] == size]
         if not runs:
@@ -423,8 +434,8 @@ def summarize(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
             "bad": sum(r["bad"] for r in runs)}
     if raw.get("stats"):
         out["sent"], out["retransmitted"] = raw["stats"].get("sent"), raw["stats"].get("retransmitted")
-    if raw.get("maxrss_kib"):
-        out["sender_maxrss_mib"] = round(raw["maxrss_kib"] / 1024, 1)
+    if any(pair.get("maxrss_kib") for pair in pairs):
+        out["sender_maxrss_mib"] = round(max(pair.get("maxrss_kib") or 0 for pair in pairs) / 1024, 1)
     return out
 
 
@@ -787,8 +798,12 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         result["zmq"] = {"pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()}
         (root / "raw_worker.py").write_text(RAW_WORKER)
         (root / "project_worker.py").write_text(PROJECT_WORKER)
-        steps = plan(settings)
-        timeout = STEP_TIMEOUT_S * (2 + settings.reps)
+        # One repetition of every case per pair; the repetitions are rounds, each implementation's
+        # pair in turn and the order reversed every other round: a pair that runs right after
+        # another's heavy phases is slower (measured: the project's round trip 319 us alone, 479-789
+        # us after the raw pairs), and no implementation should always get the fresher machine.
+        steps = plan(replace(settings, reps=1))
+        timeout = STEP_TIMEOUT_S * 3
 
         # The cluster first, then per transport the raw pairs and the project's back to back: on a
         # shared machine the load changes by the minute, and each baseline is meant for its case.
@@ -805,20 +820,38 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         for transport, rx_host in (("ipc", "h1"), ("tcp", "h2")):
             if transport not in settings.transports:
                 continue
+            runs: dict[str, Callable[[int], dict[str, Any]]] = {}
             for curve in (False, True) if "raw" not in settings.skip else ():
                 name = f"{transport}-{'curve' if curve else 'plain'}"
-                _say(f"raw pyzmq DEALER->ROUTER, {name}")
-                raw[name] = _attempt(name, procs, lambda t=transport, c=curve, n=name: summarize(
-                    run_raw_pair(root, procs, n, t, c, steps, timeout), settings))
-                procs.close()
-            if "project" in settings.skip:
-                continue
-            _say(f"project: two tasks, sender on h1, receiver on {rx_host} (expecting {transport})")
-            project[transport] = _attempt(f"project {transport}", procs, lambda t=transport, h=rx_host: summarize(
-                proj.run_pair(t, h, "h1", steps, timeout), settings))
-            used = project[transport].get("route_kind")
-            if used is not None and used != transport:
-                _say(f"warning: the route used was {used}, not {transport}")
+                runs[name] = lambda k, t=transport, c=curve, n=name: run_raw_pair(root, procs, f"{n}-{k}", t, c,
+                                                                                  steps, timeout)
+            if "project" not in settings.skip:
+                runs[f"project-{transport}"] = lambda k, t=transport, h=rx_host: proj.run_pair(f"{t}-{k}", h, "h1",
+                                                                                              steps, timeout)
+            pairs: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+            failed: dict[str, dict[str, Any]] = {}
+            for k in range(settings.reps):
+                for name in (list(runs) if k % 2 == 0 else list(reversed(runs))):
+                    if name in failed:
+                        continue
+                    _say(f"round {k + 1}/{settings.reps}: {name}" + (
+                        f" (two tasks, sender on h1, receiver on {rx_host})" if name.startswith("project") else
+                        " (raw pyzmq DEALER->ROUTER)"))
+                    got = _attempt(name, procs, lambda run=runs[name], k=k: {"pair": run(k)})
+                    procs.close()
+                    if "error" in got:
+                        failed[name] = got
+                    else:
+                        pairs[name].append(got["pair"])
+            for name, done in pairs.items():
+                summary = failed.get(name) or summarize_rounds(done, settings)
+                if name.startswith("project"):
+                    project[transport] = summary
+                    used = summary.get("route_kind")
+                    if used is not None and used != transport:
+                        _say(f"warning: the route used was {used}, not {transport}")
+                else:
+                    raw[name] = summary
 
         memory: dict[str, Any] = {"skipped": True}
         if "memory" not in settings.skip:
