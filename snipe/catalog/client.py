@@ -379,6 +379,13 @@ class CatalogClient:
                         self._turn += PUT_EWMA * (min(turn, 64) - self._turn)
             return acks
 
+        def hopeless() -> bool:
+            """Too many replicas refused for W: stop waiting for the others. Unless every refusal
+            is on authority, which may only mean a record this write needs (our claim, pushed on
+            by the replicas that took it) has not reached that replica yet: then the others'
+            answers are awaited, and if any stored the write the refusers are asked again."""
+            return len(refusals) > self.n - w and not all(isinstance(e, NotAuthorized) for e in refusals)
+
         # When the replicas are busy (they store several clients' puts a turn), one request: the
         # first replica stores the write, pushes it to the others with the rest of its writes,
         # and answers once W-1 of them hold it too (rcds/put_waits.py). That halves the messages
@@ -407,11 +414,11 @@ class CatalogClient:
                         outcome[endpoint] = "stored"
                         acks += 1
             candidates = [c for c in candidates if outcome[c.address.endpoint] == "no answer"]
-        if acks < w and len(refusals) <= self.n - w:
+        if acks < w and not hopeless():
             first_n = len(candidates) if reserved else w - acks
             body = None if reserved else {"to": [c.key[:P.KEY_TAG_BYTES] for c in candidates[:first_n]]}
             got = self._fanout(candidates[:first_n], "put", body, frames,
-                               lambda g: judge(g) >= w or len(refusals) > self.n - w, deadline,
+                               lambda g: judge(g) >= w or hopeless(), deadline,
                                spares=candidates[first_n:], needed=lambda g: w - judge(g), hedge_s=hedge_s)
             judge(got)
         if acks >= w:
@@ -430,8 +437,7 @@ class CatalogClient:
             for c in again:
                 outcome[c.address.endpoint] = "no answer"
             refusals.clear()
-            got = self._fanout(again, "put", None, frames,
-                               lambda g: judge(g) >= w or len(refusals) > self.n - w, deadline)
+            got = self._fanout(again, "put", None, frames, lambda g: judge(g) >= w or hopeless(), deadline)
             acks = judge(got)
         for a in records:
             self._cache.pop(a.urn, None)

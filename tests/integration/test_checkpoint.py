@@ -26,17 +26,21 @@ from tests.support import wait_for
 COUNTER = textwrap.dedent('''
     import sys
     import snipe
-    state = {"got": []}
+    state = {"got": [], "joined": False}
     snipe.on_checkpoint(lambda: state)
     snipe.on_restore(lambda saved: state.update(saved))
     snipe.init()
     parent = sys.argv[1]
+    group = sys.argv[2] if len(sys.argv) > 2 else None    # given: the numbers come as multicasts to it
+    if group and not state["joined"]:                      # joining is part of the state
+        snipe.join(group)
+        state["joined"] = True
     snipe.send_obj(parent, {"ready": snipe.me(), "restored": len(state["got"])}, tag=4)
     while True:
         m = snipe.recv()
         if m.failed:
             continue
-        if m.tag == 1:
+        if (m.group == group) if group else (m.tag == 1):
             state["got"].append(int(m.payload))
         elif m.tag == 2:
             snipe.send_obj(m.source, {"id": m.obj(), "got": state["got"]}, tag=2)
@@ -171,32 +175,6 @@ def test_a_task_that_cannot_be_restarted_is_reported_lost_with_the_reason(cluste
 
 GROUP = "urn:snipe:group:checkpointed"
 
-# COUNTER's numbers come as multicasts; joining is part of the state (a restored task is in the group).
-GROUP_COUNTER = textwrap.dedent('''
-    import sys
-    import snipe
-    state = {"got": [], "joined": False}
-    snipe.on_checkpoint(lambda: state)
-    snipe.on_restore(lambda saved: state.update(saved))
-    snipe.init()
-    parent, group = sys.argv[1], sys.argv[2]
-    if not state["joined"]:
-        snipe.join(group)
-        state["joined"] = True
-    snipe.send_obj(parent, {"ready": snipe.me(), "restored": len(state["got"])}, tag=4)
-    while True:
-        m = snipe.recv()
-        if m.failed:
-            continue
-        if m.group == group:
-            state["got"].append(int(m.payload))
-        elif m.tag == 2:
-            snipe.send_obj(m.source, {"id": m.obj(), "got": state["got"]}, tag=2)
-        elif m.tag == 3:
-            record = snipe.checkpoint()
-            snipe.send_obj(m.source, record, tag=3)
-''')
-
 STAY = textwrap.dedent('''
     import sys
     import snipe
@@ -217,7 +195,7 @@ def test_a_member_restarted_from_its_checkpoint_is_still_in_its_group_and_misses
     me = snipe.me()
     stay = snipe.spawn(publish(tmp_path, "stay.py", STAY), me, GROUP, host="h1")    # h1 stands as a router
     assert snipe.recv(tag=5, timeout=60) is not None
-    p = snipe.spawn(publish(tmp_path, "counter.py", GROUP_COUNTER), me, GROUP, host="h2", restart="on-host-failure")
+    p = snipe.spawn(publish(tmp_path, "counter.py", COUNTER), me, GROUP, host="h2", restart="on-host-failure")
     assert recv_obj(4, 60)["restored"] == 0
     ids = itertools.count(1)
 
