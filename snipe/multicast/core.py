@@ -368,21 +368,38 @@ class History:
 class Reorder:
     """One origin's messages to one member: once each, in seq order, starting at the first one
     seen (a member that joins mid-stream gets messages from its join onwards). A hole that has
-    not moved for `gap_timeout` is given up (and reported by the caller)."""
+    not moved for `gap_timeout` is given up (and reported by the caller).
 
-    def __init__(self, gap_timeout: float = 10.0) -> None:
+    Until `hold_until` (the member just asked its routers to relay to it and to replay what came
+    since its join) nothing is delivered and the start is the lowest seq seen by then: a live
+    message from one router can come before another router's replay of the ones before it, and
+    starting at the live one would drop the replay as duplicates, a gap nobody reports."""
+
+    def __init__(self, gap_timeout: float = 10.0, hold_until: float = 0.0) -> None:
         self.expected: int | None = None
         self.held: dict[int, Any] = {}
         self.gap_since: float | None = None
         self.gap_timeout = gap_timeout
+        self.hold_until = hold_until
 
     def wants(self, seq: int) -> bool:
         """False for a message already delivered or held (a duplicate: skip building its item)."""
-        return self.expected is None or (seq >= self.expected and seq not in self.held)
+        if self.expected is None:
+            return seq not in self.held
+        return seq >= self.expected and seq not in self.held
+
+    def _start(self, now: float) -> bool:
+        """(No start yet.) Start at the lowest seq held, once the hold is over; False while it lasts."""
+        if now < self.hold_until:
+            return False
+        if self.held:
+            self.expected = min(self.held)
+        return True
 
     def on_run(self, first: int, items: list[Any], now: float) -> list[Any]:
         """`items` with seqs first, first+1, ...: what can be delivered now, in order."""
-        if self.expected is None or (first == self.expected and not self.held):
+        if (self.expected is None and not self.held and now >= self.hold_until) \
+                or (self.expected is not None and first == self.expected and not self.held):
             self.expected = first + len(items)          # the usual case: the next ones, nothing held
             return items
         out: list[Any] = []
@@ -392,11 +409,19 @@ class Reorder:
 
     def on_data(self, seq: int, item: Any, now: float) -> list[Any]:
         if self.expected is None:
-            self.expected = seq
+            if not self._start(now):
+                self.held.setdefault(seq, item)
+                return []
+            if self.expected is None or seq < self.expected:
+                self.expected = seq
         if seq < self.expected or seq in self.held:
-            return []
+            return self._drain(now) if self.expected in self.held else []
         self.held[seq] = item
+        return self._drain(now)
+
+    def _drain(self, now: float) -> list[Any]:
         out = []
+        assert self.expected is not None
         while self.expected in self.held:
             out.append(self.held.pop(self.expected))
             self.expected += 1
@@ -406,8 +431,11 @@ class Reorder:
         return out
 
     def on_timer(self, now: float) -> tuple[list[Any], tuple[int, int] | None]:
-        """After `gap_timeout` with a hole, give up on the hole: deliver what follows it and
-        return the (first, last) seqs that were lost, to be reported."""
+        """After the hold, start and deliver what is held; after `gap_timeout` with a hole, give up
+        on the hole: deliver what follows it and return the (first, last) seqs that were lost, to
+        be reported."""
+        if self.expected is None:
+            return (self._drain(now) if self.held and self._start(now) else []), None
         if self.gap_since is None or now - self.gap_since < self.gap_timeout or not self.held:
             return [], None
         assert self.expected is not None

@@ -57,6 +57,7 @@ HOLE_REPLAY_AGAIN_S = 10.0  # ... and again after this long (a replay of a long 
 # that delivers is alive, and thirty members reading the group twice a second cost a fifth of a CPU.
 READ_EVERY_S = 5.0
 QUIET_READ_S = 1.0
+NEW_ORIGIN_HOLD_S = 0.5       # after asking for a replay, a new origin's messages wait this long for it
 
 
 def live_routers(entry: Entry, now: int) -> dict[str, dict[str, Any]]:
@@ -91,6 +92,7 @@ class Membership:
         self.reorder: dict[tuple[str, str], Reorder] = {}
         self.hole_replay_at: dict[str, float] = {}       # group -> when we last asked for a replay of a hole
         self.heard_at: dict[str, float] = {}             # group -> when a batch last came (monotonic)
+        self.hold_new_until: dict[str, float] = {}       # group -> a new origin's first messages wait till then
         self.read_at: dict[str, float] = {}              # group -> when _tend last read its routers
         self.seqs: dict[str, itertools.count[int]] = {}
         # group name as the caller spelled it -> (monotonic time, URN, `targets` for each seq modulo
@@ -190,6 +192,12 @@ class Membership:
                 return
             nxt = {origin: r.expected for (g, origin), r in self.reorder.items()
                    if g == group and r.expected is not None}
+            # Origins we have not started on: the replay of what came since our join may come
+            # after a live message from another router; do not start on that one (Reorder).
+            hold = self.hold_new_until[group] = time.monotonic() + NEW_ORIGIN_HOLD_S
+            for (g, _), r in self.reorder.items():
+                if g == group and r.expected is None:
+                    r.hold_until = hold
         data = pack_resume(Resume(group, since, nxt))
         for r in routers:
             send(r, data)
@@ -283,7 +291,7 @@ class Membership:
                 for origin, first, tags, bodies in runs:
                     r = self.reorder.get((group, origin))
                     if r is None:
-                        r = self.reorder[(group, origin)] = Reorder()
+                        r = self.reorder[(group, origin)] = Reorder(hold_until=self.hold_new_until.get(group, 0.0))
                     elif r.expected is not None and first + len(tags) <= r.expected:
                         continue                         # a replay of what we have: skip building it
                     items = [Message(origin, t, b, group) for t, b in zip(tags, bodies, strict=True)]

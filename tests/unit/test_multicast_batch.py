@@ -67,6 +67,23 @@ def test_reorder_takes_a_run_at_once_and_falls_back_to_one_by_one_around_holes()
     assert r.expected == 10 and not r.held and r.gap_since is None
 
 
+def test_while_a_replay_is_awaited_a_new_origin_starts_at_the_lowest_seq_seen_not_the_first():
+    # The suite once saw a member take a live #41 from one router as the origin's first, then drop
+    # the other router's replay of #0..40 as duplicates: a gap nobody reported.
+    r = Reorder(hold_until=1.0)
+    assert r.on_run(41, ["m41", "m42"], 0.1) == [] and r.expected is None     # held: a replay may come
+    assert r.wants(0) and not r.wants(41)
+    assert r.on_run(0, [f"m{i}" for i in range(41)], 0.2) == []               # the replay, still held
+    assert r.on_timer(0.5) == ([], None)
+    items, lost = r.on_timer(1.0)                                             # the hold is over
+    assert items == [f"m{i}" for i in range(43)] and lost is None and r.expected == 43
+    late = Reorder(hold_until=1.0)
+    assert late.on_run(7, ["m7"], 0.5) == []
+    assert late.on_run(8, ["m8"], 1.5) == ["m7", "m8"]                       # the next batch after the hold
+    quiet = Reorder(hold_until=1.0)
+    assert quiet.on_run(3, ["m3"], 2.0) == ["m3"]                            # no hold left: from the first seen
+
+
 def test_a_router_relays_each_message_once_and_forwards_only_to_routers_that_have_not_had_it():
     relay = Relay("r1")
     h = Header("g", "s", 1, 0, ("r1", "r2"))
