@@ -512,7 +512,7 @@ class CatalogClient:
             self.suspect_total += 1
             log.warning("catalog replica %s returned a record that fails verification: %s", endpoint, reason)
         else:
-            log.info("not believed from %s (its authority lapsed): %s", endpoint, reason)
+            log.info("not believed from %s (its signer's authority lapsed or was superseded): %s", endpoint, reason)
 
     def _authorized(self, endpoint: str, records: list[Assertion], now: int) -> list[Assertion]:
         by_urn: dict[str, list[Assertion]] = {}
@@ -522,12 +522,14 @@ class CatalogClient:
         for urn_records in by_urn.values():
             good, bad = authority.visible(urn_records, self.admin_key, now)
             # An owner claim that ran out (a lease) or was deleted leaves the URN's other records
-            # without authority: genuine records, not a sign of tampering. (A replica that hides
-            # the claim altogether still looks suspect, and the client asks another.)
+            # without authority, and so does a claim race lost or a delegation revoked
+            # (authority.superseded): genuine records, not a sign of tampering. (A replica that
+            # hides the claim altogether still looks suspect, and the client asks another.)
             lapsed = bool(bad) and any(a.name == authority.OWNER for a in urn_records) and \
                 authority.effective_owner(urn_records, self.admin_key, now) is None
             for a, why in bad:
-                self._reject(endpoint, f"{a.describe()}: {why}", a, suspect=not lapsed)
+                genuine = lapsed or authority.superseded(a, urn_records)
+                self._reject(endpoint, f"{a.describe()}: {why}", a, suspect=not genuine)
             out.extend(good)
         return out
 

@@ -80,6 +80,49 @@ def test_tampered_record_is_detected_and_the_good_value_read_elsewhere(catalog: 
         assert bad.replica == catalog.replicas[0].endpoint and "signature does not verify" in bad.reason
 
 
+def test_a_lost_claim_race_and_a_revoked_delegation_leave_records_readers_drop_without_suspicion(
+        catalog: LocalCatalog, user: Identity) -> None:
+    """Records whose signer could write them when they were stored, and no longer can, are
+    genuine: readers drop them but still count every replica's answer. (The suite caught 12
+    group members joining at once: a claim with an earlier timestamp reached the replicas after
+    a later claimant's delegation, which then made every answer about the group look tampered,
+    and every join failed with a QuorumError.)"""
+    from rcds.store import LmdbStorage
+
+    bob, carol = Identity.generate(), Identity.generate()
+    catalog.admit(bob, "bob")
+    catalog.admit(carol, "carol")
+    group = "urn:snipe:group:race"
+    early = hlc.pack(now_ms() - 5_000, 0)           # bob claimed first, but his claim arrives last
+    with catalog.client(user) as alice_c, catalog.client(bob) as bob_c, catalog.client(carol) as carol_c, \
+            catalog.client(user, r=3) as reader:
+        alice_c.put([alice_c.sign(group, "_owner", user.key_id), alice_c.sign(group, "_delegate.*", ["member."])],
+                    w=3)
+        bob_c.put([make_assertion(bob, group, "_owner", bob.key_id, early)], w=3)
+        assert reader.get(group).owner(catalog.admin.public_key, now_ms()) == bob.key_id
+        bob_c.put([bob_c.sign(group, f"_delegate.{carol.key_id}", ["note"])], w=3)
+        carol_c.set(group, "note", "hello", w=3)
+        bob_c.put([bob_c.sign(group, f"_delegate.{carol.key_id}", [])], w=3)      # revoked
+        entry = reader.get(group)
+        assert entry.value("note", now_ms()) is None
+        assert {a.name for a in entry.records} >= {"_owner", f"_delegate.{carol.key_id}"}
+        assert "_delegate.*" not in {a.name for a in entry.records}               # alice's: she lost
+        assert reader.suspect_total == 0
+        assert {r.reason.split(":")[-1].strip() for r in reader.rejected} == {"signer is neither owner nor delegate"}
+        # a record nothing in the URN's history explains still counts against its replica
+        stranger = Identity.generate()
+        catalog.admit(stranger, "stranger")
+        forged_in = make_assertion(stranger, group, "note", "hijacked", hlc.pack(now_ms(), 0))
+        store = LmdbStorage(catalog.replicas[0].data_dir)
+        with store.write() as txn:
+            txn.store(forged_in, None, None, None)
+        store.close()
+        with CatalogClient([catalog.replicas[0].address], user, catalog.admin.key_id, r=1) as lone:
+            with pytest.raises(QuorumError):
+                lone.get(group, timeout=2)
+            assert lone.suspect_total >= 1
+
+
 def test_watch_across_a_replica_crash_misses_nothing(catalog: LocalCatalog, user: Identity) -> None:
     with catalog.client(user) as writer, catalog.client(user) as watcher:
         writer.claim("urn:snipe:proc:w")

@@ -307,6 +307,27 @@ def test_visible_agrees_with_check_write_on_delegates():
     assert ok in good and [b for b, _ in bad] == [refused]
 
 
+def test_superseded_explains_records_a_claim_race_or_a_revocation_left_behind():
+    alice_claim, bob_claim = claim(ALICE, GROUP, at=2), claim(BOB, GROUP, at=1)   # bob's is earlier: he owns it
+    alice_open = delegate(ALICE, GROUP, "*", ["member."], at=3)                 # stored while alice owned it
+    dave = Identity.from_seed(b"\x09" * 32)
+    dave_member = put(dave, GROUP, "member.dave", {}, at=4)                      # under alice's grant
+    grant_carol = delegate(BOB, GROUP, CAROL, [], at=5)                          # revoked
+    carol_note = put(CAROL, GROUP, "note", "hi", at=4)
+    held = [alice_claim, bob_claim, alice_open, dave_member, grant_carol, carol_note]
+    _, bad = visible(held, ADMIN.public_key, NOW)
+    assert owner(held).signer == BOB.public_key
+    assert [b for b, _ in bad] == [alice_open, dave_member, carol_note]
+    assert all(authority.superseded(b, held) for b, _ in bad)
+    # nothing in the URN's history explains a stranger's record, a name alice's grant did not
+    # cover, or a record of a delegate whose grant is missing (a replica may be hiding it)
+    stranger_note = put(STRANGER, GROUP, "note", "x", at=6)
+    dave_note = put(dave, GROUP, "note", "x", at=6)
+    assert not authority.superseded(stranger_note, held)
+    assert not authority.superseded(dave_note, held)
+    assert not authority.superseded(carol_note, [bob_claim, carol_note])
+
+
 def test_reserved_names():
     assert authority.is_reserved("_owner") and authority.is_reserved("_delegate.*")
     assert not authority.is_reserved("owner")
