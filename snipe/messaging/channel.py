@@ -133,8 +133,14 @@ class Outbound:
     def retained_unsettled(self) -> int:
         """Retained messages that still count against the hwm: all of them for a `strict` receiver
         (a replicated task in standby mode: a message is settled only once a checkpoint holds it,
-        so none is ever dropped from retention), none otherwise."""
-        return len(self.retained) if self.strict else 0
+        so none is ever dropped from retention), none otherwise. Past `retain_bytes` a strict
+        receiver's retention counts as the whole hwm: the sender waits for the next checkpoint
+        rather than hold an unbounded number of bytes (or drop what it promised to keep)."""
+        if not self.strict:
+            return 0
+        if self.retained_size >= self.retain_bytes:
+            return max(len(self.retained), self.hwm)
+        return len(self.retained)
 
     def held(self) -> int:
         return len(self.flight) + len(self.queue)
@@ -271,6 +277,8 @@ class Outbound:
     def _keep(self, h: _Held) -> None:
         self.retained.append(h)
         self.retained_size += h.size
+        if self.strict:
+            return          # nothing leaves before a checkpoint holds it: retained_unsettled holds the sender back
         while len(self.retained) > self.retain or (self.retained_size > self.retain_bytes and len(self.retained) > 1):
             old = self.retained.popleft()
             self.retained_size -= old.size

@@ -144,6 +144,29 @@ def test_a_host_that_comes_back_resets_the_wait() -> None:
     assert p.observe([W], live, 1.9) == [Claim(W.urn, 1, claim_urn(W.urn, 1))]
 
 
+def test_a_standby_receivers_retention_drops_nothing_and_past_its_byte_budget_holds_the_sender() -> None:
+    """A restartable receiver's retention is best effort (bounded in count and bytes); a standby
+    one's is a promise: nothing acknowledged leaves before a checkpoint holds it, and past the
+    byte budget the sender waits for that checkpoint instead."""
+    big = 1 << 20
+    for strict in (False, True):
+        out = Outbound("a", "b", rng=random.Random(1), window=64, hwm=1000, window_bytes=64 * big)
+        out.retain, out.strict, out.retain_bytes = 65536, strict, 8 * big
+        for _ in range(12):
+            out.submit(0, b"x" * big, 0.0, float("inf"))
+        out.flush(0.0)
+        out.on_ack(out.session, 12, 0.1)
+        if not strict:
+            assert len(out.retained) == 8 and out.retained_unsettled() == 0       # the oldest 4 let go
+            continue
+        assert [h.seq for h in out.retained] == list(range(1, 13))                 # all 12 MiB kept
+        assert out.retained_unsettled() >= out.hwm and out.room() <= 0             # the sender waits
+        out.on_checkpointed(out.session, 10)
+        assert out.retained_unsettled() == 2 and out.room() == out.hwm - 2         # it may go on
+        sends, failed = out.on_resume(out.session, 10, 0.2)
+        assert failed == [] and seqs_of(sends) == [11, 12]
+
+
 # --- sealed task secrets ---------------------------------------------------------------------------
 def test_a_sealed_secret_opens_only_with_the_host_key_it_was_sealed_to() -> None:
     host, other = Identity.generate(), Identity.generate()
