@@ -23,13 +23,15 @@ from typing import Any
 
 from snipe_daemon.server import Daemon, DaemonConfig
 
+from snipe import discovery
 from snipe.errors import ConfigError, SnipeError
 from snipe.identity import Identity, public_key_from_id
 
 
 def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.Namespace]:
     ap = argparse.ArgumentParser(prog="snipe-daemon", description="Run the SNIPE daemon for this host.")
-    ap.add_argument("--config", help="TOML file with a [daemon] table")
+    ap.add_argument("--config", help="TOML file with a [daemon] table and optionally a [catalog] one "
+                                     "(see conf/snipe-daemon.toml); flags override it")
     ap.add_argument("--host-id", help="this host's id in urn:snipe:host:<id>")
     ap.add_argument("--listen", help="ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:7400")
     ap.add_argument("--advertise", help="endpoint others should use, if not the listen one")
@@ -45,24 +47,21 @@ def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.N
     ap.add_argument("--log-level", default=os.environ.get("SNIPE_LOG_LEVEL", "WARNING"))
     args = ap.parse_args(argv)
     file_cfg: dict[str, Any] = {}
+    file_catalog: list[str] = []
     if args.config:
-        try:
-            file_cfg = tomllib.loads(Path(args.config).read_text()).get("daemon", {})
-        except FileNotFoundError:
-            raise ConfigError(f"config file {args.config} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {args.config} is not valid TOML: {exc}") from None
+        file_cfg, file_catalog = read_config_file(Path(args.config))
 
     def pick(flag: Any, key: str, default: Any = None) -> Any:
         return flag if flag not in (None, []) else file_cfg.get(key, default)
 
     host_id, listen, state_dir, admin = (pick(args.host_id, "host_id"), pick(args.listen, "listen"),
                                          pick(args.state_dir, "state_dir"), pick(args.admin_key, "admin_key"))
-    catalog = pick(args.catalog, "catalog", [])
+    catalog = pick(args.catalog, "catalog", []) or file_catalog
     for name, value in (("host_id", host_id), ("listen", listen), ("state_dir", state_dir),
                         ("admin_key", admin), ("catalog", catalog)):
         if not value:
-            raise ConfigError(f"snipe-daemon needs {name}: pass --{name.replace('_', '-')} or set it in [daemon]")
+            raise ConfigError(f"snipe-daemon needs {name}: pass --{name.replace('_', '-')} or set it in [daemon]"
+                              + (" (or list the replicas in [catalog])" if name == "catalog" else ""))
     net_names = dict(file_cfg.get("net_names", {}))
     for item in args.net_name:
         k, sep, v = item.partition("=")
@@ -81,6 +80,53 @@ def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.N
                        lease_s=float(pick(args.lease, "lease_s", 10.0)), net_names=net_names, link_speeds=speeds,
                        relay=pick(args.relay, "relay"))
     return cfg, args
+
+
+# [daemon] keys and what each must be: a key this does not know is an error, not silence (a
+# misspelt `lease_s` would otherwise leave the default in force with nothing said).
+DAEMON_KEYS: dict[str, tuple[type, ...]] = {
+    "host_id": (str,), "listen": (str,), "advertise": (str,), "state_dir": (str,), "key_file": (str,),
+    "admin_key": (str,), "catalog": (list,), "lease_s": (int, float), "relay": (str,), "net_names": (dict,),
+    "links": (dict,),
+}
+LINK_KEYS = ("bandwidth_mbps", "latency_us")
+
+
+def read_config_file(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The checked [daemon] table of `path`, and the replicas its [catalog] section names (the
+    section applications read, conf/client.toml: a list and/or DNS SRV records)."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - {"daemon", "catalog"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; snipe-daemon reads [daemon] and [catalog]")
+    table = raw.get("daemon", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: 'daemon' must be a table ([daemon])")
+    for key, value in table.items():
+        kinds = DAEMON_KEYS.get(key)
+        if kinds is None:
+            raise ConfigError(f"{path}: [daemon] has no key {key!r}; it has {', '.join(DAEMON_KEYS)}")
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise ConfigError(f"{path}: daemon.{key} must be {' or '.join(k.__name__ for k in kinds)}, "
+                              f"not {type(value).__name__}")
+    for net, name in table.get("net_names", {}).items():
+        if not isinstance(name, str):
+            raise ConfigError(f"{path}: daemon.net_names.{net} must be a net name (a string)")
+    for link, speeds in table.get("links", {}).items():
+        if not isinstance(speeds, dict) or set(speeds) - set(LINK_KEYS) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in speeds.values()):
+            raise ConfigError(f"{path}: daemon.links.{link} must be a table of non-negative {' and '.join(LINK_KEYS)}")
+    catalog: list[str] = []
+    if "catalog" in raw:
+        catalog = [str(a) for a in discovery.from_config(path)]
+    return table, catalog
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,9 @@ from rcds.server import PeerInfo, Server, ServerConfig
 from snipe.errors import ConfigError, SnipeError
 from snipe.identity import Identity, public_key_from_id
 
+REPLICA_KEYS = {"id", "listen", "data_dir", "key_file", "admin_key", "anti_entropy_s", "log_retention", "sync",
+                "map_budget_mib"}
+
 
 def parse_peer(text: str) -> PeerInfo:
     rid, sep, rest = text.partition("=")
@@ -67,6 +70,13 @@ def load_config(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.N
         peers_cfg = raw.get("peers", [])
         if not isinstance(file_cfg, dict) or not isinstance(peers_cfg, list):
             raise ConfigError(f"{args.config}: expected a [replica] table and a [[peers]] array")
+        # A key this does not read is an error, not silence: a misspelt `sync` would otherwise
+        # leave a replica acknowledging writes it has not fsynced, with nothing said.
+        unknown = [*sorted(set(raw) - {"replica", "peers"}),
+                   *(f"replica.{k}" for k in sorted(set(file_cfg) - REPLICA_KEYS))]
+        if unknown:
+            raise ConfigError(f"{args.config}: unknown key(s) {', '.join(unknown)}; [replica] has "
+                              f"{', '.join(sorted(REPLICA_KEYS))}, and [[peers]] lists the other replicas")
 
     def pick(flag: Any, key: str, default: Any = None) -> Any:
         if flag is not None:

@@ -56,6 +56,18 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def toml_document(tables: dict[str, dict[str, str | float | int | list[str]]]) -> str:
+    """A TOML file of flat tables of strings, numbers and lists of strings (tomllib only reads).
+    JSON's string escapes are valid in TOML basic strings."""
+    lines: list[str] = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        for key, value in table.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 @dataclass
 class ReplicaProc:
     id: str
@@ -222,13 +234,16 @@ class LocalCluster:
                 "pids": [p.proc.pid for p in [*self.catalog.replicas, *self.daemons] if p.proc is not None]}
 
     def _daemon_argv(self, d: DaemonProc) -> list[str]:
-        argv = [sys.executable, "-m", "snipe_daemon.main", "--host-id", d.host_id, "--listen", d.endpoint,
-                "--state-dir", str(d.state_dir), "--key-file", str(d.state_dir / "host.key"),
-                "--admin-key", self.admin.key_id, "--lease", str(self.lease_s),
+        """Start the daemon from a config file, as a systemd unit does (conf/snipe-daemon.toml):
+        every local cluster exercises that path, not only the flags."""
+        config = d.state_dir / "snipe-daemon.toml"
+        config.write_text(toml_document({
+            "daemon": {"host_id": d.host_id, "listen": d.endpoint, "state_dir": str(d.state_dir),
+                       "key_file": str(d.state_dir / "host.key"), "admin_key": self.admin.key_id,
+                       "lease_s": float(self.lease_s)},
+            "catalog": {"replicas": list(self.catalog.addresses)}}))
+        return [sys.executable, "-m", "snipe_daemon.main", "--config", str(config),
                 "--ready-file", str(d.state_dir / "ready.json")]
-        for a in self.catalog.addresses:
-            argv += ["--catalog", a]
-        return argv
 
     def start(self, timeout: float = 30.0) -> None:
         self.catalog.start()
