@@ -63,6 +63,7 @@ LINK_CHECK_S = 0.1           # how often links read their handshake events
 REFUSED_RETRY_S = 0.25       # a refused handshake is tried again this soon: the key may be admitted by now
 BELIEVED_RECORDS = 20_000    # verified records remembered by their bytes, so a repeat read skips the work,
 BELIEVED_MAX_BYTES = 4096    # if they are at most this big
+WATCH_AUTHORITY_URNS = 10_000   # URNs whose ownership records a watch keeps for judging its events
 
 # plain ints: pyzmq's enum flags cost microseconds on every call
 _POLLIN, _NOBLOCK = int(zmq.POLLIN), int(zmq.NOBLOCK)
@@ -693,6 +694,11 @@ class Watch:
         self.last_heard = time.monotonic()
         self.delivered: dict[tuple[str, str, bytes], tuple[int, bytes]] = {}
         self.queue: deque[WatchEvent] = deque()
+        # Events as they came (signatures checked), judged against ownership in `next`: judging
+        # may need a read, which must not run inside the pump that received them.
+        self.unjudged: deque[tuple[str, Assertion, int, str]] = deque()
+        self.expiring: list[tuple[Assertion, int, str]] = []     # expiries this clock has not reached
+        self.reserved: OrderedDict[str, dict[tuple[str, str, bytes], Assertion]] = OrderedDict()
         self.switches = 0
         self._needs_restart = False
 
@@ -760,12 +766,68 @@ class Watch:
                 continue
             self.last_rev = rev
             a = self.client._believe_one(endpoint, raw)
-            if a is None:
-                continue
+            if a is not None:
+                self.unjudged.append((kind, a, rev, endpoint))
+
+    def _judge(self) -> None:
+        """Deliver what came, in order, by the rules a read applies (readers trust keys, not
+        servers): a record its signer could not write is dropped and reported, not delivered, and
+        an expiry only once the record's own signed lease has run out by this clock. Without this
+        a tampered replica could feed a watcher any admitted key's record about any URN, or tell
+        it a lease ran out that had not."""
+        now = now_ms()
+        if self.expiring:
+            due = [e for e in self.expiring if e[0].expires_at_ms is not None and e[0].expires_at_ms <= now]
+            self.expiring = [e for e in self.expiring if e not in due]
+            self.queue.extend(WatchEvent("expire", a, rev, endpoint) for a, rev, endpoint in due)
+        while self.unjudged:
+            kind, a, rev, endpoint = self.unjudged[0]
             if kind == "expire":
-                self.queue.append(WatchEvent("expire", a, rev, endpoint))
-            elif self._fresh(a):
-                self._deliver("delete" if a.deleted else "put", a, rev)
+                self.unjudged.popleft()
+                if a.expires_at_ms is None:
+                    self.client._reject(endpoint, f"{a.describe()}: reported expired but it has no lease", a)
+                elif a.expires_at_ms > now:
+                    self.expiring.append((a, rev, endpoint))
+                else:
+                    self.queue.append(WatchEvent("expire", a, rev, endpoint))
+                continue
+            held = self._authority_of(a.urn)
+            if held is None:
+                return                              # no replica answered: judged on the next call
+            self.unjudged.popleft()
+            if authority.is_reserved(a.name):
+                known = held.get(a.key)
+                if known is None or known.rank < a.rank:
+                    held[a.key] = a
+            records = [*(h for k, h in held.items() if k != a.key), a]
+            good, bad = authority.visible(records, self.client.admin_key, now)
+            if any(g is a for g in good):
+                if self._fresh(a):
+                    self._deliver("delete" if a.deleted else "put", a, rev)
+                continue
+            why = bad[[b for b, _ in bad].index(a)][1] if any(b is a for b, _ in bad) else "not believed"
+            lapsed = any(h.name == authority.OWNER for h in records) and \
+                authority.effective_owner(records, self.client.admin_key, now) is None
+            self.client._reject(endpoint, f"{a.describe()}: {why}", a,
+                                suspect=not (lapsed or authority.superseded(a, records)))
+
+    def _authority_of(self, urn: str) -> dict[tuple[str, str, bytes], Assertion] | None:
+        """The ownership and delegation records of `urn` this watch knows (read once, then kept
+        current by the watch's own events about them); None if no replica answered."""
+        held = self.reserved.get(urn)
+        if held is not None:
+            self.reserved.move_to_end(urn)
+            return held
+        try:
+            entry = self.client.get(urn, authority.OWNER)     # a name's read brings the URN's reserved names
+        except SnipeError as exc:
+            log.info("watch %s: cannot read the ownership of %s yet: %s", self.prefix, urn, exc)
+            return None
+        held = {a.key: a for a in entry.records if authority.is_reserved(a.name)}
+        self.reserved[urn] = held
+        if len(self.reserved) > WATCH_AUTHORITY_URNS:
+            self.reserved.popitem(last=False)
+        return held
 
     def _health(self) -> None:
         silent = time.monotonic() - self.last_heard > 3 * P.HEARTBEAT_S
@@ -797,12 +859,14 @@ class Watch:
     def next(self, timeout: float | None = None) -> WatchEvent | None:
         """The next change, or None if none came within `timeout` seconds."""
         deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        self._judge()
         while not self.queue:
             self._health()
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             self.client._pump(min(left, 0.1))
+            self._judge()
         return self.queue.popleft()
 
     def __iter__(self) -> Iterator[WatchEvent]:

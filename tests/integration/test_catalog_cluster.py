@@ -123,6 +123,38 @@ def test_a_lost_claim_race_and_a_revoked_delegation_leave_records_readers_drop_w
             assert lone.suspect_total >= 1
 
 
+def test_a_tampered_replica_cannot_feed_a_watcher_a_record_or_an_expiry(catalog: LocalCatalog, user: Identity) -> None:
+    """Watch events are judged like reads: a record its signer could not write (put straight into
+    the watched replica's store, as a tampered replica would) is dropped and counted against the
+    replica, and an expiry is delivered only once the record's own signed lease has run out."""
+    from rcds.store import LmdbStorage
+
+    mallory = Identity.generate()
+    catalog.admit(mallory, "mallory")
+    urn = "urn:snipe:proc:watched"
+    with catalog.client(user) as c, only(catalog, 0, user) as watcher:
+        c.claim(urn, w=3)
+        w = watcher.watch(urn)
+        lease = c.put([c.sign(urn, "alive", True, ttl=30.0)], w=3).records[0]
+        store = LmdbStorage(catalog.replicas[0].data_dir)
+        with store.write() as txn:
+            txn.store(make_assertion(mallory, urn, "state", "exited", hlc.pack(now_ms(), 0)), None, None, None)
+            txn.log_expiry(lease)                       # 30 s early
+        store.close()
+        c.set(urn, "state", "running", w=3)
+        seen = []
+        deadline = time.monotonic() + 20
+        while ("state", "running") not in seen and time.monotonic() < deadline:
+            ev = w.next(0.5)
+            if ev is not None and ev.record is not None:
+                seen.append((ev.record.name, ev.record.value if ev.kind != "expire" else "expired"))
+        assert ("state", "running") in seen and ("state", "exited") not in seen, seen
+        assert ("alive", "expired") not in seen
+        assert watcher.suspect_total == 1 and "neither owner nor delegate" in watcher.rejected[-1].reason
+        assert w.expiring and w.expiring[0][0].name == "alive"      # held until its lease runs out
+        w.close()
+
+
 def test_watch_across_a_replica_crash_misses_nothing(catalog: LocalCatalog, user: Identity) -> None:
     with catalog.client(user) as writer, catalog.client(user) as watcher:
         writer.claim("urn:snipe:proc:w")
