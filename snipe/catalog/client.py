@@ -219,7 +219,13 @@ class CatalogClient:
         """Wait up to `timeout_s` for messages from `conns` (all when None) and the watched ones,
         then take one from each socket that has any (the poll is level-triggered: the rest are
         taken on the next call, which returns at once)."""
-        for sock, _ in self._poller(conns).poll(max(0, timeout_s) * 1000):
+        poller = self._poller(conns)
+        if not poller.sockets:
+            # Nothing to hear from (no request could be sent: every replica asked is down). A
+            # poll of no sockets returns at once, and the caller's loop would spin a core.
+            time.sleep(max(0.0, timeout_s))
+            return
+        for sock, _ in poller.poll(max(0, timeout_s) * 1000):
             conn = self.by_sock[sock]
             try:
                 env, frames = decode(recv_parts(sock, _NOBLOCK))

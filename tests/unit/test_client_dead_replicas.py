@@ -1,0 +1,34 @@
+"""A catalog client whose replicas are all down waits for them; it does not spin a core.
+
+A request that cannot be sent (no connection) leaves nothing to poll, and a ZeroMQ poll of no
+sockets returns at once: the client's wait loop once turned that into a busy loop, and a daemon
+whose catalog was down ran at 60% of a core until it came back."""
+
+from __future__ import annotations
+
+import pytest
+
+from snipe.catalog.client import CatalogClient
+from snipe.errors import QuorumError
+from snipe.identity import Identity
+from snipe.localcluster import free_port
+
+
+def test_a_put_to_replicas_that_are_all_down_waits_instead_of_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
+    me, replica = Identity.generate(), Identity.generate()
+    dead = [f"tcp://127.0.0.1:{free_port('127.0.0.1')}#{replica.key_id}" for _ in range(3)]
+    attempts = 0
+    with CatalogClient(dead, me, me.key_id, timeout=1.0) as c:
+        send = c._send
+
+        def counted(*args: object, **kw: object) -> int | None:
+            nonlocal attempts
+            attempts += 1
+            return send(*args, **kw)   # type: ignore[arg-type]
+
+        monkeypatch.setattr(c, "_send", counted)
+        with pytest.raises(QuorumError, match="acknowledged the write in time"):
+            c.put([c.sign("urn:snipe:proc:x", "_owner", me.key_id)], w=2)
+    # tried again every 10 ms for the second the put may take: about 3 x 100 attempts, not the
+    # hundreds of thousands of a loop that never waits
+    assert 0 < attempts < 2_000, attempts
