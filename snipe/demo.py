@@ -4,12 +4,15 @@ It starts 3 catalog replicas and 3 host daemons (each host on its own loopback a
 publishes a worker as mobile code, spawns 12 workers that the placement spreads over the hosts,
 kills one replica with SIGKILL while they run, collects every worker's result from the
 catalog, checks the total against a local computation, and stops every process it started.
-The work: counting the primes below 2,000,000, in 12 slices.
+The work: counting the primes below 2,000,000, in 12 slices (--limit and --workers make it
+smaller). With --json the report (or, when the demo could not run, {"ok": false, "error": message,
+"kind"}) is printed as JSON. Exit status: 0 the total matches, 1 it does not, 2 the demo failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -17,11 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import snipe
+from snipe.errors import ConfigError, SnipeError
 from snipe.localcluster import LocalCluster
 
 WORKER = '''\
@@ -52,17 +57,31 @@ def primes_below(n: int) -> int:
     return sum(sieve)
 
 
-def run(limit: int, workers: int, console: Console | None) -> dict[str, Any]:
+def _running(pid: int) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    return False
+
+
+def run(limit: int, workers: int, console: Console | None, parent: str | None = None) -> dict[str, Any]:
     quiet = console is None
     con = console or Console(quiet=True)
     report: dict[str, Any] = {"limit": limit, "workers": workers}
-    with tempfile.TemporaryDirectory(prefix="snipe-demo-") as root:
+    try:
+        folder = tempfile.TemporaryDirectory(prefix="snipe-demo-", dir=parent)
+    except OSError as exc:
+        raise ConfigError(f"cannot make the demo's cluster folder in {parent or tempfile.gettempdir()}: "
+                          f"{exc.strerror or exc}; pass --dir a writable folder") from None
+    with folder as root:
+        report["dir"] = root
         cluster = LocalCluster(Path(root) / "cluster", replicas=3, hosts=3, lease_s=5.0)
         try:
             t0 = time.perf_counter()
             with con.status("starting 3 replicas and 3 daemons…", spinner="dots"):
                 cluster.start()
             report["startup_s"] = round(time.perf_counter() - t0, 3)
+            # what "every process stopped" below is checked against
+            report["pids"] = [r.proc.pid for r in [*cluster.catalog.replicas, *cluster.daemons] if r.proc]
             con.print(f"cluster up in {report['startup_s']} s: 3 replicas, hosts "
                       + ", ".join(d.endpoint for d in cluster.daemons))
             snipe.init(catalog=cluster.catalog.addresses, identity=cluster.user, admin_key=cluster.admin.key_id,
@@ -97,11 +116,13 @@ def run(limit: int, workers: int, console: Console | None) -> dict[str, Any]:
             report["rows"] = rows
             report["total"] = sum(r["primes"] or 0 for r in rows)
             report["expected"] = primes_below(limit)
-            report["ok"] = report["total"] == report["expected"] and all(r["exit_code"] == 0 for r in rows)
         finally:
             snipe.shutdown()
             with con.status("stopping every process…", spinner="dots"):
                 cluster.close()
+    report["left_running"] = [pid for pid in report["pids"] if _running(pid)]
+    report["ok"] = (report["total"] == report["expected"] and all(r["exit_code"] == 0 for r in rows)
+                    and not report["left_running"])
     if console is not None:
         t = Table(title=f"primes below {limit:,} counted by {workers} tasks", title_justify="left")
         for col in ("task", "host", "range", "primes", "seconds"):
@@ -112,18 +133,42 @@ def run(limit: int, workers: int, console: Console | None) -> dict[str, Any]:
         console.print(t)
         console.print(f"tasks per host: {report['workers_by_host']}")
         verdict = "[green]matches[/green]" if report["ok"] else "[red]DOES NOT match[/red]"
+        stopped = ("every process stopped" if not report["left_running"]
+                   else f"[red]still running: {report['left_running']}[/red]")
         console.print(f"total {report['total']:,} {verdict} the local count {report['expected']:,}; "
-                      f"{report['wall_s']} s from first spawn to last result; every process stopped")
+                      f"{report['wall_s']} s from first spawn to last result; {stopped}")
     return report
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text!r}")
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="snipe-demo", description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
-    ap.add_argument("--limit", type=int, default=2_000_000, help="count primes below this")
-    ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--limit", type=_positive, default=2_000_000, help="count primes below this")
+    ap.add_argument("--workers", type=_positive, default=12, help="tasks to split the count among")
+    ap.add_argument("--dir", help="folder to make the demo's temporary cluster folder in (default: the "
+                                  "system's temporary folder); removed when the demo ends")
     args = ap.parse_args(argv)
-    report = run(args.limit, args.workers, None if args.json else Console())
+    try:
+        report = run(args.limit, args.workers, None if args.json else Console(), args.dir)
+    except (SnipeError, OSError) as exc:
+        # the cluster is already stopped (run's finally); say what failed instead of a traceback
+        kind = exc.code if isinstance(exc, SnipeError) else "os-error"
+        if args.json:       # the shape snipe-console's errors have, plus "ok" as in a report
+            print(json.dumps({"ok": False, "error": str(exc), "kind": kind}))
+        else:
+            # plain print, not rich: a message may hold [brackets] rich would take for markup
+            print(f"snipe-demo: error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(report, indent=2))
     return 0 if report["ok"] else 1

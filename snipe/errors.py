@@ -101,6 +101,12 @@ class ConfigError(SnipeError):
     code = "bad-config"
 
 
+class ClusterShapeMismatch(ConfigError):
+    """A local cluster of another shape than the one asked for already runs in that folder."""
+
+    code = "cluster-shape"
+
+
 class ServerError(SnipeError):
     """The remote side failed on its own account (a bug or a resource problem there)."""
 

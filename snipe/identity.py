@@ -51,6 +51,16 @@ def curve_public_key(public_key: bytes) -> bytes:
     return zmq.utils.z85.encode(nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(public_key))
 
 
+def _key_path(path: str | Path) -> Path:
+    """`path` with a leading `~` expanded, as a shell would: key paths come from configuration
+    and the environment (SNIPE_KEY_FILE) unexpanded, and a literal "~" folder is never meant."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:            # no home directory to expand to
+        raise ConfigError(f"cannot expand ~ in key path {path}: this user has no home directory; "
+                          "give an absolute path") from None
+
+
 @dataclass(frozen=True)
 class Identity:
     signing_key: nacl.signing.SigningKey
@@ -87,7 +97,7 @@ class Identity:
         return zmq.utils.z85.encode(pk), zmq.utils.z85.encode(sk)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
+        path = _key_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -98,7 +108,7 @@ class Identity:
 
     @classmethod
     def load(cls, path: str | Path) -> Identity:
-        path = Path(path)
+        path = _key_path(path)
         try:
             text = path.read_text().strip()
         except FileNotFoundError:
@@ -112,7 +122,7 @@ class Identity:
 
     @classmethod
     def load_or_create(cls, path: str | Path) -> Identity:
-        path = Path(path)
+        path = _key_path(path)
         if path.exists():
             return cls.load(path)
         ident = cls.generate()

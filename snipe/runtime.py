@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,13 +30,15 @@ from snipe.catalog.client import CatalogClient
 from snipe.code import package
 from snipe.daemonclient import DaemonClient
 from snipe.discovery import discover
-from snipe.errors import ConfigError, NotAuthorized, NotFound, SnipeError, Unreachable
+from snipe.errors import ClusterShapeMismatch, ConfigError, NotAuthorized, NotFound, SnipeError, Unreachable
 from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint, Message
 from snipe.multicast.groups import Membership
 from snipe.placement import choose_host
 from snipe.query import Predicate, parse_predicate_text
 from snipe.urn import new_urn, validate_urn
+
+log = logging.getLogger("snipe.runtime")
 
 
 def now_ms() -> int:
@@ -125,30 +129,139 @@ def runtime_home() -> Path:
     return Path(base) / "snipe" if base else Path(f"/tmp/snipe-{os.getuid()}")
 
 
-def _cluster_alive(desc: dict[str, Any]) -> bool:
+# cluster.json records, for every process the cluster started, its PID, create time and command
+# line: a PID alone may name an unrelated process once the cluster is gone (after a reboot PIDs are
+# reused), and `cluster down` must never signal those. psutil derives create times from the boot
+# time, which two processes may read a second apart, hence the slack.
+CREATE_TIME_SLACK_S = 1.0
+_CLUSTER_MODULES = ("rcds.server_main", "snipe_daemon.main")
+_PATH_FLAGS = ("--data-dir", "--state-dir", "--config", "--key-file", "--ready-file")
+
+
+def _process_record(pid: int) -> dict[str, Any]:
+    try:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            return {"pid": pid, "create_time": p.create_time(), "cmdline": p.cmdline()}
+    except psutil.Error:       # already gone: a record that matches no live process
+        return {"pid": pid, "create_time": None, "cmdline": []}
+
+
+def _looks_like_ours(p: psutil.Process, cmdline: list[str], root: Path) -> bool:
+    """Whether `cmdline` is a replica or daemon of the local cluster in `root` (one of its files
+    or folders lies inside `root`): how PIDs of a cluster.json written before create times were
+    recorded are told apart from reused ones."""
+    if cmdline[1:2] != ["-m"] or cmdline[2:3] not in ([m] for m in _CLUSTER_MODULES):
+        return False
+    try:
+        cwd = Path(p.cwd())             # a relative path is relative to where it started
+    except (psutil.Error, OSError):
+        cwd = Path("/")
+    inside = root.resolve()
+    return any(flag in _PATH_FLAGS and (cwd / value).resolve().is_relative_to(inside)
+               for flag, value in itertools.pairwise(cmdline))
+
+
+def _verified(pid: int, record: dict[str, Any] | None, root: Path) -> tuple[psutil.Process | None, str]:
+    """The live process `pid` if it is still the one the cluster started, else None and why not.
+    The Process returned remembers its create time, so signalling it later cannot reach a process
+    that took the PID in between (psutil checks)."""
+    try:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            created, cmdline = p.create_time(), p.cmdline()
+    except psutil.NoSuchProcess:                 # ZombieProcess included: it has ended
+        return None, "no longer runs"
+    except psutil.AccessDenied:
+        return None, "belongs to another user now (cannot be inspected), so it is not the cluster's"
+    if record is not None:
+        want = record.get("create_time")
+        if isinstance(want, int | float) and abs(created - want) <= CREATE_TIME_SLACK_S \
+                and cmdline == record.get("cmdline"):
+            return p, ""
+        return None, (f"is now another process (started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(created))}"
+                      f": {' '.join(cmdline)[:120]!r}), so the cluster's process is gone")
+    # No record: a cluster.json from before they were kept. Its PIDs are trusted only when the
+    # command line is plainly one of this folder's replicas or daemons; anything else may be a
+    # stranger's process that reused the PID, and signalling a stranger is worse than leaving one
+    # of ours running (the warning names the PID, so the user can look and stop it by hand).
+    if _looks_like_ours(p, cmdline, root):
+        return p, ""
+    return None, (f"cannot be verified (cluster.json predates recorded create times) and its command line "
+                  f"{' '.join(cmdline)[:120]!r} is not one of this cluster's")
+
+
+def _records(desc: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {r["pid"]: r for r in desc.get("processes", []) if isinstance(r, dict) and isinstance(r.get("pid"), int)}
+
+
+def _cluster_alive(desc: dict[str, Any], root: Path) -> bool:
     pids = desc.get("pids", [])
-    return bool(pids) and all(psutil.pid_exists(p) for p in pids)
+    records = _records(desc)
+    return bool(pids) and all(_verified(p, records.get(p), root)[0] is not None for p in pids)
 
 
-def start_embedded(home: Path, *, replicas: int = 1, hosts: int = 1) -> dict[str, Any]:
-    """Start (or find) the local cluster in `home`; return its description. Safe to race."""
+def _read_description(path: Path) -> dict[str, Any] | None:
+    try:
+        desc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path} ({exc}); if no cluster runs there, delete the file") from None
+    if not isinstance(desc, dict):
+        raise ConfigError(f"{path} does not describe a cluster; if no cluster runs there, delete the file")
+    return desc
+
+
+def _write_description(path: Path, desc: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")      # replaced whole: a reader never sees half a file
+    tmp.write_text(json.dumps(desc, indent=2))
+    os.replace(tmp, path)
+
+
+def _shape(replicas: int, hosts: int) -> str:
+    return f"{replicas} replica{'s' if replicas != 1 else ''} and {hosts} host{'s' if hosts != 1 else ''}"
+
+
+def start_embedded(home: Path, *, replicas: int | None = None, hosts: int | None = None,
+                   default_shape: tuple[int, int] = (1, 1)) -> dict[str, Any]:
+    """Start (or find) the local cluster in `home`; return its description. Safe to race.
+
+    A running cluster is reused when it has the `replicas` and `hosts` asked for, or when none
+    were asked for (None); one of another shape raises ClusterShapeMismatch. A new cluster gets
+    the shape asked for, `default_shape` (replicas, hosts) filling in what was not."""
     from snipe.localcluster import CLUSTER_FILE, LocalCluster
 
+    for name, n in (("replicas", replicas), ("hosts", hosts), ("default replicas", default_shape[0]),
+                    ("default hosts", default_shape[1])):
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ConfigError(f"{name} must be a positive integer, not {n!r}")
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(home / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         desc_path = home / CLUSTER_FILE
-        if desc_path.exists():
-            desc = json.loads(desc_path.read_text())
-            if _cluster_alive(desc):
-                return desc
-        cluster = LocalCluster(home, replicas=replicas, hosts=hosts, loopback_hosts=hosts > 1)
+        desc = _read_description(desc_path)
+        if desc is not None and _cluster_alive(desc, home):
+            have = (len(desc.get("catalog", [])), len(desc.get("daemons", {})))
+            if (replicas is not None and replicas != have[0]) or (hosts is not None and hosts != have[1]):
+                asked = (have[0] if replicas is None else replicas, have[1] if hosts is None else hosts)
+                raise ClusterShapeMismatch(
+                    f"a local cluster of {_shape(*have)} already runs in {home}, but {_shape(*asked)} were "
+                    f"asked for; stop it first (`snipe-console cluster down --home {home}`, or "
+                    f"snipe.stop_embedded({str(home)!r})) or use another folder (--home, SNIPE_HOME)")
+            return desc
+        n_replicas = default_shape[0] if replicas is None else replicas
+        n_hosts = default_shape[1] if hosts is None else hosts
+        cluster = LocalCluster(home, replicas=n_replicas, hosts=n_hosts, loopback_hosts=n_hosts > 1)
         try:
             cluster.start()
+            desc = cluster.describe()
+            desc["processes"] = [_process_record(pid) for pid in desc["pids"]]
+            _write_description(desc_path, desc)
         except BaseException:
             cluster.close()
             raise
-        return cluster.describe()
+        return desc
 
 
 def init(*, catalog: Sequence[str] | None = None, identity: Identity | None = None, admin_key: str | None = None,
@@ -590,26 +703,47 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
 
 
 def stop_embedded(home: str | Path | None = None) -> bool:
-    """Stop the embedded cluster in `home` (default: this user's runtime folder). True if one ran."""
+    """Stop the embedded cluster in `home` (default: this user's runtime folder). True if one ran.
+    Only processes still verifiably the cluster's are signalled (see stop_embedded_report)."""
+    return bool(stop_embedded_report(home)["stopped"])
+
+
+def stop_embedded_report(home: str | Path | None = None) -> dict[str, Any]:
+    """Stop the embedded cluster in `home`; say what was done: {"stopped": whether a cluster was
+    described there, "signalled": [pid, ...], "skipped": [{"pid", "reason"}, ...]}. A PID from
+    cluster.json that no longer names the process the cluster started is skipped (and logged):
+    after a reboot it may be anybody's."""
     import signal as signals
 
-    root = Path(home) if home else runtime_home()
-    desc_path = root / "cluster.json"
+    from snipe.localcluster import CLUSTER_FILE, LocalCluster
+
+    root = Path(home).expanduser() if home else runtime_home()
+    desc_path = root / CLUSTER_FILE
     if not desc_path.exists():
-        return False
-    desc = json.loads(desc_path.read_text())
-    procs = []
-    for pid in desc.get("pids", []):
-        with contextlib.suppress(psutil.Error):
-            p = psutil.Process(pid)
-            p.send_signal(signals.SIGTERM)
-            procs.append(p)
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    from snipe.localcluster import LocalCluster
-    with contextlib.suppress(SnipeError, OSError):
-        LocalCluster(root, replicas=0, hosts=len(desc.get("daemons", {}))).kill_tasks()
-    desc_path.unlink(missing_ok=True)
-    return True
+        return {"stopped": False, "signalled": [], "skipped": []}
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)        # not while start_embedded is still writing the file
+        desc = _read_description(desc_path)
+        if desc is None:
+            return {"stopped": False, "signalled": [], "skipped": []}
+        records = _records(desc)
+        procs: list[psutil.Process] = []
+        skipped: list[dict[str, Any]] = []
+        for pid in desc.get("pids", []):
+            p, why = _verified(pid, records.get(pid), root) if isinstance(pid, int) else (None, "is not a PID")
+            if p is None:
+                skipped.append({"pid": pid, "reason": why})
+                if why != "no longer runs":
+                    log.warning("not signalling pid %s listed in %s: it %s", pid, desc_path, why)
+                continue
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(signals.SIGTERM)
+                procs.append(p)
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()        # psutil refuses if the PID has meanwhile gone to another process
+        with contextlib.suppress(SnipeError, OSError):
+            LocalCluster(root, replicas=0, hosts=len(desc.get("daemons", {}))).kill_tasks()
+        desc_path.unlink(missing_ok=True)
+    return {"stopped": True, "signalled": [p.pid for p in procs], "skipped": skipped}

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -22,10 +22,10 @@ from rich.table import Table
 import snipe
 from snipe import authority
 from snipe.catalog.client import CatalogClient
-from snipe.errors import ConfigError, NotFound, SnipeError
-from snipe.identity import Identity
+from snipe.errors import ConfigError, NotFound, SignatureError, SnipeError
+from snipe.identity import Identity, public_key_from_id
 from snipe.multicast.groups import live_members, live_routers
-from snipe.runtime import Process, now_ms, runtime_home, session, start_embedded, stop_embedded
+from snipe.runtime import Process, now_ms, runtime_home, session, start_embedded, stop_embedded_report
 from snipe.urn import validate_urn
 
 # Piped output is read by scripts and greps: keep each row on one line.
@@ -76,26 +76,40 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _all_tasks() -> list[dict[str, Any]]:
+def _all_tasks(timeout: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every live host's tasks, and the hosts whose daemon did not list them ({host, reason})."""
     s = session()
     tasks: list[dict[str, Any]] = []
+    unreachable: list[dict[str, Any]] = []
     for urn, h in sorted(snipe.hosts().items()):
         try:
-            reply, _ = s.daemon(str(h["daemon"])).call("ps", timeout=5)
+            reply, _ = s.daemon(str(h.get("daemon"))).call("ps", timeout=timeout)
         except SnipeError as exc:
-            tasks.append({"urn": "?", "host": urn, "state": f"unreachable: {exc}"})
+            unreachable.append({"host": urn, "reason": str(exc)})
             continue
         tasks.extend(reply["tasks"])
-    return tasks
+    return tasks, unreachable
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    tasks = [t for t in _all_tasks() if args.all or t.get("state") in ("running", "suspended")]
+    found, unreachable = _all_tasks(args.timeout)
+    tasks = [t for t in found if args.all or t.get("state") in ("running", "suspended")]
+    # A host that does not answer is reported whatever the filter, never left out: its tasks may
+    # be running. Like `kubectl get pods` with a node NotReady, the listing of the hosts that did
+    # answer still stands, so exit 0 (scripts and `watch` keep working) but say which hosts are
+    # missing, on stderr and as rows: {"urn": null, "host", "state": "unreachable", "unreachable":
+    # reason}. Rows rather than a wrapping object keep `ps --json` a list of tasks, as scripts read it.
+    missing = [{"urn": None, "host": u["host"], "state": "unreachable", "unreachable": u["reason"]}
+               for u in unreachable]
+    for u in unreachable:
+        print(f"snipe-console: warning: {_host(u['host'])} did not list its tasks (they may be running): "
+              f"{u['reason']}", file=sys.stderr)
     rows = [[t["urn"], str(t.get("host", "")).rsplit(":", 1)[-1], t.get("state"),
              f"{t['cpu_seconds']:.2f}s" if isinstance(t.get("cpu_seconds"), float) else "-",
              _bytes(t.get("rss_bytes")), f"{t['age_s']:.0f}s" if isinstance(t.get("age_s"), float) else "-"]
-            for t in tasks]
-    emit(args, tasks, lambda: table(f"{len(tasks)} task(s)", ["urn", "host", "state", "cpu", "memory", "age"], rows))
+            for t in tasks + missing]
+    title = f"{len(tasks)} task(s)" + (f"; {len(missing)} host(s) unreachable, their tasks unknown" if missing else "")
+    emit(args, tasks + missing, lambda: table(title, ["urn", "host", "state", "cpu", "memory", "age"], rows))
     return 0
 
 
@@ -182,14 +196,36 @@ def _short(v: Any, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def signal_number(text: str) -> int:
+    """A signal named as `kill` takes it (TERM, sigterm, SIGUSR1) or numbered, as this host numbers them."""
+    t = text.strip().upper()
+    valid = {s.value for s in signals.Signals}
+    if t.isdigit():
+        if int(t) in valid:
+            return int(t)
+        raise argparse.ArgumentTypeError(f"no signal is numbered {text!r} on this host (`kill -l` lists "
+                                         "them); or name it (TERM, USR1)")
+    try:
+        return signals.Signals[t if t.startswith("SIG") else "SIG" + t].value
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a signal; name one as `kill -l` lists them "
+                                         "(TERM, INT, HUP, USR1, with or without SIG) or give its number") from None
+
+
+def key_id_arg(text: str) -> str:
+    """A key id (64 hex characters), lower-cased: ownership compares key ids as text."""
+    try:
+        return public_key_from_id(text.strip()).hex()
+    except SignatureError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a key id: it must be the 64 hex characters of an Ed25519 public key, "
+            "as `snipe-console keygen` prints") from None
+
+
 def cmd_control(args: argparse.Namespace) -> int:
     p = Process(args.urn)
-    if args.command == "signal":
-        signum = int(args.signal) if args.signal.isdigit() else signals.Signals[
-            args.signal if args.signal.startswith("SIG") else "SIG" + args.signal].value
-        reply = p.signal(signum)
-    else:
-        reply = getattr(p, args.command)()
+    # args.signal is already a valid number: the parser checks it with signal_number
+    reply = p.signal(args.signal) if args.command == "signal" else getattr(p, args.command)()
     emit(args, reply, lambda: out.print(f"{args.urn}: {reply['state']}"))
     return 0
 
@@ -239,11 +275,15 @@ def _admin_identity(args: argparse.Namespace) -> Identity | None:
 
 
 def cmd_admit(args: argparse.Namespace) -> int:
+    # args.key is a well-formed key id (key_id_arg): replicas would store any other text and admit nobody.
+    urn = validate_urn(f"urn:snipe:{args.kind}:{args.name}")
     s = session()
     admin = _admin_identity(args)
     if admin is None:
         raise ConfigError("admitting keys needs the admin key: pass --admin-key-file")
-    urn = f"urn:snipe:{args.kind}:{args.name}"
+    if admin.public_key != s.admin_key:
+        raise ConfigError(f"key {admin.key_id[:16]}… is not this cluster's admin key "
+                          f"({s.admin_key.hex()[:16]}…); pass the admin's key file with --admin-key-file")
     with CatalogClient([c.address for c in s.catalog.conns.values()], admin, s.admin_key) as c:
         c.set(urn, authority.OWNER, args.key)
     emit(args, {"urn": urn, "key": args.key}, lambda: out.print(f"admitted key {args.key[:16]}… as {urn}"))
@@ -251,8 +291,12 @@ def cmd_admit(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    if Path(args.path).exists():
-        raise ConfigError(f"{args.path} exists; refusing to overwrite a key")
+    path = Path(args.path)
+    if path.is_dir():
+        raise ConfigError(f"{args.path} is a folder; name the key file to write, e.g. {path / 'user.key'}")
+    if path.exists() and not args.force:
+        raise ConfigError(f"{args.path} exists; refusing to overwrite a key (pass --force to replace it: "
+                          "the old key is then lost, and whatever it owned with it)")
     ident = Identity.generate()
     ident.save(args.path)
     emit(args, {"path": args.path, "key": ident.key_id}, lambda: out.print(f"{args.path}: key {ident.key_id}"))
@@ -282,23 +326,46 @@ def cmd_spawn(args: argparse.Namespace) -> int:
     return 0
 
 
+CLUSTER_UP_SHAPE = (3, 3)          # (replicas, daemons) of a cluster `cluster up` starts
+
+
 def cmd_cluster(args: argparse.Namespace) -> int:
     home = Path(args.home) if args.home else runtime_home()
     if args.action == "up":
-        with out.status(f"starting {args.replicas} replica(s) and {args.hosts} daemon(s) in {home}…",
-                        spinner="dots") if not args.json else _null():
-            desc = start_embedded(home, replicas=args.replicas, hosts=args.hosts)
+        with out.status(f"starting the local cluster in {home}…", spinner="dots") if not args.json else _null():
+            desc = start_embedded(home, replicas=args.replicas, hosts=args.hosts,
+                                  default_shape=CLUSTER_UP_SHAPE)
         emit(args, desc, lambda: table(f"local cluster in {home}", ["part", "address"],
                                         [["replica", a] for a in desc["catalog"]]
                                         + [[f"daemon {h}", a] for h, a in desc["daemons"].items()]))
     elif args.action == "down":
-        stopped = stop_embedded(home)
-        emit(args, {"stopped": stopped}, lambda: out.print("stopped" if stopped else f"no cluster in {home}"))
+        report = stop_embedded_report(home)
+
+        def human() -> None:
+            stopped = f"stopped {len(report['signalled'])} process(es)"
+            out.print(stopped if report["stopped"] else f"no cluster in {home}")
+            for s in report["skipped"]:
+                if s["reason"] != "no longer runs":
+                    out.print(f"[yellow]left pid {s['pid']} alone: it {s['reason']}[/]")
+        emit(args, report, human)
     else:
         path = home / "cluster.json"
         desc = json.loads(path.read_text()) if path.exists() else None
         emit(args, desc, lambda: out.print(json.dumps(desc, indent=2) if desc else f"no cluster in {home}"))
     return 0
+
+
+class BadArguments(ValueError):
+    """A command line that does not parse; main() reports it (in JSON with --json) instead of argparse exiting."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise BadArguments(message, self.format_usage())
 
 
 class _null:
@@ -310,13 +377,14 @@ class _null:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="snipe-console", description="Look at and steer a SNIPE cluster.")
+    ap = _Parser(prog="snipe-console", description="Look at and steer a SNIPE cluster.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON instead of tables")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("hosts", parents=[common], help="live hosts").set_defaults(fn=cmd_hosts)
     p = sub.add_parser("ps", parents=[common], help="tasks on every host")
     p.add_argument("-a", "--all", action="store_true", help="include ended tasks")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each host's daemon")
     p.set_defaults(fn=cmd_ps)
     p = sub.add_parser("show", parents=[common], help="every verified assertion about a URN (a group: its members "
                                                        "and routers, with each router's message counts)")
@@ -329,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=cmd_control)
     p = sub.add_parser("signal", parents=[common], help="send a signal to a task")
     p.add_argument("urn")
-    p.add_argument("signal", help="name (TERM, SIGUSR1) or number")
+    p.add_argument("signal", type=signal_number, help="name (TERM, usr1, SIGUSR1) or number")
     p.set_defaults(fn=cmd_control)
     p = sub.add_parser("drain", parents=[common], help="stop new placements on a host and migrate its tasks off")
     p.add_argument("host")
@@ -346,15 +414,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("admit", parents=[common], help="admit a host or user key (admin)")
     p.add_argument("kind", choices=["host", "user"])
     p.add_argument("name")
-    p.add_argument("key")
+    p.add_argument("key", type=key_id_arg, help="the key id (64 hex characters) to admit")
     p.add_argument("--admin-key-file")
     p.set_defaults(fn=cmd_admit)
     p = sub.add_parser("keygen", parents=[common], help="make a new Ed25519 key file")
     p.add_argument("path")
+    p.add_argument("--force", action="store_true", help="replace an existing key file (its key is lost)")
     p.set_defaults(fn=cmd_keygen)
     p = sub.add_parser("events", parents=[common], help="follow a task's state changes")
     p.add_argument("urn")
-    p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("--timeout", type=float, default=None,
+                   help="stop after this many seconds (it stops by itself when the task ends)")
     p.set_defaults(fn=cmd_events)
     p = sub.add_parser("publish", parents=[common], help="publish a script or folder as mobile code")
     p.add_argument("path")
@@ -366,23 +436,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_spawn)
     p = sub.add_parser("cluster", parents=[common], help="a local cluster on this machine")
     p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("--replicas", type=int, default=3)
-    p.add_argument("--hosts", type=int, default=3)
+    p.add_argument("--replicas", type=int, help="replicas of a new cluster (default 3); a running cluster of "
+                                                "another size is an error, not reused")
+    p.add_argument("--hosts", type=int, help="daemons of a new cluster (default 3); likewise")
     p.add_argument("--home", help="runtime folder (default: this user's)")
     p.set_defaults(fn=cmd_cluster)
     return ap
 
 
+OS_ERROR_KINDS: tuple[tuple[type[OSError], str], ...] = (
+    (FileNotFoundError, "file-not-found"), (PermissionError, "permission-denied"),
+    (FileExistsError, "file-exists"), (NotADirectoryError, "not-a-folder"), (IsADirectoryError, "is-a-folder"))
+
+
+def fail(as_json: bool, message: str, kind: str, code: int = 1, usage: str = "") -> int:
+    """Report an error as one line on stderr, or as {"error": message, "kind": kind} on stdout with --json."""
+    if as_json:
+        print(json.dumps({"error": message, "kind": kind}))
+    else:
+        # plain print, not rich: a message may hold [brackets] rich would take for markup, and one
+        # line is what a script's `2>&1 | grep` expects
+        print(f"{usage}snipe-console: error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except BadArguments as exc:
+        return fail("--json" in argv, str(exc), "usage", 2, exc.usage)   # 2, as argparse exits
+    as_json = bool(getattr(args, "json", False))
     try:
         return int(args.fn(args))
     except SnipeError as exc:
-        if getattr(args, "json", False):
-            print(json.dumps({"error": exc.code, "message": str(exc)}))
-        else:
-            Console(stderr=True).print(f"[red]snipe-console: {exc}[/red]")
-        return 1
+        return fail(as_json, str(exc), exc.code)
+    # The user's files and arguments, not bugs in here: say what and where in one line. Any other
+    # exception is a bug and keeps its traceback.
+    except OSError as exc:
+        kind = next((k for cls, k in OS_ERROR_KINDS if isinstance(exc, cls)), "os-error")
+        where = f": {exc.filename}" if exc.filename else ""
+        return fail(as_json, f"{exc.strerror or exc}{where}", kind)
+    except ValueError as exc:
+        return fail(as_json, str(exc), "bad-value")
     except KeyboardInterrupt:
         return 130
 

@@ -69,6 +69,6 @@ def test_cluster_up_runs_several_hosts_and_down_leaves_nothing(tmp_path: Path) -
         assert status["pids"] == desc["pids"]
     finally:
         out = json.loads(run(home, "cluster", "down", "--home", str(home), "--json").stdout)
-    assert out == {"stopped": True}
+    assert out["stopped"] is True and sorted(out["signalled"]) == sorted(desc["pids"]) and out["skipped"] == []
     wait_for(lambda: not any(_alive(p) for p in desc["pids"]), 20, "every replica and daemon to end")
     assert not (home / "cluster.json").exists()

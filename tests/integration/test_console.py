@@ -1,0 +1,166 @@
+"""snipe-console subcommands against a real cluster, run in this process (`main([...])`) for
+speed: publish, spawn, signal, events, ps (with a host that does not answer), keygen, admit,
+drain --off, and how each reports a bad argument or a failure, for people and with --json."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import snipe
+from snipe.catalog.client import CatalogClient
+from snipe.console.main import main as console
+from snipe.identity import Identity
+from snipe.localcluster import LocalCluster, free_port
+from snipe.runtime import Process
+from tests.integration.test_daemon import SLEEPER, WORKER
+from tests.support import wait_for
+
+Run = tuple[int, str, str]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
+    """(exit code, stdout, stderr) of one console command."""
+    capsys.readouterr()
+    code = console(list(argv))
+    got = capsys.readouterr()
+    return code, got.out, got.err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, (argv, out, err)
+    return json.loads(out)
+
+
+def assert_clean_error(result: Run, code: int, *words: str) -> None:
+    """A failure said in one `snipe-console: error:` line on stderr (after argparse's usage), no traceback."""
+    got, out, err = result
+    assert got == code, result
+    assert "Traceback" not in out + err and out == "", result
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("snipe-console: error: ") and all(w in last for w in words), result
+
+
+def assert_json_error(result: Run, code: int, kind: str, *words: str) -> None:
+    got, out, err = result
+    assert got == code and "Traceback" not in err, result
+    reply = json.loads(out)
+    assert reply["kind"] == kind and all(w in reply["error"] for w in words), reply
+
+
+def test_publish_spawn_signal_events_and_ps(cluster: LocalCluster, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    (tmp_path / "worker.py").write_text(WORKER)
+    sleeper_code = run_json(capsys, "publish", str(tmp_path / "sleeper.py"))["urn"]
+    code, out, _ = run(capsys, "publish", str(tmp_path / "worker.py"))
+    worker_code = out.strip()
+    assert code == 0 and worker_code.startswith("urn:snipe:code:sha256:") and sleeper_code != worker_code
+    assert_json_error(run(capsys, "publish", str(tmp_path / "missing.py"), "--json"), 1, "bad-code", "missing.py")
+
+    worker = run_json(capsys, "spawn", worker_code, "12", "--host", "h2")
+    assert worker["host"] == "urn:snipe:host:h2"
+    assert Process(worker["urn"]).wait(60)["exit_code"] == 0
+    assert Process(worker["urn"]).info()["result"] == sum(i * i for i in range(12))    # it ran, with its argument
+    code, out, _ = run(capsys, "spawn", sleeper_code, "600", "--host", "h1")
+    assert code == 0 and out.split()[1:] == ["on", "urn:snipe:host:h1"], out
+    sleeper = Process(out.split()[0])
+
+    workdir = cluster.daemons[0].state_dir / "tasks" / sleeper.urn.rsplit(":", 1)[1]
+    wait_for(lambda: (workdir / "ready").exists(), 20, "the sleeper to install its SIGUSR1 handler")
+    code, out, _ = run(capsys, "signal", sleeper.urn, "usr1")       # any case, no SIG prefix
+    assert code == 0 and f"{sleeper.urn}: running" in out, out
+    wait_for(lambda: (workdir / "got-usr1").exists(), 20, "the sleeper's SIGUSR1 handler to run")
+    assert_json_error(run(capsys, "signal", sleeper.urn, "FOO", "--json"), 2, "usage", "'FOO'", "not a signal")
+    assert_clean_error(run(capsys, "signal", sleeper.urn, "SIGFOO"), 2, "'SIGFOO'", "not a signal")
+    assert_clean_error(run(capsys, "signal", sleeper.urn, "999"), 2, "'999'")
+
+    running = run_json(capsys, "ps")
+    assert [t["urn"] for t in running] == [sleeper.urn] and running[0]["state"] == "running"
+    everything = {t["urn"]: t["state"] for t in run_json(capsys, "ps", "-a")}
+    assert everything == {sleeper.urn: "running", worker["urn"]: "exited"}
+
+    assert run_json(capsys, "signal", sleeper.urn, "SIGTERM")["urn"] == sleeper.urn
+    code, out, _ = run(capsys, "events", sleeper.urn, "--json", "--timeout", "30")
+    events = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [(e["seq"], e["kind"]) for e in events] == [(1, "started"), (2, "killed")], events
+    assert events[-1]["reason"] == "signal SIGTERM", events
+    code, out, _ = run(capsys, "events", sleeper.urn, "--timeout", "30")      # ended: replays and stops
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 2 and "started" in lines[0], out
+    assert "killed exit=-15 (signal SIGTERM)" in lines[1], out
+
+    # A host whose daemon does not answer is listed with why, even without -a, and on stderr; ps still exits 0.
+    ghost = "urn:snipe:host:ghost"
+    with CatalogClient(cluster.catalog.addresses, cluster.admin, cluster.admin.key_id) as admin:
+        admin.set_many(ghost, {"alive": True, "draining": True,       # draining: placement leaves it alone
+                               "daemon": f"tcp://127.0.0.1:{free_port()}#{Identity.generate().key_id}"})
+    wait_for(lambda: ghost in snipe.hosts(), 10, "the ghost host to be listed")
+    code, out, err = run(capsys, "ps", "--timeout", "1", "--json")
+    rows = json.loads(out)
+    assert code == 0 and [r for r in rows if r["state"] != "unreachable"] == [], rows     # the sleeper ended
+    assert [(r["urn"], r["host"]) for r in rows] == [(None, ghost)], rows
+    assert "did not answer" in rows[0]["unreachable"], rows
+    assert "snipe-console: warning: ghost did not list its tasks" in err, err
+    code, out, err = run(capsys, "ps", "-a", "--timeout", "1")
+    assert code == 0 and "ghost" in out and "unreachable" in out and "1 host(s) unreachable" in out, out
+    assert sleeper.urn in out and worker["urn"] in out and "warning: ghost" in err, (out, err)
+
+
+def test_keygen_admit_and_drain_off(cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SNIPE_HOME", str(tmp_path / "home"))    # no local cluster's admin key to fall back on
+    admin_key = str(cluster.root / "catalog" / "admin.key")
+    path = tmp_path / "keys" / "bob.key"
+    made = run_json(capsys, "keygen", str(path))
+    bob = Identity.load(path)
+    assert made == {"path": str(path), "key": bob.key_id}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert_clean_error(run(capsys, "keygen", str(path)), 1, "exists", "--force")
+    assert_json_error(run(capsys, "keygen", str(path), "--json"), 1, "bad-config", "refusing to overwrite")
+    assert Identity.load(path).key_id == bob.key_id                        # refused: untouched
+    code, out, _ = run(capsys, "keygen", str(path), "--force")
+    replaced = Identity.load(path)
+    assert code == 0 and replaced.key_id != bob.key_id and replaced.key_id in out.replace("\n", "")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    (tmp_path / "plain").write_text("not a folder")
+    assert_clean_error(run(capsys, "keygen", str(tmp_path / "plain" / "x.key")), 1, "File exists", "plain")
+    assert_json_error(run(capsys, "keygen", str(tmp_path / "plain" / "x.key"), "--json"), 1, "file-exists")
+
+    def write_as(ident: Identity, urn: str) -> bool:
+        with CatalogClient(cluster.catalog.addresses, ident, cluster.admin.key_id) as c:
+            c.set(urn, "note", "hello")
+        return True
+
+    assert not snipe.catalog().is_admitted(bob.public_key)
+    assert run_json(capsys, "admit", "user", "bob", bob.key_id.upper(), "--admin-key-file", admin_key) == \
+        {"urn": "urn:snipe:user:bob", "key": bob.key_id}                 # stored lower-case, as ownership compares
+    wait_for(lambda: write_as(bob, "urn:snipe:user:bob"), 20, "bob's admitted key to write")
+
+    carol = Identity.generate()
+    for bad in ("nothex", carol.key_id[:-2]):
+        assert_json_error(run(capsys, "admit", "user", "carol", bad, "--admin-key-file", admin_key, "--json"),
+                          2, "usage", repr(bad), "not a key id")
+        assert_clean_error(run(capsys, "admit", "user", "carol", bad, "--admin-key-file", admin_key), 2,
+                           repr(bad), "64 hex characters")
+    assert_clean_error(run(capsys, "admit", "user", "carol", carol.key_id, "--admin-key-file",
+                           str(cluster.root / "user.key")), 1, "not this cluster's admin key")
+    assert_json_error(run(capsys, "admit", "user", "carol", carol.key_id, "--admin-key-file",
+                          str(tmp_path / "none.key"), "--json"), 1, "bad-config", "does not exist")
+    assert snipe.catalog().get("urn:snipe:user:carol").records == []        # nothing written
+    assert not snipe.catalog().is_admitted(carol.public_key)
+
+    drained = run_json(capsys, "drain", "h1", "--no-migrate", "--admin-key-file", admin_key)
+    assert drained["draining"] is True
+    wait_for(lambda: snipe.hosts()["urn:snipe:host:h1"].get("draining") is True, 10, "h1 to say it drains")
+    code, out, _ = run(capsys, "drain", "h1", "--off", "--admin-key-file", admin_key)
+    assert code == 0 and "urn:snipe:host:h1: taking tasks again" in out, out
+    wait_for(lambda: snipe.hosts()["urn:snipe:host:h1"].get("draining") is False, 10, "h1 to take tasks again")
+    assert run_json(capsys, "drain", "h1", "--off", "--admin-key-file", admin_key)["draining"] is False
+    assert_clean_error(run(capsys, "drain", "h1", "--off"), 1, "only the admin key")    # the user's may not
+    assert snipe.hosts()["urn:snipe:host:h1"].get("draining") is False
