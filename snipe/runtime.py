@@ -439,16 +439,52 @@ def messaging_stats() -> dict[str, dict[str, Any]]:
 
 
 async def send_async(urn: str, payload: bytes, tag: int = 0, **kw: Any) -> None:
-    """`send` for asyncio applications (blocks only a worker thread at the high-water mark)."""
+    """`send` for asyncio applications (blocks only a worker thread at the high-water mark). If
+    the caller is cancelled while the send waits for room, the message is still sent once room
+    comes (a send cannot be taken back); pass `timeout` to bound that wait."""
     import asyncio
     await asyncio.to_thread(send, urn, payload, tag, **kw)
 
 
+RECV_ASYNC_SLICE_S = 0.1      # a cancelled recv_async's worker thread gives up within this
+
+
 async def recv_async(source: str | None = None, tag: int | None = None, timeout: float | None = None
                      ) -> Message | None:
-    """`recv` for asyncio applications."""
+    """`recv` for asyncio applications. Cancelling it (asyncio.wait_for, a task group) loses no
+    message: one its worker thread took meanwhile goes back to the head of the inbox for the
+    next recv. The thread waits in slices, so a cancelled call does not leave it blocked."""
     import asyncio
-    return await asyncio.to_thread(recv, source, tag, timeout)
+    import threading
+
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        wait = RECV_ASYNC_SLICE_S if left is None else min(RECV_ASYNC_SLICE_S, left)
+        cancelled = threading.Event()
+
+        def take(wait: float = wait, cancelled: threading.Event = cancelled) -> Message | None:
+            m = recv(source, tag, wait)
+            if m is not None and cancelled.is_set():
+                _unread(m)       # its caller is gone: keep it for the next recv
+                return None
+            return m
+
+        fut = loop.run_in_executor(None, take)
+        try:
+            m = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            cancelled.set()      # the thread may still take one: `take` or this callback puts it back
+            fut.add_done_callback(lambda f: None if f.cancelled() or f.exception() is not None
+                                  or f.result() is None else _unread(f.result()))
+            raise
+        if m is not None or (left is not None and left <= wait):
+            return m
+
+
+def _unread(m: Message) -> None:
+    session().endpoint().unread(m)
 
 
 def catalog() -> CatalogClient:

@@ -456,6 +456,13 @@ class Endpoint:
                     return None
                 self.cond.wait(left)
 
+    def unread(self, m: Message) -> None:
+        """Put back a message a caller took but could not use (an asyncio recv cancelled while
+        its worker thread took it): at the head of the inbox, where it was."""
+        with self.cond:
+            self.inbox.appendleft(m)
+            self.cond.notify_all()
+
     def _take_match(self, source: str | None, tag: int | None) -> Message | None:
         with self.lock:
             for i, m in enumerate(self.inbox):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import textwrap
 import threading
+import time
 from pathlib import Path
+
+import pytest
 
 import snipe
 from snipe.localcluster import LocalCluster
@@ -41,6 +45,34 @@ def test_an_application_and_a_task_exchange_messages_in_order(cluster: LocalClus
     assert echo.wait(30)["exit_code"] == 0
     stats = snipe.messaging_stats()[echo.urn]
     assert stats["sent"] == 501 and stats["received"] == 500 and stats["route"].startswith("tcp://")
+
+
+def test_asyncio_receivers_cancelled_midway_lose_no_message(cluster: LocalCluster, tmp_path: Path) -> None:
+    """recv_async under asyncio.wait_for: a call cancelled while its worker thread waits must not
+    keep (and so lose) what arrives next; each echo arrives once and in order."""
+    echo = snipe.spawn(publish(tmp_path, "echo.py", ECHO), host="h2")
+    n = 200
+
+    async def main() -> list[int]:
+        for _ in range(5):               # callers that give up before anything came
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(snipe.recv_async(source=echo.urn), 0.05)
+        for i in range(n):
+            await snipe.send_async(echo.urn, i.to_bytes(4, "big"), tag=1)
+        got: list[int] = []
+        give_up = time.monotonic() + 60
+        while len(got) < n and time.monotonic() < give_up:
+            try:                         # short waits: many are cancelled while a thread waits
+                m = await asyncio.wait_for(snipe.recv_async(source=echo.urn), 0.01)
+            except TimeoutError:
+                continue
+            assert m is not None and not m.failed, m
+            got.append(int.from_bytes(m.payload, "big"))
+        return got
+
+    assert asyncio.run(main()) == list(range(n))
+    snipe.send(echo.urn, b"", tag=99)
+    assert echo.wait(30)["exit_code"] == 0
 
 
 SINK = textwrap.dedent('''
