@@ -47,16 +47,18 @@ def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.N
     ap.add_argument("--log-level", default=os.environ.get("SNIPE_LOG_LEVEL", "WARNING"))
     args = ap.parse_args(argv)
     file_cfg: dict[str, Any] = {}
-    file_catalog: list[str] = []
+    has_catalog_section = False
     if args.config:
-        file_cfg, file_catalog = read_config_file(Path(args.config))
+        file_cfg, has_catalog_section = read_config_file(Path(args.config))
 
     def pick(flag: Any, key: str, default: Any = None) -> Any:
         return flag if flag not in (None, []) else file_cfg.get(key, default)
 
     host_id, listen, state_dir, admin = (pick(args.host_id, "host_id"), pick(args.listen, "listen"),
                                          pick(args.state_dir, "state_dir"), pick(args.admin_key, "admin_key"))
-    catalog = pick(args.catalog, "catalog", []) or file_catalog
+    catalog = pick(args.catalog, "catalog", [])
+    if not catalog and has_catalog_section:
+        catalog = [str(a) for a in discovery.from_config(args.config)]      # DNS, if it names a domain
     for name, value in (("host_id", host_id), ("listen", listen), ("state_dir", state_dir),
                         ("admin_key", admin), ("catalog", catalog)):
         if not value:
@@ -92,9 +94,10 @@ DAEMON_KEYS: dict[str, tuple[type, ...]] = {
 LINK_KEYS = ("bandwidth_mbps", "latency_us")
 
 
-def read_config_file(path: Path) -> tuple[dict[str, Any], list[str]]:
-    """The checked [daemon] table of `path`, and the replicas its [catalog] section names (the
-    section applications read, conf/client.toml: a list and/or DNS SRV records)."""
+def read_config_file(path: Path) -> tuple[dict[str, Any], bool]:
+    """The checked [daemon] table of `path`, and whether it has a [catalog] section (the one
+    applications read, conf/client.toml: a list and/or DNS SRV records; checked here, resolved
+    only if neither --catalog nor daemon.catalog names the replicas)."""
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -103,6 +106,8 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[str]]:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    if "catalog" in raw:
+        discovery.check_config(path)
     unknown = sorted(set(raw) - {"daemon", "catalog"})
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; snipe-daemon reads [daemon] and [catalog]")
@@ -123,10 +128,7 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], list[str]]:
         if not isinstance(speeds, dict) or set(speeds) - set(LINK_KEYS) or not all(
                 isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in speeds.values()):
             raise ConfigError(f"{path}: daemon.links.{link} must be a table of non-negative {' and '.join(LINK_KEYS)}")
-    catalog: list[str] = []
-    if "catalog" in raw:
-        catalog = [str(a) for a in discovery.from_config(path)]
-    return table, catalog
+    return table, ("catalog" in raw)
 
 
 def main(argv: list[str] | None = None) -> int:

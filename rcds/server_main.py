@@ -93,6 +93,10 @@ def load_config(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.N
     key_file = pick(args.key_file, "key_file", str(Path(data_dir) / "replica.key"))
     peers = [parse_peer(p) for p in args.peer]
     for i, p in enumerate(peers_cfg):
+        extra = sorted(set(p) - {"id", "endpoint", "key"}) if isinstance(p, dict) else []
+        if extra:
+            raise ConfigError(f"{args.config}: peers[{i}] has no key {', '.join(map(repr, extra))}; "
+                              "a peer has id, endpoint and key")
         try:
             peers.append(PeerInfo(str(p["id"]), str(p["endpoint"]), public_key_from_id(str(p["key"]))))
         except (KeyError, TypeError, SnipeError) as exc:

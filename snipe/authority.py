@@ -154,12 +154,12 @@ def superseded(a: Assertion, held: Iterable[Assertion]) -> bool:
     """Whether `held` (one URN's records) shows how the signer of `a`, a record a reader does not
     believe, could once write it: its own `_owner` claim (it lost the race for the URN to a claim
     with an earlier timestamp that reached the replica later, or an admin took the URN over), a
-    `_delegate.` record naming it (since revoked or narrowed), or a `_delegate.*` covering the name
-    (granted by a claimant that lost the URN). Replicas judge a write by the owner they hold when
+    `_delegate.` record naming it, or a `_delegate.*` (granted by a claimant that lost the URN,
+    or since revoked or narrowed). Replicas judge a write by the owner they hold when
     it arrives, so such records are genuine and stored everywhere: a reader drops them without
-    counting them against the replica. Each of these records is signed, so none can be forged;
-    a replica that hides a grant to make a delegate's records look unauthorized still looks
-    suspect unless the URN's own history explains them."""
+    counting them against the replica. That gives a tampered replica nothing it did not have:
+    it could always leave a record out, which no reader can tell from never having had it.
+    A record nothing in the URN's history explains still counts against its replica."""
     signer = a.signer
     own_delegation = DELEGATE_PREFIX + signer.hex()
     for h in held:
@@ -167,7 +167,6 @@ def superseded(a: Assertion, held: Iterable[Assertion]) -> bool:
             return True
         if h.name == own_delegation:
             return True
-        if (h.name == DELEGATE_PREFIX + ANY_KEY and isinstance(h.value, list) and not is_reserved(a.name)
-                and any(isinstance(p, str) and a.name.startswith(p) for p in h.value)):
-            return True
+        if h.name == DELEGATE_PREFIX + ANY_KEY and not is_reserved(a.name):
+            return True         # a delegation to every key, since narrowed or revoked ([])
     return False

@@ -203,6 +203,9 @@ class _CatalogSection:
     dns_timeout: float = 2.0
 
 
+CATALOG_KEYS = ("replicas", "srv_domain", "dns_server", "dns_timeout")
+
+
 def _read_catalog_section(path: Path) -> _CatalogSection:
     """The [catalog] section of a TOML file, checked; an absent section reads as empty."""
     try:
@@ -222,6 +225,10 @@ def _read_catalog_section(path: Path) -> _CatalogSection:
     section = document.get("catalog", {})
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: 'catalog' must be a table ([catalog]), not a {type(section).__name__}")
+    unknown = sorted(set(section) - set(CATALOG_KEYS))
+    if unknown:         # a misspelt key would otherwise be ignored in silence
+        raise ConfigError(f"{path}: [catalog] has no key {', '.join(map(repr, unknown))}; "
+                          f"it has {', '.join(CATALOG_KEYS)}")
 
     replicas: list[ReplicaAddress] = []
     raw = section.get("replicas", [])
@@ -290,6 +297,12 @@ def _resolve_section(
     listed = {address.endpoint for address in result}
     result.extend(address for address in found if address.endpoint not in listed)
     return result
+
+
+def check_config(path: str | os.PathLike[str]) -> None:
+    """Check the `[catalog]` section of a TOML file without resolving it (no DNS): ConfigError
+    names the file and key of anything unusable."""
+    _read_catalog_section(Path(path))
 
 
 def from_config(path: str | os.PathLike[str], *, rng: random.Random | None = None) -> list[ReplicaAddress]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import signal
@@ -57,13 +58,24 @@ def _ephemeral_low() -> int:
 
 
 def toml_document(tables: dict[str, dict[str, str | float | int | list[str]]]) -> str:
-    """A TOML file of flat tables of strings, numbers and lists of strings (tomllib only reads).
-    JSON's string escapes are valid in TOML basic strings."""
+    """A TOML file of flat tables of strings, finite numbers and lists of strings (tomllib only
+    reads). JSON's escapes are TOML's, once characters outside the BMP are left as they are
+    (JSON would write surrogate pairs, which TOML refuses) and DEL is escaped (TOML wants it)."""
+    def value_text(v: object) -> str:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{v!r} cannot be written to a config file; give a finite number")
+        text = json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{v!r} holds an undecodable file name; use a path that is valid UTF-8") from None
+        return text
+
     lines: list[str] = []
     for name, table in tables.items():
         lines.append(f"[{name}]")
         for key, value in table.items():
-            lines.append(f"{key} = {json.dumps(value)}")
+            lines.append(f"{key} = {value_text(value)}")
         lines.append("")
     return "\n".join(lines)
 

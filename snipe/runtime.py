@@ -634,8 +634,9 @@ class Process:
                     pending = ev.record.value if isinstance(ev.record.value, list) else []
                 if host_watch is not None:
                     hev = host_watch.next(0)
+                    # a watch is by prefix: urn:snipe:host:h1 also hears h10..h19
                     if hev is not None and hev.kind == "expire" and hev.record is not None \
-                            and hev.record.name == "alive":
+                            and hev.record.urn == host and hev.record.name == "alive":
                         yield ProcessEvent(seen + 1, "host-lost", time.time(), None,
                                            f"{host}'s lease expired: its daemon is gone or cut off")
                         return

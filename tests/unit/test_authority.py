@@ -319,13 +319,15 @@ def test_superseded_explains_records_a_claim_race_or_a_revocation_left_behind():
     assert owner(held).signer == BOB.public_key
     assert [b for b, _ in bad] == [alice_open, dave_member, carol_note]
     assert all(authority.superseded(b, held) for b, _ in bad)
-    # nothing in the URN's history explains a stranger's record, a name alice's grant did not
-    # cover, or a record of a delegate whose grant is missing (a replica may be hiding it)
+    # a delegation to every key, even one since revoked, explains any delegate's record
+    revoked_open = delegate(BOB, GROUP, "*", [], at=6)
+    assert authority.superseded(put(dave, GROUP, "note", "x", at=6), [bob_claim, revoked_open])
+    # nothing in the URN's history explains a stranger's record, or a record of a delegate
+    # whose grant is missing (a replica may be hiding it), or a reserved name by a non-owner
     stranger_note = put(STRANGER, GROUP, "note", "x", at=6)
-    dave_note = put(dave, GROUP, "note", "x", at=6)
-    assert not authority.superseded(stranger_note, held)
-    assert not authority.superseded(dave_note, held)
+    assert not authority.superseded(stranger_note, [bob_claim, grant_carol])
     assert not authority.superseded(carol_note, [bob_claim, carol_note])
+    assert not authority.superseded(delegate(dave, GROUP, CAROL, [""], at=6), [bob_claim, alice_open])
 
 
 def test_reserved_names():

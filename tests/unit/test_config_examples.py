@@ -12,6 +12,7 @@ from snipe_daemon.main import load_config as load_daemon_config
 
 from rcds.server_main import load_config as load_replica_config
 from snipe.errors import ConfigError
+from snipe.localcluster import toml_document
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -48,6 +49,7 @@ def test_the_replica_example_loads_as_shipped(tmp_path: Path) -> None:
     ("[daemon]\nhost_id = 'a'\nlease_s = 'ten'\n", ["daemon.lease_s must be int or float", "not str"]),
     ("[daemon]\nhost_id = 'a'\n[daemon.links.eth0]\nbandwidth = 1000\n", ["daemon.links.eth0", "bandwidth_mbps"]),
     ("[daemon]\nhost_id = 'a'\n[catalog]\nreplicas = 'tcp://x:1'\n", ["catalog.replicas must be a list"]),
+    ("[daemon]\nhost_id = 'a'\n[catalog]\ndns_sever = '10.0.0.1'\n", ["no key 'dns_sever'", "dns_server"]),
     ("[daemon\n", ["not valid TOML"]),
 ])
 def test_a_daemon_config_mistake_is_an_error_naming_it(tmp_path: Path, text: str, words: list[str]) -> None:
@@ -65,3 +67,26 @@ def test_a_replica_config_mistake_is_an_error_naming_it(tmp_path: Path) -> None:
         load_replica_config(["--config", str(path)])
     with pytest.raises(ConfigError, match="does not exist"):
         load_replica_config(["--config", str(tmp_path / "missing.toml")])
+    path.write_text("[replica]\nid = 'r1'\nlisten = 'tcp://127.0.0.1:1'\ndata_dir = 'x'\nadmin_key = '" + "ab" * 32
+                    + "'\n[[peers]]\nid = 'r2'\nendpoint = 'tcp://a:1'\nkye = 'ab'\n")
+    with pytest.raises(ConfigError, match=r"peers\[0\] has no key 'kye'"):
+        load_replica_config(["--config", str(path)])
+
+
+def test_flags_naming_the_replicas_leave_the_files_catalog_section_unresolved(tmp_path: Path) -> None:
+    """An SRV-only [catalog] whose DNS is down does not stop a daemon told its replicas."""
+    path = tmp_path / "d.toml"
+    path.write_text("[daemon]\nhost_id = 'a'\n[catalog]\nsrv_domain = 'nowhere.invalid'\n"
+                    "dns_server = '127.0.0.1:9'\ndns_timeout = 0.2\n")
+    admin = "ab" * 32
+    cfg, _ = load_daemon_config(["--config", str(path), "--state-dir", str(tmp_path), "--listen", "tcp://127.0.0.1:1",
+                                 "--admin-key", admin, "--catalog", "tcp://127.0.0.1:2"])
+    assert cfg.catalog == ["tcp://127.0.0.1:2"]
+
+
+def test_a_config_file_keeps_any_path_a_local_cluster_writes() -> None:
+    tables = {"daemon": {"state_dir": '/tmp/\U0001f600 é "q" \\ x\x7fy\tz', "lease_s": 2.0, "n": 3},
+              "catalog": {"replicas": ["tcp://a:1#ab"]}}
+    assert tomllib.loads(toml_document(tables)) == tables
+    with pytest.raises(ConfigError, match="finite"):
+        toml_document({"daemon": {"lease_s": float("inf")}})
