@@ -163,9 +163,11 @@ def superseded(a: Assertion, held: Iterable[Assertion]) -> bool:
     signer = a.signer
     own_delegation = DELEGATE_PREFIX + signer.hex()
     for h in held:
+        if h is a:
+            continue
         if h.name == OWNER and h.signer == signer:
             return True
-        if h.name == own_delegation:
+        if h.name == own_delegation and h.signer != signer:     # a key cannot vouch for itself
             return True
         if h.name == DELEGATE_PREFIX + ANY_KEY and not is_reserved(a.name):
             return True         # a delegation to every key, since narrowed or revoked ([])

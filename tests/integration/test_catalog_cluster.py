@@ -112,15 +112,19 @@ def test_a_lost_claim_race_and_a_revoked_delegation_leave_records_readers_drop_w
         # a record nothing in the URN's history explains still counts against its replica
         stranger = Identity.generate()
         catalog.admit(stranger, "stranger")
-        forged_in = make_assertion(stranger, group, "note", "hijacked", hlc.pack(now_ms(), 0))
+        proc = "urn:snipe:proc:raced"
+        alice_c.claim(proc, w=3)
         store = LmdbStorage(catalog.replicas[0].data_dir)
         with store.write() as txn:
-            txn.store(forged_in, None, None, None)
+            for forged_in in (make_assertion(stranger, proc, "note", "hijacked", hlc.pack(now_ms(), 0)),
+                              make_assertion(stranger, proc, f"_delegate.{stranger.key_id}", [""],
+                                             hlc.pack(now_ms(), 0))):
+                txn.store(forged_in, None, None, None)
         store.close()
         with CatalogClient([catalog.replicas[0].address], user, catalog.admin.key_id, r=1) as lone:
             with pytest.raises(QuorumError):
-                lone.get(group, timeout=2)
-            assert lone.suspect_total >= 1
+                lone.get(proc, timeout=2)
+            assert lone.suspect_total == 2
 
 
 def test_a_tampered_replica_cannot_feed_a_watcher_a_record_or_an_expiry(catalog: LocalCatalog, user: Identity) -> None:

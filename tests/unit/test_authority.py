@@ -328,6 +328,8 @@ def test_superseded_explains_records_a_claim_race_or_a_revocation_left_behind():
     assert not authority.superseded(stranger_note, [bob_claim, grant_carol])
     assert not authority.superseded(carol_note, [bob_claim, carol_note])
     assert not authority.superseded(delegate(dave, GROUP, CAROL, [""], at=6), [bob_claim, alice_open])
+    self_vouched = delegate(dave, GROUP, dave, [""], at=6)             # a key cannot vouch for itself
+    assert not authority.superseded(self_vouched, [bob_claim, self_vouched])
 
 
 def test_reserved_names():
