@@ -64,6 +64,9 @@ REFUSED_RETRY_S = 0.25       # a refused handshake is tried again this soon: the
 BELIEVED_RECORDS = 20_000    # verified records remembered by their bytes, so a repeat read skips the work,
 BELIEVED_MAX_BYTES = 4096    # if they are at most this big
 WATCH_AUTHORITY_URNS = 10_000   # URNs whose ownership records a watch keeps for judging its events
+ADMITTED_FOR_S = 30.0        # a claimant found admitted is believed so for this long (then checked again)
+NOT_ADMITTED_FOR_S = 1.0     # ... and one found not admitted (it may be admitted any moment)
+ADMISSION_KEYS = 10_000      # claimant keys remembered
 
 # plain ints: pyzmq's enum flags cost microseconds on every call
 _POLLIN, _NOBLOCK = int(zmq.POLLIN), int(zmq.NOBLOCK)
@@ -157,6 +160,8 @@ class CatalogClient:
         self.suspect_total = 0            # rejections that make a replica's answer untrustworthy
         self._cache: dict[str, tuple[float, Entry, int | None]] = {}   # urn -> (when, entry, its next expiry)
         self._believed: OrderedDict[bytes, Assertion] = OrderedDict()
+        self._admission: dict[bytes, tuple[bool, float]] = {}     # key -> (admitted, until when)
+        self._admission_checking: set[bytes] = set()
         self._links_checked = 0.0
         self._put_s = PUT_FIRST_GUESS_S     # moving average of a W-acknowledged put's time
         self._turn = 1.0           # moving average of the client puts a replica stored in the turn of ours
@@ -527,6 +532,7 @@ class CatalogClient:
             by_urn.setdefault(a.urn, []).append(a)
         out = []
         for urn_records in by_urn.values():
+            urn_records = self._admitted_claims(endpoint, urn_records)
             good, bad = authority.visible(urn_records, self.admin_key, now)
             # An owner claim that ran out (a lease) or was deleted leaves the URN's other records
             # without authority, and so does a claim race lost or a delegation revoked
@@ -539,6 +545,41 @@ class CatalogClient:
                 self._reject(endpoint, f"{a.describe()}: {why}", a, suspect=not genuine)
             out.extend(good)
         return out
+
+    def _admitted_claims(self, endpoint: str, urn_records: list[Assertion]) -> list[Assertion]:
+        """`urn_records` without the ownership claims of keys the cluster has not admitted.
+        Replicas refuse such claims, so one only comes from a tampered replica, and it would make
+        the key it names the URN's owner (the earliest claim wins) and its forged records believed."""
+        claims = [a for a in urn_records if a.name == authority.OWNER and a.signer != self.admin_key]
+        if not claims:
+            return urn_records
+        refused = [a for a in claims if not self._claimant_admitted(a.signer)]
+        for a in refused:
+            self._reject(endpoint, f"{a.describe()}: claimed by a key the cluster has not admitted", a)
+        return [a for a in urn_records if not any(a is r for r in refused)] if refused else urn_records
+
+    def _claimant_admitted(self, key: bytes) -> bool:
+        """`is_admitted`, remembered for a while (a few keys own most URNs: users, hosts, tasks).
+        A key whose check is under way counts as not admitted: a tampered replica could name,
+        as what admits a key, a URN that key claims itself."""
+        now = time.monotonic()
+        known = self._admission.get(key)
+        if known is not None and known[1] > now:
+            return known[0]
+        if key in self._admission_checking:
+            return False
+        self._admission_checking.add(key)
+        try:
+            ok = self.is_admitted(key)
+        except SnipeError as exc:          # no answer: judge it again on the next read
+            log.info("cannot check whether key %s… is admitted: %s", key.hex()[:16], exc)
+            return False
+        finally:
+            self._admission_checking.discard(key)
+        self._admission[key] = (ok, now + (ADMITTED_FOR_S if ok else NOT_ADMITTED_FOR_S))
+        if len(self._admission) > ADMISSION_KEYS:
+            self._admission.pop(next(iter(self._admission)))
+        return ok
 
     def _quorum_read(self, kind: str, body: dict[str, Any], r: int | None, timeout: float | None
                      ) -> dict[tuple[str, str, bytes], Assertion]:

@@ -159,6 +159,32 @@ def test_a_tampered_replica_cannot_feed_a_watcher_a_record_or_an_expiry(catalog:
         w.close()
 
 
+def test_a_tampered_replica_cannot_hand_a_urn_to_a_key_of_its_own(catalog: LocalCatalog, user: Identity) -> None:
+    """The earliest claim owns a URN, so a tampered replica could add a claim older than the
+    owner's, signed by a key it made up, and then that key's records about the URN. Readers
+    believe a claim only from a key the cluster admitted: the replica's answer does not count,
+    and the value is read from the others."""
+    from rcds.store import LmdbStorage
+
+    urn = "urn:snipe:proc:coveted"
+    with catalog.client(user) as c:
+        c.claim(urn, w=3)
+        c.set(urn, "state", "running", w=3)
+    made_up = Identity.generate()                                   # never admitted
+    early = hlc.pack(now_ms() - 60_000, 0)
+    store = LmdbStorage(catalog.replicas[0].data_dir)
+    with store.write() as txn:
+        txn.store(make_assertion(made_up, urn, "_owner", made_up.key_id, early), None, None, None)
+        txn.store(make_assertion(made_up, urn, "state", "exited", hlc.pack(now_ms(), 0)), None, None, None)
+    store.close()
+    with CatalogClient(catalog.addresses, user, catalog.admin.key_id, r=1) as reader:   # replica 0 first
+        entry = reader.get(urn)
+        assert entry.value("state", now_ms()) == "running"
+        assert entry.owner(catalog.admin.public_key, now_ms()) == user.key_id
+        assert any("not admitted" in r.reason and r.replica == catalog.replicas[0].endpoint for r in reader.rejected)
+        assert reader.suspect_total >= 1
+
+
 def test_watch_across_a_replica_crash_misses_nothing(catalog: LocalCatalog, user: Identity) -> None:
     with catalog.client(user) as writer, catalog.client(user) as watcher:
         writer.claim("urn:snipe:proc:w")
