@@ -64,6 +64,8 @@ REFUSED_RETRY_S = 0.25       # a refused handshake is tried again this soon: the
 BELIEVED_RECORDS = 20_000    # verified records remembered by their bytes, so a repeat read skips the work,
 BELIEVED_MAX_BYTES = 4096    # if they are at most this big
 WATCH_AUTHORITY_URNS = 10_000   # URNs whose ownership records a watch keeps for judging its events
+WATCH_EXPIRING = 10_000      # expiries a watch holds until their lease runs out by this clock
+WATCH_MIN_READ_S = 0.25      # how long a watch's next() may read a URN's ownership, whatever its timeout
 ADMITTED_FOR_S = 30.0        # a claimant found admitted is believed so for this long (then checked again)
 NOT_ADMITTED_FOR_S = 1.0     # ... and one found not admitted (it may be admitted any moment)
 ADMISSION_KEYS = 10_000      # claimant keys remembered
@@ -816,57 +818,95 @@ class Watch:
             if a is not None:
                 self.unjudged.append((kind, a, rev, endpoint))
 
-    def _judge(self) -> None:
+    def _judge(self, deadline: float) -> None:
         """Deliver what came, in order, by the rules a read applies (readers trust keys, not
-        servers): a record its signer could not write is dropped and reported, not delivered, and
-        an expiry only once the record's own signed lease has run out by this clock. Without this
-        a tampered replica could feed a watcher any admitted key's record about any URN, or tell
-        it a lease ran out that had not."""
+        servers): a record its signer could not write is dropped and reported, not delivered; an
+        expiry only of a record this watch holds no newer version of, once the record's own
+        signed lease has run out by this clock. Without this a tampered replica could feed a
+        watcher any admitted key's record about any URN, or tell it a lease ran out that had not.
+        Ownership and delegation changes are not taken from the event stream: the URN's are read
+        again (a read checks that each claimant is admitted). Reads stop at `deadline`."""
         now = now_ms()
-        if self.expiring:
-            due = [e for e in self.expiring if e[0].expires_at_ms is not None and e[0].expires_at_ms <= now]
-            self.expiring = [e for e in self.expiring if e not in due]
-            self.queue.extend(WatchEvent("expire", a, rev, endpoint) for a, rev, endpoint in due)
         while self.unjudged:
             kind, a, rev, endpoint = self.unjudged[0]
-            if kind == "expire":
-                self.unjudged.popleft()
-                if a.expires_at_ms is None:
-                    self.client._reject(endpoint, f"{a.describe()}: reported expired but it has no lease", a)
-                elif a.expires_at_ms > now:
-                    self.expiring.append((a, rev, endpoint))
-                else:
-                    self.queue.append(WatchEvent("expire", a, rev, endpoint))
-                continue
-            held = self._authority_of(a.urn)
+            if authority.is_reserved(a.name):
+                self.reserved.pop(a.urn, None)           # read them again, judged as a read judges
+            held = self._authority_of(a.urn, deadline)
             if held is None:
-                return                              # no replica answered: judged on the next call
+                return                              # no replica answered in time: judged on the next call
             self.unjudged.popleft()
             if authority.is_reserved(a.name):
                 known = held.get(a.key)
-                if known is None or known.rank < a.rank:
-                    held[a.key] = a
-            records = [*(h for k, h in held.items() if k != a.key), a]
+                if known is not None and known.rank >= a.rank:
+                    self._take(kind, a, rev, endpoint, now)
+                else:
+                    log.info("watch %s: %s is not what a read of %s believes; not delivered", self.prefix,
+                             a.describe(), a.urn)
+                continue
+            records = [*held.values(), a]
             good, bad = authority.visible(records, self.client.admin_key, now)
             if any(g is a for g in good):
-                if self._fresh(a):
-                    self._deliver("delete" if a.deleted else "put", a, rev)
+                self._take(kind, a, rev, endpoint, now)
                 continue
             why = bad[[b for b, _ in bad].index(a)][1] if any(b is a for b, _ in bad) else "not believed"
             lapsed = any(h.name == authority.OWNER for h in records) and \
                 authority.effective_owner(records, self.client.admin_key, now) is None
             self.client._reject(endpoint, f"{a.describe()}: {why}", a,
                                 suspect=not (lapsed or authority.superseded(a, records)))
+        self._release_expiries(now, deadline)
 
-    def _authority_of(self, urn: str) -> dict[tuple[str, str, bytes], Assertion] | None:
-        """The ownership and delegation records of `urn` this watch knows (read once, then kept
-        current by the watch's own events about them); None if no replica answered."""
+    def _take(self, kind: str, a: Assertion, rev: int, endpoint: str, now: int) -> None:
+        """A believed event: a put or delete is delivered if it is news; an expiry waits in
+        `expiring` until its lease has run out by this clock (see _release_expiries)."""
+        if kind != "expire":
+            if self._fresh(a):
+                self._deliver("delete" if a.deleted else "put", a, rev)
+        elif a.expires_at_ms is None:
+            self.client._reject(endpoint, f"{a.describe()}: reported expired but it has no lease", a)
+        elif self._current(a):
+            if len(self.expiring) >= WATCH_EXPIRING:
+                self.expiring.pop(0)
+            self.expiring.append((a, rev, endpoint))
+
+    def _release_expiries(self, now: int, deadline: float) -> None:
+        """Deliver the expiries that are due, unless a newer version of the record exists (a
+        renewal, or a replay of an old lease by a tampered replica): what this watch delivered,
+        and failing that a read of the name, tell. An expiry a read could not settle waits."""
+        due = [e for e in self.expiring if e[0].expires_at_ms is not None and e[0].expires_at_ms <= now]
+        for e in due:
+            a, rev, endpoint = e
+            if self._current(a) and a.key not in self.delivered:
+                left = deadline - time.monotonic()
+                try:
+                    newest = self.client.get(a.urn, a.name, timeout=left) if left > 0 else None
+                except SnipeError:
+                    newest = None
+                if newest is None:
+                    continue                            # not settled: asked again on the next call
+                if any(n.key == a.key and n.rank > a.rank for n in newest.records):
+                    self.expiring.remove(e)
+                    continue
+            self.expiring.remove(e)
+            if self._current(a):
+                self.queue.append(WatchEvent("expire", a, rev, endpoint))
+
+    def _current(self, a: Assertion) -> bool:
+        """Whether no newer version of `a` (same URN, name and writer) was delivered."""
+        seen = self.delivered.get(a.key)
+        return seen is None or seen <= a.rank
+
+    def _authority_of(self, urn: str, deadline: float) -> dict[tuple[str, str, bytes], Assertion] | None:
+        """The ownership and delegation records of `urn`, as a read believes them (read once,
+        and again after each event about them); None if no replica answered by `deadline`."""
         held = self.reserved.get(urn)
         if held is not None:
             self.reserved.move_to_end(urn)
             return held
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
         try:
-            entry = self.client.get(urn, authority.OWNER)     # a name's read brings the URN's reserved names
+            entry = self.client.get(urn, authority.OWNER, timeout=left)   # brings the URN's reserved names
         except SnipeError as exc:
             log.info("watch %s: cannot read the ownership of %s yet: %s", self.prefix, urn, exc)
             return None
@@ -896,6 +936,7 @@ class Watch:
         self._catch_up_here()
 
     def _catch_up_here(self) -> None:
+        self.reserved.clear()          # what changed while we were away is read again
         state = self.client.query(self.prefix, r=1, timeout=self.client.timeout)
         for entry in state.values():
             for a in entry.records:
@@ -906,14 +947,16 @@ class Watch:
     def next(self, timeout: float | None = None) -> WatchEvent | None:
         """The next change, or None if none came within `timeout` seconds."""
         deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
-        self._judge()
+        # judging may read (a URN's ownership): at least a short one even for next(0)
+        reads_until = max(deadline, time.monotonic() + WATCH_MIN_READ_S)
+        self._judge(reads_until)
         while not self.queue:
             self._health()
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             self.client._pump(min(left, 0.1))
-            self._judge()
+            self._judge(max(deadline, time.monotonic() + WATCH_MIN_READ_S))
         return self.queue.popleft()
 
     def __iter__(self) -> Iterator[WatchEvent]:

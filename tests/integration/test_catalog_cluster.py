@@ -138,12 +138,15 @@ def test_a_tampered_replica_cannot_feed_a_watcher_a_record_or_an_expiry(catalog:
     urn = "urn:snipe:proc:watched"
     with catalog.client(user) as c, only(catalog, 0, user) as watcher:
         c.claim(urn, w=3)
+        before = c.put([c.sign(urn, "up", True, ttl=30.0)], w=3).records[0]      # written before the watch
         w = watcher.watch(urn)
         lease = c.put([c.sign(urn, "alive", True, ttl=30.0)], w=3).records[0]
+        past = hlc.pack(now_ms() - 10_000, 0)
         store = LmdbStorage(catalog.replicas[0].data_dir)
         with store.write() as txn:
             txn.store(make_assertion(mallory, urn, "state", "exited", hlc.pack(now_ms(), 0)), None, None, None)
             txn.log_expiry(lease)                       # 30 s early
+            txn.log_expiry(make_assertion(user, urn, "up", True, past, ttl_ms=1000))   # an old lease, replayed
         store.close()
         c.set(urn, "state", "running", w=3)
         seen = []
@@ -153,9 +156,14 @@ def test_a_tampered_replica_cannot_feed_a_watcher_a_record_or_an_expiry(catalog:
             if ev is not None and ev.record is not None:
                 seen.append((ev.record.name, ev.record.value if ev.kind != "expire" else "expired"))
         assert ("state", "running") in seen and ("state", "exited") not in seen, seen
-        assert ("alive", "expired") not in seen
+        assert ("alive", "expired") not in seen and ("up", "expired") not in seen, seen
         assert watcher.suspect_total == 1 and "neither owner nor delegate" in watcher.rejected[-1].reason
-        assert w.expiring and w.expiring[0][0].name == "alive"      # held until its lease runs out
+        # the early expiry waits for its lease to run out; once the lease is renewed it never comes
+        assert [e[0] for e in w.expiring] == [lease] and before.ts > past
+        c.put([c.sign(urn, "alive", True, ttl=30.0)], w=3)
+        wait_for(lambda: (ev := w.next(0.2)) is not None and ev.record is not None and ev.record.name == "alive",
+                 10, "the renewal")
+        assert not w._current(lease)
         w.close()
 
 
@@ -183,6 +191,38 @@ def test_a_tampered_replica_cannot_hand_a_urn_to_a_key_of_its_own(catalog: Local
         assert entry.owner(catalog.admin.public_key, now_ms()) == user.key_id
         assert any("not admitted" in r.reason and r.replica == catalog.replicas[0].endpoint for r in reader.rejected)
         assert reader.suspect_total >= 1
+
+
+def test_a_tampered_replica_cannot_hand_a_watched_urn_to_a_key_of_its_own(catalog: LocalCatalog,
+                                                                         user: Identity) -> None:
+    """The watch's version of the forged claim above: a claim older than the owner's by a key
+    nobody admitted, and that key's record, fed to a watcher as events. Ownership changes are
+    read again (from the other replicas when this one's answer does not hold up), so neither is
+    delivered, and the owner's next write is."""
+    from rcds.store import LmdbStorage
+
+    urn = "urn:snipe:proc:watched-owner"
+    made_up = Identity.generate()
+    with catalog.client(user) as c, CatalogClient(catalog.addresses, user, catalog.admin.key_id) as watcher:
+        c.claim(urn, w=3)
+        w = watcher.watch(urn)
+        assert w.conn is not None and w.conn.address.endpoint == catalog.replicas[0].endpoint
+        store = LmdbStorage(catalog.replicas[0].data_dir)
+        with store.write() as txn:
+            txn.store(make_assertion(made_up, urn, "_owner", made_up.key_id, hlc.pack(now_ms() - 60_000, 0)),
+                      None, None, None)
+            txn.store(make_assertion(made_up, urn, "state", "exited", hlc.pack(now_ms(), 0)), None, None, None)
+        store.close()
+        c.set(urn, "state", "running", w=3)
+        seen = []
+        deadline = time.monotonic() + 20
+        while ("state", "running") not in seen and time.monotonic() < deadline:
+            ev = w.next(0.5)
+            if ev is not None and ev.record is not None:
+                seen.append((ev.record.name, ev.record.value))
+        assert seen == [("state", "running")], seen
+        assert watcher.suspect_total >= 1
+        w.close()
 
 
 def test_watch_across_a_replica_crash_misses_nothing(catalog: LocalCatalog, user: Identity) -> None:
