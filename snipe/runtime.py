@@ -129,22 +129,39 @@ def runtime_home() -> Path:
     return Path(base) / "snipe" if base else Path(f"/tmp/snipe-{os.getuid()}")
 
 
-# cluster.json records, for every process the cluster started, its PID, create time and command
-# line: a PID alone may name an unrelated process once the cluster is gone (after a reboot PIDs are
-# reused), and `cluster down` must never signal those. psutil derives create times from the boot
-# time, which two processes may read a second apart, hence the slack.
+# cluster.json records, for every process the cluster started, its PID, boot id and start tick
+# (on Linux; else its create time) and command line: a PID alone may name an unrelated process once
+# the cluster is gone (after a reboot PIDs are reused), and `cluster down` must never signal those.
+# Where only create times are known: psutil derives them from the boot time, which two processes
+# may read a second apart, hence the slack.
 CREATE_TIME_SLACK_S = 1.0
 _CLUSTER_MODULES = ("rcds.server_main", "snipe_daemon.main")
 _PATH_FLAGS = ("--data-dir", "--state-dir", "--config", "--key-file", "--ready-file")
+
+
+def _boot_and_start(pid: int) -> tuple[str, int] | None:
+    """(this boot's id, the process's start in clock ticks since boot) from /proc: unlike a
+    create time in wall-clock seconds (psutil adds the boot time, which moves when the clock is
+    stepped: NTP, a VM resumed), it names one process of one boot exactly. None off Linux."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return boot, int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _process_record(pid: int) -> dict[str, Any]:
     try:
         p = psutil.Process(pid)
         with p.oneshot():
-            return {"pid": pid, "create_time": p.create_time(), "cmdline": p.cmdline()}
+            record = {"pid": pid, "create_time": p.create_time(), "cmdline": p.cmdline()}
     except psutil.Error:       # already gone: a record that matches no live process
         return {"pid": pid, "create_time": None, "cmdline": []}
+    started = _boot_and_start(pid)
+    if started is not None:
+        record["boot_id"], record["start_ticks"] = started
+    return record
 
 
 def _looks_like_ours(p: psutil.Process, cmdline: list[str], root: Path) -> bool:
@@ -176,8 +193,11 @@ def _verified(pid: int, record: dict[str, Any] | None, root: Path) -> tuple[psut
         return None, "belongs to another user now (cannot be inspected), so it is not the cluster's"
     if record is not None:
         want = record.get("create_time")
-        if isinstance(want, int | float) and abs(created - want) <= CREATE_TIME_SLACK_S \
-                and cmdline == record.get("cmdline"):
+        if "start_ticks" in record:
+            same = _boot_and_start(pid) == (record.get("boot_id"), record.get("start_ticks"))
+        else:
+            same = isinstance(want, int | float) and abs(created - want) <= CREATE_TIME_SLACK_S
+        if same and cmdline == record.get("cmdline"):
             return p, ""
         return None, (f"is now another process (started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(created))}"
                       f": {' '.join(cmdline)[:120]!r}), so the cluster's process is gone")

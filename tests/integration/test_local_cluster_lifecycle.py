@@ -112,6 +112,19 @@ def test_down_of_an_old_cluster_json_stops_only_what_is_plainly_this_clusters(
     assert stranger.poll() is None
 
 
+def test_a_clock_step_does_not_make_the_clusters_processes_strangers(home: Path) -> None:
+    """Create times move with the wall clock (psutil adds the boot time); the boot id and start
+    tick recorded with them do not, and a different start tick is another process."""
+    desc = up(home)
+    assert all(isinstance(r["start_ticks"], int) and r["boot_id"] for r in desc["processes"])
+    stepped = _rewrite(home, lambda d: [r.update(create_time=r["create_time"] + 3600) for r in d["processes"]])
+    assert _cluster_alive(stepped, home)
+    other = _rewrite(home, lambda d: [r.update(start_ticks=r["start_ticks"] + 1) for r in d["processes"]])
+    assert not _cluster_alive(other, home)
+    _rewrite(home, lambda d: d.update(processes=desc["processes"]))        # so that `down` knows them again
+    assert sorted(stop_embedded_report(home)["signalled"]) == sorted(desc["pids"])
+
+
 def test_up_with_another_shape_refuses_and_without_one_reuses(home: Path) -> None:
     desc = up(home)
     with pytest.raises(ClusterShapeMismatch) as caught:
