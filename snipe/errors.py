@@ -83,6 +83,12 @@ class Unreachable(SnipeError):
     code = "unreachable"
 
 
+class HighWaterMark(Unreachable):
+    """A send waited its whole timeout for room: the peer holds `hwm` unsettled messages of ours."""
+
+    code = "high-water-mark"
+
+
 class QuorumError(Unreachable):
     """Fewer replicas answered than the quorum asked for."""
 

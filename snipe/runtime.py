@@ -30,7 +30,15 @@ from snipe.catalog.client import CatalogClient
 from snipe.code import package
 from snipe.daemonclient import DaemonClient
 from snipe.discovery import discover
-from snipe.errors import ClusterShapeMismatch, ConfigError, NotAuthorized, NotFound, SnipeError, Unreachable
+from snipe.errors import (
+    ClusterShapeMismatch,
+    ConfigError,
+    HighWaterMark,
+    NotAuthorized,
+    NotFound,
+    SnipeError,
+    Unreachable,
+)
 from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint, Message
 from snipe.multicast.groups import Membership
@@ -366,9 +374,27 @@ def send(urn: str, payload: bytes | bytearray | memoryview, tag: int = 0, *, tim
             if len(_valid_dests) >= 4096:
                 _valid_dests.clear()
             _valid_dests[urn] = dest
-    if checkpoints.due != _INF:
+    ep = session().endpoint()
+    if checkpoints.due == _INF:
+        ep.send(dest, payload, int(tag), timeout=timeout, deadline_s=deadline)
+        return
+    # A task that checkpoints periodically keeps doing so while a send waits for room: a peer
+    # replicated in standby mode settles our messages only once its checkpoint holds them, and
+    # two such tasks sending to each other would otherwise each wait for the other's checkpoint.
+    limit = None if timeout is None else time.monotonic() + timeout
+    while True:
         checkpoints.maybe_checkpoint()
-    session().endpoint().send(dest, payload, int(tag), timeout=timeout, deadline_s=deadline)
+        now = time.monotonic()
+        wait = max(0.001, checkpoints.due - now)
+        if limit is not None:
+            wait = min(wait, max(0.0, limit - now))
+        try:
+            ep.send(dest, payload, int(tag), timeout=wait, deadline_s=deadline)
+            return
+        except HighWaterMark:
+            if limit is not None and time.monotonic() >= limit:
+                raise HighWaterMark(f"{dest} has {ep.hwm} messages unacknowledged (the high-water mark); "
+                                    f"send timed out after {timeout} s") from None
 
 
 _INF = float("inf")

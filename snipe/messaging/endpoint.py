@@ -45,7 +45,7 @@ import zmq
 
 from snipe.admission import CatalogAdmission
 from snipe.catalog.client import CatalogClient, now_ms
-from snipe.errors import CodecError, NotFound, ProtocolVersionError, SnipeError, Unreachable
+from snipe.errors import CodecError, HighWaterMark, NotFound, ProtocolVersionError, SnipeError
 from snipe.identity import Identity, public_key_from_id
 from snipe.messaging.allocator import keep_freed_buffers
 from snipe.messaging.channel import (
@@ -341,7 +341,7 @@ class Endpoint:
     def send(self, dest: str, payload: bytes, tag: int = 0, *, timeout: float | None = None,
              deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         """Queue a message; blocks while `dest` already holds `hwm` unsettled messages (raising
-        Unreachable after `timeout`)."""
+        HighWaterMark, an Unreachable, after `timeout`)."""
         if dest == self.me:
             with self.cond:
                 self.inbox.append(Message(self.me, tag, payload))
@@ -412,8 +412,8 @@ class Endpoint:
             while self.accepted.get(dest, 0) - self.settled.get(dest, 0) >= self.hwm:
                 left = None if limit is None else limit - time.monotonic()
                 if left is not None and left <= 0:
-                    raise Unreachable(f"{dest} has {self.hwm} messages unacknowledged (the high-water mark); "
-                                      f"send timed out after {timeout} s")
+                    raise HighWaterMark(f"{dest} has {self.hwm} messages unacknowledged (the high-water mark); "
+                                        f"send timed out after {timeout} s")
                 self.cond.wait(left)
         finally:
             self._blocked -= 1
