@@ -39,6 +39,7 @@ from snipe.errors import (
     SignatureError,
     SnipeError,
     TooLarge,
+    Unreachable,
     error_from_code,
 )
 from snipe.hlc import HybridClock
@@ -66,8 +67,8 @@ BELIEVED_MAX_BYTES = 4096    # if they are at most this big
 WATCH_AUTHORITY_URNS = 10_000   # URNs whose ownership records a watch keeps for judging its events
 WATCH_EXPIRING = 10_000      # expiries a watch holds until their lease runs out by this clock
 WATCH_MIN_READ_S = 0.25      # how long a watch's next() may read a URN's ownership, whatever its timeout
-ADMITTED_FOR_S = 30.0        # a claimant found admitted is believed so for this long (then checked again)
-NOT_ADMITTED_FOR_S = 1.0     # ... and one found not admitted (it may be admitted any moment)
+WATCH_SETTLE_S = 5.0         # an event no read could check for this long is dropped (logged)
+ADMITTED_FOR_S = 30.0        # a claimant proved admitted is believed so for this long (then checked again)
 ADMISSION_KEYS = 10_000      # claimant keys remembered
 
 # plain ints: pyzmq's enum flags cost microseconds on every call
@@ -162,8 +163,7 @@ class CatalogClient:
         self.suspect_total = 0            # rejections that make a replica's answer untrustworthy
         self._cache: dict[str, tuple[float, Entry, int | None]] = {}   # urn -> (when, entry, its next expiry)
         self._believed: OrderedDict[bytes, Assertion] = OrderedDict()
-        self._admission: dict[bytes, tuple[bool, float]] = {}     # key -> (admitted, until when)
-        self._admission_checking: set[bytes] = set()
+        self._admission: dict[bytes, float] = {}     # key proved admitted -> until when that is believed
         self._links_checked = 0.0
         self._put_s = PUT_FIRST_GUESS_S     # moving average of a W-acknowledged put's time
         self._turn = 1.0           # moving average of the client puts a replica stored in the turn of ours
@@ -528,60 +528,126 @@ class CatalogClient:
         else:
             log.info("not believed from %s (its signer's authority lapsed or was superseded): %s", endpoint, reason)
 
-    def _authorized(self, endpoint: str, records: list[Assertion], now: int) -> list[Assertion]:
+    def _authorized(self, endpoint: str, records: list[Assertion], now: int, deadline: float) -> list[Assertion]:
         by_urn: dict[str, list[Assertion]] = {}
         for a in records:
             by_urn.setdefault(a.urn, []).append(a)
         out = []
-        for urn_records in by_urn.values():
-            urn_records = self._admitted_claims(endpoint, urn_records)
+        for all_records in by_urn.values():
+            urn_records = self._admitted_claims(endpoint, all_records, deadline)
             good, bad = authority.visible(urn_records, self.admin_key, now)
             # An owner claim that ran out (a lease) or was deleted leaves the URN's other records
-            # without authority, and so does a claim race lost or a delegation revoked
-            # (authority.superseded): genuine records, not a sign of tampering. (A replica that
-            # hides the claim altogether still looks suspect, and the client asks another.)
-            lapsed = bool(bad) and any(a.name == authority.OWNER for a in urn_records) and \
+            # without authority, and so does a claim race lost, a delegation revoked or a claimant
+            # no longer admitted (authority.superseded, judged on everything the answer held):
+            # genuine records, not a sign of tampering. (A replica that hides the claim
+            # altogether still looks suspect, and the client asks another.)
+            lapsed = bool(bad) and any(a.name == authority.OWNER for a in all_records) and \
                 authority.effective_owner(urn_records, self.admin_key, now) is None
             for a, why in bad:
-                genuine = lapsed or authority.superseded(a, urn_records)
+                genuine = lapsed or authority.superseded(a, all_records)
                 self._reject(endpoint, f"{a.describe()}: {why}", a, suspect=not genuine)
             out.extend(good)
         return out
 
-    def _admitted_claims(self, endpoint: str, urn_records: list[Assertion]) -> list[Assertion]:
-        """`urn_records` without the ownership claims of keys the cluster has not admitted.
-        Replicas refuse such claims, so one only comes from a tampered replica, and it would make
-        the key it names the URN's owner (the earliest claim wins) and its forged records believed."""
-        claims = [a for a in urn_records if a.name == authority.OWNER and a.signer != self.admin_key]
-        if not claims:
-            return urn_records
-        refused = [a for a in claims if not self._claimant_admitted(a.signer)]
-        for a in refused:
-            self._reject(endpoint, f"{a.describe()}: claimed by a key the cluster has not admitted", a)
-        return [a for a in urn_records if not any(a is r for r in refused)] if refused else urn_records
+    def _admitted_claims(self, endpoint: str, urn_records: list[Assertion], deadline: float) -> list[Assertion]:
+        """`urn_records` without an ownership claim that would win but whose key `endpoint`
+        cannot show the cluster admitted, and whether the answer still counts. Replicas refuse
+        claims by keys not admitted, so a tampered replica could otherwise add a claim older
+        than the owner's, signed by a key it made up, and have that key's records believed.
+        A key admitted once and no longer (a host re-keyed) is genuine history: its claim is
+        dropped without holding it against the replica. One that cannot be checked in time
+        (the replica does not show its proof) makes the answer not count: another is asked."""
+        now = now_ms()
+        kept = urn_records
+        for _ in range(4):                         # a forged winner dropped, the next claim may win
+            owner = authority.effective_owner(kept, self.admin_key, now)
+            if owner is None or owner.signer == self.admin_key:
+                return kept
+            proven = self._claimant_admitted(owner.signer, endpoint, deadline)
+            if proven:
+                return kept
+            if proven is None:
+                self._reject(endpoint, f"{owner.describe()}: the replica did not show in time that its "
+                                       "claimant is admitted", owner)
+                return [a for a in kept if a is not owner]
+            self._reject(endpoint, f"{owner.describe()}: claimed by a key the cluster has not admitted", owner,
+                         suspect=False)
+            kept = [a for a in kept if a is not owner]
+        self._reject(endpoint, f"{urn_records[0].urn}: too many claims by keys the cluster has not admitted",
+                     None)
+        return [a for a in kept if a.name != authority.OWNER or a.signer == self.admin_key]
 
-    def _claimant_admitted(self, key: bytes) -> bool:
-        """`is_admitted`, remembered for a while (a few keys own most URNs: users, hosts, tasks).
-        A key whose check is under way counts as not admitted: a tampered replica could name,
-        as what admits a key, a URN that key claims itself."""
+    def _claimant_admitted(self, key: bytes, endpoint: str, deadline: float) -> bool | None:
+        """Whether `key` is admitted, proved by `endpoint` (True), disproved (False) or not
+        known in time (None). A proof is signed by the admin (and a host key), so one found
+        holds for every replica's answer: remembered ADMITTED_FOR_S. A "no" is one replica's."""
         now = time.monotonic()
         known = self._admission.get(key)
-        if known is not None and known[1] > now:
-            return known[0]
-        if key in self._admission_checking:
-            return False
-        self._admission_checking.add(key)
-        try:
-            ok = self.is_admitted(key)
-        except SnipeError as exc:          # no answer: judge it again on the next read
-            log.info("cannot check whether key %s… is admitted: %s", key.hex()[:16], exc)
-            return False
-        finally:
-            self._admission_checking.discard(key)
-        self._admission[key] = (ok, now + (ADMITTED_FOR_S if ok else NOT_ADMITTED_FOR_S))
-        if len(self._admission) > ADMISSION_KEYS:
-            self._admission.pop(next(iter(self._admission)))
-        return ok
+        if known is not None and known > now:
+            return True
+        conn = self.conns.get(endpoint)
+        proven = self._prove_admitted(conn, key, deadline) if conn is not None else None
+        if proven:
+            self._admission[key] = now + ADMITTED_FOR_S
+            if len(self._admission) > ADMISSION_KEYS:
+                self._admission.pop(next(iter(self._admission)))
+        return proven
+
+    def _fetch(self, conn: _Conn, kind: str, body: dict[str, Any], deadline: float
+               ) -> tuple[Envelope, list[bytes]] | None:
+        """One request to one replica, its answer or None (no answer in time, or an error)."""
+        got = self._fanout([conn], kind, body, (), bool, deadline).get(conn.address.endpoint)
+        if got is None or got[0].kind == "error":
+            return None
+        return got
+
+    def _signed_records(self, conn: _Conn, urn: str, deadline: float) -> list[Assertion] | None:
+        """The records `conn` holds about `urn`, signatures checked (nothing else: the callers
+        judge admin- and host-signed proofs themselves, so this never recurses)."""
+        got = self._fetch(conn, "get", {"urn": urn}, deadline)
+        if got is None:
+            return None
+        records = self._records_of(conn.address.endpoint, got[1])
+        return None if records is None else self._believe(conn.address.endpoint, records)
+
+    def _prove_admitted(self, conn: _Conn, key: bytes, deadline: float, *, hosts_only: bool = False) -> bool | None:
+        """Ask `conn` which URNs admit `key` and check them here: an admin-signed `_owner` of
+        a host or user URN naming it, or (unless `hosts_only`) a non-empty `_delegate.<key>` on
+        a proc URN by the admin or by that URN's claimant, itself a host key."""
+        if key == self.admin_key:
+            return True
+        got = self._fetch(conn, "admitted", {"key": key.hex()}, deadline)
+        if got is None:
+            return None
+        reasons = got[0].body.get("reasons")
+        now = now_ms()
+        unknown = False
+        for urn in (reasons if isinstance(reasons, list) else [])[:8]:
+            if not isinstance(urn, str) or urn.count(":") < 3:
+                continue
+            kind = urn.split(":")[2]
+            if kind not in authority.ADMIN_ASSIGNED_KINDS and (hosts_only or kind != "proc"):
+                continue
+            records = self._signed_records(conn, urn, deadline)
+            if records is None:
+                unknown = True
+                continue
+            live = [a for a in records if a.urn == urn and a.is_live(now)]
+            if kind in authority.ADMIN_ASSIGNED_KINDS:
+                assigned = max((a for a in live if a.name == authority.OWNER and a.signer == self.admin_key),
+                               key=lambda a: a.rank, default=None)
+                if assigned is not None and assigned.value == key.hex():
+                    return True
+                continue
+            name = authority.DELEGATE_PREFIX + key.hex()
+            for grant in (a for a in live if a.name == name and isinstance(a.value, list) and a.value):
+                if grant.signer == self.admin_key:
+                    return True
+                claimed = any(a.name == authority.OWNER and a.signer == grant.signer and a.value == grant.signer.hex()
+                              for a in live)
+                if claimed and self._prove_admitted(conn, grant.signer, deadline, hosts_only=True):
+                    return True
+        return None if unknown else False
 
     def _quorum_read(self, kind: str, body: dict[str, Any], r: int | None, timeout: float | None
                      ) -> dict[tuple[str, str, bytes], Assertion]:
@@ -607,7 +673,7 @@ class CatalogClient:
                     continue
                 before = self.suspect_total
                 records = self._records_of(endpoint, frames)
-                believed = self._authorized(endpoint, self._believe(endpoint, records or []), now_ms())
+                believed = self._authorized(endpoint, self._believe(endpoint, records or []), now_ms(), deadline)
                 merged = merge(merged.values(), believed)
                 if self.suspect_total == before:
                     good_answers += 1      # a replica that returned forgeries does not count
@@ -670,29 +736,23 @@ class CatalogClient:
             raise QuorumError(f"replica {endpoint} did not answer status in time")
         return got[endpoint][0].raise_if_error().body
 
-    def is_admitted(self, key: bytes) -> bool:
+    def is_admitted(self, key: bytes, timeout: float | None = None) -> bool:
         """Whether `key` is admitted, checked the way readers check everything: a replica names
-        the URNs that admit it, and this client verifies the assertions there itself."""
-        if key == self.admin_key:
+        the URNs that admit it, and this client verifies the assertions there itself. Replicas
+        are asked in turn until one proves it; Unreachable if none answered."""
+        if key == self.admin_key or self._admission.get(key, 0.0) > time.monotonic():
             return True
-        _, env, _ = self.request("admitted", {"key": key.hex()})
-        now = now_ms()
-        for urn in env.body.get("reasons", [])[:8]:
-            if not isinstance(urn, str):
-                continue
-            entry = self.get(urn, r=1)
-            owner = authority.effective_owner(entry.records, self.admin_key, now)
-            kind = urn.split(":")[2] if urn.count(":") >= 3 else ""
-            if kind in authority.ADMIN_ASSIGNED_KINDS:
-                if owner is not None and owner.signer == self.admin_key and owner.value == key.hex():
-                    return True
-            elif kind == "proc" and owner is not None:
-                host_key = bytes.fromhex(str(owner.value))
-                name = authority.DELEGATE_PREFIX + key.hex()
-                vouched = any(a.name == name and a.signer == host_key and isinstance(a.value, list) and a.value
-                              for a in entry.live(now))
-                if vouched and self._is_host_key(host_key):
-                    return True
+        deadline = time.monotonic() + (timeout or self.timeout)
+        answered = False
+        for conn in self._candidates():
+            if time.monotonic() >= deadline:
+                break
+            proven = self._claimant_admitted(key, conn.address.endpoint, deadline)
+            if proven:
+                return True
+            answered = answered or proven is not None
+        if not answered:
+            raise Unreachable(f"no catalog replica answered whether key {key.hex()[:16]}… is admitted in time")
         return False
 
     def key_of_curve(self, curve: bytes) -> bytes | None:
@@ -706,16 +766,6 @@ class CatalogClient:
             return None
         ed = public_key_from_id(key)
         return ed if nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(ed) == curve else None
-
-    def _is_host_key(self, key: bytes) -> bool:
-        _, env, _ = self.request("admitted", {"key": key.hex()})
-        now = now_ms()
-        for urn in env.body.get("reasons", [])[:8]:
-            if isinstance(urn, str) and urn.startswith("urn:snipe:host:"):
-                owner = authority.effective_owner(self.get(urn, r=1).records, self.admin_key, now)
-                if owner is not None and owner.signer == self.admin_key and owner.value == key.hex():
-                    return True
-        return False
 
     def watch(self, prefix: str, *, from_rev: int | None = None) -> Watch:
         w = Watch(self, prefix)
@@ -747,6 +797,8 @@ class Watch:
         # may need a read, which must not run inside the pump that received them.
         self.unjudged: deque[tuple[str, Assertion, int, str]] = deque()
         self.expiring: list[tuple[Assertion, int, str]] = []     # expiries this clock has not reached
+        self._expired: OrderedDict[tuple[tuple[str, str, bytes], tuple[int, bytes]], None] = OrderedDict()
+        self._unsettled_since: dict[int, float] = {}     # rev -> when judging it first found no answer
         self.reserved: OrderedDict[str, dict[tuple[str, str, bytes], Assertion]] = OrderedDict()
         self.switches = 0
         self._needs_restart = False
@@ -820,75 +872,102 @@ class Watch:
 
     def _judge(self, deadline: float) -> None:
         """Deliver what came, in order, by the rules a read applies (readers trust keys, not
-        servers): a record its signer could not write is dropped and reported, not delivered; an
-        expiry only of a record this watch holds no newer version of, once the record's own
-        signed lease has run out by this clock. Without this a tampered replica could feed a
-        watcher any admitted key's record about any URN, or tell it a lease ran out that had not.
-        Ownership and delegation changes are not taken from the event stream: the URN's are read
-        again (a read checks that each claimant is admitted). Reads stop at `deadline`."""
+        servers): a record its signer could not write is dropped and reported, not delivered;
+        an expiry only once the record's own signed lease has run out by this clock and a read
+        finds no newer version of it. Without this a tampered replica could feed a watcher any
+        admitted key's record about any URN, or tell it a lease ran out that had not. Ownership
+        and delegation changes are not taken from the event stream: the URN's are read again (a
+        read checks that each claimant is admitted). Reads stop at `deadline`; an event no read
+        could settle for WATCH_SETTLE_S is dropped (logged), so one URN cannot stall the rest."""
         now = now_ms()
+        self._release_expiries(now, deadline)
         while self.unjudged:
             kind, a, rev, endpoint = self.unjudged[0]
-            if authority.is_reserved(a.name):
-                self.reserved.pop(a.urn, None)           # read them again, judged as a read judges
+            verdict = self._verdict(kind, a, endpoint, now, deadline)
+            if verdict is None:
+                first = self._unsettled_since.setdefault(rev, time.monotonic())
+                if time.monotonic() - first < WATCH_SETTLE_S:
+                    return                          # asked again on the next call
+                log.warning("watch %s: could not check %s for %.0f s; not delivered", self.prefix,
+                            a.describe(), WATCH_SETTLE_S)
+                verdict = False
+            self.unjudged.popleft()
+            self._unsettled_since.pop(rev, None)
+            if verdict:
+                self._take(kind, a, rev, endpoint, now, deadline)
+
+    def _verdict(self, kind: str, a: Assertion, endpoint: str, now: int, deadline: float) -> bool | None:
+        """Whether a read believes `a` (reporting what it does not); None if no read answered."""
+        if authority.is_reserved(a.name):
+            self.reserved.pop(a.urn, None)           # read them again, judged as a read judges
             held = self._authority_of(a.urn, deadline)
             if held is None:
-                return                              # no replica answered in time: judged on the next call
-            self.unjudged.popleft()
-            if authority.is_reserved(a.name):
-                known = held.get(a.key)
-                if known is not None and known.rank >= a.rank:
-                    self._take(kind, a, rev, endpoint, now)
-                else:
-                    log.info("watch %s: %s is not what a read of %s believes; not delivered", self.prefix,
-                             a.describe(), a.urn)
-                continue
-            records = [*held.values(), a]
-            good, bad = authority.visible(records, self.client.admin_key, now)
-            if any(g is a for g in good):
-                self._take(kind, a, rev, endpoint, now)
-                continue
-            why = bad[[b for b, _ in bad].index(a)][1] if any(b is a for b, _ in bad) else "not believed"
-            lapsed = any(h.name == authority.OWNER for h in records) and \
-                authority.effective_owner(records, self.client.admin_key, now) is None
-            self.client._reject(endpoint, f"{a.describe()}: {why}", a,
-                                suspect=not (lapsed or authority.superseded(a, records)))
-        self._release_expiries(now, deadline)
+                return None
+            known = held.get(a.key)
+            if known is None or known.rank < a.rank:
+                self.reserved.pop(a.urn, None)       # the read may lag the event: not kept
+                return None if kind != "expire" else False
+            return True
+        held = self._authority_of(a.urn, deadline)
+        if held is None:
+            return None
+        records = [*held.values(), a]
+        good, bad = authority.visible(records, self.client.admin_key, now)
+        if any(g is a for g in good):
+            return True
+        why = bad[[b for b, _ in bad].index(a)][1] if any(b is a for b, _ in bad) else "not believed"
+        lapsed = any(h.name == authority.OWNER for h in records) and \
+            authority.effective_owner(records, self.client.admin_key, now) is None
+        self.client._reject(endpoint, f"{a.describe()}: {why}", a,
+                            suspect=not (lapsed or authority.superseded(a, records)))
+        return False
 
-    def _take(self, kind: str, a: Assertion, rev: int, endpoint: str, now: int) -> None:
-        """A believed event: a put or delete is delivered if it is news; an expiry waits in
-        `expiring` until its lease has run out by this clock (see _release_expiries)."""
+    def _take(self, kind: str, a: Assertion, rev: int, endpoint: str, now: int, deadline: float) -> None:
+        """A believed event: a put or delete is delivered if it is news; an expiry in its place
+        if its lease has run out and it stands, else it waits in `expiring`."""
         if kind != "expire":
             if self._fresh(a):
                 self._deliver("delete" if a.deleted else "put", a, rev)
         elif a.expires_at_ms is None:
             self.client._reject(endpoint, f"{a.describe()}: reported expired but it has no lease", a)
-        elif self._current(a):
-            if len(self.expiring) >= WATCH_EXPIRING:
-                self.expiring.pop(0)
-            self.expiring.append((a, rev, endpoint))
+        elif self._current(a) and (a.key, a.rank) not in self._expired:
+            stands = self._expiry_stands(a, deadline) if a.expires_at_ms <= now else None
+            if stands:
+                self._expire(a, rev, endpoint)
+            elif stands is None:                         # not due, or not settled: held
+                if len(self.expiring) >= WATCH_EXPIRING:
+                    self.expiring.pop(0)
+                self.expiring.append((a, rev, endpoint))
 
     def _release_expiries(self, now: int, deadline: float) -> None:
-        """Deliver the expiries that are due, unless a newer version of the record exists (a
-        renewal, or a replay of an old lease by a tampered replica): what this watch delivered,
-        and failing that a read of the name, tell. An expiry a read could not settle waits."""
-        due = [e for e in self.expiring if e[0].expires_at_ms is not None and e[0].expires_at_ms <= now]
-        for e in due:
+        """Deliver the held expiries that are due and stand; drop those that do not."""
+        for e in [e for e in self.expiring if e[0].expires_at_ms is not None and e[0].expires_at_ms <= now]:
             a, rev, endpoint = e
-            if self._current(a) and a.key not in self.delivered:
-                left = deadline - time.monotonic()
-                try:
-                    newest = self.client.get(a.urn, a.name, timeout=left) if left > 0 else None
-                except SnipeError:
-                    newest = None
-                if newest is None:
-                    continue                            # not settled: asked again on the next call
-                if any(n.key == a.key and n.rank > a.rank for n in newest.records):
-                    self.expiring.remove(e)
-                    continue
+            stands = self._expiry_stands(a, deadline) if self._current(a) else False
+            if stands is None:
+                continue                                # not settled: asked again on the next call
             self.expiring.remove(e)
-            if self._current(a):
-                self.queue.append(WatchEvent("expire", a, rev, endpoint))
+            if stands:
+                self._expire(a, rev, endpoint)
+
+    def _expiry_stands(self, a: Assertion, deadline: float) -> bool | None:
+        """Whether `a` is still the newest version of its record by a read (a renewal makes its
+        expiry say nothing, and so does a tampered replica's replay of an old lease, or one
+        whose renewals it withholds from the watch); None if no read answered."""
+        left = min(deadline - time.monotonic(), self.client.timeout)
+        if left <= 0:
+            return None
+        try:
+            newest = self.client.get(a.urn, a.name, timeout=left)
+        except SnipeError:
+            return None
+        return not any(n.key == a.key and n.rank > a.rank for n in newest.records)
+
+    def _expire(self, a: Assertion, rev: int, endpoint: str) -> None:
+        self._expired[(a.key, a.rank)] = None          # once, though a failover may report it again
+        if len(self._expired) > WATCH_EXPIRING:
+            self._expired.popitem(last=False)
+        self.queue.append(WatchEvent("expire", a, rev, endpoint))
 
     def _current(self, a: Assertion) -> bool:
         """Whether no newer version of `a` (same URN, name and writer) was delivered."""
@@ -902,7 +981,7 @@ class Watch:
         if held is not None:
             self.reserved.move_to_end(urn)
             return held
-        left = deadline - time.monotonic()
+        left = min(deadline - time.monotonic(), self.client.timeout)
         if left <= 0:
             return None
         try:
@@ -947,9 +1026,10 @@ class Watch:
     def next(self, timeout: float | None = None) -> WatchEvent | None:
         """The next change, or None if none came within `timeout` seconds."""
         deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        if self.queue:                     # judged already, and ahead of anything not yet judged
+            return self.queue.popleft()
         # judging may read (a URN's ownership): at least a short one even for next(0)
-        reads_until = max(deadline, time.monotonic() + WATCH_MIN_READ_S)
-        self._judge(reads_until)
+        self._judge(max(deadline, time.monotonic() + WATCH_MIN_READ_S))
         while not self.queue:
             self._health()
             left = deadline - time.monotonic()
