@@ -69,6 +69,7 @@ WATCH_EXPIRING = 10_000      # expiries a watch holds until their lease runs out
 WATCH_MIN_READ_S = 0.25      # how long a watch's next() may read a URN's ownership, whatever its timeout
 WATCH_SETTLE_S = 5.0         # an event no read could check for this long is dropped (logged)
 ADMITTED_FOR_S = 30.0        # a claimant proved admitted is believed so for this long (then checked again)
+NOT_ADMITTED_FOR_S = 1.0     # a replica that could not prove a key admitted is not asked again for this long
 ADMISSION_KEYS = 10_000      # claimant keys remembered
 
 # plain ints: pyzmq's enum flags cost microseconds on every call
@@ -164,6 +165,8 @@ class CatalogClient:
         self._cache: dict[str, tuple[float, Entry, int | None]] = {}   # urn -> (when, entry, its next expiry)
         self._believed: OrderedDict[bytes, Assertion] = OrderedDict()
         self._admission: dict[bytes, float] = {}     # key proved admitted -> until when that is believed
+        self._host_keys: dict[bytes, float] = {}     # key proved a host's -> until when
+        self._not_admitted: dict[tuple[str, bytes], float] = {}   # (replica, key) it could not prove -> until
         self._links_checked = 0.0
         self._put_s = PUT_FIRST_GUESS_S     # moving average of a W-acknowledged put's time
         self._turn = 1.0           # moving average of the client puts a replica stored in the turn of ours
@@ -578,24 +581,46 @@ class CatalogClient:
         return [a for a in kept if a.name != authority.OWNER or a.signer == self.admin_key]
 
     def _claimant_admitted(self, key: bytes, endpoint: str, deadline: float) -> bool | None:
-        """Whether `key` is admitted, proved by `endpoint` (True), disproved (False) or not
-        known in time (None). A proof is signed by the admin (and a host key), so one found
-        holds for every replica's answer: remembered ADMITTED_FOR_S. A "no" is one replica's."""
+        """Whether `key` is admitted: proved (True) by `endpoint`, the replica whose answer holds
+        the claim, or failing that by another (a proof is signed by the admin, and a host key, so
+        one from any replica holds for all: remembered ADMITTED_FOR_S); False if the replicas
+        that answered could not prove it; None if none answered in time. Each replica gets half
+        of what time is left, so a dead one cannot use it all. A replica's "no" is remembered
+        for NOT_ADMITTED_FOR_S, so an answer full of one key's claims asks once."""
         now = time.monotonic()
-        known = self._admission.get(key)
-        if known is not None and known > now:
+        if self._admission.get(key, 0.0) > now:
             return True
-        conn = self.conns.get(endpoint)
-        proven = self._prove_admitted(conn, key, deadline) if conn is not None else None
-        if proven:
-            self._admission[key] = now + ADMITTED_FOR_S
-            if len(self._admission) > ADMISSION_KEYS:
-                self._admission.pop(next(iter(self._admission)))
-        return proven
+        first = self.conns.get(endpoint)
+        answered = False
+        for conn in [*([first] if first is not None else []), *(c for c in self._candidates() if c is not first)]:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            no_until = self._not_admitted.get((conn.address.endpoint, key), 0.0)
+            if no_until > time.monotonic():
+                answered = True
+                continue
+            proven = self._prove_admitted(conn, key, time.monotonic() + max(0.1, left / 2))
+            if proven:
+                self._remember_admitted(key)
+                return True
+            if proven is False:
+                answered = True
+                self._not_admitted[(conn.address.endpoint, key)] = time.monotonic() + NOT_ADMITTED_FOR_S
+                if len(self._not_admitted) > ADMISSION_KEYS:
+                    self._not_admitted.pop(next(iter(self._not_admitted)))
+        return False if answered else None
+
+    def _remember_admitted(self, key: bytes) -> None:
+        self._admission[key] = time.monotonic() + ADMITTED_FOR_S
+        if len(self._admission) > ADMISSION_KEYS:
+            self._admission.pop(next(iter(self._admission)))
 
     def _fetch(self, conn: _Conn, kind: str, body: dict[str, Any], deadline: float
                ) -> tuple[Envelope, list[bytes]] | None:
         """One request to one replica, its answer or None (no answer in time, or an error)."""
+        if deadline <= time.monotonic():
+            return None                        # not sent: a request past its deadline marks the replica down
         got = self._fanout([conn], kind, body, (), bool, deadline).get(conn.address.endpoint)
         if got is None or got[0].kind == "error":
             return None
@@ -626,8 +651,8 @@ class CatalogClient:
             if not isinstance(urn, str) or urn.count(":") < 3:
                 continue
             kind = urn.split(":")[2]
-            if kind not in authority.ADMIN_ASSIGNED_KINDS and (hosts_only or kind != "proc"):
-                continue
+            if kind not in (("host",) if hosts_only else (*authority.ADMIN_ASSIGNED_KINDS, "proc")):
+                continue                    # only a host key vouches for others, as replicas judge it
             records = self._signed_records(conn, urn, deadline)
             if records is None:
                 unknown = True
@@ -645,7 +670,9 @@ class CatalogClient:
                     return True
                 claimed = any(a.name == authority.OWNER and a.signer == grant.signer and a.value == grant.signer.hex()
                               for a in live)
-                if claimed and self._prove_admitted(conn, grant.signer, deadline, hosts_only=True):
+                if claimed and (self._host_keys.get(grant.signer, 0.0) > time.monotonic()
+                                or self._prove_admitted(conn, grant.signer, deadline, hosts_only=True)):
+                    self._host_keys[grant.signer] = time.monotonic() + ADMITTED_FOR_S
                     return True
         return None if unknown else False
 
@@ -740,20 +767,16 @@ class CatalogClient:
         """Whether `key` is admitted, checked the way readers check everything: a replica names
         the URNs that admit it, and this client verifies the assertions there itself. Replicas
         are asked in turn until one proves it; Unreachable if none answered."""
-        if key == self.admin_key or self._admission.get(key, 0.0) > time.monotonic():
+        if key == self.admin_key:
             return True
-        deadline = time.monotonic() + (timeout or self.timeout)
-        answered = False
-        for conn in self._candidates():
-            if time.monotonic() >= deadline:
-                break
-            proven = self._claimant_admitted(key, conn.address.endpoint, deadline)
-            if proven:
-                return True
-            answered = answered or proven is not None
-        if not answered:
+        candidates = self._candidates()
+        if not candidates:
+            raise Unreachable("no catalog replica is configured")
+        proven = self._claimant_admitted(key, candidates[0].address.endpoint,
+                                         time.monotonic() + (timeout or self.timeout))
+        if proven is None:
             raise Unreachable(f"no catalog replica answered whether key {key.hex()[:16]}… is admitted in time")
-        return False
+        return proven
 
     def key_of_curve(self, curve: bytes) -> bytes | None:
         """The admitted Ed25519 key whose CurveZMQ key is `curve` (raw 32 bytes), if any.
@@ -799,6 +822,7 @@ class Watch:
         self.expiring: list[tuple[Assertion, int, str]] = []     # expiries this clock has not reached
         self._expired: OrderedDict[tuple[tuple[str, str, bytes], tuple[int, bytes]], None] = OrderedDict()
         self._unsettled_since: dict[int, float] = {}     # rev -> when judging it first found no answer
+        self._catch_up_wanted = False                   # an event was given up on: compare with the state
         self.reserved: OrderedDict[str, dict[tuple[str, str, bytes], Assertion]] = OrderedDict()
         self.switches = 0
         self._needs_restart = False
@@ -880,6 +904,12 @@ class Watch:
         read checks that each claimant is admitted). Reads stop at `deadline`; an event no read
         could settle for WATCH_SETTLE_S is dropped (logged), so one URN cannot stall the rest."""
         now = now_ms()
+        if self._catch_up_wanted:
+            try:
+                self._catch_up_here()
+                self._catch_up_wanted = False
+            except SnipeError as exc:
+                log.info("watch %s: cannot compare with the state yet: %s", self.prefix, exc)
         self._release_expiries(now, deadline)
         while self.unjudged:
             kind, a, rev, endpoint = self.unjudged[0]
@@ -888,8 +918,9 @@ class Watch:
                 first = self._unsettled_since.setdefault(rev, time.monotonic())
                 if time.monotonic() - first < WATCH_SETTLE_S:
                     return                          # asked again on the next call
-                log.warning("watch %s: could not check %s for %.0f s; not delivered", self.prefix,
-                            a.describe(), WATCH_SETTLE_S)
+                log.warning("watch %s: could not check %s for %.0f s; comparing with the state instead",
+                            self.prefix, a.describe(), WATCH_SETTLE_S)
+                self._catch_up_wanted = True             # what it said is delivered from the state, once read
                 verdict = False
             self.unjudged.popleft()
             self._unsettled_since.pop(rev, None)
@@ -900,21 +931,19 @@ class Watch:
         """Whether a read believes `a` (reporting what it does not); None if no read answered."""
         if authority.is_reserved(a.name):
             self.reserved.pop(a.urn, None)           # read them again, judged as a read judges
-            held = self._authority_of(a.urn, deadline)
-            if held is None:
-                return None
-            known = held.get(a.key)
-            if known is None or known.rank < a.rank:
-                self.reserved.pop(a.urn, None)       # the read may lag the event: not kept
-                return None if kind != "expire" else False
-            return True
         held = self._authority_of(a.urn, deadline)
         if held is None:
             return None
-        records = [*held.values(), a]
+        records = [*(h for h in held.values() if h.key != a.key), a]
         good, bad = authority.visible(records, self.client.admin_key, now)
         if any(g is a for g in good):
-            return True
+            if not authority.is_reserved(a.name):
+                return True
+            known = held.get(a.key)
+            if known is not None and known.rank >= a.rank:
+                return True
+            self.reserved.pop(a.urn, None)           # believable, but the read lags the event: asked again
+            return None if kind != "expire" else False
         why = bad[[b for b, _ in bad].index(a)][1] if any(b is a for b, _ in bad) else "not believed"
         lapsed = any(h.name == authority.OWNER for h in records) and \
             authority.effective_owner(records, self.client.admin_key, now) is None
@@ -934,7 +963,7 @@ class Watch:
             stands = self._expiry_stands(a, deadline) if a.expires_at_ms <= now else None
             if stands:
                 self._expire(a, rev, endpoint)
-            elif stands is None:                         # not due, or not settled: held
+            elif stands is None and not any(e[0].key == a.key and e[0].rank == a.rank for e in self.expiring):
                 if len(self.expiring) >= WATCH_EXPIRING:
                     self.expiring.pop(0)
                 self.expiring.append((a, rev, endpoint))
@@ -964,6 +993,8 @@ class Watch:
         return not any(n.key == a.key and n.rank > a.rank for n in newest.records)
 
     def _expire(self, a: Assertion, rev: int, endpoint: str) -> None:
+        if (a.key, a.rank) in self._expired:
+            return
         self._expired[(a.key, a.rank)] = None          # once, though a failover may report it again
         if len(self._expired) > WATCH_EXPIRING:
             self._expired.popitem(last=False)

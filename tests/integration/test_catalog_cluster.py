@@ -179,11 +179,15 @@ def test_a_tampered_replica_cannot_hand_a_urn_to_a_key_of_its_own(catalog: Local
         c.claim(urn, w=3)
         c.set(urn, "state", "running", w=3)
     made_up = Identity.generate()                                   # never admitted
+    with catalog.client(user) as c:                                 # only a host key's vouching admits
+        c.claim("urn:snipe:proc:vouching", w=3)
+        c.set("urn:snipe:proc:vouching", f"_delegate.{made_up.key_id}", [""], w=3)
     early = hlc.pack(now_ms() - 60_000, 0)
     store = LmdbStorage(catalog.replicas[0].data_dir)
     with store.write() as txn:
         txn.store(make_assertion(made_up, urn, "_owner", made_up.key_id, early), None, None, None)
         txn.store(make_assertion(made_up, urn, "state", "exited", hlc.pack(now_ms(), 0)), None, None, None)
+        txn.admit(made_up.public_key, "urn:snipe:proc:vouching")      # and names a user's vouching as proof
     store.close()
     with CatalogClient(catalog.addresses, user, catalog.admin.key_id, r=1) as reader:   # replica 0 first
         entry = reader.get(urn)
