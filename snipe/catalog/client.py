@@ -931,6 +931,10 @@ class Watch:
         """Whether a read believes `a` (reporting what it does not); None if no read answered."""
         if authority.is_reserved(a.name):
             self.reserved.pop(a.urn, None)           # read them again, judged as a read judges
+            if a.name == authority.OWNER and a.signer != self.client.admin_key \
+                    and self.client._claimant_admitted(a.signer, endpoint, deadline) is False:
+                log.info("watch %s: %s: claimed by a key the cluster has not admitted", self.prefix, a.describe())
+                return False                         # no read will ever show it: do not wait for one
         held = self._authority_of(a.urn, deadline)
         if held is None:
             return None

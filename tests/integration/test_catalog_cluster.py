@@ -13,6 +13,7 @@ from snipe import hlc
 from snipe.assertion import make_assertion
 from snipe.catalog import CatalogClient
 from snipe.catalog import protocol as P
+from snipe.catalog.client import Watch
 from snipe.catalog.protocol import REPLICA_SET_URN
 from snipe.errors import QuorumError
 from snipe.identity import Identity
@@ -127,6 +128,17 @@ def test_a_lost_claim_race_and_a_revoked_delegation_leave_records_readers_drop_w
             assert lone.suspect_total == 2
 
 
+def _events_until(w: Watch, last: tuple[str, object], timeout: float = 20) -> list[tuple[str, object]]:
+    """(name, value) of each event the watch delivers, "expired" for an expiry, until `last`."""
+    seen: list[tuple[str, object]] = []
+    deadline = time.monotonic() + timeout
+    while last not in seen and time.monotonic() < deadline:
+        ev = w.next(0.5)
+        if ev is not None and ev.record is not None:
+            seen.append((ev.record.name, ev.record.value if ev.kind != "expire" else "expired"))
+    return seen
+
+
 def test_a_tampered_replica_cannot_feed_a_watcher_a_record_or_an_expiry(catalog: LocalCatalog, user: Identity) -> None:
     """Watch events are judged like reads: a record its signer could not write (put straight into
     the watched replica's store, as a tampered replica would) is dropped and counted against the
@@ -149,12 +161,7 @@ def test_a_tampered_replica_cannot_feed_a_watcher_a_record_or_an_expiry(catalog:
             txn.log_expiry(make_assertion(user, urn, "up", True, past, ttl_ms=1000))   # an old lease, replayed
         store.close()
         c.set(urn, "state", "running", w=3)
-        seen = []
-        deadline = time.monotonic() + 20
-        while ("state", "running") not in seen and time.monotonic() < deadline:
-            ev = w.next(0.5)
-            if ev is not None and ev.record is not None:
-                seen.append((ev.record.name, ev.record.value if ev.kind != "expire" else "expired"))
+        seen = _events_until(w, ("state", "running"))
         assert ("state", "running") in seen and ("state", "exited") not in seen, seen
         assert ("alive", "expired") not in seen and ("up", "expired") not in seen, seen
         assert watcher.suspect_total == 1 and "neither owner nor delegate" in watcher.rejected[-1].reason
@@ -218,12 +225,7 @@ def test_a_tampered_replica_cannot_hand_a_watched_urn_to_a_key_of_its_own(catalo
             txn.store(make_assertion(made_up, urn, "state", "exited", hlc.pack(now_ms(), 0)), None, None, None)
         store.close()
         c.set(urn, "state", "running", w=3)
-        seen = []
-        deadline = time.monotonic() + 20
-        while ("state", "running") not in seen and time.monotonic() < deadline:
-            ev = w.next(0.5)
-            if ev is not None and ev.record is not None:
-                seen.append((ev.record.name, ev.record.value))
+        seen = _events_until(w, ("state", "running"))
         assert seen == [("state", "running")], seen
         assert any("not admitted" in r.reason for r in watcher.rejected)
         w.close()
