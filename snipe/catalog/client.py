@@ -560,6 +560,12 @@ class CatalogClient:
         A key admitted once and no longer (a host re-keyed) is genuine history: its claim is
         dropped without holding it against the replica. One that cannot be checked in time
         (the replica does not show its proof) makes the answer not count: another is asked."""
+        proved, admin, at = self._admission, self.admin_key, time.monotonic()
+        for a in urn_records:          # the read path: every claimant the admin or proved lately
+            if a.name == authority.OWNER and a.signer != admin and proved.get(a.signer, 0.0) <= at:
+                break
+        else:
+            return urn_records
         now = now_ms()
         kept = urn_records
         for _ in range(4):                         # a forged winner dropped, the next claim may win
