@@ -539,18 +539,21 @@ class CatalogClient:
         for all_records in by_urn.values():
             urn_records = self._admitted_claims(endpoint, all_records, deadline)
             good, bad = authority.visible(urn_records, self.admin_key, now)
-            # An owner claim that ran out (a lease) or was deleted leaves the URN's other records
-            # without authority, and so does a claim race lost, a delegation revoked or a claimant
-            # no longer admitted (authority.superseded, judged on everything the answer held):
-            # genuine records, not a sign of tampering. (A replica that hides the claim
-            # altogether still looks suspect, and the client asks another.)
-            lapsed = bool(bad) and any(a.name == authority.OWNER for a in all_records) and \
-                authority.effective_owner(urn_records, self.admin_key, now) is None
+            owned = not bad or authority.effective_owner(urn_records, self.admin_key, now) is not None
             for a, why in bad:
-                genuine = lapsed or authority.superseded(a, all_records)
-                self._reject(endpoint, f"{a.describe()}: {why}", a, suspect=not genuine)
+                self._not_believed(endpoint, a, why, all_records, owned)
             out.extend(good)
         return out
+
+    def _not_believed(self, endpoint: str, a: Assertion, why: str, history: list[Assertion], owned: bool) -> None:
+        """Report a record a reader does not believe. An owner claim that ran out (a lease) or
+        was deleted (`history` holds a claim, yet the URN is not `owned`) leaves the URN's other
+        records without authority, and so does a claim race lost, a delegation revoked or a
+        claimant no longer admitted (authority.superseded, judged on all the answer held):
+        genuine records, not held against the replica. Anything else is: a replica that hides
+        the claim altogether looks suspect, and the client asks another."""
+        lapsed = not owned and any(h.name == authority.OWNER for h in history)
+        self._reject(endpoint, f"{a.describe()}: {why}", a, suspect=not (lapsed or authority.superseded(a, history)))
 
     def _admitted_claims(self, endpoint: str, urn_records: list[Assertion], deadline: float) -> list[Assertion]:
         """`urn_records` without an ownership claim that would win but whose key `endpoint`
@@ -954,11 +957,9 @@ class Watch:
                 return True
             self.reserved.pop(a.urn, None)           # believable, but the read lags the event: asked again
             return None if kind != "expire" else False
-        why = bad[[b for b, _ in bad].index(a)][1] if any(b is a for b, _ in bad) else "not believed"
-        lapsed = any(h.name == authority.OWNER for h in records) and \
-            authority.effective_owner(records, self.client.admin_key, now) is None
-        self.client._reject(endpoint, f"{a.describe()}: {why}", a,
-                            suspect=not (lapsed or authority.superseded(a, records)))
+        why = next((w for b, w in bad if b is a), "not believed")
+        owned = authority.effective_owner(records, self.client.admin_key, now) is not None
+        self.client._not_believed(endpoint, a, why, records, owned)
         return False
 
     def _take(self, kind: str, a: Assertion, rev: int, endpoint: str, now: int, deadline: float) -> None:
