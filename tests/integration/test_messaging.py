@@ -250,8 +250,6 @@ def _can_block() -> str | None:
 
 
 def test_the_receivers_connection_cut_and_restored_mid_stream(cluster: LocalCluster, tmp_path: Path) -> None:
-    import pytest
-
     from snipe.runtime import now_ms
     from tests.support import PortBlock, wait_for
 
