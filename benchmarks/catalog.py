@@ -15,8 +15,10 @@ What one run measures, all on 127.0.0.1:
    of ``urn:snipe:user:...``).  Before the clock starts each client claims its own proc URNs
    (``urn:snipe:proc:<key>.c<level>.<j>``) and then, timed, writes ``--names-per-urn`` names
    under each (100-byte values, like the etcd baseline): ``client.set(urn, name, value, w=2)``.
-   Then it reads back the URNs it wrote with ``client.get(urn, r=1)`` and ``r=2``: a get
-   returns the whole entry (the claim and its names), verified and authorized by the client.
+   Then it reads back what it wrote, one name at a time, as etcd's baseline reads one key:
+   ``client.get(urn, name, r=1)`` and ``r=2`` return that name's assertion with the claim that
+   authorizes it, verified and authorized by the client.  A third read phase, ``get_entry_r1``,
+   reads whole entries (``client.get(urn, r=1)``: the claim and all its names) for reference.
    Each client's replica list is rotated so that R=1 reads spread over the replicas as the etcd
    baseline's clients spread over its members.  Fixed operation count per client, a time bound
    per phase (``truncated`` when it hit it).
@@ -90,8 +92,11 @@ DEFAULT_VALUE_SIZE = 100
 DEFAULT_NAMES_PER_URN = 10
 DEFAULT_ASSERTIONS = 1_000_000
 DEFAULT_CEILING_OPS = 3000
-PHASES = ("put", "get_r1", "get_r2")
-PHASE_R = {"get_r1": 1, "get_r2": 2}
+PHASES = ("put", "get_r1", "get_r2", "get_entry_r1")
+PHASE_R = {"get_r1": 1, "get_r2": 2, "get_entry_r1": 1}
+# get_r1 and get_r2 read one (URN, name), as etcd's baseline reads one key; get_entry_r1 reads the
+# whole entry (the claim and every name under the URN), reported beside them.
+WHOLE_ENTRY = frozenset({"get_entry_r1"})
 PUT_W = 2
 TARGET_MEMORY_MIB = 150.0
 TARGET_GAP_MS = 100.0
@@ -397,11 +402,19 @@ def _client_worker(addresses: list[str], admin_key: str, seed: bytes, level: int
                     if r is None:
                         client.set(pool[i // names_per_urn], f"k{i % names_per_urn}", value, w=PUT_W)
                         written = i + 1
-                    else:
+                    elif phase in WHOLE_ENTRY:
                         entry = client.get(pool[i % urns_written], r=r)
                         gets += 1
                         got_records += len(entry.records)
                         if not any(a.name != "_owner" for a in entry.records):
+                            misses += 1
+                    else:
+                        j = i % max(written, 1)
+                        name = f"k{j % names_per_urn}"
+                        entry = client.get(pool[j // names_per_urn], name, r=r)
+                        gets += 1
+                        got_records += len(entry.records)
+                        if not any(a.name == name and a.value == value for a in entry.records):
                             misses += 1
                 except SnipeError as exc:
                     errors += 1
@@ -600,7 +613,7 @@ def _one_urn(cat: Any, seed: bytes, s: Settings) -> dict[str, Any]:
 
 # the order phases run in when etcd is measured too: each of etcd's right after ours
 INTERLEAVED = (("project", "put"), ("etcd", "put"), ("project", "get_r1"), ("etcd", "get_serializable"),
-               ("project", "get_r2"))
+               ("project", "get_r2"), ("project", "get_entry_r1"))
 
 
 def run_project(s: Settings, root: Path, profiler: _Profiler, etcd: Any = None) -> dict[str, Any]:
@@ -632,9 +645,11 @@ def run_project(s: Settings, root: Path, profiler: _Profiler, etcd: Any = None) 
             "phase_timeout_s": s.phase_timeout,
             "clients": "1 process per client, own CatalogClient and own admitted user key; replica list "
                        "rotated per client so R=1 reads spread over the replicas",
-            "get": "client.get(urn, r=R): the whole entry (the _owner claim and the names written under it)",
+            "get": "get_r1, get_r2: client.get(urn, name, r=R), one name written in the put phase (the "
+                   "assertion and the _owner claim that authorizes it), as etcd's baseline gets one key; "
+                   "get_entry_r1: client.get(urn, r=1), the whole entry (the claim and every name under it)",
             "loadavg_1m_before": _loadavg(),
-            "put": {}, "get_r1": {}, "get_r2": {},
+            "put": {}, "get_r1": {}, "get_r2": {}, "get_entry_r1": {},
         }
         etcd_out: dict[str, Any] | None = None
         if etcd is not None:
@@ -985,6 +1000,7 @@ def compare(project: dict[str, Any], etcd: dict[str, Any], levels: Sequence[int]
         out[f"put_w2_over_etcd_put_c{level}"] = ratio("put", "put", level)
         out[f"get_r1_over_etcd_serializable_get_c{level}"] = ratio("get_r1", "get_serializable", level)
         out[f"get_r2_over_etcd_serializable_get_c{level}"] = ratio("get_r2", "get_serializable", level)
+        out[f"get_entry_r1_over_etcd_serializable_get_c{level}"] = ratio("get_entry_r1", "get_serializable", level)
         out[f"by_cpu_put_w2_over_etcd_put_c{level}"] = cpu_ratio("put", "put", level)
         out[f"by_cpu_get_r1_over_etcd_serializable_get_c{level}"] = cpu_ratio("get_r1", "get_serializable", level)
     top = max(levels)
@@ -1081,7 +1097,7 @@ def format_table(res: dict[str, Any]) -> str:
         lines.append(f"{'system':<8}{'operation':<18}{'clients':>8}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
                      f"{'errors':>8}{'cpu us/op':>11}")
         rows = [("snipe", "put W=2", "put", proj), ("snipe", "get R=1", "get_r1", proj),
-                ("snipe", "get R=2", "get_r2", proj)]
+                ("snipe", "get R=2", "get_r2", proj), ("snipe", "get entry R=1", "get_entry_r1", proj)]
         if etcd.get("available"):
             rows += [("etcd", "put", "put", etcd), ("etcd", "get serializable", "get_serializable", etcd)]
         for system, label, phase, src in rows:
