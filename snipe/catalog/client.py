@@ -635,19 +635,37 @@ class CatalogClient:
             return None
         return got
 
-    def _signed_records(self, conn: _Conn, urn: str, deadline: float) -> list[Assertion] | None:
-        """The records `conn` holds about `urn`, signatures checked (nothing else: the callers
-        judge admin- and host-signed proofs themselves, so this never recurses)."""
-        got = self._fetch(conn, "get", {"urn": urn}, deadline)
-        if got is None:
+    def _proof_records(self, first: _Conn, urn: str, deadline: float) -> list[Assertion] | None:
+        """The records about `urn` from `first` and enough other replicas for a majority, newest
+        per name and writer, signatures checked and nothing else (the caller judges admin- and
+        host-signed proofs itself, so this never recurses); None if fewer answered in time.
+        A proof is read as a quorum read is: one replica alone could show an older, genuine
+        proof (a key's admission, a delegation) while withholding the reassignment or revocation
+        that superseded it, and a majority holds every admin write a majority acknowledged."""
+        need = min(self.n, max(self.r, self.n // 2 + 1))
+        conns = [first, *(c for c in self._candidates() if c is not first)]
+
+        def good(got: dict[str, tuple[Envelope, list[bytes]]]) -> int:
+            return sum(1 for env, _ in got.values() if env.kind != "error")
+
+        if deadline <= time.monotonic():
             return None
-        records = self._records_of(conn.address.endpoint, got[1])
-        return None if records is None else self._believe(conn.address.endpoint, records)
+        got = self._fanout(conns[:need], "get", {"urn": urn}, (), lambda g: good(g) >= need, deadline,
+                           spares=conns[need:], needed=lambda g: need - good(g), hedge_s=HEDGE_AFTER_S)
+        merged: dict[tuple[str, str, bytes], Assertion] = {}
+        answered = 0
+        for endpoint, (env, frames) in got.items():
+            records = None if env.kind == "error" else self._records_of(endpoint, frames)
+            if records is not None:
+                merged = merge(merged.values(), self._believe(endpoint, records))
+                answered += 1
+        return list(merged.values()) if answered >= need else None
 
     def _prove_admitted(self, conn: _Conn, key: bytes, deadline: float, *, hosts_only: bool = False) -> bool | None:
-        """Ask `conn` which URNs admit `key` and check them here: an admin-signed `_owner` of
-        a host or user URN naming it, or (unless `hosts_only`) a non-empty `_delegate.<key>` on
-        a proc URN by the admin or by that URN's claimant, itself a host key."""
+        """Ask `conn` which URNs admit `key` and check them here, on a majority's newest
+        records (`_proof_records`): an admin-signed `_owner` of a host or user URN naming it, or
+        (unless `hosts_only`) a non-empty `_delegate.<key>` on a proc URN by the admin or by that
+        URN's claimant, itself a host key."""
         if key == self.admin_key:
             return True
         got = self._fetch(conn, "admitted", {"key": key.hex()}, deadline)
@@ -662,7 +680,7 @@ class CatalogClient:
             kind = urn.split(":")[2]
             if kind not in (("host",) if hosts_only else (*authority.ADMIN_ASSIGNED_KINDS, "proc")):
                 continue                    # only a host key vouches for others, as replicas judge it
-            records = self._signed_records(conn, urn, deadline)
+            records = self._proof_records(conn, urn, deadline)
             if records is None:
                 unknown = True
                 continue

@@ -250,6 +250,37 @@ def test_a_urn_claimed_by_a_key_no_longer_admitted_still_reads(catalog: LocalCat
         assert reader.suspect_total == 0 and any("not admitted" in r.reason for r in reader.rejected)
 
 
+def test_a_tampered_replica_cannot_replay_an_admission_the_admin_withdrew(catalog: LocalCatalog,
+                                                                        user: Identity) -> None:
+    """Bob's user URN is given to another key. A tampered replica puts bob's old admission back
+    (a genuine admin signature, only older) and hides the reassignment. A reader that asks that
+    replica first still reads the proof from a majority and takes the newest: bob's claim, and
+    what it vouched for, are not believed."""
+    from rcds.store import LmdbStorage
+
+    bob, other = Identity.generate(), Identity.generate()
+    bobs_urn = catalog.admit(bob, "bob-replayed")
+    urn = "urn:snipe:proc:bobs-replayed"
+    with catalog.client(bob) as c:
+        c.claim(urn, w=3)
+        c.set(urn, "state", "running", w=3)
+    with only(catalog, 0) as c0:
+        old_admission = next(a for a in c0.get(bobs_urn, r=1).records if a.name == "_owner")
+    catalog.admit(other, "bob-replayed")
+    store = LmdbStorage(catalog.replicas[0].data_dir)
+    with store.write() as txn:                                      # the older proof, in place of the newer
+        txn.store(old_admission, None, None, None)
+        txn.admit(bob.public_key, bobs_urn)
+    store.close()
+    with only(catalog, 0) as c0:                                    # replica 0 alone shows the replay
+        assert c0.get(bobs_urn, r=1).value("_owner", now_ms()) == bob.key_id
+    with CatalogClient(catalog.addresses, user, catalog.admin.key_id, r=1) as reader:   # replica 0 first
+        entry = reader.get(urn)
+        assert entry.value("state", now_ms()) is None
+        assert entry.owner(catalog.admin.public_key, now_ms()) is None
+        assert any("not admitted" in r.reason for r in reader.rejected)
+
+
 def test_watch_across_a_replica_crash_misses_nothing(catalog: LocalCatalog, user: Identity) -> None:
     with catalog.client(user) as writer, catalog.client(user) as watcher:
         writer.claim("urn:snipe:proc:w")
