@@ -3,6 +3,9 @@
 Every command prints aligned tables for people, or JSON with --json. It joins the cluster the
 way any application does (`snipe.init()`: a task's environment, SNIPE_CATALOG/SNIPE_CONFIG, or
 the embedded local cluster).
+
+Exit codes: 0 done; 1 an error (or `drain` left tasks behind); 2 a command line that does not
+parse; 3 `events --timeout` ran out before the task ended; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import signal as signals
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -22,6 +26,7 @@ from rich.table import Table
 import snipe
 from snipe import authority
 from snipe.catalog.client import CatalogClient
+from snipe.daemonclient import DaemonClient
 from snipe.errors import ConfigError, NotFound, SignatureError, SnipeError
 from snipe.identity import Identity, public_key_from_id
 from snipe.multicast.groups import live_members, live_routers
@@ -76,18 +81,33 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     return 0
 
 
+PS_WORKERS = 16        # hosts `ps` asks at once: a silent host costs one --timeout, not one each
+
+
+def _host_tasks(address: str, identity: Identity, timeout: float) -> list[dict[str, Any]]:
+    """One host's tasks, asked on a daemon client of its own: a DaemonClient (a zmq socket) is
+    one thread's, so the session's shared clients are not used from the pool."""
+    with DaemonClient(address, identity) as d:
+        reply, _ = d.call("ps", timeout=timeout)
+    return list(reply["tasks"])
+
+
 def _all_tasks(timeout: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every live host's tasks, and the hosts whose daemon did not list them ({host, reason})."""
+    """Every live host's tasks, and the hosts whose daemon did not list them ({host, reason}).
+    The hosts are asked concurrently; both lists keep the hosts' sorted order."""
     s = session()
+    hosts = sorted(snipe.hosts().items())
     tasks: list[dict[str, Any]] = []
     unreachable: list[dict[str, Any]] = []
-    for urn, h in sorted(snipe.hosts().items()):
-        try:
-            reply, _ = s.daemon(str(h.get("daemon"))).call("ps", timeout=timeout)
-        except SnipeError as exc:
-            unreachable.append({"host": urn, "reason": str(exc)})
-            continue
-        tasks.extend(reply["tasks"])
+    if not hosts:
+        return tasks, unreachable
+    with ThreadPoolExecutor(max_workers=min(PS_WORKERS, len(hosts)), thread_name_prefix="snipe-console-ps") as pool:
+        asked = [(urn, pool.submit(_host_tasks, str(h.get("daemon")), s.identity, timeout)) for urn, h in hosts]
+        for urn, answer in asked:
+            try:
+                tasks.extend(answer.result())
+            except SnipeError as exc:
+                unreachable.append({"host": urn, "reason": str(exc)})
     return tasks, unreachable
 
 
@@ -237,7 +257,6 @@ def cmd_drain(args: argparse.Namespace) -> int:
         address = s.catalog.get(host_urn).value("daemon", now_ms())
         if address is None:
             raise NotFound(f"{host_urn} has no daemon in the catalog")
-        from snipe.daemonclient import DaemonClient
         with DaemonClient(str(address), _admin_identity(args) or s.identity) as d:
             reply, _ = d.call("drain", {"on": False})
         emit(args, reply, lambda: out.print(f"{host_urn}: taking tasks again"))
@@ -303,15 +322,28 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+# The events after which Process.events() stops by itself: the task ended (exited, killed, lost),
+# or its host's lease expired, which the cluster takes as the task lost (its daemon fences it).
+# Any other last event (or none) means --timeout ran out first.
+END_EVENTS = ("exited", "killed", "lost", "host-lost")
+EXIT_TIMED_OUT = 3
+
+
 def cmd_events(args: argparse.Namespace) -> int:
+    last: str | None = None
     for ev in Process(args.urn).events(timeout=args.timeout):
+        last = ev.kind
         if args.json:
             print(json.dumps(ev.__dict__), flush=True)
         else:
             out.print(f"{ev.seq:4d} {time.strftime('%H:%M:%S', time.localtime(ev.at))} {ev.kind}"
                       + (f" exit={ev.exit_code}" if ev.exit_code is not None else "")
                       + (f" ({ev.reason})" if ev.reason else ""))
-    return 0
+    if last in END_EVENTS:
+        return 0
+    return fail(args.json, f"timed out after {args.timeout:g} s waiting for {args.urn} to end (last event: "
+                           f"{last or 'none'}); it may still run: follow it longer with a larger --timeout",
+                "timed-out", EXIT_TIMED_OUT)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -424,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("events", parents=[common], help="follow a task's state changes")
     p.add_argument("urn")
     p.add_argument("--timeout", type=float, default=None,
-                   help="stop after this many seconds (it stops by itself when the task ends)")
+                   help="stop after this many seconds, exiting 3 if the task has not ended by then "
+                        "(it stops by itself, exiting 0, when the task ends or its host is lost)")
     p.set_defaults(fn=cmd_events)
     p = sub.add_parser("publish", parents=[common], help="publish a script or folder as mobile code")
     p.add_argument("path")

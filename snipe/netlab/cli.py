@@ -145,8 +145,11 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="snipe-netlab", description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    # The docstring's first line is the description; the rest (the commands' usage) is the epilog,
+    # so --help says each once.
+    summary, _, usage = __doc__.partition("\n")
+    ap = argparse.ArgumentParser(prog="snipe-netlab", description=summary,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=usage.strip("\n"))
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON")
     common.add_argument("--run", help="run id (default: the only run that is up)")

@@ -1,10 +1,12 @@
 """snipe-console subcommands against a real cluster, run in this process (`main([...])`) for
-speed: publish, spawn, signal, events, ps (with a host that does not answer), keygen, admit,
-drain --off, and how each reports a bad argument or a failure, for people and with --json."""
+speed: publish, spawn, signal, events (to the task's end, or timed out), ps (with hosts that do not
+answer), keygen, admit, drain --off, and how each reports a bad argument or a failure, for people
+and with --json."""
 
 from __future__ import annotations
 
 import json
+import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -95,21 +97,40 @@ def test_publish_spawn_signal_events_and_ps(cluster: LocalCluster, tmp_path: Pat
     assert code == 0 and len(lines) == 2 and "started" in lines[0], out
     assert "killed exit=-15 (signal SIGTERM)" in lines[1], out
 
-    # A host whose daemon does not answer is listed with why, even without -a, and on stderr; ps still exits 0.
-    ghost = "urn:snipe:host:ghost"
-    with CatalogClient(cluster.catalog.addresses, cluster.admin, cluster.admin.key_id) as admin:
-        admin.set_many(ghost, {"alive": True, "draining": True,       # draining: placement leaves it alone
-                               "daemon": f"tcp://127.0.0.1:{free_port()}#{Identity.generate().key_id}"})
-    wait_for(lambda: ghost in snipe.hosts(), 10, "the ghost host to be listed")
-    code, out, err = run(capsys, "ps", "--timeout", "1", "--json")
-    rows = json.loads(out)
-    assert code == 0 and [r for r in rows if r["state"] != "unreachable"] == [], rows     # the sleeper ended
-    assert [(r["urn"], r["host"]) for r in rows] == [(None, ghost)], rows
-    assert "did not answer" in rows[0]["unreachable"], rows
-    assert "snipe-console: warning: ghost did not list its tasks" in err, err
-    code, out, err = run(capsys, "ps", "-a", "--timeout", "1")
-    assert code == 0 and "ghost" in out and "unreachable" in out and "1 host(s) unreachable" in out, out
-    assert sleeper.urn in out and worker["urn"] in out and "warning: ghost" in err, (out, err)
+    # A task that outlives --timeout: the events so far, then exit 3 and "timed out", not 0 as if it had ended.
+    lasting = Process(run_json(capsys, "spawn", sleeper_code, "600", "--host", "h3")["urn"])
+    wait_for(lambda: lasting.status()["state"] == "running", 20, "the second sleeper to run")
+    code, out, err = run(capsys, "events", lasting.urn, "--timeout", "0.5")
+    assert code == 3 and "Traceback" not in err, (code, out, err)
+    assert err.strip().splitlines()[-1].startswith(f"snipe-console: error: timed out after 0.5 s waiting for "
+                                                   f"{lasting.urn} to end"), err
+    code, out, err = run(capsys, "events", lasting.urn, "--timeout", "0.5", "--json")
+    *events, error = [json.loads(line) for line in out.splitlines()]
+    assert code == 3 and all("seq" in e and e["kind"] != "killed" for e in events), (out, err)
+    assert error["kind"] == "timed-out" and "waiting for " + lasting.urn in error["error"], error
+
+    # Hosts whose daemon does not answer (none listening; one listening that never speaks) are listed
+    # with why, even without -a, and on stderr, after the tasks of the hosts that answered, all in
+    # host order; ps still exits 0.
+    ghost, silent = "urn:snipe:host:ghost", "urn:snipe:host:silent"
+    with socket.create_server(("127.0.0.1", 0)) as mute, \
+            CatalogClient(cluster.catalog.addresses, cluster.admin, cluster.admin.key_id) as admin:
+        for urn, port in ((silent, mute.getsockname()[1]), (ghost, free_port())):
+            admin.set_many(urn, {"alive": True, "draining": True,       # draining: placement leaves it alone
+                                 "daemon": f"tcp://127.0.0.1:{port}#{Identity.generate().key_id}"})
+        wait_for(lambda: {ghost, silent} <= set(snipe.hosts()), 10, "the ghost and silent hosts to be listed")
+        code, out, err = run(capsys, "ps", "--timeout", "1", "--json")
+        rows = json.loads(out)
+        assert code == 0 and [(r["urn"], r["host"], r["state"]) for r in rows] == [
+            (lasting.urn, "urn:snipe:host:h3", "running"), (None, ghost, "unreachable"),
+            (None, silent, "unreachable")], rows                                  # the first sleeper ended
+        assert all("did not answer" in r["unreachable"] for r in rows[1:]), rows
+        assert "snipe-console: warning: ghost did not list its tasks" in err, err
+        assert "snipe-console: warning: silent did not list its tasks" in err, err
+        code, out, err = run(capsys, "ps", "-a", "--timeout", "1")
+        assert code == 0 and "ghost" in out and "silent" in out and "2 host(s) unreachable" in out, out
+        assert all(t in out for t in (sleeper.urn, worker["urn"], lasting.urn)), out
+        assert "warning: ghost" in err and "warning: silent" in err, err
 
 
 def test_keygen_admit_and_drain_off(cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str],
