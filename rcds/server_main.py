@@ -101,6 +101,11 @@ def load_config(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.N
             peers.append(PeerInfo(str(p["id"]), str(p["endpoint"]), public_key_from_id(str(p["key"]))))
         except (KeyError, TypeError, SnipeError) as exc:
             raise ConfigError(f"{args.config}: peers[{i}] needs id, endpoint and key ({exc})") from None
+    sync = pick(args.sync, "sync", False)
+    if not isinstance(sync, bool):
+        # bool("false") is True: a quoted value would be read as the opposite of what it says
+        raise ConfigError(f"{args.config}: [replica] sync = {sync!r} must be true or false (a TOML boolean, "
+                          "unquoted)")
     try:
         admin_key = public_key_from_id(str(admin))
     except SnipeError:
@@ -110,7 +115,7 @@ def load_config(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.N
         identity=Identity.load_or_create(key_file), admin_key=admin_key, peers=peers,
         anti_entropy_s=float(pick(args.anti_entropy, "anti_entropy_s", 1.0)),
         log_retention=int(pick(args.log_retention, "log_retention", 200_000)),
-        sync=bool(pick(args.sync, "sync", False)),
+        sync=sync,
         map_budget_mib=int(pick(args.map_budget_mib, "map_budget_mib", 64)),
     )
     return cfg, args
