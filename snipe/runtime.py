@@ -700,11 +700,12 @@ def _requirements(requires: Sequence[Predicate | str] | dict[str, Any] | None) -
     return [parse_predicate_text(r) if isinstance(r, str) else tuple(r) for r in requires]  # type: ignore[misc]
 
 
-def hosts(requires: Sequence[Predicate | str] | dict[str, Any] | None = None) -> dict[str, Any]:
-    """The live hosts' metadata, by URN."""
-    s = session()
+def hosts(requires: Sequence[Predicate | str] | dict[str, Any] | None = None, *,
+          catalog: CatalogClient | None = None) -> dict[str, Any]:
+    """The live hosts' metadata, by URN; read with `catalog` (a thread's own client) if given."""
     now = now_ms()
-    return {u: e.as_dict(now) for u, e in s.catalog.query("urn:snipe:host:", _requirements(requires)).items()
+    c = catalog or session().catalog
+    return {u: e.as_dict(now) for u, e in c.query("urn:snipe:host:", _requirements(requires)).items()
             if e.value("alive", now) is True}
 
 

@@ -92,11 +92,13 @@ def _host_tasks(address: str, identity: Identity, timeout: float) -> list[dict[s
     return list(reply["tasks"])
 
 
-def _all_tasks(timeout: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _all_tasks(timeout: float, catalog: CatalogClient | None = None
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every live host's tasks, and the hosts whose daemon did not list them ({host, reason}).
-    The hosts are asked concurrently; both lists keep the hosts' sorted order."""
+    The hosts are asked concurrently; both lists keep the hosts' sorted order. `catalog`: the
+    calling thread's own client, if it is not the session's thread (a client is one thread's)."""
     s = session()
-    hosts = sorted(snipe.hosts().items())
+    hosts = sorted(snipe.hosts(catalog=catalog).items())
     tasks: list[dict[str, Any]] = []
     unreachable: list[dict[str, Any]] = []
     if not hosts:
@@ -154,34 +156,49 @@ def _host(urn: Any) -> str:
     return str(urn).rsplit(":", 1)[-1] if urn else "-"
 
 
-def cmd_groups(args: argparse.Namespace) -> int:
+def groups_data(catalog: CatalogClient | None = None) -> list[dict[str, Any]]:
+    """Every multicast group: its member count, routers and the most any router relayed."""
     now = now_ms()
     groups = []
-    for urn, entry in session().catalog.query("urn:snipe:group:").items():
+    for urn, entry in (catalog or session().catalog).query("urn:snipe:group:").items():
         v = group_view(entry, now)
         groups.append({"group": urn, "members": len(v["members"]), "routers": [r["router"] for r in v["routers"]],
                        "relayed": max((r["relayed"] or 0 for r in v["routers"]), default=0)})
+    return groups
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    groups = groups_data()
     rows = [[g["group"], g["members"], ", ".join(_host(r) for r in g["routers"]) or "-", g["relayed"]] for g in groups]
     emit(args, groups, lambda: table(f"{len(groups)} multicast group(s)",
                                      ["group", "members", "routers", "messages relayed (most by a router)"], rows))
     return 0
 
 
-def cmd_show(args: argparse.Namespace) -> int:
+def show_data(text: str, catalog: CatalogClient | None = None) -> tuple[dict[str, Any], Any]:
+    """Every verified assertion about the URN `text` (a group's members and routers too), and
+    its catalog entry. Raises the URN's own error when `text` is not one."""
     s = session()
-    urn = validate_urn(args.urn)
-    entry = s.catalog.get(urn)
+    c = catalog or s.catalog
+    urn = validate_urn(text)
+    rejected_before = c.rejected_total
+    entry = c.get(urn)
+    fresh = min(c.rejected_total - rejected_before, len(c.rejected))     # this read's
     now = now_ms()
-    owner = entry.owner(s.admin_key, now)
     records = [{"name": a.name, "value": a.value, "writer": a.signer.hex(), "ts": a.ts, "ttl_ms": a.ttl_ms,
                 "live": a.is_live(now), "deleted": a.deleted,
                 "expires_in_s": round((a.expires_at_ms - now) / 1000, 1) if a.expires_at_ms else None}
                for a in entry.records]
-    data = {"urn": urn, "owner": owner, "verified": True, "records": records,
-            "rejected": [r.reason for r in s.catalog.rejected]}
-    group = group_view(entry, now) if urn.startswith("urn:snipe:group:") else None
-    if group is not None:
-        data["group"] = group
+    data = {"urn": urn, "owner": entry.owner(s.admin_key, now), "verified": True, "records": records,
+            "rejected": [r.reason for r in list(c.rejected)[len(c.rejected) - fresh:]]}
+    if urn.startswith("urn:snipe:group:"):
+        data["group"] = group_view(entry, now)
+    return data, entry
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    data, entry = show_data(args.urn)
+    urn, owner, records, group, now = data["urn"], data["owner"], data["records"], data.get("group"), now_ms()
 
     def human() -> None:
         out.print(f"[bold]{urn}[/bold]  owner {owner[:16] + '…' if owner else '-'}  "
@@ -358,6 +375,22 @@ def cmd_spawn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    from snipe.console import web
+
+    session()                        # join the cluster first: a cluster that cannot be reached is said at once
+
+    def ready(url: str, token: str | None) -> None:
+        if args.json:
+            print(json.dumps({"url": url, "token": token}), flush=True)
+        else:
+            out.print(f"the console's page: {url}  (read-only; Ctrl-C stops it)")
+            sys.stdout.flush()
+
+    web.serve(args.listen, token=args.token, interval=args.interval, ready=ready)
+    return 0
+
+
 CLUSTER_UP_SHAPE = (3, 3)          # (replicas, daemons) of a cluster `cluster up` starts
 
 
@@ -467,6 +500,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*")
     p.add_argument("--host")
     p.set_defaults(fn=cmd_spawn)
+    p = sub.add_parser("web", parents=[common], help="serve a read-only web page of the cluster: hosts, tasks, "
+                                                      "groups and message traffic over time")
+    p.add_argument("--listen", default="127.0.0.1:8470",
+                   help="HOST:PORT to serve on (default 127.0.0.1:8470; port 0 picks one); off loopback the "
+                        "page wants a token, made at start and printed in its URL")
+    p.add_argument("--token", help="the token the page wants (default: none on loopback, a random one elsewhere)")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between the page's snapshots (default 5)")
+    p.set_defaults(fn=cmd_web)
     p = sub.add_parser("cluster", parents=[common], help="a local cluster on this machine")
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--replicas", type=int, help="replicas of a new cluster (default 3); a running cluster of "

@@ -46,7 +46,7 @@ def test_ps_asks_the_hosts_at_once_each_on_its_own_client(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(DaemonClient, "call", call)
     monkeypatch.setattr(DaemonClient, "close", close)
-    monkeypatch.setattr(snipe, "hosts", lambda: {u: {"daemon": a} for u, a in reversed(addresses.items())})
+    monkeypatch.setattr(snipe, "hosts", lambda catalog=None: {u: {"daemon": a} for u, a in reversed(addresses.items())})
     monkeypatch.setattr(console, "session",
                         lambda: SimpleNamespace(identity=me, daemon=lambda address: DaemonClient(address, me)))
 
