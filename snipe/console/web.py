@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import snipe
+from snipe import hlc
 from snipe.catalog.client import CatalogClient
 from snipe.console.traffic import TaskCounters, TrafficHistory, task_counters
 from snipe.errors import ConfigError, SnipeError
@@ -89,9 +90,11 @@ def snapshot_tasks(catalog: Any, now: int) -> dict[str, TaskCounters]:
     """Every task's published message counters (the traffic sampler's input)."""
     counters = {}
     for urn, entry in catalog.query("urn:snipe:proc:").items():
-        c = task_counters(entry.value("msg_stats", now), entry.value("host", now))
-        if c is not None:
-            counters[urn] = c
+        stats = max((a for a in entry.live(now) if a.name == "msg_stats"), key=lambda a: a.rank, default=None)
+        if stats is not None:
+            c = task_counters(stats.value, entry.value("host", now), hlc.physical_ms(stats.ts))
+            if c is not None:
+                counters[urn] = c
     return counters
 
 

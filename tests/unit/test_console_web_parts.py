@@ -9,42 +9,47 @@ from snipe.console.web import is_loopback, parse_listen, token_for
 from snipe.errors import ConfigError
 
 
-def test_rates_are_per_host_messages_per_second_between_samples() -> None:
+def c(host: str, sent: int, received: int, at_s: float) -> TaskCounters:
+    return TaskCounters(host, sent, received, int(at_s * 1000))
+
+
+def test_a_rate_is_the_change_between_two_publications_over_the_time_between_them() -> None:
     h = TrafficHistory()
-    h.add(100.0, {"a": TaskCounters("h1", 10, 5), "b": TaskCounters("h2", 0, 0)})
-    assert h.series() == {"t": [], "hosts": {}}                       # one sample is no interval yet
-    h.add(102.0, {"a": TaskCounters("h1", 30, 25), "b": TaskCounters("h2", 4, 0)})
-    h.add(104.0, {"a": TaskCounters("h1", 30, 25), "b": TaskCounters("h2", 8, 2)})
-    assert h.series() == {"t": [102.0, 104.0], "hosts": {"h1": [20.0, 0.0], "h2": [2.0, 3.0]}}
+    h.add(100.0, {"a": c("h1", 10, 5, 99.0), "b": c("h2", 0, 0, 98.0)})      # first sight: no rate yet
+    h.add(102.0, {"a": c("h1", 10, 5, 99.0), "b": c("h2", 0, 0, 98.0)})      # nothing newer published
+    h.add(105.0, {"a": c("h1", 60, 55, 104.0), "b": c("h2", 8, 2, 103.0)})   # 100 in 5 s; 10 in 5 s
+    h.add(107.0, {"a": c("h1", 60, 55, 104.0), "b": c("h2", 8, 2, 103.0)})   # rates hold between publications
+    assert h.series() == {"t": [100.0, 102.0, 105.0, 107.0],
+                          "hosts": {"h1": [0.0, 0.0, 20.0, 20.0], "h2": [0.0, 0.0, 2.0, 2.0]}}
 
 
-def test_a_new_task_counts_from_its_first_sample_and_a_restarted_or_ended_one_adds_nothing() -> None:
-    h = TrafficHistory()
-    h.add(0.0, {"a": TaskCounters("h1", 100, 0)})
-    h.add(1.0, {"a": TaskCounters("h1", 3, 0),                        # restarted: its counters went down
-                "new": TaskCounters("h1", 5000, 0)})                  # what it sent before is not this second's
-    h.add(2.0, {"new": TaskCounters("h1", 5010, 0)})                  # "a" ended
-    assert h.series()["hosts"] == {"h1": [0.0, 10.0]}
+def test_tasks_on_one_host_add_up_and_restarted_quiet_or_ended_ones_count_nothing() -> None:
+    h = TrafficHistory(quiet_s=12.0)
+    h.add(0.0, {"a": c("h1", 100, 0, 0.0), "b": c("h1", 0, 0, 0.0)})
+    h.add(5.0, {"a": c("h1", 150, 0, 5.0), "b": c("h1", 25, 0, 5.0)})       # 10/s + 5/s
+    h.add(10.0, {"a": c("h1", 3, 0, 10.0), "b": c("h1", 25, 0, 5.0)})       # a restarted; b went idle
+    h.add(15.0, {"a": c("h1", 13, 0, 15.0), "b": c("h1", 25, 0, 5.0)})      # a: 2/s again; b still < quiet_s
+    h.add(18.0, {"a": c("h1", 13, 0, 15.0), "b": c("h1", 25, 0, 5.0)})      # b quiet for 13 s: 0
+    h.add(20.0, {"b": c("h1", 25, 0, 5.0)})                                 # a ended
+    assert h.series()["hosts"] == {"h1": [0.0, 15.0, 5.0, 7.0, 2.0, 0.0]}
 
 
-def test_samples_out_of_order_are_skipped_and_the_window_is_bounded() -> None:
-    h = TrafficHistory(max_samples=3)
-    h.add(5.0, {"a": TaskCounters("h1", 0, 0)})
-    h.add(5.0, {"a": TaskCounters("h1", 50, 0)})                      # no time passed: no rate
-    for i in range(1, 6):
-        h.add(5.0 + i, {"a": TaskCounters("h1", 50 + i, 0)})
-    assert h.series() == {"t": [9.0, 10.0], "hosts": {"h1": [1.0, 1.0]}}
+def test_the_window_is_bounded() -> None:
+    h = TrafficHistory(max_samples=2)
+    for i in range(5):
+        h.add(float(i), {"a": c("h1", 10 * i, 0, float(i))})
+    assert h.series() == {"t": [3.0, 4.0], "hosts": {"h1": [10.0, 10.0]}}
     with pytest.raises(ValueError):
-        TrafficHistory(max_samples=1)
+        TrafficHistory(max_samples=0)
 
 
 def test_published_counters_are_read_defensively() -> None:
     stats = {"urn:snipe:proc:x": {"sent": 7, "received": 2}, "urn:snipe:proc:y": {"sent": 1, "received": 1}}
-    assert task_counters(stats, "urn:snipe:host:h1") == TaskCounters("urn:snipe:host:h1", 8, 3)
+    assert task_counters(stats, "urn:snipe:host:h1", 5) == TaskCounters("urn:snipe:host:h1", 8, 3, 5)
     odd = {"p": {"sent": "many", "received": -4}, "q": "not a map", "r": {"sent": True}}
-    assert task_counters(odd, "h") == TaskCounters("h", 0, 0)
-    assert task_counters(["not", "a", "map"], "h") is None
-    assert task_counters(stats, None) is None
+    assert task_counters(odd, "h", 5) == TaskCounters("h", 0, 0, 5)
+    assert task_counters(["not", "a", "map"], "h", 5) is None
+    assert task_counters(stats, None, 5) is None
 
 
 def test_listen_addresses_and_who_needs_a_token() -> None:
