@@ -34,7 +34,7 @@ from snipe_daemon.pool import WarmPool, reap_orphans
 from snipe_daemon.relay import Relay
 from snipe_daemon.state import DaemonState
 from snipe_daemon.takeover import TakeoverWatcher
-from snipe_daemon.tasks import Quota, TaskEvent, TaskRunner
+from snipe_daemon.tasks import LIVE_STATES, Quota, TaskEvent, TaskRunner
 
 from snipe import authority
 from snipe.admission import CatalogAdmission
@@ -773,6 +773,9 @@ class Daemon:
         rec["events"] = (rec["events"] + [event])[-MAX_EVENTS_KEPT:]
         with contextlib.suppress(KeyError):
             rec["record"] = self.runner.record(ev.urn).to_value()
+        if state not in LIVE_STATES:
+            with contextlib.suppress(SnipeError):         # a task this runner no longer knows: no figures
+                rec["usage"] = self.runner.usage(ev.urn)
         self.state.put_task(ev.urn, rec)
         self._publish_task(ev.urn)
 
@@ -787,6 +790,8 @@ class Daemon:
             values["exit_code"] = last["exit_code"]
         if last.get("reason"):
             values["reason"] = last["reason"]
+        if rec.get("usage"):       # accounting: what the ended task used, as this host measured it
+            values["usage"] = rec["usage"]
         if rec.get("copy"):         # a copy of a task in mode "all": copy 0's host speaks for the URN
             self.unpublished.discard(urn)
             return

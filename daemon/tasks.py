@@ -538,6 +538,7 @@ class TaskRunner:
                 return True, task.popen.returncode
             if info is None:
                 return False, None
+            self._last_cpu(task)
             _killpg(rec.pid, _signal.SIGKILL)  # the unreaped leader still holds the group id
             return True, task.popen.wait()
         proc = _same_process(rec.pid, rec.create_time)
@@ -549,6 +550,7 @@ class TaskRunner:
             ours = proc.ppid() == os.getpid()
         except psutil.NoSuchProcess:
             return True, None
+        self._last_cpu(task)
         _killpg(rec.pid, _signal.SIGKILL)
         if ours:  # a daemon that re-executed itself is still the parent, so the code is ours to read
             with contextlib.suppress(ChildProcessError):
@@ -590,6 +592,23 @@ class TaskRunner:
             task.sampled_at = now
             return True
         return False
+
+    @staticmethod
+    def _last_cpu(task: _Task) -> None:
+        """(The leader exited, not yet reaped.) Its CPU time as the kernel keeps it for the zombie,
+        with what its reaped descendants used: the last sample may be up to a poll old, and the
+        usage a task is accounted with is this figure."""
+        with contextlib.suppress(psutil.Error, OSError):
+            t = psutil.Process(task.record.pid).cpu_times()
+            task.cpu_seconds = max(task.cpu_seconds, t.user + t.system + t.children_user + t.children_system)
+
+    def usage(self, urn: str) -> dict[str, Any]:
+        """What a task used, for accounting: CPU seconds (its whole tree), wall seconds from its
+        start to its end (or now) and the peak resident memory seen."""
+        task = self._task(urn)
+        end = self._clock() if task.ended_at is None else task.ended_at
+        return {"cpu_seconds": round(task.cpu_seconds, 3), "wall_seconds": round(end - task.record.started_at, 3),
+                "peak_rss_bytes": task.peak_rss_bytes}
 
     def _sample(self, task: _Task) -> bool:
         """Refresh the task's use from its process tree; False if nothing of it could be read."""

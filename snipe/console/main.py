@@ -375,6 +375,74 @@ def cmd_spawn(args: argparse.Namespace) -> int:
     return 0
 
 
+USAGE_BY = ("owner", "host", "code")
+
+
+def _as_number(v: Any) -> float:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 else 0.0
+
+
+def usage_data(by: str = "owner", since_s: float | None = None,
+               catalog: CatalogClient | None = None) -> dict[str, Any]:
+    """Accounting: what ended tasks used (the `usage` their host's daemon published when each
+    ended), per task and summed per owner, host or code. Only the host's own statements count:
+    a task may write any name on its own URN (it is delegated them), so a `usage`, `owner`,
+    `host` or `code` it wrote about itself is not taken."""
+    if by not in USAGE_BY:
+        raise ConfigError(f"usage --by {by!r}: one of {', '.join(USAGE_BY)}")
+    s = session()
+    c = catalog or s.catalog
+    now = now_ms()
+    since_ms = None if since_s is None else now - int(since_s * 1000)
+    tasks = []
+    for urn, entry in c.query("urn:snipe:proc:", [("usage", "exists", None)]).items():
+        host_key = entry.owner(s.admin_key, now)        # the daemon that started it claimed its URN
+
+        def stated(name: str, entry: Any = entry, host_key: Any = host_key) -> Any:
+            return entry.values(name, now).get(host_key) if host_key else None
+
+        used = stated("usage")
+        started = stated("started")
+        if not isinstance(used, dict) or not isinstance(started, int):
+            continue
+        ended = started + int(_as_number(used.get("wall_seconds")) * 1000)
+        if since_ms is not None and ended < since_ms:
+            continue
+        tasks.append({"urn": urn, "owner": stated("owner"), "host": stated("host"), "code": stated("code"),
+                      "state": stated("state"), "started_ms": started, "ended_ms": ended,
+                      "cpu_seconds": _as_number(used.get("cpu_seconds")),
+                      "wall_seconds": _as_number(used.get("wall_seconds")),
+                      "peak_rss_bytes": int(_as_number(used.get("peak_rss_bytes")))})
+    groups: dict[str, dict[str, Any]] = {}
+    for t in tasks:
+        g = groups.setdefault(str(t[by]), {by: t[by], "tasks": 0, "cpu_seconds": 0.0, "wall_seconds": 0.0,
+                                           "peak_rss_bytes": 0})
+        g["tasks"] += 1
+        g["cpu_seconds"] += t["cpu_seconds"]
+        g["wall_seconds"] += t["wall_seconds"]
+        g["peak_rss_bytes"] = max(g["peak_rss_bytes"], t["peak_rss_bytes"])
+    rows = sorted(groups.values(), key=lambda g: -g["cpu_seconds"])
+    for g in rows:
+        g["cpu_seconds"], g["wall_seconds"] = round(g["cpu_seconds"], 3), round(g["wall_seconds"], 3)
+    return {"by": by, "since_s": since_s, "groups": rows, "tasks": sorted(tasks, key=lambda t: t["ended_ms"])}
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    data = usage_data(args.by, args.since)
+    total_cpu = sum(g["cpu_seconds"] for g in data["groups"])
+
+    def human() -> None:
+        since = f" in the last {args.since:g} s" if args.since is not None else ""
+        label = {"owner": "owner (key)", "host": "host", "code": "code"}[args.by]
+        table(f"{len(data['tasks'])} ended task(s){since}: {total_cpu:.2f} CPU seconds",
+              [label, "tasks", "cpu", "wall", "peak memory"],
+              [[_short(g[args.by], 70).strip('"') if args.by != "host" else _host(g["host"]), g["tasks"],
+                f"{g['cpu_seconds']:.2f}s", f"{g['wall_seconds']:.1f}s", _bytes(g["peak_rss_bytes"])]
+               for g in data["groups"]])
+    emit(args, data, human)
+    return 0
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     from snipe.console import web
 
@@ -500,6 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*")
     p.add_argument("--host")
     p.set_defaults(fn=cmd_spawn)
+    p = sub.add_parser("usage", parents=[common], help="accounting: CPU, wall time and memory ended tasks used, "
+                                                        "per owner, host or code")
+    p.add_argument("--by", choices=USAGE_BY, default="owner", help="sum per task owner (default), host or code")
+    p.add_argument("--since", type=float, help="only tasks that ended in the last this many seconds")
+    p.set_defaults(fn=cmd_usage)
     p = sub.add_parser("web", parents=[common], help="serve a read-only web page of the cluster: hosts, tasks, "
                                                       "groups and message traffic over time")
     p.add_argument("--listen", default="127.0.0.1:8470",

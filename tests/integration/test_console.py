@@ -185,3 +185,51 @@ def test_keygen_admit_and_drain_off(cluster: LocalCluster, tmp_path: Path, capsy
     assert run_json(capsys, "drain", "h1", "--off", "--admin-key-file", admin_key)["draining"] is False
     assert_clean_error(run(capsys, "drain", "h1", "--off"), 1, "only the admin key")    # the user's may not
     assert snipe.hosts()["urn:snipe:host:h1"].get("draining") is False
+
+
+BURNER = '''
+import sys, time
+import snipe
+snipe.init()
+if sys.argv[2:] == ["forge"]:      # a task may write any name on its own URN: accounting must not believe it
+    snipe.catalog().set_many(snipe.me(), {"usage": {"cpu_seconds": 1e9, "wall_seconds": 1.0, "peak_rss_bytes": 1},
+                                          "owner": "f" * 64, "host": "urn:snipe:host:nowhere"})
+end = time.process_time() + float(sys.argv[1])
+while time.process_time() < end:
+    pass
+'''
+
+
+def test_usage_accounts_what_ended_tasks_used_as_their_hosts_measured_it(
+        cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "burner.py").write_text(BURNER)
+    code = snipe.publish(tmp_path / "burner.py")
+    honest = snipe.spawn(code, "0.3", host="h2")
+    forger = snipe.spawn(code, "0.3", "forge", host="h3")
+    for p in (honest, forger):
+        assert Process(p.urn).wait(60)["exit_code"] == 0
+    # ... and so may anyone holding its key, after it ended: newer than what its host published
+    task_key = Identity.load(cluster.daemons[2].state_dir / "tasks" / forger.urn.rsplit(":", 1)[1] / "task.key")
+    with CatalogClient(cluster.catalog.addresses, task_key, cluster.admin.key_id) as as_task:
+        as_task.set_many(forger.urn, {"usage": {"cpu_seconds": 2e9, "wall_seconds": 1.0, "peak_rss_bytes": 1},
+                                      "owner": "e" * 64})
+
+    def accounted() -> Any:
+        got = run_json(capsys, "usage")
+        return got if len(got["tasks"]) == 2 else None
+
+    data = wait_for(accounted, 30, "both ended tasks to be accounted")
+    assert data["by"] == "owner" and len(data["groups"]) == 1
+    mine = data["groups"][0]
+    assert mine["owner"] == cluster.user.key_id and mine["tasks"] == 2        # not the forged owner
+    assert 0.6 <= mine["cpu_seconds"] < 60, mine                              # each burnt >= 0.3 s; not 1e9
+    tasks = {t["urn"]: t for t in data["tasks"]}
+    assert tasks[forger.urn]["host"] == "urn:snipe:host:h3" and tasks[forger.urn]["state"] == "exited"
+    assert all(t["wall_seconds"] >= t["cpu_seconds"] * 0.5 and t["peak_rss_bytes"] > 0 for t in tasks.values())
+
+    by_host = run_json(capsys, "usage", "--by", "host")
+    assert sorted(g["host"] for g in by_host["groups"]) == ["urn:snipe:host:h2", "urn:snipe:host:h3"]
+    assert run_json(capsys, "usage", "--since", "3600")["groups"][0]["tasks"] == 2
+    code_, out, _ = run(capsys, "usage", "--by", "host")
+    assert code_ == 0 and "2 ended task(s)" in out and "h2" in out and "h3" in out, out
+    assert_clean_error(run(capsys, "usage", "--by", "colour"), 2, "--by")
