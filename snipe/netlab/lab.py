@@ -15,7 +15,9 @@
   The admin admits the host keys and a user key from inside a namespace (snipe.netlab.agent).
 
 Faults (`loss`, `delay`, `rate`, `cut`, `partition`, `kill`, `restart`) return a fault id that
-`heal(id)` undoes; nftables rules live in a table `snl_<rid>` in the hosts' namespaces.
+`heal(id)` undoes; nftables rules live in a table `snl_<rid>` in the hosts' namespaces. A fault
+that cannot be applied as asked raises, undoing what part of it was made: `faults()` lists only
+faults in force.
 `down()` removes every process, namespace, rule and route the run made, identified by pid and
 start time or by name; it is registered with atexit and SIGTERM/SIGHUP, and
 `cleanup_stale()` removes what a killed run left behind (by the `snl-` prefix and the state
@@ -42,6 +44,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -573,6 +576,22 @@ class Lab:
             self._save()
             return fid
 
+    @contextlib.contextmanager
+    def _applying(self, record: dict[str, Any]) -> Iterator[str]:
+        """Record a fault, then apply it in the `with` body. If applying fails, whatever part of
+        it was made is undone and the record dropped before the error goes on: `faults()` lists
+        only faults in force."""
+        fid = self._new_fault(record)
+        try:
+            yield fid
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.heal(fid)
+            with self._lock:
+                if self.state["faults"].pop(fid, None) is not None:
+                    self._save()
+            raise
+
     def faults(self) -> dict[str, dict[str, Any]]:
         return dict(self.state["faults"])
 
@@ -586,16 +605,20 @@ class Lab:
         pct = round(percent)
         if not 0 <= pct <= 100:
             raise ValueError("percent must be 0-100")
-        fid = self._new_fault({"kind": "loss", "host": host, "net": net, "percent": pct, "direction": direction})
-        t = self.table
-        script = [f"add table inet {t}"]
-        if direction in ("both", "out"):
-            script += [f"add chain inet {t} {fid}_out {{ type filter hook output priority 0; policy accept; }}",
-                       f'add rule inet {t} {fid}_out oifname "{net}" numgen random mod 100 < {pct} drop']
-        if direction in ("both", "in"):
-            script += [f"add chain inet {t} {fid}_in {{ type filter hook input priority 0; policy accept; }}",
-                       f'add rule inet {t} {fid}_in iifname "{net}" numgen random mod 100 < {pct} drop']
-        self._nft(host, "\n".join(script) + "\n")
+        if direction not in ("both", "in", "out"):
+            raise ValueError("direction is both, in or out")
+        # numgen draws 0-99, and nftables refuses `< 100`: 100% is a plain drop
+        share = "" if pct == 100 else f"numgen random mod 100 < {pct} "
+        with self._applying({"kind": "loss", "host": host, "net": net, "percent": pct, "direction": direction}) as fid:
+            t = self.table
+            script = [f"add table inet {t}"]
+            if direction in ("both", "out"):
+                script += [f"add chain inet {t} {fid}_out {{ type filter hook output priority 0; policy accept; }}",
+                           f'add rule inet {t} {fid}_out oifname "{net}" {share}drop']
+            if direction in ("both", "in"):
+                script += [f"add chain inet {t} {fid}_in {{ type filter hook input priority 0; policy accept; }}",
+                           f'add rule inet {t} {fid}_in iifname "{net}" {share}drop']
+            self._nft(host, "\n".join(script) + "\n")
         return fid
 
     def partition(self, hosts: list[str]) -> str:
@@ -605,17 +628,20 @@ class Lab:
         for h in inside:
             self.topo.host(h)
         outside = [a for h in self.topo.hosts if h.name not in inside for a in self.topo.addresses(h.name).values()]
-        fid = self._new_fault({"kind": "partition", "hosts": sorted(inside)})
+        if not inside:
+            raise ValueError("partition needs at least one host")
         if not outside:
-            return fid
-        t, addrs = self.table, ", ".join(outside)
-        for h in inside:
-            self._nft(h, "\n".join([
-                f"add table inet {t}",
-                f"add chain inet {t} {fid}_out {{ type filter hook output priority 0; policy accept; }}",
-                f"add rule inet {t} {fid}_out ip daddr {{ {addrs} }} drop",
-                f"add chain inet {t} {fid}_in {{ type filter hook input priority 0; policy accept; }}",
-                f"add rule inet {t} {fid}_in ip saddr {{ {addrs} }} drop"]) + "\n")
+            raise LabError(f"partition {' '.join(sorted(inside))} names every host of the lab, so nothing is left "
+                           "to cut them off from; name the hosts of one side only")
+        with self._applying({"kind": "partition", "hosts": sorted(inside)}) as fid:
+            t, addrs = self.table, ", ".join(outside)
+            for h in sorted(inside):
+                self._nft(h, "\n".join([
+                    f"add table inet {t}",
+                    f"add chain inet {t} {fid}_out {{ type filter hook output priority 0; policy accept; }}",
+                    f"add rule inet {t} {fid}_out ip daddr {{ {addrs} }} drop",
+                    f"add chain inet {t} {fid}_in {{ type filter hook input priority 0; policy accept; }}",
+                    f"add rule inet {t} {fid}_in ip saddr {{ {addrs} }} drop"]) + "\n")
         return fid
 
     def cut(self, host: str, net: str, side: str = "host") -> str:
@@ -625,21 +651,24 @@ class Lab:
         self._check_link(host, net)
         if side not in ("host", "switch"):
             raise ValueError("side is host or switch")
-        fid = self._new_fault({"kind": "cut", "host": host, "net": net, "side": side})
-        if side == "host":
-            run(["ip", "-n", self.ns(host), "link", "set", net, "down"])
-        else:
-            run(["ip", "-n", self.switch_ns, "link", "set", self._port_name(host, net), "down"])
+        with self._applying({"kind": "cut", "host": host, "net": net, "side": side}) as fid:
+            if side == "host":
+                run(["ip", "-n", self.ns(host), "link", "set", net, "down"])
+            else:
+                run(["ip", "-n", self.switch_ns, "link", "set", self._port_name(host, net), "down"])
         return fid
 
     def rate(self, host: str, net: str, mbit: float) -> str:
         """Cap `host`'s link to `net` at `mbit` Mbit/s each way (tc tbf on both veth ends)."""
         self._check_link(host, net)
-        fid = self._new_fault({"kind": "rate", "host": host, "net": net, "mbit": mbit})
+        if not mbit > 0:
+            raise ValueError(f"rate must be more than 0 Mbit/s, not {mbit}; to stop all traffic use "
+                             "`cut` or `loss ... 100`")
         burst = max(32, int(mbit * 1000 / 8 / 100))       # kbit: about 10 ms of traffic, at least 32
-        for ns, dev in ((self.ns(host), net), (self.switch_ns, self._port_name(host, net))):
-            run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
-                 "rate", f"{mbit}mbit", "burst", f"{burst}kbit", "latency", "200ms"])
+        with self._applying({"kind": "rate", "host": host, "net": net, "mbit": mbit}) as fid:
+            for ns, dev in ((self.ns(host), net), (self.switch_ns, self._port_name(host, net))):
+                run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+                     "rate", f"{mbit}mbit", "burst", f"{burst}kbit", "latency", "200ms"])
         return fid
 
     def delay(self, host: str, net: str, ms: float, jitter_ms: float = 0.0, *, force_relay: bool = False,
@@ -652,34 +681,36 @@ class Lab:
         (the catalog's and daemons' by default); connections open before the fault are not
         affected. Jitter there is drawn per connection (see the relay's docstring)."""
         self._check_link(host, net)
+        if not ms >= 0 or not jitter_ms >= 0:
+            raise ValueError(f"delay and jitter are milliseconds, 0 or more (not {ms} and {jitter_ms})")
         use_netem = bool(self.state.get("netem")) and not force_relay
-        fid = self._new_fault({"kind": "delay", "host": host, "net": net, "ms": ms, "jitter_ms": jitter_ms,
-                               "mechanism": "netem" if use_netem else "relay"})
-        if use_netem:
-            for ns, dev in ((self.ns(host), net), (self.switch_ns, self._port_name(host, net))):
-                argv = ["tc", "qdisc", "replace", "dev", dev, "root", "netem", "delay", f"{ms}ms"]
-                if jitter_ms:
-                    argv.append(f"{jitter_ms}ms")
-                run(["ip", "netns", "exec", ns, *argv])
-            return fid
-        port = RELAY_PORT_BASE + int(fid[1:])
-        d = self.dir / "relays"
-        d.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "snipe.netlab.relay", "--port", str(port), "--delay-ms", str(ms),
-                "--jitter-ms", str(jitter_ms), "--mark", hex(RELAY_MARK), "--ready-file", str(d / f"{fid}.ready"),
-                "--stats-file", str(d / f"{fid}.stats")]
-        name = f"relay@{host}/{fid}"
-        self._spawn(P.Proc(name, "relay", host, argv, str(d / f"{fid}.log"), str(d / f"{fid}.ready")))
-        self._wait_ready(self.procs[name], 20)
-        t = self.table
-        excl = f" tcp dport != {{ {', '.join(str(p) for p in exclude_ports)} }}" if exclude_ports else ""
-        self._nft(host, "\n".join([
-            f"add table inet {t}",
-            f"add chain inet {t} {fid}_nat {{ type nat hook output priority -100; policy accept; }}",
-            f'add rule inet {t} {fid}_nat oifname "{net}" meta l4proto tcp meta mark != {hex(RELAY_MARK)}{excl} '
-            f"redirect to :{port}"]) + "\n")
-        self.state["faults"][fid]["relay"] = name
-        self._save()
+        with self._applying({"kind": "delay", "host": host, "net": net, "ms": ms, "jitter_ms": jitter_ms,
+                             "mechanism": "netem" if use_netem else "relay"}) as fid:
+            if use_netem:
+                for ns, dev in ((self.ns(host), net), (self.switch_ns, self._port_name(host, net))):
+                    argv = ["tc", "qdisc", "replace", "dev", dev, "root", "netem", "delay", f"{ms}ms"]
+                    if jitter_ms:
+                        argv.append(f"{jitter_ms}ms")
+                    run(["ip", "netns", "exec", ns, *argv])
+                return fid
+            port = RELAY_PORT_BASE + int(fid[1:])
+            d = self.dir / "relays"
+            d.mkdir(parents=True, exist_ok=True)
+            argv = [sys.executable, "-m", "snipe.netlab.relay", "--port", str(port), "--delay-ms", str(ms),
+                    "--jitter-ms", str(jitter_ms), "--mark", hex(RELAY_MARK), "--ready-file",
+                    str(d / f"{fid}.ready"), "--stats-file", str(d / f"{fid}.stats")]
+            name = f"relay@{host}/{fid}"
+            self._spawn(P.Proc(name, "relay", host, argv, str(d / f"{fid}.log"), str(d / f"{fid}.ready")))
+            self.state["faults"][fid]["relay"] = name      # recorded at once: heal() stops it, whatever fails next
+            self._save()
+            self._wait_ready(self.procs[name], 20)
+            t = self.table
+            excl = f" tcp dport != {{ {', '.join(str(p) for p in exclude_ports)} }}" if exclude_ports else ""
+            self._nft(host, "\n".join([
+                f"add table inet {t}",
+                f"add chain inet {t} {fid}_nat {{ type nat hook output priority -100; policy accept; }}",
+                f'add rule inet {t} {fid}_nat oifname "{net}" meta l4proto tcp meta mark != {hex(RELAY_MARK)}{excl} '
+                f"redirect to :{port}"]) + "\n")
         return fid
 
     def relay_stats(self, fid: str) -> dict[str, Any]:
