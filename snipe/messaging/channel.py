@@ -34,7 +34,15 @@ Invariants:
   checkpoint stands (`on_resume`) and gets what was retained after that again, and a delivery
   failure for each message that fell out of retention (never silence). A restored Inbound is
   `pinned`: it does not skip ahead to a sender's base until the sender's data says it heard the
-  resume ("r": 1 in data, sent for the rest of the session after `on_resume`).
+  resume ("r": the restore's id in data, sent for the rest of the session after `on_resume`; an
+  id, not a flag, so the answer to one restore does not unpin the next one).
+- A restored receiver's checkpoint knows nothing of a session that began after it. An Inbound
+  of a restored receiver (`restore` set) that meets a session it never heard of with a base
+  above 1 (the messages below were acknowledged, by an incarnation that was lost) pins it at
+  seq 1 and wants the sender to resume it after 0 (`take_resume_wanted`: the shell sends the
+  RESUME). A sender that holds retained messages and hears nothing from its receiver tells a
+  new incarnation of it where it stands with a `probe` (data without messages), which brings
+  that answer.
 - Memory is bounded: at most `window` messages (and about `window_bytes` bytes) in flight and
   `hwm` messages held per channel; `Outbound.room()` tells the shell when to block a sender
   (back-pressure). A batch holds at most `max_batch` messages and, unless it is one message,
@@ -81,6 +89,15 @@ class DeliveryFailed:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class ResumeWanted:
+    """A restored receiver asks `source` to resume `session` after `cum` (which it holds): the
+    shell sends it a RESUME (snapshot.py), answered by `Outbound.on_resume`."""
+    source: str
+    session: int
+    cum: int
+
+
 @dataclass(slots=True)
 class _Held:
     seq: int
@@ -124,7 +141,7 @@ class Outbound:
         self.retained: deque[_Held] = deque()    # acknowledged, not yet checkpointed by the receiver
         self.retained_size = 0
         self.acked_upto = 0                      # highest seq acknowledged in this session
-        self.resumed = False                     # a restored receiver resumed this session: data says "r"
+        self.resumed = 0                         # the restore of the receiver this session resumed for (data says "r")
         self.strict = False                      # retained messages are unsettled until checkpointed
 
     def room(self) -> int:
@@ -186,9 +203,19 @@ class Outbound:
         base = self.flight[0].seq if self.flight else batch[0].seq
         body = {"s": self.session, "b": base, "q": batch[0].seq, "t": [h.tag for h in batch]}
         if self.resumed:
-            body["r"] = 1
+            body["r"] = self.resumed
         env = Envelope(PROTOCOL, VERSION, "data", 0, body)
         return Send(self.to, env, tuple(h.payload for h in batch))
+
+    def probe(self) -> Send:
+        """Data with no message in it: this session and its base, for a receiver that may have been
+        restored since it acknowledged what we retain. One that never heard of the session answers
+        with a RESUME (Inbound, `restore`); any other acknowledges and delivers nothing."""
+        base = self.flight[0].seq if self.flight else self.queue[0].seq if self.queue else self.next_seq
+        body: dict[str, Any] = {"s": self.session, "b": base, "q": base, "t": []}
+        if self.resumed:
+            body["r"] = self.resumed
+        return Send(self.to, Envelope(PROTOCOL, VERSION, "data", 0, body), ())
 
     def on_ack(self, session: int, cum: int, now: float, busy: bool = False) -> list[Send]:
         if session != self.session:
@@ -269,7 +296,7 @@ class Outbound:
         self.busy_until = 0.0
         self.retained.clear()
         self.retained_size = self.acked_upto = 0
-        self.resumed = False
+        self.resumed = 0
         self.session = self.rng.getrandbits(63)
         self.next_seq = 1
         return failed
@@ -290,14 +317,16 @@ class Outbound:
         while self.retained and self.retained[0].seq <= cum:
             self.retained_size -= self.retained.popleft().size
 
-    def on_resume(self, session: int, cum: int, now: float) -> tuple[list[Send], list[DeliveryFailed]]:
-        """A receiver restored from a checkpoint holds everything up to `cum` of `session`.
+    def on_resume(self, session: int, cum: int, now: float, restore: int = 1
+                  ) -> tuple[list[Send], list[DeliveryFailed]]:
+        """A receiver restored from a checkpoint (its restore's id: `restore`) holds everything up
+        to `cum` of `session`.
 
         Returns (sends, failed): the retained messages after `cum` go out again (at the head of
-        the flight, marked "r" so the pinned receiver may skip to their base), and each
+        the flight, marked "r": `restore` so the pinned receiver may skip to their base), and each
         acknowledged message after `cum` no longer retained is a delivery failure. Nothing for
-        a session we no longer speak."""
-        if session != self.session or cum >= self.next_seq:
+        a session we no longer speak, nor a second time for one restore."""
+        if session != self.session or cum >= self.next_seq or restore == self.resumed or restore < 1:
             return [], []
         again = [h for h in self.retained if h.seq > cum]
         first_again = again[0].seq if again else self.acked_upto + 1
@@ -306,7 +335,7 @@ class Outbound:
                   for q in range(cum + 1, min(first_again, self.acked_upto + 1))]
         self.retained.clear()
         self.retained_size = 0
-        self.resumed = True
+        self.resumed = restore
         self.acked -= len(again)                 # unacknowledged again: counted when acknowledged again
         for h in reversed(again):
             h.attempts = 0
@@ -379,7 +408,7 @@ class Outbound:
 
 
 class Inbound:
-    def __init__(self, me: str, source: str, *, window: int = 4096) -> None:
+    def __init__(self, me: str, source: str, *, window: int = 4096, restore: int = 0) -> None:
         self.me, self.source = me, source
         self.window = window
         self.session: int | None = None
@@ -388,16 +417,29 @@ class Inbound:
         self.left: dict[int, int] = {}           # sessions switched away from -> their next seq, oldest first
         self.delivered = self.duplicates = 0
         self.pinned = False     # restored from a checkpoint: no skipping to a base until the sender answers
+        # The id of the restore (from a checkpoint) this receiver came from, 0 if none: a session it
+        # never heard of may have had messages acknowledged by the incarnation that was lost.
+        self.restore = restore
+        self.wanted: list[ResumeWanted] = []     # resumes to ask for (take_resume_wanted)
 
     @classmethod
-    def restored(cls, me: str, source: str, session: int, expected: int, *, window: int = 4096) -> Inbound:
-        """An Inbound as a checkpoint left it, pinned until the sender's data shows it heard our resume."""
-        inbound = cls(me, source, window=window)
+    def restored(cls, me: str, source: str, session: int, expected: int, *, window: int = 4096,
+                 restore: int = 1, left: dict[int, int] | None = None) -> Inbound:
+        """An Inbound as a checkpoint left it (`left`: the sessions it had switched away from and
+        where each stopped), pinned until the sender's data shows it heard our resume."""
+        inbound = cls(me, source, window=window, restore=restore)
         inbound.session, inbound.expected, inbound.pinned = session, expected, True
+        inbound.left = {s: n for s, n in (left or {}).items() if s != session}
         return inbound
 
+    def take_resume_wanted(self) -> list[ResumeWanted]:
+        """The resumes this Inbound wants asked for since the last call (the shell sends them)."""
+        wanted, self.wanted = self.wanted, []
+        return wanted
+
     def on_data(self, session: int, base: int, first: int, tags: Sequence[int], payloads: Sequence[bytes],
-                resumed: bool = False) -> tuple[list[Deliver], Send]:
+                resumed: int = 0) -> tuple[list[Deliver], Send]:
+        """`resumed`: the data's "r" (the restore the sender resumed this session for, 0 if none)."""
         if session != self.session:
             # Another session: the sender restarted its channel, or this is a late packet of one
             # we left. Resume a session we left where we stopped (never deliver a seq twice); start
@@ -406,9 +448,17 @@ class Inbound:
                 self.left[self.session] = self.expected
                 while len(self.left) > REMEMBERED_SESSIONS:
                     del self.left[next(iter(self.left))]
+            known = session in self.left
             self.session, self.expected, self.early = session, self.left.pop(session, base), {}
             self.pinned = False
-        if resumed and session == self.session:
+            if self.restore and not known and base > 1:
+                # Restored from a checkpoint that predates this session: what the sender holds
+                # below base was acknowledged by the incarnation that was lost. Hold everything
+                # from 1 and ask the sender to resume (it sends again what it retained, and reports
+                # what it no longer holds).
+                self.expected, self.pinned = 1, True
+                self.wanted.append(ResumeWanted(self.source, session, 0))
+        if resumed and resumed == self.restore and session == self.session:
             self.pinned = False
         if base > self.expected and not self.pinned:
             # The sender holds nothing below base: it was acknowledged (to an earlier incarnation
@@ -445,12 +495,13 @@ class Inbound:
         """Where this receiver stands (migration): early arrivals are left out (they were not
         acknowledged, so their sender still holds them)."""
         return {"session": self.session, "expected": self.expected, "pinned": self.pinned,
-                "left": [[s, n] for s, n in self.left.items()]}
+                "restore": self.restore, "left": [[s, n] for s, n in self.left.items()]}
 
     def restore_state(self, state: dict[str, Any]) -> None:
         self.session, self.expected = state["session"], int(state["expected"])
         self.left = {int(s): int(n) for s, n in state["left"]}
         self.pinned = bool(state.get("pinned", False))
+        self.restore = int(state.get("restore", 1 if self.pinned else 0))
         self.early = {}
 
 

@@ -233,6 +233,9 @@ class Endpoint:
         self._busy_at = 0.0
         self.peers: dict[str, _Peer] = {}
         self.inbound: dict[str, Inbound] = {}
+        # Restored from a checkpoint (snipe/messaging/snapshot.py): that restore's id, else 0. A source
+        # whose session the checkpoint does not know is asked to resume it (channel.py, Inbound).
+        self.restore = 0
         self.reply_to: dict[str, ReplyTo] = {}   # source URN -> its latest link (our ROUTER, its identity)
         self.sources_ok: dict[tuple[str, str], float] = {}
         self.sealer = Sealer(identity)
@@ -598,7 +601,7 @@ class Endpoint:
             payloads.append(payload)
         state = {"out": outs, "in": [[src, ib.export_state()] for src, ib in self.inbound.items()],
                  "inbox": [[m.source, m.tag, m.group, m.failed, m.reason] for m in inbox],
-                 "commands": [[d, t, dl] for d, t, _, dl in commands],
+                 "commands": [[d, t, dl] for d, t, _, dl in commands], "restore": self.restore,
                  "received": dict(self.received), "bytes_received": dict(self.bytes_received)}
         return state, payloads
 
@@ -616,8 +619,9 @@ class Endpoint:
                 self._take_view(p, view, now)
             self.accepted[urn] = self.settled[urn] = 0
             self.accepted[urn] = out.held()
+        self.restore = int(state.get("restore", 0))
         for src, in_state in state["in"]:
-            ib = self.inbound[src] = Inbound(self.me, src, window=self.window)
+            ib = self.inbound[src] = Inbound(self.me, src, window=self.window, restore=self.restore)
             ib.restore_state(in_state)
         for (source, tag, group, failed, reason) in state["inbox"]:
             self.inbox.append(Message(source, tag, payloads[at], group, failed, reason))
@@ -952,6 +956,7 @@ class Endpoint:
             p.key = public_key_from_id(key)
         except SnipeError:
             return
+        known_as = p.view.get("instance") if p.view else None
         p.view = {"comm": values.get("comm"), "host": values.get("host"), "instance": values.get("instance"),
                   "key": key}
         routes = self._routes_to(peer, now)
@@ -966,6 +971,11 @@ class Endpoint:
         else:
             p.routes = routes
             p.route_index = min(p.route_index, max(0, len(routes) - 1))
+        if known_as is not None and known_as != peer.instance and p.out.retained:
+            # Another incarnation of it listens now: if it was restored from a checkpoint that does
+            # not know our session, only our data tells it the session exists (it then asks us to
+            # resume), and we may have nothing else to send it for a long time.
+            self._transmit(p, [p.out.probe()])
 
     def _routes_to(self, peer: ProcView, now: float) -> list[Route]:
         """The routes to `peer`, best first; through a gateway daemon when our hosts share no
@@ -1072,8 +1082,8 @@ class Endpoint:
                 if p.out.flight and p.out.flight[0].attempts % 4 == 0:
                     self._resolve(p, now)      # re-read the catalog: the peer may have moved or ended
                 self._transmit(p, sends)
-            elif now - p.resolved_at > RESOLVE_EVERY_S and p.out.held():
-                self._resolve(p, now)
+            elif now - p.resolved_at > RESOLVE_EVERY_S and (p.out.held() or p.out.retained):
+                self._resolve(p, now)      # retained: a restarted receiver must hear from us (_resolve)
 
     def _failover_if_silent(self, p: _Peer, now: float) -> None:
         """Loss and delay make retransmissions; only silence makes a dead route. A route that
@@ -1305,9 +1315,13 @@ class Endpoint:
         session, base, first, tags = parse_data(env, payloads)
         inbound = self.inbound.get(source)
         if inbound is None:
-            inbound = self.inbound[source] = Inbound(self.me, source, window=self.window)
+            inbound = self.inbound[source] = Inbound(self.me, source, window=self.window, restore=self.restore)
         self.reply_to[source] = ident
-        delivered, ack = inbound.on_data(session, base, first, tags, payloads, env.body.get("r") == 1)
+        resumed = env.body.get("r", 0)
+        delivered, ack = inbound.on_data(session, base, first, tags, payloads, resumed if type(resumed) is int else 0)
+        if inbound.wanted:
+            from snipe.messaging import snapshot  # (a cycle at module level: snapshot builds on this module)
+            snapshot.ask_resume(self, inbound.take_resume_wanted())
         if delivered:
             # counted before the messages become visible: a reader that got them and then reads the
             # counters (another thread may have done the I/O) must see them counted

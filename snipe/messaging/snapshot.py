@@ -6,13 +6,19 @@ session and next seq expected (everything before it is either read by the applic
 the inbox), per destination the messages not yet acknowledged, and sends not yet taken up.
 
 What `restore` does in the restarted process:
+- the restore gets an id of its own (random), its endpoint's `restore`;
 - the inbox comes back first; each source's Inbound comes back `pinned` (channel.py);
 - the unacknowledged sends go out again in a new session (the peer may see them twice: the
   restored task re-executes from its checkpoint, so sends after it are made again too);
-- each source gets RESUME {s, c}: "of your session s I hold everything up to c". The source
-  re-sends what it retained after c and reports the rest as delivery failures (channel.py,
-  `Outbound.on_resume`), so a message sent to the task since its checkpoint is redelivered
-  or reported lost at its sender, never silently dropped.
+- each source gets RESUME {s, c, n}: "of your session s I hold everything up to c; this is
+  restore n". The source re-sends what it retained after c and reports the rest as delivery
+  failures (channel.py, `Outbound.on_resume`), so a message sent to the task since its
+  checkpoint is redelivered or reported lost at its sender, never silently dropped.
+- a source the checkpoint does not know, or a session of it that began after the checkpoint,
+  gets RESUME {s, 0, n} when its data first comes (channel.py, `Inbound`: a base above 1 says
+  an incarnation that was lost acknowledged messages of it; `ask_resume`). A sender with
+  nothing to send that retained such messages sends data without messages to the new
+  incarnation when the catalog shows one (endpoint.py, `_resolve`).
 
 After a checkpoint is stored durably, each source gets CHECKPOINTED {s, c} and drops what it
 retained up to c. Both travel as reserved-tag messages on the ordinary reliable channel.
@@ -21,13 +27,14 @@ retained up to c. Both travel as reserved-tag messages on the ordinary reliable 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from typing import Any
 
 import msgpack
 
 from snipe.errors import CodecError
-from snipe.messaging.channel import Deliver, Inbound, Outbound
+from snipe.messaging.channel import Deliver, Inbound, Outbound, ResumeWanted
 from snipe.messaging.endpoint import MIN_RTO_S, Endpoint, Message, _Peer
 
 log = logging.getLogger("snipe.messaging")
@@ -75,19 +82,29 @@ def restore(ep: Endpoint, lib: dict[str, Any]) -> None:
             commands.append((str(dest), int(tag), payloads[at], float(deadline_s)))
             at += 1
         inbound = positions(lib)
-    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        left = {str(src): {int(s): int(n) for s, n in v.get("left", [])} for src, v, *_ in state.get("in", [])}
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
         raise CodecError(f"a checkpoint's messaging state is malformed: {exc}") from exc
     with ep.cond:
         ep.inbox.extendleft(reversed(inbox))
         ep.cond.notify_all()
+    ep.restore = restore_id = random.SystemRandom().randrange(2, 2**62)   # 1: "a restore" in data that names none
     for src, (session, cum) in inbound.items():
-        ep.inbound[src] = Inbound.restored(ep.me, src, session, cum + 1, window=ep.window)
-        ep.submit(src, TAG_RESUME, msgpack.packb({"s": session, "c": cum}))
+        ep.inbound[src] = Inbound.restored(ep.me, src, session, cum + 1, window=ep.window, restore=restore_id,
+                                           left=left.get(src))
+        ep.submit(src, TAG_RESUME, msgpack.packb({"s": session, "c": cum, "n": restore_id}))
     for dest, msgs in unacked.items():
         for tag, payload in msgs:
             ep.submit(dest, tag, payload)
     for dest, tag, payload, deadline_s in commands:
         ep.submit(dest, tag, payload, deadline_s)
+
+
+def ask_resume(ep: Endpoint, wanted: list[ResumeWanted]) -> None:
+    """(I/O thread.) Ask sources to resume sessions our checkpoint knew nothing of."""
+    for w in wanted:
+        log.info("%s: %s's session %x began after our checkpoint; asking it to resume", ep.me, w.source, w.session)
+        ep.submit(w.source, TAG_RESUME, msgpack.packb({"s": w.session, "c": w.cum, "n": ep.restore}))
 
 
 def tell_checkpointed(ep: Endpoint, where: dict[str, tuple[int, int]]) -> None:
@@ -103,15 +120,17 @@ def install(ep: Endpoint) -> None:
     ep.system_handlers[TAG_CHECKPOINTED] = ep.one_by_one(lambda m: _on_checkpointed(ep, m))
 
 
-def _position(m: Deliver) -> tuple[int, int]:
+def _position(m: Deliver) -> tuple[int, int, int]:
+    """(session, cum, restore id: 1 when the message names none)."""
     try:
         body = msgpack.unpackb(m.payload, raw=False)
-        session, cum = body["s"], body["c"]
+        session, cum, restore = body["s"], body["c"], body.get("n", 1)
     except Exception as exc:
         raise CodecError(f"a resume position from {m.source} is malformed: {exc}") from exc
-    if type(session) is not int or type(cum) is not int or not (0 <= session < 2**63 and 0 <= cum < 2**62):
+    if any(type(v) is not int for v in (session, cum, restore)) or not (
+            0 <= session < 2**63 and 0 <= cum < 2**62 and 1 <= restore < 2**62):
         raise CodecError(f"a resume position from {m.source} is out of range")
-    return session, cum
+    return session, cum, restore
 
 
 def _outbound(ep: Endpoint, dest: str) -> _Peer:
@@ -122,11 +141,11 @@ def _outbound(ep: Endpoint, dest: str) -> _Peer:
 
 
 def _on_resume(ep: Endpoint, m: Deliver) -> None:
-    session, cum = _position(m)
+    session, cum, restore = _position(m)
     p = _outbound(ep, m.source)
     now = time.monotonic()
     ep._resolve(p, now)          # it restarted elsewhere: its old routes lead nowhere
-    sends, failed = p.out.on_resume(session, cum, now)
+    sends, failed = p.out.on_resume(session, cum, now, restore)
     if failed:
         log.warning("%s restarted from a checkpoint: %d message(s) it had acknowledged are lost", m.source,
                     len(failed))
@@ -137,7 +156,7 @@ def _on_resume(ep: Endpoint, m: Deliver) -> None:
 
 
 def _on_checkpointed(ep: Endpoint, m: Deliver) -> None:
-    session, cum = _position(m)
+    session, cum, _ = _position(m)
     p = ep.peers.get(m.source)
     if p is not None:
         p.out.on_checkpointed(session, cum)

@@ -117,6 +117,70 @@ def test_a_task_restarts_elsewhere_from_its_checkpoint_when_its_host_is_killed(c
     assert len(restarted) == 1 and "from checkpoint 1" in restarted[0]["reason"]
 
 
+SENDER = textwrap.dedent('''
+    import sys
+    import snipe
+    snipe.init()
+    counter, parent, first, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    for i in range(first, first + n):
+        snipe.send(counter, str(i).encode(), 1)
+    snipe.send_obj(parent, {"sent": n}, tag=6)
+    while True:                              # then idle: sends only when the test asks it to
+        m = snipe.recv()
+        if m.failed:
+            snipe.send_obj(parent, {"failed": m.reason}, tag=6)
+        elif m.tag == 8:                     # ask the counter for its numbers ...
+            snipe.send_obj(counter, m.obj(), tag=2)
+        elif m.tag == 2:                     # ... and pass its answer on
+            snipe.send_obj(parent, m.obj(), tag=6)
+''')
+
+
+def via_sender(sender: str, ident: int) -> list[int]:
+    """The counter's numbers, asked for by `sender` and passed on by it (tag 6); the sender
+    must not have been told of a delivery failure."""
+    snipe.send_obj(sender, ident, tag=8)
+
+    def answer(o: dict[str, Any]) -> bool:
+        assert "failed" not in o, o["failed"]
+        return o.get("id") == ident
+    return recv_obj(6, 60, answer)["got"]
+
+
+def test_a_sender_that_began_after_the_checkpoint_resends_what_the_restored_task_lacks(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    """The counter checkpoints; only then does another task start sending to it (a channel its
+    checkpoint knows nothing of), and goes idle once its numbers are acknowledged. The counter
+    is restarted from the checkpoint: the idle sender must learn of it and send those numbers
+    again (they are in no checkpoint), once each; and the counter's answers to that sender,
+    which its restored state never sent, must reach it (a new channel, not taken for old)."""
+    me = snipe.me()
+    p = snipe.spawn(publish(tmp_path, "counter.py", COUNTER), me, host="h2", restart="on-host-failure")
+    assert recv_obj(4)["restored"] == 0
+    for i in range(10):
+        snipe.send(p.urn, str(i).encode(), 1)
+    snipe.send(p.urn, b"", 3)
+    assert recv_obj(3)["seq"] == 1
+    sender = snipe.spawn(publish(tmp_path, "sender.py", SENDER), p.urn, me, 10, 50, host="h3")
+    assert recv_obj(6, 60) == {"sent": 50}
+    ids = itertools.count(1)
+    assert report(p.urn, next(ids)) == list(range(60))    # 10..59 were acknowledged by this incarnation
+    assert via_sender(sender.urn, next(ids)) == list(range(60))     # the counter answers the sender
+
+    pid = p.status()["pid"]
+    cluster.kill_daemon(1)                                  # kill -9 of h2's daemon, then of its task
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    back = recv_obj(4, 60)
+    assert back["ready"] == p.urn and back["restored"] == 10    # from the checkpoint: 10..59 are gone
+
+    def everything() -> list[int] | None:                  # asked by us: the sender stays idle
+        got = report(p.urn, next(ids))
+        return got if len(got) >= 60 else None
+    assert wait_for(everything, 60, "the idle sender's numbers to be sent again") == list(range(60))
+    assert via_sender(sender.urn, next(ids)) == list(range(60))
+
+
 def test_a_task_without_hooks_restarts_from_the_beginning(cluster: LocalCluster, tmp_path: Path) -> None:
     code = publish(tmp_path, "plain.py", textwrap.dedent('''
         import os, sys

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from snipe.errors import IntegrityError
 from snipe.identity import Identity
-from snipe.messaging.channel import Deliver, DeliveryFailed, Inbound, Outbound, parse_data
+from snipe.messaging.channel import Deliver, DeliveryFailed, Inbound, Outbound, ResumeWanted, parse_data
 from snipe.replication.sealed import seal, unseal
 from snipe.replication.takeover import Claim, TakeoverPlanner, Watched, claim_urn, ranking
 
@@ -32,7 +32,7 @@ def seqs_of(sends: list) -> list[int]:
 def feed(inbound: Inbound, sends: list) -> list[Deliver]:
     got: list[Deliver] = []
     for s in sends:
-        d, _ = inbound.on_data(*parse_data(s.envelope, s.frames), s.frames, s.envelope.body.get("r") == 1)
+        d, _ = inbound.on_data(*parse_data(s.envelope, s.frames), s.frames, s.envelope.body.get("r", 0))
         got += d
     return got
 
@@ -103,6 +103,155 @@ def test_every_message_after_the_checkpoint_is_delivered_once_in_order_or_report
     assert delivered == sorted(set(delivered))                         # once each, in order
     assert sorted(delivered + lost) == list(range(ckpt + 1, n + 1))     # nothing silently missing
     assert all(q > ckpt for q in lost) and len(lost) == max(0, acked - ckpt - retain)
+
+
+# --- sessions the checkpoint knows nothing of --------------------------------------------------------
+# The receiver R checkpoints; then a sender's session to it begins (its first to R, or a new one
+# after a failure); R acknowledges its messages, is lost, and is restored from that checkpoint.
+# The shell gives a restored endpoint's channels its restore's id (R below: RESTORE), and sends a
+# RESUME for each ResumeWanted, answered with on_resume(..., RESTORE).
+RESTORE = 7
+
+
+def test_a_session_that_began_after_the_checkpoint_is_resumed_from_its_first_message() -> None:
+    out = Outbound("a", "b", rng=random.Random(1))
+    out.retain = 100
+    for i in range(1, 6):
+        out.submit(0, b"m%d" % i, 0.0, float("inf"))
+    assert [d.seq for d in feed(Inbound("b", "a"), out.flush(0.0))] == [1, 2, 3, 4, 5]
+    out.on_ack(out.session, 5, 0.1)                          # the incarnation that was lost had them all
+    restored = Inbound("b", "a", restore=RESTORE)           # what a restored endpoint makes for a new source
+    out.submit(0, b"m6", 2.0, float("inf"))
+    assert feed(restored, out.flush(2.0)) == []             # base 6: held, not skipped to
+    assert restored.take_resume_wanted() == [ResumeWanted("a", out.session, 0)]
+    assert restored.take_resume_wanted() == []              # asked once
+    sends, failed = out.on_resume(out.session, 0, 2.1, RESTORE)
+    assert failed == [] and seqs_of(sends) == [1, 2, 3, 4, 5, 6] and sends[0].envelope.body["r"] == RESTORE
+    assert [(d.seq, d.payload) for d in feed(restored, sends)] == [(q, b"m%d" % q) for q in range(1, 7)]
+    assert out.on_resume(out.session, 0, 2.2, RESTORE) == ([], [])    # the same restore again: nothing
+
+
+def test_an_idle_sender_probes_a_new_incarnation_and_gets_the_resume() -> None:
+    out = sent(3)
+    out.on_ack(out.session, 3, 0.1)                          # all acknowledged: nothing to send, 3 retained
+    probe = out.probe()
+    assert probe.frames == () and probe.envelope.body == {"s": out.session, "b": 4, "q": 4, "t": []}
+    restored = Inbound("b", "a", restore=RESTORE)
+    delivered, ack = restored.on_data(*parse_data(probe.envelope, probe.frames), probe.frames)
+    assert delivered == [] and ack.envelope.body == {"s": out.session, "c": 0}
+    assert restored.take_resume_wanted() == [ResumeWanted("a", out.session, 0)]
+    sends, failed = out.on_resume(out.session, 0, 0.2, RESTORE)
+    assert failed == [] and [d.seq for d in feed(restored, sends)] == [1, 2, 3]
+    # an incarnation that knows the session (never lost, or restored knowing it) takes the probe as nothing
+    for knows in (Inbound("b", "a"), Inbound.restored("b", "a", out.session, 4, restore=RESTORE)):
+        knows.on_data(out.session, 1, 1, [0, 0, 0], [b"m1", b"m2", b"m3"])
+        delivered, ack = knows.on_data(*parse_data(out.probe().envelope, ()), ())
+        assert delivered == [] and knows.take_resume_wanted() == [] and ack.envelope.body["c"] == 3
+
+
+def test_a_known_senders_session_that_began_after_the_checkpoint_is_resumed_too() -> None:
+    out = sent(2)
+    out.on_ack(out.session, 2, 0.1)
+    old = out.session                                        # the checkpoint holds 1..2 of this session
+    out.submit(0, b"lost", 0.2, 1.0)
+    out.flush(0.2)
+    assert [f.seq for f in out.on_timer(1.0)[1]] == [3]      # reported failed: a new session begins
+    for i in range(3):
+        out.submit(0, b"n%d" % i, 2.0, float("inf"))
+    out.flush(2.0)
+    out.on_ack(out.session, 3, 2.1)                          # acknowledged by the incarnation that was lost
+    restored = Inbound.restored("b", "a", old, 3, restore=RESTORE)
+    assert out.on_resume(old, 2, 3.0, RESTORE) == ([], [])   # its RESUME names a session the sender left
+    out.submit(0, b"n3", 3.1, float("inf"))
+    assert feed(restored, out.flush(3.1)) == []
+    assert restored.take_resume_wanted() == [ResumeWanted("a", out.session, 0)]
+    sends, failed = out.on_resume(out.session, 0, 3.2, RESTORE)
+    assert failed == [] and [d.payload for d in feed(restored, sends)] == [b"n0", b"n1", b"n2", b"n3"]
+
+
+def test_what_fell_out_of_retention_in_a_session_after_the_checkpoint_is_reported_failed() -> None:
+    out = sent(5, retain=2)
+    out.on_ack(out.session, 5, 0.1)
+    restored = Inbound("b", "a", restore=RESTORE)
+    assert feed(restored, [out.probe()]) == [] and len(restored.take_resume_wanted()) == 1
+    sends, failed = out.on_resume(out.session, 0, 0.2, RESTORE)
+    assert [f.seq for f in failed] == [1, 2, 3] and seqs_of(sends) == [4, 5]
+    assert [d.seq for d in feed(restored, sends)] == [4, 5]          # skips to the base once answered
+
+
+def test_a_restored_receiver_asks_nothing_of_sessions_it_knows_or_that_begin_at_one() -> None:
+    """No resume for a session that starts after the restore (base 1: nothing was acknowledged),
+    nor for one the checkpoint had left (it knows where that stopped: a late packet of it is
+    not delivered again)."""
+    fresh = Inbound("b", "a", restore=RESTORE)
+    assert [d.seq for d in fresh.on_data(11, 1, 1, [0, 0], [b"x", b"y"])[0]] == [1, 2]
+    restored = Inbound.restored("b", "a", 12, 5, restore=RESTORE, left={11: 3})
+    assert restored.on_data(11, 1, 1, [0, 0], [b"x", b"y"])[0] == []        # delivered before the checkpoint
+    assert restored.on_data(11, 2, 2, [0], [b"y"])[0] == []
+    assert fresh.take_resume_wanted() == [] and restored.take_resume_wanted() == []
+
+
+def test_the_answer_to_one_restore_does_not_unpin_the_next() -> None:
+    """The receiver is restored twice within one session of the sender: data still marked with
+    the first restore's id must not let the second incarnation skip what it lacks."""
+    out = sent(3)
+    out.on_ack(out.session, 3, 0.1)
+    first = Inbound.restored("b", "a", out.session, 2, restore=RESTORE)     # its checkpoint held 1
+    sends, _ = out.on_resume(out.session, 1, 0.2, RESTORE)
+    assert [d.seq for d in feed(first, sends)] == [2, 3]
+    out.on_ack(out.session, 3, 0.3)
+    for i in range(4, 7):
+        out.submit(0, b"m%d" % i, 0.4, float("inf"))
+    assert [d.seq for d in feed(first, out.flush(0.4))] == [4, 5, 6]
+    out.on_ack(out.session, 6, 0.5)
+    out.on_checkpointed(out.session, 3)                      # its next checkpoint held 1..3; then it was lost
+    second = Inbound.restored("b", "a", out.session, 4, restore=RESTORE + 1)
+    out.submit(0, b"m7", 0.6, float("inf"))
+    early = out.flush(0.6)
+    assert early[0].envelope.body["r"] == RESTORE and feed(second, early) == []     # still pinned at 4
+    sends, failed = out.on_resume(out.session, 3, 0.7, RESTORE + 1)
+    assert failed == [] and [d.seq for d in feed(second, sends)] == [4, 5, 6, 7]
+
+
+def test_a_restored_senders_new_session_is_delivered_not_taken_for_old() -> None:
+    """The mirror: R had sent to S after its checkpoint; restored, R knows nothing of that and
+    sends again in a new session, from seq 1. S delivers those (what R re-executes it sends again:
+    a new message to S), and nothing of the old session twice."""
+    first_run = Outbound("r", "s", rng=random.Random(1))
+    inbound = Inbound("s", "r")
+    for i in range(1, 4):
+        first_run.submit(0, b"old%d" % i, 0.0, float("inf"))
+    assert [d.payload for d in feed(inbound, first_run.flush(0.0))] == [b"old1", b"old2", b"old3"]
+    restored = Outbound("r", "s", rng=random.Random(2))     # a fresh channel, a session of its own
+    assert restored.session != first_run.session
+    restored.submit(0, b"again1", 1.0, float("inf"))
+    assert [(d.seq, d.payload) for d in feed(inbound, restored.flush(1.0))] == [(1, b"again1")]
+    assert feed(inbound, first_run.on_timer(10.0)[0]) == []            # a late packet of the first run
+
+
+@settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 30), more=st.integers(0, 4), data=st.data())
+def test_a_session_unknown_to_the_checkpoint_loses_nothing_silently(n: int, more: int, data: st.DataObject) -> None:
+    acked = data.draw(st.integers(0, n), label="acknowledged by the incarnation that was lost")
+    retain = data.draw(st.integers(0, n), label="retention")
+    out = sent(n, retain=retain)
+    if acked:
+        out.on_ack(out.session, acked, 0.1)
+    restored = Inbound("b", "a", restore=RESTORE)
+    for i in range(more):                                   # sent after the restart, or (none) a probe
+        out.submit(0, b"late%d" % i, 1.0, float("inf"))
+    got = feed(restored, out.flush(1.0) if more else [out.probe()])
+    got += feed(restored, out.on_timer(5.0)[0])             # what the lost incarnation had not acknowledged
+    failed: list[DeliveryFailed] = []
+    for want in restored.take_resume_wanted():
+        sends, lost = out.on_resume(want.session, want.cum, 6.0, RESTORE)
+        failed += lost
+        got += feed(restored, sends)
+    got += feed(restored, out.on_timer(20.0)[0])
+    delivered, lost = [d.seq for d in got], [f.seq for f in failed]
+    assert delivered == sorted(set(delivered))                         # once each, in order
+    assert sorted(delivered + lost) == list(range(1, n + more + 1))    # nothing silently missing
+    assert len(lost) == max(0, acked - retain)
 
 
 # --- who takes over --------------------------------------------------------------------------------
