@@ -18,7 +18,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,6 +162,7 @@ class CatalogClient:
         self.rejected: deque[Rejected] = deque(maxlen=1000)
         self.rejected_total = 0
         self.suspect_total = 0            # rejections that make a replica's answer untrustworthy
+        self._suspected: Counter[str] = Counter()     # ... by replica: an answer is judged by its own
         self._cache: dict[str, tuple[float, Entry, int | None]] = {}   # urn -> (when, entry, its next expiry)
         self._believed: OrderedDict[bytes, Assertion] = OrderedDict()
         self._admission: dict[bytes, float] = {}     # key proved admitted -> until when that is believed
@@ -527,6 +528,7 @@ class CatalogClient:
         self.rejected_total += 1
         if suspect:
             self.suspect_total += 1
+            self._suspected[endpoint] += 1
             log.warning("catalog replica %s returned a record that fails verification: %s", endpoint, reason)
         else:
             log.info("not believed from %s (its signer's authority lapsed or was superseded): %s", endpoint, reason)
@@ -609,9 +611,9 @@ class CatalogClient:
             if no_until > time.monotonic():
                 answered = True
                 continue
-            proven = self._prove_admitted(conn, key, time.monotonic() + max(0.1, left / 2))
+            proven, by_majority = self._prove_admitted(conn, key, time.monotonic() + max(0.1, left / 2))
             if proven:
-                self._remember_admitted(key)
+                self._remember_admitted(key, ADMITTED_FOR_S if by_majority else NOT_ADMITTED_FOR_S)
                 return True
             if proven is False:
                 answered = True
@@ -620,8 +622,8 @@ class CatalogClient:
                     self._not_admitted.pop(next(iter(self._not_admitted)))
         return False if answered else None
 
-    def _remember_admitted(self, key: bytes) -> None:
-        self._admission[key] = time.monotonic() + ADMITTED_FOR_S
+    def _remember_admitted(self, key: bytes, for_s: float) -> None:
+        self._admission[key] = time.monotonic() + for_s
         if len(self._admission) > ADMISSION_KEYS:
             self._admission.pop(next(iter(self._admission)))
 
@@ -635,42 +637,52 @@ class CatalogClient:
             return None
         return got
 
-    def _proof_records(self, first: _Conn, urn: str, deadline: float) -> list[Assertion] | None:
+    def _proof_records(self, first: _Conn, urn: str, deadline: float
+                       ) -> tuple[list[Assertion], bool] | None:
         """The records about `urn` from `first` and enough other replicas for a majority, newest
         per name and writer, signatures checked and nothing else (the caller judges admin- and
-        host-signed proofs itself, so this never recurses); None if fewer answered in time.
+        host-signed proofs itself, so this never recurses), and whether a majority gave them;
+        None if no replica did in time.
+
         A proof is read as a quorum read is: one replica alone could show an older, genuine
         proof (a key's admission, a delegation) while withholding the reassignment or revocation
-        that superseded it, and a majority holds every admin write a majority acknowledged."""
+        that superseded it, and a majority holds every admin write a majority acknowledged. An
+        answer that is malformed or holds a forgery does not count, and the next replica is
+        asked. When no majority answers in time (replicas down), what did answer is used, and
+        the caller believes it only briefly: availability first, as everywhere in the catalog."""
         need = min(self.n, max(self.r, self.n // 2 + 1))
         conns = [first, *(c for c in self._candidates() if c is not first)]
-
-        def good(got: dict[str, tuple[Envelope, list[bytes]]]) -> int:
-            return sum(1 for env, _ in got.values() if env.kind != "error")
-
-        if deadline <= time.monotonic():
-            return None
-        got = self._fanout(conns[:need], "get", {"urn": urn}, (), lambda g: good(g) >= need, deadline,
-                           spares=conns[need:], needed=lambda g: need - good(g), hedge_s=HEDGE_AFTER_S)
         merged: dict[tuple[str, str, bytes], Assertion] = {}
-        answered = 0
-        for endpoint, (env, frames) in got.items():
-            records = None if env.kind == "error" else self._records_of(endpoint, frames)
-            if records is not None:
-                merged = merge(merged.values(), self._believe(endpoint, records))
-                answered += 1
-        return list(merged.values()) if answered >= need else None
+        answered = asked = 0
+        while answered < need and asked < len(conns) and time.monotonic() < deadline:
+            batch = conns[asked:asked + need - answered]
+            asked += len(batch)
+            want = len(batch)
+            wait_until = deadline if asked >= len(conns) else min(deadline, time.monotonic() + HEDGE_AFTER_S)
+            got = self._fanout(batch, "get", {"urn": urn}, (), lambda g, want=want: len(g) >= want, wait_until)
+            for endpoint, (env, frames) in got.items():
+                records = None if env.kind == "error" else self._records_of(endpoint, frames)
+                if records is None:
+                    continue
+                before = self._suspected[endpoint]
+                believed = self._believe(endpoint, records)
+                if self._suspected[endpoint] == before:         # forgeries: this answer does not count
+                    merged = merge(merged.values(), believed)
+                    answered += 1
+        return (list(merged.values()), answered >= need) if answered else None
 
-    def _prove_admitted(self, conn: _Conn, key: bytes, deadline: float, *, hosts_only: bool = False) -> bool | None:
+    def _prove_admitted(self, conn: _Conn, key: bytes, deadline: float, *, hosts_only: bool = False
+                        ) -> tuple[bool | None, bool]:
         """Ask `conn` which URNs admit `key` and check them here, on a majority's newest
         records (`_proof_records`): an admin-signed `_owner` of a host or user URN naming it, or
         (unless `hosts_only`) a non-empty `_delegate.<key>` on a proc URN by the admin or by that
-        URN's claimant, itself a host key."""
+        URN's claimant, itself a host key. (proved: True, False or None when nothing answered
+        in time; whether every record it rests on came from a majority)."""
         if key == self.admin_key:
-            return True
+            return True, True
         got = self._fetch(conn, "admitted", {"key": key.hex()}, deadline)
         if got is None:
-            return None
+            return None, False
         reasons = got[0].body.get("reasons")
         now = now_ms()
         unknown = False
@@ -680,28 +692,34 @@ class CatalogClient:
             kind = urn.split(":")[2]
             if kind not in (("host",) if hosts_only else (*authority.ADMIN_ASSIGNED_KINDS, "proc")):
                 continue                    # only a host key vouches for others, as replicas judge it
-            records = self._proof_records(conn, urn, deadline)
-            if records is None:
+            read = self._proof_records(conn, urn, deadline)
+            if read is None:
                 unknown = True
                 continue
+            records, by_majority = read
             live = [a for a in records if a.urn == urn and a.is_live(now)]
             if kind in authority.ADMIN_ASSIGNED_KINDS:
                 assigned = max((a for a in live if a.name == authority.OWNER and a.signer == self.admin_key),
                                key=lambda a: a.rank, default=None)
                 if assigned is not None and assigned.value == key.hex():
-                    return True
+                    return True, by_majority
                 continue
             name = authority.DELEGATE_PREFIX + key.hex()
             for grant in (a for a in live if a.name == name and isinstance(a.value, list) and a.value):
                 if grant.signer == self.admin_key:
-                    return True
+                    return True, by_majority
                 claimed = any(a.name == authority.OWNER and a.signer == grant.signer and a.value == grant.signer.hex()
                               for a in live)
-                if claimed and (self._host_keys.get(grant.signer, 0.0) > time.monotonic()
-                                or self._prove_admitted(conn, grant.signer, deadline, hosts_only=True)):
-                    self._host_keys[grant.signer] = time.monotonic() + ADMITTED_FOR_S
-                    return True
-        return None if unknown else False
+                if not claimed:
+                    continue
+                if self._host_keys.get(grant.signer, 0.0) > time.monotonic():
+                    return True, by_majority
+                host_proved, host_by_majority = self._prove_admitted(conn, grant.signer, deadline, hosts_only=True)
+                if host_proved:
+                    if host_by_majority:
+                        self._host_keys[grant.signer] = time.monotonic() + ADMITTED_FOR_S
+                    return True, by_majority and host_by_majority
+        return (None if unknown else False), False
 
     def _quorum_read(self, kind: str, body: dict[str, Any], r: int | None, timeout: float | None
                      ) -> dict[tuple[str, str, bytes], Assertion]:
@@ -725,11 +743,11 @@ class CatalogClient:
                     if not isinstance(err, ResyncNeeded):
                         raise err
                     continue
-                before = self.suspect_total
+                before = self._suspected[endpoint]      # (proof reads may suspect other replicas meanwhile)
                 records = self._records_of(endpoint, frames)
                 believed = self._authorized(endpoint, self._believe(endpoint, records or []), now_ms(), deadline)
                 merged = merge(merged.values(), believed)
-                if self.suspect_total == before:
+                if self._suspected[endpoint] == before:
                     good_answers += 1      # a replica that returned forgeries does not count
         if good_answers < r:
             raise QuorumError(f"only {good_answers} of R={r} replicas gave a verifiable answer to {kind} in time")

@@ -281,6 +281,55 @@ def test_a_tampered_replica_cannot_replay_an_admission_the_admin_withdrew(catalo
         assert any("not admitted" in r.reason for r in reader.rejected)
 
 
+def test_a_forged_answer_to_a_proof_read_blames_only_the_replica_that_gave_it(catalog: LocalCatalog,
+                                                                               user: Identity) -> None:
+    """Proving a claimant admitted reads the admitting URN from a majority. An answer there
+    that holds a forgery does not count (the next replica, if any, is asked instead), and the
+    honest replica whose answer held the claim is not blamed for what another returned."""
+    from rcds.store import LmdbStorage
+
+    carol = Identity.generate()
+    carols_urn = catalog.admit(carol, "carol-proof")
+    urn = "urn:snipe:proc:carols-proof"
+    with catalog.client(carol) as c:
+        c.claim(urn, w=3)
+        state = c.set(urn, "state", "running", w=3)
+    with only(catalog, 0) as c0:
+        admission = next(a for a in c0.get(carols_urn, r=1).records if a.name == "_owner")
+    forged = admission.__class__(admission.urn, "_owner", "f" * 64, admission.ts + 1, admission.ttl_ms,
+                                 admission.deleted, admission.signer, admission.signature)    # signature no longer fits
+    store = LmdbStorage(catalog.replicas[0].data_dir)
+    store.tamper(carols_urn, "_owner", forged.encode())
+    store.tamper(urn, "state", state.__class__(urn, "state", "exited", state.ts, state.ttl_ms, state.deleted,
+                                               state.signer, state.signature).encode())
+    store.close()
+    # The reader knows two replicas: honest 1, which holds the claim, and tampered 0. Had 0's
+    # forgeries in the proof read counted against 1's answer, no answer would be left.
+    order = [catalog.replicas[i].address for i in (1, 0)]
+    with CatalogClient(order, user, catalog.admin.key_id, r=1) as reader:
+        assert reader.get(urn).value("state", now_ms()) == "running"
+        blamed = {r.replica for r in reader.rejected}
+        assert blamed == {catalog.replicas[0].endpoint}, reader.rejected
+
+
+def test_with_no_majority_up_a_claim_is_still_read_and_its_proof_believed_briefly(tmp_path) -> None:
+    """Availability first: with one of two replicas down, a majority cannot be asked for the
+    proof. What the live replica shows is used (and re-checked within a second, not trusted
+    for the usual 30 s), and the read answers instead of failing."""
+    with LocalCatalog(tmp_path / "two", 2) as cat:
+        dave = Identity.generate()
+        cat.admit(dave, "dave")
+        urn = "urn:snipe:proc:daves"
+        with cat.client(dave) as c:
+            c.claim(urn, w=2)
+            c.set(urn, "state", "running", w=2)
+        cat.kill(1)
+        with CatalogClient([r.address for r in cat.replicas], cat.admin, cat.admin.key_id, r=1, timeout=5) as reader:
+            assert reader.get(urn).value("state", now_ms()) == "running"
+            assert reader.suspect_total == 0
+            assert reader._admission[dave.public_key] - time.monotonic() <= 1.0
+
+
 def test_watch_across_a_replica_crash_misses_nothing(catalog: LocalCatalog, user: Identity) -> None:
     with catalog.client(user) as writer, catalog.client(user) as watcher:
         writer.claim("urn:snipe:proc:w")
