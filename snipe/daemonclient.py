@@ -42,6 +42,9 @@ def parse_daemon_address(text: str) -> tuple[str, bytes]:
     endpoint, sep, key = text.partition("#")
     if not sep:
         raise Unreachable(f"daemon address {text!r} lacks its key; write it as ENDPOINT#KEYID")
+    transport, colon_slashes, where = endpoint.partition("://")
+    if not colon_slashes or transport not in ("tcp", "ipc") or not where:
+        raise Unreachable(f"daemon address {text!r}: {endpoint!r} is not a tcp:// or ipc:// endpoint")
     return endpoint, public_key_from_id(key)
 
 
@@ -53,7 +56,10 @@ class DaemonClient:
         self.endpoint, self.key = parse_daemon_address(address)
         self.identity = identity
         self.timeout = timeout
-        self.link = Link(zmq.Context.instance(), identity, self.endpoint, self.key, immediate=False)
+        try:
+            self.link = Link(zmq.Context.instance(), identity, self.endpoint, self.key, immediate=False)
+        except zmq.ZMQError as exc:         # an endpoint ZeroMQ cannot connect to, e.g. tcp://nohost
+            raise Unreachable(f"daemon address {address!r}: cannot connect to {self.endpoint!r}: {exc}") from None
         self._ids = itertools.count(1)
 
     def close(self) -> None:

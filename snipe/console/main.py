@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal as signals
 import sys
 import time
@@ -54,6 +55,11 @@ def _bytes(n: Any) -> str:
     return str(n)
 
 
+def _as_number(v: Any) -> float:
+    """A count or amount from a record: a finite number >= 0, else 0."""
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 else 0.0
+
+
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for i, c in enumerate(columns):
@@ -63,9 +69,26 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     out.print(t)
 
 
+def finite(data: Any) -> Any:
+    """`data` with every NaN or infinity made None: records tasks write reach this output, and
+    JSON has no such numbers (a reader's parser, a browser's among them, refuses the text)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite(v) for v in data]
+    return data
+
+
+def to_json(data: Any, indent: int | None = None) -> str:
+    """The console's JSON: bytes and other odd values as text, no NaN or infinity."""
+    return json.dumps(finite(data), indent=indent, default=str, allow_nan=False)
+
+
 def emit(args: argparse.Namespace, data: Any, human: Callable[[], None]) -> None:
     if args.json:
-        print(json.dumps(data, indent=2, default=str))
+        print(to_json(data, indent=2))
     else:
         human()
 
@@ -110,6 +133,8 @@ def _all_tasks(timeout: float, catalog: CatalogClient | None = None
                 tasks.extend(answer.result())
             except SnipeError as exc:
                 unreachable.append({"host": urn, "reason": str(exc)})
+            except Exception as exc:    # e.g. a daemon address ZeroMQ cannot parse: that host's, not ps's
+                unreachable.append({"host": urn, "reason": f"{type(exc).__name__}: {exc}"})
     return tasks, unreachable
 
 
@@ -163,7 +188,7 @@ def groups_data(catalog: CatalogClient | None = None) -> list[dict[str, Any]]:
     for urn, entry in (catalog or session().catalog).query("urn:snipe:group:").items():
         v = group_view(entry, now)
         groups.append({"group": urn, "members": len(v["members"]), "routers": [r["router"] for r in v["routers"]],
-                       "relayed": max((r["relayed"] or 0 for r in v["routers"]), default=0)})
+                       "relayed": int(max((_as_number(r["relayed"]) for r in v["routers"]), default=0))})
     return groups
 
 
@@ -376,10 +401,6 @@ def cmd_spawn(args: argparse.Namespace) -> int:
 
 
 USAGE_BY = ("owner", "host", "code")
-
-
-def _as_number(v: Any) -> float:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 else 0.0
 
 
 def usage_data(by: str = "owner", since_s: float | None = None,

@@ -8,8 +8,9 @@ rhythms into spikes and zeros. `TrafficHistory` takes a sample of every task's l
 publication now and then, and records per host the sum of its tasks' current rates:
 - a task seen for the first time has no rate yet (what it sent before is not this moment's);
 - one whose counters went down (it restarted) starts again from that publication;
-- one that has not published for `quiet_s` (it went idle, so it stopped publishing) counts 0,
-  and one that is gone (it ended, its lease ran out) is forgotten.
+- one with no new publication for `quiet_s` by the console's own clock (it went idle, so it
+  stopped publishing; the writer's clock may be skewed) counts 0, and one that is gone (it
+  ended, its lease ran out) is forgotten.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def task_counters(msg_stats: Any, host: Any, at_ms: int) -> TaskCounters | None:
 @dataclass
 class _Task:
     last: TaskCounters
+    seen_at: float                      # when (the sampler's clock) `last` was first seen
     rate: float | None = None           # messages/s between its last two publications
 
 
@@ -71,14 +73,14 @@ class TrafficHistory:
         for urn, now in tasks.items():
             known = self._tasks.get(urn)
             if known is None:
-                known = self._tasks[urn] = _Task(now)
+                known = self._tasks[urn] = _Task(now, at)
             elif now.at_ms > known.last.at_ms:
                 prev = known.last
                 went_down = now.sent < prev.sent or now.received < prev.received
                 moved = (now.sent - prev.sent) + (now.received - prev.received)
                 known.rate = None if went_down else moved * 1000.0 / (now.at_ms - prev.at_ms)
-                known.last = now
-            quiet = at - now.at_ms / 1000.0 > self.quiet_s
+                known.last, known.seen_at = now, at
+            quiet = at - known.seen_at > self.quiet_s
             rates[now.host] = rates.get(now.host, 0.0) + (0.0 if quiet else known.rate or 0.0)
         self.points.append((at, rates))
 

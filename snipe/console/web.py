@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import logging
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -76,6 +77,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _bracketed(host: str) -> str:
+    """`host` as a URL or Host header writes it (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
 def token_for(host: str, token: str | None) -> str | None:
     """The token a page served on `host` wants: `token` if given (an empty one is refused), none
     on loopback, and a random one anywhere else, where others can reach the port."""
@@ -86,13 +92,15 @@ def token_for(host: str, token: str | None) -> str | None:
     return None if is_loopback(host) else secrets.token_urlsafe(24)
 
 
-def snapshot_tasks(catalog: Any, now: int) -> dict[str, TaskCounters]:
-    """Every task's published message counters (the traffic sampler's input)."""
+def snapshot_tasks(catalog: Any, admin_key: bytes, now: int) -> dict[str, TaskCounters]:
+    """Every task's published message counters (the traffic sampler's input). The counters are
+    the task's own word; its host is its host's (a task could name any host for itself)."""
     counters = {}
-    for urn, entry in catalog.query("urn:snipe:proc:").items():
+    for urn, entry in catalog.query("urn:snipe:proc:", [("msg_stats", "exists", None)]).items():
         stats = max((a for a in entry.live(now) if a.name == "msg_stats"), key=lambda a: a.rank, default=None)
-        if stats is not None:
-            c = task_counters(stats.value, entry.value("host", now), hlc.physical_ms(stats.ts))
+        claimant = entry.owner(admin_key, now)
+        if stats is not None and claimant is not None:
+            c = task_counters(stats.value, entry.values("host", now).get(claimant), hlc.physical_ms(stats.ts))
             if c is not None:
                 counters[urn] = c
     return counters
@@ -133,11 +141,14 @@ class Snapshotter:
         for name, fn in (("hosts", lambda c: snipe.hosts(catalog=c)),
                          ("ps", lambda c: _all_tasks(min(self.interval, 3.0), catalog=c)),
                          ("groups", groups_data),
-                         ("counters", lambda c: snapshot_tasks(c, now_ms()))):
+                         ("counters", lambda c: snapshot_tasks(c, session().admin_key, now_ms()))):
             try:
                 parts[name] = self.read(fn)
             except SnipeError as exc:
                 errors[name] = str(exc)
+            except Exception as exc:     # a bug or a record we could not digest: that part's, said on the page
+                log.exception("the console's %s snapshot failed", name)
+                errors[name] = f"{type(exc).__name__}: {exc}"
         with self._lock:
             snap = dict(self._latest)
             if "hosts" in parts:
@@ -184,22 +195,51 @@ class Snapshotter:
         self._reader.shutdown(wait=True)
 
 
+MAX_CONNECTIONS = 32         # served at once; more are closed at once (threads are not free)
+MAX_SHOWS = 4                # /api/show requests waiting on the catalog at once; more get 503
+REQUEST_TIMEOUT_S = 10.0     # a connection silent this long is closed
+
+
 class ConsoleServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], snapshots: Snapshotter, token: str | None) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, Handler)
         self.snapshots = snapshots
         self.token = token
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.shows = threading.BoundedSemaphore(MAX_SHOWS)
+        port = self.server_address[1]
+        # Without a token, only requests naming this server as the browser reached it: a page
+        # elsewhere that rebinds its own name to 127.0.0.1 sends its own name (DNS rebinding).
+        self.hosts = {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]", _bracketed(address[0]))}
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class Handler(BaseHTTPRequestHandler):
     server: ConsoleServer
     server_version = "snipe-console"
     sys_version = ""
+    timeout = REQUEST_TIMEOUT_S
 
     def log_message(self, format: str, *args: Any) -> None:     # the base class names it `format`
-        log.info("%s %s", self.address_string(), format % args)
+        log.info("%s %s", self.address_string(), (format % args).replace(self.path, urlsplit(self.path).path))
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -212,7 +252,8 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: HTTPStatus, data: Any) -> None:
-        self._send(status, json.dumps(data, default=str).encode(), "application/json")
+        from snipe.console.main import to_json
+        self._send(status, to_json(data).encode(), "application/json")
 
     def _error(self, status: HTTPStatus, message: str, kind: str) -> None:
         self._json(status, {"error": message, "kind": kind})
@@ -246,6 +287,10 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.UNAUTHORIZED, "this console wants its token: open the URL it printed at start",
                         "unauthorized")
             return
+        if self.server.token is None and self.headers.get("Host", "").lower() not in self.server.hosts:
+            self._error(HTTPStatus.FORBIDDEN, f"this console answers requests for {sorted(self.server.hosts)[0]}, "
+                                              f"not {self.headers.get('Host')!r}", "wrong-host")
+            return
         if url.path == "/api/snapshot":
             self._json(HTTPStatus.OK, self.server.snapshots.latest())
         elif url.path == "/api/show":
@@ -254,11 +299,20 @@ class Handler(BaseHTTPRequestHandler):
                 self._error(HTTPStatus.BAD_REQUEST, "/api/show wants one urn=URN", "bad-request")
                 return
             from snipe.console.main import show_data
+            if not self.server.shows.acquire(blocking=False):
+                self._error(HTTPStatus.SERVICE_UNAVAILABLE, "busy with other show requests: ask again", "busy")
+                return
             try:
-                self._json(HTTPStatus.OK, self.server.snapshots.read(lambda c: show_data(urns[0], catalog=c)[0]))
+                self._json(HTTPStatus.OK, self.server.snapshots.read(lambda c: show_data(urns[0], catalog=c)[0],
+                                                                     REQUEST_TIMEOUT_S))
             except SnipeError as exc:
                 status = HTTPStatus.NOT_FOUND if exc.code == "not-found" else HTTPStatus.BAD_REQUEST
                 self._error(status, str(exc), exc.code)
+            except (FutureTimeout, RuntimeError):       # the catalog is slow, or the console is stopping
+                self._error(HTTPStatus.SERVICE_UNAVAILABLE, "the catalog did not answer in time: ask again",
+                            "unavailable")
+            finally:
+                self.server.shows.release()
         else:
             self._error(HTTPStatus.NOT_FOUND, f"no API {url.path!r}: there are /api/snapshot and /api/show",
                         "not-found")
@@ -283,17 +337,17 @@ def serve(listen: str, *, token: str | None = None, interval: float = DEFAULT_IN
         server = ConsoleServer((host, port), snapshots, token)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    shown_host = f"[{host}]" if ":" in host else host
-    url = f"http://{shown_host}:{server.server_address[1]}/" + (f"?token={token}" if token else "")
+    url = f"http://{_bracketed(host)}:{server.server_address[1]}/" + (f"?token={token}" if token else "")
+    worker = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              name="snipe-console-web", daemon=True)
     try:
+        worker.start()                 # (shutdown() waits for serve_forever: it must have started)
         snapshots.start()
         if ready is not None:
             ready(url, token)
-        worker = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                  name="snipe-console-web", daemon=True)
-        worker.start()
         (stop or threading.Event()).wait()
     finally:
-        server.shutdown()
+        if worker.is_alive():
+            server.shutdown()
         server.server_close()
         snapshots.stop()

@@ -3,6 +3,7 @@ its refusals, served by the same code the command runs, on a loopback port."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import urllib.error
@@ -16,7 +17,7 @@ import pytest
 import snipe
 from snipe.console import web
 from snipe.localcluster import LocalCluster
-from snipe.runtime import Process
+from snipe.runtime import Process, now_ms
 from tests.integration.test_daemon import SLEEPER
 from tests.support import wait_for
 
@@ -44,15 +45,15 @@ class Page:
         return json.loads(body)
 
 
-@pytest.fixture
-def page(cluster: LocalCluster) -> Iterator[Page]:
+@contextlib.contextmanager
+def serving(token: str | None) -> Iterator[Page]:
     stop = threading.Event()
     ready: dict[str, str] = {}
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            web.serve("127.0.0.1:0", token=TOKEN, interval=0.5, stop=stop,
+            web.serve("127.0.0.1:0", token=token, interval=0.5, stop=stop,
                       ready=lambda url, token: ready.update(url=url))
         except BaseException as exc:       # reported by the test, not lost in the thread
             errors.append(exc)
@@ -62,12 +63,18 @@ def page(cluster: LocalCluster) -> Iterator[Page]:
     try:
         wait_for(lambda: "url" in ready or errors, 30, "the console's page to listen")
         assert not errors, errors
-        assert ready["url"].endswith(f"?token={TOKEN}")
+        assert ready["url"].endswith(f"?token={token}" if token else "/")
         yield Page(ready["url"])
     finally:
         stop.set()
         t.join(15)
         assert not t.is_alive(), "the console's page did not stop"
+
+
+@pytest.fixture
+def page(cluster: LocalCluster) -> Iterator[Page]:
+    with serving(TOKEN) as p:
+        yield p
 
 
 def test_the_page_shows_hosts_tasks_and_groups(page: Page, tmp_path: Path) -> None:
@@ -132,3 +139,37 @@ def test_a_port_in_use_is_a_clear_error(cluster: LocalCluster) -> None:
         port = held.getsockname()[1]
         with pytest.raises(snipe.errors.ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
             web.serve(f"127.0.0.1:{port}", stop=threading.Event())
+
+
+def test_without_a_token_only_requests_for_the_console_itself_are_answered(cluster: LocalCluster) -> None:
+    """On loopback no token is asked, so a page elsewhere that rebinds its own name to 127.0.0.1
+    could read the API: requests naming another host are refused (DNS rebinding)."""
+    with serving(None) as page:
+        assert page.get("/api/snapshot", token=None)[0] == 200
+        port = page.base.rsplit(":", 1)[1].strip("/")
+        req = urllib.request.Request(page.base + "api/snapshot", headers={"Host": f"evil.example:{port}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=10)
+        assert refused.value.code == 403 and json.loads(refused.value.read())["kind"] == "wrong-host"
+
+
+def test_records_any_task_can_write_on_a_group_do_not_break_the_page(page: Page) -> None:
+    """Every admitted key may write router.* names on a group: a router record of the wrong
+    shape is shown as what it is, and the snapshot goes on."""
+    snipe.join(GROUP)
+    try:
+        snipe.catalog().set(GROUP, "router.bogus", {"relayed": "lots", "history_bytes": [1, 2], "daemon": 7})
+        written = now_ms()
+
+        def listed() -> dict[str, Any] | None:
+            s = page.json("/api/snapshot")
+            if s["taken_at_ms"] < written + 1000:     # a snapshot begun after the write (snapshots go on)
+                return None
+            return next((g for g in s.get("groups", []) if g["group"] == GROUP), None) if not s["errors"] else s
+
+        group = wait_for(listed, 30, "the group in the snapshot")
+        assert group.get("group") == GROUP and isinstance(group["relayed"], int), group
+        bogus = next(r for r in page.json(f"/api/show?urn={GROUP}")["group"]["routers"] if r["router"] == "bogus")
+        assert bogus["relayed"] == "lots" and bogus["daemon"] == 7             # shown as written, as data
+    finally:
+        snipe.leave(GROUP)

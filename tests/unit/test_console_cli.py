@@ -65,3 +65,24 @@ def test_netlab_help_says_its_description_once() -> None:
     text = netlab_parser().format_help()
     assert text.count("several SNIPE hosts on this machine as network namespaces") == 1, text
     assert "snipe-netlab fault loss HOST NET PCT" in text and "Needs root." in text, text   # the usage stays
+
+
+def test_ps_reports_a_host_whose_daemon_address_cannot_be_used_and_lists_the_rest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    me = Identity.generate()
+    key = Identity.generate().key_id
+    hosts = {"urn:snipe:host:bad": {"daemon": f"garbage#{key}"}, "urn:snipe:host:worse": {"daemon": f"tcp://nohost#{key}"},
+             "urn:snipe:host:good": {"daemon": f"tcp://127.0.0.1:1#{key}"}}
+
+    def call(self: DaemonClient, kind: str, body: Any = None, frames: Any = (),
+             timeout: float | None = None) -> tuple[dict[str, Any], list[bytes]]:
+        return {"tasks": [{"urn": "urn:snipe:proc:g1", "host": "urn:snipe:host:good", "state": "running"}]}, []
+
+    monkeypatch.setattr(DaemonClient, "call", call)
+    monkeypatch.setattr(snipe, "hosts", lambda catalog=None: hosts)
+    monkeypatch.setattr(console, "session", lambda: SimpleNamespace(identity=me))
+    tasks, unreachable = console._all_tasks(timeout=1.0)
+    assert [t["urn"] for t in tasks] == ["urn:snipe:proc:g1"]
+    reasons = {u["host"]: u["reason"] for u in unreachable}
+    assert "not a tcp:// or ipc:// endpoint" in reasons["urn:snipe:host:bad"]
+    assert "cannot connect to 'tcp://nohost'" in reasons["urn:snipe:host:worse"]

@@ -69,3 +69,13 @@ def test_listen_addresses_and_who_needs_a_token() -> None:
     for weak in ("", "short", "has a space in it"):
         with pytest.raises(ConfigError, match="--token"):
             token_for("127.0.0.1", weak)
+
+
+def test_quiet_is_judged_by_the_samplers_clock_not_the_writers() -> None:
+    h = TrafficHistory(quiet_s=12.0)
+    skew = -100.0                                          # the task's host runs 100 s behind the console
+    h.add(0.0, {"a": c("h1", 0, 0, 0.0 + skew)})
+    h.add(5.0, {"a": c("h1", 50, 0, 5.0 + skew)})          # 10/s, though "published 95 s ago" by our clock
+    h.add(10.0, {"a": c("h1", 50, 0, 5.0 + skew)})         # nothing newer yet: the rate holds
+    h.add(18.0, {"a": c("h1", 50, 0, 5.0 + skew)})         # nothing newer for 13 s of ours: quiet
+    assert h.series()["hosts"] == {"h1": [0.0, 10.0, 10.0, 0.0]}
