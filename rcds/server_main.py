@@ -110,13 +110,22 @@ def load_config(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.N
         admin_key = public_key_from_id(str(admin))
     except SnipeError:
         raise ConfigError(f"admin_key {admin!r} is not a 64-hex-character public key") from None
+    def number(flag: Any, key: str, default: float, kind: type, least: float) -> Any:
+        """A numeric setting, checked: a quoted or negative one is a clear error, not a traceback."""
+        v = pick(flag, key, default)
+        if isinstance(v, bool) or not isinstance(v, int | float) or (kind is int and not isinstance(v, int)) \
+                or not v >= least:
+            want = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"[replica] {key} = {v!r} must be {want} of at least {least:g} (unquoted)")
+        return kind(v)
+
     cfg = ServerConfig(
         replica_id=str(rid), listen=str(listen), data_dir=str(data_dir),
         identity=Identity.load_or_create(key_file), admin_key=admin_key, peers=peers,
-        anti_entropy_s=float(pick(args.anti_entropy, "anti_entropy_s", 1.0)),
-        log_retention=int(pick(args.log_retention, "log_retention", 200_000)),
+        anti_entropy_s=number(args.anti_entropy, "anti_entropy_s", 1.0, float, 0.01),
+        log_retention=number(args.log_retention, "log_retention", 200_000, int, 1),
         sync=sync,
-        map_budget_mib=int(pick(args.map_budget_mib, "map_budget_mib", 64)),
+        map_budget_mib=number(args.map_budget_mib, "map_budget_mib", 64, int, 1),
     )
     return cfg, args
 

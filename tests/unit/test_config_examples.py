@@ -4,6 +4,7 @@ error that names it."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -71,6 +72,14 @@ def test_a_replica_config_mistake_is_an_error_naming_it(tmp_path: Path) -> None:
                     + "'\n[[peers]]\nid = 'r2'\nendpoint = 'tcp://a:1'\nkye = 'ab'\n")
     with pytest.raises(ConfigError, match=r"peers\[0\] has no key 'kye'"):
         load_replica_config(["--config", str(path)])
+    base = f"[replica]\nid = 'r1'\nlisten = 'tcp://127.0.0.1:1'\ndata_dir = '{tmp_path}'\nadmin_key = '{'ab' * 32}'\n"
+    for line, words in (("anti_entropy_s = 'often'", "anti_entropy_s = 'often' must be a number"),
+                        ("anti_entropy_s = -1", "at least 0.01"),
+                        ("log_retention = 2.5", "log_retention = 2.5 must be a whole number"),
+                        ("map_budget_mib = true", "map_budget_mib = True must be a whole number")):
+        path.write_text(base + line + "\n")
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            load_replica_config(["--config", str(path)])
 
 
 def test_flags_naming_the_replicas_leave_the_files_catalog_section_unresolved(tmp_path: Path) -> None:
