@@ -34,15 +34,21 @@ Invariants:
   checkpoint stands (`on_resume`) and gets what was retained after that again, and a delivery
   failure for each message that fell out of retention (never silence). A restored Inbound is
   `pinned`: it does not skip ahead to a sender's base until the sender's data says it heard the
-  resume ("r": the restore's id in data, sent for the rest of the session after `on_resume`; an
-  id, not a flag, so the answer to one restore does not unpin the next one).
+  resume (sent for the rest of the session after `on_resume`): "r": 1, as before restores had
+  ids, and "ri": the id of the restore it answers, which a RESUME names in "n" (so the answer to
+  one restore does not unpin the next one). A receiver unpins on a matching "ri", or on "r": 1
+  without "ri" (a sender that predates restore ids, or one answering a RESUME that named none).
+  The pin is kept per session: switching to another session and back keeps it, and the sessions
+  a checkpoint had left come back pinned too (their RESUMEs: snapshot.py).
 - A restored receiver's checkpoint knows nothing of a session that began after it. An Inbound
   of a restored receiver (`restore` set) that meets a session it never heard of with a base
   above 1 (the messages below were acknowledged, by an incarnation that was lost) pins it at
   seq 1 and wants the sender to resume it after 0 (`take_resume_wanted`: the shell sends the
-  RESUME). A sender that holds retained messages and hears nothing from its receiver tells a
-  new incarnation of it where it stands with a `probe` (data without messages), which brings
-  that answer.
+  RESUME; a newer ask replaces one not taken yet, and `ResumeAsks` keeps at most one RESUME
+  per source outstanding). A sender that holds retained messages tells a new incarnation of it
+  where it stands with a `probe` (data without messages), which brings that answer; the probe is
+  owed (`probes`, sent again on each look at the receiver's entry) until an acknowledgement of
+  the session comes.
 - Memory is bounded: at most `window` messages (and about `window_bytes` bytes) in flight and
   `hwm` messages held per channel; `Outbound.room()` tells the shell when to block a sender
   (back-pressure). A batch holds at most `max_batch` messages and, unless it is one message,
@@ -69,8 +75,12 @@ MIN_RTO = 0.02
 MAX_RTO = 5.0
 BUSY_HOLD = 1.0               # after a busy ack: no retransmission for this long
 PACK_MAX = 16 * 1024          # payloads up to this size may travel packed, a batch in one frame
-REMEMBERED_SESSIONS = 16
-INF = float("inf")      # per Inbound: where each recently left session stopped
+REMEMBERED_SESSIONS = 16     # per Inbound: where each recently left session stopped
+INF = float("inf")
+# Data that answers a resume says "r": 1 (the meaning it had before restores had ids) and names the
+# restore it answers in "ri" (ids are >= 2). As Inbound.on_data's `resumed`, RESUMED_ANY stands for
+# "r": 1 without "ri": it answers a resume, not saying which.
+RESUMED_ANY = 1
 
 
 @dataclass(slots=True)          # not frozen: a frozen dataclass costs 3-4x as much to make, once a message
@@ -96,6 +106,49 @@ class ResumeWanted:
     source: str
     session: int
     cum: int
+
+
+class ResumeAsks:
+    """The RESUMEs a restored receiver sends its sources for `ResumeWanted` (the shell's own:
+    snapshot.py). Invariant: at most one per source is outstanding, i.e. sent on our channel to
+    it and neither acknowledged nor failed (that channel, `out`, is still in the session it went
+    out in and holds its seq unacknowledged). A newer ask waits meanwhile, in the place of any
+    that waited, and goes once the outstanding one settles (`due`). So a source that sends data
+    in ever new sessions brings one RESUME per round trip at most (one per its deadline if it
+    never acknowledges), not one per session."""
+
+    def __init__(self) -> None:
+        self.outstanding: dict[str, tuple[int, int]] = {}   # source -> (our session, seq) of its ask
+        self.owed: dict[str, ResumeWanted] = {}             # source -> the ask waiting for that one
+
+    def want(self, w: ResumeWanted, out: Outbound) -> bool:
+        """Whether to send `w` now, on `out` (then say `sent`); else it waits."""
+        if self._pending(w.source, out):
+            self.owed[w.source] = w
+            return False
+        self.owed.pop(w.source, None)
+        return True
+
+    def sent(self, source: str, out: Outbound, seq: int) -> None:
+        """The ask to `source` went out as message `seq` of `out`'s session."""
+        self.outstanding[source] = (out.session, seq)
+
+    def due(self, source: str, out: Outbound) -> ResumeWanted | None:
+        """The ask that waited for `source`, once the outstanding one settled (send it now)."""
+        if source not in self.owed or self._pending(source, out):
+            return None
+        return self.owed.pop(source)
+
+    def _pending(self, source: str, out: Outbound) -> bool:
+        at = self.outstanding.get(source)
+        if at is None:
+            return False
+        session, seq = at
+        low = out.flight[0].seq if out.flight else out.queue[0].seq if out.queue else out.next_seq
+        if session == out.session and seq >= low:
+            return True
+        del self.outstanding[source]
+        return False
 
 
 @dataclass(slots=True)
@@ -141,7 +194,10 @@ class Outbound:
         self.retained: deque[_Held] = deque()    # acknowledged, not yet checkpointed by the receiver
         self.retained_size = 0
         self.acked_upto = 0                      # highest seq acknowledged in this session
-        self.resumed = 0                         # the restore of the receiver this session resumed for (data says "r")
+        # This session was resumed for a restored receiver (data says "r": 1): that restore's id
+        # (data says "ri"), RESUMED_ANY if its RESUME named none, 0 if none.
+        self.resumed = 0
+        self.probe_owed: str | None = None       # the receiver's incarnation owed a probe (`probes`)
         self.strict = False                      # retained messages are unsettled until checkpointed
 
     def room(self) -> int:
@@ -203,7 +259,7 @@ class Outbound:
         base = self.flight[0].seq if self.flight else batch[0].seq
         body = {"s": self.session, "b": base, "q": batch[0].seq, "t": [h.tag for h in batch]}
         if self.resumed:
-            body["r"] = self.resumed
+            self._mark_resumed(body)
         env = Envelope(PROTOCOL, VERSION, "data", 0, body)
         return Send(self.to, env, tuple(h.payload for h in batch))
 
@@ -214,12 +270,37 @@ class Outbound:
         base = self.flight[0].seq if self.flight else self.queue[0].seq if self.queue else self.next_seq
         body: dict[str, Any] = {"s": self.session, "b": base, "q": base, "t": []}
         if self.resumed:
-            body["r"] = self.resumed
+            self._mark_resumed(body)
         return Send(self.to, Envelope(PROTOCOL, VERSION, "data", 0, body), ())
+
+    def _mark_resumed(self, body: dict[str, Any]) -> None:
+        body["r"] = 1
+        if self.resumed != RESUMED_ANY:
+            body["ri"] = self.resumed
+
+    def instance_changed(self, instance: str) -> None:
+        """The receiver's catalog entry names another incarnation of it, `instance`: while we
+        retain messages for it, a probe is owed to it (it may have been restored from a checkpoint
+        that does not know this session, and we may have nothing else to send it)."""
+        if self.retained:
+            self.probe_owed = instance
+
+    def probes(self) -> list[Send]:
+        """The probe owed, if any (the shell calls this on each look at the receiver's entry):
+        owed until an acknowledgement of this session comes (a lost probe goes again), or we
+        retain nothing any more."""
+        if self.probe_owed is None:
+            return []
+        if not self.retained:
+            self.probe_owed = None
+            return []
+        return [self.probe()]
 
     def on_ack(self, session: int, cum: int, now: float, busy: bool = False) -> list[Send]:
         if session != self.session:
             return []                                   # an ack for a session we abandoned
+        if self.probe_owed is not None:                 # it heard from us since its instance changed
+            self.probe_owed = None
         if busy:                                        # alive, but not reading: waiting is not loss
             self.busy_until = now + BUSY_HOLD
         newest: _Held | None = None
@@ -297,6 +378,7 @@ class Outbound:
         self.retained.clear()
         self.retained_size = self.acked_upto = 0
         self.resumed = 0
+        self.probe_owed = None
         self.session = self.rng.getrandbits(63)
         self.next_seq = 1
         return failed
@@ -317,16 +399,19 @@ class Outbound:
         while self.retained and self.retained[0].seq <= cum:
             self.retained_size -= self.retained.popleft().size
 
-    def on_resume(self, session: int, cum: int, now: float, restore: int = 1
+    def on_resume(self, session: int, cum: int, now: float, restore: int = 0
                   ) -> tuple[list[Send], list[DeliveryFailed]]:
-        """A receiver restored from a checkpoint (its restore's id: `restore`) holds everything up
-        to `cum` of `session`.
+        """A receiver restored from a checkpoint (its restore's id: `restore`, the RESUME's "n";
+        0 when it names none, as a receiver from before restore ids) holds everything up to
+        `cum` of `session`.
 
         Returns (sends, failed): the retained messages after `cum` go out again (at the head of
-        the flight, marked "r": `restore` so the pinned receiver may skip to their base), and each
-        acknowledged message after `cum` no longer retained is a delivery failure. Nothing for
-        a session we no longer speak, nor a second time for one restore."""
-        if session != self.session or cum >= self.next_seq or restore == self.resumed or restore < 1:
+        the flight, marked "r": 1 and "ri": `restore`, so the pinned receiver may skip to their
+        base), and each acknowledged message after `cum` no longer retained is a delivery failure.
+        Nothing for a session we no longer speak, nor a second time for one named restore (a
+        RESUME that names none is answered each time: an old receiver restored twice within one
+        session sends two that look alike)."""
+        if session != self.session or cum >= self.next_seq or (restore > RESUMED_ANY and restore == self.resumed):
             return [], []
         again = [h for h in self.retained if h.seq > cum]
         first_again = again[0].seq if again else self.acked_upto + 1
@@ -335,7 +420,7 @@ class Outbound:
                   for q in range(cum + 1, min(first_again, self.acked_upto + 1))]
         self.retained.clear()
         self.retained_size = 0
-        self.resumed = restore
+        self.resumed = restore if restore > RESUMED_ANY else RESUMED_ANY
         self.acked -= len(again)                 # unacknowledged again: counted when acknowledged again
         for h in reversed(again):
             h.attempts = 0
@@ -417,48 +502,59 @@ class Inbound:
         self.left: dict[int, int] = {}           # sessions switched away from -> their next seq, oldest first
         self.delivered = self.duplicates = 0
         self.pinned = False     # restored from a checkpoint: no skipping to a base until the sender answers
+        self.left_pinned: set[int] = set()      # the sessions in `left` that were pinned when left (or restored)
         # The id of the restore (from a checkpoint) this receiver came from, 0 if none: a session it
         # never heard of may have had messages acknowledged by the incarnation that was lost.
         self.restore = restore
-        self.wanted: list[ResumeWanted] = []     # resumes to ask for (take_resume_wanted)
+        self.wanted: list[ResumeWanted] = []     # the resume to ask for (take_resume_wanted): at most one
 
     @classmethod
     def restored(cls, me: str, source: str, session: int, expected: int, *, window: int = 4096,
                  restore: int = 1, left: dict[int, int] | None = None) -> Inbound:
         """An Inbound as a checkpoint left it (`left`: the sessions it had switched away from and
-        where each stopped), pinned until the sender's data shows it heard our resume."""
+        where each stopped), each of its sessions pinned until the sender's data shows it heard
+        our resume (the shell sends one for each: snapshot.py)."""
         inbound = cls(me, source, window=window, restore=restore)
         inbound.session, inbound.expected, inbound.pinned = session, expected, True
         inbound.left = {s: n for s, n in (left or {}).items() if s != session}
+        inbound.left_pinned = set(inbound.left)
         return inbound
 
     def take_resume_wanted(self) -> list[ResumeWanted]:
-        """The resumes this Inbound wants asked for since the last call (the shell sends them)."""
+        """The resume this Inbound wants asked for since the last call, if any (the shell sends
+        it): the latest; one not taken yet is replaced by a newer one."""
         wanted, self.wanted = self.wanted, []
         return wanted
 
     def on_data(self, session: int, base: int, first: int, tags: Sequence[int], payloads: Sequence[bytes],
                 resumed: int = 0) -> tuple[list[Deliver], Send]:
-        """`resumed`: the data's "r" (the restore the sender resumed this session for, 0 if none)."""
+        """`resumed`: which restore the data answers (`resumed_of`: its "ri", RESUMED_ANY for
+        "r": 1 without "ri", 0 for neither)."""
         if session != self.session:
             # Another session: the sender restarted its channel, or this is a late packet of one
-            # we left. Resume a session we left where we stopped (never deliver a seq twice); start
-            # a new one where the sender says it still holds messages.
+            # we left. Resume a session we left where we stopped (never deliver a seq twice), pinned
+            # if it was; start a new one where the sender says it still holds messages.
             if self.session is not None:
                 self.left[self.session] = self.expected
+                if self.pinned:
+                    self.left_pinned.add(self.session)
                 while len(self.left) > REMEMBERED_SESSIONS:
-                    del self.left[next(iter(self.left))]
+                    gone = next(iter(self.left))
+                    del self.left[gone]
+                    self.left_pinned.discard(gone)
             known = session in self.left
             self.session, self.expected, self.early = session, self.left.pop(session, base), {}
-            self.pinned = False
+            self.pinned = session in self.left_pinned
+            if self.pinned:
+                self.left_pinned.discard(session)
             if self.restore and not known and base > 1:
                 # Restored from a checkpoint that predates this session: what the sender holds
                 # below base was acknowledged by the incarnation that was lost. Hold everything
                 # from 1 and ask the sender to resume (it sends again what it retained, and reports
                 # what it no longer holds).
                 self.expected, self.pinned = 1, True
-                self.wanted.append(ResumeWanted(self.source, session, 0))
-        if resumed and resumed == self.restore and session == self.session:
+                self.wanted = [ResumeWanted(self.source, session, 0)]
+        if resumed and self.pinned and (resumed == self.restore or resumed == RESUMED_ANY):
             self.pinned = False
         if base > self.expected and not self.pinned:
             # The sender holds nothing below base: it was acknowledged (to an earlier incarnation
@@ -495,11 +591,13 @@ class Inbound:
         """Where this receiver stands (migration): early arrivals are left out (they were not
         acknowledged, so their sender still holds them)."""
         return {"session": self.session, "expected": self.expected, "pinned": self.pinned,
-                "restore": self.restore, "left": [[s, n] for s, n in self.left.items()]}
+                "restore": self.restore, "left": [[s, n] for s, n in self.left.items()],
+                "left_pinned": sorted(self.left_pinned)}
 
     def restore_state(self, state: dict[str, Any]) -> None:
         self.session, self.expected = state["session"], int(state["expected"])
         self.left = {int(s): int(n) for s, n in state["left"]}
+        self.left_pinned = {int(s) for s in state.get("left_pinned", [])} & set(self.left)
         self.pinned = bool(state.get("pinned", False))
         self.restore = int(state.get("restore", 1 if self.pinned else 0))
         self.early = {}
@@ -514,6 +612,25 @@ def parse_data(env: Envelope, frames: Sequence[bytes]) -> tuple[int, int, int, l
     if not (0 <= session < 2**63 and 1 <= base <= first < 2**62):
         raise CodecError("msg/1 data: session, base and seq out of range (need 1 <= base <= seq)")
     return session, base, first, tags
+
+
+def resumed_of(body: dict[str, Any]) -> int:
+    """Which restore a data message answers, for Inbound.on_data's `resumed`: its "ri" (a
+    restore's id) alongside "r": 1, RESUMED_ANY for "r": 1 without "ri", 0 for none. An "ri" that
+    is no restore's id (not an int in [2, 2**62)) counts as absent: `ri_malformed` tells the shell
+    to say so."""
+    if body.get("r") != 1:
+        return 0
+    ri = body.get("ri")
+    if type(ri) is int and RESUMED_ANY < ri < 2**62:
+        return ri
+    return RESUMED_ANY
+
+
+def ri_malformed(body: dict[str, Any]) -> bool:
+    """Whether data carries an "ri" that `resumed_of` ignored as malformed."""
+    ri = body.get("ri")
+    return ri is not None and not (type(ri) is int and RESUMED_ANY < ri < 2**62)
 
 
 def pack_frames(frames: Sequence[bytes]) -> tuple[list[int] | None, list[bytes]]:

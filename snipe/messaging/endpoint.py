@@ -55,11 +55,14 @@ from snipe.messaging.channel import (
     DeliveryFailed,
     Inbound,
     Outbound,
+    ResumeAsks,
     ack_is_busy,
     busy_ack,
     pack_frames,
     parse_ack,
     parse_data,
+    resumed_of,
+    ri_malformed,
     unpack_frames,
 )
 from snipe.messaging.gateway import RELAY, Sealer, parse_relay, relay_parts
@@ -75,6 +78,16 @@ Decoded = TypeVar("Decoded")
 ENDED_STATES = ("exited", "killed", "lost")
 DEFAULT_DEADLINE_S = 30.0
 RESOLVE_EVERY_S = 5.0
+# A peer we only retain acknowledged messages for (it may be restored from a checkpoint, and then
+# needs to hear from us: `_resolve`'s probe) has its entry re-read every RETAINED_RESOLVE_EVERY_S
+# times 0.75 to 1.25 (its own jitter, so many such peers do not all come due together), in the I/O
+# thread with a timeout of RETAINED_RESOLVE_TIMEOUT_S (no answer in time: tried again at the next
+# interval). So an idle sender tells a receiver restored from a checkpoint that does not know its
+# session, at worst, 37.5 s after the receiver's new incarnation is in the catalog (plus 37.5 s for
+# each re-read the catalog did not answer in time); a sender with anything to send does at once.
+RETAINED_RESOLVE_EVERY_S = 30.0
+RETAINED_RESOLVE_TIMEOUT_S = 0.5
+SAY_EVERY_S = 60.0           # a log line about what a peer keeps doing (_may_say): at most this often
 STATS_EVERY_S = 5.0          # per-peer counters published on our own URN (a lease), for the console
 FAILOVER_SILENCE_S = 2.0     # a route with data outstanding and no acknowledgement for this long has failed
 SHUN_ROUTE_S = 30.0          # ... and is not taken again for this long (then it is probed again)
@@ -149,10 +162,28 @@ class _Peer:
     copies: list[str] = field(default_factory=list)     # a replicated URN in mode "all": its copies' peers
     parent: str | None = None                # this peer is copy `copy_index` of the replicated URN `parent`
     copy_index: int = -1
+    jitter: float = field(default_factory=lambda: random.uniform(0.75, 1.25))   # of its retained-only re-reads
 
     @property
     def route(self) -> Route | None:
         return self.routes[self.route_index] if self.routes else None
+
+
+def resolve_due(p: _Peer, now: float) -> float | None:
+    """Whether `_timers` re-reads the entry of `p` (it holds or retains messages) now, and how
+    long it waits for the catalog: None if not now; 0.0 for the catalog client's own timeout (a
+    peer with messages to deliver: every RESOLVE_EVERY_S, as a peer may move or end); a short
+    RETAINED_RESOLVE_TIMEOUT_S for one we only retain messages for (every
+    RETAINED_RESOLVE_EVERY_S times its jitter) or owe a probe (every RESOLVE_EVERY_S, until it
+    acknowledges)."""
+    since = now - p.resolved_at
+    if p.out.held():
+        return 0.0 if since > RESOLVE_EVERY_S else None
+    if p.out.probe_owed is not None:
+        return RETAINED_RESOLVE_TIMEOUT_S if since > RESOLVE_EVERY_S else None
+    if p.out.retained and since > RETAINED_RESOLVE_EVERY_S * p.jitter:
+        return RETAINED_RESOLVE_TIMEOUT_S
+    return None
 
 
 class Endpoint:
@@ -236,6 +267,8 @@ class Endpoint:
         # Restored from a checkpoint (snipe/messaging/snapshot.py): that restore's id, else 0. A source
         # whose session the checkpoint does not know is asked to resume it (channel.py, Inbound).
         self.restore = 0
+        self.resume_asks: ResumeAsks | None = None   # the RESUMEs that asks sent (snapshot.py), once it asks
+        self._said: dict[tuple[str, str], float] = {}   # (what, peer) -> when last logged (_may_say)
         self.reply_to: dict[str, ReplyTo] = {}   # source URN -> its latest link (our ROUTER, its identity)
         self.sources_ok: dict[tuple[str, str], float] = {}
         self.sealer = Sealer(identity)
@@ -919,14 +952,15 @@ class Endpoint:
         p.waiting_since = None
         self._transmit(p, p.out.flush(now))
 
-    def _resolve(self, p: _Peer, now: float) -> None:
-        """Find the peer's routes in the catalog. A peer that has ended fails its messages."""
+    def _resolve(self, p: _Peer, now: float, timeout: float | None = None) -> None:
+        """Find the peer's routes in the catalog (waiting up to `timeout`, else the catalog
+        client's own). A peer that has ended fails its messages."""
         assert self.catalog is not None
         p.resolved_at = now
         urn = p.parent or p.urn
         try:
             self.catalog.invalidate(urn)
-            entry = self.catalog.get(urn, r=1)
+            entry = self.catalog.get(urn, r=1, timeout=timeout)
         except SnipeError as exc:
             log.debug("cannot resolve %s: %s", p.urn, exc)
             return
@@ -971,11 +1005,14 @@ class Endpoint:
         else:
             p.routes = routes
             p.route_index = min(p.route_index, max(0, len(routes) - 1))
-        if known_as is not None and known_as != peer.instance and p.out.retained:
+        if known_as is not None and known_as != peer.instance:
             # Another incarnation of it listens now: if it was restored from a checkpoint that does
             # not know our session, only our data tells it the session exists (it then asks us to
-            # resume), and we may have nothing else to send it for a long time.
-            self._transmit(p, [p.out.probe()])
+            # resume), and we may have nothing else to send it for a long time. The probe is owed
+            # until it acknowledges our session: a lost one goes again on the next look here.
+            p.out.instance_changed(peer.instance)
+        if p.out.probe_owed is not None:
+            self._transmit(p, p.out.probes())
 
     def _routes_to(self, peer: ProcView, now: float) -> list[Route]:
         """The routes to `peer`, best first; through a gateway daemon when our hosts share no
@@ -1082,8 +1119,19 @@ class Endpoint:
                 if p.out.flight and p.out.flight[0].attempts % 4 == 0:
                     self._resolve(p, now)      # re-read the catalog: the peer may have moved or ended
                 self._transmit(p, sends)
-            elif now - p.resolved_at > RESOLVE_EVERY_S and (p.out.held() or p.out.retained):
-                self._resolve(p, now)      # retained: a restarted receiver must hear from us (_resolve)
+            elif (p.out.held() or p.out.retained) and (due := resolve_due(p, now)) is not None:
+                self._resolve(p, now, due or None)  # retained: a restarted receiver must hear from us (_resolve)
+
+    def _may_say(self, what: str, peer: str, now: float) -> bool:
+        """Whether a log line about `what` a peer keeps doing may be said now (once per
+        SAY_EVERY_S per peer: a peer cannot fill the log)."""
+        at = self._said.get((what, peer))
+        if at is not None and now - at < SAY_EVERY_S:
+            return False
+        if len(self._said) >= 4096:
+            self._said.clear()
+        self._said[(what, peer)] = now
+        return True
 
     def _failover_if_silent(self, p: _Peer, now: float) -> None:
         """Loss and delay make retransmissions; only silence makes a dead route. A route that
@@ -1291,6 +1339,14 @@ class Endpoint:
         except SnipeError:
             return None
 
+    def _resumed(self, source: str, body: dict[str, Any]) -> int:
+        """Which restore data from `source` answers (channel.py, `resumed_of`); a malformed "ri"
+        is said (now and then) and ignored."""
+        if ri_malformed(body) and self._may_say("bad-ri", source, time.monotonic()):
+            log.warning("%s: data from %s names no restore in 'ri' (%r, not an int in [2, 2**62)); ignored",
+                        self.me, source, body.get("ri"))
+        return resumed_of(body)
+
     def _on_data(self, ident: ReplyTo, key: str, env: Envelope, frames: list[Any]) -> None:
         if env.protocol != PROTOCOL or env.version != VERSION:
             raise ProtocolVersionError(f"this endpoint speaks {PROTOCOL}/{VERSION}, not {env.protocol}/{env.version}"
@@ -1317,11 +1373,12 @@ class Endpoint:
         if inbound is None:
             inbound = self.inbound[source] = Inbound(self.me, source, window=self.window, restore=self.restore)
         self.reply_to[source] = ident
-        resumed = env.body.get("r", 0)
-        delivered, ack = inbound.on_data(session, base, first, tags, payloads, resumed if type(resumed) is int else 0)
+        body = env.body
+        resumed = 0 if "r" not in body else self._resumed(source, body)
+        delivered, ack = inbound.on_data(session, base, first, tags, payloads, resumed)
         if inbound.wanted:
             from snipe.messaging import snapshot  # (a cycle at module level: snapshot builds on this module)
-            snapshot.ask_resume(self, inbound.take_resume_wanted())
+            snapshot.ask_resume(self, inbound.take_resume_wanted(), time.monotonic())
         if delivered:
             # counted before the messages become visible: a reader that got them and then reads the
             # counters (another thread may have done the I/O) must see them counted

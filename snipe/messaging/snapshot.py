@@ -7,18 +7,24 @@ the inbox), per destination the messages not yet acknowledged, and sends not yet
 
 What `restore` does in the restarted process:
 - the restore gets an id of its own (random), its endpoint's `restore`;
-- the inbox comes back first; each source's Inbound comes back `pinned` (channel.py);
+- the inbox comes back first; each source's Inbound comes back `pinned` (channel.py), and so
+  do the sessions of it the checkpoint had left;
 - the unacknowledged sends go out again in a new session (the peer may see them twice: the
   restored task re-executes from its checkpoint, so sends after it are made again too);
 - each source gets RESUME {s, c, n}: "of your session s I hold everything up to c; this is
   restore n". The source re-sends what it retained after c and reports the rest as delivery
   failures (channel.py, `Outbound.on_resume`), so a message sent to the task since its
-  checkpoint is redelivered or reported lost at its sender, never silently dropped.
+  checkpoint is redelivered or reported lost at its sender, never silently dropped. The same
+  for each session the checkpoint had left, after where it stopped (a sender still in it, e.g.
+  when the checkpoint's current session was a late packet of an older one, answers; any other
+  sender ignores it). A RESUME without "n" (a receiver from before restore ids) is answered
+  each time it comes.
 - a source the checkpoint does not know, or a session of it that began after the checkpoint,
   gets RESUME {s, 0, n} when its data first comes (channel.py, `Inbound`: a base above 1 says
   an incarnation that was lost acknowledged messages of it; `ask_resume`). A sender with
   nothing to send that retained such messages sends data without messages to the new
-  incarnation when the catalog shows one (endpoint.py, `_resolve`).
+  incarnation when the catalog shows one (endpoint.py, `_resolve`). At most one such RESUME per
+  source is outstanding (channel.py, `ResumeAsks`); a newer one waits for it to settle.
 
 After a checkpoint is stored durably, each source gets CHECKPOINTED {s, c} and drops what it
 retained up to c. Both travel as reserved-tag messages on the ordinary reliable channel.
@@ -34,8 +40,8 @@ from typing import Any
 import msgpack
 
 from snipe.errors import CodecError
-from snipe.messaging.channel import Deliver, Inbound, Outbound, ResumeWanted
-from snipe.messaging.endpoint import MIN_RTO_S, Endpoint, Message, _Peer
+from snipe.messaging.channel import Deliver, Inbound, Outbound, ResumeAsks, ResumeWanted
+from snipe.messaging.endpoint import DEFAULT_DEADLINE_S, MIN_RTO_S, Endpoint, Message, _Peer
 
 log = logging.getLogger("snipe.messaging")
 
@@ -90,9 +96,11 @@ def restore(ep: Endpoint, lib: dict[str, Any]) -> None:
         ep.cond.notify_all()
     ep.restore = restore_id = random.SystemRandom().randrange(2, 2**62)   # 1: "a restore" in data that names none
     for src, (session, cum) in inbound.items():
-        ep.inbound[src] = Inbound.restored(ep.me, src, session, cum + 1, window=ep.window, restore=restore_id,
-                                           left=left.get(src))
+        ib = ep.inbound[src] = Inbound.restored(ep.me, src, session, cum + 1, window=ep.window, restore=restore_id,
+                                                left=left.get(src))
         ep.submit(src, TAG_RESUME, msgpack.packb({"s": session, "c": cum, "n": restore_id}))
+        for s, expected in ib.left.items():      # pinned as well: each asked where it stopped
+            ep.submit(src, TAG_RESUME, msgpack.packb({"s": s, "c": expected - 1, "n": restore_id}))
     for dest, msgs in unacked.items():
         for tag, payload in msgs:
             ep.submit(dest, tag, payload)
@@ -100,11 +108,43 @@ def restore(ep: Endpoint, lib: dict[str, Any]) -> None:
         ep.submit(dest, tag, payload, deadline_s)
 
 
-def ask_resume(ep: Endpoint, wanted: list[ResumeWanted]) -> None:
-    """(I/O thread.) Ask sources to resume sessions our checkpoint knew nothing of."""
+def ask_resume(ep: Endpoint, wanted: list[ResumeWanted], now: float) -> None:
+    """(I/O thread.) Ask sources to resume sessions our checkpoint knew nothing of: at most one
+    RESUME per source outstanding (`ResumeAsks`); one that waits goes when that one settles
+    (looked at on the next ask and every half second)."""
+    asks = ep.resume_asks
+    if asks is None:
+        asks = ep.resume_asks = ResumeAsks()
+        ep.periodic.append(lambda at: _send_owed_asks(ep, at))
     for w in wanted:
-        log.info("%s: %s's session %x began after our checkpoint; asking it to resume", ep.me, w.source, w.session)
-        ep.submit(w.source, TAG_RESUME, msgpack.packb({"s": w.session, "c": w.cum, "n": ep.restore}))
+        p = _outbound(ep, w.source)
+        if asks.want(w, p.out):
+            _send_ask(ep, p, w, now)
+
+
+def _send_owed_asks(ep: Endpoint, now: float) -> None:
+    asks = ep.resume_asks
+    if asks is None or not asks.owed:
+        return
+    for source in list(asks.owed):
+        p = _outbound(ep, source)
+        w = asks.due(source, p.out)
+        if w is not None:
+            _send_ask(ep, p, w, now)
+
+
+def _send_ask(ep: Endpoint, p: _Peer, w: ResumeWanted, now: float) -> None:
+    """On the channel itself rather than through `submit`: its seq tells when it settled."""
+    assert ep.resume_asks is not None
+    if ep._may_say("resume-ask", w.source, now):
+        log.info("%s: %s's session %x began after our checkpoint; asking it to resume (said at most once a "
+                 "minute for a source)", ep.me, w.source, w.session)
+    with ep.lock:
+        ep.accepted[w.source] = ep.accepted.get(w.source, 0) + 1
+    ep.resume_asks.sent(w.source, p.out, p.out.next_seq)
+    p.out.submit(TAG_RESUME, msgpack.packb({"s": w.session, "c": w.cum, "n": ep.restore}), now,
+                 now + DEFAULT_DEADLINE_S)
+    ep._pump_peer(p, now)
 
 
 def tell_checkpointed(ep: Endpoint, where: dict[str, tuple[int, int]]) -> None:
@@ -121,14 +161,15 @@ def install(ep: Endpoint) -> None:
 
 
 def _position(m: Deliver) -> tuple[int, int, int]:
-    """(session, cum, restore id: 1 when the message names none)."""
+    """(session, cum, restore id: 0 when the message names none, as from a receiver before restore
+    ids; a named one is at least 2)."""
     try:
         body = msgpack.unpackb(m.payload, raw=False)
-        session, cum, restore = body["s"], body["c"], body.get("n", 1)
+        session, cum, restore = body["s"], body["c"], body.get("n", 0)
     except Exception as exc:
         raise CodecError(f"a resume position from {m.source} is malformed: {exc}") from exc
     if any(type(v) is not int for v in (session, cum, restore)) or not (
-            0 <= session < 2**63 and 0 <= cum < 2**62 and 1 <= restore < 2**62):
+            0 <= session < 2**63 and 0 <= cum < 2**62 and (restore == 0 or 2 <= restore < 2**62)):
         raise CodecError(f"a resume position from {m.source} is out of range")
     return session, cum, restore
 
@@ -144,7 +185,9 @@ def _on_resume(ep: Endpoint, m: Deliver) -> None:
     session, cum, restore = _position(m)
     p = _outbound(ep, m.source)
     now = time.monotonic()
-    ep._resolve(p, now)          # it restarted elsewhere: its old routes lead nowhere
+    if session == p.out.session or now - p.resolved_at > 1.0:
+        ep._resolve(p, now)      # it restarted elsewhere: its old routes lead nowhere (once for the
+                                 # RESUMEs of the sessions we left, which it sends along: snapshot.restore)
     sends, failed = p.out.on_resume(session, cum, now, restore)
     if failed:
         log.warning("%s restarted from a checkpoint: %d message(s) it had acknowledged are lost", m.source,

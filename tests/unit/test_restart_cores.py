@@ -3,17 +3,45 @@ takeover planner, sealed task secrets. Transcripts first, then a hypothesis prop
 
 from __future__ import annotations
 
+import logging
 import random
+import threading
+from collections import deque
+from types import SimpleNamespace
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from snipe.effects import Send
 from snipe.errors import IntegrityError
 from snipe.identity import Identity
-from snipe.messaging.channel import Deliver, DeliveryFailed, Inbound, Outbound, ResumeWanted, parse_data
+from snipe.messaging import snapshot
+from snipe.messaging.channel import (
+    RESUMED_ANY,
+    Deliver,
+    DeliveryFailed,
+    Inbound,
+    Outbound,
+    ResumeAsks,
+    ResumeWanted,
+    parse_ack,
+    parse_data,
+    resumed_of,
+    ri_malformed,
+)
+from snipe.messaging.endpoint import (
+    RESOLVE_EVERY_S,
+    RETAINED_RESOLVE_EVERY_S,
+    RETAINED_RESOLVE_TIMEOUT_S,
+    Endpoint,
+    _Peer,
+    resolve_due,
+)
 from snipe.replication.sealed import seal, unseal
 from snipe.replication.takeover import Claim, TakeoverPlanner, Watched, claim_urn, ranking
+from snipe.wire import Envelope
 
 
 def sent(n: int, retain: int = 100) -> Outbound:
@@ -32,7 +60,7 @@ def seqs_of(sends: list) -> list[int]:
 def feed(inbound: Inbound, sends: list) -> list[Deliver]:
     got: list[Deliver] = []
     for s in sends:
-        d, _ = inbound.on_data(*parse_data(s.envelope, s.frames), s.frames, s.envelope.body.get("r", 0))
+        d, _ = inbound.on_data(*parse_data(s.envelope, s.frames), s.frames, resumed_of(s.envelope.body))
         got += d
     return got
 
@@ -126,7 +154,8 @@ def test_a_session_that_began_after_the_checkpoint_is_resumed_from_its_first_mes
     assert restored.take_resume_wanted() == [ResumeWanted("a", out.session, 0)]
     assert restored.take_resume_wanted() == []              # asked once
     sends, failed = out.on_resume(out.session, 0, 2.1, RESTORE)
-    assert failed == [] and seqs_of(sends) == [1, 2, 3, 4, 5, 6] and sends[0].envelope.body["r"] == RESTORE
+    assert failed == [] and seqs_of(sends) == [1, 2, 3, 4, 5, 6]
+    assert sends[0].envelope.body["r"] == 1 and sends[0].envelope.body["ri"] == RESTORE
     assert [(d.seq, d.payload) for d in feed(restored, sends)] == [(q, b"m%d" % q) for q in range(1, 7)]
     assert out.on_resume(out.session, 0, 2.2, RESTORE) == ([], [])    # the same restore again: nothing
 
@@ -180,15 +209,222 @@ def test_what_fell_out_of_retention_in_a_session_after_the_checkpoint_is_reporte
 
 
 def test_a_restored_receiver_asks_nothing_of_sessions_it_knows_or_that_begin_at_one() -> None:
-    """No resume for a session that starts after the restore (base 1: nothing was acknowledged),
-    nor for one the checkpoint had left (it knows where that stopped: a late packet of it is
-    not delivered again)."""
+    """No resume wanted (from data) for a session that starts after the restore (base 1: nothing
+    was acknowledged), nor for one the checkpoint had left: it knows where that stopped (a late
+    packet of it is not delivered again), and the restore asked it already (snapshot.restore).
+    Such a session is pinned like the checkpoint's current one (it used not to be, and data with
+    a base above where it stopped skipped what it lacked: the next test)."""
     fresh = Inbound("b", "a", restore=RESTORE)
     assert [d.seq for d in fresh.on_data(11, 1, 1, [0, 0], [b"x", b"y"])[0]] == [1, 2]
     restored = Inbound.restored("b", "a", 12, 5, restore=RESTORE, left={11: 3})
     assert restored.on_data(11, 1, 1, [0, 0], [b"x", b"y"])[0] == []        # delivered before the checkpoint
     assert restored.on_data(11, 2, 2, [0], [b"y"])[0] == []
+    assert restored.pinned and restored.expected == 3
     assert fresh.take_resume_wanted() == [] and restored.take_resume_wanted() == []
+
+
+def test_a_session_the_checkpoint_had_left_is_pinned_and_resumed_where_it_stopped() -> None:
+    """The checkpoint's current session was a late packet of an old one (777); the sender's own
+    session was left, at 3. Data with base 6 must not skip 3..5: the restore asked the sender to
+    resume after 2, and its answer brings them."""
+    out = sent(5)
+    out.on_ack(out.session, 5, 0.1)                          # the incarnation that was lost had 1..5
+    restored = Inbound.restored("b", "a", 777, 10, restore=RESTORE, left={out.session: 3})
+    out.submit(0, b"m6", 1.0, float("inf"))
+    assert feed(restored, out.flush(1.0)) == [] and restored.expected == 3 and restored.pinned
+    sends, failed = out.on_resume(out.session, 2, 1.1, RESTORE)
+    assert failed == [] and [d.seq for d in feed(restored, sends)] == [3, 4, 5, 6] and not restored.pinned
+
+
+def test_the_restore_sends_a_resume_for_each_session_the_checkpoint_had_left() -> None:
+    submitted: list[tuple[str, int, dict]] = []
+    ep = SimpleNamespace(me="b", window=4096, restore=0, inbound={}, inbox=deque(), cond=threading.Condition(),
+                         submit=lambda dest, tag, payload, *_: submitted.append(
+                             (dest, tag, msgpack.unpackb(payload, raw=False))))
+    lib = {"state": {"in": [["a", {"session": 12, "expected": 5, "left": [[11, 3], [10, 1]]}]]}, "payloads": []}
+    snapshot.restore(ep, lib)  # type: ignore[arg-type]
+    n = ep.restore
+    assert submitted == [("a", snapshot.TAG_RESUME, {"s": 12, "c": 4, "n": n}),
+                         ("a", snapshot.TAG_RESUME, {"s": 11, "c": 2, "n": n}),
+                         ("a", snapshot.TAG_RESUME, {"s": 10, "c": 0, "n": n})]
+    ib = ep.inbound["a"]
+    assert ib.pinned and ib.left == {11: 3, 10: 1} and ib.left_pinned == {11, 10}
+
+
+def test_the_pin_survives_switching_to_another_session_and_back() -> None:
+    """A late packet of another session between two of a pinned one's must not cost the pin:
+    switching back used to deliver [6] and skip 1..5 silently."""
+    out = sent(5)
+    out.on_ack(out.session, 5, 0.1)
+    restored = Inbound("b", "a", restore=RESTORE)
+    assert feed(restored, [out.probe()]) == [] and len(restored.take_resume_wanted()) == 1 and restored.pinned
+    assert [d.seq for d in restored.on_data(555, 1, 1, [0], [b"late"])[0]] == [1]      # another session
+    out.submit(0, b"m6", 1.0, float("inf"))
+    assert feed(restored, out.flush(1.0)) == [] and restored.pinned and restored.expected == 1
+    assert restored.take_resume_wanted() == []               # it knows this one: asked already
+    state = restored.export_state()                           # a migration keeps the pins too
+    moved = Inbound("b", "a")
+    moved.restore_state(state)
+    assert moved.restore == RESTORE and moved.pinned
+    sends, failed = out.on_resume(out.session, 0, 1.1, RESTORE)
+    assert failed == [] and [d.seq for d in feed(restored, sends)] == [1, 2, 3, 4, 5, 6]
+
+
+# --- wire compatibility: senders and receivers from before restore ids -------------------------------
+def as_old_sender(s: Send) -> Send:
+    """Data as a sender from before restore ids sends it: "r": 1 once resumed (it ignores "n")."""
+    body = {k: v for k, v in s.envelope.body.items() if k != "ri"}
+    return Send(s.to, Envelope(s.envelope.protocol, s.envelope.version, s.envelope.kind, 0, body), s.frames)
+
+
+def test_an_old_senders_answer_to_a_resume_unpins_a_restored_receiver() -> None:
+    """It answers with "r": 1 and no "ri": taken as the answer, as before restore ids (a receiver
+    that waited for its restore's id stalled for ever once retention had dropped anything)."""
+    out = sent(5, retain=2)
+    out.on_ack(out.session, 5, 0.1)                          # retained: 4, 5 (3 fell out)
+    restored = Inbound.restored("b", "a", out.session, 3, restore=RESTORE)     # its checkpoint held 1..2
+    sends, failed = out.on_resume(out.session, 2, 0.2, RESTORE)
+    assert [f.seq for f in failed] == [3]                    # reported at the sender
+    old = [as_old_sender(s) for s in sends]
+    assert old[0].envelope.body["r"] == 1 and resumed_of(old[0].envelope.body) == RESUMED_ANY
+    assert [d.seq for d in feed(restored, old)] == [4, 5] and not restored.pinned
+    out.submit(0, b"m6", 0.3, float("inf"))
+    assert [d.seq for d in feed(restored, [as_old_sender(s) for s in out.flush(0.3)])] == [6]
+    # a session the checkpoint never knew
+    out = sent(5, retain=2)
+    out.on_ack(out.session, 5, 0.1)
+    unknown = Inbound("b", "a", restore=RESTORE)
+    assert feed(unknown, [out.probe()]) == [] and len(unknown.take_resume_wanted()) == 1
+    sends, failed = out.on_resume(out.session, 0, 0.2, RESTORE)
+    assert [f.seq for f in failed] == [1, 2, 3]
+    assert [d.seq for d in feed(unknown, [as_old_sender(s) for s in sends])] == [4, 5] and not unknown.pinned
+
+
+def test_a_malformed_restore_id_is_ignored_and_said() -> None:
+    assert resumed_of({"r": 1, "ri": RESTORE}) == RESTORE and resumed_of({}) == 0 and resumed_of({"ri": 9}) == 0
+    for bad in ("7", 1, 0, -3, 2**62, True, 7.0, [7]):
+        assert ri_malformed({"r": 1, "ri": bad}) and resumed_of({"r": 1, "ri": bad}) == RESUMED_ANY
+    assert not ri_malformed({"r": 1}) and not ri_malformed({"r": 1, "ri": RESTORE})
+    said: list[str] = []
+    shell = SimpleNamespace(me="b", _may_say=lambda *_: True)
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("snipe.messaging").addHandler(handler)
+    try:
+        assert Endpoint._resumed(shell, "a", {"r": 1, "ri": "x"}) == RESUMED_ANY  # type: ignore[arg-type]
+    finally:
+        logging.getLogger("snipe.messaging").removeHandler(handler)
+    assert len(said) == 1 and "'x'" in said[0]
+
+
+def test_an_old_receiver_restored_twice_within_one_session_is_answered_each_time() -> None:
+    """Its RESUME names no restore ("n"): each is answered (one that names one, only once)."""
+    out = sent(3)
+    out.on_ack(out.session, 3, 0.1)
+    first, _ = out.on_resume(out.session, 1, 0.2)
+    assert seqs_of(first) == [2, 3] and first[0].envelope.body["r"] == 1 and "ri" not in first[0].envelope.body
+    out.on_ack(out.session, 3, 0.3)
+    second, failed = out.on_resume(out.session, 1, 0.4)
+    assert seqs_of(second) == [2, 3] and failed == []
+    out.on_ack(out.session, 3, 0.5)
+    assert seqs_of(out.on_resume(out.session, 1, 0.6, RESTORE)[0]) == [2, 3]
+    out.on_ack(out.session, 3, 0.7)
+    assert out.on_resume(out.session, 1, 0.8, RESTORE) == ([], [])
+    old = Deliver("a", snapshot.TAG_RESUME, msgpack.packb({"s": 5, "c": 1}), 1)
+    assert snapshot._position(old) == (5, 1, 0)
+
+
+# --- what the shell does about it ----------------------------------------------------------------------
+def test_a_probe_is_owed_until_the_new_incarnation_acknowledges_the_session() -> None:
+    """A lost probe (no link yet, a full queue, a dropped packet) goes again on the next look at
+    the receiver's entry, until an acknowledgement of the session shows it arrived."""
+    out = sent(3)
+    out.on_ack(out.session, 3, 0.1)
+    assert out.probes() == []
+    out.instance_changed("i2")
+    assert out.probes() == [out.probe()]                      # lost
+    assert out.probes() == [out.probe()]                      # the next look: again
+    restored = Inbound("b", "a", restore=RESTORE)
+    probe = out.probes()[0]
+    _, ack = restored.on_data(*parse_data(probe.envelope, probe.frames), probe.frames)
+    out.on_ack(*parse_ack(ack.envelope), 1.0)
+    assert out.probes() == [] and out.probe_owed is None
+    nothing = sent(2, retain=0)
+    nothing.on_ack(nothing.session, 2, 0.1)
+    nothing.instance_changed("i2")
+    assert nothing.probes() == []                              # nothing retained: nothing to tell
+
+
+def test_a_peer_we_only_retain_messages_for_is_re_read_seldom_with_a_short_timeout() -> None:
+    """Simulated time, _timers' turns every 0.25 s: a peer with messages to deliver is re-read
+    every RESOLVE_EVERY_S with the catalog client's own timeout; one we only retain messages for
+    every RETAINED_RESOLVE_EVERY_S (its jitter: 0.75-1.25 times), never waiting long; one owed a
+    probe every RESOLVE_EVERY_S, with the short timeout."""
+    def reads(p: _Peer, until: float) -> list[float | None]:
+        got = []
+        for turn in range(int(until / 0.25)):
+            now = turn * 0.25
+            due = resolve_due(p, now)
+            if due is not None:
+                got.append(due)
+                p.resolved_at = now
+        return got
+
+    retained = _Peer("urn:b", sent(3))
+    retained.out.on_ack(retained.out.session, 3, 0.1)
+    retained.resolved_at = 0.0
+    got = reads(retained, 600.0)
+    assert 600 / (1.25 * RETAINED_RESOLVE_EVERY_S) - 1 <= len(got) <= 600 / (0.75 * RETAINED_RESOLVE_EVERY_S)
+    assert set(got) == {RETAINED_RESOLVE_TIMEOUT_S}
+    held = _Peer("urn:b", sent(3))                           # 1..3 unacknowledged
+    held.resolved_at = 0.0
+    got = reads(held, 60.0)
+    assert set(got) == {0.0} and 60 / RESOLVE_EVERY_S - 2 <= len(got) <= 60 / RESOLVE_EVERY_S
+    retained.out.instance_changed("i2")
+    retained.resolved_at = 0.0
+    assert len(reads(retained, 60.0)) >= 60 / RESOLVE_EVERY_S - 2
+    assert len({_Peer("urn:b", sent(1)).jitter for _ in range(8)}) > 1          # not all at once
+    assert all(0.75 <= _Peer("urn:b", sent(1)).jitter <= 1.25 for _ in range(50))
+
+
+def test_a_source_with_ever_new_sessions_gets_one_resume_at_a_time() -> None:
+    """Data in a fresh session with a high base each time: one RESUME outstanding, the newest
+    wanted waits for it (replacing any older), and goes once it is acknowledged, or has failed."""
+    asks, to_evil = ResumeAsks(), Outbound("b", "evil", rng=random.Random(3))
+    restored = Inbound("b", "evil", restore=RESTORE)
+    rng = random.Random(5)
+    sent_asks: list[ResumeWanted] = []
+
+    def send(w: ResumeWanted, now: float) -> None:
+        asks.sent(w.source, to_evil, to_evil.next_seq)
+        to_evil.submit(snapshot.TAG_RESUME, b"resume", now, now + 30.0)
+        to_evil.flush(now)
+        sent_asks.append(w)
+
+    last = 0
+    for _ in range(1000):
+        last = rng.getrandbits(63)
+        restored.on_data(last, 1000, 1000, [], [])
+        for w in restored.take_resume_wanted():
+            if asks.want(w, to_evil):
+                send(w, 0.0)
+    assert len(sent_asks) == 1 and to_evil.held() == 1
+    assert asks.due("evil", to_evil) is None                  # still outstanding
+    to_evil.on_ack(to_evil.session, 1, 0.1)                   # acknowledged: the newest wanted goes
+    w = asks.due("evil", to_evil)
+    assert w == ResumeWanted("evil", last, 0) and asks.due("evil", to_evil) is None
+    send(w, 0.2)
+    restored.on_data(rng.getrandbits(63), 1000, 1000, [], [])
+    assert not asks.want(restored.take_resume_wanted()[0], to_evil)
+    assert to_evil.on_timer(31.0)[1] != []                    # never acknowledged: failed at its deadline
+    assert asks.due("evil", to_evil) is not None and len(sent_asks) == 2
+
+
+def test_a_line_about_what_a_peer_keeps_doing_is_logged_once_a_minute() -> None:
+    shell = SimpleNamespace(_said={})
+    say = [Endpoint._may_say(shell, "resume-ask", "evil", t) for t in (0.0, 1.0, 59.0, 61.0)]  # type: ignore[arg-type]
+    assert say == [True, False, False, True]
+    assert Endpoint._may_say(shell, "resume-ask", "other", 1.0)  # type: ignore[arg-type]
 
 
 def test_the_answer_to_one_restore_does_not_unpin_the_next() -> None:
@@ -208,7 +444,7 @@ def test_the_answer_to_one_restore_does_not_unpin_the_next() -> None:
     second = Inbound.restored("b", "a", out.session, 4, restore=RESTORE + 1)
     out.submit(0, b"m7", 0.6, float("inf"))
     early = out.flush(0.6)
-    assert early[0].envelope.body["r"] == RESTORE and feed(second, early) == []     # still pinned at 4
+    assert early[0].envelope.body["ri"] == RESTORE and feed(second, early) == []    # still pinned at 4
     sends, failed = out.on_resume(out.session, 3, 0.7, RESTORE + 1)
     assert failed == [] and [d.seq for d in feed(second, sends)] == [4, 5, 6, 7]
 
