@@ -566,7 +566,7 @@ class Server:
             "rev": self.storage.last_rev(), "first_rev": first, "count": self.storage.count(),
             "peers": sorted(self.peers), "pushed": st.pushed, "received": st.received,
             "repaired": st.repaired, "ae_rounds": st.rounds, "ae_deferred": st.deferred, "watchers": len(self.watchers),
-            "requests": self.requests, "errors": self.errors, "pid": os.getpid(),
+            "requests": self.requests, "errors": self.errors, "pid": os.getpid(), "sync": self.cfg.sync,
             "uptime_s": round(time.time() - self.started, 3), "corrupt_records": self.storage.corrupt_total,
             "refused_keys": len(self.gate.refused),
             "map_resident_mib": round(self.map_budget.resident / 2**20, 1), "map_trims": self.map_budget.trims,

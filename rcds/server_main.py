@@ -50,7 +50,8 @@ def load_config(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.N
     ap.add_argument("--peer", action="append", default=[], help="ID=ENDPOINT#KEYHEX, repeatable")
     ap.add_argument("--anti-entropy", type=float, help="seconds between anti-entropy rounds (default 1)")
     ap.add_argument("--log-retention", type=int, help="change-log entries kept for watchers (default 200000)")
-    ap.add_argument("--sync", action="store_true", default=None, help="fsync every commit (survive power loss)")
+    ap.add_argument("--sync", action=argparse.BooleanOptionalAction, default=None,
+                    help="fsync every commit, to survive a power cut (--no-sync overrides the file's sync = true)")
     ap.add_argument("--map-budget-mib", type=int,
                     help="MiB of the LMDB map kept mapped before its pages are dropped (default 64)")
     ap.add_argument("--ready-file", help="write {endpoint, key, pid} as JSON here once serving")

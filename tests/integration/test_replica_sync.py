@@ -1,8 +1,8 @@
 """`sync = true` in a replica's TOML file: every commit is fsynced before the write is
 acknowledged (rcds/store.py opens LMDB with sync and metasync on), and the replica serves as
 before. Checked on a real rcds-server started from a TOML file, as an operator would, traced by
-strace: the syscalls that flush its LMDB data file are counted while it acknowledges writes.
-(The replica's status reply does not state its durability mode, so the process is watched.)"""
+strace: the syscalls that flush its LMDB data file are counted while it acknowledges writes, and
+its status reply states the mode it runs in."""
 
 from __future__ import annotations
 
@@ -139,8 +139,11 @@ def _read(r: TomlReplica) -> dict[str, object]:
 def test_sync_true_in_the_toml_file_fsyncs_every_acknowledged_commit(
         make_replica: Callable[..., TomlReplica]) -> None:
     """`sync = true` in the file (and the `--sync` flag over a file saying false) flush LMDB's
-    data file at least once per acknowledged write; the default flushes it never."""
-    cases = {"sync = false": (False, ()), "sync = true": (True, ()), "--sync": (False, ("--sync",))}
+    data file at least once per acknowledged write; the default, and `--no-sync` over a file
+    saying true, flush it never. The status reply says which."""
+    cases = {"sync = false": (False, ()), "sync = true": (True, ()), "--sync": (False, ("--sync",)),
+             "--no-sync": (True, ("--no-sync",))}
+    expect_sync = {"sync = false": False, "sync = true": True, "--sync": True, "--no-sync": False}
     flushed = {}
     for case, (sync, flags) in cases.items():
         r = make_replica(f"r{len(flushed)}", sync=sync, flags=flags)
@@ -151,10 +154,11 @@ def test_sync_true_in_the_toml_file_fsyncs_every_acknowledged_commit(
         flushed[case] = r.data_file_flushes() - before
         assert _read(r) == {f"n{i}": i for i in range(WRITES)}         # it serves reads
         with CatalogClient([r.address], r.admin, r.admin.key_id) as c:
-            assert c.status()["count"] >= WRITES                     # and status
+            status = c.status()
+            assert status["count"] >= WRITES and status["sync"] is expect_sync[case], (case, status)
         r.close()
     assert flushed["sync = true"] >= WRITES and flushed["--sync"] >= WRITES, flushed
-    assert flushed["sync = false"] == 0, flushed      # the default leaves flushing to the OS
+    assert flushed["sync = false"] == 0 and flushed["--no-sync"] == 0, flushed     # flushing left to the OS
 
 
 def test_with_sync_true_a_write_acknowledged_by_one_replica_survives_its_kill9(
