@@ -24,6 +24,7 @@ from typing import Any
 from snipe_daemon.server import Daemon, DaemonConfig
 
 from snipe import discovery
+from snipe.bidding import DEFAULT_PRICE, check_price
 from snipe.errors import ConfigError, SnipeError
 from snipe.identity import Identity, public_key_from_id
 
@@ -40,6 +41,7 @@ def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.N
     ap.add_argument("--admin-key", help="the cluster admin's public key id")
     ap.add_argument("--catalog", action="append", default=[], help="replica ENDPOINT#KEY, repeatable")
     ap.add_argument("--lease", type=float, help="seconds the host's metadata lease lasts (default 10)")
+    ap.add_argument("--price", type=float, help="what this host asks per CPU-second in placement bids (default 1)")
     ap.add_argument("--net-name", action="append", default=[], help="IFACE_OR_CIDR=NAME, a private network")
     ap.add_argument("--relay", help="relay for hosts that share no network (a gateway): listen here, "
                                     "e.g. tcp://0.0.0.0:7401")
@@ -80,7 +82,8 @@ def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.N
                        identity=Identity.load_or_create(key_file), admin_key=admin_key,
                        catalog=[str(c) for c in catalog], advertise=pick(args.advertise, "advertise"),
                        lease_s=float(pick(args.lease, "lease_s", 10.0)), net_names=net_names, link_speeds=speeds,
-                       relay=pick(args.relay, "relay"))
+                       relay=pick(args.relay, "relay"),
+                       price=check_price(pick(args.price, "price", DEFAULT_PRICE), "[daemon] price"))
     return cfg, args
 
 
@@ -89,7 +92,7 @@ def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.N
 DAEMON_KEYS: dict[str, tuple[type, ...]] = {
     "host_id": (str,), "listen": (str,), "advertise": (str,), "state_dir": (str,), "key_file": (str,),
     "admin_key": (str,), "catalog": (list,), "lease_s": (int, float), "relay": (str,), "net_names": (dict,),
-    "links": (dict,),
+    "links": (dict,), "price": (int, float),
 }
 LINK_KEYS = ("bandwidth_mbps", "latency_us")
 

@@ -39,6 +39,7 @@ from snipe_daemon.tasks import LIVE_STATES, Quota, TaskEvent, TaskRunner
 from snipe import authority
 from snipe.admission import CatalogAdmission
 from snipe.assertion import make_assertion
+from snipe.bidding import DEFAULT_PRICE, HostState, Refusal, bid, check_price
 from snipe.catalog.client import CatalogClient
 from snipe.code import CodeCache, entry_argv
 from snipe.daemonclient import PROTOCOL, VERSION, VERSIONS, DaemonClient
@@ -53,6 +54,7 @@ from snipe.errors import (
 )
 from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint
+from snipe.query import parse_predicates
 from snipe.replication.sealed import seal, unseal
 from snipe.replication.takeover import Claim
 from snipe.transport import KeyGate, sender_key, server_socket
@@ -88,6 +90,7 @@ class DaemonConfig:
     python: str = sys.executable
     warm_pool: int = 2                      # interpreters kept ready to become tasks
     relay: str | None = None                # listen endpoint of the gateway relay (None: this host relays nothing)
+    price: float = DEFAULT_PRICE            # per CPU-second, what this host asks in its bids (snipe/bidding.py)
 
     @property
     def host_urn(self) -> str:
@@ -322,6 +325,8 @@ class Daemon:
                 self._reply(client, env.reply(**self._status(urn)))
             case "ps":
                 self._reply(client, env.reply(tasks=[self._status(u) for u in sorted(self.tasks)]))
+            case "bid":
+                self._reply(client, env.reply(**self._bid(env)))
             case "put-code":
                 self._reply(client, env.reply(**self._put_code(env, frames)))
             case "get-code":
@@ -847,12 +852,27 @@ class Daemon:
             return ""
 
     # --- the host ------------------------------------------------------------------------------
+    def _bid(self, env: Envelope) -> dict[str, Any]:
+        """This host's bid for a task (snipe/bidding.py), from what it knows this moment."""
+        requires = parse_predicates(field_of(env, "requires", list, []))
+        cap = env.body.get("max_price")
+        max_price = None if cap is None else check_price(cap, "max_price")
+        info = collect_host_info(net_names=self.cfg.net_names, link_speeds=self.cfg.link_speeds)
+        info.update(self.sampler.sample())
+        running = len([t for t in self.tasks.values() if t["state"] in ("running", "suspended")])
+        state = HostState(self.cfg.host_urn, self.cfg.price, int(info.get("cpus") or 1), running,
+                          float(info.get("load_per_cpu") or 0.0), self.draining, {**info, "price": self.cfg.price})
+        answer = bid(state, requires, max_price)
+        if isinstance(answer, Refusal):
+            return {"refused": answer.reason}
+        return {"bid": answer.price, "detail": dict(answer.detail)}
+
     def _publish_host(self, timeout: float | None = None) -> None:
         info = collect_host_info(net_names=self.cfg.net_names, link_speeds=self.cfg.link_speeds)
         info.update(self.sampler.sample())
         info.update(self.comm)
         info.update({"daemon": self.cfg.address, "key": self.cfg.identity.key_id, "alive": True,
-                     "draining": self.draining,
+                     "draining": self.draining, "price": self.cfg.price,
                      **({"relay_port": self.relay.port} if self.relay is not None else {}),
                      "tasks": len([t for t in self.tasks.values() if t["state"] in ("running", "suspended")])})
         ttl = self.cfg.lease_s

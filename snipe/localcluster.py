@@ -17,8 +17,9 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from snipe.catalog.client import CatalogClient
 from snipe.errors import ConfigError, SnipeError, Unreachable
@@ -203,6 +204,7 @@ class DaemonProc:
     state_dir: Path
     identity: Identity
     proc: subprocess.Popen[bytes] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)    # more [daemon] keys (e.g. price), at its next start
 
     @property
     def address(self) -> str:
@@ -252,7 +254,7 @@ class LocalCluster:
         config.write_text(toml_document({
             "daemon": {"host_id": d.host_id, "listen": d.endpoint, "state_dir": str(d.state_dir),
                        "key_file": str(d.state_dir / "host.key"), "admin_key": self.admin.key_id,
-                       "lease_s": float(self.lease_s)},
+                       "lease_s": float(self.lease_s), **d.settings},
             "catalog": {"replicas": list(self.catalog.addresses)}}))
         return [sys.executable, "-m", "snipe_daemon.main", "--config", str(config),
                 "--ready-file", str(d.state_dir / "ready.json")]

@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import psutil
 
 from snipe import authority, checkpoints
+from snipe.bidding import Auction, Bid, Refusal, check_price
 from snipe.catalog.client import CatalogClient
 from snipe.code import package
 from snipe.daemonclient import DaemonClient
@@ -42,7 +44,7 @@ from snipe.errors import (
 from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint, Message
 from snipe.multicast.groups import Membership
-from snipe.placement import choose_host
+from snipe.placement import choose_host, eligible
 from snipe.query import Predicate, parse_predicate_text
 from snipe.urn import new_urn, validate_urn
 
@@ -715,16 +717,57 @@ def hosts(requires: Sequence[Predicate | str] | dict[str, Any] | None = None, *,
 PLACEMENT_CACHE_S = 1.0
 RESTART_POLICIES = ("on-host-failure",)
 REPLICA_MODES = ("standby", "all")
+PLACEMENTS = ("least-loaded", "bids")
+BID_TIMEOUT_S = 2.0          # how long a call for bids waits for each host
+BID_WORKERS = 16             # hosts asked for a bid at once
+
+
+def _call_for_bids(hosts: dict[str, Any], requires: list[Predicate], max_price: float | None) -> list[Bid]:
+    """Ask every host in `hosts` (URN -> catalog entry) for a bid at once, each on a daemon
+    client of its own (a client is one thread's); the bids, best first, or NotFound saying why
+    each host did not bid."""
+    s, now = session(), now_ms()
+    auction = Auction(sorted(hosts))
+    body: dict[str, Any] = {"requires": [list(r) for r in requires], "max_price": max_price}
+
+    def ask(urn: str) -> Bid | Refusal:
+        with DaemonClient(str(hosts[urn].value("daemon", now)), s.identity) as d:
+            reply, _ = d.call("bid", body, timeout=BID_TIMEOUT_S)
+        offer = reply.get("bid")
+        if isinstance(offer, int | float) and not isinstance(offer, bool) and offer >= 0:
+            return Bid(urn, float(offer), reply.get("detail") or {})
+        return Refusal(urn, str(reply.get("refused") or f"answered no bid: {reply!r}"[:200]))
+
+    with ThreadPoolExecutor(max_workers=min(BID_WORKERS, len(hosts)), thread_name_prefix="snipe-bids") as pool:
+        asked = {urn: pool.submit(ask, urn) for urn in sorted(hosts)}
+        for urn, answer in asked.items():
+            try:
+                got = answer.result()
+            except SnipeError as exc:
+                got = Refusal(urn, str(exc))
+            if isinstance(got, Bid):
+                auction.on_bid(got)
+            else:
+                auction.on_refusal(got)
+    auction.on_deadline()
+    ranked = auction.ranked()
+    if not ranked:
+        auction.winner()              # raises NotFound with every host's reason
+    return ranked
 
 
 def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Predicate | str] | dict | None = None,
           env: dict[str, str] | None = None, quota: dict[str, Any] | None = None,
           notify: Sequence[str] = (), checkpoint_every: float | None = None, restart: str | None = None,
-          replicas: int = 1, mode: str = "standby") -> Process:
+          replicas: int = 1, mode: str = "standby", placement: str = "least-loaded",
+          max_price: float | None = None) -> Process:
     """Start `code` (a code URN from `publish`) as a task; return its Process handle.
 
-    With no `host`, the least-loaded live host meeting `requires` is chosen; `quota` may set
-    cpu_seconds, memory_bytes, wall_seconds and open_files. `checkpoint_every` (seconds) makes
+    With no `host`, the least-loaded live host meeting `requires` is chosen from what the hosts
+    publish in the catalog; with `placement="bids"` the hosts are asked for a bid instead and
+    the cheapest wins (snipe/bidding.py: each host's price per CPU-second times how busy it is
+    now), none above `max_price`. `quota` may set cpu_seconds, memory_bytes, wall_seconds and
+    open_files. `checkpoint_every` (seconds) makes
     the task checkpoint itself periodically (snipe/checkpoints.py); `restart="on-host-failure"`
     has it restarted on another live host, from its last checkpoint (or from the beginning
     without one), keeping its URN, when its host's lease lapses.
@@ -756,6 +799,26 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
         if mode not in REPLICA_MODES:
             raise ValueError(f"mode must be one of {REPLICA_MODES}, not {mode!r}")
         body.update({"replicas": replicas, "mode": mode})
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
+    if max_price is not None:
+        if placement != "bids":
+            raise ValueError("max_price caps bids: pass placement='bids' with it")
+        max_price = check_price(max_price, "max_price")
+    if host is None and placement == "bids":
+        hosts = s.catalog.query("urn:snipe:host:")
+        wanted = _requirements(requires)
+        candidates = eligible(hosts, wanted, now_ms())
+        if not candidates:
+            choose_host(hosts, wanted, now_ms())          # raises NotFound saying why none fits
+        refused: list[str] = []
+        for offer in _call_for_bids({u: hosts[u] for u in candidates}, wanted, max_price):
+            try:
+                return spawn(code, *args, host=offer.host, env=env, quota=quota, notify=notify,
+                             checkpoint_every=checkpoint_every, restart=restart, replicas=replicas, mode=mode)
+            except NotAuthorized as exc:        # it began draining since it bid: the next best
+                refused.append(f"{offer.host}: {exc}")
+        raise NotFound("every host that bid refused the task: " + "; ".join(refused))
     if host is not None:
         host_urn = host if host.startswith("urn:") else f"urn:snipe:host:{host}"
         entry = s.catalog.get(host_urn)

@@ -395,7 +395,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_spawn(args: argparse.Namespace) -> int:
-    p = snipe.spawn(args.code, *args.args, host=args.host)
+    bids = args.bids or args.max_price is not None
+    p = snipe.spawn(args.code, *args.args, host=args.host, placement="bids" if bids else "least-loaded",
+                    max_price=args.max_price)
     emit(args, {"urn": p.urn, "host": p.host}, lambda: out.print(f"{p.urn} on {p.host}"))
     return 0
 
@@ -588,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("code")
     p.add_argument("args", nargs="*")
     p.add_argument("--host")
+    p.add_argument("--bids", action="store_true", help="ask the hosts for bids and take the cheapest (rather than "
+                                                       "the least loaded by what they published)")
+    p.add_argument("--max-price", type=float, help="with bids: none above this (implies --bids)")
     p.set_defaults(fn=cmd_spawn)
     p = sub.add_parser("usage", parents=[common], help="accounting: CPU, wall time and memory ended tasks used, "
                                                         "per owner, host or code")

@@ -99,3 +99,17 @@ def test_a_config_file_keeps_any_path_a_local_cluster_writes() -> None:
     assert tomllib.loads(toml_document(tables)) == tables
     with pytest.raises(ConfigError, match="finite"):
         toml_document({"daemon": {"lease_s": float("inf")}})
+
+
+def test_a_daemon_price_must_be_a_number_of_at_least_zero(tmp_path: Path) -> None:
+    base = (f"[daemon]\nhost_id = 'a'\nlisten = 'tcp://127.0.0.1:1'\nadmin_key = '{'ab' * 32}'\n"
+            f"catalog = ['tcp://127.0.0.1:2#{'cd' * 32}']\n")
+    path = tmp_path / "d.toml"
+    path.write_text(base + "price = 2.5\n")
+    cfg, _ = load_daemon_config(["--config", str(path), "--state-dir", str(tmp_path)])
+    assert cfg.price == 2.5
+    path.write_text(base)
+    assert load_daemon_config(["--config", str(path), "--state-dir", str(tmp_path)])[0].price == 1.0
+    path.write_text(base + "price = -1\n")
+    with pytest.raises(ConfigError, match=r"\[daemon\] price must be a number >= 0, not -1"):
+        load_daemon_config(["--config", str(path), "--state-dir", str(tmp_path)])
