@@ -39,11 +39,12 @@ from snipe_daemon.tasks import LIVE_STATES, Quota, TaskEvent, TaskRunner
 from snipe import authority
 from snipe.admission import CatalogAdmission
 from snipe.assertion import make_assertion
-from snipe.bidding import DEFAULT_PRICE, HostState, Refusal, bid, check_price
+from snipe.bidding import DEFAULT_PRICE, HostState, Refusal, bid
 from snipe.catalog.client import CatalogClient
 from snipe.code import CodeCache, entry_argv
 from snipe.daemonclient import PROTOCOL, VERSION, VERSIONS, DaemonClient
 from snipe.errors import (
+    CodecError,
     ConfigError,
     NotAuthorized,
     NotFound,
@@ -780,7 +781,9 @@ class Daemon:
             rec["record"] = self.runner.record(ev.urn).to_value()
         if state not in LIVE_STATES:
             with contextlib.suppress(SnipeError):         # a task this runner no longer knows: no figures
-                rec["usage"] = self.runner.usage(ev.urn)
+                used = self.runner.usage(ev.urn)
+                if used is not None:
+                    rec["usage"] = used
         self.state.put_task(ev.urn, rec)
         self._publish_task(ev.urn)
 
@@ -856,18 +859,19 @@ class Daemon:
         """This host's bid for a task (snipe/bidding.py), from what it knows this moment."""
         requires = parse_predicates(field_of(env, "requires", list, []))
         cap = env.body.get("max_price")
-        max_price = None if cap is None else check_price(cap, "max_price")
-        info = collect_host_info(net_names=self.cfg.net_names, link_speeds=self.cfg.link_speeds)
-        info.update(self.sampler.sample())
-        running = len([t for t in self.tasks.values() if t["state"] in ("running", "suspended")])
-        state = HostState(self.cfg.host_urn, self.cfg.price, int(info.get("cpus") or 1), running,
-                          float(info.get("load_per_cpu") or 0.0), self.draining, {**info, "price": self.cfg.price})
-        answer = bid(state, requires, max_price)
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or not cap >= 0
+                                or cap == float("inf")):
+            raise CodecError(f"bid: max_price must be a number >= 0, not {cap!r}")
+        info = self._host_metadata()
+        state = HostState(self.cfg.host_urn, self.cfg.price, int(info.get("cpus") or 1), int(info["tasks"]),
+                          float(info.get("load_per_cpu") or 0.0), self.draining, info)
+        answer = bid(state, requires, None if cap is None else float(cap))
         if isinstance(answer, Refusal):
             return {"refused": answer.reason}
-        return {"bid": answer.price, "detail": dict(answer.detail)}
+        return {"bid": answer.price, "busy": answer.busy, "detail": dict(answer.detail)}
 
-    def _publish_host(self, timeout: float | None = None) -> None:
+    def _host_metadata(self) -> dict[str, Any]:
+        """What this host publishes about itself, now: the same map its bids are judged on."""
         info = collect_host_info(net_names=self.cfg.net_names, link_speeds=self.cfg.link_speeds)
         info.update(self.sampler.sample())
         info.update(self.comm)
@@ -875,6 +879,10 @@ class Daemon:
                      "draining": self.draining, "price": self.cfg.price,
                      **({"relay_port": self.relay.port} if self.relay is not None else {}),
                      "tasks": len([t for t in self.tasks.values() if t["state"] in ("running", "suspended")])})
+        return info
+
+    def _publish_host(self, timeout: float | None = None) -> None:
+        info = self._host_metadata()
         ttl = self.cfg.lease_s
         self.catalog.put([self.catalog.sign(self.cfg.host_urn, k, v, ttl=ttl) for k, v in info.items()],
                          timeout=timeout)

@@ -247,6 +247,7 @@ class _Task:
     peak_open_files: int = 0
     ended_at: float | None = None
     sampled_at: float = float("-inf")  # when a task without usage quotas was last sampled (see _sample_due)
+    measured: bool = False  # its use was read at least once (not, e.g., one that ended while the daemon was down)
 
 
 UNLIMITED_SAMPLE_S = 2.0        # how often the use of a task without cpu/memory/files quotas is read
@@ -601,11 +602,15 @@ class TaskRunner:
         with contextlib.suppress(psutil.Error, OSError):
             t = psutil.Process(task.record.pid).cpu_times()
             task.cpu_seconds = max(task.cpu_seconds, t.user + t.system + t.children_user + t.children_system)
+            task.measured = True
 
-    def usage(self, urn: str) -> dict[str, Any]:
+    def usage(self, urn: str) -> dict[str, Any] | None:
         """What a task used, for accounting: CPU seconds (its whole tree), wall seconds from its
-        start to its end (or now) and the peak resident memory seen."""
+        start to its end (or now) and the peak resident memory seen; None when its use was never
+        read (it ended while the daemon was down: zeros would be wrong, not just missing)."""
         task = self._task(urn)
+        if not task.measured:
+            return None
         end = self._clock() if task.ended_at is None else task.ended_at
         return {"cpu_seconds": round(task.cpu_seconds, 3), "wall_seconds": round(end - task.record.started_at, 3),
                 "peak_rss_bytes": task.peak_rss_bytes}
@@ -628,6 +633,7 @@ class TaskRunner:
             seen = True
             cpu, rss, files = cpu + p_cpu, rss + p_rss, files + p_files
         if seen:
+            task.measured = True
             task.cpu_seconds = max(task.cpu_seconds, cpu)
             task.rss_bytes, task.open_files = rss, files
             task.peak_rss_bytes = max(task.peak_rss_bytes, rss)

@@ -9,6 +9,7 @@ A host's bid is its operator's `price` (per CPU-second, `[daemon] price`, defaul
 how busy the task would find it: 1 + (its running tasks + this one) per CPU + its load per CPU.
 So an idle host at price 1 bids about 1 + 1/cpus, a host whose operator charges twice as much
 bids twice as high at the same load, and a busy cheap host may still lose to an idle dear one.
+Equal bids (hosts that ask nothing all bid 0) go to the least busy.
 A host refuses (with its reason) when it is draining, when it does not meet the task's
 requirement predicates, or when its bid is above the caller's `max_price`.
 
@@ -48,6 +49,7 @@ class Bid:
     host: str
     price: float                        # the lower the better
     detail: Mapping[str, Any] = field(default_factory=dict)
+    busy: float = 0.0                   # how busy the task would find the host: breaks ties (free hosts bid 0)
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,11 @@ def bid(state: HostState, requires: Sequence[Predicate], max_price: float | None
         return Refusal(state.host, f"does not meet the requirements ({wanted})")
     cpus = max(1, state.cpus)
     busy = (state.running_tasks + 1) / cpus + max(0.0, state.load_per_cpu)
-    price = round(state.price * (1.0 + busy), 6)
+    price = state.price * (1.0 + busy)
     if max_price is not None and price > max_price:
-        return Refusal(state.host, f"its bid {price:g} is above the price cap {max_price:g}")
+        return Refusal(state.host, f"its bid {price:.6g} is above the price cap {max_price:g}")
     return Bid(state.host, price, {"price_per_cpu_s": state.price, "running_tasks": state.running_tasks,
-                                   "cpus": cpus, "load_per_cpu": round(state.load_per_cpu, 3)})
+                                   "cpus": cpus, "load_per_cpu": round(state.load_per_cpu, 3)}, busy)
 
 
 class Auction:
@@ -118,8 +120,9 @@ class Auction:
         self.waiting.clear()
 
     def ranked(self) -> list[Bid]:
-        """The bids, best first."""
-        return sorted(self.bids.values(), key=lambda b: (b.price, b.host))
+        """The bids, best first: the cheapest, then the least busy (hosts that ask nothing all bid
+        0, and would otherwise take every task in URN order), then by URN."""
+        return sorted(self.bids.values(), key=lambda b: (b.price, b.busy, b.host))
 
     def winner(self) -> Bid:
         """The lowest bid; NotFound naming why each host did not bid, if none did."""

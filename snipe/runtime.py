@@ -16,6 +16,7 @@ import fcntl
 import itertools
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -733,10 +734,14 @@ def _call_for_bids(hosts: dict[str, Any], requires: list[Predicate], max_price: 
     def ask(urn: str) -> Bid | Refusal:
         with DaemonClient(str(hosts[urn].value("daemon", now)), s.identity) as d:
             reply, _ = d.call("bid", body, timeout=BID_TIMEOUT_S)
-        offer = reply.get("bid")
-        if isinstance(offer, int | float) and not isinstance(offer, bool) and offer >= 0:
-            return Bid(urn, float(offer), reply.get("detail") or {})
-        return Refusal(urn, str(reply.get("refused") or f"answered no bid: {reply!r}"[:200]))
+        offer, busy = reply.get("bid"), reply.get("busy", 0.0)
+        if not (isinstance(offer, int | float) and not isinstance(offer, bool) and math.isfinite(offer) and offer >= 0):
+            return Refusal(urn, str(reply.get("refused") or f"answered no bid: {reply!r}"[:200]))
+        if max_price is not None and offer > max_price:          # a daemon's word on the cap is not taken
+            return Refusal(urn, f"its bid {offer:.6g} is above the price cap {max_price:g}")
+        detail = reply.get("detail") if isinstance(reply.get("detail"), dict) else {}
+        return Bid(urn, float(offer), detail, float(busy) if isinstance(busy, int | float) and math.isfinite(busy)
+                   and not isinstance(busy, bool) else 0.0)
 
     with ThreadPoolExecutor(max_workers=min(BID_WORKERS, len(hosts)), thread_name_prefix="snipe-bids") as pool:
         asked = {urn: pool.submit(ask, urn) for urn in sorted(hosts)}
@@ -805,6 +810,8 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
         if placement != "bids":
             raise ValueError("max_price caps bids: pass placement='bids' with it")
         max_price = check_price(max_price, "max_price")
+    if host is not None and placement == "bids":
+        raise ValueError(f"a host was named ({host}): bids choose one; pass either host= or placement='bids'")
     if host is None and placement == "bids":
         hosts = s.catalog.query("urn:snipe:host:")
         wanted = _requirements(requires)

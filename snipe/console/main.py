@@ -405,24 +405,45 @@ def cmd_spawn(args: argparse.Namespace) -> int:
 USAGE_BY = ("owner", "host", "code")
 
 
+def host_keys_of(catalog: CatalogClient, admin_key: bytes, now: int) -> dict[str, str]:
+    """Every host URN's key, as the admin assigned it (`_owner`), by URN."""
+    return {urn: owner for urn, entry in catalog.query("urn:snipe:host:").items()
+            if (owner := entry.owner(admin_key, now)) is not None}
+
+
+def vouching_host_key(entry: Any, host_keys: dict[str, str], admin_key: bytes, now: int) -> str | None:
+    """The key of the host that started the task `entry` is about, if that host's daemon claimed
+    the task's URN (as it does when it spawns one) and names itself as its host; else None.
+    What a task's URN says of itself is otherwise anybody's word: any admitted key may claim a
+    new proc URN and write a host, an owner and figures there."""
+    claimant = entry.owner(admin_key, now)
+    if claimant is None:
+        return None
+    host = entry.values("host", now).get(claimant)
+    return claimant if isinstance(host, str) and host_keys.get(host) == claimant else None
+
+
 def usage_data(by: str = "owner", since_s: float | None = None,
                catalog: CatalogClient | None = None) -> dict[str, Any]:
     """Accounting: what ended tasks used (the `usage` their host's daemon published when each
-    ended), per task and summed per owner, host or code. Only the host's own statements count:
-    a task may write any name on its own URN (it is delegated them), so a `usage`, `owner`,
-    `host` or `code` it wrote about itself is not taken."""
+    ended), per task and summed per owner, host or code. Only a host's own statements count
+    (`vouching_host_key`): a task may write any name on its own URN (it is delegated them), and
+    any admitted key may claim a URN and call itself a host there."""
     if by not in USAGE_BY:
         raise ConfigError(f"usage --by {by!r}: one of {', '.join(USAGE_BY)}")
     s = session()
     c = catalog or s.catalog
     now = now_ms()
     since_ms = None if since_s is None else now - int(since_s * 1000)
+    host_keys = host_keys_of(c, s.admin_key, now)
     tasks = []
     for urn, entry in c.query("urn:snipe:proc:", [("usage", "exists", None)]).items():
-        host_key = entry.owner(s.admin_key, now)        # the daemon that started it claimed its URN
+        host_key = vouching_host_key(entry, host_keys, s.admin_key, now)
+        if host_key is None:
+            continue
 
         def stated(name: str, entry: Any = entry, host_key: Any = host_key) -> Any:
-            return entry.values(name, now).get(host_key) if host_key else None
+            return entry.values(name, now).get(host_key)
 
         used = stated("usage")
         started = stated("started")

@@ -94,13 +94,17 @@ def token_for(host: str, token: str | None) -> str | None:
 
 def snapshot_tasks(catalog: Any, admin_key: bytes, now: int) -> dict[str, TaskCounters]:
     """Every task's published message counters (the traffic sampler's input). The counters are
-    the task's own word; its host is its host's (a task could name any host for itself)."""
+    the task's own word; its host is its host's, and only tasks a host vouches for count (a key
+    could otherwise claim a URN and post traffic for any host)."""
+    from snipe.console.main import host_keys_of, vouching_host_key
+
+    host_keys = host_keys_of(catalog, admin_key, now)
     counters = {}
     for urn, entry in catalog.query("urn:snipe:proc:", [("msg_stats", "exists", None)]).items():
         stats = max((a for a in entry.live(now) if a.name == "msg_stats"), key=lambda a: a.rank, default=None)
-        claimant = entry.owner(admin_key, now)
-        if stats is not None and claimant is not None:
-            c = task_counters(stats.value, entry.values("host", now).get(claimant), hlc.physical_ms(stats.ts))
+        host_key = vouching_host_key(entry, host_keys, admin_key, now)
+        if stats is not None and host_key is not None:
+            c = task_counters(stats.value, entry.values("host", now).get(host_key), hlc.physical_ms(stats.ts))
             if c is not None:
                 counters[urn] = c
     return counters

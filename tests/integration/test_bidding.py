@@ -9,7 +9,7 @@ import pytest
 
 import snipe
 from snipe.daemonclient import DaemonClient
-from snipe.errors import NotFound
+from snipe.errors import CodecError, NotFound
 from snipe.localcluster import LocalCluster
 from snipe.runtime import Process
 from tests.integration.test_daemon import SLEEPER
@@ -37,10 +37,23 @@ def test_the_cheapest_bid_wins_and_a_cap_or_requirement_no_host_meets_is_a_clear
         snipe.spawn(code, "1", max_price=1.0)
     with pytest.raises(ValueError, match="placement must be one of"):
         snipe.spawn(code, "1", placement="random")
+    with pytest.raises(ValueError, match="bids choose one"):
+        snipe.spawn(code, "1", host="h1", placement="bids")
+    # the daemons judge requirements on what they publish (tasks, alive, ...), as the catalog does
+    third = snipe.spawn(code, "600", placement="bids", requires=["tasks<100", "alive=true"])
+    assert third.host == "urn:snipe:host:h3"
+    # a malformed call for bids is refused, and the daemon goes on bidding
+    with DaemonClient(cluster.daemons[0].address, cluster.user) as d:
+        for body, words in (({"max_price": "cheap"}, "max_price must be a number"),
+                            ({"max_price": -1}, "max_price must be a number"),
+                            ({"requires": "arch=x86_64"}, "requires")):
+            with pytest.raises(CodecError, match=words):
+                d.call("bid", body)
+        assert d.call("bid", {})[0]["bid"] > 0
     # a draining host does not bid: with h3 draining, the next cheapest (h1 or h2, price 1) wins
     with DaemonClient(cluster.daemons[2].address, cluster.admin) as admin:     # draining is the admin's
         admin.call("drain", {"on": True})
     second = snipe.spawn(code, "600", placement="bids")
     assert second.host in ("urn:snipe:host:h1", "urn:snipe:host:h2")
-    for p in (first, second):
+    for p in (first, second, third):
         Process(p.urn).kill()

@@ -213,6 +213,12 @@ def test_usage_accounts_what_ended_tasks_used_as_their_hosts_measured_it(
     with CatalogClient(cluster.catalog.addresses, task_key, cluster.admin.key_id) as as_task:
         as_task.set_many(forger.urn, {"usage": {"cpu_seconds": 2e9, "wall_seconds": 1.0, "peak_rss_bytes": 1},
                                       "owner": "e" * 64})
+    # ... and any admitted key may claim a URN of its own and call itself a task of h1 there
+    with CatalogClient(cluster.catalog.addresses, cluster.user, cluster.admin.key_id) as user:
+        user.claim("urn:snipe:proc:not-a-task")
+        user.set_many("urn:snipe:proc:not-a-task", {
+            "usage": {"cpu_seconds": 3e9, "wall_seconds": 1.0, "peak_rss_bytes": 1}, "started": 1,
+            "owner": "d" * 64, "host": "urn:snipe:host:h1", "state": "exited"})
 
     def accounted() -> Any:
         got = run_json(capsys, "usage")

@@ -69,3 +69,39 @@ def test_with_no_bid_the_auction_says_why_each_host_did_not_bid() -> None:
         b.winner()
     with pytest.raises(NotFound, match="no live host"):
         Auction([])
+
+
+def test_free_hosts_all_bid_nothing_and_the_least_busy_wins() -> None:
+    a = Auction(["urn:snipe:host:a", "urn:snipe:host:b"])
+    for b in (bid(host("a", price=0.0, running=50), []), bid(host("b", price=0.0), [])):
+        assert isinstance(b, Bid) and b.price == 0.0
+        a.on_bid(b)
+    assert a.winner().host == "urn:snipe:host:b"
+    tiny = bid(host("c", price=1e-9), [])
+    assert isinstance(tiny, Bid) and tiny.price > 0                  # not rounded away
+
+
+def test_the_spawner_takes_no_daemons_word_on_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from snipe import runtime
+    from snipe.daemonclient import DaemonClient
+    from snipe.identity import Identity
+
+    key = Identity.generate().key_id
+    offers = {"tcp://127.0.0.1:1": {"bid": float("inf")}, "tcp://127.0.0.1:2": {"bid": 5.0, "busy": 1.0},
+              "tcp://127.0.0.1:3": {"bid": 2.0, "busy": 0.5, "detail": "not a map"}, "tcp://127.0.0.1:4": {"bid": "0"}}
+
+    def call(self: DaemonClient, kind: str, body: object = None, frames: object = (),
+             timeout: float | None = None) -> tuple[dict[str, object], list[bytes]]:
+        assert kind == "bid"
+        return dict(offers[self.endpoint]), []
+
+    monkeypatch.setattr(DaemonClient, "call", call)
+    monkeypatch.setattr(runtime, "session", lambda: SimpleNamespace(identity=Identity.generate()))
+    hosts = {f"urn:snipe:host:h{i}": SimpleNamespace(value=lambda name, now, a=address: f"{a}#{key}")
+             for i, address in enumerate(offers, 1)}
+    ranked = runtime._call_for_bids(hosts, [], 3.0)
+    assert [(b.host, b.price, b.busy, dict(b.detail)) for b in ranked] == [("urn:snipe:host:h3", 2.0, 0.5, {})]
+    with pytest.raises(NotFound, match=r"h1: answered no bid.*h2: its bid 5 is above the price cap 3"):
+        runtime._call_for_bids({u: hosts[u] for u in ("urn:snipe:host:h1", "urn:snipe:host:h2")}, [], 3.0)
