@@ -750,6 +750,8 @@ def _call_for_bids(hosts: dict[str, Any], requires: list[Predicate], max_price: 
                 got = answer.result()
             except SnipeError as exc:
                 got = Refusal(urn, str(exc))
+            except Exception as exc:      # what one daemon answered must not end the call for bids
+                got = Refusal(urn, f"{type(exc).__name__}: {exc}")
             if isinstance(got, Bid):
                 auction.on_bid(got)
             else:
