@@ -396,8 +396,8 @@ def send(urn: str, payload: bytes | bytearray | memoryview, tag: int = 0, *, tim
             return
         except HighWaterMark:
             if limit is not None and time.monotonic() >= limit:
-                raise HighWaterMark(f"{dest} has {ep.hwm} messages unacknowledged (the high-water mark); "
-                                    f"send timed out after {timeout} s") from None
+                raise HighWaterMark(f"{dest} has {ep.hwm} messages unsettled (the high-water mark); "
+                                    f"send timed out after {timeout} s{ep.why_unsettled(dest)}") from None
 
 
 _INF = float("inf")

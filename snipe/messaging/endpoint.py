@@ -88,6 +88,7 @@ RESOLVE_EVERY_S = 5.0
 RETAINED_RESOLVE_EVERY_S = 30.0
 RETAINED_RESOLVE_TIMEOUT_S = 0.5
 SAY_EVERY_S = 60.0           # a log line about what a peer keeps doing (_may_say): at most this often
+STUCK_CHECKPOINT_S = 30.0    # a standby replica's messages waiting this long for a checkpoint: say so
 STATS_EVERY_S = 5.0          # per-peer counters published on our own URN (a lease), for the console
 FAILOVER_SILENCE_S = 2.0     # a route with data outstanding and no acknowledgement for this long has failed
 SHUN_ROUTE_S = 30.0          # ... and is not taken again for this long (then it is probed again)
@@ -163,6 +164,8 @@ class _Peer:
     parent: str | None = None                # this peer is copy `copy_index` of the replicated URN `parent`
     copy_index: int = -1
     jitter: float = field(default_factory=lambda: random.uniform(0.75, 1.25))   # of its retained-only re-reads
+    checkpointed_at: float | None = None     # when its last checkpoint reached us (a standby replica's)
+    first_sent_at: float | None = None       # when we first sent it anything: the wait before any checkpoint
 
     @property
     def route(self) -> Route | None:
@@ -448,12 +451,24 @@ class Endpoint:
             while self.accepted.get(dest, 0) - self.settled.get(dest, 0) >= self.hwm:
                 left = None if limit is None else limit - time.monotonic()
                 if left is not None and left <= 0:
-                    raise HighWaterMark(f"{dest} has {self.hwm} messages unacknowledged (the high-water mark); "
-                                        f"send timed out after {timeout} s")
+                    raise HighWaterMark(f"{dest} has {self.hwm} messages unsettled (the high-water mark); "
+                                        f"send timed out after {timeout} s{self.why_unsettled(dest)}")
                 self.cond.wait(left)
         finally:
             self._blocked -= 1
         return self.accepted.get(dest, 0)
+
+    def why_unsettled(self, dest: str) -> str:
+        """For a standby replica, why its messages are not settled: acknowledged, they wait for
+        a checkpoint of it to hold them (a read of the I/O thread's state: figures, not a lock)."""
+        p = self.peers.get(dest)
+        if p is None or not p.out.strict or not p.out.retained:
+            return ""
+        since = p.checkpointed_at if p.checkpointed_at is not None else p.first_sent_at
+        ago = "" if since is None else f" for {time.monotonic() - since:.0f} s"
+        return (f"; {len(p.out.retained)} of them were acknowledged but wait for a checkpoint of it (a standby "
+                f"replica settles a message only once a checkpoint holds it), and none has come{ago}: its "
+                f"checkpoints are failing or it is stuck")
 
     def recv(self, source: str | None = None, tag: int | None = None, timeout: float | None = None) -> Message | None:
         if self.safe_point_due:
@@ -729,12 +744,16 @@ class Endpoint:
 
     def stats(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
+        now = time.monotonic()
         for urn, p in list(self.peers.items()):
             r = p.route
             out[urn] = {"sent": p.out.sent, "acked": p.out.acked, "retransmitted": p.out.retransmitted,
                         "bytes_sent": p.out.sent_bytes, "route": r.endpoint if r else None,
                         "route_kind": r.kind if r else None, "route_net": r.net if r else None,
                         "in_flight": p.out.held()}
+            if p.out.strict:        # a standby replica: what waits for its next checkpoint, and since when
+                out[urn]["awaiting_checkpoint"] = len(p.out.retained)
+                out[urn]["checkpoint_age_s"] = None if p.checkpointed_at is None else round(now - p.checkpointed_at, 1)
         for urn, n in list(self.received.items()):
             out.setdefault(urn, {})["received"] = n
             out[urn]["bytes_received"] = self.bytes_received.get(urn, 0)
@@ -1094,6 +1113,8 @@ class Endpoint:
             with contextlib.suppress(zmq.Again):      # the link's queue is full: retransmission resends it
                 send_parts(link.sock, parts, _NOBLOCK)
         self._touched.add(p.urn)
+        if p.first_sent_at is None:
+            p.first_sent_at = time.monotonic()
 
     def _timers(self) -> None:
         now = self._timers_at = time.monotonic()
@@ -1121,6 +1142,17 @@ class Endpoint:
                 self._transmit(p, sends)
             elif (p.out.held() or p.out.retained) and (due := resolve_due(p, now)) is not None:
                 self._resolve(p, now, due or None)  # retained: a restarted receiver must hear from us (_resolve)
+            if p.out.strict and p.out.retained:
+                self._say_if_stuck(p, now)
+
+    def _say_if_stuck(self, p: _Peer, now: float) -> None:
+        """A standby replica whose acknowledged messages wait long for a checkpoint holds its
+        senders at the high-water mark: say so (once a minute) rather than let them wait unsaid."""
+        since = p.checkpointed_at if p.checkpointed_at is not None else p.first_sent_at
+        if since is not None and now - since > STUCK_CHECKPOINT_S and self._may_say("no-checkpoint", p.urn, now):
+            log.warning("%s: %d acknowledged message(s) wait for a checkpoint of it and none has come for %.0f s "
+                        "(its checkpoints are failing, or it is stuck); senders stop at the high-water mark",
+                        p.urn, len(p.out.retained), now - since)
 
     def _may_say(self, what: str, peer: str, now: float) -> bool:
         """Whether a log line about `what` a peer keeps doing may be said now (once per

@@ -203,6 +203,7 @@ def _on_checkpointed(ep: Endpoint, m: Deliver) -> None:
     p = ep.peers.get(m.source)
     if p is not None:
         p.out.on_checkpointed(session, cum)
+        p.checkpointed_at = time.monotonic()
         if p.out.strict:            # checkpointed: settled now, a sender blocked at the hwm may go on
             with ep.cond:
                 ep.settled[p.urn] = p.out.acked + p.failed - p.out.retained_unsettled()
