@@ -8,7 +8,8 @@
 Scenarios (benchmarks/sim/): `catalog` (replication and anti-entropy: how long after a partition
 heals until every replica holds the same records), `channel` (msg/1 reliable channel over a
 lossy, reordering, duplicating network: delivery ratio, exactly-once in order, retransmissions)
-and `multicast` (a placeholder until the router-election core lands). Each reports its own wall
+`multicast` (router election and delivery with routers failing) and `placement` (placement by
+bids, snipe/bidding.py, from thousands of hosts, some dead). Each reports its own wall
 and CPU time; the same seed gives the same figures, wall and CPU times aside.
 """
 

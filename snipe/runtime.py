@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -720,6 +720,7 @@ RESTART_POLICIES = ("on-host-failure",)
 REPLICA_MODES = ("standby", "all")
 PLACEMENTS = ("least-loaded", "bids")
 BID_TIMEOUT_S = 2.0          # how long a call for bids waits for each host
+BID_STRAGGLER_S = 0.25       # ... and, once all but a quarter have bid, for the rest
 BID_WORKERS = 16             # hosts asked for a bid at once
 
 
@@ -743,19 +744,29 @@ def _call_for_bids(hosts: dict[str, Any], requires: list[Predicate], max_price: 
         return Bid(urn, float(offer), detail, float(busy) if isinstance(busy, int | float) and math.isfinite(busy)
                    and not isinstance(busy, bool) else 0.0)
 
-    with ThreadPoolExecutor(max_workers=min(BID_WORKERS, len(hosts)), thread_name_prefix="snipe-bids") as pool:
-        asked = {urn: pool.submit(ask, urn) for urn in sorted(hosts)}
-        for urn, answer in asked.items():
-            try:
-                got = answer.result()
-            except SnipeError as exc:
-                got = Refusal(urn, str(exc))
-            except Exception as exc:      # what one daemon answered must not end the call for bids
-                got = Refusal(urn, f"{type(exc).__name__}: {exc}")
-            if isinstance(got, Bid):
-                auction.on_bid(got)
-            else:
-                auction.on_refusal(got)
+    pool = ThreadPoolExecutor(max_workers=min(BID_WORKERS, len(hosts)), thread_name_prefix="snipe-bids")
+    try:
+        pending = {pool.submit(ask, urn): urn for urn in sorted(hosts)}
+        deadline = time.monotonic() + BID_TIMEOUT_S
+        until = deadline
+        while pending and (left := until - time.monotonic()) > 0:
+            finished, _ = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
+            for answer in finished:
+                urn = pending.pop(answer)
+                try:
+                    got = answer.result()
+                except SnipeError as exc:
+                    got = Refusal(urn, str(exc))
+                except Exception as exc:      # what one daemon answered must not end the call for bids
+                    got = Refusal(urn, f"{type(exc).__name__}: {exc}")
+                if isinstance(got, Bid):
+                    auction.on_bid(got)
+                else:
+                    auction.on_refusal(got)
+            if auction.quorum and until == deadline:      # the rest get a short while, not the whole deadline
+                until = min(deadline, time.monotonic() + BID_STRAGGLER_S)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)    # a silent host's call ends at its own timeout
     auction.on_deadline()
     ranked = auction.ranked()
     if not ranked:

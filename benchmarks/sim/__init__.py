@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.sim import catalog, channel, multicast
+from benchmarks.sim import catalog, channel, multicast, placement
 
 
 def run_catalog(seed: int, quick: bool, hosts: int | None) -> dict[str, Any]:
@@ -34,6 +34,14 @@ def run_channel(seed: int, quick: bool, hosts: int | None) -> dict[str, Any]:
     return channel.run_channel(cfg, seed)
 
 
+def run_placement(seed: int, quick: bool, hosts: int | None) -> dict[str, Any]:
+    """Scenario D: spawners placing tasks by bids from `hosts` daemons, some of them dead."""
+    cfg = placement.QUICK if quick else placement.PlacementConfig()
+    if hosts is not None:
+        cfg = dataclasses.replace(cfg, hosts=hosts, ask=min(cfg.ask, hosts))
+    return placement.run_placement(cfg, seed)
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -48,6 +56,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     # TODO(multicast): a placeholder until the router-election core lands (benchmarks/sim/multicast.py).
     Scenario("multicast", "router election and multicast delivery with 10% of routers failing",
              multicast.run_multicast),
+    Scenario("placement", "placement by bids: spawners take the cheapest bid from hosts, some dead",
+             run_placement),
 )}
 
-__all__ = ["SCENARIOS", "Scenario", "run_catalog", "run_channel"]
+__all__ = ["SCENARIOS", "Scenario", "run_catalog", "run_channel", "run_placement"]

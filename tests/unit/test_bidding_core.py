@@ -105,3 +105,17 @@ def test_the_spawner_takes_no_daemons_word_on_the_cap(monkeypatch: pytest.Monkey
     assert [(b.host, b.price, b.busy, dict(b.detail)) for b in ranked] == [("urn:snipe:host:h3", 2.0, 0.5, {})]
     with pytest.raises(NotFound, match=r"h1: answered no bid.*h2: its bid 5 is above the price cap 3"):
         runtime._call_for_bids({u: hosts[u] for u in ("urn:snipe:host:h1", "urn:snipe:host:h2")}, [], 3.0)
+
+
+def test_quorum_is_all_but_a_quarter_of_the_hosts_asked_and_at_least_one() -> None:
+    hosts = [f"urn:snipe:host:h{i}" for i in range(8)]
+    a = Auction(hosts)
+    assert a.enough == 6
+    for h in hosts[:5]:
+        a.on_bid(Bid(h, 1.0))
+    a.on_refusal(Refusal(hosts[5], "draining"))            # refusals are not bids
+    assert not a.quorum
+    a.on_bid(Bid(hosts[6], 1.0))
+    assert a.quorum and not a.done
+    assert Auction(hosts[:1]).enough == 1 and Auction(hosts[:3]).enough == 3 and Auction(hosts[:4]).enough == 3
+    assert Auction(hosts, enough=2).enough == 2
