@@ -27,7 +27,7 @@ MEMBER = textwrap.dedent('''
         except snipe.SnipeError as exc:
             print("join failed, trying again:", exc, file=sys.stderr)
             time.sleep(1)
-    got, bad, last = {}, 0, {}
+    got, bad, last, holes, failures = {}, 0, {}, [], []
     end = time.time() + 240
     while sum(got.values()) < expected and time.time() < end:
         m = snipe.recv(timeout=5)
@@ -35,13 +35,17 @@ MEMBER = textwrap.dedent('''
             continue
         if m.failed:
             bad += 1
+            failures.append(str(m.reason)[:200])
             continue
         n = int.from_bytes(m.payload[:8], "big")
         if n != last.get(m.source, -1) + 1:
             bad += 1
+            holes.append([m.source[-8:], last.get(m.source, -1) + 1, n - 1, round(time.time(), 2)])
         last[m.source] = n
         got[m.source] = got.get(m.source, 0) + 1
-    snipe.catalog().set_many(snipe.me(), {"got": sum(got.values()), "bad": bad, "senders": len(got)})
+    # what a failure needs to be understood: the holes, the loss reports, this member's routers
+    snipe.catalog().set_many(snipe.me(), {"got": sum(got.values()), "bad": bad, "senders": len(got),
+                                          "holes": holes[:10], "failures": failures[:5]})
     snipe.shutdown()                # sends the acknowledgements still owed, then closes
 ''')
 
@@ -110,7 +114,13 @@ def test_losing_a_router_mid_stream_loses_no_message_and_a_new_one_is_elected(cl
         wait_for(lambda m=m: _value(m, "got") is not None, 240, "every member's count")
     counts = [(_value(m, "got"), _value(m, "bad"), _value(m, "senders")) for m in members]
     print("per member (got, out of order or failed, senders):", counts)
-    assert counts == [(n * senders_n, 0, senders_n)] * len(members)
+    if counts != [(n * senders_n, 0, senders_n)] * len(members):    # say enough to understand a failure
+        group = snipe.catalog().get(GROUP).as_dict(now_ms())
+        detail = [{"member": m.urn[-8:], "host": m.host, "count": c, "holes": _value(m, "holes"),
+                   "failures": _value(m, "failures"), "routers": (group.get(f"member.{m.urn}") or {}).get("routers")}
+                  for m, c in zip(members, counts, strict=True) if c != (n * senders_n, 0, senders_n)]
+        pytest.fail(f"members missed messages; victim {victim} (killed at about {n // 2} relayed), routers "
+                    f"before {sorted(routers)}, after {sorted(new)}: {json.dumps(detail)}")
 
 
 def _relayed(cluster: LocalCluster, i: int) -> int:
