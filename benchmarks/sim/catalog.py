@@ -39,15 +39,13 @@ in O(log N) rounds; membership protocols such as Cyclon or HyParView keep views 
 from __future__ import annotations
 
 import math
-import resource
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from benchmarks.sim.catalog_store import CountingReplica, IndexedStorage
-from benchmarks.sim.shell import T0_MS, CoreNode
+from benchmarks.sim.shell import T0_MS, CoreNode, run_world
 from rcds.replica import Accepted, Refused
 from rcds.replication import Replicator
 from snipe import hlc
@@ -316,16 +314,4 @@ class CatalogWorld:
 
 def run_catalog(cfg: CatalogConfig, seed: int) -> dict[str, Any]:
     """Build, run and report scenario A, with the wall time of each part."""
-    t0 = time.perf_counter()
-    c0 = time.process_time()
-    world = CatalogWorld(cfg, seed)
-    world.build()
-    t1 = time.perf_counter()
-    world.run()
-    t2 = time.perf_counter()
-    out = world.report()
-    out["setup_wall_s"] = round(t1 - t0, 2)
-    out["wall_s"] = round(t2 - t1, 2)
-    out["cpu_s"] = round(time.process_time() - c0, 2)
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return out
+    return run_world(lambda: CatalogWorld(cfg, seed))

@@ -13,13 +13,11 @@ submitted, each message once, in order, and no sender reports a delivery failure
 
 from __future__ import annotations
 
-import resource
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.sim.shell import CoreNode
+from benchmarks.sim.shell import CoreNode, run_world
 from snipe.messaging.channel import Deliver, DeliveryFailed, Inbound, Outbound, parse_ack, parse_data
 from snipe.sim import Latency, LogNormal, Network, Simulator
 from snipe.wire import Envelope
@@ -223,16 +221,4 @@ def _spread(times: list[float | None]) -> dict[str, float | int | None]:
 
 def run_channel(cfg: ChannelConfig, seed: int) -> dict[str, Any]:
     """Build, run and report scenario B, with the wall time of each part."""
-    t0 = time.perf_counter()
-    c0 = time.process_time()
-    world = ChannelWorld(cfg, seed)
-    world.build()
-    t1 = time.perf_counter()
-    world.run()
-    t2 = time.perf_counter()
-    out = world.report()
-    out["setup_wall_s"] = round(t1 - t0, 2)
-    out["wall_s"] = round(t2 - t1, 2)
-    out["cpu_s"] = round(time.process_time() - c0, 2)
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return out
+    return run_world(lambda: ChannelWorld(cfg, seed))

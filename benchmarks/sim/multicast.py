@@ -44,12 +44,11 @@ and members per router, traffic, delivery latency (virtual), and the wall time.
 from __future__ import annotations
 
 import bisect
-import resource
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from benchmarks.sim.shell import run_world
 from snipe.multicast.core import (
     DEFAULT_WANTED,
     MEMBER_ROUTERS,
@@ -681,19 +680,7 @@ def _stats(values: list[int]) -> dict[str, Any]:
 
 def run_scenario(cfg: MulticastConfig, seed: int) -> dict[str, Any]:
     """Build, run and report scenario C, with the wall time of each part."""
-    t0 = time.perf_counter()
-    c0 = time.process_time()
-    world = MulticastWorld(cfg, seed)
-    world.build()
-    t1 = time.perf_counter()
-    world.run()
-    t2 = time.perf_counter()
-    out = world.report()
-    out["setup_wall_s"] = round(t1 - t0, 2)
-    out["wall_s"] = round(t2 - t1, 2)
-    out["cpu_s"] = round(time.process_time() - c0, 2)
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return out
+    return run_world(lambda: MulticastWorld(cfg, seed))
 
 
 def run_multicast(seed: int, quick: bool, hosts: int | None) -> dict[str, Any]:

@@ -14,13 +14,11 @@ than the least busy.
 
 from __future__ import annotations
 
-import resource
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.sim.shell import CoreNode
+from benchmarks.sim.shell import CoreNode, run_world
 from snipe.bidding import Auction, Bid, HostState, Refusal, bid
 from snipe.effects import Send
 from snipe.sim import Latency, LogNormal, Network, Simulator
@@ -191,16 +189,4 @@ class PlacementWorld:
 
 def run_placement(cfg: PlacementConfig, seed: int) -> dict[str, Any]:
     """Build, run and report scenario D, with the wall time of each part."""
-    t0 = time.perf_counter()
-    c0 = time.process_time()
-    world = PlacementWorld(cfg, seed)
-    world.build()
-    t1 = time.perf_counter()
-    world.run()
-    t2 = time.perf_counter()
-    out = world.report()
-    out["setup_wall_s"] = round(t1 - t0, 2)
-    out["wall_s"] = round(t2 - t1, 2)
-    out["cpu_s"] = round(time.process_time() - c0, 2)
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return out
+    return run_world(lambda: PlacementWorld(cfg, seed))

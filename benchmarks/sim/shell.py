@@ -10,7 +10,10 @@ frames, without transport framing). A scenario subclasses `CoreNode` and fills i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import resource
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from snipe import wire
 from snipe.effects import Effect, Send, StartTimer
@@ -65,3 +68,29 @@ class CoreNode:
 
     def on_restart(self) -> None:
         """The process came back: rebuild from what survived."""
+
+
+class World(Protocol):
+    """A scenario's world: builds its nodes, runs the simulation, reports its figures."""
+
+    def build(self) -> None: ...
+    def run(self) -> None: ...
+    def report(self) -> dict[str, Any]: ...
+
+
+def run_world(make: Callable[[], World]) -> dict[str, Any]:
+    """Make, build, run and report a world, with the wall and CPU time of each part and the
+    process's peak memory (every scenario reports these the same way)."""
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    world = make()
+    world.build()
+    t1 = time.perf_counter()
+    world.run()
+    t2 = time.perf_counter()
+    out = world.report()
+    out["setup_wall_s"] = round(t1 - t0, 2)
+    out["wall_s"] = round(t2 - t1, 2)
+    out["cpu_s"] = round(time.process_time() - c0, 2)
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return out
