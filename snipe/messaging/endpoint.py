@@ -165,11 +165,16 @@ class _Peer:
     copy_index: int = -1
     jitter: float = field(default_factory=lambda: random.uniform(0.75, 1.25))   # of its retained-only re-reads
     checkpointed_at: float | None = None     # when its last checkpoint reached us (a standby replica's)
-    first_sent_at: float | None = None       # when we first sent it anything: the wait before any checkpoint
+    created_at: float = field(default_factory=time.monotonic)   # made for our first message to it
 
     @property
     def route(self) -> Route | None:
         return self.routes[self.route_index] if self.routes else None
+
+    @property
+    def checkpoint_wait_since(self) -> float:
+        """Since when its retained messages have waited for a checkpoint of it (a standby replica)."""
+        return self.checkpointed_at if self.checkpointed_at is not None else self.created_at
 
 
 def resolve_due(p: _Peer, now: float) -> float | None:
@@ -464,11 +469,9 @@ class Endpoint:
         p = self.peers.get(dest)
         if p is None or not p.out.strict or not p.out.retained:
             return ""
-        since = p.checkpointed_at if p.checkpointed_at is not None else p.first_sent_at
-        ago = "" if since is None else f" for {time.monotonic() - since:.0f} s"
         return (f"; {len(p.out.retained)} of them were acknowledged but wait for a checkpoint of it (a standby "
-                f"replica settles a message only once a checkpoint holds it), and none has come{ago}: its "
-                f"checkpoints are failing or it is stuck")
+                f"replica settles a message only once a checkpoint holds it), and none has come for "
+                f"{time.monotonic() - p.checkpoint_wait_since:.0f} s: its checkpoints are failing or it is stuck")
 
     def recv(self, source: str | None = None, tag: int | None = None, timeout: float | None = None) -> Message | None:
         if self.safe_point_due:
@@ -1113,8 +1116,6 @@ class Endpoint:
             with contextlib.suppress(zmq.Again):      # the link's queue is full: retransmission resends it
                 send_parts(link.sock, parts, _NOBLOCK)
         self._touched.add(p.urn)
-        if p.first_sent_at is None:
-            p.first_sent_at = time.monotonic()
 
     def _timers(self) -> None:
         now = self._timers_at = time.monotonic()
@@ -1148,11 +1149,11 @@ class Endpoint:
     def _say_if_stuck(self, p: _Peer, now: float) -> None:
         """A standby replica whose acknowledged messages wait long for a checkpoint holds its
         senders at the high-water mark: say so (once a minute) rather than let them wait unsaid."""
-        since = p.checkpointed_at if p.checkpointed_at is not None else p.first_sent_at
-        if since is not None and now - since > STUCK_CHECKPOINT_S and self._may_say("no-checkpoint", p.urn, now):
+        waited = now - p.checkpoint_wait_since
+        if waited > STUCK_CHECKPOINT_S and self._may_say("no-checkpoint", p.urn, now):
             log.warning("%s: %d acknowledged message(s) wait for a checkpoint of it and none has come for %.0f s "
                         "(its checkpoints are failing, or it is stuck); senders stop at the high-water mark",
-                        p.urn, len(p.out.retained), now - since)
+                        p.urn, len(p.out.retained), waited)
 
     def _may_say(self, what: str, peer: str, now: float) -> bool:
         """Whether a log line about `what` a peer keeps doing may be said now (once per

@@ -89,7 +89,7 @@ def test_a_sender_held_by_a_standby_replica_without_checkpoints_is_told_why(
     assert len(out.retained) == 3 and out.retained_unsettled() == 3
     ep = Endpoint.__new__(Endpoint)              # the shell's reporting only: no sockets, no catalog
     ep.peers, ep._said, ep.received, ep.bytes_received = {}, {}, {}, {}
-    peer = ep.peers[PEER] = _Peer(PEER, out, first_sent_at=time.monotonic() - 45)
+    peer = ep.peers[PEER] = _Peer(PEER, out, created_at=time.monotonic() - 45)
     why = ep.why_unsettled(PEER)
     assert "3 of them were acknowledged but wait for a checkpoint of it" in why and "none has come for 45 s" in why
     assert ep.stats()[PEER]["awaiting_checkpoint"] == 3 and ep.stats()[PEER]["checkpoint_age_s"] is None
