@@ -22,7 +22,8 @@ Invariants:
 - nothing that fails a check is stored, and each refusal says which check failed;
 - a write is never refused for being identical to what is held (retries are idempotent);
 - a tombstone or an expired record is remembered for `gc_grace_ms` after it stops being live,
-  so a replica that missed it cannot push the older value back;
+  so a replica that missed it cannot push the older value back; a tombstone of a reserved name
+  (an ownership claim or a delegation, which prove admissions) is remembered for good;
 - `recently_held(raw)` is true only for bytes a recent ingest accepted (stored, or found
   identical to what is held, or past its grace) that committed or belongs to the batch still
   open (whose fate any new ingest shares): ingesting them again would change nothing, so the
@@ -178,6 +179,12 @@ class Replica:
 
     def _gc_at(self, a: Assertion) -> int | None:
         if a.deleted:
+            # A withdrawn claim, delegation or admission is remembered for good: once its
+            # tombstone were forgotten, a replica that was down past the grace (or a tampered
+            # one) could push the genuine, older grant back, and readers would believe it again.
+            # There are few such deletes; ordinary names are forgotten after the grace.
+            if authority.is_reserved(a.name):
+                return None
             return hlc.physical_ms(a.ts) + self.gc_grace_ms
         exp = a.expires_at_ms
         return exp + self.gc_grace_ms if exp is not None else None

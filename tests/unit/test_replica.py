@@ -252,6 +252,28 @@ def test_gc_forgets_tombstones_and_refuses_to_resurrect_them(make_storage):
     assert fresh_storage.count() == 0 and fresh_storage.last_rev() == 0
 
 
+def test_a_withdrawn_admission_or_delegation_is_remembered_past_the_grace(replica, storage):
+    """Forgetting these tombstones would let a replica that missed them (or a tampered one)
+    push the genuine, older grant back, long after it was withdrawn."""
+    assign = admitted_alice(replica)
+    c = claim(ALICE)
+    grant = put(ALICE, PROC, "_delegate." + BOB.key_id, ["state"], at=1)
+    ingest(replica, c, grant)
+    withdraw, revoke = tomb(ADMIN, USER_A, "_owner", at=3), tomb(ALICE, PROC, "_delegate." + BOB.key_id, at=4)
+    note = put(ALICE, PROC, "note", "x", at=5)
+    gone = tomb(ALICE, PROC, "note", at=6)
+    assert [o[0] for o in ingest(replica, revoke, note, gone, withdraw)] == ["accepted"] * 4
+    assert not storage.is_admitted(ALICE.public_key)
+    far = T0 + 10 * GRACE
+    replica.tick(far)
+    assert gone not in held(storage, PROC)            # an ordinary tombstone is forgotten...
+    assert revoke in held(storage, PROC) and withdraw in held(storage, USER_A)   # ...these are not
+    # The old grants, pushed back by a peer long after: refused as older than what is held.
+    assert [outcome(r) for r in replica.ingest([assign, grant], far, from_peer=True)] == [
+        ("refused", StaleWrite, assign), ("refused", StaleWrite, grant)]
+    assert not storage.is_admitted(ALICE.public_key)
+
+
 def test_an_expired_lease_arriving_within_grace_is_stored_and_expires_at_the_next_tick(replica, storage):
     admitted_alice(replica)
     c, lease = claim(ALICE), put(ALICE, PROC, "alive", True, at=0, ttl_ms=10)
