@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from snipe.errors import Unreachable
+from snipe.errors import NotAuthorized, NotDelivered, Unreachable
 from snipe.identity import Identity, public_key_from_id
 from snipe.transport import Link
 from snipe.wire import Envelope, decode, encode
@@ -46,6 +46,9 @@ def parse_daemon_address(text: str) -> tuple[str, bytes]:
     if not colon_slashes or transport not in ("tcp", "ipc") or not where:
         raise Unreachable(f"daemon address {text!r}: {endpoint!r} is not a tcp:// or ipc:// endpoint")
     return endpoint, public_key_from_id(key)
+
+
+CONNECT_WAIT_S = 5.0        # how long a request waits for a connection to come up before it is dropped unsent
 
 
 class DaemonClient:
@@ -75,13 +78,26 @@ class DaemonClient:
              timeout: float | None = None) -> tuple[dict[str, Any], list[bytes]]:
         rid = next(self._ids)
         parts = encode(Envelope(PROTOCOL, VERSION, kind, rid, body or {}), frames)
+        start = time.monotonic()
+        self.link.check(start)                 # a connection that dropped since the last call is down
+        unsent_since = None if self.link.up else (start, self.link.handshakes)
         self.link.sock.send_multipart(parts)
-        deadline = time.monotonic() + (timeout or self.timeout)
+        deadline = start + (timeout or self.timeout)
+        connect_by = start + min(CONNECT_WAIT_S, timeout or self.timeout)
         while True:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            if unsent_since is not None and now >= connect_by:
+                self.link.check(now)
+                if self.link.handshakes == unsent_since[1] and not self.link.refused:
+                    # No connection came up since the request was queued: drop it unsent, so
+                    # that a daemon coming back later cannot act on a request we gave up on.
+                    self.link.remake()
+                    raise NotDelivered(f"daemon {self.endpoint} did not accept a connection within "
+                                       f"{connect_by - start:.1f} s; {kind!r} was not sent")
+                unsent_since = None
+            left = deadline - now
             if left <= 0:
                 self.link.check(time.monotonic())
-                from snipe.errors import NotAuthorized
                 if self.link.refused:
                     raise NotAuthorized(f"daemon {self.endpoint} refused this key {self.identity.key_id[:16]}…: "
                                         "it is not admitted to the cluster")
@@ -96,6 +112,5 @@ class DaemonClient:
                 if self.link.refusals >= 3:
                     break
                 self.link.sock.send_multipart(parts)
-        from snipe.errors import NotAuthorized
         raise NotAuthorized(f"daemon {self.endpoint} refused this key {self.identity.key_id[:16]}… "
                             f"{self.link.refusals} times: it is not admitted to the cluster")

@@ -89,6 +89,14 @@ class HighWaterMark(Unreachable):
     code = "high-water-mark"
 
 
+class NotDelivered(Unreachable):
+    """A request never reached its peer: no connection to it came up in time, and the request was
+    dropped unsent. Unlike a plain Unreachable (the peer may have acted on it and then gone
+    silent), asking another peer instead is safe."""
+
+    code = "not-delivered"
+
+
 class QuorumError(Unreachable):
     """Fewer replicas answered than the quorum asked for."""
 

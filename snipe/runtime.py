@@ -38,9 +38,9 @@ from snipe.errors import (
     ConfigError,
     HighWaterMark,
     NotAuthorized,
+    NotDelivered,
     NotFound,
     SnipeError,
-    Unreachable,
 )
 from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint, Message
@@ -716,6 +716,7 @@ def hosts(requires: Sequence[Predicate | str] | dict[str, Any] | None = None, *,
 # interval, not one each (the hosts' own counts of tasks are refreshed every lease/3 seconds anyway,
 # and this client adds the tasks it placed since, see snipe/placement.py).
 PLACEMENT_CACHE_S = 1.0
+PLACEMENT_TRIES = 3          # hosts a spawn tries in turn when the chosen one's daemon cannot be reached
 RESTART_POLICIES = ("on-host-failure",)
 REPLICA_MODES = ("standby", "all")
 PLACEMENTS = ("least-loaded", "bids")
@@ -836,15 +837,15 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
             try:
                 return spawn(code, *args, host=offer.host, env=env, quota=quota, notify=notify,
                              checkpoint_every=checkpoint_every, restart=restart, replicas=replicas, mode=mode)
-            except NotAuthorized as exc:        # it began draining since it bid: the next best
+            except (NotAuthorized, NotDelivered) as exc:   # draining, or gone, since it bid: the next best
                 refused.append(f"{offer.host}: {exc}")
-        raise NotFound("every host that bid refused the task: " + "; ".join(refused))
+        raise NotFound("no host that bid took the task: " + "; ".join(refused))
     if host is not None:
         host_urn = host if host.startswith("urn:") else f"urn:snipe:host:{host}"
         entry = s.catalog.get(host_urn)
         address = entry.value("daemon", now_ms())
         if address is None or entry.value("alive", now_ms()) is not True:
-            raise Unreachable(f"{host_urn} has no live daemon in the catalog")
+            raise NotDelivered(f"{host_urn} has no live daemon in the catalog; the spawn was not sent")
         reply, _ = s.daemon(str(address)).call("spawn", body, timeout=120)
     else:
         seen = s._hosts_seen
@@ -852,17 +853,28 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
         if fresh:
             s._hosts_seen = seen = (time.monotonic(), s.catalog.query("urn:snipe:host:"))  # all, so a refusal says why
         assert seen is not None
-        host_urn = choose_host(seen[1], _requirements(requires), now_ms(), s.placed)
-        address = seen[1][host_urn].value("daemon", now_ms())
-        try:
-            reply, _ = s.daemon(str(address)).call("spawn", body, timeout=120)
-        except NotAuthorized:
-            if fresh:
-                raise
-            # the host list was up to PLACEMENT_CACHE_S old (the host may have started draining): ask again
-            s._hosts_seen = None
-            return spawn(code, *args, requires=requires, env=env, quota=quota, notify=notify,
-                         checkpoint_every=checkpoint_every, restart=restart, replicas=replicas, mode=mode)
+        hosts_seen = dict(seen[1])
+        for _ in range(PLACEMENT_TRIES):
+            host_urn = choose_host(hosts_seen, _requirements(requires), now_ms(), s.placed)
+            address = hosts_seen[host_urn].value("daemon", now_ms())
+            try:
+                reply, _ = s.daemon(str(address)).call("spawn", body, timeout=120)
+                break
+            except NotDelivered as exc:
+                # Its daemon died since it last renewed its lease: the spawn never reached it, so
+                # another host may take it. (choose_host raises NotFound when none is left.)
+                log.warning("spawn: %s; choosing another host", exc)
+                del hosts_seen[host_urn]
+                s._hosts_seen = None
+            except NotAuthorized:
+                if fresh:
+                    raise
+                # the host list was up to PLACEMENT_CACHE_S old (the host may have started draining): ask again
+                s._hosts_seen = None
+                return spawn(code, *args, requires=requires, env=env, quota=quota, notify=notify,
+                             checkpoint_every=checkpoint_every, restart=restart, replicas=replicas, mode=mode)
+        else:
+            raise NotDelivered(f"spawn: {PLACEMENT_TRIES} chosen hosts in turn did not accept a connection")
     recent = s.placed.setdefault(host_urn, [])
     recent.append(now_ms())
     del recent[:-256]

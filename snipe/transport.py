@@ -279,6 +279,8 @@ class Link:
         self.retry_s = retry_s
         self.refused_at: float | None = None
         self.refusals = 0
+        self.up = False                   # a handshake succeeded and that connection has not dropped
+        self.handshakes = 0               # handshakes that succeeded, ever
         self._make()
 
     def _make(self) -> None:
@@ -286,7 +288,9 @@ class Link:
         self.sock = make(self.ctx, zmq.DEALER, self.identity, self.server_key)
         self.sock.immediate = int(self.immediate)
         self.sock.sndhwm = self.sock.rcvhwm = self.hwm
-        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED
+                                                    | zmq.EVENT_DISCONNECTED)
+        self.up = False
         self.sock.connect(self.endpoint)
 
     def check(self, now: float) -> bool:
@@ -302,12 +306,20 @@ class Link:
                 self.refusals += 1
             elif ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.refused_at = None
+                self.up = True
+                self.handshakes += 1
+            elif ev["event"] == zmq.EVENT_DISCONNECTED:
+                self.up = False
         if self.refused_at is not None and now - self.refused_at >= self.retry_s:
-            self.close()
-            self._make()
-            self.refused_at = None
+            self.remake()
             return True
         return False
+
+    def remake(self) -> None:
+        """A fresh socket: whatever the old one still queued is dropped unsent."""
+        self.close()
+        self._make()
+        self.refused_at = None
 
     @property
     def refused(self) -> bool:
