@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import itertools
 import json
 import logging
@@ -559,7 +560,31 @@ def publish(path: str | Path, *, entry: str | None = None, requirements: Sequenc
         raise ConfigError("no daemon to hold the code on this host; set SNIPE_DAEMON or init(daemon=...)")
     s.daemon(s.local_daemon).call("put-code", {"urn": pkg.urn, "manifest": pkg.manifest}, (pkg.blob,),
                                   timeout=120)
+    _put_spare_copy(s, pkg.urn, pkg.manifest, pkg.blob)
     return pkg.urn
+
+
+def _put_spare_copy(s: Session, urn: str, manifest: dict[str, Any], blob: bytes) -> None:
+    """Put published code on one more live host, so that losing the publisher's host does not
+    leave it nowhere to be fetched from (every host that runs it later keeps a copy too). Which
+    host is spread by the code's hash; one that cannot take it now is only a warning."""
+    now = now_ms()
+    try:
+        hosts = s.catalog.query("urn:snipe:host:")
+    except SnipeError as exc:
+        log.warning("publish %s: no spare copy (the host list could not be read: %s)", urn, exc)
+        return
+    local = s.local_daemon
+    others = [u for u in eligible(hosts, [], now) if hosts[u].value("daemon", now) != local]
+    if not others:
+        return                                  # a one-host cluster: nowhere else to put it
+    others.sort(key=lambda u: hashlib.sha256(f"{urn} {u}".encode()).digest())
+    address = str(hosts[others[0]].value("daemon", now))
+    try:
+        s.daemon(address).call("put-code", {"urn": urn, "manifest": manifest}, (blob,), timeout=60)
+    except SnipeError as exc:
+        log.warning("publish %s: no spare copy on %s (%s); the code is on this host only until a task of it "
+                    "runs elsewhere", urn, others[0], exc)
 
 
 # --- processes -------------------------------------------------------------------------------------

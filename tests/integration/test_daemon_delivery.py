@@ -21,7 +21,7 @@ from snipe.daemonclient import DaemonClient
 from snipe.errors import NotDelivered, Unreachable
 from snipe.identity import Identity
 from snipe.localcluster import LocalCluster
-from snipe.runtime import Process
+from snipe.runtime import Process, now_ms
 from snipe.transport import server_socket
 from snipe.wire import Envelope, decode, encode
 from tests.integration.test_daemon import SLEEPER
@@ -147,3 +147,15 @@ def test_a_spawn_whose_chosen_host_died_goes_to_another(cluster: LocalCluster, t
         Process(q.urn).kill()
     wait_for(lambda: all(Process(q.urn).status()["state"] != "running" for q in (p, *others)), 30,
              "the tasks to end")
+
+
+def test_published_code_outlives_the_publishers_host(cluster: LocalCluster, tmp_path: Path,
+                                                     quick_connect: None) -> None:
+    code = _task_code(tmp_path)
+    locations = snipe.catalog().get(code).values("location", now_ms())
+    assert len(set(locations.values())) == 2            # this host's daemon and one spare
+    cluster.kill_daemon(0)                              # the publisher's host
+    tasks = [snipe.spawn(code, "600", host=h) for h in ("h2", "h3")]   # one holds the spare, one fetches it
+    assert [Process(t.urn).status()["state"] for t in tasks] == ["running", "running"]
+    for t in tasks:
+        Process(t.urn).kill()
