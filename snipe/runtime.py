@@ -667,7 +667,9 @@ class Process:
 
     def events(self, timeout: float | None = None) -> Iterator[ProcessEvent]:
         """Every state change of the task, once each and in order, until it ends or `timeout`
-        passes with nothing new. If the task's host loses its lease, a final `host-lost`."""
+        seconds pass. If the task's host loses its lease, a `host-lost`: the last event, unless
+        the task is to be restarted elsewhere (a restart policy or standbys), when the events of
+        its next incarnation follow (`restarted`, or `lost` if no host could restart it)."""
         s = session()
         w = s.catalog.watch(self.urn)
         host_watch = None
@@ -677,6 +679,7 @@ class Process:
             host = entry.value("host", now_ms())
             if isinstance(host, str):
                 host_watch = s.catalog.watch(host)
+            restartable = isinstance(entry.value("takeover_keys", now_ms()), dict)
             pending = entry.value("events", now_ms(), [])
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
@@ -693,7 +696,7 @@ class Process:
                         yield ProcessEvent(seq, kind, at, code, reason)
                         if kind in ("exited", "killed", "lost"):
                             return
-                        if kind == "migrated":      # follow the lease of the host it moved to
+                        if kind in ("migrated", "restarted"):     # follow the lease of its new host
                             s.catalog.invalidate(self.urn)
                             moved_to = s.catalog.get(self.urn).value("host", now_ms())
                             if isinstance(moved_to, str) and moved_to != host:
@@ -713,7 +716,10 @@ class Process:
                             and hev.record.urn == host and hev.record.name == "alive":
                         yield ProcessEvent(seen + 1, "host-lost", time.time(), None,
                                            f"{host}'s lease expired: its daemon is gone or cut off")
-                        return
+                        if not restartable:
+                            return
+                        host_watch.close()
+                        host_watch = None          # until a new incarnation names its host
         finally:
             w.close()
             if host_watch is not None:

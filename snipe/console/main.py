@@ -365,14 +365,16 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 # The events after which Process.events() stops by itself: the task ended (exited, killed, lost),
-# or its host's lease expired, which the cluster takes as the task lost (its daemon fences it).
-# Any other last event (or none) means --timeout ran out first.
-END_EVENTS = ("exited", "killed", "lost", "host-lost")
+# or its host's lease expired, which the cluster takes as the task lost (its daemon fences it),
+# unless the task is to be restarted elsewhere: then its events go on, and a host-lost that is
+# last when --timeout runs out is no end. Any other last event (or none) means --timeout ran out.
+END_EVENTS = ("exited", "killed", "lost")
 EXIT_TIMED_OUT = 3
 
 
 def cmd_events(args: argparse.Namespace) -> int:
     last: str | None = None
+    deadline = math.inf if args.timeout is None else time.monotonic() + args.timeout
     for ev in Process(args.urn).events(timeout=args.timeout):
         last = ev.kind
         if args.json:
@@ -381,7 +383,7 @@ def cmd_events(args: argparse.Namespace) -> int:
             out.print(f"{ev.seq:4d} {time.strftime('%H:%M:%S', time.localtime(ev.at))} {ev.kind}"
                       + (f" exit={ev.exit_code}" if ev.exit_code is not None else "")
                       + (f" ({ev.reason})" if ev.reason else ""))
-    if last in END_EVENTS:
+    if last in END_EVENTS or (last == "host-lost" and time.monotonic() < deadline):
         return 0
     return fail(args.json, f"timed out after {args.timeout:g} s waiting for {args.urn} to end (last event: "
                            f"{last or 'none'}); it may still run: follow it longer with a larger --timeout",

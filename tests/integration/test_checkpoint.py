@@ -198,6 +198,13 @@ def test_a_task_without_hooks_restarts_from_the_beginning(cluster: LocalCluster,
     cluster.kill_daemon(0)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+    # Following its events: the host's loss does not end them, for the task is restarted.
+    kinds = []
+    for ev in p.events(timeout=90):
+        kinds.append(ev.kind)
+        if ev.kind == "restarted":
+            break
+    assert kinds[0] == "started" and kinds[-1] == "restarted", kinds
     again = snipe.recv(tag=5, timeout=60)
     assert again is not None and again.payload in (b"urn:snipe:host:h2", b"urn:snipe:host:h3")
     events = p.info()["events"]
