@@ -14,10 +14,12 @@
   `--net-name CIDR=NAME` for named networks and the advertised link speeds in a config file.
   The admin admits the host keys and a user key from inside a namespace (snipe.netlab.agent).
 
-Faults (`loss`, `delay`, `rate`, `cut`, `partition`, `kill`, `restart`) return a fault id that
-`heal(id)` undoes; nftables rules live in a table `snl_<rid>` in the hosts' namespaces. A fault
-that cannot be applied as asked raises, undoing what part of it was made: `faults()` lists only
-faults in force.
+Faults (`loss`, `delay`, `rate`, `cut`, `partition`) return a fault id that `heal(id)` undoes;
+`kill` and `restart` act on a service at once and return what they did (a dict: the process and
+when). nftables rules live in a table `snl_<rid>` in the hosts' namespaces. A fault that cannot
+be applied as asked raises, undoing what part of it was made: `faults()` lists only faults in
+force. Faults stack: of two rates (or netem delays) on one link the newer is in force and healing
+it puts the older back; a link cut twice comes up when both cuts are healed.
 `down()` removes every process, namespace, rule and route the run made, identified by pid and
 start time or by name; it is registered with atexit and SIGTERM/SIGHUP, and
 `cleanup_stale()` removes what a killed run left behind (by the `snl-` prefix and the state
@@ -664,12 +666,30 @@ class Lab:
         if not mbit > 0:
             raise ValueError(f"rate must be more than 0 Mbit/s, not {mbit}; to stop all traffic use "
                              "`cut` or `loss ... 100`")
-        burst = max(32, int(mbit * 1000 / 8 / 100))       # kbit: about 10 ms of traffic, at least 32
         with self._applying({"kind": "rate", "host": host, "net": net, "mbit": mbit}) as fid:
-            for ns, dev in ((self.ns(host), net), (self.switch_ns, self._port_name(host, net))):
-                run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
-                     "rate", f"{mbit}mbit", "burst", f"{burst}kbit", "latency", "200ms"])
+            self._set_qdisc(self.state["faults"][fid])
         return fid
+
+    def _set_qdisc(self, f: dict[str, Any]) -> None:
+        """Put fault `f`'s queue (a rate's token bucket, a netem delay) on both ends of its link,
+        in place of whatever queue is there."""
+        if f["kind"] == "rate":
+            mbit = f["mbit"]
+            burst = max(32, int(mbit * 1000 / 8 / 100))       # kbit: about 10 ms of traffic, at least 32
+            qdisc = ["tbf", "rate", f"{mbit}mbit", "burst", f"{burst}kbit", "latency", "200ms"]
+        else:
+            qdisc = ["netem", "delay", f"{f['ms']}ms", *([f"{f['jitter_ms']}ms"] if f["jitter_ms"] else [])]
+        for ns, dev in ((self.ns(f["host"]), f["net"]), (self.switch_ns, self._port_name(f["host"], f["net"]))):
+            run(["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", *qdisc])
+
+    @staticmethod
+    def _queues(f: dict[str, Any]) -> bool:
+        return f["kind"] == "rate" or (f["kind"] == "delay" and f.get("mechanism") == "netem")
+
+    def _others_on_link(self, fid: str, f: dict[str, Any], same: Any) -> list[dict[str, Any]]:
+        """The faults other than `fid` on `f`'s link for which `same(other)` holds, oldest first."""
+        return [g for gid, g in sorted(self.state["faults"].items(), key=lambda kv: int(kv[0][1:]))
+                if gid != fid and g.get("host") == f.get("host") and g.get("net") == f.get("net") and same(g)]
 
     def delay(self, host: str, net: str, ms: float, jitter_ms: float = 0.0, *, force_relay: bool = False,
               exclude_ports: tuple[int, ...] = (REPLICA_PORT, DAEMON_PORT)) -> str:
@@ -687,11 +707,7 @@ class Lab:
         with self._applying({"kind": "delay", "host": host, "net": net, "ms": ms, "jitter_ms": jitter_ms,
                              "mechanism": "netem" if use_netem else "relay"}) as fid:
             if use_netem:
-                for ns, dev in ((self.ns(host), net), (self.switch_ns, self._port_name(host, net))):
-                    argv = ["tc", "qdisc", "replace", "dev", dev, "root", "netem", "delay", f"{ms}ms"]
-                    if jitter_ms:
-                        argv.append(f"{jitter_ms}ms")
-                    run(["ip", "netns", "exec", ns, *argv])
+                self._set_qdisc(self.state["faults"][fid])
                 return fid
             port = RELAY_PORT_BASE + int(fid[1:])
             d = self.dir / "relays"
@@ -732,14 +748,21 @@ class Lab:
                         ns_run(self.ns(h), ["nft", "-f", "-"], check=False,
                                input=f"flush chain inet {self.table} {chain}\n"
                                      f"delete chain inet {self.table} {chain}\n")
-            if (kind == "delay" and f.get("mechanism") == "netem") or kind == "rate":
-                for ns, dev in ((self.ns(f["host"]), f["net"]), (self.switch_ns, self._port_name(f["host"], f["net"]))):
-                    run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"], check=False)
+            if self._queues(f):
+                # One queue per link: the newest other queue fault on it takes the link again.
+                under = self._others_on_link(fid, f, self._queues)
+                if under:
+                    self._set_qdisc(under[-1])
+                else:
+                    for ns, dev in ((self.ns(f["host"]), f["net"]),
+                                    (self.switch_ns, self._port_name(f["host"], f["net"]))):
+                        run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"], check=False)
             if kind == "delay" and f.get("relay") and f["relay"] in self.procs:
                 self.stop(f["relay"])
                 del self.procs[f["relay"]]
-            if kind == "cut":
-                if f["side"] == "host":
+            if kind == "cut" and not self._others_on_link(fid, f, lambda g: g["kind"] == "cut"
+                                                          and g["side"] == f["side"]):
+                if f["side"] == "host":           # (a link cut twice comes up with its last heal)
                     run(["ip", "-n", self.ns(f["host"]), "link", "set", f["net"], "up"])
                 else:
                     run(["ip", "-n", self.switch_ns, "link", "set", self._port_name(f["host"], f["net"]), "up"])

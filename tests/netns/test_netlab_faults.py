@@ -212,6 +212,30 @@ def test_rate_puts_a_token_bucket_on_both_ends_of_the_link_until_healed(faults_h
         assert "tbf" not in _qdiscs(lab, ns, dev)
 
 
+def test_faults_stacked_on_one_link_are_healed_one_at_a_time(faults_healed: Run) -> None:
+    """Healing one of two rates on a link leaves the other in force (not the link's bare queue),
+    and a link cut twice stays down until both cuts are healed."""
+    lab = faults_healed
+    ends = ((f"snl-{lab.rid}-h1", "public"), (f"snl-{lab.rid}-sw", "h1-n0"))
+    slow = lab.fault("rate", "h1", "public", "8")["fault"]
+    slower = lab.fault("rate", "h1", "public", "4")["fault"]
+    assert all("rate 4Mbit" in _qdiscs(lab, ns, dev) for ns, dev in ends)
+    lab.fault("heal", slower)
+    for ns, dev in ends:
+        shown = _qdiscs(lab, ns, dev)
+        assert "qdisc tbf" in shown and "rate 8Mbit" in shown, (ns, dev, shown)
+    lab.fault("heal", slow)
+    assert not any("tbf" in _qdiscs(lab, ns, dev) for ns, dev in ends)
+
+    h2f = lab.addr("h2", "fastnet")
+    lab.reaches_again("h1", h2f)
+    first, second = (lab.fault("cut", "h1", "fastnet")["fault"] for _ in range(2))
+    lab.fault("heal", first)
+    assert lab.reach("h1", h2f) == {h2f: False}                      # still cut by the second
+    lab.fault("heal", second)
+    lab.reaches_again("h1", h2f)
+
+
 def test_delay_holds_new_connections_on_the_link_until_healed(faults_healed: Run) -> None:
     """40 ms each way: a round trip on a connection opened after the fault takes at least 80 ms
     (a lower bound: a loaded machine only adds to it). Without netem a relay process inside h1
