@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+from snipe_daemon.fields import environment_of, seconds_of, seq_of, shown, texts_of
 from snipe_daemon.tasks import Quota
 
 from snipe.catalog.client import now_ms
 from snipe.daemonclient import DaemonClient
-from snipe.errors import MigrationFailed, NotAuthorized, NotFound, SnipeError
+from snipe.errors import CodecError, MigrationFailed, NotAuthorized, NotFound, SnipeError
 from snipe.identity import Identity
 from snipe.migration.core import AskTask, DropClone, Effect, Finish, Source, StartClone
 from snipe.migration.origin import MIGRATE_TAG
@@ -84,12 +85,15 @@ class Migrations:
         urn = d._known(env)
         if key != d.cfg.identity.key_id:           # the host itself may move its tasks (drain)
             d._check_controller(key, urn)
+        timeout = seconds_of(env, "timeout", 120.0)
         rec = d.tasks[urn]
         if rec["state"] != "running":
             raise MigrationFailed(f"{urn} is {rec['state']} on {d.cfg.host_urn}; only a running task can migrate")
         if urn in self.outgoing:
             raise MigrationFailed(f"{urn} is already migrating to {self.outgoing[urn].target}")
         target = validate_urn(field_of(env, "host", str))
+        if not target.startswith("urn:snipe:host:"):
+            raise CodecError(f"migrate: host must be a host URN (urn:snipe:host:<id>), not {target}")
         if target == d.cfg.host_urn:
             raise MigrationFailed(f"{urn} already runs on {target}")
         entry = d.catalog.get(target)
@@ -98,7 +102,6 @@ class Migrations:
             raise MigrationFailed(f"{target} has no live daemon in the catalog; choose a live host")
         if entry.value("draining", now_ms()) is True:
             raise MigrationFailed(f"{target} is draining and takes no new tasks; choose another host")
-        timeout = float(field_of(env, "timeout", (int, float), 120.0))
         core = Source(urn, target, clone_timeout=min(CLONE_TIMEOUT_S, timeout), move_timeout=timeout)
         mig = Outgoing(uuid.uuid4().hex, urn, target, address, client, env, core)
         self.outgoing[urn] = mig
@@ -200,27 +203,40 @@ class Migrations:
         old = d.tasks.get(urn)
         if old is not None and old["state"] in ("running", "suspended"):
             raise MigrationFailed(f"{urn} already runs on {d.cfg.host_urn}")
-        if old is not None:
-            self._end_lingering(urn)
-        ident = Identity.from_seed(bytes.fromhex(field_of(env, "seed", str)))
+        # Every field is checked before anything is stopped, written or started.
+        seed = field_of(env, "seed", str)
+        if len(seed) != 64 or not all(c in "0123456789abcdefABCDEF" for c in seed):
+            raise CodecError(f"clone: seed must be the task key's 32-byte seed in hex (64 digits), not {shown(seed)}")
+        ident = Identity.from_seed(bytes.fromhex(seed))
         if ident.key_id != entry.value("key", now):
             raise NotAuthorized(f"the key sent for {urn} is not the key the catalog names for it")
         code = validate_urn(field_of(env, "code", str))
+        args = texts_of(env, "args")
+        extra_env = environment_of(env, "env")
+        quota = Quota.from_value(field_of(env, "quota", dict, {}))
+        every = seconds_of(env, "every", 0.0)
+        owner = field_of(env, "owner", str)
+        events = field_of(env, "events", list, [])
+        if not all(isinstance(e, dict) and type(e.get("seq")) is int for e in events):
+            raise CodecError("clone: events must be a list of maps, each with an integer seq")
+        seq = seq_of(env, "seq", 1)
+        notify = [validate_urn(u) for u in field_of(env, "notify", list, [])]
+        source = field_of(env, "from", str, "")
+        if source:
+            validate_urn(source)
+        restart = env.body.get("restart")
+        if old is not None:
+            self._end_lingering(urn)
         code_dir, manifest = d._fetch_code(code)
         workdir = d.tasks_dir / urn.rsplit(":", 1)[1]
         workdir.mkdir(parents=True, exist_ok=True)
         ident.save(workdir / "task.key")
-        args = [str(a) for a in field_of(env, "args", list, [])]
-        extra_env = {str(k): str(v) for k, v in field_of(env, "env", dict, {}).items()}
-        quota = Quota.from_value(field_of(env, "quota", dict, {}))
-        every = float(field_of(env, "every", (int, float), 0.0))
         record = d.launch(urn, code_dir, manifest, args, extra_env, quota, workdir, {"SNIPE_MIGRATION": mid}, every)
-        d.tasks[urn] = {"record": record.to_value(), "owner": field_of(env, "owner", str), "code": code,
-                        "state": "running", "events": list(field_of(env, "events", list, [])),
-                        "seq": int(field_of(env, "seq", int, 1)), "notify": list(field_of(env, "notify", list, [])),
+        d.tasks[urn] = {"record": record.to_value(), "owner": owner, "code": code,
+                        "state": "running", "events": list(events), "seq": seq, "notify": notify,
                         "args": args, "env": extra_env, "key": ident.key_id, "key_file": str(workdir / "task.key"),
-                        "incoming": mid, "from": field_of(env, "from", str, ""), "every": every,
-                        "restart": env.body.get("restart") if isinstance(env.body.get("restart"), str) else None}
+                        "incoming": mid, "from": source, "every": every,
+                        "restart": restart if isinstance(restart, str) else None}
         d.state.put_task(urn, d.tasks[urn])
         d.task_keys[urn] = ident
         self.incoming[urn] = Incoming(mid, client, env, time.monotonic() + CLONE_TIMEOUT_S)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from snipe_daemon.fields import environment_of, seconds_of, shown, texts_of
 from snipe_daemon.hostinfo import LoadSampler, collect_host_info
 from snipe_daemon.mcast import GroupRouter
 from snipe_daemon.migration import Migrations
@@ -50,6 +51,7 @@ from snipe.errors import (
     NotFound,
     ServerError,
     SnipeError,
+    TooLarge,
     UnknownRequest,
     Unreachable,
 )
@@ -59,7 +61,7 @@ from snipe.query import parse_predicates
 from snipe.replication.sealed import seal, unseal
 from snipe.replication.takeover import Claim
 from snipe.transport import KeyGate, sender_key, server_socket
-from snipe.urn import new_urn, validate_urn
+from snipe.urn import new_urn, parse_urn, validate_urn
 from snipe.wire import Envelope, check_version, decode, encode, field_of
 
 log = logging.getLogger("snipe.daemon")
@@ -316,8 +318,8 @@ class Daemon:
                 self._reply(client, env.reply(**self._status(self._known(env))))
             case "wait":
                 urn = self._known(env)
-                timeout = field_of(env, "timeout", (int, float), 3600.0)
-                self.waiters.append(Waiter(client, env, urn, time.monotonic() + max(0.0, float(timeout))))
+                timeout = seconds_of(env, "timeout", 3600.0)
+                self.waiters.append(Waiter(client, env, urn, time.monotonic() + timeout))
             case "kill" | "suspend" | "resume" | "signal":
                 urn = self._known(env)
                 self._check_controller(key, urn)
@@ -338,8 +340,11 @@ class Daemon:
                 self._reply(client, env.reply(urn=urn), [blob])
             case "put-file":
                 urn = validate_urn(field_of(env, "urn", str))
-                if len(frames) != 1 or len(frames[0]) > MAX_FILE_BYTES:
-                    raise SnipeError(f"put-file carries the blob as one frame of at most {MAX_FILE_BYTES} bytes")
+                if len(frames) != 1:
+                    raise CodecError(f"put-file carries the blob as exactly one frame, not {len(frames)}")
+                if len(frames[0]) > MAX_FILE_BYTES:
+                    raise TooLarge(f"put-file: a blob of {len(frames[0])} bytes is over the limit, "
+                                   f"{MAX_FILE_BYTES} bytes")
                 self.files.put_blob(frames[0], urn)       # verifies the hash against the URN
                 keys = self.state.get_meta(f"file:{urn}", [])
                 if key not in keys:
@@ -361,10 +366,10 @@ class Daemon:
                     self.files.drop_blob(urn)
                 self._reply(client, env.reply())
             case "mcast-join":
-                routers = self.groups.join(field_of(env, "group", str), validate_urn(field_of(env, "member", str)))
+                routers = self.groups.join(_group_of(env), validate_urn(field_of(env, "member", str)))
                 self._reply(client, env.reply(routers=routers))
             case "mcast-leave":
-                self.groups.leave(field_of(env, "group", str), validate_urn(field_of(env, "member", str)))
+                self.groups.leave(_group_of(env), validate_urn(field_of(env, "member", str)))
                 self._reply(client, env.reply())
             case "mcast-status":
                 self._reply(client, env.reply(**self.groups.status()))
@@ -392,7 +397,7 @@ class Daemon:
                                               tasks=len([t for t in self.tasks.values() if t["state"] == "running"])))
             case _:
                 raise UnknownRequest(f"daemon/1 has no request {env.kind!r}; it has hello, spawn, status, wait, "
-                                     "kill, signal, suspend, resume, ps, put-code, get-code, put-file, get-file, "
+                                     "kill, signal, suspend, resume, ps, bid, put-code, get-code, put-file, get-file, "
                                      "drop-file, drain, mcast-join, mcast-leave, mcast-status, relay-status, migrate, "
                                      "migrate-done, clone, clone-ready, clone-running, clone-drop")
 
@@ -422,14 +427,14 @@ class Daemon:
                 signum = field_of(env, "signum", int)
                 valid = {s.value for s in signals.Signals}
                 if signum not in valid:
-                    raise SnipeError(f"{signum} is not a signal number on this host")
+                    raise CodecError(f"signal: signum {signum} is not a signal number on this host")
                 self.runner.signal(urn, signum)
 
     # --- code ---------------------------------------------------------------------------------
     def _put_code(self, env: Envelope, frames: list[bytes]) -> dict[str, Any]:
         urn = validate_urn(field_of(env, "urn", str))
         if len(frames) != 1:
-            raise SnipeError("put-code carries the code blob as exactly one frame")
+            raise CodecError(f"put-code carries the code blob as exactly one frame, not {len(frames)}")
         path = self.codes.install(frames[0], urn)      # verifies the hash against the URN
         self._manifests.pop(urn, None)                 # published again: maybe with another manifest
         self.catalog.set(urn, "location", self.cfg.address)
@@ -512,23 +517,23 @@ class Daemon:
         if self.draining:
             raise NotAuthorized(f"{self.cfg.host_urn} is draining and takes no new tasks; choose another host")
         code = validate_urn(field_of(env, "code", str))
-        args = [str(a) for a in field_of(env, "args", list, [])]
-        extra_env = field_of(env, "env", dict, {})
+        args = texts_of(env, "args")
+        extra_env = environment_of(env, "env")
         quota = Quota.from_value(field_of(env, "quota", dict, {}))
         notify = [validate_urn(u) for u in field_of(env, "notify", list, [])]
         restart = field_of(env, "restart", str, "") or None
         if restart is not None and restart not in RESTART_POLICIES:
-            raise SnipeError(f"restart policy {restart!r} is unknown; the policies are {', '.join(RESTART_POLICIES)}")
-        every = field_of(env, "checkpoint_every", (int, float), 0)
-        if every < 0:
-            raise SnipeError(f"checkpoint_every must be a positive number of seconds, not {every}")
+            raise CodecError(f"spawn: restart policy {shown(restart)} is unknown; the policies are "
+                             f"{', '.join(RESTART_POLICIES)}")
+        every = seconds_of(env, "checkpoint_every", 0.0)
         replicas = field_of(env, "replicas", int, 1)
+        if replicas < 1:
+            raise CodecError(f"spawn: replicas must be 1 or more, not {replicas}")
         mode = field_of(env, "mode", str, "standby")
-        if replicas > 1:
-            if mode not in REPLICA_MODES:
-                raise SnipeError(f"replica mode {mode!r} is unknown; the modes are {', '.join(REPLICA_MODES)}")
-            if mode == "standby":
-                restart, every = "on-host-failure", every or STANDBY_CHECKPOINT_S
+        if mode not in REPLICA_MODES:
+            raise CodecError(f"spawn: replica mode {shown(mode)} is unknown; the modes are {', '.join(REPLICA_MODES)}")
+        if replicas > 1 and mode == "standby":
+            restart, every = "on-host-failure", every or STANDBY_CHECKPOINT_S
         code_dir, manifest = self._fetch_code(code)
 
         urn = new_urn("proc")
@@ -567,7 +572,7 @@ class Daemon:
         try:
             record = self.launch(urn, code_dir, manifest, args, extra_env, quota, workdir, every=every,
                                  more_env={"SNIPE_REPLICA_INDEX": "0"} if replicas > 1 and mode == "all" else None)
-        except SnipeError as exc:
+        except Exception as exc:        # not only SnipeError: the catalog must not show it running forever
             failed = {"seq": 2, "kind": "lost", "at": time.time(), "reason": f"could not start: {exc}"}
             with contextlib.suppress(SnipeError):
                 self.catalog.set_many(urn, {"state": "lost", "events": [started, failed], "reason": failed["reason"]})
@@ -857,7 +862,10 @@ class Daemon:
     # --- the host ------------------------------------------------------------------------------
     def _bid(self, env: Envelope) -> dict[str, Any]:
         """This host's bid for a task (snipe/bidding.py), from what it knows this moment."""
-        requires = parse_predicates(field_of(env, "requires", list, []))
+        try:
+            requires = parse_predicates(field_of(env, "requires", list, []))
+        except CodecError as exc:
+            raise CodecError(f"bid: requires: {exc}") from None
         cap = env.body.get("max_price")
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or not cap >= 0
                                 or cap == float("inf")):
@@ -886,6 +894,15 @@ class Daemon:
         ttl = self.cfg.lease_s
         self.catalog.put([self.catalog.sign(self.cfg.host_urn, k, v, ttl=ttl) for k, v in info.items()],
                          timeout=timeout)
+
+
+def _group_of(env: Envelope) -> str:
+    """The `group` field of an mcast request: a group URN (the daemon claims a group that has no
+    owner yet, so any other kind of name is refused, not claimed)."""
+    group = validate_urn(field_of(env, "group", str))
+    if parse_urn(group).kind != "group":
+        raise CodecError(f"{env.kind}: group {group} is not a group URN (urn:snipe:group:<name>)")
+    return group
 
 
 def _now_ms() -> int:

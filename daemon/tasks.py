@@ -110,6 +110,7 @@ except OSError as exc:
 """
 
 _INTEGER_QUOTAS = ("memory_bytes", "open_files")
+_RLIM_MAX = (1 << 63) - 1       # the largest rlimit setrlimit takes below RLIM_INFINITY
 
 
 @dataclass(frozen=True)
@@ -692,6 +693,8 @@ class TaskRunner:
             if our_hard != resource.RLIM_INFINITY:
                 hard = min(hard, our_hard)
                 soft = min(soft, hard)
+            elif hard >= _RLIM_MAX:     # more than setrlimit can hold (or any host has): no limit
+                continue
             limits.append((name, soft, hard))
         return limits
 
