@@ -17,7 +17,9 @@ is one `Batch`, packed once, sent to each member (one channel message per member
 
 Each relayed message is also kept in the group's `History` (bounded). A member's `Resume` (sent
 when it registers with this router) adds it to the members relayed to at once, for
-RESUMED_HOLD_S, by which time the catalog lists it, and replays what it missed from the history.
+RESUMED_HOLD_S, by which time the catalog lists it, and replays what it missed from the history,
+then answers (MCAST_REPLAYED), even with nothing to replay: the member starts on new origins only
+once its routers have answered (core.ReplayWait).
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ from snipe.multicast.core import (
     DEFAULT_WANTED,
     MCAST_DATA,
     MCAST_DELIVER,
+    MCAST_REPLAYED,
     MCAST_RESUME,
     Batch,
     History,
     Relay,
     batches,
     pack,
+    pack_replayed,
     should_route,
     unpack,
     unpack_resume,
@@ -284,11 +288,11 @@ class GroupRouter:
             self.resumed.setdefault(validate_urn(r.group), {})[m.source] = time.monotonic()
             self.views.pop(r.group, None)
         history = self.histories.get(r.group)
-        if history is None:
-            return
-        missed = history.replay(r.next, r.since_ms)
+        missed = history.replay(r.next, r.since_ms) if history is not None else []
         self.replayed += len(missed)
         counts = self.counts.setdefault(r.group, GroupCounts())
         counts.replayed += len(missed)
         for payload in batches(r.group, missed):
             self.endpoint.submit(m.source, MCAST_DELIVER, payload, HOP_DEADLINE_S)
+        # after the replay, on the same channel: the member may now start on new origins
+        self.endpoint.submit(m.source, MCAST_REPLAYED, pack_replayed(r.group), HOP_DEADLINE_S)

@@ -65,6 +65,8 @@ from snipe.errors import CodecError
 MCAST_DATA = -2        # sender -> router, router -> router
 MCAST_DELIVER = -3     # router -> member: a batch of one group's messages
 MCAST_RESUME = -4      # member -> router: deliver to me from now on, and replay what I missed
+MCAST_REPLAYED = -5    # router -> member: the replay for your Resume is all sent (msgpack [group])
+REPLAY_WAIT_S = 5.0    # a member waits this long at most for a router to answer its Resume
 DEFAULT_WANTED = 2
 MEMBER_ROUTERS = 2
 BATCH_MESSAGES = 1024        # a batch to members holds at most this many messages
@@ -204,6 +206,60 @@ def unpack_resume(payload: bytes | memoryview) -> Resume:
             and all(isinstance(o, str) and type(q) is int for o, q in table.items())):
         raise CodecError("multicast resume fields have the wrong types")
     return Resume(group, since, table, follow)
+
+
+def pack_replayed(group: str) -> bytes:
+    return msgpack.packb([group], use_bin_type=True)
+
+
+def unpack_replayed(payload: bytes | memoryview) -> str:
+    try:
+        (group,) = msgpack.unpackb(payload, raw=False)
+    except Exception:
+        raise CodecError("malformed multicast replay answer") from None
+    if not isinstance(group, str):
+        raise CodecError("multicast replay answer: the group must be a string")
+    return group
+
+
+class ReplayWait:
+    """A member's wait, per group, for the routers it sent a `Resume` to. Each router answers
+    (MCAST_REPLAYED) after its replay, on the same channel, so an answer means that router's
+    replay has arrived. Until every router asked has answered, or `cap` has passed (a dead router
+    never answers), an origin the member has not started on must not start (`hold_until`): a
+    router that already lists the member (the catalog said so before the Resume came) sends it
+    live messages ahead of the replay, and starting at the first of those drops the replay of the
+    earlier ones as duplicates, a loss nobody reports. A fixed hold (0.5 s) lost thousands that
+    way when a member was slow to read a long replay."""
+
+    def __init__(self, cap: float = REPLAY_WAIT_S) -> None:
+        self.cap = cap
+        self.waiting: dict[str, int] = {}        # router -> answers still owed
+        self.hold_until = 0.0
+
+    def asked(self, routers: Iterable[str], now: float) -> float:
+        """Resumes went to `routers`: hold until each answers (at most `cap`). Returns the hold."""
+        if now >= self.hold_until:
+            self.waiting = {}                    # the last wait is over: what it still owed is not awaited
+        for r in routers:
+            self.waiting[r] = self.waiting.get(r, 0) + 1
+        if self.waiting:
+            self.hold_until = now + self.cap
+        return self.hold_until
+
+    def answered(self, router: str, now: float) -> bool:
+        """`router` answered; True if that was the last answer owed (the hold ends now)."""
+        left = self.waiting.get(router)
+        if left is None:
+            return False
+        if left > 1:
+            self.waiting[router] = left - 1
+            return False
+        del self.waiting[router]
+        if self.waiting:
+            return False
+        self.hold_until = now
+        return True
 
 
 def resume_targets(chosen: Sequence[str], first_seen: Mapping[str, float], live: Iterable[str],

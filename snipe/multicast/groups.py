@@ -3,7 +3,9 @@
 A member registers with two routers; both deliver (it drops the copies). It tells
 them where it stands (a `Resume`, at its join and when it moves because a router
 of its own went away), so that router relays to it at once and replays what it missed from its
-history (snipe/multicast/core.py). A hole in an origin's sequence that stays open for
+history (snipe/multicast/core.py), then answers; a sender it has not heard from before starts
+only once every router asked has answered (ReplayWait), so a live message sent ahead of a
+replay cannot fix where that sender's stream starts. A hole in an origin's sequence that stays open for
 HOLE_REPLAY_S (a hand-over between routers that left a gap) makes it ask its routers to replay.
 
 The group's catalog entry (`urn:snipe:group:<name>`), one assertion per writer so nothing
@@ -31,9 +33,11 @@ from snipe.messaging.routes import shared_networks
 from snipe.multicast.core import (
     MCAST_DATA,
     MCAST_DELIVER,
+    MCAST_REPLAYED,
     MCAST_RESUME,
     Header,
     Reorder,
+    ReplayWait,
     Resume,
     pack,
     pack_resume,
@@ -41,6 +45,7 @@ from snipe.multicast.core import (
     resume_targets,
     targets,
     unpack_batch,
+    unpack_replayed,
 )
 from snipe.urn import validate_urn
 
@@ -57,7 +62,6 @@ HOLE_REPLAY_AGAIN_S = 10.0  # ... and again after this long (a replay of a long 
 # that delivers is alive, and thirty members reading the group twice a second cost a fifth of a CPU.
 READ_EVERY_S = 5.0
 QUIET_READ_S = 1.0
-NEW_ORIGIN_HOLD_S = 0.5       # after asking for a replay, a new origin's messages wait this long for it
 
 
 def live_routers(entry: Entry, now: int) -> dict[str, dict[str, Any]]:
@@ -93,6 +97,7 @@ class Membership:
         self.hole_replay_at: dict[str, float] = {}       # group -> when we last asked for a replay of a hole
         self.heard_at: dict[str, float] = {}             # group -> when a batch last came (monotonic)
         self.hold_new_until: dict[str, float] = {}       # group -> a new origin's first messages wait till then
+        self.waits: dict[str, ReplayWait] = {}           # group -> the routers whose replay we await
         self.read_at: dict[str, float] = {}              # group -> when _tend last read its routers
         self.seqs: dict[str, itertools.count[int]] = {}
         # group name as the caller spelled it -> (monotonic time, URN, `targets` for each seq modulo
@@ -100,6 +105,7 @@ class Membership:
         # reads the entry once a second
         self.routers_seen: dict[str, tuple[float, str, list[list[str]], int | None]] = {}
         endpoint.system_handlers[MCAST_DELIVER] = self._on_deliver
+        endpoint.system_handlers[MCAST_REPLAYED] = endpoint.one_by_one(self._on_replayed)
         endpoint.periodic.append(self._tend)
 
     # --- the application's calls ------------------------------------------------------------------
@@ -125,6 +131,8 @@ class Membership:
             self.read_at.pop(group, None)
             self.heard_at.pop(group, None)
             self.first_seen.pop(group, None)
+            self.waits.pop(group, None)
+            self.hold_new_until.pop(group, None)
             for key in [k for k in self.reorder if k[0] == group]:
                 del self.reorder[key]
         self.catalog.delete(group, MEMBER + self.me)
@@ -193,8 +201,10 @@ class Membership:
             nxt = {origin: r.expected for (g, origin), r in self.reorder.items()
                    if g == group and r.expected is not None}
             # Origins we have not started on: the replay of what came since our join may come
-            # after a live message from another router; do not start on that one (Reorder).
-            hold = self.hold_new_until[group] = time.monotonic() + NEW_ORIGIN_HOLD_S
+            # after a live message (from another router, or from this one, which may list us
+            # already); do not start on that one (Reorder) before every router asked has answered.
+            wait = self.waits.setdefault(group, ReplayWait())
+            hold = self.hold_new_until[group] = wait.asked([*routers, *replay_only], time.monotonic())
             for (g, _), r in self.reorder.items():
                 if g == group and r.expected is None:
                     r.hold_until = hold
@@ -278,6 +288,24 @@ class Membership:
         self._resume(group, (), send, routers)
 
     # --- delivery (I/O thread) ---------------------------------------------------------------------
+    def _on_replayed(self, m: Deliver) -> None:
+        """A router's replay for our Resume has all come: once every router asked has answered,
+        the origins we have not started on start (at the lowest seq held)."""
+        group = unpack_replayed(m.payload)
+        now = time.monotonic()
+        ready: list[Message] = []
+        with self.lock:
+            wait = self.waits.get(group)
+            if wait is None or not wait.answered(m.source, now):
+                return
+            self.hold_new_until[group] = now
+            for (g, _), r in self.reorder.items():
+                if g == group and r.expected is None:
+                    r.hold_until = now
+                    ready.extend(r.on_timer(now)[0])
+        if ready:
+            self.endpoint.deliver_local(ready)
+
     def _on_deliver(self, batches: list[Deliver]) -> None:
         """Batches from a router: each origin's run through its Reorder (once each, in order)."""
         decoded = self.endpoint.decoded(batches, unpack_batch, "multicast batch")    # outside the lock
