@@ -29,8 +29,10 @@ import zmq
 
 from snipe.errors import NotAuthorized, NotDelivered, Unreachable
 from snipe.identity import Identity, public_key_from_id
-from snipe.transport import Link
+from snipe.transport import Link, send_parts
 from snipe.wire import Envelope, decode, encode
+
+_NOBLOCK = int(zmq.NOBLOCK)
 
 PROTOCOL = "daemon"
 VERSION = 1
@@ -48,11 +50,18 @@ def parse_daemon_address(text: str) -> tuple[str, bytes]:
     return endpoint, public_key_from_id(key)
 
 
-CONNECT_WAIT_S = 5.0        # how long a request waits for a connection to come up before it is dropped unsent
+HEARTBEAT_S = 2.0           # a daemon silent this long (its host died or was cut off) ...
+HEARTBEAT_TIMEOUT_S = 6.0   # ... is taken as gone after this: its connection drops, and requests wait for a new one
+REFUSALS_GIVEN_UP = 3       # handshakes refused in a row before a call says this key is not admitted
 
 
 class DaemonClient:
-    """Request/reply to one snipe-daemon over CurveZMQ. One per thread."""
+    """Request/reply to one snipe-daemon over CurveZMQ. One per thread.
+
+    A request goes out only on a connection whose handshake completed (ZeroMQ's `immediate`), so
+    a call knows whether it sent one: one that no connection took within `connect_wait` raises
+    NotDelivered (nothing was sent; asking another daemon instead is safe), one sent but not
+    answered in time raises Unreachable (the daemon may have acted on it)."""
 
     def __init__(self, address: str, identity: Identity, *, timeout: float = 10.0) -> None:
         self.address = address
@@ -60,7 +69,8 @@ class DaemonClient:
         self.identity = identity
         self.timeout = timeout
         try:
-            self.link = Link(zmq.Context.instance(), identity, self.endpoint, self.key, immediate=False)
+            self.link = Link(zmq.Context.instance(), identity, self.endpoint, self.key, immediate=True,
+                             heartbeat=(HEARTBEAT_S, HEARTBEAT_TIMEOUT_S))
         except zmq.ZMQError as exc:         # an endpoint ZeroMQ cannot connect to, e.g. tcp://nohost
             raise Unreachable(f"daemon address {address!r}: cannot connect to {self.endpoint!r}: {exc}") from None
         self._ids = itertools.count(1)
@@ -75,42 +85,46 @@ class DaemonClient:
         self.close()
 
     def call(self, kind: str, body: dict[str, Any] | None = None, frames: tuple[bytes, ...] = (),
-             timeout: float | None = None) -> tuple[dict[str, Any], list[bytes]]:
+             timeout: float | None = None, *, connect_wait: float | None = None) -> tuple[dict[str, Any], list[bytes]]:
+        """Send one request and wait up to `timeout` for its answer. `connect_wait` (default: all
+        of `timeout`) bounds the wait for a connection to send it on; a caller with another
+        daemon to ask passes a short one."""
+        timeout = timeout or self.timeout
         rid = next(self._ids)
         parts = encode(Envelope(PROTOCOL, VERSION, kind, rid, body or {}), frames)
         start = time.monotonic()
-        self.link.check(start)                 # a connection that dropped since the last call is down
-        unsent_since = None if self.link.up else (start, self.link.handshakes)
-        self.link.sock.send_multipart(parts)
-        deadline = start + (timeout or self.timeout)
-        connect_by = start + min(CONNECT_WAIT_S, timeout or self.timeout)
+        deadline = start + timeout
+        self._send_when_connected(kind, parts, start, start + min(timeout, connect_wait or timeout))
         while True:
-            now = time.monotonic()
-            if unsent_since is not None and now >= connect_by:
-                self.link.check(now)
-                if self.link.handshakes == unsent_since[1] and not self.link.refused:
-                    # No connection came up since the request was queued: drop it unsent, so
-                    # that a daemon coming back later cannot act on a request we gave up on.
-                    self.link.remake()
-                    raise NotDelivered(f"daemon {self.endpoint} did not accept a connection within "
-                                       f"{connect_by - start:.1f} s; {kind!r} was not sent")
-                unsent_since = None
-            left = deadline - now
+            left = deadline - time.monotonic()
             if left <= 0:
-                self.link.check(time.monotonic())
-                if self.link.refused:
-                    raise NotAuthorized(f"daemon {self.endpoint} refused this key {self.identity.key_id[:16]}…: "
-                                        "it is not admitted to the cluster")
-                raise Unreachable(f"daemon {self.endpoint} did not answer {kind!r} within "
-                                  f"{timeout or self.timeout} s")
+                raise Unreachable(f"daemon {self.endpoint} did not answer {kind!r} within {timeout:g} s")
             if self.link.sock.poll(min(left, 0.2) * 1000):
                 env, out = decode(self.link.sock.recv_multipart())
                 if env.request_id != rid:
                     continue          # a late answer to a request we gave up on
                 return env.raise_if_error().body, out
-            if self.link.check(time.monotonic()):
-                if self.link.refusals >= 3:
-                    break
-                self.link.sock.send_multipart(parts)
-        raise NotAuthorized(f"daemon {self.endpoint} refused this key {self.identity.key_id[:16]}… "
-                            f"{self.link.refusals} times: it is not admitted to the cluster")
+
+    def _send_when_connected(self, kind: str, parts: list[bytes], start: float, connect_by: float) -> None:
+        """Send `parts` as soon as a connection whose handshake completed takes them; raise
+        NotAuthorized if the daemon keeps refusing our key, NotDelivered if none took them by
+        `connect_by` (with `immediate`, ZeroMQ queues nothing meanwhile: nothing was sent)."""
+        refusals = self.link.refusals
+        while True:
+            try:
+                send_parts(self.link.sock, parts, _NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+            now = time.monotonic()
+            self.link.check(now)                  # reads handshake events; remakes a refused socket when due
+            if self.link.refusals - refusals >= REFUSALS_GIVEN_UP:
+                raise NotAuthorized(f"daemon {self.endpoint} refused this key {self.identity.key_id[:16]}… "
+                                    f"{self.link.refusals - refusals} times: it is not admitted to the cluster")
+            if now >= connect_by:
+                if self.link.refusals > refusals:
+                    raise NotAuthorized(f"daemon {self.endpoint} refused this key {self.identity.key_id[:16]}…: "
+                                        "it is not admitted to the cluster")
+                raise NotDelivered(f"daemon {self.endpoint} did not accept a connection within "
+                                   f"{now - start:.1f} s; {kind!r} was not sent")
+            self.link.sock.poll(min(0.05, max(0.0, connect_by - now)) * 1000, zmq.POLLOUT)

@@ -31,6 +31,7 @@ import psutil
 from snipe import authority, checkpoints
 from snipe.bidding import Auction, Bid, Refusal, check_price
 from snipe.catalog.client import CatalogClient
+from snipe.catalog.entry import Entry
 from snipe.code import package
 from snipe.daemonclient import DaemonClient
 from snipe.discovery import discover
@@ -72,6 +73,7 @@ class Session:
     _endpoint: Endpoint | None = None
     _membership: Membership | None = None
     _hosts_seen: tuple[float, dict[str, Any]] | None = None     # (monotonic time, host entries) for placement
+    _undeliverable: dict[str, float] = field(default_factory=dict)   # host URN -> left out of placement until
 
     def membership(self) -> Membership:
         if self._membership is None:
@@ -574,27 +576,33 @@ def _put_spare_copy(s: Session, urn: str, manifest: dict[str, Any], blob: bytes)
     except SnipeError as exc:
         log.warning("publish %s: no spare copy (the host list could not be read: %s)", urn, exc)
         return
-    local = s.local_daemon
-    others = [u for u in eligible(hosts, [], now) if hosts[u].value("daemon", now) != local]
-    if not others:
-        return                                  # a one-host cluster: nowhere else to put it
+    others = [u for u in eligible(hosts, [], now) if u != s.host and hosts[u].value("daemon", now) != s.local_daemon]
     others.sort(key=lambda u: hashlib.sha256(f"{urn} {u}".encode()).digest())
-    address = str(hosts[others[0]].value("daemon", now))
-    try:
-        s.daemon(address).call("put-code", {"urn": urn, "manifest": manifest}, (blob,), timeout=60)
-    except SnipeError as exc:
-        log.warning("publish %s: no spare copy on %s (%s); the code is on this host only until a task of it "
-                    "runs elsewhere", urn, others[0], exc)
+    for host in others[:SPARE_COPY_TRIES]:
+        try:
+            s.daemon(str(hosts[host].value("daemon", now))).call(
+                "put-code", {"urn": urn, "manifest": manifest}, (blob,), timeout=60, connect_wait=PLACEMENT_CONNECT_S)
+            return
+        except NotDelivered as exc:             # gone since its last lease: the next
+            log.info("publish %s: no spare copy on %s (%s)", urn, host, exc)
+        except SnipeError as exc:
+            log.warning("publish %s: no spare copy on %s (%s); the code is on this host only until a task of "
+                        "it runs elsewhere", urn, host, exc)
+            return
+    if others:
+        log.warning("publish %s: no other host took a spare copy; the code is on this host only until a task "
+                    "of it runs elsewhere", urn)
 
 
 # --- processes -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ProcessEvent:
     seq: int
-    kind: str              # started, suspended, resumed, migrated, exited, killed, lost, host-lost
+    kind: str              # started, suspended, resumed, migrated, restarted, exited, killed, lost, host-lost
     at: float
     exit_code: int | None
     reason: str | None
+    final: bool = False    # the task ended: `Process.events` stops after this one
 
 
 class Process:
@@ -666,10 +674,12 @@ class Process:
         return session().catalog.get(self.urn).as_dict(now_ms())
 
     def events(self, timeout: float | None = None) -> Iterator[ProcessEvent]:
-        """Every state change of the task, once each and in order, until it ends or `timeout`
-        seconds pass. If the task's host loses its lease, a `host-lost`: the last event, unless
-        the task is to be restarted elsewhere (a restart policy or standbys), when the events of
-        its next incarnation follow (`restarted`, or `lost` if no host could restart it)."""
+        """Every state change of the task, once each and in order, until it ends (the event
+        says `final`) or `timeout` seconds pass. If the task's host loses its lease, a
+        `host-lost` (seq 0: the cluster noticed it, the task did not record it). That is the end
+        unless the task is to be restarted elsewhere (a restart policy or standbys, and a host
+        to do it): then the next incarnation's events follow, `restarted` first, or a final
+        `lost` (seq 0) once no host that could restart it is alive."""
         s = session()
         w = s.catalog.watch(self.urn)
         host_watch = None
@@ -679,7 +689,8 @@ class Process:
             host = entry.value("host", now_ms())
             if isinstance(host, str):
                 host_watch = s.catalog.watch(host)
-            restartable = isinstance(entry.value("takeover_keys", now_ms()), dict)
+            restarters = _restarters(entry)
+            orphaned_check = math.inf      # while its host is lost: when to look again for a host to restart it
             pending = entry.value("events", now_ms(), [])
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
@@ -693,12 +704,16 @@ class Process:
                             yield ProcessEvent(seen + 1, "gap", time.time(), None,
                                                f"events {seen + 1}..{seq - 1} fell out of the kept history")
                         seen = seq
-                        yield ProcessEvent(seq, kind, at, code, reason)
-                        if kind in ("exited", "killed", "lost"):
+                        ended = kind in ("exited", "killed", "lost")
+                        yield ProcessEvent(seq, kind, at, code, reason, final=ended)
+                        if ended:
                             return
                         if kind in ("migrated", "restarted"):     # follow the lease of its new host
+                            orphaned_check = math.inf
                             s.catalog.invalidate(self.urn)
-                            moved_to = s.catalog.get(self.urn).value("host", now_ms())
+                            now_entry = s.catalog.get(self.urn)
+                            restarters = _restarters(now_entry)
+                            moved_to = now_entry.value("host", now_ms())
                             if isinstance(moved_to, str) and moved_to != host:
                                 if host_watch is not None:
                                     host_watch.close()
@@ -714,16 +729,41 @@ class Process:
                     # a watch is by prefix: urn:snipe:host:h1 also hears h10..h19
                     if hev is not None and hev.kind == "expire" and hev.record is not None \
                             and hev.record.urn == host and hev.record.name == "alive":
-                        yield ProcessEvent(seen + 1, "host-lost", time.time(), None,
-                                           f"{host}'s lease expired: its daemon is gone or cut off")
-                        if not restartable:
+                        orphaned = not any(_host_alive(s, h) for h in restarters if h != host)
+                        yield ProcessEvent(0, "host-lost", time.time(), None,
+                                           f"{host}'s lease expired: its daemon is gone or cut off", final=orphaned)
+                        if orphaned:
                             return
                         host_watch.close()
                         host_watch = None          # until a new incarnation names its host
+                        orphaned_check = time.monotonic() + ORPHAN_CHECK_S
+                if not pending and time.monotonic() >= orphaned_check:
+                    if not any(_host_alive(s, h) for h in restarters if h != host):
+                        yield ProcessEvent(0, "lost", time.time(), None,
+                                           f"{host} was lost and no host that could restart the task is alive",
+                                           final=True)
+                        return
+                    orphaned_check = time.monotonic() + ORPHAN_CHECK_S
         finally:
             w.close()
             if host_watch is not None:
                 host_watch.close()
+
+
+ORPHAN_CHECK_S = 2.0     # how often Process.events looks for a live host to restart a task whose host was lost
+
+
+def _restarters(entry: Entry) -> list[str]:
+    """The hosts that may restart the task `entry` is about when its host is lost."""
+    keys = entry.value("takeover_keys", now_ms())
+    return sorted(str(h) for h in keys) if isinstance(keys, dict) else []
+
+
+def _host_alive(s: Session, host_urn: str) -> bool:
+    try:
+        return s.catalog.get(host_urn).value("alive", now_ms()) is True
+    except SnipeError:
+        return True                 # cannot tell: keep following rather than call the task lost
 
 
 def _requirements(requires: Sequence[Predicate | str] | dict[str, Any] | None) -> list[Predicate]:
@@ -748,6 +788,9 @@ def hosts(requires: Sequence[Predicate | str] | dict[str, Any] | None = None, *,
 # and this client adds the tasks it placed since, see snipe/placement.py).
 PLACEMENT_CACHE_S = 1.0
 PLACEMENT_TRIES = 3          # hosts a spawn tries in turn when the chosen one's daemon cannot be reached
+PLACEMENT_CONNECT_S = 5.0    # how long a spawn waits for a chosen host's daemon to take a connection
+UNDELIVERABLE_FOR_S = 10.0   # a host whose daemon took none is left out of placement this long
+SPARE_COPY_TRIES = 2         # hosts `publish` offers its spare copy of the code to, in turn
 RESTART_POLICIES = ("on-host-failure",)
 REPLICA_MODES = ("standby", "all")
 PLACEMENTS = ("least-loaded", "bids")
@@ -866,50 +909,64 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
         refused: list[str] = []
         for offer in _call_for_bids({u: hosts[u] for u in candidates}, wanted, max_price):
             try:
-                return spawn(code, *args, host=offer.host, env=env, quota=quota, notify=notify,
-                             checkpoint_every=checkpoint_every, restart=restart, replicas=replicas, mode=mode)
+                return _spawn_on(s, offer.host, body, connect_wait=PLACEMENT_CONNECT_S)
             except (NotAuthorized, NotDelivered) as exc:   # draining, or gone, since it bid: the next best
                 refused.append(f"{offer.host}: {exc}")
         raise NotFound("no host that bid took the task: " + "; ".join(refused))
     if host is not None:
-        host_urn = host if host.startswith("urn:") else f"urn:snipe:host:{host}"
-        entry = s.catalog.get(host_urn)
-        address = entry.value("daemon", now_ms())
-        if address is None or entry.value("alive", now_ms()) is not True:
-            raise NotDelivered(f"{host_urn} has no live daemon in the catalog; the spawn was not sent")
-        reply, _ = s.daemon(str(address)).call("spawn", body, timeout=120)
-    else:
-        seen = s._hosts_seen
-        fresh = seen is None or time.monotonic() - seen[0] >= PLACEMENT_CACHE_S
-        if fresh:
-            s._hosts_seen = seen = (time.monotonic(), s.catalog.query("urn:snipe:host:"))  # all, so a refusal says why
-        assert seen is not None
-        hosts_seen = dict(seen[1])
-        for _ in range(PLACEMENT_TRIES):
+        return _spawn_on(s, host if host.startswith("urn:") else f"urn:snipe:host:{host}", body)
+    seen = s._hosts_seen
+    fresh = seen is None or time.monotonic() - seen[0] >= PLACEMENT_CACHE_S
+    if fresh:
+        s._hosts_seen = seen = (time.monotonic(), s.catalog.query("urn:snipe:host:"))  # all, so a refusal says why
+    assert seen is not None
+    now = time.monotonic()
+    # Hosts whose daemon took no connection lately are left out while their lease may still say alive.
+    hosts_seen = {u: e for u, e in seen[1].items() if s._undeliverable.get(u, 0.0) <= now}
+    not_taken: list[str] = []
+    for _ in range(PLACEMENT_TRIES):
+        try:
             host_urn = choose_host(hosts_seen, _requirements(requires), now_ms(), s.placed)
-            address = hosts_seen[host_urn].value("daemon", now_ms())
-            try:
-                reply, _ = s.daemon(str(address)).call("spawn", body, timeout=120)
-                break
-            except NotDelivered as exc:
-                # Its daemon died since it last renewed its lease: the spawn never reached it, so
-                # another host may take it. (choose_host raises NotFound when none is left.)
-                log.warning("spawn: %s; choosing another host", exc)
-                del hosts_seen[host_urn]
-                s._hosts_seen = None
-            except NotAuthorized:
-                if fresh:
-                    raise
-                # the host list was up to PLACEMENT_CACHE_S old (the host may have started draining): ask again
-                s._hosts_seen = None
-                return spawn(code, *args, requires=requires, env=env, quota=quota, notify=notify,
-                             checkpoint_every=checkpoint_every, restart=restart, replicas=replicas, mode=mode)
-        else:
-            raise NotDelivered(f"spawn: {PLACEMENT_TRIES} chosen hosts in turn did not accept a connection")
+        except NotFound:
+            if not not_taken:
+                raise
+            break
+        address = hosts_seen[host_urn].value("daemon", now_ms())
+        try:
+            reply, _ = s.daemon(str(address)).call("spawn", body, timeout=120, connect_wait=PLACEMENT_CONNECT_S)
+            return _placed(s, host_urn, str(address), reply)
+        except NotDelivered as exc:
+            # Its daemon died since it last renewed its lease: the spawn never reached it, so
+            # another host may take it.
+            log.warning("spawn: %s; choosing another host", exc)
+            not_taken.append(f"{host_urn}: {exc}")
+            s._undeliverable[host_urn] = time.monotonic() + UNDELIVERABLE_FOR_S
+            del hosts_seen[host_urn]
+        except NotAuthorized:
+            if fresh:
+                raise
+            # the host list was up to PLACEMENT_CACHE_S old (the host may have started draining): ask again
+            s._hosts_seen = None
+            return spawn(code, *args, requires=requires, env=env, quota=quota, notify=notify,
+                         checkpoint_every=checkpoint_every, restart=restart, replicas=replicas, mode=mode)
+    raise NotDelivered("spawn: no host took it; " + "; ".join(not_taken))
+
+
+def _spawn_on(s: Session, host_urn: str, body: dict[str, Any], *, connect_wait: float | None = None) -> Process:
+    """Ask `host_urn`'s daemon to spawn; NotDelivered if it has none live, or none took the request."""
+    entry = s.catalog.get(host_urn)
+    address = entry.value("daemon", now_ms())
+    if address is None or entry.value("alive", now_ms()) is not True:
+        raise NotDelivered(f"{host_urn} has no live daemon in the catalog; the spawn was not sent")
+    reply, _ = s.daemon(str(address)).call("spawn", body, timeout=120, connect_wait=connect_wait)
+    return _placed(s, host_urn, str(address), reply)
+
+
+def _placed(s: Session, host_urn: str, address: str, reply: dict[str, Any]) -> Process:
     recent = s.placed.setdefault(host_urn, [])
     recent.append(now_ms())
     del recent[:-256]
-    return Process(reply["urn"], str(address), reply["host"])
+    return Process(reply["urn"], address, reply["host"])
 
 
 def stop_embedded(home: str | Path | None = None) -> bool:

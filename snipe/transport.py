@@ -268,7 +268,8 @@ class Link:
     """
 
     def __init__(self, ctx: zmq.Context, identity: Identity, endpoint: str, server_key: bytes, *,
-                 hwm: int = 100_000, immediate: bool = True, retry_s: float = 1.0, signed_ipc: bool = False) -> None:
+                 hwm: int = 100_000, immediate: bool = True, retry_s: float = 1.0, signed_ipc: bool = False,
+                 heartbeat: tuple[float, float] | None = None) -> None:
         self.ctx = ctx
         self.signed_ipc = signed_ipc      # an ipc_server_socket's: PLAIN with a signed token, not Curve
         self.identity = identity
@@ -279,8 +280,7 @@ class Link:
         self.retry_s = retry_s
         self.refused_at: float | None = None
         self.refusals = 0
-        self.up = False                   # a handshake succeeded and that connection has not dropped
-        self.handshakes = 0               # handshakes that succeeded, ever
+        self.heartbeat = heartbeat
         self._make()
 
     def _make(self) -> None:
@@ -288,9 +288,9 @@ class Link:
         self.sock = make(self.ctx, zmq.DEALER, self.identity, self.server_key)
         self.sock.immediate = int(self.immediate)
         self.sock.sndhwm = self.sock.rcvhwm = self.hwm
-        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED
-                                                    | zmq.EVENT_DISCONNECTED)
-        self.up = False
+        if self.heartbeat is not None:            # (interval, timeout): a silent peer's connection is dropped
+            self.sock.heartbeat_ivl, self.sock.heartbeat_timeout = (int(t * 1000) for t in self.heartbeat)
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.sock.connect(self.endpoint)
 
     def check(self, now: float) -> bool:
@@ -306,10 +306,6 @@ class Link:
                 self.refusals += 1
             elif ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.refused_at = None
-                self.up = True
-                self.handshakes += 1
-            elif ev["event"] == zmq.EVENT_DISCONNECTED:
-                self.up = False
         if self.refused_at is not None and now - self.refused_at >= self.retry_s:
             self.remake()
             return True

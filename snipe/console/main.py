@@ -364,30 +364,24 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-# The events after which Process.events() stops by itself: the task ended (exited, killed, lost),
-# or its host's lease expired, which the cluster takes as the task lost (its daemon fences it),
-# unless the task is to be restarted elsewhere: then its events go on, and a host-lost that is
-# last when --timeout runs out is no end. Any other last event (or none) means --timeout ran out.
-END_EVENTS = ("exited", "killed", "lost")
 EXIT_TIMED_OUT = 3
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    last: str | None = None
-    deadline = math.inf if args.timeout is None else time.monotonic() + args.timeout
+    last = None
     for ev in Process(args.urn).events(timeout=args.timeout):
-        last = ev.kind
+        last = ev
         if args.json:
             print(json.dumps(ev.__dict__), flush=True)
         else:
             out.print(f"{ev.seq:4d} {time.strftime('%H:%M:%S', time.localtime(ev.at))} {ev.kind}"
                       + (f" exit={ev.exit_code}" if ev.exit_code is not None else "")
                       + (f" ({ev.reason})" if ev.reason else ""))
-    if last in END_EVENTS or (last == "host-lost" and time.monotonic() < deadline):
+    if last is not None and last.final:        # it ended (Process.events stopped by itself)
         return 0
     return fail(args.json, f"timed out after {args.timeout:g} s waiting for {args.urn} to end (last event: "
-                           f"{last or 'none'}); it may still run: follow it longer with a larger --timeout",
-                "timed-out", EXIT_TIMED_OUT)
+                           f"{last.kind if last else 'none'}); it may still run: follow it longer with a larger "
+                           "--timeout", "timed-out", EXIT_TIMED_OUT)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -604,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("urn")
     p.add_argument("--timeout", type=float, default=None,
                    help="stop after this many seconds, exiting 3 if the task has not ended by then "
-                        "(it stops by itself, exiting 0, when the task ends or its host is lost)")
+                        "(it stops by itself, exiting 0, when the task ends, or its host is lost and no "
+                        "other host is to restart it)")
     p.set_defaults(fn=cmd_events)
     p = sub.add_parser("publish", parents=[common], help="publish a script or folder as mobile code")
     p.add_argument("path")

@@ -18,8 +18,9 @@ Faults (`loss`, `delay`, `rate`, `cut`, `partition`) return a fault id that `hea
 `kill` and `restart` act on a service at once and return what they did (a dict: the process and
 when). nftables rules live in a table `snl_<rid>` in the hosts' namespaces. A fault that cannot
 be applied as asked raises, undoing what part of it was made: `faults()` lists only faults in
-force. Faults stack: of two rates (or netem delays) on one link the newer is in force and healing
-it puts the older back; a link cut twice comes up when both cuts are healed.
+force. Faults stack: a link has one queue, so of the queue faults on it (rates, and delays where
+netem is used) the newest is in force and healing it puts back the one before; a link cut twice
+comes up when both cuts are healed.
 `down()` removes every process, namespace, rule and route the run made, identified by pid and
 start time or by name; it is registered with atexit and SIGTERM/SIGHUP, and
 `cleanup_stale()` removes what a killed run left behind (by the `snl-` prefix and the state
@@ -751,9 +752,12 @@ class Lab:
             if self._queues(f):
                 # One queue per link: the newest other queue fault on it takes the link again.
                 under = self._others_on_link(fid, f, self._queues)
-                if under:
-                    self._set_qdisc(under[-1])
-                else:
+                try:
+                    if under:
+                        self._set_qdisc(under[-1])
+                except ToolError as exc:      # the fault is healed all the same; the one under it is not back
+                    log.warning("healing %s: could not put back the %s under it: %s", fid, under[-1]["kind"], exc)
+                if not under:
                     for ns, dev in ((self.ns(f["host"]), f["net"]),
                                     (self.switch_ns, self._port_name(f["host"], f["net"]))):
                         run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"], check=False)

@@ -211,6 +211,26 @@ def test_a_task_without_hooks_restarts_from_the_beginning(cluster: LocalCluster,
     assert "from the beginning" in next(e for e in events if e["kind"] == "restarted")["reason"]
 
 
+def test_following_a_restartable_task_ends_when_no_host_can_restart_it(cluster: LocalCluster,
+                                                                       tmp_path: Path) -> None:
+    """Its host is lost after every host that could restart it: Process.events does not wait
+    for a restart that cannot come (it would follow the task forever)."""
+    code = publish(tmp_path, "idle.py", "import time\nwhile True:\n    time.sleep(1)\n")
+    p = snipe.spawn(code, host="h3", restart="on-host-failure")
+    pid = p.status()["pid"]
+    try:
+        for i in (0, 1):
+            cluster.kill_daemon(i)
+        wait_for(lambda: not any(snipe.hosts().get(f"urn:snipe:host:h{i}", {}).get("alive") for i in (1, 2)), 30,
+                 "h1's and h2's leases to lapse")
+        cluster.kill_daemon(2)
+        events = list(p.events(timeout=60))
+        assert [e.kind for e in events] == ["started", "host-lost"] and events[-1].final, events
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
 def test_a_task_that_cannot_be_restarted_is_reported_lost_with_the_reason(cluster: LocalCluster,
                                                                          tmp_path: Path) -> None:
     code = publish(tmp_path, "idle.py", textwrap.dedent('''

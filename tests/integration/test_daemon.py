@@ -93,14 +93,18 @@ def test_placement_honours_requirements(cluster: LocalCluster, tmp_path: Path) -
 
 
 def test_a_tampered_code_blob_is_refused(cluster: LocalCluster, tmp_path: Path) -> None:
-    code = publish(tmp_path, "worker.py", WORKER)       # held by h1's daemon only
-    blob_path = CodeCache(cluster.daemons[0].state_dir / "code").blob_path(code)
-    assert blob_path is not None
-    data = bytearray(blob_path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    blob_path.write_bytes(bytes(data))
+    code = publish(tmp_path, "worker.py", WORKER)       # held by h1's daemon and one spare
+    holders = [d for d in cluster.daemons if CodeCache(d.state_dir / "code").blob_path(code) is not None]
+    assert len(holders) == 2
+    for d in holders:                                    # every copy tampered with
+        blob_path = CodeCache(d.state_dir / "code").blob_path(code)
+        assert blob_path is not None
+        data = bytearray(blob_path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        blob_path.write_bytes(bytes(data))
+    fetcher = next(d for d in cluster.daemons if d not in holders)
     with pytest.raises(SnipeError, match=r"sha256|hash|does not hold"):
-        snipe.spawn(code, host="h2")
+        snipe.spawn(code, host=fetcher.host_id)
 
 
 def test_a_quota_breach_kills_the_task_and_says_which(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -265,6 +269,6 @@ def test_when_a_hosts_lease_expires_its_tasks_are_reported_lost(cluster: LocalCl
     try:
         events = list(p.events(timeout=30))
         assert [e.kind for e in events] == ["started", "host-lost"]
-        assert "urn:snipe:host:h3" in (events[-1].reason or "")
+        assert "urn:snipe:host:h3" in (events[-1].reason or "") and events[-1].final
     finally:
         os.killpg(pid, signal.SIGKILL)
