@@ -770,6 +770,16 @@ class Daemon:
             if rec.get("incoming") and ev.kind in ("exited", "killed", "lost"):
                 rec["state"] = "lost"
                 self.migrations.clone_exited(ev.urn)
+            elif ev.kind in ("exited", "killed") and not rec.get("accounted"):
+                # the original that moved: what it used here until then is accounted by this host
+                with contextlib.suppress(SnipeError):
+                    used = self.runner.usage(ev.urn)
+                    if used is not None:
+                        rec["usage"] = used
+                        try:
+                            self._account(ev.urn, rec, state="migrated")
+                        except SnipeError as exc:
+                            log.warning("could not account for %s before it moved: %s", ev.urn, exc)
             self.state.put_task(ev.urn, rec)
             return
         rec["seq"] += 1
@@ -805,6 +815,13 @@ class Daemon:
             values["reason"] = last["reason"]
         if rec.get("usage"):       # accounting: what the ended task used, as this host measured it
             values["usage"] = rec["usage"]
+        try:
+            if rec.get("usage") and not rec.get("accounted") and not self._speaks_for(urn, rec):
+                self._account(urn, rec)
+        except SnipeError as exc:
+            self.unpublished.add(urn)
+            log.warning("could not account for %s: %s", urn, exc)
+            return
         if rec.get("copy"):         # a copy of a task in mode "all": copy 0's host speaks for the URN
             self.unpublished.discard(urn)
             return
@@ -821,6 +838,29 @@ class Daemon:
         except SnipeError as exc:      # the state is safe in LMDB; it is published when the catalog answers
             self.unpublished.add(urn)
             log.warning("could not publish %s %s: %s", urn, rec["state"], exc)
+
+    def _speaks_for(self, urn: str, rec: dict[str, Any]) -> bool:
+        """Whether what this host publishes on the task's URN is its own word (its key claimed the
+        URN when it spawned the task, and no later incarnation runs elsewhere): then readers
+        believe the usage published there (console `usage`)."""
+        return not rec.get("copy") and self._task_key(urn) is None and not (
+            rec.get("restart") and self._superseded(urn, rec))
+
+    def _account(self, urn: str, rec: dict[str, Any], *, state: str | None = None) -> None:
+        """Publish what an incarnation this host ran used, where this host does not speak for the
+        task's URN (a restarted or migrated task, which writes there with its own key, a copy of
+        a task in mode "all", a superseded one): as a URN of its own, claimed by this host's key,
+        `<task URN>.usage.<host>.<ms>`, naming the task. Accounting believes only a host's word."""
+        used = rec["usage"]
+        ended = _now_ms()
+        sub = f"{urn}.usage.{self.cfg.host_urn.rsplit(':', 1)[1]}.{ended}"
+        started = ended - int(float(used.get("wall_seconds", 0)) * 1000)
+        values = {"task": urn, "host": self.cfg.host_urn, "owner": rec["owner"], "code": rec["code"],
+                  "state": state or rec["state"], "started": started, "usage": used}
+        c = self.catalog
+        c.put([c.sign(sub, authority.OWNER, self.cfg.identity.key_id), *[c.sign(sub, k, v) for k, v in values.items()]])
+        rec["accounted"] = True
+        self.state.put_task(urn, rec)
 
     def _superseded(self, urn: str, rec: dict[str, Any]) -> bool:
         """Another host took this task over since we started it (a later incarnation runs)."""

@@ -424,7 +424,9 @@ def usage_data(by: str = "owner", since_s: float | None = None,
     """Accounting: what ended tasks used (the `usage` their host's daemon published when each
     ended), per task and summed per owner, host or code. Only a host's own statements count
     (`vouching_host_key`): a task may write any name on its own URN (it is delegated them), and
-    any admitted key may claim a URN and call itself a host there."""
+    any admitted key may claim a URN and call itself a host there. A task that ran on several
+    hosts (restarted, migrated, copies in mode "all") has a record from each other host,
+    `<task URN>.usage.<host>.<ms>` naming it as `task`: each is a row, the task counts once."""
     if by not in USAGE_BY:
         raise ConfigError(f"usage --by {by!r}: one of {', '.join(USAGE_BY)}")
     s = session()
@@ -448,16 +450,20 @@ def usage_data(by: str = "owner", since_s: float | None = None,
         ended = started + int(_as_number(used.get("wall_seconds")) * 1000)
         if since_ms is not None and ended < since_ms:
             continue
-        tasks.append({"urn": urn, "owner": stated("owner"), "host": stated("host"), "code": stated("code"),
+        task = stated("task")       # an incarnation's own record (restarted, migrated, a copy): its task
+        tasks.append({"urn": task if isinstance(task, str) else urn, "record": urn,
+                      "owner": stated("owner"), "host": stated("host"), "code": stated("code"),
                       "state": stated("state"), "started_ms": started, "ended_ms": ended,
                       "cpu_seconds": _as_number(used.get("cpu_seconds")),
                       "wall_seconds": _as_number(used.get("wall_seconds")),
                       "peak_rss_bytes": int(_as_number(used.get("peak_rss_bytes")))})
     groups: dict[str, dict[str, Any]] = {}
+    counted: dict[str, set[str]] = {}
     for t in tasks:
         g = groups.setdefault(str(t[by]), {by: t[by], "tasks": 0, "cpu_seconds": 0.0, "wall_seconds": 0.0,
                                            "peak_rss_bytes": 0})
-        g["tasks"] += 1
+        counted.setdefault(str(t[by]), set()).add(t["urn"])
+        g["tasks"] = len(counted[str(t[by])])
         g["cpu_seconds"] += t["cpu_seconds"]
         g["wall_seconds"] += t["wall_seconds"]
         g["peak_rss_bytes"] = max(g["peak_rss_bytes"], t["peak_rss_bytes"])
@@ -474,7 +480,9 @@ def cmd_usage(args: argparse.Namespace) -> int:
     def human() -> None:
         since = f" in the last {args.since:g} s" if args.since is not None else ""
         label = {"owner": "owner (key)", "host": "host", "code": "code"}[args.by]
-        table(f"{len(data['tasks'])} ended task(s){since}: {total_cpu:.2f} CPU seconds",
+        ran = len({t["urn"] for t in data["tasks"]})
+        runs = f" ({len(data['tasks'])} runs)" if len(data["tasks"]) != ran else ""
+        table(f"{ran} ended task(s){runs}{since}: {total_cpu:.2f} CPU seconds",
               [label, "tasks", "cpu", "wall", "peak memory"],
               [[_short(g[args.by], 70).strip('"') if args.by != "host" else _host(g["host"]), g["tasks"],
                 f"{g['cpu_seconds']:.2f}s", f"{g['wall_seconds']:.1f}s", _bytes(g["peak_rss_bytes"])]

@@ -18,7 +18,7 @@ from snipe.catalog.client import CatalogClient
 from snipe.console.main import main as console
 from snipe.identity import Identity
 from snipe.localcluster import LocalCluster, free_port
-from snipe.runtime import Process
+from snipe.runtime import Process, now_ms
 from tests.integration.test_daemon import SLEEPER, WORKER
 from tests.support import wait_for
 
@@ -240,3 +240,35 @@ def test_usage_accounts_what_ended_tasks_used_as_their_hosts_measured_it(
     code_, out, _ = run(capsys, "usage", "--by", "host")
     assert code_ == 0 and "2 ended task(s)" in out and "h2" in out and "h3" in out, out
     assert_clean_error(run(capsys, "usage", "--by", "colour"), 2, "--by")
+
+
+def test_usage_counts_every_host_a_migrated_task_ran_on(cluster: LocalCluster, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A task that moved from h1 to h2: each host accounts, with its own key, for what the task
+    used there (h2 writes on the task's URN with the task's key, which accounting does not
+    believe, so its figures go to a record of its own); the task counts once."""
+    from tests.integration.test_migration import PINGER, _ping
+
+    (tmp_path / "pinger.py").write_text(PINGER.replace("bytes(192 << 20)", "b''"))
+    code = snipe.publish(tmp_path / "pinger.py")
+    task = snipe.spawn(code, host="h1", env={"SNIPE_MIGRATION_GRACE_S": "0.5"})
+    wait_for(lambda: snipe.catalog().get(task.urn).value("listening", now_ms()) is True, 60, "the task to listen")
+    assert _ping(task, 1) == 1
+    assert task.migrate("h2")["to"] == "urn:snipe:host:h2"
+    assert _ping(task, 2) == 2
+    snipe.send(task.urn, b"", tag=99)
+    assert task.wait(60)["exit_code"] == 0
+
+    def accounted() -> Any:
+        got = run_json(capsys, "usage", "--by", "host")
+        return got if {t["host"] for t in got["tasks"] if t["urn"] == task.urn} == {
+            "urn:snipe:host:h1", "urn:snipe:host:h2"} else None
+
+    by_host = wait_for(accounted, 60, "both hosts to account for the task")
+    mine = [t for t in by_host["tasks"] if t["urn"] == task.urn]
+    assert len(mine) == 2 and all(t["wall_seconds"] > 0 for t in mine), mine
+    assert {t["state"] for t in mine} == {"migrated", "exited"}, mine
+    by_owner = run_json(capsys, "usage")
+    assert by_owner["groups"][0]["tasks"] == 1        # one task, two runs
+    _, out, _ = run(capsys, "usage")
+    assert "1 ended task(s) (2 runs)" in out, out
