@@ -272,3 +272,27 @@ def test_when_a_hosts_lease_expires_its_tasks_are_reported_lost(cluster: LocalCl
         assert "urn:snipe:host:h3" in (events[-1].reason or "") and events[-1].final
     finally:
         os.killpg(pid, signal.SIGKILL)
+
+
+def test_only_the_keys_that_stored_a_file_or_the_admin_drop_it(cluster: LocalCluster) -> None:
+    from snipe.urn import content_urn
+
+    blob = os.urandom(1000)
+    urn = content_urn("file", blob)
+    other = Identity.generate()
+    cluster.catalog.admit(other, "other")
+    address = cluster.daemons[1].address
+    with DaemonClient(address, cluster.user) as mine, DaemonClient(address, other) as theirs:
+        mine.call("put-file", {"urn": urn}, (blob,))
+        with pytest.raises(NotAuthorized, match="not stored here by this key"):
+            theirs.call("drop-file", {"urn": urn})
+        assert mine.call("get-file", {"urn": urn})[1] == [blob]          # still there
+        mine.call("drop-file", {"urn": urn})
+        with pytest.raises(NotFound):
+            mine.call("get-file", {"urn": urn})
+        mine.call("drop-file", {"urn": urn})                             # gone: dropping it again is no error
+        theirs.call("put-file", {"urn": urn}, (blob,))
+    with DaemonClient(address, cluster.admin) as admin:
+        admin.call("drop-file", {"urn": urn})                            # the admin's word drops it for all
+        with pytest.raises(NotFound):
+            admin.call("get-file", {"urn": urn})
