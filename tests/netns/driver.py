@@ -250,6 +250,7 @@ def mcast_member(args: argparse.Namespace) -> dict[str, Any]:
     from snipe.errors import StaleWrite
 
     snipe.init()
+    trace = _MemberTrace(args.group)
     for attempt in range(50):
         try:
             routers = snipe.join(args.group)
@@ -261,6 +262,7 @@ def mcast_member(args: argparse.Namespace) -> dict[str, Any]:
     state: dict[str, Any] = {"name": args.name, "me": snipe.me(), "joined_routers": routers, "received": 0,
                              "duplicates": 0, "gaps": 0, "lost_reported": 0, "holes": [], "done": False}
     expected: dict[str, int] = {}
+    got: dict[str, set[int]] = {}           # sender -> payload numbers received (seq - 1)
     write(out, state)
     t0 = time.monotonic()
     last_write = 0.0
@@ -276,6 +278,7 @@ def mcast_member(args: argparse.Namespace) -> dict[str, Any]:
                 expected[m.source] = expected.get(m.source, 0) + size
             else:
                 i = int.from_bytes(bytes(m.payload[:8]), "big")
+                got.setdefault(m.source, set()).add(i)
                 want = expected.get(m.source, 0)
                 state["received"] += 1
                 if i < want:
@@ -290,8 +293,76 @@ def mcast_member(args: argparse.Namespace) -> dict[str, Any]:
             write(out, state)
     state["done"] = True
     state["senders"] = len(expected)
+    # each router's first batch: one that starts past seq 1 while another router's seq 1 is late
+    # is how a member could start a sender's stream at seq 2 (seen in no run yet; kept as a watch)
+    firsts: dict[str, list[Any]] = {}
+    for t, router, _, first, last in trace.batches:
+        firsts.setdefault(router, [round(t - t0, 3), first, last])
+    state["first_batch_by_router"] = firsts
+    if state["received"] + state["lost_reported"] < args.n or state["gaps"] or state["duplicates"]:
+        # which seqs never came (payload i is seq i + 1), with the member's protocol trace
+        state["missing"] = {s: [i + 1 for i in range(args.n) if i not in nums][:20] for s, nums in got.items()}
+        state["trace"] = trace.dump(t0)
     write(out, state)
     return state
+
+
+class _MemberTrace:
+    """Diagnostics for a member that came up short: what its Membership did (registrations,
+    Resumes, replay answers, holes) and each batch's router and seq range, with times."""
+
+    def __init__(self, group: str) -> None:
+        import snipe
+        from snipe.multicast.core import MCAST_DELIVER, MCAST_REPLAYED, unpack_batch, unpack_replayed
+
+        self.group = group
+        self.events: list[list[Any]] = []
+        self.batches: list[list[Any]] = []
+        m = snipe.runtime.session().membership()
+        self.membership = m
+        handlers = m.endpoint.system_handlers
+        on_deliver, on_replayed = handlers[MCAST_DELIVER], handlers[MCAST_REPLAYED]
+        resume, register = m._resume, m._register
+
+        def deliver(batches: list[Any]) -> None:
+            t = time.monotonic()
+            for b in batches:
+                with contextlib.suppress(Exception):
+                    for origin, first, tags, _ in unpack_batch(b.payload)[1]:
+                        self.batches.append([t, b.source, origin[-8:], first, first + len(tags) - 1])
+            on_deliver(batches)
+
+        def replayed(messages: list[Any]) -> None:
+            for x in messages:
+                with contextlib.suppress(Exception):
+                    self.events.append([time.monotonic(), "replayed", x.source, unpack_replayed(x.payload)])
+            on_replayed(messages)
+            self.events.append([time.monotonic(), "after-replayed", self.reorders()])
+
+        def traced_resume(group: str, routers: Any, send: Any, replay_only: Any = ()) -> None:
+            resume(group, routers, send, replay_only)
+            self.events.append([time.monotonic(), "resume", list(routers), list(replay_only),
+                                m.hold_new_until.get(group), self.reorders()])
+
+        def traced_register(*a: Any, **kw: Any) -> list[str]:
+            chosen = register(*a, **kw)
+            self.events.append([time.monotonic(), "registered", chosen])
+            return chosen
+
+        handlers[MCAST_DELIVER], handlers[MCAST_REPLAYED] = deliver, replayed
+        m._resume, m._register = traced_resume, traced_register     # type: ignore[method-assign]
+
+    def reorders(self) -> dict[str, Any]:
+        return {o[-8:]: {"expected": r.expected, "held": len(r.held), "low": min(r.held) if r.held else None,
+                         "hold_until": r.hold_until, "gap_since": r.gap_since}
+                for (g, o), r in list(self.membership.reorder.items()) if g == self.group}
+
+    def dump(self, t0: float) -> dict[str, Any]:
+        def rel(rows: list[list[Any]]) -> list[list[Any]]:
+            return [[round(r[0] - t0, 3), *r[1:]] for r in rows]
+        return {"t0_monotonic": t0, "events": rel(self.events), "first_batches": rel(self.batches[:30]),
+                "last_batches": rel(self.batches[-30:]), "batches": len(self.batches), "reorders": self.reorders(),
+                "joined": self.membership.joined.get(self.group), "now_monotonic": time.monotonic()}
 
 
 def mcast_sender(args: argparse.Namespace) -> dict[str, Any]:
@@ -317,10 +388,16 @@ def mcast_sender(args: argparse.Namespace) -> dict[str, Any]:
     due = time.monotonic()
     in_mcast = in_reads = 0.0
     slow: list[list[Any]] = []             # mcast calls that took over 0.2 s: [index, seconds, at]
+    membership = snipe.runtime.session().membership()
+    # [first seq, the targets for each seq modulo the number of routers, at]: where each seq went
+    targets_seen: list[list[Any]] = [[0, [], 0.0]]
     for i in range(args.n):
         t = time.monotonic()
-        snipe.mcast(args.group, i.to_bytes(8, "big") + pad)
+        seq = snipe.mcast(args.group, i.to_bytes(8, "big") + pad)
         took = time.monotonic() - t
+        rotations = membership.routers_seen.get(args.group, (0, "", [], None))[2]
+        if rotations != targets_seen[-1][1]:
+            targets_seen.append([seq, rotations, round(time.time() - t0, 3)])
         in_mcast += took
         if took > 0.2 and len(slow) < 20:
             slow.append([i, round(took, 3), round(time.time() - t0, 3)])
@@ -335,7 +412,7 @@ def mcast_sender(args: argparse.Namespace) -> dict[str, Any]:
         due += args.interval_ms / 1000.0
         if (wait := due - time.monotonic()) > 0:
             time.sleep(wait)
-    result = {"sent": args.n, "send_s": round(time.time() - t0, 3), "routers": seen,
+    result = {"sent": args.n, "send_s": round(time.time() - t0, 3), "routers": seen, "targets": targets_seen[1:],
               "in_mcast_s": round(in_mcast, 3), "in_reads_s": round(in_reads, 3), "slow_mcast_calls": slow,
               "stats": snipe.messaging_stats()}
     # the hops to the routers settle (acknowledged, or given up for a router that died): bounded

@@ -260,8 +260,14 @@ def _mcast_partition(lab: Lab, report: Callable[[str, dict[str, Any]], None]) ->
     members = {h: {"inside_partition": h == victim, "delivered": g["received"], "lost": n - g["received"],
                    "lost_reported": g["lost_reported"], "duplicates": g["duplicates"], "gaps": g["gaps"],
                    "senders": g.get("senders"), "holes": g["holes"][:3],
+                   "first_batch_by_router": g.get("first_batch_by_router"),
                    "done_after_heal_s": round(g["last_at"] - heal_at, 3) if g.get("last_at") else None}
                for h, g in got.items()}
+    for h, g in got.items():
+        if "missing" in g:          # the driver's diagnostics for a member that came up short
+            missing = sorted({q for qs in g["missing"].values() for q in qs})
+            members[h].update(missing=g["missing"], trace=g.get("trace"),
+                              missing_sent_to={q: _sent_to(tx.get("targets", []), q) for q in missing[:5]})
     facts = {"n": n, "sent": sent["sent"], "acknowledged_by_router_hops": hops, "members": members,
              "victim": victim, "routers_seen_by_sender": sent["routers"], "timeline": timeline,
              "new_router_seen_after_s": round(elected_at - part_at, 3), "partition_s": round(heal_at - part_at, 3),
@@ -269,6 +275,12 @@ def _mcast_partition(lab: Lab, report: Callable[[str, dict[str, Any]], None]) ->
              "slow_mcast_calls": tx.get("slow_mcast_calls")}
     report("case3 multicast, a router's host partitioned", facts)
     return facts
+
+
+def _sent_to(targets: list[list[Any]], seq: int) -> list[str] | None:
+    """The routers the sender sent `seq` to, from its [first seq, rotations, at] record."""
+    rotations = next((rot for first, rot, _ in reversed(targets) if first <= seq), None)
+    return rotations[seq % len(rotations)] if rotations else None
 
 
 def test_members_outside_the_partition_get_everything_once_in_order(mcast_partition_run: dict[str, Any]) -> None:
