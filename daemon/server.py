@@ -75,6 +75,7 @@ MAX_FILE_BYTES = 1 << 30       # a stored blob (a checkpoint) at most this big
 RESTART_POLICIES = ("on-host-failure",)
 REPLICA_MODES = ("standby", "all")
 GIVE_CODE_TIMEOUT_S = 5.0       # a spawn's push of code to a standby host, at most (capped at a quarter lease)
+FETCH_CONNECT_S = 5.0           # fetching code or a checkpoint: the wait for one holder to connect, others left
 TAKEOVER_TRIES = 5             # a won takeover that fails (code or checkpoint unreachable) is tried again
 STANDBY_CHECKPOINT_S = 1.0     # a standby-replicated task checkpoints this often unless told otherwise
 
@@ -474,12 +475,13 @@ class Daemon:
         # Not the daemons of hosts whose lease lapsed: a dead one would hold this loop for the call's timeout.
         dead = {str(a.value) for e in self.catalog.query("urn:snipe:host:").values()
                 if e.value("alive", now) is not True for a in e.records if a.name == "daemon"}
-        for location in sorted({str(v) for v in entry.values("location", now).values()} - dead):
-            if location == self.cfg.address:
-                continue
+        locations = sorted({str(v) for v in entry.values("location", now).values()} - dead - {self.cfg.address})
+        for i, location in enumerate(locations):
             try:
                 with DaemonClient(location, self.cfg.identity, timeout=30.0) as peer:
-                    _, frames = peer.call("get-code", {"urn": urn})
+                    # a daemon that died since its lease was renewed: the next location, soon
+                    _, frames = peer.call("get-code", {"urn": urn},
+                                          connect_wait=FETCH_CONNECT_S if i + 1 < len(locations) else None)
                 path = self.codes.install(frames[0], urn)       # raises if the bytes do not hash to the URN
                 with contextlib.suppress(SnipeError):
                     self.catalog.set(urn, "location", self.cfg.address)
@@ -744,10 +746,12 @@ class Daemon:
         if blob is not None:
             return blob
         errors = []
-        for address in [str(a) for a in ckpt.get("holders", []) if a != self.cfg.address]:
+        holders = [str(a) for a in ckpt.get("holders", []) if a != self.cfg.address]
+        for i, address in enumerate(holders):
             try:
                 with DaemonClient(address, self.cfg.identity, timeout=30.0) as peer:
-                    _, frames = peer.call("get-file", {"urn": urn})
+                    _, frames = peer.call("get-file", {"urn": urn},
+                                          connect_wait=FETCH_CONNECT_S if i + 1 < len(holders) else None)
                 # Checked, not kept: this host is no holder of the checkpoint (nobody would drop
                 # a copy here), and the restore reads the bytes once.
                 verify_blob(bytes(frames[0]), urn)           # raises unless the bytes hash to the URN
