@@ -51,6 +51,7 @@ from typing import Any
 from benchmarks.sim.shell import run_world
 from snipe.multicast.core import (
     DEFAULT_WANTED,
+    FIRST_SEQ,
     MEMBER_ROUTERS,
     Header,
     History,
@@ -416,10 +417,12 @@ class MemberNode:
             return
         r = self.reorder.get(h.origin)
         if r is None:
-            r = self.reorder[h.origin] = Reorder(self.world.cfg.gap_timeout)
+            r = self.reorder[h.origin] = Reorder(self.world.cfg.gap_timeout, first_seq=FIRST_SEQ)
         elif not r.wants(h.seq):
             return
         self._deliver(h.origin, r.on_data(h.seq, (h.seq, sent_at), self.sim.now))
+        for first, last in r.take_late():         # came below where the stream started: reported
+            self.holes += last - first + 1
 
     def _deliver(self, origin: str, items: list[tuple[int, float]]) -> None:
         if not items:

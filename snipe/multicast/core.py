@@ -25,7 +25,9 @@ SNIPE 4.4, as built here:
   routers reached by every send, every router has every message, so losing a minority of
   routers loses no message: a member whose router died resumes at another.
 - A member (`Reorder`) delivers each origin's messages once and in sequence order; a hole that
-  has not moved for `gap_timeout` is reported, never skipped silently.
+  has not moved for `gap_timeout` is reported, never skipped silently, and so is a message below
+  where the origin's stream started that comes after it started. It starts an origin at its
+  first seq (FIRST_SEQ) at once; first seen past it, only once its routers answered a replay.
 - Every router keeps its group's recent messages (`History`, bounded by count, bytes and age).
   A member sends the router that is to deliver to it, at its join or when it moves because a
   router of its own died, a `Resume`: the next sequence number it wants from each origin it
@@ -67,6 +69,7 @@ MCAST_DELIVER = -3     # router -> member: a batch of one group's messages
 MCAST_RESUME = -4      # member -> router: deliver to me from now on, and replay what I missed
 MCAST_REPLAYED = -5    # router -> member: the replay for your Resume is all sent (msgpack [group])
 REPLAY_WAIT_S = 5.0    # a member waits this long at most for a router to answer its Resume
+FIRST_SEQ = 1          # the seq of a sender's first message to a group
 DEFAULT_WANTED = 2
 MEMBER_ROUTERS = 2
 BATCH_MESSAGES = 1024        # a batch to members holds at most this many messages
@@ -429,34 +432,70 @@ class Reorder:
     Until `hold_until` (the member just asked its routers to relay to it and to replay what came
     since its join) nothing is delivered and the start is the lowest seq seen by then: a live
     message from one router can come before another router's replay of the ones before it, and
-    starting at the live one would drop the replay as duplicates, a gap nobody reports."""
+    starting at the live one would drop the replay as duplicates, a gap nobody reports. Seeing
+    `first_seq` (the first seq any origin sends) ends the hold at once: nothing comes before it.
 
-    def __init__(self, gap_timeout: float = 10.0, hold_until: float = 0.0) -> None:
+    Once started, a message below the start that arrives is one this member was owed (routers
+    send a member only what they relayed after its join) and can no longer deliver in order: it
+    is reported (`take_late`), once, never dropped as a duplicate."""
+
+    def __init__(self, gap_timeout: float = 10.0, hold_until: float = 0.0, first_seq: int | None = None) -> None:
         self.expected: int | None = None
+        self.start: int | None = None           # the seq the stream started at
         self.held: dict[int, Any] = {}
         self.gap_since: float | None = None
         self.gap_timeout = gap_timeout
         self.hold_until = hold_until
+        self.first_seq = first_seq
+        self.late: set[int] = set()             # seqs below the start that came (each reported once)
+        self._late_new: list[int] = []
 
     def wants(self, seq: int) -> bool:
-        """False for a message already delivered or held (a duplicate: skip building its item)."""
+        """False for a message already delivered, held or reported late (a duplicate: skip
+        building its item)."""
         if self.expected is None:
             return seq not in self.held
+        if self.start is not None and seq < self.start:
+            return seq not in self.late
         return seq >= self.expected and seq not in self.held
 
+    def skips(self, first: int, n: int) -> bool:
+        """True if the run of `n` seqs from `first` is all delivered already (a replay of what we have)."""
+        return self.expected is not None and self.start is not None and self.start <= first \
+            and first + n <= self.expected
+
+    def take_late(self) -> list[tuple[int, int]]:
+        """The (first, last) runs of seqs below the start that came since the last call: lost to
+        this member, to be reported."""
+        if not self._late_new:
+            return []
+        seqs, self._late_new = sorted(self._late_new), []
+        runs = [(seqs[0], seqs[0])]
+        for q in seqs[1:]:
+            runs[-1:] = [(runs[-1][0], q)] if q == runs[-1][1] + 1 else [runs[-1], (q, q)]
+        return runs
+
+    def _begin(self, seq: int) -> None:
+        self.expected = self.start = seq
+
     def _start(self, now: float) -> bool:
-        """(No start yet.) Start at the lowest seq held, once the hold is over; False while it lasts."""
-        if now < self.hold_until:
+        """(No start yet.) Start at the lowest seq held, once the hold is over (or `first_seq` is
+        held); False while it lasts."""
+        low = min(self.held) if self.held else None
+        if now < self.hold_until and (low is None or low != self.first_seq):
             return False
-        if self.held:
-            self.expected = min(self.held)
+        if low is not None:
+            self._begin(low)
         return True
 
     def on_run(self, first: int, items: list[Any], now: float) -> list[Any]:
         """`items` with seqs first, first+1, ...: what can be delivered now, in order."""
-        if (self.expected is None and not self.held and now >= self.hold_until) \
-                or (self.expected is not None and first == self.expected and not self.held):
+        if self.expected is None and not self.held and (now >= self.hold_until or first == self.first_seq):
+            self._begin(first)
             self.expected = first + len(items)          # the usual case: the next ones, nothing held
+            return items
+        if self.expected is not None and first == self.expected and not self.held:
+            self.expected = first + len(items)
             return items
         out: list[Any] = []
         for i, item in enumerate(items):
@@ -465,11 +504,17 @@ class Reorder:
 
     def on_data(self, seq: int, item: Any, now: float) -> list[Any]:
         if self.expected is None:
-            if not self._start(now):
+            if not self._start(now) and seq != self.first_seq:
                 self.held.setdefault(seq, item)
                 return []
             if self.expected is None or seq < self.expected:
-                self.expected = seq
+                self._begin(seq)
+        assert self.start is not None and self.expected is not None
+        if seq < self.start:
+            if seq not in self.late:
+                self.late.add(seq)
+                self._late_new.append(seq)
+            return []
         if seq < self.expected or seq in self.held:
             return self._drain(now) if self.expected in self.held else []
         self.held[seq] = item

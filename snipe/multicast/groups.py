@@ -5,7 +5,11 @@ them where it stands (a `Resume`, at its join and when it moves because a router
 of its own went away), so that router relays to it at once and replays what it missed from its
 history (snipe/multicast/core.py), then answers; a sender it has not heard from before starts
 only once every router asked has answered (ReplayWait), so a live message sent ahead of a
-replay cannot fix where that sender's stream starts. A hole in an origin's sequence that stays open for
+replay cannot fix where that sender's stream starts. A sender first seen past its first seq
+(FIRST_SEQ) once that wait is over makes it ask its routers again and wait the same way: a router
+that got the first message only as another's forward relays the second one first. A message
+below where a stream started that still comes is reported, never dropped. A hole in an origin's
+sequence that stays open for
 HOLE_REPLAY_S (a hand-over between routers that left a gap) makes it ask its routers to replay.
 
 The group's catalog entry (`urn:snipe:group:<name>`), one assertion per writer so nothing
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +36,7 @@ from snipe.messaging.channel import Deliver
 from snipe.messaging.endpoint import Message
 from snipe.messaging.routes import shared_networks
 from snipe.multicast.core import (
+    FIRST_SEQ,
     MCAST_DATA,
     MCAST_DELIVER,
     MCAST_REPLAYED,
@@ -161,7 +167,7 @@ class Membership:
                 raise NotFound(f"{group} has no live routers: no member has joined it (or their hosts are gone)")
             rotations = [targets(routers, i) for i in range(len(routers))]
             self.routers_seen[asked] = (now, group, rotations, entry.next_expiry(now_ms()))
-        seq = next(self.seqs.setdefault(group, itertools.count(1)))
+        seq = next(self.seqs.setdefault(group, itertools.count(FIRST_SEQ)))
         chosen = rotations[seq % len(rotations)]
         data = pack(Header(group, self.me, seq, int(tag), tuple(chosen)), payload)
         for r in chosen:
@@ -310,6 +316,7 @@ class Membership:
         """Batches from a router: each origin's run through its Reorder (once each, in order)."""
         decoded = self.endpoint.decoded(batches, unpack_batch, "multicast batch")    # outside the lock
         ready: list[Message] = []
+        ask: dict[str, list[str]] = {}
         now = time.monotonic()
         with self.lock:
             for _, (group, runs) in decoded:
@@ -319,11 +326,25 @@ class Membership:
                 for origin, first, tags, bodies in runs:
                     r = self.reorder.get((group, origin))
                     if r is None:
-                        r = self.reorder[(group, origin)] = Reorder(hold_until=self.hold_new_until.get(group, 0.0))
-                    elif r.expected is not None and first + len(tags) <= r.expected:
+                        hold = self.hold_new_until.get(group, 0.0)
+                        if first != FIRST_SEQ and now >= hold:
+                            # A sender first seen past its first message, with no replay awaited:
+                            # an earlier one may still be on its way from our other router (one
+                            # that had it forwarded comes later than one sent it directly). Ask our
+                            # routers to replay, and start at the lowest seq once they answered.
+                            ask[group] = list(self.joined[group])
+                            hold = math.inf              # until _resume sets the wait's end
+                        r = self.reorder[(group, origin)] = Reorder(hold_until=hold, first_seq=FIRST_SEQ)
+                    elif r.skips(first, len(tags)):
                         continue                         # a replay of what we have: skip building it
                     items = [Message(origin, t, b, group) for t, b in zip(tags, bodies, strict=True)]
                     ready.extend(r.on_run(first, items, now))
+                    for a, b in r.take_late():
+                        ready.append(Message(origin, -1, b"", group=group, failed=True,
+                                             reason=f"multicast messages {a}..{b} from {origin} arrived after "
+                                                    f"later ones were delivered (lost to this member)"))
+        for group, routers in ask.items():
+            self._resume(group, (), self._submit_resume, routers)
         if ready:
             self.endpoint.deliver_local(ready)
 
