@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -66,7 +67,7 @@ class Session:
     local_daemon: str | None = None
     me: str | None = None
     home: Path | None = None
-    _daemons: dict[str, DaemonClient] = field(default_factory=dict)
+    _daemons: dict[tuple[int, str], DaemonClient] = field(default_factory=dict)   # by (thread id, address)
     placed: dict[str, list[int]] = field(default_factory=dict)     # host URN -> when we placed tasks there
     host: str | None = None
     catalog_addresses: list[str] = field(default_factory=list)
@@ -119,9 +120,13 @@ class Session:
         return publish
 
     def daemon(self, address: str) -> DaemonClient:
-        if address not in self._daemons:
-            self._daemons[address] = DaemonClient(address, self.identity)
-        return self._daemons[address]
+        """This thread's client of the daemon at `address` (a client, a ZeroMQ socket, is one
+        thread's: a migration's worker and the task's own thread both talk to their daemon)."""
+        key = (threading.get_ident(), address)
+        client = self._daemons.get(key)
+        if client is None:
+            client = self._daemons[key] = DaemonClient(address, self.identity)
+        return client
 
     def close(self) -> None:
         if self._endpoint is not None:
