@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from snipe.catalog.client import CatalogClient, now_ms
 from snipe.messaging.endpoint import Message
-from snipe.multicast.core import Reorder
+from snipe.multicast.core import FIRST_SEQ, Reorder
 
 if TYPE_CHECKING:
     from snipe.multicast.groups import Membership
@@ -21,7 +21,10 @@ def export_groups(m: Membership | None) -> dict[str, Any]:
     if m is None:
         return {}
     with m.lock:
-        reorder = [[g, origin, r.expected, [[seq, it.tag, bytes(it.payload)] for seq, it in sorted(r.held.items())]]
+        # [group, origin, expected, held, start]: the start last, so a state without it (exported
+        # before it was added) still restores
+        reorder = [[g, origin, r.expected, [[seq, it.tag, bytes(it.payload)] for seq, it in sorted(r.held.items())],
+                    r.start]
                    for (g, origin), r in m.reorder.items()]
         return {"joined": {g: list(rs) for g, rs in m.joined.items()}, "since": dict(m.since), "reorder": reorder,
                 "seqs": {g: next(copy.copy(c)) for g, c in m.seqs.items()}}
@@ -33,9 +36,12 @@ def restore_groups(m: Membership, state: dict[str, Any]) -> None:
     with m.lock:
         m.joined.update({g: list(rs) for g, rs in state["joined"].items()})
         m.since.update(state["since"])
-        for g, origin, expected, held in state["reorder"]:
-            r = m.reorder[(g, origin)] = Reorder()
+        for g, origin, expected, held, *rest in state["reorder"]:
+            r = m.reorder[(g, origin)] = Reorder(first_seq=FIRST_SEQ)
             r.expected = expected
+            # where the stream started; a state exported before it was kept has none: no lower
+            # bound (a seq below `expected` is then a duplicate, never reported late)
+            r.start = rest[0] if rest else None
             r.held = {seq: Message(origin, tag, payload, group=g) for seq, tag, payload in held}
         for g, n in state["seqs"].items():
             m.seqs[g] = itertools.count(int(n))

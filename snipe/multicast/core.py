@@ -441,7 +441,7 @@ class Reorder:
 
     def __init__(self, gap_timeout: float = 10.0, hold_until: float = 0.0, first_seq: int | None = None) -> None:
         self.expected: int | None = None
-        self.start: int | None = None           # the seq the stream started at
+        self.start: int | None = None           # the seq the stream started at (None: no lower bound)
         self.held: dict[int, Any] = {}
         self.gap_since: float | None = None
         self.gap_timeout = gap_timeout
@@ -461,7 +461,7 @@ class Reorder:
 
     def skips(self, first: int, n: int) -> bool:
         """True if the run of `n` seqs from `first` is all delivered already (a replay of what we have)."""
-        return self.expected is not None and self.start is not None and self.start <= first \
+        return self.expected is not None and (self.start is None or self.start <= first) \
             and first + n <= self.expected
 
     def take_late(self) -> list[tuple[int, int]]:
@@ -509,8 +509,8 @@ class Reorder:
                 return []
             if self.expected is None or seq < self.expected:
                 self._begin(seq)
-        assert self.start is not None and self.expected is not None
-        if seq < self.start:
+        assert self.expected is not None
+        if self.start is not None and seq < self.start:      # no start (None): no lower bound
             if seq not in self.late:
                 self.late.add(seq)
                 self._late_new.append(seq)

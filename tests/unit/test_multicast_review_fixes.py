@@ -1,0 +1,104 @@
+"""Fixes from a review of 27a173e (ReplayWait) and 928e5fd (Reorder.start), each as a transcript
+that failed on the code before it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from snipe.messaging.channel import Deliver
+from snipe.messaging.endpoint import Endpoint, Message
+from snipe.migration.groups import export_groups, restore_groups
+from snipe.multicast.core import (
+    MCAST_DELIVER,
+    MCAST_REPLAYED,
+    Reorder,
+    ReplayWait,
+    batches,
+    pack_replayed,
+)
+from snipe.multicast.groups import Membership
+
+G = "urn:snipe:group:g"
+S = "urn:snipe:proc:sender"
+M = "urn:snipe:proc:member"
+S0, S1, S2 = "urn:snipe:host:s0", "urn:snipe:host:s1", "urn:snipe:host:s2"
+
+
+class _Endpoint:
+    """What Membership uses of the messaging endpoint, recording what it sends and delivers."""
+
+    decoded = staticmethod(Endpoint.decoded)
+    one_by_one = staticmethod(Endpoint.one_by_one)
+
+    def __init__(self) -> None:
+        self.system_handlers: dict[int, Any] = {}
+        self.periodic: list[Any] = []
+        self.catalog = None
+        self.sent: list[tuple[str, int, bytes]] = []
+        self.inbox: list[Message] = []
+
+    def submit(self, to: str, tag: int, payload: bytes, deadline: float | None = None) -> None:
+        self.sent.append((to, tag, payload))
+
+    def deliver_local(self, messages: list[Message]) -> None:
+        self.inbox.extend(messages)
+
+
+def _member() -> tuple[Membership, _Endpoint]:
+    """A member of G registered with s0 and s1 whose join wait is over (both answered)."""
+    ep = _Endpoint()
+    m = Membership(ep, None, M, "urn:snipe:host:h")  # type: ignore[arg-type]
+    m.joined[G], m.since[G] = [S0, S1], 0
+    wait = m.waits[G] = ReplayWait()
+    wait.asked([S0, S1], 0.0)
+    wait.answered(S0, 0.1)
+    wait.answered(S1, 0.2)
+    m.hold_new_until[G] = wait.hold_until
+    return m, ep
+
+
+def _batch(source: str, first: int, n: int, origin: str = S) -> Deliver:
+    (payload,) = batches(G, [(origin, q, 0, b"%d" % q) for q in range(first, first + n)])
+    return Deliver(source, MCAST_DELIVER, payload, 0)
+
+
+def _answer(m: Membership, router: str) -> None:
+    m.endpoint.system_handlers[MCAST_REPLAYED]([Deliver(router, MCAST_REPLAYED, pack_replayed(G), 0)])
+
+
+def _got(ep: _Endpoint) -> list[Any]:
+    return [m.reason if m.failed else int(m.payload) for m in ep.inbox]
+
+
+# --- 1. a restored member crashed on the second router's copy ------------------------------------
+def test_a_restored_member_drops_the_second_routers_copy_of_a_batch():
+    m, ep = _member()
+    m._on_deliver([_batch(S0, 1, 3)])
+    assert _got(ep) == [1, 2, 3]
+    state = export_groups(m)
+    m2, ep2 = _member()
+    restore_groups(m2, state)
+    m2._on_deliver([_batch(S0, 4, 2)])
+    m2._on_deliver([_batch(S1, 4, 2)])               # the same run from the other router (crashed)
+    m2._on_deliver([_batch(S1, 2, 2)])               # an old replay: delivered before the move
+    assert _got(ep2) == [4, 5]
+    assert m2.reorder[(G, S)].start == 1             # kept: a seq below 1 would be late, not a duplicate
+
+
+def test_a_member_restored_from_a_state_without_the_start_has_no_lower_bound():
+    m, _ = _member()
+    m._on_deliver([_batch(S0, 1, 3)])
+    state = export_groups(m)
+    state["reorder"] = [row[:4] for row in state["reorder"]]      # as exported before the start was kept
+    m2, ep2 = _member()
+    restore_groups(m2, state)
+    m2._on_deliver([_batch(S0, 4, 1)])
+    m2._on_deliver([_batch(S1, 3, 2)])               # 3 was delivered before the move: a duplicate
+    assert _got(ep2) == [4]
+
+
+def test_a_reorder_with_no_start_takes_duplicates_below_expected():
+    r = Reorder()
+    r.expected = 5
+    assert r.on_run(5, ["m5"], 0.0) == ["m5"]
+    assert r.on_run(4, ["m4", "m5"], 0.0) == [] and r.take_late() == []
