@@ -237,28 +237,35 @@ class ReplayWait:
 
     def __init__(self, cap: float = REPLAY_WAIT_S) -> None:
         self.cap = cap
-        self.waiting: dict[str, int] = {}        # router -> answers still owed
+        # Per router, ever: Resumes sent and answers received. A router answers each Resume once,
+        # in order, on one channel, so its answers reach `sent` exactly when the answer to the
+        # last Resume came: an answer to an earlier Resume that comes after its round ran out
+        # cannot end a later round (no wire field needed).
+        self.sent: dict[str, int] = {}
+        self.got: dict[str, int] = {}
+        self.waiting: set[str] = set()          # routers of this round whose answers fall short
         self.hold_until = 0.0
 
     def asked(self, routers: Iterable[str], now: float) -> float:
         """Resumes went to `routers`: hold until each answers (at most `cap`). Returns the hold."""
         if now >= self.hold_until:
-            self.waiting = {}                    # the last wait is over: what it still owed is not awaited
+            self.waiting = set()                 # the last wait is over: what it still owed is not awaited
         for r in routers:
-            self.waiting[r] = self.waiting.get(r, 0) + 1
+            self.sent[r] = self.sent.get(r, 0) + 1
+            self.waiting.add(r)
         if self.waiting:
             self.hold_until = now + self.cap
         return self.hold_until
 
     def answered(self, router: str, now: float) -> bool:
         """`router` answered; True if that was the last answer owed (the hold ends now)."""
-        left = self.waiting.get(router)
-        if left is None:
-            return False
-        if left > 1:
-            self.waiting[router] = left - 1
-            return False
-        del self.waiting[router]
+        got, sent = self.got.get(router, 0), self.sent.get(router, 0)
+        if got >= sent:
+            return False                         # answers no Resume of ours
+        self.got[router] = got = got + 1
+        if router not in self.waiting or got < sent or now >= self.hold_until:
+            return False                         # an earlier Resume's answer, or the round is over
+        self.waiting.discard(router)
         if self.waiting:
             return False
         self.hold_until = now

@@ -102,3 +102,28 @@ def test_a_reorder_with_no_start_takes_duplicates_below_expected():
     r.expected = 5
     assert r.on_run(5, ["m5"], 0.0) == ["m5"]
     assert r.on_run(4, ["m4", "m5"], 0.0) == [] and r.take_late() == []
+
+
+# --- 2. a late answer to an earlier Resume ended the next round ----------------------------------
+def test_a_late_answer_to_an_earlier_resume_does_not_end_the_next_round():
+    wait = ReplayWait(cap=5.0)
+    wait.asked([S0], 0.0)                            # S0 is slow: no answer within the cap
+    assert wait.asked([S0], 6.0) == 11.0             # a new round (a sender first seen past seq 1)
+    assert not wait.answered(S0, 6.1)                # the answer to the Resume of 0.0
+    assert wait.hold_until == 11.0
+    assert wait.answered(S0, 6.2) and wait.hold_until == 6.2     # the answer to the Resume of 6.0
+    assert not wait.answered(S0, 6.3)                # no Resume left unanswered
+
+
+def test_a_late_answer_does_not_start_a_new_origin_early():
+    m, ep = _member()
+    wait = m.waits[G]
+    wait.asked([S0], 1.0)                            # a Resume S0 answers only after the cap
+    m._on_deliver([_batch(S0, 5, 1)])                # a sender first seen past seq 1: a new round
+    _answer(m, S0)                                   # the answer to the Resume of 1.0
+    m._on_deliver([_batch(S1, 3, 3)])                # S1's replay: 3..5
+    assert _got(ep) == []                            # S1 has not answered, nor S0 the new Resume
+    _answer(m, S1)
+    assert _got(ep) == []                            # S0's answer to the new Resume is still owed
+    _answer(m, S0)
+    assert _got(ep) == [3, 4, 5]
