@@ -6,8 +6,8 @@ of its own went away), so that router relays to it at once and replays what it m
 history (snipe/multicast/core.py), then answers; a sender it has not heard from before starts
 only once every router asked has answered (ReplayWait), so a live message sent ahead of a
 replay cannot fix where that sender's stream starts. A sender first seen past its first seq
-(FIRST_SEQ) once that wait is over makes it ask its routers again and wait the same way: a router
-that got the first message only as another's forward relays the second one first. A message
+(FIRST_SEQ) makes it ask its routers again (even while a wait is under way) and wait the same way:
+a router that got the first message only as another's forward relays the second one first. A message
 below where a stream started that still comes is reported, never dropped. A hole in an origin's
 sequence that stays open for
 HOLE_REPLAY_S (a hand-over between routers that left a gap) makes it ask its routers to replay.
@@ -327,11 +327,13 @@ class Membership:
                     r = self.reorder.get((group, origin))
                     if r is None:
                         hold = self.hold_new_until.get(group, 0.0)
-                        if first != FIRST_SEQ and now >= hold:
-                            # A sender first seen past its first message, with no replay awaited:
-                            # an earlier one may still be on its way from our other router (one
-                            # that had it forwarded comes later than one sent it directly). Ask our
-                            # routers to replay, and start at the lowest seq once they answered.
+                        if first != FIRST_SEQ:
+                            # A sender first seen past its first message: an earlier one may still
+                            # be on its way from our other router (one that had it forwarded comes
+                            # later than one sent it directly). Ask our routers to replay, and start
+                            # at the lowest seq once they answered. Even while a wait is under way:
+                            # answers to Resumes a router got before it had this sender's first
+                            # message say nothing about it. One ask per group and call.
                             ask[group] = list(self.joined[group])
                             hold = math.inf              # until _resume sets the wait's end
                         r = self.reorder[(group, origin)] = Reorder(hold_until=hold, first_seq=FIRST_SEQ)

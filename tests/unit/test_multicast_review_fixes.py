@@ -3,6 +3,7 @@ that failed on the code before it."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from snipe.messaging.channel import Deliver
@@ -11,6 +12,7 @@ from snipe.migration.groups import export_groups, restore_groups
 from snipe.multicast.core import (
     MCAST_DELIVER,
     MCAST_REPLAYED,
+    MCAST_RESUME,
     Reorder,
     ReplayWait,
     batches,
@@ -127,3 +129,26 @@ def test_a_late_answer_does_not_start_a_new_origin_early():
     assert _got(ep) == []                            # S0's answer to the new Resume is still owed
     _answer(m, S0)
     assert _got(ep) == [3, 4, 5]
+
+
+# --- 3. a sender first seen past seq 1 during a wait made no ask of its own ----------------------
+def test_a_sender_first_seen_past_seq_1_during_a_wait_is_asked_for_and_waited_on():
+    m, ep = _member()
+    m.waits[G].asked([S0, S1], time.monotonic())     # a join's wait under way
+    m.hold_new_until[G] = m.waits[G].hold_until
+    m._on_deliver([_batch(S0, 2, 2)])                # seq 1 reached neither router before the join's Resumes
+    asked = [to for to, tag, _ in ep.sent if tag == MCAST_RESUME]
+    assert sorted(asked) == [S0, S1]                 # asked anyway
+    m._on_deliver([_batch(S0, 4, 1), _batch(S1, 3, 2)])
+    assert len(ep.sent) == 2                         # no new sender: no new ask
+    for r in (S0, S1):                               # the answers to the join's Resumes
+        _answer(m, r)
+    assert _got(ep) == []                            # they say nothing about that sender
+    m._on_deliver([_batch(S1, 1, 1)])                # seq 1, replayed for the new ask ...
+    assert _got(ep) == [1, 2, 3, 4]                  # ... starts it at once (nothing precedes seq 1)
+
+
+def test_new_senders_in_one_call_make_one_ask():
+    m, ep = _member()
+    m._on_deliver([_batch(S0, 5, 1, origin="urn:snipe:proc:a"), _batch(S0, 7, 1, origin="urn:snipe:proc:b")])
+    assert sorted(to for to, tag, _ in ep.sent if tag == MCAST_RESUME) == [S0, S1]
