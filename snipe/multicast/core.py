@@ -70,6 +70,7 @@ MCAST_RESUME = -4      # member -> router: deliver to me from now on, and replay
 MCAST_REPLAYED = -5    # router -> member: the replay for your Resume is all sent (msgpack [group])
 REPLAY_WAIT_S = 5.0    # a member waits this long at most for a router to answer its Resume
 FIRST_SEQ = 1          # the seq of a sender's first message to a group
+NO_REPLAY = 1 << 62    # a Resume's next seq no real one reaches: replay nothing of that origin
 DEFAULT_WANTED = 2
 MEMBER_ROUTERS = 2
 BATCH_MESSAGES = 1024        # a batch to members holds at most this many messages

@@ -41,6 +41,7 @@ from snipe.multicast.core import (
     MCAST_DELIVER,
     MCAST_REPLAYED,
     MCAST_RESUME,
+    NO_REPLAY,
     Header,
     Reorder,
     ReplayWait,
@@ -196,15 +197,18 @@ class Membership:
         catalog.set(group, MEMBER + self.me, {"host": self.host or "", "routers": chosen, "since": now})
         return chosen
 
-    def _resume(self, group: str, routers: Sequence[str], send: Any, replay_only: Sequence[str] = ()) -> None:
+    def _resume(self, group: str, routers: Sequence[str], send: Any, replay_only: Sequence[str] = (),
+                new_only: bool = False) -> None:
         """Tell `routers` (those we registered with) where we stand, so they relay to us at once
         and replay what we missed (from our join, or since a router of ours died); `replay_only`
-        routers just replay."""
+        routers just replay. `new_only`: the replay is for the origins we have not started on,
+        nothing of the others (NO_REPLAY as their next seq: a router, old or new, replays from a
+        seq no real one reaches)."""
         with self.lock:
             since = self.since.get(group)
             if since is None:
                 return
-            nxt = {origin: r.expected for (g, origin), r in self.reorder.items()
+            nxt = {origin: NO_REPLAY if new_only else r.expected for (g, origin), r in self.reorder.items()
                    if g == group and r.expected is not None}
             # Origins we have not started on: the replay of what came since our join may come
             # after a live message (from another router, or from this one, which may list us
@@ -346,7 +350,7 @@ class Membership:
                                              reason=f"multicast messages {a}..{b} from {origin} arrived after "
                                                     f"later ones were delivered (lost to this member)"))
         for group, routers in ask.items():
-            self._resume(group, (), self._submit_resume, routers)
+            self._resume(group, (), self._submit_resume, routers, new_only=True)
         if ready:
             self.endpoint.deliver_local(ready)
 

@@ -13,10 +13,16 @@ from snipe.multicast.core import (
     MCAST_DELIVER,
     MCAST_REPLAYED,
     MCAST_RESUME,
+    NO_REPLAY,
+    History,
     Reorder,
     ReplayWait,
+    Resume,
     batches,
     pack_replayed,
+    pack_resume,
+    unpack_batch,
+    unpack_resume,
 )
 from snipe.multicast.groups import Membership
 
@@ -152,3 +158,44 @@ def test_new_senders_in_one_call_make_one_ask():
     m, ep = _member()
     m._on_deliver([_batch(S0, 5, 1, origin="urn:snipe:proc:a"), _batch(S0, 7, 1, origin="urn:snipe:proc:b")])
     assert sorted(to for to, tag, _ in ep.sent if tag == MCAST_RESUME) == [S0, S1]
+
+
+# --- 4. an ask for a new sender's start made routers resend every started sender's stream -------
+def test_the_ask_for_a_new_sender_replays_only_the_senders_not_started():
+    m, ep = _member()
+    a = "urn:snipe:proc:a"
+    m._on_deliver([_batch(S0, 1, 3)])                # S: started, 1..3 delivered
+    m._on_deliver([_batch(S0, 5, 1, origin=a)])      # a: first seen at 5
+    (data,) = {p for to, tag, p in ep.sent if tag == MCAST_RESUME}
+    resume = unpack_resume(data)
+    assert not resume.follow and resume.next == {S: NO_REPLAY}
+    history = History()                              # what a router holds: both senders since the join
+    for q in range(1, 7):
+        history.add(S, q, float(q), ("S", q), 1)
+        history.add(a, q, float(q), ("a", q), 1)
+    assert history.replay(resume.next, resume.since_ms) == [("a", q) for q in range(1, 7)]
+
+
+def test_a_router_answers_a_new_only_resume_with_the_new_senders_only():
+    from daemon.mcast import GroupRouter
+
+    class _RouterEndpoint:
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, int, bytes]] = []
+
+        def submit(self, to: str, tag: int, payload: bytes, deadline: float | None = None) -> None:
+            self.sent.append((to, tag, payload))
+
+    router = GroupRouter.__new__(GroupRouter)        # only what _on_resume uses
+    router.endpoint = _RouterEndpoint()
+    router.histories, router.counts, router.resumed, router.views = {G: History()}, {}, {}, {}
+    router.replayed, router._flush = 0, lambda: None
+    a = "urn:snipe:proc:a"
+    for q in range(1, 4):
+        router.histories[G].add(S, q, float(q), (S, q, 0, b"s"), 1)
+        router.histories[G].add(a, q, float(q), (a, q, 0, b"a"), 1)
+    router._on_resume(Deliver(M, MCAST_RESUME, pack_resume(Resume(G, 0, {S: NO_REPLAY}, follow=False)), 0))
+    tags = [tag for _, tag, _ in router.endpoint.sent]
+    assert tags == [MCAST_DELIVER, MCAST_REPLAYED] and router.replayed == 3
+    (_, runs) = unpack_batch(router.endpoint.sent[0][2])
+    assert [(o, first, len(t)) for o, first, t, _ in runs] == [(a, 1, 3)]
