@@ -68,7 +68,8 @@ MCAST_DATA = -2        # sender -> router, router -> router
 MCAST_DELIVER = -3     # router -> member: a batch of one group's messages
 MCAST_RESUME = -4      # member -> router: deliver to me from now on, and replay what I missed
 MCAST_REPLAYED = -5    # router -> member: the replay for your Resume is all sent (msgpack [group])
-REPLAY_WAIT_S = 5.0    # a member waits this long at most for a router to answer its Resume
+REPLAY_WAIT_S = 5.0    # a member waits this long for a router's answer after the last it heard from it
+REPLAY_BOUND_S = 30.0  # ... and this long at most after its last Resume
 FIRST_SEQ = 1          # the seq of a sender's first message to a group
 NO_REPLAY = 1 << 62    # a Resume's next seq no real one reaches: replay nothing of that origin
 DEFAULT_WANTED = 2
@@ -229,34 +230,63 @@ def unpack_replayed(payload: bytes | memoryview) -> str:
 class ReplayWait:
     """A member's wait, per group, for the routers it sent a `Resume` to. Each router answers
     (MCAST_REPLAYED) after its replay, on the same channel, so an answer means that router's
-    replay has arrived. Until every router asked has answered, or `cap` has passed (a dead router
-    never answers), an origin the member has not started on must not start (`hold_until`): a
-    router that already lists the member (the catalog said so before the Resume came) sends it
-    live messages ahead of the replay, and starting at the first of those drops the replay of the
-    earlier ones as duplicates, a loss nobody reports. A fixed hold (0.5 s) lost thousands that
-    way when a member was slow to read a long replay."""
+    replay has arrived. Until every router asked has answered, an origin the member has not
+    started on must not start (`hold_until`): a router that already lists the member (the catalog
+    said so before the Resume came) sends it live messages ahead of the replay, and starting at
+    the first of those drops the replay of the earlier ones as duplicates, a loss nobody reports.
+    A fixed hold (0.5 s) lost thousands that way when a member was slow to read a long replay.
 
-    def __init__(self, cap: float = REPLAY_WAIT_S) -> None:
+    A router that never answers (dead) is waited on for `cap` after the last thing heard from it
+    (its deadline moves with each batch or answer it sends: a long replay read slowly is progress,
+    not death), and the whole wait for `bound` at most after the last Resume; a router the member
+    finds gone from the group is dropped from the wait (`forget`)."""
+
+    def __init__(self, cap: float = REPLAY_WAIT_S, bound: float = REPLAY_BOUND_S) -> None:
         self.cap = cap
+        self.bound = bound
         # Per router, ever: Resumes sent and answers received. A router answers each Resume once,
         # in order, on one channel, so its answers reach `sent` exactly when the answer to the
         # last Resume came: an answer to an earlier Resume that comes after its round ran out
         # cannot end a later round (no wire field needed).
         self.sent: dict[str, int] = {}
         self.got: dict[str, int] = {}
-        self.waiting: set[str] = set()          # routers of this round whose answers fall short
+        self.waiting: dict[str, float] = {}     # routers of this round whose answers fall short -> deadline
+        self.until = 0.0                        # the round's overall bound
         self.hold_until = 0.0
 
+    def _settle(self, now: float) -> bool:
+        """Recompute the hold; True if the round is over by now."""
+        if not self.waiting:
+            self.hold_until = now
+            return True
+        self.hold_until = min(self.until, max(self.waiting.values()))
+        if self.hold_until <= now:
+            self.hold_until = now
+            return True
+        return False
+
     def asked(self, routers: Iterable[str], now: float) -> float:
-        """Resumes went to `routers`: hold until each answers (at most `cap`). Returns the hold."""
+        """Resumes went to `routers`: hold until each answers (or goes quiet for `cap`). Returns the hold."""
         if now >= self.hold_until:
-            self.waiting = set()                 # the last wait is over: what it still owed is not awaited
+            self.waiting = {}                    # the last wait is over: what it still owed is not awaited
+        routers = list(routers)
         for r in routers:
             self.sent[r] = self.sent.get(r, 0) + 1
-            self.waiting.add(r)
-        if self.waiting:
-            self.hold_until = now + self.cap
+            self.waiting[r] = now + self.cap
+        if routers:
+            self.until = now + self.bound
+            self._settle(now)
         return self.hold_until
+
+    def heard(self, router: str, now: float) -> bool:
+        """A batch came from `router`: while the round waits on it, its deadline moves. True if
+        the hold changed."""
+        if router not in self.waiting or now >= self.hold_until:
+            return False
+        before = self.hold_until
+        self.waiting[router] = now + self.cap
+        self._settle(now)
+        return self.hold_until != before
 
     def answered(self, router: str, now: float) -> bool:
         """`router` answered; True if that was the last answer owed (the hold ends now)."""
@@ -264,13 +294,26 @@ class ReplayWait:
         if got >= sent:
             return False                         # answers no Resume of ours
         self.got[router] = got = got + 1
-        if router not in self.waiting or got < sent or now >= self.hold_until:
-            return False                         # an earlier Resume's answer, or the round is over
-        self.waiting.discard(router)
-        if self.waiting:
+        if router not in self.waiting or now >= self.hold_until:
+            return False                         # the round is over, or does not wait on it
+        if got < sent:
+            self.waiting[router] = now + self.cap    # an earlier Resume's answer: progress, not the end
+            self._settle(now)
             return False
-        self.hold_until = now
-        return True
+        del self.waiting[router]
+        return self._settle(now)
+
+    def forget(self, router: str, now: float) -> bool:
+        """`router` is gone (no longer a live router of the group): wait no more for it, and
+        forget its counts (one that comes back answers only the Resumes it gets from then on).
+        True if the round ended with it."""
+        self.sent.pop(router, None)
+        self.got.pop(router, None)
+        if router not in self.waiting or now >= self.hold_until:
+            self.waiting.pop(router, None)
+            return False
+        del self.waiting[router]
+        return self._settle(now)
 
 
 def resume_targets(chosen: Sequence[str], first_seen: Mapping[str, float], live: Iterable[str],

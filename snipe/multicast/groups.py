@@ -259,6 +259,15 @@ class Membership:
                 for r in live:
                     seen.setdefault(r, now)
                 first_seen = dict(seen)
+                wait = self.waits.get(group)
+                if wait is not None:
+                    # a router gone from the group answers no more: wait no more for it (and
+                    # forget its counts: one that comes back answers only what it gets from then on)
+                    gone = [r for r in wait.sent if r not in live]
+                    for r in gone:
+                        wait.forget(r, now)
+                    if gone:
+                        self._hold_new(group, wait.hold_until, now, release=False)   # below: on_timer
             if set(mine) <= set(live) and len(mine) >= min(2, len(live)):
                 self._replay_holes(group, now, [r for r in mine if r in live],
                                    self._submit_resume)
@@ -303,18 +312,27 @@ class Membership:
         the origins we have not started on start (at the lowest seq held)."""
         group = unpack_replayed(m.payload)
         now = time.monotonic()
-        ready: list[Message] = []
         with self.lock:
             wait = self.waits.get(group)
-            if wait is None or not wait.answered(m.source, now):
+            if wait is None:
                 return
-            self.hold_new_until[group] = now
-            for (g, _), r in self.reorder.items():
-                if g == group and r.expected is None:
-                    r.hold_until = now
-                    ready.extend(r.on_timer(now)[0])
+            wait.answered(m.source, now)
+            ready = self._hold_new(group, wait.hold_until, now)
         if ready:
             self.endpoint.deliver_local(ready)
+
+    def _hold_new(self, group: str, hold: float, now: float, release: bool = True) -> list[Message]:
+        """(Under the lock.) The origins of `group` not started on wait till `hold` (the replay
+        wait's end as it stands now); returns what those whose hold is over deliver now (if
+        `release`)."""
+        self.hold_new_until[group] = hold
+        ready: list[Message] = []
+        for (g, _), r in self.reorder.items():
+            if g == group and r.expected is None:
+                r.hold_until = hold
+                if release and hold <= now:
+                    ready.extend(r.on_timer(now)[0])
+        return ready
 
     def _on_deliver(self, batches: list[Deliver]) -> None:
         """Batches from a router: each origin's run through its Reorder (once each, in order)."""
@@ -323,10 +341,13 @@ class Membership:
         ask: dict[str, list[str]] = {}
         now = time.monotonic()
         with self.lock:
-            for _, (group, runs) in decoded:
+            for batch, (group, runs) in decoded:
                 if group not in self.joined:
                     continue                             # we left: nothing more for us
                 self.heard_at[group] = now
+                wait = self.waits.get(group)
+                if wait is not None and wait.heard(batch.source, now):   # its replay is coming in
+                    ready.extend(self._hold_new(group, wait.hold_until, now))
                 for origin, first, tags, bodies in runs:
                     r = self.reorder.get((group, origin))
                     if r is None:

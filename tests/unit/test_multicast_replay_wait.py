@@ -96,7 +96,7 @@ def test_a_router_asked_twice_must_answer_twice():
     wait = ReplayWait(cap=5.0)
     wait.asked([R], 0.0)
     wait.asked([R], 0.3)                         # join, then a move at once: two replays under way
-    assert not wait.answered(R, 0.4) and wait.hold_until == 5.3
+    assert not wait.answered(R, 0.4) and wait.hold_until == 5.4      # an answer is progress: cap from it
     assert wait.answered(R, 0.6) and wait.hold_until == 0.6
     assert not wait.answered(R, 0.7)             # an answer nobody awaits changes nothing
     assert wait.hold_until == 0.6

@@ -10,6 +10,7 @@ from snipe.messaging.channel import Deliver
 from snipe.messaging.endpoint import Endpoint, Message
 from snipe.migration.groups import export_groups, restore_groups
 from snipe.multicast.core import (
+    FIRST_SEQ,
     MCAST_DELIVER,
     MCAST_REPLAYED,
     MCAST_RESUME,
@@ -118,7 +119,7 @@ def test_a_late_answer_to_an_earlier_resume_does_not_end_the_next_round():
     wait.asked([S0], 0.0)                            # S0 is slow: no answer within the cap
     assert wait.asked([S0], 6.0) == 11.0             # a new round (a sender first seen past seq 1)
     assert not wait.answered(S0, 6.1)                # the answer to the Resume of 0.0
-    assert wait.hold_until == 11.0
+    assert wait.hold_until == 11.1                   # (progress: S0's deadline moves, see 5.)
     assert wait.answered(S0, 6.2) and wait.hold_until == 6.2     # the answer to the Resume of 6.0
     assert not wait.answered(S0, 6.3)                # no Resume left unanswered
 
@@ -199,3 +200,61 @@ def test_a_router_answers_a_new_only_resume_with_the_new_senders_only():
     assert tags == [MCAST_DELIVER, MCAST_REPLAYED] and router.replayed == 3
     (_, runs) = unpack_batch(router.endpoint.sent[0][2])
     assert [(o, first, len(t)) for o, first, t, _ in runs] == [(a, 1, 3)]
+
+
+# --- 5. the wait's cap: from progress, with an overall bound; routers gone are dropped ------------
+def test_a_router_that_keeps_sending_is_waited_on_past_the_cap_up_to_the_bound():
+    wait = ReplayWait(cap=5.0, bound=30.0)
+    assert wait.asked([S0, S1], 0.0) == 5.0
+    assert wait.answered(S1, 1.0) is False
+    assert wait.heard(S0, 4.0) and wait.hold_until == 9.0        # S0's long replay is coming in
+    assert wait.heard(S0, 8.0) and wait.hold_until == 13.0
+    assert not wait.heard(S1, 8.5)                               # S1 is done: its batches move nothing
+    for t in range(12, 28, 4):
+        assert wait.heard(S0, float(t)) and wait.hold_until == t + 5.0
+    assert wait.heard(S0, 28.0) and wait.hold_until == 30.0      # the bound
+    assert not wait.heard(S0, 30.0)                              # over
+    assert not wait.answered(S0, 31.0) and wait.hold_until == 30.0
+
+
+def test_a_router_found_gone_is_dropped_from_the_wait_and_its_counts_forgotten():
+    wait = ReplayWait(cap=5.0)
+    wait.asked([S0, S1], 0.0)
+    assert wait.answered(S0, 0.5) is False
+    assert wait.forget(S1, 1.0) and wait.hold_until == 1.0       # S0 answered, S1 is gone: over
+    wait.asked([S1], 2.0)                                        # S1 back (a new daemon): one Resume
+    assert wait.answered(S1, 2.5)                                # ... one answer ends it
+
+
+def test_a_batch_from_a_router_waited_on_moves_the_new_origins_hold():
+    m, ep = _member()
+    now = time.monotonic()
+    hold = m.hold_new_until[G] = m.waits[G].asked([S0], now - 4.9)    # S0's cap runs out in 0.1 s
+    r = m.reorder[(G, S)] = Reorder(hold_until=hold, first_seq=FIRST_SEQ)   # a sender held, asked for
+    m._on_deliver([_batch(S0, 3, 1)])                # S0 is still sending (its replay): wait for it
+    assert ep.sent == [] and r.expected is None
+    assert r.hold_until >= now + 4.0 and m.hold_new_until[G] == r.hold_until
+
+
+def test_tend_drops_a_router_no_longer_live_from_the_wait(monkeypatch):
+    import snipe.multicast.groups as groups
+
+    class _Catalog:
+        def invalidate(self, group: str) -> None:
+            pass
+
+        def get(self, group: str, r: int = 0) -> None:
+            return None
+
+    m, ep = _member()
+    m.joined[G] = [S0]
+    ep.catalog = _Catalog()
+    monkeypatch.setattr(groups, "live_routers", lambda entry, now: {S0: {}})
+    now = time.monotonic()
+    m.hold_new_until[G] = m.waits[G].asked([S0, S2], now)       # S2: a replay-only router that died
+    m._on_deliver([_batch(S0, 4, 2)])
+    _answer(m, S0)                                               # the answers to both asks
+    _answer(m, S0)
+    assert _got(ep) == []                                        # S2 never answers
+    m._tend(now + 0.1)                                           # S2 is not live: not waited on
+    assert _got(ep) == [4, 5]
