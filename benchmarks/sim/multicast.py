@@ -330,7 +330,8 @@ class MemberNode:
         self.got: dict[str, bytearray] = {}       # origin -> 1 at each seq delivered
         self.last: dict[str, int] = {}
         self.violations = 0                       # a duplicate or an out-of-order delivery
-        self.holes = 0                            # messages a reorderer gave up on
+        self.holes = 0                            # messages a reorderer gave up on, or late ones owed
+        self.late_before_join = 0                 # came below the start, sent before the join: not owed
         self.after_leave = 0
         self.hole_replay_at = -1e9
 
@@ -422,7 +423,12 @@ class MemberNode:
             return
         self._deliver(h.origin, r.on_data(h.seq, (h.seq, sent_at), self.sim.now))
         for first, last in r.take_late():         # came below where the stream started: reported
-            self.holes += last - first + 1
+            # (one seq: on_data took one) a message sent before the join is not owed (members get
+            # messages from their join onwards): reported by the member, not a loss
+            if sent_at < self.joined_at:          # type: ignore[operator]
+                self.late_before_join += last - first + 1
+            else:
+                self.holes += last - first + 1
 
     def _deliver(self, origin: str, items: list[tuple[int, float]]) -> None:
         if not items:
@@ -587,7 +593,7 @@ class MulticastWorld:
             by_group.setdefault(s.group, []).append(s)
         expected = delivered = strict_expected = strict_delivered = 0
         ratios: list[float] = []
-        complete = violations = holes = after_leave = 0
+        complete = violations = holes = after_leave = late_before_join = 0
         for m in self.members:
             if m.joined_at is None:
                 continue
@@ -612,6 +618,7 @@ class MulticastWorld:
                 complete += got == exp
             violations += m.violations
             holes += m.holes
+            late_before_join += m.late_before_join
             after_leave += m.after_leave
         relays = [*self.retired_relays, *(r for h in self.hosts.values() for r in h.relays.values())]
         final_routers = [len(self.directory.live_routers(g)) for g in sorted(by_group)]
@@ -642,6 +649,7 @@ class MulticastWorld:
             "exactly_once_in_order": violations == 0,
             "duplicates_or_out_of_order": violations,
             "holes_reported": holes,
+            "late_sent_before_join_reported_not_owed": late_before_join,
             "arrived_after_leave_dropped": after_leave,
             "routers_per_group_at_end": _stats(final_routers),
             "members_per_router_at_end": _stats(per_router),

@@ -369,7 +369,9 @@ class Membership:
                     for a, b in r.take_late():
                         ready.append(Message(origin, -1, b"", group=group, failed=True,
                                              reason=f"multicast messages {a}..{b} from {origin} arrived after "
-                                                    f"later ones were delivered (lost to this member)"))
+                                                    f"later ones were delivered: lost to this member, unless "
+                                                    f"sent before it joined (not owed: a member gets the "
+                                                    f"messages from its join onwards)"))
         for group, routers in ask.items():
             self._resume(group, (), self._submit_resume, routers, new_only=True)
         if ready:

@@ -258,3 +258,31 @@ def test_tend_drops_a_router_no_longer_live_from_the_wait(monkeypatch):
     assert _got(ep) == []                                        # S2 never answers
     m._tend(now + 0.1)                                           # S2 is not live: not waited on
     assert _got(ep) == [4, 5]
+
+
+# --- 6. a message sent before a mid-stream join is not owed: not counted as lost ------------------
+def test_the_simulated_member_does_not_count_a_late_message_sent_before_its_join_as_lost():
+    from types import SimpleNamespace
+
+    from benchmarks.sim.multicast import MemberNode
+    from snipe.multicast.core import Header
+
+    world = SimpleNamespace(sim=SimpleNamespace(now=10.0), cfg=SimpleNamespace(gap_timeout=10.0, messages=10),
+                            latency=[])
+    m = MemberNode(world, "m", "h", G)  # type: ignore[arg-type]
+    m.joined_at = 5.0
+    m.on_message(S0, (Header(G, S, 2, 0, ()), 5.5))              # the first seen: 2, sent after the join
+    m.on_message(S0, (Header(G, S, 3, 0, ()), 6.0))
+    m.on_message(S0, (Header(G, S, 1, 0, ()), 4.9))              # 1, sent before the join, forwarded late
+    assert m.holes == 0 and m.late_before_join == 1
+
+
+def test_a_late_report_says_a_message_sent_before_the_join_is_not_owed():
+    m, ep = _member()
+    m._on_deliver([_batch(S0, 2, 2)])
+    for r in (S0, S1):
+        _answer(m, r)
+        _answer(m, r)
+    m._on_deliver([_batch(S0, 1, 1)])
+    (report,) = [x for x in ep.inbox if x.failed]
+    assert "unless sent before it joined" in report.reason
