@@ -246,9 +246,10 @@ def test_a_task_that_cannot_be_restarted_is_reported_lost_with_the_reason(cluste
     assert up is not None and up.payload == b"up"
     holder = p.info()["on_call"][0]                 # the host given the code at spawn
     assert holder in ("urn:snipe:host:h2", "urn:snipe:host:h3")
-    code_dir = cluster.daemons[int(holder[-1]) - 1].state_dir / "code"
-    shutil.rmtree(code_dir)                          # its copy is lost too (a disk replaced, say)
-    code_dir.mkdir()
+    for d in cluster.daemons[1:]:                    # its copy and publish's spare are lost too (disks replaced)
+        code_dir = d.state_dir / "code"
+        shutil.rmtree(code_dir)
+        code_dir.mkdir()
     pid = p.status()["pid"]
     cluster.kill_daemon(0)
     with contextlib.suppress(ProcessLookupError):
