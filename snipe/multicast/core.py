@@ -54,9 +54,10 @@ seqs of one origin), then the bodies back to back. A resume is msgpack [group, s
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -596,3 +597,58 @@ class Reorder:
         self.expected = nxt
         self.gap_since = None
         return self.on_data(nxt, self.held.pop(nxt), now), lost
+
+
+# --- a member's decisions, shared by snipe/multicast/groups.py and the simulator ---------------------
+def resume_next(streams: Iterable[tuple[str, Reorder]], new_only: bool = False) -> dict[str, int]:
+    """A Resume's next seqs from a member's (origin, Reorder) pairs: each started origin's
+    expected seq, or NO_REPLAY if `new_only` (the ask for senders not started on: a router, old
+    or new, replays nothing of the started ones). Origins not started on are left out: the
+    router replays them from the member's join."""
+    return {origin: NO_REPLAY if new_only else r.expected for origin, r in streams if r.expected is not None}
+
+
+def hold_new(streams: Iterable[Reorder], hold: float, now: float, release: bool = True) -> list[Any]:
+    """The origins not started on wait till `hold` (a replay wait's end as it stands now);
+    returns what those whose hold is over deliver now (if `release`; else a later `on_timer`)."""
+    ready: list[Any] = []
+    for r in streams:
+        if r.expected is None:
+            r.hold_until = hold
+            if release and hold <= now:
+                ready.extend(r.on_timer(now)[0])
+    return ready
+
+
+def forget_gone(wait: ReplayWait, live: Container[str], now: float) -> bool:
+    """The routers `wait` counts that are no longer live: wait no more for them and forget their
+    counts. True if any was dropped (the caller moves the origins' hold; released at its tick)."""
+    gone = [r for r in wait.sent if r not in live]
+    for r in gone:
+        wait.forget(r, now)
+    return bool(gone)
+
+
+def take_run(streams: MutableMapping[Any, Reorder], key: Any, first: int, n: int, items: Callable[[], list[Any]],
+             now: float, hold_new_until: float, gap_timeout: float = 10.0) -> tuple[list[Any], bool]:
+    """A run of `n` seqs from `first` of one origin (`key` in `streams`) came to a member: what
+    it delivers now, in order, and whether the member must ask its routers for a replay (a
+    replay-only Resume, `resume_next(new_only=True)`, then `ReplayWait.asked` and `hold_new`).
+
+    A sender first seen at FIRST_SEQ starts at once. One first seen past it may have an earlier
+    message still on its way (a router that got the first one only as another's forward relays
+    the second first): it is held (till the ask's wait sets its end) and the routers asked, even
+    while a wait is under way (answers to Resumes a router got before it had that sender's first
+    message say nothing about it). `items()` builds the run's items, skipped for a run already
+    delivered. Seqs that came below the stream's start are left in the Reorder's `take_late`."""
+    r = streams.get(key)
+    ask = False
+    if r is None:
+        hold = hold_new_until
+        if first != FIRST_SEQ:
+            ask = True
+            hold = math.inf                      # until the ask's ReplayWait sets the end
+        r = streams[key] = Reorder(gap_timeout, hold_until=hold, first_seq=FIRST_SEQ)
+    elif r.skips(first, n):
+        return [], False                         # a replay of what we have: skip building it
+    return r.on_run(first, items(), now), ask

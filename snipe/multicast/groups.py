@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,15 +40,18 @@ from snipe.multicast.core import (
     MCAST_DELIVER,
     MCAST_REPLAYED,
     MCAST_RESUME,
-    NO_REPLAY,
     Header,
     Reorder,
     ReplayWait,
     Resume,
+    forget_gone,
+    hold_new,
     pack,
     pack_resume,
     pick_routers,
+    resume_next,
     resume_targets,
+    take_run,
     targets,
     unpack_batch,
     unpack_replayed,
@@ -208,16 +210,13 @@ class Membership:
             since = self.since.get(group)
             if since is None:
                 return
-            nxt = {origin: NO_REPLAY if new_only else r.expected for (g, origin), r in self.reorder.items()
-                   if g == group and r.expected is not None}
+            nxt = resume_next(((origin, r) for (g, origin), r in self.reorder.items() if g == group), new_only)
             # Origins we have not started on: the replay of what came since our join may come
             # after a live message (from another router, or from this one, which may list us
             # already); do not start on that one (Reorder) before every router asked has answered.
             wait = self.waits.setdefault(group, ReplayWait())
-            hold = self.hold_new_until[group] = wait.asked([*routers, *replay_only], time.monotonic())
-            for (g, _), r in self.reorder.items():
-                if g == group and r.expected is None:
-                    r.hold_until = hold
+            now = time.monotonic()
+            self._hold_new(group, wait.asked([*routers, *replay_only], now), now, release=False)
         data = pack_resume(Resume(group, since, nxt))
         for r in routers:
             send(r, data)
@@ -260,14 +259,10 @@ class Membership:
                     seen.setdefault(r, now)
                 first_seen = dict(seen)
                 wait = self.waits.get(group)
-                if wait is not None:
-                    # a router gone from the group answers no more: wait no more for it (and
-                    # forget its counts: one that comes back answers only what it gets from then on)
-                    gone = [r for r in wait.sent if r not in live]
-                    for r in gone:
-                        wait.forget(r, now)
-                    if gone:
-                        self._hold_new(group, wait.hold_until, now, release=False)   # below: on_timer
+                # a router gone from the group answers no more: wait no more for it (and forget
+                # its counts: one that comes back answers only what it gets from then on)
+                if wait is not None and forget_gone(wait, live, now):
+                    self._hold_new(group, wait.hold_until, now, release=False)   # below: on_timer
             if set(mine) <= set(live) and len(mine) >= min(2, len(live)):
                 self._replay_holes(group, now, [r for r in mine if r in live],
                                    self._submit_resume)
@@ -326,13 +321,7 @@ class Membership:
         wait's end as it stands now); returns what those whose hold is over deliver now (if
         `release`)."""
         self.hold_new_until[group] = hold
-        ready: list[Message] = []
-        for (g, _), r in self.reorder.items():
-            if g == group and r.expected is None:
-                r.hold_until = hold
-                if release and hold <= now:
-                    ready.extend(r.on_timer(now)[0])
-        return ready
+        return hold_new((r for (g, _), r in self.reorder.items() if g == group), hold, now, release)
 
     def _on_deliver(self, batches: list[Deliver]) -> None:
         """Batches from a router: each origin's run through its Reorder (once each, in order)."""
@@ -349,23 +338,18 @@ class Membership:
                 if wait is not None and wait.heard(batch.source, now):   # its replay is coming in
                     ready.extend(self._hold_new(group, wait.hold_until, now))
                 for origin, first, tags, bodies in runs:
-                    r = self.reorder.get((group, origin))
-                    if r is None:
-                        hold = self.hold_new_until.get(group, 0.0)
-                        if first != FIRST_SEQ:
-                            # A sender first seen past its first message: an earlier one may still
-                            # be on its way from our other router (one that had it forwarded comes
-                            # later than one sent it directly). Ask our routers to replay, and start
-                            # at the lowest seq once they answered. Even while a wait is under way:
-                            # answers to Resumes a router got before it had this sender's first
-                            # message say nothing about it. One ask per group and call.
-                            ask[group] = list(self.joined[group])
-                            hold = math.inf              # until _resume sets the wait's end
-                        r = self.reorder[(group, origin)] = Reorder(hold_until=hold, first_seq=FIRST_SEQ)
-                    elif r.skips(first, len(tags)):
-                        continue                         # a replay of what we have: skip building it
-                    items = [Message(origin, t, b, group) for t, b in zip(tags, bodies, strict=True)]
-                    ready.extend(r.on_run(first, items, now))
+                    # A sender first seen past its first message: an earlier one may still be on
+                    # its way from our other router (one that had it forwarded comes later than
+                    # one sent it directly). Ask our routers to replay (below, one ask per group
+                    # and call), and start at the lowest seq once they answered (core.take_run).
+                    got, asks = take_run(self.reorder, (group, origin), first, len(tags),
+                                         lambda origin=origin, tags=tags, bodies=bodies, group=group: [
+                                             Message(origin, t, b, group) for t, b in zip(tags, bodies, strict=True)],
+                                         now, self.hold_new_until.get(group, 0.0))
+                    if asks:
+                        ask[group] = list(self.joined[group])
+                    ready.extend(got)
+                    r = self.reorder[(group, origin)]
                     for a, b in r.take_late():
                         ready.append(Message(origin, -1, b"", group=group, failed=True,
                                              reason=f"multicast messages {a}..{b} from {origin} arrived after "
