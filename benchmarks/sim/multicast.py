@@ -44,6 +44,8 @@ and members per router, traffic, delivery latency (virtual), and the wall time.
 from __future__ import annotations
 
 import bisect
+import math
+import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -51,18 +53,23 @@ from typing import Any
 from benchmarks.sim.shell import run_world
 from snipe.multicast.core import (
     DEFAULT_WANTED,
-    FIRST_SEQ,
     MEMBER_ROUTERS,
     Header,
     History,
     Relay,
     Reorder,
+    ReplayWait,
     Resume,
+    forget_gone,
+    hold_new,
     pack,
+    pack_replayed,
     pack_resume,
     pick_routers,
+    resume_next,
     resume_targets,
     should_route,
+    take_run,
     targets,
 )
 from snipe.sim import Latency, LogNormal, Network, Simulator
@@ -109,6 +116,8 @@ class MulticastConfig:
     handover: float = 3.0             # a member whose first live router is another is still relayed to
     hole_replay: float = 2.0          # a member with a hole open this long asks its routers for a replay
     hole_replay_again: float = 10.0   # ... and again after this long
+    fifo_hops: bool = True            # each hop delivers in the order sent, as a msg/1 channel does (a
+    #                                   router's answer comes after its replay); False: latency reorders
     local_latency: Latency = field(default_factory=lambda: LogNormal(0.0001, 0.3, floor=0.00003))
     network_latency: Latency = field(default_factory=lambda: LogNormal(0.0005, 0.4, floor=0.0001))
     remote_latency: Latency = field(default_factory=lambda: LogNormal(0.01, 0.5, floor=0.002))
@@ -127,11 +136,33 @@ def scaled(cfg: MulticastConfig, hosts: int) -> MulticastConfig:
 
 
 class MulticastNetwork(Network):
-    """Latency by where the two ends are: one host, one network, or two networks."""
+    """Latency by where the two ends are: one host, one network, or two networks. With
+    `fifo_hops`, each (sender, receiver) hop delivers in the order sent, as the msg/1 channel the
+    real hops ride does: a message that would overtake an earlier one on the same hop waits for
+    it (head-of-line, as on a channel). `clock` is the simulator, set once it exists."""
 
     def __init__(self, cfg: MulticastConfig, host_of: dict[str, str], net_of: dict[str, int]) -> None:
         super().__init__(cfg.remote_latency)
         self.cfg, self.host_of, self.net_of = cfg, host_of, net_of
+        self.clock: Simulator | None = None
+        self.last_arrival: dict[tuple[str, str], float] = {}
+
+    def transit(self, src: str, dst: str, size: int, label: str, rng: random.Random) -> list[float]:
+        delays = super().transit(src, dst, size, label, rng)
+        if not self.cfg.fifo_hops or not delays or self.clock is None:
+            return delays
+        now, key = self.clock.now, (src, dst)
+        last = self.last_arrival.get(key, 0.0)
+        out = []
+        for d in delays:
+            if now + d < last:
+                d = last - now
+                while now + d < last:            # float rounding: never land before the one ahead
+                    d = math.nextafter(d, math.inf)
+            last = now + d                       # equal times keep the send order (the event queue's)
+            out.append(d)
+        self.last_arrival[key] = last
+        return out
 
     def latency_for(self, src: str, dst: str) -> Latency:
         a, b = self.host_of[src], self.host_of[dst]
@@ -271,7 +302,7 @@ class HostNode:
         return v
 
     def on_message(self, src: str, payload: tuple[Header, float] | Resume) -> None:
-        if isinstance(payload, Resume):
+        if type(payload) is Resume:
             self._on_resume(src, payload)
             return
         h, sent_at = payload
@@ -300,12 +331,13 @@ class HostNode:
             self.resumed.setdefault(r.group, {})[member] = self.sim.now
             self.views.pop(r.group, None)
         history = self.histories.get(r.group)
-        if history is None:
-            return
-        missed = history.replay(r.next, r.since_ms / 1000)
+        missed = history.replay(r.next, r.since_ms / 1000) if history is not None else []
         self.replayed += len(missed)
         for item, size in missed:
             self.sim.send(self.name, member, item, size, "mcast replay")
+        # after the replay, on the same hop (FIFO), even with nothing to replay: the member starts
+        # on new origins once every router it asked has answered (core.ReplayWait)
+        self.sim.send(self.name, member, Replayed(r.group), len(pack_replayed(r.group)), "mcast replayed")
 
     def on_crash(self) -> None:
         self.world.retired_relays.extend(self.relays.values())
@@ -317,8 +349,22 @@ class HostNode:
         self.start(self.sim.now)
 
 
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """A router's answer to a Resume (MCAST_REPLAYED): its replay for it has all been sent."""
+
+    group: str
+
+
 class MemberNode:
-    """A member process: joins through its host's daemon, registers, tends, delivers in order."""
+    """A member process: joins through its host's daemon, registers, tends, delivers in order,
+    as snipe/multicast/groups.py's Membership does and with the same core decisions
+    (`take_run`, `resume_next`, `hold_new`, `forget_gone`, `ReplayWait`, `Reorder`): a sender
+    first seen at FIRST_SEQ starts at once; one first seen past it makes the member ask its
+    routers for a replay (a replay-only Resume, NO_REPLAY for the senders started on) and hold
+    it, like every sender not started on after a Resume, until each router asked has answered
+    (or gone quiet for REPLAY_WAIT_S, or REPLAY_BOUND_S passed, or it is gone from the group);
+    a seq below where a stream started that still comes is reported late."""
 
     def __init__(self, world: MulticastWorld, name: str, host: str, group: str) -> None:
         self.world, self.sim, self.name, self.host, self.group = world, world.sim, name, host, group
@@ -327,10 +373,14 @@ class MemberNode:
         self.mine: tuple[str, ...] = ()
         self.first_seen: dict[str, float] = {}    # live router -> when this member first saw it live
         self.reorder: dict[str, Reorder] = {}
+        self.wait = ReplayWait()                  # the routers whose answer to a Resume we await
+        self.hold_new_until = 0.0                 # senders not started on wait till then
         self.got: dict[str, bytearray] = {}       # origin -> 1 at each seq delivered
         self.last: dict[str, int] = {}
         self.violations = 0                       # a duplicate or an out-of-order delivery
-        self.holes = 0                            # messages a reorderer gave up on, or late ones owed
+        self.holes = 0                            # messages a reorderer gave up on (a hole reported)
+        self.holes_owed = 0                       # ... of them sent at or after the join
+        self.late_owed = 0                        # came below the start, sent at or after the join: lost
         self.late_before_join = 0                 # came below the start, sent before the join: not owed
         self.after_leave = 0
         self.hole_replay_at = -1e9
@@ -365,15 +415,32 @@ class MemberNode:
             self.first_seen.setdefault(r, self.sim.now)
         self.mine = chosen
         self.world.directory.register(self.group, self.name, chosen)
-        if self.world.cfg.resume and self.joined_at is not None:
-            nxt = {o: r.expected for o, r in sorted(self.reorder.items()) if r.expected is not None}
-            resume = Resume(self.group, round(self.joined_at * 1000), nxt)
-            size = len(pack_resume(resume))
-            for router in chosen:
-                self.sim.send(self.name, router, resume, size, "mcast resume")
-            for router in resume_targets(chosen, self.first_seen, live) if moving else ():
-                only = Resume(self.group, resume.since_ms, nxt, follow=False)
-                self.sim.send(self.name, router, only, size, "mcast resume")
+        if self.world.cfg.resume:
+            # the ones we move to may be new (no history): the oldest routers replay too
+            self._resume(chosen, resume_targets(chosen, self.first_seen, live) if moving else ())
+
+    def _resume(self, routers: tuple[str, ...] | list[str], replay_only: tuple[str, ...] | list[str] = (),
+                new_only: bool = False) -> None:
+        """As Membership._resume: tell `routers` where we stand (they relay to us at once and
+        replay what we missed), `replay_only` routers just replay; the senders not started on
+        wait till every router asked has answered."""
+        assert self.joined_at is not None
+        now = self.sim.now
+        nxt = resume_next(sorted(self.reorder.items()), new_only)
+        self.hold_new_until = self.wait.asked([*routers, *replay_only], now)
+        hold_new(self.reorder.values(), self.hold_new_until, now, release=False)
+        if not (routers or replay_only):
+            return
+        since = round(self.joined_at * 1000)
+        follow = Resume(self.group, since, nxt)
+        only = Resume(self.group, since, nxt, follow=False)
+        size = len(pack_resume(follow))
+        if new_only:
+            self.world.counts["asks for a new sender"] += 1
+        for router in routers:
+            self.sim.send(self.name, router, follow, size, "mcast resume")
+        for router in replay_only:
+            self.sim.send(self.name, router, only, size, "mcast resume")
 
     def on_timer(self, key: str) -> None:
         now = self.sim.now
@@ -383,6 +450,9 @@ class MemberNode:
             del seen[r]
         for r in live:
             seen.setdefault(r, now)
+        if forget_gone(self.wait, live, now):     # a router gone from the group answers no more
+            self.hold_new_until = self.wait.hold_until
+            hold_new(self.reorder.values(), self.hold_new_until, now, release=False)    # below: on_timer
         if not (set(self.mine) <= set(live) and len(self.mine) >= min(2, len(live))):
             self.world.counts["re-registrations"] += 1
             self._register()
@@ -392,7 +462,8 @@ class MemberNode:
             items, hole = self.reorder[origin].on_timer(now)
             if hole is not None:
                 self.holes += hole[1] - hole[0] + 1
-            self._deliver(origin, items)
+                self.holes_owed += self.world.sent_since(origin, hole[0], hole[1], self.joined_at)
+            self._deliver(items)
         self.sim.set_timer(self.name, "tend", now + self.world.cfg.member_tick)
 
     def _replay_holes(self, now: float) -> None:
@@ -404,48 +475,52 @@ class MemberNode:
             return
         self.hole_replay_at = now
         self.world.counts["hole replays"] += 1
-        nxt = {o: r.expected for o, r in sorted(self.reorder.items()) if r.expected is not None}
-        assert self.joined_at is not None
-        only = Resume(self.group, round(self.joined_at * 1000), nxt, follow=False)
-        for router in self.mine:
-            self.sim.send(self.name, router, only, len(pack_resume(only)), "mcast resume")
+        self._resume((), self.mine)
 
-    def on_message(self, src: str, payload: tuple[Header, float]) -> None:
-        h, sent_at = payload
+    def on_message(self, src: str, payload: tuple[Header, float] | Replayed) -> None:
         if not self.joined:
-            if self.left_at is not None:
+            if self.left_at is not None and type(payload) is not Replayed:
                 self.after_leave += 1
             return
-        r = self.reorder.get(h.origin)
-        if r is None:
-            r = self.reorder[h.origin] = Reorder(self.world.cfg.gap_timeout, first_seq=FIRST_SEQ)
-        elif not r.wants(h.seq):
+        now = self.sim.now
+        if type(payload) is Replayed:             # as Membership._on_replayed
+            self.world.counts["replay answers"] += 1
+            self.wait.answered(src, now)
+            self.hold_new_until = self.wait.hold_until
+            self._deliver(hold_new(self.reorder.values(), self.hold_new_until, now))
             return
-        self._deliver(h.origin, r.on_data(h.seq, (h.seq, sent_at), self.sim.now))
-        for first, last in r.take_late():         # came below where the stream started: reported
-            # (one seq: on_data took one) a message sent before the join is not owed (members get
+        h, sent_at = payload
+        if self.wait.heard(src, now):             # its replay is coming in: the hold moves
+            self.hold_new_until = self.wait.hold_until
+            self._deliver(hold_new(self.reorder.values(), self.hold_new_until, now))
+        origin, seq = h.origin, h.seq
+        got, ask = take_run(self.reorder, origin, seq, 1, lambda: [(origin, seq, sent_at)], now,
+                            self.hold_new_until, self.world.cfg.gap_timeout)
+        self._deliver(got)
+        for first, last in self.reorder[origin].take_late():   # came below where the stream started
+            # (one seq: one message came) a message sent before the join is not owed (members get
             # messages from their join onwards): reported by the member, not a loss
             if sent_at < self.joined_at:          # type: ignore[operator]
                 self.late_before_join += last - first + 1
             else:
-                self.holes += last - first + 1
+                self.late_owed += last - first + 1
+        if ask:                                   # a sender first seen past its first seq: ask, hold
+            self._resume((), self.mine if self.mine and self.world.cfg.resume else (), new_only=True)
 
-    def _deliver(self, origin: str, items: list[tuple[int, float]]) -> None:
+    def _deliver(self, items: list[tuple[str, int, float]]) -> None:
         if not items:
             return
-        got = self.got.get(origin)
-        if got is None:
-            got = self.got[origin] = bytearray(self.world.cfg.messages + 2)
-        last = self.last.get(origin, 0)
-        now, sample = self.sim.now, self.world.latency
-        for seq, sent_at in items:
-            if got[seq] or seq <= last:
+        now, sample, size = self.sim.now, self.world.latency, self.world.cfg.messages + 2
+        for origin, seq, sent_at in items:
+            got = self.got.get(origin)
+            if got is None:
+                got = self.got[origin] = bytearray(size)
+            if got[seq] or seq <= self.last.get(origin, 0):
                 self.violations += 1
             got[seq] = 1
-            last = seq
+            self.last[origin] = seq
             if seq % 8 == 0:
                 sample.append(now - sent_at)
-        self.last[origin] = last
 
     def on_crash(self) -> None:
         raise AssertionError("members do not crash in this scenario")
@@ -509,7 +584,9 @@ class MulticastWorld:
         self.cfg = cfg
         self.host_of: dict[str, str] = {}
         self.net_of: dict[str, int] = {}
-        self.sim = Simulator(seed, MulticastNetwork(cfg, self.host_of, self.net_of))
+        net = MulticastNetwork(cfg, self.host_of, self.net_of)
+        self.sim = Simulator(seed, net)
+        net.clock = self.sim
         self.rng_setup = self.sim.stream("multicast-setup")
         self.rng = self.sim.stream("multicast-workload")
         self.body = b"x" * cfg.payload_bytes
@@ -517,6 +594,7 @@ class MulticastWorld:
         self.hosts: dict[str, HostNode] = {}
         self.members: list[MemberNode] = []
         self.senders: list[SenderNode] = []
+        self.sender_of: dict[str, SenderNode] = {}
         self.counts: Counter[str] = Counter()
         self.latency: list[float] = []
         self.retired_relays: list[Relay] = []
@@ -556,6 +634,7 @@ class MulticastWorld:
                 s = SenderNode(self, f"s{g}.{k}", rng.choice(host_names), group)
                 self.host_of[s.name] = s.host
                 self.senders.append(s)
+                self.sender_of[s.name] = s
                 sim.add_node(s.name, s)
                 sim.call_at(cfg.start_at + rng.random() / cfg.rate, s.send_next, cfg.messages)
         crash_at = cfg.crash_at if cfg.crash_at is not None else cfg.start_at + cfg.stream_seconds() / 2
@@ -585,6 +664,13 @@ class MulticastWorld:
     def run(self) -> None:
         self.sim.run(until=self.end)
 
+    def sent_since(self, origin: str, first: int, last: int, since: float | None) -> int:
+        """How many of `origin`'s seqs first..last were sent at or after `since` (owed to a member
+        that joined then)."""
+        times = self.sender_of[origin].sent_at
+        return sum(1 for q in range(max(first, 1), min(last, len(times) - 1) + 1)
+                   if since is not None and times[q] >= since)
+
     # --- figures -----------------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
         cfg, st = self.cfg, self.sim.net.stats
@@ -593,7 +679,8 @@ class MulticastWorld:
             by_group.setdefault(s.group, []).append(s)
         expected = delivered = strict_expected = strict_delivered = 0
         ratios: list[float] = []
-        complete = violations = holes = after_leave = late_before_join = 0
+        complete = violations = holes = holes_owed = after_leave = late_before_join = late_owed = 0
+        missing_owed = 0
         for m in self.members:
             if m.joined_at is None:
                 continue
@@ -616,8 +703,11 @@ class MulticastWorld:
             if exp:
                 ratios.append(got / exp)
                 complete += got == exp
+            missing_owed += s_got < s_exp
             violations += m.violations
             holes += m.holes
+            holes_owed += m.holes_owed
+            late_owed += m.late_owed
             late_before_join += m.late_before_join
             after_leave += m.after_leave
         relays = [*self.retired_relays, *(r for h in self.hosts.values() for r in h.relays.values())]
@@ -646,9 +736,21 @@ class MulticastWorld:
             if strict_expected else None,
             "grace_s": cfg.grace,
             "expected_deliveries": expected,
-            "exactly_once_in_order": violations == 0,
+            # The guarantee: every member gets every message sent while it was a member (from its
+            # join itself: a router replays what it relayed since the join, so each is owed), once,
+            # in per-sender order. Messages sent before the join are not owed.
+            "every_live_member_got_every_owed_message": strict_delivered == strict_expected and late_owed == 0
+            and holes_owed == 0 and violations == 0,
+            "owed_deliveries": strict_expected,
+            "owed_deliveries_missed": strict_expected - strict_delivered,
+            "members_missing_an_owed_message": missing_owed,
+            # exactly once and in order: no duplicate, no out-of-order delivery, and no owed
+            # message given up (a hole) or come too late to be delivered in order
+            "exactly_once_in_order": violations == 0 and late_owed == 0 and holes_owed == 0,
             "duplicates_or_out_of_order": violations,
             "holes_reported": holes,
+            "holes_reported_owed": holes_owed,
+            "late_owed_reported_lost": late_owed,
             "late_sent_before_join_reported_not_owed": late_before_join,
             "arrived_after_leave_dropped": after_leave,
             "routers_per_group_at_end": _stats(final_routers),
@@ -662,6 +764,9 @@ class MulticastWorld:
             "resume": cfg.resume,
             "replayed": self.retired_replayed + sum(h.replayed for h in self.hosts.values()),
             "resume_messages": labels.get("mcast resume", [0, 0])[0],
+            "replay_answers": labels.get("mcast replayed", [0, 0])[0],
+            "asks_for_a_new_sender": self.counts["asks for a new sender"],
+            "fifo_hops": cfg.fifo_hops,
             "delivery_latency_s": {"p50": _q(lat, 0.5), "p99": _q(lat, 0.99), "max": _q(lat, 1.0),
                                    "samples": len(lat)},
             "data_messages": labels.get("mcast data", [0, 0])[0],
