@@ -56,6 +56,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     # TODO(multicast): a placeholder until the router-election core lands (benchmarks/sim/multicast.py).
     Scenario("multicast", "router election and multicast delivery with 10% of routers failing",
              multicast.run_multicast),
+    Scenario("multicast-high-rate", "multicast at 2,000 messages a second to one group with 12 routers",
+             multicast.run_multicast_high_rate),
     Scenario("placement", "placement by bids: spawners take the cheapest bid from hosts, some dead",
              run_placement),
 )}
