@@ -19,7 +19,10 @@ Each relayed message is also kept in the group's `History` (bounded). A member's
 when it registers with this router) adds it to the members relayed to at once, for
 RESUMED_HOLD_S, by which time the catalog lists it, and replays what it missed from the history,
 then answers (MCAST_REPLAYED), even with nothing to replay: the member starts on new origins only
-once its routers have answered (core.ReplayWait).
+once its routers have answered (core.ReplayWait). The answer waits (core.PendingAnswers, checked
+at the end of each turn, after that turn's relays went out) until this router has no hole below
+the highest seq it held when the Resume came, or ANSWER_HOLD_S at most; what fills the holes
+reaches the member first (relayed, or replayed to a member it does not deliver to).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from snipe.multicast.core import (
     MCAST_RESUME,
     Batch,
     History,
+    PendingAnswers,
     Relay,
     batches,
     pack,
@@ -108,11 +112,12 @@ class GroupRouter:
         self.ours: dict[str, dict[str, float]] = {}       # group -> member -> when last seen as ours (monotonic)
         self.counts: dict[str, GroupCounts] = {}
         self.pending: dict[str, Batch] = {}               # group -> relayed this turn, for its members
+        self.answers = PendingAnswers()                   # answers to Resumes held for this router's holes
         self.relayed = 0
         self.replayed = 0
         endpoint.system_handlers[MCAST_DATA] = self._on_data
         endpoint.system_handlers[MCAST_RESUME] = endpoint.one_by_one(self._on_resume)
-        endpoint.turn_end.append(self._flush)
+        endpoint.turn_end.append(self._end_turn)
         self.next_refresh = 0.0
 
     # --- daemon thread: requests and leases ----------------------------------------------------
@@ -260,6 +265,10 @@ class GroupRouter:
                 for router in out.forward_to:
                     self.endpoint.submit(router, MCAST_DATA, payload, HOP_DEADLINE_S)
 
+    def _end_turn(self) -> None:
+        self._flush()
+        self._answer()
+
     def _flush(self) -> None:
         """End of the endpoint's turn: what each group relayed in it, to its members."""
         if self.pending:
@@ -294,5 +303,29 @@ class GroupRouter:
         counts.replayed += len(missed)
         for payload in batches(r.group, missed):
             self.endpoint.submit(m.source, MCAST_DELIVER, payload, HOP_DEADLINE_S)
-        # after the replay, on the same channel: the member may now start on new origins
-        self.endpoint.submit(m.source, MCAST_REPLAYED, pack_replayed(r.group), HOP_DEADLINE_S)
+        # The answer (MCAST_REPLAYED) goes after the replay, on the same channel, once this router
+        # has no hole below what it held now (core.PendingAnswers): the member may then start on
+        # new origins.
+        view = self.views.get(r.group)          # as it stands (not known: replay what fills the holes)
+        registered = r.follow or (view is not None and m.source in view.members)
+        self.answers.ask(m.source, r, self.relays.get(r.group), history.mark if history is not None else 0,
+                         registered, time.monotonic())
+        self._answer()
+
+    def _answer(self) -> None:
+        """(After this turn's relays went out.) The answers whose holes filled or whose hold ran out."""
+        if not len(self.answers):
+            return
+        for a in self.answers.ready(self.relays, self._delivers_to, time.monotonic()):
+            if a.replay is not None:            # not relayed to it: replay what filled the holes
+                history = self.histories.get(a.group)
+                filled = history.added_since(a.mark, a.replay) if history is not None else []
+                self.replayed += len(filled)
+                self.counts.setdefault(a.group, GroupCounts()).replayed += len(filled)
+                for payload in batches(a.group, filled):
+                    self.endpoint.submit(a.member, MCAST_DELIVER, payload, HOP_DEADLINE_S)
+            self.endpoint.submit(a.member, MCAST_REPLAYED, pack_replayed(a.group), HOP_DEADLINE_S)
+
+    def _delivers_to(self, group: str, member: str) -> bool:
+        view = self._view(group)
+        return view is not None and member in view.members

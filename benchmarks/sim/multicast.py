@@ -19,7 +19,8 @@ re-implemented here.
   member sends each router it registers with a `Resume`, and the router, which keeps a
   `History`, relays to it at once, replays what it missed and then answers (`Replayed`, after
   the replay on the same hop: each hop delivers in the order sent, `fifo_hops`, as the msg/1
-  channel does) (a member that moves also asks its
+  channel does; and, as daemon/mcast.py, only once it has no hole below the highest seq it held
+  when the Resume came, or after ANSWER_HOLD_S: core.PendingAnswers) (a member that moves also asks its
   oldest routers for a replay only, and one with a hole open for `hole_replay` asks its
   routers). Members run snipe/multicast/groups.py's protocol with its own core decisions: a
   sender first seen at seq 1 starts at once; one first seen past it makes the member ask its
@@ -65,6 +66,7 @@ from snipe.multicast.core import (
     MEMBER_ROUTERS,
     Header,
     History,
+    PendingAnswers,
     Relay,
     Reorder,
     ReplayWait,
@@ -259,6 +261,7 @@ class HostNode:
         self.resumed: dict[str, dict[str, float]] = {}     # group -> member -> when it resumed
         self.ours: dict[str, dict[str, float]] = {}        # group -> member -> when last its first live router
         self.replayed = 0
+        self.answers = PendingAnswers()                     # answers to Resumes held for this router's holes
 
     def start(self, at: float) -> None:
         self.sim.set_timer(self.name, "tick", at)
@@ -286,6 +289,9 @@ class HostNode:
             d.delete_router(group, self.name)
 
     def on_timer(self, key: str) -> None:
+        if key == "answers":
+            self._answer()
+            return
         cfg = self.world.cfg
         for g in sorted({g for g, m in self.local.items() if m} | self.routing):
             if self.local.get(g):
@@ -339,6 +345,8 @@ class HostNode:
             send(me, m, item, size, "mcast deliver")
         for r in out.forward_to:
             send(me, r, item, size, "mcast relay")
+        if len(self.answers):                     # after this turn's relays, as daemon/mcast.py
+            self._answer()
 
     def _on_resume(self, member: str, r: Resume) -> None:
         """As daemon/mcast.py: relay to the member from now on, replay what it lacks."""
@@ -350,13 +358,37 @@ class HostNode:
         self.replayed += len(missed)
         for item, size in missed:
             self.sim.send(self.name, member, item, size, "mcast replay")
-        # after the replay, on the same hop (FIFO), even with nothing to replay: the member starts
-        # on new origins once every router it asked has answered (core.ReplayWait)
-        self.sim.send(self.name, member, Replayed(r.group), len(pack_replayed(r.group)), "mcast replayed")
+        # after the replay, on the same hop (FIFO), even with nothing to replay, once this router
+        # has no hole below what it held now (core.PendingAnswers): the member starts on new
+        # origins once every router it asked has answered (core.ReplayWait)
+        view = self.views.get(r.group)
+        registered = r.follow or (view is not None and member in view.members)
+        self.answers.ask(member, r, self.relays.get(r.group), history.mark if history is not None else 0,
+                         registered, self.sim.now)
+        self._answer()
+
+    def _answer(self) -> None:
+        """As GroupRouter._answer: the answers whose holes filled or whose hold ran out."""
+        for a in self.answers.ready(self.relays, self._delivers_to, self.sim.now):
+            if a.replay is not None:              # not relayed to it: replay what filled the holes
+                history = self.histories.get(a.group)
+                filled = history.added_since(a.mark, a.replay) if history is not None else []
+                self.replayed += len(filled)
+                for item, size in filled:
+                    self.sim.send(self.name, a.member, item, size, "mcast replay")
+            self.sim.send(self.name, a.member, Replayed(a.group), len(pack_replayed(a.group)), "mcast replayed")
+        due = self.answers.next_due()
+        if due is not None:
+            self.sim.set_timer(self.name, "answers", due)
+
+    def _delivers_to(self, group: str, member: str) -> bool:
+        return member in self._view(group).members
 
     def on_crash(self) -> None:
         self.world.retired_relays.extend(self.relays.values())
         self.world.retired_replayed += self.replayed
+        self.world.retired_at_bound += self.answers.at_bound
+        self.answers = PendingAnswers()
         self.local, self.routing, self.relays, self.views = {}, set(), {}, {}
         self.histories, self.resumed, self.ours, self.replayed = {}, {}, {}, 0
 
@@ -614,6 +646,7 @@ class MulticastWorld:
         self.latency: list[float] = []
         self.retired_relays: list[Relay] = []
         self.retired_replayed = 0
+        self.retired_at_bound = 0
         self.crashed: list[str] = []
         self.at_crash: dict[str, Any] = {}
         self.directory = Directory(self.sim, cfg.catalog_delay, self.interfaces)
@@ -782,6 +815,7 @@ class MulticastWorld:
             "replayed": self.retired_replayed + sum(h.replayed for h in self.hosts.values()),
             "resume_messages": labels.get("mcast resume", [0, 0])[0],
             "replay_answers": labels.get("mcast replayed", [0, 0])[0],
+            "replay_answers_at_the_bound": self.retired_at_bound + sum(h.answers.at_bound for h in self.hosts.values()),
             "asks_for_a_new_sender": self.counts["asks for a new sender"],
             "fifo_hops": cfg.fifo_hops,
             "delivery_latency_s": {"p50": _q(lat, 0.5), "p99": _q(lat, 0.99), "max": _q(lat, 1.0),

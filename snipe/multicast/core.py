@@ -32,7 +32,11 @@ SNIPE 4.4, as built here:
   A member sends the router that is to deliver to it, at its join or when it moves because a
   router of its own died, a `Resume`: the next sequence number it wants from each origin it
   has seen and its join time for the others. The router delivers to it from then on (before
-  the catalog says it registered) and replays what it holds from those points. As that router
+  the catalog says it registered) and replays what it holds from those points. It answers
+  (MCAST_REPLAYED) after the replay, once it has no hole below the highest seq it held when the
+  Resume came, for the origins the Resume concerns, or after ANSWER_HOLD_S at most
+  (`PendingAnswers`): a router with many peers gets a sender's seq 3 directly before seq 1 as a
+  forward, and a member starts on a sender first seen past seq 1 once its routers answered. As that router
   may be new (elected after the failure, without the history), a member that moves also asks
   its standby and the two routers it has known the longest for a replay only
   (`resume_targets`). So a member whose routers all failed at once (two of a hundred is still
@@ -54,6 +58,7 @@ seqs of one origin), then the bodies back to back. A resume is msgpack [group, s
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import struct
 from collections import deque
@@ -73,6 +78,7 @@ REPLAY_WAIT_S = 5.0    # a member waits this long for a router's answer after th
 REPLAY_BOUND_S = 30.0  # ... and this long at most after its last Resume
 FIRST_SEQ = 1          # the seq of a sender's first message to a group
 NO_REPLAY = 1 << 62    # a Resume's next seq no real one reaches: replay nothing of that origin
+ANSWER_HOLD_S = 2.0    # a router holds its answer to a Resume for holes below what it held this long at most
 DEFAULT_WANTED = 2
 MEMBER_ROUTERS = 2
 BATCH_MESSAGES = 1024        # a batch to members holds at most this many messages
@@ -464,6 +470,21 @@ class History:
             self.bytes -= items.popleft()[4]
             self.dropped += 1
 
+    @property
+    def mark(self) -> int:
+        """How many items were ever added: `added_since` takes what came after this point."""
+        return self.dropped + len(self.items)
+
+    def added_since(self, mark: int, upto: Mapping[str, int]) -> list[Any]:
+        """Items added after `mark` of the origins in `upto`, at or below their seq there, in the
+        order they came (what filled a router's holes since a member asked)."""
+        out = []
+        for origin, seq, _, item, _ in itertools.islice(self.items, max(0, mark - self.dropped), None):
+            top = upto.get(origin)
+            if top is not None and seq <= top:
+                out.append(item)
+        return out
+
     def replay(self, nxt: Mapping[str, int], since: float) -> list[Any]:
         """What a member resuming from `nxt` (origin -> first seq wanted; origins it has not
         seen: whatever came at or after `since`) lacks, in the order it came."""
@@ -473,6 +494,102 @@ class History:
             if (seq >= want) if want is not None else (at >= since):
                 out.append(item)
         return out
+
+
+@dataclass(slots=True)
+class _Ask:
+    member: str
+    group: str
+    due: float                   # answered by then whatever the holes
+    upto: dict[str, int]         # origin -> the highest seq held at the ask, with a hole below it
+    mark: int                    # the group's History.mark at the ask
+    registered: bool             # the member was delivered to at the ask
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An answer (MCAST_REPLAYED) a router may send now. `replay`: what filled its holes since
+    the ask must first be replayed to the member (History.added_since(mark, replay)), as it was
+    not relayed to it; None: it was."""
+
+    member: str
+    group: str
+    replay: dict[str, int] | None = None
+    mark: int = 0
+
+
+class PendingAnswers:
+    """A router's answers to `Resume`s, held back while it has a hole below the highest seq it
+    held when the Resume came, for the origins the Resume concerns (every origin of the group it
+    has seen, except those marked NO_REPLAY), or `hold` at most (a router elected after a stream
+    began, whose holes never fill; a lost message).
+
+    Why: a member asks its routers when it first sees a sender past its first seq, and starts on
+    that sender once they answered. A router with many peers gets a sender's seq 3 directly
+    before seq 1 comes as another router's forward; answering at once says nothing of seq 1,
+    and the member started at seq 3 (seq 1 came late: an owed loss, reported).
+
+    The caller feeds the Resumes (`ask`, after replaying) and, each turn after that turn's relays
+    went out, `ready`: the answers (each member's in the order asked) to send now, after
+    replaying what filled the holes to a member not delivered to (`Answer.replay`)."""
+
+    def __init__(self, hold: float = ANSWER_HOLD_S) -> None:
+        self.hold = hold
+        self.asks: list[_Ask] = []
+        self.at_bound = 0                        # answers sent at the bound with a hole still open
+
+    def __len__(self) -> int:
+        return len(self.asks)
+
+    def ask(self, member: str, r: Resume, relay: Relay | None, mark: int, registered: bool,
+            now: float) -> None:
+        """`member` sent `r` (its replay went out): its answer waits for the holes `relay` has now."""
+        upto: dict[str, int] = {}
+        if relay is not None:
+            for (group, origin), s in relay.seen.items():
+                if group == r.group and s.above and r.next.get(origin) != NO_REPLAY:
+                    upto[origin] = max(s.above)
+        self.asks.append(_Ask(member, r.group, now + self.hold, upto, mark, registered))
+
+    def next_due(self) -> float | None:
+        return min((a.due for a in self.asks), default=None)
+
+    def ready(self, relays: Mapping[str, Relay], registered: Callable[[str, str], bool],
+              now: float) -> list[Answer]:
+        """The answers to send now, in the order asked per member and group. `registered(group,
+        member)`: the router delivers that group's messages to the member now."""
+        if not self.asks:
+            return []
+        out: list[Answer] = []
+        keep: list[_Ask] = []
+        blocked: set[tuple[str, str]] = set()
+        for a in self.asks:
+            key = (a.member, a.group)
+            if key in blocked:
+                keep.append(a)
+                continue
+            filled = self._filled(a, relays.get(a.group))
+            if filled or now >= a.due:
+                self.at_bound += not filled
+                delivered = not a.upto or (a.registered and registered(a.group, a.member))
+                out.append(Answer(a.member, a.group, None if delivered else a.upto, a.mark))
+            else:
+                blocked.add(key)                 # a later answer of that member waits behind this one
+                keep.append(a)
+        self.asks = keep
+        return out
+
+    @staticmethod
+    def _filled(a: _Ask, relay: Relay | None) -> bool:
+        if not a.upto:
+            return True
+        if relay is None:
+            return False
+        for origin, top in a.upto.items():
+            s = relay.seen.get((a.group, origin))
+            if s is None or s.below <= top:
+                return False
+        return True
 
 
 # --- member ------------------------------------------------------------------------------------

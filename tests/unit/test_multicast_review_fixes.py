@@ -16,6 +16,7 @@ from snipe.multicast.core import (
     MCAST_RESUME,
     NO_REPLAY,
     History,
+    PendingAnswers,
     Reorder,
     ReplayWait,
     Resume,
@@ -191,6 +192,7 @@ def test_a_router_answers_a_new_only_resume_with_the_new_senders_only():
     router.endpoint = _RouterEndpoint()
     router.histories, router.counts, router.resumed, router.views = {G: History()}, {}, {}, {}
     router.replayed, router._flush = 0, lambda: None
+    router.answers, router.relays = PendingAnswers(), {}
     a = "urn:snipe:proc:a"
     for q in range(1, 4):
         router.histories[G].add(S, q, float(q), (S, q, 0, b"s"), 1)
