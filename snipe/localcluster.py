@@ -300,14 +300,20 @@ class LocalCluster:
             d.proc.wait(10)
 
     def stop_daemon(self, i: int) -> None:
-        d = self.daemons[i]
-        if d.proc is not None and d.proc.poll() is None:
-            d.proc.terminate()
+        self._stop_daemons([self.daemons[i]])
+
+    def _stop_daemons(self, daemons: list[DaemonProc]) -> None:
+        """SIGTERM each, then wait for each (all at once: a daemon takes a few tenths of a second
+        to shut down, and the test suite closes a cluster per test)."""
+        running = [d.proc for d in daemons if d.proc is not None and d.proc.poll() is None]
+        for proc in running:
+            proc.terminate()
+        for proc in running:
             try:
-                d.proc.wait(10)
+                proc.wait(10)
             except subprocess.TimeoutExpired:
-                d.proc.kill()
-                d.proc.wait(10)
+                proc.kill()
+                proc.wait(10)
 
     def kill_tasks(self) -> None:
         """SIGKILL every task the daemons started (they run in sessions of their own)."""
@@ -326,9 +332,8 @@ class LocalCluster:
                     continue
 
     def close(self) -> None:
-        for i in range(len(self.daemons)):
-            with contextlib.suppress(Exception):
-                self.stop_daemon(i)
+        with contextlib.suppress(Exception):
+            self._stop_daemons(self.daemons)
         self.kill_tasks()
         self.catalog.close()
         (self.root / CLUSTER_FILE).unlink(missing_ok=True)

@@ -127,7 +127,7 @@ class KeyGate:
 
     def _serve(self, sock: zmq.Socket) -> None:
         while not self._stop.is_set():
-            if not sock.poll(200):
+            if not sock.poll(50):                 # short: stop() waits for this turn to end
                 continue
             for _ in range(1000):                 # every request waiting, then poll again
                 try:
