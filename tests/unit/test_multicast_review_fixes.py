@@ -4,10 +4,8 @@ that failed on the code before it."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from snipe.messaging.channel import Deliver
-from snipe.messaging.endpoint import Endpoint, Message
 from snipe.migration.groups import export_groups, restore_groups
 from snipe.multicast.core import (
     FIRST_SEQ,
@@ -20,7 +18,6 @@ from snipe.multicast.core import (
     Reorder,
     ReplayWait,
     Resume,
-    batches,
     pack_replayed,
     pack_resume,
     unpack_batch,
@@ -28,56 +25,12 @@ from snipe.multicast.core import (
 )
 from snipe.multicast.groups import Membership
 
-G = "urn:snipe:group:g"
-S = "urn:snipe:proc:sender"
-M = "urn:snipe:proc:member"
-S0, S1, S2 = "urn:snipe:host:s0", "urn:snipe:host:s1", "urn:snipe:host:s2"
-
-
-class _Endpoint:
-    """What Membership uses of the messaging endpoint, recording what it sends and delivers."""
-
-    decoded = staticmethod(Endpoint.decoded)
-    one_by_one = staticmethod(Endpoint.one_by_one)
-
-    def __init__(self) -> None:
-        self.system_handlers: dict[int, Any] = {}
-        self.periodic: list[Any] = []
-        self.catalog = None
-        self.sent: list[tuple[str, int, bytes]] = []
-        self.inbox: list[Message] = []
-
-    def submit(self, to: str, tag: int, payload: bytes, deadline: float | None = None) -> None:
-        self.sent.append((to, tag, payload))
-
-    def deliver_local(self, messages: list[Message]) -> None:
-        self.inbox.extend(messages)
-
-
-def _member() -> tuple[Membership, _Endpoint]:
-    """A member of G registered with s0 and s1 whose join wait is over (both answered)."""
-    ep = _Endpoint()
-    m = Membership(ep, None, M, "urn:snipe:host:h")  # type: ignore[arg-type]
-    m.joined[G], m.since[G] = [S0, S1], 0
-    wait = m.waits[G] = ReplayWait()
-    wait.asked([S0, S1], 0.0)
-    wait.answered(S0, 0.1)
-    wait.answered(S1, 0.2)
-    m.hold_new_until[G] = wait.hold_until
-    return m, ep
-
-
-def _batch(source: str, first: int, n: int, origin: str = S) -> Deliver:
-    (payload,) = batches(G, [(origin, q, 0, b"%d" % q) for q in range(first, first + n)])
-    return Deliver(source, MCAST_DELIVER, payload, 0)
+# the same fake endpoint and member as the stream-start transcripts
+from tests.unit.test_multicast_stream_start import S0, S1, S2, G, M, S, _batch, _got, _member
 
 
 def _answer(m: Membership, router: str) -> None:
     m.endpoint.system_handlers[MCAST_REPLAYED]([Deliver(router, MCAST_REPLAYED, pack_replayed(G), 0)])
-
-
-def _got(ep: _Endpoint) -> list[Any]:
-    return [m.reason if m.failed else int(m.payload) for m in ep.inbox]
 
 
 # --- 1. a restored member crashed on the second router's copy ------------------------------------

@@ -103,8 +103,8 @@ def _member() -> tuple[Membership, _Endpoint]:
     return m, ep
 
 
-def _batch(source: str, first: int, n: int) -> Deliver:
-    (payload,) = batches(G, [(S, q, 0, b"%d" % q) for q in range(first, first + n)])
+def _batch(source: str, first: int, n: int, origin: str = S) -> Deliver:
+    (payload,) = batches(G, [(origin, q, 0, b"%d" % q) for q in range(first, first + n)])
     return Deliver(source, MCAST_DELIVER, payload, 0)
 
 
