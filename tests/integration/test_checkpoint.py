@@ -21,6 +21,7 @@ from typing import Any
 import snipe
 from snipe.daemonclient import DaemonClient
 from snipe.localcluster import LocalCluster
+from tests.integration.test_daemon import SLEEPER
 from tests.support import wait_for
 
 COUNTER = textwrap.dedent('''
@@ -215,8 +216,8 @@ def test_following_a_restartable_task_ends_when_no_host_can_restart_it(cluster: 
                                                                        tmp_path: Path) -> None:
     """Its host is lost after every host that could restart it: Process.events does not wait
     for a restart that cannot come (it would follow the task forever)."""
-    code = publish(tmp_path, "idle.py", "import time\nwhile True:\n    time.sleep(1)\n")
-    p = snipe.spawn(code, host="h3", restart="on-host-failure")
+    code = publish(tmp_path, "sleeper.py", SLEEPER)
+    p = snipe.spawn(code, "600", host="h3", restart="on-host-failure")
     pid = p.status()["pid"]
     try:
         for i in (0, 1):

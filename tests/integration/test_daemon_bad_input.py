@@ -10,7 +10,6 @@ alive, and its log holds no traceback.
 from __future__ import annotations
 
 import math
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,13 +27,7 @@ from snipe.identity import Identity
 from snipe.localcluster import LocalCluster
 from snipe.transport import Link
 from snipe.wire import Envelope, decode, encode
-
-SLEEPER = textwrap.dedent('''
-    import sys, time
-    end = time.time() + float(sys.argv[1] if len(sys.argv) > 1 else 600)
-    while time.time() < end:
-        time.sleep(0.05)
-''')
+from tests.integration.test_daemon import SLEEPER
 
 QUICK = "print('done')\n"
 
