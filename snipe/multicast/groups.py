@@ -338,6 +338,9 @@ class Membership:
                 if wait is not None and wait.heard(batch.source, now):   # its replay is coming in
                     ready.extend(self._hold_new(group, wait.hold_until, now))
                 for origin, first, tags, bodies in runs:
+                    r = self.reorder.get((group, origin))
+                    if r is not None and r.skips(first, len(tags)):
+                        continue                 # the other router's copy (half of all runs): no more work
                     # A sender first seen past its first message: an earlier one may still be on
                     # its way from our other router (one that had it forwarded comes later than
                     # one sent it directly). Ask our routers to replay (below, one ask per group
