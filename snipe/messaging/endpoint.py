@@ -67,7 +67,7 @@ from snipe.messaging.channel import (
 )
 from snipe.messaging.gateway import RELAY, Sealer, parse_relay, relay_parts
 from snipe.messaging.routes import ProcView, Route, advertised_comm, choose_routes
-from snipe.transport import KeyGate, Link, ipc_server_socket, send_parts, sender_key, server_socket
+from snipe.transport import KeyGate, Link, ipc_server_socket, recv_parts, send_parts, sender_key, server_socket
 from snipe.wire import Envelope, decode, encode
 
 log = logging.getLogger("snipe.messaging")
@@ -251,6 +251,7 @@ class Endpoint:
         # peers sent to since the I/O thread last reckoned every timer (an application thread's
         # direct sends may have set one sooner than the I/O thread's poll ends)
         self._touched: set[str] = set()
+        self._delivered = 0                      # data messages that delivered something (direct recvs' progress)
         self._app_active_until = 0.0             # application threads read the sockets until then
         self._io_wants = False                   # the I/O thread waits for io: no new direct work
         # (links version, poller, a reader per socket) for direct recvs
@@ -424,7 +425,14 @@ class Endpoint:
                 or now - p.resolved_at > RESOLVE_EVERY_S or self.frozen or self.moved is not None:
             return False
         self._take_commands()
-        self._read_input()       # our sends may have taken the sockets' readiness signals: read what waits
+        # A send on a socket may take its descriptor's readiness signal (ZMQ_FD is edge-triggered),
+        # so read what waits on the sockets this send went out on; no other socket's signal moved.
+        for urn in tuple(self._touched):      # (reading a link may send more: to the same peers)
+            q = self.peers.get(urn)
+            if q is not None:
+                for link in list(q.links.values()):   # (a redirect read here replaces links)
+                    if link.sock.getsockopt(_EVENTS) & _POLLIN:
+                        self._read_link(q, link)
         return True
 
     def _touched_soonest(self) -> float:
@@ -589,7 +597,7 @@ class Endpoint:
             poller.register(self.wake_rx, zmq.POLLIN)
             readers: dict[zmq.Socket, Callable[[], None]] = {}
             for router in self.routers:
-                readers[router] = functools.partial(self._read_router, router)
+                readers[router] = functools.partial(self._read_router, router, True)
             for p in self.peers.values():
                 for link in p.links.values():
                     readers[link.sock] = functools.partial(self._read_link, p, link)
@@ -918,6 +926,8 @@ class Endpoint:
     def _take_commands(self) -> None:
         if self.frozen or self.moved is not None:
             return                              # they stay queued: a migration takes them along
+        if not self.commands and not self._wake_pending:
+            return      # nothing queued (a send queues before it asks for a wake-up): no lock needed
         with self.lock:
             self._wake_pending = False           # before taking: a send after this wakes us again
             if not self.commands:
@@ -1105,11 +1115,12 @@ class Endpoint:
             return
         sealed_for = p.key if p.route is not None and p.route.kind == "relay" else None
         for s in sends:
-            body = {**s.envelope.body, "f": self.me}
+            env = s.envelope
+            body = env.body               # made for this send by the channel: ours to complete
+            body["f"] = self.me
             sizes, frames = pack_frames(s.frames)    # small payloads: one frame for the batch
             if sizes is not None:
                 body["z"] = sizes
-            env = Envelope(s.envelope.protocol, s.envelope.version, s.envelope.kind, 0, body)
             parts = encode(env, frames)
             if sealed_for is not None:
                 parts = relay_parts(self.me, p.urn, self.sealer.seal(sealed_for, self.me, p.urn, parts))
@@ -1321,10 +1332,17 @@ class Endpoint:
                 if self._blocked:
                     self.cond.notify_all()
 
-    def _read_router(self, router: zmq.Socket) -> None:
+    def _read_router(self, router: zmq.Socket, until_delivered: bool = False) -> None:
+        """Read what waits on `router`; `until_delivered` (a direct recv): stop once a message
+        reached the inbox, rather than ask for the next one (which costs a zmq.Again when there
+        is none, the usual case for a lone message). What stays is named by the next poll, which
+        looks at every socket's events before it sleeps."""
+        delivered = self._delivered
         for _ in range(1000):
+            if until_delivered and self._delivered != delivered:
+                return
             try:
-                parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts = recv_parts(router, _NOBLOCK)
             except zmq.Again:
                 return
             ident, key = (router, parts[0].bytes), sender_key(parts[0])
@@ -1415,6 +1433,7 @@ class Endpoint:
         if delivered:
             # counted before the messages become visible: a reader that got them and then reads the
             # counters (another thread may have done the I/O) must see them counted
+            self._delivered += 1
             self.received[source] = self.received.get(source, 0) + len(delivered)
             nbytes = sum(len(d.payload) for d in delivered)
             self.bytes_received[source] = self.bytes_received.get(source, 0) + nbytes
