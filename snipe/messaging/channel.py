@@ -224,13 +224,39 @@ class Outbound:
         self.queue.append(_Held(seq, tag, payload, deadline, len(payload)))
         self.next_seq = seq + 1
         if deadline < INF:
-            d = self.deadlines
-            if d and d[-1][0] == deadline:
-                d[-1][1] = seq
-            else:
-                while d and d[-1][0] > deadline:
-                    d.pop()
-                d.append([deadline, seq])
+            self._note_deadline(seq, deadline)
+
+    def _note_deadline(self, seq: int, deadline: float) -> None:
+        d = self.deadlines
+        if d and d[-1][0] == deadline:
+            d[-1][1] = seq
+        else:
+            while d and d[-1][0] > deadline:
+                d.pop()
+            d.append([deadline, seq])
+
+    def send_one(self, tag: int, payload: bytes, now: float, deadline: float) -> dict[str, Any] | None:
+        """`submit` then `flush` for the usual lone message, in one step: when nothing waits in
+        the queue and the window has room, the message goes straight into flight and the body of
+        its data envelope is returned (what `flush` would send for it alone); otherwise it is
+        queued as `submit` does (the window is full: nothing to send now) and None is returned."""
+        flight = self.flight
+        if self.queue or len(flight) >= self.window or (flight and self.flight_bytes >= self.window_bytes):
+            self.submit(tag, payload, now, deadline)
+            return None
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        size = len(payload)
+        flight.append(_Held(seq, tag, payload, deadline, size, now, 1))
+        if deadline < INF:
+            self._note_deadline(seq, deadline)
+        self.flight_bytes += size
+        self.sent_bytes += size
+        self.sent += 1
+        body = {"s": self.session, "b": flight[0].seq, "q": seq, "t": [tag]}
+        if self.resumed:
+            self._mark_resumed(body)
+        return body
 
     def flush(self, now: float) -> list[Send]:
         """Send what the window allows, batched."""

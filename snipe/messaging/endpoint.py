@@ -424,7 +424,8 @@ class Endpoint:
         if self.catalog is None or p is None or not p.routes or p.waiting_since is not None \
                 or now - p.resolved_at > RESOLVE_EVERY_S or self.frozen or self.moved is not None:
             return False
-        self._take_commands()
+        if not self._send_alone(p, now):
+            self._take_commands()
         # A send on a socket may take its descriptor's readiness signal (ZMQ_FD is edge-triggered),
         # so read what waits on the sockets this send went out on; no other socket's signal moved.
         for urn in tuple(self._touched):      # (reading a link may send more: to the same peers)
@@ -433,6 +434,29 @@ class Endpoint:
                 for link in list(q.links.values()):   # (a redirect read here replaces links)
                     if link.sock.getsockopt(_EVENTS) & _POLLIN:
                         self._read_link(q, link)
+        return True
+
+    def _send_alone(self, p: _Peer, now: float) -> bool:
+        """(Holding io.) The usual direct send in one step: the only command queued, to `p`, whose
+        route is direct and whose link is made, goes out without the queue's batching (the channel's
+        `send_one`). False, having done nothing, when anything else is the case (`_take_commands`)."""
+        route = p.routes[p.route_index]
+        link = p.links.get(route.endpoint) if route.kind != "relay" and not p.copies else None
+        if link is None:
+            return False
+        with self.lock:
+            if len(self.commands) != 1 or self.commands[0][0] != p.urn:
+                return False
+            _, tag, payload, deadline_s = self.commands.popleft()
+            self._wake_pending = False
+        body = p.out.send_one(tag, payload, now, now + deadline_s)
+        if body is None:                # it went to the channel's queue: what the window lets go, goes
+            self._transmit(p, p.out.flush(now))
+        else:
+            body["f"] = self.me
+            with contextlib.suppress(zmq.Again):      # the link's queue is full: retransmission resends it
+                send_parts(link.sock, encode(Envelope(PROTOCOL, VERSION, "data", 0, body), (payload,)), _NOBLOCK)
+        self._touched.add(p.urn)
         return True
 
     def _touched_soonest(self) -> float:

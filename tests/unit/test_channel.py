@@ -202,6 +202,44 @@ def test_window_and_hwm_bound_what_is_held() -> None:
     assert ([d.seq for d in got], reply, inbound.early) == ([1, 2, 3, 4], ack(S1, 4), {})
 
 
+ops = st.lists(st.one_of(st.tuples(st.just("send"), st.integers(0, 3000), st.sampled_from([5.0, 9.0, INF])),
+                         st.tuples(st.just("ack"), st.integers(0, 40), st.just(0.0)),
+                         st.tuples(st.just("resume"), st.integers(0, 40), st.just(0.0))), max_size=60)
+
+
+@PROPERTY
+@given(ops=ops, window=st.integers(1, 6), window_bytes=st.integers(1, 6000))
+def test_send_one_is_submit_then_flush_for_a_lone_message(ops: list[tuple[str, int, float]], window: int,
+                                                          window_bytes: int) -> None:
+    """The shell's one-step direct send sends what submit + flush would, and leaves the channel
+    in the same state, whether the window has room, is full, or a queue waits (after acks and
+    a resume, which marks data "r")."""
+    def state(o: Outbound) -> tuple[object, ...]:
+        return (o.next_seq, [(h.seq, h.tag, h.size, h.deadline, h.attempts) for h in o.flight],
+                [(h.seq, h.tag, h.deadline) for h in o.queue], [list(d) for d in o.deadlines], o.flight_bytes,
+                o.sent, o.sent_bytes, o.acked)
+
+    one, two = (outbound(window=window, window_bytes=window_bytes, max_batch=1) for _ in range(2))
+    one.retain = two.retain = 100
+    now = 0.0
+    for kind, n, deadline in ops:
+        now += 0.001
+        if kind == "send":
+            body = one.send_one(n % 7, b"p" * n, now, now + deadline)
+            two.submit(n % 7, b"p" * n, now, now + deadline)
+            sends = two.flush(now)
+            assert ([body] if body is not None else []) == [s.envelope.body for s in sends]
+        elif kind == "ack":
+            cum = min(n, two.next_seq - 1)
+            assert [s.envelope.body for s in one.on_ack(one.session, cum, now)] == \
+                [s.envelope.body for s in two.on_ack(two.session, cum, now)]
+        else:
+            cum = min(n, two.acked_upto)
+            assert [s.envelope.body for s in one.on_resume(one.session, cum, now, 5)[0]] == \
+                [s.envelope.body for s in two.on_resume(two.session, cum, now, 5)[0]]
+        assert state(one) == state(two)
+
+
 # --- Inbound transcripts ---------------------------------------------------------------------------
 
 
