@@ -203,7 +203,7 @@ def resume_at_start(s: Any) -> None:
                 from snipe.multicast.groups import Membership
                 assert s.me is not None
                 s._membership = Membership(ep, s.catalog, s.me, s.host)
-                restore_groups(s._membership, groups)
+                restore_groups(s._membership, groups, same_incarnation=False)
         s.endpoint(prepare=prepare)
         if groups:
             from snipe.migration.groups import reregister

@@ -1,7 +1,13 @@
 """A process's multicast standing, moved with it: the groups it joined, where each origin's
-stream stands (and what is held early), and its own next sequence number per group it sends to.
-The routers deliver by URN through the unicast channels, which move with the process, so a
-member that migrates keeps receiving every group message once and in order."""
+stream stands (and what is held early), and, as a sender, its origin and next sequence number
+per group. The routers deliver by URN through the unicast channels, which move with the process,
+so a member that migrates keeps receiving every group message once and in order, and a sender
+that migrates goes on with its stream.
+
+A process restored from a checkpoint is another incarnation as a sender: what its lost
+incarnation sent after the checkpoint used the numbers that follow, so it keeps its own new
+origin and numbers from the first again (`restore_groups(..., same_incarnation=False)`); as a
+member, it takes up where the checkpoint stood."""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from snipe.catalog.client import CatalogClient, now_ms
 from snipe.messaging.endpoint import Message
-from snipe.multicast.core import FIRST_SEQ, Reorder
+from snipe.multicast.core import FIRST_SEQ, Reorder, origin_urn
 
 if TYPE_CHECKING:
     from snipe.multicast.groups import Membership
@@ -27,10 +33,12 @@ def export_groups(m: Membership | None) -> dict[str, Any]:
                     r.start]
                    for (g, origin), r in m.reorder.items()]
         return {"joined": {g: list(rs) for g, rs in m.joined.items()}, "since": dict(m.since), "reorder": reorder,
-                "seqs": {g: next(copy.copy(c)) for g, c in m.seqs.items()}}
+                "seqs": {g: next(copy.copy(c)) for g, c in m.seqs.items()}, "origin": m.origin}
 
 
-def restore_groups(m: Membership, state: dict[str, Any]) -> None:
+def restore_groups(m: Membership, state: dict[str, Any], *, same_incarnation: bool = True) -> None:
+    """`same_incarnation`: a migration's clone, which goes on with the sender's stream (its origin
+    and numbers); False for a restore from a checkpoint (see the module's doc)."""
     if not state:
         return
     with m.lock:
@@ -42,9 +50,12 @@ def restore_groups(m: Membership, state: dict[str, Any]) -> None:
             # where the stream started; a state exported before it was kept has none: no lower
             # bound (a seq below `expected` is then a duplicate, never reported late)
             r.start = rest[0] if rest else None
-            r.held = {seq: Message(origin, tag, payload, group=g) for seq, tag, payload in held}
-        for g, n in state["seqs"].items():
-            m.seqs[g] = itertools.count(int(n))
+            r.held = {seq: Message(origin_urn(origin), tag, payload, group=g) for seq, tag, payload in held}
+        if same_incarnation:
+            if state.get("origin"):
+                m.origin = state["origin"]
+            for g, n in state["seqs"].items():
+                m.seqs[g] = itertools.count(int(n))
 
 
 def reregister(m: Membership, catalog: CatalogClient, host: str | None) -> None:

@@ -49,7 +49,9 @@ SNIPE 4.4, as built here:
 
 Wire: a multicast message rides the unicast channel under a reserved tag. Sender -> router and
 router -> router (MCAST_DATA): a 4-byte header length, a msgpack header [group, origin, seq,
-tag, seen], then the body. Router -> member (MCAST_DELIVER, a batch): a 4-byte header length, a
+tag, seen], then the body; the origin is the sender's URN and its incarnation (`origin_of`), so
+a restarted sender's stream, numbered from FIRST_SEQ again, is a new one. Router -> member
+(MCAST_DELIVER, a batch): a 4-byte header length, a
 msgpack header [group, [[origin, first seq, [tags], [body sizes]], ...]] (runs of consecutive
 seqs of one origin), then the bodies back to back. A resume is msgpack [group, since (ms),
 [[origin, next seq], ...], follow].
@@ -77,6 +79,7 @@ MCAST_REPLAYED = -5    # router -> member: the replay for your Resume is all sen
 REPLAY_WAIT_S = 5.0    # a member waits this long for a router's answer after the last it heard from it
 REPLAY_BOUND_S = 30.0  # ... and this long at most after its last Resume
 FIRST_SEQ = 1          # the seq of a sender's first message to a group
+ORIGIN_SEP = "#"       # origin = "<sender URN>#<incarnation>": a URN has no "#" (snipe/urn.py)
 NO_REPLAY = 1 << 62    # a Resume's next seq no real one reaches: replay nothing of that origin
 ANSWER_HOLD_S = 2.0    # a router holds its answer to a Resume for holes below what it held this long at most
 DEFAULT_WANTED = 2
@@ -395,6 +398,19 @@ def targets(routers: Sequence[str], origin_seq: int) -> list[str]:
     k = len(ordered) // 2 + 1
     start = origin_seq % len(ordered)
     return [ordered[(start + i) % len(ordered)] for i in range(k)]
+
+
+def origin_of(urn: str, incarnation: int) -> str:
+    """The origin a sender's messages carry: its URN and this incarnation of it. A sender that is
+    restarted (from the beginning or from a checkpoint) numbers its messages from FIRST_SEQ again
+    as a new stream; under its bare URN, the routers, which drop what they relayed before by
+    (origin, seq), would take them for copies of its earlier incarnation's, and lose them."""
+    return f"{urn}{ORIGIN_SEP}{incarnation:x}"
+
+
+def origin_urn(origin: str) -> str:
+    """The sender's URN in an origin (what a member's application sees as the message's source)."""
+    return origin.split(ORIGIN_SEP, 1)[0]
 
 
 # --- relay -----------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,8 @@ from snipe.multicast.core import (
     Resume,
     forget_gone,
     hold_new,
+    origin_of,
+    origin_urn,
     pack,
     pack_resume,
     pick_routers,
@@ -109,6 +112,9 @@ class Membership:
         self.waits: dict[str, ReplayWait] = {}           # group -> the routers whose replay we await
         self.read_at: dict[str, float] = {}              # group -> when _tend last read its routers
         self.seqs: dict[str, itertools.count[int]] = {}
+        # the origin our messages carry: this incarnation's (a migration carries it along; a
+        # restart makes a new one, as the numbering starts again)
+        self.origin = origin_of(me, secrets.randbits(63))
         # group name as the caller spelled it -> (monotonic time, URN, `targets` for each seq modulo
         # the number of live routers, the earliest lease expiry in the entry they came from): mcast
         # reads the entry once a second
@@ -172,7 +178,7 @@ class Membership:
             self.routers_seen[asked] = (now, group, rotations, entry.next_expiry(now_ms()))
         seq = next(self.seqs.setdefault(group, itertools.count(FIRST_SEQ)))
         chosen = rotations[seq % len(rotations)]
-        data = pack(Header(group, self.me, seq, int(tag), tuple(chosen)), payload)
+        data = pack(Header(group, self.origin, seq, int(tag), tuple(chosen)), payload)
         for r in chosen:
             self.endpoint.send(r, data, MCAST_DATA)
         return seq
@@ -281,7 +287,7 @@ class Membership:
             for (group, origin), r in self.reorder.items():
                 items, hole = r.on_timer(now)
                 if hole is not None:
-                    lost.append(Message(origin, -1, b"", group=group, failed=True,
+                    lost.append(Message(origin_urn(origin), -1, b"", group=group, failed=True,
                                         reason=f"multicast messages {hole[0]}..{hole[1]} from {origin} never "
                                                f"arrived (their routers failed before relaying them)"))
                 lost.extend(items)
@@ -345,16 +351,17 @@ class Membership:
                     # its way from our other router (one that had it forwarded comes later than
                     # one sent it directly). Ask our routers to replay (below, one ask per group
                     # and call), and start at the lowest seq once they answered (core.take_run).
+                    source = origin_urn(origin)
                     got, asks = take_run(self.reorder, (group, origin), first, len(tags),
-                                         lambda origin=origin, tags=tags, bodies=bodies, group=group: [
-                                             Message(origin, t, b, group) for t, b in zip(tags, bodies, strict=True)],
+                                         lambda source=source, tags=tags, bodies=bodies, group=group: [
+                                             Message(source, t, b, group) for t, b in zip(tags, bodies, strict=True)],
                                          now, self.hold_new_until.get(group, 0.0))
                     if asks:
                         ask[group] = list(self.joined[group])
                     ready.extend(got)
                     r = self.reorder[(group, origin)]
                     for a, b in r.take_late():
-                        ready.append(Message(origin, -1, b"", group=group, failed=True,
+                        ready.append(Message(origin_urn(origin), -1, b"", group=group, failed=True,
                                              reason=f"multicast messages {a}..{b} from {origin} arrived after "
                                                     f"later ones were delivered: lost to this member, unless "
                                                     f"sent before it joined (not owed: a member gets the "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -221,3 +223,94 @@ def test_the_console_lists_groups_and_shows_members_routers_and_their_counts(
     assert "3 member(s)" in text and "2 router(s)" in text and "duplicates dropped" in text
     assert all(m.urn in text for m in members) and "1 multicast group(s)" in text
 
+
+
+COLLECTOR = textwrap.dedent('''
+    import sys, snipe
+    group, expected = sys.argv[1], int(sys.argv[2])
+    snipe.join(group)
+    snipe.catalog().set(snipe.me(), "joined", True)
+    got, sources = [], set()
+    while len(got) < expected:
+        m = snipe.recv(timeout=120)
+        if m is None:
+            break
+        if m.failed:
+            got.append("failed: " + str(m.reason)[:100])
+            continue
+        got.append(m.payload.decode())
+        sources.add(m.source)
+        snipe.catalog().set(snipe.me(), "got", got)
+    snipe.catalog().set(snipe.me(), "sources", sorted(sources))
+    snipe.recv(timeout=120)
+''')
+
+RESTARTED_SENDER = textwrap.dedent('''
+    import os, sys, snipe
+    group, n = sys.argv[1], int(sys.argv[2])
+    host = os.environ["SNIPE_HOST_URN"].rsplit(":", 1)[1]
+    for i in range(n):
+        snipe.mcast(group, f"{host} {i}".encode())
+    snipe.catalog().set(snipe.me(), "sent_from", host)
+    snipe.recv(timeout=600)
+''')
+
+
+def test_a_sender_restarted_after_its_hosts_loss_is_heard_again(cluster: LocalCluster, tmp_path: Path) -> None:
+    """A sender restarted elsewhere (from the beginning: no checkpoint) numbers its messages from 1
+    again, as a new incarnation: the routers must not take them for the copies of its first
+    incarnation's, which they relayed already (they were dropped as duplicates, silently)."""
+    n = 20
+    member = snipe.spawn(publish(tmp_path, "collector.py", COLLECTOR), GROUP, 2 * n, host="h1")
+    wait_for(lambda: _value(member, "joined"), 60, "the member to join")
+    sender = snipe.spawn(publish(tmp_path, "sender.py", RESTARTED_SENDER), GROUP, n, host="h3",
+                         restart="on-host-failure")
+    wait_for(lambda: len(_value(member, "got") or []) >= n, 60, "the first incarnation's messages")
+    pid = sender.status()["pid"]
+    cluster.kill_daemon(2)
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: _value(sender, "sent_from") in ("h1", "h2"), 90, "the sender to restart on another host")
+    got = wait_for(lambda: (g := _value(member, "got") or []) and len(g) >= 2 * n and g, 60,
+                   "the restarted sender's messages")
+    again = _value(sender, "sent_from")
+    assert got == [f"h3 {i}" for i in range(n)] + [f"{again} {i}" for i in range(n)]
+    assert wait_for(lambda: _value(member, "sources"), 30, "the member's report") == [sender.urn]
+
+
+CHECKPOINTED_SENDER = textwrap.dedent('''
+    import sys, snipe
+    group, n = sys.argv[1], int(sys.argv[2])
+    state, restored = {"next": 0}, []
+    snipe.on_checkpoint(lambda: state)
+    snipe.on_restore(lambda saved: (state.update(saved), restored.append(True)))
+    snipe.init()
+    mark = "again" if restored else "first"
+    while state["next"] < n:
+        i = state["next"]
+        snipe.mcast(group, f"{mark} {i}".encode())
+        state["next"] = i + 1
+        if i == n // 2 - 1 and not restored:
+            snipe.checkpoint()
+    snipe.catalog().set(snipe.me(), "done", mark)
+    snipe.recv(timeout=600)
+''')
+
+
+def test_a_sender_restored_from_its_checkpoint_is_heard_again(cluster: LocalCluster, tmp_path: Path) -> None:
+    """A sender restored from a checkpoint taken halfway sends the second half again, numbered
+    from where the checkpoint stood, numbers its lost incarnation had used after it: each of
+    those messages must reach the member (they were dropped as copies of the lost ones)."""
+    n = 20
+    member = snipe.spawn(publish(tmp_path, "collector.py", COLLECTOR), GROUP, n + n // 2, host="h1")
+    wait_for(lambda: _value(member, "joined"), 60, "the member to join")
+    sender = snipe.spawn(publish(tmp_path, "sender.py", CHECKPOINTED_SENDER), GROUP, n, host="h3",
+                         restart="on-host-failure")
+    wait_for(lambda: len(_value(member, "got") or []) >= n and _value(sender, "done") == "first", 60,
+             "the first incarnation's messages")
+    pid = sender.status()["pid"]
+    cluster.kill_daemon(2)
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: _value(sender, "done") == "again", 90, "the sender to be restored on another host")
+    got = wait_for(lambda: (g := _value(member, "got") or []) and len(g) >= n + n // 2 and g, 60,
+                   "the restored sender's messages")
+    assert got == [f"first {i}" for i in range(n)] + [f"again {i}" for i in range(n // 2, n)]
