@@ -252,6 +252,7 @@ class Endpoint:
         # direct sends may have set one sooner than the I/O thread's poll ends)
         self._touched: set[str] = set()
         self._delivered = 0                      # data messages that delivered something (direct recvs' progress)
+        self._recv_waiting = 0                   # threads in recv waiting for the I/O thread to deliver
         self._app_active_until = 0.0             # application threads read the sockets until then
         self._io_wants = False                   # the I/O thread waits for io: no new direct work
         # (links version, poller, a reader per socket) for direct recvs
@@ -540,7 +541,13 @@ class Endpoint:
                 left = None if limit is None else limit - time.monotonic()
                 if left is not None and left <= 0:
                     return None
-                self.cond.wait(left)
+                self._recv_waiting += 1          # (under the lock) the I/O thread must watch the sockets
+                if self._recv_waiting == 1 and self._app_active_until > time.monotonic():
+                    self._wake()                 # it may have stopped watching them for other threads' work
+                try:
+                    self.cond.wait(left)
+                finally:
+                    self._recv_waiting -= 1
 
     def unread(self, m: Message) -> None:
         """Put back a message a caller took but could not use (an asyncio recv cancelled while
@@ -824,7 +831,9 @@ class Endpoint:
                 # next send would wait for our turn): look again shortly, but take a turn at
                 # least every APP_ACTIVE_S (timers, acks, catalog work).
                 now = time.monotonic()
-                if now < self._app_active_until and now - served_at < APP_ACTIVE_S:
+                # (A thread waiting in recv has only us to read for it: direct work of others does
+                # not make us stop watching the sockets then.)
+                if now < self._app_active_until and now - served_at < APP_ACTIVE_S and not self._recv_waiting:
                     if not self.io.acquire(blocking=False):
                         # Sleep until our turn is due, or until the application hands the sockets
                         # back (it writes the wake-up then): trying every millisecond cost each
@@ -842,7 +851,7 @@ class Endpoint:
                     waiting = self._turn()
                     now = time.monotonic()
                     app_until = self._app_active_until     # once: application threads change it
-                    app = now < app_until
+                    app = now < app_until and not self._recv_waiting
                     if fds_for != (self._links_version, self.paused, app):
                         fds_for = (self._links_version, self.paused, app)
                         fds = set() if app else {s.getsockopt(zmq.FD) for s in self._input_sockets()
@@ -1359,11 +1368,14 @@ class Endpoint:
     def _read_router(self, router: zmq.Socket, until_delivered: bool = False) -> None:
         """Read what waits on `router`; `until_delivered` (a direct recv): stop once a message
         reached the inbox, rather than ask for the next one (which costs a zmq.Again when there
-        is none, the usual case for a lone message). What stays is named by the next poll, which
-        looks at every socket's events before it sleeps."""
+        is none, the usual case for a lone message). What stays (its readiness signal taken) is
+        read by this thread's next recv, whose poll looks at every socket's events before it
+        sleeps, or else by the I/O thread's next turn, at most APP_ACTIVE_S after its last: the
+        wait any message arriving while the application is active has. Not when another thread
+        waits in recv: the I/O thread would not know it is there, so it is read now."""
         delivered = self._delivered
         for _ in range(1000):
-            if until_delivered and self._delivered != delivered:
+            if until_delivered and self._delivered != delivered and not self._recv_waiting:
                 return
             try:
                 parts = recv_parts(router, _NOBLOCK)
