@@ -49,6 +49,7 @@ from snipe.multicast.core import (
     PendingAnswers,
     Relay,
     batches,
+    origin_urn,
     pack,
     pack_replayed,
     should_route,
@@ -56,7 +57,7 @@ from snipe.multicast.core import (
     unpack_resume,
 )
 from snipe.multicast.groups import ROUTER, ensure_group, live_members, live_routers
-from snipe.urn import validate_urn
+from snipe.urn import parse_urn, validate_urn
 
 log = logging.getLogger("snipe.daemon.mcast")
 
@@ -67,6 +68,7 @@ log = logging.getLogger("snipe.daemon.mcast")
 VIEW_REFRESH_S = 0.5
 RESUMED_HOLD_S = 10.0          # a resuming member is relayed to before the catalog lists it, this long
 HANDOVER_S = 3.0               # a member whose first live router is another is still relayed to, this long
+FORGED_SAY_EVERY_S = 60.0      # a log line about forged origins: at most this often
 HISTORY_MESSAGES = 100_000     # per group: what a router keeps for members that resume
 HISTORY_BYTES = 64 << 20
 HISTORY_AGE_S = 120.0
@@ -97,6 +99,14 @@ class GroupCounts:
     members: int = 0               # members delivered to, at the last view
 
 
+def _is_host(urn: str) -> bool:
+    """Whether `urn` names a host (its daemon: a router, which relays others' messages)."""
+    try:
+        return parse_urn(urn).kind == "host"
+    except SnipeError:
+        return False
+
+
 class GroupRouter:
     def __init__(self, host_urn: str, address: str, catalog: CatalogClient, endpoint: Endpoint, lease_s: float,
                  wanted: int = DEFAULT_WANTED) -> None:
@@ -115,6 +125,8 @@ class GroupRouter:
         self.answers = PendingAnswers()                   # answers to Resumes held for this router's holes
         self.relayed = 0
         self.replayed = 0
+        self.forged = 0                                   # messages whose origin their sender may not claim
+        self._forged_said = 0.0
         endpoint.system_handlers[MCAST_DATA] = self._on_data
         endpoint.system_handlers[MCAST_RESUME] = endpoint.one_by_one(self._on_resume)
         endpoint.turn_end.append(self._end_turn)
@@ -195,7 +207,7 @@ class GroupRouter:
     def status(self) -> dict[str, Any]:
         with self.lock:
             return {"routing": sorted(self.routing), "local": {g: sorted(m) for g, m in self.local.items()},
-                    "relayed": self.relayed, "replayed": self.replayed,
+                    "relayed": self.relayed, "replayed": self.replayed, "forged": self.forged,
                     # the endpoint thread adds to these dicts: iterate over copies (list() is atomic)
                     "history": {g: len(h.items) for g, h in list(self.histories.items())},
                     "groups": {g: self.group_counts(g) for g in sorted(set(list(self.counts)) | self.routing)},
@@ -237,7 +249,10 @@ class GroupRouter:
     def _on_data(self, messages: list[Deliver]) -> None:
         """A run of multicast messages (from a sender or another router): relay each once."""
         wall = now_ms()
-        for _, (h, body) in self.endpoint.decoded(messages, unpack, "multicast message"):
+        for m, (h, body) in self.endpoint.decoded(messages, unpack, "multicast message"):
+            if origin_urn(h.origin) != m.source and not _is_host(m.source):
+                self._refuse_forged(m.source, h.origin)
+                continue
             view = self._view(h.group)
             if view is None:
                 continue
@@ -264,6 +279,16 @@ class GroupRouter:
                 payload = pack(out.header, body)
                 for router in out.forward_to:
                     self.endpoint.submit(router, MCAST_DATA, payload, HOP_DEADLINE_S)
+
+    def _refuse_forged(self, source: str, origin: str) -> None:
+        """A process claimed another's messages (its channel is authenticated: the source is
+        who sent it). Only routers, which are host daemons, pass on others' messages."""
+        self.forged += 1
+        now = time.monotonic()
+        if now - self._forged_said >= FORGED_SAY_EVERY_S:
+            self._forged_said = now
+            log.warning("dropped a multicast message from %s claiming to come from %s (%d so far): a process "
+                        "may send only its own", source, origin_urn(origin), self.forged)
 
     def _end_turn(self) -> None:
         self._flush()

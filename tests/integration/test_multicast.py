@@ -314,3 +314,36 @@ def test_a_sender_restored_from_its_checkpoint_is_heard_again(cluster: LocalClus
     got = wait_for(lambda: (g := _value(member, "got") or []) and len(g) >= n + n // 2 and g, 60,
                    "the restored sender's messages")
     assert got == [f"first {i}" for i in range(n)] + [f"again {i}" for i in range(n // 2, n)]
+
+
+FORGER = textwrap.dedent('''
+    import sys, snipe
+    from snipe.multicast.core import MCAST_DATA, Header, origin_of, pack
+    from snipe.multicast.groups import live_routers
+    from snipe.runtime import now_ms
+    group, victim = sys.argv[1], sys.argv[2]
+    endpoint = snipe.session().endpoint()
+    for router in sorted(live_routers(snipe.catalog().get(group), now_ms())):
+        endpoint.send(router, pack(Header(group, origin_of(victim, 1), 1, 0, ()), b"forged"), MCAST_DATA)
+    snipe.mcast(group, b"genuine")
+    snipe.catalog().set(snipe.me(), "sent", True)
+    snipe.recv(timeout=600)
+''')
+
+
+def test_a_process_cannot_multicast_in_anothers_name(cluster: LocalCluster, tmp_path: Path) -> None:
+    """A process that hands a router a message claiming another's origin is refused: the
+    members get only what it sends as itself (its channel to the router says who it is)."""
+    from snipe.daemonclient import DaemonClient
+
+    member = snipe.spawn(publish(tmp_path, "collector.py", COLLECTOR), GROUP, 1, host="h1")
+    wait_for(lambda: _value(member, "joined"), 60, "the member to join")
+    forger = snipe.spawn(publish(tmp_path, "forger.py", FORGER), GROUP, snipe.me(), host="h2")
+    wait_for(lambda: _value(forger, "sent"), 60, "the forger to send")
+    assert wait_for(lambda: _value(member, "got"), 60, "the member's message") == ["genuine"]
+    assert wait_for(lambda: _value(member, "sources"), 30, "the member's report") == [forger.urn]
+    forged = 0
+    for d in cluster.daemons:
+        with DaemonClient(d.address, cluster.user, timeout=5) as c:
+            forged += int(c.call("mcast-status")[0]["forged"])
+    assert forged == len(_routers())
