@@ -75,7 +75,7 @@ MAX_FILE_BYTES = 1 << 30       # a stored blob (a checkpoint) at most this big
 RESTART_POLICIES = ("on-host-failure",)
 REPLICA_MODES = ("standby", "all")
 GIVE_CODE_TIMEOUT_S = 5.0       # a spawn's push of code to a standby host, at most (capped at a quarter lease)
-FETCH_CONNECT_S = 5.0           # fetching code or a checkpoint: the wait for one holder to connect, others left
+FETCH_CONNECT_S = 5.0           # fetching code or a checkpoint: the most it waits for one holder to connect
 TAKEOVER_TRIES = 5             # a won takeover that fails (code or checkpoint unreachable) is tried again
 STANDBY_CHECKPOINT_S = 1.0     # a standby-replicated task checkpoints this often unless told otherwise
 
@@ -476,12 +476,12 @@ class Daemon:
         dead = {str(a.value) for e in self.catalog.query("urn:snipe:host:").values()
                 if e.value("alive", now) is not True for a in e.records if a.name == "daemon"}
         locations = sorted({str(v) for v in entry.values("location", now).values()} - dead - {self.cfg.address})
-        for i, location in enumerate(locations):
+        waits_end = time.monotonic() + self.cfg.lease_s / 2
+        for location in locations:
             try:
                 with DaemonClient(location, self.cfg.identity, timeout=30.0) as peer:
                     # a daemon that died since its lease was renewed: the next location, soon
-                    _, frames = peer.call("get-code", {"urn": urn},
-                                          connect_wait=FETCH_CONNECT_S if i + 1 < len(locations) else None)
+                    _, frames = peer.call("get-code", {"urn": urn}, connect_wait=self._holder_wait(waits_end))
                 path = self.codes.install(frames[0], urn)       # raises if the bytes do not hash to the URN
                 with contextlib.suppress(SnipeError):
                     self.catalog.set(urn, "location", self.cfg.address)
@@ -739,6 +739,14 @@ class Daemon:
                        and h not in left and h != values.get("host"))
         return [h for h in left if h in live] + spare[:max(0, want - len([h for h in left if h in live]))]
 
+    def _holder_wait(self, waits_end: float) -> float:
+        """How long a fetch waits for a holder's daemon to take a connection. The fetch holds this
+        loop, and a holder whose daemon died is still listed until its lease lapses: all waits of
+        one fetch end by `waits_end` (half a lease after it began), each at most FETCH_CONNECT_S
+        and a quarter lease, so dead holders cannot hold the loop until our own lease lapses (our
+        tasks would be reported lost and stopped: the fence)."""
+        return max(0.2, min(FETCH_CONNECT_S, self.cfg.lease_s / 4, waits_end - time.monotonic()))
+
     def _fetch_file(self, ckpt: dict[str, Any]) -> bytes:
         """A stored checkpoint, from this host or one of its holders (checked against its URN)."""
         urn = validate_urn(ckpt["file"])
@@ -747,11 +755,11 @@ class Daemon:
             return blob
         errors = []
         holders = [str(a) for a in ckpt.get("holders", []) if a != self.cfg.address]
-        for i, address in enumerate(holders):
+        waits_end = time.monotonic() + self.cfg.lease_s / 2
+        for address in holders:
             try:
                 with DaemonClient(address, self.cfg.identity, timeout=30.0) as peer:
-                    _, frames = peer.call("get-file", {"urn": urn},
-                                          connect_wait=FETCH_CONNECT_S if i + 1 < len(holders) else None)
+                    _, frames = peer.call("get-file", {"urn": urn}, connect_wait=self._holder_wait(waits_end))
                 # Checked, not kept: this host is no holder of the checkpoint (nobody would drop
                 # a copy here), and the restore reads the bytes once.
                 verify_blob(bytes(frames[0]), urn)           # raises unless the bytes hash to the URN

@@ -163,6 +163,32 @@ def test_published_code_outlives_the_publishers_host(cluster: LocalCluster, tmp_
     assert len(set(locations.values())) == 2            # this host's daemon and one spare
     cluster.kill_daemon(0)                              # the publisher's host
     tasks = [snipe.spawn(code, "600", host=h) for h in ("h2", "h3")]   # one holds the spare, one fetches it
-    assert [Process(t.urn).status()["state"] for t in tasks] == ["running", "running"]
+    states = [Process(t.urn).status() for t in tasks]
+    assert [st["state"] for st in states] == ["running", "running"], states    # (with the reason if not)
     for t in tasks:
         Process(t.urn).kill()
+
+
+def test_a_fetch_past_a_dead_holder_does_not_hold_the_daemon_past_its_lease(cluster: LocalCluster,
+                                                                         tmp_path: Path) -> None:
+    """A holder of the code whose daemon died stays listed until its lease lapses, and a host
+    that fetches the code asks it first (here: a location on a closed port, listed first). The
+    fetch holds the daemon's loop: waiting its 5 s for that holder outlasted the cluster's 2 s
+    lease, and the daemon then stopped its tasks as reported lost (the new one too)."""
+    code = _task_code(tmp_path)
+    held = set(snipe.catalog().get(code).values("location", now_ms()).values())
+    target = next(d for d in cluster.daemons if d.address not in held)     # it must fetch the code
+    dead = f"tcp://127.0.0.1:{_closed_port()}#{cluster.daemons[0].identity.key_id}"
+    assert dead < min(held)                               # asked first (holders are tried in order)
+    snipe.catalog().set(code, "location", dead)
+    p = snipe.spawn(code, "600", host=target.host_id)
+    spawned_ms = now_ms()
+    host = f"urn:snipe:host:{target.host_id}"
+
+    def renewed_since_spawn() -> bool:                    # the daemon's loop went round once more
+        snipe.catalog().invalidate(host)
+        return any(a.name == "alive" and a.ts >> 16 > spawned_ms for a in snipe.catalog().get(host).records)
+    wait_for(renewed_since_spawn, 30, "the host's lease to be renewed after the spawn")
+    status = Process(p.urn).status()
+    assert status["state"] == "running", status
+    Process(p.urn).kill()
