@@ -57,7 +57,7 @@ from snipe.multicast.core import (
     unpack_resume,
 )
 from snipe.multicast.groups import ROUTER, ensure_group, live_members, live_routers
-from snipe.urn import parse_urn, validate_urn
+from snipe.urn import is_host, validate_urn
 
 log = logging.getLogger("snipe.daemon.mcast")
 
@@ -97,14 +97,6 @@ class GroupCounts:
     batches: int = 0               # channel messages those deliveries took
     replayed: int = 0              # deliveries from the history to resuming members
     members: int = 0               # members delivered to, at the last view
-
-
-def _is_host(urn: str) -> bool:
-    """Whether `urn` names a host (its daemon: a router, which relays others' messages)."""
-    try:
-        return parse_urn(urn).kind == "host"
-    except SnipeError:
-        return False
 
 
 class GroupRouter:
@@ -250,7 +242,7 @@ class GroupRouter:
         """A run of multicast messages (from a sender or another router): relay each once."""
         wall = now_ms()
         for m, (h, body) in self.endpoint.decoded(messages, unpack, "multicast message"):
-            if origin_urn(h.origin) != m.source and not _is_host(m.source):
+            if origin_urn(h.origin) != m.source and not is_host(m.source):    # routers pass on others'
                 self._refuse_forged(m.source, h.origin)
                 continue
             view = self._view(h.group)

@@ -472,16 +472,15 @@ class Daemon:
         if path is not None:
             return path, manifest
         errors = []
-        # Not the daemons of hosts whose lease lapsed: a dead one would hold this loop for the call's timeout.
-        dead = {str(a.value) for e in self.catalog.query("urn:snipe:host:").values()
-                if e.value("alive", now) is not True for a in e.records if a.name == "daemon"}
-        locations = sorted({str(v) for v in entry.values("location", now).values()} - dead - {self.cfg.address})
+        locations = sorted({str(v) for v in entry.values("location", now).values()}
+                           - self._lapsed_daemons(now) - {self.cfg.address})
         waits_end = time.monotonic() + self.cfg.lease_s / 2
-        for location in locations:
+        for i, location in enumerate(locations):
             try:
                 with DaemonClient(location, self.cfg.identity, timeout=30.0) as peer:
                     # a daemon that died since its lease was renewed: the next location, soon
-                    _, frames = peer.call("get-code", {"urn": urn}, connect_wait=self._holder_wait(waits_end))
+                    _, frames = peer.call("get-code", {"urn": urn},
+                                          connect_wait=self._holder_wait(waits_end, i + 1 == len(locations)))
                 path = self.codes.install(frames[0], urn)       # raises if the bytes do not hash to the URN
                 with contextlib.suppress(SnipeError):
                     self.catalog.set(urn, "location", self.cfg.address)
@@ -739,13 +738,21 @@ class Daemon:
                        and h not in left and h != values.get("host"))
         return [h for h in left if h in live] + spare[:max(0, want - len([h for h in left if h in live]))]
 
-    def _holder_wait(self, waits_end: float) -> float:
+    def _lapsed_daemons(self, now: int) -> set[str]:
+        """The addresses of the daemons whose host's lease lapsed: a fetch does not ask them (a dead
+        one would hold this loop for the wait)."""
+        return {str(a.value) for e in self.catalog.query("urn:snipe:host:").values()
+                if e.value("alive", now) is not True for a in e.records if a.name == "daemon"}
+
+    def _holder_wait(self, waits_end: float, last: bool) -> float:
         """How long a fetch waits for a holder's daemon to take a connection. The fetch holds this
-        loop, and a holder whose daemon died is still listed until its lease lapses: all waits of
-        one fetch end by `waits_end` (half a lease after it began), each at most FETCH_CONNECT_S
-        and a quarter lease, so dead holders cannot hold the loop until our own lease lapses (our
-        tasks would be reported lost and stopped: the fence)."""
-        return max(0.2, min(FETCH_CONNECT_S, self.cfg.lease_s / 4, waits_end - time.monotonic()))
+        loop, and a holder whose daemon just died is still listed until its lease lapses: all
+        waits of one fetch end by `waits_end` (half a lease after it began), each at most
+        FETCH_CONNECT_S and, but for the `last` holder (the only chance left), a quarter lease, so
+        dead holders cannot hold the loop until our own lease lapses (our tasks would be reported
+        lost and stopped: the fence). A connection that comes later fails the fetch, saying so."""
+        cap = FETCH_CONNECT_S if last else min(FETCH_CONNECT_S, self.cfg.lease_s / 4)
+        return max(0.2, min(cap, waits_end - time.monotonic()))
 
     def _fetch_file(self, ckpt: dict[str, Any]) -> bytes:
         """A stored checkpoint, from this host or one of its holders (checked against its URN)."""
@@ -754,12 +761,14 @@ class Daemon:
         if blob is not None:
             return blob
         errors = []
-        holders = [str(a) for a in ckpt.get("holders", []) if a != self.cfg.address]
+        lapsed = self._lapsed_daemons(_now_ms())
+        holders = [str(a) for a in ckpt.get("holders", []) if a != self.cfg.address and str(a) not in lapsed]
         waits_end = time.monotonic() + self.cfg.lease_s / 2
-        for address in holders:
+        for i, address in enumerate(holders):
             try:
                 with DaemonClient(address, self.cfg.identity, timeout=30.0) as peer:
-                    _, frames = peer.call("get-file", {"urn": urn}, connect_wait=self._holder_wait(waits_end))
+                    _, frames = peer.call("get-file", {"urn": urn},
+                                          connect_wait=self._holder_wait(waits_end, i + 1 == len(holders)))
                 # Checked, not kept: this host is no holder of the checkpoint (nobody would drop
                 # a copy here), and the restore reads the bytes once.
                 verify_blob(bytes(frames[0]), urn)           # raises unless the bytes hash to the URN

@@ -17,10 +17,10 @@ restart). A checkpoint is taken only at a safe point: inside `checkpoint()` itse
 periodic, when the application's thread enters `send`, `recv` or `probe` after the period.
 A task started from a checkpoint (SNIPE_RESTORE_FILE, set by its daemon) hands the state to its
 `on_restore` hook and restores the library state when it joins (`snipe.init`), its multicast
-groups included (snipe/migration/groups.py: the groups joined, each origin's place, its own next
-sequence numbers): the routers' channels to it resume as any source's do, so it gets every group
-message after its checkpoint once and in order. What it multicasts again while it re-executes
-carries the sequence numbers the first run used, so members that got those keep the first copy.
+groups included (snipe/migration/groups.py: the groups joined, each origin's place): the routers'
+channels to it resume as any source's do, so it gets every group message after its checkpoint
+once and in order. As a sender it is a new incarnation (a new origin, numbered from the first):
+what it multicasts again while it re-executes reaches the members again, as its unicast sends do.
 """
 
 from __future__ import annotations

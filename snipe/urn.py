@@ -81,6 +81,14 @@ def _parsed(text: str) -> Urn:
     return Urn.parse(text)
 
 
+def is_host(text: str) -> bool:
+    """Whether `text` is a host's URN (a host daemon speaks for it); False for anything else."""
+    try:
+        return _parsed(text).kind == "host"
+    except (UrnError, TypeError):
+        return False
+
+
 def content_urn(kind: str, data: bytes) -> str:
     if kind not in CONTENT_KINDS:
         raise UrnError(f"only {CONTENT_KINDS} URNs are content-addressed, not {kind!r}")

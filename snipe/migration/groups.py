@@ -51,9 +51,8 @@ def restore_groups(m: Membership, state: dict[str, Any], *, same_incarnation: bo
             # bound (a seq below `expected` is then a duplicate, never reported late)
             r.start = rest[0] if rest else None
             r.held = {seq: Message(origin_urn(origin), tag, payload, group=g) for seq, tag, payload in held}
-        if same_incarnation:
-            if state.get("origin"):
-                m.origin = state["origin"]
+        if same_incarnation:       # (a state from before origins had incarnations: its stream was the bare URN's)
+            m.origin = str(state.get("origin") or m.me)
             for g, n in state["seqs"].items():
                 m.seqs[g] = itertools.count(int(n))
 

@@ -21,7 +21,9 @@ admitted key write `member.` and `router.` names under it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
+import logging
 import secrets
 import threading
 import time
@@ -59,7 +61,7 @@ from snipe.multicast.core import (
     unpack_batch,
     unpack_replayed,
 )
-from snipe.urn import validate_urn
+from snipe.urn import is_host, validate_urn
 
 if TYPE_CHECKING:
     from snipe.messaging.endpoint import Endpoint
@@ -74,6 +76,18 @@ HOLE_REPLAY_AGAIN_S = 10.0  # ... and again after this long (a replay of a long 
 # that delivers is alive, and thirty members reading the group twice a second cost a fifth of a CPU.
 READ_EVERY_S = 5.0
 QUIET_READ_S = 1.0
+SAY_EVERY_S = 60.0          # a log line about what a non-router sent us: at most this often
+
+log = logging.getLogger("snipe.multicast")
+
+
+def _incarnation(session_seed: str | None) -> int:
+    """This process's incarnation as a sender (`origin_of`): random, but the same for the copies
+    of a task replicated in mode "all" (`session_seed`, as their channels' sessions are), whose
+    identical streams the routers must take for one."""
+    if session_seed is None:
+        return secrets.randbits(63)
+    return int.from_bytes(hashlib.sha256(f"mcast|{session_seed}".encode()).digest()[:8], "big") >> 1
 
 
 def live_routers(entry: Entry, now: int) -> dict[str, dict[str, Any]]:
@@ -114,7 +128,9 @@ class Membership:
         self.seqs: dict[str, itertools.count[int]] = {}
         # the origin our messages carry: this incarnation's (a migration carries it along; a
         # restart makes a new one, as the numbering starts again)
-        self.origin = origin_of(me, secrets.randbits(63))
+        self.origin = origin_of(me, _incarnation(endpoint.session_seed))
+        self.not_from_routers = 0                        # batches and answers from a non-router, dropped
+        self._said_at = -1e9
         # group name as the caller spelled it -> (monotonic time, URN, `targets` for each seq modulo
         # the number of live routers, the earliest lease expiry in the entry they came from): mcast
         # reads the entry once a second
@@ -311,6 +327,8 @@ class Membership:
     def _on_replayed(self, m: Deliver) -> None:
         """A router's replay for our Resume has all come: once every router asked has answered,
         the origins we have not started on start (at the lowest seq held)."""
+        if not self._from_routers([m], "replay answers"):
+            return
         group = unpack_replayed(m.payload)
         now = time.monotonic()
         with self.lock:
@@ -329,8 +347,23 @@ class Membership:
         self.hold_new_until[group] = hold
         return hold_new((r for (g, _), r in self.reorder.items() if g == group), hold, now, release)
 
+    def _from_routers(self, messages: list[Deliver], what: str) -> list[Deliver]:
+        """Only routers, which are host daemons, deliver group messages and answer resumes: from
+        anyone else (a process naming any origin it likes) they are dropped, and said."""
+        ok = [m for m in messages if is_host(m.source)]
+        if len(ok) < len(messages):
+            self.not_from_routers += len(messages) - len(ok)
+            now = time.monotonic()
+            if now - self._said_at >= SAY_EVERY_S:
+                self._said_at = now
+                bad = next(m.source for m in messages if not is_host(m.source))
+                log.warning("dropped multicast %s from %s, which is no router (%d so far)", what, bad,
+                            self.not_from_routers)
+        return ok
+
     def _on_deliver(self, batches: list[Deliver]) -> None:
         """Batches from a router: each origin's run through its Reorder (once each, in order)."""
+        batches = self._from_routers(batches, "batches")
         decoded = self.endpoint.decoded(batches, unpack_batch, "multicast batch")    # outside the lock
         ready: list[Message] = []
         ask: dict[str, list[str]] = {}

@@ -317,30 +317,38 @@ def test_a_sender_restored_from_its_checkpoint_is_heard_again(cluster: LocalClus
 
 
 FORGER = textwrap.dedent('''
-    import sys, snipe
-    from snipe.multicast.core import MCAST_DATA, Header, origin_of, pack
+    import sys, time, snipe
+    from snipe.multicast.core import MCAST_DATA, MCAST_DELIVER, Header, batches, origin_of, pack
     from snipe.multicast.groups import live_routers
     from snipe.runtime import now_ms
-    group, victim = sys.argv[1], sys.argv[2]
+    group, victim, member = sys.argv[1], sys.argv[2], sys.argv[3]
     endpoint = snipe.session().endpoint()
-    for router in sorted(live_routers(snipe.catalog().get(group), now_ms())):
+    for router in sorted(live_routers(snipe.catalog().get(group), now_ms())):      # through the routers
         endpoint.send(router, pack(Header(group, origin_of(victim, 1), 1, 0, ()), b"forged"), MCAST_DATA)
-    snipe.mcast(group, b"genuine")
+    for batch in batches(group, [(origin_of(victim, 2), 1, 0, b"forged-directly")]):   # past them
+        endpoint.send(member, batch, MCAST_DELIVER)
+    snipe.mcast(group, b"genuine 1")
+    end = time.monotonic() + 60           # the member acknowledged the batch: it took it in, or dropped it
+    while snipe.messaging_stats().get(member, {}).get("in_flight", 1) and time.monotonic() < end:
+        time.sleep(0.02)
+    snipe.mcast(group, b"genuine 2")
     snipe.catalog().set(snipe.me(), "sent", True)
     snipe.recv(timeout=600)
 ''')
 
 
 def test_a_process_cannot_multicast_in_anothers_name(cluster: LocalCluster, tmp_path: Path) -> None:
-    """A process that hands a router a message claiming another's origin is refused: the
-    members get only what it sends as itself (its channel to the router says who it is)."""
+    """A process that hands a router a message claiming another's origin is refused, and so is
+    a batch it sends a member directly, past the routers: the members get only what it sends as
+    itself (its channel says who it is; only routers, host daemons, pass on others')."""
     from snipe.daemonclient import DaemonClient
 
-    member = snipe.spawn(publish(tmp_path, "collector.py", COLLECTOR), GROUP, 1, host="h1")
+    member = snipe.spawn(publish(tmp_path, "collector.py", COLLECTOR), GROUP, 2, host="h1")
     wait_for(lambda: _value(member, "joined"), 60, "the member to join")
-    forger = snipe.spawn(publish(tmp_path, "forger.py", FORGER), GROUP, snipe.me(), host="h2")
+    forger = snipe.spawn(publish(tmp_path, "forger.py", FORGER), GROUP, snipe.me(), member.urn, host="h2")
     wait_for(lambda: _value(forger, "sent"), 60, "the forger to send")
-    assert wait_for(lambda: _value(member, "got"), 60, "the member's message") == ["genuine"]
+    got = wait_for(lambda: (g := _value(member, "got") or []) and len(g) >= 2 and g, 60, "the member's messages")
+    assert got == ["genuine 1", "genuine 2"]
     assert wait_for(lambda: _value(member, "sources"), 30, "the member's report") == [forger.urn]
     forged = 0
     for d in cluster.daemons:

@@ -313,7 +313,7 @@ class _MemberTrace:
 
     def __init__(self, group: str) -> None:
         import snipe
-        from snipe.multicast.core import MCAST_DELIVER, MCAST_REPLAYED, unpack_batch, unpack_replayed
+        from snipe.multicast.core import MCAST_DELIVER, MCAST_REPLAYED, origin_urn, unpack_batch, unpack_replayed
 
         self.group = group
         self.events: list[list[Any]] = []
@@ -329,7 +329,7 @@ class _MemberTrace:
             for b in batches:
                 with contextlib.suppress(Exception):
                     for origin, first, tags, _ in unpack_batch(b.payload)[1]:
-                        self.batches.append([t, b.source, origin[-8:], first, first + len(tags) - 1])
+                        self.batches.append([t, b.source, origin_urn(origin)[-8:], first, first + len(tags) - 1])
             on_deliver(batches)
 
         def replayed(messages: list[Any]) -> None:
@@ -339,8 +339,8 @@ class _MemberTrace:
             on_replayed(messages)
             self.events.append([time.monotonic(), "after-replayed", self.reorders()])
 
-        def traced_resume(group: str, routers: Any, send: Any, replay_only: Any = ()) -> None:
-            resume(group, routers, send, replay_only)
+        def traced_resume(group: str, routers: Any, send: Any, replay_only: Any = (), new_only: bool = False) -> None:
+            resume(group, routers, send, replay_only, new_only)
             self.events.append([time.monotonic(), "resume", list(routers), list(replay_only),
                                 m.hold_new_until.get(group), self.reorders()])
 
@@ -353,8 +353,10 @@ class _MemberTrace:
         m._resume, m._register = traced_resume, traced_register     # type: ignore[method-assign]
 
     def reorders(self) -> dict[str, Any]:
-        return {o[-8:]: {"expected": r.expected, "held": len(r.held), "low": min(r.held) if r.held else None,
-                         "hold_until": r.hold_until, "gap_since": r.gap_since}
+        from snipe.multicast.core import origin_urn
+        return {origin_urn(o)[-8:]: {"expected": r.expected, "held": len(r.held),
+                                     "low": min(r.held) if r.held else None,
+                                     "hold_until": r.hold_until, "gap_since": r.gap_since}
                 for (g, o), r in list(self.membership.reorder.items()) if g == self.group}
 
     def dump(self, t0: float) -> dict[str, Any]:

@@ -81,6 +81,7 @@ class _Endpoint:
         self.system_handlers: dict[int, Any] = {}
         self.periodic: list[Any] = []
         self.catalog = None
+        self.session_seed = None
         self.sent: list[tuple[str, int, bytes]] = []
         self.inbox: list[Message] = []
 
