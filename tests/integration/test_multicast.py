@@ -265,13 +265,12 @@ def test_a_sender_restarted_after_its_hosts_loss_is_heard_again(cluster: LocalCl
     wait_for(lambda: _value(member, "joined"), 60, "the member to join")
     sender = snipe.spawn(publish(tmp_path, "sender.py", RESTARTED_SENDER), GROUP, n, host="h3",
                          restart="on-host-failure")
-    wait_for(lambda: len(_value(member, "got") or []) >= n, 60, "the first incarnation's messages")
+    _collected(member, n)
     pid = sender.status()["pid"]
     cluster.kill_daemon(2)
     os.killpg(pid, signal.SIGKILL)
     wait_for(lambda: _value(sender, "sent_from") in ("h1", "h2"), 90, "the sender to restart on another host")
-    got = wait_for(lambda: (g := _value(member, "got") or []) and len(g) >= 2 * n and g, 60,
-                   "the restarted sender's messages")
+    got = _collected(member, 2 * n)
     again = _value(sender, "sent_from")
     assert got == [f"h3 {i}" for i in range(n)] + [f"{again} {i}" for i in range(n)]
     assert wait_for(lambda: _value(member, "sources"), 30, "the member's report") == [sender.urn]
@@ -311,8 +310,7 @@ def test_a_sender_restored_from_its_checkpoint_is_heard_again(cluster: LocalClus
     cluster.kill_daemon(2)
     os.killpg(pid, signal.SIGKILL)
     wait_for(lambda: _value(sender, "done") == "again", 90, "the sender to be restored on another host")
-    got = wait_for(lambda: (g := _value(member, "got") or []) and len(g) >= n + n // 2 and g, 60,
-                   "the restored sender's messages")
+    got = _collected(member, n + n // 2)
     assert got == [f"first {i}" for i in range(n)] + [f"again {i}" for i in range(n // 2, n)]
 
 
@@ -347,7 +345,7 @@ def test_a_process_cannot_multicast_in_anothers_name(cluster: LocalCluster, tmp_
     wait_for(lambda: _value(member, "joined"), 60, "the member to join")
     forger = snipe.spawn(publish(tmp_path, "forger.py", FORGER), GROUP, snipe.me(), member.urn, host="h2")
     wait_for(lambda: _value(forger, "sent"), 60, "the forger to send")
-    got = wait_for(lambda: (g := _value(member, "got") or []) and len(g) >= 2 and g, 60, "the member's messages")
+    got = _collected(member, 2)
     assert got == ["genuine 1", "genuine 2"]
     assert wait_for(lambda: _value(member, "sources"), 30, "the member's report") == [forger.urn]
     forged = 0
@@ -355,3 +353,44 @@ def test_a_process_cannot_multicast_in_anothers_name(cluster: LocalCluster, tmp_
         with DaemonClient(d.address, cluster.user, timeout=5) as c:
             forged += int(c.call("mcast-status")[0]["forged"])
     assert forged == len(_routers())
+
+
+MIGRATING_SENDER = textwrap.dedent('''
+    import sys, snipe
+    group = sys.argv[1]
+    state = {"next": 0}
+    snipe.on_checkpoint(lambda: state)
+    snipe.on_restore(lambda saved: state.update(saved))
+    snipe.init()
+    while True:
+        m = snipe.recv(timeout=300)          # "send up to k"; the migration comes while it waits here
+        if m is None:
+            break
+        while state["next"] < int(m.payload):
+            snipe.mcast(group, f"m {state['next']}".encode())
+            state["next"] += 1
+        snipe.send(m.source, b"sent", tag=7)
+''')
+
+
+def test_a_migrated_sender_goes_on_with_its_stream(cluster: LocalCluster, tmp_path: Path) -> None:
+    """A sender that moves to another host mid-stream goes on where it was: the members get its
+    messages from both hosts once each and in order, as one stream from one source."""
+    n = 20
+    member = snipe.spawn(publish(tmp_path, "collector.py", COLLECTOR), GROUP, n, host="h1")
+    wait_for(lambda: _value(member, "joined"), 60, "the member to join")
+    sender = snipe.spawn(publish(tmp_path, "sender.py", MIGRATING_SENDER), GROUP, host="h3")
+    for upto, move_to in ((n // 2, "h2"), (n, None)):
+        snipe.send(sender.urn, str(upto).encode())
+        done = snipe.recv(source=sender.urn, tag=7, timeout=60)
+        assert done is not None and not done.failed, done
+        if move_to:
+            assert sender.migrate(move_to)["to"] == f"urn:snipe:host:{move_to}"
+    assert _collected(member, n) == [f"m {i}" for i in range(n)]
+    assert wait_for(lambda: _value(member, "sources"), 30, "the member's report") == [sender.urn]
+
+
+def _collected(member: snipe.Process, n: int) -> list[str]:
+    """What COLLECTOR `member` got, once it has `n` messages."""
+    return wait_for(lambda: (g := _value(member, "got") or []) and len(g) >= n and g, 60,  # type: ignore[return-value]
+                    f"the member's {n} messages")
