@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -454,9 +454,7 @@ class Endpoint:
         if body is None:                # it went to the channel's queue: what the window lets go, goes
             self._transmit(p, p.out.flush(now))
         else:
-            body["f"] = self.me
-            with contextlib.suppress(zmq.Again):      # the link's queue is full: retransmission resends it
-                send_parts(link.sock, encode(Envelope(PROTOCOL, VERSION, "data", 0, body), (payload,)), _NOBLOCK)
+            self._send_data(p, link, Envelope(PROTOCOL, VERSION, "data", 0, body), (payload,), None)
         self._touched.add(p.urn)
         return True
 
@@ -1148,18 +1146,22 @@ class Endpoint:
             return
         sealed_for = p.key if p.route is not None and p.route.kind == "relay" else None
         for s in sends:
-            env = s.envelope
-            body = env.body               # made for this send by the channel: ours to complete
-            body["f"] = self.me
-            sizes, frames = pack_frames(s.frames)    # small payloads: one frame for the batch
-            if sizes is not None:
-                body["z"] = sizes
-            parts = encode(env, frames)
-            if sealed_for is not None:
-                parts = relay_parts(self.me, p.urn, self.sealer.seal(sealed_for, self.me, p.urn, parts))
-            with contextlib.suppress(zmq.Again):      # the link's queue is full: retransmission resends it
-                send_parts(link.sock, parts, _NOBLOCK)
+            self._send_data(p, link, s.envelope, s.frames, sealed_for)
         self._touched.add(p.urn)
+
+    def _send_data(self, p: _Peer, link: Link, env: Envelope, payloads: Sequence[bytes],
+                   sealed_for: bytes | None) -> None:
+        """Put a data envelope the channel made for this send (its body ours to complete) and its
+        payloads on the link to `p`: sealed for `p` when the route is a relay's."""
+        env.body["f"] = self.me
+        sizes, frames = pack_frames(payloads)    # small payloads: one frame for the batch
+        if sizes is not None:
+            env.body["z"] = sizes
+        parts = encode(env, frames)
+        if sealed_for is not None:
+            parts = relay_parts(self.me, p.urn, self.sealer.seal(sealed_for, self.me, p.urn, parts))
+        with contextlib.suppress(zmq.Again):      # the link's queue is full: retransmission resends it
+            send_parts(link.sock, parts, _NOBLOCK)
 
     def _timers(self) -> None:
         now = self._timers_at = time.monotonic()
