@@ -49,6 +49,7 @@ from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint, Message
 from snipe.multicast.groups import Membership
 from snipe.placement import choose_host, eligible
+from snipe.privatedir import private_dir
 from snipe.query import Predicate, parse_predicate_text
 from snipe.urn import new_urn, validate_urn
 
@@ -275,7 +276,7 @@ def start_embedded(home: Path, *, replicas: int | None = None, hosts: int | None
                     ("default hosts", default_shape[1])):
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise ConfigError(f"{name} must be a positive integer, not {n!r}")
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(home)
     with open(home / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         desc_path = home / CLUSTER_FILE

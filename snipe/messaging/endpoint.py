@@ -67,6 +67,7 @@ from snipe.messaging.channel import (
 )
 from snipe.messaging.gateway import RELAY, Sealer, parse_relay, relay_parts
 from snipe.messaging.routes import ProcView, Route, advertised_comm, choose_routes
+from snipe.privatedir import private_dir
 from snipe.transport import KeyGate, Link, ipc_server_socket, recv_parts, send_parts, sender_key, server_socket
 from snipe.wire import Envelope, decode, encode
 
@@ -222,9 +223,9 @@ class Endpoint:
         self.port = self.router.bind_to_random_port("tcp://*")
         self.ipc_path = str(self.runtime_dir / f"msg-{self.instance[:16]}.sock")
         if len(self.ipc_path) > 100:       # sockaddr_un holds 107 bytes: fall back to a short folder
-            self.runtime_dir = Path(f"/tmp/snipe-{os.getuid()}") / "msg"
+            self.runtime_dir = private_dir(Path(f"/tmp/snipe-{os.getuid()}")) / "msg"
             self.ipc_path = str(self.runtime_dir / f"msg-{self.instance[:16]}.sock")
-        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.runtime_dir)
         old_umask = os.umask(0o077)              # the socket file: this user only
         try:
             self.ipc_router.bind(f"ipc://{self.ipc_path}")
