@@ -8,6 +8,7 @@ description names the catalog to trust), and one left readable by others lists o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -19,10 +20,8 @@ def private_dir(path: Path) -> Path:
     """Make `path` (and any missing parent) if needed, and see that it is this user's alone:
     a folder of ours open to others is closed (mode 0700); one of another user's is refused."""
     missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
-    try:
+    with contextlib.suppress(FileExistsError):        # not a folder: `_check` says so
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except FileExistsError:
-        pass                              # not a folder: `_check` says so
     for made in missing[1:]:              # parents come with the umask's mode, not `mode`
         _check(made)
     return _check(path)

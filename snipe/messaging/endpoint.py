@@ -45,7 +45,7 @@ import zmq
 
 from snipe.admission import CatalogAdmission
 from snipe.catalog.client import CatalogClient, now_ms
-from snipe.errors import CodecError, HighWaterMark, NotFound, ProtocolVersionError, SnipeError
+from snipe.errors import CodecError, ConfigError, HighWaterMark, NotFound, ProtocolVersionError, SnipeError
 from snipe.identity import Identity, public_key_from_id
 from snipe.messaging.allocator import keep_freed_buffers
 from snipe.messaging.channel import (
@@ -86,6 +86,7 @@ RESOLVE_EVERY_S = 5.0
 # interval). So an idle sender tells a receiver restored from a checkpoint that does not know its
 # session, at worst, 37.5 s after the receiver's new incarnation is in the catalog (plus 37.5 s for
 # each re-read the catalog did not answer in time); a sender with anything to send does at once.
+# SNIPE_RETAINED_RESOLVE_S sets the interval (fewer catalog reads against a quicker resend).
 RETAINED_RESOLVE_EVERY_S = 30.0
 RETAINED_RESOLVE_TIMEOUT_S = 0.5
 SAY_EVERY_S = 60.0           # a log line about what a peer keeps doing (_may_say): at most this often
@@ -178,19 +179,33 @@ class _Peer:
         return self.checkpointed_at if self.checkpointed_at is not None else self.created_at
 
 
-def resolve_due(p: _Peer, now: float) -> float | None:
+def retained_resolve_every_s(environ: dict[str, str] | os._Environ[str] = os.environ) -> float:
+    """RETAINED_RESOLVE_EVERY_S, or what SNIPE_RETAINED_RESOLVE_S says (seconds, > 0)."""
+    text = environ.get("SNIPE_RETAINED_RESOLVE_S")
+    if text is None:
+        return RETAINED_RESOLVE_EVERY_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise ConfigError(f"SNIPE_RETAINED_RESOLVE_S must be a number of seconds above 0, not {text!r}")
+    return value
+
+
+def resolve_due(p: _Peer, now: float, retained_every_s: float = RETAINED_RESOLVE_EVERY_S) -> float | None:
     """Whether `_timers` re-reads the entry of `p` (it holds or retains messages) now, and how
     long it waits for the catalog: None if not now; 0.0 for the catalog client's own timeout (a
     peer with messages to deliver: every RESOLVE_EVERY_S, as a peer may move or end); a short
     RETAINED_RESOLVE_TIMEOUT_S for one we only retain messages for (every
-    RETAINED_RESOLVE_EVERY_S times its jitter) or owe a probe (every RESOLVE_EVERY_S, until it
+    `retained_every_s` times its jitter) or owe a probe (every RESOLVE_EVERY_S, until it
     acknowledges)."""
     since = now - p.resolved_at
     if p.out.held():
         return 0.0 if since > RESOLVE_EVERY_S else None
     if p.out.probe_owed is not None:
         return RETAINED_RESOLVE_TIMEOUT_S if since > RESOLVE_EVERY_S else None
-    if p.out.retained and since > RETAINED_RESOLVE_EVERY_S * p.jitter:
+    if p.out.retained and since > retained_every_s * p.jitter:
         return RETAINED_RESOLVE_TIMEOUT_S
     return None
 
@@ -206,6 +221,7 @@ class Endpoint:
         self.host_urn = host_urn
         self.instance = uuid.uuid4().hex
         self.hwm, self.window = hwm, window
+        self.retained_resolve_s = retained_resolve_every_s()
         self.runtime_dir = runtime_dir or Path(os.environ.get("XDG_RUNTIME_DIR", f"/tmp/snipe-{os.getuid()}"))
         keep_freed_buffers()                     # before the first large message: see allocator.py
         self.ctx = zmq.Context()
@@ -1188,7 +1204,7 @@ class Endpoint:
                 if p.out.flight and p.out.flight[0].attempts % 4 == 0:
                     self._resolve(p, now)      # re-read the catalog: the peer may have moved or ended
                 self._transmit(p, sends)
-            elif (p.out.held() or p.out.retained) and (due := resolve_due(p, now)) is not None:
+            elif (p.out.held() or p.out.retained) and (due := resolve_due(p, now, self.retained_resolve_s)) is not None:
                 self._resolve(p, now, due or None)  # retained: a restarted receiver must hear from us (_resolve)
             if p.out.strict and p.out.retained:
                 self._say_if_stuck(p, now)

@@ -162,7 +162,10 @@ def test_a_sender_that_began_after_the_checkpoint_resends_what_the_restored_task
         snipe.send(p.urn, str(i).encode(), 1)
     snipe.send(p.urn, b"", 3)
     assert recv_obj(3)["seq"] == 1
-    sender = snipe.spawn(publish(tmp_path, "sender.py", SENDER), p.urn, me, 10, 50, host="h3")
+    # It re-reads the counter's entry every 2 s rather than every 30 s (the default), which is
+    # when an idle sender learns of a restore: the test need not wait out the default.
+    sender = snipe.spawn(publish(tmp_path, "sender.py", SENDER), p.urn, me, 10, 50, host="h3",
+                         env={"SNIPE_RETAINED_RESOLVE_S": "2"})
     assert recv_obj(6, 60) == {"sent": 50}
     ids = itertools.count(1)
     assert report(p.urn, next(ids)) == list(range(60))    # 10..59 were acknowledged by this incarnation

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from snipe.effects import Send
-from snipe.errors import IntegrityError
+from snipe.errors import ConfigError, IntegrityError
 from snipe.identity import Identity
 from snipe.messaging import snapshot
 from snipe.messaging.channel import (
@@ -38,6 +38,7 @@ from snipe.messaging.endpoint import (
     Endpoint,
     _Peer,
     resolve_due,
+    retained_resolve_every_s,
 )
 from snipe.replication.sealed import seal, unseal
 from snipe.replication.takeover import Claim, TakeoverPlanner, Watched, claim_urn, ranking
@@ -573,3 +574,17 @@ def test_for_a_standby_replicated_receiver_retained_messages_hold_the_hwm_until_
     assert out.room() == out.hwm - 1
     sends, failed = out.on_resume(out.session, 3, 0.2)
     assert failed == [] and seqs_of(sends) == [4] and out.acked == 3       # unacknowledged again
+
+
+def test_snipe_retained_resolve_s_sets_how_often_a_retained_peer_is_re_read() -> None:
+    assert retained_resolve_every_s({}) == RETAINED_RESOLVE_EVERY_S
+    assert retained_resolve_every_s({"SNIPE_RETAINED_RESOLVE_S": "2.5"}) == 2.5
+    for bad in ("", "soon", "0", "-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match=f"SNIPE_RETAINED_RESOLVE_S must be .* not {bad!r}"):
+            retained_resolve_every_s({"SNIPE_RETAINED_RESOLVE_S": bad})
+    retained = _Peer("urn:b", sent(3))
+    retained.out.on_ack(retained.out.session, 3, 0.1)
+    retained.resolved_at = 0.0
+    assert resolve_due(retained, 2.0 * 1.25 + 0.01, retained_every_s=2.0) == RETAINED_RESOLVE_TIMEOUT_S
+    assert resolve_due(retained, 2.0 * 0.75 - 0.01, retained_every_s=2.0) is None
+    assert resolve_due(retained, 2.0 * 1.25 + 0.01) is None          # the default: far later
