@@ -77,6 +77,7 @@ REPLICA_MODES = ("standby", "all")
 GIVE_CODE_TIMEOUT_S = 5.0       # a spawn's push of code to a standby host, at most (capped at a quarter lease)
 FETCH_CONNECT_S = 5.0           # fetching code or a checkpoint: the most it waits for one holder to connect
 TAKEOVER_TRIES = 5             # a won takeover that fails (code or checkpoint unreachable) is tried again
+TAKEOVER_BACKOFF_LEASES = 0.1  # ... first after this many host leases, then twice as long each time
 STANDBY_CHECKPOINT_S = 1.0     # a standby-replicated task checkpoints this often unless told otherwise
 
 
@@ -233,8 +234,11 @@ class Daemon:
                 log.warning("could not %s (attempt %d of %d): %s", f"take over {claim.urn}" if claim else
                             "start a copy or fetch standby code", tries, TAKEOVER_TRIES, exc)
                 if claim is not None and tries < TAKEOVER_TRIES:     # we won the claim: nobody else will
-                    # backing off (1, 2, 4, 8 s): a catalog or checkpoint holder may be back shortly
-                    self._takeover_retries.append((now + 2.0 ** (tries - 1), claim, {**values, "_tries": tries}))
+                    # backing off (a tenth of the lease, then 2, 4, 8 times that: 1, 2, 4, 8 s with the
+                    # default lease): a catalog or checkpoint holder may be back shortly, a daemon's
+                    # restart being on the lease's scale
+                    wait_s = TAKEOVER_BACKOFF_LEASES * self.cfg.lease_s * 2.0 ** (tries - 1)
+                    self._takeover_retries.append((now + wait_s, claim, {**values, "_tries": tries}))
                 elif claim is not None:
                     self._abandon_takeover(claim, values, exc)
         for item in [r for r in self._takeover_retries if r[0] <= now]:
