@@ -256,6 +256,10 @@ class Daemon:
             if done or now >= w.deadline:
                 self.waiters.remove(w)
                 self._reply(w.client, w.env.reply(**self._status(w.urn), stderr_tail=self._stderr_tail(w.urn)))
+        self._keep_lease(now)
+
+    def _keep_lease(self, now: float) -> None:
+        """Renew the host lease when due (every third of it), and fence our tasks if it lapsed."""
         if now >= self.next_lease:
             self.next_lease = now + self.cfg.lease_s / 3
             lapsed = False
@@ -273,6 +277,12 @@ class Daemon:
                 log.warning("could not refresh the host lease: %s", exc)
         if time.monotonic() > self.lease_until:
             self._fence(now, "the host's lease lapsed (cut off from the catalog)")
+
+    def _lease_while_blocked(self) -> None:
+        """A fetch holds this loop while a holder sends (up to 30 s: a holder's own loop may be busy
+        sending a large checkpoint): the host lease must not lapse meanwhile, or the cluster would
+        report every task of ours lost and restart it elsewhere, and we would stop ours (the fence)."""
+        self._keep_lease(time.monotonic())
 
     def _fence(self, now: float, why: str) -> None:
         """Once our lease has lapsed, the cluster has been told our tasks are lost (host-lost):
@@ -483,7 +493,7 @@ class Daemon:
             try:
                 with DaemonClient(location, self.cfg.identity, timeout=30.0) as peer:
                     # a daemon that died since its lease was renewed: the next location, soon
-                    _, frames = peer.call("get-code", {"urn": urn},
+                    _, frames = peer.call("get-code", {"urn": urn}, while_waiting=self._lease_while_blocked,
                                           connect_wait=self._holder_wait(waits_end, i + 1 == len(locations)))
                 path = self.codes.install(frames[0], urn)       # raises if the bytes do not hash to the URN
                 with contextlib.suppress(SnipeError):
@@ -771,7 +781,7 @@ class Daemon:
         for i, address in enumerate(holders):
             try:
                 with DaemonClient(address, self.cfg.identity, timeout=30.0) as peer:
-                    _, frames = peer.call("get-file", {"urn": urn},
+                    _, frames = peer.call("get-file", {"urn": urn}, while_waiting=self._lease_while_blocked,
                                           connect_wait=self._holder_wait(waits_end, i + 1 == len(holders)))
                 # Checked, not kept: this host is no holder of the checkpoint (nobody would drop
                 # a copy here), and the restore reads the bytes once.

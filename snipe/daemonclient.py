@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -37,6 +38,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 PROTOCOL = "daemon"
 VERSION = 1
 VERSIONS = (1,)
+WAIT_TURN_S = 0.2        # `call`: how often it looks up from a wait (and calls `while_waiting`)
 
 
 def parse_daemon_address(text: str) -> tuple[str, bytes]:
@@ -85,27 +87,32 @@ class DaemonClient:
         self.close()
 
     def call(self, kind: str, body: dict[str, Any] | None = None, frames: tuple[bytes, ...] = (),
-             timeout: float | None = None, *, connect_wait: float | None = None) -> tuple[dict[str, Any], list[bytes]]:
+             timeout: float | None = None, *, connect_wait: float | None = None,
+             while_waiting: Callable[[], None] | None = None) -> tuple[dict[str, Any], list[bytes]]:
         """Send one request and wait up to `timeout` for its answer. `connect_wait` (default: all
         of `timeout`) bounds the wait for a connection to send it on; a caller with another
-        daemon to ask passes a short one."""
+        daemon to ask passes a short one. `while_waiting` is called every WAIT_TURN_S meanwhile
+        (a daemon calling from its loop keeps its host lease with it)."""
         timeout = timeout or self.timeout
         rid = next(self._ids)
         parts = encode(Envelope(PROTOCOL, VERSION, kind, rid, body or {}), frames)
         start = time.monotonic()
         deadline = start + timeout
-        self._send_when_connected(kind, parts, start, start + min(timeout, connect_wait or timeout))
+        self._send_when_connected(kind, parts, start, start + min(timeout, connect_wait or timeout), while_waiting)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Unreachable(f"daemon {self.endpoint} did not answer {kind!r} within {timeout:g} s")
-            if self.link.sock.poll(min(left, 0.2) * 1000):
+            if while_waiting is not None:
+                while_waiting()
+            if self.link.sock.poll(min(left, WAIT_TURN_S) * 1000):
                 env, out = decode(self.link.sock.recv_multipart())
                 if env.request_id != rid:
                     continue          # a late answer to a request we gave up on
                 return env.raise_if_error().body, out
 
-    def _send_when_connected(self, kind: str, parts: list[bytes], start: float, connect_by: float) -> None:
+    def _send_when_connected(self, kind: str, parts: list[bytes], start: float, connect_by: float,
+                             while_waiting: Callable[[], None] | None = None) -> None:
         """Send `parts` as soon as a connection whose handshake completed takes them; raise
         NotAuthorized if the daemon keeps refusing our key, NotDelivered if none took them by
         `connect_by` (with `immediate`, ZeroMQ queues nothing meanwhile: nothing was sent)."""
@@ -127,4 +134,6 @@ class DaemonClient:
                                         "it is not admitted to the cluster")
                 raise NotDelivered(f"daemon {self.endpoint} did not accept a connection within "
                                    f"{now - start:.1f} s; {kind!r} was not sent")
+            if while_waiting is not None:
+                while_waiting()
             self.link.sock.poll(min(0.05, max(0.0, connect_by - now)) * 1000, zmq.POLLOUT)

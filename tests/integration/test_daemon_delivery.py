@@ -17,7 +17,7 @@ import zmq
 import snipe
 import snipe.runtime as runtime
 from snipe.daemonclient import DaemonClient
-from snipe.errors import NotAuthorized, NotDelivered, Unreachable
+from snipe.errors import NotAuthorized, NotDelivered, NotFound, Unreachable
 from snipe.identity import Identity
 from snipe.localcluster import LocalCluster
 from snipe.runtime import Process, now_ms
@@ -38,13 +38,14 @@ def _closed_port() -> int:
 
 class FakeDaemon:
     """A CurveZMQ ROUTER holding the daemon key, in a context of its own (no ZAP handler: it
-    admits any key). It records the request ids it gets and answers them unless `silent`."""
+    admits any key). It records the request ids it gets and answers them unless `silent`; with
+    `stall_s`, each only after that long, and with an error (a holder whose loop is busy)."""
 
-    def __init__(self, port: int, *, silent: bool = False) -> None:
+    def __init__(self, port: int, *, silent: bool = False, stall_s: float = 0.0) -> None:
         self.ctx = zmq.Context()
         self.sock = server_socket(self.ctx, zmq.ROUTER, DAEMON)
         self.sock.bind(f"tcp://127.0.0.1:{port}")
-        self.silent = silent
+        self.silent, self.stall_s = silent, stall_s
         self.seen: list[int] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -58,7 +59,10 @@ class FakeDaemon:
             ident, *parts = self.sock.recv_multipart()
             env, _ = decode(parts)
             self.seen.append(env.request_id)
-            if not self.silent:
+            if self.stall_s:
+                self.stop.wait(self.stall_s)
+                self.sock.send_multipart([ident, *encode(env.error_reply(NotFound("this holder was too busy")))])
+            elif not self.silent:
                 self.sock.send_multipart([ident, *encode(Envelope(env.protocol, env.version, "ok",
                                                                   env.request_id, {"pong": True}))])
 
@@ -167,6 +171,41 @@ def test_published_code_outlives_the_publishers_host(cluster: LocalCluster, tmp_
     assert [st["state"] for st in states] == ["running", "running"], states    # (with the reason if not)
     for t in tasks:
         Process(t.urn).kill()
+
+
+def test_a_holder_that_takes_the_fetch_and_stalls_does_not_cost_the_daemon_its_lease(cluster: LocalCluster,
+                                                                                     tmp_path: Path) -> None:
+    """A holder took the request for the code and answers only after three of the cluster's
+    2 s leases (its own loop busy, say, sending a large checkpoint): the fetching daemon's loop
+    waits for it, and its host lease lapsed meanwhile, so it stopped the task it already ran and
+    the new one as reported lost. It now keeps its lease while it waits, then fetches the code
+    from the next holder."""
+    def holders(urn: str) -> set[str]:
+        return {str(v) for v in snipe.catalog().get(urn).values("location", now_ms()).values()}
+    code = _task_code(tmp_path)
+    held = holders(code)
+    for variant in range(12):        # another code whose spare copy went where the first's did
+        (tmp_path / "other.py").write_text(SLEEPER + f"\n# variant {variant}\n")
+        other = snipe.publish(tmp_path / "other.py")
+        if holders(other) <= held:
+            break
+    assert holders(other) <= held
+    target = next(d for d in cluster.daemons if d.address not in held)     # it must fetch both
+    running = snipe.spawn(code, "600", host=target.host_id)                # there before the fetch
+    port = _closed_port()
+    busy = f"tcp://127.0.0.1:{port}#{DAEMON.key_id}"
+    assert busy < min(held)                               # asked first (holders are tried in order)
+    holder = FakeDaemon(port, stall_s=3 * 2.0)
+    try:
+        snipe.catalog().set(other, "location", busy)
+        p = snipe.spawn(other, "600", host=target.host_id)
+        assert len(holder.seen) == 1                       # it did wait for the busy holder
+    finally:
+        holder.close()
+    for task in (running, p):
+        status = Process(task.urn).status()
+        assert status["state"] == "running", status       # not stopped by the fence
+        Process(task.urn).kill()
 
 
 def test_a_fetch_past_a_dead_holder_does_not_hold_the_daemon_past_its_lease(cluster: LocalCluster,
