@@ -22,10 +22,15 @@ of the throughput of large messages on ipc (1 MiB: ~0.15x of plain pyzmq with it
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
+import socket
+import stat
 import threading
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import nacl.bindings
@@ -206,6 +211,36 @@ def ipc_server_socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
     sock.zap_domain = b"snipe"
     sock.linger = 0
     return sock
+
+
+STALE_SOCKET_AGE_S = 60.0      # a socket file younger than this may be bound but not listening yet
+STALE_SOCKETS_LOOKED_AT = 256  # at most this many files a start looks at (it stays quick)
+
+
+def remove_stale_ipc_sockets(folder: Path, pattern: str) -> int:
+    """Remove this user's socket files matching `pattern` in `folder` that nobody listens on:
+    a process killed with SIGKILL leaves its ipc socket file behind, and the folder would fill
+    up. A file is removed only when a connection to it is refused (no listener) and it is older
+    than STALE_SOCKET_AGE_S; returns how many were."""
+    removed = 0
+    cutoff = time.time() - STALE_SOCKET_AGE_S
+    for path in itertools.islice(folder.glob(pattern), STALE_SOCKETS_LOOKED_AT):
+        try:
+            st = path.lstat()
+            if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid() or st.st_mtime > cutoff:
+                continue
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.2)
+                try:
+                    probe.connect(str(path))
+                    continue                  # somebody listens
+                except ConnectionRefusedError:
+                    pass
+            path.unlink()
+            removed += 1
+        except OSError:                       # gone meanwhile, a backlog full (alive), ...: leave it
+            continue
+    return removed
 
 
 def ipc_client_socket(ctx: zmq.Context, kind: int, identity: Identity, server_key: bytes) -> zmq.Socket:

@@ -68,7 +68,16 @@ from snipe.messaging.channel import (
 from snipe.messaging.gateway import RELAY, Sealer, parse_relay, relay_parts
 from snipe.messaging.routes import ProcView, Route, advertised_comm, choose_routes
 from snipe.privatedir import private_dir
-from snipe.transport import KeyGate, Link, ipc_server_socket, recv_parts, send_parts, sender_key, server_socket
+from snipe.transport import (
+    KeyGate,
+    Link,
+    ipc_server_socket,
+    recv_parts,
+    remove_stale_ipc_sockets,
+    send_parts,
+    sender_key,
+    server_socket,
+)
 from snipe.wire import Envelope, decode, encode
 
 log = logging.getLogger("snipe.messaging")
@@ -242,6 +251,7 @@ class Endpoint:
             self.runtime_dir = private_dir(Path(f"/tmp/snipe-{os.getuid()}")) / "msg"
             self.ipc_path = str(self.runtime_dir / f"msg-{self.instance[:16]}.sock")
         private_dir(self.runtime_dir)
+        remove_stale_ipc_sockets(self.runtime_dir, "msg-*.sock")
         old_umask = os.umask(0o077)              # the socket file: this user only
         try:
             self.ipc_router.bind(f"ipc://{self.ipc_path}")
