@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -83,8 +84,16 @@ def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.N
                        catalog=[str(c) for c in catalog], advertise=pick(args.advertise, "advertise"),
                        lease_s=float(pick(args.lease, "lease_s", 10.0)), net_names=net_names, link_speeds=speeds,
                        relay=pick(args.relay, "relay"),
-                       price=check_price(pick(args.price, "price", DEFAULT_PRICE), "[daemon] price"))
+                       price=check_price(pick(args.price, "price", DEFAULT_PRICE), "[daemon] price"),
+                       takeover_backoff_s=_positive_seconds(file_cfg.get("takeover_backoff_s", 1.0),
+                                                            "takeover_backoff_s"))
     return cfg, args
+
+
+def _positive_seconds(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ConfigError(f"[daemon] {key} must be a number of seconds above 0, not {value!r}")
+    return float(value)
 
 
 # [daemon] keys and what each must be: a key this does not know is an error, not silence (a
@@ -92,7 +101,7 @@ def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.N
 DAEMON_KEYS: dict[str, tuple[type, ...]] = {
     "host_id": (str,), "listen": (str,), "advertise": (str,), "state_dir": (str,), "key_file": (str,),
     "admin_key": (str,), "catalog": (list,), "lease_s": (int, float), "relay": (str,), "net_names": (dict,),
-    "links": (dict,), "price": (int, float),
+    "links": (dict,), "price": (int, float), "takeover_backoff_s": (int, float),
 }
 LINK_KEYS = ("bandwidth_mbps", "latency_us")
 

@@ -75,9 +75,9 @@ MAX_FILE_BYTES = 1 << 30       # a stored blob (a checkpoint) at most this big
 RESTART_POLICIES = ("on-host-failure",)
 REPLICA_MODES = ("standby", "all")
 GIVE_CODE_TIMEOUT_S = 5.0       # a spawn's push of code to a standby host, at most (capped at a quarter lease)
+LEASE_RETRY_S = 0.5             # a host lease renewal that failed is tried again after at least this
 FETCH_CONNECT_S = 5.0           # fetching code or a checkpoint: the most it waits for one holder to connect
 TAKEOVER_TRIES = 5             # a won takeover that fails (code or checkpoint unreachable) is tried again
-TAKEOVER_BACKOFF_LEASES = 0.1  # ... first after this many host leases, then twice as long each time
 STANDBY_CHECKPOINT_S = 1.0     # a standby-replicated task checkpoints this often unless told otherwise
 
 
@@ -97,6 +97,7 @@ class DaemonConfig:
     warm_pool: int = 2                      # interpreters kept ready to become tasks
     relay: str | None = None                # listen endpoint of the gateway relay (None: this host relays nothing)
     price: float = DEFAULT_PRICE            # per CPU-second, what this host asks in its bids (snipe/bidding.py)
+    takeover_backoff_s: float = 1.0         # a failed takeover is tried again after this, then twice as long
 
     @property
     def host_urn(self) -> str:
@@ -234,10 +235,8 @@ class Daemon:
                 log.warning("could not %s (attempt %d of %d): %s", f"take over {claim.urn}" if claim else
                             "start a copy or fetch standby code", tries, TAKEOVER_TRIES, exc)
                 if claim is not None and tries < TAKEOVER_TRIES:     # we won the claim: nobody else will
-                    # backing off (a tenth of the lease, then 2, 4, 8 times that: 1, 2, 4, 8 s with the
-                    # default lease): a catalog or checkpoint holder may be back shortly, a daemon's
-                    # restart being on the lease's scale
-                    wait_s = TAKEOVER_BACKOFF_LEASES * self.cfg.lease_s * 2.0 ** (tries - 1)
+                    # backing off (1, 2, 4, 8 s by default): a catalog or checkpoint holder may be back shortly
+                    wait_s = self.cfg.takeover_backoff_s * 2.0 ** (tries - 1)
                     self._takeover_retries.append((now + wait_s, claim, {**values, "_tries": tries}))
                 elif claim is not None:
                     self._abandon_takeover(claim, values, exc)
@@ -275,6 +274,9 @@ class Daemon:
                     self._publish_task(urn)
             except SnipeError as exc:
                 log.warning("could not refresh the host lease: %s", exc)
+                # not again at once: this try may have taken all its time (a fetch waiting on a
+                # holder calls this every turn of its wait)
+                self.next_lease = max(self.next_lease, time.monotonic() + LEASE_RETRY_S)
         if time.monotonic() > self.lease_until:
             self._fence(now, "the host's lease lapsed (cut off from the catalog)")
 

@@ -100,11 +100,11 @@ class DaemonClient:
         deadline = start + timeout
         self._send_when_connected(kind, parts, start, start + min(timeout, connect_wait or timeout), while_waiting)
         while True:
+            if while_waiting is not None:
+                while_waiting()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Unreachable(f"daemon {self.endpoint} did not answer {kind!r} within {timeout:g} s")
-            if while_waiting is not None:
-                while_waiting()
             if self.link.sock.poll(min(left, WAIT_TURN_S) * 1000):
                 env, out = decode(self.link.sock.recv_multipart())
                 if env.request_id != rid:

@@ -1,45 +1,65 @@
-"""This user's runtime folders (the local cluster's home, the ipc sockets' folder): private to
-the user, and refused when another user owns them.
+"""This user's default runtime folder (the local cluster's home and the ipc sockets' folder):
+private to the user, and refused when another user owns it.
 
-Both default to /tmp/snipe-<uid>, in a folder every user may write to: a folder of that name
-made by another user first would let its owner replace what we keep there (the local cluster's
-description names the catalog to trust), and one left readable by others lists our sockets.
+By default it is $XDG_RUNTIME_DIR/snipe, else /tmp/snipe-<uid>, in a folder every user may
+write to: a folder of that name made by another user first would let its owner replace what we
+keep there (the local cluster's description names the catalog to trust), and one left open
+lists our sockets. Only folders snipe names are made private or judged; one the user names
+($SNIPE_HOME, a folder passed in) is taken as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import stat
 from pathlib import Path
 
 from snipe.errors import ConfigError
+
+
+def default_runtime_dir() -> Path:
+    """$XDG_RUNTIME_DIR/snipe, else /tmp/snipe-<uid>."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(base) / "snipe" if base else Path(f"/tmp/snipe-{os.getuid()}")
 
 
 def private_dir(path: Path) -> Path:
     """Make `path` (and any missing parent) if needed, and see that it is this user's alone:
     a folder of ours open to others is closed (mode 0700); one of another user's is refused."""
     missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
-    with contextlib.suppress(FileExistsError):        # not a folder: `_check` says so
+    with contextlib.suppress(FileExistsError):        # not a folder: `_judge` says so
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     for made in missing[1:]:              # parents come with the umask's mode, not `mode`
-        _check(made)
-    return _check(path)
+        _judge(made, close=True)
+    return _judge(path, close=True)
 
 
-def _check(path: Path) -> Path:
+def refuse_if_not_ours(path: Path) -> Path:
+    """`path` as it is, unless it is there and another user's (see `private_dir`)."""
+    if os.path.lexists(path):
+        _judge(path, close=False)
+    return path
+
+
+def _judge(path: Path, *, close: bool) -> Path:
     me = os.getuid()
     link = os.lstat(path)
     if link.st_uid != me:
         raise ConfigError(f"{path} belongs to user id {link.st_uid}, not to this user ({me}): another user may have "
-                          "made it to read or replace what snipe keeps there. Remove it, or point SNIPE_HOME or "
-                          "XDG_RUNTIME_DIR at a folder of your own")
-    st = os.stat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"{path} should be a folder, but it is not; remove it or point SNIPE_HOME or "
-                          "XDG_RUNTIME_DIR elsewhere")
-    if st.st_uid != me:
-        raise ConfigError(f"{path} leads to a folder of user id {st.st_uid}, not of this user ({me}); remove it")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+                          "made it to read or replace what snipe keeps there. Set SNIPE_HOME (or XDG_RUNTIME_DIR) "
+                          "to a folder of your own")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)   # the folder judged is the one closed
+    except (NotADirectoryError, FileNotFoundError):
+        raise ConfigError(f"{path} should be a folder of this user's, but it is not a folder (or a link to "
+                          "one); remove it, or set SNIPE_HOME to a folder of your own") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != me:
+            raise ConfigError(f"{path} leads to a folder of user id {st.st_uid}, not of this user ({me}); remove "
+                              "the link, or set SNIPE_HOME to a folder of your own")
+        if close and st.st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
     return path

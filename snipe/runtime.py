@@ -49,7 +49,7 @@ from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint, Message
 from snipe.multicast.groups import Membership
 from snipe.placement import choose_host, eligible
-from snipe.privatedir import private_dir
+from snipe.privatedir import default_runtime_dir, private_dir, refuse_if_not_ours
 from snipe.query import Predicate, parse_predicate_text
 from snipe.urn import new_urn, validate_urn
 
@@ -143,10 +143,10 @@ _session: Session | None = None
 
 
 def runtime_home() -> Path:
+    """$SNIPE_HOME, else this user's default runtime folder (which must be ours alone)."""
     if os.environ.get("SNIPE_HOME"):
         return Path(os.environ["SNIPE_HOME"])
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(base) / "snipe" if base else Path(f"/tmp/snipe-{os.getuid()}")
+    return refuse_if_not_ours(default_runtime_dir())
 
 
 # cluster.json records, for every process the cluster started, its PID, boot id and start tick
@@ -276,7 +276,10 @@ def start_embedded(home: Path, *, replicas: int | None = None, hosts: int | None
                     ("default hosts", default_shape[1])):
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise ConfigError(f"{name} must be a positive integer, not {n!r}")
-    private_dir(home)
+    if home == default_runtime_dir():
+        private_dir(home)
+    else:                                   # one the user named: taken as it is
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(home / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         desc_path = home / CLUSTER_FILE

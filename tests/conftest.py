@@ -47,6 +47,8 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     """Three replicas and three daemons (hosts h1-h3 on 127.0.0.2-4); this test process is
     joined to it as the cluster's user."""
     c = LocalCluster(tmp_path / "cluster", replicas=3, hosts=3, lease_s=2.0, anti_entropy_s=0.3)
+    for d in c.daemons:             # a restart that cannot succeed gives up in 3 s, not 15
+        d.settings["takeover_backoff_s"] = 0.2
     try:
         c.start()
         snipe.init(catalog=c.catalog.addresses, identity=c.user, admin_key=c.admin.key_id,

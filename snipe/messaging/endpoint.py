@@ -67,7 +67,7 @@ from snipe.messaging.channel import (
 )
 from snipe.messaging.gateway import RELAY, Sealer, parse_relay, relay_parts
 from snipe.messaging.routes import ProcView, Route, advertised_comm, choose_routes
-from snipe.privatedir import private_dir
+from snipe.privatedir import default_runtime_dir, private_dir
 from snipe.transport import (
     KeyGate,
     Link,
@@ -189,7 +189,8 @@ class _Peer:
 
 
 def retained_resolve_every_s(environ: dict[str, str] | os._Environ[str] = os.environ) -> float:
-    """RETAINED_RESOLVE_EVERY_S, or what SNIPE_RETAINED_RESOLVE_S says (seconds, > 0)."""
+    """RETAINED_RESOLVE_EVERY_S, or what SNIPE_RETAINED_RESOLVE_S says: seconds, no fewer than a
+    re-read may wait for its answer (RETAINED_RESOLVE_TIMEOUT_S)."""
     text = environ.get("SNIPE_RETAINED_RESOLVE_S")
     if text is None:
         return RETAINED_RESOLVE_EVERY_S
@@ -197,8 +198,9 @@ def retained_resolve_every_s(environ: dict[str, str] | os._Environ[str] = os.env
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value < math.inf:
-        raise ConfigError(f"SNIPE_RETAINED_RESOLVE_S must be a number of seconds above 0, not {text!r}")
+    if not RETAINED_RESOLVE_TIMEOUT_S <= value < math.inf:
+        raise ConfigError(f"SNIPE_RETAINED_RESOLVE_S must be a number of seconds, at least "
+                          f"{RETAINED_RESOLVE_TIMEOUT_S:g}, not {text!r}")
     return value
 
 
@@ -231,7 +233,7 @@ class Endpoint:
         self.instance = uuid.uuid4().hex
         self.hwm, self.window = hwm, window
         self.retained_resolve_s = retained_resolve_every_s()
-        self.runtime_dir = runtime_dir or Path(os.environ.get("XDG_RUNTIME_DIR", f"/tmp/snipe-{os.getuid()}"))
+        self.ipc_path = self._ipc_socket_path(runtime_dir)    # before anything that would need closing
         keep_freed_buffers()                     # before the first large message: see allocator.py
         self.ctx = zmq.Context()
         self.admission = CatalogAdmission(catalog, identity, admin_key)
@@ -246,12 +248,6 @@ class Endpoint:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.routers = (self.router, self.ipc_router)
         self.port = self.router.bind_to_random_port("tcp://*")
-        self.ipc_path = str(self.runtime_dir / f"msg-{self.instance[:16]}.sock")
-        if len(self.ipc_path) > 100:       # sockaddr_un holds 107 bytes: fall back to a short folder
-            self.runtime_dir = private_dir(Path(f"/tmp/snipe-{os.getuid()}")) / "msg"
-            self.ipc_path = str(self.runtime_dir / f"msg-{self.instance[:16]}.sock")
-        private_dir(self.runtime_dir)
-        remove_stale_ipc_sockets(self.runtime_dir, "msg-*.sock")
         old_umask = os.umask(0o077)              # the socket file: this user only
         try:
             self.ipc_router.bind(f"ipc://{self.ipc_path}")
@@ -339,6 +335,22 @@ class Endpoint:
         snapshot.install(self)
 
     # --- lifecycle ------------------------------------------------------------------------------
+    def _ipc_socket_path(self, runtime_dir: Path | None) -> str:
+        """Where our ipc socket goes: `runtime_dir` as given (made if missing), else this user's
+        default runtime folder, which must be ours alone (snipe/privatedir.py); sockets that
+        processes killed there left behind are removed."""
+        if runtime_dir is not None:
+            runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        else:
+            runtime_dir = private_dir(default_runtime_dir())
+        path = str(runtime_dir / f"msg-{self.instance[:16]}.sock")
+        if len(path) > 100:                # sockaddr_un holds 107 bytes: fall back to a short folder
+            runtime_dir = private_dir(private_dir(Path(f"/tmp/snipe-{os.getuid()}")) / "msg")
+            path = str(runtime_dir / f"msg-{self.instance[:16]}.sock")
+        remove_stale_ipc_sockets(runtime_dir, "msg-*.sock")
+        self.runtime_dir = runtime_dir
+        return path
+
     def start(self, publish: Callable[[dict[str, Any]], None],
               prepare: Callable[[Endpoint], None] | None = None, *, announce: bool = True) -> None:
         """Publish where we listen (through `publish`, which writes our own catalog entry) and

@@ -29,6 +29,7 @@ def test_the_daemon_example_loads_as_shipped(tmp_path: Path) -> None:
     assert cfg.catalog == catalog["replicas"]                  # from the [catalog] section
     assert cfg.net_names == daemon["net_names"]
     assert cfg.link_speeds == {k: (v["bandwidth_mbps"], v["latency_us"]) for k, v in daemon["links"].items()}
+    assert cfg.takeover_backoff_s == daemon["takeover_backoff_s"]
     assert (tmp_path / "host.key").stat().st_mode & 0o777 == 0o600
 
 
@@ -113,3 +114,18 @@ def test_a_daemon_price_must_be_a_number_of_at_least_zero(tmp_path: Path) -> Non
     path.write_text(base + "price = -1\n")
     with pytest.raises(ConfigError, match=r"\[daemon\] price must be a number >= 0, not -1"):
         load_daemon_config(["--config", str(path), "--state-dir", str(tmp_path)])
+
+
+def test_a_daemon_takeover_backoff_must_be_a_number_of_seconds_above_zero(tmp_path: Path) -> None:
+    base = (f"[daemon]\nhost_id = 'a'\nlisten = 'tcp://127.0.0.1:1'\nadmin_key = '{'ab' * 32}'\n"
+            f"catalog = ['tcp://127.0.0.1:2#{'cd' * 32}']\n")
+    path = tmp_path / "d.toml"
+    path.write_text(base)
+    assert load_daemon_config(["--config", str(path), "--state-dir", str(tmp_path)])[0].takeover_backoff_s == 1.0
+    path.write_text(base + "takeover_backoff_s = 0.25\n")
+    assert load_daemon_config(["--config", str(path), "--state-dir", str(tmp_path)])[0].takeover_backoff_s == 0.25
+    for bad in ("0", "-1", "nan"):
+        path.write_text(base + f"takeover_backoff_s = {bad}\n")
+        with pytest.raises(ConfigError, match=rf"\[daemon\] takeover_backoff_s must be a number of seconds above 0, "
+                                              rf"not {bad}"):
+            load_daemon_config(["--config", str(path), "--state-dir", str(tmp_path)])

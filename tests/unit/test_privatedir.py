@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from snipe.errors import ConfigError
-from snipe.privatedir import private_dir
+from snipe.privatedir import default_runtime_dir, private_dir, refuse_if_not_ours
+from snipe.runtime import runtime_home
 
 OTHER_UID = 65534           # nobody
 
@@ -67,3 +68,35 @@ def test_a_link_another_user_made_is_refused(tmp_path: Path) -> None:
     os.lchown(link, OTHER_UID, OTHER_UID)
     with pytest.raises(ConfigError, match="belongs to user id"):
         private_dir(link)
+
+
+def test_a_link_to_nothing_is_refused_with_a_config_error(tmp_path: Path) -> None:
+    link = tmp_path / "snipe-x"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(ConfigError, match="not a folder"):
+        private_dir(link)
+
+
+def test_the_default_folder_is_under_xdg_runtime_dir_else_in_tmp(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert default_runtime_dir() == tmp_path / "snipe"          # never XDG_RUNTIME_DIR itself
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert default_runtime_dir() == Path(f"/tmp/snipe-{os.getuid()}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder to another user")
+def test_the_default_home_of_another_user_is_refused_but_one_the_user_names_is_taken(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    squatted = tmp_path / "snipe"
+    squatted.mkdir()
+    os.chmod(squatted, 0o777)
+    os.chown(squatted, OTHER_UID, OTHER_UID)
+    monkeypatch.delenv("SNIPE_HOME", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match="belongs to user id"):
+        runtime_home()                      # what `cluster down` and the console read
+    assert refuse_if_not_ours(tmp_path / "missing") == tmp_path / "missing"
+    monkeypatch.setenv("SNIPE_HOME", str(squatted))
+    assert runtime_home() == squatted       # named by the user: as it is
+    assert stat.S_IMODE(os.stat(squatted).st_mode) == 0o777

@@ -579,7 +579,9 @@ def test_for_a_standby_replicated_receiver_retained_messages_hold_the_hwm_until_
 def test_snipe_retained_resolve_s_sets_how_often_a_retained_peer_is_re_read() -> None:
     assert retained_resolve_every_s({}) == RETAINED_RESOLVE_EVERY_S
     assert retained_resolve_every_s({"SNIPE_RETAINED_RESOLVE_S": "2.5"}) == 2.5
-    for bad in ("", "soon", "0", "-1", "nan", "inf"):
+    assert retained_resolve_every_s({"SNIPE_RETAINED_RESOLVE_S": str(RETAINED_RESOLVE_TIMEOUT_S)}) \
+        == RETAINED_RESOLVE_TIMEOUT_S
+    for bad in ("", "soon", "0", "-1", "1e-300", "nan", "inf"):
         with pytest.raises(ConfigError, match=f"SNIPE_RETAINED_RESOLVE_S must be .* not {bad!r}"):
             retained_resolve_every_s({"SNIPE_RETAINED_RESOLVE_S": bad})
     retained = _Peer("urn:b", sent(3))
