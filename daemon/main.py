@@ -28,6 +28,7 @@ from snipe import discovery
 from snipe.bidding import DEFAULT_PRICE, check_price
 from snipe.errors import ConfigError, SnipeError
 from snipe.identity import Identity, public_key_from_id
+from snipe.messaging.endpoint import retained_resolve_every_s
 
 
 def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.Namespace]:
@@ -79,6 +80,7 @@ def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.N
     except SnipeError:
         raise ConfigError(f"admin_key {admin!r} is not a 64-hex-character public key") from None
     key_file = pick(args.key_file, "key_file", str(Path(state_dir) / "host.key"))
+    retained_resolve_every_s()       # a bad SNIPE_RETAINED_RESOLVE_S: said now, before this host is published
     cfg = DaemonConfig(host_id=str(host_id), listen=str(listen), state_dir=Path(state_dir),
                        identity=Identity.load_or_create(key_file), admin_key=admin_key,
                        catalog=[str(c) for c in catalog], advertise=pick(args.advertise, "advertise"),

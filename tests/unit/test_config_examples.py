@@ -129,3 +129,13 @@ def test_a_daemon_takeover_backoff_must_be_a_number_of_seconds_above_zero(tmp_pa
         with pytest.raises(ConfigError, match=rf"\[daemon\] takeover_backoff_s must be a number of seconds above 0, "
                                               rf"not {bad}"):
             load_daemon_config(["--config", str(path), "--state-dir", str(tmp_path)])
+
+
+def test_a_bad_snipe_retained_resolve_s_stops_the_daemon_before_it_starts(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "d.toml"
+    path.write_text(f"[daemon]\nhost_id = 'a'\nlisten = 'tcp://127.0.0.1:1'\nadmin_key = '{'ab' * 32}'\n"
+                    f"catalog = ['tcp://127.0.0.1:2#{'cd' * 32}']\n")
+    monkeypatch.setenv("SNIPE_RETAINED_RESOLVE_S", "30s")
+    with pytest.raises(ConfigError, match="SNIPE_RETAINED_RESOLVE_S must be a number of seconds"):
+        load_daemon_config(["--config", str(path), "--state-dir", str(tmp_path)])
