@@ -14,7 +14,9 @@ when they tie, so a dead or slow peer is soon asked no more and the others share
 A peer answers each such push, after committing it, with a push-ack saying whether it holds
 every record ("ok"). Once a peer has acknowledged all of a flush's pushes to it, the core
 reports `Confirmed(peer, seq)`. Flushes are numbered only when they ask for acks; acks that
-have not come within MAX_ROUNDS_AWAITED such flushes are given up on.
+have not come within MAX_ROUNDS_AWAITED such flushes are given up on. While the last such flush
+awaits its acks (for at most HOLD_S), new writes wait and then go in one push: busy replicas
+send fewer, larger pushes (at 16 clients, 2.33 messages into the replicas a put, not 2.85).
 A push carries its records in one frame (snipe/catalog/protocol.py's records frame), at most
 `MAX_PUSH_RECORDS` of them and about `MAX_PUSH_BYTES`; an ae-want carries its keys the same way.
 
@@ -55,6 +57,7 @@ MAX_PUSH_RECORDS = 500
 MAX_PUSH_BYTES = 16 * 1024 * 1024     # a push holds at least one record, then stops past this
 MAX_DEFERRALS = 4
 MAX_ROUNDS_AWAITED = 4096             # acked flushes whose acks are still awaited; older ones are given up
+HOLD_S = 0.005                        # new writes wait at most this long for the last acked flush's acks
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,8 @@ class Replicator:
         self._confirm = 0              # how many peers the next flush's pushes ask to acknowledge them
         self._awaited: dict[tuple[int, str], int] = {}   # (flush, peer) -> pushes not yet acknowledged, oldest first
         self._outstanding: dict[str, int] = {}           # peer -> its flushes in _awaited
+        self._asked: tuple[int, float] | None = None     # (number, time) of the last flush that asked for acks
+        self._holding = False          # writes wait in the outbox for that flush's acks (its timer is set)
         self.pushed = self.received = self.repaired = self.rounds = self.deferred = 0
 
     def stats(self) -> ReplicationStats:
@@ -131,7 +136,19 @@ class Replicator:
             self._outbox.extend((r, skip) for a, r in zip(accepted, raw, strict=True) if a.new or confirm)
         return self._seq
 
-    def flush(self) -> list[Effect]:
+    def flush(self, now: float | None = None, *, hold: bool = True) -> list[Effect]:
+        """Push the outbox to the peers. Given `now` (the shell's clock), while the last flush that
+        asked for acks still awaits them and went less than HOLD_S ago, the writes wait instead
+        (one FLUSH_TIMER): they go in one push when those acks come (`on_message` makes the
+        timer due) or the time is up. Busy replicas so push fewer, larger batches, and a relayed
+        put waits at most about one push's round trip more; an idle one holds nothing."""
+        if hold and now is not None and self._outbox and self._asked is not None \
+                and now < self._asked[1] + HOLD_S and self._asked_awaited():
+            if self._holding:
+                return []
+            self._holding = True
+            return [StartTimer(FLUSH_TIMER, self._asked[1] + HOLD_S)]
+        self._holding = False
         seq, confirm = self._seq, self._confirm
         if confirm:
             self._seq += 1
@@ -157,9 +174,15 @@ class Replicator:
             if p in ackers and frames[skips]:
                 self._awaited[(seq, p)] = len(frames[skips])
                 self._outstanding[p] = self._outstanding.get(p, 0) + 1
+                if now is not None:
+                    self._asked = (seq, now)
         self.pushed += sum(1 for _, skip in self._outbox if not skip.issuperset(self.peers))
         self._outbox.clear()
         return effects
+
+    def _asked_awaited(self) -> bool:
+        """Whether any peer's acks for the last flush that asked for them are still awaited."""
+        return self._asked is not None and any((self._asked[0], p) in self._awaited for p in self.peers)
 
     def _ackers(self, seq: int, count: int) -> list[str]:
         """The `count` peers to ask for acks of flush `seq`: those with the fewest outstanding,
@@ -179,6 +202,8 @@ class Replicator:
             self._outstanding.pop(key[1], None)
 
     def on_timer(self, key: str, now: float) -> list[Effect]:
+        if key == FLUSH_TIMER:
+            return self.flush(now, hold=False)
         if key != AE_TIMER:
             return []
         effects: list[Effect] = [StartTimer(AE_TIMER, now + self.interval)]
@@ -220,11 +245,14 @@ class Replicator:
                 left = self._awaited.get(key)
                 if left is None:
                     return []              # forgotten, or a peer that already refused part of it
-                if not ok or left <= 1:
-                    self._forget(key)
-                    return [Confirmed(sender, key[0])] if ok else []
-                self._awaited[key] = left - 1
-                return []
+                if ok and left > 1:
+                    self._awaited[key] = left - 1
+                    return []
+                self._forget(key)
+                effects: list[PeerEffect] = [Confirmed(sender, key[0])] if ok else []
+                if self._holding and not self._asked_awaited():
+                    effects.append(StartTimer(FLUSH_TIMER, 0.0))    # due at once: push what waited
+                return effects
             case "ae-top":
                 return self._on_top(sender, frames)
             case "ae-leaves":

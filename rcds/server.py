@@ -326,7 +326,7 @@ class Server:
                 needed, wait_s = relay
                 self._run_effects(self.put_waits.wait(flush, WaitingPut(client, env, out, needed, now + wait_s,
                                                                         turn=len(puts))))
-        self._run_effects(self.replicator.flush())
+        self._run_effects(self.replicator.flush(time.monotonic()))
 
     def _relay_of(self, put: Envelope) -> tuple[int, float] | None:
         """For a put its client sent here alone ("relay": how many peers must hold it too, "wait":

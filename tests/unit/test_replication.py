@@ -153,6 +153,41 @@ def test_a_confirmed_flush_goes_to_every_peer_and_each_peer_confirms_it_after_al
     assert a.on_message(env("push-ack", "C", ack=0, ok=True), [], NOW) == []
 
 
+def test_writes_wait_for_the_last_confirmed_flush_s_acks_and_then_go_in_one_push():
+    """Busy replicas: while the last flush that asked for acks awaits them (at most HOLD_S after
+    it went), new writes wait, and go together once the acks come or the time is up. Without
+    a clock (`flush()`) nothing waits."""
+    a = replicator("A", ["A", "B", "C"])
+    recs = [put(ADMIN, "urn:snipe:group:g", f"n{i}", i, hlc.pack(NOW)) for i in range(4)]
+
+    def write(i: int) -> int:
+        return a.on_local_writes(a.replica.ingest([recs[i]], NOW), confirm=1)
+
+    assert write(0) == 0
+    first = a.flush(10.0)
+    assert [(e.to, e.envelope.body.get("ack")) for e in first] == [("B", 0), ("C", None)]
+    assert write(1) == 1
+    assert a.flush(10.001) == [StartTimer(FLUSH_TIMER, 10.0 + replication.HOLD_S)]   # held
+    assert write(2) == 1                                       # in the same flush as the one held
+    assert a.flush(10.002) == []                               # still held, its timer set
+    # B's ack: the put that waited on flush 0 is confirmed, and what waited is due at once
+    assert a.on_message(env("push-ack", "B", ack=0, ok=True), [], NOW) == [
+        replication.Confirmed("B", 0), StartTimer(FLUSH_TIMER, 0.0)]
+    both = (pack_records([recs[1].encode(), recs[2].encode()]),)
+    assert a.on_timer(FLUSH_TIMER, 10.003) == [Send("B", env("push", "A"), both),
+                                               Send("C", env("push", "A", ack=1), both)]
+    # no ack within HOLD_S (a slow or dead peer): the next write waits only until then
+    write(3)
+    assert a.flush(10.003 + replication.HOLD_S / 2) == [StartTimer(FLUSH_TIMER, 10.003 + replication.HOLD_S)]
+    assert [e.to for e in a.on_timer(FLUSH_TIMER, 10.003 + replication.HOLD_S)] == ["B", "C"]
+    assert a.flush(10.003 + replication.HOLD_S) == []          # nothing left
+    # writes that come after the time is up are not held, nor any flushed without a clock
+    write(0)
+    assert len(a.flush(10.003 + 3 * replication.HOLD_S)) == 2
+    write(1)
+    assert len(a.flush()) == 2
+
+
 def test_acks_are_asked_of_the_peers_with_fewest_outstanding_taking_turns():
     a = replicator("A", ["A", "B", "C"])
 
