@@ -139,9 +139,11 @@ class Replicator:
     def flush(self, now: float | None = None, *, hold: bool = True) -> list[Effect]:
         """Push the outbox to the peers. Given `now` (the shell's clock), while the last flush that
         asked for acks still awaits them and went less than HOLD_S ago, the writes wait instead
-        (one FLUSH_TIMER): they go in one push when those acks come (`on_message` makes the
-        timer due) or the time is up. Busy replicas so push fewer, larger batches, and a relayed
-        put waits at most about one push's round trip more; an idle one holds nothing."""
+        (one FLUSH_TIMER): they go in one push when a peer answers that flush (`on_message`
+        makes the timer due) or the time is up. Busy replicas so push fewer, larger batches, and
+        a relayed put waits at most about one push's round trip more; an idle one holds nothing.
+        (A put whose client gave it less than HOLD_S may then run out of time here; its client
+        writes to the other replicas itself, as when a relay is slow.)"""
         if hold and now is not None and self._outbox and self._asked is not None \
                 and now < self._asked[1] + HOLD_S and self._asked_awaited():
             if self._holding:
@@ -250,8 +252,10 @@ class Replicator:
                     return []
                 self._forget(key)
                 effects: list[PeerEffect] = [Confirmed(sender, key[0])] if ok else []
-                if self._holding and not self._asked_awaited():
-                    effects.append(StartTimer(FLUSH_TIMER, 0.0))    # due at once: push what waited
+                if self._holding and self._asked is not None and key[0] == self._asked[0]:
+                    # a peer answered the flush the writes wait on (all of it, or refused a part):
+                    # a round trip has passed, so push what waited now, not when the slowest answers
+                    effects.append(StartTimer(FLUSH_TIMER, 0.0))
                 return effects
             case "ae-top":
                 return self._on_top(sender, frames)

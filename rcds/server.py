@@ -193,6 +193,8 @@ class Server:
             self.close()
 
     def close(self) -> None:
+        with contextlib.suppress(zmq.ZMQError, SnipeError):   # writes held for a batch: pushed now
+            self._run_effects([e for e in self.replicator.flush() if not isinstance(e, StartTimer)])
         for link in self.peer_links.values():
             link.close()
         self.router.close(0)

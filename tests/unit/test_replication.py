@@ -188,6 +188,33 @@ def test_writes_wait_for_the_last_confirmed_flush_s_acks_and_then_go_in_one_push
     assert len(a.flush()) == 2
 
 
+def test_the_first_peer_to_answer_the_flush_releases_what_waits_even_a_refusal():
+    """W=3 asks both peers; one dead must not hold every later write for the whole HOLD_S: the
+    first peer to answer all of the flush (or refuse a part) releases what waits."""
+    recs = [put(ADMIN, "urn:snipe:group:g", f"n{i}", i, hlc.pack(NOW)) for i in range(2)]
+    for ok in (True, False):
+        a = replicator("A", ["A", "B", "C"])
+        a.on_local_writes(a.replica.ingest(recs[:1], NOW), confirm=2)
+        assert [e.envelope.body.get("ack") for e in a.flush(10.0)] == [0, 0]      # both asked
+        a.on_local_writes(a.replica.ingest(recs[1:], NOW), confirm=2)
+        assert a.flush(10.001) == [StartTimer(FLUSH_TIMER, 10.0 + replication.HOLD_S)]
+        got = a.on_message(env("push-ack", "B", ack=0, ok=ok), [], NOW)          # C never answers
+        assert got == [*([replication.Confirmed("B", 0)] if ok else []), StartTimer(FLUSH_TIMER, 0.0)]
+        assert [e.to for e in a.on_timer(FLUSH_TIMER, 10.002)] == ["B", "C"]
+        assert a.on_message(env("push-ack", "C", ack=0, ok=True), [], NOW) == [replication.Confirmed("C", 0)]
+
+
+def test_writes_held_when_the_peer_asked_leaves_the_set_go_at_the_next_flush():
+    a = replicator("A", ["A", "B", "C"])
+    recs = [put(ADMIN, "urn:snipe:group:g", f"n{i}", i, hlc.pack(NOW)) for i in range(2)]
+    a.on_local_writes(a.replica.ingest(recs[:1], NOW), confirm=1)
+    assert [(e.to, e.envelope.body.get("ack")) for e in a.flush(10.0)] == [("B", 0), ("C", None)]
+    a.on_local_writes(a.replica.ingest(recs[1:], NOW), confirm=1)
+    assert a.flush(10.001) == [StartTimer(FLUSH_TIMER, 10.0 + replication.HOLD_S)]
+    a.set_peers(["C"])                                     # B, the peer asked, was removed
+    assert [e.to for e in a.flush(10.002)] == ["C"]         # nothing awaited of the peers left
+
+
 def test_acks_are_asked_of_the_peers_with_fewest_outstanding_taking_turns():
     a = replicator("A", ["A", "B", "C"])
 
