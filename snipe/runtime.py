@@ -46,7 +46,7 @@ from snipe.errors import (
     SnipeError,
 )
 from snipe.identity import Identity
-from snipe.messaging.endpoint import Endpoint, Message
+from snipe.messaging.endpoint import Endpoint, Message, retained_resolve_every_s
 from snipe.multicast.groups import Membership
 from snipe.placement import choose_host, eligible
 from snipe.privatedir import default_runtime_dir, private_dir, refuse_if_not_ours
@@ -314,6 +314,7 @@ def init(*, catalog: Sequence[str] | None = None, identity: Identity | None = No
     if _session is not None:
         return _session
     env = os.environ
+    retained_resolve_every_s(env)      # a bad SNIPE_RETAINED_RESOLVE_S: said here, not at the first send
     if env.get("SNIPE_PROC_URN"):
         ident = Identity.load(env["SNIPE_KEY_FILE"])
         admin = env["SNIPE_ADMIN_KEY"]

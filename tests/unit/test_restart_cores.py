@@ -4,6 +4,7 @@ takeover planner, sealed task secrets. Transcripts first, then a hypothesis prop
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 from collections import deque
@@ -590,3 +591,14 @@ def test_snipe_retained_resolve_s_sets_how_often_a_retained_peer_is_re_read() ->
     assert resolve_due(retained, 2.0 * 1.25 + 0.01, retained_every_s=2.0) == RETAINED_RESOLVE_TIMEOUT_S
     assert resolve_due(retained, 2.0 * 0.75 - 0.01, retained_every_s=2.0) is None
     assert resolve_due(retained, 2.0 * 1.25 + 0.01) is None          # the default: far later
+
+
+def test_a_bad_snipe_retained_resolve_s_is_said_at_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    import snipe.runtime as runtime
+
+    monkeypatch.setattr(runtime, "_session", None)
+    monkeypatch.setenv("SNIPE_RETAINED_RESOLVE_S", "soon")
+    monkeypatch.setenv("SNIPE_HOME", "/nonexistent/never-made")      # it fails before looking
+    with pytest.raises(ConfigError, match="SNIPE_RETAINED_RESOLVE_S must be a number of seconds"):
+        runtime.init()
+    assert not os.path.exists("/nonexistent/never-made")
