@@ -36,7 +36,7 @@ from snipe import authority
 from snipe.assertion import Assertion
 from snipe.catalog import protocol as P
 from snipe.effects import Send, StartTimer
-from snipe.errors import CodecError, ResyncNeeded, SnipeError, UnknownRequest
+from snipe.errors import CodecError, NotAuthorized, ResyncNeeded, SnipeError, TooLarge, UnknownRequest
 from snipe.identity import Identity, public_key_from_id
 from snipe.query import matches, parse_predicates
 from snipe.transport import KeyGate, Link, recv_parts, send_parts, sender_key, server_socket
@@ -85,6 +85,7 @@ class Watcher:
 
 
 _Put = tuple[bytes, Envelope, list[bytes], tuple[int, float] | None]   # (client, request, records, relay)
+SEND_QUEUE_MESSAGES = 1000
 
 
 class Server:
@@ -102,7 +103,10 @@ class Server:
         self.gate.learn(cfg.admin_key)
         self.router = server_socket(self.ctx, zmq.ROUTER, cfg.identity)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.router.sndhwm = 100_000
+        # Messages queued for one client: its replies and watch events (at most P.EVENT_BYTES of
+        # records each), so a client that stops reading holds tens of MiB here, not the whole log
+        # a watch replays; past it the client's watches lag (an explicit event, never a silent gap).
+        self.router.sndhwm = SEND_QUEUE_MESSAGES
         self.router.rcvhwm = 100_000
         self.router.maxmsgsize = 64 * 1024 * 1024
         self.router.bind(cfg.listen)
@@ -238,6 +242,10 @@ class Server:
             try:
                 if env.protocol == PEER_PROTOCOL:
                     key = sender_key(parts[0])                # which replica's key sent it
+                    if not any(p.key.hex() == key for p in self.peers.values()):
+                        # a client's key: told (a replica never reads what comes back on its link)
+                        raise NotAuthorized(f"{PEER_PROTOCOL} messages are taken only from the replicas of this "
+                                            f"set; key {key[:16]}… is not one of them")
                     if env.kind == "push":
                         pushes.append((key, env, frames))       # stored with the puts, below
                     else:
@@ -278,7 +286,8 @@ class Server:
         sender = env.body.get("from")
         peer = self.peers.get(sender) if isinstance(sender, str) else None
         if peer is None or peer.key.hex() != key:
-            log.warning("replication message from %r (key %s…) that is not a known replica", sender, key[:16])
+            log.warning("replication message from replica key %s… naming itself %.64r, which is not its id",
+                        key[:16], sender)
             return []
         try:
             effects = self.replicator.on_message(env, frames, _now_ms())
@@ -396,7 +405,9 @@ class Server:
                     try:
                         curve = bytes.fromhex(field_of(env, "curve", str))
                     except ValueError:
-                        raise CodecError("'curve' must be the hex of a 32-byte X25519 key") from None
+                        curve = b""
+                    if len(curve) != 32:
+                        raise CodecError("'curve' must be the hex of a 32-byte X25519 key")
                     ed = self.storage.ed_key_of_curve(curve)
                 else:
                     ed = public_key_from_id(field_of(env, "key", str))
@@ -410,6 +421,8 @@ class Server:
         prefix = field_of(env, "prefix", str)
         where = parse_predicates(env.body.get("where"))
         limit = field_of(env, "limit", int, P.MAX_QUERY_URNS)
+        if not 1 <= limit <= P.MAX_QUERY_URNS:
+            raise CodecError(f"query 'limit' must be 1 to {P.MAX_QUERY_URNS} URNs, not {limit}")
         now = _now_ms()
         out: list[bytes] = []
         urns = 0
@@ -451,12 +464,16 @@ class Server:
         elif from_rev > current:
             raise ResyncNeeded(f"revision {from_rev} is ahead of this replica ({current}); it is not the "
                                "replica you watched before: read the current state and watch again")
+        if (client, watch) not in self.watchers and \
+                sum(1 for c, _ in self.watchers if c == client) >= P.MAX_WATCHES_PER_CONNECTION:
+            raise TooLarge(f"this connection already holds {P.MAX_WATCHES_PER_CONNECTION} watches, the most a "
+                           "replica keeps for one; unwatch some, or watch a prefix they share")
         w = Watcher(client, watch, prefix, from_rev, from_rev, time.monotonic())
         self.watchers[(client, watch)] = w
         self.delivered_rev = current      # this watcher is brought up to `current` below
         self._reply(client, env.reply(rev=current, first_rev=first, replica=self.cfg.replica_id))
         rev = from_rev
-        while rev < current:
+        while rev < current and self.watchers.get((client, watch)) is w and w.lagged_after is None:
             _, changes = self.storage.changes_since(rev, 5000)
             if not changes:
                 break
@@ -487,14 +504,17 @@ class Server:
             if changes:
                 w.last_sent = max(w.last_sent, changes[-1].rev)
             return
-        env = Envelope(P.PROTOCOL, P.VERSION, "event", 0, {
-            "watch": w.watch, "prev": w.last_event, "revs": [c.rev for c in mine], "kinds": [c.event for c in mine]})
-        if self._tell_watcher(w.client, env, [P.pack_records([c.record.encode() for c in mine])]):
-            w.last_sent = changes[-1].rev
-            w.last_event = mine[-1].rev
+        for part in _by_bytes(mine, P.EVENT_BYTES):
+            env = Envelope(P.PROTOCOL, P.VERSION, "event", 0, {
+                "watch": w.watch, "prev": w.last_event, "revs": [c.rev for c, _ in part],
+                "kinds": [c.event for c, _ in part]})
+            if not self._tell_watcher(w.client, env, [P.pack_records([raw for _, raw in part])]):
+                if (w.client, w.watch) in self.watchers:
+                    w.lagged_after = w.last_event
+                return
+            w.last_event = part[-1][0].rev
             w.last_beat = time.monotonic()
-        elif (w.client, w.watch) in self.watchers:
-            w.lagged_after = w.last_event
+        w.last_sent = changes[-1].rev
 
     def _beat(self, now: float) -> None:
         rev = self.storage.last_rev()
@@ -586,6 +606,20 @@ def _result_row(r: Accepted | Refused) -> list[Any]:
 def _server_error(exc: Exception) -> SnipeError:
     from snipe.errors import ServerError
     return ServerError(f"the replica failed on this request ({exc.__class__.__name__}); it keeps serving")
+
+
+def _by_bytes(changes: list[Any], limit: int) -> list[list[tuple[Any, bytes]]]:
+    """Changes with their encoded records, in runs of about `limit` record bytes (one at least)."""
+    runs: list[list[tuple[Any, bytes]]] = []
+    size = limit
+    for c in changes:
+        raw = c.record.encode()
+        if size + len(raw) > limit:
+            runs.append([])
+            size = 0
+        runs[-1].append((c, raw))
+        size += len(raw)
+    return runs
 
 
 def _now_ms() -> int:

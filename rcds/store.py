@@ -140,9 +140,13 @@ class LmdbStorage:
                         yield a
 
     def records_by_keys(self, keys: list[bytes]) -> list[Assertion]:
+        """The records stored under `keys`; a key LMDB could not hold (empty, too long) has none."""
         out = []
+        longest = self.env.max_key_size()
         with self.env.begin() as txn:
             for k in keys:
+                if not 0 < len(k) <= longest:
+                    continue
                 v = txn.get(k, db=self.records)
                 if v is not None:
                     a = self._decode(k, v)
@@ -222,6 +226,8 @@ class LmdbStorage:
 
     def ed_key_of_curve(self, curve: bytes) -> bytes | None:
         """The Ed25519 key of an admitted key's CurveZMQ key (for the ZAP handler's thread)."""
+        if len(curve) != 32:
+            return None
         with self.env.begin() as txn:
             v = txn.get(curve, db=self.curves)
             return bytes(v) if v is not None else None

@@ -50,6 +50,8 @@ KEY_TAG_BYTES = 8                  # a replica named in a put's "to" by this muc
 MAX_BATCH_RECORDS = 10_000
 MAX_QUERY_URNS = 100_000
 MAX_REPLY_RECORDS = 10_000_000     # what a client takes in one reply (a query can be large)
+MAX_WATCHES_PER_CONNECTION = 256   # watches one client connection may hold at a replica
+EVENT_BYTES = 64 * 1024            # a watch event message carries about this many record bytes at most
 
 # put result statuses
 STORED = "stored"      # new here

@@ -175,8 +175,11 @@ LONG = "n" * 257
         ({"urn": "urn:snipe:planet:x"}, UrnError, None),
         ({"name": ""}, CodecError, "assertion name '' must be 1 to 256 characters without NUL"),
         ({"name": "a\x00b"}, CodecError, "assertion name 'a\\x00b' must be 1 to 256 characters without NUL"),
-        ({"name": LONG}, CodecError, f"assertion name {LONG!r} must be 1 to 256 characters without NUL"),
-        ({"name": 5}, CodecError, "assertion name 5 must be 1 to 256 characters without NUL"),
+        ({"name": LONG}, CodecError, f"assertion name {LONG[:40] + '…'!r} must be 1 to 256 characters without NUL"),
+        ({"name": 5}, CodecError, "assertion name must be a string, not int"),
+        # 256 characters, but 512 bytes: with the URN, more than a replica can key a record by
+        ({"name": "é" * 256}, CodecError, f"assertion name {'é' * 40 + '…'!r} of {HOST}: the URN and the name "
+                                          "take 528 bytes (UTF-8), more than the 466 a replica can key a record by"),
         (
             {"value": None},
             ValueTypeError,
@@ -370,7 +373,12 @@ PK = ALICE.public_key
         ),
         ([7, "n", 1, TS, 0, False, PK, SIG], "assertion has a bad URN: a URN must be a string, not int"),
         ([HOST, "", 1, TS, 0, False, PK, SIG], "assertion name '' must be 1 to 256 characters without NUL"),
-        ([HOST, b"n", 1, TS, 0, False, PK, SIG], "assertion name b'n' must be 1 to 256 characters without NUL"),
+        ([HOST, b"n", 1, TS, 0, False, PK, SIG], "assertion name must be a string, not bytes"),
+        (
+            ["urn:snipe:proc:" + "p" * 241, "n" * 256, 1, TS, 0, False, PK, SIG],
+            f"assertion name {'n' * 40 + '…'!r} of urn:snipe:proc:{'p' * 241}: the URN and the name take 512 bytes "
+            "(UTF-8), more than the 466 a replica can key a record by",
+        ),
         ([HOST, "n", 1, -1, 0, False, PK, SIG], "assertion timestamp must be a 64-bit unsigned integer"),
         ([HOST, "n", 1, 1.0, 0, False, PK, SIG], "assertion timestamp must be a 64-bit unsigned integer"),
         ([HOST, "n", 1, True, 0, False, PK, SIG], "assertion timestamp must be a 64-bit unsigned integer"),

@@ -16,7 +16,7 @@ from rcds.replica import Accepted, Refused, Replica
 from rcds.storage import EXPIRE, PUT, ZERO, Change, MemoryStorage, Storage
 from rcds.store import LmdbStorage
 from snipe import hlc
-from snipe.assertion import Assertion, make_assertion
+from snipe.assertion import MAX_URN_AND_NAME_BYTES, Assertion, make_assertion
 from snipe.errors import CodecError, NotAuthorized, SignatureError, StaleWrite, TooLarge
 from snipe.identity import Identity
 
@@ -192,6 +192,21 @@ def test_tombstone_supersedes(replica, storage):
     assert not gone.is_live(NOW)
     revived = put(ALICE, PROC, "state", "again", at=3)
     assert ingest(replica, revived) == [("accepted", revived, 5, True)]
+
+
+def test_the_longest_urn_and_name_are_stored_leased_expired_and_deleted(replica, storage):
+    """MAX_URN_AND_NAME_BYTES is what LMDB's 511-byte keys allow: a record at the limit, with an
+    expiry timer and then a tombstone (and its clean-up timer), stores at every step."""
+    admitted_alice(replica)
+    urn = "urn:snipe:proc:" + "p" * 241                     # 256 characters, the longest URN
+    name = "é" * ((MAX_URN_AND_NAME_BYTES - len(urn)) // 2)  # two bytes a character in UTF-8
+    assert len(urn) + len(name.encode()) == MAX_URN_AND_NAME_BYTES
+    c, lease = claim(ALICE, urn), put(ALICE, urn, name, 1, at=1, ttl_ms=5_000)
+    assert [o[0] for o in ingest(replica, c, lease)] == ["accepted"] * 2
+    assert replica.tick(T0 + 1 + 5_000) == 1               # expired through its timer
+    gone = tomb(ALICE, urn, name, at=2)
+    assert ingest(replica, gone) == [("accepted", gone, 5, True)]
+    assert held(storage, urn) == {c, gone}
 
 
 # --- timers: leases and garbage collection -------------------------------------------------------
