@@ -85,7 +85,7 @@ class Watcher:
 
 
 _Put = tuple[bytes, Envelope, list[bytes], tuple[int, float] | None]   # (client, request, records, relay)
-SEND_QUEUE_MESSAGES = 1000
+SEND_QUEUE_MESSAGES = 5000
 
 
 class Server:
@@ -103,9 +103,9 @@ class Server:
         self.gate.learn(cfg.admin_key)
         self.router = server_socket(self.ctx, zmq.ROUTER, cfg.identity)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # Messages queued for one client: its replies and watch events (at most P.EVENT_BYTES of
-        # records each), so a client that stops reading holds tens of MiB here, not the whole log
-        # a watch replays; past it the client's watches lag (an explicit event, never a silent gap).
+        # Messages queued for one client: its replies and watch events (about P.EVENT_BYTES of
+        # records each), so a client that stops reading holds at most some 80 MiB here, not the
+        # whole log a watch replays; past it its watches lag (an explicit event, never a silent gap).
         self.router.sndhwm = SEND_QUEUE_MESSAGES
         self.router.rcvhwm = 100_000
         self.router.maxmsgsize = 64 * 1024 * 1024

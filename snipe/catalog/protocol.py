@@ -51,7 +51,7 @@ MAX_BATCH_RECORDS = 10_000
 MAX_QUERY_URNS = 100_000
 MAX_REPLY_RECORDS = 10_000_000     # what a client takes in one reply (a query can be large)
 MAX_WATCHES_PER_CONNECTION = 256   # watches one client connection may hold at a replica
-EVENT_BYTES = 64 * 1024            # a watch event message carries about this many record bytes at most
+EVENT_BYTES = 16 * 1024            # a watch event message carries about this many record bytes at most
 
 # put result statuses
 STORED = "stored"      # new here

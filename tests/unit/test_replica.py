@@ -209,6 +209,16 @@ def test_the_longest_urn_and_name_are_stored_leased_expired_and_deleted(replica,
     assert held(storage, urn) == {c, gone}
 
 
+def test_keys_lmdb_cannot_hold_are_looked_up_as_absent(tmp_path):
+    """An anti-entropy ae-want names keys; an empty or over-long one raised out of LMDB."""
+    s = LmdbStorage(tmp_path / "db", map_size=16 << 20)
+    try:
+        assert s.records_by_keys([b"", b"k" * 600, b"\0\0urn:snipe:proc:none\0n\0"]) == []
+        assert s.ed_key_of_curve(b"") is None
+    finally:
+        s.close()
+
+
 # --- timers: leases and garbage collection -------------------------------------------------------
 def test_lease_expiry_is_logged_at_expiry(replica, storage):
     admitted_alice(replica)
