@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 from snipe_daemon.fields import environment_of, seconds_of, shown, texts_of
 from snipe_daemon.hostinfo import LoadSampler, collect_host_info
+from snipe_daemon.locations import LiveDaemons, Republisher
 from snipe_daemon.mcast import GroupRouter
 from snipe_daemon.migration import Migrations
 from snipe_daemon.pool import WarmPool, reap_orphans
@@ -131,6 +132,7 @@ class Daemon:
         self.tasks_dir = cfg.state_dir / "tasks"
         self.catalog = CatalogClient(cfg.catalog, cfg.identity, cfg.admin_key, timeout=5.0)
         self._check_host_admitted()
+        self.relocation: Republisher | None = self._relocation()
         self.runner = TaskRunner()
         self.pool = WarmPool(cfg.warm_pool, cfg.state_dir / "tasks", cfg.python)
         self.ctx = zmq.Context()
@@ -221,6 +223,8 @@ class Daemon:
 
     def _tick(self, now: float) -> None:
         self._poll_tasks()
+        if self.relocation is not None and self.relocation.step(now):
+            self.relocation = None
         while not self.takeovers.empty():
             claim, values = self.takeovers.get_nowait()
             try:
@@ -455,6 +459,23 @@ class Daemon:
                 self.runner.signal(urn, signum)
 
     # --- code ---------------------------------------------------------------------------------
+    def _relocation(self) -> Republisher:
+        """The work of republishing `location` for the code held here, as this daemon starts: it
+        may listen on another address than before (the catalog would still name the old one).
+        Done a batch a turn, from the first turn of the loop, each put waiting 2 s at most."""
+        urns = self.codes.held()
+        timeout = max(0.5, min(2.0, self.cfg.lease_s / 4))
+
+        def put(batch: list[str]) -> None:
+            self.catalog.put([self.catalog.sign(u, "location", self.cfg.address) for u in batch], timeout=timeout)
+        return Republisher(urns, put)
+
+    def _live_daemons(self, now: int) -> LiveDaemons:
+        """Where each live host's daemon listens now: the holders a fetch asks (a listed address
+        may be from before its daemon restarted on another port, and a dead one would hold this
+        loop for the wait)."""
+        return LiveDaemons.from_hosts(self.catalog.query("urn:snipe:host:"), now)
+
     def _put_code(self, env: Envelope, frames: list[bytes]) -> dict[str, Any]:
         urn = validate_urn(field_of(env, "urn", str))
         if len(frames) != 1:
@@ -487,9 +508,8 @@ class Daemon:
         path = self.codes.path_for(urn)
         if path is not None:
             return path, manifest
-        errors = []
-        locations = sorted({str(v) for v in entry.values("location", now).values()}
-                           - self._lapsed_daemons(now) - {self.cfg.address})
+        locations, errors = self._live_daemons(now).holders(
+            (str(v) for v in entry.values("location", now).values()), besides=self.cfg.address)
         waits_end = time.monotonic() + self.cfg.lease_s / 2
         for i, location in enumerate(locations):
             try:
@@ -503,7 +523,8 @@ class Daemon:
                 return path, manifest
             except SnipeError as exc:
                 errors.append(f"{location}: {exc}")
-        raise NotFound(f"no location could supply {urn}: " + ("; ".join(errors) or "none is listed"))
+        raise NotFound(f"no location could supply {urn}: " + ("; ".join(errors) or "none is listed")
+                       + ("" if locations else "; publish it again from a host that has it"))
 
     def _give_code(self, urn: str, hosts: list[str], *, required: bool) -> None:
         """Put code on the hosts that may run a task after this one dies, before it starts: a
@@ -518,7 +539,8 @@ class Daemon:
         if blob is None:
             raise NotFound(f"this daemon no longer holds code {urn}; publish it again")
         now = _now_ms()
-        held = {str(v) for v in self.catalog.get(urn).values("location", now).values()}
+        listed = self.catalog.get(urn).values("location", now).values()
+        held, _ = self._live_daemons(now).holders(str(v) for v in listed)
         timeout = max(0.5, min(GIVE_CODE_TIMEOUT_S, self.cfg.lease_s / 4))
         for host in hosts:
             try:
@@ -754,12 +776,6 @@ class Daemon:
                        and h not in left and h != values.get("host"))
         return [h for h in left if h in live] + spare[:max(0, want - len([h for h in left if h in live]))]
 
-    def _lapsed_daemons(self, now: int) -> set[str]:
-        """The addresses of the daemons whose host's lease lapsed: a fetch does not ask them (a dead
-        one would hold this loop for the wait)."""
-        return {str(a.value) for e in self.catalog.query("urn:snipe:host:").values()
-                if e.value("alive", now) is not True for a in e.records if a.name == "daemon"}
-
     def _holder_wait(self, waits_end: float, last: bool) -> float:
         """How long a fetch waits for a holder's daemon to take a connection. The fetch holds this
         loop, and a holder whose daemon just died is still listed until its lease lapses: all
@@ -776,9 +792,9 @@ class Daemon:
         blob = self.files.get_blob(urn)
         if blob is not None:
             return blob
-        errors = []
-        lapsed = self._lapsed_daemons(_now_ms())
-        holders = [str(a) for a in ckpt.get("holders", []) if a != self.cfg.address and str(a) not in lapsed]
+        # a holder's daemon may have restarted on another port since the checkpoint named it
+        holders, errors = self._live_daemons(_now_ms()).holders(
+            (str(a) for a in ckpt.get("holders", [])), besides=self.cfg.address)
         waits_end = time.monotonic() + self.cfg.lease_s / 2
         for i, address in enumerate(holders):
             try:

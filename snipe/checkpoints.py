@@ -116,26 +116,27 @@ def checkpoint() -> dict[str, Any]:
     return record
 
 
-def _store(s: Any, urn: str, blob: bytes) -> tuple[list[str], list[str], set[str]]:
+def _store(s: Any, urn: str, blob: bytes) -> tuple[list[str], list[str], dict[str, str]]:
     """Put the blob on COPIES daemons (ours first, then a replicated task's standbys); return
-    their addresses and host URNs, and the live hosts' URNs."""
+    their addresses and host URNs, and the live hosts' daemon addresses by host URN."""
     from snipe.runtime import now_ms
 
-    candidates = [(s.host or "", s.local_daemon)]
     now = now_ms()
     standbys = s.catalog.get(s.me).value("standbys", now)
     standbys = [str(h) for h in standbys] if isinstance(standbys, list) else []
     copies = max(COPIES, 1 + len(standbys))       # a replicated task's standbys each hold every checkpoint
     others = []
-    live = {s.host or ""}
+    live = {s.host or "": s.local_daemon}
     for host, entry in s.catalog.query("urn:snipe:host:").items():
         address = entry.value("daemon", now)
-        if entry.value("alive", now) is True:
-            live.add(host)
+        if entry.value("alive", now) is True and isinstance(address, str):
+            live[host] = address
         if host != s.host and entry.value("alive", now) is True and isinstance(address, str):
             rank = standbys.index(host) if host in standbys else len(standbys)
             others.append((rank, hashlib.sha256(f"{s.me}|{host}".encode()).digest(), host, address))
-    candidates += [(h, a) for _, _, h, a in sorted(others)]
+    # ours first, where the catalog says our daemon is now: it may have restarted on another
+    # port since it started this task (whose SNIPE_DAEMON still names the old one)
+    candidates = [(s.host or "", live[s.host or ""]), *[(h, a) for _, _, h, a in sorted(others)]]
     holders: list[str] = []
     hosts: list[str] = []
     errors: list[str] = []
@@ -156,12 +157,13 @@ def _store(s: Any, urn: str, blob: bytes) -> tuple[list[str], list[str], set[str
     return holders, hosts, live
 
 
-def _drop(s: Any, record: dict[str, Any], live: set[str]) -> None:
-    """Drop a superseded checkpoint at its holders that are alive (a dead one's copy dies with it)."""
-    for address, host in zip(record.get("holders", []), record.get("hosts", []), strict=False):
+def _drop(s: Any, record: dict[str, Any], live: dict[str, str]) -> None:
+    """Drop a superseded checkpoint at its holders that are alive (a dead one's copy dies with it),
+    at their daemons' addresses now: one may have restarted on another port since it took it."""
+    for host in record.get("hosts", []):
         if host in live:
             with contextlib.suppress(SnipeError):
-                s.daemon(str(address)).call("drop-file", {"urn": record["file"]}, timeout=5)
+                s.daemon(live[host]).call("drop-file", {"urn": record["file"]}, timeout=5)
 
 
 def decode(blob: bytes, urn: str) -> dict[str, Any]:

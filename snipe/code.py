@@ -50,6 +50,7 @@ MAX_LINK_HOPS = 40
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _MODULE_ENTRY = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):({_IDENT})$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,11 @@ class CodeCache:
         """The file holding this code's blob (to serve to other hosts), or None if not held."""
         path = self._blobs / _hex_of(urn, self.kind)
         return path if path.is_file() else None
+
+    def held(self) -> list[str]:
+        """The URNs of every blob held here, sorted (a daemon republishes where they are, on start)."""
+        names = (p.name for p in self._blobs.iterdir() if p.is_file())
+        return sorted(f"urn:snipe:{self.kind}:sha256:{n}" for n in names if _HEX64.fullmatch(n))
 
     def has(self, urn: str) -> bool:
         """True when the code is here in either form (installed, or its blob held)."""

@@ -1,9 +1,14 @@
-"""Helpers for tests: waiting on conditions with a deadline (never a bare sleep)."""
+"""Helpers for tests: waiting on conditions with a deadline (never a bare sleep), stand-in hosts."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snipe.identity import Identity
+    from snipe.localcluster import LocalCatalog
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition",
@@ -53,3 +58,14 @@ class PortBlock:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def pose_as_host(catalog: LocalCatalog, identity: Identity, name: str, daemon: str, lease_s: float = 120.0) -> str:
+    """Admit `identity` as host `name` and publish that host live, its daemon at `daemon`: a
+    stand-in holder (a fake daemon, or one that died within its lease) that a daemon fetching
+    code or a checkpoint asks, as it asks only the live hosts' daemons. Returns the host URN."""
+    urn = catalog.admit(identity, name, kind="host")
+    with catalog.client(identity) as c:
+        c.put([c.sign(urn, k, v, ttl=lease_s) for k, v in
+               {"alive": True, "daemon": daemon, "key": identity.key_id}.items()])
+    return urn

@@ -18,7 +18,7 @@ from snipe.daemonclient import DaemonClient
 from snipe.errors import NotAuthorized, NotFound, SnipeError
 from snipe.identity import Identity
 from snipe.localcluster import LocalCluster
-from tests.support import wait_for
+from tests.support import pose_as_host, wait_for
 
 WORKER = textwrap.dedent('''
     import os, sys, time
@@ -230,10 +230,11 @@ def test_a_location_serving_forged_code_is_refused_and_a_good_copy_used(cluster:
     evil_blob = package(tmp_path / "evil" / "worker.py").blob
 
     mallory = Identity.generate()
-    cluster.catalog.admit(mallory, "mallory", kind="host")
     ctx = zmq.Context.instance()
     sock = server_socket(ctx, zmq.ROUTER, mallory)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
+    # an admitted host, live (a fetch asks only live hosts' daemons), serving bytes of its own
+    pose_as_host(cluster.catalog, mallory, "mallory", f"tcp://127.0.0.1:{port}#{mallory.key_id}")
     asked: list[str] = []
     stop = threading.Event()
 

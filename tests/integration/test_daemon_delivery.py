@@ -19,12 +19,12 @@ import snipe.runtime as runtime
 from snipe.daemonclient import DaemonClient
 from snipe.errors import NotAuthorized, NotDelivered, NotFound, Unreachable
 from snipe.identity import Identity
-from snipe.localcluster import LocalCluster
+from snipe.localcluster import LocalCluster, free_port
 from snipe.runtime import Process, now_ms
 from snipe.transport import server_socket
 from snipe.wire import Envelope, decode, encode
 from tests.integration.test_daemon import SLEEPER
-from tests.support import wait_for
+from tests.support import pose_as_host, wait_for
 
 DAEMON = Identity.from_seed(b"d" * 32)
 CLIENT = Identity.from_seed(b"c" * 32)
@@ -196,6 +196,7 @@ def test_a_holder_that_takes_the_fetch_and_stalls_does_not_cost_the_daemon_its_l
     busy = f"tcp://127.0.0.1:{port}#{DAEMON.key_id}"
     assert busy < min(held)                               # asked first (holders are tried in order)
     holder = FakeDaemon(port, stall_s=3 * 2.0)
+    pose_as_host(cluster.catalog, DAEMON, "busy", busy)   # a live host's daemon (the only kind asked)
     try:
         snipe.catalog().set(other, "location", busy)
         p = snipe.spawn(other, "600", host=target.host_id)
@@ -217,8 +218,9 @@ def test_a_fetch_past_a_dead_holder_does_not_hold_the_daemon_past_its_lease(clus
     code = _task_code(tmp_path)
     held = set(snipe.catalog().get(code).values("location", now_ms()).values())
     target = next(d for d in cluster.daemons if d.address not in held)     # it must fetch the code
-    dead = f"tcp://127.0.0.1:{_closed_port()}#{cluster.daemons[0].identity.key_id}"
+    dead = f"tcp://127.0.0.1:{_closed_port()}#{DAEMON.key_id}"
     assert dead < min(held)                               # asked first (holders are tried in order)
+    pose_as_host(cluster.catalog, DAEMON, "dead", dead)   # its lease has not lapsed yet
     snipe.catalog().set(code, "location", dead)
     p = snipe.spawn(code, "600", host=target.host_id)
     spawned_ms = now_ms()
@@ -230,4 +232,37 @@ def test_a_fetch_past_a_dead_holder_does_not_hold_the_daemon_past_its_lease(clus
     wait_for(renewed_since_spawn, 30, "the host's lease to be renewed after the spawn")
     status = Process(p.urn).status()
     assert status["state"] == "running", status
+    Process(p.urn).kill()
+
+
+def test_code_stays_spawnable_after_its_holders_restart_on_other_ports(cluster: LocalCluster,
+                                                                       tmp_path: Path) -> None:
+    """A user walkthrough: publish, `cluster down`, `cluster up` (every daemon on a new port),
+    spawn on a host that was given no copy. The code's `location`s named the old ports, so the
+    fetch failed ("did not accept a connection"). A daemon that starts on a new address now
+    republishes `location` for the code it holds (replacing its stale one), and a fetch asks a
+    listed holder where its daemon is now."""
+    def locations() -> set[str]:
+        snipe.catalog().invalidate(code)
+        return {str(v) for v in snipe.catalog().get(code).values("location", now_ms()).values()}
+    code = _task_code(tmp_path)
+    before = locations()
+    holders = [i for i, d in enumerate(cluster.daemons) if d.address in before]
+    assert len(holders) == 2                          # the publisher's host and one spare
+    fetcher = cluster.daemons[next(i for i in range(len(cluster.daemons)) if i not in holders)]
+    for i in holders:
+        cluster.stop_daemon(i)
+    for i in holders:
+        d = cluster.daemons[i]
+        ip = d.endpoint.removeprefix("tcp://").rsplit(":", 1)[0]
+        d.endpoint = f"tcp://{ip}:{free_port(ip)}"
+        cluster.start_daemon(i)
+    moved = {cluster.daemons[i].address for i in holders}
+    assert not moved & before
+    snipe.session()._daemons.clear()
+    p = snipe.spawn(code, "600", host=fetcher.host_id)
+    status = Process(p.urn).status()
+    assert status["state"] == "running", status
+    # each holder replaced its own stale location; the fetcher added its own
+    wait_for(lambda: locations() == moved | {fetcher.address}, 20, "the locations to name the new addresses")
     Process(p.urn).kill()

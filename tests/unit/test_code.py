@@ -518,3 +518,15 @@ def test_cache_wants_code_urns(tmp_path: Path):
         cache.path_for("urn:snipe:file:sha256:" + "0" * 64)
     with pytest.raises(UrnError):
         cache.has("not a urn")
+
+
+def test_the_cache_lists_the_blobs_it_holds(tmp_path: Path) -> None:
+    cache = CodeCache(tmp_path / "code")
+    blobs = [package(write(tmp_path / f"p{i}.py", ECHO + f"# {i}\n")) for i in range(2)]
+    cache.install(blobs[0].blob, blobs[0].urn)
+    cache.put_blob(blobs[1].blob, blobs[1].urn)
+    (tmp_path / "code" / "blobs" / ".tmp-partial").write_bytes(b"x")     # a write in progress
+    assert cache.held() == sorted(p.urn for p in blobs)
+    files = CodeCache(tmp_path / "files", kind="file")
+    files.put_blob(b"checkpoint", content_urn("file", b"checkpoint"))
+    assert files.held() == [content_urn("file", b"checkpoint")]
