@@ -121,6 +121,14 @@ class ClusterShapeMismatch(ConfigError):
     code = "cluster-shape"
 
 
+class ClusterPartlyDown(ConfigError):
+    """Some processes of the local cluster recorded in a folder have ended while others still run.
+    A second cluster is never started over it (the two would share data and state folders); the
+    message names what is gone and says to stop the rest (`cluster down`) before starting anew."""
+
+    code = "cluster-partly-down"
+
+
 class ServerError(SnipeError):
     """The remote side failed on its own account (a bug or a resource problem there)."""
 

@@ -5,7 +5,9 @@
 2. a configured cluster (arguments, SNIPE_CATALOG, or SNIPE_CONFIG / ~/.config/snipe/client.toml);
 3. otherwise the embedded default: the local cluster in this user's runtime folder
    ($SNIPE_HOME, else $XDG_RUNTIME_DIR/snipe, else /tmp/snipe-<uid>), started if none is running
-   (one replica, one daemon), and reused by every later process, like `ray.init()`.
+   (one replica, one daemon), and reused by every later process, like `ray.init()`. One partly
+   down (some of its processes ended, others still run) is an error, ClusterPartlyDown: never is
+   a second cluster started over it.
 The same application code then runs unchanged against a multi-host deployment.
 """
 
@@ -37,6 +39,7 @@ from snipe.code import package
 from snipe.daemonclient import DaemonClient
 from snipe.discovery import discover
 from snipe.errors import (
+    ClusterPartlyDown,
     ClusterShapeMismatch,
     ConfigError,
     HighWaterMark,
@@ -235,10 +238,80 @@ def _records(desc: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return {r["pid"]: r for r in desc.get("processes", []) if isinstance(r, dict) and isinstance(r.get("pid"), int)}
 
 
-def _cluster_alive(desc: dict[str, Any], root: Path) -> bool:
-    pids = desc.get("pids", [])
+@dataclass(frozen=True)
+class _Member:
+    """One process cluster.json lists, as it stands now: `process` is the live process the
+    cluster started, or None and `reason` says why not (then it is gone, as far as the cluster
+    is concerned: ended, or its PID now someone else's)."""
+
+    role: str                   # "replica", "daemon", or "process" for a PID nothing else names
+    id: str                     # r1, h2, ... ("?" when not known)
+    pid: Any                    # as listed (an int unless the file was edited)
+    process: psutil.Process | None
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.role} {self.id} (pid {self.pid})"
+
+    def view(self) -> dict[str, Any]:
+        return {"role": self.role, "id": self.id, "pid": self.pid, "alive": self.process is not None,
+                **({"reason": self.reason} if self.reason else {})}
+
+
+def _members(desc: dict[str, Any], root: Path) -> list[_Member]:
+    """Every process cluster.json lists, checked now. Roles and ids come from the process records
+    (since they were kept there), else from the order of "pids": the replicas r1..rN, then the
+    daemons in the order "daemons" lists them."""
     records = _records(desc)
-    return bool(pids) and all(_verified(p, records.get(p), root)[0] is not None for p in pids)
+    replicas = len(desc.get("catalog", []))
+    daemons = list(desc.get("daemons", {}))
+    out: list[_Member] = []
+    for i, pid in enumerate(desc.get("pids", [])):
+        record = records.get(pid) if isinstance(pid, int) else None
+        if record is not None and isinstance(record.get("role"), str) and isinstance(record.get("id"), str):
+            role, ident = record["role"], record["id"]
+        elif i < replicas:
+            role, ident = "replica", f"r{i + 1}"
+        elif i < replicas + len(daemons):
+            role, ident = "daemon", str(daemons[i - replicas])
+        else:
+            role, ident = "process", "?"
+        p, why = _verified(pid, record, root) if isinstance(pid, int) else (None, "is not a PID")
+        out.append(_Member(role, ident, pid, p, why))
+    return out
+
+
+def _cluster_alive(desc: dict[str, Any], root: Path) -> bool:
+    """Whether every process cluster.json lists is still the cluster's (and it lists some)."""
+    members = _members(desc, root)
+    return bool(members) and all(m.process is not None for m in members)
+
+
+def _partly_down(home: Path, members: list[_Member]) -> ClusterPartlyDown:
+    gone = [m for m in members if m.process is None]
+    alive = len(members) - len(gone)
+    return ClusterPartlyDown(
+        f"the local cluster in {home} is partly down: {'; '.join(f'{m.name} {m.reason}' for m in gone)}, while "
+        f"{alive} of its {len(members)} processes still run; a second cluster is not started over it. Stop "
+        f"what is left with `snipe-console cluster down --home {home}` (or snipe.stop_embedded({str(home)!r})), "
+        f"then start it again (`snipe-console cluster up --home {home}`, or run this again)")
+
+
+def cluster_status(home: str | Path | None = None) -> dict[str, Any] | None:
+    """The local cluster recorded in `home` (default: this user's runtime folder) as it stands:
+    its description plus "state" ("running", "partly down" or "stopped": every process gone, as
+    after a reboot) and "members" (role, id, pid, alive, and why not). None when none is recorded."""
+    from snipe.localcluster import CLUSTER_FILE
+
+    root = Path(home).expanduser() if home else runtime_home()
+    desc = _read_description(root / CLUSTER_FILE)
+    if desc is None:
+        return None
+    members = _members(desc, root)
+    alive = sum(m.process is not None for m in members)
+    state = "running" if members and alive == len(members) else "partly down" if alive else "stopped"
+    return {**desc, "state": state, "members": [m.view() for m in members]}
 
 
 def _read_description(path: Path) -> dict[str, Any] | None:
@@ -269,7 +342,9 @@ def start_embedded(home: Path, *, replicas: int | None = None, hosts: int | None
 
     A running cluster is reused when it has the `replicas` and `hosts` asked for, or when none
     were asked for (None); one of another shape raises ClusterShapeMismatch. A new cluster gets
-    the shape asked for, `default_shape` (replicas, hosts) filling in what was not."""
+    the shape asked for, `default_shape` (replicas, hosts) filling in what was not, also where
+    every recorded process has ended (as after a reboot). One partly down (some processes ended,
+    others still run) raises ClusterPartlyDown and starts nothing."""
     from snipe.localcluster import CLUSTER_FILE, LocalCluster
 
     for name, n in (("replicas", replicas), ("hosts", hosts), ("default replicas", default_shape[0]),
@@ -284,7 +359,11 @@ def start_embedded(home: Path, *, replicas: int | None = None, hosts: int | None
         fcntl.flock(lock, fcntl.LOCK_EX)
         desc_path = home / CLUSTER_FILE
         desc = _read_description(desc_path)
-        if desc is not None and _cluster_alive(desc, home):
+        members = _members(desc, home) if desc is not None else []
+        alive = sum(m.process is not None for m in members)
+        if 0 < alive < len(members):          # a second cluster would share its data and state folders
+            raise _partly_down(home, members)
+        if desc is not None and members and alive == len(members):   # none alive (a reboot): start anew
             have = (len(desc.get("catalog", [])), len(desc.get("daemons", {})))
             if (replicas is not None and replicas != have[0]) or (hosts is not None and hosts != have[1]):
                 asked = (have[0] if replicas is None else replicas, have[1] if hosts is None else hosts)
@@ -299,7 +378,10 @@ def start_embedded(home: Path, *, replicas: int | None = None, hosts: int | None
         try:
             cluster.start()
             desc = cluster.describe()
-            desc["processes"] = [_process_record(pid) for pid in desc["pids"]]
+            started = [("replica", r.id, r.proc) for r in cluster.catalog.replicas]
+            started += [("daemon", d.host_id, d.proc) for d in cluster.daemons]
+            desc["processes"] = [{"role": role, "id": ident, **_process_record(proc.pid)}
+                                 for role, ident, proc in started if proc is not None]
             _write_description(desc_path, desc)
         except BaseException:
             cluster.close()
@@ -987,9 +1069,10 @@ def stop_embedded(home: str | Path | None = None) -> bool:
 
 def stop_embedded_report(home: str | Path | None = None) -> dict[str, Any]:
     """Stop the embedded cluster in `home`; say what was done: {"stopped": whether a cluster was
-    described there, "signalled": [pid, ...], "skipped": [{"pid", "reason"}, ...]}. A PID from
-    cluster.json that no longer names the process the cluster started is skipped (and logged):
-    after a reboot it may be anybody's."""
+    described there, "signalled": [pid, ...], "skipped": [{"pid", "role", "id", "reason"}, ...]}.
+    Every listed process still running is stopped, also when others have ended (a cluster partly
+    down). A PID from cluster.json that no longer names the process the cluster started is
+    skipped (and logged unless it simply ended): after a reboot it may be anybody's."""
     import signal as signals
 
     from snipe.localcluster import CLUSTER_FILE, LocalCluster
@@ -1003,19 +1086,17 @@ def stop_embedded_report(home: str | Path | None = None) -> dict[str, Any]:
         desc = _read_description(desc_path)
         if desc is None:
             return {"stopped": False, "signalled": [], "skipped": []}
-        records = _records(desc)
         procs: list[psutil.Process] = []
         skipped: list[dict[str, Any]] = []
-        for pid in desc.get("pids", []):
-            p, why = _verified(pid, records.get(pid), root) if isinstance(pid, int) else (None, "is not a PID")
-            if p is None:
-                skipped.append({"pid": pid, "reason": why})
-                if why != "no longer runs":
-                    log.warning("not signalling pid %s listed in %s: it %s", pid, desc_path, why)
+        for m in _members(desc, root):
+            if m.process is None:
+                skipped.append({"pid": m.pid, "role": m.role, "id": m.id, "reason": m.reason})
+                if m.reason != "no longer runs":
+                    log.warning("not signalling pid %s listed in %s: it %s", m.pid, desc_path, m.reason)
                 continue
             with contextlib.suppress(psutil.Error):
-                p.send_signal(signals.SIGTERM)
-                procs.append(p)
+                m.process.send_signal(signals.SIGTERM)
+                procs.append(m.process)
         _, alive = psutil.wait_procs(procs, timeout=10)
         for p in alive:
             with contextlib.suppress(psutil.Error):

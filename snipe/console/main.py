@@ -31,7 +31,15 @@ from snipe.daemonclient import DaemonClient
 from snipe.errors import ConfigError, NotFound, SignatureError, SnipeError
 from snipe.identity import Identity, public_key_from_id
 from snipe.multicast.groups import live_members, live_routers
-from snipe.runtime import Process, now_ms, runtime_home, session, start_embedded, stop_embedded_report
+from snipe.runtime import (
+    Process,
+    cluster_status,
+    now_ms,
+    runtime_home,
+    session,
+    start_embedded,
+    stop_embedded_report,
+)
 from snipe.urn import validate_urn
 
 # Piped output is read by scripts and greps: keep each row on one line.
@@ -523,17 +531,39 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         report = stop_embedded_report(home)
 
         def human() -> None:
-            stopped = f"stopped {len(report['signalled'])} process(es)"
-            out.print(stopped if report["stopped"] else f"no cluster in {home}")
+            if not report["stopped"]:
+                out.print(f"no cluster in {home}")
+                return
+            out.print(f"stopped {len(report['signalled'])} process(es) of the local cluster in {home}")
+            gone = [s for s in report["skipped"] if s["reason"] == "no longer runs"]
+            if gone:
+                out.print("already gone: " + ", ".join(f"{s['role']} {s['id']} (pid {s['pid']})" for s in gone))
             for s in report["skipped"]:
                 if s["reason"] != "no longer runs":
-                    out.print(f"[yellow]left pid {s['pid']} alone: it {s['reason']}[/]")
+                    out.print(f"[yellow]left pid {s['pid']} ({s['role']} {s['id']}) alone: it {s['reason']}[/]")
         emit(args, report, human)
     else:
-        path = home / "cluster.json"
-        desc = json.loads(path.read_text()) if path.exists() else None
-        emit(args, desc, lambda: out.print(json.dumps(desc, indent=2) if desc else f"no cluster in {home}"))
+        status = cluster_status(home)
+        emit(args, status, lambda: _print_status(home, status))
     return 0
+
+
+def _print_status(home: Path, status: dict[str, Any] | None) -> None:
+    if status is None:
+        out.print(f"no cluster in {home}")
+        return
+    members = status["members"]
+    alive = sum(m["alive"] for m in members)
+    addresses = {f"replica r{i + 1}": a for i, a in enumerate(status.get("catalog", []))}
+    addresses.update((f"daemon {h}", a) for h, a in status.get("daemons", {}).items())
+    table(f"local cluster in {home}: {status['state']} ({alive} of {len(members)} processes run)",
+          ["part", "pid", "state", "address"],
+          [[f"{m['role']} {m['id']}", m["pid"], "running" if m["alive"] else f"gone: {m['reason']}",
+            addresses.get(f"{m['role']} {m['id']}", "")] for m in members])
+    if status["state"] == "partly down":
+        out.print(f"stop what is left with `snipe-console cluster down --home {home}`, then `cluster up` again")
+    elif status["state"] == "stopped":
+        out.print("every process has ended (as after a reboot); the next `cluster up` or snipe.init() starts anew")
 
 
 class BadArguments(ValueError):

@@ -1,9 +1,11 @@
 """`cluster up` / `cluster down` of the embedded local cluster: only its own processes are ever
-signalled (a PID in a stale cluster.json may be anybody's), and a cluster of another shape than
-the one asked for is refused rather than silently reused."""
+signalled (a PID in a stale cluster.json may be anybody's), a cluster of another shape than
+the one asked for is refused rather than silently reused, and one partly down is never
+started over: it is said, and `cluster down` stops what is left of it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +18,8 @@ from typing import Any
 import psutil
 import pytest
 
-from snipe.errors import ClusterShapeMismatch
+import snipe
+from snipe.errors import ClusterPartlyDown, ClusterShapeMismatch
 from snipe.runtime import _cluster_alive, start_embedded, stop_embedded_report
 from tests.support import wait_for
 
@@ -24,7 +27,8 @@ from tests.support import wait_for
 def console(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNIPE_")}
     env["SNIPE_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "snipe.console.main", *args, "--home", str(home), "--json"],
+    where = ["--home", str(home)] if args[0] == "cluster" else []    # the others find it by SNIPE_HOME
+    return subprocess.run([sys.executable, "-m", "snipe.console.main", *args, *where, "--json"],
                           env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -48,6 +52,12 @@ def home(tmp_path: Path) -> Iterator[Path]:
         yield root
     finally:
         stop_embedded_report(root)      # whatever a failed test left running
+        # and what cluster.json no longer names (a cluster started over another, as once happened)
+        left = [psutil.Process(pid) for pid in _processes_in(root) if psutil.pid_exists(pid)]
+        for p in left:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(left, timeout=10)
 
 
 @pytest.fixture
@@ -141,3 +151,83 @@ def test_up_with_another_shape_refuses_and_without_one_reuses(home: Path) -> Non
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "3 replicas and 3 hosts were asked" in json.loads(r.stdout)["error"]
     assert json.loads(console(home, "cluster", "status").stdout)["pids"] == desc["pids"]   # left untouched
+
+
+def _processes_in(home: Path, *, zygotes: bool = True) -> set[int]:
+    """Every running process of the cluster in `home`: replicas and daemons name files in it;
+    with `zygotes`, also what its daemons started (zygotes, tasks), which run in folders in it."""
+    inside = str(home.resolve())
+    found = set()
+    for p in psutil.process_iter(["cwd", "cmdline", "status"]):
+        try:
+            if p.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if ((zygotes and (p.info["cwd"] or "").startswith(inside))
+                    or any(inside in a for a in p.info["cmdline"] or [])):
+                found.add(p.pid)
+        except (psutil.Error, TypeError):
+            continue
+    return found
+
+
+def _pid_of(desc: dict[str, Any], role: str, ident: str) -> int:
+    return next(r["pid"] for r in desc["processes"] if (r["role"], r["id"]) == (role, ident))
+
+
+def test_a_cluster_partly_down_is_said_never_started_over_and_down_stops_the_rest(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    desc = console(home, "cluster", "up").stdout      # the walkthrough's: 3 replicas, 3 daemons
+    desc = json.loads(desc)
+    assert [(r["role"], r["id"]) for r in desc["processes"]] == [
+        ("replica", "r1"), ("replica", "r2"), ("replica", "r3"), ("daemon", "h1"), ("daemon", "h2"), ("daemon", "h3")]
+    tasks = [home / "hosts" / h / "tasks" for h in ("h1", "h2", "h3")]
+    wait_for(lambda: all(any(psutil.Process(p).cwd().startswith(str(t.resolve())) for p in _processes_in(home))
+                         for t in tasks), 30, "every daemon's warm pool (its zygotes)")
+    h2 = _pid_of(desc, "daemon", "h2")
+    os.kill(h2, 9)
+    wait_for(lambda: not _running(h2), 20, "the h2 daemon to end")
+    recorded = (home / "cluster.json").read_text()
+    before = _processes_in(home, zygotes=False)      # (the warm pools may still be filling)
+    assert len(before) == 5
+
+    r = console(home, "hosts")                          # any command that joins the embedded cluster
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout[-2000:] + r.stderr[-3000:]
+    error = json.loads(r.stdout)
+    assert error["kind"] == "cluster-partly-down"
+    assert f"daemon h2 (pid {h2}) no longer runs" in error["error"] and "5 of its 6 processes" in error["error"]
+    assert f"snipe-console cluster down --home {home}" in error["error"]
+    for k in [k for k in os.environ if k.startswith("SNIPE_")]:
+        monkeypatch.delenv(k)                           # so that init() looks for the embedded cluster
+    try:
+        with pytest.raises(ClusterPartlyDown, match="daemon h2"):
+            snipe.init(home=home)
+    finally:
+        snipe.shutdown()
+    assert (home / "cluster.json").read_text() == recorded
+    assert _processes_in(home, zygotes=False) == before, "a replica or daemon was started over the partly-down cluster"
+
+    status = json.loads(console(home, "cluster", "status").stdout)
+    assert status["state"] == "partly down" and status["pids"] == desc["pids"]
+    assert [(m["id"], m["alive"]) for m in status["members"]] == [
+        ("r1", True), ("r2", True), ("r3", True), ("h1", True), ("h2", False), ("h3", True)]
+    assert status["members"][4]["reason"] == "no longer runs"
+
+    report = json.loads(console(home, "cluster", "down").stdout)
+    assert report["stopped"] is True and sorted(report["signalled"]) == sorted(set(desc["pids"]) - {h2})
+    assert report["skipped"] == [{"pid": h2, "role": "daemon", "id": "h2", "reason": "no longer runs"}]
+    wait_for(lambda: not _processes_in(home), 20, "every replica, daemon and zygote of the cluster to end")
+    assert not (home / "cluster.json").exists()
+    assert json.loads(console(home, "cluster", "status").stdout) is None
+
+
+def test_a_cluster_whose_every_process_ended_is_started_anew(home: Path) -> None:
+    """As after a reboot: nothing of it runs, so nothing is shared, and starting fresh is right."""
+    desc = up(home)
+    for pid in desc["pids"]:
+        os.kill(pid, 9)
+    wait_for(lambda: not any(_running(p) for p in desc["pids"]), 20, "the cluster's processes to end")
+    status = json.loads(console(home, "cluster", "status").stdout)
+    assert status["state"] == "stopped" and not any(m["alive"] for m in status["members"])
+    again = up(home)
+    assert set(again["pids"]).isdisjoint(desc["pids"]) and all(_running(p) for p in again["pids"])
+    assert json.loads(console(home, "cluster", "status").stdout)["state"] == "running"
