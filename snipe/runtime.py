@@ -447,10 +447,17 @@ def recv(source: str | None = None, tag: int | None = None, timeout: float | Non
 
 def safe_point() -> None:
     """Say this is a good moment to take the task's state (a migration waits for one): for a
-    task that computes long between its other snipe calls. Costs nothing when none is waiting."""
+    task that computes long between its other snipe calls. In a task, the first call starts its
+    messaging if nothing else has (its daemon asks it to move by a message, so a task that only
+    ever calls safe_point is migratable too); after that it costs nothing when none is waiting."""
     s = session()
-    if s._endpoint is not None and s._endpoint.safe_point_due:
-        s._endpoint._safe_point()
+    ep = s._endpoint
+    if ep is None:
+        if s.me is None or s.me != os.environ.get("SNIPE_PROC_URN"):
+            return          # not a task: nothing can ask it to move
+        ep = s.endpoint()
+    if ep.safe_point_due:
+        ep._safe_point()
 
 
 def probe(source: str | None = None, tag: int | None = None) -> bool:
