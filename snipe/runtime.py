@@ -47,7 +47,7 @@ from snipe.errors import (
 )
 from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint, Message, retained_resolve_every_s
-from snipe.multicast.groups import Membership
+from snipe.multicast.groups import Membership, member_lease_s
 from snipe.placement import choose_host, eligible
 from snipe.privatedir import default_runtime_dir, private_dir, refuse_if_not_ours
 from snipe.query import Predicate, parse_predicate_text
@@ -315,6 +315,7 @@ def init(*, catalog: Sequence[str] | None = None, identity: Identity | None = No
         return _session
     env = os.environ
     retained_resolve_every_s(env)      # a bad SNIPE_RETAINED_RESOLVE_S: said here, not at the first send
+    member_lease_s(env)                # ... and a bad SNIPE_MEMBER_LEASE_S, not at the first join
     if env.get("SNIPE_PROC_URN"):
         ident = Identity.load(env["SNIPE_KEY_FILE"])
         admin = env["SNIPE_ADMIN_KEY"]
