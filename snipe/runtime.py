@@ -38,17 +38,19 @@ from snipe.daemonclient import DaemonClient
 from snipe.discovery import discover
 from snipe.errors import (
     ClusterShapeMismatch,
+    CodecError,
     ConfigError,
     HighWaterMark,
     NotAuthorized,
     NotDelivered,
     NotFound,
+    RequirementError,
     SnipeError,
 )
 from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint, Message, retained_resolve_every_s
 from snipe.multicast.groups import Membership, member_lease_s
-from snipe.placement import choose_host, eligible
+from snipe.placement import check_requirements, choose_host, eligible
 from snipe.privatedir import default_runtime_dir, private_dir, refuse_if_not_ours
 from snipe.query import Predicate, parse_predicate_text
 from snipe.urn import new_urn, validate_urn
@@ -785,11 +787,29 @@ def _host_alive(s: Session, host_urn: str) -> bool:
 
 
 def _requirements(requires: Sequence[Predicate | str] | dict[str, Any] | None) -> list[Predicate]:
+    """The requirements as predicates; RequirementError naming one that no host could meet as
+    written (an attribute hosts do not publish, a malformed expression)."""
     if requires is None:
         return []
+    if isinstance(requires, str):
+        raise RequirementError(f"requires must be a list of requirements, e.g. [{requires!r}], not one string")
     if isinstance(requires, dict):
-        return [(k, "=", v) for k, v in requires.items()]
-    return [parse_predicate_text(r) if isinstance(r, str) else tuple(r) for r in requires]  # type: ignore[misc]
+        preds: list[Predicate] = [(k, "=", v) for k, v in requires.items()]
+        check_requirements(preds)
+        return preds
+    preds, written = [], []
+    for r in requires:
+        if isinstance(r, str):
+            try:
+                preds.append(parse_predicate_text(r.strip()))
+            except CodecError as exc:
+                raise RequirementError(str(exc)) from None
+            written.append(r)
+        else:
+            preds.append(tuple(r) if isinstance(r, list | tuple) else r)  # type: ignore[arg-type]
+            written.append(None)
+    check_requirements(preds, written)
+    return preds
 
 
 def hosts(requires: Sequence[Predicate | str] | dict[str, Any] | None = None, *,
