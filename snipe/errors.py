@@ -181,6 +181,12 @@ _register(CodeError)
 # --- task runner (daemon/tasks.py) ---
 
 
+class RequirementError(SnipeError, ValueError):
+    """A placement requirement that names no host attribute, or cannot be read or ever met as written."""
+
+    code = "bad-requirement"
+
+
 class BadQuota(SnipeError, ValueError):
     """A resource quota with an unknown field, a wrong type, or a value that is not positive."""
 
@@ -205,6 +211,7 @@ class UnknownTask(NotFound):
     code = "unknown-task"
 
 
+_register(RequirementError)
 _register(BadQuota)
 _register(TaskError)
 _register(UnknownTask)

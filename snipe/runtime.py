@@ -41,17 +41,19 @@ from snipe.discovery import discover
 from snipe.errors import (
     ClusterPartlyDown,
     ClusterShapeMismatch,
+    CodecError,
     ConfigError,
     HighWaterMark,
     NotAuthorized,
     NotDelivered,
     NotFound,
+    RequirementError,
     SnipeError,
 )
 from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint, Message, retained_resolve_every_s
-from snipe.multicast.groups import Membership
-from snipe.placement import choose_host, eligible
+from snipe.multicast.groups import Membership, member_lease_s
+from snipe.placement import check_requirements, choose_host, eligible
 from snipe.privatedir import default_runtime_dir, private_dir, refuse_if_not_ours
 from snipe.query import Predicate, parse_predicate_text
 from snipe.urn import new_urn, validate_urn
@@ -397,6 +399,7 @@ def init(*, catalog: Sequence[str] | None = None, identity: Identity | None = No
         return _session
     env = os.environ
     retained_resolve_every_s(env)      # a bad SNIPE_RETAINED_RESOLVE_S: said here, not at the first send
+    member_lease_s(env)                # ... and a bad SNIPE_MEMBER_LEASE_S, not at the first join
     if env.get("SNIPE_PROC_URN"):
         ident = Identity.load(env["SNIPE_KEY_FILE"])
         admin = env["SNIPE_ADMIN_KEY"]
@@ -529,10 +532,17 @@ def recv(source: str | None = None, tag: int | None = None, timeout: float | Non
 
 def safe_point() -> None:
     """Say this is a good moment to take the task's state (a migration waits for one): for a
-    task that computes long between its other snipe calls. Costs nothing when none is waiting."""
+    task that computes long between its other snipe calls. In a task, the first call starts its
+    messaging if nothing else has (its daemon asks it to move by a message, so a task that only
+    ever calls safe_point is migratable too); after that it costs nothing when none is waiting."""
     s = session()
-    if s._endpoint is not None and s._endpoint.safe_point_due:
-        s._endpoint._safe_point()
+    ep = s._endpoint
+    if ep is None:
+        if s.me is None or s.me != os.environ.get("SNIPE_PROC_URN"):
+            return          # not a task: nothing can ask it to move
+        ep = s.endpoint()
+    if ep.safe_point_due:
+        ep._safe_point()
 
 
 def probe(source: str | None = None, tag: int | None = None) -> bool:
@@ -859,11 +869,29 @@ def _host_alive(s: Session, host_urn: str) -> bool:
 
 
 def _requirements(requires: Sequence[Predicate | str] | dict[str, Any] | None) -> list[Predicate]:
+    """The requirements as predicates; RequirementError naming one that no host could meet as
+    written (an attribute hosts do not publish, a malformed expression)."""
     if requires is None:
         return []
+    if isinstance(requires, str):
+        raise RequirementError(f"requires must be a list of requirements, e.g. [{requires!r}], not one string")
     if isinstance(requires, dict):
-        return [(k, "=", v) for k, v in requires.items()]
-    return [parse_predicate_text(r) if isinstance(r, str) else tuple(r) for r in requires]  # type: ignore[misc]
+        preds: list[Predicate] = [(k, "=", v) for k, v in requires.items()]
+        check_requirements(preds)
+        return preds
+    preds, written = [], []
+    for r in requires:
+        if isinstance(r, str):
+            try:
+                preds.append(parse_predicate_text(r.strip()))
+            except CodecError as exc:
+                raise RequirementError(str(exc)) from None
+            written.append(r)
+        else:
+            preds.append(tuple(r) if isinstance(r, list | tuple) else r)  # type: ignore[arg-type]
+            written.append(None)
+    check_requirements(preds, written)
+    return preds
 
 
 def hosts(requires: Sequence[Predicate | str] | dict[str, Any] | None = None, *,

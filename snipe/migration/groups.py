@@ -58,9 +58,9 @@ def restore_groups(m: Membership, state: dict[str, Any], *, same_incarnation: bo
 
 
 def reregister(m: Membership, catalog: CatalogClient, host: str | None) -> None:
-    """Say in each group's entry that this member now stands on `host` (same routers)."""
-    from snipe.multicast.groups import MEMBER
+    """Say in each group's entry that this member now stands on `host` (same routers), as the
+    lease this process renews from now on."""
     with m.lock:
         joined = dict(m.joined)
     for g, routers in joined.items():
-        catalog.set(g, MEMBER + m.me, {"host": host or "", "routers": routers, "since": now_ms()})
+        m.assert_member(catalog, g, {"host": host or "", "routers": routers, "since": now_ms()})

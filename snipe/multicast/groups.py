@@ -14,8 +14,11 @@ HOLE_REPLAY_S (a hand-over between routers that left a gap) makes it ask its rou
 
 The group's catalog entry (`urn:snipe:group:<name>`), one assertion per writer so nothing
 races: `member.<proc URN>` = {host, routers} by each member's own key, `router.<host URN>` =
-{daemon} by each router daemon, as a lease. The first joiner claims the group and lets every
-admitted key write `member.` and `router.` names under it.
+{daemon} by each router daemon, each a lease. A member's lease (`member_lease_s`, default
+MEMBER_LEASE_S) is renewed by its own process, every group's in one catalog write every third of
+the lease, so a member that exits or dies without leave() stops being listed (and relayed to)
+once it runs out; a process that has migrated away leaves the renewal to its clone. The first
+joiner claims the group and lets every admitted key write `member.` and `router.` names under it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import math
+import os
 import secrets
 import threading
 import time
@@ -33,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 from snipe import authority
 from snipe.catalog.client import CatalogClient, now_ms
 from snipe.catalog.entry import Entry
-from snipe.errors import NotAuthorized, NotFound, SnipeError
+from snipe.catalog.protocol import MAX_BATCH_RECORDS
+from snipe.errors import ConfigError, NotAuthorized, NotFound, SnipeError
 from snipe.messaging.channel import Deliver
 from snipe.messaging.endpoint import Message
 from snipe.messaging.routes import shared_networks
@@ -77,6 +83,10 @@ HOLE_REPLAY_AGAIN_S = 10.0  # ... and again after this long (a replay of a long 
 READ_EVERY_S = 5.0
 QUIET_READ_S = 1.0
 SAY_EVERY_S = 60.0          # a log line about what a non-router sent us: at most this often
+# A member's `member.` assertion is a lease of this long (SNIPE_MEMBER_LEASE_S overrides it),
+# renewed every third of it: a member that died stops being listed at most this long after.
+MEMBER_LEASE_S = 15.0
+MEMBER_LEASE_ENV = "SNIPE_MEMBER_LEASE_S"
 
 log = logging.getLogger("snipe.multicast")
 
@@ -88,6 +98,21 @@ def _incarnation(session_seed: str | None) -> int:
     if session_seed is None:
         return secrets.randbits(63)
     return int.from_bytes(hashlib.sha256(f"mcast|{session_seed}".encode()).digest()[:8], "big") >> 1
+
+
+def member_lease_s(env: dict[str, str] | os._Environ[str] | None = None) -> float:
+    """How long a member's assertion lives unrenewed: SNIPE_MEMBER_LEASE_S, else MEMBER_LEASE_S."""
+    text = (os.environ if env is None else env).get(MEMBER_LEASE_ENV)
+    if text is None or text == "":
+        return MEMBER_LEASE_S
+    try:
+        lease = float(text)
+    except ValueError:
+        lease = math.nan
+    if not (math.isfinite(lease) and 1.0 <= lease <= 86_400.0):
+        raise ConfigError(f"{MEMBER_LEASE_ENV}={text!r} is not a number of seconds from 1 to 86400; "
+                          f"set it so, or unset it for the default {MEMBER_LEASE_S:g}")
+    return lease
 
 
 def live_routers(entry: Entry, now: int) -> dict[str, dict[str, Any]]:
@@ -113,10 +138,14 @@ def ensure_group(catalog: CatalogClient, group: str) -> None:
 class Membership:
     """This process's groups. Delivery runs in the endpoint's I/O thread; the rest in callers'."""
 
-    def __init__(self, endpoint: Endpoint, catalog: CatalogClient, me: str, host: str | None) -> None:
+    def __init__(self, endpoint: Endpoint, catalog: CatalogClient, me: str, host: str | None,
+                 lease_s: float | None = None) -> None:
         self.endpoint, self.catalog, self.me, self.host = endpoint, catalog, me, host
+        self.lease_s = member_lease_s() if lease_s is None else lease_s
         self.lock = threading.Lock()
         self.joined: dict[str, list[str]] = {}            # group -> routers we registered with
+        self.asserted: dict[str, dict[str, Any]] = {}     # group -> our `member.` value, renewed as a lease
+        self.renew_at = math.inf                          # when _tend next renews them (monotonic)
         self.since: dict[str, int] = {}                   # group -> when we joined (ms)
         self.first_seen: dict[str, dict[str, float]] = {}  # group -> live router -> when we first saw it live
         self.reorder: dict[tuple[str, str], Reorder] = {}
@@ -164,6 +193,7 @@ class Membership:
             self.first_seen.pop(group, None)
             self.waits.pop(group, None)
             self.hold_new_until.pop(group, None)
+            self.asserted.pop(group, None)
             for key in [k for k in self.reorder if k[0] == group]:
                 del self.reorder[key]
         self.catalog.delete(group, MEMBER + self.me)
@@ -218,8 +248,36 @@ class Membership:
         chosen = pick_routers(self.host, interfaces, by_router, shared_networks)
         if before_write is not None:
             before_write(chosen)
-        catalog.set(group, MEMBER + self.me, {"host": self.host or "", "routers": chosen, "since": now})
+        self.assert_member(catalog, group, {"host": self.host or "", "routers": chosen, "since": now})
         return chosen
+
+    def assert_member(self, catalog: CatalogClient, group: str, value: dict[str, Any]) -> None:
+        """Say in `group`'s entry that we are a member (`value`), as a lease that _tend renews."""
+        catalog.set(group, MEMBER + self.me, value, ttl=self.lease_s)
+        with self.lock:
+            self.asserted[group] = value
+            self.renew_at = min(self.renew_at, time.monotonic() + self.lease_s / 3)
+
+    def _renew(self, catalog: CatalogClient, now: float) -> None:
+        """(I/O thread.) Renew the `member.` leases of every group we are in, in one write, every
+        third of the lease; not once this process has moved away (its clone renews them)."""
+        if now < self.renew_at:
+            return
+        if self.endpoint.moved is not None:
+            self.renew_at = math.inf
+            return
+        with self.lock:
+            values = {g: v for g, v in self.asserted.items() if g in self.joined}
+        self.renew_at = now + self.lease_s / 3 if values else math.inf
+        records = [catalog.sign(g, MEMBER + self.me, v, ttl=self.lease_s) for g, v in sorted(values.items())]
+        for i in range(0, len(records), MAX_BATCH_RECORDS):
+            try:
+                catalog.put(records[i:i + MAX_BATCH_RECORDS])
+            except SnipeError as exc:        # tried again soon: the lease has two more thirds to run
+                self.renew_at = now + min(1.0, self.lease_s / 6)
+                log.warning("%s: renewing its membership of %d group(s) failed (%s); trying again", self.me,
+                            len(records), exc)
+                return
 
     def _resume(self, group: str, routers: Sequence[str], send: Any, replay_only: Sequence[str] = (),
                 new_only: bool = False) -> None:
@@ -262,6 +320,7 @@ class Membership:
         catalog = self.endpoint.catalog
         if catalog is None:
             return
+        self._renew(catalog, now)
         with self.lock:
             joined = dict(self.joined)
         for group, mine in joined.items():
@@ -405,4 +464,5 @@ class Membership:
             self.endpoint.deliver_local(ready)
 
 
-__all__ = ["MCAST_DATA", "Membership", "ensure_group", "live_members", "live_routers"]
+__all__ = ["MCAST_DATA", "MEMBER_LEASE_S", "Membership", "ensure_group", "live_members", "live_routers",
+           "member_lease_s"]

@@ -15,7 +15,7 @@ import pytest
 import snipe
 from snipe.code import CodeCache
 from snipe.daemonclient import DaemonClient
-from snipe.errors import NotAuthorized, NotFound, SnipeError
+from snipe.errors import NotAuthorized, NotFound, RequirementError, SnipeError
 from snipe.identity import Identity
 from snipe.localcluster import LocalCluster
 from tests.support import pose_as_host, wait_for
@@ -90,6 +90,28 @@ def test_placement_honours_requirements(cluster: LocalCluster, tmp_path: Path) -
     assert p.wait(60)["exit_code"] == 0
     with pytest.raises(NotFound, match="no live, non-draining host meets"):
         snipe.spawn(code, requires=["arch=sparc64"])
+    # a typo is said at the call, not taken for a requirement no host meets
+    with pytest.raises(RequirementError, match=r"names 'memroy'.*did you mean 'memory'.*hosts publish: alive"):
+        snipe.spawn(code, requires=["memroy>=1"])
+    with pytest.raises(RequirementError, match="'memory>>1' cannot be read"):
+        snipe.spawn(code, requires=["memory>>1"])
+    with pytest.raises(RequirementError, match="names 'memroy'"):
+        snipe.spawn(code, requires=["memroy>=1"], placement="bids")
+    with pytest.raises(RequirementError, match="names 'cpu'"):
+        snipe.hosts({"cpu": 4})
+
+
+def test_every_attribute_a_live_host_publishes_is_known_to_requirements(cluster: LocalCluster) -> None:
+    """snipe.placement.HOST_ATTRIBUTES (what requirements may name) lists what daemons publish."""
+    from snipe.placement import HOST_ATTRIBUTES
+
+    kind_of = {int: "number", float: "number", str: "text", bool: "bool", list: "list", dict: "map"}
+    hosts = wait_for(lambda: len(h := snipe.hosts()) == 3 and all("comm" in v for v in h.values()) and h, 30,
+                     "three live hosts, their messaging endpoints published")
+    for urn, values in hosts.items():
+        assert set(values) <= set(HOST_ATTRIBUTES), (urn, sorted(set(values) - set(HOST_ATTRIBUTES)))
+        for name, value in values.items():
+            assert kind_of[type(value)] == HOST_ATTRIBUTES[name], (urn, name, value)
 
 
 def test_a_tampered_code_blob_is_refused(cluster: LocalCluster, tmp_path: Path) -> None:

@@ -254,6 +254,33 @@ def test_a_member_of_two_groups_migrated_mid_stream_gets_every_group_message_onc
              "the member's entry to name its new host")
 
 
+COMPUTER = textwrap.dedent('''
+    import os, time, snipe
+    state = {"ticks": 0, "hosts": [os.environ["SNIPE_HOST_URN"]]}
+    snipe.on_checkpoint(lambda: state)
+    snipe.on_restore(lambda saved: state.update(saved, hosts=saved["hosts"] + [os.environ["SNIPE_HOST_URN"]]))
+    while len(state["hosts"]) < 2:    # computes, offering a safe point ten times a second; never messages
+        state["ticks"] += 1
+        snipe.safe_point()
+        if state["ticks"] == 3:
+            snipe.catalog().set(snipe.me(), "computing", True)
+        time.sleep(0.1)
+    snipe.catalog().set_many(snipe.me(), {"ticks_at_move": state["ticks"], "hosts": state["hosts"]})
+''')
+
+
+def test_a_task_that_only_calls_safe_point_migrates(cluster: LocalCluster, tmp_path: Path) -> None:
+    """safe_point() alone makes a task migratable: its first call starts the task's messaging, so
+    its daemon's request to move reaches it, and the next call takes its state."""
+    task = snipe.spawn(publish(tmp_path, "computer.py", COMPUTER), host="h1")
+    wait_for(lambda: _value(task.urn, "computing") is True, 60, "the task to compute")
+    moved = task.migrate("h2", timeout=30)       # MigrationFailed if it never reaches a safe point
+    assert moved["to"] == "urn:snipe:host:h2", moved
+    assert task.wait(60)["exit_code"] == 0
+    assert _value(task.urn, "hosts") == ["urn:snipe:host:h1", "urn:snipe:host:h2"]
+    assert isinstance(ticks := _value(task.urn, "ticks_at_move"), int) and ticks >= 3     # its state came along
+
+
 def _console_env(cluster: LocalCluster) -> dict[str, str]:
     return {**os.environ, "SNIPE_CATALOG": ",".join(cluster.catalog.addresses),
             "SNIPE_ADMIN_KEY": cluster.admin.key_id, "SNIPE_KEY_FILE": str(cluster.root / "user.key")}

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,49 @@ def test_a_member_that_leaves_stops_receiving(cluster: LocalCluster, tmp_path: P
         snipe.mcast(GROUP, b"after %d" % i) if snipe.members(GROUP) or True else None
     assert p.wait(60)["exit_code"] == 0
     assert _value(p, "first") is True and _value(p, "after_leave") == 0
+
+
+JOINER = textwrap.dedent('''
+    import sys, snipe
+    group, how = sys.argv[1], sys.argv[2]
+    snipe.join(group)
+    snipe.catalog().set(snipe.me(), "joined", True)
+    if how == "stays":
+        snipe.recv(timeout=300)           # until it is killed
+    # "exits": without leave()
+''')
+
+
+def _member_lease_ms(group: str, urn: str) -> int:
+    snipe.catalog().invalidate(group)
+    entry = snipe.catalog().get(group)
+    return next(a.ttl_ms for a in entry.records if a.name == f"member.{urn}" and not a.deleted)
+
+
+def test_a_member_that_exits_or_is_killed_without_leaving_stops_being_listed(
+        cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member's assertion is a lease its process renews: one that exits without leave(), or is
+    killed (SIGKILL), drops out of members() once it runs out; a live member, renewing, stays."""
+    group = "urn:snipe:group:leases"
+    monkeypatch.setenv("SNIPE_MEMBER_LEASE_S", "2")     # read when this process first joins
+    snipe.join(group)
+    code = publish(tmp_path, "joiner.py", JOINER)
+    env = {"SNIPE_MEMBER_LEASE_S": "2"}
+    exits = snipe.spawn(code, group, "exits", host="h2", env=env)
+    killed = snipe.spawn(code, group, "stays", host="h3", env=env)
+    wait_for(lambda: _value(exits, "joined") and _value(killed, "joined"), 60, "both members to join")
+    assert set(snipe.members(group)) >= {killed.urn, snipe.me()}
+    assert _member_lease_ms(group, killed.urn) == 2000 and _member_lease_ms(group, snipe.me()) == 2000
+    assert exits.wait(60)["exit_code"] == 0
+    killed.kill()
+    wait_for(lambda: snipe.members(group) == [snipe.me()], 30,
+             "the exited and the killed member to drop out of the group, the live one to stay")
+    listed_since = time.monotonic()
+    # more than a lease later, the live member (this process, renewing in the background) is still listed
+    wait_for(lambda: time.monotonic() - listed_since > 3 and snipe.members(group) == [snipe.me()], 30,
+             "this process to stay listed past its lease")
+    snipe.leave(group)
+    assert snipe.members(group) == []
 
 
 STAYER = textwrap.dedent('''
