@@ -23,6 +23,15 @@ once its routers have answered (core.ReplayWait). The answer waits (core.Pending
 at the end of each turn, after that turn's relays went out) until this router has no hole below
 the highest seq it held when the Resume came, or ANSWER_HOLD_S at most; what fills the holes
 reaches the member first (relayed, or replayed to a member it does not deliver to).
+
+Bounds (what any admitted key could otherwise make this daemon hold and renew): a key has
+members in at most MAX_GROUPS_PER_KEY groups here, and the host in at most MAX_GROUPS; a join past
+either is refused (QuotaExceeded) before any catalog work. A group whose last local member
+leaves is dropped at once: this router steps down (its lease withdrawn, no longer renewed), as a
+surplus router does, and the routers of the hosts whose members remain cover it. The upkeep in
+`tick` (a catalog read and write per group) runs in slices of at most UPKEEP_SLICE_S, calling
+`keep_lease` (the daemon's host lease) after each group, so a slow catalog or many groups can
+delay router leases but never let the host's lease lapse.
 """
 
 from __future__ import annotations
@@ -30,11 +39,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from snipe.catalog.client import CatalogClient, now_ms
-from snipe.errors import SnipeError
+from snipe.errors import QuotaExceeded, SnipeError
 from snipe.messaging.channel import Deliver
 from snipe.messaging.endpoint import Endpoint
 from snipe.messaging.routes import shared_networks
@@ -76,6 +86,9 @@ HISTORY_AGE_S = 120.0
 # a message lost for that member. Relays have no back-pressure on senders yet (submit never blocks),
 # so under a flat-out stream a member's queue at its router can be tens of seconds long.
 HOP_DEADLINE_S = 600.0
+MAX_GROUPS_PER_KEY = 64        # groups one key's processes may have joined through this daemon at once
+MAX_GROUPS = 512               # groups this host may route or have local members in at once
+UPKEEP_SLICE_S = 0.05          # `tick`: catalog upkeep of groups at most this long per daemon turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +114,14 @@ class GroupCounts:
 
 class GroupRouter:
     def __init__(self, host_urn: str, address: str, catalog: CatalogClient, endpoint: Endpoint, lease_s: float,
-                 wanted: int = DEFAULT_WANTED) -> None:
+                 wanted: int = DEFAULT_WANTED, keep_lease: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.host_urn, self.address, self.catalog, self.endpoint = host_urn, address, catalog, endpoint
         self.lease_s, self.wanted = lease_s, wanted
-        self.local: dict[str, set[str]] = {}       # group -> members on this host
+        self.keep_lease, self.clock = keep_lease, clock
+        self.local: dict[str, dict[str, str]] = {}   # group -> member on this host -> the key that joined it
         self.routing: set[str] = set()
+        self.upkeep_due: list[str] = []              # groups this round of `tick` has yet to renew
         self.lock = threading.Lock()
         self.relays: dict[str, Relay] = {}
         self.views: dict[str, _View] = {}
@@ -125,17 +141,48 @@ class GroupRouter:
         self.next_refresh = 0.0
 
     # --- daemon thread: requests and leases ----------------------------------------------------
-    def join(self, group: str, member: str) -> list[str]:
+    def join(self, group: str, member: str, key: str) -> list[str]:
+        """`member` (a process that `key` speaks for: the daemon checked) joins `group` here."""
         group = validate_urn(group)
+        self._check_bounds(group, key)
         ensure_group(self.catalog, group)
         with self.lock:
-            self.local.setdefault(group, set()).add(member)
+            self.local.setdefault(group, {})[member] = key
         self._elect(group)
         return sorted(live_routers(self.catalog.get(group), now_ms()))
 
-    def leave(self, group: str, member: str) -> None:
+    def _check_bounds(self, group: str, key: str) -> None:
         with self.lock:
-            self.local.get(group, set()).discard(member)
+            if key in self.local.get(group, {}).values():
+                return                  # this key is in the group already: nothing new to hold
+            mine = sum(1 for members in self.local.values() if key in members.values())
+            held = len(set(self.local) | self.routing)
+        if mine >= MAX_GROUPS_PER_KEY:
+            raise QuotaExceeded(f"mcast-join {group}: key {key[:16]}… already has members in {mine} groups on "
+                                f"{self.host_urn}, the most one key may ({MAX_GROUPS_PER_KEY}); leave one first")
+        if group not in self.local and group not in self.routing and held >= MAX_GROUPS:
+            raise QuotaExceeded(f"mcast-join {group}: {self.host_urn} already serves {held} groups, the most it "
+                                f"takes ({MAX_GROUPS}); join through another host, or leave groups first")
+
+    def leave(self, group: str, member: str) -> None:
+        """`member` leaves `group`; once no member here is left, this host stops routing it."""
+        with self.lock:
+            members = self.local.get(group)
+            if members is None:
+                return
+            members.pop(member, None)
+            if members:
+                return
+            del self.local[group]
+            routed = group in self.routing
+            self.routing.discard(group)
+        if routed:
+            log.info("%s: stepping down as a router for %s (no member here is left)", self.host_urn, group)
+            try:
+                self.catalog.delete(group, ROUTER + self.host_urn)
+            except SnipeError as exc:       # not renewed any more: it lapses within a lease
+                log.warning("could not withdraw the router lease on %s (it lapses in %.0f s): %s", group,
+                            self.lease_s, exc)
 
     def _elect(self, group: str) -> None:
         now = now_ms()
@@ -166,22 +213,27 @@ class GroupRouter:
         return ifs if isinstance(ifs, list) else []
 
     def tick(self, now: float) -> None:
-        """Renew router leases and re-run elections (about four times per lease)."""
-        if now < self.next_refresh:
-            return
-        self.next_refresh = now + min(1.0, self.lease_s / 4)
-        with self.lock:
-            groups = {g for g, m in self.local.items() if m} | set(self.routing)
-        for g in groups:
+        """Renew router leases and re-run elections (about four times per lease), in slices of
+        UPKEEP_SLICE_S per call, the host lease kept after each group (see the module docstring)."""
+        if not self.upkeep_due:
+            if now < self.next_refresh:
+                return
+            self.next_refresh = now + min(1.0, self.lease_s / 4)
+            with self.lock:
+                self.upkeep_due = sorted(self.local, reverse=True)     # routing ⊆ local: `leave`
+        ends = self.clock() + UPKEEP_SLICE_S
+        while self.upkeep_due:
+            g = self.upkeep_due.pop()
             with self.lock:
                 has_members = bool(self.local.get(g))
             try:
-                if has_members:
+                if has_members:         # (one left since this round began: `leave` stepped down)
                     self._elect(g)
-                elif g in self.routing:
-                    self.catalog.set(g, ROUTER + self.host_urn, self._lease_value(g), ttl=self.lease_s)
             except SnipeError as exc:
                 log.warning("multicast upkeep of %s failed: %s", g, exc)
+            self.keep_lease()
+            if self.clock() >= ends:
+                break
 
     def group_counts(self, group: str) -> dict[str, int]:
         """This router's counters for `group` (as published in its lease)."""

@@ -37,6 +37,7 @@ from snipe_daemon.relay import Relay
 from snipe_daemon.state import DaemonState
 from snipe_daemon.takeover import TakeoverWatcher
 from snipe_daemon.tasks import LIVE_STATES, Quota, TaskEvent, TaskRunner
+from snipe_daemon.waits import Waits
 
 from snipe import authority
 from snipe.admission import CatalogAdmission
@@ -109,14 +110,6 @@ class DaemonConfig:
         return f"{self.advertise or self.listen}#{self.identity.key_id}"
 
 
-@dataclass
-class Waiter:
-    client: bytes
-    env: Envelope
-    urn: str
-    deadline: float
-
-
 class Daemon:
     def __init__(self, cfg: DaemonConfig) -> None:
         self.cfg = cfg
@@ -142,8 +135,9 @@ class Daemon:
         self.gate.learn(cfg.admin_key)
         self.router = server_socket(self.ctx, zmq.ROUTER, cfg.identity)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.maxmsgsize = MAX_FILE_BYTES     # no frame is bigger (a checkpoint; code: snipe/code.py)
         self.router.bind(cfg.listen)
-        self.waiters: list[Waiter] = []
+        self.waiters = Waits()
         # A gateway host relays sealed messages between hosts that share no network (daemon/relay.py).
         self.relay = Relay(self.ctx, cfg.identity, cfg.host_urn, cfg.catalog, cfg.admin_key, cfg.relay) \
             if cfg.relay else None
@@ -160,11 +154,12 @@ class Daemon:
         self._publish_host()              # before anyone is told the daemon is ready
         # The daemon's own messaging endpoint (its URN is the host's): multicast routing.
         self.endpoint = Endpoint(cfg.host_urn, cfg.identity, cfg.catalog, cfg.admin_key, host_urn=cfg.host_urn,
-                                 runtime_dir=cfg.state_dir / "msg")
+                                 runtime_dir=cfg.state_dir / "msg", application=False)
         self.endpoint.start(self._publish_comm)
         if self.relay is not None:
             self.relay.start()
-        self.groups = GroupRouter(cfg.host_urn, cfg.address, self.catalog, self.endpoint, cfg.lease_s)
+        self.groups = GroupRouter(cfg.host_urn, cfg.address, self.catalog, self.endpoint, cfg.lease_s,
+                                  keep_lease=self._lease_while_blocked)
         self.next_lease = time.monotonic() + cfg.lease_s / 3
         self.watcher = TakeoverWatcher(cfg.host_urn, cfg.identity, cfg.catalog, cfg.admin_key,
                                        lambda claim, values: self.takeovers.put((claim, values)),
@@ -253,12 +248,9 @@ class Daemon:
             reap_orphans(self.runner.pids() | self.pool.pids())
         self.groups.tick(now)
         self.migrations.tick(now)
-        for w in list(self.waiters):
-            rec = self.tasks.get(w.urn)
-            done = rec is not None and rec["state"] in ("exited", "killed", "lost", "migrated")
-            if done or now >= w.deadline:
-                self.waiters.remove(w)
-                self._reply(w.client, w.env.reply(**self._status(w.urn), stderr_tail=self._stderr_tail(w.urn)))
+        for w in self.waiters.due(now, self._ended):
+            if not self._reply(w.client, w.env.reply(**self._status(w.urn), stderr_tail=self._stderr_tail(w.urn))):
+                self.waiters.drop_client(w.client)       # gone: its other waits have no one to answer
         self._keep_lease(now)
 
     def _keep_lease(self, now: float) -> None:
@@ -323,10 +315,21 @@ class Daemon:
                 log.exception("failed on %s", env.kind)
                 self._reply(client, env.error_reply(ServerError(
                     f"the daemon failed on {env.kind!r} ({exc.__class__.__name__}: {exc}); it keeps serving")))
+            # a request may block on the catalog (mcast-join, spawn): a run of them must not let
+            # the host lease lapse (our tasks would be reported lost and stopped)
+            self._lease_while_blocked()
 
-    def _reply(self, client: bytes, env: Envelope, frames: tuple[bytes, ...] | list[bytes] = ()) -> None:
-        with contextlib.suppress(zmq.ZMQError):
+    def _reply(self, client: bytes, env: Envelope, frames: tuple[bytes, ...] | list[bytes] = ()) -> bool:
+        """Send a reply (dropped if the client's queue is full); False if the client is gone."""
+        try:
             self.router.send_multipart([client, *encode(env, frames)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            return exc.errno != zmq.EHOSTUNREACH       # ROUTER_MANDATORY: no such peer connected
+        return True
+
+    def _ended(self, urn: str) -> bool:
+        rec = self.tasks.get(urn)
+        return rec is not None and rec["state"] in ("exited", "killed", "lost", "migrated")
 
     # --- requests -----------------------------------------------------------------------------
     def _handle(self, client: bytes, key: str, env: Envelope, frames: list[bytes]) -> None:
@@ -339,9 +342,7 @@ class Daemon:
             case "status":
                 self._reply(client, env.reply(**self._status(self._known(env))))
             case "wait":
-                urn = self._known(env)
-                timeout = seconds_of(env, "timeout", 3600.0)
-                self.waiters.append(Waiter(client, env, urn, time.monotonic() + timeout))
+                self.waiters.add(client, env, self._known(env), seconds_of(env, "timeout", 3600.0), time.monotonic())
             case "kill" | "suspend" | "resume" | "signal":
                 urn = self._known(env)
                 self._check_controller(key, urn)
@@ -353,6 +354,7 @@ class Daemon:
             case "bid":
                 self._reply(client, env.reply(**self._bid(env)))
             case "put-code":
+                self._check_published(env)
                 self._reply(client, env.reply(**self._put_code(env, frames)))
             case "get-code":
                 urn = field_of(env, "urn", str)
@@ -394,10 +396,10 @@ class Daemon:
                     self.files.drop_blob(urn)
                 self._reply(client, env.reply())
             case "mcast-join":
-                routers = self.groups.join(_group_of(env), validate_urn(field_of(env, "member", str)))
-                self._reply(client, env.reply(routers=routers))
+                group, member = _group_of(env), self._member_of(key, env)
+                self._reply(client, env.reply(routers=self.groups.join(group, member, key)))
             case "mcast-leave":
-                self.groups.leave(_group_of(env), validate_urn(field_of(env, "member", str)))
+                self.groups.leave(_group_of(env), self._member_of(key, env))
                 self._reply(client, env.reply())
             case "mcast-status":
                 self._reply(client, env.reply(**self.groups.status()))
@@ -434,6 +436,32 @@ class Daemon:
         if urn not in self.tasks:
             raise NotFound(f"{urn} is not a task of {self.cfg.host_urn}; ask the daemon named in its 'supervisor'")
         return urn
+
+    def _member_of(self, key: str, env: Envelope) -> str:
+        """The `member` of an mcast request: a process the requesting key speaks for (its own
+        key, or the key that spawned it or owns its URN), so no key can hold groups open, or make
+        this host route them, in another's name."""
+        member = validate_urn(field_of(env, "member", str))
+        if key in (self.cfg.admin_key.hex(), self.cfg.identity.key_id):
+            return member
+        rec = self.tasks.get(member)
+        task_key = self._task_key(member) if rec is not None else None
+        if rec is not None and key in (rec["owner"], rec.get("key"), task_key and task_key.key_id):
+            return member
+        if parse_urn(member).kind == "proc":
+            entry, now = self.catalog.get(member), _now_ms()
+            if entry.value("key", now) == key or entry.owner(self.cfg.admin_key, now) == key:
+                return member
+        raise NotAuthorized(f"{env.kind}: member {member} is not a process key {key[:16]}… speaks for; a process "
+                            "joins and leaves groups as itself (snipe.join), with its own key or its owner's")
+
+    def _check_published(self, env: Envelope) -> None:
+        """put-code: code is taken only under a URN its publisher claimed (snipe.publish does
+        that first), checked before the blob is unpacked: nothing of unpublished code is kept."""
+        urn = validate_urn(field_of(env, "urn", str))
+        if parse_urn(urn).kind == "code" and self.catalog.get(urn).owner(self.cfg.admin_key, _now_ms()) is None:
+            raise NotAuthorized(f"put-code: {urn} has no publisher in the catalog; publish it first "
+                                "(snipe.publish claims the URN with its manifest, then puts the code)")
 
     def _check_controller(self, key: str, urn: str) -> None:
         owner = self.tasks[urn]["owner"]

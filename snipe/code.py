@@ -16,7 +16,11 @@ Invariants:
   of catalog-storable values (str, int, list of str).
 - `unpack` checks every member before it writes anything: no absolute paths, no `..`, no links
   that resolve outside the destination (following chains of links), no hard links, devices or
-  fifos, no duplicates, nothing written through a link.
+  fifos, no sparse or other special member types (only what `package` writes: regular files,
+  folders, symlinks), no duplicates, nothing written through a link; and at most MAX_MEMBERS
+  members of at most MAX_UNPACKED_BYTES in all, judged from the headers before any data is read.
+- `CodeCache.install` refuses a blob over DEFAULT_MAX_SIZE before hashing it, and leaves nothing
+  on disk for code it refused.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ EXCLUDED_NAMES = frozenset({
 })
 EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 MAX_LINK_HOPS = 40
+MAX_UNPACKED_BYTES = DEFAULT_MAX_SIZE     # what a code blob's files may add up to, unpacked
+MAX_MEMBERS = 20_000                      # members (files, folders, links) in one code blob
+_REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)   # what `isreg` also says of sparse and contiguous members
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _MODULE_ENTRY = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):({_IDENT})$")
@@ -266,8 +273,14 @@ class CodeCache:
                 raise
         return path
 
-    def install(self, blob: bytes, urn: str) -> Path:
-        """Verify, store and unpack the code; return its tree. Idempotent and safe to race."""
+    def install(self, blob: bytes, urn: str, max_size: int = DEFAULT_MAX_SIZE) -> Path:
+        """Verify, store and unpack the code; return its tree. Idempotent and safe to race.
+
+        A blob over `max_size` bytes is refused (TooLarge) before it is hashed; a blob that does
+        not unpack (CodeError, TooLarge) leaves neither a tree nor a stored blob behind."""
+        if len(blob) > max_size:
+            raise TooLarge(f"code blob for {urn} is {len(blob)} bytes; a daemon takes code blobs of at most "
+                           f"{max_size} bytes ({max_size / 2**20:.0f} MiB), as snipe.publish makes them")
         verify(blob, urn)
         final = self.root / _hex_of(urn)
         if not final.is_dir():
@@ -444,10 +457,24 @@ def _resolve(parts: list[str], links: dict[str, str]) -> list[str] | None:
 
 
 def _read_archive(blob: bytes) -> list[_Member]:
-    """Parse and check every member of a code blob; raise CodeError on anything unsafe."""
+    """Parse and check every member of a code blob; raise CodeError on anything unsafe, TooLarge
+    past MAX_MEMBERS members or MAX_UNPACKED_BYTES of files (from the headers, before reading)."""
+    members: list[_Member] = []
+    total = count = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tar:
-            members = [m for m in (_read_member(tar, info) for info in tar.getmembers()) if m is not None]
+            for info in tar:
+                count += 1
+                if count > MAX_MEMBERS:
+                    raise TooLarge(f"refusing code archive: it has more than {MAX_MEMBERS} members")
+                if info.isreg() and info.type in _REGULAR and info.sparse is None:
+                    total += info.size
+                    if total > MAX_UNPACKED_BYTES:
+                        raise TooLarge(f"refusing code archive: its files add up to more than {MAX_UNPACKED_BYTES} "
+                                       f"bytes ({MAX_UNPACKED_BYTES / 2**20:.0f} MiB) unpacked (at {info.name!r})")
+                m = _read_member(tar, info)
+                if m is not None:
+                    members.append(m)
     except (tarfile.TarError, EOFError) as exc:
         raise CodeError(f"code blob is not a valid tar archive ({exc})") from None
     kinds: dict[str, str] = {}
@@ -474,8 +501,14 @@ def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> _Member | None:
         if info.isdir() and info.name.strip("/") in ("", "."):
             return None  # the archive's root folder
         raise CodeError(f"refusing code archive: member {info.name!r} is an absolute path or leaves the folder")
+    if info.sparse is not None or info.type == tarfile.GNUTYPE_SPARSE:
+        raise CodeError(f"refusing code archive: member {name!r} is a sparse file; code blobs hold plain "
+                        "files only (package the folder with snipe.publish)")
     if info.isdir():
         return _Member(name, "dir")
+    if info.isreg() and info.type not in _REGULAR:
+        raise CodeError(f"refusing code archive: member {name!r} has tar type {info.type!r}; code blobs hold "
+                        "only regular files, folders and symlinks")
     if info.isreg():
         f = tar.extractfile(info)
         return _Member(name, "file", f.read() if f is not None else b"", _is_executable(info.mode))

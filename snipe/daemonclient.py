@@ -4,7 +4,8 @@ Requests (client -> snipe-daemon; the reply echoes the request id, kind "ok" or 
   hello                                  -> {protocols, host, key, endpoint}
   spawn   {code, args, env, quota, notify, owner_urn} -> {urn, pid, host}
   status  {urn}                          -> {urn, state, pid, cpu_s, rss, open_files, age_s, exit_code, reason}
-  wait    {urn, timeout}                 -> {..status.., stderr_tail}
+  wait    {urn, timeout}                 -> {..status.., stderr_tail}: when the task ends or after
+                                            timeout s (at most MAX_WAIT_S; a longer one is refused)
   kill | suspend | resume {urn}          -> {urn, state}
   signal  {urn, signum}                  -> {urn, state}
   ps                                     -> {tasks: [status...]}
@@ -38,6 +39,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 PROTOCOL = "daemon"
 VERSION = 1
 VERSIONS = (1,)
+MAX_WAIT_S = 3600.0      # the longest `wait` a daemon holds; a longer wait asks again
 WAIT_TURN_S = 0.2        # `call`: how often it looks up from a wait (and calls `while_waiting`)
 
 

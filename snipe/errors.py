@@ -56,6 +56,13 @@ class TooLarge(SnipeError):
     code = "too-large"
 
 
+class QuotaExceeded(SnipeError):
+    """A bound on what one key, connection or host may hold on a server (groups joined, waits
+    pending) is reached: the request is refused, and what was held before stays."""
+
+    code = "quota-exceeded"
+
+
 class ProtocolVersionError(SnipeError):
     """The peer asked for a protocol or version this side does not speak."""
 

@@ -36,7 +36,7 @@ from snipe.bidding import Auction, Bid, Refusal, check_price
 from snipe.catalog.client import CatalogClient
 from snipe.catalog.entry import Entry
 from snipe.code import package
-from snipe.daemonclient import DaemonClient
+from snipe.daemonclient import MAX_WAIT_S, DaemonClient
 from snipe.discovery import discover
 from snipe.errors import (
     ClusterPartlyDown,
@@ -740,13 +740,19 @@ class Process:
         """Block until the task ends (or `timeout`); returns its status with exit code and stderr tail."""
         t = 3600.0 if timeout is None else timeout
         limit = time.monotonic() + t
-        for _ in range(64):                      # a task that migrates is followed to its new host
-            reply = self._call("wait", rpc_timeout=t + 10, timeout=max(0.0, limit - time.monotonic()))
-            if reply.get("state") != "migrated":
+        moves = 0
+        while True:
+            # a daemon holds a wait for MAX_WAIT_S at most: a longer one is asked again for what is left
+            left = max(0.0, limit - time.monotonic())
+            reply = self._call("wait", rpc_timeout=min(left, MAX_WAIT_S) + 10, timeout=min(left, MAX_WAIT_S))
+            if reply.get("state") == "migrated" and moves < 64:     # followed to its new host
+                moves += 1
+                self._supervisor = None
+                time.sleep(0.05)                 # its new daemon publishes the move a moment later
+            elif reply.get("state") in ("starting", "running", "suspended") and left > MAX_WAIT_S:
+                continue
+            else:
                 return reply
-            self._supervisor = None
-            time.sleep(0.05)                     # its new daemon publishes the move a moment later
-        return reply
 
     def kill(self) -> dict[str, Any]:
         return self._call("kill")

@@ -20,6 +20,11 @@ ended, comes back to the sender as a delivery-failure message, never silence.
 
 A peer whose host shares no network with ours is reached through a gateway daemon (a `relay`
 route): the same channel, its messages and acks sealed end to end (snipe/messaging/gateway.py).
+
+An endpoint made with `application=False` (a host daemon's, which serves only reserved tags:
+multicast relaying, migration) has no inbox anyone reads: application messages (tag >= 0) sent
+to it are acknowledged and dropped, counted per source in its stats (`dropped`) and said in its
+log at most once per SAY_EVERY_S, and its own application sends that fail are logged, not kept.
 """
 
 from __future__ import annotations
@@ -224,8 +229,10 @@ def resolve_due(p: _Peer, now: float, retained_every_s: float = RETAINED_RESOLVE
 class Endpoint:
     def __init__(self, me: str, identity: Identity, catalog: list[str], admin_key: bytes, *,
                  host_urn: str | None = None, runtime_dir: Path | None = None, hwm: int = 65536,
-                 window: int = 4096, session_seed: str | None = None) -> None:
+                 window: int = 4096, session_seed: str | None = None, application: bool = True) -> None:
         self.me, self.identity, self.catalog_addrs, self.admin_key = me, identity, catalog, admin_key
+        self.application = application          # False: no inbox for tags >= 0 (see the module docstring)
+        self.dropped: dict[str, int] = {}        # source -> application messages dropped (application=False)
         # A copy of a replicated task (mode "all"): every copy numbers its messages to a peer in the
         # same session, so the peer's channel keeps the first of each and drops the others' copies.
         self.session_seed = session_seed
@@ -836,6 +843,8 @@ class Endpoint:
         for urn, n in list(self.received.items()):
             out.setdefault(urn, {})["received"] = n
             out[urn]["bytes_received"] = self.bytes_received.get(urn, 0)
+        for urn, n in list(self.dropped.items()):
+            out.setdefault(urn, {})["dropped"] = n
         return out
 
     def run_in_io(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
@@ -1351,6 +1360,10 @@ class Endpoint:
                 if f.tag < 0:       # a relay hop of the multicast layer: the other routers cover it
                     log.info("multicast hop to %s failed: %s", dest, f.reason)
                     continue
+                if not self.application:        # nobody would read it in the inbox
+                    if self._may_say("undelivered", dest, time.monotonic()):
+                        log.info("a tag %d message to %s could not be delivered: %s", f.tag, dest, f.reason)
+                    continue
                 if p is not None and p.parent is not None:      # one copy of a replicated URN
                     self.inbox.append(Message(p.parent, f.tag, b"", failed=True,
                                               reason=f"copy {p.copy_index}: {f.reason}"))
@@ -1517,6 +1530,9 @@ class Endpoint:
             plain = [Message(source, d.tag, d.payload) for d in delivered if d.tag >= 0]
             if len(plain) != len(delivered):  # reserved tags: the multicast layer's traffic
                 self._on_system([d for d in delivered if d.tag < 0])
+            if plain and not self.application:
+                self._drop_application(source, len(plain))
+                plain = []
             with self.cond:
                 self.inbox.extend(plain)
                 paused = len(self.inbox) >= self.hwm
@@ -1538,6 +1554,14 @@ class Endpoint:
                 return
         self._acks.pop(source, None)
         self._send_ack(ident, ack.envelope, source)
+
+    def _drop_application(self, source: str, n: int) -> None:
+        """(application=False) Nobody reads an inbox here: count and drop, saying so now and then."""
+        self.dropped[source] = self.dropped.get(source, 0) + n
+        if self._may_say("application", "", time.monotonic()):
+            log.warning("%s takes no application messages (tag >= 0); dropped %d from %s (%d in all from %d "
+                        "source(s)); send them to a process, not to a host daemon", self.me, n, source,
+                        sum(self.dropped.values()), len(self.dropped))
 
     def _send_ack(self, to: ReplyTo, ack: Envelope, source: str) -> None:
         """Answer (an ack, or an error) on the connection `to` a message from `source` came on."""

@@ -28,6 +28,7 @@ from snipe.localcluster import LocalCluster
 from snipe.transport import Link
 from snipe.wire import Envelope, decode, encode
 from tests.integration.test_daemon import SLEEPER
+from tests.support import wait_for
 
 QUICK = "print('done')\n"
 
@@ -360,3 +361,103 @@ def test_garbage_frames_get_error_replies(target: Target) -> None:
     finally:
         raw.link.close()
     assert tracebacks(target.cluster) == []
+
+
+# --- what any admitted key could make the daemon hold (the resource review) -----------------------
+
+
+def test_mcast_members_must_be_the_callers_and_a_last_leave_stops_routing(target: Target) -> None:
+    cluster, task = target.cluster, target.task
+    group = "urn:snipe:group:mine"
+    with DaemonClient(target.daemon.address, cluster.user, timeout=10) as client:
+        for member in ("urn:snipe:user:local", "urn:snipe:proc:nobody-here", "urn:snipe:host:h2"):
+            env = answer(client, "mcast-join", {"group": group, "member": member}, [])
+            assert (env.kind, env.body.get("code")) == ("error", "not-authorized"), (member, env.body)
+            assert f"member {member} is not a process key" in env.body["message"]
+        with DaemonClient(target.daemon.address, cluster.admin, timeout=10) as admin:
+            admin_task = admin.call("spawn", {"code": target.sleeper, "args": ["600"]})[0]["urn"]
+        env = answer(client, "mcast-join", {"group": group, "member": admin_task}, [])
+        assert env.body.get("code") == "not-authorized", env.body         # another key's task
+        env = answer(client, "mcast-leave", {"group": group, "member": admin_task}, [])
+        assert env.body.get("code") == "not-authorized", env.body
+
+        client.call("mcast-join", {"group": group, "member": task})     # its own task: fine
+        assert group in client.call("mcast-status")[0]["routing"]
+        client.call("mcast-leave", {"group": group, "member": task})
+        status = client.call("mcast-status")[0]
+        assert group not in status["routing"] and group not in status["local"]
+        routers = snipe.catalog().get(group).values("router.urn:snipe:host:h1", int(time.time() * 1000))
+        assert routers == {}, routers                                     # withdrawn at once, not renewed
+    assert tracebacks(cluster) == []
+
+
+def test_mcast_groups_per_key_are_bounded(target: Target) -> None:
+    from snipe_daemon.mcast import MAX_GROUPS_PER_KEY
+    with DaemonClient(target.daemon.address, target.cluster.user, timeout=10) as client:
+        for i in range(MAX_GROUPS_PER_KEY):
+            client.call("mcast-join", {"group": f"urn:snipe:group:fz{i}", "member": target.task})
+        env = answer(client, "mcast-join", {"group": "urn:snipe:group:one-too-many", "member": target.task}, [])
+        assert (env.kind, env.body.get("code")) == ("error", "quota-exceeded"), env.body
+        assert f"the most one key may ({MAX_GROUPS_PER_KEY}); leave one first" in env.body["message"]
+        assert snipe.catalog().get("urn:snipe:group:one-too-many").records == []     # refused before claiming
+        client.call("mcast-leave", {"group": "urn:snipe:group:fz0", "member": target.task})
+        client.call("mcast-join", {"group": "urn:snipe:group:one-too-many", "member": target.task})
+        still_serving(target, client)
+
+
+def test_a_sparse_tar_bomb_is_refused_and_nothing_of_it_kept(target: Target) -> None:
+    from snipe.urn import content_urn
+    from tests.unit.test_code import gnu_sparse
+    blob = gnu_sparse("main.py", 16 << 20)
+    urn = content_urn("code", blob)
+    code_dir = target.daemon.state_dir / "code"
+    with DaemonClient(target.daemon.address, target.cluster.user, timeout=10) as client:
+        env = answer(client, "put-code", {"urn": urn}, [blob])          # nobody published it
+        assert (env.kind, env.body.get("code")) == ("error", "not-authorized"), env.body
+        assert "has no publisher in the catalog; publish it first" in env.body["message"]
+        c = snipe.catalog()
+        from snipe import authority
+        c.put([c.sign(urn, authority.OWNER, target.cluster.user.key_id),
+               c.sign(urn, "manifest", {"entry": "main.py", "format": "snipe-code/1"})])
+        env = answer(client, "put-code", {"urn": urn}, [blob])          # published: the archive is refused
+        assert (env.kind, env.body.get("code")) == ("error", "bad-code"), env.body
+        assert "'main.py' is a sparse file" in env.body["message"]
+        still_serving(target, client)
+    hexname = urn.rsplit(":", 1)[1]
+    assert not (code_dir / hexname).exists() and not (code_dir / "blobs" / hexname).exists()
+    assert [p.name for p in code_dir.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_application_messages_to_the_daemon_are_dropped_not_kept(target: Target) -> None:
+    host = "urn:snipe:host:h1"
+    log_file = target.daemon.state_dir / "daemon.log"
+    for _ in range(2):
+        for _ in range(5):
+            snipe.send(host, b"x" * 100_000, tag=7)
+    me = snipe.me()
+
+    def dropped() -> object:
+        stats = snipe.catalog().get(host).value("msg_stats", int(time.time() * 1000)) or {}
+        return stats.get(me, {}).get("dropped") == 10
+
+    wait_for(dropped, timeout=15, what="the daemon to count 10 dropped application messages")
+    assert log_file.read_text().count("takes no application messages") == 1     # said once a minute at most
+    with DaemonClient(target.daemon.address, target.cluster.user) as client:
+        still_serving(target, client)
+
+
+def test_waits_are_capped_and_bounded_per_connection(target: Target) -> None:
+    from snipe_daemon.waits import MAX_WAITS_PER_CLIENT
+    with DaemonClient(target.daemon.address, target.cluster.user, timeout=10) as client:
+        env = answer(client, "wait", {"urn": target.task, "timeout": 1e18}, [])
+        assert (env.kind, env.body.get("code")) == ("error", "malformed"), env.body
+        assert "is over the cap of 3600 s" in env.body["message"]
+        for i in range(MAX_WAITS_PER_CLIENT):        # held (the task runs on): no answer yet
+            client.link.sock.send_multipart(encode(Envelope(PROTOCOL, VERSION, "wait", 10_000 + i,
+                                                            {"urn": target.task, "timeout": 600})))
+        env = answer(client, "wait", {"urn": target.task, "timeout": 600}, [], timeout=5)
+        assert (env.kind, env.body.get("code")) == ("error", "quota-exceeded"), env.body
+        assert f"the most one connection may ({MAX_WAITS_PER_CLIENT})" in env.body["message"]
+    with DaemonClient(target.daemon.address, target.cluster.user, timeout=10) as other:    # another connection
+        assert other.call("wait", {"urn": target.task, "timeout": 0})[0]["state"] == "running"
+        still_serving(target, other)

@@ -530,3 +530,84 @@ def test_the_cache_lists_the_blobs_it_holds(tmp_path: Path) -> None:
     files = CodeCache(tmp_path / "files", kind="file")
     files.put_blob(b"checkpoint", content_urn("file", b"checkpoint"))
     assert files.held() == [content_urn("file", b"checkpoint")]
+
+
+# -- archive bombs -------------------------------------------------------------------------------
+
+
+def gnu_sparse(name: str, realsize: int) -> bytes:
+    """A GNU sparse member (type S) with no stored data that unpacks to `realsize` zero bytes:
+    tarfile has no writer for these, so the header is built by hand."""
+    head = bytearray(512)
+
+    def put(at: int, width: int, value: bytes) -> None:
+        head[at:at + len(value)] = value
+        assert len(value) <= width
+
+    put(0, 100, name.encode())
+    put(100, 8, b"0000644\0")
+    put(108, 8, b"0000000\0")
+    put(116, 8, b"0000000\0")
+    put(124, 12, b"%011o\0" % 0)             # stored bytes: none
+    put(136, 12, b"%011o\0" % 0)
+    head[156:157] = tarfile.GNUTYPE_SPARSE
+    put(257, 8, tarfile.GNU_MAGIC)
+    put(386, 12, b"%011o\0" % (realsize - 1))   # one sparse run: 0 bytes at the very end
+    put(398, 12, b"%011o\0" % 0)
+    put(483, 12, b"%011o\0" % realsize)
+    head[148:156] = b" " * 8
+    head[148:156] = b"%06o\0 " % sum(head)
+    return bytes(head) + b"\0" * 1024
+
+
+def test_a_sparse_member_is_refused_before_its_data_is_read(tmp_path: Path):
+    blob = gnu_sparse("main.py", 1 << 20)
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:        # the header says what the fuzzer sent
+        (info,) = tar.getmembers()
+        assert info.issparse() and info.size == 1 << 20
+    with pytest.raises(CodeError, match=r"'main\.py' is a sparse file"):
+        unpack(blob, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+    cache = CodeCache(tmp_path / "cache")
+    with pytest.raises(CodeError, match="sparse"):
+        cache.install(blob, content_urn("code", blob))
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["blobs"]
+    assert list((tmp_path / "cache" / "blobs").iterdir()) == []
+
+
+def test_only_regular_files_folders_and_symlinks_are_unpacked(tmp_path: Path):
+    contiguous = tarfile.TarInfo("main.py")
+    contiguous.type = tarfile.CONTTYPE
+    with pytest.raises(CodeError, match=r"'main\.py' has tar type b'7'"):
+        unpack(tar_of((contiguous, b"print(1)\n")), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unpacked_size_and_member_count_are_capped_from_the_headers(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(code_mod, "MAX_UNPACKED_BYTES", 10)
+    with pytest.raises(TooLarge, match=r"add up to more than 10 bytes .* 'b\.py'"):
+        unpack(tar_of(reg("a.py", b"x" * 6), reg("b.py", b"y" * 6)), tmp_path / "out")
+    monkeypatch.setattr(code_mod, "MAX_UNPACKED_BYTES", 1 << 20)
+    monkeypatch.setattr(code_mod, "MAX_MEMBERS", 3)
+    with pytest.raises(TooLarge, match="more than 3 members"):
+        unpack(tar_of(*[reg(f"m{i}.py") for i in range(4)]), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+    unpack(tar_of(*[reg(f"m{i}.py") for i in range(3)]), tmp_path / "out")      # at the caps: fine
+
+
+def test_a_header_claiming_more_than_the_cap_is_refused_without_reading(tmp_path: Path):
+    info = tarfile.TarInfo("main.py")
+    info.size = code_mod.MAX_UNPACKED_BYTES + 1
+    blob = info.tobuf(format=tarfile.PAX_FORMAT) + b"\0" * 1024        # no data behind it at all
+    with pytest.raises(TooLarge, match="add up to more than"):
+        unpack(blob, tmp_path / "out")
+
+
+def test_the_cache_refuses_an_oversized_blob_before_hashing_it(tmp_path: Path):
+    pkg = package(make_project(tmp_path / "proj"))
+    cache = CodeCache(tmp_path / "cache")
+    with pytest.raises(TooLarge, match=f"is {len(pkg.blob)} bytes; a daemon takes code blobs of at most 1000 bytes"):
+        cache.install(pkg.blob, pkg.urn, max_size=1000)
+    assert not cache.has(pkg.urn)
+    assert cache.install(pkg.blob, pkg.urn).is_dir()

@@ -88,7 +88,7 @@ def test_a_sender_held_by_a_standby_replica_without_checkpoints_is_told_why(
     out.on_ack(out.session, 3, 100.0)
     assert len(out.retained) == 3 and out.retained_unsettled() == 3
     ep = Endpoint.__new__(Endpoint)              # the shell's reporting only: no sockets, no catalog
-    ep.peers, ep._said, ep.received, ep.bytes_received = {}, {}, {}, {}
+    ep.peers, ep._said, ep.received, ep.bytes_received, ep.dropped = {}, {}, {}, {}, {}
     peer = ep.peers[PEER] = _Peer(PEER, out, created_at=time.monotonic() - 45)
     why = ep.why_unsettled(PEER)
     assert "3 of them were acknowledged but wait for a checkpoint of it" in why and "none has come for 45 s" in why
