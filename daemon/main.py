@@ -26,12 +26,29 @@ from snipe_daemon.server import Daemon, DaemonConfig
 
 from snipe import discovery
 from snipe.bidding import DEFAULT_PRICE, check_price
-from snipe.errors import ConfigError, SnipeError
-from snipe.identity import Identity, public_key_from_id
+from snipe.errors import ConfigError, NotAuthorized, SnipeError
+from snipe.identity import Identity
 from snipe.messaging.endpoint import retained_resolve_every_s
+from snipe.startup import (
+    Footprint,
+    admin_key_from,
+    check_folder,
+    check_key_file,
+    check_listen_endpoint,
+    log_level,
+    peer_key_from,
+    source_of,
+)
+
+# What a daemon makes in its state dir (daemon/server.py): a start that fails removes those it made.
+STATE_DIR_PARTS = ("state", "code", "files", "tasks", "msg")
 
 
-def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.Namespace]:
+def load_config(argv: list[str] | None = None, footprint: Footprint | None = None,
+                ) -> tuple[DaemonConfig, argparse.Namespace]:
+    """The daemon's configuration from `argv` (and the file it names), every setting checked
+    before anything is created; then the host key is made if missing (and the state dir with it),
+    noted first on `footprint` so a start that fails can remove what it made."""
     ap = argparse.ArgumentParser(prog="snipe-daemon", description="Run the SNIPE daemon for this host.")
     ap.add_argument("--config", help="TOML file with a [daemon] table and optionally a [catalog] one "
                                      "(see conf/snipe-daemon.toml); flags override it")
@@ -68,6 +85,14 @@ def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.N
         if not value:
             raise ConfigError(f"snipe-daemon needs {name}: pass --{name.replace('_', '-')} or set it in [daemon]"
                               + (" (or list the replicas in [catalog])" if name == "catalog" else ""))
+    catalog_source = source_of(args.catalog, "--catalog", args.config)
+    try:
+        replicas = discovery.from_list([str(c) for c in catalog])
+    except ConfigError as exc:
+        raise ConfigError(f"catalog ({catalog_source}): {exc}") from None
+    for replica in replicas:
+        if replica.public_key is not None:
+            peer_key_from(replica.public_key, f"catalog ({catalog_source}): replica {str(replica)!r}")
     net_names = dict(file_cfg.get("net_names", {}))
     for item in args.net_name:
         k, sep, v = item.partition("=")
@@ -75,20 +100,30 @@ def load_config(argv: list[str] | None = None) -> tuple[DaemonConfig, argparse.N
             raise ConfigError(f"--net-name {item!r} must be IFACE_OR_CIDR=NAME")
         net_names[k] = v
     speeds = {k: (v.get("bandwidth_mbps"), v.get("latency_us")) for k, v in file_cfg.get("links", {}).items()}
-    try:
-        admin_key = public_key_from_id(str(admin))
-    except SnipeError:
-        raise ConfigError(f"admin_key {admin!r} is not a 64-hex-character public key") from None
+    admin_key = admin_key_from(admin, source_of(args.admin_key, "--admin-key", args.config))
+    check_listen_endpoint(listen, "listen", source_of(args.listen, "--listen", args.config), 7400)
+    relay = pick(args.relay, "relay")
+    if relay is not None:
+        check_listen_endpoint(relay, "relay", source_of(args.relay, "--relay", args.config), 7401)
+    state_source = source_of(args.state_dir, "--state-dir", args.config)
+    check_folder(Path(state_dir), "state_dir", state_source)
     key_file = pick(args.key_file, "key_file", str(Path(state_dir) / "host.key"))
+    key_source = source_of(args.key_file, "--key-file", args.config) \
+        if pick(args.key_file, "key_file") is not None else f"<state_dir>/host.key, state_dir from {state_source}"
+    check_key_file(Path(key_file), "key_file", key_source, "host.key")
+    args.log_level = log_level(args.log_level, "--log-level or SNIPE_LOG_LEVEL")
     retained_resolve_every_s()       # a bad SNIPE_RETAINED_RESOLVE_S: said now, before this host is published
+    lease_s = float(pick(args.lease, "lease_s", 10.0))
+    price = check_price(pick(args.price, "price", DEFAULT_PRICE), "[daemon] price")
+    takeover_backoff_s = _positive_seconds(file_cfg.get("takeover_backoff_s", 1.0), "takeover_backoff_s")
+    # Every setting is checked: only now is anything made on disk.
+    if footprint is not None:
+        footprint.note(Path(state_dir), *(Path(state_dir) / part for part in STATE_DIR_PARTS), Path(key_file))
     cfg = DaemonConfig(host_id=str(host_id), listen=str(listen), state_dir=Path(state_dir),
                        identity=Identity.load_or_create(key_file), admin_key=admin_key,
                        catalog=[str(c) for c in catalog], advertise=pick(args.advertise, "advertise"),
-                       lease_s=float(pick(args.lease, "lease_s", 10.0)), net_names=net_names, link_speeds=speeds,
-                       relay=pick(args.relay, "relay"),
-                       price=check_price(pick(args.price, "price", DEFAULT_PRICE), "[daemon] price"),
-                       takeover_backoff_s=_positive_seconds(file_cfg.get("takeover_backoff_s", 1.0),
-                                                            "takeover_backoff_s"))
+                       lease_s=lease_s, net_names=net_names, link_speeds=speeds, relay=relay, price=price,
+                       takeover_backoff_s=takeover_backoff_s)
     return cfg, args
 
 
@@ -146,11 +181,15 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    footprint = Footprint()
     try:
-        cfg, args = load_config(argv)
-        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s snipe-daemon %(levelname)s %(message)s")
+        cfg, args = load_config(argv, footprint)
+        logging.basicConfig(level=args.log_level, format="%(asctime)s snipe-daemon %(levelname)s %(message)s")
         daemon = Daemon(cfg)
     except SnipeError as exc:
+        # What this start made goes, but not a key the admin is told to admit: the next start needs it.
+        if not isinstance(exc, NotAuthorized):
+            footprint.undo()
         print(f"snipe-daemon: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())

@@ -21,11 +21,12 @@ from typing import Any
 import zmq
 
 from snipe.catalog.client import CatalogClient, now_ms
-from snipe.errors import CodecError, ConfigError, NotAuthorized, ProtocolVersionError, SnipeError
+from snipe.errors import CodecError, ListenError, NotAuthorized, ProtocolVersionError, SnipeError
 from snipe.identity import Identity, public_key_from_id
 from snipe.messaging.channel import PROTOCOL, VERSION
 from snipe.messaging.gateway import RELAY, Lookup, RelayCore, ToPeer, ToSender, parse_relay
 from snipe.messaging.routes import ProcView, choose_routes
+from snipe.startup import listen_on
 from snipe.transport import Link, sender_key, server_socket
 from snipe.wire import Envelope, decode, encode
 
@@ -43,11 +44,10 @@ class Relay:
         self.sock = server_socket(ctx, zmq.ROUTER, identity)
         self.sock.rcvhwm = self.sock.sndhwm = 100_000
         try:
-            self.sock.bind(listen)
-        except zmq.ZMQError as exc:
+            listen_on(self.sock, listen, "relay")
+        except ListenError:
             self.sock.close(0)
-            raise ConfigError(f"the relay cannot listen on {listen!r} ({exc}); give another endpoint to --relay") \
-                from None
+            raise
         endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.port = int(endpoint.rsplit(":", 1)[1])
         self.core = RelayCore()

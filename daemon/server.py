@@ -63,6 +63,7 @@ from snipe.messaging.endpoint import Endpoint
 from snipe.query import parse_predicates
 from snipe.replication.sealed import seal, unseal
 from snipe.replication.takeover import Claim
+from snipe.startup import listen_on
 from snipe.transport import KeyGate, sender_key, server_socket
 from snipe.urn import new_urn, parse_urn, validate_urn
 from snipe.wire import Envelope, check_version, decode, encode, field_of
@@ -124,10 +125,13 @@ class Daemon:
         self._next_reap = 0.0
         self.tasks_dir = cfg.state_dir / "tasks"
         self.catalog = CatalogClient(cfg.catalog, cfg.identity, cfg.admin_key, timeout=5.0)
-        self._check_host_admitted()
+        try:
+            self._check_host_admitted()
+        except SnipeError:
+            self.catalog.close()
+            self.state.close()
+            raise
         self.relocation: Republisher | None = self._relocation()
-        self.runner = TaskRunner()
-        self.pool = WarmPool(cfg.warm_pool, cfg.state_dir / "tasks", cfg.python)
         self.ctx = zmq.Context()
         self.admission = CatalogAdmission(cfg.catalog, cfg.identity, cfg.admin_key)
         self.gate = KeyGate(self.ctx, self.admission.admit, self.admission.resolve)
@@ -136,11 +140,22 @@ class Daemon:
         self.router = server_socket(self.ctx, zmq.ROUTER, cfg.identity)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.maxmsgsize = MAX_FILE_BYTES     # no frame is bigger (a checkpoint; code: snipe/code.py)
-        self.router.bind(cfg.listen)
+        try:
+            listen_on(self.router, cfg.listen)
+            # A gateway host relays sealed messages between hosts that share no network (daemon/relay.py).
+            self.relay = Relay(self.ctx, cfg.identity, cfg.host_urn, cfg.catalog, cfg.admin_key, cfg.relay) \
+                if cfg.relay else None
+        except SnipeError:          # before the warm pool starts interpreters: nothing is left running
+            self.router.close(0)
+            self.gate.stop()
+            self.admission.close()
+            self.catalog.close()
+            self.ctx.term()
+            self.state.close()
+            raise
+        self.runner = TaskRunner()
+        self.pool = WarmPool(cfg.warm_pool, cfg.state_dir / "tasks", cfg.python)
         self.waiters = Waits()
-        # A gateway host relays sealed messages between hosts that share no network (daemon/relay.py).
-        self.relay = Relay(self.ctx, cfg.identity, cfg.host_urn, cfg.catalog, cfg.admin_key, cfg.relay) \
-            if cfg.relay else None
         self.tasks: dict[str, dict[str, Any]] = self.state.all_tasks()
         self.migrations = Migrations(self)       # before re-adoption: task events ask it
         self.draining = bool(self.state.get_meta("draining", False))

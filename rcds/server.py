@@ -36,9 +36,10 @@ from snipe import authority
 from snipe.assertion import Assertion
 from snipe.catalog import protocol as P
 from snipe.effects import Send, StartTimer
-from snipe.errors import CodecError, NotAuthorized, ResyncNeeded, SnipeError, TooLarge, UnknownRequest
+from snipe.errors import CodecError, ListenError, NotAuthorized, ResyncNeeded, SnipeError, TooLarge, UnknownRequest
 from snipe.identity import Identity, public_key_from_id
 from snipe.query import matches, parse_predicates
+from snipe.startup import listen_on
 from snipe.transport import KeyGate, Link, recv_parts, send_parts, sender_key, server_socket
 from snipe.urn import validate_urn
 from snipe.wire import Envelope, check_version, decode, encode, field_of
@@ -109,7 +110,14 @@ class Server:
         self.router.sndhwm = SEND_QUEUE_MESSAGES
         self.router.rcvhwm = 100_000
         self.router.maxmsgsize = 64 * 1024 * 1024
-        self.router.bind(cfg.listen)
+        try:
+            listen_on(self.router, cfg.listen)
+        except ListenError:
+            self.router.close(0)
+            self.gate.stop()
+            self.ctx.term()
+            self.storage.close()
+            raise
         self.peers: dict[str, PeerInfo] = {}
         self.peer_links: dict[str, Link] = {}
         self.seed_peers = {p.id: p for p in cfg.peers if p.id != cfg.replica_id}

@@ -21,8 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from rcds.server import PeerInfo, Server, ServerConfig
+from snipe.discovery import check_endpoint
 from snipe.errors import ConfigError, SnipeError
-from snipe.identity import Identity, public_key_from_id
+from snipe.identity import Identity
+from snipe.startup import (
+    Footprint,
+    admin_key_from,
+    check_folder,
+    check_key_file,
+    check_listen_endpoint,
+    log_level,
+    peer_key_from,
+    source_of,
+)
 
 REPLICA_KEYS = {"id", "listen", "data_dir", "key_file", "admin_key", "anti_entropy_s", "log_retention", "sync",
                 "map_budget_mib"}
@@ -33,13 +44,22 @@ def parse_peer(text: str) -> PeerInfo:
     endpoint, sep2, key = rest.partition("#")
     if not sep or not sep2 or not rid or not endpoint:
         raise ConfigError(f"peer {text!r} must look like ID=tcp://HOST:PORT#KEYHEX")
+    return PeerInfo(rid, _peer_endpoint(endpoint, f"peer {text!r}"), peer_key_from(key, f"peer {text!r}"))
+
+
+def _peer_endpoint(endpoint: str, what: str) -> str:
     try:
-        return PeerInfo(rid, endpoint, public_key_from_id(key))
-    except SnipeError as exc:
-        raise ConfigError(f"peer {text!r}: {exc}") from None
+        check_endpoint(endpoint)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: endpoint {endpoint!r}: {exc}") from None
+    return endpoint
 
 
-def load_config(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Namespace]:
+def load_config(argv: list[str] | None = None, footprint: Footprint | None = None,
+                ) -> tuple[ServerConfig, argparse.Namespace]:
+    """The replica's configuration from `argv` (and the file it names), every setting checked
+    before anything is created; then the key file is made if missing (and the data dir with it),
+    noted first on `footprint` so a start that fails can remove what it made."""
     ap = argparse.ArgumentParser(prog="rcds-server", description="Run one replica of the SNIPE catalog.")
     ap.add_argument("--config", help="TOML file ([replica] table and [[peers]] array)")
     ap.add_argument("--id", help="this replica's id (unique in the replica set)")
@@ -99,18 +119,26 @@ def load_config(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.N
             raise ConfigError(f"{args.config}: peers[{i}] has no key {', '.join(map(repr, extra))}; "
                               "a peer has id, endpoint and key")
         try:
-            peers.append(PeerInfo(str(p["id"]), str(p["endpoint"]), public_key_from_id(str(p["key"]))))
-        except (KeyError, TypeError, SnipeError) as exc:
+            rid_i, endpoint_i, key_i = str(p["id"]), str(p["endpoint"]), str(p["key"])
+        except (KeyError, TypeError) as exc:
             raise ConfigError(f"{args.config}: peers[{i}] needs id, endpoint and key ({exc})") from None
+        what = f"{args.config}: peers[{i}] ({rid_i})"
+        peers.append(PeerInfo(rid_i, _peer_endpoint(endpoint_i, what), peer_key_from(key_i, what)))
+    args.log_level = log_level(args.log_level, "--log-level or RCDS_LOG_LEVEL")
     sync = pick(args.sync, "sync", False)
     if not isinstance(sync, bool):
         # bool("false") is True: a quoted value would be read as the opposite of what it says
         raise ConfigError(f"{args.config}: [replica] sync = {sync!r} must be true or false (a TOML boolean, "
                           "unquoted)")
-    try:
-        admin_key = public_key_from_id(str(admin))
-    except SnipeError:
-        raise ConfigError(f"admin_key {admin!r} is not a 64-hex-character public key") from None
+    admin_key = admin_key_from(admin, source_of(args.admin_key, "--admin-key", args.config))
+    check_listen_endpoint(listen, "listen", source_of(args.listen, "--listen", args.config), 7301)
+    data_source = source_of(args.data_dir, "--data-dir", args.config)
+    data_path, key_path = Path(str(data_dir)), Path(str(key_file))
+    check_folder(data_path, "data_dir", data_source)
+    key_source = source_of(args.key_file, "--key-file", args.config) \
+        if pick(args.key_file, "key_file") is not None else f"<data_dir>/replica.key, data_dir from {data_source}"
+    check_key_file(key_path, "key_file", key_source, "replica.key")
+
     def number(flag: Any, key: str, default: float, kind: type, least: float) -> Any:
         """A numeric setting, checked: a quoted or negative one is a clear error, not a traceback."""
         v = pick(flag, key, default)
@@ -120,23 +148,28 @@ def load_config(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.N
             raise ConfigError(f"[replica] {key} = {v!r} must be {want} of at least {least:g} (unquoted)")
         return kind(v)
 
+    anti_entropy_s = number(args.anti_entropy, "anti_entropy_s", 1.0, float, 0.01)
+    log_retention = number(args.log_retention, "log_retention", 200_000, int, 1)
+    map_budget_mib = number(args.map_budget_mib, "map_budget_mib", 64, int, 1)
+    # Every setting is checked: only now is anything made on disk.
+    if footprint is not None:
+        footprint.note(data_path, data_path / "data.mdb", data_path / "lock.mdb", key_path)
     cfg = ServerConfig(
         replica_id=str(rid), listen=str(listen), data_dir=str(data_dir),
-        identity=Identity.load_or_create(key_file), admin_key=admin_key, peers=peers,
-        anti_entropy_s=number(args.anti_entropy, "anti_entropy_s", 1.0, float, 0.01),
-        log_retention=number(args.log_retention, "log_retention", 200_000, int, 1),
-        sync=sync,
-        map_budget_mib=number(args.map_budget_mib, "map_budget_mib", 64, int, 1),
+        identity=Identity.load_or_create(key_path), admin_key=admin_key, peers=peers,
+        anti_entropy_s=anti_entropy_s, log_retention=log_retention, sync=sync, map_budget_mib=map_budget_mib,
     )
     return cfg, args
 
 
 def main(argv: list[str] | None = None) -> int:
+    footprint = Footprint()
     try:
-        cfg, args = load_config(argv)
-        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s rcds %(levelname)s %(message)s")
+        cfg, args = load_config(argv, footprint)
+        logging.basicConfig(level=args.log_level, format="%(asctime)s rcds %(levelname)s %(message)s")
         server = Server(cfg)
     except SnipeError as exc:
+        footprint.undo()            # a data dir (or key file) this start made is not left half-made
         print(f"rcds-server: {exc}", file=sys.stderr)
         return 2
     # A replica makes many short-lived containers per message and almost no reference cycles:

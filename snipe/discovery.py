@@ -94,7 +94,7 @@ class ReplicaAddress:
     weight: int = 0
 
     def __post_init__(self) -> None:
-        _check_endpoint(self.endpoint)
+        check_endpoint(self.endpoint)
         if self.public_key is not None:
             if not _KEY_RE.fullmatch(self.public_key):
                 raise ConfigError(
@@ -112,7 +112,7 @@ class ReplicaAddress:
         return self.endpoint if self.public_key is None else f"{self.endpoint}#{self.public_key}"
 
 
-def _check_host(host: str) -> None:
+def check_host(host: str) -> None:
     if host.startswith("["):
         if not host.endswith("]"):
             raise ConfigError(f"IPv6 host {host!r} lacks its closing bracket")
@@ -130,7 +130,7 @@ def _check_host(host: str) -> None:
         raise ConfigError(f"{host!r} is neither an IP address nor a valid host name")
 
 
-def _check_endpoint(endpoint: str) -> None:
+def check_endpoint(endpoint: str) -> None:
     """Raise ConfigError unless `endpoint` is tcp://host:port or ipc://path."""
     if not isinstance(endpoint, str):
         raise ConfigError(f"an endpoint is a string, got {type(endpoint).__name__}")
@@ -147,7 +147,7 @@ def _check_endpoint(endpoint: str) -> None:
         raise ConfigError("no port: write host:port, e.g. tcp://catalog.example.org:7301")
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ConfigError(f"port {port_text!r} is not a number in 1..65535")
-    _check_host(host)
+    check_host(host)
 
 
 def parse_address(item: str) -> ReplicaAddress:
@@ -376,7 +376,7 @@ def _check_domain(domain: str) -> str:
     if not text:
         raise ConfigError("the SRV domain is empty; give a domain like example.org")
     try:
-        _check_host(text)
+        check_host(text)
     except ConfigError:
         raise ConfigError(f"{domain!r} is not a domain name (like example.org)") from None
     try:

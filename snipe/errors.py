@@ -136,6 +136,13 @@ class ClusterPartlyDown(ConfigError):
     code = "cluster-partly-down"
 
 
+class ListenError(ConfigError):
+    """A server cannot bind the endpoint it was told to listen on: in use, not this host's
+    address, not permitted, or not an endpoint at all."""
+
+    code = "cannot-listen"
+
+
 class ServerError(SnipeError):
     """The remote side failed on its own account (a bug or a resource problem there)."""
 

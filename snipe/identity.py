@@ -36,6 +36,18 @@ def public_key_from_id(text: str) -> bytes:
     return raw
 
 
+def usable_public_key_from_id(text: str) -> bytes:
+    """`public_key_from_id`, and the key is a point of the curve: one CurveZMQ can derive a key
+    from (libsodium refuses the rest, which could never sign or complete a handshake anyway)."""
+    raw = public_key_from_id(text)
+    try:
+        nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(raw)
+    except (nacl.exceptions.RuntimeError, nacl.exceptions.ValueError, ValueError):
+        raise SignatureError(f"{text!r} is 64 hex characters but not an Ed25519 public key (no point of the "
+                             "curve has it)") from None
+    return raw
+
+
 def verify_detached(public_key: bytes, message: bytes, signature: bytes) -> None:
     """Raise SignatureError unless `signature` is `public_key`'s signature of `message`."""
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
