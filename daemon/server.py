@@ -57,6 +57,7 @@ from snipe.errors import (
     TooLarge,
     UnknownRequest,
     Unreachable,
+    UrnError,
 )
 from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint
@@ -542,6 +543,10 @@ class Daemon:
         now = _now_ms()
         owner = entry.owner(self.cfg.admin_key, now)
         manifests = [a for a in entry.live(now) if a.name == "manifest" and a.signer.hex() == owner]
+        if not urn.startswith("urn:snipe:code:"):
+            raise UrnError(f"{urn} is not a code URN (urn:snipe:code:...); spawn the URN `publish` printed")
+        if not entry.records:
+            raise NotFound(f"no code published at {urn}; check the URN, or publish the code first")
         if owner is None or not manifests or not isinstance(manifests[0].value, dict):
             raise NotAuthorized(f"{urn} has no manifest signed by its publisher; refusing to run it")
         manifest = manifests[0].value

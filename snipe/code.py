@@ -371,8 +371,9 @@ def _choose_entry(entry: str | None, files: set[str], src: Path) -> str:
         for candidate in DEFAULT_ENTRIES:
             if candidate in files:
                 return candidate
-        raise CodeError(f"cannot package {str(src)!r}: no entry point; add __main__.py or main.py, "
-                        "or pass entry='path/to/script.py' or entry='module:function'")
+        raise CodeError(f"cannot package {str(src)!r}: no entry point; add __main__.py or main.py, or name "
+                        "one, a script in the folder or module:function (snipe-console publish --entry "
+                        "path/to/script.py; snipe.publish(..., entry='path/to/script.py'))")
     if not isinstance(entry, str):
         raise CodeError(f"entry must be a string, not {type(entry).__name__}")
     match = _MODULE_ENTRY.fullmatch(entry)

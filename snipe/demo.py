@@ -6,7 +6,8 @@ kills one replica with SIGKILL while they run, collects every worker's result fr
 catalog, checks the total against a local computation, and stops every process it started.
 The work: counting the primes below 2,000,000, in 12 slices (--limit and --workers make it
 smaller). With --json the report (or, when the demo could not run, {"ok": false, "error": message,
-"kind"}) is printed as JSON. Exit status: 0 the total matches, 1 it does not, 2 the demo failed.
+"kind"}) is printed as JSON. Exit status: 0 the total matches, 1 it does not, 2 the demo failed,
+130 interrupted (Ctrl-C; every process it started is stopped first, and the count said).
 """
 
 from __future__ import annotations
@@ -63,7 +64,16 @@ def _running(pid: int) -> bool:
     return False
 
 
+class DemoInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) while the demo ran; every process it had started is stopped by then."""
+
+    def __init__(self, stopped: int) -> None:
+        super().__init__(f"interrupted; stopped {stopped} process(es)")
+        self.stopped = stopped
+
+
 def run(limit: int, workers: int, console: Console | None, parent: str | None = None) -> dict[str, Any]:
+    """Raises DemoInterrupted, after stopping the cluster, if interrupted."""
     quiet = console is None
     con = console or Console(quiet=True)
     report: dict[str, Any] = {"limit": limit, "workers": workers}
@@ -116,10 +126,17 @@ def run(limit: int, workers: int, console: Console | None, parent: str | None = 
             report["rows"] = rows
             report["total"] = sum(r["primes"] or 0 for r in rows)
             report["expected"] = primes_below(limit)
+        except KeyboardInterrupt:
+            interrupted = True
+        else:
+            interrupted = False
         finally:
+            started = [p for p in [*cluster.catalog.replicas, *cluster.daemons] if p.proc and p.proc.poll() is None]
             snipe.shutdown()
             with con.status("stopping every process…", spinner="dots"):
                 cluster.close()
+        if interrupted:
+            raise DemoInterrupted(len(started))
     report["left_running"] = [pid for pid in report["pids"] if _running(pid)]
     report["ok"] = (report["total"] == report["expected"] and all(r["exit_code"] == 0 for r in rows)
                     and not report["left_running"])
@@ -138,6 +155,9 @@ def run(limit: int, workers: int, console: Console | None, parent: str | None = 
         console.print(f"total {report['total']:,} {verdict} the local count {report['expected']:,}; "
                       f"{report['wall_s']} s from first spawn to last result; {stopped}")
     return report
+
+
+EXIT_INTERRUPTED = 130
 
 
 def _positive(text: str) -> int:
@@ -160,6 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         report = run(args.limit, args.workers, None if args.json else Console(), args.dir)
+    except KeyboardInterrupt as exc:
+        # Ctrl-C: the cluster is already stopped (run's finally); say so, exit 130 as a shell does
+        text = str(exc) if isinstance(exc, DemoInterrupted) else "interrupted"
+        if args.json:
+            print(json.dumps({"ok": False, "error": text, "kind": "interrupted"}))
+        else:
+            print(f"snipe-demo: {text}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (SnipeError, OSError) as exc:
         # the cluster is already stopped (run's finally); say what failed instead of a traceback
         kind = exc.code if isinstance(exc, SnipeError) else "os-error"

@@ -124,7 +124,9 @@ class Identity:
         try:
             text = path.read_text().strip()
         except FileNotFoundError:
-            raise ConfigError(f"key file {path} does not exist; create one with `snipe-console keygen`") from None
+            make = "" if path.parent.is_dir() else f"mkdir -p {path.parent} && "
+            raise ConfigError(f"key file {path} does not exist; create one with `{make}snipe-console keygen "
+                              f"{path}`") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read key file {path}: {exc}") from None
         try:

@@ -16,7 +16,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +100,25 @@ class ReplicaProc:
         return self.proc is not None and self.proc.poll() is None
 
 
+@contextlib.contextmanager
+def interrupt_after() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt. Around starting a
+    process: interrupted inside Popen, the child runs but its Popen (and PID) is never returned,
+    so nothing would stop it; held, the process is known first and stopped with the others."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
+
+
 class LocalCatalog:
     def __init__(self, root: str | Path, n: int = 3, *, host: str = "127.0.0.1", admin: Identity | None = None,
                  anti_entropy_s: float = 0.5, extra_args: tuple[str, ...] = (), ports: list[int] | None = None
@@ -136,7 +157,7 @@ class LocalCatalog:
                 continue
             (r.data_dir / "ready.json").unlink(missing_ok=True)
             r.data_dir.mkdir(parents=True, exist_ok=True)
-            with open(r.data_dir / "server.log", "ab") as log:
+            with open(r.data_dir / "server.log", "ab") as log, interrupt_after():
                 r.proc = subprocess.Popen(self._argv(r), stdout=log, stderr=subprocess.STDOUT,
                                           env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -277,7 +298,7 @@ class LocalCluster:
             return
         d.state_dir.mkdir(parents=True, exist_ok=True)
         (d.state_dir / "ready.json").unlink(missing_ok=True)
-        with open(d.state_dir / "daemon.log", "ab") as log:
+        with open(d.state_dir / "daemon.log", "ab") as log, interrupt_after():
             d.proc = subprocess.Popen(self._daemon_argv(d), stdout=log, stderr=subprocess.STDOUT,
                                       env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
         if wait:

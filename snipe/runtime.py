@@ -150,7 +150,11 @@ _session: Session | None = None
 def runtime_home() -> Path:
     """$SNIPE_HOME, else this user's default runtime folder (which must be ours alone)."""
     if os.environ.get("SNIPE_HOME"):
-        return Path(os.environ["SNIPE_HOME"])
+        home = Path(os.environ["SNIPE_HOME"])
+        if home.exists() and not home.is_dir():
+            raise ConfigError(f"SNIPE_HOME={home} is a file, not a folder; set SNIPE_HOME to a folder "
+                              "(made if missing) or unset it for this user's default")
+        return home
     return refuse_if_not_ours(default_runtime_dir())
 
 

@@ -256,7 +256,8 @@ class CatalogClient:
 
     def _fanout(self, conns: Sequence[_Conn], kind: str, body: dict[str, Any] | None, frames: Sequence[bytes],
                 enough: Any, deadline: float, *, spares: Sequence[_Conn] = (), needed: Any = None,
-                hedge_s: float = 0.0) -> dict[str, tuple[Envelope, list[bytes]]]:
+                hedge_s: float = 0.0, never_sent: list[str] | None = None
+                ) -> dict[str, tuple[Envelope, list[bytes]]]:
         """Send one request to each of `conns` (retrying those not yet connected) and gather
         replies until `enough(replies)` says so or the deadline passes. Replicas that could not
         be sent to, or did not answer by the deadline, are marked down so that later requests
@@ -264,7 +265,8 @@ class CatalogClient:
 
         `spares` are asked too, one at a time, when the requests in flight can no longer give
         the `needed(replies)` good answers (a replica could not be sent to, or refused), or
-        when `hedge_s` passes with no reply being enough (a replica is slow or just died)."""
+        when `hedge_s` passes with no reply being enough (a replica is slow or just died).
+        `never_sent`, if given, gets the endpoints that never took the request (no connection came up)."""
         unsent = list(conns)
         spares = list(spares)
         pending: dict[int, _Conn] = {}
@@ -307,6 +309,8 @@ class CatalogClient:
         silent = [*unsent, *pending.values()]
         for conn in silent if timed_out else unsent:
             self.order.mark_down(conn.address, now)
+        if never_sent is not None:
+            never_sent.extend(c.address.endpoint for c in unsent)
         for rid in pending:
             self._late.add(rid)
         if silent and not got:
@@ -729,6 +733,8 @@ class CatalogClient:
         merged: dict[tuple[str, str, bytes], Assertion] = {}
         good_answers = 0
         asked = 0
+        answered: set[str] = set()       # replicas that replied at all (for the error below)
+        never_sent: list[str] = []
         while good_answers < r and asked < len(candidates) and time.monotonic() < deadline:
             batch = candidates[asked:asked + (r - good_answers)]
             asked += len(batch)
@@ -736,7 +742,9 @@ class CatalogClient:
             # Hedge: if a replica is slow or dead, ask the next one rather than wait out the deadline,
             # unless no other replica is left to ask.
             wait_until = deadline if asked >= len(candidates) else min(deadline, time.monotonic() + HEDGE_AFTER_S)
-            got = self._fanout(batch, kind, body, (), lambda g, want=want: len(g) >= want, wait_until)
+            got = self._fanout(batch, kind, body, (), lambda g, want=want: len(g) >= want, wait_until,
+                               never_sent=never_sent)
+            answered.update(got)
             for endpoint, (env, frames) in got.items():
                 if env.kind == "error":
                     err = error_from_code(str(env.body.get("code")), str(env.body.get("message")))
@@ -749,9 +757,26 @@ class CatalogClient:
                 merged = merge(merged.values(), believed)
                 if self._suspected[endpoint] == before:
                     good_answers += 1      # a replica that returned forgeries does not count
+        if not answered:
+            raise QuorumError(self._none_reached(kind, candidates[:asked], never_sent, timeout or self.timeout))
         if good_answers < r:
             raise QuorumError(f"only {good_answers} of R={r} replicas gave a verifiable answer to {kind} in time")
         return merged
+
+    def _none_reached(self, kind: str, asked: Sequence[_Conn], never_sent: Sequence[str], timeout: float) -> str:
+        """Why no replica answered a read at all, naming each one asked and what it did."""
+        if not asked:
+            return f"no catalog replica could be reached for {kind}: none is configured or due to be retried"
+        unreached = [c.address.endpoint for c in asked if c.address.endpoint in never_sent]
+        silent = [c.address.endpoint for c in asked if c.address.endpoint not in never_sent]
+        why = []
+        if unreached:
+            why.append(f"{', '.join(unreached)}: no connection came up "
+                       "(not running, not reachable, or not a SNIPE replica)")
+        if silent:
+            why.append(f"{', '.join(silent)}: took the request but did not answer within {timeout:g} s")
+        return (f"no catalog replica could be reached for {kind}: " + "; ".join(why)
+                + ". Check that the replicas run and that SNIPE_CATALOG (or the config's catalog list) names them")
 
     def get(self, urn: str, name: str | None = None, *, r: int | None = None, timeout: float | None = None) -> Entry:
         """Every verified assertion about `urn` (merged from R replicas); with `name`, those of

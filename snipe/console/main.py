@@ -63,6 +63,11 @@ def _bytes(n: Any) -> str:
     return str(n)
 
 
+def _load(v: Any) -> str:
+    """A host's load average as people read it: two decimals."""
+    return f"{v:.2f}" if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else "-"
+
+
 def _as_number(v: Any) -> float:
     """A count or amount from a record: a finite number >= 0, else 0."""
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 else 0.0
@@ -104,7 +109,7 @@ def emit(args: argparse.Namespace, data: Any, human: Callable[[], None]) -> None
 # --- commands --------------------------------------------------------------------------------------
 def cmd_hosts(args: argparse.Namespace) -> int:
     hosts = snipe.hosts()
-    rows = [[u.rsplit(":", 1)[1], h.get("arch"), h.get("cpus"), _bytes(h.get("memory")), h.get("load"),
+    rows = [[u.rsplit(":", 1)[1], h.get("arch"), h.get("cpus"), _bytes(h.get("memory")), _load(h.get("load")),
              h.get("tasks"), "draining" if h.get("draining") else "ok", h.get("daemon", "").split("#")[0]]
             for u, h in sorted(hosts.items())]
     emit(args, hosts, lambda: table(f"{len(hosts)} live host(s)",
@@ -231,6 +236,10 @@ def show_data(text: str, catalog: CatalogClient | None = None) -> tuple[dict[str
 
 def cmd_show(args: argparse.Namespace) -> int:
     data, entry = show_data(args.urn)
+    if not data["records"] and not data["rejected"]:
+        # an empty table and exit 0 read as "there is such a thing, with nothing on it"
+        raise NotFound(f"nothing is known about {data['urn']}: no replica holds a record of it "
+                       "(mistyped, never written, or every record has long expired)")
     urn, owner, records, group, now = data["urn"], data["owner"], data["records"], data.get("group"), now_ms()
 
     def human() -> None:
@@ -292,10 +301,25 @@ def key_id_arg(text: str) -> str:
             "as `snipe-console keygen` prints") from None
 
 
+KILL_WAIT_S = 5.0      # how long `kill` waits for the task to end before saying only that the kill was sent
+
+
 def cmd_control(args: argparse.Namespace) -> int:
     p = Process(args.urn)
     # args.signal is already a valid number: the parser checks it with signal_number
     reply = p.signal(args.signal) if args.command == "signal" else getattr(p, args.command)()
+    if args.command == "kill":
+        # The daemon answers before the task has gone (SIGTERM, then SIGKILL after a grace): wait a
+        # little for the end, so "killed" is what happened, or say that only the kill was sent.
+        if reply.get("state") in ("running", "suspended"):
+            reply = p.wait(KILL_WAIT_S)
+        ended = reply.get("state") not in ("running", "suspended")
+        reply = {**reply, "kill_sent": True, "ended": ended}
+        emit(args, reply, lambda: out.print(
+            f"{args.urn}: {reply['state']}" if ended else
+            f"{args.urn}: kill sent; still {reply.get('state')} after {KILL_WAIT_S:g} s "
+            f"(follow it: snipe-console events {args.urn})"))
+        return 0
     emit(args, reply, lambda: out.print(f"{args.urn}: {reply['state']}"))
     return 0
 
@@ -363,6 +387,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.is_dir():
         raise ConfigError(f"{args.path} is a folder; name the key file to write, e.g. {path / 'user.key'}")
+    if not path.parent.exists():
+        raise ConfigError(f"folder {path.parent} does not exist; make it first (mkdir -p {path.parent}) "
+                          "or name a key file in a folder that does")
     if path.exists() and not args.force:
         raise ConfigError(f"{args.path} exists; refusing to overwrite a key (pass --force to replace it: "
                           "the old key is then lost, and whatever it owned with it)")
@@ -375,7 +402,26 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 EXIT_TIMED_OUT = 3
 
 
+TASK_PREFIX = "urn:snipe:proc:"
+
+
+def known_task(text: str, catalog: CatalogClient | None = None) -> str:
+    """The task URN `text`, if the catalog knows it as a task (its host registered it, so it has
+    a supervisor or events); else NotFound, said at once rather than after waiting on a watch that
+    would never hear of it."""
+    urn = validate_urn(text)
+    if not urn.startswith(TASK_PREFIX):
+        raise NotFound(f"no such task: {urn} (a task's URN starts {TASK_PREFIX}; `snipe-console ps -a` "
+                       "lists them)")
+    entry = (catalog or session().catalog).get(urn)
+    now = now_ms()
+    if entry.value("supervisor", now) is None and entry.value("events", now) is None:
+        raise NotFound(f"no such task: {urn} (no host registered it; `snipe-console ps -a` lists the tasks)")
+    return urn
+
+
 def cmd_events(args: argparse.Namespace) -> int:
+    known_task(args.urn)
     last = None
     for ev in Process(args.urn).events(timeout=args.timeout):
         last = ev
@@ -393,9 +439,47 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    urn = snipe.publish(args.path)
+    urn = snipe.publish(args.path, entry=args.entry)
     emit(args, {"urn": urn}, lambda: out.print(urn))
     return 0
+
+
+SPAWN_VALUED = {"--host": "host", "--max-price": "max_price"}
+SPAWN_FLAGS = {"--bids": "bids", "--json": "json"}
+
+
+def split_spawn_args(args: argparse.Namespace, argv: list[str]) -> None:
+    """Take `spawn`'s own options out of what follows the code URN (argparse hands all of it to
+    the task, REMAINDER); the rest, in order, is the task's, and all of it after `--`. (argparse
+    drops a `--` right after the code URN, so that one is looked for in `argv`.)"""
+    tail = argv[argv.index("spawn") + 1:]
+    at = tail.index(args.code) if args.code in tail else -1
+    if 0 <= at < len(tail) - 1 and tail[at + 1] == "--":
+        return
+    rest, task = list(args.args), []
+    while rest:
+        word = rest.pop(0)
+        name, eq, value = word.partition("=")
+        if word == "--":
+            task += rest
+            break
+        if name in SPAWN_VALUED:
+            if not eq:
+                if not rest:
+                    raise BadArguments(f"argument {name}: expected one argument", "")
+                value = rest.pop(0)
+            if name == "--max-price":
+                try:
+                    args.max_price = float(value)
+                except ValueError:
+                    raise BadArguments(f"argument --max-price: invalid float value: {value!r}", "") from None
+            else:
+                setattr(args, SPAWN_VALUED[name], value)
+        elif word in SPAWN_FLAGS:
+            setattr(args, SPAWN_FLAGS[word], True)
+        else:
+            task.append(word)
+    args.args = task
 
 
 def cmd_spawn(args: argparse.Namespace) -> int:
@@ -564,6 +648,9 @@ def _print_status(home: Path, status: dict[str, Any] | None) -> None:
         out.print(f"stop what is left with `snipe-console cluster down --home {home}`, then `cluster up` again")
     elif status["state"] == "stopped":
         out.print("every process has ended (as after a reboot); the next `cluster up` or snipe.init() starts anew")
+    for key in ("admin_key_file", "user_key_file"):
+        if status.get(key):
+            out.print(f"{key.replace('_', ' ')}: {status[key]}")
 
 
 class BadArguments(ValueError):
@@ -589,8 +676,11 @@ class _null:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="snipe-console", description="Look at and steer a SNIPE cluster.")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of tables (also taken after the command)")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    # SUPPRESS: unset unless given here, so a subcommand does not reset a --json given before it
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON instead of tables")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("hosts", parents=[common], help="live hosts").set_defaults(fn=cmd_hosts)
     p = sub.add_parser("ps", parents=[common], help="tasks on every host")
@@ -641,10 +731,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_events)
     p = sub.add_parser("publish", parents=[common], help="publish a script or folder as mobile code")
     p.add_argument("path")
+    p.add_argument("--entry", help="what a folder runs, if not its __main__.py or main.py: a script in it "
+                                   "(path/to/script.py) or module:function")
     p.set_defaults(fn=cmd_publish)
-    p = sub.add_parser("spawn", parents=[common], help="start published code as a task")
+    p = sub.add_parser("spawn", parents=[common], help="start published code as a task",
+                       epilog="Everything after CODE goes to the task, in order (`spawn URN -n 5`), except this "
+                              "command's own options (--host, --bids, --max-price, --json); after `--` "
+                              "everything goes to the task (`spawn URN -- --host x`).")
     p.add_argument("code")
-    p.add_argument("args", nargs="*")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the task's arguments")
     p.add_argument("--host")
     p.add_argument("--bids", action="store_true", help="ask the hosts for bids and take the cheapest (rather than "
                                                        "the least loaded by what they published)")
@@ -695,6 +790,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except BadArguments as exc:
         return fail("--json" in argv, str(exc), "usage", 2, exc.usage)   # 2, as argparse exits
+    if args.command == "spawn":
+        try:
+            split_spawn_args(args, argv)
+        except BadArguments as exc:
+            return fail("--json" in argv, str(exc), "usage", 2, build_parser().format_usage())
     as_json = bool(getattr(args, "json", False))
     try:
         return int(args.fn(args))

@@ -42,10 +42,14 @@ def _status_text(st: dict[str, Any]) -> str:
         lines.append(f"  {h:<6} snl-{st['run']}-{h:<6} " + "  ".join(f"{n}={a}" for n, a in addrs.items()))
     for n, p in st["processes"].items():
         lines.append(f"  {n:<22} pid {p['pid']:<8} {'running' if p['alive'] else 'stopped'}")
-    for fid, f in st["faults"].items():
-        rest = {k: v for k, v in f.items() if k not in ("kind", "at")}
-        lines.append(f"  fault {fid}: {f['kind']} {rest}")
+    lines += [f"  {line}" for line in _fault_lines(st["faults"])]
     return "\n".join(lines)
+
+
+def _fault_lines(faults: dict[str, dict[str, Any]]) -> list[str]:
+    """One line a fault, for people: `fault f1: loss host=h1 net=lan percent=20 direction=both`."""
+    return [f"fault {fid}: {f.get('kind')} " + " ".join(f"{k}={v}" for k, v in f.items() if k not in ("kind", "at"))
+            for fid, f in faults.items()]
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -103,7 +107,8 @@ def cmd_fault(args: argparse.Namespace) -> int:
             raise LabError(f"usage: snipe-netlab fault {kind} {usage}")
 
     if kind == "list":
-        _print(args, lab.faults())
+        faults = lab.faults()
+        _print(args, faults, "\n".join(_fault_lines(faults)) or "no faults")
         return 0
     if kind == "loss":
         need(3, "HOST NET PERCENT")

@@ -6,6 +6,7 @@ and with --json."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import stat
 from pathlib import Path
@@ -139,6 +140,8 @@ def test_keygen_admit_and_drain_off(cluster: LocalCluster, tmp_path: Path, capsy
     monkeypatch.setenv("SNIPE_HOME", str(tmp_path / "home"))    # no local cluster's admin key to fall back on
     admin_key = str(cluster.root / "catalog" / "admin.key")
     path = tmp_path / "keys" / "bob.key"
+    assert_clean_error(run(capsys, "keygen", str(path)), 1, f"folder {path.parent} does not exist")
+    path.parent.mkdir()
     made = run_json(capsys, "keygen", str(path))
     bob = Identity.load(path)
     assert made == {"path": str(path), "key": bob.key_id}
@@ -272,3 +275,65 @@ def test_usage_counts_every_host_a_migrated_task_ran_on(cluster: LocalCluster, t
     assert by_owner["groups"][0]["tasks"] == 1        # one task, two runs
     _, out, _ = run(capsys, "usage")
     assert "1 ended task(s) (2 runs)" in out, out
+
+
+ECHO = '''
+import sys
+import snipe
+snipe.init()
+snipe.catalog().set(snipe.me(), "argv", sys.argv[1:])
+'''
+
+
+def test_unknown_urns_kill_spawn_arguments_and_global_json(cluster: LocalCluster, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """What a user walkthrough tripped on: URNs nothing knows, a kill's outcome, task arguments
+    that look like options, a folder with no main.py, --json before the command."""
+    missing = "urn:snipe:proc:doesnotexist"
+    for urn in (missing, "urn:snipe:host:h9"):          # said at once, not a wait that never ends
+        assert_clean_error(run(capsys, "events", urn), 1, "no such task", urn)
+        assert_json_error(run(capsys, "events", urn, "--json"), 1, "not-found", "no such task", urn)
+    assert_clean_error(run(capsys, "show", missing), 1, f"nothing is known about {missing}")
+    assert_json_error(run(capsys, "show", missing, "--json"), 1, "not-found", f"nothing is known about {missing}")
+    assert run_json(capsys, "show", "urn:snipe:host:h1")["records"]          # a known URN still shows
+
+    code, out, _ = run(capsys, "--json", "hosts")                              # --json before the command too
+    assert code == 0 and set(json.loads(out)) == set(run_json(capsys, "hosts")) == {
+        f"urn:snipe:host:h{i}" for i in (1, 2, 3)}, out
+    code, out, _ = run(capsys, "hosts")
+    assert code == 0 and re.search(r" \d+\.\d\d ", out) and not re.search(r"\d\.\d{3,}", out), out  # load rounded
+
+    (tmp_path / "echo.py").write_text(ECHO)
+    echo = run_json(capsys, "publish", str(tmp_path / "echo.py"))["urn"]
+    task = run_json(capsys, "spawn", echo, "-n", "5", "--host", "h2")          # -n 5 is the task's
+    assert task["host"] == "urn:snipe:host:h2"
+    assert Process(task["urn"]).wait(60)["exit_code"] == 0
+    assert Process(task["urn"]).info()["argv"] == ["-n", "5"]
+    task = json.loads(run(capsys, "--json", "spawn", echo, "--", "--host", "x")[1])
+    assert Process(task["urn"]).wait(60)["exit_code"] == 0
+    assert Process(task["urn"]).info()["argv"] == ["--host", "x"]
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "run.py").write_text(ECHO)
+    assert_clean_error(run(capsys, "publish", str(tmp_path / "pkg")), 1, "no entry point", "--entry")
+    assert run_json(capsys, "publish", str(tmp_path / "pkg"), "--entry", "run.py")["urn"].startswith(
+        "urn:snipe:code:sha256:")
+
+    mistyped = echo[:-4] + ("0000" if not echo.endswith("0000") else "1111")
+    assert_clean_error(run(capsys, "spawn", mistyped), 1, f"no code published at {mistyped}")
+    assert_clean_error(run(capsys, "spawn", "urn:snipe:proc:abc"), 1, "urn:snipe:proc:abc is not a code URN")
+
+    sleeper = snipe.publish(_write(tmp_path / "sleeper.py", SLEEPER))
+    p = snipe.spawn(sleeper, "600", host="h1")
+    wait_for(lambda: p.status()["state"] == "running", 20, "the sleeper to run")
+    code, out, _ = run(capsys, "kill", p.urn)
+    assert code == 0 and out.strip() == f"{p.urn}: killed", out          # what happened, not "running"
+    p2 = snipe.spawn(sleeper, "600", host="h1")
+    wait_for(lambda: p2.status()["state"] == "running", 20, "the second sleeper to run")
+    killed = run_json(capsys, "kill", p2.urn)
+    assert killed["state"] == "killed" and killed["ended"] is True, killed
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.support import wait_for
 
@@ -67,3 +70,31 @@ def test_demo_that_cannot_make_its_folder_reports_an_error_not_a_traceback(tmp_p
     human = demo("--limit", "1000", "--workers", "2", "--dir", str(not_a_folder))
     assert human.returncode == 2 and "Traceback" not in human.stderr
     assert human.stderr.startswith("snipe-demo: error: cannot make the demo's cluster folder")
+
+
+@pytest.mark.parametrize("phase", ["starting", "working"])
+def test_ctrl_c_stops_the_cluster_and_says_so_without_a_traceback(tmp_path: Path, phase: str) -> None:
+    """SIGINT (what Ctrl-C sends) while the cluster starts, or while the workers run: every
+    process stops, one line says so, exit 130."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SNIPE_")} | {"PYTHONUNBUFFERED": "1"}
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    out_file = tmp_path / "demo.out"
+    with open(out_file, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "snipe.demo", "--dir", str(folder)], env=env,
+                                stdout=out, stderr=subprocess.PIPE, text=True)
+    try:
+        if phase == "starting":
+            wait_for(lambda: [p for p in _mentioning(folder) if p != proc.pid], 30, "a replica to start")
+        else:
+            wait_for(lambda: "spawned" in out_file.read_text(), 60, "the workers to be spawned")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert re.fullmatch(r"snipe-demo: interrupted; stopped [1-6] process\(es\)", err.strip().splitlines()[-1]), err
+    wait_for(lambda: _mentioning(folder) == [], 10, "every process the demo started to end")
+    assert list(folder.iterdir()) == []          # its cluster folder removed too

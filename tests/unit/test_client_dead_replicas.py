@@ -32,3 +32,31 @@ def test_a_put_to_replicas_that_are_all_down_waits_instead_of_spinning(monkeypat
     # tried again every 10 ms for the second the put may take: about 3 x 100 attempts, not the
     # hundreds of thousands of a loop that never waits
     assert 0 < attempts < 2_000, attempts
+
+
+def test_a_read_no_replica_answers_names_each_replica_and_what_it_did() -> None:
+    """Nothing listening, and a replica that takes the request but never answers: the error says
+    no replica could be reached and names each, not "only 0 of R=... gave a verifiable answer"."""
+    import zmq
+
+    from snipe.transport import server_socket
+
+    me, replica = Identity.generate(), Identity.generate()
+    closed = f"tcp://127.0.0.1:{free_port('127.0.0.1')}"
+    ctx = zmq.Context.instance()
+    mute = server_socket(ctx, zmq.ROUTER, replica)       # completes the handshake, never replies
+    port = mute.bind_to_random_port("tcp://127.0.0.1")
+    silent = f"tcp://127.0.0.1:{port}"
+    try:
+        with CatalogClient([f"{closed}#{replica.key_id}"], me, me.key_id, timeout=0.5, r=1) as c, \
+                pytest.raises(QuorumError) as refused:
+            c.query("urn:snipe:host:")
+        assert str(refused.value).startswith("no catalog replica could be reached for query: "
+                                             f"{closed}: no connection came up"), refused.value
+        assert "SNIPE_CATALOG" in str(refused.value)
+        with CatalogClient([f"{silent}#{replica.key_id}"], me, me.key_id, timeout=0.5, r=1) as c, \
+                pytest.raises(QuorumError) as mum:
+            c.get("urn:snipe:host:h1")
+        assert f"{silent}: took the request but did not answer within 0.5 s" in str(mum.value), mum.value
+    finally:
+        mute.close(0)

@@ -111,7 +111,11 @@ def test_load_of_a_missing_file_says_how_to_make_one(tmp_path):
     path = tmp_path / "absent.key"
     with pytest.raises(ConfigError) as info:
         Identity.load(path)
-    assert str(info.value) == f"key file {path} does not exist; create one with `snipe-console keygen`"
+    assert str(info.value) == f"key file {path} does not exist; create one with `snipe-console keygen {path}`"
+    deeper = tmp_path / "no" / "such" / "user.key"         # keygen refuses a missing folder: say to make it
+    with pytest.raises(ConfigError) as info:
+        Identity.load(deeper)
+    assert str(info.value).endswith(f"create one with `mkdir -p {deeper.parent} && snipe-console keygen {deeper}`")
 
 
 NOT_A_SEED = "key file {path} does not hold a 64-hex-character Ed25519 seed"
