@@ -534,6 +534,8 @@ class Daemon:
 
         A verified manifest is kept for MANIFEST_TTL_S, so spawns of the same code within that
         time skip the catalog read (the bytes are checked against the URN when installed)."""
+        if not urn.startswith("urn:snipe:code:"):
+            raise UrnError(f"{urn} is not a code URN (urn:snipe:code:...); spawn the URN `publish` printed")
         hit = self._manifests.get(urn)
         if hit is not None and hit[0] > time.monotonic():
             cached = self.codes.path_for(urn)
@@ -543,8 +545,6 @@ class Daemon:
         now = _now_ms()
         owner = entry.owner(self.cfg.admin_key, now)
         manifests = [a for a in entry.live(now) if a.name == "manifest" and a.signer.hex() == owner]
-        if not urn.startswith("urn:snipe:code:"):
-            raise UrnError(f"{urn} is not a code URN (urn:snipe:code:...); spawn the URN `publish` printed")
         if not entry.records:
             raise NotFound(f"no code published at {urn}; check the URN, or publish the code first")
         if owner is None or not manifests or not isinstance(manifests[0].value, dict):
