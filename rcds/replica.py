@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from rcds.storage import EXPIRE, Storage, WriteTxn
 from snipe import authority, hlc
-from snipe.assertion import Assertion, decode_assertion
+from snipe.assertion import Assertion, check_name, decode_assertion
 from snipe.errors import CodecError, NotAuthorized, SignatureError, SnipeError, StaleWrite, TooLarge
 
 DEFAULT_GC_GRACE_MS = 24 * 3600 * 1000
@@ -152,6 +152,10 @@ class Replica:
             if held.rank > a.rank:
                 return Refused(StaleWrite(
                     f"{a.describe()} is older than the held one at {held.ts}; re-read and write again"), a)
+        try:                              # new here: it must leave room for its timers' keys
+            check_name(a.name, a.urn)
+        except CodecError as exc:
+            return Refused(exc, a)
         gc_at = self._gc_at(a)
         if gc_at is not None and gc_at <= now_ms:
             # Past its grace period: every replica forgets it, so storing it would only resurrect it.

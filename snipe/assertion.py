@@ -34,9 +34,12 @@ SIGNING_DOMAIN = "snipe-assertion/1"
 MAX_NAME_LENGTH = 256
 # A replica keys a record by leaf (2 bytes), URN, NUL, name, NUL and signer (32 bytes), and an
 # expiry or clean-up timer by 9 more bytes: LMDB takes keys of at most 511 bytes, so a URN and
-# a name may take at most 466 bytes together (UTF-8). Checked here, a record too long to store
-# is refused on its own, at the writer and at every replica, never failing a batch it rides in.
+# a name may take at most 466 bytes together (UTF-8) in a record written now. Checked at the
+# writer and by every replica for each record it has not stored yet, a record too long to store
+# is refused on its own, never failing a batch it rides in. Records without a timer stored before
+# that check may be up to 475 bytes: they still decode, so nothing stored goes unread.
 MAX_URN_AND_NAME_BYTES = 511 - 9 - 2 - 1 - 1 - 32
+MAX_STORED_URN_AND_NAME_BYTES = 511 - 2 - 1 - 1 - 32
 MAX_VALUE_DEPTH = 16
 MAX_ASSERTION_BYTES = 1024 * 1024
 RECORD_OVERHEAD = 48
@@ -46,15 +49,16 @@ INT_MIN, INT_MAX = -(2**63), 2**64 - 1
 Value = bytes | str | int | float | bool | list["Value"] | dict[str, "Value"]
 
 
-def check_name(name: object, urn: str) -> str:
-    """`name` if it is a valid name for an assertion about `urn`; CodecError otherwise."""
+def check_name(name: object, urn: str, limit: int = MAX_URN_AND_NAME_BYTES) -> str:
+    """`name` if it is a valid name for an assertion about `urn` (taking at most `limit` bytes
+    with it); CodecError otherwise."""
     if not isinstance(name, str):
         raise CodecError(f"assertion name must be a string, not {type(name).__name__}")
     shown = repr(name if len(name) <= 40 else name[:40] + "…")
     if not name or len(name) > MAX_NAME_LENGTH or "\x00" in name:
         raise CodecError(f"assertion name {shown} must be 1 to {MAX_NAME_LENGTH} characters without NUL")
     size = len(urn) + len(name.encode())
-    if size > MAX_URN_AND_NAME_BYTES:
+    if size > limit:
         raise CodecError(f"assertion name {shown} of {urn}: the URN and the name take {size} bytes (UTF-8), "
                          f"more than the {MAX_URN_AND_NAME_BYTES} a replica can key a record by")
     return name
@@ -219,7 +223,7 @@ def _decode(data: bytes) -> Assertion:
         urn = validate_urn(urn)
     except UrnError as exc:
         raise CodecError(f"assertion has a bad URN: {exc}") from None
-    check_name(name, urn)
+    check_name(name, urn, MAX_STORED_URN_AND_NAME_BYTES)
     if type(ts) is not int or not 0 <= ts < 2**64:
         raise CodecError("assertion timestamp must be a 64-bit unsigned integer")
     if type(ttl_ms) is not int or not 0 <= ttl_ms <= MAX_TTL_MS:

@@ -10,13 +10,21 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from rcds.replica import Accepted, Refused, Replica
 from rcds.storage import EXPIRE, PUT, ZERO, Change, MemoryStorage, Storage
 from rcds.store import LmdbStorage
 from snipe import hlc
-from snipe.assertion import MAX_URN_AND_NAME_BYTES, Assertion, make_assertion
+from snipe.assertion import (
+    MAX_STORED_URN_AND_NAME_BYTES,
+    MAX_URN_AND_NAME_BYTES,
+    Assertion,
+    _signing_bytes,
+    decode_assertion,
+    make_assertion,
+)
 from snipe.errors import CodecError, NotAuthorized, SignatureError, StaleWrite, TooLarge
 from snipe.identity import Identity
 
@@ -207,6 +215,25 @@ def test_the_longest_urn_and_name_are_stored_leased_expired_and_deleted(replica,
     gone = tomb(ALICE, urn, name, at=2)
     assert ingest(replica, gone) == [("accepted", gone, 5, True)]
     assert held(storage, urn) == {c, gone}
+
+
+def test_a_record_stored_before_the_key_limit_still_decodes_but_none_that_long_is_taken_anew(replica):
+    """Records without a timer of up to 475 bytes of URN and name fit LMDB's keys and may have
+    been stored before the 466-byte limit: they decode (nothing stored goes unread), but a
+    replica takes no new one, as its tombstone's clean-up timer would not fit."""
+    admitted_alice(replica)
+    urn = "urn:snipe:proc:" + "p" * 241
+    name = "n" * (MAX_STORED_URN_AND_NAME_BYTES - len(urn))
+    ts = hlc.pack(T0 + 1)
+    body = _signing_bytes(urn, name, 1, ts, 0, False, ALICE.public_key)
+    raw = msgpack.packb([urn, name, 1, ts, 0, False, ALICE.public_key, ALICE.sign(body)], use_bin_type=True)
+    a = decode_assertion(raw)
+    assert a.name == name
+    with pytest.raises(CodecError, match="take 475 bytes"):
+        put(ALICE, urn, name, 1, at=1)
+    assert ingest(replica, claim(ALICE, urn))[0][0] == "accepted"
+    (result,) = replica.ingest([raw], NOW)
+    assert isinstance(result, Refused) and "more than the 466" in str(result.error)
 
 
 def test_keys_lmdb_cannot_hold_are_looked_up_as_absent(tmp_path):
