@@ -52,7 +52,7 @@ EXCLUDED_NAMES = frozenset({
 EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 MAX_LINK_HOPS = 40
 MAX_UNPACKED_BYTES = DEFAULT_MAX_SIZE     # what a code blob's files may add up to, unpacked
-MAX_MEMBERS = 20_000                      # members (files, folders, links) in one code blob
+MAX_MEMBERS = 100_000                     # members (files, folders, links) in one code blob
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)   # what `isreg` also says of sparse and contiguous members
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -353,6 +353,9 @@ def _collect(root: Path, max_size: int) -> list[_Member]:
                 members.append(_Member(rel, "file", full.read_bytes(), _is_executable(st.st_mode)))
             else:
                 raise CodeError(f"cannot package {str(root)!r}: {rel!r} is not a regular file, folder or symlink")
+            if len(members) > MAX_MEMBERS:      # a daemon would refuse to unpack it (unpack)
+                raise TooLarge(f"cannot package {str(root)!r}: it has more than {MAX_MEMBERS} files, folders and "
+                               "links; leave out what the task does not need")
     members.sort(key=lambda m: m.name)
     names = {m.name for m in members}
     for m in members:

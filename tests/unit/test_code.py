@@ -596,6 +596,19 @@ def test_unpacked_size_and_member_count_are_capped_from_the_headers(tmp_path: Pa
     unpack(tar_of(*[reg(f"m{i}.py") for i in range(3)]), tmp_path / "out")      # at the caps: fine
 
 
+def test_a_folder_with_more_members_than_a_daemon_unpacks_is_refused_when_packaged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(code_mod, "MAX_MEMBERS", 3)
+    src = tmp_path / "pkg"
+    src.mkdir()
+    for i in range(4):
+        (src / f"m{i}.py").write_text("print(1)\n")
+    with pytest.raises(TooLarge, match="more than 3 files, folders and links"):
+        package(src, entry="m0.py")
+    (src / "m3.py").unlink()
+    assert package(src, entry="m0.py").manifest["files"] == 3
+
+
 def test_a_header_claiming_more_than_the_cap_is_refused_without_reading(tmp_path: Path):
     info = tarfile.TarInfo("main.py")
     info.size = code_mod.MAX_UNPACKED_BYTES + 1
