@@ -106,7 +106,11 @@ class Session:
             ep = Endpoint(me, self.identity, self.catalog_addresses, self.admin_key, host_urn=self.host,
                           runtime_dir=(self.home / "msg") if self.home else None,
                           session_seed=me if copy is not None else None)
-            ep.start(self._publisher(me, copy), prepare)
+            try:
+                ep.start(self._publisher(me, copy), prepare)
+            except BaseException:
+                ep.close()              # its sockets and files: a later call starts another
+                raise
             self._endpoint = ep
             if os.environ.get("SNIPE_PROC_URN") == me:      # a task: its daemon may migrate it
                 from snipe.migration.origin import OriginShell
@@ -534,17 +538,42 @@ def recv(source: str | None = None, tag: int | None = None, timeout: float | Non
             return m
 
 
+# safe_point() in a task whose messaging could not start (the catalog briefly unreachable): it
+# tries again this often, and says so once
+SAFE_POINT_START_RETRY_S = 5.0
+@dataclass
+class _StartRetry:
+    at: float = 0.0         # the next try (monotonic)
+    said: bool = False
+
+
+_safe_point_start = _StartRetry()
+
+
 def safe_point() -> None:
     """Say this is a good moment to take the task's state (a migration waits for one): for a
     task that computes long between its other snipe calls. In a task, the first call starts its
     messaging if nothing else has (its daemon asks it to move by a message, so a task that only
-    ever calls safe_point is migratable too); after that it costs nothing when none is waiting."""
+    ever calls safe_point is migratable too); after that it costs nothing when none is waiting.
+    It never raises: if the messaging cannot start yet, it says so once and tries again at most
+    every SAFE_POINT_START_RETRY_S (the task is not migratable till then)."""
     s = session()
     ep = s._endpoint
     if ep is None:
         if s.me is None or s.me != os.environ.get("SNIPE_PROC_URN"):
             return          # not a task: nothing can ask it to move
-        ep = s.endpoint()
+        now = time.monotonic()
+        if now < _safe_point_start.at:
+            return
+        try:
+            ep = s.endpoint()
+        except SnipeError as exc:
+            _safe_point_start.at = now + SAFE_POINT_START_RETRY_S
+            if not _safe_point_start.said:
+                _safe_point_start.said = True
+                log.warning("snipe.safe_point(): could not start this task's messaging (%s); it cannot be "
+                            "migrated until it does, and is tried again every %g s", exc, SAFE_POINT_START_RETRY_S)
+            return
     if ep.safe_point_due:
         ep._safe_point()
 

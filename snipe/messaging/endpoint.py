@@ -328,6 +328,9 @@ class Endpoint:
         self.frozen = False
         self.moved: dict[str, Any] | None = None
         self.periodic: list[Callable[[float], None]] = []      # run by the I/O thread about every 0.5 s
+        # run likewise, and while frozen too (catalog writes that keep the process's standing, such as
+        # its group memberships' leases, not messaging), until the process has moved
+        self.leases: list[Callable[[float], None]] = []
         # run by the I/O thread after each turn's reads, before it sends what they queued: a
         # multicast router sends what it relayed this turn as one batch per member
         self.turn_end: list[Callable[[], None]] = []
@@ -959,9 +962,9 @@ class Endpoint:
         if self.commands:
             self._take_commands()       # what handlers and relays queued this turn
         now = time.monotonic()
-        if now - self._periodic_at >= 0.5 and not self.frozen:
+        if now - self._periodic_at >= 0.5:
             self._periodic_at = now
-            for job in self.periodic:
+            for job in self.leases if self.frozen else [*self.leases, *self.periodic]:
                 try:
                     job(now)
                 except SnipeError as exc:

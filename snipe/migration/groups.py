@@ -59,8 +59,10 @@ def restore_groups(m: Membership, state: dict[str, Any], *, same_incarnation: bo
 
 def reregister(m: Membership, catalog: CatalogClient, host: str | None) -> None:
     """Say in each group's entry that this member now stands on `host` (same routers), as the
-    lease this process renews from now on."""
+    lease this process renews from now on, and have the routers replay what they relayed while
+    the lease may have lapsed (Membership.reassert): a checkpoint's restore comes long after the
+    lost process stopped renewing, and a clone after its original's freeze."""
     with m.lock:
         joined = dict(m.joined)
-    for g, routers in joined.items():
-        m.assert_member(catalog, g, {"host": host or "", "routers": routers, "since": now_ms()})
+    since = now_ms()
+    m.reassert(catalog, {g: {"host": host or "", "routers": routers, "since": since} for g, routers in joined.items()})

@@ -17,7 +17,11 @@ races: `member.<proc URN>` = {host, routers} by each member's own key, `router.<
 {daemon} by each router daemon, each a lease. A member's lease (`member_lease_s`, default
 MEMBER_LEASE_S) is renewed by its own process, every group's in one catalog write every third of
 the lease, so a member that exits or dies without leave() stops being listed (and relayed to)
-once it runs out; a process that has migrated away leaves the renewal to its clone. The first
+once it runs out; the renewal goes on while a migration has the endpoint frozen, and a process
+that has migrated away leaves it to its clone. Whenever a member says it is one again after its
+lease may have lapsed (a clone, a task restored from a checkpoint, a renewal that got through
+only after the lease ran out), it also sends its routers a Resume: what they relayed while it
+was not listed is replayed, and what it already has is dropped as a duplicate. The first
 joiner claims the group and lets every admitted key write `member.` and `router.` names under it.
 """
 
@@ -87,6 +91,9 @@ SAY_EVERY_S = 60.0          # a log line about what a non-router sent us: at mos
 # renewed every third of it: a member that died stops being listed at most this long after.
 MEMBER_LEASE_S = 15.0
 MEMBER_LEASE_ENV = "SNIPE_MEMBER_LEASE_S"
+# A lease written back this close to (or after) when the last one ran out may have lapsed, by
+# the catalog's and the routers' clocks: the member then asks its routers to replay (a Resume).
+LAPSE_MARGIN_S = 1.0
 
 log = logging.getLogger("snipe.multicast")
 
@@ -145,7 +152,10 @@ class Membership:
         self.lock = threading.Lock()
         self.joined: dict[str, list[str]] = {}            # group -> routers we registered with
         self.asserted: dict[str, dict[str, Any]] = {}     # group -> our `member.` value, renewed as a lease
-        self.renew_at = math.inf                          # when _tend next renews them (monotonic)
+        self.renew_at = math.inf                          # when _renew next renews them (monotonic)
+        # group -> when the lease last written may run out (monotonic; -inf: it may have already)
+        self.lease_until: dict[str, float] = {}
+        self.renewed_ts = 0                               # the latest timestamp a lease was signed with
         self.since: dict[str, int] = {}                   # group -> when we joined (ms)
         self.first_seen: dict[str, dict[str, float]] = {}  # group -> live router -> when we first saw it live
         self.reorder: dict[tuple[str, str], Reorder] = {}
@@ -167,6 +177,7 @@ class Membership:
         endpoint.system_handlers[MCAST_DELIVER] = self._on_deliver
         endpoint.system_handlers[MCAST_REPLAYED] = endpoint.one_by_one(self._on_replayed)
         endpoint.periodic.append(self._tend)
+        endpoint.leases.append(self._renew_leases)        # while frozen too: a migration takes a while
 
     # --- the application's calls ------------------------------------------------------------------
     def join(self, group: str, elect: Any = None) -> list[str]:
@@ -194,9 +205,15 @@ class Membership:
             self.waits.pop(group, None)
             self.hold_new_until.pop(group, None)
             self.asserted.pop(group, None)
+            self.lease_until.pop(group, None)
             for key in [k for k in self.reorder if k[0] == group]:
                 del self.reorder[key]
-        self.catalog.delete(group, MEMBER + self.me)
+            # Signed under the lock and timestamped past every lease signed so far (the I/O
+            # thread signs renewals under it, with another client's clock): a renewal signed
+            # just before cannot outlast the tombstone, and none after includes this group.
+            self.catalog.clock.update(self.renewed_ts, now_ms())
+            tombstone = self.catalog.sign(group, MEMBER + self.me, deleted=True)
+        self.catalog.put([tombstone])
 
     def members(self, group: str) -> list[str]:
         return sorted(live_members(self.catalog.get(validate_urn(group)), now_ms()))
@@ -252,24 +269,67 @@ class Membership:
         return chosen
 
     def assert_member(self, catalog: CatalogClient, group: str, value: dict[str, Any]) -> None:
-        """Say in `group`'s entry that we are a member (`value`), as a lease that _tend renews."""
-        catalog.set(group, MEMBER + self.me, value, ttl=self.lease_s)
+        """Say in `group`'s entry that we are a member (`value`), as a lease that _renew renews."""
+        start = time.monotonic()
+        with self.lock:
+            record = catalog.sign(group, MEMBER + self.me, value, ttl=self.lease_s)
+            self.renewed_ts = max(self.renewed_ts, record.ts)
+        catalog.put([record])
         with self.lock:
             self.asserted[group] = value
-            self.renew_at = min(self.renew_at, time.monotonic() + self.lease_s / 3)
+            self.lease_until[group] = start + self.lease_s
+            self.renew_at = min(self.renew_at, start + self.lease_s / 3)
+
+    def reassert(self, catalog: CatalogClient, values: dict[str, dict[str, Any]]) -> None:
+        """Say again that we are a member of each group in `values` (group -> our `member.`
+        value) where our lease may have lapsed meanwhile (a migration's clone, a task restored
+        from a checkpoint), and ask our routers to replay what they relayed to us in the gap (a
+        router delivers to listed members only). If the catalog cannot be reached, the renewal
+        keeps trying, and replays once it gets through."""
+        start = time.monotonic()
+        with self.lock:
+            for group, value in values.items():
+                self.asserted[group] = value
+                self.lease_until[group] = -math.inf        # the renewal that gets through replays
+            records = [catalog.sign(g, MEMBER + self.me, v, ttl=self.lease_s) for g, v in sorted(values.items())]
+            self.renewed_ts = max([self.renewed_ts, *(r.ts for r in records)])
+        try:
+            for i in range(0, len(records), MAX_BATCH_RECORDS):
+                catalog.put(records[i:i + MAX_BATCH_RECORDS])
+        except SnipeError as exc:
+            with self.lock:
+                self.renew_at = min(self.renew_at, start)
+            log.warning("%s: saying again that it is a member of %d group(s) failed (%s); its lease renewal "
+                        "keeps trying", self.me, len(records), exc)
+            return
+        with self.lock:
+            for group in values:
+                if group in self.asserted:
+                    self.lease_until[group] = start + self.lease_s
+            self.renew_at = min(self.renew_at, start + self.lease_s / 3)
+        for group in sorted(values):
+            self._resume_gap(group)
+
+    def _renew_leases(self, now: float) -> None:
+        """(I/O thread, an endpoint lease job: runs while frozen too.)"""
+        if self.endpoint.catalog is not None:
+            self._renew(self.endpoint.catalog, now)
 
     def _renew(self, catalog: CatalogClient, now: float) -> None:
         """(I/O thread.) Renew the `member.` leases of every group we are in, in one write, every
-        third of the lease; not once this process has moved away (its clone renews them)."""
+        third of the lease, also while the endpoint is frozen for a migration; not once this
+        process has moved away (its clone renews them). A renewal that gets through after the
+        lease may have run out (the catalog was unreachable that long) asks the routers to replay."""
         if now < self.renew_at:
             return
         if self.endpoint.moved is not None:
             self.renew_at = math.inf
             return
-        with self.lock:
-            values = {g: v for g, v in self.asserted.items() if g in self.joined}
-        self.renew_at = now + self.lease_s / 3 if values else math.inf
-        records = [catalog.sign(g, MEMBER + self.me, v, ttl=self.lease_s) for g, v in sorted(values.items())]
+        with self.lock:      # signed under the lock: see leave()
+            groups = sorted(g for g in self.asserted if g in self.joined)
+            records = [catalog.sign(g, MEMBER + self.me, self.asserted[g], ttl=self.lease_s) for g in groups]
+            self.renewed_ts = max([self.renewed_ts, *(r.ts for r in records)])
+        self.renew_at = now + self.lease_s / 3 if records else math.inf
         for i in range(0, len(records), MAX_BATCH_RECORDS):
             try:
                 catalog.put(records[i:i + MAX_BATCH_RECORDS])
@@ -278,6 +338,28 @@ class Membership:
                 log.warning("%s: renewing its membership of %d group(s) failed (%s); trying again", self.me,
                             len(records), exc)
                 return
+            done = max(now, time.monotonic())
+            lapsed: list[str] = []
+            with self.lock:
+                for group in groups[i:i + MAX_BATCH_RECORDS]:
+                    if group not in self.asserted:
+                        continue                 # left meanwhile (its tombstone is the later)
+                    if self.lease_until.get(group, -math.inf) - LAPSE_MARGIN_S <= done:
+                        lapsed.append(group)
+                    self.lease_until[group] = now + self.lease_s
+            for group in lapsed:
+                log.warning("%s: its membership of %s may have lapsed (renewed only after its %g s lease); "
+                            "asking its routers to replay the gap", self.me, group, self.lease_s)
+                self._resume_gap(group)
+
+    def _resume_gap(self, group: str) -> None:
+        """Our lease may have lapsed, so our routers may have relayed without us: a Resume makes
+        them relay to us again at once and replay from where each sender's stream stands here
+        (what we already have is dropped as a duplicate)."""
+        with self.lock:
+            routers = list(self.joined.get(group, ()))
+        if routers:
+            self._resume(group, routers, self._submit_resume)
 
     def _resume(self, group: str, routers: Sequence[str], send: Any, replay_only: Sequence[str] = (),
                 new_only: bool = False) -> None:
@@ -320,7 +402,6 @@ class Membership:
         catalog = self.endpoint.catalog
         if catalog is None:
             return
-        self._renew(catalog, now)
         with self.lock:
             joined = dict(self.joined)
         for group, mine in joined.items():

@@ -80,6 +80,7 @@ class _Endpoint:
     def __init__(self) -> None:
         self.system_handlers: dict[int, Any] = {}
         self.periodic: list[Any] = []
+        self.leases: list[Any] = []
         self.catalog = None
         self.session_seed = None
         self.sent: list[tuple[str, int, bytes]] = []
