@@ -27,9 +27,10 @@ reaches the member first (relayed, or replayed to a member it does not deliver t
 Bounds (what any admitted key could otherwise make this daemon hold and renew): a key has
 members in at most MAX_GROUPS_PER_KEY groups here, and the host in at most MAX_GROUPS; a join past
 either is refused (QuotaExceeded) before any catalog work. Both count live members only: a member
-is forgotten on an explicit leave, when its task here exits, is killed, lost or migrated
-(`forget`), and by `tick` once its `member.` lease (which its own process renews) is no longer
-live, JOIN_GRACE_S after its join at the earliest (it writes the lease after the join is answered).
+is forgotten on an explicit leave, and by `tick` once its `member.` lease (which its own process
+renews) is no longer live, JOIN_GRACE_S after its join at the earliest (it writes the lease after
+the join is answered). The lease, not the daemon's task events, decides: a task's events do not
+say whether the process that joined is gone (forgetting on them dropped live members).
 A group with no local member left is kept only while a live member (from anywhere, a process
 without a daemon of its own included) lists this host among its routers; otherwise this router
 steps down (its lease withdrawn, no longer renewed), as a surplus router does: at once on an
@@ -207,18 +208,6 @@ class GroupRouter:
         if self._registered_here(entry, now_ms(), but=member):
             return
         self._step_down(group, "no live member is here or registered with it")
-
-    def forget(self, member: str) -> None:
-        """`member` (a task of this host that exited, was killed, lost or moved away) is in no
-        group here any more; what it leaves empty `tick` steps down from, once no live member
-        elsewhere is registered with this router (no catalog work here: called on task events)."""
-        with self.lock:
-            for group in [g for g, members in self.local.items() if member in members]:
-                del self.local[group][member]
-                if not self.local[group]:
-                    del self.local[group]
-                log.info("%s: %s is no longer a member of %s here (its task ended or moved)", self.host_urn,
-                         member, group)
 
     def _registered_here(self, entry: Entry, now: int, but: str = "") -> bool:
         """Whether a live member (other than `but`) lists this host among its routers."""

@@ -184,7 +184,6 @@ class Migrations:
         rec = d.tasks[mig.urn]
         rec["state"], rec["moved_to"] = "migrated", mig.target
         d.state.put_task(mig.urn, rec)
-        d.groups.forget(mig.urn)       # its clone renews its memberships; this router serves it while listed
         d._reply(mig.client, mig.env.reply(urn=mig.urn, **{"from": d.cfg.host_urn}, to=mig.target,
                                            supervisor=mig.target_daemon))
 

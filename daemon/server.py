@@ -892,11 +892,6 @@ class Daemon:
                             log.warning("could not account for %s before it moved: %s", ev.urn, exc)
             self.state.put_task(ev.urn, rec)
             return
-        # a member that dies without leave() is in no group here (none is known yet while tasks
-        # are re-adopted at start, before the router exists)
-        groups: GroupRouter | None = getattr(self, "groups", None)
-        if groups is not None and ev.kind in ("exited", "killed", "lost"):
-            groups.forget(ev.urn)
         rec["seq"] += 1
         state = {"started": "running", "resumed": "running", "suspended": "suspended", "exited": "exited",
                  "killed": "killed", "lost": "lost"}.get(ev.kind, rec["state"])

@@ -211,19 +211,6 @@ def test_a_member_not_yet_listed_is_kept_through_its_join_grace():
     assert r.status()["local"] == {group(1): ["urn:snipe:proc:a"]} and r.status()["routing"] == [group(1)]
 
 
-def test_a_task_that_ended_is_forgotten_at_once_and_its_group_stepped_down_from():
-    r, catalog, clock, _ = router()
-    join(r, catalog, group(1), "urn:snipe:proc:a", "ka")
-    join(r, catalog, group(2), "urn:snipe:proc:a", "ka")
-    join(r, catalog, group(2), "urn:snipe:proc:b", "kb")
-    r.forget("urn:snipe:proc:a")                            # its task exited (its lease still runs)
-    dies(catalog, group(1), "urn:snipe:proc:a")
-    dies(catalog, group(2), "urn:snipe:proc:a")
-    assert r.status()["local"] == {group(2): ["urn:snipe:proc:b"]}
-    upkeep_round(r, clock)
-    assert r.status()["routing"] == [group(2)] and catalog.leases(group(1)) == {}
-
-
 def test_a_router_stays_while_a_member_without_a_daemon_is_registered_with_it():
     """A driver on a laptop (no daemon there) registered with this router: the workers here
     leaving does not orphan it; the router steps down once the driver's lease runs out too."""
