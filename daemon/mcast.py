@@ -2,10 +2,10 @@
 
 A daemon stands as a router for a group when a process on its host joins and the election
 rule says so (snipe/multicast/core.should_route); it then holds a `router.<host URN>` lease on
-the group and renews it while the group has members here. The lease's value carries the
-router's counters for the group (relayed, delivered, duplicates, replayed, history), which
-`snipe-console show GROUP` lists. Every turn it re-runs the election for groups with local
-members, so a router that died is replaced. Relaying runs in the daemon's messaging endpoint
+the group and renews it while a live member is here or registered with it (see Bounds). The lease's
+value carries the router's counters for the group (relayed, delivered, duplicates, replayed,
+history), which `snipe-console show GROUP` lists. Every upkeep round it re-runs the election for
+the groups it serves, so a router that died is replaced. Relaying runs in the daemon's messaging endpoint
 thread: each message is relayed once (Relay) to the routers that have not had it yet and to the
 members that registered with it. Who those are is read from the group's catalog entry at most every
 VIEW_REFRESH_S per group (`_View`), not per message. A member that stops being ours (it registered
@@ -26,12 +26,21 @@ reaches the member first (relayed, or replayed to a member it does not deliver t
 
 Bounds (what any admitted key could otherwise make this daemon hold and renew): a key has
 members in at most MAX_GROUPS_PER_KEY groups here, and the host in at most MAX_GROUPS; a join past
-either is refused (QuotaExceeded) before any catalog work. A group whose last local member
-leaves is dropped at once: this router steps down (its lease withdrawn, no longer renewed), as a
-surplus router does, and the routers of the hosts whose members remain cover it. The upkeep in
-`tick` (a catalog read and write per group) runs in slices of at most UPKEEP_SLICE_S, calling
-`keep_lease` (the daemon's host lease) after each group, so a slow catalog or many groups can
-delay router leases but never let the host's lease lapse.
+either is refused (QuotaExceeded) before any catalog work. Both count live members only: a member
+is forgotten on an explicit leave, and by `tick` once its `member.` lease (which its own process
+renews) is no longer live, JOIN_GRACE_S after its join at the earliest (it writes the lease after
+the join is answered). The lease, not the daemon's task events, decides: a task's events do not
+say whether the process that joined is gone (forgetting on them dropped live members).
+A group with no local member left is kept only while a live member (from anywhere, a process
+without a daemon of its own included) lists this host among its routers; otherwise this router
+steps down (its lease withdrawn, no longer renewed), as a surplus router does: at once on an
+explicit leave, within an upkeep round otherwise.
+
+Upkeep: every min(1 s, lease / 4) the router leases of all groups this daemon routes are renewed
+in one batched catalog write (`_renew`), whatever the number of groups. The per-group part of `tick`
+(a catalog read: forget dead members, re-run the election) runs in slices of at most
+UPKEEP_SLICE_S, calling `keep_lease` (the daemon's host lease) after each group, so a slow catalog
+or many groups can delay elections but never let the host's lease or a router lease lapse.
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from snipe.catalog.client import CatalogClient, now_ms
+from snipe.catalog.entry import Entry
+from snipe.catalog.protocol import MAX_BATCH_RECORDS
 from snipe.errors import QuotaExceeded, SnipeError
 from snipe.messaging.channel import Deliver
 from snipe.messaging.endpoint import Endpoint
@@ -89,6 +100,7 @@ HOP_DEADLINE_S = 600.0
 MAX_GROUPS_PER_KEY = 64        # groups one key's processes may have joined through this daemon at once
 MAX_GROUPS = 512               # groups this host may route or have local members in at once
 UPKEEP_SLICE_S = 0.05          # `tick`: catalog upkeep of groups at most this long per daemon turn
+JOIN_GRACE_S = 10.0            # a local member not (yet) listed live is kept this long after its join
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +111,14 @@ class _View:
     expires_ms: int | None         # the earliest lease expiry in the entry it came from
     members: tuple[str, ...]       # members this router delivers to
     routers: tuple[str, ...]       # live routers, this one included, sorted
+
+
+@dataclass(frozen=True, slots=True)
+class _Local:
+    """A member that joined through this daemon."""
+
+    key: str                       # the key that joined it (quotas count per key)
+    since: float                   # when it (last) joined, on the router's clock
 
 
 @dataclass
@@ -119,9 +139,9 @@ class GroupRouter:
         self.host_urn, self.address, self.catalog, self.endpoint = host_urn, address, catalog, endpoint
         self.lease_s, self.wanted = lease_s, wanted
         self.keep_lease, self.clock = keep_lease, clock
-        self.local: dict[str, dict[str, str]] = {}   # group -> member on this host -> the key that joined it
+        self.local: dict[str, dict[str, _Local]] = {}   # group -> live member that joined here
         self.routing: set[str] = set()
-        self.upkeep_due: list[str] = []              # groups this round of `tick` has yet to renew
+        self.upkeep_due: list[str] = []              # groups this round of `tick` has yet to look at
         self.lock = threading.Lock()
         self.relays: dict[str, Relay] = {}
         self.views: dict[str, _View] = {}
@@ -139,6 +159,7 @@ class GroupRouter:
         endpoint.system_handlers[MCAST_RESUME] = endpoint.one_by_one(self._on_resume)
         endpoint.turn_end.append(self._end_turn)
         self.next_refresh = 0.0
+        self.next_renew = 0.0
 
     # --- daemon thread: requests and leases ----------------------------------------------------
     def join(self, group: str, member: str, key: str) -> list[str]:
@@ -147,15 +168,15 @@ class GroupRouter:
         self._check_bounds(group, key)
         ensure_group(self.catalog, group)
         with self.lock:
-            self.local.setdefault(group, {})[member] = key
+            self.local.setdefault(group, {})[member] = _Local(key, self.clock())
         self._elect(group)
         return sorted(live_routers(self.catalog.get(group), now_ms()))
 
     def _check_bounds(self, group: str, key: str) -> None:
         with self.lock:
-            if key in self.local.get(group, {}).values():
+            if any(m.key == key for m in self.local.get(group, {}).values()):
                 return                  # this key is in the group already: nothing new to hold
-            mine = sum(1 for members in self.local.values() if key in members.values())
+            mine = sum(1 for members in self.local.values() if any(m.key == key for m in members.values()))
             held = len(set(self.local) | self.routing)
         if mine >= MAX_GROUPS_PER_KEY:
             raise QuotaExceeded(f"mcast-join {group}: key {key[:16]}… already has members in {mine} groups on "
@@ -165,7 +186,8 @@ class GroupRouter:
                                 f"takes ({MAX_GROUPS}); join through another host, or leave groups first")
 
     def leave(self, group: str, member: str) -> None:
-        """`member` leaves `group`; once no member here is left, this host stops routing it."""
+        """`member` leaves `group`; once no member here is left, this host stops routing it,
+        unless a live member elsewhere is registered with it."""
         with self.lock:
             members = self.local.get(group)
             if members is None:
@@ -174,24 +196,54 @@ class GroupRouter:
             if members:
                 return
             del self.local[group]
-            routed = group in self.routing
-            self.routing.discard(group)
-        if routed:
-            log.info("%s: stepping down as a router for %s (no member here is left)", self.host_urn, group)
-            try:
-                self.catalog.delete(group, ROUTER + self.host_urn)
-            except SnipeError as exc:       # not renewed any more: it lapses within a lease
-                log.warning("could not withdraw the router lease on %s (it lapses in %.0f s): %s", group,
-                            self.lease_s, exc)
+            if group not in self.routing:
+                return
+        try:
+            self.catalog.invalidate(group)
+            entry = self.catalog.get(group)
+        except SnipeError as exc:       # `tick` looks again within a round
+            log.warning("%s: could not read %s after its last local member left (%s); deciding on the next "
+                        "upkeep round", self.host_urn, group, exc)
+            return
+        if self._registered_here(entry, now_ms(), but=member):
+            return
+        self._step_down(group, "no live member is here or registered with it")
 
-    def _elect(self, group: str) -> None:
+    def _registered_here(self, entry: Entry, now: int, but: str = "") -> bool:
+        """Whether a live member (other than `but`) lists this host among its routers."""
+        for urn, value in live_members(entry, now).items():
+            routers = value.get("routers")
+            if urn != but and isinstance(routers, list) and self.host_urn in routers:
+                return True
+        return False
+
+    def _step_down(self, group: str, why: str) -> None:
+        with self.lock:
+            if group not in self.routing:
+                return
+            self.routing.discard(group)
+        log.info("%s: stepping down as a router for %s (%s)", self.host_urn, group, why)
+        try:
+            self.catalog.delete(group, ROUTER + self.host_urn)
+        except SnipeError as exc:       # not renewed any more: it lapses within a lease
+            log.warning("could not withdraw the router lease on %s (it lapses in %.0f s): %s", group,
+                        self.lease_s, exc)
+
+    def _elect(self, group: str, entry: Entry | None = None) -> None:
+        """Stand for election in `group` (`entry`: its entry, just read; else read here). A router
+        already standing is renewed by `_renew`, not here."""
         now = now_ms()
-        self.catalog.invalidate(group)
-        routers = live_routers(self.catalog.get(group), now)
+        if entry is None:
+            self.catalog.invalidate(group)
+            entry = self.catalog.get(group)
+        routers = live_routers(entry, now)
         ifs = {r: self._interfaces(r) for r in routers}
         mine = self._interfaces(self.host_urn)
         if should_route(self.host_urn, mine, ifs, shared_networks, self.wanted):
-            self.catalog.set(group, ROUTER + self.host_urn, self._lease_value(group), ttl=self.lease_s)
+            with self.lock:
+                standing = group in self.routing and self.host_urn in routers
+            if not standing:
+                self.catalog.set(group, ROUTER + self.host_urn, self._lease_value(group), ttl=self.lease_s)
             with self.lock:
                 if group not in self.routing:
                     log.info("%s: now a router for %s", self.host_urn, group)
@@ -213,27 +265,71 @@ class GroupRouter:
         return ifs if isinstance(ifs, list) else []
 
     def tick(self, now: float) -> None:
-        """Renew router leases and re-run elections (about four times per lease), in slices of
-        UPKEEP_SLICE_S per call, the host lease kept after each group (see the module docstring)."""
+        """Renew every router lease in one write, and look at each group (forget dead members,
+        re-run the election) about four times per lease, in slices of UPKEEP_SLICE_S per call,
+        the host lease kept after each group (see the module docstring)."""
+        if now >= self.next_renew:
+            self.next_renew = now + min(1.0, self.lease_s / 4)
+            self._renew()
         if not self.upkeep_due:
             if now < self.next_refresh:
                 return
             self.next_refresh = now + min(1.0, self.lease_s / 4)
             with self.lock:
-                self.upkeep_due = sorted(self.local, reverse=True)     # routing ⊆ local: `leave`
+                self.upkeep_due = sorted(set(self.local) | self.routing, reverse=True)
         ends = self.clock() + UPKEEP_SLICE_S
         while self.upkeep_due:
             g = self.upkeep_due.pop()
-            with self.lock:
-                has_members = bool(self.local.get(g))
             try:
-                if has_members:         # (one left since this round began: `leave` stepped down)
-                    self._elect(g)
+                self._upkeep(g)
             except SnipeError as exc:
                 log.warning("multicast upkeep of %s failed: %s", g, exc)
             self.keep_lease()
             if self.clock() >= ends:
                 break
+
+    def _renew(self) -> None:
+        """The router leases of every group this daemon routes, in one catalog write (batches of
+        MAX_BATCH_RECORDS), each carrying the group's counters."""
+        with self.lock:
+            groups = sorted(self.routing)
+        records = [self.catalog.sign(g, ROUTER + self.host_urn, self._lease_value(g), ttl=self.lease_s)
+                   for g in groups]
+        for i in range(0, len(records), MAX_BATCH_RECORDS):
+            try:
+                self.catalog.put(records[i:i + MAX_BATCH_RECORDS])
+            except SnipeError as exc:       # tried again next time: the lease has three more quarters
+                log.warning("%s: renewing its router leases on %d group(s) failed: %s", self.host_urn,
+                            len(records), exc)
+                return
+            finally:
+                self.keep_lease()
+
+    def _upkeep(self, group: str) -> None:
+        """Forget the local members of `group` that are not live (past JOIN_GRACE_S), then stand
+        for election, or step down when no live member is here or registered with this router."""
+        with self.lock:
+            if group not in self.local and group not in self.routing:
+                return                  # left since this round began (`leave` decided)
+        self.catalog.invalidate(group)
+        entry = self.catalog.get(group)
+        wall, now = now_ms(), self.clock()
+        live = live_members(entry, wall)
+        with self.lock:
+            members = self.local.get(group, {})
+            dead = [u for u, m in members.items() if u not in live and now - m.since >= JOIN_GRACE_S]
+            for u in dead:
+                del members[u]
+            if group in self.local and not members:
+                del self.local[group]
+            has_local = bool(members)
+        if dead:
+            log.info("%s: forgot %d member(s) of %s whose membership lease ran out: %s", self.host_urn,
+                     len(dead), group, ", ".join(dead[:5]) + (" …" if len(dead) > 5 else ""))
+        if has_local or self._registered_here(entry, wall):
+            self._elect(group, entry)
+        else:
+            self._step_down(group, "no live member is here or registered with it")
 
     def group_counts(self, group: str) -> dict[str, int]:
         """This router's counters for `group` (as published in its lease)."""

@@ -12,12 +12,15 @@ Requests (client -> snipe-daemon; the reply echoes the request id, kind "ok" or 
   put-code {urn, manifest} frame: blob   -> {urn, path}
   get-code {urn}                         -> frame: blob
   drain   {on}                           -> {draining}
-  mcast-join {group, member}             -> {routers}: this host stands for election as a router
+  mcast-join {group, member}             -> {routers}: this host stands for election as a router;
+                                            QuotaExceeded past 64 groups per key or 512 per host
+                                            (counting live members: one that ends is forgotten)
   mcast-leave {group, member}            -> {}
-  mcast-status                           -> {routing, local, relayed}
+  mcast-status                           -> {routing, local, relayed, ...}
 Who may do what: any admitted key may spawn and read; only a task's owner (the key that
 spawned it) or the admin may kill, signal, suspend or resume it; only the host's own key or the
-admin may drain.
+admin may drain; mcast-join and mcast-leave name as `member` a process the caller speaks for
+(its own key, the key that spawned it or owns its URN, or the admin), else NotAuthorized.
 """
 
 from __future__ import annotations

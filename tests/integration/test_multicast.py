@@ -210,6 +210,34 @@ def test_a_member_that_exits_or_is_killed_without_leaving_stops_being_listed(
     assert snipe.members(group) == []
 
 
+def _mcast_status(cluster: LocalCluster, i: int) -> dict[str, Any]:
+    from snipe.daemonclient import DaemonClient
+
+    with DaemonClient(cluster.daemons[i].address, cluster.user, timeout=5) as d:
+        return d.call("mcast-status")[0]
+
+
+def test_the_daemon_forgets_members_that_exit_or_are_killed_without_leaving(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    """Members on h2 that exit without leave(), or are killed with SIGKILL, are no longer local
+    members there (so they count against no quota), and with no member left anywhere h2 stops
+    routing their groups."""
+    code = publish(tmp_path, "joiner.py", JOINER)
+    env = {"SNIPE_MEMBER_LEASE_S": "2"}
+    groups = {"urn:snipe:group:forgotten-1", "urn:snipe:group:forgotten-2"}
+    exits = snipe.spawn(code, "urn:snipe:group:forgotten-1", "exits", host="h2", env=env)
+    killed = snipe.spawn(code, "urn:snipe:group:forgotten-2", "stays", host="h2", env=env)
+    wait_for(lambda: _value(exits, "joined") and _value(killed, "joined"), 60, "both members to join")
+    assert groups <= set(_mcast_status(cluster, 1)["routing"])
+    assert exits.wait(60)["exit_code"] == 0
+    os.killpg(killed.status()["pid"], signal.SIGKILL)
+
+    def forgotten() -> bool:
+        status = _mcast_status(cluster, 1)
+        return not groups & (set(status["local"]) | set(status["routing"]))
+    wait_for(forgotten, 30, "h2 to forget the dead members and stop routing their groups")
+
+
 STAYER = textwrap.dedent('''
     import sys, snipe
     group, expected = sys.argv[1], int(sys.argv[2])

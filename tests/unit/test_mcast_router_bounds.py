@@ -1,6 +1,8 @@
 """The daemon as multicast router under load any admitted key could make: groups per key and per
-host are bounded, a group whose last local member left is dropped (its router lease withdrawn
-and no longer renewed), and the per-group catalog upkeep runs in slices that keep the host lease.
+host are bounded, counting live members only (one whose task ended or whose `member.` lease ran
+out is forgotten); a group with no live member here or registered with this router is dropped
+(its router lease withdrawn and no longer renewed); router leases are renewed in one write, and
+the per-group catalog upkeep runs in slices that keep the host lease.
 
 A fake catalog charges each round trip to a manual clock, so a slow catalog is a number here."""
 
@@ -14,7 +16,7 @@ import pytest
 from daemon import mcast
 from daemon.mcast import GroupRouter
 from snipe.errors import QuotaExceeded, SnipeError
-from snipe.multicast.groups import ROUTER
+from snipe.multicast.groups import MEMBER, ROUTER
 
 ME = "urn:snipe:host:h1"
 ROUND_TRIP_S = 0.02
@@ -29,18 +31,25 @@ class Clock:
 
 
 class FakeCatalog:
-    """Router leases per group; every read or write costs ROUND_TRIP_S of the manual clock."""
+    """Groups' live `member.` and `router.` assertions; every read or write (a batch is one)
+    costs ROUND_TRIP_S of the manual clock. A lease that ran out is one a test removed."""
 
     admin_key = b"\0" * 32
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self.leases: dict[str, dict[str, Any]] = {}
-        self.writes: list[tuple[str, str]] = []
+        self.records: dict[str, dict[str, Any]] = {}
+        self.reads: list[str] = []
+        self.writes: list[tuple[str, str]] = []          # single writes (set, delete)
+        self.puts: list[list[tuple[str, str]]] = []      # batched writes
+
+    def leases(self, urn: str) -> dict[str, Any]:
+        return {n[len(ROUTER):]: v for n, v in self.records.get(urn, {}).items() if n.startswith(ROUTER)}
 
     def get(self, urn: str, r: int | None = None) -> SimpleNamespace:
         self.clock.t += ROUND_TRIP_S
-        records = [SimpleNamespace(name=ROUTER + h, value=v) for h, v in self.leases.get(urn, {}).items()]
+        self.reads.append(urn)
+        records = [SimpleNamespace(name=n, value=v) for n, v in self.records.get(urn, {}).items()]
         return SimpleNamespace(owner=lambda admin, now: "claimed", live=lambda now: records)
 
     def invalidate(self, urn: str) -> None:
@@ -52,11 +61,21 @@ class FakeCatalog:
     def set(self, urn: str, name: str, value: Any, ttl: float | None = None) -> None:
         self.clock.t += ROUND_TRIP_S
         self.writes.append((urn, name))
-        self.leases.setdefault(urn, {})[name[len(ROUTER):]] = value
+        self.records.setdefault(urn, {})[name] = value
+
+    def sign(self, urn: str, name: str, value: Any, ttl: float | None = None) -> tuple[str, str, Any]:
+        return (urn, name, value)
+
+    def put(self, records: list[tuple[str, str, Any]]) -> None:
+        self.clock.t += ROUND_TRIP_S
+        self.puts.append([(urn, name) for urn, name, _ in records])
+        for urn, name, value in records:
+            self.records.setdefault(urn, {})[name] = value
 
     def delete(self, urn: str, name: str) -> None:
         self.clock.t += ROUND_TRIP_S
-        self.leases.get(urn, {}).pop(name[len(ROUTER):], None)
+        self.writes.append((urn, name))
+        self.records.get(urn, {}).pop(name, None)
 
 
 def router() -> tuple[GroupRouter, FakeCatalog, Clock, list[float]]:
@@ -73,41 +92,66 @@ def group(i: int) -> str:
     return f"urn:snipe:group:g{i}"
 
 
-def test_upkeep_runs_in_slices_and_keeps_the_host_lease_after_each_group():
+def join(r: GroupRouter, catalog: FakeCatalog, g: str, member: str, key: str) -> None:
+    """As a process on this host joins: through its daemon, then its own `member.` lease."""
+    r.join(g, member, key)
+    catalog.records[g][MEMBER + member] = {"host": ME, "routers": [ME], "since": 0}
+
+
+def dies(catalog: FakeCatalog, g: str, member: str) -> None:
+    """`member` exited without leave(): its `member.` lease runs out."""
+    del catalog.records[g][MEMBER + member]
+
+
+def upkeep_round(r: GroupRouter, clock: Clock) -> None:
+    """Ticks until one whole upkeep round has run."""
+    clock.t = max(clock.t, r.next_refresh)
+    r.tick(clock.t)
+    while r.upkeep_due:
+        r.tick(clock.t)
+
+
+def test_router_leases_are_renewed_in_one_write_and_the_upkeep_runs_in_slices_keeping_the_host_lease():
     r, catalog, clock, kept = router()
     for i in range(40):
-        r.join(group(i), f"urn:snipe:proc:p{i}", f"key{i % 4}")
+        join(r, catalog, group(i), f"urn:snipe:proc:p{i}", f"key{i % 4}")
     catalog.writes.clear()
-    renewed: set[str] = set()
+    catalog.reads.clear()
+    looked_at: set[str] = set()
     turns = 0
-    while len(renewed) < 40:
+    all_leases = [(group(i), ROUTER + ME) for i in sorted(range(40), key=group)]
+    while len(looked_at) < 40:
         turns += 1
         assert turns < 100, "the upkeep never got round all groups"
         kept.clear()
-        before, writes = clock.t, len(catalog.writes)
+        before, reads, puts = clock.t, len(catalog.reads), len(catalog.puts)
         r.tick(clock.t)
-        done = catalog.writes[writes:]
-        renewed |= {g for g, _ in done}
-        # one group (a read and a write) past the slice at most, and the host lease kept after each
-        assert clock.t - before <= mcast.UPKEEP_SLICE_S + 2 * ROUND_TRIP_S + 1e-9
-        assert len(kept) == len(done) >= 1
-    assert turns >= 40 * 2 * ROUND_TRIP_S / (mcast.UPKEEP_SLICE_S + 2 * ROUND_TRIP_S)
+        # every router lease in one write, every quarter lease (0.5 s here), however far the upkeep is
+        renewals = catalog.puts[puts:]
+        assert renewals in ([], [all_leases]) and (renewals or turns > 1)
+        done = catalog.reads[reads:]
+        looked_at |= set(done)
+        # one group (a read) past the slice at most, and the host lease kept after each
+        assert clock.t - before <= mcast.UPKEEP_SLICE_S + ROUND_TRIP_S * (1 + len(renewals)) + 1e-9
+        assert len(kept) == len(done) + len(renewals) and done
+    assert catalog.writes == [] and catalog.puts == [all_leases] * len(catalog.puts) and len(catalog.puts) >= 2
+    assert turns >= 40 * ROUND_TRIP_S / (mcast.UPKEEP_SLICE_S + 2 * ROUND_TRIP_S)
 
 
 def test_a_group_whose_last_member_left_is_dropped_and_its_lease_withdrawn():
     r, catalog, clock, _ = router()
     r.join(group(1), "urn:snipe:proc:a", "ka")
     r.join(group(1), "urn:snipe:proc:b", "kb")
-    assert r.status()["routing"] == [group(1)] and ME in catalog.leases[group(1)]
+    assert r.status()["routing"] == [group(1)] and ME in catalog.leases(group(1))
     r.leave(group(1), "urn:snipe:proc:a")
     assert r.status()["routing"] == [group(1)]            # b is still here
     r.leave(group(1), "urn:snipe:proc:b")
     assert (r.status()["routing"], r.status()["local"]) == ([], {})
-    assert catalog.leases[group(1)] == {}                   # withdrawn, not left to lapse
+    assert catalog.leases(group(1)) == {}                   # withdrawn, not left to lapse
     catalog.writes.clear()
     clock.t += 10
     r.tick(clock.t)
-    assert catalog.writes == []                             # and not renewed
+    assert catalog.writes == [] and catalog.puts == []      # and not renewed
     r.leave(group(2), "urn:snipe:proc:a")                   # a group never joined: nothing to do
 
 
@@ -131,3 +175,56 @@ def test_groups_per_key_and_per_host_are_bounded(monkeypatch: pytest.MonkeyPatch
     r.leave(group(0), "urn:snipe:proc:a")
     r.leave(group(0), "urn:snipe:proc:a2")
     r.join(group(5), "urn:snipe:proc:c", "kc")             # room again
+
+
+def test_members_that_die_without_leaving_are_forgotten_and_free_their_quota(monkeypatch: pytest.MonkeyPatch):
+    """A script run again and again, each run joining a group of its own and exiting without
+    leave(): once a run's `member.` lease has run out the daemon forgets it, steps down from
+    its group, and the key may join again."""
+    monkeypatch.setattr(mcast, "MAX_GROUPS_PER_KEY", 3)
+    r, catalog, clock, _ = router()
+    for i in range(3):
+        join(r, catalog, group(i), f"urn:snipe:proc:run{i}", "ka")
+        dies(catalog, group(i), f"urn:snipe:proc:run{i}")
+    upkeep_round(r, clock)                                  # within JOIN_GRACE_S of their joins: kept
+    assert sorted(r.status()["local"]) == [group(i) for i in range(3)]
+    with pytest.raises(QuotaExceeded):
+        r.join(group(3), "urn:snipe:proc:run3", "ka")
+    clock.t += mcast.JOIN_GRACE_S
+    upkeep_round(r, clock)
+    assert (r.status()["local"], r.status()["routing"]) == ({}, [])
+    assert all(catalog.leases(group(i)) == {} for i in range(3))       # withdrawn
+    join(r, catalog, group(3), "urn:snipe:proc:run3", "ka")             # room again
+    assert r.status()["local"] == {group(3): ["urn:snipe:proc:run3"]}
+
+
+def test_a_member_not_yet_listed_is_kept_through_its_join_grace():
+    """The process writes its `member.` lease after the daemon answered its join."""
+    r, catalog, clock, _ = router()
+    r.join(group(1), "urn:snipe:proc:a", "ka")
+    clock.t += mcast.JOIN_GRACE_S / 2
+    upkeep_round(r, clock)
+    assert r.status()["local"] == {group(1): ["urn:snipe:proc:a"]} and r.status()["routing"] == [group(1)]
+    catalog.records[group(1)][MEMBER + "urn:snipe:proc:a"] = {"host": ME, "routers": [ME], "since": 0}
+    clock.t += mcast.JOIN_GRACE_S
+    upkeep_round(r, clock)                                  # listed now: a live member, kept
+    assert r.status()["local"] == {group(1): ["urn:snipe:proc:a"]} and r.status()["routing"] == [group(1)]
+
+
+def test_a_router_stays_while_a_member_without_a_daemon_is_registered_with_it():
+    """A driver on a laptop (no daemon there) registered with this router: the workers here
+    leaving does not orphan it; the router steps down once the driver's lease runs out too."""
+    r, catalog, clock, _ = router()
+    join(r, catalog, group(1), "urn:snipe:proc:worker", "kw")
+    driver = "urn:snipe:proc:driver"
+    catalog.records[group(1)][MEMBER + driver] = {"host": "", "routers": [ME], "since": 0}
+    dies(catalog, group(1), "urn:snipe:proc:worker")        # leave(): its lease deleted, then the daemon told
+    r.leave(group(1), "urn:snipe:proc:worker")
+    assert (r.status()["local"], r.status()["routing"]) == ({}, [group(1)])
+    assert ME in catalog.leases(group(1))
+    catalog.puts.clear()
+    upkeep_round(r, clock)
+    assert r.status()["routing"] == [group(1)] and catalog.puts == [[(group(1), ROUTER + ME)]]     # renewed
+    catalog.records[group(1)][MEMBER + driver] = {"host": "", "routers": ["urn:snipe:host:h2"], "since": 0}
+    upkeep_round(r, clock)                                  # registered elsewhere now: not ours to keep
+    assert r.status()["routing"] == [] and catalog.leases(group(1)) == {}
