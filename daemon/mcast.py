@@ -28,7 +28,7 @@ Bounds (what any admitted key could otherwise make this daemon hold and renew): 
 members in at most MAX_GROUPS_PER_KEY groups here, and the host in at most MAX_GROUPS; a join past
 either is refused (QuotaExceeded) before any catalog work. Both count live members only: a member
 is forgotten on an explicit leave, and by `tick` once its `member.` lease (which its own process
-renews) is no longer live, JOIN_GRACE_S after its join at the earliest (it writes the lease after
+renews) is no longer live, JOIN_GRACE_LEASES host leases after its join at the earliest (it writes the lease after
 the join is answered). The lease, not the daemon's task events, decides: a task's events do not
 say whether the process that joined is gone (forgetting on them dropped live members).
 A group with no local member left is kept only while a live member (from anywhere, a process
@@ -100,7 +100,7 @@ HOP_DEADLINE_S = 600.0
 MAX_GROUPS_PER_KEY = 64        # groups one key's processes may have joined through this daemon at once
 MAX_GROUPS = 512               # groups this host may route or have local members in at once
 UPKEEP_SLICE_S = 0.05          # `tick`: catalog upkeep of groups at most this long per daemon turn
-JOIN_GRACE_S = 10.0            # a local member not (yet) listed live is kept this long after its join
+JOIN_GRACE_LEASES = 2.0        # a local member not (yet) listed live is kept this many host leases after its join
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +306,7 @@ class GroupRouter:
                 self.keep_lease()
 
     def _upkeep(self, group: str) -> None:
-        """Forget the local members of `group` that are not live (past JOIN_GRACE_S), then stand
+        """Forget the local members of `group` that are not live (past the join grace), then stand
         for election, or step down when no live member is here or registered with this router."""
         with self.lock:
             if group not in self.local and group not in self.routing:
@@ -317,7 +317,8 @@ class GroupRouter:
         live = live_members(entry, wall)
         with self.lock:
             members = self.local.get(group, {})
-            dead = [u for u, m in members.items() if u not in live and now - m.since >= JOIN_GRACE_S]
+            grace = JOIN_GRACE_LEASES * self.lease_s
+            dead = [u for u, m in members.items() if u not in live and now - m.since >= grace]
             for u in dead:
                 del members[u]
             if group in self.local and not members:

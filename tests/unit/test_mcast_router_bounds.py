@@ -186,11 +186,11 @@ def test_members_that_die_without_leaving_are_forgotten_and_free_their_quota(mon
     for i in range(3):
         join(r, catalog, group(i), f"urn:snipe:proc:run{i}", "ka")
         dies(catalog, group(i), f"urn:snipe:proc:run{i}")
-    upkeep_round(r, clock)                                  # within JOIN_GRACE_S of their joins: kept
+    upkeep_round(r, clock)                                  # within the join grace: kept
     assert sorted(r.status()["local"]) == [group(i) for i in range(3)]
     with pytest.raises(QuotaExceeded):
         r.join(group(3), "urn:snipe:proc:run3", "ka")
-    clock.t += mcast.JOIN_GRACE_S
+    clock.t += mcast.JOIN_GRACE_LEASES * r.lease_s
     upkeep_round(r, clock)
     assert (r.status()["local"], r.status()["routing"]) == ({}, [])
     assert all(catalog.leases(group(i)) == {} for i in range(3))       # withdrawn
@@ -202,11 +202,11 @@ def test_a_member_not_yet_listed_is_kept_through_its_join_grace():
     """The process writes its `member.` lease after the daemon answered its join."""
     r, catalog, clock, _ = router()
     r.join(group(1), "urn:snipe:proc:a", "ka")
-    clock.t += mcast.JOIN_GRACE_S / 2
+    clock.t += mcast.JOIN_GRACE_LEASES * r.lease_s / 2
     upkeep_round(r, clock)
     assert r.status()["local"] == {group(1): ["urn:snipe:proc:a"]} and r.status()["routing"] == [group(1)]
     catalog.records[group(1)][MEMBER + "urn:snipe:proc:a"] = {"host": ME, "routers": [ME], "since": 0}
-    clock.t += mcast.JOIN_GRACE_S
+    clock.t += mcast.JOIN_GRACE_LEASES * r.lease_s
     upkeep_round(r, clock)                                  # listed now: a live member, kept
     assert r.status()["local"] == {group(1): ["urn:snipe:proc:a"]} and r.status()["routing"] == [group(1)]
 
