@@ -147,12 +147,7 @@ class Daemon:
             self.relay = Relay(self.ctx, cfg.identity, cfg.host_urn, cfg.catalog, cfg.admin_key, cfg.relay) \
                 if cfg.relay else None
         except SnipeError:          # before the warm pool starts interpreters: nothing is left running
-            self.router.close(0)
-            self.gate.stop()
-            self.admission.close()
-            self.catalog.close()
-            self.ctx.term()
-            self.state.close()
+            self._close_base()
             raise
         self.runner = TaskRunner()
         self.pool = WarmPool(cfg.warm_pool, cfg.state_dir / "tasks", cfg.python)
@@ -221,6 +216,10 @@ class Daemon:
         if self.relay is not None:
             self.relay.close()
         self.pool.close()
+        self._close_base()
+
+    def _close_base(self) -> None:
+        """Close what __init__ opens before the warm pool starts (also when binding fails)."""
         self.router.close(0)
         self.gate.stop()
         self.admission.close()
