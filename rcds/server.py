@@ -119,6 +119,7 @@ class Server:
             self.storage.close()
             raise
         self.peers: dict[str, PeerInfo] = {}
+        self.peer_key_ids: set[str] = set()
         self.peer_links: dict[str, Link] = {}
         self.seed_peers = {p.id: p for p in cfg.peers if p.id != cfg.replica_id}
         self.timers: dict[str, float] = {}
@@ -167,6 +168,7 @@ class Server:
             self.gate.learn(p.key)
             self.peer_links[rid] = Link(self.ctx, self.cfg.identity, p.endpoint, p.key, hwm=10_000, immediate=False)
         self.peers = peers
+        self.peer_key_ids = {p.key.hex() for p in peers.values()}      # as sender_key gives them
         self.replicator.set_peers(list(peers))
 
     # --- main loop --------------------------------------------------------------------------
@@ -250,7 +252,7 @@ class Server:
             try:
                 if env.protocol == PEER_PROTOCOL:
                     key = sender_key(parts[0])                # which replica's key sent it
-                    if not any(p.key.hex() == key for p in self.peers.values()):
+                    if key not in self.peer_key_ids:
                         # a client's key: told (a replica never reads what comes back on its link)
                         raise NotAuthorized(f"{PEER_PROTOCOL} messages are taken only from the replicas of this "
                                             f"set; key {key[:16]}… is not one of them")
