@@ -81,6 +81,9 @@ def test_spawn_runs_verified_code_on_every_host(cluster: LocalCluster, tmp_path:
         assert info["host"] == f"urn:snipe:host:h{i + 1}" and info["state"] == "exited"
         assert info["owner"] == cluster.user.key_id and info["code"] == code
         assert info["supervisor"] == cluster.daemons[i].address
+        # where README says a task's output goes: <state dir>/tasks/<id>/<urn with : as _>.stdout
+        out = cluster.daemons[i].state_dir / "tasks" / p.urn.rsplit(":", 1)[1] / f"{p.urn.replace(':', '_')}.stdout"
+        assert out.read_text() == f"worker {p.urn} done\n"
 
 
 def test_placement_honours_requirements(cluster: LocalCluster, tmp_path: Path) -> None:
