@@ -35,6 +35,10 @@ A group with no local member left is kept only while a live member (from anywher
 without a daemon of its own included) lists this host among its routers; otherwise this router
 steps down (its lease withdrawn, no longer renewed), as a surplus router does: at once on an
 explicit leave, within an upkeep round otherwise.
+The relay state of a group (dedup, history, counters) outlives its routing only until the group
+has been idle here FORGET_IDLE_S, and data or Resumes naming groups this host neither routes
+nor has members of get state for MAX_UNROUTED_GROUPS groups at most (the rest are dropped and
+counted): any process may name any group.
 
 Upkeep: every min(1 s, lease / 4) the router leases of all groups this daemon routes are renewed
 in one batched catalog write (`_renew`), whatever the number of groups. The per-group part of `tick`
@@ -97,6 +101,14 @@ HISTORY_AGE_S = 120.0
 # a message lost for that member. Relays have no back-pressure on senders yet (submit never blocks),
 # so under a flat-out stream a member's queue at its router can be tens of seconds long.
 HOP_DEADLINE_S = 600.0
+# Relay state (dedup, history, counters, views) of groups this host neither routes nor has a
+# local member in: forgotten once such a group has had no data or Resume here this long (a
+# router that stepped down may still get a late hop; a history older than HISTORY_AGE_S is
+# never replayed anyway), and held for at most MAX_UNROUTED_GROUPS groups at once: any process
+# may send a router data or Resumes naming groups of its choosing.
+FORGET_IDLE_S = HISTORY_AGE_S
+FORGET_SWEEP_S = 5.0           # how often the endpoint thread looks for such groups
+MAX_UNROUTED_GROUPS = 256
 MAX_GROUPS_PER_KEY = 64        # groups one key's processes may have joined through this daemon at once
 MAX_GROUPS = 512               # groups this host may route or have local members in at once
 UPKEEP_SLICE_S = 0.05          # `tick`: catalog upkeep of groups at most this long per daemon turn
@@ -155,6 +167,11 @@ class GroupRouter:
         self.replayed = 0
         self.forged = 0                                   # messages whose origin their sender may not claim
         self._forged_said = 0.0
+        self.last_traffic: dict[str, float] = {}          # group -> last data or Resume here (monotonic)
+        self.unrouted_refused = 0                         # data and Resumes dropped at MAX_UNROUTED_GROUPS
+        self.forgotten = 0                                # idle groups whose relay state was dropped
+        self._unrouted_said = 0.0
+        self._next_sweep = 0.0
         endpoint.system_handlers[MCAST_DATA] = self._on_data
         endpoint.system_handlers[MCAST_RESUME] = endpoint.one_by_one(self._on_resume)
         endpoint.turn_end.append(self._end_turn)
@@ -242,12 +259,19 @@ class GroupRouter:
         if should_route(self.host_urn, mine, ifs, shared_networks, self.wanted):
             with self.lock:
                 standing = group in self.routing and self.host_urn in routers
-            if not standing:
-                self.catalog.set(group, ROUTER + self.host_urn, self._lease_value(group), ttl=self.lease_s)
-            with self.lock:
-                if group not in self.routing:
-                    log.info("%s: now a router for %s", self.host_urn, group)
+            with self.lock:        # before the lease is written: a sender that reads it finds us routing
+                new = group not in self.routing
                 self.routing.add(group)
+            if not standing:
+                try:
+                    self.catalog.set(group, ROUTER + self.host_urn, self._lease_value(group), ttl=self.lease_s)
+                except SnipeError:
+                    if new:
+                        with self.lock:
+                            self.routing.discard(group)
+                    raise
+            if new:
+                log.info("%s: now a router for %s", self.host_urn, group)
         elif self.host_urn in routers:
             # Surplus (hosts elected themselves at once): withdraw the lease. Members move to the
             # keepers within a turn of their own; until then this daemon still relays what it gets.
@@ -349,6 +373,7 @@ class GroupRouter:
         with self.lock:
             return {"routing": sorted(self.routing), "local": {g: sorted(m) for g, m in self.local.items()},
                     "relayed": self.relayed, "replayed": self.replayed, "forged": self.forged,
+                    "unrouted_refused": self.unrouted_refused, "forgotten": self.forgotten,
                     # the endpoint thread adds to these dicts: iterate over copies (list() is atomic)
                     "history": {g: len(h.items) for g, h in list(self.histories.items())},
                     "groups": {g: self.group_counts(g) for g in sorted(set(list(self.counts)) | self.routing)},
@@ -394,6 +419,9 @@ class GroupRouter:
             if origin_urn(h.origin) != m.source and not is_host(m.source):    # routers pass on others'
                 self._refuse_forged(m.source, h.origin)
                 continue
+            if h.group not in self.last_traffic and not self._may_hold(h.group, "data"):
+                continue
+            self.last_traffic[h.group] = time.monotonic()
             view = self._view(h.group)
             if view is None:
                 continue
@@ -431,9 +459,45 @@ class GroupRouter:
             log.warning("dropped a multicast message from %s claiming to come from %s (%d so far): a process "
                         "may send only its own", source, origin_urn(origin), self.forged)
 
+    def _may_hold(self, group: str, what: str) -> bool:
+        """Whether to take on relay state for `group`, which has none yet (`last_traffic` lists
+        the groups that have): always for a group routed or with a local member here; for
+        others only below MAX_UNROUTED_GROUPS."""
+        if group in self.routing or group in self.local:
+            return True
+        with self.lock:
+            ours = self.routing | set(self.local)
+        if sum(1 for g in list(self.last_traffic) if g not in ours) < MAX_UNROUTED_GROUPS:
+            return True
+        self.unrouted_refused += 1
+        now = time.monotonic()
+        if now - self._unrouted_said >= FORGED_SAY_EVERY_S:
+            self._unrouted_said = now
+            log.warning("%s: dropped %s for %s, a group it neither routes nor has members of, as it holds state "
+                        "for %d such groups already (%d dropped so far)", self.host_urn, what, group,
+                        MAX_UNROUTED_GROUPS, self.unrouted_refused)
+        return False
+
     def _end_turn(self) -> None:
         self._flush()
         self._answer()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + FORGET_SWEEP_S
+            self._forget_idle(now)
+
+    def _forget_idle(self, now: float) -> None:
+        """(Endpoint thread, which alone adds relay state.) Drop the relay state of groups
+        neither routed nor with a local member here that have been idle FORGET_IDLE_S."""
+        with self.lock:
+            keep = self.routing | set(self.local)
+        held = (self.relays, self.histories, self.views, self.ours, self.resumed, self.counts, self.pending,
+                self.last_traffic)
+        idle = [g for g in set().union(*held) - keep if now - self.last_traffic.get(g, 0.0) >= FORGET_IDLE_S]
+        for g in idle:
+            for d in held:
+                d.pop(g, None)
+        self.forgotten += len(idle)
 
     def _flush(self) -> None:
         """End of the endpoint's turn: what each group relayed in it, to its members."""
@@ -458,9 +522,13 @@ class GroupRouter:
         """A member registered with us: relay to it from now on (unless it only asks for a
         replay), and replay what it lacks."""
         r = unpack_resume(m.payload)
+        group = validate_urn(r.group)
+        if group not in self.last_traffic and not self._may_hold(group, "Resume"):
+            return
+        self.last_traffic[group] = time.monotonic()
         self._flush()           # what this turn relayed goes out first (the replay repeats what the member lacks)
         if r.follow:
-            self.resumed.setdefault(validate_urn(r.group), {})[m.source] = time.monotonic()
+            self.resumed.setdefault(group, {})[m.source] = time.monotonic()
             self.views.pop(r.group, None)
         history = self.histories.get(r.group)
         missed = history.replay(r.next, r.since_ms) if history is not None else []

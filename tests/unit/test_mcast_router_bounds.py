@@ -8,6 +8,7 @@ A fake catalog charges each round trip to a manual clock, so a slow catalog is a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +17,9 @@ import pytest
 from daemon import mcast
 from daemon.mcast import GroupRouter
 from snipe.errors import QuotaExceeded, SnipeError
+from snipe.messaging.channel import Deliver
+from snipe.messaging.endpoint import Endpoint
+from snipe.multicast.core import MCAST_DATA, MCAST_RESUME, Header, Resume, pack, pack_resume
 from snipe.multicast.groups import MEMBER, ROUTER
 
 ME = "urn:snipe:host:h1"
@@ -42,6 +46,7 @@ class FakeCatalog:
         self.reads: list[str] = []
         self.writes: list[tuple[str, str]] = []          # single writes (set, delete)
         self.puts: list[list[tuple[str, str]]] = []      # batched writes
+        self.on_set: Callable[[str, str], None] | None = None
 
     def leases(self, urn: str) -> dict[str, Any]:
         return {n[len(ROUTER):]: v for n, v in self.records.get(urn, {}).items() if n.startswith(ROUTER)}
@@ -50,7 +55,8 @@ class FakeCatalog:
         self.clock.t += ROUND_TRIP_S
         self.reads.append(urn)
         records = [SimpleNamespace(name=n, value=v) for n, v in self.records.get(urn, {}).items()]
-        return SimpleNamespace(owner=lambda admin, now: "claimed", live=lambda now: records)
+        return SimpleNamespace(owner=lambda admin, now: "claimed", live=lambda now: records,
+                               next_expiry=lambda now: None)
 
     def invalidate(self, urn: str) -> None:
         pass
@@ -60,6 +66,8 @@ class FakeCatalog:
 
     def set(self, urn: str, name: str, value: Any, ttl: float | None = None) -> None:
         self.clock.t += ROUND_TRIP_S
+        if self.on_set is not None:
+            self.on_set(urn, name)
         self.writes.append((urn, name))
         self.records.setdefault(urn, {})[name] = value
 
@@ -78,11 +86,30 @@ class FakeCatalog:
         self.records.get(urn, {}).pop(name, None)
 
 
+class FakeEndpoint:
+    """The daemon's messaging endpoint as the router's relaying half sees it: what it submits."""
+
+    decoded = staticmethod(Endpoint.decoded)
+
+    def __init__(self, catalog: FakeCatalog) -> None:
+        self.catalog = catalog
+        self.system_handlers: dict[int, Callable[..., None]] = {}
+        self.turn_end: list[Callable[[], None]] = []
+        self.sent: list[tuple[str, int]] = []
+
+    @staticmethod
+    def one_by_one(f: Callable[[Deliver], None]) -> Callable[[Deliver], None]:
+        return f
+
+    def submit(self, to: str, tag: int, payload: bytes, deadline: float | None = None) -> None:
+        self.sent.append((to, tag))
+
+
 def router() -> tuple[GroupRouter, FakeCatalog, Clock, list[float]]:
     clock = Clock()
     catalog = FakeCatalog(clock)
     kept: list[float] = []
-    endpoint = SimpleNamespace(system_handlers={}, one_by_one=lambda f: f, turn_end=[])
+    endpoint = FakeEndpoint(catalog)
     r = GroupRouter(ME, "tcp://h1#k", catalog, endpoint, 2.0,  # type: ignore[arg-type]
                     keep_lease=lambda: kept.append(clock.t), clock=clock)
     return r, catalog, clock, kept
@@ -228,3 +255,82 @@ def test_a_router_stays_while_a_member_without_a_daemon_is_registered_with_it():
     catalog.records[group(1)][MEMBER + driver] = {"host": "", "routers": ["urn:snipe:host:h2"], "since": 0}
     upkeep_round(r, clock)                                  # registered elsewhere now: not ours to keep
     assert r.status()["routing"] == [] and catalog.leases(group(1)) == {}
+
+
+def data(r: GroupRouter, g: str, seq: int = 1, sender: str = "urn:snipe:proc:s") -> None:
+    """A sender's multicast message for `g` reaches this router."""
+    r.endpoint.system_handlers[MCAST_DATA]([Deliver(sender, MCAST_DATA, pack(Header(g, sender, seq, 0, ()), b"x"), 0)])
+
+
+def resume(r: GroupRouter, g: str, member: str = "urn:snipe:proc:m") -> None:
+    r.endpoint.system_handlers[MCAST_RESUME](Deliver(member, MCAST_RESUME, pack_resume(Resume(g, 0, {})), 0))
+
+
+def test_relay_state_for_groups_not_routed_here_is_bounded_and_refused_past_the_bound(
+        monkeypatch: pytest.MonkeyPatch):
+    """Any process may send a router data or Resumes naming groups of its choosing: state is
+    taken on for MAX_UNROUTED_GROUPS such groups at most; routed groups are always served."""
+    monkeypatch.setattr(mcast, "MAX_UNROUTED_GROUPS", 3)
+    r, _, _, _ = router()
+    r.join(group(0), "urn:snipe:proc:a", "ka")              # routed here
+    data(r, group(101))
+    resume(r, group(102))
+    data(r, group(102))                                     # held already (its Resume): served
+    for i in range(3, 6):
+        data(r, group(100 + i))
+        resume(r, group(100 + i))
+    assert sorted(r.relays) == [group(101), group(102), group(103)]
+    assert sorted(r.last_traffic) == [group(101), group(102), group(103)]
+    assert r.unrouted_refused == 4 and r.status()["unrouted_refused"] == 4
+    data(r, group(0))                                       # a routed group past the bound: served
+    resume(r, group(0))
+    assert group(0) in r.relays and group(0) in r.resumed and r.unrouted_refused == 4
+    data(r, group(101), seq=2)                              # a group held already: served
+    assert r.relays[group(101)].relayed == 2 and r.unrouted_refused == 4
+
+
+def test_relay_state_of_groups_no_longer_routed_is_forgotten_once_idle(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(mcast.time, "monotonic", lambda: now[0])
+    now = [1000.0]
+    r, _, _, _ = router()
+    r.join(group(1), "urn:snipe:proc:a", "ka")
+    r.join(group(2), "urn:snipe:proc:b", "kb")
+    data(r, group(1))
+    data(r, group(2))
+    resume(r, group(3))                                     # a Resume for a group never routed here
+    r.leave(group(2), "urn:snipe:proc:b")                   # stepped down from group 2
+    assert r.status()["routing"] == [group(1)] and {group(1), group(2)} <= set(r.histories)
+    now[0] += mcast.FORGET_IDLE_S - 1
+    for hook in r.endpoint.turn_end:
+        hook()
+    assert {group(1), group(2), group(3)} <= set(r.last_traffic)     # not idle long enough yet
+    now[0] += 1
+    r._next_sweep = 0.0
+    for hook in r.endpoint.turn_end:
+        hook()
+    held = (r.relays, r.histories, r.views, r.ours, r.resumed, r.counts, r.pending, r.last_traffic)
+    assert not any(g in d for d in held for g in (group(2), group(3)))
+    assert group(1) in r.relays and group(1) in r.histories           # routed: kept however idle
+    assert r.forgotten == 2 and r.status()["forgotten"] == 2
+
+
+def test_a_router_takes_data_for_its_group_as_soon_as_its_lease_can_be_read():
+    """A sender that reads the new router's lease may send at once: the router counts the group
+    as routed before the lease is written."""
+    r, catalog, _, _ = router()
+    at_write: list[bool] = []
+    catalog.on_set = lambda urn, name: at_write.append(name == ROUTER + ME and urn in r.routing)
+    r.join(group(1), "urn:snipe:proc:a", "ka")
+    assert at_write == [True]
+
+
+def test_a_router_whose_lease_write_fails_does_not_count_the_group_as_routed():
+    r, catalog, _, _ = router()
+
+    def refuse(urn: str, name: str) -> None:
+        if name.startswith(ROUTER):
+            raise SnipeError("catalog down")
+    catalog.on_set = refuse
+    with pytest.raises(SnipeError, match="catalog down"):
+        r.join(group(1), "urn:snipe:proc:a", "ka")
+    assert r.status()["routing"] == []

@@ -3,6 +3,7 @@ that failed on the code before it."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from snipe.messaging.channel import Deliver
@@ -146,6 +147,7 @@ def test_a_router_answers_a_new_only_resume_with_the_new_senders_only():
     router.histories, router.counts, router.resumed, router.views = {G: History()}, {}, {}, {}
     router.replayed, router._flush = 0, lambda: None
     router.answers, router.relays = PendingAnswers(), {}
+    router.last_traffic, router.routing, router.local, router.lock = {}, {G}, {}, threading.Lock()
     a = "urn:snipe:proc:a"
     for q in range(1, 4):
         router.histories[G].add(S, q, float(q), (S, q, 0, b"s"), 1)
