@@ -96,6 +96,7 @@ HANDOVER_S = 3.0               # a member whose first live router is another is 
 FORGED_SAY_EVERY_S = 60.0      # a log line about forged origins: at most this often
 HISTORY_MESSAGES = 100_000     # per group: what a router keeps for members that resume
 HISTORY_BYTES = 64 << 20
+HISTORY_TOTAL_BYTES = 512 << 20    # all groups' histories together: each may keep its share of this at most
 HISTORY_AGE_S = 120.0
 # A hop to a live member or router that is merely slow must not be given up: a given-up delivery is
 # a message lost for that member. Relays have no back-pressure on senders yet (submit never blocks),
@@ -436,6 +437,7 @@ class GroupRouter:
             history = self.histories.get(h.group)
             if history is None:
                 history = self.histories[h.group] = History(HISTORY_MESSAGES, HISTORY_BYTES, HISTORY_AGE_S * 1000)
+                self._share_history_bytes()
             history.add(h.origin, h.seq, wall, (h.origin, h.seq, h.tag, data), len(data))
             if out.deliver_to:
                 batch = self.pending.get(h.group)
@@ -498,6 +500,16 @@ class GroupRouter:
             for d in held:
                 d.pop(g, None)
         self.forgotten += len(idle)
+        if idle:
+            self._share_history_bytes()
+
+    def _share_history_bytes(self) -> None:
+        """Each group's history may keep HISTORY_BYTES, or its share of HISTORY_TOTAL_BYTES when
+        that is less (a key may have members in MAX_GROUPS_PER_KEY groups, each of which could
+        otherwise hold HISTORY_BYTES here); a history over its share sheds its oldest on its next add."""
+        share = max(1 << 20, min(HISTORY_BYTES, HISTORY_TOTAL_BYTES // max(1, len(self.histories))))
+        for h in list(self.histories.values()):
+            h.max_bytes = share
 
     def _flush(self) -> None:
         """End of the endpoint's turn: what each group relayed in it, to its members."""

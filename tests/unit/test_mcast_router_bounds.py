@@ -257,9 +257,9 @@ def test_a_router_stays_while_a_member_without_a_daemon_is_registered_with_it():
     assert r.status()["routing"] == [] and catalog.leases(group(1)) == {}
 
 
-def data(r: GroupRouter, g: str, seq: int = 1, sender: str = "urn:snipe:proc:s") -> None:
+def data(r: GroupRouter, g: str, seq: int = 1, sender: str = "urn:snipe:proc:s", body: bytes = b"x") -> None:
     """A sender's multicast message for `g` reaches this router."""
-    r.endpoint.system_handlers[MCAST_DATA]([Deliver(sender, MCAST_DATA, pack(Header(g, sender, seq, 0, ()), b"x"), 0)])
+    r.endpoint.system_handlers[MCAST_DATA]([Deliver(sender, MCAST_DATA, pack(Header(g, sender, seq, 0, ()), body), 0)])
 
 
 def resume(r: GroupRouter, g: str, member: str = "urn:snipe:proc:m") -> None:
@@ -334,3 +334,16 @@ def test_a_router_whose_lease_write_fails_does_not_count_the_group_as_routed():
     with pytest.raises(SnipeError, match="catalog down"):
         r.join(group(1), "urn:snipe:proc:a", "ka")
     assert r.status()["routing"] == []
+
+
+def test_the_histories_of_all_groups_together_keep_at_most_their_total(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(mcast, "HISTORY_TOTAL_BYTES", 8 << 20)
+    r, _, _, _ = router()
+    for i in range(4):
+        r.join(group(i), f"urn:snipe:proc:p{i}", f"k{i}")
+        data(r, group(i))
+    assert {h.max_bytes for h in r.histories.values()} == {2 << 20}
+    big = b"x" * (1 << 20)
+    for seq in range(2, 12):                # 10 MiB to one group: it keeps its share, 2 MiB
+        data(r, group(0), seq, body=big)
+    assert r.histories[group(0)].bytes == 2 << 20 and [h.items[-1][1] for h in r.histories.values()] == [11, 1, 1, 1]
