@@ -44,6 +44,7 @@ from snipe.admission import CatalogAdmission
 from snipe.assertion import make_assertion
 from snipe.bidding import DEFAULT_PRICE, HostState, Refusal, bid
 from snipe.catalog.client import CatalogClient
+from snipe.catalog.protocol import MAX_BATCH_RECORDS
 from snipe.code import CodeCache, entry_argv
 from snipe.code import verify as verify_blob
 from snipe.daemonclient import PROTOCOL, VERSION, VERSIONS, DaemonClient
@@ -984,6 +985,24 @@ class Daemon:
         records = [TaskRecord.from_value(self.tasks[u]["record"]) for u in running]
         for ev in self.runner.adopt(records):
             self._task_event(ev)
+        self._republish_supervisor([u for u in running if self.tasks[u]["state"] in ("running", "suspended")])
+
+    def _republish_supervisor(self, urns: list[str]) -> None:
+        """Name this daemon's address as the re-adopted tasks' `supervisor`: it may have restarted
+        on another port, and their handles find the daemon to ask by this name. Signed by this
+        host's key (the owner of a task spawned here), or the task's own for one that migrated or
+        was taken over here (its key file is known then: the host key does not own it)."""
+        records = []
+        for urn in urns:
+            key = self._task_key(urn) if self.tasks[urn].get("key_file") else None
+            records.append(self.catalog.sign(urn, "supervisor", self.cfg.address) if key is None else
+                           make_assertion(key, urn, "supervisor", self.cfg.address, self.catalog.clock.now(_now_ms())))
+        for i in range(0, len(records), MAX_BATCH_RECORDS):
+            try:
+                self.catalog.put(records[i:i + MAX_BATCH_RECORDS])
+            except SnipeError as exc:      # handles that knew the old address fail over to the host's entry
+                log.warning("could not name %s as the supervisor of %d re-adopted task(s): %s", self.cfg.address,
+                            len(records[i:i + MAX_BATCH_RECORDS]), exc)
 
     def _status(self, urn: str) -> dict[str, Any]:
         rec = self.tasks[urn]

@@ -129,6 +129,50 @@ class Session:
             self.catalog.set(me, f"copy.{copy}", mine)
         return publish
 
+    def local_daemon_address(self) -> str | None:
+        """Where this host's daemon listens now: as our host's catalog entry says (a daemon that
+        restarted may listen on another port than the SNIPE_DAEMON this task was started with),
+        else `local_daemon`."""
+        if self.host is not None:
+            with contextlib.suppress(SnipeError):
+                entry = self.catalog.cached(self.host, max_age=LOCAL_DAEMON_MAX_AGE_S)
+                now = now_ms()
+                address = entry.value("daemon", now)
+                if entry.value("alive", now) is True and isinstance(address, str):
+                    return address
+        return self.local_daemon
+
+    def call_local(self, kind: str, body: dict[str, Any], frames: tuple[bytes, ...] = (), *,
+                   timeout: float) -> tuple[dict[str, Any], list[bytes]]:
+        """A request to this host's daemon, wherever it listens now (`local_daemon_address`)."""
+        if self.local_daemon_address() is None:
+            raise ConfigError(f"no daemon on this host to ask for {kind!r}; set SNIPE_DAEMON or init(daemon=...)")
+        host = self.host
+
+        def forget() -> None:
+            if host is not None:
+                self.catalog.invalidate(host)
+        return self.call_moving(lambda: self.local_daemon_address() or "", forget, kind, body, frames,
+                                timeout=timeout)
+
+    def call_moving(self, address_of: Callable[[], str], forget: Callable[[], None], kind: str,
+                    body: dict[str, Any], frames: tuple[bytes, ...] = (), *,
+                    timeout: float | None = None) -> tuple[dict[str, Any], list[bytes]]:
+        """A request to a daemon that may have restarted on another port since `address_of()`
+        was read: if no connection there takes it within MOVED_CONNECT_WAIT_S (so nothing was
+        sent), `forget()` drops what named that address, and the request goes where
+        `address_of()` says now (the same address again: for what is left of `timeout`)."""
+        address = address_of()
+        client = self.daemon(address)
+        timeout = timeout or client.timeout
+        start = time.monotonic()
+        try:
+            return client.call(kind, body, frames, timeout=timeout, connect_wait=min(timeout, MOVED_CONNECT_WAIT_S))
+        except NotDelivered:
+            forget()
+            left = max(timeout - (time.monotonic() - start), 1.0)
+            return self.daemon(address_of() or address).call(kind, body, frames, timeout=left)
+
     def daemon(self, address: str) -> DaemonClient:
         """This thread's client of the daemon at `address` (a client, a ZeroMQ socket, is one
         thread's: a migration's worker and the task's own thread both talk to their daemon)."""
@@ -149,6 +193,8 @@ class Session:
 
 
 _session: Session | None = None
+LOCAL_DAEMON_MAX_AGE_S = 5.0      # how old a read of our host's entry may be to find our daemon by it
+MOVED_CONNECT_WAIT_S = 3.0        # a daemon not taking a request this long: where is it now?
 
 
 def runtime_home() -> Path:
@@ -595,7 +641,7 @@ def join(group: str) -> list[str]:
     def elect(g: str) -> list[str] | None:
         if s.local_daemon is None:
             return None
-        reply, _ = s.daemon(s.local_daemon).call("mcast-join", {"group": g, "member": me_}, timeout=30)
+        reply, _ = s.call_local("mcast-join", {"group": g, "member": me_}, timeout=30)
         return list(reply.get("routers", []))
     return membership.join(group, elect)
 
@@ -606,7 +652,7 @@ def leave(group: str) -> None:
     s.membership().leave(group)
     if s.local_daemon is not None:
         with contextlib.suppress(SnipeError):
-            s.daemon(s.local_daemon).call("mcast-leave", {"group": validate_urn(group), "member": s.me}, timeout=10)
+            s.call_local("mcast-leave", {"group": validate_urn(group), "member": s.me}, timeout=10)
 
 
 def mcast(group: str, payload: bytes | bytearray | memoryview, tag: int = 0) -> int:
@@ -695,8 +741,7 @@ def publish(path: str | Path, *, entry: str | None = None, requirements: Sequenc
         # the same bytes were published before by another key: its manifest stands
     if s.local_daemon is None:
         raise ConfigError("no daemon to hold the code on this host; set SNIPE_DAEMON or init(daemon=...)")
-    s.daemon(s.local_daemon).call("put-code", {"urn": pkg.urn, "manifest": pkg.manifest}, (pkg.blob,),
-                                  timeout=120)
+    s.call_local("put-code", {"urn": pkg.urn, "manifest": pkg.manifest}, (pkg.blob,), timeout=120)
     _put_spare_copy(s, pkg.urn, pkg.manifest, pkg.blob)
     return pkg.urn
 
@@ -763,7 +808,13 @@ class Process:
         return self._supervisor
 
     def _call(self, kind: str, rpc_timeout: float | None = None, **body: Any) -> dict[str, Any]:
-        reply, _ = session().daemon(self.supervisor).call(kind, {"urn": self.urn, **body}, timeout=rpc_timeout)
+        """Ask the task's daemon. One that took no connection (nothing was sent) may have
+        restarted on another port: its address is read again from the catalog, and asked there."""
+        def forget() -> None:
+            self._supervisor = None
+            session().catalog.invalidate(self.urn)
+        reply, _ = session().call_moving(lambda: self.supervisor, forget, kind, {"urn": self.urn, **body},
+                                         timeout=rpc_timeout)
         return reply
 
     def status(self) -> dict[str, Any]:

@@ -209,8 +209,7 @@ class OriginShell:
         if s.local_daemon is None:
             return
         try:
-            s.daemon(s.local_daemon).call("migrate-done", {"urn": s.me, "id": mid, "ok": ok, "reason": reason},
-                                          timeout=10)
+            s.call_local("migrate-done", {"urn": s.me, "id": mid, "ok": ok, "reason": reason}, timeout=10)
         except SnipeError as exc:
             log.warning("could not tell the daemon how migration %s went: %s", mid, exc)
 

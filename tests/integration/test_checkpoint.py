@@ -168,7 +168,9 @@ def test_a_sender_that_began_after_the_checkpoint_resends_what_the_restored_task
                          env={"SNIPE_RETAINED_RESOLVE_S": "2"})
     assert recv_obj(6, 60) == {"sent": 50}
     ids = itertools.count(1)
-    assert report(p.urn, next(ids)) == list(range(60))    # 10..59 were acknowledged by this incarnation
+    # "sent" means queued: the sender's 10..59 may still be on their way (another channel than
+    # this test's report request, so nothing orders the two); this incarnation gets them all
+    wait_for(lambda: report(p.urn, next(ids)) == list(range(60)), 60, "the counter to get 10..59")
     assert via_sender(sender.urn, next(ids)) == list(range(60))     # the counter answers the sender
 
     pid = p.status()["pid"]

@@ -17,7 +17,7 @@ from snipe.code import CodeCache
 from snipe.daemonclient import DaemonClient
 from snipe.errors import NotAuthorized, NotFound, RequirementError, SnipeError
 from snipe.identity import Identity
-from snipe.localcluster import LocalCluster
+from snipe.localcluster import LocalCluster, free_port
 from tests.support import pose_as_host, wait_for
 
 WORKER = textwrap.dedent('''
@@ -157,6 +157,44 @@ def test_a_daemon_killed_and_restarted_readopts_its_running_task(cluster: LocalC
     assert long.wait(30)["state"] == "killed"
     wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10,
              "the re-adopted task to die")
+
+
+JOINER = textwrap.dedent('''
+    import snipe
+    while True:                    # each message names a group to join; the answer: whether it could
+        m = snipe.recv(timeout=120)
+        if m is None:
+            break
+        try:
+            snipe.join(m.payload.decode())
+            snipe.send(m.source, b"joined")
+        except snipe.SnipeError as exc:
+            snipe.send(m.source, f"failed: {exc}".encode())
+''')
+
+
+def test_a_task_that_outlived_its_daemon_reaches_it_on_the_port_it_restarted_on(cluster: LocalCluster,
+                                                                                tmp_path: Path) -> None:
+    """A task's SNIPE_DAEMON names the port its daemon had when it started the task; a daemon
+    restarted on another port re-adopts the task, and the task's requests to it (a join) find it
+    where its host's catalog entry says it is now."""
+    p = snipe.spawn(publish(tmp_path, "joiner.py", JOINER), host="h1")
+
+    def ask(group: str) -> bytes:
+        snipe.send(p.urn, group.encode())
+        m = snipe.recv(source=p.urn, timeout=90)
+        assert m is not None and not m.failed, m
+        return bytes(m.payload)
+    assert ask("urn:snipe:group:before") == b"joined"
+    cluster.kill_daemon(0)
+    d = cluster.daemons[0]
+    ip = d.endpoint.removeprefix("tcp://").rsplit(":", 1)[0]
+    d.endpoint = f"tcp://{ip}:{free_port(ip)}"
+    cluster.start_daemon(0)
+    snipe.session()._daemons.clear()
+    assert ask("urn:snipe:group:after") == b"joined"
+    assert p.urn in snipe.members("urn:snipe:group:after")
+    assert p.status()["state"] == "running"                # re-adopted, and still the same task
 
 
 def _ended(pid: int) -> bool:
