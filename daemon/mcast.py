@@ -184,11 +184,10 @@ class GroupRouter:
         """`member` (a process that `key` speaks for: the daemon checked) joins `group` here."""
         group = validate_urn(group)
         self._check_bounds(group, key)
-        ensure_group(self.catalog, group)
+        entry = ensure_group(self.catalog, group)      # one read serves the election too (the loop waits on each)
         with self.lock:
             self.local.setdefault(group, {})[member] = _Local(key, self.clock())
-        self._elect(group)
-        return sorted(live_routers(self.catalog.get(group), now_ms()))
+        return self._elect(group, entry)
 
     def _check_bounds(self, group: str, key: str) -> None:
         with self.lock:
@@ -247,9 +246,10 @@ class GroupRouter:
             log.warning("could not withdraw the router lease on %s (it lapses in %.0f s): %s", group,
                         self.lease_s, exc)
 
-    def _elect(self, group: str, entry: Entry | None = None) -> None:
+    def _elect(self, group: str, entry: Entry | None = None) -> list[str]:
         """Stand for election in `group` (`entry`: its entry, just read; else read here). A router
-        already standing is renewed by `_renew`, not here."""
+        already standing is renewed by `_renew`, not here. Returns the group's live routers after
+        the election, this one included if it stands."""
         now = now_ms()
         if entry is None:
             self.catalog.invalidate(group)
@@ -258,9 +258,8 @@ class GroupRouter:
         ifs = {r: self._interfaces(r) for r in routers}
         mine = self._interfaces(self.host_urn)
         if should_route(self.host_urn, mine, ifs, shared_networks, self.wanted):
-            with self.lock:
-                standing = group in self.routing and self.host_urn in routers
             with self.lock:        # before the lease is written: a sender that reads it finds us routing
+                standing = group in self.routing and self.host_urn in routers
                 new = group not in self.routing
                 self.routing.add(group)
             if not standing:
@@ -273,7 +272,8 @@ class GroupRouter:
                     raise
             if new:
                 log.info("%s: now a router for %s", self.host_urn, group)
-        elif self.host_urn in routers:
+            return sorted(set(routers) | {self.host_urn})
+        if self.host_urn in routers:
             # Surplus (hosts elected themselves at once): withdraw the lease. Members move to the
             # keepers within a turn of their own; until then this daemon still relays what it gets.
             log.info("%s: stepping down as a router for %s (%d routers, %d wanted)", self.host_urn, group,
@@ -281,6 +281,7 @@ class GroupRouter:
             self.catalog.delete(group, ROUTER + self.host_urn)
             with self.lock:
                 self.routing.discard(group)
+        return sorted(set(routers) - {self.host_urn})
 
     def _interfaces(self, host: str) -> list[dict[str, Any]]:
         try:

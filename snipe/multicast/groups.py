@@ -132,14 +132,17 @@ def live_members(entry: Entry, now: int) -> dict[str, dict[str, Any]]:
             if a.name.startswith(MEMBER) and isinstance(a.value, dict)}
 
 
-def ensure_group(catalog: CatalogClient, group: str) -> None:
-    """Claim the group if nobody has, opening `member.` and `router.` names to admitted keys."""
+def ensure_group(catalog: CatalogClient, group: str) -> Entry | None:
+    """Claim the group if nobody has, opening `member.` and `router.` names to admitted keys.
+    Returns the group's entry as read here when it was claimed already (None: it was not, so
+    what it holds now is not known here)."""
     entry = catalog.get(group)
     if entry.owner(catalog.admin_key, now_ms()) is not None:
-        return
+        return entry
     with contextlib.suppress(NotAuthorized):   # another process claimed it first: its delegation serves
         catalog.put([catalog.sign(group, authority.OWNER, catalog.identity.key_id),
                      catalog.sign(group, authority.DELEGATE_PREFIX + authority.ANY_KEY, [MEMBER, ROUTER])])
+    return None
 
 
 class Membership:

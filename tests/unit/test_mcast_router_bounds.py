@@ -347,3 +347,15 @@ def test_the_histories_of_all_groups_together_keep_at_most_their_total(monkeypat
     for seq in range(2, 12):                # 10 MiB to one group: it keeps its share, 2 MiB
         data(r, group(0), seq, body=big)
     assert r.histories[group(0)].bytes == 2 << 20 and [h.items[-1][1] for h in r.histories.values()] == [11, 1, 1, 1]
+
+
+def test_a_join_costs_the_daemons_loop_one_catalog_read_and_one_write():
+    """The daemon's loop waits on each catalog round trip of a join: the read that checks the
+    group is claimed serves the election, and the routers returned are the election's."""
+    r, catalog, _, _ = router()
+    other = "urn:snipe:host:h2"
+    catalog.records[group(1)] = {ROUTER + other: {"daemon": "tcp://h2#k"}}
+    assert r.join(group(1), "urn:snipe:proc:a", "ka") == sorted([ME, other])
+    assert (catalog.reads, catalog.writes) == ([group(1)], [(group(1), ROUTER + ME)])
+    assert r.join(group(1), "urn:snipe:proc:b", "kb") == sorted([ME, other])     # standing: no write
+    assert (catalog.reads, catalog.writes) == ([group(1)] * 2, [(group(1), ROUTER + ME)])
