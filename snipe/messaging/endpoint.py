@@ -106,6 +106,7 @@ RETAINED_RESOLVE_TIMEOUT_S = 0.5
 SAY_EVERY_S = 60.0           # a log line about what a peer keeps doing (_may_say): at most this often
 STUCK_CHECKPOINT_S = 30.0    # a standby replica's messages waiting this long for a checkpoint: say so
 STATS_EVERY_S = 5.0          # per-peer counters published on our own URN (a lease), for the console
+UNCLAIMED_GRACE_S = 3.0      # messages for a URN nobody ever claimed wait this long, then a quorum read decides
 FAILOVER_SILENCE_S = 2.0     # a route with data outstanding and no acknowledgement for this long has failed
 SHUN_ROUTE_S = 30.0          # ... and is not taken again for this long (then it is probed again)
 # Our links are reliable streams (ZeroMQ over TCP or ipc): a message is lost only when a
@@ -179,6 +180,7 @@ class _Peer:
     copies: list[str] = field(default_factory=list)     # a replicated URN in mode "all": its copies' peers
     parent: str | None = None                # this peer is copy `copy_index` of the replicated URN `parent`
     copy_index: int = -1
+    unclaimed_checked: bool = False          # a quorum read found it claimed: wait for its endpoint
     jitter: float = field(default_factory=lambda: random.uniform(0.75, 1.25))   # of its retained-only re-reads
     checkpointed_at: float | None = None     # when its last checkpoint reached us (a standby replica's)
     created_at: float = field(default_factory=time.monotonic)   # made for our first message to it
@@ -1079,6 +1081,9 @@ class Endpoint:
             log.debug("cannot resolve %s: %s", p.urn, exc)
             return
         values = entry.as_dict(now_ms())
+        if not values and entry.owner(self.admin_key, now_ms()) is None:
+            self._unclaimed(p, urn, now)
+            return
         replicas = values.get("replicas")
         if values.get("mode") == "all" and isinstance(replicas, int) and p.parent is None:
             p.copies = [f"{urn}#{i}" for i in range(min(replicas, 64))]
@@ -1352,6 +1357,23 @@ class Endpoint:
         with self.lock:
             self.accepted[dest] = self.accepted.get(dest, 0) + 1
             self.commands.append((dest, tag, payload, deadline_s))
+
+    def _unclaimed(self, p: _Peer, urn: str, now: float) -> None:
+        """Nobody has claimed `urn`, as far as one replica knows. A process's URN is claimed before
+        anyone can learn it (a spawn registers the task first), so after UNCLAIMED_GRACE_S of
+        waiting, a quorum read (it sees every acknowledged claim) decides: still unclaimed, the
+        messages fail now, naming why, rather than at their deadline."""
+        if p.unclaimed_checked or p.waiting_since is None or now - p.waiting_since < UNCLAIMED_GRACE_S:
+            return
+        assert self.catalog is not None
+        try:
+            entry = self.catalog.get(urn)
+        except SnipeError as exc:
+            log.debug("cannot read %s at a quorum: %s", urn, exc)
+            return
+        p.unclaimed_checked = True
+        if not entry.as_dict(now_ms()) and entry.owner(self.admin_key, now_ms()) is None:
+            self._fail(p, f"{p.urn} is not in the catalog: no process has that URN (a quorum of replicas says so)")
 
     def _fail(self, p: _Peer, reason: str) -> None:
         self._settle(p.urn, p.out.fail_all(reason))

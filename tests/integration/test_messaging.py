@@ -113,6 +113,15 @@ def test_messages_to_a_process_that_never_listens_fail_at_their_deadline(cluster
     assert m is not None and m.failed and m.tag == 3 and "no messaging endpoint" in (m.reason or "")
 
 
+def test_messages_to_a_urn_nobody_claimed_fail_soon_saying_so(cluster: LocalCluster) -> None:
+    """Not at their deadline (30 s by default): the catalog, read at a quorum, has no such URN."""
+    ghost = "urn:snipe:proc:fedcba9876543210"
+    snipe.send(ghost, b"hello?", tag=3)
+    m = snipe.recv(source=ghost, timeout=20)
+    assert m is not None and m.failed and m.tag == 3, m
+    assert f"{ghost} is not in the catalog" in (m.reason or ""), m.reason
+
+
 def test_a_stranger_key_cannot_deliver(cluster: LocalCluster, tmp_path: Path) -> None:
     import zmq
 
