@@ -128,11 +128,52 @@ def _host_tasks(address: str, identity: Identity, timeout: float) -> list[dict[s
     return list(reply["tasks"])
 
 
+def _last_seq(row: dict[str, Any]) -> int:
+    events = row.get("events")
+    last = events[-1] if isinstance(events, list) and events and isinstance(events[-1], dict) else {}
+    return last["seq"] if isinstance(last.get("seq"), int) else 0
+
+
+def one_row_per_task(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The hosts' task lists with one row per task where a migration has two hosts list it:
+    - the original of a migration under way (its host says `migrating_to`) and the clone on the
+      target (which says `clone_from` until it takes over, and runs there as the task from then
+      until the original's host hears the move is done): one row, the original's, in state
+      "migrating", with `from` and `to` hosts;
+    - a clone whose original no host listed (its host did not answer): a "migrating" row likewise;
+    - an original that moved away ("migrated"): left out where a host lists the task as anything
+      else, else the latest of them is kept.
+    Other rows of one URN (the copies of a task in mode "all") are each a process, and stay. The
+    rows keep their order."""
+    by_urn: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_urn.setdefault(r.get("urn"), []).append(r)
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        same = by_urn[r.get("urn")]
+        original = next((o for o in same if o is not r and o.get("migrating_to") == r.get("host")), None)
+        if r.get("migrating_to"):
+            out.append({**r, "state": "migrating", "from": r.get("host"), "to": r["migrating_to"]})
+        elif original is not None:      # the clone, or the task on the target once the clone took over
+            continue
+        elif "clone_from" in r:
+            out.append({**r, "state": "migrating", "host": r["clone_from"] or r.get("host"),
+                        "from": r["clone_from"], "to": r.get("host")})
+        elif r.get("state") == "migrated":
+            moved = [o for o in same if o.get("state") == "migrated"]
+            if len(moved) == len(same) and max(moved, key=_last_seq) is r:
+                out.append(r)
+        else:
+            out.append(r)
+    return out
+
+
 def _all_tasks(timeout: float, catalog: CatalogClient | None = None
                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every live host's tasks, and the hosts whose daemon did not list them ({host, reason}).
-    The hosts are asked concurrently; both lists keep the hosts' sorted order. `catalog`: the
-    calling thread's own client, if it is not the session's thread (a client is one thread's)."""
+    """Every live host's tasks, one row per task (`one_row_per_task`), and the hosts whose daemon
+    did not list them ({host, reason}). The hosts are asked concurrently; both lists keep the
+    hosts' sorted order. `catalog`: the calling thread's own client, if it is not the session's
+    thread (a client is one thread's)."""
     s = session()
     hosts = sorted(snipe.hosts(catalog=catalog).items())
     tasks: list[dict[str, Any]] = []
@@ -148,12 +189,17 @@ def _all_tasks(timeout: float, catalog: CatalogClient | None = None
                 unreachable.append({"host": urn, "reason": str(exc)})
             except Exception as exc:    # e.g. a daemon address ZeroMQ cannot parse: that host's, not ps's
                 unreachable.append({"host": urn, "reason": f"{type(exc).__name__}: {exc}"})
-    return tasks, unreachable
+    return one_row_per_task(tasks), unreachable
+
+
+def _where(task: dict[str, Any]) -> str:
+    """A task's host as `ps` shows it: `h1 → h2` while it migrates."""
+    return f"{_host(task.get('from'))} → {_host(task['to'])}" if task.get("to") else _host(task.get("host"))
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
     found, unreachable = _all_tasks(args.timeout)
-    tasks = [t for t in found if args.all or t.get("state") in ("running", "suspended")]
+    tasks = [t for t in found if args.all or t.get("state") in ("running", "suspended", "migrating")]
     # A host that does not answer is reported whatever the filter, never left out: its tasks may
     # be running. Like `kubectl get pods` with a node NotReady, the listing of the hosts that did
     # answer still stands, so exit 0 (scripts and `watch` keep working) but say which hosts are
@@ -164,7 +210,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
     for u in unreachable:
         print(f"snipe-console: warning: {_host(u['host'])} did not list its tasks (they may be running): "
               f"{u['reason']}", file=sys.stderr)
-    rows = [[t["urn"], str(t.get("host", "")).rsplit(":", 1)[-1], t.get("state"),
+    rows = [[t["urn"], _where(t), t.get("state"),
              f"{t['cpu_seconds']:.2f}s" if isinstance(t.get("cpu_seconds"), float) else "-",
              _bytes(t.get("rss_bytes")), f"{t['age_s']:.0f}s" if isinstance(t.get("age_s"), float) else "-"]
             for t in tasks + missing]
