@@ -537,6 +537,7 @@ def cmd_spawn(args: argparse.Namespace) -> int:
 
 
 USAGE_BY = ("owner", "host", "code")
+MIGRATED = "migrated"       # the state in the record of a host a task moved away from: not an end
 
 
 def host_keys_of(catalog: CatalogClient, admin_key: bytes, now: int) -> dict[str, str]:
@@ -564,7 +565,10 @@ def usage_data(by: str = "owner", since_s: float | None = None,
     (`vouching_host_key`): a task may write any name on its own URN (it is delegated them), and
     any admitted key may claim a URN and call itself a host there. A task that ran on several
     hosts (restarted, migrated, copies in mode "all") has a record from each other host,
-    `<task URN>.usage.<host>.<ms>` naming it as `task`: each is a row, the task counts once."""
+    `<task URN>.usage.<host>.<ms>` naming it as `task`: each is a row, the task counts once.
+    A migration is not an end: a task whose only records are of hosts it moved away from (state
+    "migrated") runs on elsewhere, and is counted as running (`task_running` on its rows, `running`
+    in its group), with what it used on those hosts."""
     if by not in USAGE_BY:
         raise ConfigError(f"usage --by {by!r}: one of {', '.join(USAGE_BY)}")
     s = session()
@@ -573,6 +577,7 @@ def usage_data(by: str = "owner", since_s: float | None = None,
     since_ms = None if since_s is None else now - int(since_s * 1000)
     host_keys = host_keys_of(c, s.admin_key, now)
     tasks = []
+    ended_tasks: set[str] = set()      # whatever --since says: a task ends after every move it made
     for urn, entry in c.query("urn:snipe:proc:", [("usage", "exists", None)]).items():
         host_key = vouching_host_key(entry, host_keys, s.admin_key, now)
         if host_key is None:
@@ -586,10 +591,13 @@ def usage_data(by: str = "owner", since_s: float | None = None,
         if not isinstance(used, dict) or not isinstance(started, int):
             continue
         ended = started + int(_as_number(used.get("wall_seconds")) * 1000)
+        task = stated("task")       # an incarnation's own record (restarted, migrated, a copy): its task
+        task = task if isinstance(task, str) else urn
+        if stated("state") != MIGRATED:
+            ended_tasks.add(task)
         if since_ms is not None and ended < since_ms:
             continue
-        task = stated("task")       # an incarnation's own record (restarted, migrated, a copy): its task
-        tasks.append({"urn": task if isinstance(task, str) else urn, "record": urn,
+        tasks.append({"urn": task, "record": urn,
                       "owner": stated("owner"), "host": stated("host"), "code": stated("code"),
                       "state": stated("state"), "started_ms": started, "ended_ms": ended,
                       "cpu_seconds": _as_number(used.get("cpu_seconds")),
@@ -598,10 +606,12 @@ def usage_data(by: str = "owner", since_s: float | None = None,
     groups: dict[str, dict[str, Any]] = {}
     counted: dict[str, set[str]] = {}
     for t in tasks:
-        g = groups.setdefault(str(t[by]), {by: t[by], "tasks": 0, "cpu_seconds": 0.0, "wall_seconds": 0.0,
-                                           "peak_rss_bytes": 0})
+        t["task_running"] = t["urn"] not in ended_tasks
+        g = groups.setdefault(str(t[by]), {by: t[by], "tasks": 0, "running": 0, "cpu_seconds": 0.0,
+                                           "wall_seconds": 0.0, "peak_rss_bytes": 0})
         counted.setdefault(str(t[by]), set()).add(t["urn"])
         g["tasks"] = len(counted[str(t[by])])
+        g["running"] = len(counted[str(t[by])] - ended_tasks)
         g["cpu_seconds"] += t["cpu_seconds"]
         g["wall_seconds"] += t["wall_seconds"]
         g["peak_rss_bytes"] = max(g["peak_rss_bytes"], t["peak_rss_bytes"])
@@ -619,10 +629,13 @@ def cmd_usage(args: argparse.Namespace) -> int:
         since = f" in the last {args.since:g} s" if args.since is not None else ""
         label = {"owner": "owner (key)", "host": "host", "code": "code"}[args.by]
         ran = len({t["urn"] for t in data["tasks"]})
+        running = len({t["urn"] for t in data["tasks"] if t["task_running"]})
         runs = f" ({len(data['tasks'])} runs)" if len(data["tasks"]) != ran else ""
-        table(f"{ran} ended task(s){runs}{since}: {total_cpu:.2f} CPU seconds",
+        still = f", {running} still running after a migration" if running else ""
+        table(f"{ran - running} ended task(s){still}{runs}{since}: {total_cpu:.2f} CPU seconds",
               [label, "tasks", "cpu", "wall", "peak memory"],
-              [[_short(g[args.by], 70).strip('"') if args.by != "host" else _host(g["host"]), g["tasks"],
+              [[_short(g[args.by], 70).strip('"') if args.by != "host" else _host(g["host"]),
+                f"{g['tasks']} ({g['running']} running)" if g["running"] else g["tasks"],
                 f"{g['cpu_seconds']:.2f}s", f"{g['wall_seconds']:.1f}s", _bytes(g["peak_rss_bytes"])]
                for g in data["groups"]])
     emit(args, data, human)
@@ -791,8 +804,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "the least loaded by what they published)")
     p.add_argument("--max-price", type=float, help="with bids: none above this (implies --bids)")
     p.set_defaults(fn=cmd_spawn)
-    p = sub.add_parser("usage", parents=[common], help="accounting: CPU, wall time and memory ended tasks used, "
-                                                        "per owner, host or code")
+    p = sub.add_parser("usage", parents=[common], help="accounting: CPU, wall time and memory ended tasks used "
+                                                        "(and migrated ones on the hosts they left), per owner, "
+                                                        "host or code")
     p.add_argument("--by", choices=USAGE_BY, default="owner", help="sum per task owner (default), host or code")
     p.add_argument("--since", type=float, help="only tasks that ended in the last this many seconds")
     p.set_defaults(fn=cmd_usage)

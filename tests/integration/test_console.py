@@ -250,7 +250,8 @@ def test_usage_counts_every_host_a_migrated_task_ran_on(cluster: LocalCluster, t
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """A task that moved from h1 to h2: each host accounts, with its own key, for what the task
     used there (h2 writes on the task's URN with the task's key, which accounting does not
-    believe, so its figures go to a record of its own); the task counts once."""
+    believe, so its figures go to a record of its own); the task counts once. Moved, it is not
+    ended: until it ends on h2 it counts as running, with what it used on h1."""
     from tests.integration.test_migration import PINGER, _ping
 
     (tmp_path / "pinger.py").write_text(PINGER.replace("bytes(192 << 20)", "b''"))
@@ -260,6 +261,18 @@ def test_usage_counts_every_host_a_migrated_task_ran_on(cluster: LocalCluster, t
     assert _ping(task, 1) == 1
     assert task.migrate("h2")["to"] == "urn:snipe:host:h2"
     assert _ping(task, 2) == 2
+
+    def left_h1() -> Any:       # the original lingers 0.5 s for stragglers, then h1 accounts for it
+        got = run_json(capsys, "usage")
+        return got if any(t["urn"] == task.urn for t in got["tasks"]) else None
+
+    moved = wait_for(left_h1, 60, "h1 to account for what the task used there")
+    assert [(t["host"], t["state"], t["task_running"]) for t in moved["tasks"]] == [
+        ("urn:snipe:host:h1", "migrated", True)], moved
+    assert [(g["tasks"], g["running"]) for g in moved["groups"]] == [(1, 1)], moved
+    _, out, _ = run(capsys, "usage")
+    assert "0 ended task(s), 1 still running after a migration:" in out and "1 (1 running)" in out, out
+    assert _ping(task, 3) == 3                    # it does run on
     snipe.send(task.urn, b"", tag=99)
     assert task.wait(60)["exit_code"] == 0
 
@@ -272,8 +285,9 @@ def test_usage_counts_every_host_a_migrated_task_ran_on(cluster: LocalCluster, t
     mine = [t for t in by_host["tasks"] if t["urn"] == task.urn]
     assert len(mine) == 2 and all(t["wall_seconds"] > 0 for t in mine), mine
     assert {t["state"] for t in mine} == {"migrated", "exited"}, mine
+    assert not any(t["task_running"] for t in mine), mine
     by_owner = run_json(capsys, "usage")
-    assert by_owner["groups"][0]["tasks"] == 1        # one task, two runs
+    assert (by_owner["groups"][0]["tasks"], by_owner["groups"][0]["running"]) == (1, 0)   # one task, two runs
     _, out, _ = run(capsys, "usage")
     assert "1 ended task(s) (2 runs)" in out, out
 
