@@ -677,7 +677,11 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             if not report["stopped"]:
                 out.print(f"no cluster in {home}")
                 return
-            out.print(f"stopped {len(report['signalled'])} process(es) of the local cluster in {home}")
+            tasks = len(report["tasks_killed"])
+            out.print(f"stopped {len(report['signalled'])} process(es) of the local cluster in {home}"
+                      + (f", and {tasks} task(s) it ran" if tasks else ""))
+            if report["sockets_removed"]:
+                out.print(f"removed the {len(report['sockets_removed'])} ipc socket file(s) they left")
             gone = [s for s in report["skipped"] if s["reason"] == "no longer runs"]
             if gone:
                 out.print("already gone: " + ", ".join(f"{s['role']} {s['id']} (pid {s['pid']})" for s in gone))
