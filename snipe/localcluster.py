@@ -16,9 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import psutil
 from snipe.catalog.client import CatalogClient
 from snipe.errors import ConfigError, SnipeError, Unreachable
 from snipe.identity import Identity
+from snipe.interrupts import interrupt_after
 from snipe.transport import bound_ipc_sockets, remove_unused_ipc_socket
 
 _handed_out: set[tuple[str, int]] = set()
@@ -101,25 +100,6 @@ class ReplicaProc:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-
-@contextlib.contextmanager
-def interrupt_after() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt. Around starting a
-    process: interrupted inside Popen, the child runs but its Popen (and PID) is never returned,
-    so nothing would stop it; held, the process is known first and stopped with the others."""
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    held: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if held:
-        raise KeyboardInterrupt
 
 
 class LocalCatalog:
