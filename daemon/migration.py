@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 from snipe_daemon.fields import environment_of, seconds_of, seq_of, shown, texts_of
-from snipe_daemon.tasks import Quota
+from snipe_daemon.tasks import LIVE_STATES, Quota
 
 from snipe.catalog.client import now_ms
 from snipe.daemonclient import DaemonClient
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("snipe.daemon.migration")
 
 CLONE_TIMEOUT_S = 60.0
+MIGRATION_FAILED = "migration-failed"      # the event a task gets when a move of it failed (it runs on)
 NOTIFY_TAG = 0x7FFF0000     # what a notify-list process receives: msgpack {urn, seq, kind, at, reason}
 
 
@@ -178,6 +179,7 @@ class Migrations:
         d = self.d
         self.outgoing.pop(mig.urn, None)
         if not verdict.ok:
+            self._note_failure(mig, verdict.reason)
             d._reply(mig.client, mig.env.error_reply(MigrationFailed(
                 f"{mig.urn} was not moved to {mig.target} and still runs on {d.cfg.host_urn}: {verdict.reason}")))
             return
@@ -186,6 +188,17 @@ class Migrations:
         d.state.put_task(mig.urn, rec)
         d._reply(mig.client, mig.env.reply(urn=mig.urn, **{"from": d.cfg.host_urn}, to=mig.target,
                                            supervisor=mig.target_daemon))
+
+    def _note_failure(self, mig: Outgoing, reason: str | None) -> None:
+        """A failed migration is an event of the task's (`Process.events()`, `snipe-console events`),
+        which runs on here: its state stays as it was (the clone on the target is dropped, never a task)."""
+        d = self.d
+        rec = d.tasks.get(mig.urn)
+        if rec is None or rec["state"] not in LIVE_STATES:      # it ended meanwhile: that is its last word
+            return
+        d._note_event(mig.urn, MIGRATION_FAILED, f"not moved to {mig.target}, still runs on {d.cfg.host_urn}: "
+                                                 f"{reason or 'no reason given'}")
+        self._tell_notify_list(mig.urn, rec)
 
     # --- target side ---------------------------------------------------------------------------
     def clone(self, client: bytes, key: str, env: Envelope) -> None:
@@ -277,10 +290,15 @@ class Migrations:
         d._reply(client, env.reply())
         self.put_as_task(urn, {"host": d.cfg.host_urn, "supervisor": d.cfg.address, "state": "running",
                                "events": rec["events"], "pid": rec["record"]["pid"]})
-        told = {"urn": urn, "seq": event["seq"], "kind": "migrated", "at": event["at"], "reason": event["reason"]}
+        self._tell_notify_list(urn, rec)
+
+    def _tell_notify_list(self, urn: str, rec: dict[str, Any]) -> None:
+        """Tell the task's notify list of its latest event: how a migration of it went."""
+        event = rec["events"][-1]
+        told = {"urn": urn, "seq": event["seq"], "kind": event["kind"], "at": event["at"], "reason": event["reason"]}
         for n in rec.get("notify", []):
             with contextlib.suppress(SnipeError):
-                d.endpoint.send(n, msgpack.packb(told), NOTIFY_TAG)
+                self.d.endpoint.send(n, msgpack.packb(told), NOTIFY_TAG)
 
     def clone_drop(self, client: bytes, key: str, env: Envelope) -> None:
         d = self.d
@@ -322,6 +340,19 @@ class Migrations:
             self.d._reply(inc.client, inc.env.error_reply(MigrationFailed(
                 f"the clone exited before it took over: {tail or 'no output'}")))
 
+    def forget_clone(self, urn: str) -> None:
+        """Drop every trace here of a clone that ended before it took over (the migration failed):
+        the task never ran on this host, so `ps` must not list it (as lost) nor a wait find it.
+        Its working folder stays, with the clone's stderr for whoever looks into why."""
+        d = self.d
+        self.incoming.pop(urn, None)
+        d.tasks.pop(urn, None)
+        d.task_keys.pop(urn, None)
+        d.unpublished.discard(urn)
+        d.state.drop_task(urn)
+        with contextlib.suppress(SnipeError):
+            d.runner.forget(urn)
+
     def put_as_task(self, urn: str, values: dict[str, Any]) -> None:
         """Publish a migrated task's values, signed with its own key (see the module docstring)."""
         key = self.d._task_key(urn)
@@ -348,4 +379,4 @@ class Migrations:
         return key if isinstance(key, str) else None
 
 
-__all__ = ["NOTIFY_TAG", "Migrations", "NotFound"]
+__all__ = ["MIGRATION_FAILED", "NOTIFY_TAG", "Migrations", "NotFound"]

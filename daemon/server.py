@@ -31,7 +31,7 @@ from snipe_daemon.fields import environment_of, seconds_of, shown, texts_of
 from snipe_daemon.hostinfo import LoadSampler, collect_host_info
 from snipe_daemon.locations import LiveDaemons, Republisher
 from snipe_daemon.mcast import GroupRouter
-from snipe_daemon.migration import Migrations
+from snipe_daemon.migration import MIGRATION_FAILED, Migrations
 from snipe_daemon.pool import WarmPool, reap_orphans
 from snipe_daemon.relay import Relay
 from snipe_daemon.state import DaemonState
@@ -76,6 +76,9 @@ TICK_S = 0.1
 MANIFEST_TTL_S = 10.0          # how long a verified code manifest is trusted without asking the catalog again
 REAP_S = 1.0                   # how often orphans adopted as subreaper are collected
 MAX_EVENTS_KEPT = 64
+# Events that note something about a task without changing its state: they leave the `reason` on
+# its URN (why it is in that state) as it was.
+NOTE_EVENTS = (MIGRATION_FAILED,)
 MAX_FILE_BYTES = 1 << 30       # a stored blob (a checkpoint) at most this big
 RESTART_POLICIES = ("on-host-failure",)
 REPLICA_MODES = ("standby", "all")
@@ -264,8 +267,14 @@ class Daemon:
             reap_orphans(self.runner.pids() | self.pool.pids())
         self.groups.tick(now)
         self.migrations.tick(now)
-        for w in self.waiters.due(now, self._ended):
-            if not self._reply(w.client, w.env.reply(**self._status(w.urn), stderr_tail=self._stderr_tail(w.urn))):
+        for w in self.waiters.due(now, lambda urn: urn not in self.tasks or self._ended(urn)):
+            if w.urn not in self.tasks:      # a migration's clone that never took over: forgotten
+                reply = w.env.error_reply(NotFound(f"{w.urn} is not a task of {self.cfg.host_urn} (a migration's "
+                                                   "clone that never took over); ask the daemon named in its "
+                                                   "'supervisor'"))
+            else:
+                reply = w.env.reply(**self._status(w.urn), stderr_tail=self._stderr_tail(w.urn))
+            if not self._reply(w.client, reply):
                 self.waiters.drop_client(w.client)       # gone: its other waits have no one to answer
         self._keep_lease(now)
 
@@ -878,9 +887,11 @@ class Daemon:
             with contextlib.suppress(KeyError):
                 rec["record"] = self.runner.record(ev.urn).to_value()
             if rec.get("incoming") and ev.kind in ("exited", "killed", "lost"):
-                rec["state"] = "lost"
+                # the migration failed: the task runs on where it was, so its clone was never a task here
                 self.migrations.clone_exited(ev.urn)
-            elif ev.kind in ("exited", "killed") and not rec.get("accounted"):
+                self.migrations.forget_clone(ev.urn)
+                return
+            if ev.kind in ("exited", "killed") and not rec.get("accounted"):
                 # the original that moved: what it used here until then is accounted by this host
                 with contextlib.suppress(SnipeError):
                     used = self.runner.usage(ev.urn)
@@ -912,6 +923,15 @@ class Daemon:
         self.state.put_task(ev.urn, rec)
         self._publish_task(ev.urn)
 
+    def _note_event(self, urn: str, kind: str, reason: str) -> None:
+        """Add an event that does not change the task's state (NOTE_EVENTS) and publish it."""
+        rec = self.tasks[urn]
+        rec["seq"] += 1
+        event = {"seq": rec["seq"], "kind": kind, "at": time.time(), "reason": reason}
+        rec["events"] = (rec["events"] + [event])[-MAX_EVENTS_KEPT:]
+        self.state.put_task(urn, rec)
+        self._publish_task(urn)
+
     def _publish_task(self, urn: str) -> None:
         rec = self.tasks[urn]
         if time.monotonic() > self.lease_until:
@@ -921,7 +941,7 @@ class Daemon:
         last = rec["events"][-1] if rec["events"] else {}
         if "exit_code" in last:
             values["exit_code"] = last["exit_code"]
-        if last.get("reason"):
+        if last.get("reason") and last.get("kind") not in NOTE_EVENTS:
             values["reason"] = last["reason"]
         if rec.get("usage"):       # accounting: what the ended task used, as this host measured it
             values["usage"] = rec["usage"]
@@ -939,15 +959,21 @@ class Daemon:
             if rec.get("restart") and self._superseded(urn, rec):
                 self.unpublished.discard(urn)       # taken over elsewhere: that host speaks for it now
                 return
-            key = self._task_key(urn)
-            if key is not None:
-                self._put_as(key, urn, values)
-            else:
-                self.catalog.set_many(urn, values)
+            self._put_task_values(urn, values)
             self.unpublished.discard(urn)
         except SnipeError as exc:      # the state is safe in LMDB; it is published when the catalog answers
             self.unpublished.add(urn)
             log.warning("could not publish %s %s: %s", urn, rec["state"], exc)
+
+    def _put_task_values(self, urn: str, values: dict[str, Any]) -> None:
+        """Write `values` on a task's URN with the key that speaks for it from here: the task's own
+        where this host runs it under that key (restarted or migrated here), else this host's (it
+        claimed the URN when it spawned the task)."""
+        key = self._task_key(urn)
+        if key is not None:
+            self._put_as(key, urn, values)
+        else:
+            self.catalog.set_many(urn, values)
 
     def _speaks_for(self, urn: str, rec: dict[str, Any]) -> bool:
         """Whether what this host publishes on the task's URN is its own word (its key claimed the
@@ -1010,6 +1036,12 @@ class Daemon:
                                "host": self.cfg.host_urn, "events": rec["events"]}
         if rec.get("moved_to"):
             out["moved_to"] = rec["moved_to"]
+        # A migration under way: the original names where it goes, the clone where it comes from
+        # (`snipe-console ps` shows the two as one task, migrating).
+        if urn in self.migrations.outgoing:
+            out["migrating_to"] = self.migrations.outgoing[urn].target
+        if rec.get("incoming"):
+            out["clone_from"] = rec.get("from") or None
         try:
             live = self.runner.status(urn)
             out.update({k: v for k, v in live.items() if k != "state"})

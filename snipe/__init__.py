@@ -7,6 +7,16 @@
     print(p.wait()["exit_code"])
 """
 
+import sys as _sys
+
+from snipe import interrupts as _interrupts
+
+# `python -m snipe.<program>` (the demo, the console) imports this package, the whole library
+# (~0.25 s), before the program's code runs; sys.argv[0] is "-m" exactly then. A Ctrl-C meanwhile
+# is held, and ends the program below, quietly with status 130 as an interrupted command does,
+# rather than as a traceback from the middle of some import.
+_starting_program = _sys.argv[:1] == ["-m"] and _interrupts.hold()
+
 from snipe.checkpoints import checkpoint
 from snipe.errors import SnipeError
 from snipe.hooks import on_checkpoint, on_restore
@@ -36,6 +46,12 @@ from snipe.runtime import (
     spawn,
     stop_embedded,
 )
+
+if _starting_program:
+    try:
+        _interrupts.release()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
 
 __all__ = [
     "Message",

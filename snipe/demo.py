@@ -12,6 +12,14 @@ smaller). With --json the report (or, when the demo could not run, {"ok": false,
 
 from __future__ import annotations
 
+from snipe import interrupts
+
+if __name__ == "__main__":
+    # Run as the program: a Ctrl-C while the rest is imported waits for main(), which says it
+    # was interrupted as at any later moment (one while the snipe package was imported, before
+    # this module, has ended the program quietly: snipe/__init__.py).
+    interrupts.hold()
+
 import argparse
 import contextlib
 import json
@@ -179,10 +187,13 @@ def main(argv: list[str] | None = None) -> int:
                                   "system's temporary folder); removed when the demo ends")
     args = ap.parse_args(argv)
     try:
+        interrupts.release()        # a Ctrl-C held while the program started: taken here like any other,
+        interrupts.unblock()        # and one its launcher kept pending since before Python started
         report = run(args.limit, args.workers, None if args.json else Console(), args.dir)
     except KeyboardInterrupt as exc:
-        # Ctrl-C: the cluster is already stopped (run's finally); say so, exit 130 as a shell does
-        text = str(exc) if isinstance(exc, DemoInterrupted) else "interrupted"
+        # Ctrl-C: the cluster is already stopped (run's finally); say so, exit 130 as a shell does.
+        # Before the cluster was started there was nothing to stop.
+        text = str(exc if isinstance(exc, DemoInterrupted) else DemoInterrupted(0))
         if args.json:
             print(json.dumps({"ok": False, "error": text, "kind": "interrupted"}))
         else:

@@ -16,16 +16,18 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from snipe.catalog.client import CatalogClient
 from snipe.errors import ConfigError, SnipeError, Unreachable
 from snipe.identity import Identity
+from snipe.interrupts import interrupt_after
+from snipe.transport import bound_ipc_sockets, remove_unused_ipc_socket
 
 _handed_out: set[tuple[str, int]] = set()
 
@@ -98,25 +100,6 @@ class ReplicaProc:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-
-@contextlib.contextmanager
-def interrupt_after() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt. Around starting a
-    process: interrupted inside Popen, the child runs but its Popen (and PID) is never returned,
-    so nothing would stop it; held, the process is known first and stopped with the others."""
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    held: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if held:
-        raise KeyboardInterrupt
 
 
 class LocalCatalog:
@@ -237,6 +220,45 @@ class DaemonProc:
 
 
 CLUSTER_FILE = "cluster.json"
+DEAD_WAIT_S = 5.0     # how long a stop waits for the processes it killed to be gone before leaving their files
+
+
+@dataclass(frozen=True)
+class KilledTasks:
+    """What `LocalCluster.kill_tasks` did: the task processes it killed, and the socket files of
+    those confirmed dead that it removed."""
+
+    pids: list[int]
+    sockets_removed: list[str]
+
+
+def _ended(process: psutil.Process) -> bool:
+    """Whether `process` has ended: gone, its PID another process's now, or a zombie (whose files
+    and sockets the kernel has closed; only its exit status waits for its parent)."""
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:            # cannot be told: taken as running
+        return False
+
+
+def wait_ended(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Those of `processes` that have ended by `timeout` seconds from now (waited for, bounded)."""
+    deadline = time.monotonic() + timeout
+    left = list(processes)
+    while True:
+        left = [p for p in left if not _ended(p)]
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    return [p for p in processes if all(p is not q for q in left)]
+
+
+def remove_sockets_of(ended: list[psutil.Process], sockets: dict[int, list[Path]]) -> list[str]:
+    """Remove the socket files `sockets` lists (by PID, read while each ran) for the processes
+    that `ended`, each only while nobody listens on it (remove_unused_ipc_socket); those removed."""
+    return [str(path) for p in ended for path in sockets.get(p.pid, []) if remove_unused_ipc_socket(path)]
 
 
 class LocalCluster:
@@ -336,10 +358,13 @@ class LocalCluster:
                 proc.kill()
                 proc.wait(10)
 
-    def kill_tasks(self) -> None:
-        """SIGKILL every task the daemons started (they run in sessions of their own)."""
-        import psutil
-
+    def kill_tasks(self) -> KilledTasks:
+        """SIGKILL every task the daemons started (they run in sessions of their own), and remove
+        the ipc socket files of those that are then confirmed dead: killed, a task cannot remove
+        its own, and they would stay in the runtime folder it shares with every snipe process of
+        this user until some process starts when they are over a minute old."""
+        killed: list[psutil.Process] = []
+        sockets: dict[int, list[Path]] = {}
         for d in self.daemons:
             tasks = d.state_dir / "tasks"
             if not tasks.exists():
@@ -348,9 +373,14 @@ class LocalCluster:
                 try:
                     cwd = p.info.get("cwd") or ""
                     if cwd.startswith(str(tasks)):
+                        group = [p, *p.children(recursive=True)]
+                        for q in group:         # while they run: afterwards nothing says whose a file was
+                            sockets.setdefault(q.pid, bound_ipc_sockets(q))
                         os.killpg(p.pid, signal.SIGKILL)
+                        killed.extend(group)
                 except (psutil.Error, ProcessLookupError, PermissionError):
                     continue
+        return KilledTasks([p.pid for p in killed], remove_sockets_of(wait_ended(killed, DEAD_WAIT_S), sockets))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -1187,24 +1187,31 @@ def stop_embedded(home: str | Path | None = None) -> bool:
 
 def stop_embedded_report(home: str | Path | None = None) -> dict[str, Any]:
     """Stop the embedded cluster in `home`; say what was done: {"stopped": whether a cluster was
-    described there, "signalled": [pid, ...], "skipped": [{"pid", "role", "id", "reason"}, ...]}.
+    described there, "signalled": [pid, ...], "skipped": [{"pid", "role", "id", "reason"}, ...],
+    "tasks_killed": [pid, ...], "sockets_removed": [path, ...]}.
     Every listed process still running is stopped, also when others have ended (a cluster partly
     down). A PID from cluster.json that no longer names the process the cluster started is
-    skipped (and logged unless it simply ended): after a reboot it may be anybody's."""
+    skipped (and logged unless it simply ended): after a reboot it may be anybody's. Then every
+    task its daemons ran is killed, and the ipc socket files of the processes stopped here that
+    are confirmed dead are removed (only those, and only while nobody listens on one)."""
     import signal as signals
 
-    from snipe.localcluster import CLUSTER_FILE, LocalCluster
+    from snipe.localcluster import CLUSTER_FILE, DEAD_WAIT_S, LocalCluster, remove_sockets_of, wait_ended
+    from snipe.transport import bound_ipc_sockets
 
     root = Path(home).expanduser() if home else runtime_home()
     desc_path = root / CLUSTER_FILE
+    nothing: dict[str, Any] = {"stopped": False, "signalled": [], "skipped": [], "tasks_killed": [],
+                               "sockets_removed": []}
     if not desc_path.exists():
-        return {"stopped": False, "signalled": [], "skipped": []}
+        return nothing
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)        # not while start_embedded is still writing the file
         desc = _read_description(desc_path)
         if desc is None:
-            return {"stopped": False, "signalled": [], "skipped": []}
+            return nothing
         procs: list[psutil.Process] = []
+        sockets: dict[int, list[Path]] = {}
         skipped: list[dict[str, Any]] = []
         for m in _members(desc, root):
             if m.process is None:
@@ -1212,6 +1219,7 @@ def stop_embedded_report(home: str | Path | None = None) -> dict[str, Any]:
                 if m.reason != "no longer runs":
                     log.warning("not signalling pid %s listed in %s: it %s", m.pid, desc_path, m.reason)
                 continue
+            sockets[m.process.pid] = bound_ipc_sockets(m.process)     # a daemon's own, if it must be killed
             with contextlib.suppress(psutil.Error):
                 m.process.send_signal(signals.SIGTERM)
                 procs.append(m.process)
@@ -1219,7 +1227,11 @@ def stop_embedded_report(home: str | Path | None = None) -> dict[str, Any]:
         for p in alive:
             with contextlib.suppress(psutil.Error):
                 p.kill()        # psutil refuses if the PID has meanwhile gone to another process
+        removed = remove_sockets_of(wait_ended(procs, DEAD_WAIT_S), sockets)
+        tasks_killed: list[int] = []
         with contextlib.suppress(SnipeError, OSError):
-            LocalCluster(root, replicas=0, hosts=len(desc.get("daemons", {}))).kill_tasks()
+            killed = LocalCluster(root, replicas=0, hosts=len(desc.get("daemons", {}))).kill_tasks()
+            tasks_killed, removed = killed.pids, removed + killed.sockets_removed
         desc_path.unlink(missing_ok=True)
-    return {"stopped": True, "signalled": [p.pid for p in procs], "skipped": skipped}
+    return {"stopped": True, "signalled": [p.pid for p in procs], "skipped": skipped, "tasks_killed": tasks_killed,
+            "sockets_removed": removed}

@@ -222,25 +222,47 @@ def remove_stale_ipc_sockets(folder: Path, pattern: str) -> int:
     a process killed with SIGKILL leaves its ipc socket file behind, and the folder would fill
     up. A file is removed only when a connection to it is refused (no listener) and it is older
     than STALE_SOCKET_AGE_S; returns how many were."""
-    removed = 0
     cutoff = time.time() - STALE_SOCKET_AGE_S
-    for path in itertools.islice(folder.glob(pattern), STALE_SOCKETS_LOOKED_AT):
-        try:
-            st = path.lstat()
-            if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid() or st.st_mtime > cutoff:
-                continue
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                probe.settimeout(0.2)
-                try:
-                    probe.connect(str(path))
-                    continue                  # somebody listens
-                except ConnectionRefusedError:
-                    pass
-            path.unlink()
-            removed += 1
-        except OSError:                       # gone meanwhile, a backlog full (alive), ...: leave it
-            continue
-    return removed
+    return sum(remove_unused_ipc_socket(path, older_than=cutoff)
+               for path in itertools.islice(folder.glob(pattern), STALE_SOCKETS_LOOKED_AT))
+
+
+def remove_unused_ipc_socket(path: Path, *, older_than: float | None = None) -> bool:
+    """Remove `path` if it is a socket file of this user's that nobody listens on (a connection to
+    it is refused), and, given `older_than` (a time.time()), last changed before then (a younger
+    one may be bound but not listening yet). Whether it was removed."""
+    try:
+        st = path.lstat()
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid() or (
+                older_than is not None and st.st_mtime > older_than):
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.2)
+            try:
+                probe.connect(str(path))
+                return False                  # somebody listens
+            except ConnectionRefusedError:
+                pass
+        path.unlink()
+        return True
+    except OSError:                           # gone meanwhile, a backlog full (alive), ...: leave it
+        return False
+
+
+def bound_ipc_sockets(process: Any) -> list[Path]:
+    """The socket files a process (a psutil.Process) has bound: its ipc listeners, which it
+    removes when it closes them, and leaves behind when it is killed. Read while it runs (after,
+    nothing says whose a file was); [] if it cannot be read (gone, another user's)."""
+    import psutil
+
+    try:       # psutil 6 renamed connections() to net_connections()
+        found = getattr(process, "net_connections", None) or process.connections
+        conns = found(kind="unix")
+    except psutil.Error:
+        return []
+    # A bound socket (listening, or a connection it accepted) names its file; one that only
+    # connected names none. Abstract sockets (no file) do not start with "/".
+    return sorted({Path(c.laddr) for c in conns if isinstance(c.laddr, str) and c.laddr.startswith("/")})
 
 
 def ipc_client_socket(ctx: zmq.Context, kind: int, identity: Identity, server_key: bytes) -> zmq.Socket:

@@ -128,11 +128,52 @@ def _host_tasks(address: str, identity: Identity, timeout: float) -> list[dict[s
     return list(reply["tasks"])
 
 
+def _last_seq(row: dict[str, Any]) -> int:
+    events = row.get("events")
+    last = events[-1] if isinstance(events, list) and events and isinstance(events[-1], dict) else {}
+    return last["seq"] if isinstance(last.get("seq"), int) else 0
+
+
+def one_row_per_task(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The hosts' task lists with one row per task where a migration has two hosts list it:
+    - the original of a migration under way (its host says `migrating_to`) and the clone on the
+      target (which says `clone_from` until it takes over, and runs there as the task from then
+      until the original's host hears the move is done): one row, the original's, in state
+      "migrating", with `from` and `to` hosts;
+    - a clone whose original no host listed (its host did not answer): a "migrating" row likewise;
+    - an original that moved away ("migrated"): left out where a host lists the task as anything
+      else, else the latest of them is kept.
+    Other rows of one URN (the copies of a task in mode "all") are each a process, and stay. The
+    rows keep their order."""
+    by_urn: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_urn.setdefault(r.get("urn"), []).append(r)
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        same = by_urn[r.get("urn")]
+        original = next((o for o in same if o is not r and o.get("migrating_to") == r.get("host")), None)
+        if r.get("migrating_to"):
+            out.append({**r, "state": "migrating", "from": r.get("host"), "to": r["migrating_to"]})
+        elif original is not None:      # the clone, or the task on the target once the clone took over
+            continue
+        elif "clone_from" in r:
+            out.append({**r, "state": "migrating", "host": r["clone_from"] or r.get("host"),
+                        "from": r["clone_from"], "to": r.get("host")})
+        elif r.get("state") == "migrated":
+            moved = [o for o in same if o.get("state") == "migrated"]
+            if len(moved) == len(same) and max(moved, key=_last_seq) is r:
+                out.append(r)
+        else:
+            out.append(r)
+    return out
+
+
 def _all_tasks(timeout: float, catalog: CatalogClient | None = None
                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every live host's tasks, and the hosts whose daemon did not list them ({host, reason}).
-    The hosts are asked concurrently; both lists keep the hosts' sorted order. `catalog`: the
-    calling thread's own client, if it is not the session's thread (a client is one thread's)."""
+    """Every live host's tasks, one row per task (`one_row_per_task`), and the hosts whose daemon
+    did not list them ({host, reason}). The hosts are asked concurrently; both lists keep the
+    hosts' sorted order. `catalog`: the calling thread's own client, if it is not the session's
+    thread (a client is one thread's)."""
     s = session()
     hosts = sorted(snipe.hosts(catalog=catalog).items())
     tasks: list[dict[str, Any]] = []
@@ -148,12 +189,17 @@ def _all_tasks(timeout: float, catalog: CatalogClient | None = None
                 unreachable.append({"host": urn, "reason": str(exc)})
             except Exception as exc:    # e.g. a daemon address ZeroMQ cannot parse: that host's, not ps's
                 unreachable.append({"host": urn, "reason": f"{type(exc).__name__}: {exc}"})
-    return tasks, unreachable
+    return one_row_per_task(tasks), unreachable
+
+
+def _where(task: dict[str, Any]) -> str:
+    """A task's host as `ps` shows it: `h1 → h2` while it migrates."""
+    return f"{_host(task.get('from'))} → {_host(task['to'])}" if task.get("to") else _host(task.get("host"))
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
     found, unreachable = _all_tasks(args.timeout)
-    tasks = [t for t in found if args.all or t.get("state") in ("running", "suspended")]
+    tasks = [t for t in found if args.all or t.get("state") in ("running", "suspended", "migrating")]
     # A host that does not answer is reported whatever the filter, never left out: its tasks may
     # be running. Like `kubectl get pods` with a node NotReady, the listing of the hosts that did
     # answer still stands, so exit 0 (scripts and `watch` keep working) but say which hosts are
@@ -164,7 +210,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
     for u in unreachable:
         print(f"snipe-console: warning: {_host(u['host'])} did not list its tasks (they may be running): "
               f"{u['reason']}", file=sys.stderr)
-    rows = [[t["urn"], str(t.get("host", "")).rsplit(":", 1)[-1], t.get("state"),
+    rows = [[t["urn"], _where(t), t.get("state"),
              f"{t['cpu_seconds']:.2f}s" if isinstance(t.get("cpu_seconds"), float) else "-",
              _bytes(t.get("rss_bytes")), f"{t['age_s']:.0f}s" if isinstance(t.get("age_s"), float) else "-"]
             for t in tasks + missing]
@@ -491,6 +537,7 @@ def cmd_spawn(args: argparse.Namespace) -> int:
 
 
 USAGE_BY = ("owner", "host", "code")
+MIGRATED = "migrated"       # the state in the record of a host a task moved away from: not an end
 
 
 def host_keys_of(catalog: CatalogClient, admin_key: bytes, now: int) -> dict[str, str]:
@@ -518,7 +565,10 @@ def usage_data(by: str = "owner", since_s: float | None = None,
     (`vouching_host_key`): a task may write any name on its own URN (it is delegated them), and
     any admitted key may claim a URN and call itself a host there. A task that ran on several
     hosts (restarted, migrated, copies in mode "all") has a record from each other host,
-    `<task URN>.usage.<host>.<ms>` naming it as `task`: each is a row, the task counts once."""
+    `<task URN>.usage.<host>.<ms>` naming it as `task`: each is a row, the task counts once.
+    A migration is not an end: a task whose only records are of hosts it moved away from (state
+    "migrated") runs on elsewhere, and is counted as running (`task_running` on its rows, `running`
+    in its group), with what it used on those hosts."""
     if by not in USAGE_BY:
         raise ConfigError(f"usage --by {by!r}: one of {', '.join(USAGE_BY)}")
     s = session()
@@ -527,6 +577,7 @@ def usage_data(by: str = "owner", since_s: float | None = None,
     since_ms = None if since_s is None else now - int(since_s * 1000)
     host_keys = host_keys_of(c, s.admin_key, now)
     tasks = []
+    ended_tasks: set[str] = set()      # whatever --since says: a task ends after every move it made
     for urn, entry in c.query("urn:snipe:proc:", [("usage", "exists", None)]).items():
         host_key = vouching_host_key(entry, host_keys, s.admin_key, now)
         if host_key is None:
@@ -540,10 +591,13 @@ def usage_data(by: str = "owner", since_s: float | None = None,
         if not isinstance(used, dict) or not isinstance(started, int):
             continue
         ended = started + int(_as_number(used.get("wall_seconds")) * 1000)
+        task = stated("task")       # an incarnation's own record (restarted, migrated, a copy): its task
+        task = task if isinstance(task, str) else urn
+        if stated("state") != MIGRATED:
+            ended_tasks.add(task)
         if since_ms is not None and ended < since_ms:
             continue
-        task = stated("task")       # an incarnation's own record (restarted, migrated, a copy): its task
-        tasks.append({"urn": task if isinstance(task, str) else urn, "record": urn,
+        tasks.append({"urn": task, "record": urn,
                       "owner": stated("owner"), "host": stated("host"), "code": stated("code"),
                       "state": stated("state"), "started_ms": started, "ended_ms": ended,
                       "cpu_seconds": _as_number(used.get("cpu_seconds")),
@@ -552,10 +606,12 @@ def usage_data(by: str = "owner", since_s: float | None = None,
     groups: dict[str, dict[str, Any]] = {}
     counted: dict[str, set[str]] = {}
     for t in tasks:
-        g = groups.setdefault(str(t[by]), {by: t[by], "tasks": 0, "cpu_seconds": 0.0, "wall_seconds": 0.0,
-                                           "peak_rss_bytes": 0})
+        t["task_running"] = t["urn"] not in ended_tasks
+        g = groups.setdefault(str(t[by]), {by: t[by], "tasks": 0, "running": 0, "cpu_seconds": 0.0,
+                                           "wall_seconds": 0.0, "peak_rss_bytes": 0})
         counted.setdefault(str(t[by]), set()).add(t["urn"])
         g["tasks"] = len(counted[str(t[by])])
+        g["running"] = len(counted[str(t[by])] - ended_tasks)
         g["cpu_seconds"] += t["cpu_seconds"]
         g["wall_seconds"] += t["wall_seconds"]
         g["peak_rss_bytes"] = max(g["peak_rss_bytes"], t["peak_rss_bytes"])
@@ -573,10 +629,13 @@ def cmd_usage(args: argparse.Namespace) -> int:
         since = f" in the last {args.since:g} s" if args.since is not None else ""
         label = {"owner": "owner (key)", "host": "host", "code": "code"}[args.by]
         ran = len({t["urn"] for t in data["tasks"]})
+        running = len({t["urn"] for t in data["tasks"] if t["task_running"]})
         runs = f" ({len(data['tasks'])} runs)" if len(data["tasks"]) != ran else ""
-        table(f"{ran} ended task(s){runs}{since}: {total_cpu:.2f} CPU seconds",
+        still = f", {running} still running after a migration" if running else ""
+        table(f"{ran - running} ended task(s){still}{runs}{since}: {total_cpu:.2f} CPU seconds",
               [label, "tasks", "cpu", "wall", "peak memory"],
-              [[_short(g[args.by], 70).strip('"') if args.by != "host" else _host(g["host"]), g["tasks"],
+              [[_short(g[args.by], 70).strip('"') if args.by != "host" else _host(g["host"]),
+                f"{g['tasks']} ({g['running']} running)" if g["running"] else g["tasks"],
                 f"{g['cpu_seconds']:.2f}s", f"{g['wall_seconds']:.1f}s", _bytes(g["peak_rss_bytes"])]
                for g in data["groups"]])
     emit(args, data, human)
@@ -618,7 +677,11 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             if not report["stopped"]:
                 out.print(f"no cluster in {home}")
                 return
-            out.print(f"stopped {len(report['signalled'])} process(es) of the local cluster in {home}")
+            tasks = len(report["tasks_killed"])
+            out.print(f"stopped {len(report['signalled'])} process(es) of the local cluster in {home}"
+                      + (f", and {tasks} task(s) it ran" if tasks else ""))
+            if report["sockets_removed"]:
+                out.print(f"removed the {len(report['sockets_removed'])} ipc socket file(s) they left")
             gone = [s for s in report["skipped"] if s["reason"] == "no longer runs"]
             if gone:
                 out.print("already gone: " + ", ".join(f"{s['role']} {s['id']} (pid {s['pid']})" for s in gone))
@@ -745,8 +808,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "the least loaded by what they published)")
     p.add_argument("--max-price", type=float, help="with bids: none above this (implies --bids)")
     p.set_defaults(fn=cmd_spawn)
-    p = sub.add_parser("usage", parents=[common], help="accounting: CPU, wall time and memory ended tasks used, "
-                                                        "per owner, host or code")
+    p = sub.add_parser("usage", parents=[common], help="accounting: CPU, wall time and memory ended tasks used "
+                                                        "(and migrated ones on the hosts they left), per owner, "
+                                                        "host or code")
     p.add_argument("--by", choices=USAGE_BY, default="owner", help="sum per task owner (default), host or code")
     p.add_argument("--since", type=float, help="only tasks that ended in the last this many seconds")
     p.set_defaults(fn=cmd_usage)

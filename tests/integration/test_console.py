@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +250,8 @@ def test_usage_counts_every_host_a_migrated_task_ran_on(cluster: LocalCluster, t
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """A task that moved from h1 to h2: each host accounts, with its own key, for what the task
     used there (h2 writes on the task's URN with the task's key, which accounting does not
-    believe, so its figures go to a record of its own); the task counts once."""
+    believe, so its figures go to a record of its own); the task counts once. Moved, it is not
+    ended: until it ends on h2 it counts as running, with what it used on h1."""
     from tests.integration.test_migration import PINGER, _ping
 
     (tmp_path / "pinger.py").write_text(PINGER.replace("bytes(192 << 20)", "b''"))
@@ -259,6 +261,18 @@ def test_usage_counts_every_host_a_migrated_task_ran_on(cluster: LocalCluster, t
     assert _ping(task, 1) == 1
     assert task.migrate("h2")["to"] == "urn:snipe:host:h2"
     assert _ping(task, 2) == 2
+
+    def left_h1() -> Any:       # the original lingers 0.5 s for stragglers, then h1 accounts for it
+        got = run_json(capsys, "usage")
+        return got if any(t["urn"] == task.urn for t in got["tasks"]) else None
+
+    moved = wait_for(left_h1, 60, "h1 to account for what the task used there")
+    assert [(t["host"], t["state"], t["task_running"]) for t in moved["tasks"]] == [
+        ("urn:snipe:host:h1", "migrated", True)], moved
+    assert [(g["tasks"], g["running"]) for g in moved["groups"]] == [(1, 1)], moved
+    _, out, _ = run(capsys, "usage")
+    assert "0 ended task(s), 1 still running after a migration:" in out and "1 (1 running)" in out, out
+    assert _ping(task, 3) == 3                    # it does run on
     snipe.send(task.urn, b"", tag=99)
     assert task.wait(60)["exit_code"] == 0
 
@@ -271,10 +285,105 @@ def test_usage_counts_every_host_a_migrated_task_ran_on(cluster: LocalCluster, t
     mine = [t for t in by_host["tasks"] if t["urn"] == task.urn]
     assert len(mine) == 2 and all(t["wall_seconds"] > 0 for t in mine), mine
     assert {t["state"] for t in mine} == {"migrated", "exited"}, mine
+    assert not any(t["task_running"] for t in mine), mine
     by_owner = run_json(capsys, "usage")
-    assert by_owner["groups"][0]["tasks"] == 1        # one task, two runs
+    assert (by_owner["groups"][0]["tasks"], by_owner["groups"][0]["running"]) == (1, 0)   # one task, two runs
     _, out, _ = run(capsys, "usage")
     assert "1 ended task(s) (2 runs)" in out, out
+
+
+HELD = '''
+import os, time
+import snipe
+state = {"held": False}
+snipe.on_checkpoint(lambda: state)
+snipe.on_restore(lambda saved: state.update(saved))
+snipe.probe()                              # listen (in a clone: take the process over here)
+snipe.catalog().set(snipe.me(), "listening", True)
+if not state["held"]:                      # the original reaches no safe point until a file "go" appears
+    state["held"] = True
+    for _ in range(6000):                  # 5 minutes at most
+        if os.path.exists("go"):
+            break
+        time.sleep(0.05)
+while True:
+    m = snipe.recv(timeout=120)
+    if m is None or m.tag == 99:
+        break
+'''
+
+
+def _rows_of(capsys: pytest.CaptureFixture[str], urn: str, *argv: str) -> list[tuple[str, str]]:
+    return [(r["host"], r["state"]) for r in run_json(capsys, "ps", *argv) if r["urn"] == urn]
+
+
+def _listed_by(cluster: LocalCluster, i: int, urn: str) -> list[dict[str, Any]]:
+    """What host i's daemon itself lists for `urn` (`ps` asked of it alone)."""
+    from snipe.daemonclient import DaemonClient
+
+    with DaemonClient(cluster.daemons[i].address, cluster.user) as d:
+        return [t for t in d.call("ps")[0]["tasks"] if t["urn"] == urn]
+
+
+def test_ps_shows_a_migrating_task_once_from_its_host_to_the_target(
+        cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """While a task moves from h1 to h2 both daemons list it (the original, and the clone waiting
+    for its state): `ps` shows it once, migrating h1 → h2; once moved, once on h2 (`-a` too)."""
+    task = snipe.spawn(snipe.publish(_write(tmp_path / "held.py", HELD)), host="h1",
+                       env={"SNIPE_MIGRATION_GRACE_S": "0.5"})
+    wait_for(lambda: snipe.catalog().get(task.urn).value("listening", now_ms()) is True, 60, "the task to listen")
+    moved: list[Any] = []
+    mover = threading.Thread(target=lambda: moved.append(task.migrate("h2", timeout=120)))
+    mover.start()
+    try:
+        wait_for(lambda: _listed_by(cluster, 1, task.urn), 60, "the clone to start on h2")
+        assert _listed_by(cluster, 0, task.urn)[0]["state"] == "running"        # the original, not yet moved
+        rows = [r for r in run_json(capsys, "ps") if r["urn"] == task.urn]
+        assert [(r["host"], r["state"], r.get("from"), r.get("to")) for r in rows] == [
+            ("urn:snipe:host:h1", "migrating", "urn:snipe:host:h1", "urn:snipe:host:h2")], rows
+        assert _rows_of(capsys, task.urn, "-a") == [("urn:snipe:host:h1", "migrating")]
+        code, out, _ = run(capsys, "ps")
+        line = next(x for x in out.splitlines() if task.urn in x)
+        assert code == 0 and "h1 → h2" in line and "migrating" in line, out
+    finally:
+        (cluster.daemons[0].state_dir / "tasks" / task.urn.rsplit(":", 1)[1] / "go").touch()
+        mover.join(180)
+    assert moved and moved[0]["to"] == "urn:snipe:host:h2", moved
+    wait_for(lambda: _rows_of(capsys, task.urn, "-a") == [("urn:snipe:host:h2", "running")], 30,
+             "ps -a to list the task once, on h2")
+    assert _rows_of(capsys, task.urn) == [("urn:snipe:host:h2", "running")]
+    snipe.send(task.urn, b"", tag=99)
+    assert task.wait(60)["exit_code"] == 0
+
+
+def test_a_failed_migration_leaves_no_row_for_its_clone_and_is_an_event_of_the_task(
+        cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A task without hooks cannot move: its clone on h2 is dropped, and is no task of h2 (no
+    "lost" row in `ps -a`); the task runs on on h1, and its events (and its notify list) say the
+    move failed and why."""
+    from snipe_daemon.migration import NOTIFY_TAG
+
+    from snipe.errors import MigrationFailed
+    from tests.integration.test_migration import PLAIN
+
+    task = snipe.spawn(snipe.publish(_write(tmp_path / "plain.py", PLAIN)), host="h1", notify=[snipe.me()])
+    wait_for(lambda: snipe.catalog().get(task.urn).value("listening", now_ms()) is True, 60, "the task to listen")
+    with pytest.raises(MigrationFailed, match="no on_checkpoint hook"):
+        task.migrate("h2", timeout=60)
+    wait_for(lambda: not _listed_by(cluster, 1, task.urn), 30, "h2 to forget the clone")
+    assert _rows_of(capsys, task.urn, "-a") == [("urn:snipe:host:h1", "running")]
+    info = task.info()
+    assert info["host"] == "urn:snipe:host:h1" and info["state"] == "running", info
+    assert info.get("reason") is None, info         # a failed move is not why the task is in its state
+    last = info["events"][-1]
+    assert last["kind"] == "migration-failed" and "not moved to urn:snipe:host:h2" in last["reason"], last
+    assert "no on_checkpoint hook" in last["reason"], last
+    code, out, _ = run(capsys, "events", task.urn, "--timeout", "1")
+    assert code == 3 and "migration-failed" in out and "no on_checkpoint hook" in out, out   # still runs
+    told = snipe.recv(tag=NOTIFY_TAG, timeout=30)
+    assert told is not None and not told.failed, told
+    assert told.obj()["kind"] == "migration-failed" and told.obj()["seq"] == last["seq"], told.obj()
+    task.kill()
 
 
 ECHO = '''

@@ -98,3 +98,85 @@ def test_ctrl_c_stops_the_cluster_and_says_so_without_a_traceback(tmp_path: Path
     assert re.fullmatch(r"snipe-demo: interrupted; stopped [1-6] process\(es\)", err.strip().splitlines()[-1]), err
     wait_for(lambda: _mentioning(folder) == [], 10, "every process the demo started to end")
     assert list(folder.iterdir()) == []          # its cluster folder removed too
+
+
+# sitecustomize for the demo's interpreter: the import of STALL_MODULE waits, after saying so in the
+# file STALL_AT, until a SIGINT has reached the process ("signal": Python's C handler wrote to a
+# wakeup fd; the Python-level handler runs right after, still inside that import) or is pending,
+# blocked ("pending"). So the Ctrl-C lands at a known point of the start, whatever the machine's speed.
+STALL = '''
+import os, select, signal, sys, time
+
+class _Stall:
+    def find_spec(self, name, path=None, target=None):
+        if name != os.environ.get("STALL_MODULE"):
+            return None
+        sys.meta_path.remove(self)
+        open(os.environ["STALL_AT"], "w").close()
+        deadline = time.monotonic() + 60
+        if os.environ["STALL_UNTIL"] == "signal":
+            r, w = os.pipe()
+            os.set_blocking(w, False)
+            signal.set_wakeup_fd(w)
+            try:
+                select.select([r], [], [], 60)
+            finally:
+                signal.set_wakeup_fd(-1)
+                os.close(r)
+                os.close(w)
+        else:
+            while time.monotonic() < deadline:
+                status = open("/proc/self/status").read()
+                pending = [int(line.split()[1], 16) for line in status.splitlines() if line[:6] in ("SigPnd", "ShdPnd")]
+                if any(p & (1 << (signal.SIGINT - 1)) for p in pending):
+                    break
+                time.sleep(0.01)
+        return None
+
+sys.meta_path.insert(0, _Stall())
+'''
+
+
+def _interrupted_while_importing(tmp_path: Path, module: str, until: str, *launcher: str) -> tuple[int, str, str]:
+    """Run the demo, SIGINT it while it imports `module` (see STALL), and return its exit status,
+    stdout and stderr."""
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(STALL)
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SNIPE_")}
+    env |= {"PYTHONUNBUFFERED": "1", "STALL_MODULE": module, "STALL_UNTIL": until, "STALL_AT": str(tmp_path / "at"),
+            "PYTHONPATH": os.pathsep.join([str(tmp_path / "hook"), *filter(None, [env.get("PYTHONPATH")])])}
+    proc = subprocess.Popen([*launcher, sys.executable, "-m", "snipe.demo", "--dir", str(folder), "--limit", "20000",
+                             "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (tmp_path / "at").exists(), 60, f"the demo to import {module}")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    wait_for(lambda: _mentioning(folder) == [], 10, "every process the demo started to end")
+    return proc.returncode, out, err
+
+
+def test_ctrl_c_while_the_library_is_imported_ends_the_demo_quietly_with_130(tmp_path: Path) -> None:
+    """`python -m snipe.demo` imports the snipe package (most of its start) before a line of the
+    demo runs: a Ctrl-C then ends it with status 130 and nothing said, not with a traceback."""
+    code, out, err = _interrupted_while_importing(tmp_path, "snipe.messaging.endpoint", "signal")
+    assert (code, out, err) == (130, "", ""), (code, out, err[-3000:])
+
+
+def test_ctrl_c_while_the_demo_imports_its_own_modules_says_it_was_interrupted(tmp_path: Path) -> None:
+    code, _, err = _interrupted_while_importing(tmp_path, "rich.progress", "signal")
+    assert code == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == "snipe-demo: interrupted; stopped 0 process(es)", err
+
+
+def test_a_ctrl_c_its_launcher_kept_pending_is_taken_when_the_demo_can(tmp_path: Path) -> None:
+    """bin/dev starts the demo with SIGINT blocked (`env --block-signal=INT`), so that one that
+    comes before Python runs any of the demo waits: the demo takes it as soon as it can."""
+    code, out, err = _interrupted_while_importing(tmp_path, "rich.progress", "pending", "env", "--block-signal=INT")
+    assert code == 130 and "Traceback" not in err, (code, out[-2000:], err[-3000:])
+    assert err.strip().splitlines()[-1] == "snipe-demo: interrupted; stopped 0 process(es)", err

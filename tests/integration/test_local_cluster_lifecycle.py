@@ -9,8 +9,10 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,9 @@ import pytest
 
 import snipe
 from snipe.errors import ClusterPartlyDown, ClusterShapeMismatch
+from snipe.localcluster import remove_sockets_of, wait_ended
 from snipe.runtime import _cluster_alive, start_embedded, stop_embedded_report
+from snipe.transport import bound_ipc_sockets
 from tests.support import wait_for
 
 
@@ -231,3 +235,82 @@ def test_a_cluster_whose_every_process_ended_is_started_anew(home: Path) -> None
     again = up(home)
     assert set(again["pids"]).isdisjoint(desc["pids"]) and all(_running(p) for p in again["pids"])
     assert json.loads(console(home, "cluster", "status").stdout)["state"] == "running"
+
+
+SPAWNER = textwrap.dedent('''
+    import json, sys, time
+    import snipe
+    from snipe.runtime import now_ms
+    snipe.init()
+    code = snipe.publish(sys.argv[1])
+    tasks = [snipe.spawn(code) for _ in range(2)]
+    found = []
+    deadline = time.monotonic() + 60
+    for t in tasks:               # each listens (ipc included) once it says so
+        while snipe.catalog().get(t.urn).value("listening", now_ms()) is not True:
+            if time.monotonic() > deadline:
+                sys.exit(f"{t.urn} did not listen within 60 s")
+            snipe.catalog().invalidate(t.urn)
+            time.sleep(0.05)
+        comm = snipe.catalog().get(t.urn).value("comm", now_ms())
+        ipc = [c["endpoint"][len("ipc://"):] for c in comm if c.get("transport") == "ipc"]
+        found.append({"urn": t.urn, "pid": t.status()["pid"], "ipc": ipc})
+    print(json.dumps(found))
+''')
+
+LISTENER = '''
+import snipe
+snipe.probe()
+snipe.catalog().set(snipe.me(), "listening", True)
+snipe.recv(timeout=300)
+'''
+
+
+def test_down_removes_the_ipc_socket_files_of_the_tasks_it_killed(home: Path, tmp_path: Path) -> None:
+    """Killed, a task cannot remove its ipc socket file: `cluster down`, which killed it, does
+    (they were left in the runtime folder until over a minute old)."""
+    up(home)
+    (tmp_path / "listener.py").write_text(LISTENER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SNIPE_")} | {"SNIPE_HOME": str(home)}
+    r = subprocess.run([sys.executable, "-c", SPAWNER, str(tmp_path / "listener.py")], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    tasks = json.loads(r.stdout)
+    sockets = [Path(path) for t in tasks for path in t["ipc"]]
+    assert len(sockets) == 2 and all(p.is_socket() for p in sockets), tasks
+    report = json.loads(console(home, "cluster", "down").stdout)
+    assert {t["pid"] for t in tasks} <= set(report["tasks_killed"]), report
+    assert {str(p) for p in sockets} <= set(report["sockets_removed"]), report
+    assert not any(p.exists() for p in sockets)
+
+
+BINDER = '''
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1])
+s.listen()
+print("listening", flush=True)
+time.sleep(300)
+'''
+
+
+def test_only_socket_files_of_processes_confirmed_ended_that_nobody_listens_on_are_removed(tmp_path: Path) -> None:
+    left, listened, plain = tmp_path / "left.sock", tmp_path / "listened.sock", tmp_path / "plain.sock"
+    child = subprocess.Popen([sys.executable, "-c", BINDER, str(left)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "listening\n"
+        proc = psutil.Process(child.pid)
+        assert bound_ipc_sockets(proc) == [left]        # read while it runs
+        plain.write_text("")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            listener.bind(str(listened))
+            listener.listen()
+            recorded = {child.pid: [left, listened, plain]}
+            assert remove_sockets_of(wait_ended([proc], 0), recorded) == []     # it runs: nothing of it goes
+            child.kill()
+            child.wait(10)
+            assert remove_sockets_of(wait_ended([proc], 5), recorded) == [str(left)]
+            assert not left.exists() and listened.is_socket() and plain.is_file()
+    finally:
+        child.kill()
+        child.wait(10)

@@ -123,6 +123,18 @@ def test_cluster_status_prints_a_table_for_people_and_json_with_json(
     assert code == 0 and "no cluster in" in out, out
 
 
+def test_cluster_down_says_what_it_stopped_and_which_socket_files_it_removed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    report = {"stopped": True, "signalled": [11, 12], "skipped": [], "tasks_killed": [21, 22, 23],
+              "sockets_removed": ["/run/snipe/msg-a.sock", "/run/snipe/msg-b.sock"]}
+    monkeypatch.setattr(console, "stop_embedded_report", lambda home: report)
+    code, out, _ = _run(capsys, "cluster", "down", "--home", str(tmp_path))
+    assert code == 0 and f"stopped 2 process(es) of the local cluster in {tmp_path}, and 3 task(s) it ran" in out, out
+    assert "removed the 2 ipc socket file(s) they left" in out, out
+    code, out, _ = _run(capsys, "cluster", "down", "--home", str(tmp_path), "--json")
+    assert code == 0 and json.loads(out) == report, out
+
+
 def test_spawn_passes_what_follows_the_code_urn_to_the_task() -> None:
     def parsed(*argv: str) -> tuple[list[str], str | None, bool]:
         args = console.build_parser().parse_args(list(argv))

@@ -78,7 +78,7 @@ function draw(s) {
   const tasks = s.tasks || [];
   document.getElementById("tasks-title").textContent = tasks.length + " task(s)";
   fill(document.getElementById("tasks"), ["urn", "host", "state", "cpu", "memory", "age"],
-    tasks.map((t) => [t.urn, short(t.host), t.state,
+    tasks.map((t) => [t.urn, t.to ? short(t.from) + " \u2192 " + short(t.to) : short(t.host), t.state,
       typeof t.cpu_seconds === "number" ? t.cpu_seconds.toFixed(2) + "s" : "-", bytes(t.rss_bytes),
       typeof t.age_s === "number" ? Math.round(t.age_s) + "s" : "-"]));
   document.getElementById("unreachable").textContent = (s.unreachable || []).map((u) =>
