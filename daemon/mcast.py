@@ -37,8 +37,8 @@ steps down (its lease withdrawn, no longer renewed), as a surplus router does: a
 explicit leave, within an upkeep round otherwise.
 The relay state of a group (dedup, history, counters) outlives its routing only until the group
 has been idle here FORGET_IDLE_S, and data or Resumes naming groups this host neither routes
-nor has members of get state for MAX_UNROUTED_GROUPS groups at most (the rest are dropped and
-counted): any process may name any group.
+nor has members of get state for MAX_UNROUTED_GROUPS groups at most (the least recently active
+forgotten to make room): any process may name any group.
 
 Upkeep: every min(1 s, lease / 4) the router leases of all groups this daemon routes are renewed
 in one batched catalog write (`_renew`), whatever the number of groups. The per-group part of `tick`
@@ -96,6 +96,7 @@ HANDOVER_S = 3.0               # a member whose first live router is another is 
 FORGED_SAY_EVERY_S = 60.0      # a log line about forged origins: at most this often
 HISTORY_MESSAGES = 100_000     # per group: what a router keeps for members that resume
 HISTORY_BYTES = 64 << 20
+HISTORY_ITEM_OVERHEAD = 256       # what keeping a message costs beyond its body (tuples, ints, the deque)
 HISTORY_TOTAL_BYTES = 512 << 20    # all groups' histories together: each may keep its share of this at most
 HISTORY_AGE_S = 120.0
 # A hop to a live member or router that is merely slow must not be given up: a given-up delivery is
@@ -104,9 +105,9 @@ HISTORY_AGE_S = 120.0
 HOP_DEADLINE_S = 600.0
 # Relay state (dedup, history, counters, views) of groups this host neither routes nor has a
 # local member in: forgotten once such a group has had no data or Resume here this long (a
-# router that stepped down may still get a late hop; a history older than HISTORY_AGE_S is
-# never replayed anyway), and held for at most MAX_UNROUTED_GROUPS groups at once: any process
-# may send a router data or Resumes naming groups of its choosing.
+# router that stepped down may still get a late hop; by then its history has aged out for any
+# member that could still ask), and held for at most MAX_UNROUTED_GROUPS groups at once, the
+# least recently active forgotten first: any process may name groups of its choosing.
 FORGET_IDLE_S = HISTORY_AGE_S
 FORGET_SWEEP_S = 5.0           # how often the endpoint thread looks for such groups
 MAX_UNROUTED_GROUPS = 256
@@ -169,7 +170,7 @@ class GroupRouter:
         self.forged = 0                                   # messages whose origin their sender may not claim
         self._forged_said = 0.0
         self.last_traffic: dict[str, float] = {}          # group -> last data or Resume here (monotonic)
-        self.unrouted_refused = 0                         # data and Resumes dropped at MAX_UNROUTED_GROUPS
+        self.unrouted_evicted = 0                         # unrouted groups forgotten to make room (MAX_UNROUTED_GROUPS)
         self.forgotten = 0                                # idle groups whose relay state was dropped
         self._unrouted_said = 0.0
         self._next_sweep = 0.0
@@ -375,7 +376,7 @@ class GroupRouter:
         with self.lock:
             return {"routing": sorted(self.routing), "local": {g: sorted(m) for g, m in self.local.items()},
                     "relayed": self.relayed, "replayed": self.replayed, "forged": self.forged,
-                    "unrouted_refused": self.unrouted_refused, "forgotten": self.forgotten,
+                    "unrouted_evicted": self.unrouted_evicted, "forgotten": self.forgotten,
                     # the endpoint thread adds to these dicts: iterate over copies (list() is atomic)
                     "history": {g: len(h.items) for g, h in list(self.histories.items())},
                     "groups": {g: self.group_counts(g) for g in sorted(set(list(self.counts)) | self.routing)},
@@ -421,8 +422,8 @@ class GroupRouter:
             if origin_urn(h.origin) != m.source and not is_host(m.source):    # routers pass on others'
                 self._refuse_forged(m.source, h.origin)
                 continue
-            if h.group not in self.last_traffic and not self._may_hold(h.group, "data"):
-                continue
+            if h.group not in self.last_traffic:
+                self._make_room(h.group, m.source)
             self.last_traffic[h.group] = time.monotonic()
             view = self._view(h.group)
             if view is None:
@@ -437,7 +438,8 @@ class GroupRouter:
             data = bytes(body)
             history = self.histories.get(h.group)
             if history is None:
-                history = self.histories[h.group] = History(HISTORY_MESSAGES, HISTORY_BYTES, HISTORY_AGE_S * 1000)
+                history = self.histories[h.group] = History(HISTORY_MESSAGES, HISTORY_BYTES, HISTORY_AGE_S * 1000,
+                                                            HISTORY_ITEM_OVERHEAD)
                 self._share_history_bytes()
             history.add(h.origin, h.seq, wall, (h.origin, h.seq, h.tag, data), len(data))
             if out.deliver_to:
@@ -462,24 +464,26 @@ class GroupRouter:
             log.warning("dropped a multicast message from %s claiming to come from %s (%d so far): a process "
                         "may send only its own", source, origin_urn(origin), self.forged)
 
-    def _may_hold(self, group: str, what: str) -> bool:
-        """Whether to take on relay state for `group`, which has none yet (`last_traffic` lists
-        the groups that have): always for a group routed or with a local member here; for
-        others only below MAX_UNROUTED_GROUPS."""
-        if group in self.routing or group in self.local:
-            return True
+    def _make_room(self, group: str, source: str) -> None:
+        """`group` gets relay state here: if it is neither routed nor has a local member here and
+        MAX_UNROUTED_GROUPS such groups have state already, the least recently active of them
+        is forgotten (its counters and history; a late duplicate is dropped by the members)."""
         with self.lock:
             ours = self.routing | set(self.local)
-        if sum(1 for g in list(self.last_traffic) if g not in ours) < MAX_UNROUTED_GROUPS:
-            return True
-        self.unrouted_refused += 1
+        if group in ours:
+            return
+        unrouted = [(at, g) for g, at in list(self.last_traffic.items()) if g not in ours]
+        if len(unrouted) < MAX_UNROUTED_GROUPS:
+            return
+        _, oldest = min(unrouted)
+        self._forget(oldest)
+        self.unrouted_evicted += 1
         now = time.monotonic()
         if now - self._unrouted_said >= FORGED_SAY_EVERY_S:
             self._unrouted_said = now
-            log.warning("%s: dropped %s for %s, a group it neither routes nor has members of, as it holds state "
-                        "for %d such groups already (%d dropped so far)", self.host_urn, what, group,
-                        MAX_UNROUTED_GROUPS, self.unrouted_refused)
-        return False
+            log.warning("%s: %s named %s, a group this host neither routes nor has members of, while it held "
+                        "state for %d such groups: forgot the least recently active, %s (%d so far)",
+                        self.host_urn, source, group, MAX_UNROUTED_GROUPS, oldest, self.unrouted_evicted)
 
     def _end_turn(self) -> None:
         self._flush()
@@ -498,19 +502,25 @@ class GroupRouter:
                 self.last_traffic)
         idle = [g for g in set().union(*held) - keep if now - self.last_traffic.get(g, 0.0) >= FORGET_IDLE_S]
         for g in idle:
-            for d in held:
-                d.pop(g, None)
-        self.forgotten += len(idle)
-        if idle:
-            self._share_history_bytes()
+            self._forget(g)
+
+    def _forget(self, group: str) -> None:
+        """(Endpoint thread.) Drop `group`'s relay state."""
+        for d in (self.relays, self.histories, self.views, self.ours, self.resumed, self.counts, self.pending,
+                  self.last_traffic):
+            d.pop(group, None)
+        self.forgotten += 1
+        self._share_history_bytes()
 
     def _share_history_bytes(self) -> None:
         """Each group's history may keep HISTORY_BYTES, or its share of HISTORY_TOTAL_BYTES when
         that is less (a key may have members in MAX_GROUPS_PER_KEY groups, each of which could
-        otherwise hold HISTORY_BYTES here); a history over its share sheds its oldest on its next add."""
-        share = max(1 << 20, min(HISTORY_BYTES, HISTORY_TOTAL_BYTES // max(1, len(self.histories))))
+        otherwise hold HISTORY_BYTES here); a history over a lowered share sheds its oldest at once."""
+        share = min(HISTORY_BYTES, HISTORY_TOTAL_BYTES // max(1, len(self.histories)))
         for h in list(self.histories.values()):
-            h.max_bytes = share
+            if h.max_bytes != share:
+                h.max_bytes = share
+                h.trim()
 
     def _flush(self) -> None:
         """End of the endpoint's turn: what each group relayed in it, to its members."""
@@ -536,26 +546,26 @@ class GroupRouter:
         replay), and replay what it lacks."""
         r = unpack_resume(m.payload)
         group = validate_urn(r.group)
-        if group not in self.last_traffic and not self._may_hold(group, "Resume"):
-            return
+        if group not in self.last_traffic:
+            self._make_room(group, m.source)
         self.last_traffic[group] = time.monotonic()
         self._flush()           # what this turn relayed goes out first (the replay repeats what the member lacks)
         if r.follow:
             self.resumed.setdefault(group, {})[m.source] = time.monotonic()
-            self.views.pop(r.group, None)
-        history = self.histories.get(r.group)
+            self.views.pop(group, None)
+        history = self.histories.get(group)
         missed = history.replay(r.next, r.since_ms) if history is not None else []
         self.replayed += len(missed)
-        counts = self.counts.setdefault(r.group, GroupCounts())
+        counts = self.counts.setdefault(group, GroupCounts())
         counts.replayed += len(missed)
-        for payload in batches(r.group, missed):
+        for payload in batches(group, missed):
             self.endpoint.submit(m.source, MCAST_DELIVER, payload, HOP_DEADLINE_S)
         # The answer (MCAST_REPLAYED) goes after the replay, on the same channel, once this router
         # has no hole below what it held now (core.PendingAnswers): the member may then start on
         # new origins.
-        view = self.views.get(r.group)          # as it stands (not known: replay what fills the holes)
+        view = self.views.get(group)          # as it stands (not known: replay what fills the holes)
         registered = r.follow or (view is not None and m.source in view.members)
-        self.answers.ask(m.source, r, self.relays.get(r.group), history.mark if history is not None else 0,
+        self.answers.ask(m.source, r, self.relays.get(group), history.mark if history is not None else 0,
                          registered, time.monotonic())
         self._answer()
 

@@ -44,7 +44,6 @@ from snipe.admission import CatalogAdmission
 from snipe.assertion import make_assertion
 from snipe.bidding import DEFAULT_PRICE, HostState, Refusal, bid
 from snipe.catalog.client import CatalogClient
-from snipe.catalog.protocol import MAX_BATCH_RECORDS
 from snipe.code import CodeCache, entry_argv
 from snipe.code import verify as verify_blob
 from snipe.daemonclient import PROTOCOL, VERSION, VERSIONS, DaemonClient
@@ -164,6 +163,7 @@ class Daemon:
         self._stop = False
         self.lease_until = time.monotonic() + cfg.lease_s   # our host lease runs out then (monotonic)
         self.unpublished: set[str] = set()        # tasks whose latest state the catalog has not taken yet
+        self.supervisor_due: set[str] = set()     # re-adopted tasks whose `supervisor` must name us (again)
         self._readopt()
         self.comm: dict[str, Any] = {}
         self._publish_host()              # before anyone is told the daemon is ready
@@ -938,6 +938,8 @@ class Daemon:
             self.unpublished.add(urn)       # cut off from the catalog: publish once it answers again
             return
         values: dict[str, Any] = {"state": rec["state"], "events": rec["events"]}
+        if urn in self.supervisor_due and rec["state"] in ("running", "suspended"):
+            values["supervisor"] = self.cfg.address
         last = rec["events"][-1] if rec["events"] else {}
         if "exit_code" in last:
             values["exit_code"] = last["exit_code"]
@@ -954,13 +956,16 @@ class Daemon:
             return
         if rec.get("copy"):         # a copy of a task in mode "all": copy 0's host speaks for the URN
             self.unpublished.discard(urn)
+            self.supervisor_due.discard(urn)
             return
         try:
             if rec.get("restart") and self._superseded(urn, rec):
                 self.unpublished.discard(urn)       # taken over elsewhere: that host speaks for it now
+                self.supervisor_due.discard(urn)
                 return
             self._put_task_values(urn, values)
             self.unpublished.discard(urn)
+            self.supervisor_due.discard(urn)
         except SnipeError as exc:      # the state is safe in LMDB; it is published when the catalog answers
             self.unpublished.add(urn)
             log.warning("could not publish %s %s: %s", urn, rec["state"], exc)
@@ -1011,24 +1016,13 @@ class Daemon:
         records = [TaskRecord.from_value(self.tasks[u]["record"]) for u in running]
         for ev in self.runner.adopt(records):
             self._task_event(ev)
-        self._republish_supervisor([u for u in running if self.tasks[u]["state"] in ("running", "suspended")])
-
-    def _republish_supervisor(self, urns: list[str]) -> None:
-        """Name this daemon's address as the re-adopted tasks' `supervisor`: it may have restarted
-        on another port, and their handles find the daemon to ask by this name. Signed by this
-        host's key (the owner of a task spawned here), or the task's own for one that migrated or
-        was taken over here (its key file is known then: the host key does not own it)."""
-        records = []
-        for urn in urns:
-            key = self._task_key(urn) if self.tasks[urn].get("key_file") else None
-            records.append(self.catalog.sign(urn, "supervisor", self.cfg.address) if key is None else
-                           make_assertion(key, urn, "supervisor", self.cfg.address, self.catalog.clock.now(_now_ms())))
-        for i in range(0, len(records), MAX_BATCH_RECORDS):
-            try:
-                self.catalog.put(records[i:i + MAX_BATCH_RECORDS])
-            except SnipeError as exc:      # handles that knew the old address fail over to the host's entry
-                log.warning("could not name %s as the supervisor of %d re-adopted task(s): %s", self.cfg.address,
-                            len(records[i:i + MAX_BATCH_RECORDS]), exc)
+        # It may have restarted on another port: task handles find the daemon to ask by each
+        # task's `supervisor`, published with the task's state once the host lease is renewed
+        # (and again until the catalog takes it), by `_publish_task`'s rules for who speaks.
+        for urn in running:
+            if self.tasks[urn]["state"] in ("running", "suspended") and not self.migrations.quiet(urn):
+                self.supervisor_due.add(urn)
+                self.unpublished.add(urn)
 
     def _status(self, urn: str) -> dict[str, Any]:
         rec = self.tasks[urn]

@@ -129,49 +129,53 @@ class Session:
             self.catalog.set(me, f"copy.{copy}", mine)
         return publish
 
-    def local_daemon_address(self) -> str | None:
-        """Where this host's daemon listens now: as our host's catalog entry says (a daemon that
-        restarted may listen on another port than the SNIPE_DAEMON this task was started with),
-        else `local_daemon`."""
-        if self.host is not None:
-            with contextlib.suppress(SnipeError):
-                entry = self.catalog.cached(self.host, max_age=LOCAL_DAEMON_MAX_AGE_S)
-                now = now_ms()
-                address = entry.value("daemon", now)
-                if entry.value("alive", now) is True and isinstance(address, str):
-                    return address
-        return self.local_daemon
+    def _host_daemon_address(self) -> str | None:
+        """Where our host's catalog entry says its daemon listens now (None: not known)."""
+        if self.host is None:
+            return None
+        with contextlib.suppress(SnipeError):
+            self.catalog.invalidate(self.host)
+            entry = self.catalog.get(self.host)
+            now = now_ms()
+            address = entry.value("daemon", now)
+            if entry.value("alive", now) is True and isinstance(address, str):
+                return address
+        return None
 
     def call_local(self, kind: str, body: dict[str, Any], frames: tuple[bytes, ...] = (), *,
                    timeout: float) -> tuple[dict[str, Any], list[bytes]]:
-        """A request to this host's daemon, wherever it listens now (`local_daemon_address`)."""
-        if self.local_daemon_address() is None:
+        """A request to this host's daemon: at `local_daemon` (SNIPE_DAEMON), or, when nothing
+        listens there, where our host's entry says it listens now (it restarted on another port
+        since it started this task); that address is kept for the next calls."""
+        if self.local_daemon is None:
             raise ConfigError(f"no daemon on this host to ask for {kind!r}; set SNIPE_DAEMON or init(daemon=...)")
-        host = self.host
+        at = self.local_daemon
 
-        def forget() -> None:
-            if host is not None:
-                self.catalog.invalidate(host)
-        return self.call_moving(lambda: self.local_daemon_address() or "", forget, kind, body, frames,
-                                timeout=timeout)
+        def moved() -> str | None:
+            fresh = self._host_daemon_address()
+            if fresh is not None:
+                self.local_daemon = fresh
+            return fresh
+        return self.call_moving(at, moved, kind, body, frames, timeout=timeout)
 
-    def call_moving(self, address_of: Callable[[], str], forget: Callable[[], None], kind: str,
+    def call_moving(self, address: str, moved: Callable[[], str | None], kind: str,
                     body: dict[str, Any], frames: tuple[bytes, ...] = (), *,
                     timeout: float | None = None) -> tuple[dict[str, Any], list[bytes]]:
-        """A request to a daemon that may have restarted on another port since `address_of()`
-        was read: if no connection there takes it within MOVED_CONNECT_WAIT_S (so nothing was
-        sent), `forget()` drops what named that address, and the request goes where
-        `address_of()` says now (the same address again: for what is left of `timeout`)."""
-        address = address_of()
+        """A request to the daemon at `address`, which may have restarted on another port: if
+        no connection there takes it within MOVED_CONNECT_WAIT_S (so nothing was sent), `moved()`
+        says where it listens now, and the request goes there, for what is left of `timeout`
+        (to the same address, if `moved()` knows no other)."""
         client = self.daemon(address)
         timeout = timeout or client.timeout
-        start = time.monotonic()
+        limit = time.monotonic() + timeout
         try:
             return client.call(kind, body, frames, timeout=timeout, connect_wait=min(timeout, MOVED_CONNECT_WAIT_S))
         except NotDelivered:
-            forget()
-            left = max(timeout - (time.monotonic() - start), 1.0)
-            return self.daemon(address_of() or address).call(kind, body, frames, timeout=left)
+            fresh = moved() or address
+            left = limit - time.monotonic()
+            if left <= 0:
+                raise
+            return self.daemon(fresh).call(kind, body, frames, timeout=left)
 
     def daemon(self, address: str) -> DaemonClient:
         """This thread's client of the daemon at `address` (a client, a ZeroMQ socket, is one
@@ -193,7 +197,6 @@ class Session:
 
 
 _session: Session | None = None
-LOCAL_DAEMON_MAX_AGE_S = 5.0      # how old a read of our host's entry may be to find our daemon by it
 MOVED_CONNECT_WAIT_S = 3.0        # a daemon not taking a request this long: where is it now?
 
 
@@ -810,11 +813,14 @@ class Process:
     def _call(self, kind: str, rpc_timeout: float | None = None, **body: Any) -> dict[str, Any]:
         """Ask the task's daemon. One that took no connection (nothing was sent) may have
         restarted on another port: its address is read again from the catalog, and asked there."""
-        def forget() -> None:
+        def moved() -> str | None:
             self._supervisor = None
             session().catalog.invalidate(self.urn)
-        reply, _ = session().call_moving(lambda: self.supervisor, forget, kind, {"urn": self.urn, **body},
-                                         timeout=rpc_timeout)
+            try:
+                return self.supervisor
+            except SnipeError:              # not read now: the address we had is asked again
+                return None
+        reply, _ = session().call_moving(self.supervisor, moved, kind, {"urn": self.urn, **body}, timeout=rpc_timeout)
         return reply
 
     def status(self) -> dict[str, Any]:

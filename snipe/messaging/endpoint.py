@@ -107,6 +107,7 @@ SAY_EVERY_S = 60.0           # a log line about what a peer keeps doing (_may_sa
 STUCK_CHECKPOINT_S = 30.0    # a standby replica's messages waiting this long for a checkpoint: say so
 STATS_EVERY_S = 5.0          # per-peer counters published on our own URN (a lease), for the console
 UNCLAIMED_GRACE_S = 3.0      # messages for a URN nobody ever claimed wait this long, then a quorum read decides
+UNCLAIMED_READ_TIMEOUT_S = 1.0   # ... in the I/O thread, at most this long, at most every RESOLVE_EVERY_S per peer
 FAILOVER_SILENCE_S = 2.0     # a route with data outstanding and no acknowledgement for this long has failed
 SHUN_ROUTE_S = 30.0          # ... and is not taken again for this long (then it is probed again)
 # Our links are reliable streams (ZeroMQ over TCP or ipc): a message is lost only when a
@@ -180,7 +181,7 @@ class _Peer:
     copies: list[str] = field(default_factory=list)     # a replicated URN in mode "all": its copies' peers
     parent: str | None = None                # this peer is copy `copy_index` of the replicated URN `parent`
     copy_index: int = -1
-    unclaimed_checked: bool = False          # a quorum read found it claimed: wait for its endpoint
+    unclaimed_asked_at: float = -1e9         # when a quorum read last asked whether anyone claimed it
     jitter: float = field(default_factory=lambda: random.uniform(0.75, 1.25))   # of its retained-only re-reads
     checkpointed_at: float | None = None     # when its last checkpoint reached us (a standby replica's)
     created_at: float = field(default_factory=time.monotonic)   # made for our first message to it
@@ -1228,8 +1229,7 @@ class Endpoint:
             if p.waiting_since is not None and now - p.resolved_at > 0.2:
                 self._pump_peer(p, now)
             if p.waiting_since is not None and p.out.queue and p.out.queue[0].deadline <= now:
-                self._settle(p.urn, p.out.fail_all(
-                    f"{p.urn} has no messaging endpoint in the catalog (not a process, or it never listened)"))
+                self._fail(p, f"{p.urn} has no messaging endpoint in the catalog (not a process, or it never listened)")
                 continue
             if check_links:
                 for link in p.links.values():
@@ -1363,20 +1363,23 @@ class Endpoint:
         anyone can learn it (a spawn registers the task first), so after UNCLAIMED_GRACE_S of
         waiting, a quorum read (it sees every acknowledged claim) decides: still unclaimed, the
         messages fail now, naming why, rather than at their deadline."""
-        if p.unclaimed_checked or p.waiting_since is None or now - p.waiting_since < UNCLAIMED_GRACE_S:
+        if (p.waiting_since is None or now - p.waiting_since < UNCLAIMED_GRACE_S
+                or now - p.unclaimed_asked_at < RESOLVE_EVERY_S):
             return
         assert self.catalog is not None
+        p.unclaimed_asked_at = now
         try:
-            entry = self.catalog.get(urn)
+            entry = self.catalog.get(urn, timeout=UNCLAIMED_READ_TIMEOUT_S)
         except SnipeError as exc:
             log.debug("cannot read %s at a quorum: %s", urn, exc)
             return
-        p.unclaimed_checked = True
         if not entry.as_dict(now_ms()) and entry.owner(self.admin_key, now_ms()) is None:
             self._fail(p, f"{p.urn} is not in the catalog: no process has that URN (a quorum of replicas says so)")
 
     def _fail(self, p: _Peer, reason: str) -> None:
         self._settle(p.urn, p.out.fail_all(reason))
+        if not p.out.queue:
+            p.waiting_since = None          # nothing left to find it for: no more catalog reads until a send
 
     def _settle(self, dest: str, failed: list[DeliveryFailed]) -> None:
         p = self.peers.get(dest)

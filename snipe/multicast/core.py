@@ -469,20 +469,31 @@ class Relay:
 
 class History:
     """A router's recent messages of one group, oldest first, for `Resume`: at most
-    `max_messages` and `max_bytes`, none older than `max_age` (in the caller's clock)."""
+    `max_messages` and `max_bytes` (each item counted `item_overhead` bytes more than its size:
+    what keeping it costs), none older than `max_age` (in the caller's clock) when one is added."""
 
-    def __init__(self, max_messages: int = 100_000, max_bytes: int = 64 << 20, max_age: float = 120.0) -> None:
+    def __init__(self, max_messages: int = 100_000, max_bytes: int = 64 << 20, max_age: float = 120.0,
+                 item_overhead: int = 0) -> None:
         self.max_messages, self.max_bytes, self.max_age = max_messages, max_bytes, max_age
+        self.item_overhead = item_overhead
         self.items: deque[tuple[str, int, float, Any, int]] = deque()    # origin, seq, at, item, size
         self.bytes = 0
         self.dropped = 0
 
     def add(self, origin: str, seq: int, at: float, item: Any, size: int) -> None:
         items = self.items
+        size += self.item_overhead
         items.append((origin, seq, at, item, size))
         self.bytes += size
         while items and (len(items) > self.max_messages or self.bytes > self.max_bytes
                          or at - items[0][2] > self.max_age):
+            self.bytes -= items.popleft()[4]
+            self.dropped += 1
+
+    def trim(self) -> None:
+        """Shed the oldest items until within `max_bytes` (after it was lowered)."""
+        items = self.items
+        while items and self.bytes > self.max_bytes:
             self.bytes -= items.popleft()[4]
             self.dropped += 1
 

@@ -266,27 +266,30 @@ def resume(r: GroupRouter, g: str, member: str = "urn:snipe:proc:m") -> None:
     r.endpoint.system_handlers[MCAST_RESUME](Deliver(member, MCAST_RESUME, pack_resume(Resume(g, 0, {})), 0))
 
 
-def test_relay_state_for_groups_not_routed_here_is_bounded_and_refused_past_the_bound(
+def test_relay_state_for_groups_not_routed_here_is_bounded_forgetting_the_least_recently_active(
         monkeypatch: pytest.MonkeyPatch):
     """Any process may send a router data or Resumes naming groups of its choosing: state is
-    taken on for MAX_UNROUTED_GROUPS such groups at most; routed groups are always served."""
+    held for MAX_UNROUTED_GROUPS such groups at most, the least recently active forgotten to
+    make room; routed groups are never counted or forgotten."""
+    monkeypatch.setattr(mcast.time, "monotonic", lambda: now[0])
+    now = [1000.0]
     monkeypatch.setattr(mcast, "MAX_UNROUTED_GROUPS", 3)
     r, _, _, _ = router()
     r.join(group(0), "urn:snipe:proc:a", "ka")              # routed here
-    data(r, group(101))
-    resume(r, group(102))
-    data(r, group(102))                                     # held already (its Resume): served
-    for i in range(3, 6):
-        data(r, group(100 + i))
-        resume(r, group(100 + i))
-    assert sorted(r.relays) == [group(101), group(102), group(103)]
-    assert sorted(r.last_traffic) == [group(101), group(102), group(103)]
-    assert r.unrouted_refused == 4 and r.status()["unrouted_refused"] == 4
-    data(r, group(0))                                       # a routed group past the bound: served
-    resume(r, group(0))
-    assert group(0) in r.relays and group(0) in r.resumed and r.unrouted_refused == 4
-    data(r, group(101), seq=2)                              # a group held already: served
-    assert r.relays[group(101)].relayed == 2 and r.unrouted_refused == 4
+    data(r, group(0))
+    for i, send in enumerate([data, resume, data, data, resume, data]):
+        now[0] += 1
+        send(r, group(101 + i))
+        if i == 1:
+            now[0] += 1
+            data(r, group(101), seq=2)                      # 101 active again: 102 is the oldest now
+    unrouted = {g for g in r.last_traffic if g != group(0)}
+    assert unrouted == {group(104), group(105), group(106)}
+    assert r.unrouted_evicted == 3 and r.status()["unrouted_evicted"] == 3
+    held = (r.relays, r.histories, r.views, r.ours, r.resumed, r.counts, r.pending)
+    assert not any(group(g) in d for d in held for g in (101, 102, 103))
+    assert group(0) in r.relays and group(0) in r.histories     # routed: kept
+    assert r.relays[group(106)].relayed == 1
 
 
 def test_relay_state_of_groups_no_longer_routed_is_forgotten_once_idle(monkeypatch: pytest.MonkeyPatch):
@@ -346,7 +349,15 @@ def test_the_histories_of_all_groups_together_keep_at_most_their_total(monkeypat
     big = b"x" * (1 << 20)
     for seq in range(2, 12):                # 10 MiB to one group: it keeps its share, 2 MiB
         data(r, group(0), seq, body=big)
-    assert r.histories[group(0)].bytes == 2 << 20 and [h.items[-1][1] for h in r.histories.values()] == [11, 1, 1, 1]
+    assert r.histories[group(0)].bytes <= 2 << 20 and [h.items[-1][1] for h in r.histories.values()] == [11, 1, 1, 1]
+    data(r, group(1), 2, body=big)          # groups filled before a share is lowered shed at once
+    data(r, group(1), 3, body=big)
+    for i in range(4, 8):
+        r.join(group(i), f"urn:snipe:proc:p{i}", f"k{i}")
+        data(r, group(i))
+    assert {h.max_bytes for h in r.histories.values()} == {1 << 20}
+    assert sum(h.bytes for h in r.histories.values()) <= 8 << 20
+    assert all(h.bytes <= 1 << 20 for h in r.histories.values())
 
 
 def test_a_join_costs_the_daemons_loop_one_catalog_read_and_one_write():
