@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +52,10 @@ from snipe.wire import Envelope, decode, encode
 log = logging.getLogger("snipe.catalog")
 
 
-HEDGE_AFTER_S = 0.25
+HEDGE_AFTER_S = 0.25         # a read asks one more replica after this, or 2.5 times its usual time if longer,
+READ_HEDGE_FACTOR = 2.5      # up to READ_HEDGE_MAX_S: when every replica is slow (a loaded machine) a
+READ_HEDGE_MAX_S = 1.0       # hedge adds load and no speed, so it is kept for the tail
+READ_FIRST_GUESS_S = 0.01    # a new client's guess at a read's time, until it has measured some
 PUT_HEDGE_MIN_S = 0.01       # a put asks one more replica after 2.5 times its usual time, within these bounds
 PUT_HEDGE_FACTOR = 2.5
 PUT_HEDGE_MAX_S = HEDGE_AFTER_S
@@ -170,6 +173,7 @@ class CatalogClient:
         self._not_admitted: dict[tuple[str, bytes], float] = {}   # (replica, key) it could not prove -> until
         self._links_checked = 0.0
         self._put_s = PUT_FIRST_GUESS_S     # moving average of a W-acknowledged put's time
+        self._read_s = READ_FIRST_GUESS_S   # moving average of an R-answered read's time
         self._turn = 1.0           # moving average of the client puts a replica stored in the turn of ours
         self.relay = relay
         self.relayed = 0           # puts sent to one replica to relay
@@ -657,22 +661,20 @@ class CatalogClient:
         need = min(self.n, max(self.r, self.n // 2 + 1))
         conns = [first, *(c for c in self._candidates() if c is not first)]
         merged: dict[tuple[str, str, bytes], Assertion] = {}
-        answered = asked = 0
-        while answered < need and asked < len(conns) and time.monotonic() < deadline:
-            batch = conns[asked:asked + need - answered]
-            asked += len(batch)
-            want = len(batch)
-            wait_until = deadline if asked >= len(conns) else min(deadline, time.monotonic() + HEDGE_AFTER_S)
-            got = self._fanout(batch, "get", {"urn": urn}, (), lambda g, want=want: len(g) >= want, wait_until)
-            for endpoint, (env, frames) in got.items():
-                records = None if env.kind == "error" else self._records_of(endpoint, frames)
-                if records is None:
-                    continue
-                before = self._suspected[endpoint]
-                believed = self._believe(endpoint, records)
-                if self._suspected[endpoint] == before:         # forgeries: this answer does not count
-                    merged = merge(merged.values(), believed)
-                    answered += 1
+
+        def counts(endpoint: str, env: Envelope, frames: list[bytes]) -> bool:
+            nonlocal merged
+            records = None if env.kind == "error" else self._records_of(endpoint, frames)
+            if records is None:
+                return False
+            before = self._suspected[endpoint]
+            believed = self._believe(endpoint, records)
+            if self._suspected[endpoint] != before:         # forgeries: this answer does not count
+                return False
+            merged = merge(merged.values(), believed)
+            return True
+
+        answered = sum(self._gather(conns, "get", {"urn": urn}, need, deadline, counts).values())
         return (list(merged.values()), answered >= need) if answered else None
 
     def _prove_admitted(self, conn: _Conn, key: bytes, deadline: float, *, hosts_only: bool = False
@@ -725,42 +727,76 @@ class CatalogClient:
                     return True, by_majority and host_by_majority
         return (None if unknown else False), False
 
+    def _read_hedge_s(self) -> float:
+        return min(READ_HEDGE_MAX_S, max(HEDGE_AFTER_S, READ_HEDGE_FACTOR * self._read_s))
+
+    def _gather(self, conns: Sequence[_Conn], kind: str, body: dict[str, Any], need: int, deadline: float,
+                counts: Callable[[str, Envelope, list[bytes]], bool], *,
+                never_sent: list[str] | None = None) -> dict[str, bool]:
+        """Ask the first `need` of `conns` and gather answers until `need` of them count
+        (`counts` judges each answer once) or the deadline passes; return whether each replica
+        that answered counted. A SnipeError that `counts` raises ends the gathering and is raised.
+
+        Hedged as a put is: the next of `conns` is asked too when one cannot be sent to or gave
+        an answer that does not count, or when the read hedge delay passes with too few counted.
+        Every request sent stays in flight until the end, and the first `need` good answers from
+        any of them are taken: on a loaded machine every replica is slower than the hedge delay,
+        and a read that dropped the answers it had asked for first once failed in half a second
+        with most of its time left (only the hedge's replica still counted)."""
+        judged: dict[str, bool] = {}
+        failed: list[SnipeError] = []
+        if deadline <= time.monotonic():
+            return judged                      # not sent: a request past its deadline marks the replica down
+
+        def good(got: dict[str, tuple[Envelope, list[bytes]]]) -> int:
+            for endpoint, (env, frames) in got.items():
+                if endpoint not in judged and not failed:
+                    try:
+                        judged[endpoint] = counts(endpoint, env, frames)
+                    except SnipeError as exc:
+                        judged[endpoint] = False
+                        failed.append(exc)
+            return sum(judged.values())
+
+        got = self._fanout(conns[:need], kind, body, (), lambda g: good(g) >= need or bool(failed), deadline,
+                           spares=conns[need:], needed=lambda g: need - good(g), hedge_s=self._read_hedge_s(),
+                           never_sent=never_sent)
+        good(got)
+        if failed:
+            raise failed[0]
+        return judged
+
     def _quorum_read(self, kind: str, body: dict[str, Any], r: int | None, timeout: float | None
                      ) -> dict[tuple[str, str, bytes], Assertion]:
         r = r or self.r
-        deadline = time.monotonic() + (timeout or self.timeout)
+        started = time.monotonic()
+        deadline = started + (timeout or self.timeout)
         candidates = self._candidates()
         merged: dict[tuple[str, str, bytes], Assertion] = {}
-        good_answers = 0
-        asked = 0
-        answered: set[str] = set()       # replicas that replied at all (for the error below)
         never_sent: list[str] = []
-        while good_answers < r and asked < len(candidates) and time.monotonic() < deadline:
-            batch = candidates[asked:asked + (r - good_answers)]
-            asked += len(batch)
-            want = len(batch)
-            # Hedge: if a replica is slow or dead, ask the next one rather than wait out the deadline,
-            # unless no other replica is left to ask.
-            wait_until = deadline if asked >= len(candidates) else min(deadline, time.monotonic() + HEDGE_AFTER_S)
-            got = self._fanout(batch, kind, body, (), lambda g, want=want: len(g) >= want, wait_until,
-                               never_sent=never_sent)
-            answered.update(got)
-            for endpoint, (env, frames) in got.items():
-                if env.kind == "error":
-                    err = error_from_code(str(env.body.get("code")), str(env.body.get("message")))
-                    if not isinstance(err, ResyncNeeded):
-                        raise err
-                    continue
-                before = self._suspected[endpoint]      # (proof reads may suspect other replicas meanwhile)
-                records = self._records_of(endpoint, frames)
-                believed = self._authorized(endpoint, self._believe(endpoint, records or []), now_ms(), deadline)
-                merged = merge(merged.values(), believed)
-                if self._suspected[endpoint] == before:
-                    good_answers += 1      # a replica that returned forgeries does not count
+
+        def counts(endpoint: str, env: Envelope, frames: list[bytes]) -> bool:
+            nonlocal merged
+            if env.kind == "error":
+                err = error_from_code(str(env.body.get("code")), str(env.body.get("message")))
+                if not isinstance(err, ResyncNeeded):
+                    raise err
+                return False
+            before = self._suspected[endpoint]      # (proof reads may suspect other replicas meanwhile)
+            records = self._records_of(endpoint, frames)
+            believed = self._authorized(endpoint, self._believe(endpoint, records or []), now_ms(), deadline)
+            merged = merge(merged.values(), believed)
+            return self._suspected[endpoint] == before      # a replica that returned forgeries does not count
+
+        spares_before = self.spares_asked
+        answered = self._gather(candidates, kind, body, r, deadline, counts, never_sent=never_sent)
+        good_answers = sum(answered.values())
         if not answered:
-            raise QuorumError(self._none_reached(kind, candidates[:asked], never_sent, timeout or self.timeout))
+            asked = candidates[:r + self.spares_asked - spares_before]
+            raise QuorumError(self._none_reached(kind, asked, never_sent, timeout or self.timeout))
         if good_answers < r:
             raise QuorumError(f"only {good_answers} of R={r} replicas gave a verifiable answer to {kind} in time")
+        self._read_s += PUT_EWMA * (time.monotonic() - started - self._read_s)
         return merged
 
     def _none_reached(self, kind: str, asked: Sequence[_Conn], never_sent: Sequence[str], timeout: float) -> str:
