@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import lmdb
@@ -122,22 +122,42 @@ class LmdbStorage:
                 out += _values_under(cur, prefix + name.encode() + b"\0")
             return out
 
-    def scan_prefix(self, prefix: str) -> Iterator[Assertion]:
-        """Every record whose URN starts with `prefix`, in URN order, read in one snapshot."""
+    def scan_prefix(self, prefix: str, having: Collection[str] = ()) -> Iterator[Assertion]:
+        """Every record whose URN starts with `prefix`, in URN order, read in one snapshot; with
+        `having`, only the records of URNs that hold a record of each of those names. Names are
+        read from the keys, so a URN without them costs no decoding: a query's predicates each
+        need a record of their name, and the daemons' sweeps for the few tasks on call to them
+        once decoded every task in the catalog, most of a replica's time with 1000 tasks."""
         pb = prefix.encode()
+        wanted = {n.encode() for n in having}
         with self.env.begin() as txn:
             cur = txn.cursor(self.byurn)
             if not cur.set_range(pb):
                 return
+            urn, keys, names = b"", [], set()
             for k in cur.iternext(keys=True, values=False):
                 if not k.startswith(pb):
                     break
-                urn = bytes(k[: k.index(b"\0")]).decode()
-                v = txn.get(leaf_of(urn).to_bytes(2, "big") + k, db=self.records)
-                if v is not None:
-                    a = self._decode(k, v)
-                    if a is not None:
-                        yield a
+                cut = k.index(b"\0")
+                if k[:cut] != urn:
+                    if keys and wanted <= names:
+                        yield from self._decoded(txn, urn, keys)
+                    urn, keys, names = k[:cut], [], set()
+                keys.append(k)
+                if wanted:
+                    names.add(k[cut + 1:k.index(b"\0", cut + 1)])
+            if keys and wanted <= names:
+                yield from self._decoded(txn, urn, keys)
+
+    def _decoded(self, txn: lmdb.Transaction, urn: bytes, keys: list[bytes]) -> Iterator[Assertion]:
+        """The records of one URN stored under its `keys` (byurn keys: urn NUL name NUL signer)."""
+        leaf = leaf_of(urn.decode()).to_bytes(2, "big")
+        for k in keys:
+            v = txn.get(leaf + k, db=self.records)
+            if v is not None:
+                a = self._decode(k, v)
+                if a is not None:
+                    yield a
 
     def records_by_keys(self, keys: list[bytes]) -> list[Assertion]:
         """The records stored under `keys`; a key LMDB could not hold (empty, too long) has none."""
