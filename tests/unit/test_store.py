@@ -200,7 +200,7 @@ def test_scan_prefix_orders_by_urn_name_signer_and_respects_boundaries(lmdb_path
 
 def test_scan_prefix_having_names_keeps_only_the_urns_that_hold_each_of_them(lmdb_path):
     """A query's predicates each need a record of their name: a scan given those names skips the
-    other URNs (an LMDB store without decoding them) and keeps every record of the rest."""
+    other URNs (an LMDB store finds the rest by its byname index) and keeps every record of those."""
     writes = [put(ADMIN, "urn:snipe:proc:a", "on_call", ["h1"]), put(ADMIN, "urn:snipe:proc:a", "state", "running"),
               put(ALICE, "urn:snipe:proc:a", "result", 1), put(ADMIN, "urn:snipe:proc:b", "state", "exited"),
               put(ALICE, "urn:snipe:proc:b", "on_call", ["h2"]), put(ADMIN, "urn:snipe:proc:c", "state", "running"),
@@ -223,6 +223,15 @@ def test_scan_prefix_having_names_keeps_only_the_urns_that_hold_each_of_them(lmd
             assert scan({"on_call", "result"}) == scan({"result"}) == [
                 ("urn:snipe:proc:a", "on_call"), ("urn:snipe:proc:a", "result"), ("urn:snipe:proc:a", "state")]
             assert scan({"missing"}) == []
+        # a store written before the byname index existed gets it built when opened
+        expected = [(a.urn, a.name) for a in lm.scan_prefix("urn:snipe:", {"on_call"})]
+        with lm.env.begin(write=True) as txn:
+            txn.drop(lm.byname, delete=False)
+            txn.delete(b"byname", db=lm.meta)
+        lm.close()
+        lm = LmdbStorage(lmdb_path, map_size=MAP)
+        assert [(a.urn, a.name) for a in lm.scan_prefix("urn:snipe:", {"on_call"})] == expected
+        assert ("urn:snipe:host:a", "on_call") in expected
     finally:
         lm.close()
 
