@@ -335,18 +335,23 @@ class CatalogClient:
 
     def request(self, kind: str, body: dict[str, Any] | None = None, frames: Sequence[bytes] = (),
                 timeout: float | None = None) -> tuple[str, Envelope, list[bytes]]:
-        """Ask one replica (failing over to the next) and return (endpoint, reply, frames)."""
+        """Ask one replica and return (endpoint, reply, frames): the first answer, hedged as a
+        read is (the next replica is asked too once one cannot be sent to or is slow, and the
+        first asked may still answer: a busy replica is not given up on halfway)."""
         deadline = time.monotonic() + (timeout or self.timeout)
-        tried = []
-        for conn in self._candidates():
-            tried.append(conn.address.endpoint)
-            per_try = max(0.1, (deadline - time.monotonic()) / 2)
-            got = self._fanout([conn], kind, body, frames, bool, min(deadline, time.monotonic() + per_try))
-            if got:
-                env, fr = got[conn.address.endpoint]
-                return conn.address.endpoint, env.raise_if_error(), fr
-            if time.monotonic() >= deadline:
-                break
+        candidates = self._candidates()
+        answer: list[tuple[str, Envelope, list[bytes]]] = []
+
+        def take(endpoint: str, env: Envelope, fr: list[bytes]) -> bool:
+            answer.append((endpoint, env, fr))
+            return True
+
+        spares_before = self.spares_asked
+        self._gather(candidates, kind, body or {}, 1, deadline, take, frames=frames)
+        if answer:
+            endpoint, env, fr = answer[0]
+            return endpoint, env.raise_if_error(), fr
+        tried = [c.address.endpoint for c in candidates[:1 + self.spares_asked - spares_before]]
         raise QuorumError(f"no catalog replica answered {kind!r} in time (tried {', '.join(tried)})")
 
     # --- writing ------------------------------------------------------------------------------
@@ -731,7 +736,7 @@ class CatalogClient:
         return min(READ_HEDGE_MAX_S, max(HEDGE_AFTER_S, READ_HEDGE_FACTOR * self._read_s))
 
     def _gather(self, conns: Sequence[_Conn], kind: str, body: dict[str, Any], need: int, deadline: float,
-                counts: Callable[[str, Envelope, list[bytes]], bool], *,
+                counts: Callable[[str, Envelope, list[bytes]], bool], *, frames: Sequence[bytes] = (),
                 never_sent: list[str] | None = None) -> dict[str, bool]:
         """Ask the first `need` of `conns` and gather answers until `need` of them count
         (`counts` judges each answer once) or the deadline passes; return whether each replica
@@ -758,7 +763,7 @@ class CatalogClient:
                         failed.append(exc)
             return sum(judged.values())
 
-        got = self._fanout(conns[:need], kind, body, (), lambda g: good(g) >= need or bool(failed), deadline,
+        got = self._fanout(conns[:need], kind, body, frames, lambda g: good(g) >= need or bool(failed), deadline,
                            spares=conns[need:], needed=lambda g: need - good(g), hedge_s=self._read_hedge_s(),
                            never_sent=never_sent)
         good(got)
