@@ -260,7 +260,7 @@ class CatalogClient:
 
     def _fanout(self, conns: Sequence[_Conn], kind: str, body: dict[str, Any] | None, frames: Sequence[bytes],
                 enough: Any, deadline: float, *, spares: Sequence[_Conn] = (), needed: Any = None,
-                hedge_s: float = 0.0, never_sent: list[str] | None = None
+                hedge_s: float = 0.0, never_sent: list[str] | None = None, overtaken_down: bool = False
                 ) -> dict[str, tuple[Envelope, list[bytes]]]:
         """Send one request to each of `conns` (retrying those not yet connected) and gather
         replies until `enough(replies)` says so or the deadline passes. Replicas that could not
@@ -270,7 +270,10 @@ class CatalogClient:
         `spares` are asked too, one at a time, when the requests in flight can no longer give
         the `needed(replies)` good answers (a replica could not be sent to, or refused), or
         when `hedge_s` passes with no reply being enough (a replica is slow or just died).
-        `never_sent`, if given, gets the endpoints that never took the request (no connection came up)."""
+        `never_sent`, if given, gets the endpoints that never took the request (no connection came up).
+        `overtaken_down`: a replica still silent when the answers were enough, after a hedge went
+        out in its place, is marked down too (a read then asks it last, and does not wait out
+        the hedge delay on a frozen replica every time; an answer that comes marks it up)."""
         unsent = list(conns)
         spares = list(spares)
         pending: dict[int, _Conn] = {}
@@ -278,6 +281,7 @@ class CatalogClient:
         timed_out = False
         refusals = {c.address.endpoint: c.link.refusals for c in [*conns, *spares]}
         hedge_at = time.monotonic() + hedge_s
+        overtaken: set[int] = set()       # requests a hedge's spare was asked in place of
         while True:
             for conn in list(unsent):
                 rid = self._send(conn, kind, body, frames)
@@ -296,6 +300,8 @@ class CatalogClient:
                 timed_out = True
                 break
             if spares and (now >= hedge_at or (needed is not None and len(pending) + len(unsent) < needed(got))):
+                if now >= hedge_at:
+                    overtaken.update(pending)
                 self.spares_asked += 1
                 unsent.append(spares.pop(0))
                 hedge_at = now + hedge_s
@@ -313,6 +319,9 @@ class CatalogClient:
         silent = [*unsent, *pending.values()]
         for conn in silent if timed_out else unsent:
             self.order.mark_down(conn.address, now)
+        if overtaken_down and not timed_out:
+            for rid in overtaken & pending.keys():
+                self.order.mark_down(pending[rid].address, now)
         if never_sent is not None:
             never_sent.extend(c.address.endpoint for c in unsent)
         for rid in pending:
@@ -765,7 +774,7 @@ class CatalogClient:
 
         got = self._fanout(conns[:need], kind, body, frames, lambda g: good(g) >= need or bool(failed), deadline,
                            spares=conns[need:], needed=lambda g: need - good(g), hedge_s=self._read_hedge_s(),
-                           never_sent=never_sent)
+                           never_sent=never_sent, overtaken_down=True)
         good(got)
         if failed:
             raise failed[0]

@@ -80,3 +80,44 @@ def test_a_request_takes_the_answer_of_the_replica_it_asked_first_after_asking_a
     outcome = answered_after_the_hedge(2, 1, lambda c: c.request("status"))
     assert "error" not in outcome, outcome.get("error")
     assert outcome["kinds"] == ["status"] * 2 and outcome["spares_asked"] == 1
+
+
+def test_a_replica_that_stays_silent_is_asked_last_by_the_next_read() -> None:
+    """Reads no longer give up on a slow replica at the hedge, but one that stayed silent while
+    a hedge answered in its place (frozen, cut off) is still asked last next time: the next read
+    does not wait out the hedge delay on it again."""
+    me = Identity.generate()
+    keys = [Identity.generate() for _ in range(3)]
+    ctx = zmq.Context.instance()
+    replicas = [server_socket(ctx, zmq.ROUTER, k) for k in keys]
+    addresses = [f"tcp://127.0.0.1:{s.bind_to_random_port('tcp://127.0.0.1')}#{k.key_id}"
+                 for s, k in zip(replicas, keys, strict=True)]
+    asked = [0, 0, 0]
+    done = threading.Event()
+
+    def serve() -> None:              # the first replica is frozen: it takes requests, never answers
+        poller = zmq.Poller()
+        for s in replicas:
+            poller.register(s, zmq.POLLIN)
+        while not done.is_set():
+            for sock, _ in poller.poll(50):
+                client, *request = sock.recv_multipart()
+                i = replicas.index(sock)
+                asked[i] += 1
+                if i:
+                    env, _ = decode(request)
+                    sock.send_multipart([client, *encode(env.reply(rev=1), [P.pack_records([])])])
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        with CatalogClient(addresses, me, me.key_id, timeout=5.0) as c:
+            c.get("urn:snipe:proc:first")
+            assert asked[0] == 1 and c.spares_asked == 1
+            c.get("urn:snipe:proc:second")
+            assert asked[0] == 1 and c.spares_asked == 1, asked
+    finally:
+        done.set()
+        server.join(10)
+        for s in replicas:
+            s.close(0)
