@@ -52,9 +52,9 @@ from snipe.wire import Envelope, decode, encode
 log = logging.getLogger("snipe.catalog")
 
 
-HEDGE_AFTER_S = 0.25         # a read asks one more replica after this, or 2.5 times its usual time if longer,
-READ_HEDGE_FACTOR = 2.5      # up to READ_HEDGE_MAX_S: when every replica is slow (a loaded machine) a
-READ_HEDGE_MAX_S = 1.0       # hedge adds load and no speed, so it is kept for the tail
+HEDGE_AFTER_S = 0.25         # a read asks one more replica once 2.5 times its usual time has passed, within
+READ_HEDGE_FACTOR = 2.5      # these bounds: when every replica is slow (a loaded machine) a hedge adds load,
+READ_HEDGE_MAX_S = 1.0       # not speed, so it is kept for the slow tail
 READ_FIRST_GUESS_S = 0.01    # a new client's guess at a read's time, until it has measured some
 PUT_HEDGE_MIN_S = 0.01       # a put asks one more replica after 2.5 times its usual time, within these bounds
 PUT_HEDGE_FACTOR = 2.5
