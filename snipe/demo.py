@@ -106,7 +106,7 @@ def run(limit: int, workers: int, console: Console | None, parent: str | None = 
             procs = []
             # Each spawn returns once its host's daemon has registered the task, so a loaded cluster
             # paces this loop: many workers take longer to start, and the bar shows how far it got.
-            spawning = Progress(TextColumn("spawning "), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            spawning = Progress(TextColumn("spawning"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                 TimeElapsedColumn(), console=con, disable=quiet)
             with spawning:
                 bar = spawning.add_task("spawn", total=workers)
