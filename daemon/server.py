@@ -267,6 +267,10 @@ class Daemon:
             reap_orphans(self.runner.pids() | self.pool.pids())
         self.groups.tick(now)
         self.migrations.tick(now)
+        self._answer_waits(now)
+        self._keep_lease(now)
+
+    def _answer_waits(self, now: float) -> None:
         for w in self.waiters.due(now, lambda urn: urn not in self.tasks or self._ended(urn)):
             if w.urn not in self.tasks:      # a migration's clone that never took over: forgotten
                 reply = w.env.error_reply(NotFound(f"{w.urn} is not a task of {self.cfg.host_urn} (a migration's "
@@ -276,7 +280,6 @@ class Daemon:
                 reply = w.env.reply(**self._status(w.urn), stderr_tail=self._stderr_tail(w.urn))
             if not self._reply(w.client, reply):
                 self.waiters.drop_client(w.client)       # gone: its other waits have no one to answer
-        self._keep_lease(now)
 
     def _keep_lease(self, now: float) -> None:
         """Renew the host lease when due (every third of it), and fence our tasks if it lapsed."""
@@ -367,7 +370,10 @@ class Daemon:
             case "status":
                 self._reply(client, env.reply(**self._status(self._known(env))))
             case "wait":
-                self.waiters.add(client, env, self._known(env), seconds_of(env, "timeout", 3600.0), time.monotonic())
+                urn = self._known(env)
+                self.waiters.add(client, env, urn, seconds_of(env, "timeout", 3600.0), time.monotonic())
+                if self._ended(urn):        # answered now, not at the next tick (collecting 1000 ended tasks
+                    self._answer_waits(time.monotonic())      # once took 50 ms each)
             case "kill" | "suspend" | "resume" | "signal":
                 urn = self._known(env)
                 self._check_controller(key, urn)

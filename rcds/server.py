@@ -448,7 +448,7 @@ class Server:
                 out.extend(a.encode() for a in group)
                 urns += 1
 
-        for a in self.storage.scan_prefix(prefix):
+        for a in self.storage.scan_prefix(prefix, having={name for name, _, _ in where}):
             if group and a.urn != group[0].urn:
                 flush()
                 group = []

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -91,7 +91,7 @@ class Storage(Protocol):
     def write(self) -> WriteTxnContext: ...
     def held(self, urn: str) -> list[Assertion]: ...
     def held_raw(self, urn: str, name: str | None = None) -> list[bytes]: ...
-    def scan_prefix(self, prefix: str) -> Iterator[Assertion]: ...
+    def scan_prefix(self, prefix: str, having: Collection[str] = ()) -> Iterator[Assertion]: ...
     def records_by_keys(self, keys: list[bytes]) -> list[Assertion]: ...
     def top_digests(self) -> list[bytes]: ...
     def leaf_digests(self, top: int) -> list[bytes]: ...
@@ -136,9 +136,12 @@ class MemoryStorage:
         return [a.encode() for a in sorted(self.held(urn), key=record_key)
                 if name is None or a.name == name or a.name.startswith("_")]
 
-    def scan_prefix(self, prefix: str) -> Iterator[Assertion]:
+    def scan_prefix(self, prefix: str, having: Collection[str] = ()) -> Iterator[Assertion]:
+        names: dict[str, set[str]] = {}
+        for a in self.records.values():
+            names.setdefault(a.urn, set()).add(a.name)
         for a in sorted(self.records.values(), key=lambda a: (a.urn, a.name, a.signer)):
-            if a.urn.startswith(prefix):
+            if a.urn.startswith(prefix) and names[a.urn].issuperset(having):
                 yield a
 
     def records_by_keys(self, keys: list[bytes]) -> list[Assertion]:

@@ -111,7 +111,16 @@ def run(limit: int, workers: int, console: Console | None, parent: str | None = 
 
             bounds = [limit * i // workers for i in range(workers + 1)]
             t1 = time.perf_counter()
-            procs = [snipe.spawn(code, bounds[i], bounds[i + 1]) for i in range(workers)]
+            procs = []
+            # Each spawn returns once its host's daemon has registered the task, so a loaded cluster
+            # paces this loop: many workers take longer to start, and the bar shows how far it got.
+            spawning = Progress(TextColumn("spawning"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                TimeElapsedColumn(), console=con, disable=quiet)
+            with spawning:
+                bar = spawning.add_task("spawn", total=workers)
+                for i in range(workers):
+                    procs.append(snipe.spawn(code, bounds[i], bounds[i + 1]))
+                    spawning.advance(bar)
             report["spawn_s"] = round(time.perf_counter() - t1, 3)
             cluster.catalog.kill(1)
             con.print(f"spawned {workers} workers in {report['spawn_s']} s; killed replica r2 with SIGKILL")

@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +52,10 @@ from snipe.wire import Envelope, decode, encode
 log = logging.getLogger("snipe.catalog")
 
 
-HEDGE_AFTER_S = 0.25
+HEDGE_AFTER_S = 0.25         # a read asks one more replica once 2.5 times its usual time has passed, within
+READ_HEDGE_FACTOR = 2.5      # these bounds: when every replica is slow (a loaded machine) a hedge adds load,
+READ_HEDGE_MAX_S = 1.0       # not speed, so it is kept for the slow tail
+READ_FIRST_GUESS_S = 0.01    # a new client's guess at a read's time, until it has measured some
 PUT_HEDGE_MIN_S = 0.01       # a put asks one more replica after 2.5 times its usual time, within these bounds
 PUT_HEDGE_FACTOR = 2.5
 PUT_HEDGE_MAX_S = HEDGE_AFTER_S
@@ -170,6 +173,7 @@ class CatalogClient:
         self._not_admitted: dict[tuple[str, bytes], float] = {}   # (replica, key) it could not prove -> until
         self._links_checked = 0.0
         self._put_s = PUT_FIRST_GUESS_S     # moving average of a W-acknowledged put's time
+        self._read_s = READ_FIRST_GUESS_S   # moving average of an R-answered read's time
         self._turn = 1.0           # moving average of the client puts a replica stored in the turn of ours
         self.relay = relay
         self.relayed = 0           # puts sent to one replica to relay
@@ -256,7 +260,7 @@ class CatalogClient:
 
     def _fanout(self, conns: Sequence[_Conn], kind: str, body: dict[str, Any] | None, frames: Sequence[bytes],
                 enough: Any, deadline: float, *, spares: Sequence[_Conn] = (), needed: Any = None,
-                hedge_s: float = 0.0, never_sent: list[str] | None = None
+                hedge_s: float = 0.0, never_sent: list[str] | None = None, overtaken_down: bool = False
                 ) -> dict[str, tuple[Envelope, list[bytes]]]:
         """Send one request to each of `conns` (retrying those not yet connected) and gather
         replies until `enough(replies)` says so or the deadline passes. Replicas that could not
@@ -266,7 +270,10 @@ class CatalogClient:
         `spares` are asked too, one at a time, when the requests in flight can no longer give
         the `needed(replies)` good answers (a replica could not be sent to, or refused), or
         when `hedge_s` passes with no reply being enough (a replica is slow or just died).
-        `never_sent`, if given, gets the endpoints that never took the request (no connection came up)."""
+        `never_sent`, if given, gets the endpoints that never took the request (no connection came up).
+        `overtaken_down`: a replica still silent when the answers were enough, after a hedge went
+        out in its place, is marked down too (a read then asks it last, and does not wait out
+        the hedge delay on a frozen replica every time; an answer that comes marks it up)."""
         unsent = list(conns)
         spares = list(spares)
         pending: dict[int, _Conn] = {}
@@ -274,6 +281,7 @@ class CatalogClient:
         timed_out = False
         refusals = {c.address.endpoint: c.link.refusals for c in [*conns, *spares]}
         hedge_at = time.monotonic() + hedge_s
+        overtaken: set[int] = set()       # requests a hedge's spare was asked in place of
         while True:
             for conn in list(unsent):
                 rid = self._send(conn, kind, body, frames)
@@ -292,6 +300,8 @@ class CatalogClient:
                 timed_out = True
                 break
             if spares and (now >= hedge_at or (needed is not None and len(pending) + len(unsent) < needed(got))):
+                if now >= hedge_at:
+                    overtaken.update(pending)
                 self.spares_asked += 1
                 unsent.append(spares.pop(0))
                 hedge_at = now + hedge_s
@@ -309,6 +319,9 @@ class CatalogClient:
         silent = [*unsent, *pending.values()]
         for conn in silent if timed_out else unsent:
             self.order.mark_down(conn.address, now)
+        if overtaken_down and not timed_out:
+            for rid in overtaken & pending.keys():
+                self.order.mark_down(pending[rid].address, now)
         if never_sent is not None:
             never_sent.extend(c.address.endpoint for c in unsent)
         for rid in pending:
@@ -331,18 +344,23 @@ class CatalogClient:
 
     def request(self, kind: str, body: dict[str, Any] | None = None, frames: Sequence[bytes] = (),
                 timeout: float | None = None) -> tuple[str, Envelope, list[bytes]]:
-        """Ask one replica (failing over to the next) and return (endpoint, reply, frames)."""
+        """Ask one replica and return (endpoint, reply, frames): the first answer, hedged as a
+        read is (the next replica is asked too once one cannot be sent to or is slow, and the
+        first asked may still answer: a busy replica is not given up on halfway)."""
         deadline = time.monotonic() + (timeout or self.timeout)
-        tried = []
-        for conn in self._candidates():
-            tried.append(conn.address.endpoint)
-            per_try = max(0.1, (deadline - time.monotonic()) / 2)
-            got = self._fanout([conn], kind, body, frames, bool, min(deadline, time.monotonic() + per_try))
-            if got:
-                env, fr = got[conn.address.endpoint]
-                return conn.address.endpoint, env.raise_if_error(), fr
-            if time.monotonic() >= deadline:
-                break
+        candidates = self._candidates()
+        answer: list[tuple[str, Envelope, list[bytes]]] = []
+
+        def take(endpoint: str, env: Envelope, fr: list[bytes]) -> bool:
+            answer.append((endpoint, env, fr))
+            return True
+
+        spares_before = self.spares_asked
+        self._gather(candidates, kind, body or {}, 1, deadline, take, frames=frames)
+        if answer:
+            endpoint, env, fr = answer[0]
+            return endpoint, env.raise_if_error(), fr
+        tried = [c.address.endpoint for c in candidates[:1 + self.spares_asked - spares_before]]
         raise QuorumError(f"no catalog replica answered {kind!r} in time (tried {', '.join(tried)})")
 
     # --- writing ------------------------------------------------------------------------------
@@ -657,22 +675,20 @@ class CatalogClient:
         need = min(self.n, max(self.r, self.n // 2 + 1))
         conns = [first, *(c for c in self._candidates() if c is not first)]
         merged: dict[tuple[str, str, bytes], Assertion] = {}
-        answered = asked = 0
-        while answered < need and asked < len(conns) and time.monotonic() < deadline:
-            batch = conns[asked:asked + need - answered]
-            asked += len(batch)
-            want = len(batch)
-            wait_until = deadline if asked >= len(conns) else min(deadline, time.monotonic() + HEDGE_AFTER_S)
-            got = self._fanout(batch, "get", {"urn": urn}, (), lambda g, want=want: len(g) >= want, wait_until)
-            for endpoint, (env, frames) in got.items():
-                records = None if env.kind == "error" else self._records_of(endpoint, frames)
-                if records is None:
-                    continue
-                before = self._suspected[endpoint]
-                believed = self._believe(endpoint, records)
-                if self._suspected[endpoint] == before:         # forgeries: this answer does not count
-                    merged = merge(merged.values(), believed)
-                    answered += 1
+
+        def counts(endpoint: str, env: Envelope, frames: list[bytes]) -> bool:
+            nonlocal merged
+            records = None if env.kind == "error" else self._records_of(endpoint, frames)
+            if records is None:
+                return False
+            before = self._suspected[endpoint]
+            believed = self._believe(endpoint, records)
+            if self._suspected[endpoint] != before:         # forgeries: this answer does not count
+                return False
+            merged = merge(merged.values(), believed)
+            return True
+
+        answered = sum(self._gather(conns, "get", {"urn": urn}, need, deadline, counts).values())
         return (list(merged.values()), answered >= need) if answered else None
 
     def _prove_admitted(self, conn: _Conn, key: bytes, deadline: float, *, hosts_only: bool = False
@@ -725,42 +741,76 @@ class CatalogClient:
                     return True, by_majority and host_by_majority
         return (None if unknown else False), False
 
+    def _read_hedge_s(self) -> float:
+        return min(READ_HEDGE_MAX_S, max(HEDGE_AFTER_S, READ_HEDGE_FACTOR * self._read_s))
+
+    def _gather(self, conns: Sequence[_Conn], kind: str, body: dict[str, Any], need: int, deadline: float,
+                counts: Callable[[str, Envelope, list[bytes]], bool], *, frames: Sequence[bytes] = (),
+                never_sent: list[str] | None = None) -> dict[str, bool]:
+        """Ask the first `need` of `conns` and gather answers until `need` of them count
+        (`counts` judges each answer once) or the deadline passes; return whether each replica
+        that answered counted. A SnipeError that `counts` raises ends the gathering and is raised.
+
+        Hedged as a put is: the next of `conns` is asked too when one cannot be sent to or gave
+        an answer that does not count, or when the read hedge delay passes with too few counted.
+        Every request sent stays in flight until the end, and the first `need` good answers from
+        any of them are taken: on a loaded machine every replica is slower than the hedge delay,
+        and a read that dropped the answers it had asked for first once failed in half a second
+        with most of its time left (only the hedge's replica still counted)."""
+        judged: dict[str, bool] = {}
+        failed: list[SnipeError] = []
+        if deadline <= time.monotonic():
+            return judged                      # not sent: a request past its deadline marks the replica down
+
+        def good(got: dict[str, tuple[Envelope, list[bytes]]]) -> int:
+            for endpoint, (env, frames) in got.items():
+                if endpoint not in judged and not failed:
+                    try:
+                        judged[endpoint] = counts(endpoint, env, frames)
+                    except SnipeError as exc:
+                        judged[endpoint] = False
+                        failed.append(exc)
+            return sum(judged.values())
+
+        got = self._fanout(conns[:need], kind, body, frames, lambda g: good(g) >= need or bool(failed), deadline,
+                           spares=conns[need:], needed=lambda g: need - good(g), hedge_s=self._read_hedge_s(),
+                           never_sent=never_sent, overtaken_down=True)
+        good(got)
+        if failed:
+            raise failed[0]
+        return judged
+
     def _quorum_read(self, kind: str, body: dict[str, Any], r: int | None, timeout: float | None
                      ) -> dict[tuple[str, str, bytes], Assertion]:
         r = r or self.r
-        deadline = time.monotonic() + (timeout or self.timeout)
+        started = time.monotonic()
+        deadline = started + (timeout or self.timeout)
         candidates = self._candidates()
         merged: dict[tuple[str, str, bytes], Assertion] = {}
-        good_answers = 0
-        asked = 0
-        answered: set[str] = set()       # replicas that replied at all (for the error below)
         never_sent: list[str] = []
-        while good_answers < r and asked < len(candidates) and time.monotonic() < deadline:
-            batch = candidates[asked:asked + (r - good_answers)]
-            asked += len(batch)
-            want = len(batch)
-            # Hedge: if a replica is slow or dead, ask the next one rather than wait out the deadline,
-            # unless no other replica is left to ask.
-            wait_until = deadline if asked >= len(candidates) else min(deadline, time.monotonic() + HEDGE_AFTER_S)
-            got = self._fanout(batch, kind, body, (), lambda g, want=want: len(g) >= want, wait_until,
-                               never_sent=never_sent)
-            answered.update(got)
-            for endpoint, (env, frames) in got.items():
-                if env.kind == "error":
-                    err = error_from_code(str(env.body.get("code")), str(env.body.get("message")))
-                    if not isinstance(err, ResyncNeeded):
-                        raise err
-                    continue
-                before = self._suspected[endpoint]      # (proof reads may suspect other replicas meanwhile)
-                records = self._records_of(endpoint, frames)
-                believed = self._authorized(endpoint, self._believe(endpoint, records or []), now_ms(), deadline)
-                merged = merge(merged.values(), believed)
-                if self._suspected[endpoint] == before:
-                    good_answers += 1      # a replica that returned forgeries does not count
+
+        def counts(endpoint: str, env: Envelope, frames: list[bytes]) -> bool:
+            nonlocal merged
+            if env.kind == "error":
+                err = error_from_code(str(env.body.get("code")), str(env.body.get("message")))
+                if not isinstance(err, ResyncNeeded):
+                    raise err
+                return False
+            before = self._suspected[endpoint]      # (proof reads may suspect other replicas meanwhile)
+            records = self._records_of(endpoint, frames)
+            believed = self._authorized(endpoint, self._believe(endpoint, records or []), now_ms(), deadline)
+            merged = merge(merged.values(), believed)
+            return self._suspected[endpoint] == before      # a replica that returned forgeries does not count
+
+        spares_before = self.spares_asked
+        answered = self._gather(candidates, kind, body, r, deadline, counts, never_sent=never_sent)
+        good_answers = sum(answered.values())
         if not answered:
-            raise QuorumError(self._none_reached(kind, candidates[:asked], never_sent, timeout or self.timeout))
+            asked = candidates[:r + self.spares_asked - spares_before]
+            raise QuorumError(self._none_reached(kind, asked, never_sent, timeout or self.timeout))
         if good_answers < r:
             raise QuorumError(f"only {good_answers} of R={r} replicas gave a verifiable answer to {kind} in time")
+        self._read_s += PUT_EWMA * (time.monotonic() - started - self._read_s)
         return merged
 
     def _none_reached(self, kind: str, asked: Sequence[_Conn], never_sent: Sequence[str], timeout: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import threading
 import time
 
 import pytest
@@ -463,6 +464,44 @@ def test_a_direct_put_asks_a_spare_replica_when_one_of_its_first_w_is_silent(cat
             catalog.replicas[1].proc.send_signal(signal.SIGCONT)    # type: ignore[union-attr]
         assert result.replicas == {first: "stored", second: "no answer", third: "stored"}
         assert c.spares_asked == 1 and c.relayed == 0
+
+
+def test_a_read_gets_its_quorum_from_replicas_slower_than_its_hedge(catalog: LocalCatalog, user: Identity) -> None:
+    """Every replica busy past the hedge delay (here paused): the read asks the third replica
+    too, and when the two it asked first answer (resumed) while the third stays paused, their
+    answers make the quorum. A read once dropped the requests it had sent before its hedge, and
+    failed with "only 1 of R=2" (the demo at 300 workers on 2 CPUs) however long its timeout."""
+    with catalog.client(user) as w:
+        w.claim("urn:snipe:proc:busy", w=3)
+        w.set("urn:snipe:proc:busy", "n", 7, w=3)
+    outcome: dict[str, object] = {}
+    c = catalog.client(user, timeout=8.0)
+    try:
+        assert c.get("urn:snipe:proc:busy", r=3).value("n", now_ms()) == 7   # every link up, none set aside
+        for r in catalog.replicas:
+            r.proc.send_signal(signal.SIGSTOP)    # type: ignore[union-attr]
+        try:
+            def read() -> None:
+                try:
+                    outcome["n"] = c.get("urn:snipe:proc:busy").value("n", now_ms())
+                except QuorumError as exc:
+                    outcome["error"] = exc
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            hedged = time.monotonic() + 10        # the hedge goes out within a second
+            while c.spares_asked < 1 and time.monotonic() < hedged:
+                time.sleep(0.02)
+            for r in catalog.replicas[:2]:
+                r.proc.send_signal(signal.SIGCONT)    # type: ignore[union-attr]
+            reader.join(30)
+        finally:
+            for r in catalog.replicas:
+                r.proc.send_signal(signal.SIGCONT)    # type: ignore[union-attr]
+        assert outcome == {"n": 7}
+        assert c.spares_asked == 1, "the read did not ask the third replica (its hedge)"
+    finally:
+        c.close()
 
 
 def test_a_lone_client_writes_directly(catalog: LocalCatalog, user: Identity) -> None:

@@ -198,6 +198,44 @@ def test_scan_prefix_orders_by_urn_name_signer_and_respects_boundaries(lmdb_path
         lm.close()
 
 
+def test_scan_prefix_having_names_keeps_only_the_urns_that_hold_each_of_them(lmdb_path):
+    """A query's predicates each need a record of their name: a scan given those names skips the
+    other URNs (an LMDB store finds the rest by its byname index) and keeps every record of those."""
+    writes = [put(ADMIN, "urn:snipe:proc:a", "on_call", ["h1"]), put(ADMIN, "urn:snipe:proc:a", "state", "running"),
+              put(ALICE, "urn:snipe:proc:a", "result", 1), put(ADMIN, "urn:snipe:proc:b", "state", "exited"),
+              put(ALICE, "urn:snipe:proc:b", "on_call", ["h2"]), put(ADMIN, "urn:snipe:proc:c", "state", "running"),
+              put(ADMIN, "urn:snipe:proc:d", "on_call", [], deleted=True), put(ADMIN, "urn:snipe:host:a", "on_call", 1)]
+    lm = LmdbStorage(lmdb_path, map_size=MAP)
+    try:
+        for s in (MemoryStorage(), lm):
+            with s.write() as txn:
+                for w in writes:
+                    txn.store(w, None, None, None)
+
+            def scan(having: set[str], s: Storage = s) -> list[tuple[str, str]]:
+                return [(a.urn, a.name) for a in s.scan_prefix("urn:snipe:proc:", having)]
+
+            assert scan(set()) == [(a.urn, a.name) for a in sorted(writes[:-1], key=lambda a: (a.urn, a.name))]
+            # a tombstone holds the name too: whether it matches is the query's to judge
+            assert scan({"on_call"}) == [("urn:snipe:proc:a", "on_call"), ("urn:snipe:proc:a", "result"),
+                                         ("urn:snipe:proc:a", "state"), ("urn:snipe:proc:b", "on_call"),
+                                         ("urn:snipe:proc:b", "state"), ("urn:snipe:proc:d", "on_call")]
+            assert scan({"on_call", "result"}) == scan({"result"}) == [
+                ("urn:snipe:proc:a", "on_call"), ("urn:snipe:proc:a", "result"), ("urn:snipe:proc:a", "state")]
+            assert scan({"missing"}) == []
+        # a store written before the byname index existed gets it built when opened
+        expected = [(a.urn, a.name) for a in lm.scan_prefix("urn:snipe:", {"on_call"})]
+        with lm.env.begin(write=True) as txn:
+            txn.drop(lm.byname, delete=False)
+            txn.delete(b"byname", db=lm.meta)
+        lm.close()
+        lm = LmdbStorage(lmdb_path, map_size=MAP)
+        assert [(a.urn, a.name) for a in lm.scan_prefix("urn:snipe:", {"on_call"})] == expected
+        assert ("urn:snipe:host:a", "on_call") in expected
+    finally:
+        lm.close()
+
+
 def test_held_raw_reads_an_entry_or_one_name_with_the_reserved_ones(lmdb_path):
     names = ("_owner", "_delegate.*", "a", "Z", "x", "xy", "x_")
     writes = [put(who, urn, name, 1) for urn in URNS[:3] for name in names for who in (ADMIN, ALICE)]
