@@ -371,9 +371,11 @@ class Daemon:
                 self._reply(client, env.reply(**self._status(self._known(env))))
             case "wait":
                 urn = self._known(env)
-                self.waiters.add(client, env, urn, seconds_of(env, "timeout", 3600.0), time.monotonic())
                 if self._ended(urn):        # answered now, not at the next tick (collecting 1000 ended tasks
-                    self._answer_waits(time.monotonic())      # once took 50 ms each)
+                    # once took 50 ms each), and not counted among the client's waits
+                    self._reply(client, env.reply(**self._status(urn), stderr_tail=self._stderr_tail(urn)))
+                else:
+                    self.waiters.add(client, env, urn, seconds_of(env, "timeout", 3600.0), time.monotonic())
             case "kill" | "suspend" | "resume" | "signal":
                 urn = self._known(env)
                 self._check_controller(key, urn)

@@ -51,6 +51,7 @@ _EVENT_NAMES = {v: k for k, v in _EVENTS.items()}
 _TIMER_KINDS = {EXPIRE: b"E", "gc": b"G"}
 _TIMER_NAMES = {v: k for k, v in _TIMER_KINDS.items()}
 HOST_REASON = b"urn:snipe:host:"
+NAME_INDEX_BATCH = 20_000         # byname entries built per transaction for a store that predates the index
 
 
 class LmdbStorage:
@@ -80,14 +81,27 @@ class LmdbStorage:
         self._index_names()
 
     def _index_names(self) -> None:
-        """Build the byname index of a store written before it existed (once, in one transaction)."""
-        with self.env.begin(write=True) as txn:
-            if txn.get(b"byname", db=self.meta) is not None:
-                return
-            cur = txn.cursor(self.byurn)
-            for k in cur.iternext(keys=True, values=False):
-                txn.put(_name_key(k), b"", db=self.byname)
-            txn.put(b"byname", b"1", db=self.meta)
+        """Build the byname index of a store written before it existed, NAME_INDEX_BATCH keys per
+        transaction (one transaction would hold every page it dirties in memory, and a store too
+        large for that could then never open). Writes meanwhile add their own entries; queries
+        scan without the index until it is whole, which the meta flag records."""
+        with self.env.begin() as txn:
+            self._names_indexed = txn.get(b"byname", db=self.meta) is not None
+        after = b""
+        while not self._names_indexed:
+            with self.env.begin(write=True) as txn:
+                cur = txn.cursor(self.byurn)
+                more = cur.set_range(after) if after else cur.first()
+                for _ in range(NAME_INDEX_BATCH):
+                    if not more:
+                        break
+                    txn.put(_name_key(cur.key()), b"", db=self.byname)
+                    more = cur.next()
+                if more:
+                    after = bytes(cur.key())        # the first key the next batch indexes
+                else:
+                    txn.put(b"byname", b"1", db=self.meta)
+                    self._names_indexed = True
 
     def close(self) -> None:
         self.env.close()
@@ -143,7 +157,7 @@ class LmdbStorage:
         catalog, each second (most of a replica's time with 1000 tasks)."""
         pb = prefix.encode()
         with self.env.begin() as txn:
-            if not having:
+            if not having or not self._names_indexed:      # (the caller checks the names anyway)
                 cur = txn.cursor(self.byurn)
                 if not cur.set_range(pb):
                     return
@@ -158,7 +172,8 @@ class LmdbStorage:
                             yield a
                 return
             first, *others = sorted(having)
-            start = first.encode() + b"\0" + pb
+            fb = first.encode()
+            start = fb + b"\0" + pb
             cur = txn.cursor(self.byname)
             if not cur.set_range(start):
                 return
@@ -166,7 +181,7 @@ class LmdbStorage:
             for k in cur.iternext(keys=True, values=False):
                 if not k.startswith(start):
                     break
-                rest = k[len(first) + 1:]
+                rest = k[len(fb) + 1:]             # bytes: a name is any text, not only ASCII
                 urn = rest[: rest.index(b"\0")]
                 if urn == last:
                     continue                   # the same URN, another signer of the name

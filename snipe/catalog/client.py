@@ -325,7 +325,8 @@ class CatalogClient:
         if never_sent is not None:
             never_sent.extend(c.address.endpoint for c in unsent)
         for rid in pending:
-            self._late.add(rid)
+            if self._replies.pop(rid, None) is None:     # (one a nested read's pump took in is dropped)
+                self._late.add(rid)
         if silent and not got:
             self._check_links(force=True)
             refused = [c.address.endpoint for c in silent

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rcds import store
 from rcds.replica import Accepted, Replica
 from rcds.storage import (
     EXPIRE,
@@ -198,13 +199,15 @@ def test_scan_prefix_orders_by_urn_name_signer_and_respects_boundaries(lmdb_path
         lm.close()
 
 
-def test_scan_prefix_having_names_keeps_only_the_urns_that_hold_each_of_them(lmdb_path):
+def test_scan_prefix_having_names_keeps_only_the_urns_that_hold_each_of_them(lmdb_path,
+                                                                              monkeypatch: pytest.MonkeyPatch):
     """A query's predicates each need a record of their name: a scan given those names skips the
     other URNs (an LMDB store finds the rest by its byname index) and keeps every record of those."""
     writes = [put(ADMIN, "urn:snipe:proc:a", "on_call", ["h1"]), put(ADMIN, "urn:snipe:proc:a", "state", "running"),
               put(ALICE, "urn:snipe:proc:a", "result", 1), put(ADMIN, "urn:snipe:proc:b", "state", "exited"),
               put(ALICE, "urn:snipe:proc:b", "on_call", ["h2"]), put(ADMIN, "urn:snipe:proc:c", "state", "running"),
-              put(ADMIN, "urn:snipe:proc:d", "on_call", [], deleted=True), put(ADMIN, "urn:snipe:host:a", "on_call", 1)]
+              put(ADMIN, "urn:snipe:proc:d", "on_call", [], deleted=True), put(ALICE, "urn:snipe:proc:e", "état", 1),
+              put(ALICE, "urn:snipe:proc:f", "名前", 1), put(ADMIN, "urn:snipe:host:a", "on_call", 1)]
     lm = LmdbStorage(lmdb_path, map_size=MAP)
     try:
         for s in (MemoryStorage(), lm):
@@ -223,15 +226,20 @@ def test_scan_prefix_having_names_keeps_only_the_urns_that_hold_each_of_them(lmd
             assert scan({"on_call", "result"}) == scan({"result"}) == [
                 ("urn:snipe:proc:a", "on_call"), ("urn:snipe:proc:a", "result"), ("urn:snipe:proc:a", "state")]
             assert scan({"missing"}) == []
-        # a store written before the byname index existed gets it built when opened
+            # names are any text: the index's keys are bytes
+            assert scan({"état"}) == [("urn:snipe:proc:e", "état")] and scan({"名前", "état"}) == []
+        # a store written before the byname index existed gets it built when opened, in batches
         expected = [(a.urn, a.name) for a in lm.scan_prefix("urn:snipe:", {"on_call"})]
         with lm.env.begin(write=True) as txn:
             txn.drop(lm.byname, delete=False)
             txn.delete(b"byname", db=lm.meta)
         lm.close()
+        monkeypatch.setattr(store, "NAME_INDEX_BATCH", 2)
         lm = LmdbStorage(lmdb_path, map_size=MAP)
         assert [(a.urn, a.name) for a in lm.scan_prefix("urn:snipe:", {"on_call"})] == expected
         assert ("urn:snipe:host:a", "on_call") in expected
+        with lm.env.begin() as txn:
+            assert txn.stat(lm.byname)["entries"] == txn.stat(lm.byurn)["entries"] == len(writes)
     finally:
         lm.close()
 
