@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -29,27 +30,52 @@ from snipe.identity import Identity
 
 _handed_out: set[tuple[str, int]] = set()
 
+PORT_RANGE_ENV = "SNIPE_PORT_RANGE"
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` now, for a server started next, from below the kernel's range
-    of ephemeral ports: the kernel gives those to outgoing connections too, so one taken by
-    binding port 0 may be a connection's by the time the server binds it (a replica once failed
-    to start so). A port below the range is taken only on purpose; none is handed out twice."""
-    low = _ephemeral_low()
+
+def free_port(host: str = "127.0.0.1", *, udp: bool = False) -> int:
+    """A TCP port (with `udp`, one free for UDP too) free on `host` now, for a server started
+    next, from below the kernel's range of ephemeral ports: the kernel gives those to outgoing
+    connections too, so one taken by binding port 0 may be a connection's by the time the server
+    binds it (a replica once failed to start so). A port below the range is taken only on
+    purpose; none is handed out twice by one process. Processes that pick at once (the test
+    suite's workers) are given disjoint ranges in $SNIPE_PORT_RANGE, so that one never hands out
+    a port another has handed out but not yet bound (see `port_range`)."""
+    low, high = port_range()
     for _ in range(500):
-        port = random.randrange(max(1024, low - 12_000), low)
-        if (host, port) in _handed_out:
+        port = random.randint(low, high)
+        if (host, port) in _handed_out or not _bindable(host, port, udp):
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
         _handed_out.add((host, port))
         return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:   # all taken: the kernel's choice
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _bindable(host: str, port: int, udp: bool) -> bool:
+    kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp else (socket.SOCK_STREAM,)
+    for kind in kinds:
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def port_range() -> tuple[int, int]:
+    """The ports `free_port` picks from, both ends included: $SNIPE_PORT_RANGE ("LOW-HIGH"),
+    else the 12,000 ports just below the kernel's ephemeral range."""
+    text = os.environ.get(PORT_RANGE_ENV)
+    if not text:
+        low = _ephemeral_low()
+        return max(1024, low - 12_000), low - 1
+    m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
+    if m is None or not 1024 <= int(m[1]) <= int(m[2]) <= 65535:
+        raise ConfigError(f"{PORT_RANGE_ENV}={text!r} is not a range of ports like 20000-25999 (1024-65535, "
+                          "low end first); fix it or unset it")
+    return int(m[1]), int(m[2])
 
 
 def _ephemeral_low() -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,17 +13,51 @@ import pytest
 
 import snipe
 from snipe.identity import Identity
-from snipe.localcluster import LocalCatalog, LocalCluster
+from snipe.localcluster import PORT_RANGE_ENV, LocalCatalog, LocalCluster, port_range
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+_runtime_dir: str | None = None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # A run stopped with SIGTERM (a CI timeout, `kill`) tears its fixtures down like Ctrl-C does,
     # so the clusters and tasks the tests started do not outlive it.
     signal.signal(signal.SIGTERM, _interrupt)
+    _own_runtime_dir()
+    _own_port_range()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _runtime_dir is not None:
+        shutil.rmtree(_runtime_dir, ignore_errors=True)
+
+
+def _own_runtime_dir() -> None:
+    """Give this test process (each xdist worker has its own) a default runtime folder of its
+    own: the embedded cluster's home and the ipc sockets' folder are per user by default, so two
+    workers, another test run or the user's own cluster would otherwise meet there. Tests that
+    want the default home get this one; SNIPE_HOME would override it, so it is dropped."""
+    global _runtime_dir
+    _runtime_dir = tempfile.mkdtemp(prefix=f"snipe-test-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+    os.environ["XDG_RUNTIME_DIR"] = _runtime_dir
+    os.environ.pop("SNIPE_HOME", None)
+
+
+def _own_port_range() -> None:
+    """Give each xdist worker a slice of the ports free_port() picks from, handed down to the
+    processes it starts: a port one worker picked and has not bound yet (a server starting, one
+    restarting on its old port, an address that must stay dead) is never picked by another."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker is None or count < 2:
+        return
+    i = int(worker.removeprefix("gw")) % count        # a restarted worker takes its dead one's place
+    low, high = port_range()
+    width = (high - low + 1) // count
+    os.environ[PORT_RANGE_ENV] = f"{low + i * width}-{low + (i + 1) * width - 1}"
 
 
 @pytest.fixture

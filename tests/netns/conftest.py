@@ -18,7 +18,9 @@ from snipe.netlab import Lab, cleanup_stale, why_not
 from tests.netns.helpers import Labs
 
 HERE = Path(__file__).parent
-REPORTS: list[tuple[str, dict[str, Any]]] = []
+REPORT_PROPERTY = "netns report"
+_unsent: list[str] = []           # reports made in this process, not yet attached to a test's report
+REPORTS: list[str] = []           # every report, in the process that writes the terminal summary
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -27,6 +29,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if HERE not in Path(str(item.fspath)).parents:
             continue
         item.add_marker(pytest.mark.netns)
+        # Under pytest-xdist (--dist loadgroup) the whole netns suite runs on one worker, one lab
+        # at a time as when run alone: its module-scoped labs are built once, its timing-bound
+        # cases are not squeezed by a second lab, and the other workers run the rest meanwhile.
+        item.add_marker(pytest.mark.xdist_group("netns"))
         if reason is None:
             reason = why_not() or ""
         if reason:
@@ -38,14 +44,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     rep = outcome.get_result()
     setattr(item, f"rep_{rep.when}", rep)
+    # Reports travel with the test's report, so that an xdist worker's reach the summary too.
+    rep.user_properties += [(REPORT_PROPERTY, line) for line in _unsent]
+    _unsent.clear()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    REPORTS.extend(value for name, value in report.user_properties if name == REPORT_PROPERTY)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not REPORTS:
         return
     terminalreporter.section("netns reliability reports")
-    for case, rep in REPORTS:
-        terminalreporter.write_line(f"{case}: {json.dumps(rep, default=str)}")
+    for line in REPORTS:
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +84,7 @@ def report() -> Callable[[str, dict[str, Any]], None]:
     and repeat them in the terminal summary."""
 
     def emit(case: str, facts: dict[str, Any]) -> None:
-        REPORTS.append((case, facts))
+        _unsent.append(f"{case}: {json.dumps(facts, default=str)}")
         print(f"REPORT {case}: {json.dumps(facts, indent=1, default=str)}")
 
     return emit
