@@ -948,6 +948,8 @@ def cleanup_stale(*, everything: bool = False) -> dict[str, Any]:
             # recorded by a run killed before it added it, and since taken by a live run
             st = {**st, "route": None}
         r = _remove_run(rid, st)
+        if rid not in states and not r["namespaces"] and not r["processes"]:
+            continue                  # a run that went down between the listing and now
         report["runs"].append(rid)
         report["namespaces"] += r["namespaces"]
         if r["route"]:
