@@ -29,10 +29,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if HERE not in Path(str(item.fspath)).parents:
             continue
         item.add_marker(pytest.mark.netns)
-        # Under pytest-xdist (--dist loadgroup) the whole netns suite runs on one worker, one lab
-        # at a time as when run alone: its module-scoped labs are built once, its timing-bound
-        # cases are not squeezed by a second lab, and the other workers run the rest meanwhile.
-        item.add_marker(pytest.mark.xdist_group("netns"))
         if reason is None:
             reason = why_not() or ""
         if reason:
