@@ -11,10 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 import snipe
 from snipe.identity import Identity
 from snipe.localcluster import PORT_RANGE_ENV, LocalCatalog, LocalCluster, port_range
+
+# Hypothesis's deadline and too-slow health check time the machine, not the code: the suite runs
+# on two busy CPUs beside other workers' clusters, so they would fail tests whose properties hold.
+settings.register_profile("snipe", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("snipe")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -65,6 +71,9 @@ def _own_runtime_dir() -> None:
     want the default home get this one; SNIPE_HOME would override it, so it is dropped."""
     global _runtime_dir
     _runtime_dir = tempfile.mkdtemp(prefix=f"snipe-test-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+    # Others may pass through (not list) it, as through /tmp to /tmp/snipe-<uid>: the folder snipe
+    # makes in it is 0700, and a test opens that one to another user to see the ipc gate refuse them.
+    os.chmod(_runtime_dir, 0o711)
     os.environ["XDG_RUNTIME_DIR"] = _runtime_dir
     os.environ.pop("SNIPE_HOME", None)
 
