@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 
 import snipe
 from snipe.identity import Identity
-from snipe.localcluster import PORT_RANGE_ENV, LocalCatalog, LocalCluster, port_range
+from snipe.localcluster import LocalCatalog, LocalCluster
 
 # Hypothesis's deadline and too-slow health check time the machine, not the code: the suite runs
 # on two busy CPUs beside other workers' clusters, so they would fail tests whose properties hold.
@@ -35,7 +35,6 @@ def pytest_configure(config: pytest.Config) -> None:
     # so the clusters and tasks the tests started do not outlive it.
     signal.signal(signal.SIGTERM, _interrupt)
     _own_runtime_dir()
-    _own_port_range()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -76,19 +75,6 @@ def _own_runtime_dir() -> None:
     os.chmod(_runtime_dir, 0o711)
     os.environ["XDG_RUNTIME_DIR"] = _runtime_dir
     os.environ.pop("SNIPE_HOME", None)
-
-
-def _own_port_range() -> None:
-    """Give each xdist worker a slice of the ports free_port() picks from, handed down to the
-    processes it starts: a port one worker picked and has not bound yet (a server starting, one
-    restarting on its old port, an address that must stay dead) is never picked by another."""
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if worker is None or count < 2:
-        return
-    i = int(worker.removeprefix("gw")) % count        # a restarted worker takes its dead one's place
-    low, high = port_range()
-    width = (high - low + 1) // count
-    os.environ[PORT_RANGE_ENV] = f"{low + i * width}-{low + (i + 1) * width - 1}"
 
 
 @pytest.fixture
