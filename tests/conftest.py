@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -23,14 +25,24 @@ settings.register_profile("snipe", deadline=None, suppress_health_check=[HealthC
 settings.load_profile("snipe")
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
+_config: pytest.Config | None = None
 _runtime_dir: str | None = None
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    if _config is not None and _config.pluginmanager.get_plugin("dsession") is not None:
+        # The xdist controller: the tests, and the clusters they started, are in its workers
+        # (its only children), which SIGTERM reaches only from here (Ctrl-C reaches them all).
+        # Each tears its fixtures down on it; the controller waits for them before it kills any.
+        for worker in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                worker.send_signal(signum)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    global _config
+    _config = config
     # A run stopped with SIGTERM (a CI timeout, `kill`) tears its fixtures down like Ctrl-C does,
     # so the clusters and tasks the tests started do not outlive it.
     signal.signal(signal.SIGTERM, _interrupt)
