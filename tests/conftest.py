@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, settings
 import snipe
 from snipe.identity import Identity
 from snipe.localcluster import LocalCatalog, LocalCluster
+from tests.support import NETNS_REPORT
 
 # Hypothesis's deadline and too-slow health check time the machine, not the code: the suite runs
 # on two busy CPUs beside other workers' clusters, so they would fail tests whose properties hold.
@@ -27,6 +28,7 @@ settings.load_profile("snipe")
 
 _config: pytest.Config | None = None
 _runtime_dir: str | None = None
+_netns_reports: list[str] = []
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -52,6 +54,17 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _runtime_dir is not None:
         shutil.rmtree(_runtime_dir, ignore_errors=True)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _netns_reports.extend(str(value) for name, value in report.user_properties if name == NETNS_REPORT)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _netns_reports:
+        terminalreporter.section("netns reliability reports")
+        for line in _netns_reports:
+            terminalreporter.write_line(line)
 
 
 @pytest.hookimpl(optionalhook=True)       # a pytest-xdist hook: unknown when xdist is not loaded

@@ -16,11 +16,10 @@ import pytest
 
 from snipe.netlab import Lab, cleanup_stale, why_not
 from tests.netns.helpers import Labs
+from tests.support import NETNS_REPORT
 
 HERE = Path(__file__).parent
-REPORT_PROPERTY = "netns report"
 _unsent: list[str] = []           # reports made in this process, not yet attached to a test's report
-REPORTS: list[str] = []           # every report, in the process that writes the terminal summary
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -40,21 +39,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     rep = outcome.get_result()
     setattr(item, f"rep_{rep.when}", rep)
-    # Reports travel with the test's report, so that an xdist worker's reach the summary too.
-    rep.user_properties += [(REPORT_PROPERTY, line) for line in _unsent]
+    # Reports travel with the test's report, so that an xdist worker's reach the terminal summary
+    # (tests/conftest.py writes it: the xdist controller never loads this conftest).
+    rep.user_properties += [(NETNS_REPORT, line) for line in _unsent]
     _unsent.clear()
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    REPORTS.extend(value for name, value in report.user_properties if name == REPORT_PROPERTY)
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not REPORTS:
-        return
-    terminalreporter.section("netns reliability reports")
-    for line in REPORTS:
-        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
