@@ -30,28 +30,65 @@ from snipe.interrupts import interrupt_after
 from snipe.transport import bound_ipc_sockets, remove_unused_ipc_socket
 
 _handed_out: set[tuple[str, int]] = set()
+_claims: dict[int, socket.socket] = {}
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` now, for a server started next, from below the kernel's range
-    of ephemeral ports: the kernel gives those to outgoing connections too, so one taken by
-    binding port 0 may be a connection's by the time the server binds it (a replica once failed
-    to start so). A port below the range is taken only on purpose; none is handed out twice."""
+def free_port(host: str = "127.0.0.1", *, udp: bool = False) -> int:
+    """A TCP port (with `udp`, one free for UDP too) free on `host` now, for a server started
+    next, from below the kernel's range of ephemeral ports: the kernel gives those to outgoing
+    connections too, so one taken by binding port 0 may be a connection's by the time the server
+    binds it (a replica once failed to start so). A port below the range is taken only on
+    purpose; none is handed out twice by one process, and none that another process claimed
+    (see `_claim`) until that one releases it: the test suite's workers pick at once, and a port
+    picked but not yet bound (a server starting, one restarting on its old port, an address that
+    must stay dead) looks free to a bind."""
     low = _ephemeral_low()
     for _ in range(500):
         port = random.randrange(max(1024, low - 12_000), low)
-        if (host, port) in _handed_out:
+        if (host, port) in _handed_out or not _bindable(host, port, udp) or not _claim(port):
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
         _handed_out.add((host, port))
         return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:   # all taken: the kernel's choice
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def release_ports(endpoints: list[str]) -> None:
+    """Give up this process's claims on the ports of `endpoints` (tcp://host:port), whose servers
+    are stopped for good: other processes may pick them again."""
+    for endpoint in endpoints:
+        port = endpoint.rsplit(":", 1)[-1]
+        if port.isdigit() and (claim := _claims.pop(int(port), None)) is not None:
+            claim.close()
+
+
+def _bindable(host: str, port: int, udp: bool) -> bool:
+    kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp else (socket.SOCK_STREAM,)
+    for kind in kinds:
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def _claim(port: int) -> bool:
+    """Claim `port` among all processes on this machine that pick with free_port: hold an
+    abstract unix socket named after it, which only one process can bind and which the kernel
+    frees when that process ends, however it ends. False if another process holds it. (Linux
+    only; elsewhere every port counts as claimed.)"""
+    if not sys.platform.startswith("linux"):
+        return True
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0snipe-port-{port}")
+    except OSError:
+        claim.close()
+        return False
+    _claims[port] = claim
+    return True
 
 
 def _ephemeral_low() -> int:
@@ -192,6 +229,7 @@ class LocalCatalog:
     def close(self) -> None:
         with contextlib.suppress(SnipeError):
             self.stop()
+        release_ports([r.endpoint for r in self.replicas])
 
     def __enter__(self) -> LocalCatalog:
         self.start()
@@ -387,6 +425,7 @@ class LocalCluster:
             self._stop_daemons(self.daemons)
         self.kill_tasks()
         self.catalog.close()
+        release_ports([d.endpoint for d in self.daemons])
         (self.root / CLUSTER_FILE).unlink(missing_ok=True)
 
     def __enter__(self) -> LocalCluster:

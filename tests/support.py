@@ -10,6 +10,10 @@ if TYPE_CHECKING:
     from snipe.identity import Identity
     from snipe.localcluster import LocalCatalog
 
+# The name of the test-report property that carries a netns case's report (tests/netns/conftest.py's
+# `report` fixture) to the terminal summary (tests/conftest.py), also from an xdist worker.
+NETNS_REPORT = "netns report"
+
 
 def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition",
              interval: float = 0.02) -> object:

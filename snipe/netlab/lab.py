@@ -68,6 +68,7 @@ PREFIX = "snl-"
 METRIC_BASE, METRIC_SPAN = 7000, 1000
 RELAY_MARK = 0x5A1
 RELAY_PORT_BASE = 7900
+PROBE_RID = "probe"          # netem_available()'s throwaway namespace: snl-probe<pid>
 _SAFE_ENV_DROP = ("SNIPE_", "XDG_RUNTIME_DIR")
 
 
@@ -94,7 +95,7 @@ def netem_available() -> bool:
     """Does this kernel have the netem qdisc? Tried once, in a throwaway namespace."""
     global _netem
     if _netem is None:
-        ns = f"{PREFIX}probe{os.getpid()}"
+        ns = f"{PREFIX}{PROBE_RID}{os.getpid()}"       # cleanup_stale() spares it while we run
         try:
             run(["ip", "netns", "add", ns])
             run(["ip", "-n", ns, "link", "set", "lo", "up"])
@@ -239,11 +240,16 @@ class Lab:
         first = METRIC_BASE + int(secrets.token_hex(2), 16) % METRIC_SPAN
         for k in range(20):
             metric = METRIC_BASE + (first - METRIC_BASE + k) % METRIC_SPAN
+            # Recorded before it is added, as the namespaces are: cleanup_stale() in another
+            # process lists the routes before it reads the state files, so a route it sees is
+            # one it also sees claimed.
+            self.state["route"] = {"prefix": prefix, "metric": metric}
+            self._save()
             r = run(["ip", "route", "add", "unreachable", prefix, "metric", str(metric)], check=False)
             if r.returncode == 0:
-                self.state["route"] = {"prefix": prefix, "metric": metric}
-                self._save()
                 return
+            self.state["route"] = None     # not ours: down() must not delete another lab's route
+            self._save()
             if "exists" not in (r.stderr or ""):
                 raise ToolError(["ip", "route", "add", "unreachable", prefix], r.returncode, r.stderr)
         raise LabError(f"could not find a free metric for the unreachable route {prefix}")
@@ -886,33 +892,16 @@ def _run_is_live(state: dict[str, Any]) -> bool:
     return P.same_process(int(state.get("owner_pid", 0) or 0), state.get("owner_ctime"))
 
 
-def cleanup_stale(*, everything: bool = False) -> dict[str, Any]:
-    """Remove what runs that are no longer alive left behind: namespaces named `snl-<rid>-*`,
-    unreachable routes with the harness's metrics (7000-7999), processes recorded in their
-    state files, and their run folders. With `everything`, live runs too."""
-    report: dict[str, Any] = {"runs": [], "namespaces": [], "routes": []}
-    states = {s["rid"]: s for s in list_runs() if "rid" in s}
-    live = {rid for rid, s in states.items() if _run_is_live(s) and not everything}
-    by_run: dict[str, list[str]] = {}
-    for ns in _list_netns():
-        if ns.startswith(PREFIX):
-            rid = ns[len(PREFIX):].split("-", 1)[0]
-            by_run.setdefault(rid, []).append(ns)
-    for rid in sorted(set(by_run) | set(states)):
-        if rid in live:
-            continue
-        st = states.get(rid) or {"namespaces": by_run.get(rid, []), "procs": {}}
-        r = _remove_run(rid, st)
-        report["runs"].append(rid)
-        report["namespaces"] += r["namespaces"]
-        if r["route"]:
-            report["routes"].append(r["route"])
-        d = runs_dir() / rid
-        if d.exists():
-            shutil.rmtree(d, ignore_errors=True)
-    claimed = {(s["route"]["prefix"], s["route"]["metric"]) for rid, s in states.items()
-               if rid in live and s.get("route")}
+def _probe_is_live(rid: str) -> bool:
+    """Is `rid` the name of a netem probe (snl-probe<pid>) whose process still runs?"""
+    pid = rid.removeprefix(PROBE_RID)
+    return rid.startswith(PROBE_RID) and pid.isdigit() and P.create_time(int(pid)) is not None
+
+
+def _unreachable_routes() -> list[tuple[str, int]]:
+    """(prefix, metric) of the root namespace's unreachable routes with the harness's metrics."""
     r = run(["ip", "-j", "route", "show", "type", "unreachable"], check=False)
+    found = []
     with contextlib.suppress(ValueError):
         for route in json.loads(r.stdout or "[]"):
             dst, metric = route.get("dst"), route.get("metric")
@@ -923,8 +912,57 @@ def cleanup_stale(*, everything: bool = False) -> dict[str, Any]:
                     continue
             except ValueError:
                 continue
-            if (dst, metric) in claimed:
+            found.append((dst, metric))
+    return found
+
+
+def cleanup_stale(*, everything: bool = False) -> dict[str, Any]:
+    """Remove what runs that are no longer alive left behind: namespaces named `snl-<rid>-*`,
+    unreachable routes with the harness's metrics (7000-7999), processes recorded in their
+    state files, and their run folders. With `everything`, live runs too.
+
+    Safe while other processes build labs: a lab writes its state file (status "building", its
+    owner's pid) and records each namespace and its route there before it makes them, and this
+    lists the namespaces and routes first and reads the state files after, so whatever it finds
+    belongs to a run whose state it reads (or to one that has just gone)."""
+    report: dict[str, Any] = {"runs": [], "namespaces": [], "routes": []}
+    namespaces = _list_netns()
+    routes = _unreachable_routes()
+    states = {s["rid"]: s for s in list_runs() if "rid" in s}
+    live = {rid for rid, s in states.items() if _run_is_live(s) and not everything}
+    claimed = {(s["route"]["prefix"], s["route"]["metric"]) for rid, s in states.items()
+               if rid in live and s.get("route")}
+    by_run: dict[str, list[str]] = {}
+    for ns in namespaces:
+        if ns.startswith(PREFIX):
+            rid = ns[len(PREFIX):].split("-", 1)[0]
+            if not everything and _probe_is_live(rid):
                 continue
-            run(["ip", "route", "del", "unreachable", dst, "metric", str(metric)], check=False)
-            report["routes"].append(f"unreachable {dst} metric {metric}")
+            by_run.setdefault(rid, []).append(ns)
+    for rid in sorted(set(by_run) | set(states)):
+        if rid in live:
+            continue
+        st = states.get(rid) or {"namespaces": by_run.get(rid, []), "procs": {}}
+        route = st.get("route")
+        if route and (route["prefix"], route["metric"]) in claimed:
+            # recorded by a run killed before it added it, and since taken by a live run
+            st = {**st, "route": None}
+        r = _remove_run(rid, st)
+        if rid not in states and not r["namespaces"] and not r["processes"]:
+            continue                  # a run that went down between the listing and now
+        report["runs"].append(rid)
+        report["namespaces"] += r["namespaces"]
+        if r["route"]:
+            report["routes"].append(r["route"])
+        d = runs_dir() / rid
+        if d.exists():
+            shutil.rmtree(d, ignore_errors=True)
+    removed = set(report["routes"])
+    for dst, metric in routes:
+        name = f"unreachable {dst} metric {metric}"
+        if (dst, metric) in claimed or name in removed:
+            continue
+        r = run(["ip", "route", "del", "unreachable", dst, "metric", str(metric)], check=False)
+        if r.returncode == 0:
+            report["routes"].append(name)
     return report

@@ -4,7 +4,6 @@ plain Unreachable (the daemon may have acted on it)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -31,9 +30,9 @@ CLIENT = Identity.from_seed(b"c" * 32)
 
 
 def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on, which a fake daemon may bind later: not an ephemeral one, which an
+    outgoing connection may take meanwhile, and not one another test worker may hand out."""
+    return free_port("127.0.0.1")
 
 
 class FakeDaemon:

@@ -26,6 +26,7 @@ import pytest
 
 from snipe.discovery import ReplicaAddress, discover, from_config, from_srv
 from snipe.errors import Unreachable
+from snipe.localcluster import free_port
 
 DNSMASQ = shutil.which("dnsmasq") or next(
     (p for p in ("/usr/sbin/dnsmasq", "/sbin/dnsmasq") if Path(p).exists()), None
@@ -86,21 +87,6 @@ class DnsServer:
 # --------------------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (dnsmasq binds both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-    raise RuntimeError("no port free for both UDP and TCP on 127.0.0.1")
-
-
 def wait_until_answering(host: str, port: int, alive: Callable[[], bool], deadline_s: float = 10.0) -> None:
     """Poll with a real query until the server answers; fail on its early exit or the deadline."""
     deadline = time.monotonic() + deadline_s
@@ -156,7 +142,7 @@ def zone_text(records: list[tuple[str, str, str]]) -> str:
 def start_dnsmasq(log_path: Path) -> tuple[DnsServer, subprocess.Popen[bytes]]:
     last_error = ""
     for _ in range(3):  # the port may be taken between choosing and binding it
-        port = free_port()
+        port = free_port("127.0.0.1", udp=True)     # dnsmasq binds both UDP and TCP
         with log_path.open("wb") as log:
             proc = subprocess.Popen(dnsmasq_args(port), stdout=log, stderr=subprocess.STDOUT)
         try:

@@ -16,9 +16,10 @@ import pytest
 
 from snipe.netlab import Lab, cleanup_stale, why_not
 from tests.netns.helpers import Labs
+from tests.support import NETNS_REPORT
 
 HERE = Path(__file__).parent
-REPORTS: list[tuple[str, dict[str, Any]]] = []
+_unsent: list[str] = []           # reports made in this process, not yet attached to a test's report
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -38,14 +39,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     rep = outcome.get_result()
     setattr(item, f"rep_{rep.when}", rep)
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not REPORTS:
-        return
-    terminalreporter.section("netns reliability reports")
-    for case, rep in REPORTS:
-        terminalreporter.write_line(f"{case}: {json.dumps(rep, default=str)}")
+    # Reports travel with the test's report, so that an xdist worker's reach the terminal summary
+    # (tests/conftest.py writes it: the xdist controller never loads this conftest).
+    rep.user_properties += [(NETNS_REPORT, line) for line in _unsent]
+    _unsent.clear()
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +68,7 @@ def report() -> Callable[[str, dict[str, Any]], None]:
     and repeat them in the terminal summary."""
 
     def emit(case: str, facts: dict[str, Any]) -> None:
-        REPORTS.append((case, facts))
+        _unsent.append(f"{case}: {json.dumps(facts, default=str)}")
         print(f"REPORT {case}: {json.dumps(facts, indent=1, default=str)}")
 
     return emit
