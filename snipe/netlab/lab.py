@@ -898,6 +898,12 @@ def _probe_is_live(rid: str) -> bool:
     return rid.startswith(PROBE_RID) and pid.isdigit() and P.create_time(int(pid)) is not None
 
 
+def _claimed_routes(states: dict[str, dict[str, Any]], live: set[str]) -> set[tuple[str, int]]:
+    """(prefix, metric) of the routes the `live` runs recorded."""
+    return {(s["route"]["prefix"], s["route"]["metric"]) for rid, s in states.items()
+            if rid in live and s.get("route")}
+
+
 def _unreachable_routes() -> list[tuple[str, int]]:
     """(prefix, metric) of the root namespace's unreachable routes with the harness's metrics."""
     r = run(["ip", "-j", "route", "show", "type", "unreachable"], check=False)
@@ -930,8 +936,7 @@ def cleanup_stale(*, everything: bool = False) -> dict[str, Any]:
     routes = _unreachable_routes()
     states = {s["rid"]: s for s in list_runs() if "rid" in s}
     live = {rid for rid, s in states.items() if _run_is_live(s) and not everything}
-    claimed = {(s["route"]["prefix"], s["route"]["metric"]) for rid, s in states.items()
-               if rid in live and s.get("route")}
+    claimed = _claimed_routes(states, live)
     by_run: dict[str, list[str]] = {}
     for ns in namespaces:
         if ns.startswith(PREFIX):
@@ -958,6 +963,9 @@ def cleanup_stale(*, everything: bool = False) -> dict[str, Any]:
         if d.exists():
             shutil.rmtree(d, ignore_errors=True)
     removed = set(report["routes"])
+    if not everything:      # again, after the slow part: a lab may have taken a freed metric since
+        states = {s["rid"]: s for s in list_runs() if "rid" in s}
+        claimed |= _claimed_routes(states, {rid for rid, s in states.items() if _run_is_live(s)})
     for dst, metric in routes:
         name = f"unreachable {dst} metric {metric}"
         if (dst, metric) in claimed or name in removed:
