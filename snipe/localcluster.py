@@ -78,7 +78,7 @@ def _claim(port: int) -> bool:
     """Claim `port` among all processes on this machine that pick with free_port: hold an
     abstract unix socket named after it, which only one process can bind and which the kernel
     frees when that process ends, however it ends. False if another process holds it. (Linux
-    only; elsewhere every port counts as claimed.)"""
+    only: elsewhere nothing is claimed and every port passes.)"""
     if not sys.platform.startswith("linux"):
         return True
     claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
