@@ -170,15 +170,20 @@ URNS = ["urn:snipe:host:a", "urn:snipe:host:a-b", "urn:snipe:host:ab", "urn:snip
         "urn:snipe:group:a", "urn:snipe:user:a.b"]
 
 
+
+def store_straight(s: Storage, writes: list[Assertion]) -> None:
+    """Store `writes` straight into `s`, not through a Replica (no authority checks)."""
+    with s.write() as txn:
+        for w in writes:
+            txn.store(w, None, None, None)
+
 def test_scan_prefix_orders_by_urn_name_signer_and_respects_boundaries(lmdb_path):
     writes = [put(who, urn, name, 1) for urn in URNS for name in ("x", "xy", "a") for who in (ADMIN, ALICE)]
     random.Random(3).shuffle(writes)
     lm = LmdbStorage(lmdb_path, map_size=MAP)
     try:
         for s in (MemoryStorage(), lm):
-            with s.write() as txn:       # straight into storage: this tests ordering, not authority
-                for w in writes:
-                    txn.store(w, None, None, None)
+            store_straight(s, writes)    # this tests ordering, not authority
 
             def scan(prefix: str, s: Storage = s) -> list[tuple[str, str, bytes]]:
                 return [(a.urn, a.name, a.signer) for a in s.scan_prefix(prefix)]
@@ -211,9 +216,7 @@ def test_scan_prefix_having_names_keeps_only_the_urns_that_hold_each_of_them(lmd
     lm = LmdbStorage(lmdb_path, map_size=MAP)
     try:
         for s in (MemoryStorage(), lm):
-            with s.write() as txn:
-                for w in writes:
-                    txn.store(w, None, None, None)
+            store_straight(s, writes)
 
             def scan(having: set[str], s: Storage = s) -> list[tuple[str, str]]:
                 return [(a.urn, a.name) for a in s.scan_prefix("urn:snipe:proc:", having)]
@@ -250,9 +253,7 @@ def test_held_raw_reads_an_entry_or_one_name_with_the_reserved_ones(lmdb_path):
     lm = LmdbStorage(lmdb_path, map_size=MAP)
     try:
         for s in (MemoryStorage(), lm):
-            with s.write() as txn:
-                for w in writes:
-                    txn.store(w, None, None, None)
+            store_straight(s, writes)
 
             def read(name: str | None, s: Storage = s) -> list[tuple[str, str]]:
                 return sorted((a.urn, a.name) for a in map(decode_assertion, s.held_raw("urn:snipe:host:a", name)))
