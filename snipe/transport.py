@@ -289,13 +289,19 @@ _SNDMORE = int(zmq.SNDMORE)
 _ZERO_COPY_FROM = 65536           # pyzmq's own copy_threshold
 
 
+# pyzmq's Socket.send is a Python wrapper (routing ids, groups) around its compiled send; the hot
+# paths call the compiled one directly, half the cost of a frame (0.7 against 1.35 us here).
+_send_frame = zmq.backend.Socket.send
+
+
 def send_parts(sock: zmq.Socket, parts: Sequence[Any], flags: int = 0) -> None:
     """`sock.send_multipart(parts, flags)` without its per-frame enum arithmetic (microseconds
     a message on the hot paths); `flags` as a plain int, e.g. int(zmq.NOBLOCK). Large parts go
     without a copy (ZeroMQ holds a reference until sent), small ones copied (cheaper for them)."""
     last = len(parts) - 1
+    more = flags | _SNDMORE
     for i, part in enumerate(parts):
-        sock.send(part, flags | _SNDMORE if i < last else flags, copy=len(part) < _ZERO_COPY_FROM)
+        _send_frame(sock, part, more if i < last else flags, len(part) < _ZERO_COPY_FROM)
 
 
 def recv_parts(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:

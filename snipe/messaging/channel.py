@@ -226,6 +226,17 @@ class Outbound:
         if deadline < INF:
             self._note_deadline(seq, deadline)
 
+    def submit_many(self, messages: Sequence[tuple[int, bytes]], now: float, deadline: float) -> None:
+        """`submit` each (tag, payload) of a burst with one deadline, in order: what a shell
+        takes from its queue at once (one deadline entry for the burst, a message costs its
+        `_Held` and little else)."""
+        seq = self.next_seq
+        self.queue.extend([_Held(q, tag, payload, deadline, len(payload))
+                           for q, (tag, payload) in enumerate(messages, seq)])
+        self.next_seq = seq + len(messages)
+        if deadline < INF and messages:
+            self._note_deadline(self.next_seq - 1, deadline)
+
     def _note_deadline(self, seq: int, deadline: float) -> None:
         d = self.deadlines
         if d and d[-1][0] == deadline:
@@ -266,14 +277,16 @@ class Outbound:
             n = min(self.max_batch, self.window - len(flight), len(queue))
             batch: list[_Held] = []
             size = 0
+            popleft, append, limit = queue.popleft, batch.append, self.max_batch_bytes
             for _ in range(n):
                 h = queue[0]
-                if batch and size + h.size > self.max_batch_bytes:
+                if batch and size + h.size > limit:
                     break
-                queue.popleft()
-                h.sent_at, h.attempts = now, 1
+                popleft()
+                h.sent_at = now
+                h.attempts = 1
                 size += h.size
-                batch.append(h)
+                append(h)
             flight.extend(batch)
             self.flight_bytes += size
             self.sent_bytes += size
@@ -287,7 +300,7 @@ class Outbound:
         if self.resumed:
             self._mark_resumed(body)
         env = Envelope(PROTOCOL, VERSION, "data", 0, body)
-        return Send(self.to, env, tuple(h.payload for h in batch))
+        return Send(self.to, env, tuple([h.payload for h in batch]))
 
     def probe(self) -> Send:
         """Data with no message in it: this session and its base, for a receiver that may have been
@@ -329,16 +342,19 @@ class Outbound:
             self.probe_owed = None
         if busy:                                        # alive, but not reading: waiting is not loss
             self.busy_until = now + BUSY_HOLD
-        newest: _Held | None = None
         flight = self.flight
-        while flight and flight[0].seq <= cum:
-            newest = flight.popleft()
-            self.flight_bytes -= newest.size
-            self.acked += 1
-            if self.retain:
-                self._keep(newest)
-        if newest is None:
+        if not flight or flight[0].seq > cum:
             return self.flush(now)
+        popleft, keep = flight.popleft, self._keep if self.retain else None
+        freed = count = 0
+        while flight and flight[0].seq <= cum:
+            newest = popleft()
+            freed += newest.size
+            count += 1
+            if keep is not None:
+                keep(newest)
+        self.flight_bytes -= freed
+        self.acked += count
         self.acked_upto = newest.seq
         self.progress_at = now                           # restart the retransmission timer (RFC 6298, 5.3)
         low = flight[0].seq if flight else self.queue[0].seq if self.queue else self.next_seq
@@ -631,8 +647,12 @@ class Inbound:
 
 def parse_data(env: Envelope, frames: Sequence[bytes]) -> tuple[int, int, int, list[int]]:
     """(session, base, first seq, tags) of a data message; CodecError if malformed."""
-    session, base, first = field_of(env, "s", int), field_of(env, "b", int), field_of(env, "q", int)
-    tags = field_of(env, "t", list)
+    body = env.body
+    session, base, first, tags = body.get("s"), body.get("b"), body.get("q"), body.get("t")
+    if type(session) is not int or type(base) is not int or type(first) is not int or type(tags) is not list:
+        # the exact types, checked at once for the usual message; field_of names what is wrong
+        session, base, first = field_of(env, "s", int), field_of(env, "b", int), field_of(env, "q", int)
+        tags = field_of(env, "t", list)
     if len(tags) != len(frames) or not all(type(t) is int for t in tags):
         raise CodecError(f"msg/1 data carries {len(frames)} payloads but {len(tags)} tags")
     if not (0 <= session < 2**63 and 1 <= base <= first < 2**62):

@@ -1021,22 +1021,31 @@ class Endpoint:
             self.commands.clear()
         now = time.monotonic()
         # A deadline runs from here, at most one turn of this thread after the send: one float per
-        # burst, so the channel keeps one deadline entry for the burst.
-        deadlines: dict[float, float] = {}
+        # burst, so the channel keeps one deadline entry for the burst. Each run of messages to
+        # one peer with one deadline goes to its channel at once.
         touched: dict[str, _Peer] = {}
-        last, out = "", None
+        run: list[tuple[int, bytes]] = []
+        run_key: tuple[str, float] | None = None
         for dest, tag, payload, deadline_s in batch:
-            if dest != last or out is None:
-                p = touched.get(dest) or self.peers.get(dest)
-                if p is None:
-                    p = self.peers[dest] = self._new_peer(dest)
-                touched[dest], last, out = p, dest, p.out
-            deadline = deadlines.get(deadline_s)
-            if deadline is None:
-                deadline = deadlines[deadline_s] = now + deadline_s
-            out.submit(tag, payload, now, deadline)
+            if (dest, deadline_s) != run_key:
+                if run_key is not None:
+                    self._submit_run(touched, run_key, run, now)
+                run, run_key = [], (dest, deadline_s)
+            run.append((tag, payload))
+        if run_key is not None:
+            self._submit_run(touched, run_key, run, now)
         for p in touched.values():
             self._pump_peer(p, now)
+
+    def _submit_run(self, touched: dict[str, _Peer], key: tuple[str, float], run: list[tuple[int, bytes]],
+                    now: float) -> None:
+        """(Holding io.) Give a run of queued messages for one peer, with one deadline, to its channel."""
+        dest, deadline_s = key
+        p = touched.get(dest) or self.peers.get(dest)
+        if p is None:
+            p = self.peers[dest] = self._new_peer(dest)
+        touched[dest] = p
+        p.out.submit_many(run, now, now + deadline_s)
 
     def _new_peer(self, dest: str, parent: str | None = None, copy_index: int = -1) -> _Peer:
         rng = random.Random(f"{self.session_seed}|{dest}") if self.session_seed else None
@@ -1553,7 +1562,7 @@ class Endpoint:
             # counters (another thread may have done the I/O) must see them counted
             self._delivered += 1
             self.received[source] = self.received.get(source, 0) + len(delivered)
-            nbytes = sum(len(d.payload) for d in delivered)
+            nbytes = len(delivered[0].payload) if len(delivered) == 1 else sum([len(d.payload) for d in delivered])
             self.bytes_received[source] = self.bytes_received.get(source, 0) + nbytes
             plain = [Message(source, d.tag, d.payload) for d in delivered if d.tag >= 0]
             if len(plain) != len(delivered):  # reserved tags: the multicast layer's traffic
@@ -1567,7 +1576,8 @@ class Endpoint:
                 if paused and not self.paused:
                     self._busy_at = 0.0         # tell the senders at once
                 self.paused = paused
-                self.cond.notify_all()
+                if self._recv_waiting or self._blocked:   # the only waits on cond, counted under it
+                    self.cond.notify_all()
             now = self._last_data[source] = time.monotonic()
             pending = self._acks.get(source)
             if pending is None:
