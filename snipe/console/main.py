@@ -138,9 +138,10 @@ def one_row_per_task(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The hosts' task lists with one row per task where a migration has two hosts list it:
     - the original of a migration under way (its host says `migrating_to`) and the clone on the
       target (which says `clone_from` until it takes over, and runs there as the task from then
-      until the original's host hears the move is done): one row, the original's, in state
-      "migrating", with `from` and `to` hosts;
-    - a clone whose original no host listed (its host did not answer): a "migrating" row likewise;
+      until the original's host hears the move is done): one row, the original's, in its own
+      state (running, suspended: the move does not change it), with `migrating: {from, to}`;
+    - a clone whose original no host listed (its host did not answer): its row, in the clone's
+      state, with `migrating` likewise and the host it comes from as `host`;
     - an original that moved away ("migrated"): left out where a host lists the task as anything
       else, else the latest of them is kept.
     Other rows of one URN (the copies of a task in mode "all") are each a process, and stay. The
@@ -153,12 +154,12 @@ def one_row_per_task(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         same = by_urn[r.get("urn")]
         original = next((o for o in same if o is not r and o.get("migrating_to") == r.get("host")), None)
         if r.get("migrating_to"):
-            out.append({**r, "state": "migrating", "from": r.get("host"), "to": r["migrating_to"]})
+            out.append({**r, "migrating": {"from": r.get("host"), "to": r["migrating_to"]}})
         elif original is not None:      # the clone, or the task on the target once the clone took over
             continue
         elif "clone_from" in r:
-            out.append({**r, "state": "migrating", "host": r["clone_from"] or r.get("host"),
-                        "from": r["clone_from"], "to": r.get("host")})
+            out.append({**r, "host": r["clone_from"] or r.get("host"),
+                        "migrating": {"from": r["clone_from"], "to": r.get("host")}})
         elif r.get("state") == "migrated":
             moved = [o for o in same if o.get("state") == "migrated"]
             if len(moved) == len(same) and max(moved, key=_last_seq) is r:
@@ -192,14 +193,26 @@ def _all_tasks(timeout: float, catalog: CatalogClient | None = None
     return one_row_per_task(tasks), unreachable
 
 
+def _migration(task: dict[str, Any]) -> dict[str, Any] | None:
+    """A task row's migration under way ({from, to}), if it has one."""
+    moving = task.get("migrating")
+    return moving if isinstance(moving, dict) else None
+
+
 def _where(task: dict[str, Any]) -> str:
     """A task's host as `ps` shows it: `h1 → h2` while it migrates."""
-    return f"{_host(task.get('from'))} → {_host(task['to'])}" if task.get("to") else _host(task.get("host"))
+    moving = _migration(task)
+    return f"{_host(moving.get('from'))} → {_host(moving.get('to'))}" if moving else _host(task.get("host"))
+
+
+def _state_shown(task: dict[str, Any]) -> str:
+    """A task's state as `ps` shows it: its own, and `migrating` while it moves."""
+    return f"{task.get('state')}, migrating" if _migration(task) else str(task.get("state"))
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
     found, unreachable = _all_tasks(args.timeout)
-    tasks = [t for t in found if args.all or t.get("state") in ("running", "suspended", "migrating")]
+    tasks = [t for t in found if args.all or t.get("state") in ("running", "suspended") or _migration(t)]
     # A host that does not answer is reported whatever the filter, never left out: its tasks may
     # be running. Like `kubectl get pods` with a node NotReady, the listing of the hosts that did
     # answer still stands, so exit 0 (scripts and `watch` keep working) but say which hosts are
@@ -210,7 +223,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
     for u in unreachable:
         print(f"snipe-console: warning: {_host(u['host'])} did not list its tasks (they may be running): "
               f"{u['reason']}", file=sys.stderr)
-    rows = [[t["urn"], _where(t), t.get("state"),
+    rows = [[t["urn"], _where(t), _state_shown(t),
              f"{t['cpu_seconds']:.2f}s" if isinstance(t.get("cpu_seconds"), float) else "-",
              _bytes(t.get("rss_bytes")), f"{t['age_s']:.0f}s" if isinstance(t.get("age_s"), float) else "-"]
             for t in tasks + missing]
@@ -746,7 +759,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print JSON instead of tables")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("hosts", parents=[common], help="live hosts").set_defaults(fn=cmd_hosts)
-    p = sub.add_parser("ps", parents=[common], help="tasks on every host")
+    p = sub.add_parser("ps", parents=[common], help="tasks on every host",
+                       epilog="With --json, a list of tasks: each row as its host's daemon lists it (urn, host, "
+                              "state, cpu_seconds, rss_bytes, age_s, ...). A task that is migrating keeps its own "
+                              "state and has \"migrating\": {\"from\": HOST, \"to\": HOST}; other rows have "
+                              "no \"migrating\". A host that did not answer is a row {\"urn\": null, \"host\", "
+                              "\"state\": \"unreachable\", \"unreachable\": REASON}.")
     p.add_argument("-a", "--all", action="store_true", help="include ended tasks")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each host's daemon")
     p.set_defaults(fn=cmd_ps)

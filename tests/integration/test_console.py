@@ -325,10 +325,15 @@ def _listed_by(cluster: LocalCluster, i: int, urn: str) -> list[dict[str, Any]]:
         return [t for t in d.call("ps")[0]["tasks"] if t["urn"] == urn]
 
 
+def _moving(capsys: pytest.CaptureFixture[str], urn: str) -> list[tuple[str, str, Any]]:
+    return [(r["host"], r["state"], r.get("migrating")) for r in run_json(capsys, "ps") if r["urn"] == urn]
+
+
 def test_ps_shows_a_migrating_task_once_from_its_host_to_the_target(
         cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """While a task moves from h1 to h2 both daemons list it (the original, and the clone waiting
-    for its state): `ps` shows it once, migrating h1 → h2; once moved, once on h2 (`-a` too)."""
+    for its state): `ps` shows it once, migrating h1 → h2, in its own state (suspended while it is
+    suspended, not "migrating"); once moved, once on h2 (`-a` too)."""
     task = snipe.spawn(snipe.publish(_write(tmp_path / "held.py", HELD)), host="h1",
                        env={"SNIPE_MIGRATION_GRACE_S": "0.5"})
     wait_for(lambda: snipe.catalog().get(task.urn).value("listening", now_ms()) is True, 60, "the task to listen")
@@ -338,13 +343,22 @@ def test_ps_shows_a_migrating_task_once_from_its_host_to_the_target(
     try:
         wait_for(lambda: _listed_by(cluster, 1, task.urn), 60, "the clone to start on h2")
         assert _listed_by(cluster, 0, task.urn)[0]["state"] == "running"        # the original, not yet moved
-        rows = [r for r in run_json(capsys, "ps") if r["urn"] == task.urn]
-        assert [(r["host"], r["state"], r.get("from"), r.get("to")) for r in rows] == [
-            ("urn:snipe:host:h1", "migrating", "urn:snipe:host:h1", "urn:snipe:host:h2")], rows
-        assert _rows_of(capsys, task.urn, "-a") == [("urn:snipe:host:h1", "migrating")]
+        h1_to_h2 = {"from": "urn:snipe:host:h1", "to": "urn:snipe:host:h2"}
+        assert _moving(capsys, task.urn) == [("urn:snipe:host:h1", "running", h1_to_h2)]
+        assert _rows_of(capsys, task.urn, "-a") == [("urn:snipe:host:h1", "running")]
         code, out, _ = run(capsys, "ps")
         line = next(x for x in out.splitlines() if task.urn in x)
-        assert code == 0 and "h1 → h2" in line and "migrating" in line, out
+        assert code == 0 and "h1 → h2" in line and "running, migrating" in line, out
+
+        assert run(capsys, "suspend", task.urn)[0] == 0
+        wait_for(lambda: _moving(capsys, task.urn) == [("urn:snipe:host:h1", "suspended", h1_to_h2)], 30,
+                 "ps --json to list the moving task as suspended, migrating h1 → h2")
+        code, out, _ = run(capsys, "ps")
+        line = next(x for x in out.splitlines() if task.urn in x)
+        assert code == 0 and "h1 → h2" in line and "suspended, migrating" in line, out
+        assert run(capsys, "resume", task.urn)[0] == 0
+        wait_for(lambda: _moving(capsys, task.urn) == [("urn:snipe:host:h1", "running", h1_to_h2)], 30,
+                 "the moving task to run again")
     finally:
         (cluster.daemons[0].state_dir / "tasks" / task.urn.rsplit(":", 1)[1] / "go").touch()
         mover.join(180)
