@@ -316,7 +316,7 @@ def test_usage_shows_a_task_lost_with_its_host_whether_it_had_moved_there_or_not
 
     def lost() -> Any:
         got = run_json(capsys, "usage")
-        return got if {t["urn"] for t in got["tasks"] if t["task_lost"]} == {moved.urn, stayed.urn} else None
+        return got if {t["urn"] for t in got["tasks"] if t.get("task_lost")} == {moved.urn, stayed.urn} else None
 
     data = wait_for(lost, 30, "usage to call h2's tasks lost once its lease lapsed")
     rows = {(t["urn"], t["host"], t["state"], t["task_running"], t["task_lost"], t["cpu_seconds"])
