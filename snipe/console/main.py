@@ -27,6 +27,7 @@ from rich.table import Table
 import snipe
 from snipe import authority
 from snipe.catalog.client import CatalogClient
+from snipe.catalog.entry import Entry
 from snipe.daemonclient import DaemonClient
 from snipe.errors import ConfigError, NotFound, SignatureError, SnipeError
 from snipe.identity import Identity, public_key_from_id
@@ -138,9 +139,10 @@ def one_row_per_task(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The hosts' task lists with one row per task where a migration has two hosts list it:
     - the original of a migration under way (its host says `migrating_to`) and the clone on the
       target (which says `clone_from` until it takes over, and runs there as the task from then
-      until the original's host hears the move is done): one row, the original's, in state
-      "migrating", with `from` and `to` hosts;
-    - a clone whose original no host listed (its host did not answer): a "migrating" row likewise;
+      until the original's host hears the move is done): one row, the original's, in its own
+      state (running, suspended: the move does not change it), with `migrating: {from, to}`;
+    - a clone whose original no host listed (its host did not answer): its row, in the clone's
+      state, with `migrating` likewise and the host it comes from as `host`;
     - an original that moved away ("migrated"): left out where a host lists the task as anything
       else, else the latest of them is kept.
     Other rows of one URN (the copies of a task in mode "all") are each a process, and stay. The
@@ -153,12 +155,12 @@ def one_row_per_task(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         same = by_urn[r.get("urn")]
         original = next((o for o in same if o is not r and o.get("migrating_to") == r.get("host")), None)
         if r.get("migrating_to"):
-            out.append({**r, "state": "migrating", "from": r.get("host"), "to": r["migrating_to"]})
+            out.append({**r, "migrating": {"from": r.get("host"), "to": r["migrating_to"]}})
         elif original is not None:      # the clone, or the task on the target once the clone took over
             continue
         elif "clone_from" in r:
-            out.append({**r, "state": "migrating", "host": r["clone_from"] or r.get("host"),
-                        "from": r["clone_from"], "to": r.get("host")})
+            out.append({**r, "host": r["clone_from"] or r.get("host"),
+                        "migrating": {"from": r["clone_from"], "to": r.get("host")}})
         elif r.get("state") == "migrated":
             moved = [o for o in same if o.get("state") == "migrated"]
             if len(moved) == len(same) and max(moved, key=_last_seq) is r:
@@ -192,14 +194,26 @@ def _all_tasks(timeout: float, catalog: CatalogClient | None = None
     return one_row_per_task(tasks), unreachable
 
 
+def _migration(task: dict[str, Any]) -> dict[str, Any] | None:
+    """A task row's migration under way ({from, to}), if it has one."""
+    moving = task.get("migrating")
+    return moving if isinstance(moving, dict) else None
+
+
 def _where(task: dict[str, Any]) -> str:
     """A task's host as `ps` shows it: `h1 → h2` while it migrates."""
-    return f"{_host(task.get('from'))} → {_host(task['to'])}" if task.get("to") else _host(task.get("host"))
+    moving = _migration(task)
+    return f"{_host(moving.get('from'))} → {_host(moving.get('to'))}" if moving else _host(task.get("host"))
+
+
+def _state_shown(task: dict[str, Any]) -> str:
+    """A task's state as `ps` shows it: its own, and `migrating` while it moves."""
+    return f"{task.get('state')}, migrating" if _migration(task) else str(task.get("state"))
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
     found, unreachable = _all_tasks(args.timeout)
-    tasks = [t for t in found if args.all or t.get("state") in ("running", "suspended", "migrating")]
+    tasks = [t for t in found if args.all or t.get("state") in ("running", "suspended") or _migration(t)]
     # A host that does not answer is reported whatever the filter, never left out: its tasks may
     # be running. Like `kubectl get pods` with a node NotReady, the listing of the hosts that did
     # answer still stands, so exit 0 (scripts and `watch` keep working) but say which hosts are
@@ -210,7 +224,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
     for u in unreachable:
         print(f"snipe-console: warning: {_host(u['host'])} did not list its tasks (they may be running): "
               f"{u['reason']}", file=sys.stderr)
-    rows = [[t["urn"], _where(t), t.get("state"),
+    rows = [[t["urn"], _where(t), _state_shown(t),
              f"{t['cpu_seconds']:.2f}s" if isinstance(t.get("cpu_seconds"), float) else "-",
              _bytes(t.get("rss_bytes")), f"{t['age_s']:.0f}s" if isinstance(t.get("age_s"), float) else "-"]
             for t in tasks + missing]
@@ -538,12 +552,16 @@ def cmd_spawn(args: argparse.Namespace) -> int:
 
 USAGE_BY = ("owner", "host", "code")
 MIGRATED = "migrated"       # the state in the record of a host a task moved away from: not an end
+LOST = "lost"               # a task's state once its host is gone, whether or not it had moved there
+LIVE_TASK_STATES = ("running", "suspended")
 
 
-def host_keys_of(catalog: CatalogClient, admin_key: bytes, now: int) -> dict[str, str]:
-    """Every host URN's key, as the admin assigned it (`_owner`), by URN."""
-    return {urn: owner for urn, entry in catalog.query("urn:snipe:host:").items()
-            if (owner := entry.owner(admin_key, now)) is not None}
+def host_keys_of(catalog: CatalogClient, admin_key: bytes, now: int,
+                 hosts: dict[str, Entry] | None = None) -> dict[str, str]:
+    """Every host URN's key, as the admin assigned it (`_owner`), by URN; from `hosts` (the
+    catalog's host entries) if the caller has them already."""
+    entries = catalog.query("urn:snipe:host:") if hosts is None else hosts
+    return {urn: owner for urn, entry in entries.items() if (owner := entry.owner(admin_key, now)) is not None}
 
 
 def vouching_host_key(entry: Any, host_keys: dict[str, str], admin_key: bytes, now: int) -> str | None:
@@ -558,28 +576,14 @@ def vouching_host_key(entry: Any, host_keys: dict[str, str], admin_key: bytes, n
     return claimant if isinstance(host, str) and host_keys.get(host) == claimant else None
 
 
-def usage_data(by: str = "owner", since_s: float | None = None,
-               catalog: CatalogClient | None = None) -> dict[str, Any]:
-    """Accounting: what ended tasks used (the `usage` their host's daemon published when each
-    ended), per task and summed per owner, host or code. Only a host's own statements count
-    (`vouching_host_key`): a task may write any name on its own URN (it is delegated them), and
-    any admitted key may claim a URN and call itself a host there. A task that ran on several
-    hosts (restarted, migrated, copies in mode "all") has a record from each other host,
-    `<task URN>.usage.<host>.<ms>` naming it as `task`: each is a row, the task counts once.
-    A migration is not an end: a task whose only records are of hosts it moved away from (state
-    "migrated") runs on elsewhere, and is counted as running (`task_running` on its rows, `running`
-    in its group), with what it used on those hosts."""
-    if by not in USAGE_BY:
-        raise ConfigError(f"usage --by {by!r}: one of {', '.join(USAGE_BY)}")
-    s = session()
-    c = catalog or s.catalog
-    now = now_ms()
-    since_ms = None if since_s is None else now - int(since_s * 1000)
-    host_keys = host_keys_of(c, s.admin_key, now)
-    tasks = []
-    ended_tasks: set[str] = set()      # whatever --since says: a task ends after every move it made
+def _accounted_runs(c: CatalogClient, host_keys: dict[str, str], admin_key: bytes,
+                    now: int) -> tuple[list[dict[str, Any]], set[str]]:
+    """Every run a host accounted for (a `usage` record in its own word), and the tasks whose
+    end one of them records (any state but "migrated")."""
+    runs = []
+    ended_tasks: set[str] = set()
     for urn, entry in c.query("urn:snipe:proc:", [("usage", "exists", None)]).items():
-        host_key = vouching_host_key(entry, host_keys, s.admin_key, now)
+        host_key = vouching_host_key(entry, host_keys, admin_key, now)
         if host_key is None:
             continue
 
@@ -590,35 +594,114 @@ def usage_data(by: str = "owner", since_s: float | None = None,
         started = stated("started")
         if not isinstance(used, dict) or not isinstance(started, int):
             continue
-        ended = started + int(_as_number(used.get("wall_seconds")) * 1000)
         task = stated("task")       # an incarnation's own record (restarted, migrated, a copy): its task
         task = task if isinstance(task, str) else urn
         if stated("state") != MIGRATED:
             ended_tasks.add(task)
-        if since_ms is not None and ended < since_ms:
+        runs.append({"urn": task, "record": urn,
+                     "owner": stated("owner"), "host": stated("host"), "code": stated("code"),
+                     "state": stated("state"), "started_ms": started,
+                     "ended_ms": started + int(_as_number(used.get("wall_seconds")) * 1000),
+                     "cpu_seconds": _as_number(used.get("cpu_seconds")),
+                     "wall_seconds": _as_number(used.get("wall_seconds")),
+                     "peak_rss_bytes": int(_as_number(used.get("peak_rss_bytes")))})
+    return runs, ended_tasks
+
+
+def _lease_lapsed_at(host: Entry | None) -> int | None:
+    """When a dead host's lease ran out: the latest expiry of the `alive` records still held."""
+    expiries = [a.expires_at_ms for a in (host.records if host else []) if a.name == "alive" and a.expires_at_ms]
+    return max(expiries, default=None)
+
+
+def _runs_lost_with_their_host(c: CatalogClient, hosts: dict[str, Entry], host_keys: dict[str, str],
+                               admin_key: bytes, now: int, runs: list[dict[str, Any]],
+                               ended_tasks: set[str]) -> list[dict[str, Any]]:
+    """A run for each task that no record ends and whose host is dead per the catalog (its lease
+    lapsed): it was lost there, with what it used there unknown (no host measured it), whether
+    it had moved there (its records are then all "migrated") or ran there from its start.
+    Where a task runs now is the newest `host` on its URN, as its handle reads it (after a move
+    its new host writes there with the task's key, so the task's own word may be in it: it
+    decides only running or lost, never a figure)."""
+    live_hosts = {u for u, e in hosts.items() if e.value("alive", now) is True}
+    entries: dict[str, Entry] = {}
+    for state in LIVE_TASK_STATES:
+        entries.update(c.query("urn:snipe:proc:", [("state", "=", state)]))
+    moved_on = {r["urn"] for r in runs} - ended_tasks
+    for task in sorted(moved_on - entries.keys()):
+        entries[task] = c.get(task)
+    lost = []
+    for task, entry in entries.items():
+        where = entry.value("host", now)
+        if task in ended_tasks or not isinstance(where, str) or where in live_hosts:
             continue
-        tasks.append({"urn": task, "record": urn,
-                      "owner": stated("owner"), "host": stated("host"), "code": stated("code"),
-                      "state": stated("state"), "started_ms": started, "ended_ms": ended,
-                      "cpu_seconds": _as_number(used.get("cpu_seconds")),
-                      "wall_seconds": _as_number(used.get("wall_seconds")),
-                      "peak_rss_bytes": int(_as_number(used.get("peak_rss_bytes")))})
+        if task not in moved_on and entry.value("state", now) not in LIVE_TASK_STATES:
+            continue                    # it ended there (a record names it as ended, or it had no figures)
+        host_key = vouching_host_key(entry, host_keys, admin_key, now)
+        if host_key is None:
+            continue
+        left = [r["ended_ms"] for r in runs if r["urn"] == task]       # it came to `where` when it left the last
+        started = max(left) if left else entry.values("started", now).get(host_key)
+        lost.append({"urn": task, "record": None, "owner": entry.values("owner", now).get(host_key),
+                     "host": where, "code": entry.values("code", now).get(host_key), "state": LOST,
+                     "started_ms": started if isinstance(started, int) else None,
+                     "ended_ms": _lease_lapsed_at(hosts.get(where)),
+                     "cpu_seconds": None, "wall_seconds": None, "peak_rss_bytes": None})
+    return lost
+
+
+def usage_data(by: str = "owner", since_s: float | None = None,
+               catalog: CatalogClient | None = None) -> dict[str, Any]:
+    """Accounting: what ended tasks used (the `usage` their host's daemon published when each
+    ended), per task and summed per owner, host or code. Only a host's own statements count
+    (`vouching_host_key`): a task may write any name on its own URN (it is delegated them), and
+    any admitted key may claim a URN and call itself a host there. A task that ran on several
+    hosts (restarted, migrated, copies in mode "all") has a record from each other host,
+    `<task URN>.usage.<host>.<ms>` naming it as `task`: each is a row, the task counts once.
+    A migration is not an end: a task whose only records are of hosts it moved away from (state
+    "migrated") runs on elsewhere, and is counted as running (`task_running` on its rows, `running`
+    in its group), with what it used on those hosts. A task on a host whose lease lapsed (dead
+    per the catalog), moved there or not, was lost with it: an ended task, with a row of state
+    "lost" whose figures are null (no host measured them), `task_lost` on its rows and `lost` in
+    its group."""
+    if by not in USAGE_BY:
+        raise ConfigError(f"usage --by {by!r}: one of {', '.join(USAGE_BY)}")
+    s = session()
+    c = catalog or s.catalog
+    now = now_ms()
+    since_ms = None if since_s is None else now - int(since_s * 1000)
+    hosts = c.query("urn:snipe:host:")
+    host_keys = host_keys_of(c, s.admin_key, now, hosts)
+    runs, ended_tasks = _accounted_runs(c, host_keys, s.admin_key, now)
+    runs += _runs_lost_with_their_host(c, hosts, host_keys, s.admin_key, now, runs, ended_tasks)
+    lost_tasks = {r["urn"] for r in runs if r["state"] == LOST and r["record"] is None}
+    ended_tasks |= lost_tasks          # whatever --since says: a task ends after every move it made
+    tasks = [r for r in runs if since_ms is None or (r["ended_ms"] is not None and r["ended_ms"] >= since_ms)]
     groups: dict[str, dict[str, Any]] = {}
     counted: dict[str, set[str]] = {}
     for t in tasks:
         t["task_running"] = t["urn"] not in ended_tasks
-        g = groups.setdefault(str(t[by]), {by: t[by], "tasks": 0, "running": 0, "cpu_seconds": 0.0,
+        t["task_lost"] = t["urn"] in lost_tasks
+        g = groups.setdefault(str(t[by]), {by: t[by], "tasks": 0, "running": 0, "lost": 0, "cpu_seconds": 0.0,
                                            "wall_seconds": 0.0, "peak_rss_bytes": 0})
         counted.setdefault(str(t[by]), set()).add(t["urn"])
         g["tasks"] = len(counted[str(t[by])])
         g["running"] = len(counted[str(t[by])] - ended_tasks)
-        g["cpu_seconds"] += t["cpu_seconds"]
-        g["wall_seconds"] += t["wall_seconds"]
-        g["peak_rss_bytes"] = max(g["peak_rss_bytes"], t["peak_rss_bytes"])
+        g["lost"] = len(counted[str(t[by])] & lost_tasks)
+        g["cpu_seconds"] += _as_number(t["cpu_seconds"])
+        g["wall_seconds"] += _as_number(t["wall_seconds"])
+        g["peak_rss_bytes"] = max(g["peak_rss_bytes"], int(_as_number(t["peak_rss_bytes"])))
     rows = sorted(groups.values(), key=lambda g: -g["cpu_seconds"])
     for g in rows:
         g["cpu_seconds"], g["wall_seconds"] = round(g["cpu_seconds"], 3), round(g["wall_seconds"], 3)
-    return {"by": by, "since_s": since_s, "groups": rows, "tasks": sorted(tasks, key=lambda t: t["ended_ms"])}
+    in_order = sorted(tasks, key=lambda t: (t["ended_ms"] is None, t["ended_ms"] or 0))
+    return {"by": by, "since_s": since_s, "groups": rows, "tasks": in_order}
+
+
+def _tasks_cell(group: dict[str, Any]) -> str:
+    """A usage group's task count, with how many of them run on and how many were lost."""
+    notes = [f"{group[k]} {k}" for k in ("running", "lost") if group.get(k)]
+    return f"{group['tasks']} ({', '.join(notes)})" if notes else str(group["tasks"])
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
@@ -630,13 +713,14 @@ def cmd_usage(args: argparse.Namespace) -> int:
         label = {"owner": "owner (key)", "host": "host", "code": "code"}[args.by]
         ran = len({t["urn"] for t in data["tasks"]})
         running = len({t["urn"] for t in data["tasks"] if t["task_running"]})
+        lost = len({t["urn"] for t in data["tasks"] if t["task_lost"]})
         runs = f" ({len(data['tasks'])} runs)" if len(data["tasks"]) != ran else ""
+        gone = f" ({lost} lost with their host: what they used there is unknown)" if lost else ""
         still = f", {running} still running after a migration" if running else ""
-        table(f"{ran - running} ended task(s){still}{runs}{since}: {total_cpu:.2f} CPU seconds",
+        table(f"{ran - running} ended task(s){gone}{still}{runs}{since}: {total_cpu:.2f} CPU seconds",
               [label, "tasks", "cpu", "wall", "peak memory"],
               [[_short(g[args.by], 70).strip('"') if args.by != "host" else _host(g["host"]),
-                f"{g['tasks']} ({g['running']} running)" if g["running"] else g["tasks"],
-                f"{g['cpu_seconds']:.2f}s", f"{g['wall_seconds']:.1f}s", _bytes(g["peak_rss_bytes"])]
+                _tasks_cell(g), f"{g['cpu_seconds']:.2f}s", f"{g['wall_seconds']:.1f}s", _bytes(g["peak_rss_bytes"])]
                for g in data["groups"]])
     emit(args, data, human)
     return 0
@@ -746,7 +830,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print JSON instead of tables")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("hosts", parents=[common], help="live hosts").set_defaults(fn=cmd_hosts)
-    p = sub.add_parser("ps", parents=[common], help="tasks on every host")
+    p = sub.add_parser("ps", parents=[common], help="tasks on every host",
+                       epilog="With --json, a list of tasks: each row as its host's daemon lists it (urn, host, "
+                              "state, cpu_seconds, rss_bytes, age_s, ...). A task that is migrating keeps its own "
+                              "state and has \"migrating\": {\"from\": HOST, \"to\": HOST}; other rows have "
+                              "no \"migrating\". A host that did not answer is a row {\"urn\": null, \"host\", "
+                              "\"state\": \"unreachable\", \"unreachable\": REASON}.")
     p.add_argument("-a", "--all", action="store_true", help="include ended tasks")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each host's daemon")
     p.set_defaults(fn=cmd_ps)

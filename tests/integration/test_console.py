@@ -292,6 +292,50 @@ def test_usage_counts_every_host_a_migrated_task_ran_on(cluster: LocalCluster, t
     assert "1 ended task(s) (2 runs)" in out, out
 
 
+
+def test_usage_shows_a_task_lost_with_its_host_whether_it_had_moved_there_or_not(
+        cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """h2's daemon dies (killed -9, its lease lapses) and nobody records an end of its tasks: a
+    task that had moved there from h1 is no longer "still running" but lost, and so is one that
+    ran there from its start; what they used on h2 is unknown (null), what the moved one used on
+    h1 stays. A task on a live host is not listed (it has not ended)."""
+    from tests.integration.test_migration import PINGER, _ping
+
+    (tmp_path / "pinger.py").write_text(PINGER.replace("bytes(192 << 20)", "b''"))
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    moved = snipe.spawn(snipe.publish(tmp_path / "pinger.py"), host="h1", env={"SNIPE_MIGRATION_GRACE_S": "0.5"})
+    sleeper = snipe.publish(tmp_path / "sleeper.py")
+    stayed, elsewhere = snipe.spawn(sleeper, "600", host="h2"), snipe.spawn(sleeper, "600", host="h3")
+    wait_for(lambda: snipe.catalog().get(moved.urn).value("listening", now_ms()) is True, 60, "the task to listen")
+    assert moved.migrate("h2")["to"] == "urn:snipe:host:h2"
+    assert _ping(moved, 1) == 1
+    wait_for(lambda: any(t["urn"] == moved.urn for t in run_json(capsys, "usage")["tasks"]), 60,
+             "h1 to account for what the moved task used there")
+
+    cluster.kill_daemon(1)
+
+    def lost() -> Any:
+        got = run_json(capsys, "usage")
+        return got if {t["urn"] for t in got["tasks"] if t.get("task_lost")} == {moved.urn, stayed.urn} else None
+
+    data = wait_for(lost, 30, "usage to call h2's tasks lost once its lease lapsed")
+    rows = {(t["urn"], t["host"], t["state"], t["task_running"], t["task_lost"], t["cpu_seconds"])
+            for t in data["tasks"] if t["state"] == "lost"}
+    assert rows == {(moved.urn, "urn:snipe:host:h2", "lost", False, True, None),
+                    (stayed.urn, "urn:snipe:host:h2", "lost", False, True, None)}, data
+    on_h1 = [t for t in data["tasks"] if t["urn"] == moved.urn and t["state"] == "migrated"]
+    assert len(on_h1) == 1 and not on_h1[0]["task_running"] and on_h1[0]["cpu_seconds"] > 0, data
+    assert elsewhere.urn not in {t["urn"] for t in data["tasks"]}, data          # it runs on, on h3
+    assert all(isinstance(t["ended_ms"], int) for t in data["tasks"]), data     # when h2's lease ran out
+    assert [(g["tasks"], g["running"], g["lost"]) for g in data["groups"]] == [(2, 0, 2)], data
+    by_host = {g["host"]: (g["tasks"], g["lost"]) for g in run_json(capsys, "usage", "--by", "host")["groups"]}
+    assert by_host == {"urn:snipe:host:h1": (1, 1), "urn:snipe:host:h2": (2, 2)}, by_host   # each host's tasks
+    assert len(run_json(capsys, "usage", "--since", "3600")["tasks"]) == 3
+    _, out, _ = run(capsys, "usage")
+    assert "2 ended task(s) (2 lost with their host" in out and "still running" not in out, out
+    assert "(3 runs)" in out and "2 (2 lost)" in out, out
+
+
 HELD = '''
 import os, time
 import snipe
@@ -325,10 +369,15 @@ def _listed_by(cluster: LocalCluster, i: int, urn: str) -> list[dict[str, Any]]:
         return [t for t in d.call("ps")[0]["tasks"] if t["urn"] == urn]
 
 
+def _moving(capsys: pytest.CaptureFixture[str], urn: str) -> list[tuple[str, str, Any]]:
+    return [(r["host"], r["state"], r.get("migrating")) for r in run_json(capsys, "ps") if r["urn"] == urn]
+
+
 def test_ps_shows_a_migrating_task_once_from_its_host_to_the_target(
         cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """While a task moves from h1 to h2 both daemons list it (the original, and the clone waiting
-    for its state): `ps` shows it once, migrating h1 → h2; once moved, once on h2 (`-a` too)."""
+    for its state): `ps` shows it once, migrating h1 → h2, in its own state (suspended while it is
+    suspended, not "migrating"); once moved, once on h2 (`-a` too)."""
     task = snipe.spawn(snipe.publish(_write(tmp_path / "held.py", HELD)), host="h1",
                        env={"SNIPE_MIGRATION_GRACE_S": "0.5"})
     wait_for(lambda: snipe.catalog().get(task.urn).value("listening", now_ms()) is True, 60, "the task to listen")
@@ -338,13 +387,22 @@ def test_ps_shows_a_migrating_task_once_from_its_host_to_the_target(
     try:
         wait_for(lambda: _listed_by(cluster, 1, task.urn), 60, "the clone to start on h2")
         assert _listed_by(cluster, 0, task.urn)[0]["state"] == "running"        # the original, not yet moved
-        rows = [r for r in run_json(capsys, "ps") if r["urn"] == task.urn]
-        assert [(r["host"], r["state"], r.get("from"), r.get("to")) for r in rows] == [
-            ("urn:snipe:host:h1", "migrating", "urn:snipe:host:h1", "urn:snipe:host:h2")], rows
-        assert _rows_of(capsys, task.urn, "-a") == [("urn:snipe:host:h1", "migrating")]
+        h1_to_h2 = {"from": "urn:snipe:host:h1", "to": "urn:snipe:host:h2"}
+        assert _moving(capsys, task.urn) == [("urn:snipe:host:h1", "running", h1_to_h2)]
+        assert _rows_of(capsys, task.urn, "-a") == [("urn:snipe:host:h1", "running")]
         code, out, _ = run(capsys, "ps")
         line = next(x for x in out.splitlines() if task.urn in x)
-        assert code == 0 and "h1 → h2" in line and "migrating" in line, out
+        assert code == 0 and "h1 → h2" in line and "running, migrating" in line, out
+
+        assert run(capsys, "suspend", task.urn)[0] == 0
+        wait_for(lambda: _moving(capsys, task.urn) == [("urn:snipe:host:h1", "suspended", h1_to_h2)], 30,
+                 "ps --json to list the moving task as suspended, migrating h1 → h2")
+        code, out, _ = run(capsys, "ps")
+        line = next(x for x in out.splitlines() if task.urn in x)
+        assert code == 0 and "h1 → h2" in line and "suspended, migrating" in line, out
+        assert run(capsys, "resume", task.urn)[0] == 0
+        wait_for(lambda: _moving(capsys, task.urn) == [("urn:snipe:host:h1", "running", h1_to_h2)], 30,
+                 "the moving task to run again")
     finally:
         (cluster.daemons[0].state_dir / "tasks" / task.urn.rsplit(":", 1)[1] / "go").touch()
         mover.join(180)

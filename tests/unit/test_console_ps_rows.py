@@ -22,20 +22,28 @@ def test_the_original_and_its_clone_are_one_task_migrating_from_its_host_to_the_
     original = row(H1, migrating_to=H2)
     clone = row(H2, clone_from=H1, cpu_seconds=0.1)
     assert one_row_per_task([staying, original, clone]) == [
-        staying, {**original, "state": "migrating", "from": H1, "to": H2}]
+        staying, {**original, "migrating": {"from": H1, "to": H2}}]
+
+
+def test_a_migrating_task_keeps_its_own_state() -> None:
+    """The move is said in `migrating`, not in `state`: a suspended task moving is still suspended."""
+    original = row(H1, "suspended", migrating_to=H2)
+    clone = row(H2, clone_from=H1)
+    assert one_row_per_task([original, clone]) == [{**original, "migrating": {"from": H1, "to": H2}}]
+    assert one_row_per_task([original, clone])[0]["state"] == "suspended"
 
 
 def test_once_the_clone_took_over_it_is_still_one_row_until_the_original_hears_the_move_is_done() -> None:
     original = row(H1, migrating_to=H2)
     took_over = row(H2, last_seq=2)           # no clone_from any more: it runs as the task
-    assert one_row_per_task([original, took_over]) == [{**original, "state": "migrating", "from": H1, "to": H2}]
+    assert one_row_per_task([original, took_over]) == [{**original, "migrating": {"from": H1, "to": H2}}]
     moved_away = row(H1, "migrated", moved_to=H2)
     assert one_row_per_task([moved_away, took_over]) == [took_over]
 
 
 def test_a_clone_whose_original_no_host_listed_is_shown_migrating_from_where_it_comes() -> None:
     clone = row(H2, clone_from=H1)
-    assert one_row_per_task([clone]) == [{**clone, "state": "migrating", "host": H1, "from": H1, "to": H2}]
+    assert one_row_per_task([clone]) == [{**clone, "host": H1, "migrating": {"from": H1, "to": H2}}]
 
 
 def test_a_task_that_moved_away_and_ended_elsewhere_is_its_end_and_when_only_moves_are_listed_the_latest() -> None:

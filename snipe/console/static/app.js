@@ -9,6 +9,15 @@ const SVG = "http://www.w3.org/2000/svg";
 
 function short(urn) { return urn ? String(urn).split(":").pop() : "-"; }
 
+// A task row's migration under way ({from, to}), or null. While it moves, the task shows as
+// `snipe-console ps` shows it: host "h1 → h2", its own state followed by ", migrating".
+function migration(t) { return t.migrating && typeof t.migrating === "object" ? t.migrating : null; }
+
+function where(t) {
+  const m = migration(t);
+  return m ? short(m.from) + " \u2192 " + short(m.to) : short(t.host);
+}
+
 function bytes(n) {
   if (typeof n !== "number") return "-";
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -78,7 +87,7 @@ function draw(s) {
   const tasks = s.tasks || [];
   document.getElementById("tasks-title").textContent = tasks.length + " task(s)";
   fill(document.getElementById("tasks"), ["urn", "host", "state", "cpu", "memory", "age"],
-    tasks.map((t) => [t.urn, t.to ? short(t.from) + " \u2192 " + short(t.to) : short(t.host), t.state,
+    tasks.map((t) => [t.urn, where(t), migration(t) ? t.state + ", migrating" : t.state,
       typeof t.cpu_seconds === "number" ? t.cpu_seconds.toFixed(2) + "s" : "-", bytes(t.rss_bytes),
       typeof t.age_s === "number" ? Math.round(t.age_s) + "s" : "-"]));
   document.getElementById("unreachable").textContent = (s.unreachable || []).map((u) =>
