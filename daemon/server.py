@@ -61,6 +61,7 @@ from snipe.errors import (
 )
 from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint
+from snipe.privatedir import IPC_DIR_ENV, private_dir
 from snipe.query import parse_predicates
 from snipe.replication.sealed import seal, unseal
 from snipe.replication.takeover import Claim
@@ -119,6 +120,8 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig) -> None:
         self.cfg = cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        # Its endpoint's ipc socket goes in this host's own folder, and so do its tasks' (_task_env).
+        self.ipc_dir = private_dir(cfg.state_dir / "msg")
         self.state = DaemonState(cfg.state_dir / "state")
         self.codes = CodeCache(cfg.state_dir / "code")
         self.files = CodeCache(cfg.state_dir / "files", kind="file")     # checkpoints others stored here
@@ -169,7 +172,7 @@ class Daemon:
         self._publish_host()              # before anyone is told the daemon is ready
         # The daemon's own messaging endpoint (its URN is the host's): multicast routing.
         self.endpoint = Endpoint(cfg.host_urn, cfg.identity, cfg.catalog, cfg.admin_key, host_urn=cfg.host_urn,
-                                 runtime_dir=cfg.state_dir / "msg", application=False)
+                                 runtime_dir=self.ipc_dir, application=False)
         self.endpoint.start(self._publish_comm)
         if self.relay is not None:
             self.relay.start()
@@ -629,7 +632,7 @@ class Daemon:
             raise NotAuthorized(f"{self.cfg.host_urn} is draining and takes no new tasks; choose another host")
         code = validate_urn(field_of(env, "code", str))
         args = texts_of(env, "args")
-        extra_env = environment_of(env, "env")
+        extra_env = _users_environment(env)
         quota = Quota.from_value(field_of(env, "quota", dict, {}))
         notify = [validate_urn(u) for u in field_of(env, "notify", list, [])]
         restart = field_of(env, "restart", str, "") or None
@@ -710,6 +713,8 @@ class Daemon:
             "SNIPE_CATALOG": ",".join(self.cfg.catalog), "SNIPE_ADMIN_KEY": self.cfg.admin_key.hex(),
             "SNIPE_DAEMON": self.cfg.address, "SNIPE_HOST_URN": self.cfg.host_urn,
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1",
+            # this host's folder, not the user's default one every cluster's processes share
+            IPC_DIR_ENV: str(self.ipc_dir),
         })
         if every:
             task_env["SNIPE_CHECKPOINT_EVERY"] = str(float(every))
@@ -1105,6 +1110,24 @@ def _group_of(env: Envelope) -> str:
     if parse_urn(group).kind != "group":
         raise CodecError(f"{env.kind}: group {group} is not a group URN (urn:snipe:group:<name>)")
     return group
+
+
+# What the daemon itself sets in a task's environment, whatever a spawn asks: a spawn naming one
+# is refused, rather than see its value dropped without a word.
+DAEMON_SET_ENV = frozenset({
+    "SNIPE_PROC_URN", "SNIPE_KEY_FILE", "SNIPE_CATALOG", "SNIPE_ADMIN_KEY", "SNIPE_DAEMON", "SNIPE_HOST_URN",
+    IPC_DIR_ENV, "SNIPE_CHECKPOINT_EVERY", "SNIPE_REPLICA_INDEX", "SNIPE_MIGRATION", "SNIPE_RESTORE_FILE",
+    "SNIPE_RESTORE_URN"})
+
+
+def _users_environment(env: Envelope) -> dict[str, str]:
+    """A spawn's `env`, checked, and refused if it names a variable the daemon sets itself."""
+    extra = environment_of(env, "env")
+    taken = sorted(DAEMON_SET_ENV.intersection(extra))
+    if taken:
+        raise CodecError(f"spawn: env sets {', '.join(taken)}, which the daemon sets itself for every task "
+                         "(where it keeps its sockets, its key, its catalog...); leave them out")
+    return extra
 
 
 def _now_ms() -> int:
