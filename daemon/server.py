@@ -49,7 +49,7 @@ from snipe.bidding import DEFAULT_PRICE, HostState, Refusal, bid
 from snipe.catalog.client import CatalogClient
 from snipe.code import CodeCache, entry_argv
 from snipe.code import verify as verify_blob
-from snipe.daemonclient import PROTOCOL, VERSION, VERSIONS, DaemonClient
+from snipe.daemonclient import PROTOCOL, VERSION, VERSIONS, WAIT_HOLD_S, DaemonClient
 from snipe.errors import (
     CodecError,
     ConfigError,
@@ -126,6 +126,7 @@ class DaemonConfig:
     relay: str | None = None                # listen endpoint of the gateway relay (None: this host relays nothing)
     price: float = DEFAULT_PRICE            # per CPU-second, what this host asks in its bids (snipe/bidding.py)
     takeover_backoff_s: float = 1.0         # a failed takeover is tried again after this, then twice as long
+    wait_hold_s: float = WAIT_HOLD_S        # a `wait` is answered after this at most (renew: ask again)
 
     @property
     def host_urn(self) -> str:
@@ -177,7 +178,7 @@ class Daemon:
             raise
         self.runner = TaskRunner()
         self.pool = WarmPool(cfg.warm_pool, cfg.state_dir / "tasks", cfg.python)
-        self.waiters = Waits()
+        self.waiters = Waits(hold_s=cfg.wait_hold_s)
         self.fetches = CodeFetches(self.codes, cfg.identity)
         self.tasks: dict[str, dict[str, Any]] = self.state.all_tasks()
         self.migrations = Migrations(self)       # before re-adoption: task events ask it
@@ -331,8 +332,10 @@ class Daemon:
                 reply = w.env.error_reply(NotFound(f"{w.urn} is not a task of {self.cfg.host_urn} (a migration's "
                                                    "clone that never took over); ask the daemon named in its "
                                                    "'supervisor'"))
-            else:
+            elif self._ended(w.urn) or not w.renew(now):
                 reply = w.env.reply(**self._status(w.urn), stderr_tail=self._stderr_tail(w.urn))
+            else:                            # its hold ended: a client still waiting asks again
+                reply = w.env.reply(**self._status(w.urn), renew=True)
             if not self._reply(w.client, reply):
                 self.waiters.drop_client(w.client)       # gone: its other waits have no one to answer
 

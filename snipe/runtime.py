@@ -839,14 +839,16 @@ class Process:
         limit = time.monotonic() + t
         moves = 0
         while True:
-            # a daemon holds a wait for MAX_WAIT_S at most: a longer one is asked again for what is left
+            # a daemon takes a wait of MAX_WAIT_S at most, and holds one a while (WAIT_HOLD_S)
+            # before it answers `renew`: either way what is left is asked for again
             left = max(0.0, limit - time.monotonic())
             reply = self._call("wait", rpc_timeout=min(left, MAX_WAIT_S) + 10, timeout=min(left, MAX_WAIT_S))
             if reply.get("state") == "migrated" and moves < 64:     # followed to its new host
                 moves += 1
                 self._supervisor = None
                 time.sleep(0.05)                 # its new daemon publishes the move a moment later
-            elif reply.get("state") in ("starting", "running", "suspended") and left > MAX_WAIT_S:
+            elif reply.get("state") in ("starting", "running", "suspended") and (
+                    left > MAX_WAIT_S or (reply.get("renew") is True and limit > time.monotonic())):
                 continue
             else:
                 return reply

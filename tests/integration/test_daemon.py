@@ -401,3 +401,15 @@ def test_tasks_keep_their_ipc_sockets_in_their_own_hosts_folder(cluster: LocalCl
         for task in tasks.values():
             with contextlib.suppress(SnipeError):       # (ended already)
                 task.kill()
+
+
+def test_a_wait_longer_than_the_daemons_hold_is_asked_again_until_the_task_ends(cluster: LocalCluster,
+                                                                                 tmp_path: Path) -> None:
+    """A daemon answers a wait after its hold (`wait_hold_s`) with renew; Process.wait asks again."""
+    cluster.stop_daemon(1)
+    cluster.daemons[1].settings["wait_hold_s"] = 0.5
+    cluster.start_daemon(1)
+    code = publish(tmp_path, "sleeper.py", SLEEPER)
+    p = snipe.spawn(code, 3, host="h2")
+    done = p.wait(60)
+    assert (done["state"], done["exit_code"]) == ("exited", 0), done
