@@ -26,6 +26,7 @@ from snipe_daemon.server import Daemon, DaemonConfig
 
 from snipe import discovery
 from snipe.bidding import DEFAULT_PRICE, check_price
+from snipe.daemonclient import WAIT_HOLD_S
 from snipe.errors import ConfigError, NotAuthorized, SnipeError
 from snipe.identity import Identity
 from snipe.messaging.endpoint import retained_resolve_every_s
@@ -116,6 +117,7 @@ def load_config(argv: list[str] | None = None, footprint: Footprint | None = Non
     lease_s = float(pick(args.lease, "lease_s", 10.0))
     price = check_price(pick(args.price, "price", DEFAULT_PRICE), "[daemon] price")
     takeover_backoff_s = _positive_seconds(file_cfg.get("takeover_backoff_s", 1.0), "takeover_backoff_s")
+    wait_hold_s = _positive_seconds(file_cfg.get("wait_hold_s", WAIT_HOLD_S), "wait_hold_s")
     # Every setting is checked: only now is anything made on disk.
     if footprint is not None:
         footprint.note(Path(state_dir), *(Path(state_dir) / part for part in STATE_DIR_PARTS), Path(key_file))
@@ -123,7 +125,7 @@ def load_config(argv: list[str] | None = None, footprint: Footprint | None = Non
                        identity=Identity.load_or_create(key_file), admin_key=admin_key,
                        catalog=[str(c) for c in catalog], advertise=pick(args.advertise, "advertise"),
                        lease_s=lease_s, net_names=net_names, link_speeds=speeds, relay=relay, price=price,
-                       takeover_backoff_s=takeover_backoff_s)
+                       takeover_backoff_s=takeover_backoff_s, wait_hold_s=wait_hold_s)
     return cfg, args
 
 
@@ -138,7 +140,7 @@ def _positive_seconds(value: Any, key: str) -> float:
 DAEMON_KEYS: dict[str, tuple[type, ...]] = {
     "host_id": (str,), "listen": (str,), "advertise": (str,), "state_dir": (str,), "key_file": (str,),
     "admin_key": (str,), "catalog": (list,), "lease_s": (int, float), "relay": (str,), "net_names": (dict,),
-    "links": (dict,), "price": (int, float), "takeover_backoff_s": (int, float),
+    "links": (dict,), "price": (int, float), "takeover_backoff_s": (int, float), "wait_hold_s": (int, float),
 }
 LINK_KEYS = ("bandwidth_mbps", "latency_us")
 

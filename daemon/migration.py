@@ -238,9 +238,9 @@ class Migrations:
         if source:
             validate_urn(source)
         restart = env.body.get("restart")
+        code_dir, manifest = d._fetch_code(code)     # before anything is stopped: it may wait for the fetch
         if old is not None:
             self._end_lingering(urn)
-        code_dir, manifest = d._fetch_code(code)
         workdir = d.tasks_dir / urn.rsplit(":", 1)[1]
         workdir.mkdir(parents=True, exist_ok=True)
         ident.save(workdir / "task.key")

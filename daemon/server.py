@@ -2,8 +2,10 @@
 
 One thread owns the sockets and the task runner. Each turn it answers what arrived, polls its
 tasks (exits, quota breaches), publishes what changed to the catalog, and refreshes the host's
-lease. Task state is written to the daemon's LMDB before it is acted on, so a daemon killed
-with SIGKILL and restarted re-adopts its running tasks and reports the vanished ones as lost.
+lease. Code it does not hold is fetched off that thread (daemon/fetches.py): the spawn (or
+takeover, or clone) that needs it waits, parked, and is carried on with when the fetch ends.
+Task state is written to the daemon's LMDB before it is acted on, so a daemon killed with SIGKILL
+and restarted re-adopts its running tasks and reports the vanished ones as lost.
 
 Catalog records the daemon keeps for a task `urn:snipe:proc:<id>` (owned by the host key, which
 vouches for the task's own key with `_delegate.<task key>`): host, owner (the key that spawned
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from snipe_daemon.fetches import AwaitingCode, CodeFetches, FetchEnded
 from snipe_daemon.fields import environment_of, seconds_of, shown, texts_of
 from snipe_daemon.hostinfo import LoadSampler, collect_host_info
 from snipe_daemon.locations import LiveDaemons, Republisher
@@ -46,12 +49,13 @@ from snipe.bidding import DEFAULT_PRICE, HostState, Refusal, bid
 from snipe.catalog.client import CatalogClient
 from snipe.code import CodeCache, entry_argv
 from snipe.code import verify as verify_blob
-from snipe.daemonclient import PROTOCOL, VERSION, VERSIONS, DaemonClient
+from snipe.daemonclient import PROTOCOL, VERSION, VERSIONS, WAIT_HOLD_S, DaemonClient
 from snipe.errors import (
     CodecError,
     ConfigError,
     NotAuthorized,
     NotFound,
+    QuotaExceeded,
     ServerError,
     SnipeError,
     TooLarge,
@@ -61,6 +65,7 @@ from snipe.errors import (
 )
 from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint
+from snipe.privatedir import IPC_DIR_ENV, private_dir
 from snipe.query import parse_predicates
 from snipe.replication.sealed import seal, unseal
 from snipe.replication.takeover import Claim
@@ -83,9 +88,25 @@ RESTART_POLICIES = ("on-host-failure",)
 REPLICA_MODES = ("standby", "all")
 GIVE_CODE_TIMEOUT_S = 5.0       # a spawn's push of code to a standby host, at most (capped at a quarter lease)
 LEASE_RETRY_S = 0.5             # a host lease renewal that failed is tried again after at least this
-FETCH_CONNECT_S = 5.0           # fetching code or a checkpoint: the most it waits for one holder to connect
+FETCH_CONNECT_S = 5.0           # fetching a checkpoint: the most it waits for one holder to connect
 TAKEOVER_TRIES = 5             # a won takeover that fails (code or checkpoint unreachable) is tried again
 STANDBY_CHECKPOINT_S = 1.0     # a standby-replicated task checkpoints this often unless told otherwise
+
+
+@dataclass(frozen=True)
+class ParkedRequest:
+    """A request that waits for code to be fetched: served again once it is here."""
+    client: bytes
+    key: str
+    env: Envelope
+    frames: list[bytes]
+
+
+@dataclass(frozen=True)
+class ParkedTakeover:
+    """A takeover, copy or standby fetch (a `takeovers` item) that waits for code."""
+    claim: Claim | None
+    values: dict[str, Any]
 
 
 @dataclass
@@ -105,6 +126,7 @@ class DaemonConfig:
     relay: str | None = None                # listen endpoint of the gateway relay (None: this host relays nothing)
     price: float = DEFAULT_PRICE            # per CPU-second, what this host asks in its bids (snipe/bidding.py)
     takeover_backoff_s: float = 1.0         # a failed takeover is tried again after this, then twice as long
+    wait_hold_s: float = WAIT_HOLD_S        # a `wait` is answered after this at most (renew: ask again)
 
     @property
     def host_urn(self) -> str:
@@ -119,6 +141,8 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig) -> None:
         self.cfg = cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        # Its endpoint's ipc socket goes in this host's own folder, and so do its tasks' (_task_env).
+        self.ipc_dir = private_dir(cfg.state_dir / "msg")
         self.state = DaemonState(cfg.state_dir / "state")
         self.codes = CodeCache(cfg.state_dir / "code")
         self.files = CodeCache(cfg.state_dir / "files", kind="file")     # checkpoints others stored here
@@ -154,7 +178,8 @@ class Daemon:
             raise
         self.runner = TaskRunner()
         self.pool = WarmPool(cfg.warm_pool, cfg.state_dir / "tasks", cfg.python)
-        self.waiters = Waits()
+        self.waiters = Waits(hold_s=cfg.wait_hold_s)
+        self.fetches = CodeFetches(self.codes, cfg.identity)
         self.tasks: dict[str, dict[str, Any]] = self.state.all_tasks()
         self.migrations = Migrations(self)       # before re-adoption: task events ask it
         self.draining = bool(self.state.get_meta("draining", False))
@@ -169,7 +194,7 @@ class Daemon:
         self._publish_host()              # before anyone is told the daemon is ready
         # The daemon's own messaging endpoint (its URN is the host's): multicast routing.
         self.endpoint = Endpoint(cfg.host_urn, cfg.identity, cfg.catalog, cfg.admin_key, host_urn=cfg.host_urn,
-                                 runtime_dir=cfg.state_dir / "msg", application=False)
+                                 runtime_dir=self.ipc_dir, application=False)
         self.endpoint.start(self._publish_comm)
         if self.relay is not None:
             self.relay.start()
@@ -198,11 +223,15 @@ class Daemon:
     def serve_forever(self) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        poller.register(self.fetches.fileno(), zmq.POLLIN)
         next_tick = 0.0
         try:
             while not self._stop:
-                if poller.poll(TICK_S * 1000):
+                ready = dict(poller.poll(TICK_S * 1000))
+                if self.router in ready:
                     self._drain()
+                if self.fetches.fileno() in ready:
+                    self._after_fetches()
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + TICK_S
@@ -220,6 +249,7 @@ class Daemon:
         if self.relay is not None:
             self.relay.close()
         self.pool.close()
+        self.fetches.close()
         self._close_base()
 
     def _close_base(self) -> None:
@@ -248,16 +278,10 @@ class Daemon:
                     self._fetch_code(validate_urn(str(values["code"])))
                 else:
                     self._take_over(claim, values)
+            except AwaitingCode as wanted:       # tried again once the code is here
+                self.fetches.start(wanted, ParkedTakeover(claim, values))
             except SnipeError as exc:
-                tries = int(values.get("_tries", 0)) + 1
-                log.warning("could not %s (attempt %d of %d): %s", f"take over {claim.urn}" if claim else
-                            "start a copy or fetch standby code", tries, TAKEOVER_TRIES, exc)
-                if claim is not None and tries < TAKEOVER_TRIES:     # we won the claim: nobody else will
-                    # backing off (1, 2, 4, 8 s by default): a catalog or checkpoint holder may be back shortly
-                    wait_s = self.cfg.takeover_backoff_s * 2.0 ** (tries - 1)
-                    self._takeover_retries.append((now + wait_s, claim, {**values, "_tries": tries}))
-                elif claim is not None:
-                    self._abandon_takeover(claim, values, exc)
+                self._takeover_failed(now, claim, values, exc)
         for item in [r for r in self._takeover_retries if r[0] <= now]:
             self._takeover_retries.remove(item)
             self.takeovers.put((item[1], item[2]))
@@ -270,14 +294,48 @@ class Daemon:
         self._answer_waits(now)
         self._keep_lease(now)
 
+    def _takeover_failed(self, now: float, claim: Claim | None, values: dict[str, Any], exc: SnipeError) -> None:
+        tries = int(values.get("_tries", 0)) + 1
+        log.warning("could not %s (attempt %d of %d): %s", f"take over {claim.urn}" if claim else
+                    "start a copy or fetch standby code", tries, TAKEOVER_TRIES, exc)
+        if claim is not None and tries < TAKEOVER_TRIES:     # we won the claim: nobody else will
+            # backing off (1, 2, 4, 8 s by default): a catalog or checkpoint holder may be back shortly
+            wait_s = self.cfg.takeover_backoff_s * 2.0 ** (tries - 1)
+            self._takeover_retries.append((now + wait_s, claim, {**values, "_tries": tries}))
+        elif claim is not None:
+            self._abandon_takeover(claim, values, exc)
+
+    def _after_fetches(self) -> None:
+        """Carry on with the work that waited for the code fetches that ended."""
+        for done in self.fetches.ended():
+            if done.error is None:
+                log.info("fetched code %s from %s", done.urn, done.holder)
+                with contextlib.suppress(SnipeError):     # we hold it now: a holder others may ask
+                    self.catalog.set(done.urn, "location", self.cfg.address)
+            for waiter in done.waiters:
+                self._carry_on(waiter, done)
+
+    def _carry_on(self, waiter: ParkedRequest | ParkedTakeover, done: FetchEnded) -> None:
+        match waiter, done.error:
+            case ParkedRequest(client, key, env, frames), None:
+                self._serve(client, key, env, frames, fetched=done.urn)
+            case ParkedRequest(client, _, env, _), error:
+                self._reply(client, env.error_reply(error))
+            case ParkedTakeover(claim, values), None:
+                self.takeovers.put((claim, values))
+            case ParkedTakeover(claim, values), error:
+                self._takeover_failed(time.monotonic(), claim, values, error)
+
     def _answer_waits(self, now: float) -> None:
         for w in self.waiters.due(now, lambda urn: urn not in self.tasks or self._ended(urn)):
             if w.urn not in self.tasks:      # a migration's clone that never took over: forgotten
                 reply = w.env.error_reply(NotFound(f"{w.urn} is not a task of {self.cfg.host_urn} (a migration's "
                                                    "clone that never took over); ask the daemon named in its "
                                                    "'supervisor'"))
-            else:
+            elif self._ended(w.urn) or not w.renew(now):
                 reply = w.env.reply(**self._status(w.urn), stderr_tail=self._stderr_tail(w.urn))
+            else:                            # its hold ended: a client still waiting asks again
+                reply = w.env.reply(**self._status(w.urn), renew=True)
             if not self._reply(w.client, reply):
                 self.waiters.drop_client(w.client)       # gone: its other waits have no one to answer
 
@@ -305,8 +363,8 @@ class Daemon:
             self._fence(now, "the host's lease lapsed (cut off from the catalog)")
 
     def _lease_while_blocked(self) -> None:
-        """A fetch holds this loop while a holder sends (up to 30 s: a holder's own loop may be busy
-        sending a large checkpoint): the host lease must not lapse meanwhile, or the cluster would
+        """A checkpoint fetch holds this loop while a holder sends (up to 30 s: a holder's own loop may
+        be busy sending a large checkpoint): the host lease must not lapse meanwhile, or the cluster would
         report every task of ours lost and restart it elsewhere, and we would stop ours (the fence)."""
         self._keep_lease(time.monotonic())
 
@@ -334,18 +392,33 @@ class Daemon:
             except SnipeError as exc:
                 self._reply(client, Envelope(PROTOCOL, VERSION, "error", 0, {"code": exc.code, "message": str(exc)}))
                 continue
-            try:
-                check_version(env, PROTOCOL, VERSIONS)
-                self._handle(client, key, env, frames)
-            except SnipeError as exc:
-                self._reply(client, env.error_reply(exc))
-            except Exception as exc:  # a bug here must not take the host's daemon down
-                log.exception("failed on %s", env.kind)
-                self._reply(client, env.error_reply(ServerError(
-                    f"the daemon failed on {env.kind!r} ({exc.__class__.__name__}: {exc}); it keeps serving")))
+            self._serve(client, key, env, frames)
             # a request may block on the catalog (mcast-join, spawn): a run of them must not let
             # the host lease lapse (our tasks would be reported lost and stopped)
             self._lease_while_blocked()
+
+    def _serve(self, client: bytes, key: str, env: Envelope, frames: list[bytes], *, fetched: str = "") -> None:
+        """Answer one request; one that needs code not held here yet is parked until it is
+        fetched, then served again (`fetched`: the code that was, which must now be here)."""
+        try:
+            check_version(env, PROTOCOL, VERSIONS)
+            self._handle(client, key, env, frames)
+        except AwaitingCode as wanted:
+            if wanted.urn == fetched:       # never fetch in circles
+                self._reply(client, env.error_reply(ServerError(
+                    f"code {wanted.urn} was fetched but is not installed in this daemon's code folder")))
+            elif self.fetches.full():
+                self._reply(client, env.error_reply(QuotaExceeded(
+                    f"{env.kind}: {len(self.fetches)} requests already wait for code to be fetched by "
+                    f"{self.cfg.host_urn}, the most it holds; try again shortly")))
+            else:
+                self.fetches.start(wanted, ParkedRequest(client, key, env, frames))
+        except SnipeError as exc:
+            self._reply(client, env.error_reply(exc))
+        except Exception as exc:  # a bug here must not take the host's daemon down
+            log.exception("failed on %s", env.kind)
+            self._reply(client, env.error_reply(ServerError(
+                f"the daemon failed on {env.kind!r} ({exc.__class__.__name__}: {exc}); it keeps serving")))
 
     def _reply(self, client: bytes, env: Envelope, frames: tuple[bytes, ...] | list[bytes] = ()) -> bool:
         """Send a reply (dropped if the client's queue is full); False if the client is gone."""
@@ -547,7 +620,8 @@ class Daemon:
         return {"urn": urn, "path": str(path)}
 
     def _fetch_code(self, urn: str) -> tuple[Path, dict[str, Any]]:
-        """The unpacked code and its manifest, signed by the code URN's owner (its publisher).
+        """The unpacked code and its manifest, signed by the code URN's owner (its publisher);
+        AwaitingCode if this host does not hold the code yet (after checking the manifest).
 
         A verified manifest is kept for MANIFEST_TTL_S, so spawns of the same code within that
         time skip the catalog read (the bytes are checked against the URN when installed)."""
@@ -573,23 +647,10 @@ class Daemon:
         path = self.codes.path_for(urn)
         if path is not None:
             return path, manifest
+        # Fetched off this loop (daemon/fetches.py): the caller's dispatcher parks the work.
         locations, errors = self._live_daemons(now).holders(
             (str(v) for v in entry.values("location", now).values()), besides=self.cfg.address)
-        waits_end = time.monotonic() + self.cfg.lease_s / 2
-        for i, location in enumerate(locations):
-            try:
-                with DaemonClient(location, self.cfg.identity, timeout=30.0) as peer:
-                    # a daemon that died since its lease was renewed: the next location, soon
-                    _, frames = peer.call("get-code", {"urn": urn}, while_waiting=self._lease_while_blocked,
-                                          connect_wait=self._holder_wait(waits_end, i + 1 == len(locations)))
-                path = self.codes.install(frames[0], urn)       # raises if the bytes do not hash to the URN
-                with contextlib.suppress(SnipeError):
-                    self.catalog.set(urn, "location", self.cfg.address)
-                return path, manifest
-            except SnipeError as exc:
-                errors.append(f"{location}: {exc}")
-        raise NotFound(f"no location could supply {urn}: " + ("; ".join(errors) or "none is listed")
-                       + ("" if locations else "; publish it again from a host that has it"))
+        raise AwaitingCode(urn, locations, errors)
 
     def _give_code(self, urn: str, hosts: list[str], *, required: bool) -> None:
         """Put code on the hosts that may run a task after this one dies, before it starts: a
@@ -629,7 +690,7 @@ class Daemon:
             raise NotAuthorized(f"{self.cfg.host_urn} is draining and takes no new tasks; choose another host")
         code = validate_urn(field_of(env, "code", str))
         args = texts_of(env, "args")
-        extra_env = environment_of(env, "env")
+        extra_env = _users_environment(env)
         quota = Quota.from_value(field_of(env, "quota", dict, {}))
         notify = [validate_urn(u) for u in field_of(env, "notify", list, [])]
         restart = field_of(env, "restart", str, "") or None
@@ -710,6 +771,8 @@ class Daemon:
             "SNIPE_CATALOG": ",".join(self.cfg.catalog), "SNIPE_ADMIN_KEY": self.cfg.admin_key.hex(),
             "SNIPE_DAEMON": self.cfg.address, "SNIPE_HOST_URN": self.cfg.host_urn,
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1",
+            # this host's folder, not the user's default one every cluster's processes share
+            IPC_DIR_ENV: str(self.ipc_dir),
         })
         if every:
             task_env["SNIPE_CHECKPOINT_EVERY"] = str(float(every))
@@ -1105,6 +1168,24 @@ def _group_of(env: Envelope) -> str:
     if parse_urn(group).kind != "group":
         raise CodecError(f"{env.kind}: group {group} is not a group URN (urn:snipe:group:<name>)")
     return group
+
+
+# What the daemon itself sets in a task's environment, whatever a spawn asks: a spawn naming one
+# is refused, rather than see its value dropped without a word.
+DAEMON_SET_ENV = frozenset({
+    "SNIPE_PROC_URN", "SNIPE_KEY_FILE", "SNIPE_CATALOG", "SNIPE_ADMIN_KEY", "SNIPE_DAEMON", "SNIPE_HOST_URN",
+    IPC_DIR_ENV, "SNIPE_CHECKPOINT_EVERY", "SNIPE_REPLICA_INDEX", "SNIPE_MIGRATION", "SNIPE_RESTORE_FILE",
+    "SNIPE_RESTORE_URN"})
+
+
+def _users_environment(env: Envelope) -> dict[str, str]:
+    """A spawn's `env`, checked, and refused if it names a variable the daemon sets itself."""
+    extra = environment_of(env, "env")
+    taken = sorted(DAEMON_SET_ENV.intersection(extra))
+    if taken:
+        raise CodecError(f"spawn: env sets {', '.join(taken)}, which the daemon sets itself for every task "
+                         "(where it keeps its sockets, its key, its catalog...); leave them out")
+    return extra
 
 
 def _now_ms() -> int:

@@ -1,15 +1,22 @@
 """The daemon's pending `wait` requests: who waits on which task, until when, within bounds.
 
-A `wait` is answered when its task ends or its deadline passes, whichever is first. What a
-client may make the daemon hold is bounded: a timeout of at most MAX_WAIT_S (a longer one is
-refused, naming the cap: snipe's Process.wait asks again for what is left), at most
+A `wait` is answered when its task ends or its deadline passes, whichever is first, and else
+when its hold ends (`hold_s`, WAIT_HOLD_S by default): then with renew, and a client still
+waiting asks again (snipe's Process.wait does). What a client may make the daemon hold is
+bounded: a timeout of at most MAX_WAIT_S (a longer one is refused, naming the cap), at most
 MAX_WAITS_PER_CLIENT pending waits per client connection and MAX_WAITS in all; a wait past a
-bound is refused with QuotaExceeded and what was pending stays. A client found gone (a reply to
-it could not be routed) loses its other waits at once; a ROUTER says nothing of a peer that
-left quietly, so those waits end at their deadlines.
+bound is refused with QuotaExceeded and what was pending stays.
+
+A client that left quietly (killed, its host gone, its call interrupted) must not keep its slots
+until their deadlines (up to an hour). A ROUTER says nothing of a peer that left: it can only
+be learnt by sending to it, and a client still connected may have stopped waiting anyway. So
+the hold is a lease the client renews by asking again: one request per hold per waiting client,
+and a gone client's waits go within a hold, however it left. A client found gone (a reply to it
+could not be routed) loses its other waits at once.
 
 Invariants: every waiter is in `by_client` under its client exactly once; `len(self)` is their
-number; nothing here reads a clock (the daemon passes `now`).
+number; a waiter's `hold_ends` is at most its `deadline` and at most `hold_s` after it was
+added; nothing here reads a clock (the daemon passes `now`).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from snipe.daemonclient import MAX_WAIT_S
+from snipe.daemonclient import MAX_WAIT_S, WAIT_HOLD_S
 from snipe.errors import CodecError, QuotaExceeded
 from snipe.wire import Envelope
 
@@ -30,12 +37,18 @@ class Waiter:
     client: bytes
     env: Envelope
     urn: str
-    deadline: float
+    deadline: float           # its timeout: answered then at the latest
+    hold_ends: float          # answered then (with renew, if before the deadline) unless its task ended
+
+    def renew(self, now: float) -> bool:
+        """Whether an answer now is the hold's end, not the timeout: the client asks again."""
+        return now < self.deadline
 
 
 class Waits:
-    def __init__(self, per_client: int = MAX_WAITS_PER_CLIENT, total: int = MAX_WAITS) -> None:
-        self.per_client, self.total = per_client, total
+    def __init__(self, per_client: int = MAX_WAITS_PER_CLIENT, total: int = MAX_WAITS,
+                 hold_s: float = WAIT_HOLD_S) -> None:
+        self.per_client, self.total, self.hold_s = per_client, total, hold_s
         self.by_client: dict[bytes, list[Waiter]] = {}
         self.count = 0
 
@@ -54,18 +67,19 @@ class Waits:
         if self.count >= self.total:
             raise QuotaExceeded(f"wait on {urn}: this daemon already holds {self.count} pending waits, the most it "
                                 f"takes ({self.total}); try again later, or poll status")
-        w = Waiter(client, env, urn, now + timeout)
+        w = Waiter(client, env, urn, now + timeout, now + min(timeout, self.hold_s))
         self.by_client.setdefault(client, []).append(w)
         self.count += 1
         return w
 
     def due(self, now: float, ended: Callable[[str], bool]) -> list[Waiter]:
-        """Take out and return the waiters to answer now: their task `ended`, or their deadline passed."""
+        """Take out and return the waiters to answer now: their task `ended`, or their hold (and
+        so perhaps their deadline) passed."""
         out: list[Waiter] = []
         for client, waiters in list(self.by_client.items()):
             keep: list[Waiter] = []
             for w in waiters:
-                (out if now >= w.deadline or ended(w.urn) else keep).append(w)
+                (out if now >= w.hold_ends or ended(w.urn) else keep).append(w)
             if len(keep) != len(waiters):
                 if keep:
                     self.by_client[client] = keep

@@ -5,7 +5,9 @@ Requests (client -> snipe-daemon; the reply echoes the request id, kind "ok" or 
   spawn   {code, args, env, quota, notify, owner_urn} -> {urn, pid, host}
   status  {urn}                          -> {urn, state, pid, cpu_s, rss, open_files, age_s, exit_code, reason}
   wait    {urn, timeout}                 -> {..status.., stderr_tail}: when the task ends or after
-                                            timeout s (at most MAX_WAIT_S; a longer one is refused)
+                                            timeout s (at most MAX_WAIT_S; a longer one is refused),
+                                            or, with renew: true, when the daemon's hold ended first
+                                            (WAIT_HOLD_S by default): ask again to wait on
   kill | suspend | resume {urn}          -> {urn, state}
   signal  {urn, signum}                  -> {urn, state}
   ps                                     -> {tasks: [status...]}
@@ -42,7 +44,11 @@ _NOBLOCK = int(zmq.NOBLOCK)
 PROTOCOL = "daemon"
 VERSION = 1
 VERSIONS = (1,)
-MAX_WAIT_S = 3600.0      # the longest `wait` a daemon holds; a longer wait asks again
+MAX_WAIT_S = 3600.0      # the longest `wait` timeout a daemon takes; a longer wait asks again
+# A daemon answers a `wait` after this long at most (renew: true if the task runs on and the
+# timeout has not passed); a client still waiting asks again. A wait whose client left quietly
+# thus frees its slot within this: a ROUTER says nothing of a peer that left.
+WAIT_HOLD_S = 30.0
 WAIT_TURN_S = 0.2        # `call`: how often it looks up from a wait (and calls `while_waiting`)
 
 

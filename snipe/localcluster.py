@@ -399,8 +399,8 @@ class LocalCluster:
     def kill_tasks(self) -> KilledTasks:
         """SIGKILL every task the daemons started (they run in sessions of their own), and remove
         the ipc socket files of those that are then confirmed dead: killed, a task cannot remove
-        its own, and they would stay in the runtime folder it shares with every snipe process of
-        this user until some process starts when they are over a minute old."""
+        its own, and they would stay in its host's ipc folder until a process starts there when
+        they are over a minute old."""
         killed: list[psutil.Process] = []
         sockets: dict[int, list[Path]] = {}
         for d in self.daemons:

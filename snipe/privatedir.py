@@ -6,21 +6,36 @@ write to: a folder of that name made by another user first would let its owner r
 keep there (the local cluster's description names the catalog to trust), and one left open
 lists our sockets. Only folders snipe names are made private or judged; one the user names
 ($SNIPE_HOME, a folder passed in) is taken as it is.
+
+A task a daemon started keeps its ipc socket in its daemon's own ipc folder, which the daemon
+names in the task's environment (IPC_DIR_ENV), not in this user's default folder: two clusters'
+tasks then never share a folder, and one's start-up sweep of stale sockets never meets another's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 
 from snipe.errors import ConfigError
+
+IPC_DIR_ENV = "SNIPE_IPC_DIR"      # set by a daemon for its tasks: the folder for their ipc sockets
 
 
 def default_runtime_dir() -> Path:
     """$XDG_RUNTIME_DIR/snipe, else /tmp/snipe-<uid>."""
     base = os.environ.get("XDG_RUNTIME_DIR")
     return Path(base) / "snipe" if base else Path(f"/tmp/snipe-{os.getuid()}")
+
+
+def short_ipc_dir(folder: Path) -> Path:
+    """A short private stand-in for `folder` when a socket path in it would not fit in a
+    sockaddr_un (107 bytes): /tmp/snipe-<uid>/msg/<hash of folder>, so that the processes of
+    different folders (two clusters' hosts) still never share one."""
+    digest = hashlib.sha256(str(folder.absolute()).encode()).hexdigest()[:16]
+    return private_dir(private_dir(private_dir(Path(f"/tmp/snipe-{os.getuid()}")) / "msg") / digest)
 
 
 def private_dir(path: Path) -> Path:

@@ -54,7 +54,7 @@ from snipe.identity import Identity
 from snipe.messaging.endpoint import Endpoint, Message, retained_resolve_every_s
 from snipe.multicast.groups import Membership, member_lease_s
 from snipe.placement import check_requirements, choose_host, eligible
-from snipe.privatedir import default_runtime_dir, private_dir, refuse_if_not_ours
+from snipe.privatedir import IPC_DIR_ENV, default_runtime_dir, private_dir, refuse_if_not_ours
 from snipe.query import Predicate, parse_predicate_text
 from snipe.urn import new_urn, validate_urn
 
@@ -73,6 +73,7 @@ class Session:
     local_daemon: str | None = None
     me: str | None = None
     home: Path | None = None
+    ipc_dir: Path | None = None          # a task's: its daemon's ipc folder (privatedir.IPC_DIR_ENV)
     _daemons: dict[tuple[int, str], DaemonClient] = field(default_factory=dict)   # by (thread id, address)
     placed: dict[str, list[int]] = field(default_factory=dict)     # host URN -> when we placed tasks there
     host: str | None = None
@@ -104,7 +105,7 @@ class Session:
             me = self.me
             copy = os.environ.get("SNIPE_REPLICA_INDEX") if me == os.environ.get("SNIPE_PROC_URN") else None
             ep = Endpoint(me, self.identity, self.catalog_addresses, self.admin_key, host_urn=self.host,
-                          runtime_dir=(self.home / "msg") if self.home else None,
+                          runtime_dir=self.ipc_folder(),
                           session_seed=me if copy is not None else None)
             try:
                 ep.start(self._publisher(me, copy), prepare)
@@ -116,6 +117,11 @@ class Session:
                 from snipe.migration.origin import OriginShell
                 OriginShell(self, ep)
         return self._endpoint
+
+    def ipc_folder(self) -> Path | None:
+        """Where this process's ipc socket goes: a task's daemon's folder, the local cluster's
+        (home/msg), or None for this user's default runtime folder."""
+        return self.ipc_dir or ((self.home / "msg") if self.home else None)
 
     def _publisher(self, me: str, copy: str | None) -> Callable[[dict[str, Any]], None]:
         """How the endpoint publishes where it listens: on our entry, or, for copy i of a
@@ -463,7 +469,8 @@ def init(*, catalog: Sequence[str] | None = None, identity: Identity | None = No
         addrs = env["SNIPE_CATALOG"].split(",")
         client = CatalogClient(addrs, ident, admin)
         _session = Session(ident, client, client.admin_key, env.get("SNIPE_DAEMON"), env["SNIPE_PROC_URN"],
-                           host=env.get("SNIPE_HOST_URN"), catalog_addresses=addrs)
+                           host=env.get("SNIPE_HOST_URN"), catalog_addresses=addrs,
+                           ipc_dir=Path(env[IPC_DIR_ENV]) if env.get(IPC_DIR_ENV) else None)
         if env.get("SNIPE_MIGRATION"):        # a migration's clone: take the process over first
             from snipe.hooks import hand_over
             from snipe.migration.clone import become_clone
@@ -832,14 +839,16 @@ class Process:
         limit = time.monotonic() + t
         moves = 0
         while True:
-            # a daemon holds a wait for MAX_WAIT_S at most: a longer one is asked again for what is left
+            # a daemon takes a wait of MAX_WAIT_S at most, and holds one a while (WAIT_HOLD_S)
+            # before it answers `renew`: either way what is left is asked for again
             left = max(0.0, limit - time.monotonic())
             reply = self._call("wait", rpc_timeout=min(left, MAX_WAIT_S) + 10, timeout=min(left, MAX_WAIT_S))
             if reply.get("state") == "migrated" and moves < 64:     # followed to its new host
                 moves += 1
                 self._supervisor = None
                 time.sleep(0.05)                 # its new daemon publishes the move a moment later
-            elif reply.get("state") in ("starting", "running", "suspended") and left > MAX_WAIT_S:
+            elif reply.get("state") in ("starting", "running", "suspended") and (
+                    left > MAX_WAIT_S or (reply.get("renew") is True and limit > time.monotonic())):
                 continue
             else:
                 return reply

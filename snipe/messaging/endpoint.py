@@ -72,7 +72,7 @@ from snipe.messaging.channel import (
 )
 from snipe.messaging.gateway import RELAY, Sealer, parse_relay, relay_parts
 from snipe.messaging.routes import ProcView, Route, advertised_comm, choose_routes
-from snipe.privatedir import default_runtime_dir, private_dir
+from snipe.privatedir import default_runtime_dir, private_dir, short_ipc_dir
 from snipe.transport import (
     KeyGate,
     Link,
@@ -349,16 +349,13 @@ class Endpoint:
 
     # --- lifecycle ------------------------------------------------------------------------------
     def _ipc_socket_path(self, runtime_dir: Path | None) -> str:
-        """Where our ipc socket goes: `runtime_dir` as given (made if missing), else this user's
-        default runtime folder, which must be ours alone (snipe/privatedir.py); sockets that
+        """Where our ipc socket goes: `runtime_dir` as given, else this user's default runtime
+        folder; either made if missing and kept ours alone (snipe/privatedir.py). Sockets that
         processes killed there left behind are removed."""
-        if runtime_dir is not None:
-            runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        else:
-            runtime_dir = private_dir(default_runtime_dir())
+        runtime_dir = private_dir(runtime_dir if runtime_dir is not None else default_runtime_dir())
         path = str(runtime_dir / f"msg-{self.instance[:16]}.sock")
         if len(path) > 100:                # sockaddr_un holds 107 bytes: fall back to a short folder
-            runtime_dir = private_dir(private_dir(Path(f"/tmp/snipe-{os.getuid()}")) / "msg")
+            runtime_dir = short_ipc_dir(runtime_dir)
             path = str(runtime_dir / f"msg-{self.instance[:16]}.sock")
         remove_stale_ipc_sockets(runtime_dir, "msg-*.sock")
         self.runtime_dir = runtime_dir

@@ -46,7 +46,7 @@ def become_clone(s: Session, mid: str) -> Any:
     assert s.me is not None
     me = s.me
     ep = Endpoint(me, s.identity, s.catalog_addresses, s.admin_key, host_urn=s.host,
-                  runtime_dir=(s.home / "msg") if s.home else None)
+                  runtime_dir=s.ipc_folder())
     ep.learn_comm(lambda values: s.catalog.set_many(me, values))
     ep.gate.learn(s.identity.public_key)        # the original connects with our own key
     sock = server_socket(ep.ctx, zmq.ROUTER, s.identity)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,9 +16,11 @@ import pytest
 import snipe
 from snipe.code import CodeCache
 from snipe.daemonclient import DaemonClient
-from snipe.errors import NotAuthorized, NotFound, RequirementError, SnipeError
+from snipe.errors import CodecError, NotAuthorized, NotFound, RequirementError, SnipeError
 from snipe.identity import Identity
 from snipe.localcluster import LocalCluster, free_port
+from snipe.privatedir import default_runtime_dir
+from snipe.runtime import now_ms
 from tests.support import pose_as_host, wait_for
 
 WORKER = textwrap.dedent('''
@@ -48,6 +51,14 @@ HOG = textwrap.dedent('''
         blocks.append(bytearray(20 * 1024 * 1024))
         time.sleep(0.02)
     time.sleep(60)
+''')
+
+
+LISTENER = textwrap.dedent('''
+    import snipe
+    snipe.probe()                   # listens (ipc included) from here on
+    snipe.catalog().set(snipe.me(), "listening", True)
+    snipe.recv(timeout=300)
 ''')
 
 
@@ -359,3 +370,46 @@ def test_only_the_keys_that_stored_a_file_or_the_admin_drop_it(cluster: LocalClu
         admin.call("drop-file", {"urn": urn})                            # the admin's word drops it for all
         with pytest.raises(NotFound):
             admin.call("get-file", {"urn": urn})
+
+
+def _ipc_folder(urn: str) -> Path:
+    comm = snipe.catalog().get(urn).value("comm", now_ms())
+    return Path(next(c["endpoint"] for c in comm if c.get("transport") == "ipc")[len("ipc://"):]).parent
+
+
+def test_tasks_keep_their_ipc_sockets_in_their_own_hosts_folder(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Not in the user's default runtime folder, which every cluster's processes share (and
+    sweep of stale sockets), whatever runtime folder the spawn's env names."""
+    code = publish(tmp_path, "listener.py", LISTENER)
+    elsewhere = {"XDG_RUNTIME_DIR": str(tmp_path / "xdg"), "SNIPE_HOME": str(tmp_path / "home")}
+    tasks = {h: snipe.spawn(code, host=h, env=elsewhere) for h in ("h1", "h2")}
+    try:
+        folders = {}
+        for h, task in tasks.items():
+            def listening(urn: str = task.urn) -> bool:
+                snipe.catalog().invalidate(urn)
+                return snipe.catalog().get(urn).value("listening", now_ms()) is True
+            wait_for(listening, 60, f"the task on {h} to listen")
+            folders[h] = _ipc_folder(task.urn)
+            assert folders[h] == _ipc_folder(f"urn:snipe:host:{h}"), (h, folders[h])
+            assert folders[h].stat().st_mode & 0o777 == 0o700
+        assert folders["h1"] != folders["h2"]
+        assert default_runtime_dir() not in {f for p in folders.values() for f in (p, *p.parents)}
+        with pytest.raises(CodecError, match="SNIPE_IPC_DIR"):        # said, not dropped without a word
+            snipe.spawn(code, host="h1", env={"SNIPE_IPC_DIR": str(tmp_path / "mine")})
+    finally:
+        for task in tasks.values():
+            with contextlib.suppress(SnipeError):       # (ended already)
+                task.kill()
+
+
+def test_a_wait_longer_than_the_daemons_hold_is_asked_again_until_the_task_ends(cluster: LocalCluster,
+                                                                                 tmp_path: Path) -> None:
+    """A daemon answers a wait after its hold (`wait_hold_s`) with renew; Process.wait asks again."""
+    cluster.stop_daemon(1)
+    cluster.daemons[1].settings["wait_hold_s"] = 0.5
+    cluster.start_daemon(1)
+    code = publish(tmp_path, "sleeper.py", SLEEPER)
+    p = snipe.spawn(code, 3, host="h2")
+    done = p.wait(60)
+    assert (done["state"], done["exit_code"]) == ("exited", 0), done

@@ -38,7 +38,8 @@ def _closed_port() -> int:
 class FakeDaemon:
     """A CurveZMQ ROUTER holding the daemon key, in a context of its own (no ZAP handler: it
     admits any key). It records the request ids it gets and answers them unless `silent`; with
-    `stall_s`, each only after that long, and with an error (a holder whose loop is busy)."""
+    `stall_s`, each only after that long (or once `release` is set), and with an error (a holder
+    whose loop is busy); `answered` counts the answers sent."""
 
     def __init__(self, port: int, *, silent: bool = False, stall_s: float = 0.0) -> None:
         self.ctx = zmq.Context()
@@ -46,7 +47,8 @@ class FakeDaemon:
         self.sock.bind(f"tcp://127.0.0.1:{port}")
         self.silent, self.stall_s = silent, stall_s
         self.seen: list[int] = []
-        self.stop = threading.Event()
+        self.answered = 0
+        self.stop, self.release = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -59,14 +61,17 @@ class FakeDaemon:
             env, _ = decode(parts)
             self.seen.append(env.request_id)
             if self.stall_s:
-                self.stop.wait(self.stall_s)
+                self.release.wait(self.stall_s)
                 self.sock.send_multipart([ident, *encode(env.error_reply(NotFound("this holder was too busy")))])
+                self.answered += 1
             elif not self.silent:
                 self.sock.send_multipart([ident, *encode(Envelope(env.protocol, env.version, "ok",
                                                                   env.request_id, {"pong": True}))])
+                self.answered += 1
 
     def close(self) -> None:
         self.stop.set()
+        self.release.set()
         self.thread.join(10)
         self.sock.close(0)
         self.ctx.term()
@@ -265,3 +270,78 @@ def test_code_stays_spawnable_after_its_holders_restart_on_other_ports(cluster: 
     # each holder replaced its own stale location; the fetcher added its own
     wait_for(lambda: locations() == moved | {fetcher.address}, 20, "the locations to name the new addresses")
     Process(p.urn).kill()
+
+
+def test_a_daemon_keeps_serving_while_a_spawn_waits_for_its_code_to_be_fetched(cluster: LocalCluster,
+                                                                              tmp_path: Path) -> None:
+    """A holder took the request for the code and stalls (its own loop busy). The fetch held the
+    daemon's loop for up to 30 s, and the daemon answered nothing else meanwhile: a status, a
+    spawn of code it held. Now the fetch runs off the loop; the spawn waiting on it answers when
+    it ends (here: from the next holder, once this one gives up)."""
+    def holders(urn: str) -> set[str]:
+        return {str(v) for v in snipe.catalog().get(urn).values("location", now_ms()).values()}
+    code = _task_code(tmp_path)
+    target = next(d for d in cluster.daemons if d.address not in holders(code))
+    running = snipe.spawn(code, "600", host=target.host_id)                # the target holds `code` now
+    for variant in range(12):        # code the target must fetch
+        (tmp_path / "other.py").write_text(SLEEPER + f"\n# variant {variant}\n")
+        other = snipe.publish(tmp_path / "other.py")
+        if target.address not in holders(other):
+            break
+    assert target.address not in holders(other)
+    port = _closed_port()
+    busy = f"tcp://127.0.0.1:{port}#{DAEMON.key_id}"
+    assert busy < min(holders(other))                     # asked first (holders are tried in order)
+    holder = FakeDaemon(port, stall_s=60)
+    pose_as_host(cluster.catalog, DAEMON, "busy", busy)   # a live host's daemon (the only kind asked)
+    spawned: list[Any] = []
+    spawner = threading.Thread(target=lambda: spawned.append(_spawn_or_error(other, target.host_id)), daemon=True)
+    try:
+        snipe.catalog().set(other, "location", busy)
+        spawner.start()
+        wait_for(lambda: holder.seen, 30, "the fetch to ask the busy holder")
+        with DaemonClient(target.address, cluster.user, timeout=10) as client:
+            status, _ = client.call("status", {"urn": running.urn})
+            again, _ = client.call("spawn", {"code": code, "args": ["600"]})
+        assert status["state"] == "running" and again["urn"]
+        assert holder.answered == 0 and not spawned       # all that while the fetch still waited
+        holder.release.set()                              # it gives up: the next holder supplies the code
+        spawner.join(60)
+        assert spawned and isinstance(spawned[0], Process), spawned
+        assert Process(spawned[0].urn).status()["state"] == "running"
+    finally:
+        holder.close()
+        spawner.join(60)
+    for urn in (running.urn, again["urn"], *(p.urn for p in spawned if isinstance(p, Process))):
+        Process(urn).kill()
+
+
+def test_a_spawn_whose_code_cannot_be_fetched_says_which_code_and_why(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Published code whose only holder fails the fetch: the spawn that waited on it is answered
+    with an error naming the code and what each holder said (and the daemon serves on)."""
+    from snipe import authority
+    from snipe.urn import content_urn
+    urn = content_urn("code", b"code nobody here holds")
+    c = snipe.catalog()
+    c.put([c.sign(urn, authority.OWNER, cluster.user.key_id),
+           c.sign(urn, "manifest", {"entry": "main.py", "format": "snipe-code/1"})])
+    port = _closed_port()
+    busy = f"tcp://127.0.0.1:{port}#{DAEMON.key_id}"
+    holder = FakeDaemon(port, stall_s=0.5)
+    pose_as_host(cluster.catalog, DAEMON, "busy", busy)
+    try:
+        c.set(urn, "location", busy)
+        with DaemonClient(cluster.daemons[1].address, cluster.user, timeout=60) as client:
+            with pytest.raises(NotFound) as raised:
+                client.call("spawn", {"code": urn})
+            assert urn in str(raised.value) and "this holder was too busy" in str(raised.value), raised.value
+            assert client.call("ps")[0]["tasks"] == []
+    finally:
+        holder.close()
+
+
+def _spawn_or_error(code: str, host: str) -> Process | Exception:
+    try:
+        return snipe.spawn(code, "600", host=host)
+    except Exception as exc:      # said to the test, which asserts a Process
+        return exc

@@ -53,3 +53,16 @@ def test_waits_are_bounded_per_connection_and_in_all():
     assert w.drop_client(b"c1") == 2 and len(w) == 1        # a gone client's waits go with it
     w.add(b"c3", env(6), T1, 1.0, now=0.0)
     assert w.drop_client(b"nobody") == 0 and len(w) == 2
+
+
+def test_a_wait_is_held_a_while_at_most_then_answered_with_renew_and_its_slot_freed():
+    """A client that left quietly does not keep its slot until its timeout: the hold ends first,
+    and only a client still waiting asks again."""
+    w = Waits(total=1, hold_s=30.0)
+    a = w.add(b"gone", env(1), T1, 600.0, now=0.0)
+    with pytest.raises(QuotaExceeded):
+        w.add(b"other", env(2), T1, 600.0, now=1.0)
+    assert w.due(29.9, set().__contains__) == []
+    assert w.due(30.0, set().__contains__) == [a] and a.renew(30.0) and len(w) == 0
+    b = w.add(b"other", env(3), T1, 10.0, now=31.0)          # a timeout within the hold: no renew
+    assert w.due(41.0, set().__contains__) == [b] and not b.renew(41.0)

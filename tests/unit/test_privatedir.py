@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from snipe.errors import ConfigError
-from snipe.privatedir import default_runtime_dir, private_dir, refuse_if_not_ours
+from snipe.privatedir import default_runtime_dir, private_dir, refuse_if_not_ours, short_ipc_dir
 from snipe.runtime import runtime_home
 
 OTHER_UID = 65534           # nobody
@@ -100,3 +100,15 @@ def test_the_default_home_of_another_user_is_refused_but_one_the_user_names_is_t
     monkeypatch.setenv("SNIPE_HOME", str(squatted))
     assert runtime_home() == squatted       # named by the user: as it is
     assert stat.S_IMODE(os.stat(squatted).st_mode) == 0o777
+
+
+def test_a_folder_too_long_for_a_socket_path_has_a_short_private_stand_in_of_its_own(tmp_path: Path) -> None:
+    """Two clusters' hosts whose folders are both too long must not end up sharing one."""
+    a, b = tmp_path / ("a" * 120), tmp_path / ("b" * 120)
+    short = [short_ipc_dir(a), short_ipc_dir(b)]
+    try:
+        assert short[0] != short[1] and short_ipc_dir(a) == short[0]
+        assert all(len(str(p / "msg-0123456789abcdef.sock")) <= 100 and _mode(p) == 0o700 for p in short)
+    finally:
+        for p in short:
+            p.rmdir()
