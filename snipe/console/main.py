@@ -635,6 +635,9 @@ def _runs_lost_with_their_host(c: CatalogClient, hosts: dict[str, Entry], host_k
         where = entry.value("host", now)
         if task in ended_tasks or not isinstance(where, str) or where in live_hosts:
             continue
+        copies = entry.value("copies", now) if entry.value("mode", now) == "all" else None
+        if isinstance(copies, list) and live_hosts.intersection(h for h in copies if isinstance(h, str)):
+            continue                    # replicated in mode "all": `host` names copy 0; the others run on
         if task not in moved_on and entry.value("state", now) not in LIVE_TASK_STATES:
             continue                    # it ended there (a record names it as ended, or it had no figures)
         host_key = vouching_host_key(entry, host_keys, admin_key, now)

@@ -298,7 +298,8 @@ def test_usage_shows_a_task_lost_with_its_host_whether_it_had_moved_there_or_not
     """h2's daemon dies (killed -9, its lease lapses) and nobody records an end of its tasks: a
     task that had moved there from h1 is no longer "still running" but lost, and so is one that
     ran there from its start; what they used on h2 is unknown (null), what the moved one used on
-    h1 stays. A task on a live host is not listed (it has not ended)."""
+    h1 stays. A task on a live host is not listed (it has not ended), nor one replicated in mode
+    "all" whose other copy runs on."""
     from tests.integration.test_migration import PINGER, _ping
 
     (tmp_path / "pinger.py").write_text(PINGER.replace("bytes(192 << 20)", "b''"))
@@ -306,6 +307,8 @@ def test_usage_shows_a_task_lost_with_its_host_whether_it_had_moved_there_or_not
     moved = snipe.spawn(snipe.publish(tmp_path / "pinger.py"), host="h1", env={"SNIPE_MIGRATION_GRACE_S": "0.5"})
     sleeper = snipe.publish(tmp_path / "sleeper.py")
     stayed, elsewhere = snipe.spawn(sleeper, "600", host="h2"), snipe.spawn(sleeper, "600", host="h3")
+    # replicated in mode "all", copy 0 on h2 (its `host`) and one more that runs on elsewhere: not lost
+    copied = snipe.spawn(sleeper, "600", host="h2", replicas=2, mode="all")
     wait_for(lambda: snipe.catalog().get(moved.urn).value("listening", now_ms()) is True, 60, "the task to listen")
     assert moved.migrate("h2")["to"] == "urn:snipe:host:h2"
     assert _ping(moved, 1) == 1
@@ -326,6 +329,7 @@ def test_usage_shows_a_task_lost_with_its_host_whether_it_had_moved_there_or_not
     on_h1 = [t for t in data["tasks"] if t["urn"] == moved.urn and t["state"] == "migrated"]
     assert len(on_h1) == 1 and not on_h1[0]["task_running"] and on_h1[0]["cpu_seconds"] > 0, data
     assert elsewhere.urn not in {t["urn"] for t in data["tasks"]}, data          # it runs on, on h3
+    assert copied.urn not in {t["urn"] for t in data["tasks"]}, data             # its other copy runs on
     assert all(isinstance(t["ended_ms"], int) for t in data["tasks"]), data     # when h2's lease ran out
     assert [(g["tasks"], g["running"], g["lost"]) for g in data["groups"]] == [(2, 0, 2)], data
     by_host = {g["host"]: (g["tasks"], g["lost"]) for g in run_json(capsys, "usage", "--by", "host")["groups"]}
