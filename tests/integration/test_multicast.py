@@ -471,3 +471,114 @@ def _collected(member: snipe.Process, n: int) -> list[str]:
     """What COLLECTOR `member` got, once it has `n` messages."""
     return wait_for(lambda: (g := _value(member, "got") or []) and len(g) >= n and g, 60,  # type: ignore[return-value]
                     f"the member's {n} messages")
+
+
+ROLLING = textwrap.dedent('''
+    import sys, time, snipe
+    group, role = sys.argv[1], sys.argv[2]      # "listens", "member-sends" (a member that sends), "sends"
+    PACE_S = 0.01                 # between a sender's messages: at least this (a lower bound on time)
+    if role != "sends":
+        for attempt in range(5):  # a catalog that cannot answer in time (a loaded machine): try again
+            try:
+                snipe.join(group)
+                break
+            except snipe.SnipeError as exc:
+                print("join failed, trying again:", exc, file=sys.stderr)
+                time.sleep(1)
+        snipe.catalog().set(snipe.me(), "joined", True)
+    got, last, bad, holes, failures = {}, {}, 0, [], []
+    sending, sent, next_send = False, 0, 0.0
+    said, said_at = None, 0.0
+    end = time.monotonic() + 400
+    while time.monotonic() < end:
+        now = time.monotonic()
+        if sending and now >= next_send:
+            snipe.mcast(group, sent.to_bytes(8, "big"))
+            sent, next_send = sent + 1, now + PACE_S
+        m = snipe.recv(timeout=max(0.0, next_send - now) if sending else 0.2)
+        if m is not None and m.group is None and not m.failed:     # the test's word: go, or stop
+            sending = m.payload == b"go"
+            if not sending:
+                snipe.catalog().set(snipe.me(), "sent", sent)
+        elif m is not None and m.failed:
+            bad += 1
+            failures.append(str(m.reason)[:200])
+        elif m is not None:
+            n = int.from_bytes(m.payload[:8], "big")
+            if n != last.get(m.source, -1) + 1:
+                bad += 1
+                holes.append([m.source[-8:], last.get(m.source, -1) + 1, n - 1])
+            last[m.source] = n
+            got[m.source] = got.get(m.source, 0) + 1
+        state = (dict(got), bad)
+        if state != said and time.monotonic() - said_at >= 0.3:
+            snipe.catalog().set_many(snipe.me(), {"got": got, "bad": bad, "holes": holes[:10],
+                                                  "failures": failures[:5]})
+            said, said_at = state, time.monotonic()
+''')
+
+
+def _registered_with_all_routers(members: list[snipe.Process], routers: set[str]) -> bool:
+    """The group is back to full strength: `routers` are its live routers, and every member is
+    registered with them (what its guarantee against losing a router needs)."""
+    from snipe.multicast.groups import live_members
+
+    snipe.catalog().invalidate(GROUP)
+    entry = snipe.catalog().get(GROUP)
+    listed = live_members(entry, now_ms())
+    return _routers() == routers and all(set((listed.get(m.urn) or {}).get("routers") or ()) == routers
+                                         for m in members)
+
+
+def _got_from(member: snipe.Process, sender: snipe.Process) -> int:
+    return int((_value(member, "got") or {}).get(sender.urn, 0))        # type: ignore[union-attr]
+
+
+def test_members_keep_their_group_through_restarts_of_their_hosts_daemons(cluster: LocalCluster,
+                                                                          tmp_path: Path) -> None:
+    """Members on h1 and h2 (the group's two routers), a member on h1 and a process on h3
+    sending throughout. h1's daemon is killed and started again mid-stream, then h2's: each
+    restarted daemon routes the group again for its members, who do nothing (so the group
+    survives the second restart), and every member gets every message once, each sender's in
+    order, the member on h1 sending all along."""
+    code = publish(tmp_path, "rolling.py", ROLLING)
+    listeners = [snipe.spawn(code, GROUP, "listens", host=h) for h in ("h1", "h2", "h2")]
+    talker = snipe.spawn(code, GROUP, "member-sends", host="h1")
+    outsider = snipe.spawn(code, GROUP, "sends", host="h3")
+    members, senders = [*listeners, talker], [talker, outsider]
+    both = {"urn:snipe:host:h1", "urn:snipe:host:h2"}
+    wait_for(lambda: all(_value(m, "joined") for m in members), 60, "members to join")
+    wait_for(lambda: _registered_with_all_routers(members, both), 60, "h1 and h2 to route, every member with both")
+    for s in senders:
+        snipe.send(s.urn, b"go")
+
+    def progressed(by: int) -> None:
+        marks = {(m.urn, s.urn): _got_from(m, s) + by for m in members for s in senders}
+        wait_for(lambda: all(_got_from(m, s) >= marks[(m.urn, s.urn)] for m in members for s in senders), 90,
+                 f"every member to get {by} more messages from each sender")
+
+    progressed(50)
+    for i, host in ((0, "h1"), (1, "h2")):
+        cluster.kill_daemon(i)
+        cluster.start_daemon(i)
+        members_here = {m.urn for m in members if m.host == f"urn:snipe:host:{host}"}
+        wait_for(lambda i=i, here=members_here: here <= set(_mcast_status(cluster, i)["local"].get(GROUP, ())), 30,
+                 f"{host}'s restarted daemon to know its members again")
+        wait_for(lambda: _registered_with_all_routers(members, both), 60,
+                 f"{host} to route again after its restart, every member with both routers")
+        # 150 more paced messages: at least 1.5 s, so every sender has read the routers again
+        progressed(150)
+    for s in senders:
+        snipe.send(s.urn, b"stop")
+    sent = {s.urn: wait_for(lambda s=s: _value(s, "sent"), 60, "the senders to stop") for s in senders}
+
+    def complete() -> bool:
+        return all(_got_from(m, s) >= sent[s.urn] for m in members for s in senders)
+    try:
+        wait_for(complete, 90, "every member to get every message")
+    finally:
+        report = {m.urn[-8:]: (_value(m, "got"), _value(m, "bad"), _value(m, "holes"), _value(m, "failures"))
+                  for m in members}
+        print("sent:", sent, "members (got, bad, holes, failures):", report)
+    for m in members:
+        assert (_value(m, "got"), _value(m, "bad")) == (sent, 0), m.urn
