@@ -64,7 +64,6 @@ or many groups can delay elections but never let the host's lease or a router le
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -75,7 +74,7 @@ from typing import Any, Protocol
 from snipe.catalog.client import CatalogClient, now_ms
 from snipe.catalog.entry import Entry
 from snipe.catalog.protocol import MAX_BATCH_RECORDS
-from snipe.errors import QuotaExceeded, SnipeError
+from snipe.errors import QuotaExceeded, ServerError, SnipeError
 from snipe.messaging.channel import Deliver
 from snipe.messaging.endpoint import Endpoint
 from snipe.messaging.routes import shared_networks
@@ -249,24 +248,44 @@ class GroupRouter:
         self._check_bounds(group, key)
         entry = ensure_group(self.catalog, group)      # one read serves the election too (the loop waits on each)
         with self.lock:
+            record = self._record(group, joining=(member, key))
+        self._keep(group, record, strict=True)      # before it is answered: a restarted daemon knows it
+        with self.lock:
             self.local.setdefault(group, {})[member] = _Local(key, self.clock())
-        self._persist(group)            # before it is answered: a restarted daemon knows it
         return self._elect(group, entry)
 
     # --- durable state: what a restarted daemon starts from -------------------------------------
     def _persist(self, group: str) -> None:
-        """Keep `group`'s local members and whether this host routes it (or drop its record,
-        with neither) in the store, after each change to them."""
+        """Keep `group`'s local members and whether this host routes it in the store, after a
+        change to them (a failure is logged: what it failed to drop, a restart forgets by the
+        catalog's leases; what it failed to add, a restart may not know)."""
         with self.lock:
-            members = {u: m.key for u, m in self.local.get(group, {}).items()}
-            routing = group in self.routing or group in self.restored
+            record = self._record(group)
+        self._keep(group, record)
+
+    def _record(self, group: str, joining: tuple[str, str] | None = None) -> dict[str, Any] | None:
+        """(Under the lock.) `group`'s record for the store (None: nothing to keep), with the
+        member `joining` (URN, key) in it."""
+        members = {u: m.key for u, m in self.local.get(group, {}).items()}
+        if joining is not None:
+            members[joining[0]] = joining[1]
+        routing = group in self.routing or group in self.restored
+        return {"members": members, "routing": routing} if members or routing else None
+
+    def _keep(self, group: str, record: dict[str, Any] | None, strict: bool = False) -> None:
+        """Write `group`'s record (None: drop it); `strict`: a failure fails the request (a join
+        is not answered unless kept)."""
         try:
-            if members or routing:
-                self.store.put_group(group, {"members": members, "routing": routing})
+            if record is not None:
+                self.store.put_group(group, record)
             else:
                 self.store.drop_group(group)
-        except Exception as exc:        # the disk: routing goes on, a restart may then forget the group
-            log.error("%s: could not keep the state of %s (a restart would forget it): %s", self.host_urn,
+        except Exception as exc:        # whatever the store's disk or database raises (full, read-only)
+            if strict:
+                raise ServerError(f"{self.host_urn} could not keep {group} in its state ({exc}), so a restart "
+                                  f"would forget it; see to the daemon's state folder (full or read-only?), "
+                                  f"then join again") from exc
+            log.error("%s: could not keep the state of %s (a restart may not know it): %s", self.host_urn,
                       group, exc)
 
     def _restore(self) -> None:
@@ -278,10 +297,11 @@ class GroupRouter:
             if parsed is None:
                 log.warning("%s: dropped an unreadable record of multicast group %r from its state", self.host_urn,
                             group[:200])
-                with contextlib.suppress(Exception):
-                    self.store.drop_group(group)
+                self._keep(group, None)
                 continue
             members, routing = parsed
+            if not members and not routing:
+                self._keep(group, None)
             if members:
                 self.local[group] = {u: _Local(k, now) for u, k in members.items()}
             if routing:
@@ -589,7 +609,7 @@ class GroupRouter:
         MAX_UNROUTED_GROUPS such groups have state already, the least recently active of them
         is forgotten (its counters and history; a late duplicate is dropped by the members)."""
         with self.lock:
-            ours = self.routing | self.restored | set(self.local)
+            ours = self.routing | set(self.local)
         if group in ours:
             return
         unrouted = [(at, g) for g, at in list(self.last_traffic.items()) if g not in ours]
@@ -617,7 +637,7 @@ class GroupRouter:
         """(Endpoint thread, which alone adds relay state.) Drop the relay state of groups
         neither routed nor with a local member here that have been idle FORGET_IDLE_S."""
         with self.lock:
-            keep = self.routing | self.restored | set(self.local)
+            keep = self.routing | set(self.local)
         held = (self.relays, self.histories, self.views, self.ours, self.resumed, self.counts, self.pending,
                 self.last_traffic)
         idle = [g for g in set().union(*held) - keep if now - self.last_traffic.get(g, 0.0) >= FORGET_IDLE_S]
