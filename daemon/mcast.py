@@ -40,6 +40,21 @@ has been idle here FORGET_IDLE_S, and data or Resumes naming groups this host ne
 nor has members of get state for MAX_UNROUTED_GROUPS groups at most (the least recently active
 forgotten to make room): any process may name any group.
 
+Restart: which local members joined each group through this daemon (with their keys) and
+whether it routes the group are kept in the daemon's durable state (`GroupStore`, its LMDB), the
+join's before it is answered, so a daemon killed and started again (a crash, an upgrade) knows
+them at once and its first upkeep round decides each group as it would have: it stands for
+election again where a local member is live or a live member is registered with it (its lease
+written again, under the same name), and withdraws its old lease otherwise. Its members do
+nothing: to them it is a router that lost its relay state, as when a router dies and another
+takes over (every message went to another router too; what its history lacks another's
+holds). The catalog stays the truth about who is live: a restored member whose lease is not
+live is forgotten after the join grace, counted from the restart. Neither of the other places
+the state could come from would do: the catalog has no index from a host to its members'
+groups (a scan of every group in the cluster), nor the keys that joined; and members cannot
+tell that their daemon restarted within its lease (nothing they do fails), nor can every
+process that joined through it be reached to re-join.
+
 Upkeep: every min(1 s, lease / 4) the router leases of all groups this daemon routes are renewed
 in one batched catalog write (`_renew`), whatever the number of groups. The per-group part of `tick`
 (a catalog read: forget dead members, re-run the election) runs in slices of at most
@@ -54,12 +69,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from snipe.catalog.client import CatalogClient, now_ms
 from snipe.catalog.entry import Entry
 from snipe.catalog.protocol import MAX_BATCH_RECORDS
-from snipe.errors import QuotaExceeded, SnipeError
+from snipe.errors import QuotaExceeded, ServerError, SnipeError
 from snipe.messaging.channel import Deliver
 from snipe.messaging.endpoint import Endpoint
 from snipe.messaging.routes import shared_networks
@@ -127,6 +142,27 @@ class _View:
     routers: tuple[str, ...]       # live routers, this one included, sorted
 
 
+def _saved_group(group: str, record: Any) -> tuple[dict[str, str], bool] | None:
+    """A group's record as the store kept it: (member -> key, routing), or None when it is not
+    one (a damaged or foreign file is no reason not to start)."""
+    try:
+        validate_urn(group)
+    except SnipeError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("routing"), bool):
+        return None
+    members = record.get("members")
+    if not isinstance(members, dict) or not all(isinstance(u, str) and isinstance(k, str)
+                                                for u, k in members.items()):
+        return None
+    try:
+        for u in members:
+            validate_urn(u)
+    except SnipeError:
+        return None
+    return members, record["routing"]
+
+
 @dataclass(frozen=True, slots=True)
 class _Local:
     """A member that joined through this daemon."""
@@ -146,15 +182,39 @@ class GroupCounts:
     members: int = 0               # members delivered to, at the last view
 
 
+class GroupStore(Protocol):
+    """Where a router keeps, durably, each group's record: {"members": {member URN: key},
+    "routing": bool} (daemon/state.py's DaemonState)."""
+
+    def put_group(self, group: str, record: dict[str, Any]) -> None: ...
+    def drop_group(self, group: str) -> None: ...
+    def all_groups(self) -> dict[str, Any]: ...
+
+
+class _NoStore:
+    """A router that keeps nothing across restarts (tests, simulations)."""
+
+    def put_group(self, group: str, record: dict[str, Any]) -> None:
+        pass
+
+    def drop_group(self, group: str) -> None:
+        pass
+
+    def all_groups(self) -> dict[str, Any]:
+        return {}
+
+
 class GroupRouter:
     def __init__(self, host_urn: str, address: str, catalog: CatalogClient, endpoint: Endpoint, lease_s: float,
                  wanted: int = DEFAULT_WANTED, keep_lease: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, store: GroupStore | None = None) -> None:
         self.host_urn, self.address, self.catalog, self.endpoint = host_urn, address, catalog, endpoint
         self.lease_s, self.wanted = lease_s, wanted
         self.keep_lease, self.clock = keep_lease, clock
         self.local: dict[str, dict[str, _Local]] = {}   # group -> live member that joined here
         self.routing: set[str] = set()
+        self.store: GroupStore = store or _NoStore()
+        self.restored: set[str] = set()              # groups routed before a restart, not yet looked at since
         self.upkeep_due: list[str] = []              # groups this round of `tick` has yet to look at
         self.lock = threading.Lock()
         self.relays: dict[str, Relay] = {}
@@ -179,6 +239,7 @@ class GroupRouter:
         endpoint.turn_end.append(self._end_turn)
         self.next_refresh = 0.0
         self.next_renew = 0.0
+        self._restore()
 
     # --- daemon thread: requests and leases ----------------------------------------------------
     def join(self, group: str, member: str, key: str) -> list[str]:
@@ -187,19 +248,78 @@ class GroupRouter:
         self._check_bounds(group, key)
         entry = ensure_group(self.catalog, group)      # one read serves the election too (the loop waits on each)
         with self.lock:
+            record = self._record(group, joining=(member, key))
+        self._keep(group, record, strict=True)      # before it is answered: a restarted daemon knows it
+        with self.lock:
             self.local.setdefault(group, {})[member] = _Local(key, self.clock())
         return self._elect(group, entry)
+
+    # --- durable state: what a restarted daemon starts from -------------------------------------
+    def _persist(self, group: str) -> None:
+        """Keep `group`'s local members and whether this host routes it in the store, after a
+        change to them (a failure is logged: what it failed to drop, a restart forgets by the
+        catalog's leases; what it failed to add, a restart may not know)."""
+        with self.lock:
+            record = self._record(group)
+        self._keep(group, record)
+
+    def _record(self, group: str, joining: tuple[str, str] | None = None) -> dict[str, Any] | None:
+        """(Under the lock.) `group`'s record for the store (None: nothing to keep), with the
+        member `joining` (URN, key) in it."""
+        members = {u: m.key for u, m in self.local.get(group, {}).items()}
+        if joining is not None:
+            members[joining[0]] = joining[1]
+        routing = group in self.routing or group in self.restored
+        return {"members": members, "routing": routing} if members or routing else None
+
+    def _keep(self, group: str, record: dict[str, Any] | None, strict: bool = False) -> None:
+        """Write `group`'s record (None: drop it); `strict`: a failure fails the request (a join
+        is not answered unless kept)."""
+        try:
+            if record is not None:
+                self.store.put_group(group, record)
+            else:
+                self.store.drop_group(group)
+        except Exception as exc:        # whatever the store's disk or database raises (full, read-only)
+            if strict:
+                raise ServerError(f"{self.host_urn} could not keep {group} in its state ({exc}), so a restart "
+                                  f"would forget it; see to the daemon's state folder (full or read-only?), "
+                                  f"then join again") from exc
+            log.error("%s: could not keep the state of %s (a restart may not know it): %s", self.host_urn,
+                      group, exc)
+
+    def _restore(self) -> None:
+        """(At start.) The groups kept before a restart: their members are local again (the join
+        grace counted from now), the groups it routed looked at in the first upkeep round."""
+        now = self.clock()
+        for group, record in self.store.all_groups().items():
+            parsed = _saved_group(group, record)
+            if parsed is None:
+                log.warning("%s: dropped an unreadable record of multicast group %r from its state", self.host_urn,
+                            group[:200])
+                self._keep(group, None)
+                continue
+            members, routing = parsed
+            if not members and not routing:
+                self._keep(group, None)
+            if members:
+                self.local[group] = {u: _Local(k, now) for u, k in members.items()}
+            if routing:
+                self.restored.add(group)
+        if self.local or self.restored:
+            log.info("%s: restored %d multicast group(s) with local members and %d it routed; standing again "
+                     "where they still need it", self.host_urn, len(self.local), len(self.restored))
 
     def _check_bounds(self, group: str, key: str) -> None:
         with self.lock:
             if any(m.key == key for m in self.local.get(group, {}).values()):
                 return                  # this key is in the group already: nothing new to hold
             mine = sum(1 for members in self.local.values() if any(m.key == key for m in members.values()))
-            held = len(set(self.local) | self.routing)
+            held = len(set(self.local) | self.routing | self.restored)
         if mine >= MAX_GROUPS_PER_KEY:
             raise QuotaExceeded(f"mcast-join {group}: key {key[:16]}… already has members in {mine} groups on "
                                 f"{self.host_urn}, the most one key may ({MAX_GROUPS_PER_KEY}); leave one first")
-        if group not in self.local and group not in self.routing and held >= MAX_GROUPS:
+        if group not in self.local and group not in self.routing and group not in self.restored and held >= MAX_GROUPS:
             raise QuotaExceeded(f"mcast-join {group}: {self.host_urn} already serves {held} groups, the most it "
                                 f"takes ({MAX_GROUPS}); join through another host, or leave groups first")
 
@@ -211,11 +331,12 @@ class GroupRouter:
             if members is None:
                 return
             members.pop(member, None)
-            if members:
-                return
-            del self.local[group]
-            if group not in self.routing:
-                return
+            left_one = bool(members)
+            if not left_one:
+                del self.local[group]
+        self._persist(group)
+        if left_one or group not in self.routing:
+            return
         try:
             self.catalog.invalidate(group)
             entry = self.catalog.get(group)
@@ -237,9 +358,11 @@ class GroupRouter:
 
     def _step_down(self, group: str, why: str) -> None:
         with self.lock:
-            if group not in self.routing:
+            if group not in self.routing and group not in self.restored:
                 return
             self.routing.discard(group)
+            self.restored.discard(group)
+        self._persist(group)
         log.info("%s: stepping down as a router for %s (%s)", self.host_urn, group, why)
         try:
             self.catalog.delete(group, ROUTER + self.host_urn)
@@ -263,6 +386,10 @@ class GroupRouter:
                 standing = group in self.routing and self.host_urn in routers
                 new = group not in self.routing
                 self.routing.add(group)
+                again = group in self.restored
+                self.restored.discard(group)
+            if new:
+                self._persist(group)
             if not standing:
                 try:
                     self.catalog.set(group, ROUTER + self.host_urn, self._lease_value(group), ttl=self.lease_s)
@@ -270,9 +397,12 @@ class GroupRouter:
                     if new:
                         with self.lock:
                             self.routing.discard(group)
+                            if again:
+                                self.restored.add(group)      # looked at again next round
+                        self._persist(group)
                     raise
             if new:
-                log.info("%s: now a router for %s", self.host_urn, group)
+                log.info("%s: %s a router for %s", self.host_urn, "again" if again else "now", group)
             return sorted(set(routers) | {self.host_urn})
         if self.host_urn in routers:
             # Surplus (hosts elected themselves at once): withdraw the lease. Members move to the
@@ -282,6 +412,14 @@ class GroupRouter:
             self.catalog.delete(group, ROUTER + self.host_urn)
             with self.lock:
                 self.routing.discard(group)
+                self.restored.discard(group)
+            self._persist(group)
+        elif group in self.restored:
+            # routed before a restart, not wanted now (another took its place meanwhile): its old
+            # lease lapsed, or it is listed as no router stands (not in `routers`)
+            with self.lock:
+                self.restored.discard(group)
+            self._persist(group)
         return sorted(set(routers) - {self.host_urn})
 
     def _interfaces(self, host: str) -> list[dict[str, Any]]:
@@ -303,7 +441,7 @@ class GroupRouter:
                 return
             self.next_refresh = now + min(1.0, self.lease_s / 4)
             with self.lock:
-                self.upkeep_due = sorted(set(self.local) | self.routing, reverse=True)
+                self.upkeep_due = sorted(set(self.local) | self.routing | self.restored, reverse=True)
         ends = self.clock() + UPKEEP_SLICE_S
         while self.upkeep_due:
             g = self.upkeep_due.pop()
@@ -336,7 +474,7 @@ class GroupRouter:
         """Forget the local members of `group` that are not live (past the join grace), then stand
         for election, or step down when no live member is here or registered with this router."""
         with self.lock:
-            if group not in self.local and group not in self.routing:
+            if group not in self.local and group not in self.routing and group not in self.restored:
                 return                  # left since this round began (`leave` decided)
         self.catalog.invalidate(group)
         entry = self.catalog.get(group)
@@ -352,6 +490,7 @@ class GroupRouter:
                 del self.local[group]
             has_local = bool(members)
         if dead:
+            self._persist(group)
             log.info("%s: forgot %d member(s) of %s whose membership lease ran out: %s", self.host_urn,
                      len(dead), group, ", ".join(dead[:5]) + (" …" if len(dead) > 5 else ""))
         if has_local or self._registered_here(entry, wall):
@@ -374,7 +513,8 @@ class GroupRouter:
 
     def status(self) -> dict[str, Any]:
         with self.lock:
-            return {"routing": sorted(self.routing), "local": {g: sorted(m) for g, m in self.local.items()},
+            return {"routing": sorted(self.routing), "restored": sorted(self.restored),
+                    "local": {g: sorted(m) for g, m in self.local.items()},
                     "relayed": self.relayed, "replayed": self.replayed, "forged": self.forged,
                     "unrouted_evicted": self.unrouted_evicted, "forgotten": self.forgotten,
                     # the endpoint thread adds to these dicts: iterate over copies (list() is atomic)

@@ -198,8 +198,9 @@ class Daemon:
         self.endpoint.start(self._publish_comm)
         if self.relay is not None:
             self.relay.start()
+        # It restores the groups it served before a restart from the state (daemon/mcast.py).
         self.groups = GroupRouter(cfg.host_urn, cfg.address, self.catalog, self.endpoint, cfg.lease_s,
-                                  keep_lease=self._lease_while_blocked)
+                                  keep_lease=self._lease_while_blocked, store=self.state)
         self.next_lease = time.monotonic() + cfg.lease_s / 3
         self.watcher = TakeoverWatcher(cfg.host_urn, cfg.identity, cfg.catalog, cfg.admin_key,
                                        lambda claim, values: self.takeovers.put((claim, values)),

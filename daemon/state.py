@@ -1,7 +1,10 @@
-"""The daemon's own durable state: its tasks and its drain flag, in a small LMDB file.
+"""The daemon's own durable state: its tasks, its drain flag and the multicast groups it serves,
+in a small LMDB file.
 
 A daemon killed with SIGKILL and restarted reads its tasks back from here, re-adopts those
-still running and reports the rest as lost; nothing about a task lives only in memory.
+still running and reports the rest as lost; nothing about a task lives only in memory. So too
+the groups: which local members joined each through it (and with which key) and whether it
+routed it, written before a join is answered (daemon/mcast.py restores them).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class DaemonState:
             raise ConfigError(f"cannot open the daemon state at {path}: {exc}") from None
         self.tasks = self.env.open_db(b"tasks")
         self.meta = self.env.open_db(b"meta")
+        self.groups = self.env.open_db(b"groups")
 
     def close(self) -> None:
         self.env.close()
@@ -54,3 +58,22 @@ class DaemonState:
     def set_meta(self, name: str, value: Any) -> None:
         with self.env.begin(write=True) as txn:
             txn.put(name.encode(), msgpack.packb(value, use_bin_type=True), db=self.meta)
+
+    def put_group(self, group: str, record: dict[str, Any]) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(group.encode(), msgpack.packb(record, use_bin_type=True), db=self.groups)
+
+    def drop_group(self, group: str) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.delete(group.encode(), db=self.groups)
+
+    def all_groups(self) -> dict[str, Any]:
+        """Every group's record as stored (the reader checks their shape: a file on disk)."""
+        out: dict[str, Any] = {}
+        with self.env.begin() as txn:
+            for k, v in txn.cursor(db=self.groups):
+                try:
+                    out[bytes(k).decode()] = msgpack.unpackb(v, raw=False)
+                except (UnicodeDecodeError, ValueError, msgpack.UnpackException):
+                    out[bytes(k).decode(errors="replace")] = None
+        return out

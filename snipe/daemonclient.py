@@ -18,7 +18,8 @@ Requests (client -> snipe-daemon; the reply echoes the request id, kind "ok" or 
                                             QuotaExceeded past 64 groups per key or 512 per host
                                             (counting live members: one that ends is forgotten)
   mcast-leave {group, member}            -> {}
-  mcast-status                           -> {routing, local, relayed, ...}
+  mcast-status                           -> {routing, restored, local, relayed, ...} (restored: groups
+                                            it routed before a restart, not yet decided again)
 Who may do what: any admitted key may spawn and read; only a task's owner (the key that
 spawned it) or the admin may kill, signal, suspend or resume it; only the host's own key or the
 admin may drain; mcast-join and mcast-leave name as `member` a process the caller speaks for

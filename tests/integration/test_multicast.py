@@ -471,3 +471,156 @@ def _collected(member: snipe.Process, n: int) -> list[str]:
     """What COLLECTOR `member` got, once it has `n` messages."""
     return wait_for(lambda: (g := _value(member, "got") or []) and len(g) >= n and g, 60,  # type: ignore[return-value]
                     f"the member's {n} messages")
+
+
+ROLLING = textwrap.dedent('''
+    import sys, time, snipe
+    group, role = sys.argv[1], sys.argv[2]      # "listens", "member-sends" (a member that sends), "sends"
+    PACE_S = 0.01                 # between a sender's messages: at least this (a lower bound on time)
+    if role != "sends":
+        for attempt in range(5):  # a catalog that cannot answer in time (a loaded machine): try again
+            try:
+                snipe.join(group)
+                break
+            except snipe.SnipeError as exc:
+                print("join failed, trying again:", exc, file=sys.stderr)
+                time.sleep(1)
+        snipe.catalog().set(snipe.me(), "joined", True)
+    got, last, bad, holes, failures, send_errors = {}, {}, 0, [], [], []
+    sending, sent, next_send = False, 0, 0.0
+    said, said_at = None, 0.0
+    end = time.monotonic() + 400
+    while time.monotonic() < end:
+        now = time.monotonic()
+        if sending and now >= next_send:
+            next_send = now + PACE_S
+            try:                  # an error takes no sequence number: the same message goes again
+                snipe.mcast(group, sent.to_bytes(8, "big"))
+                sent += 1
+            except snipe.SnipeError as exc:
+                send_errors.append(f"{round(time.time(), 2)} {exc}"[:200])
+        m = snipe.recv(timeout=max(0.0, next_send - now) if sending else 0.2)
+        if m is not None and m.group is None and not m.failed:     # the test's word: go, or stop
+            sending = m.payload == b"go"
+            if not sending:
+                snipe.catalog().set(snipe.me(), "sent", sent)
+        elif m is not None and m.failed:
+            bad += 1
+            failures.append(str(m.reason)[:200])
+        elif m is not None:
+            n = int.from_bytes(m.payload[:8], "big")
+            if n != last.get(m.source, -1) + 1:
+                bad += 1
+                holes.append([m.source[-8:], last.get(m.source, -1) + 1, n - 1])
+            last[m.source] = n
+            got[m.source] = got.get(m.source, 0) + 1
+        state = (dict(got), bad, len(send_errors))
+        if state != said and time.monotonic() - said_at >= 0.3:
+            try:                  # a catalog slow to answer on a loaded machine: said next time
+                snipe.catalog().set_many(snipe.me(), {"got": got, "bad": bad, "holes": holes[:10],
+                                                      "failures": failures[:5], "send_errors": send_errors[-5:]})
+                said = state
+            except snipe.SnipeError as exc:
+                print("could not report:", exc, file=sys.stderr)
+            said_at = time.monotonic()
+''')
+
+
+def _registered_with_all_routers(members: list[snipe.Process], routers: set[str]) -> bool:
+    """The group is back to full strength: `routers` are its live routers, and every member is
+    registered with them (what its guarantee against losing a router needs)."""
+    from snipe.multicast.groups import live_members
+
+    snipe.catalog().invalidate(GROUP)
+    entry = snipe.catalog().get(GROUP)
+    listed = live_members(entry, now_ms())
+    return _routers() == routers and all(set((listed.get(m.urn) or {}).get("routers") or ()) == routers
+                                         for m in members)
+
+
+def _rolling_report(cluster: LocalCluster, members: list[snipe.Process], senders: list[snipe.Process]) -> Any:
+    """What a stalled or failed run needs to be understood: each task's counts and stderr's end,
+    the group's entry, each daemon's multicast state."""
+    from snipe.multicast.groups import live_members
+
+    def stderr_tail(p: snipe.Process) -> str:
+        task = p.urn.rsplit(":", 1)[1]
+        found = [f for d in cluster.daemons for f in (d.state_dir / "tasks" / task).glob("*.stderr")]
+        return found[0].read_text(errors="replace")[-600:] if found else ""
+
+    def daemon(i: int) -> Any:
+        try:
+            st = _mcast_status(cluster, i)
+            return {k: st.get(k) for k in ("routing", "restored", "local", "served")}
+        except Exception as exc:            # a report: what it could not learn, it says
+            return repr(exc)
+
+    snipe.catalog().invalidate(GROUP)
+    entry = snipe.catalog().get(GROUP)
+    return {"tasks": {p.urn[-8:]: {"host": p.host, **{k: _value(p, k) for k in ("got", "bad", "holes", "failures",
+                                                                                "send_errors", "sent")},
+                                   "stderr": stderr_tail(p)} for p in {*members, *senders}},
+            "routers": sorted(_routers()),
+            "registered": {u[-8:]: v.get("routers") for u, v in live_members(entry, now_ms()).items()},
+            "daemons": {d.host_id: daemon(i) for i, d in enumerate(cluster.daemons)}}
+
+
+def _got_from(member: snipe.Process, sender: snipe.Process) -> int:
+    return int((_value(member, "got") or {}).get(sender.urn, 0))        # type: ignore[union-attr]
+
+
+def test_members_keep_their_group_through_restarts_of_their_hosts_daemons(cluster: LocalCluster,
+                                                                          tmp_path: Path) -> None:
+    """Members on h1 and h2 (the group's two routers), a member on h1 and a process on h3
+    sending throughout. h1's daemon is killed and started again mid-stream, then h2's (down
+    past its router lease): each restarted daemon routes the group again for its members, who
+    do nothing (so the group survives the second restart), and every member gets every message
+    once, each sender's in order, the member on h1 sending all along."""
+    code = publish(tmp_path, "rolling.py", ROLLING)
+    listeners = [snipe.spawn(code, GROUP, "listens", host=h) for h in ("h1", "h2", "h2")]
+    talker = snipe.spawn(code, GROUP, "member-sends", host="h1")
+    outsider = snipe.spawn(code, GROUP, "sends", host="h3")
+    members, senders = [*listeners, talker], [talker, outsider]
+    both = {"urn:snipe:host:h1", "urn:snipe:host:h2"}
+    wait_for(lambda: all(_value(m, "joined") for m in members), 60, "members to join")
+    wait_for(lambda: _registered_with_all_routers(members, both), 60, "h1 and h2 to route, every member with both")
+    for s in senders:
+        snipe.send(s.urn, b"go")
+
+    def progressed(by: int) -> None:
+        marks = {(m.urn, s.urn): _got_from(m, s) + by for m in members for s in senders}
+        try:
+            wait_for(lambda: all(_got_from(m, s) >= marks[(m.urn, s.urn)] for m in members for s in senders), 90,
+                     f"every member to get {by} more messages from each sender")
+        except AssertionError:
+            print("stalled:", json.dumps(_rolling_report(cluster, members, senders), default=str))
+            raise
+
+    progressed(50)
+    # h1 comes back at once (within its router lease), h2 once its lease has run out (every
+    # member moved to h1 alone, then back to both)
+    for i, host, down_past_lease in ((0, "h1", False), (1, "h2", True)):
+        cluster.kill_daemon(i)
+        if down_past_lease:
+            wait_for(lambda host=host: _routers() == both - {f"urn:snipe:host:{host}"}, 30,
+                     f"{host}'s router lease to run out")
+        cluster.start_daemon(i)
+        members_here = {m.urn for m in members if m.host == f"urn:snipe:host:{host}"}
+        wait_for(lambda i=i, here=members_here: here <= set(_mcast_status(cluster, i)["local"].get(GROUP, ())), 30,
+                 f"{host}'s restarted daemon to know its members again")
+        wait_for(lambda: _registered_with_all_routers(members, both), 60,
+                 f"{host} to route again after its restart, every member with both routers")
+        # 150 more paced messages: at least 1.5 s, so every sender has read the routers again
+        progressed(150)
+    for s in senders:
+        snipe.send(s.urn, b"stop")
+    sent = {s.urn: wait_for(lambda s=s: _value(s, "sent"), 60, "the senders to stop") for s in senders}
+
+    def complete() -> bool:
+        return all(_got_from(m, s) >= sent[s.urn] for m in members for s in senders)
+    try:
+        wait_for(complete, 90, "every member to get every message")
+    finally:
+        print("sent:", sent, json.dumps(_rolling_report(cluster, members, senders), default=str))
+    for m in members:
+        assert (_value(m, "got"), _value(m, "bad")) == (sent, 0), m.urn
