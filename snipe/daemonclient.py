@@ -2,7 +2,10 @@
 
 Requests (client -> snipe-daemon; the reply echoes the request id, kind "ok" or "error"):
   hello                                  -> {protocols, host, key, endpoint}
-  spawn   {code, args, env, quota, notify, owner_urn} -> {urn, pid, host}
+  spawn   {code, args, env, quota, notify, owner_urn, timeout} -> {urn, pid, host}: `timeout`, how
+                                            long the client waits for the answer (SPAWN_TIMEOUT_S if
+                                            absent): a spawn still waiting for its code to be fetched
+                                            then is answered with an error, and nothing is started
   status  {urn}                          -> {urn, state, pid, cpu_s, rss, open_files, age_s, exit_code, reason}
   wait    {urn, timeout}                 -> {..status.., stderr_tail}: when the task ends or after
                                             timeout s (at most MAX_WAIT_S; a longer one is refused),
@@ -49,6 +52,7 @@ MAX_WAIT_S = 3600.0      # the longest `wait` timeout a daemon takes; a longer w
 # timeout has not passed); a client still waiting asks again. A wait whose client left quietly
 # thus frees its slot within this: a ROUTER says nothing of a peer that left.
 WAIT_HOLD_S = 30.0
+SPAWN_TIMEOUT_S = 120.0  # how long snipe's spawn waits for a daemon's answer (a fetch of the code included)
 WAIT_TURN_S = 0.2        # `call`: how often it looks up from a wait (and calls `while_waiting`)
 
 
