@@ -517,7 +517,8 @@ class Daemon:
                     # once took 50 ms each), and not counted among the client's waits
                     self._reply(client, env.reply(**self._status(urn), stderr_tail=self._stderr_tail(urn)))
                 else:
-                    self.waiters.add(client, env, urn, seconds_of(env, "timeout", 3600.0), time.monotonic())
+                    self.waiters.add(client, env, urn, seconds_of(env, "timeout", 3600.0), time.monotonic(),
+                                     renew=field_of(env, "renew", bool, False))
             case "kill" | "suspend" | "resume" | "signal":
                 urn = self._known(env)
                 self._check_controller(key, urn)

@@ -842,7 +842,8 @@ class Process:
             # a daemon takes a wait of MAX_WAIT_S at most, and holds one a while (WAIT_HOLD_S)
             # before it answers `renew`: either way what is left is asked for again
             left = max(0.0, limit - time.monotonic())
-            reply = self._call("wait", rpc_timeout=min(left, MAX_WAIT_S) + 10, timeout=min(left, MAX_WAIT_S))
+            reply = self._call("wait", rpc_timeout=min(left, MAX_WAIT_S) + 10, timeout=min(left, MAX_WAIT_S),
+                               renew=True)
             if reply.get("state") == "migrated" and moves < 64:     # followed to its new host
                 moves += 1
                 self._supervisor = None
