@@ -1255,6 +1255,10 @@ def _users_environment(env: Envelope) -> dict[str, str]:
     """A spawn's `env`, checked, and refused if it names a variable the daemon sets itself."""
     extra = environment_of(env, "env")
     taken = sorted(DAEMON_SET_ENV.intersection(extra))
+    if "SNIPE_CHECKPOINT_EVERY" in taken:
+        raise CodecError("spawn: env sets SNIPE_CHECKPOINT_EVERY, which the daemon sets itself from the spawn's "
+                         "checkpoint period: pass checkpoint_every= to snipe.spawn (the request's checkpoint_every) "
+                         "instead, and leave it out of env")
     if taken:
         raise CodecError(f"spawn: env sets {', '.join(taken)}, which the daemon sets itself for every task "
                          "(where it keeps its sockets, its key, its catalog...); leave them out")
