@@ -143,10 +143,14 @@ class DaemonConfig:
 
 class Daemon:
     def __init__(self, cfg: DaemonConfig) -> None:
+        # absolute: the paths under it that tasks are given (SNIPE_IPC_DIR, SNIPE_KEY_FILE) must
+        # not resolve against a task's own working folder
+        cfg.state_dir = cfg.state_dir.absolute()
         self.cfg = cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         # Its endpoint's ipc socket goes in this host's own folder, and so do its tasks' (_task_env).
-        self.ipc_dir = private_dir(cfg.state_dir / "msg")
+        self.ipc_dir = private_dir(cfg.state_dir / "msg", fix=f"set the daemon's state_dir (--state-dir; now "
+                                                              f"{cfg.state_dir}) to a folder of its own user's")
         self.state = DaemonState(cfg.state_dir / "state")
         self.codes = CodeCache(cfg.state_dir / "code")
         self.files = CodeCache(cfg.state_dir / "files", kind="file")     # checkpoints others stored here
