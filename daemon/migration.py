@@ -162,7 +162,8 @@ class Migrations:
                 "env": rec.get("env", {}), "quota": record["quota"], "owner": rec["owner"],
                 "notify": rec.get("notify", []), "events": rec["events"], "seq": rec["seq"],
                 "restart": rec.get("restart"), "every": float(rec.get("every") or 0.0),
-                "seed": ident.seed.hex(), "from": d.cfg.host_urn}
+                "seed": ident.seed.hex(), "from": d.cfg.host_urn,
+                "timeout": mig.core.clone_timeout}        # the target gives up then too (a fetch of the code)
 
     def task_report(self, client: bytes, key: str, env: Envelope) -> None:
         """`migrate-done {urn, id, ok, reason}` from the migrating task itself."""
@@ -302,6 +303,9 @@ class Migrations:
 
     def clone_drop(self, client: bytes, key: str, env: Envelope) -> None:
         d = self.d
+        if d.drop_parked_clone(key, validate_urn(field_of(env, "urn", str)), field_of(env, "id", str)):
+            d._reply(client, env.reply())       # it was waiting for its code: never launched
+            return
         urn = d._known(env)
         rec = d.tasks[urn]
         source = rec.get("from")

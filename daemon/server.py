@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from snipe_daemon.fetches import AwaitingCode, CodeFetches, FetchEnded
+from snipe_daemon.fetches import AwaitingCode, CodeFetches, FetchEnded, ask_holders
 from snipe_daemon.fields import environment_of, seconds_of, shown, texts_of
 from snipe_daemon.hostinfo import LoadSampler, collect_host_info
 from snipe_daemon.locations import LiveDaemons, Republisher
 from snipe_daemon.mcast import GroupRouter
-from snipe_daemon.migration import MIGRATION_FAILED, Migrations
+from snipe_daemon.migration import CLONE_TIMEOUT_S, MIGRATION_FAILED, Migrations
 from snipe_daemon.pool import WarmPool, reap_orphans
 from snipe_daemon.relay import Relay
 from snipe_daemon.state import DaemonState
@@ -49,10 +49,11 @@ from snipe.bidding import DEFAULT_PRICE, HostState, Refusal, bid
 from snipe.catalog.client import CatalogClient
 from snipe.code import CodeCache, entry_argv
 from snipe.code import verify as verify_blob
-from snipe.daemonclient import PROTOCOL, VERSION, VERSIONS, WAIT_HOLD_S, DaemonClient
+from snipe.daemonclient import PROTOCOL, SPAWN_TIMEOUT_S, VERSION, VERSIONS, WAIT_HOLD_S, DaemonClient
 from snipe.errors import (
     CodecError,
     ConfigError,
+    MigrationFailed,
     NotAuthorized,
     NotFound,
     QuotaExceeded,
@@ -95,11 +96,14 @@ STANDBY_CHECKPOINT_S = 1.0     # a standby-replicated task checkpoints this ofte
 
 @dataclass(frozen=True)
 class ParkedRequest:
-    """A request that waits for code to be fetched: served again once it is here."""
+    """A request that waits for code to be fetched: served again once it is here, unless its
+    client stopped waiting first (`expires`, monotonic: its timeout from when it came). Only
+    spawn and clone fetch code, and neither carries frames: none are kept (they may be 1 GiB)."""
     client: bytes
     key: str
     env: Envelope
-    frames: list[bytes]
+    code: str
+    expires: float
 
 
 @dataclass(frozen=True)
@@ -139,10 +143,14 @@ class DaemonConfig:
 
 class Daemon:
     def __init__(self, cfg: DaemonConfig) -> None:
+        # absolute: the paths under it that tasks are given (SNIPE_IPC_DIR, SNIPE_KEY_FILE) must
+        # not resolve against a task's own working folder
+        cfg.state_dir = cfg.state_dir.absolute()
         self.cfg = cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         # Its endpoint's ipc socket goes in this host's own folder, and so do its tasks' (_task_env).
-        self.ipc_dir = private_dir(cfg.state_dir / "msg")
+        self.ipc_dir = private_dir(cfg.state_dir / "msg", fix=f"set the daemon's state_dir (--state-dir; now "
+                                                              f"{cfg.state_dir}) to a folder of its own user's")
         self.state = DaemonState(cfg.state_dir / "state")
         self.codes = CodeCache(cfg.state_dir / "code")
         self.files = CodeCache(cfg.state_dir / "files", kind="file")     # checkpoints others stored here
@@ -245,17 +253,33 @@ class Daemon:
         self._publish_host()
 
     def close(self) -> None:
+        answered = self._answer_parked_on_shutdown()
         self.watcher.stop()
         self.endpoint.close()
         if self.relay is not None:
             self.relay.close()
         self.pool.close()
-        self.fetches.close()
-        self._close_base()
+        # a moment for those answers to leave; none otherwise (a stopping daemon waits for no peer)
+        self._close_base(linger_ms=1000 if answered else 0)
 
-    def _close_base(self) -> None:
+    def _answer_parked_on_shutdown(self) -> int:
+        """Stop the code fetches, and answer every request still waiting for one: this daemon
+        will not serve it. How many were answered (parked takeovers need no answer: the claim
+        is ours, and a takeover watcher finds the task again when the daemon is back)."""
+        answered = 0
+        for waiter in self.fetches.close():
+            if isinstance(waiter, ParkedRequest):
+                why = (f"{waiter.env.kind}: not served: {self.cfg.host_urn}'s daemon is shutting down while code "
+                       f"{waiter.code} was being fetched for it; nothing was started, ask again (another host, or "
+                       "this one once it is back)")
+                self._reply(waiter.client, waiter.env.error_reply(
+                    MigrationFailed(why) if waiter.env.kind == "clone" else Unreachable(why)))
+                answered += 1
+        return answered
+
+    def _close_base(self, linger_ms: int = 0) -> None:
         """Close what __init__ opens before the warm pool starts (also when binding fails)."""
-        self.router.close(0)
+        self.router.close(linger_ms)
         self.gate.stop()
         self.admission.close()
         self.catalog.close()
@@ -270,19 +294,8 @@ class Daemon:
         self._poll_tasks()
         if self.relocation is not None and self.relocation.step(now):
             self.relocation = None
-        while not self.takeovers.empty():
-            claim, values = self.takeovers.get_nowait()
-            try:
-                if claim is None and "copy" in values:      # run our copy of a task in mode "all"
-                    self._start_copy(values)
-                elif claim is None:          # we stand by for a replicated task: hold its code
-                    self._fetch_code(validate_urn(str(values["code"])))
-                else:
-                    self._take_over(claim, values)
-            except AwaitingCode as wanted:       # tried again once the code is here
-                self.fetches.start(wanted, ParkedTakeover(claim, values))
-            except SnipeError as exc:
-                self._takeover_failed(now, claim, values, exc)
+        self._run_takeovers(now)
+        self._expire_parked(now)
         for item in [r for r in self._takeover_retries if r[0] <= now]:
             self._takeover_retries.remove(item)
             self.takeovers.put((item[1], item[2]))
@@ -295,7 +308,34 @@ class Daemon:
         self._answer_waits(now)
         self._keep_lease(now)
 
+    def _run_takeovers(self, now: float) -> None:
+        """Carry out the takeovers, copies and standby code fetches queued (`takeovers`)."""
+        while not self.takeovers.empty():
+            claim, values = self.takeovers.get_nowait()
+            try:
+                if claim is None and "copy" in values:      # run our copy of a task in mode "all"
+                    self._start_copy(values)
+                elif claim is None:          # we stand by for a replicated task: hold its code
+                    self._fetch_code(validate_urn(str(values["code"])))
+                else:
+                    self._take_over(claim, values)
+            except AwaitingCode as wanted:       # tried again once the code is here
+                self._park_takeover(now, claim, values, wanted)
+            except SnipeError as exc:
+                self._takeover_failed(now, claim, values, exc)
+
+    def _park_takeover(self, now: float, claim: Claim | None, values: dict[str, Any], wanted: AwaitingCode) -> None:
+        if wanted.urn == values.get("_fetched"):        # never fetch in circles
+            self._takeover_failed(now, claim, values, ServerError(
+                f"code {wanted.urn} was fetched but is not installed in this daemon's code folder"))
+            return
+        try:
+            self.fetches.start(wanted, ParkedTakeover(claim, values))
+        except QuotaExceeded as exc:        # counted as a failed attempt: tried again after a while
+            self._takeover_failed(now, claim, values, exc)
+
     def _takeover_failed(self, now: float, claim: Claim | None, values: dict[str, Any], exc: SnipeError) -> None:
+        values = {k: v for k, v in values.items() if k != "_fetched"}    # a later try may fetch again
         tries = int(values.get("_tries", 0)) + 1
         log.warning("could not %s (attempt %d of %d): %s", f"take over {claim.urn}" if claim else
                     "start a copy or fetch standby code", tries, TAKEOVER_TRIES, exc)
@@ -318,14 +358,38 @@ class Daemon:
 
     def _carry_on(self, waiter: ParkedRequest | ParkedTakeover, done: FetchEnded) -> None:
         match waiter, done.error:
-            case ParkedRequest(client, key, env, frames), None:
-                self._serve(client, key, env, frames, fetched=done.urn)
-            case ParkedRequest(client, _, env, _), error:
+            case ParkedRequest(), _ if waiter.expires <= time.monotonic():
+                self._reply(waiter.client, waiter.env.error_reply(self._expired(waiter)))
+            case ParkedRequest(client, key, env, _, expires), None:
+                self._serve(client, key, env, [], fetched=done.urn, expires=expires)
+            case ParkedRequest(client, _, env, _, _), error:
                 self._reply(client, env.error_reply(error))
             case ParkedTakeover(claim, values), None:
-                self.takeovers.put((claim, values))
+                self.takeovers.put((claim, {**values, "_fetched": done.urn}))
             case ParkedTakeover(claim, values), error:
                 self._takeover_failed(time.monotonic(), claim, values, error)
+
+    def _expire_parked(self, now: float) -> None:
+        """Answer the parked requests whose clients stopped waiting: never served after that."""
+        for waiter in self.fetches.take_out(lambda w: isinstance(w, ParkedRequest) and w.expires <= now):
+            self._reply(waiter.client, waiter.env.error_reply(self._expired(waiter)))
+
+    def _expired(self, waiter: ParkedRequest) -> SnipeError:
+        why = (f"{waiter.env.kind}: not served: code {waiter.code} was not fetched to {self.cfg.host_urn} within "
+               f"the {_client_waits(waiter.env):g} s its client waits for the answer; nothing was started, ask again")
+        return MigrationFailed(why) if waiter.env.kind == "clone" else NotFound(why)
+
+    def drop_parked_clone(self, key: str, urn: str, mid: str) -> bool:
+        """`clone-drop` of a clone still waiting for its code: answered, never launched. Whether
+        there was one (asked for by `key`, or the admin's)."""
+        def dropped(w: Any) -> bool:
+            return isinstance(w, ParkedRequest) and w.env.kind == "clone" and w.env.body.get("urn") == urn \
+                and w.env.body.get("id") == mid and key in (w.key, self.cfg.admin_key.hex())
+        clones = self.fetches.take_out(dropped)
+        for w in clones:
+            self._reply(w.client, w.env.error_reply(MigrationFailed(
+                f"the migration of {urn} was abandoned while its clone waited for code {w.code}; nothing was started")))
+        return bool(clones)
 
     def _answer_waits(self, now: float) -> None:
         for w in self.waiters.due(now, lambda urn: urn not in self.tasks or self._ended(urn)):
@@ -398,9 +462,11 @@ class Daemon:
             # the host lease lapse (our tasks would be reported lost and stopped)
             self._lease_while_blocked()
 
-    def _serve(self, client: bytes, key: str, env: Envelope, frames: list[bytes], *, fetched: str = "") -> None:
+    def _serve(self, client: bytes, key: str, env: Envelope, frames: list[bytes], *, fetched: str = "",
+               expires: float | None = None) -> None:
         """Answer one request; one that needs code not held here yet is parked until it is
-        fetched, then served again (`fetched`: the code that was, which must now be here)."""
+        fetched, then served again (`fetched`: the code that was, which must now be here;
+        `expires`: when its client stops waiting, kept from when it was first parked)."""
         try:
             check_version(env, PROTOCOL, VERSIONS)
             self._handle(client, key, env, frames)
@@ -408,18 +474,25 @@ class Daemon:
             if wanted.urn == fetched:       # never fetch in circles
                 self._reply(client, env.error_reply(ServerError(
                     f"code {wanted.urn} was fetched but is not installed in this daemon's code folder")))
-            elif self.fetches.full():
-                self._reply(client, env.error_reply(QuotaExceeded(
-                    f"{env.kind}: {len(self.fetches)} requests already wait for code to be fetched by "
-                    f"{self.cfg.host_urn}, the most it holds; try again shortly")))
             else:
-                self.fetches.start(wanted, ParkedRequest(client, key, env, frames))
+                self._park(client, key, env, wanted, expires)
         except SnipeError as exc:
             self._reply(client, env.error_reply(exc))
         except Exception as exc:  # a bug here must not take the host's daemon down
             log.exception("failed on %s", env.kind)
             self._reply(client, env.error_reply(ServerError(
                 f"the daemon failed on {env.kind!r} ({exc.__class__.__name__}: {exc}); it keeps serving")))
+
+    def _park(self, client: bytes, key: str, env: Envelope, wanted: AwaitingCode, expires: float | None) -> None:
+        """Park a request until its code is fetched, within the fetches' bounds."""
+        try:
+            if expires is None:
+                expires = time.monotonic() + _client_waits(env)
+            self.fetches.start(wanted, ParkedRequest(client, key, env, wanted.urn, expires), client)
+        except QuotaExceeded as exc:
+            self._reply(client, env.error_reply(QuotaExceeded(f"{env.kind}: {exc}")))
+        except SnipeError as exc:
+            self._reply(client, env.error_reply(exc))
 
     def _reply(self, client: bytes, env: Envelope, frames: tuple[bytes, ...] | list[bytes] = ()) -> bool:
         """Send a reply (dropped if the client's queue is full); False if the client is gone."""
@@ -449,7 +522,8 @@ class Daemon:
                     # once took 50 ms each), and not counted among the client's waits
                     self._reply(client, env.reply(**self._status(urn), stderr_tail=self._stderr_tail(urn)))
                 else:
-                    self.waiters.add(client, env, urn, seconds_of(env, "timeout", 3600.0), time.monotonic())
+                    self.waiters.add(client, env, urn, seconds_of(env, "timeout", 3600.0), time.monotonic(),
+                                     renew=field_of(env, "renew", bool, False))
             case "kill" | "suspend" | "resume" | "signal":
                 urn = self._known(env)
                 self._check_controller(key, urn)
@@ -925,18 +999,21 @@ class Daemon:
         holders, errors = self._live_daemons(_now_ms()).holders(
             (str(a) for a in ckpt.get("holders", [])), besides=self.cfg.address)
         waits_end = time.monotonic() + self.cfg.lease_s / 2
-        for i, address in enumerate(holders):
-            try:
-                with DaemonClient(address, self.cfg.identity, timeout=30.0) as peer:
-                    _, frames = peer.call("get-file", {"urn": urn}, while_waiting=self._lease_while_blocked,
-                                          connect_wait=self._holder_wait(waits_end, i + 1 == len(holders)))
-                # Checked, not kept: this host is no holder of the checkpoint (nobody would drop
-                # a copy here), and the restore reads the bytes once.
-                verify_blob(bytes(frames[0]), urn)           # raises unless the bytes hash to the URN
-                return bytes(frames[0])
-            except SnipeError as exc:
-                errors.append(f"{address}: {exc}")
-        raise NotFound(f"no holder could supply checkpoint {urn}: " + ("; ".join(errors) or "none is listed"))
+
+        def limits(last: bool) -> tuple[float, float]:
+            return 30.0, self._holder_wait(waits_end, last)
+
+        def checked(blob: bytes) -> bytes:
+            # Checked, not kept: this host is no holder of the checkpoint (nobody would drop a
+            # copy here), and the restore reads the bytes once.
+            verify_blob(blob, urn)           # raises unless the bytes hash to the URN
+            return blob
+        # On this loop (a takeover is rare), which keeps the host lease meanwhile.
+        got = ask_holders(holders, self.cfg.identity, "get-file", urn, checked, limits, errors,
+                          self._lease_while_blocked)
+        if got is None:
+            raise NotFound(f"no holder could supply checkpoint {urn}: " + ("; ".join(errors) or "none is listed"))
+        return got[0]
 
     def _put_as(self, identity: Identity, urn: str, values: dict[str, Any]) -> None:
         """Write a taken-over task's names signed by its own key (the host key is not its owner)."""
@@ -1183,10 +1260,20 @@ def _users_environment(env: Envelope) -> dict[str, str]:
     """A spawn's `env`, checked, and refused if it names a variable the daemon sets itself."""
     extra = environment_of(env, "env")
     taken = sorted(DAEMON_SET_ENV.intersection(extra))
+    if "SNIPE_CHECKPOINT_EVERY" in taken:
+        raise CodecError("spawn: env sets SNIPE_CHECKPOINT_EVERY, which the daemon sets itself from the spawn's "
+                         "checkpoint period: pass checkpoint_every= to snipe.spawn (the request's checkpoint_every) "
+                         "instead, and leave it out of env")
     if taken:
         raise CodecError(f"spawn: env sets {', '.join(taken)}, which the daemon sets itself for every task "
                          "(where it keeps its sockets, its key, its catalog...); leave them out")
     return extra
+
+
+def _client_waits(env: Envelope) -> float:
+    """How long the client of a spawn or clone waits for the answer: its `timeout`, else what
+    snipe's clients wait (the migration's clone timeout for a clone)."""
+    return seconds_of(env, "timeout", CLONE_TIMEOUT_S if env.kind == "clone" else SPAWN_TIMEOUT_S)
 
 
 def _now_ms() -> int:

@@ -1,22 +1,26 @@
 """The daemon's pending `wait` requests: who waits on which task, until when, within bounds.
 
-A `wait` is answered when its task ends or its deadline passes, whichever is first, and else
-when its hold ends (`hold_s`, WAIT_HOLD_S by default): then with renew, and a client still
-waiting asks again (snipe's Process.wait does). What a client may make the daemon hold is
-bounded: a timeout of at most MAX_WAIT_S (a longer one is refused, naming the cap), at most
-MAX_WAITS_PER_CLIENT pending waits per client connection and MAX_WAITS in all; a wait past a
-bound is refused with QuotaExceeded and what was pending stays.
+A `wait` is answered when its task ends or its deadline passes, whichever is first, and, if it
+asked for renew (it will ask again: snipe's Process.wait does), else when its hold ends
+(`hold_s`, WAIT_HOLD_S by default): then with renew. A wait that did not ask (an older client,
+which takes any answer before its task ends as its timeout) is held to its deadline.
+
+What a client may make the daemon hold is bounded: a timeout of at most MAX_WAIT_S (a longer
+one is refused, naming the cap), at most MAX_WAITS_PER_CLIENT pending waits per client
+connection and MAX_WAITS in all; a wait past a bound is refused with QuotaExceeded and what was
+pending stays.
 
 A client that left quietly (killed, its host gone, its call interrupted) must not keep its slots
 until their deadlines (up to an hour). A ROUTER says nothing of a peer that left: it can only
 be learnt by sending to it, and a client still connected may have stopped waiting anyway. So
 the hold is a lease the client renews by asking again: one request per hold per waiting client,
-and a gone client's waits go within a hold, however it left. A client found gone (a reply to it
-could not be routed) loses its other waits at once.
+and a gone client's renewable waits go within a hold, however it left (an older client's stay to
+their timeouts). A client found gone (a reply to it could not be routed) loses its other waits
+at once.
 
 Invariants: every waiter is in `by_client` under its client exactly once; `len(self)` is their
-number; a waiter's `hold_ends` is at most its `deadline` and at most `hold_s` after it was
-added; nothing here reads a clock (the daemon passes `now`).
+number; a waiter's `hold_ends` is at most its `deadline`, and at most `hold_s` after it was
+added if it asked for renew; nothing here reads a clock (the daemon passes `now`).
 """
 
 from __future__ import annotations
@@ -55,8 +59,9 @@ class Waits:
     def __len__(self) -> int:
         return self.count
 
-    def add(self, client: bytes, env: Envelope, urn: str, timeout: float, now: float) -> Waiter:
-        """Hold a wait on `urn` for `timeout` s (already checked finite and >= 0 by the caller)."""
+    def add(self, client: bytes, env: Envelope, urn: str, timeout: float, now: float, *, renew: bool = False) -> Waiter:
+        """Hold a wait on `urn` for `timeout` s (already checked finite and >= 0 by the caller);
+        with `renew` (the client asks again), `hold_s` at most."""
         if not timeout <= MAX_WAIT_S:       # (NaN too)
             raise CodecError(f"wait: timeout {timeout:g} s is over the cap of {MAX_WAIT_S:g} s; wait at most that "
                              "long and ask again if the task still runs (snipe's Process.wait does)")
@@ -67,7 +72,7 @@ class Waits:
         if self.count >= self.total:
             raise QuotaExceeded(f"wait on {urn}: this daemon already holds {self.count} pending waits, the most it "
                                 f"takes ({self.total}); try again later, or poll status")
-        w = Waiter(client, env, urn, now + timeout, now + min(timeout, self.hold_s))
+        w = Waiter(client, env, urn, now + timeout, now + (min(timeout, self.hold_s) if renew else timeout))
         self.by_client.setdefault(client, []).append(w)
         self.count += 1
         return w

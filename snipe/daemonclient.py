@@ -2,12 +2,16 @@
 
 Requests (client -> snipe-daemon; the reply echoes the request id, kind "ok" or "error"):
   hello                                  -> {protocols, host, key, endpoint}
-  spawn   {code, args, env, quota, notify, owner_urn} -> {urn, pid, host}
+  spawn   {code, args, env, quota, notify, owner_urn, timeout} -> {urn, pid, host}: `timeout`, how
+                                            long the client waits for the answer (SPAWN_TIMEOUT_S if
+                                            absent): a spawn still waiting for its code to be fetched
+                                            then is answered with an error, and nothing is started
   status  {urn}                          -> {urn, state, pid, cpu_s, rss, open_files, age_s, exit_code, reason}
-  wait    {urn, timeout}                 -> {..status.., stderr_tail}: when the task ends or after
-                                            timeout s (at most MAX_WAIT_S; a longer one is refused),
-                                            or, with renew: true, when the daemon's hold ended first
-                                            (WAIT_HOLD_S by default): ask again to wait on
+  wait    {urn, timeout, renew}          -> {..status.., stderr_tail}: when the task ends or after
+                                            timeout s (at most MAX_WAIT_S; a longer one is refused);
+                                            a request with renew: true (it will ask again) may also
+                                            be answered when the daemon's hold ends first
+                                            (WAIT_HOLD_S by default), with renew: true
   kill | suspend | resume {urn}          -> {urn, state}
   signal  {urn, signum}                  -> {urn, state}
   ps                                     -> {tasks: [status...]}
@@ -46,10 +50,12 @@ PROTOCOL = "daemon"
 VERSION = 1
 VERSIONS = (1,)
 MAX_WAIT_S = 3600.0      # the longest `wait` timeout a daemon takes; a longer wait asks again
-# A daemon answers a `wait` after this long at most (renew: true if the task runs on and the
-# timeout has not passed); a client still waiting asks again. A wait whose client left quietly
-# thus frees its slot within this: a ROUTER says nothing of a peer that left.
+# A daemon answers a `wait` that asks for renew after this long at most (renew: true if the
+# task runs on and the timeout has not passed); a client still waiting asks again. Such a wait
+# whose client left quietly thus frees its slot within this: a ROUTER says nothing of a peer
+# that left. A wait without renew (an older client) is held to its timeout, as it expects.
 WAIT_HOLD_S = 30.0
+SPAWN_TIMEOUT_S = 120.0  # how long snipe's spawn waits for a daemon's answer (a fetch of the code included)
 WAIT_TURN_S = 0.2        # `call`: how often it looks up from a wait (and calls `while_waiting`)
 
 

@@ -36,7 +36,7 @@ from snipe.bidding import Auction, Bid, Refusal, check_price
 from snipe.catalog.client import CatalogClient
 from snipe.catalog.entry import Entry
 from snipe.code import package
-from snipe.daemonclient import MAX_WAIT_S, DaemonClient
+from snipe.daemonclient import MAX_WAIT_S, SPAWN_TIMEOUT_S, DaemonClient
 from snipe.discovery import discover
 from snipe.errors import (
     ClusterPartlyDown,
@@ -842,7 +842,8 @@ class Process:
             # a daemon takes a wait of MAX_WAIT_S at most, and holds one a while (WAIT_HOLD_S)
             # before it answers `renew`: either way what is left is asked for again
             left = max(0.0, limit - time.monotonic())
-            reply = self._call("wait", rpc_timeout=min(left, MAX_WAIT_S) + 10, timeout=min(left, MAX_WAIT_S))
+            reply = self._call("wait", rpc_timeout=min(left, MAX_WAIT_S) + 10, timeout=min(left, MAX_WAIT_S),
+                               renew=True)
             if reply.get("state") == "migrated" and moves < 64:     # followed to its new host
                 moves += 1
                 self._supervisor = None
@@ -1102,7 +1103,7 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
     s = session()
     code = validate_urn(code)
     body: dict[str, Any] = {"code": code, "args": [str(a) for a in args], "env": env or {}, "quota": quota or {},
-                            "notify": list(notify)}
+                            "notify": list(notify), "timeout": SPAWN_TIMEOUT_S}
     if checkpoint_every is not None:
         if not (isinstance(checkpoint_every, int | float) and checkpoint_every > 0):
             raise ValueError(f"checkpoint_every must be a positive number of seconds, not {checkpoint_every!r}")
@@ -1158,7 +1159,8 @@ def spawn(code: str, *args: Any, host: str | None = None, requires: Sequence[Pre
             break
         address = hosts_seen[host_urn].value("daemon", now_ms())
         try:
-            reply, _ = s.daemon(str(address)).call("spawn", body, timeout=120, connect_wait=PLACEMENT_CONNECT_S)
+            reply, _ = s.daemon(str(address)).call("spawn", body, timeout=SPAWN_TIMEOUT_S,
+                                                   connect_wait=PLACEMENT_CONNECT_S)
             return _placed(s, host_urn, str(address), reply)
         except NotDelivered as exc:
             # Its daemon died since it last renewed its lease: the spawn never reached it, so
@@ -1183,7 +1185,7 @@ def _spawn_on(s: Session, host_urn: str, body: dict[str, Any], *, connect_wait: 
     address = entry.value("daemon", now_ms())
     if address is None or entry.value("alive", now_ms()) is not True:
         raise NotDelivered(f"{host_urn} has no live daemon in the catalog; the spawn was not sent")
-    reply, _ = s.daemon(str(address)).call("spawn", body, timeout=120, connect_wait=connect_wait)
+    reply, _ = s.daemon(str(address)).call("spawn", body, timeout=SPAWN_TIMEOUT_S, connect_wait=connect_wait)
     return _placed(s, host_urn, str(address), reply)
 
 

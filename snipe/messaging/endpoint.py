@@ -349,10 +349,14 @@ class Endpoint:
 
     # --- lifecycle ------------------------------------------------------------------------------
     def _ipc_socket_path(self, runtime_dir: Path | None) -> str:
-        """Where our ipc socket goes: `runtime_dir` as given, else this user's default runtime
-        folder; either made if missing and kept ours alone (snipe/privatedir.py). Sockets that
-        processes killed there left behind are removed."""
-        runtime_dir = private_dir(runtime_dir if runtime_dir is not None else default_runtime_dir())
+        """Where our ipc socket goes: `runtime_dir` as given (made if missing; whoever named it
+        judged it: a daemon its own folder, the user SNIPE_HOME), else this user's default
+        runtime folder, made ours alone (snipe/privatedir.py). Sockets that processes killed
+        there left behind are removed."""
+        if runtime_dir is not None:
+            runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        else:
+            runtime_dir = private_dir(default_runtime_dir())
         path = str(runtime_dir / f"msg-{self.instance[:16]}.sock")
         if len(path) > 100:                # sockaddr_un holds 107 bytes: fall back to a short folder
             runtime_dir = short_ipc_dir(runtime_dir)

@@ -16,7 +16,7 @@ import pytest
 import snipe
 from snipe.code import CodeCache
 from snipe.daemonclient import DaemonClient
-from snipe.errors import CodecError, NotAuthorized, NotFound, RequirementError, SnipeError
+from snipe.errors import CodecError, NotAuthorized, NotFound, RequirementError, SnipeError, Unreachable
 from snipe.identity import Identity
 from snipe.localcluster import LocalCluster, free_port
 from snipe.privatedir import default_runtime_dir
@@ -413,3 +413,22 @@ def test_a_wait_longer_than_the_daemons_hold_is_asked_again_until_the_task_ends(
     p = snipe.spawn(code, 3, host="h2")
     done = p.wait(60)
     assert (done["state"], done["exit_code"]) == ("exited", 0), done
+
+
+def test_only_a_wait_that_asks_for_renew_is_answered_when_the_daemons_hold_ends(cluster: LocalCluster,
+                                                                               tmp_path: Path) -> None:
+    """daemon/1's `wait` meant: answered when the task ends or the timeout passes. An older client
+    takes any other answer as its timeout, so the hold (answered early, with renew) applies only
+    to a wait that asks for it."""
+    cluster.stop_daemon(1)
+    cluster.daemons[1].settings["wait_hold_s"] = 0.5
+    cluster.start_daemon(1)
+    p = snipe.spawn(publish(tmp_path, "sleeper.py", SLEEPER), 600, host="h2")
+    try:
+        with DaemonClient(cluster.daemons[1].address, cluster.user, timeout=10) as client:
+            renewed, _ = client.call("wait", {"urn": p.urn, "timeout": 600, "renew": True})
+            assert (renewed["state"], renewed.get("renew")) == ("running", True), renewed
+            with pytest.raises(Unreachable):        # held to its timeout, well past the hold
+                client.call("wait", {"urn": p.urn, "timeout": 600}, timeout=3)
+    finally:
+        p.kill()

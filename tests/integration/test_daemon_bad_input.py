@@ -466,19 +466,21 @@ def test_waits_are_capped_and_bounded_per_connection(target: Target) -> None:
 def test_the_waits_of_clients_that_left_quietly_free_their_slots(target: Target) -> None:
     """A daemon holds MAX_WAITS waits in all. Those of clients that left without a word (closed,
     killed) kept their slots until their timeouts, up to an hour, and everyone else's wait was
-    refused meanwhile. A wait is now answered after a hold at most (renew: a client still
-    waiting asks again), so a gone client's slots come free within one (WAIT_HOLD_S)."""
+    refused meanwhile. A wait that asks for renew (as snipe's Process.wait does) is now answered
+    after a hold at most (a client still waiting asks again), so a gone client's slots come free
+    within one (`wait_hold_s`, low here)."""
     from snipe_daemon.waits import MAX_WAITS, MAX_WAITS_PER_CLIENT
-
-    from snipe.daemonclient import WAIT_HOLD_S
+    target.cluster.stop_daemon(0)
+    target.daemon.settings["wait_hold_s"] = 1.0
+    target.cluster.start_daemon(0)
     address, user = target.daemon.address, target.cluster.user
     gone = [DaemonClient(address, user, timeout=10) for _ in range(MAX_WAITS // MAX_WAITS_PER_CLIENT)]
     try:
         for client in gone:
             for i in range(MAX_WAITS_PER_CLIENT):
                 client.link.sock.send_multipart(encode(Envelope(PROTOCOL, VERSION, "wait", 10_000 + i,
-                                                                {"urn": target.task, "timeout": 600})))
-            env = answer(client, "wait", {"urn": target.task, "timeout": 600}, [])    # after those, in order
+                                                                {"urn": target.task, "timeout": 600, "renew": True})))
+            env = answer(client, "wait", {"urn": target.task, "timeout": 600, "renew": True}, [])    # after those
             assert f"this connection already has {MAX_WAITS_PER_CLIENT} waits" in env.body["message"], env.body
         with DaemonClient(address, user, timeout=10) as late:
             env = answer(late, "wait", {"urn": target.task, "timeout": 0}, [])
@@ -487,7 +489,7 @@ def test_the_waits_of_clients_that_left_quietly_free_their_slots(target: Target)
                 client.close()
             gone = []
             wait_for(lambda: answer(late, "wait", {"urn": target.task, "timeout": 0}, []).kind == "ok",
-                     WAIT_HOLD_S + 30, "the gone clients' waits to be dropped")
+                     30, "the gone clients' waits to be dropped")
             still_serving(target, late)
     finally:
         for client in gone:

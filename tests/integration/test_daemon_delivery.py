@@ -16,7 +16,7 @@ import zmq
 import snipe
 import snipe.runtime as runtime
 from snipe.daemonclient import DaemonClient
-from snipe.errors import NotAuthorized, NotDelivered, NotFound, Unreachable
+from snipe.errors import MigrationFailed, NotAuthorized, NotDelivered, NotFound, Unreachable
 from snipe.identity import Identity
 from snipe.localcluster import LocalCluster, free_port
 from snipe.runtime import Process, now_ms
@@ -345,3 +345,112 @@ def _spawn_or_error(code: str, host: str) -> Process | Exception:
         return snipe.spawn(code, "600", host=host)
     except Exception as exc:      # said to the test, which asserts a Process
         return exc
+
+
+def _holders(urn: str) -> set[str]:
+    return {str(v) for v in snipe.catalog().get(urn).values("location", now_ms()).values()}
+
+
+def _code_to_fetch(tmp_path: Path, target: str) -> str:
+    """Published code the daemon at `target` does not hold: it must fetch it to run it."""
+    for variant in range(12):
+        (tmp_path / "other.py").write_text(SLEEPER + f"\n# variant {variant}\n")
+        code = snipe.publish(tmp_path / "other.py")
+        if target not in _holders(code):
+            return code
+    raise AssertionError(f"every variant published is held by {target}")
+
+
+def _busy_first_holder(cluster: LocalCluster, code: str, stall_s: float) -> FakeDaemon:
+    """A live host's daemon listed as holding `code`, asked first, that takes the request and stalls."""
+    port = _closed_port()
+    busy = f"tcp://127.0.0.1:{port}#{DAEMON.key_id}"
+    assert busy < min(_holders(code))                     # asked first (holders are tried in order)
+    holder = FakeDaemon(port, stall_s=stall_s)
+    pose_as_host(cluster.catalog, DAEMON, "busy", busy)
+    snipe.catalog().set(code, "location", busy)
+    return holder
+
+
+def _send(client: DaemonClient, kind: str, body: dict[str, Any]) -> int:
+    rid = next(client._ids)
+    client.link.sock.send_multipart(encode(Envelope("daemon", 1, kind, rid, body)))
+    return rid
+
+
+def _answer(client: DaemonClient, rid: int, timeout: float) -> Envelope:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.link.sock.poll(100):
+            env, _ = decode(client.link.sock.recv_multipart())
+            if env.request_id == rid:
+                return env
+    raise AssertionError(f"no answer to request {rid} within {timeout} s")
+
+
+def test_a_spawn_whose_client_stopped_waiting_for_its_code_is_answered_and_never_started(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    """A spawn parked on a fetch longer than its client waits was started once the code came: a
+    task nobody knew of. Past the client's timeout it is answered with an error, and not served."""
+    target = cluster.daemons[1]
+    code = _code_to_fetch(tmp_path, target.address)
+    holder = _busy_first_holder(cluster, code, stall_s=8)
+    try:
+        with DaemonClient(target.address, cluster.user, timeout=30) as client:
+            with pytest.raises(NotFound, match=r"not fetched .* within the 1 s its client waits"):
+                client.call("spawn", {"code": code, "args": ["600"], "timeout": 1})
+            holder.release.set()
+            wait_for(lambda: target.address in _holders(code), 60, "the fetch to end with the code here")
+            assert [t["urn"] for t in client.call("ps")[0]["tasks"] if t["code"] == code] == []
+    finally:
+        holder.close()
+
+
+def test_a_clone_dropped_while_it_waits_for_its_code_is_answered_and_never_started(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    """The origin gives a clone up (clone-drop) while it is parked on the fetch of its code: the
+    drop found nothing to drop, and the clone launched when the fetch ended. Now the drop cancels
+    it and answers it."""
+    from snipe import authority
+    from snipe.urn import new_urn
+    target = cluster.daemons[1]
+    code = _code_to_fetch(tmp_path, target.address)
+    urn, task_key = new_urn("proc"), Identity.generate()
+    with cluster.catalog.client() as c:
+        c.put([c.sign(urn, authority.OWNER, cluster.admin.key_id), c.sign(urn, "key", task_key.key_id)])
+    holder = _busy_first_holder(cluster, code, stall_s=60)
+    try:
+        with DaemonClient(target.address, cluster.admin, timeout=30) as origin, \
+                DaemonClient(target.address, cluster.admin, timeout=30) as dropper:
+            rid = _send(origin, "clone", {"urn": urn, "id": "m1", "seed": task_key.seed.hex(), "code": code,
+                                          "args": ["600"], "owner": cluster.user.key_id, "timeout": 60})
+            wait_for(lambda: holder.seen, 30, "the clone's fetch to ask the busy holder")
+            dropper.call("clone-drop", {"urn": urn, "id": "m1"})
+            dropped = _answer(origin, rid, 10)
+            assert dropped.kind == "error" and dropped.body["code"] == MigrationFailed.code, dropped.body
+            assert "abandoned" in dropped.body["message"], dropped.body
+            holder.release.set()
+            wait_for(lambda: target.address in _holders(code), 60, "the fetch to end with the code here")
+            assert [t["urn"] for t in dropper.call("ps")[0]["tasks"]] == []
+    finally:
+        holder.close()
+
+
+def test_a_daemon_that_stops_answers_the_spawns_that_wait_for_code(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Requests parked on a fetch were never answered when the daemon stopped: their clients
+    waited out their timeouts. Now each is told the daemon is shutting down."""
+    target = cluster.daemons[1]
+    code = _code_to_fetch(tmp_path, target.address)
+    holder = _busy_first_holder(cluster, code, stall_s=60)
+    try:
+        with DaemonClient(target.address, cluster.user, timeout=30) as client:
+            rid = _send(client, "spawn", {"code": code, "args": ["600"]})
+            wait_for(lambda: holder.seen, 30, "the spawn's fetch to ask the busy holder")
+            # read while it stops, as a client's call does: a connection that closes drops what is unread
+            stopper = threading.Thread(target=cluster.stop_daemon, args=(1,), daemon=True)
+            stopper.start()
+            told = _answer(client, rid, 15)
+            stopper.join(30)
+            assert told.kind == "error" and "shutting down" in told.body["message"], told.body
+    finally:
+        holder.close()

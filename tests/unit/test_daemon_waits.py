@@ -59,10 +59,19 @@ def test_a_wait_is_held_a_while_at_most_then_answered_with_renew_and_its_slot_fr
     """A client that left quietly does not keep its slot until its timeout: the hold ends first,
     and only a client still waiting asks again."""
     w = Waits(total=1, hold_s=30.0)
-    a = w.add(b"gone", env(1), T1, 600.0, now=0.0)
+    a = w.add(b"gone", env(1), T1, 600.0, now=0.0, renew=True)
     with pytest.raises(QuotaExceeded):
-        w.add(b"other", env(2), T1, 600.0, now=1.0)
+        w.add(b"other", env(2), T1, 600.0, now=1.0, renew=True)
     assert w.due(29.9, set().__contains__) == []
     assert w.due(30.0, set().__contains__) == [a] and a.renew(30.0) and len(w) == 0
-    b = w.add(b"other", env(3), T1, 10.0, now=31.0)          # a timeout within the hold: no renew
+    b = w.add(b"other", env(3), T1, 10.0, now=31.0, renew=True)      # a timeout within the hold: no renew
     assert w.due(41.0, set().__contains__) == [b] and not b.renew(41.0)
+
+
+def test_a_wait_that_did_not_ask_for_renew_is_held_to_its_timeout():
+    """An older client takes any answer before its task ends as its timeout: its wait is not cut
+    short by the hold (daemon/1's meaning of a wait stays as it was)."""
+    w = Waits(hold_s=30.0)
+    a = w.add(b"old", env(1), T1, 600.0, now=0.0)
+    assert w.due(30.0, set().__contains__) == [] and w.due(599.9, set().__contains__) == []
+    assert w.due(600.0, set().__contains__) == [a] and not a.renew(600.0)

@@ -112,3 +112,38 @@ def test_a_folder_too_long_for_a_socket_path_has_a_short_private_stand_in_of_its
     finally:
         for p in short:
             p.rmdir()
+
+
+def test_a_daemons_ipc_folder_refused_names_its_absolute_state_folder(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's `<state_dir>/msg`, refused, told the operator to set SNIPE_HOME, which no
+    daemon reads; and a relative state_dir made the paths its tasks are given (SNIPE_IPC_DIR,
+    SNIPE_KEY_FILE) resolve against each task's own working folder."""
+    from snipe_daemon.server import Daemon, DaemonConfig
+
+    from snipe.identity import Identity
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "msg").write_text("not a folder")
+    cfg = DaemonConfig(host_id="h1", listen="tcp://127.0.0.1:1", state_dir=Path("state"),
+                       identity=Identity.generate(), admin_key=Identity.generate().public_key, catalog=[])
+    with pytest.raises(ConfigError) as refused:
+        Daemon(cfg)
+    assert cfg.state_dir == tmp_path / "state"
+    assert f"set the daemon's state_dir (--state-dir; now {tmp_path / 'state'})" in str(refused.value), refused.value
+    assert "SNIPE_HOME" not in str(refused.value)
+
+
+def test_a_folder_passed_to_an_endpoint_is_taken_as_it_is(tmp_path: Path) -> None:
+    """Whoever names an endpoint's folder judges it (a daemon its own, the user SNIPE_HOME): the
+    endpoint makes it if missing and leaves its mode alone."""
+    from types import SimpleNamespace
+
+    from snipe.messaging.endpoint import Endpoint
+    given = tmp_path / "g"
+    given.mkdir()
+    os.chmod(given, 0o750)
+    path = Endpoint._ipc_socket_path(SimpleNamespace(instance="0123456789abcdef99"), given)  # type: ignore[arg-type]
+    assert path.endswith("/msg-0123456789abcdef.sock") and _mode(given) == 0o750
+    made = Endpoint._ipc_socket_path(SimpleNamespace(instance="0123456789abcdef99"), tmp_path / "m")  # type: ignore[arg-type]
+    assert made.endswith("/msg-0123456789abcdef.sock") and _mode(tmp_path / "m") == 0o700
