@@ -271,10 +271,15 @@ class KilledTasks:
 
 
 def _ended(process: psutil.Process) -> bool:
-    """Whether `process` has ended: gone, its PID another process's now, or a zombie (whose files
-    and sockets the kernel has closed; only its exit status waits for its parent)."""
+    """Whether `process` has ended: gone, its PID another process's now, or a zombie whose files
+    and sockets the kernel has closed (only its exit status waits for its parent). A killed
+    process's main thread is a zombie while its other threads still exit, and they hold its files
+    until the last is gone (a ZeroMQ I/O thread keeps the ipc listener accepting meanwhile), so a
+    zombie has ended once it is its last thread."""
     try:
-        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+        if not process.is_running():
+            return True
+        return process.status() == psutil.STATUS_ZOMBIE and process.num_threads() <= 1
     except psutil.NoSuchProcess:
         return True
     except psutil.Error:            # cannot be told: taken as running
