@@ -1,14 +1,17 @@
-"""Helpers for tests: waiting on conditions with a deadline (never a bare sleep), stand-in hosts."""
+"""Helpers for tests: waiting on conditions with a deadline (never a bare sleep), stand-in hosts,
+raw daemon requests."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from snipe.daemonclient import DaemonClient
     from snipe.identity import Identity
     from snipe.localcluster import LocalCatalog
+    from snipe.wire import Envelope
 
 # The name of the test-report property that carries a netns case's report (tests/netns/conftest.py's
 # `report` fixture) to the terminal summary (tests/conftest.py), also from an xdist worker.
@@ -73,3 +76,28 @@ def pose_as_host(catalog: LocalCatalog, identity: Identity, name: str, daemon: s
         c.put([c.sign(urn, k, v, ttl=lease_s) for k, v in
                {"alive": True, "daemon": daemon, "key": identity.key_id}.items()])
     return urn
+
+
+def send_request(client: DaemonClient, kind: str, body: dict[str, Any], frames: list[bytes] | None = None) -> int:
+    """Send one daemon request as is, without waiting (DaemonClient.call would wait, and raise on
+    an error reply, which tests of errors look at); its request id."""
+    from snipe.daemonclient import PROTOCOL, VERSION
+    from snipe.wire import Envelope, encode
+
+    rid = next(client._ids)
+    client.link.sock.send_multipart(encode(Envelope(PROTOCOL, VERSION, kind, rid, body), frames or []))
+    return rid
+
+
+def await_answer(client: DaemonClient, rid: int, timeout: float, what: str = "") -> Envelope:
+    """The daemon's reply to request `rid` (others are skipped); fail after `timeout` s."""
+    from snipe.wire import decode
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.link.sock.poll(100):
+            env, _ = decode(client.link.sock.recv_multipart())
+            if env.request_id == rid:
+                return env
+    raise AssertionError(f"the daemon did not answer request {rid}{' (' + what + ')' if what else ''} within "
+                         f"{timeout} s")

@@ -373,6 +373,14 @@ def _listed_by(cluster: LocalCluster, i: int, urn: str) -> list[dict[str, Any]]:
         return [t for t in d.call("ps")[0]["tasks"] if t["urn"] == urn]
 
 
+def _ps_line(capsys: pytest.CaptureFixture[str], urn: str, host: str) -> str:
+    """`ps`'s table line of task `urn`, which must show `host` (e.g. "h1 → h2")."""
+    code, out, _ = run(capsys, "ps")
+    line = next(x for x in out.splitlines() if urn in x)
+    assert code == 0 and host in line, out
+    return line
+
+
 def _moving(capsys: pytest.CaptureFixture[str], urn: str) -> list[tuple[str, str, Any]]:
     return [(r["host"], r["state"], r.get("migrating")) for r in run_json(capsys, "ps") if r["urn"] == urn]
 
@@ -394,16 +402,12 @@ def test_ps_shows_a_migrating_task_once_from_its_host_to_the_target(
         h1_to_h2 = {"from": "urn:snipe:host:h1", "to": "urn:snipe:host:h2"}
         assert _moving(capsys, task.urn) == [("urn:snipe:host:h1", "running", h1_to_h2)]
         assert _rows_of(capsys, task.urn, "-a") == [("urn:snipe:host:h1", "running")]
-        code, out, _ = run(capsys, "ps")
-        line = next(x for x in out.splitlines() if task.urn in x)
-        assert code == 0 and "h1 → h2" in line and "running, migrating" in line, out
+        assert "running, migrating" in _ps_line(capsys, task.urn, "h1 → h2")
 
         assert run(capsys, "suspend", task.urn)[0] == 0
         wait_for(lambda: _moving(capsys, task.urn) == [("urn:snipe:host:h1", "suspended", h1_to_h2)], 30,
                  "ps --json to list the moving task as suspended, migrating h1 → h2")
-        code, out, _ = run(capsys, "ps")
-        line = next(x for x in out.splitlines() if task.urn in x)
-        assert code == 0 and "h1 → h2" in line and "suspended, migrating" in line, out
+        assert "suspended, migrating" in _ps_line(capsys, task.urn, "h1 → h2")
         assert run(capsys, "resume", task.urn)[0] == 0
         wait_for(lambda: _moving(capsys, task.urn) == [("urn:snipe:host:h1", "running", h1_to_h2)], 30,
                  "the moving task to run again")

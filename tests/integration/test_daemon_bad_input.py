@@ -28,7 +28,7 @@ from snipe.localcluster import LocalCluster
 from snipe.transport import Link
 from snipe.wire import Envelope, decode, encode
 from tests.integration.test_daemon import SLEEPER
-from tests.support import wait_for
+from tests.support import await_answer, send_request, wait_for
 
 QUICK = "print('done')\n"
 
@@ -130,15 +130,7 @@ def answer(client: DaemonClient, kind: str, body: dict[str, Any], frames: list[b
            timeout: float = 10.0) -> Envelope:
     """The daemon's reply envelope to one request, sent as is (DaemonClient.call would raise on an
     error; here the error reply itself is what the test looks at)."""
-    rid = next(client._ids)
-    client.link.sock.send_multipart(encode(Envelope(PROTOCOL, VERSION, kind, rid, body), frames))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.link.sock.poll(100):
-            env, _ = decode(client.link.sock.recv_multipart())
-            if env.request_id == rid:
-                return env
-    raise AssertionError(f"the daemon did not answer {kind!r} {str(body)[:300]} within {timeout} s")
+    return await_answer(client, send_request(client, kind, body, frames), timeout, f"{kind!r} {str(body)[:300]}")
 
 
 def check_error(env: Envelope, kind: str, body: dict[str, Any]) -> None:

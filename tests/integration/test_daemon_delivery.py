@@ -23,7 +23,7 @@ from snipe.runtime import Process, now_ms
 from snipe.transport import server_socket
 from snipe.wire import Envelope, decode, encode
 from tests.integration.test_daemon import SLEEPER
-from tests.support import pose_as_host, wait_for
+from tests.support import await_answer, pose_as_host, send_request, wait_for
 
 DAEMON = Identity.from_seed(b"d" * 32)
 CLIENT = Identity.from_seed(b"c" * 32)
@@ -372,22 +372,6 @@ def _busy_first_holder(cluster: LocalCluster, code: str, stall_s: float) -> Fake
     return holder
 
 
-def _send(client: DaemonClient, kind: str, body: dict[str, Any]) -> int:
-    rid = next(client._ids)
-    client.link.sock.send_multipart(encode(Envelope("daemon", 1, kind, rid, body)))
-    return rid
-
-
-def _answer(client: DaemonClient, rid: int, timeout: float) -> Envelope:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.link.sock.poll(100):
-            env, _ = decode(client.link.sock.recv_multipart())
-            if env.request_id == rid:
-                return env
-    raise AssertionError(f"no answer to request {rid} within {timeout} s")
-
-
 def test_a_spawn_whose_client_stopped_waiting_for_its_code_is_answered_and_never_started(
         cluster: LocalCluster, tmp_path: Path) -> None:
     """A spawn parked on a fetch longer than its client waits was started once the code came: a
@@ -422,11 +406,11 @@ def test_a_clone_dropped_while_it_waits_for_its_code_is_answered_and_never_start
     try:
         with DaemonClient(target.address, cluster.admin, timeout=30) as origin, \
                 DaemonClient(target.address, cluster.admin, timeout=30) as dropper:
-            rid = _send(origin, "clone", {"urn": urn, "id": "m1", "seed": task_key.seed.hex(), "code": code,
+            rid = send_request(origin, "clone", {"urn": urn, "id": "m1", "seed": task_key.seed.hex(), "code": code,
                                           "args": ["600"], "owner": cluster.user.key_id, "timeout": 60})
             wait_for(lambda: holder.seen, 30, "the clone's fetch to ask the busy holder")
             dropper.call("clone-drop", {"urn": urn, "id": "m1"})
-            dropped = _answer(origin, rid, 10)
+            dropped = await_answer(origin, rid, 10)
             assert dropped.kind == "error" and dropped.body["code"] == MigrationFailed.code, dropped.body
             assert "abandoned" in dropped.body["message"], dropped.body
             holder.release.set()
@@ -444,12 +428,12 @@ def test_a_daemon_that_stops_answers_the_spawns_that_wait_for_code(cluster: Loca
     holder = _busy_first_holder(cluster, code, stall_s=60)
     try:
         with DaemonClient(target.address, cluster.user, timeout=30) as client:
-            rid = _send(client, "spawn", {"code": code, "args": ["600"]})
+            rid = send_request(client, "spawn", {"code": code, "args": ["600"]})
             wait_for(lambda: holder.seen, 30, "the spawn's fetch to ask the busy holder")
             # read while it stops, as a client's call does: a connection that closes drops what is unread
             stopper = threading.Thread(target=cluster.stop_daemon, args=(1,), daemon=True)
             stopper.start()
-            told = _answer(client, rid, 15)
+            told = await_answer(client, rid, 15)
             stopper.join(30)
             assert told.kind == "error" and "shutting down" in told.body["message"], told.body
     finally:
