@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import math
+import operator
 import os
 import random
 import threading
@@ -145,6 +147,7 @@ DIRECT_GAP_S = 50e-6
 DIRECT_HOLD_S = 0.005
 APP_ACTIVE_S = 0.02
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_DEADLINE_S = operator.itemgetter(3)    # of a queued command (dest, tag, payload, deadline_s)
 
 
 @dataclass(slots=True)
@@ -1022,31 +1025,26 @@ class Endpoint:
             self.commands.clear()
         now = time.monotonic()
         # A deadline runs from here, at most one turn of this thread after the send: one float per
-        # burst, so the channel keeps one deadline entry for the burst. Each run of messages to
-        # one peer with one deadline goes to its channel at once.
-        touched: dict[str, _Peer] = {}
-        run: list[tuple[int, bytes]] = []
-        run_key: tuple[str, float] | None = None
-        for dest, tag, payload, deadline_s in batch:
-            if (dest, deadline_s) != run_key:
-                if run_key is not None:
-                    self._submit_run(touched, run_key, run, now)
-                run, run_key = [], (dest, deadline_s)
-            run.append((tag, payload))
-        if run_key is not None:
-            self._submit_run(touched, run_key, run, now)
-        for p in touched.values():
+        # burst, so the channel keeps one deadline entry for the burst. Each peer's messages go to
+        # its channel together, in their order, a call per run of one deadline (a sender writing
+        # to many peers in turn gives each its share at once).
+        by_dest: dict[str, list[tuple[str, int, bytes, float]]] = {}
+        for command in batch:
+            held = by_dest.get(command[0])
+            if held is None:
+                by_dest[command[0]] = [command]
+            else:
+                held.append(command)
+        touched: list[_Peer] = []
+        for dest, commands in by_dest.items():
+            p = self.peers.get(dest)
+            if p is None:
+                p = self.peers[dest] = self._new_peer(dest)
+            touched.append(p)
+            for deadline_s, run in itertools.groupby(commands, key=_DEADLINE_S):
+                p.out.submit_many([(tag, payload) for _, tag, payload, _ in run], now, now + deadline_s)
+        for p in touched:
             self._pump_peer(p, now)
-
-    def _submit_run(self, touched: dict[str, _Peer], key: tuple[str, float], run: list[tuple[int, bytes]],
-                    now: float) -> None:
-        """(Holding io.) Give a run of queued messages for one peer, with one deadline, to its channel."""
-        dest, deadline_s = key
-        p = touched.get(dest) or self.peers.get(dest)
-        if p is None:
-            p = self.peers[dest] = self._new_peer(dest)
-        touched[dest] = p
-        p.out.submit_many(run, now, now + deadline_s)
 
     def _new_peer(self, dest: str, parent: str | None = None, copy_index: int = -1) -> _Peer:
         rng = random.Random(f"{self.session_seed}|{dest}") if self.session_seed else None
