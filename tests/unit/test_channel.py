@@ -592,3 +592,22 @@ def test_arbitrary_bodies_parse_or_raise_codec_error_only(body: dict[str, object
         pass
     else:
         assert 0 <= session < 2**63 and 0 <= cum < 2**62
+
+
+@given(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 5), st.binary(max_size=8)), max_size=6),
+                          st.sampled_from([5.0, 9.0, INF])), max_size=6))
+def test_submitting_runs_at_once_holds_what_submitting_each_message_holds(
+        runs: list[tuple[list[tuple[int, bytes]], float]]) -> None:
+    """`submit_many` (a shell's run of queued messages with one deadline) leaves the channel as
+    `submit` of each message would: the same seqs, tags, payloads and deadline entries, whatever
+    the deadlines of the runs before."""
+    one_by_one, at_once = outbound(), outbound()
+    for messages, deadline in runs:
+        for tag, payload in messages:
+            one_by_one.submit(tag, payload, 0.0, deadline)
+        at_once.submit_many(messages, 0.0, deadline)
+    assert at_once.next_seq == one_by_one.next_seq
+    assert [(h.seq, h.tag, h.payload, h.deadline, h.size) for h in at_once.queue] == \
+        [(h.seq, h.tag, h.payload, h.deadline, h.size) for h in one_by_one.queue]
+    assert list(at_once.deadlines) == list(one_by_one.deadlines)
+    assert at_once.flush(1.0) == one_by_one.flush(1.0)
