@@ -8,9 +8,12 @@ goes on serving. A worker thread asks the holders in turn and installs the code;
 collects what ended each turn (`ended`, woken through `fileno`) and carries on with each waiter:
 a request answered again, a takeover tried again.
 
-Invariants: at most one fetch per code URN at a time (later waiters join it); at most
-MAX_FETCHES codes fetched or waiting to be, MAX_WAITERS waiters in all and MAX_WAITERS_PER_CLIENT
-per client connection (`start` refuses more with QuotaExceeded, naming the bound); a fetch ends,
+Invariants: at most one fetch per code URN at a time (later waiters join it); for clients' requests
+at most MAX_FETCHES codes fetched or waiting to be, MAX_WAITERS waiters in all, and per client
+connection MAX_WAITERS_PER_CLIENT waiters and MAX_CODES_PER_CLIENT codes (`start` refuses more
+with QuotaExceeded, naming the bound). The daemon's own work (takeovers, standby code) is bounded
+by its tasks and never refused: clients filling the bounds must not get a task it should take
+over marked lost; a fetch ends,
 with the code installed or an error naming its URN and why, within FETCH_TOTAL_S of its start;
 every waiter is handed back exactly once: in `ended`, by `take_out`, or by `close`. Only the
 workers touch holders' sockets; only the loop reads the catalog or calls `start`, `ended`,
@@ -41,7 +44,8 @@ log = logging.getLogger("snipe.daemon")
 WORKERS = 2                 # fetches running at once (others wait their turn)
 MAX_WAITERS = 1024          # work parked on fetches, in all
 MAX_WAITERS_PER_CLIENT = 64     # requests one client connection (a ROUTER identity) may have parked
-MAX_FETCHES = 64            # distinct codes being fetched or waiting their turn
+MAX_FETCHES = 64            # distinct codes being fetched or waiting their turn, for clients
+MAX_CODES_PER_CLIENT = 8    # distinct codes one client connection may have fetched for it at once
 FETCH_TOTAL_S = 60.0        # one fetch, over all its holders, at most (a spawn's client waits 120 s)
 HOLDER_ANSWER_S = 30.0      # a holder that took the request may answer this late (its loop busy)
 HOLDER_CONNECT_S = 5.0      # the most a fetch waits for one holder to take a connection
@@ -108,10 +112,16 @@ class CodeFetches:
             self._per_client[client] += 1
 
     def _check_room(self, urn: str, client: bytes | None) -> None:
-        if client is not None and self._per_client[client] >= MAX_WAITERS_PER_CLIENT:
+        if client is None:
+            return                        # the daemon's own work (see the module docstring)
+        if self._per_client[client] >= MAX_WAITERS_PER_CLIENT:
             raise QuotaExceeded(f"this connection already has {self._per_client[client]} requests waiting for code "
                                 f"to be fetched, the most one connection may ({MAX_WAITERS_PER_CLIENT}); "
                                 "wait for their answers first")
+        codes = {u for u, waiters in self._waiting.items() if any(c == client for c, _ in waiters)}
+        if urn not in codes and len(codes) >= MAX_CODES_PER_CLIENT:
+            raise QuotaExceeded(f"this connection already has {len(codes)} codes being fetched for it, the most one "
+                                f"connection may ({MAX_CODES_PER_CLIENT}); wait for their answers first")
         if self._count >= MAX_WAITERS:
             raise QuotaExceeded(f"{self._count} requests already wait for code to be fetched here, the most this "
                                 f"daemon holds ({MAX_WAITERS}); try again shortly")

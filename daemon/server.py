@@ -55,6 +55,7 @@ from snipe.errors import (
     ConfigError,
     MigrationFailed,
     NotAuthorized,
+    NotDelivered,
     NotFound,
     QuotaExceeded,
     ServerError,
@@ -272,8 +273,8 @@ class Daemon:
                 why = (f"{waiter.env.kind}: not served: {self.cfg.host_urn}'s daemon is shutting down while code "
                        f"{waiter.code} was being fetched for it; nothing was started, ask again (another host, or "
                        "this one once it is back)")
-                self._reply(waiter.client, waiter.env.error_reply(
-                    MigrationFailed(why) if waiter.env.kind == "clone" else Unreachable(why)))
+                self._reply(waiter.client, waiter.env.error_reply(    # NotDelivered: another host may be asked
+                    MigrationFailed(why) if waiter.env.kind == "clone" else NotDelivered(why)))
                 answered += 1
         return answered
 
@@ -377,7 +378,7 @@ class Daemon:
     def _expired(self, waiter: ParkedRequest) -> SnipeError:
         why = (f"{waiter.env.kind}: not served: code {waiter.code} was not fetched to {self.cfg.host_urn} within "
                f"the {_client_waits(waiter.env):g} s its client waits for the answer; nothing was started, ask again")
-        return MigrationFailed(why) if waiter.env.kind == "clone" else NotFound(why)
+        return MigrationFailed(why) if waiter.env.kind == "clone" else Unreachable(why)
 
     def drop_parked_clone(self, key: str, urn: str, mid: str) -> bool:
         """`clone-drop` of a clone still waiting for its code: answered, never launched. Whether
@@ -487,7 +488,7 @@ class Daemon:
         """Park a request until its code is fetched, within the fetches' bounds."""
         try:
             if expires is None:
-                expires = time.monotonic() + _client_waits(env)
+                expires = time.monotonic() + _served_within(env)
             self.fetches.start(wanted, ParkedRequest(client, key, env, wanted.urn, expires), client)
         except QuotaExceeded as exc:
             self._reply(client, env.error_reply(QuotaExceeded(f"{env.kind}: {exc}")))
@@ -1274,6 +1275,14 @@ def _client_waits(env: Envelope) -> float:
     """How long the client of a spawn or clone waits for the answer: its `timeout`, else what
     snipe's clients wait (the migration's clone timeout for a clone)."""
     return seconds_of(env, "timeout", CLONE_TIMEOUT_S if env.kind == "clone" else SPAWN_TIMEOUT_S)
+
+
+def _served_within(env: Envelope) -> float:
+    """How long after it came a parked spawn or clone may still be served: its client's wait,
+    less a margin. The client's clock started before it connected and sent, so a request served
+    right at the client's own timeout would start what nobody hears of."""
+    waits = _client_waits(env)
+    return waits - max(5.0, 0.1 * waits) if waits > 10.0 else waits / 2
 
 
 def _now_ms() -> int:

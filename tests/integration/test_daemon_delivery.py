@@ -381,7 +381,7 @@ def test_a_spawn_whose_client_stopped_waiting_for_its_code_is_answered_and_never
     holder = _busy_first_holder(cluster, code, stall_s=8)
     try:
         with DaemonClient(target.address, cluster.user, timeout=30) as client:
-            with pytest.raises(NotFound, match=r"not fetched .* within the 1 s its client waits"):
+            with pytest.raises(Unreachable, match=r"not fetched .* within the 1 s its client waits"):
                 client.call("spawn", {"code": code, "args": ["600"], "timeout": 1})
             holder.release.set()
             wait_for(lambda: target.address in _holders(code), 60, "the fetch to end with the code here")

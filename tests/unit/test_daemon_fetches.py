@@ -44,6 +44,7 @@ def test_parked_work_is_bounded_per_client_in_all_and_in_distinct_codes(stalled:
     monkeypatch.setattr(fetches, "MAX_WAITERS_PER_CLIENT", 2)
     monkeypatch.setattr(fetches, "MAX_FETCHES", 2)
     monkeypatch.setattr(fetches, "MAX_WAITERS", 5)
+    monkeypatch.setattr(fetches, "MAX_CODES_PER_CLIENT", 1)
     f = stalled
     f.start(AwaitingCode(CODE[0], [], []), "a1", b"a")
     f.start(AwaitingCode(CODE[0], [], []), "a2", b"a")
@@ -51,18 +52,24 @@ def test_parked_work_is_bounded_per_client_in_all_and_in_distinct_codes(stalled:
         f.start(AwaitingCode(CODE[0], [], []), "a3", b"a")
     f.start(AwaitingCode(CODE[1], [], []), "b1", b"b")
     with pytest.raises(QuotaExceeded, match=r"2 codes are already being fetched .* \(2\)"):
-        f.start(AwaitingCode(CODE[2], [], []), "b2", b"b")       # a third code: refused
-    f.start(AwaitingCode(CODE[1], [], []), "t1")                 # the daemon's own work: no client cap
-    f.start(AwaitingCode(CODE[1], [], []), "t2")
-    with pytest.raises(QuotaExceeded, match=r"5 requests already wait .* \(5\)"):
-        f.start(AwaitingCode(CODE[1], [], []), "t3")
-    assert len(f) == 5
-    assert f.take_out(lambda w: w in ("a1", "t2")) == ["a1", "t2"] and len(f) == 3
+        f.start(AwaitingCode(CODE[2], [], []), "e1", b"e")       # a third code: refused
+    f.start(AwaitingCode(CODE[0], [], []), "c1", b"c")
+    with pytest.raises(QuotaExceeded, match=r"this connection already has 1 codes being fetched for it, .* \(1\)"):
+        f.start(AwaitingCode(CODE[1], [], []), "c2", b"c")       # a second code for c
+    # The daemon's own work is never refused: clients filling the bounds must not get a takeover
+    # refused (it would end with the task marked lost).
+    f.start(AwaitingCode(CODE[1], [], []), "t1")
+    f.start(AwaitingCode(CODE[2], [], []), "t2")                 # past MAX_FETCHES too
+    with pytest.raises(QuotaExceeded, match=r"6 requests already wait .* \(5\)"):
+        f.start(AwaitingCode(CODE[1], [], []), "d1", b"d")
+    assert len(f) == 6
+    assert f.take_out(lambda w: w in ("a1", "c1")) == ["a1", "c1"] and len(f) == 4
     f.start(AwaitingCode(CODE[0], [], []), "a4", b"a")           # a's slot came free
     f.release.set()                                               # type: ignore[attr-defined]
     ended: list[FetchEnded] = []
-    wait_for(lambda: ended.extend(f.ended()) or len(ended) == 2, 10, "both fetches to end")
-    assert sorted((e.urn, sorted(e.waiters)) for e in ended) == [(CODE[0], ["a2", "a4"]), (CODE[1], ["b1", "t1"])]
+    wait_for(lambda: ended.extend(f.ended()) or len(ended) == 3, 10, "the three fetches to end")
+    assert sorted((e.urn, sorted(e.waiters)) for e in ended) == [
+        (CODE[0], ["a2", "a4"]), (CODE[1], ["b1", "t1"]), (CODE[2], ["t2"])]
     assert len(f) == 0
 
 
