@@ -8,17 +8,18 @@ goes on serving. A worker thread asks the holders in turn and installs the code;
 collects what ended each turn (`ended`, woken through `fileno`) and carries on with each waiter:
 a request answered again, a takeover tried again.
 
-Invariants: at most one fetch per code URN at a time (later waiters join it); for clients' requests
-at most MAX_FETCHES codes fetched or waiting to be, MAX_WAITERS waiters in all, and per client
-connection MAX_WAITERS_PER_CLIENT waiters and MAX_CODES_PER_CLIENT codes (`start` refuses more
-with QuotaExceeded, naming the bound). The daemon's own work (takeovers, standby code) is bounded
-by its tasks and never refused: clients filling the bounds must not get a task it should take
-over marked lost; a fetch ends,
-with the code installed or an error naming its URN and why, within FETCH_TOTAL_S of its start;
-every waiter is handed back exactly once: in `ended`, by `take_out`, or by `close`. Only the
-workers touch holders' sockets; only the loop reads the catalog or calls `start`, `ended`,
-`take_out` and `close`. No worker writes to the wake pipe once `close` has begun (it may be
-closed, its number reused).
+Invariants: at most one fetch per code URN at a time (later waiters join it). For clients'
+requests: at most MAX_FETCHES codes fetched or waiting to be, MAX_WAITERS waiters in all, and per
+client connection MAX_WAITERS_PER_CLIENT waiters and MAX_CODES_PER_CLIENT codes (`start` refuses
+more with QuotaExceeded, naming the bound). The daemon's own work (takeovers, standby code) is
+bounded by its tasks and never refused: clients filling the bounds must not get a task it should
+take over marked lost. A fetch ends, with the code installed or an error naming its URN and why,
+within FETCH_TOTAL_S of its start. Every waiter is handed back exactly once: in `ended`, by
+`take_out`, or by `close`. A fetch all of whose waiters were taken out before its turn does not
+run (one wanted again first serves the new waiters, fetched once). Only the workers touch
+holders' sockets; only the loop reads the catalog or calls `start`, `ended`, `take_out` and
+`close`. No worker writes to the wake pipe once `close` has begun (it may be closed, its number
+reused).
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ class CodeFetches:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._wake_lock = threading.Lock()      # a worker's write and `close` never overlap
+        # Codes whose waiters all left (expired, dropped) while their fetch was queued or running:
+        # a queued one is skipped, unless wanted again first (`start` then lets it serve the new
+        # waiters). Shared with the workers, under `_unwanted_lock`.
+        self._unwanted: set[str] = set()
+        self._unwanted_lock = threading.Lock()
         self._closed = False
         # daemon threads, as the warm pool's: a stopping daemon does not wait for a stalled holder
         self._threads = [threading.Thread(target=self._work, name=f"snipe-fetch-{i}", daemon=True)
@@ -105,7 +111,11 @@ class CodeFetches:
         waiters = self._waiting.get(wanted.urn)
         if waiters is None:
             waiters = self._waiting[wanted.urn] = []
-            self._todo.put(wanted)
+            with self._unwanted_lock:
+                queued = wanted.urn in self._unwanted      # its fetch is queued or running still
+                self._unwanted.discard(wanted.urn)
+            if not queued:
+                self._todo.put(wanted)
         waiters.append((client, waiter))
         self._count += 1
         if client is not None:
@@ -144,11 +154,17 @@ class CodeFetches:
     def take_out(self, pick: Callable[[Any], bool]) -> list[Any]:
         """Take out and return the waiters `pick` chooses (their fetches run on for any others)."""
         out: list[Any] = []
-        for urn, waiters in self._waiting.items():
+        for urn, waiters in list(self._waiting.items()):
             picked = [pick(w[1]) for w in waiters]
             if any(picked):
-                self._waiting[urn] = [w for w, p in zip(waiters, picked, strict=True) if not p]
+                left = [w for w, p in zip(waiters, picked, strict=True) if not p]
                 out += self._forget([w for w, p in zip(waiters, picked, strict=True) if p])
+                if left:
+                    self._waiting[urn] = left
+                else:                     # nobody waits for it now: its fetch need not run
+                    del self._waiting[urn]
+                    with self._unwanted_lock:
+                        self._unwanted.add(urn)
         return out
 
     def _forget(self, waiters: list[tuple[bytes | None, Any]]) -> list[Any]:
@@ -175,6 +191,10 @@ class CodeFetches:
     # --- the workers --------------------------------------------------------------------------
     def _work(self) -> None:
         while (wanted := self._todo.get()) is not None:
+            with self._unwanted_lock:
+                if wanted.urn in self._unwanted:      # its waiters left before its turn came
+                    self._unwanted.discard(wanted.urn)
+                    continue
             holder: str | None = None
             error: SnipeError | None = None
             try:
@@ -184,6 +204,8 @@ class CodeFetches:
             except Exception as exc:      # a bug here must not leave the waiters waiting forever
                 log.exception("fetching %s failed", wanted.urn)
                 error = NotFound(f"could not fetch code {wanted.urn}: {exc.__class__.__name__}: {exc}")
+            with self._unwanted_lock:     # (left while it ran: what it got is kept all the same)
+                self._unwanted.discard(wanted.urn)
             self._done.put((wanted.urn, error, holder))
             with self._wake_lock:
                 if self._closed:          # the loop stopped: its pipe is closed, its number maybe reused

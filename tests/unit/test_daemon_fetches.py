@@ -94,6 +94,40 @@ def test_close_hands_back_what_waits_and_a_worker_that_ends_later_writes_nothing
         os.close(w)
 
 
+def test_a_queued_fetch_whose_waiters_all_left_is_skipped_unless_wanted_again(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waiters taken out (expired, dropped) left their fetch queued: it still ran, up to a minute
+    of a worker, while new codes were refused. Now it is skipped when its turn comes, and one
+    wanted again before that serves its new waiters, fetched once."""
+    release = threading.Event()
+    fetched: list[str] = []
+
+    def fetch(self: CodeFetches, wanted: AwaitingCode) -> str:
+        fetched.append(wanted.urn)
+        release.wait(30)
+        return "tcp://127.0.0.1:1#x"
+    monkeypatch.setattr(CodeFetches, "_fetch", fetch)
+    f = CodeFetches(CodeCache(tmp_path / "code"), Identity.generate())
+    try:
+        for i in range(2):                                 # both workers busy
+            f.start(AwaitingCode(CODE[i], [], []), f"busy{i}", b"a")
+        wait_for(lambda: len(fetched) == 2, 10, "both workers to be fetching")
+        f.start(AwaitingCode(CODE[2], [], []), "gone", b"b")          # queued, then its waiter leaves
+        f.start(AwaitingCode(CODE[3], [], []), "left", b"c")          # queued, left, wanted again
+        assert f.take_out(lambda w: w in ("gone", "left")) == ["gone", "left"] and len(f) == 2
+        f.start(AwaitingCode(CODE[3], [], []), "again", b"c")
+        release.set()
+        ended: list[FetchEnded] = []
+        wait_for(lambda: ended.extend(f.ended()) or len(ended) == 3, 10, "the wanted fetches to end")
+        assert sorted((e.urn, e.waiters) for e in ended) == [
+            (CODE[0], ["busy0"]), (CODE[1], ["busy1"]), (CODE[3], ["again"])]
+        assert sorted(fetched) == [CODE[0], CODE[1], CODE[3]]       # CODE[2]: skipped; CODE[3]: once
+        assert len(f) == 0
+    finally:
+        release.set()
+        f.close()
+
+
 class FakeFetches:
     def __init__(self) -> None:
         self.started: list[tuple[AwaitingCode, Any]] = []
