@@ -151,6 +151,10 @@ class CodeFetches:
                 return out
             out.append(FetchEnded(urn, error, holder, self._forget(self._waiting.pop(urn, []))))
 
+    def waiting(self, pick: Callable[[Any], bool]) -> list[Any]:
+        """The waiters `pick` chooses, left where they are."""
+        return [w for waiters in self._waiting.values() for _, w in waiters if pick(w)]
+
     def take_out(self, pick: Callable[[Any], bool]) -> list[Any]:
         """Take out and return the waiters `pick` chooses (their fetches run on for any others)."""
         out: list[Any] = []

@@ -383,10 +383,17 @@ class Daemon:
     def drop_parked_clone(self, key: str, urn: str, mid: str) -> bool:
         """`clone-drop` of a clone still waiting for its code: answered, never launched. Whether
         there was one (asked for by `key`, or the admin's)."""
-        def dropped(w: Any) -> bool:
+        def this_clone(w: Any) -> bool:
             return isinstance(w, ParkedRequest) and w.env.kind == "clone" and w.env.body.get("urn") == urn \
-                and w.env.body.get("id") == mid and key in (w.key, self.cfg.admin_key.hex())
-        clones = self.fetches.take_out(dropped)
+                and w.env.body.get("id") == mid
+
+        def allowed(w: ParkedRequest) -> bool:
+            return key in (w.key, self.cfg.admin_key.hex())
+
+        clones = self.fetches.take_out(lambda w: this_clone(w) and allowed(w))
+        if not clones and self.fetches.waiting(lambda w: this_clone(w) and not allowed(w)):
+            raise NotAuthorized(f"clone-drop {urn}: only the key that asked for the clone (or the admin's) may "
+                                "drop it")
         for w in clones:
             self._reply(w.client, w.env.error_reply(MigrationFailed(
                 f"the migration of {urn} was abandoned while its clone waited for code {w.code}; nothing was started")))
@@ -765,6 +772,7 @@ class Daemon:
         if self.draining:
             raise NotAuthorized(f"{self.cfg.host_urn} is draining and takes no new tasks; choose another host")
         code = validate_urn(field_of(env, "code", str))
+        _client_waits(env)               # checked now, not only if it has to wait for its code
         args = texts_of(env, "args")
         extra_env = _users_environment(env)
         quota = Quota.from_value(field_of(env, "quota", dict, {}))

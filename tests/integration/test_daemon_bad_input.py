@@ -35,7 +35,7 @@ QUICK = "print('done')\n"
 # Every request kind the daemon serves, and the body fields it reads.
 FIELDS: dict[str, tuple[str, ...]] = {
     "hello": (),
-    "spawn": ("code", "args", "env", "quota", "notify", "restart", "checkpoint_every", "replicas", "mode"),
+    "spawn": ("code", "args", "env", "quota", "notify", "restart", "checkpoint_every", "replicas", "mode", "timeout"),
     "status": ("urn",),
     "wait": ("urn", "timeout"),
     "kill": ("urn",),

@@ -409,6 +409,9 @@ def test_a_clone_dropped_while_it_waits_for_its_code_is_answered_and_never_start
             rid = send_request(origin, "clone", {"urn": urn, "id": "m1", "seed": task_key.seed.hex(), "code": code,
                                           "args": ["600"], "owner": cluster.user.key_id, "timeout": 60})
             wait_for(lambda: holder.seen, 30, "the clone's fetch to ask the busy holder")
+            with DaemonClient(target.address, cluster.user, timeout=30) as stranger, \
+                    pytest.raises(NotAuthorized, match="only the key that asked for the clone"):
+                stranger.call("clone-drop", {"urn": urn, "id": "m1"})          # not whose clone it is
             dropper.call("clone-drop", {"urn": urn, "id": "m1"})
             dropped = await_answer(origin, rid, 10)
             assert dropped.kind == "error" and dropped.body["code"] == MigrationFailed.code, dropped.body
