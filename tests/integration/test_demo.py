@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -83,21 +84,29 @@ def test_ctrl_c_stops_the_cluster_and_says_so_without_a_traceback(tmp_path: Path
     with open(out_file, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "snipe.demo", "--dir", str(folder)], env=env,
                                 stdout=out, stderr=subprocess.PIPE, text=True)
-    try:
-        if phase == "starting":
-            wait_for(lambda: [p for p in _mentioning(folder) if p != proc.pid], 30, "a replica to start")
-        else:
-            wait_for(lambda: "spawned" in out_file.read_text(), 60, "the workers to be spawned")
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    if phase == "starting":
+        _, err = _interrupt_when(proc, lambda: [p for p in _mentioning(folder) if p != proc.pid], 30,
+                                 "a replica to start", 60)
+    else:
+        _, err = _interrupt_when(proc, lambda: "spawned" in out_file.read_text(), 60, "the workers to be spawned", 60)
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert re.fullmatch(r"snipe-demo: interrupted; stopped [1-6] process\(es\)", err.strip().splitlines()[-1]), err
     wait_for(lambda: _mentioning(folder) == [], 10, "every process the demo started to end")
     assert list(folder.iterdir()) == []          # its cluster folder removed too
+
+
+def _interrupt_when(proc: subprocess.Popen[str], ready: Callable[[], object], ready_s: float, what: str,
+                    end_s: float) -> tuple[str, str]:
+    """Ctrl-C `proc` once `ready` holds (within `ready_s`); its stdout and stderr once it ended
+    (within `end_s`). It is killed if anything fails on the way."""
+    try:
+        wait_for(ready, ready_s, what)
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=end_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # sitecustomize for the demo's interpreter: the import of STALL_MODULE waits, after saying so in the
@@ -149,14 +158,7 @@ def _interrupted_while_importing(tmp_path: Path, module: str, until: str, *launc
             "PYTHONPATH": os.pathsep.join([str(tmp_path / "hook"), *filter(None, [env.get("PYTHONPATH")])])}
     proc = subprocess.Popen([*launcher, sys.executable, "-m", "snipe.demo", "--dir", str(folder), "--limit", "20000",
                              "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: (tmp_path / "at").exists(), 60, f"the demo to import {module}")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    out, err = _interrupt_when(proc, lambda: (tmp_path / "at").exists(), 60, f"the demo to import {module}", 120)
     wait_for(lambda: _mentioning(folder) == [], 10, "every process the demo started to end")
     return proc.returncode, out, err
 
