@@ -33,13 +33,19 @@ class DaemonState:
     def close(self) -> None:
         self.env.close()
 
-    def put_task(self, urn: str, record: dict[str, Any]) -> None:
+    def _put(self, db: Any, key: str, value: Any) -> None:
         with self.env.begin(write=True) as txn:
-            txn.put(urn.encode(), msgpack.packb(record, use_bin_type=True), db=self.tasks)
+            txn.put(key.encode(), msgpack.packb(value, use_bin_type=True), db=db)
+
+    def _drop(self, db: Any, key: str) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.delete(key.encode(), db=db)
+
+    def put_task(self, urn: str, record: dict[str, Any]) -> None:
+        self._put(self.tasks, urn, record)
 
     def drop_task(self, urn: str) -> None:
-        with self.env.begin(write=True) as txn:
-            txn.delete(urn.encode(), db=self.tasks)
+        self._drop(self.tasks, urn)
 
     def task(self, urn: str) -> dict[str, Any] | None:
         with self.env.begin() as txn:
@@ -56,16 +62,13 @@ class DaemonState:
             return msgpack.unpackb(raw, raw=False) if raw is not None else default
 
     def set_meta(self, name: str, value: Any) -> None:
-        with self.env.begin(write=True) as txn:
-            txn.put(name.encode(), msgpack.packb(value, use_bin_type=True), db=self.meta)
+        self._put(self.meta, name, value)
 
     def put_group(self, group: str, record: dict[str, Any]) -> None:
-        with self.env.begin(write=True) as txn:
-            txn.put(group.encode(), msgpack.packb(record, use_bin_type=True), db=self.groups)
+        self._put(self.groups, group, record)
 
     def drop_group(self, group: str) -> None:
-        with self.env.begin(write=True) as txn:
-            txn.delete(group.encode(), db=self.groups)
+        self._drop(self.groups, group)
 
     def all_groups(self) -> dict[str, Any]:
         """Every group's record as stored (the reader checks their shape: a file on disk)."""
