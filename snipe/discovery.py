@@ -106,6 +106,15 @@ class ReplicaAddress:
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value <= 65535:
                 raise ConfigError(f"replica {name} must be an integer in 0..65535, got {value!r}")
+        # Hashed once: an address keys the failover state, looked up several times a request.
+        object.__setattr__(self, "_hash", hash((self.endpoint, self.public_key, self.priority, self.weight)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined,no-any-return]
+
+    def __reduce__(self) -> tuple[type[ReplicaAddress], tuple[str, str | None, int, int]]:
+        # rebuilt, not copied: a str's hash differs from one process to the next
+        return ReplicaAddress, (self.endpoint, self.public_key, self.priority, self.weight)
 
     def __str__(self) -> str:
         """The list form, which `parse_address` reads back."""
@@ -770,7 +779,9 @@ class FailoverOrder:
 
     def next_retry_at(self) -> float | None:
         """The earliest retry time among down replicas; None when none is down."""
-        return min((h.retry_at for h in self._down.values()), default=None)
+        if not self._down:
+            return None
+        return min(h.retry_at for h in self._down.values())
 
     def next_candidates(self, now: float, *, include_backing_off: bool = False) -> list[ReplicaAddress]:
         """Replicas to try, best first: up ones, then down ones due for a retry at `now`.

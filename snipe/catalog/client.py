@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,18 +181,21 @@ class CatalogClient:
 
     def _index_sockets(self) -> None:
         self.by_sock = {c.sock: c for c in self.conns.values()}
-        self._pollers: dict[frozenset[str], zmq.Poller] = {}
+        self._pollers: dict[frozenset[str] | str, zmq.Poller] = {}   # by the endpoints polled
 
-    def _poller(self, conns: Iterable[_Conn] | None) -> zmq.Poller:
+    def _poller(self, conns: Collection[_Conn] | None) -> zmq.Poller:
         """A poller over `conns` and every connection a watch listens on (all when None).
         Asking only the sockets a reply can come from matters: ZeroMQ checks each polled
         socket's command queue with a system call or two, before and after the wait."""
-        wanted = frozenset(c.address.endpoint for c in conns) if conns is not None else frozenset(self.conns)
-        wanted |= {w.conn.address.endpoint for w in self._watches.values() if w.conn is not None}
+        if conns is not None and not self._watches and len(conns) == 1:    # a lone request: most of them
+            wanted: frozenset[str] | str = next(iter(conns)).address.endpoint
+        else:
+            wanted = frozenset(c.address.endpoint for c in conns) if conns is not None else frozenset(self.conns)
+            wanted |= {w.conn.address.endpoint for w in self._watches.values() if w.conn is not None}
         poller = self._pollers.get(wanted)
         if poller is None:
             poller = self._pollers[wanted] = zmq.Poller()
-            for endpoint in wanted:
+            for endpoint in [wanted] if isinstance(wanted, str) else wanted:
                 poller.register(self.conns[endpoint].sock, _POLLIN)
         return poller
 
@@ -230,7 +233,7 @@ class CatalogClient:
             return None
         return rid
 
-    def _pump(self, timeout_s: float, conns: Iterable[_Conn] | None = None) -> None:
+    def _pump(self, timeout_s: float, conns: Collection[_Conn] | None = None) -> None:
         """Wait up to `timeout_s` for messages from `conns` (all when None) and the watched ones,
         then take one from each socket that has any (the poll is level-triggered: the rest are
         taken on the next call, which returns at once)."""
