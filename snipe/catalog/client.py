@@ -763,18 +763,25 @@ class CatalogClient:
         with most of its time left (only the hedge's replica still counted)."""
         judged: dict[str, bool] = {}
         failed: list[SnipeError] = []
+        counted = 0
         if deadline <= time.monotonic():
             return judged                      # not sent: a request past its deadline marks the replica down
 
         def good(got: dict[str, tuple[Envelope, list[bytes]]]) -> int:
-            for endpoint, (env, frames) in got.items():
-                if endpoint not in judged and not failed:
+            nonlocal counted
+            if len(got) > len(judged) and not failed:     # (asked several times a turn: mostly nothing new)
+                for endpoint, (env, frames) in got.items():
+                    if endpoint in judged:
+                        continue
                     try:
-                        judged[endpoint] = counts(endpoint, env, frames)
+                        judged[endpoint] = ok = counts(endpoint, env, frames)
                     except SnipeError as exc:
-                        judged[endpoint] = False
+                        judged[endpoint] = ok = False
                         failed.append(exc)
-            return sum(judged.values())
+                    counted += ok
+                    if failed:
+                        break
+            return counted
 
         got = self._fanout(conns[:need], kind, body, frames, lambda g: good(g) >= need or bool(failed), deadline,
                            spares=conns[need:], needed=lambda g: need - good(g), hedge_s=self._read_hedge_s(),
