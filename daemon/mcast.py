@@ -29,7 +29,9 @@ members in at most MAX_GROUPS_PER_KEY groups here, and the host in at most MAX_G
 either is refused (QuotaExceeded) before any catalog work. Both count live members only: a member
 is forgotten on an explicit leave, and by `tick` once its `member.` lease (which its own process
 renews) is no longer live, JOIN_GRACE_LEASES host leases after its join at the earliest (it writes the lease after
-the join is answered). The lease, not the daemon's task events, decides: a task's events do not
+the join is answered), or at once when the lease names another host: the process moved (a
+migration, a restore from a checkpoint elsewhere), renews the lease from there, and joined
+through that host's daemon (snipe/migration/groups.join_here). The lease, not the daemon's task events, decides: a task's events do not
 say whether the process that joined is gone (forgetting on them dropped live members).
 A group with no local member left is kept only while a live member (from anywhere, a process
 without a daemon of its own included) lists this host among its routers; otherwise this router
@@ -140,6 +142,13 @@ class _View:
     expires_ms: int | None         # the earliest lease expiry in the entry it came from
     members: tuple[str, ...]       # members this router delivers to
     routers: tuple[str, ...]       # live routers, this one included, sorted
+
+
+def _moved_away(value: dict[str, Any] | None, host: str) -> bool:
+    """Whether a live `member.` value says its process now stands on another host than `host`
+    (an empty or missing host says nothing: a process without a daemon of its own)."""
+    there = value.get("host") if value is not None else None
+    return isinstance(there, str) and there != "" and there != host
 
 
 def _saved_group(group: str, record: Any) -> tuple[dict[str, str], bool] | None:
@@ -483,7 +492,10 @@ class GroupRouter:
         with self.lock:
             members = self.local.get(group, {})
             grace = JOIN_GRACE_LEASES * self.lease_s
-            dead = [u for u, m in members.items() if u not in live and now - m.since >= grace]
+            # gone: its lease ran out, or it names another host (it migrated, or was restored
+            # elsewhere from a checkpoint, and renews the lease from there)
+            dead = [u for u, m in members.items()
+                    if (u not in live and now - m.since >= grace) or _moved_away(live.get(u), self.host_urn)]
             for u in dead:
                 del members[u]
             if group in self.local and not members:
@@ -491,7 +503,8 @@ class GroupRouter:
             has_local = bool(members)
         if dead:
             self._persist(group)
-            log.info("%s: forgot %d member(s) of %s whose membership lease ran out: %s", self.host_urn,
+            log.info("%s: forgot %d member(s) of %s whose membership lease ran out or names another host: %s",
+                     self.host_urn,
                      len(dead), group, ", ".join(dead[:5]) + (" …" if len(dead) > 5 else ""))
         if has_local or self._registered_here(entry, wall):
             self._elect(group, entry)

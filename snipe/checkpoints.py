@@ -208,8 +208,10 @@ def resume_at_start(s: Any) -> None:
                 restore_groups(s._membership, groups, same_incarnation=False)
         s.endpoint(prepare=prepare)
         if groups:
-            from snipe.migration.groups import reregister
+            from snipe.migration.groups import join_here, reregister
             reregister(s._membership, s.catalog, s.host)     # the same routers, from this host
+            if s.local_daemon is not None:
+                join_here(s._membership, lambda kind, body: s.call_local(kind, body, timeout=30))
     every = os.environ.get("SNIPE_CHECKPOINT_EVERY")
     if every:
         set_period(float(every))

@@ -1,5 +1,5 @@
 """Helpers for tests: waiting on conditions with a deadline (never a bare sleep), stand-in hosts,
-raw daemon requests."""
+raw daemon requests, a daemon's multicast status."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from snipe.daemonclient import DaemonClient
     from snipe.identity import Identity
-    from snipe.localcluster import LocalCatalog
+    from snipe.localcluster import LocalCatalog, LocalCluster
     from snipe.wire import Envelope
 
 # The name of the test-report property that carries a netns case's report (tests/netns/conftest.py's
@@ -101,3 +101,11 @@ def await_answer(client: DaemonClient, rid: int, timeout: float, what: str = "")
                 return env
     raise AssertionError(f"the daemon did not answer request {rid}{' (' + what + ')' if what else ''} within "
                          f"{timeout} s")
+
+
+def mcast_status(cluster: LocalCluster, i: int) -> dict[str, Any]:
+    """The multicast status of the cluster's daemon `i` (what `snipe-console show` reads)."""
+    from snipe.daemonclient import DaemonClient
+
+    with DaemonClient(cluster.daemons[i].address, cluster.user, timeout=5) as d:
+        return d.call("mcast-status")[0]

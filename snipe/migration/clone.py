@@ -28,7 +28,7 @@ from snipe.errors import SnipeError
 from snipe.messaging.endpoint import Endpoint
 from snipe.migration import transfer
 from snipe.migration.core import Clone, Effect, Exit, Restore, Run, SayReady
-from snipe.migration.groups import reregister, restore_groups
+from snipe.migration.groups import join_here, reregister, restore_groups
 from snipe.migration.origin import trace
 from snipe.transport import sender_key, server_socket
 
@@ -140,6 +140,8 @@ def _announce(s: Session, ep: Endpoint, mid: str, in_groups: bool) -> None:
                 reregister(s._membership, catalog, s.host)
         with DaemonClient(s.local_daemon, s.identity) as daemon:
             daemon.call("clone-running", {"urn": s.me, "id": mid}, timeout=30)
+            if in_groups and s._membership is not None:
+                join_here(s._membership, lambda kind, body: daemon.call(kind, body, timeout=30))
     except SnipeError as exc:
         log.warning("migration %s: could not announce the new location: %s", mid, exc)
 

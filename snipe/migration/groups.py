@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from snipe.catalog.client import CatalogClient, now_ms
+from snipe.errors import SnipeError
 from snipe.messaging.endpoint import Message
 from snipe.multicast.core import FIRST_SEQ, Reorder, origin_urn
 
 if TYPE_CHECKING:
     from snipe.multicast.groups import Membership
+
+log = logging.getLogger("snipe.migration")
 
 
 def export_groups(m: Membership | None) -> dict[str, Any]:
@@ -66,3 +71,20 @@ def reregister(m: Membership, catalog: CatalogClient, host: str | None) -> None:
         joined = dict(m.joined)
     since = now_ms()
     m.reassert(catalog, {g: {"host": host or "", "routers": routers, "since": since} for g, routers in joined.items()})
+
+
+def join_here(m: Membership, ask_daemon: Callable[[str, dict[str, Any]], Any]) -> None:
+    """Tell this host's daemon (`ask_daemon(kind, body)`) that we are a member of each group we
+    are in, after a move to this host: it counts us as its own (its bounds, its restart state)
+    and stands for election where the rule says so, as it would have had we joined here. The
+    routers we registered with stay ours; the old host's daemon forgets us once our lease names
+    this host (daemon/mcast.py). A refusal (a bound here) is logged: the member still receives
+    through its routers."""
+    with m.lock:
+        groups = sorted(m.joined)
+    for group in groups:
+        try:
+            ask_daemon("mcast-join", {"group": group, "member": m.me})
+        except SnipeError as exc:
+            log.warning("%s: this host's daemon would not count it as a member of %s after its move: %s",
+                        m.me, group, exc)

@@ -22,7 +22,7 @@ import snipe
 from snipe.daemonclient import DaemonClient
 from snipe.localcluster import LocalCluster
 from tests.integration.test_daemon import SLEEPER
-from tests.support import wait_for
+from tests.support import mcast_status, wait_for
 
 COUNTER = textwrap.dedent('''
     import sys
@@ -325,5 +325,10 @@ def test_a_member_restarted_from_its_checkpoint_is_still_in_its_group_and_misses
         return got if len(got) >= 200 else None
     got = wait_for(all_of_them, 90, "every multicast after the restart")
     assert got == list(range(200))                     # once each, in order
-    assert p.info()["host"] in ("urn:snipe:host:h1", "urn:snipe:host:h3")
+    host = p.info()["host"]
+    assert host in ("urn:snipe:host:h1", "urn:snipe:host:h3")
     assert stay.status()["state"] == "running"
+    # its new host's daemon counts it as its own member, as if it had joined there
+    now_on = 0 if host == "urn:snipe:host:h1" else 2
+    wait_for(lambda: p.urn in mcast_status(cluster, now_on)["local"].get(GROUP, []), 30,
+             f"{host}'s daemon to count the restored member as its own")

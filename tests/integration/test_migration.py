@@ -19,7 +19,7 @@ import snipe
 from snipe.errors import MigrationFailed
 from snipe.localcluster import LocalCluster
 from snipe.runtime import now_ms
-from tests.support import wait_for
+from tests.support import mcast_status, wait_for
 
 COUNTER = textwrap.dedent('''
     import os, sys, snipe
@@ -252,6 +252,12 @@ def test_a_member_of_two_groups_migrated_mid_stream_gets_every_group_message_onc
     # the clone re-registers in the background once it runs
     wait_for(lambda: (_value(g1, "member." + member.urn) or {}).get("host") == "urn:snipe:host:h2", 30,
              "the member's entry to name its new host")
+    # its new host's daemon counts it as its own member (and stands for election for it), and the
+    # old host's forgets it, though the clone renews the lease it had there
+    wait_for(lambda: all(member.urn in mcast_status(cluster, 1)["local"].get(g, []) for g in (g1, g2)), 30,
+             "h2's daemon to count the migrated member as its own")
+    wait_for(lambda: not any(member.urn in mcast_status(cluster, 0)["local"].get(g, []) for g in (g1, g2)), 30,
+             "h1's daemon to forget the member that moved away")
 
 
 COMPUTER = textwrap.dedent('''

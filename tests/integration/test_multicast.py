@@ -15,7 +15,7 @@ import pytest
 import snipe
 from snipe.localcluster import LocalCluster
 from snipe.runtime import now_ms
-from tests.support import wait_for
+from tests.support import mcast_status, wait_for
 
 GROUP = "urn:snipe:group:demo"
 
@@ -210,13 +210,6 @@ def test_a_member_that_exits_or_is_killed_without_leaving_stops_being_listed(
     assert snipe.members(group) == []
 
 
-def _mcast_status(cluster: LocalCluster, i: int) -> dict[str, Any]:
-    from snipe.daemonclient import DaemonClient
-
-    with DaemonClient(cluster.daemons[i].address, cluster.user, timeout=5) as d:
-        return d.call("mcast-status")[0]
-
-
 def test_the_daemon_forgets_members_that_exit_or_are_killed_without_leaving(
         cluster: LocalCluster, tmp_path: Path) -> None:
     """Members on h2 that exit without leave(), or are killed with SIGKILL, are no longer local
@@ -228,12 +221,12 @@ def test_the_daemon_forgets_members_that_exit_or_are_killed_without_leaving(
     exits = snipe.spawn(code, "urn:snipe:group:forgotten-1", "exits", host="h2", env=env)
     killed = snipe.spawn(code, "urn:snipe:group:forgotten-2", "stays", host="h2", env=env)
     wait_for(lambda: _value(exits, "joined") and _value(killed, "joined"), 60, "both members to join")
-    assert groups <= set(_mcast_status(cluster, 1)["routing"])
+    assert groups <= set(mcast_status(cluster, 1)["routing"])
     assert exits.wait(60)["exit_code"] == 0
     os.killpg(killed.status()["pid"], signal.SIGKILL)
 
     def forgotten() -> bool:
-        status = _mcast_status(cluster, 1)
+        status = mcast_status(cluster, 1)
         return not groups & (set(status["local"]) | set(status["routing"]))
     wait_for(forgotten, 30, "h2 to forget the dead members and stop routing their groups")
 
@@ -550,7 +543,7 @@ def _rolling_report(cluster: LocalCluster, members: list[snipe.Process], senders
 
     def daemon(i: int) -> Any:
         try:
-            st = _mcast_status(cluster, i)
+            st = mcast_status(cluster, i)
             return {k: st.get(k) for k in ("routing", "restored", "local", "served")}
         except Exception as exc:            # a report: what it could not learn, it says
             return repr(exc)
@@ -606,7 +599,7 @@ def test_members_keep_their_group_through_restarts_of_their_hosts_daemons(cluste
                      f"{host}'s router lease to run out")
         cluster.start_daemon(i)
         members_here = {m.urn for m in members if m.host == f"urn:snipe:host:{host}"}
-        wait_for(lambda i=i, here=members_here: here <= set(_mcast_status(cluster, i)["local"].get(GROUP, ())), 30,
+        wait_for(lambda i=i, here=members_here: here <= set(mcast_status(cluster, i)["local"].get(GROUP, ())), 30,
                  f"{host}'s restarted daemon to know its members again")
         wait_for(lambda: _registered_with_all_routers(members, both), 60,
                  f"{host} to route again after its restart, every member with both routers")

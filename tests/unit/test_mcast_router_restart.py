@@ -181,3 +181,29 @@ def test_the_daemon_state_keeps_group_records_across_a_reopen(tmp_path: Path):
         assert state.all_groups() == {group(1): record, group(3): None}
     finally:
         state.close()
+
+
+def test_a_member_whose_lease_names_another_host_is_forgotten_here_at_once():
+    """A member that migrated (or was restored elsewhere from a checkpoint) renews its lease from
+    its new host: the old host's daemon must not keep it as its own (nor stand as a router, nor
+    count it against its bounds, nor restore it after a restart) just because the lease lives."""
+    catalog, clock, store = cluster()
+    r = start(catalog, clock, store)
+    join(r, catalog, group(1), "urn:snipe:proc:mover", "km")
+    join(r, catalog, group(1), "urn:snipe:proc:stayer", "ks")
+    catalog.records[group(1)][MEMBER + "urn:snipe:proc:mover"] = {"host": "urn:snipe:host:h2", "routers": [ME],
+                                                                   "since": 0}
+    upkeep_round(r, clock)                       # well within the join grace: the lease, not its lapse, says so
+    assert r.status()["local"] == {group(1): ["urn:snipe:proc:stayer"]}
+    assert store.groups[group(1)]["members"] == {"urn:snipe:proc:stayer": "ks"}
+    assert group(1) in r.status()["routing"]     # the stayer still needs it
+
+
+def test_a_member_whose_lease_names_no_host_is_kept():
+    """A process without a daemon of its own writes an empty host: that says nothing of a move."""
+    catalog, clock, store = cluster()
+    r = start(catalog, clock, store)
+    join(r, catalog, group(1), "urn:snipe:proc:a", "ka")
+    catalog.records[group(1)][MEMBER + "urn:snipe:proc:a"] = {"host": "", "routers": [ME], "since": 0}
+    upkeep_round(r, clock)
+    assert r.status()["local"] == {group(1): ["urn:snipe:proc:a"]}
