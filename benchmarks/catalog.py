@@ -79,6 +79,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness import percentile, say
 from benchmarks.measure import cpu_seconds as _cpu_seconds
 
 __all__ = ["Settings", "main", "run_benchmark"]
@@ -136,20 +137,11 @@ class Settings:
 
 
 def _say(msg: str) -> None:
-    """Progress on stderr (stdout is for the result)."""
-    print(f"[catalog-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    say("catalog", msg)
 
 
 def _loadavg() -> float:
     return round(os.getloadavg()[0], 2)
-
-
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of an already sorted sequence."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), math.ceil(len(sorted_values) * q / 100)))
-    return sorted_values[rank - 1]
 
 
 def _ms(seconds: float) -> float | None:
@@ -214,8 +206,8 @@ def _summarise(rows: Sequence[_Row], ops_per_client: int, servers_cpu: float | N
         "clients": len(rows),
         "seconds": round(wall, 3),
         "ops_per_s": round(len(lat) / wall, 1),
-        "p50_ms": _ms(_percentile(lat, 50)),
-        "p99_ms": _ms(_percentile(lat, 99)),
+        "p50_ms": _ms(percentile(lat, 50)),
+        "p99_ms": _ms(percentile(lat, 99)),
         "errors": errors,
         "truncated": len(lat) + errors < ops_per_client * len(rows),
     }
@@ -571,8 +563,8 @@ def _failover(cat: Any, seed: bytes, s: Settings) -> dict[str, Any]:
         "max_gap_at_s_after_kill": round(worst[1] - t_kill, 3) if gaps else None,
         "max_gap_around_kill_ms": _ms(max(around, default=float("nan"))),
         "max_gap_before_kill_ms": _ms(max(before, default=float("nan"))),
-        "put_p50_ms": _ms(_percentile(lat, 50)),
-        "put_p99_ms": _ms(_percentile(lat, 99)),
+        "put_p50_ms": _ms(percentile(lat, 50)),
+        "put_p99_ms": _ms(percentile(lat, 99)),
         "target_gap_ms": TARGET_GAP_MS,
         "target_met": bool(gaps) and not errors and worst[0] * 1e3 <= TARGET_GAP_MS,
         "etcd_leader_kill_gap_ms_reference": ETCD_LEADER_KILL_GAP_MS,

@@ -54,6 +54,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from benchmarks.harness import percentile
 from benchmarks.measure import cpu_seconds as _cpu_seconds
 
 __all__ = [
@@ -485,15 +486,6 @@ def _worker(
     conn.close()
 
 
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..100) of an already sorted sequence."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), -(-len(sorted_values) * q // 100)))
-    return sorted_values[int(rank) - 1]
-
-
-
 def _summarise(rows: list[tuple[Any, ...]], ops_per_client: int, servers_cpu: float | None = None
                ) -> dict[str, Any]:
     t_start = min(r[2] for r in rows)
@@ -507,8 +499,8 @@ def _summarise(rows: list[tuple[Any, ...]], ops_per_client: int, servers_cpu: fl
         "clients": len(rows),
         "seconds": round(wall, 3),
         "ops_per_s": round(len(lat) / wall, 1),
-        "p50_ms": round(_percentile(lat, 50) * 1e3, 3),
-        "p99_ms": round(_percentile(lat, 99) * 1e3, 3),
+        "p50_ms": round(percentile(lat, 50) * 1e3, 3),
+        "p99_ms": round(percentile(lat, 99) * 1e3, 3),
         "errors": errors,
         "truncated": len(lat) + errors < ops_per_client * len(rows),
     }

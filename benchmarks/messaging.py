@@ -64,22 +64,23 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from benchmarks import harness
+from benchmarks.harness import MIB, fmt, mib, percentile, ratio, run_main, say, wait_json_file
+
 __all__ = ["Settings", "main", "run_benchmark"]
 
-MIB = 1024 * 1024
 SIZES = (64, 1024, MIB)
 SIZE_NAMES = {64: "64B", 1024: "1KiB", MIB: "1MiB"}
 TARGET_ONEWAY = {64: 1.0, 1024: 0.8, MIB: 0.8}     # project/raw plain throughput, at least
@@ -368,23 +369,6 @@ class Settings:
         return {64: self.n_64, 1024: self.n_1k, MIB: self.n_1m}
 
 
-def _say(msg: str) -> None:
-    print(f"[messaging-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of `values` (q in 0..100)."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = max(0, min(len(s) - 1, round(q / 100 * len(s) + 0.5) - 1))
-    return s[k]
-
-
-def _mib(n: float) -> float:
-    return round(n / MIB, 2)
-
-
 def plan(settings: Settings, *, rtt: bool = True, sizes: Sequence[int] = SIZES) -> list[list[Any]]:
     """The steps both ends of a pair run, in order."""
     steps: list[list[Any]] = [["hello"], ["sleep", settings.settle_s]]
@@ -415,8 +399,8 @@ def summarize_rounds(pairs: Sequence[dict[str, Any]], settings: Settings) -> dic
         oneways += [r for r in pair["results"] if r["kind"] == "oneway"][1 if settings.warmup_n else 0:]
     if rtts:
         lat = [x for r in rtts for x in r["lat_us"]]
-        out["rtt_64B"] = {"n": len(lat), "rounds": len(rtts), "p50_us": round(_percentile(lat, 50), 1),
-                          "p99_us": round(_percentile(lat, 99), 1), "mean_us": round(statistics.fmean(lat), 1),
+        out["rtt_64B"] = {"n": len(lat), "rounds": len(rtts), "p50_us": round(percentile(lat, 50), 1),
+                          "p99_us": round(percentile(lat, 99), 1), "mean_us": round(statistics.fmean(lat), 1),
                           "cpu_us_per_round_trip": {side: round(sum(r[f"cpu_{side}"] for r in rtts) / len(lat) * 1e6, 1)
                                                     for side in ("tx", "rx") if all(f"cpu_{side}" in r for r in rtts)}}
     for size in SIZES:
@@ -439,46 +423,22 @@ def summarize_rounds(pairs: Sequence[dict[str, Any]], settings: Settings) -> dic
     return out
 
 
+def _say(msg: str) -> None:
+    say("messaging", msg)
+
+
 # --- process bookkeeping --------------------------------------------------------------------------
-class Procs:
+class Procs(harness.Procs):
     """Every subprocess and task this benchmark starts; `close` stops them all."""
-
-    def __init__(self) -> None:
-        self.popen: list[subprocess.Popen[bytes]] = []
-        self.tasks: list[Any] = []
-
-    def start(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        with open(log, "ab") as f:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-        self.popen.append(p)
-        return p
 
     def close(self, *, tasks: bool = True) -> None:
         """Stop everything; tasks through their daemon unless `tasks` is False (then the caller
         stops the cluster, which kills every task at once, also when a daemon call was cut short)."""
-        for p in self.popen:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(5)
-        self.popen.clear()
+        super().close()
         for t in self.tasks if tasks else ():
             with contextlib.suppress(Exception):
                 t.kill()
         self.tasks.clear()
-
-
-def _wait_file(path: Path, timeout: float, alive: Any = None) -> dict[str, Any]:
-    limit = time.monotonic() + timeout
-    while not path.exists():
-        if alive is not None and not alive():
-            raise RuntimeError(f"a worker ended before writing {path.name}")
-        if time.monotonic() > limit:
-            raise TimeoutError(f"{path.name} did not appear within {timeout} s")
-        time.sleep(0.01)
-    return json.loads(path.read_text())
 
 
 # --- raw pyzmq -------------------------------------------------------------------------------------
@@ -498,7 +458,7 @@ def run_raw_pair(root: Path, procs: Procs, name: str, transport: str, curve: boo
     plan_text = json.dumps(steps)
     rx = procs.start([sys.executable, str(script), "rx", endpoint, plan_text, f"{prefix}-rx", json.dumps(keys)],
                      root / f"raw-{name}-rx.log")
-    ready = _wait_file(Path(f"{prefix}-rx.ready"), 30, lambda: rx.poll() is None)
+    ready = wait_json_file(Path(f"{prefix}-rx.ready"), 30, lambda: rx.poll() is None)
     tx = procs.start([sys.executable, str(script), "tx", ready["endpoint"], plan_text, f"{prefix}-tx",
                       json.dumps(keys)], root / f"raw-{name}-tx.log")
     try:
@@ -530,10 +490,10 @@ class Project:
         plan_text = json.dumps(steps)
         rx = snipe.spawn(self.code, "rx", "-", plan_text, f"{prefix}-rx", host=rx_host, env=self.env)
         self.procs.tasks.append(rx)
-        rx_ready = _wait_file(Path(f"{prefix}-rx.ready"), 60)
+        rx_ready = wait_json_file(Path(f"{prefix}-rx.ready"), 60)
         tx = snipe.spawn(self.code, "tx", rx.urn, plan_text, f"{prefix}-tx", host=tx_host, env=self.env)
         self.procs.tasks.append(tx)
-        tx_ready = _wait_file(Path(f"{prefix}-tx.ready"), 60)
+        tx_ready = wait_json_file(Path(f"{prefix}-tx.ready"), 60)
         return rx, tx, rx_ready, tx_ready, prefix
 
     def finish(self, name: str, rx: Any, tx: Any, prefix: Path, timeout: float) -> dict[str, Any]:
@@ -557,7 +517,7 @@ def memory_run(project: Project, settings: Settings, tx_host: str, rx_host: str)
     steps: list[list[Any]] = [["hello"], ["sleep", settings.settle_s / 2],
                               ["slow", 64, settings.memory_n, settings.slow_every, settings.slow_pause_s], ["bye"]]
     rx, tx, rx_ready, tx_ready, prefix = project.start_pair("memory", rx_host, tx_host, steps)
-    phase = _wait_file(Path(f"{prefix}-tx.phase"), 120)
+    phase = wait_json_file(Path(f"{prefix}-tx.phase"), 120)
     sender = psutil.Process(tx_ready["pid"])
     before = sender.memory_full_info()
     samples: list[tuple[float, int, int]] = []
@@ -588,13 +548,13 @@ def memory_run(project: Project, settings: Settings, tx_host: str, rx_host: str)
         "messages": settings.memory_n, "size": 64, "receiver_stopped_s": settings.memory_stop_s,
         "receiver_slow": f"sleeps {settings.slow_pause_s * 1000:g} ms every {settings.slow_every} messages",
         "hwm_messages": slow["hwm"], "max_held_seen": slow["max_held_seen"],
-        "sender_before": {"rss_mib": _mib(before.rss), "uss_mib": _mib(before.uss),
+        "sender_before": {"rss_mib": mib(before.rss), "uss_mib": mib(before.uss),
                           "maxrss_mib": round(phase["maxrss_kib"] / 1024, 1)},
-        "sender_peak": {"rss_mib": _mib(max((s[1] for s in samples), default=0)),
-                        "uss_mib": _mib(max((s[2] for s in samples), default=0)),
+        "sender_peak": {"rss_mib": mib(max((s[1] for s in samples), default=0)),
+                        "uss_mib": mib(max((s[2] for s in samples), default=0)),
                         "maxrss_mib": round(slow["maxrss_kib"] / 1024, 1)},
-        "sender_peak_while_stopped": {"rss_mib": _mib(max((s[1] for s in during_stop), default=0)),
-                                      "uss_mib": _mib(max((s[2] for s in during_stop), default=0))},
+        "sender_peak_while_stopped": {"rss_mib": mib(max((s[1] for s in during_stop), default=0)),
+                                      "uss_mib": mib(max((s[2] for s in during_stop), default=0))},
         "growth_mib": round((max((s[2] for s in samples), default=before.uss) - before.uss) / MIB, 2),
         "bytes_per_held_message": round((max((s[2] for s in samples), default=before.uss) - before.uss)
                                         / max(1, slow["hwm"])),
@@ -633,8 +593,8 @@ def ray_bench(settings: Settings) -> dict[str, Any]:
             ray.get(actor.echo.remote(small))
             lat.append((time.perf_counter() - t0) * 1e6)
         out: dict[str, Any] = {"available": True, "version": ray.__version__,
-                               "rtt_64B": {"n": len(lat), "p50_us": round(_percentile(lat, 50), 1),
-                                           "p99_us": round(_percentile(lat, 99), 1)}}
+                               "rtt_64B": {"n": len(lat), "p50_us": round(percentile(lat, 50), 1),
+                                           "p99_us": round(percentile(lat, 99), 1)}}
         for size, n in ((64, settings.ray_n * 3), (1024, settings.ray_n * 3), (MIB, max(20, settings.n_1m // 5))):
             payload = b"x" * size
             t0 = time.perf_counter()
@@ -650,82 +610,7 @@ def ray_bench(settings: Settings) -> dict[str, Any]:
             ray.shutdown()
 
 
-# --- profiling -------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def py_spy(pids: dict[str, int], out: Path, procs: Procs) -> Iterator[dict[str, Any]]:
-    """py-spy record of each pid while the block runs; yields a dict filled with hot functions."""
-    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    result: dict[str, Any] = {}
-    if not Path(exe).exists():
-        result["error"] = "py-spy is not installed"
-        yield result
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    running = {}
-    for name, pid in pids.items():
-        raw = out / f"{name}.txt"
-        running[name] = (procs.start([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-                                      "--nonblocking", "--gil", "--output", str(raw)], out / f"{name}.py-spy.log"), raw)
-    time.sleep(1.0)
-    try:
-        yield result
-    finally:
-        for name, (proc, raw) in running.items():
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            result[name] = hot_functions(raw) if raw.exists() else {
-                "error": (out / f"{name}.py-spy.log").read_text(errors="replace")[-500:]}
-
-
-def _short(frame: str) -> str:
-    """py-spy's "func (path/to/file.py:123)" as "func (file.py)": one entry per function."""
-    name, sep, where = frame.partition(" (")
-    return f"{name} ({where.rsplit(':', 1)[0].rsplit('/', 1)[-1]})" if sep else frame
-
-
-# Leaf frames where a thread waits (py-spy's own idle detection misses some with --nonblocking).
-_WAITING = ("Condition.wait (threading.py)", "Poller.poll (poll.py)", "EpollSelector.select (selectors.py)",
-            "Event.wait (threading.py)", "wait_file (project_worker.py)")
-
-
-def hot_functions(raw: Path, top: int = 15) -> dict[str, Any]:
-    """From py-spy's raw output (collapsed stacks): self and inclusive shares per function of the
-    busy samples (those whose leaf is a wait are counted as idle and left out)."""
-    inclusive: dict[str, int] = {}
-    own: dict[str, int] = {}
-    total = idle = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [_short(f) for f in stack.split(";")]
-        if frames[-1] in _WAITING:
-            idle += count
-            continue
-        total += count
-        own[frames[-1]] = own.get(frames[-1], 0) + count
-        for f in set(frames):
-            inclusive[f] = inclusive.get(f, 0) + count
-
-    def rank(d: dict[str, int]) -> list[dict[str, Any]]:
-        best = sorted(d.items(), key=lambda kv: -kv[1])[:top]
-        return [{"function": f, "share": round(c / total, 3)} for f, c in best]
-
-    if not total:
-        return {"busy_samples": 0, "idle_samples": idle}
-    return {"busy_samples": total, "idle_samples": idle, "self": rank(own), "inclusive": rank(inclusive)}
-
-
 # --- the benchmark ---------------------------------------------------------------------------------
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a and b else None
-
-
 def ratios(project: dict[str, Any], raw: dict[str, Any], ray: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for transport in ("ipc", "tcp"):
@@ -735,10 +620,10 @@ def ratios(project: dict[str, Any], raw: dict[str, Any], ray: dict[str, Any]) ->
         for size in SIZES:
             key = f"oneway_{SIZE_NAMES[size]}"
             mine = p.get(key, {}).get("msgs_per_s")
-            r = _ratio(mine, plain.get(key, {}).get("msgs_per_s"))
+            r = ratio(mine, plain.get(key, {}).get("msgs_per_s"))
             t[key] = {"project_vs_raw_plain": r,
-                      "project_vs_raw_curve": _ratio(mine, curve.get(key, {}).get("msgs_per_s")),
-                      "raw_curve_vs_raw_plain": _ratio(curve.get(key, {}).get("msgs_per_s"),
+                      "project_vs_raw_curve": ratio(mine, curve.get(key, {}).get("msgs_per_s")),
+                      "raw_curve_vs_raw_plain": ratio(curve.get(key, {}).get("msgs_per_s"),
                                                        plain.get(key, {}).get("msgs_per_s")),
                       "target": f">= {TARGET_ONEWAY[size]}x raw plain", "target_met": r is not None
                       and r >= TARGET_ONEWAY[size]}
@@ -746,12 +631,12 @@ def ratios(project: dict[str, Any], raw: dict[str, Any], ray: dict[str, Any]) ->
             # side's CPU per message bounds the rate (informative only; targets use the rates).
             cpu_p, cpu_r = p.get(key, {}).get("cpu_us_per_msg", {}), plain.get(key, {}).get("cpu_us_per_msg", {})
             if len(cpu_p) == 2 and len(cpu_r) == 2:
-                t[key]["by_cpu"] = _ratio(max(cpu_r.values()), max(cpu_p.values()))
+                t[key]["by_cpu"] = ratio(max(cpu_r.values()), max(cpu_p.values()))
         mine = p.get("rtt_64B", {}).get("p50_us")
-        r = _ratio(mine, plain.get("rtt_64B", {}).get("p50_us"))
+        r = ratio(mine, plain.get("rtt_64B", {}).get("p50_us"))
         t["rtt_64B_p50"] = {"project_vs_raw_plain": r,
-                            "project_vs_raw_curve": _ratio(mine, curve.get("rtt_64B", {}).get("p50_us")),
-                            "p99_project_vs_raw_plain": _ratio(p.get("rtt_64B", {}).get("p99_us"),
+                            "project_vs_raw_curve": ratio(mine, curve.get("rtt_64B", {}).get("p50_us")),
+                            "p99_project_vs_raw_plain": ratio(p.get("rtt_64B", {}).get("p99_us"),
                                                                plain.get("rtt_64B", {}).get("p99_us")),
                             "target": f"<= {TARGET_RTT_P50}x raw plain",
                             "target_met": r is not None and r <= TARGET_RTT_P50}
@@ -761,11 +646,11 @@ def ratios(project: dict[str, Any], raw: dict[str, Any], ray: dict[str, Any]) ->
                 for k in (f"oneway_{SIZE_NAMES[s]}" for s in SIZES)}
         out["ray"] = {}
         for key, mine in best.items():
-            r = _ratio(mine, ray.get(key, {}).get("msgs_per_s"))
+            r = ratio(mine, ray.get(key, {}).get("msgs_per_s"))
             out["ray"][key] = {"project_vs_ray": r, "target": f">= {TARGET_RAY_THROUGHPUT}x",
                                "target_met": r is not None and r >= TARGET_RAY_THROUGHPUT}
         p50 = min(project.get(tr, {}).get("rtt_64B", {}).get("p50_us", float("inf")) for tr in ("ipc", "tcp"))
-        r = _ratio(ray["rtt_64B"]["p50_us"], p50)
+        r = ratio(ray["rtt_64B"]["p50_us"], p50)
         out["ray"]["rtt_64B_p50"] = {"ray_vs_project": r, "target": f">= {TARGET_RAY_RTT}x",
                                      "target_met": r is not None and r >= TARGET_RAY_RTT}
     else:
@@ -866,8 +751,9 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
                 psteps: list[list[Any]] = [["hello"], ["sleep", settings.settle_s],
                                            ["oneway", 64, settings.profile_n], ["bye"]]
                 rx, tx, rx_ready, tx_ready, prefix = proj.start_pair("profile", "h1", "h1", psteps)
-                with py_spy({"sender": tx_ready["pid"], "receiver": rx_ready["pid"]},
-                            Path(settings.profile_dir), procs) as prof:
+                with harness.py_spy({"sender": tx_ready["pid"], "receiver": rx_ready["pid"]},
+                                    Path(settings.profile_dir), procs, flags=("--gil",),
+                                    waiting=("wait_file (project_worker.py)",)) as prof:
                     praw = proj.finish("profile", rx, tx, prefix, timeout)
                 return {"case": "64 B one-way, ipc; py-spy --gil at 200 Hz: where each process spends its Python "
                                 "time", **prof, "throughput_under_profiler": summarize(praw, Settings(warmup_n=0))}
@@ -891,10 +777,6 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _fmt(v: Any, spec: str = "") -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def table(r: dict[str, Any]) -> str:
     lines = [f"messaging between two processes, {r['cpus']} CPUs, Python {r['python']}, "
              f"pyzmq {r['zmq']['pyzmq']} / libzmq {r['zmq']['libzmq']}", ""]
@@ -907,21 +789,21 @@ def table(r: dict[str, Any]) -> str:
         rows.append(("ray actor calls", {**r["ray"], "route_kind": "-"}))
     for name, v in rows:
         rtt = v.get("rtt_64B", {})
-        lines.append(f"{name:<26}{v.get('route_kind', '-'):>6}{_fmt(rtt.get('p50_us'), '.1f'):>12}"
-                     f"{_fmt(rtt.get('p99_us'), '.1f'):>12}"
-                     + "".join(f"{_fmt(v.get(f'oneway_{SIZE_NAMES[s]}', {}).get('msgs_per_s'), ','):>14}"
+        lines.append(f"{name:<26}{v.get('route_kind', '-'):>6}{fmt(rtt.get('p50_us'), '.1f'):>12}"
+                     f"{fmt(rtt.get('p99_us'), '.1f'):>12}"
+                     + "".join(f"{fmt(v.get(f'oneway_{SIZE_NAMES[s]}', {}).get('msgs_per_s'), ','):>14}"
                                for s in SIZES)
-                     + f"{_fmt(v.get('oneway_1MiB', {}).get('mib_per_s'), '.0f'):>12}"
-                     + f"{_fmt(v.get('retransmitted'), ','):>9}"
+                     + f"{fmt(v.get('oneway_1MiB', {}).get('mib_per_s'), '.0f'):>12}"
+                     + f"{fmt(v.get('retransmitted'), ','):>9}"
                      + (f"  error: {v['error'][:200]}" if "error" in v else ""))
     lines += ["", "CPU time, microseconds per message (sender/receiver process, all threads) and per round trip:"]
     for name, v in rows:
         cells = []
         for size in SIZES:
             c = v.get(f"oneway_{SIZE_NAMES[size]}", {}).get("cpu_us_per_msg", {})
-            cells.append(f"{SIZE_NAMES[size]} {_fmt(c.get('tx'))}/{_fmt(c.get('rx'))}")
+            cells.append(f"{SIZE_NAMES[size]} {fmt(c.get('tx'))}/{fmt(c.get('rx'))}")
         c = v.get("rtt_64B", {}).get("cpu_us_per_round_trip", {})
-        cells.append(f"rtt {_fmt(c.get('tx'))}/{_fmt(c.get('rx'))}")
+        cells.append(f"rtt {fmt(c.get('tx'))}/{fmt(c.get('rx'))}")
         lines.append(f"  {name:<26}" + "   ".join(cells))
     if not r["ray"].get("available"):
         lines.append(f"ray: not available ({r['ray'].get('reason')})")
@@ -929,9 +811,9 @@ def table(r: dict[str, Any]) -> str:
     for transport in ("ipc", "tcp"):
         for key, v in r["ratios"][transport].items():
             met = {True: "met", False: "NOT met", None: "n/a"}[v["target_met"]]
-            by_cpu = f", by CPU {_fmt(v['by_cpu'])}x" if "by_cpu" in v else ""
-            lines.append(f"  {transport} {key:<16} {_fmt(v['project_vs_raw_plain']):>7}x  (vs raw curve "
-                         f"{_fmt(v['project_vs_raw_curve'])}x{by_cpu})  target {v['target']}: {met}")
+            by_cpu = f", by CPU {fmt(v['by_cpu'])}x" if "by_cpu" in v else ""
+            lines.append(f"  {transport} {key:<16} {fmt(v['project_vs_raw_plain']):>7}x  (vs raw curve "
+                         f"{fmt(v['project_vs_raw_curve'])}x{by_cpu})  target {v['target']}: {met}")
     lines.append(f"  ray: {json.dumps(r['ratios']['ray'])}")
     m = r["memory"]
     if "error" in m:
@@ -975,17 +857,7 @@ def main(argv: list[str] | None = None) -> int:
         [t for t in settings.skip if t not in ("raw", "project", "memory", "ray")]
     if bad:
         ap.error(f"unknown transport or part: {', '.join(bad)}")
-
-    def on_term(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    result = run_benchmark(settings)
-    if not args.json:
-        print(table(result))
-        print()
-    print(json.dumps(result, indent=2))
-    return 0
+    return run_main(args, lambda: run_benchmark(settings), table)
 
 
 if __name__ == "__main__":

@@ -54,17 +54,18 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import harness
+from benchmarks.harness import fmt, percentile, ratio, run_main, say, wait_json_file
 from benchmarks.measure import cpu_seconds
 
 __all__ = ["Settings", "main", "run_benchmark"]
@@ -302,16 +303,7 @@ class Settings:
 
 
 def _say(msg: str) -> None:
-    print(f"[multicast-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of `values` (q in 0..100); None when there are none."""
-    s = sorted(values)
-    if not s:
-        return None
-    k = max(0, min(len(s) - 1, round(q / 100 * len(s) + 0.5) - 1))
-    return s[k]
+    say("multicast", msg)
 
 
 def summarize_phase(n: int, members: int, reports: Sequence[dict[str, Any]], t0: float | None = None
@@ -335,7 +327,7 @@ def summarize_phase(n: int, members: int, reports: Sequence[dict[str, Any]], t0:
         "seconds": round(seconds, 4) if seconds else None,
         "msgs_per_s": round(n / seconds, 1) if seconds else None,
         "deliveries_per_s": round(deliveries / seconds, 1) if seconds else None,
-        "latency_us": {"samples": len(lat), "p50": _percentile(lat, 50), "p99": _percentile(lat, 99),
+        "latency_us": {"samples": len(lat), "p50": percentile(lat, 50, None), "p99": percentile(lat, 99, None),
                        "mean": round(statistics.fmean(lat), 1) if lat else None},
     }
 
@@ -353,29 +345,11 @@ def cpu_figures(cpu_s: dict[str, float], deliveries: int) -> dict[str, Any]:
 
 
 # --- process bookkeeping --------------------------------------------------------------------------
-class Procs:
+class Procs(harness.Procs):
     """Every subprocess and task this benchmark starts; `close` stops them all."""
 
-    def __init__(self) -> None:
-        self.popen: list[subprocess.Popen[bytes]] = []
-        self.tasks: list[Any] = []
-
-    def start(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        with open(log, "ab") as f:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-        self.popen.append(p)
-        return p
-
     def close(self) -> None:
-        for p in self.popen:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-        for p in self.popen:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(5)
-        self.popen.clear()
+        super().close()
         # Tasks are asked to end first (Project.close); those still running are killed through
         # their daemon while the session lives (LocalCluster.close kills any left by their cwd).
         from snipe import runtime
@@ -392,17 +366,6 @@ class Procs:
                 if exc.__class__.__name__ == "Unreachable":
                     dead.add(sup)
         self.tasks.clear()
-
-
-def _wait_file(path: Path, timeout: float, alive: Any = None) -> dict[str, Any]:
-    limit = time.monotonic() + timeout
-    while not path.exists():
-        if alive is not None and not alive():
-            raise RuntimeError(f"a worker ended before writing {path.name}")
-        if time.monotonic() > limit:
-            raise TimeoutError(f"{path.name} did not appear within {timeout} s")
-        time.sleep(0.01)
-    return json.loads(path.read_text())
 
 
 # --- raw pyzmq PUB/SUB -----------------------------------------------------------------------------
@@ -422,7 +385,7 @@ def run_raw(root: Path, procs: Procs, settings: Settings) -> dict[str, Any]:
     plan = {"subs": [str(p) for p in subs], "phases": phases, "timeout": settings.phase_timeout_s}
     pub = procs.start([sys.executable, str(script), "pub", endpoint, str(pub_prefix), json.dumps(plan)],
                       root / "raw-pub.log")
-    _wait_file(Path(f"{pub_prefix}.ready"), 30, lambda: pub.poll() is None)
+    wait_json_file(Path(f"{pub_prefix}.ready"), 30, lambda: pub.poll() is None)
     sub_procs = [procs.start([sys.executable, str(script), "sub", endpoint, str(p), "{}"], Path(f"{p}.log"))
                  for p in subs]
     try:
@@ -603,87 +566,7 @@ def _registrations() -> dict[str, Any]:
             "copies_received_per_member": copies}
 
 
-# --- profiling -------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def py_spy(pids: dict[str, int], out: Path, procs: Procs) -> Iterator[dict[str, Any]]:
-    """py-spy record of each pid while the block runs; yields a dict filled with hot functions."""
-    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    result: dict[str, Any] = {}
-    if not Path(exe).exists():
-        result["error"] = "py-spy is not installed"
-        yield result
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    running = {}
-    for name, pid in pids.items():
-        raw = out / f"{name}.txt"
-        running[name] = (procs.start([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-                                      "--threads", "--nonblocking", "--output", str(raw)],
-                                     out / f"{name}.py-spy.log"), raw)
-    time.sleep(1.0)
-    try:
-        yield result
-    finally:
-        for name, (proc, raw) in running.items():
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            result[name] = hot_functions(raw) if raw.exists() else {
-                "error": (out / f"{name}.py-spy.log").read_text(errors="replace")[-500:]}
-
-
-def _short(frame: str) -> str:
-    """py-spy's "func (path/to/file.py:123)" as "func (file.py)": one entry per function."""
-    name, sep, where = frame.partition(" (")
-    return f"{name} ({where.rsplit(':', 1)[0].rsplit('/', 1)[-1]})" if sep else frame
-
-
-_WAITING = ("Condition.wait (threading.py)", "Poller.poll (poll.py)", "EpollSelector.select (selectors.py)",
-            "Event.wait (threading.py)", "poll (poll.py)", "select (selectors.py)", "sleep", "recv (socket.py)")
-
-
-def hot_functions(raw: Path, top: int = 15) -> dict[str, Any]:
-    """From py-spy's raw output (collapsed stacks, thread first): per thread, busy samples; self and
-    inclusive shares per function of the busy samples (a stack whose leaf waits counts as idle)."""
-    inclusive: dict[str, int] = {}
-    own: dict[str, int] = {}
-    threads: dict[str, int] = {}
-    total = idle = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        parts = stack.split(";")
-        thread, frames = (parts[0], [_short(f) for f in parts[1:]]) if parts[0].startswith(("thread", "process")) \
-            else ("?", [_short(f) for f in parts])
-        if not frames or frames[-1].startswith(_WAITING) or any(frames[-1].startswith(w) for w in _WAITING):
-            idle += count
-            continue
-        total += count
-        threads[thread] = threads.get(thread, 0) + count
-        own[frames[-1]] = own.get(frames[-1], 0) + count
-        for f in set(frames):
-            inclusive[f] = inclusive.get(f, 0) + count
-
-    def rank(d: dict[str, int]) -> list[dict[str, Any]]:
-        best = sorted(d.items(), key=lambda kv: -kv[1])[:top]
-        return [{"function": f, "share": round(c / total, 3)} for f, c in best]
-
-    if not total:
-        return {"busy_samples": 0, "idle_samples": idle}
-    return {"busy_samples": total, "idle_samples": idle, "busy_by_thread": rank(threads)[:6],
-            "self": rank(own), "inclusive": rank(inclusive)}
-
-
 # --- the benchmark ---------------------------------------------------------------------------------
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a and b else None
-
-
 def median_round(rounds: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The (multicast, unicast) throughput pair whose ratio is the median. The two cases run in
     turn, round after round, so the machine's load (it swings by the minute on a shared VM) weighs
@@ -695,13 +578,13 @@ def median_round(rounds: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> tup
 
 def ratios(mc: dict[str, Any], uni: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
     t_m = mc["throughput"]["msgs_per_s"]
-    vs_uni = _ratio(t_m, uni["throughput"]["msgs_per_s"])
-    vs_raw = _ratio(t_m, raw["throughput"]["msgs_per_s"])
+    vs_uni = ratio(t_m, uni["throughput"]["msgs_per_s"])
+    vs_raw = ratio(t_m, raw["throughput"]["msgs_per_s"])
     lat = {}
     for case in ("throughput", "paced"):
         for q in ("p50", "p99"):
-            lat[f"{case}_{q}"] = {"multicast_vs_unicast": _ratio(mc[case]["latency_us"][q], uni[case]["latency_us"][q]),
-                                  "multicast_vs_raw": _ratio(mc[case]["latency_us"][q], raw[case]["latency_us"][q])}
+            lat[f"{case}_{q}"] = {"multicast_vs_unicast": ratio(mc[case]["latency_us"][q], uni[case]["latency_us"][q]),
+                                  "multicast_vs_raw": ratio(mc[case]["latency_us"][q], raw[case]["latency_us"][q])}
     return {
         "throughput_vs_repeated_unicast": {"ratio": vs_uni, "target": f">= {TARGET_VS_UNICAST}x",
                                            "target_met": vs_uni is not None and vs_uni >= TARGET_VS_UNICAST},
@@ -711,9 +594,9 @@ def ratios(mc: dict[str, Any], uni: dict[str, Any], raw: dict[str, Any]) -> dict
         # Deliveries per CPU-second of every process involved: what the machine's 2 CPUs allow when
         # the other processes on it leave none spare (wall rates swing with their load, this less).
         "deliveries_per_cpu_s": {
-            "multicast_vs_unicast": _ratio(mc["throughput"].get("deliveries_per_cpu_s"),
+            "multicast_vs_unicast": ratio(mc["throughput"].get("deliveries_per_cpu_s"),
                                            uni["throughput"].get("deliveries_per_cpu_s")),
-            "multicast_vs_raw": _ratio(mc["throughput"].get("deliveries_per_cpu_s"),
+            "multicast_vs_raw": ratio(mc["throughput"].get("deliveries_per_cpu_s"),
                                        raw["throughput"].get("deliveries_per_cpu_s"))},
     }
 
@@ -792,7 +675,7 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
                 pids["sender"] = project.sender_pid
             if project.members:
                 pids["member"] = project.member_pids[project.members[0]]
-            with py_spy(pids, Path(settings.profile_dir), procs) as prof:
+            with harness.py_spy(pids, Path(settings.profile_dir), procs) as prof:
                 under = project.phase("mcast", settings.profile_n)
             result["profile"] = {"case": f"{settings.profile_n} multicasts flat out, sampled at 200 Hz", **prof,
                                  "throughput_under_profiler": under["msgs_per_s"]}
@@ -803,7 +686,7 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
             "multicast": mc, "unicast_x30": uni, "raw_pubsub": raw,
             "ratios": ratios(mc, uni, raw),
             "rounds": [{"multicast_msgs_per_s": m["msgs_per_s"], "unicast_msgs_per_s": u["msgs_per_s"],
-                        "ratio": _ratio(m["msgs_per_s"], u["msgs_per_s"])} for m, u in rounds],
+                        "ratio": ratio(m["msgs_per_s"], u["msgs_per_s"])} for m, u in rounds],
             "guarantees": {"multicast": _guarantees(mc["warmup"], mc["paced"], *(m for m, _ in rounds)),
                            "unicast": _guarantees(uni["warmup"], uni["paced"], *(u for _, u in rounds))},
         })
@@ -825,10 +708,6 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         result["load_note"] = _load_note(result["loadavg_before"], result["loadavg_after"])
 
 
-def _fmt(v: Any, spec: str = "") -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def table(r: dict[str, Any]) -> str:
     lines = [f"multicast: 1 sender to {r['settings']['members']} members, {r['cpus']} CPUs, Python {r['python']}, "
              f"pyzmq {r['zmq']['pyzmq']} / libzmq {r['zmq']['libzmq']}",
@@ -839,20 +718,20 @@ def table(r: dict[str, Any]) -> str:
     for name, key in (("snipe.mcast", "multicast"), ("snipe.send x30", "unicast_x30"), ("raw PUB/SUB", "raw_pubsub")):
         for phase in ("throughput", "paced"):
             p = r[key][phase]
-            lines.append(f"{name:<22}{phase:<11}{p['n']:>7}{_fmt(p['msgs_per_s'], ',.0f'):>10}"
-                         f"{_fmt(p['deliveries_per_s'], ',.0f'):>11}{_fmt(p['latency_us']['p50'], ',.0f'):>10}"
-                         f"{_fmt(p['latency_us']['p99'], ',.0f'):>10}{p['missing']:>9}"
+            lines.append(f"{name:<22}{phase:<11}{p['n']:>7}{fmt(p['msgs_per_s'], ',.0f'):>10}"
+                         f"{fmt(p['deliveries_per_s'], ',.0f'):>11}{fmt(p['latency_us']['p50'], ',.0f'):>10}"
+                         f"{fmt(p['latency_us']['p99'], ',.0f'):>10}{p['missing']:>9}"
                          f"{p['out_of_order_or_duplicate']:>6}"
-                         f"{_fmt(p.get('cpu_us_per_delivery', {}).get('total'), ',.2f'):>14}")
+                         f"{fmt(p.get('cpu_us_per_delivery', {}).get('total'), ',.2f'):>14}")
     lines.append("")
     if len(r.get("rounds", [])) > 1:
         lines.append("throughput rounds (multicast / unicast msg/s, ratio): " + ", ".join(
-            f"{_fmt(x['multicast_msgs_per_s'], ',.0f')} / {_fmt(x['unicast_msgs_per_s'], ',.0f')} = {_fmt(x['ratio'])}"
+            f"{fmt(x['multicast_msgs_per_s'], ',.0f')} / {fmt(x['unicast_msgs_per_s'], ',.0f')} = {fmt(x['ratio'])}"
             for x in r["rounds"]) + "; the median pair is in the table")
     for name, v in r["ratios"].items():
         if "target" in v:
             met = "met" if v["target_met"] else "NOT met"
-            lines.append(f"{name:<34} {_fmt(v['ratio'])}x   target {v['target']}: {met}")
+            lines.append(f"{name:<34} {fmt(v['ratio'])}x   target {v['target']}: {met}")
     if "profile" in r:
         for side, v in r["profile"].items():
             if isinstance(v, dict) and "self" in v:
@@ -883,16 +762,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         settings.profile_dir = args.profile
 
-    def on_term(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    result = run_benchmark(settings)
-    if not args.json:
-        print(table(result))
-        print()
-    print(json.dumps(result, indent=2))
-    return 0
+    return run_main(args, lambda: run_benchmark(settings), table)
 
 
 if __name__ == "__main__":

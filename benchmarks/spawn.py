@@ -64,9 +64,11 @@ from typing import Any
 import psutil
 import zmq
 
+from benchmarks.harness import mib, percentile, run_main, say
+
 __all__ = ["Settings", "main", "run_benchmark"]
 
-MIB = 1024 * 1024
+
 HELLO_TIMEOUT_S = 60.0
 TARGET_RATIO_BARE = 1.0
 TARGET_RATIO_RAY = 10.0
@@ -117,28 +119,15 @@ class Settings:
 
 
 def _say(msg: str) -> None:
-    print(f"[spawn-bench] {msg}", file=sys.stderr, flush=True)
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of `values` (q in 0..100)."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = max(0, min(len(s) - 1, round(q / 100 * len(s) + 0.5) - 1))
-    return s[k]
+    say("spawn", msg)
 
 
 def _stats_ms(seconds: Sequence[float]) -> dict[str, Any]:
     ms = [x * 1000 for x in seconds]
     if not ms:
         return {"n": 0}
-    return {"n": len(ms), "p50_ms": round(_percentile(ms, 50), 2), "p99_ms": round(_percentile(ms, 99), 2),
+    return {"n": len(ms), "p50_ms": round(percentile(ms, 50), 2), "p99_ms": round(percentile(ms, 99), 2),
             "mean_ms": round(statistics.fmean(ms), 2), "min_ms": round(min(ms), 2), "max_ms": round(max(ms), 2)}
-
-
-def _mib(n: float) -> float:
-    return round(n / MIB, 2)
 
 
 # --- listening for hellos --------------------------------------------------------------------------
@@ -262,7 +251,7 @@ class Bare:
 # --- memory -----------------------------------------------------------------------------------------
 def _uss_rss(pid: int) -> dict[str, float]:
     info = psutil.Process(pid).memory_full_info()
-    return {"uss_mib": _mib(info.uss), "pss_mib": _mib(info.pss), "rss_mib": _mib(info.rss)}
+    return {"uss_mib": mib(info.uss), "pss_mib": mib(info.pss), "rss_mib": mib(info.rss)}
 
 
 def idle_zygotes(daemon_pid: int, tasks_dir: Path) -> list[psutil.Process]:
@@ -611,17 +600,7 @@ def main(argv: list[str] | None = None) -> int:
                         ("hosts", args.hosts), ("profile_dir", args.profile)):
         if value is not None:
             setattr(settings, name, value)
-
-    def on_term(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
-    result = run_benchmark(settings)
-    if not args.json:
-        print(_table(result))
-        print()
-    print(json.dumps(result, indent=2))
-    return 0
+    return run_main(args, lambda: run_benchmark(settings), _table)
 
 
 if __name__ == "__main__":
