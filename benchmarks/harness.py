@@ -84,14 +84,20 @@ class Procs:
         self.popen.clear()
 
 
+def py_spy_exe() -> str | None:
+    """py-spy on PATH or beside this Python (the venv's), if installed."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return exe if Path(exe).exists() else None
+
+
 @contextlib.contextmanager
 def py_spy(pids: dict[str, int], out: Path, procs: Procs, *, flags: Sequence[str] = ("--threads",),
            waiting: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
     """py-spy record (200 Hz) of each pid while the block runs; yields a dict filled then with each
     one's hot functions (`hot_functions`; `waiting`: more leaf frames that are waits)."""
-    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    exe = py_spy_exe()
     result: dict[str, Any] = {}
-    if not Path(exe).exists():
+    if exe is None:
         result["error"] = "py-spy is not installed"
         yield result
         return

@@ -64,7 +64,7 @@ from typing import Any
 import psutil
 import zmq
 
-from benchmarks.harness import mib, percentile, run_main, say
+from benchmarks.harness import mib, percentile, py_spy_exe, run_main, say
 
 __all__ = ["Settings", "main", "run_benchmark"]
 
@@ -329,9 +329,9 @@ def ray_actor_latency(n: int) -> dict[str, Any]:
 @contextlib.contextmanager
 def py_spy(pid: int, out: Path) -> Iterator[dict[str, Any]]:
     """py-spy record of `pid` while the block runs; yields a dict filled with the hottest functions."""
-    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    exe = py_spy_exe()
     result: dict[str, Any] = {}
-    if not Path(exe).exists():
+    if exe is None:
         result["error"] = "py-spy is not installed"
         yield result
         return
