@@ -294,6 +294,8 @@ class Endpoint:
         self._recv_waiting = 0                   # threads in recv waiting for the I/O thread to deliver
         self._app_active_until = 0.0             # application threads read the sockets until then
         self._io_wants = False                   # the I/O thread waits for io: no new direct work
+        self._turn_over = threading.Event()      # cleared while it wants io or has it for that turn
+        self._turn_over.set()
         # The I/O thread's next wait watches the sockets' descriptors (not only its wake-up): set by
         # it while it holds io, so stable for whoever holds io (_read_after_send).
         self._io_polls_fds = True
@@ -685,14 +687,14 @@ class Endpoint:
 
     def _recv_direct(self, source: str | None, tag: int | None, limit: float | None) -> Message | None:
         """Wait for a message by reading the sockets in this thread, while the I/O thread is
-        idle, for up to DIRECT_HOLD_S, or until the I/O thread wants a turn (its timers, periodic
-        jobs): None then, or if it is busy, and the caller waits for it to deliver."""
-        # The I/O thread holds io for a turn at a time (it may have woken for this very message):
-        # wait for the turn to end rather than for it to hand the message over.
-        if self.catalog is None or self.paused or self._io_wants or not self.io.acquire(timeout=DIRECT_HOLD_S):
+        idle, for up to DIRECT_HOLD_S: None then, or if the I/O thread stays busy, and the caller
+        waits for it to deliver. A turn the I/O thread wants meanwhile (its timers, periodic
+        jobs) it gets (`_take_io`), and the wait goes on after it."""
+        if self.catalog is None or self.paused or not self._take_io():
             self._hand_back()
             return None
         m = None
+        held = True
         try:
             hold = time.monotonic() + DIRECT_HOLD_S
             if limit is not None:
@@ -714,9 +716,19 @@ class Endpoint:
                 if now >= self._acks_due:
                     self._flush_acks(now)
                 m = self._take_match(source, tag)
-                if m is not None or self.paused or (polled and now >= hold) or self._io_wants \
-                        or self.safe_point_due:
+                if m is not None or self.paused or (polled and now >= hold) or self.safe_point_due:
                     return m
+                if self._io_wants:
+                    # Its turn, then ours again: handing the wait over instead (the caller waiting
+                    # for the I/O thread to deliver) costs a hand-off of the message between the
+                    # threads, and has the I/O thread watch the sockets' descriptors for a while.
+                    self.io.release()
+                    held = self._take_io()
+                    if not held:
+                        return None
+                    poller, readers = self._poller_for_app()
+                    ready = {}
+                    continue
                 ready = dict(poller.poll(max(0, math.ceil((min(hold, self._acks_due) - now) * 1000))))
                 polled = True
                 if self.wake_rx in ready:
@@ -724,12 +736,25 @@ class Endpoint:
                         os.read(self.wake_rx, 4096)
         finally:
             soonest = self._touched_soonest() if m is not None else math.inf
-            self.io.release()
+            if held:
+                self.io.release()
             if m is None:
                 self._hand_back()
             else:
                 self._app_active_until = time.monotonic() + APP_ACTIVE_S
                 self._nudge_io(soonest)
+
+    def _take_io(self) -> bool:
+        """Take io for a direct recv, waiting up to DIRECT_HOLD_S. The I/O thread holds it for a
+        turn at a time (it may have woken for this very message): wait for the turn to end rather
+        than for it to hand the message over; when it waits for io itself (`_io_wants`), let it
+        have its turn first (`_turn_over`), rather than take io back before it could (False if it
+        still wants io after that)."""
+        if self._io_wants:
+            self._turn_over.wait(DIRECT_HOLD_S)
+            if self._io_wants:
+                return False
+        return self.io.acquire(timeout=DIRECT_HOLD_S)
 
     def _hand_back(self) -> None:
         """The caller will wait for the I/O thread to deliver: it must watch the sockets again
@@ -965,6 +990,7 @@ class Endpoint:
                                 os.read(self.wake_rx, 4096)
                         continue
                 else:
+                    self._turn_over.clear()     # (before _io_wants: who sees that waits for this)
                     self._io_wants = True       # application threads leave io to us until we had it
                     self.io.acquire()
                     self._io_wants = False
@@ -986,6 +1012,8 @@ class Endpoint:
                     self._io_sleep_until = now + timeout
                 finally:
                     self.io.release()
+                    if not self._turn_over.is_set():
+                        self._turn_over.set()   # a direct recv that waited for this turn carries on
                 for fd in fds - watched:
                     poller.register(fd, zmq.POLLIN)
                 for fd in watched - fds:
