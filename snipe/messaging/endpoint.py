@@ -85,7 +85,7 @@ from snipe.transport import (
     sender_key,
     server_socket,
 )
-from snipe.wire import Envelope, decode, encode
+from snipe.wire import Envelope, decode, decode_envelope, encode
 
 log = logging.getLogger("snipe.messaging")
 ReplyTo = tuple[zmq.Socket, bytes]       # where a message came from: our ROUTER and the link's identity there
@@ -148,9 +148,6 @@ DIRECT_HOLD_S = 0.005
 APP_ACTIVE_S = 0.02
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _DEADLINE_S = operator.itemgetter(3)    # of a queued command (dest, tag, payload, deadline_s)
-# An envelope's bytes as snipe.wire.encode_envelope makes them, from its fields in a list (the
-# data path skips making the Envelope only to take it apart again)
-_pack_envelope = functools.partial(msgpack.packb, use_bin_type=True)
 
 
 @dataclass(slots=True)
@@ -290,6 +287,9 @@ class Endpoint:
         # peers sent to since the I/O thread last reckoned every timer (an application thread's
         # direct sends may have set one sooner than the I/O thread's poll ends)
         self._touched: set[str] = set()
+        # Packs data envelopes as snipe.wire.encode_envelope does, from their fields in a list (the
+        # data path makes no Envelope only to take it apart again; one packer, not one a message)
+        self._data_packer = msgpack.Packer(use_bin_type=True)
         self._delivered = 0                      # data messages that delivered something (direct recvs' progress)
         self._recv_waiting = 0                   # threads in recv waiting for the I/O thread to deliver
         self._app_active_until = 0.0             # application threads read the sockets until then
@@ -735,7 +735,7 @@ class Endpoint:
                     with contextlib.suppress(OSError):
                         os.read(self.wake_rx, 4096)
         finally:
-            soonest = self._touched_soonest() if m is not None else math.inf
+            soonest = self._touched_soonest() if m is not None and self._touched else math.inf
             if held:
                 self.io.release()
             if m is None:
@@ -1320,7 +1320,7 @@ class Endpoint:
             sizes, frames = pack_frames(payloads)    # small payloads: one frame for the batch
             if sizes is not None:
                 body["z"] = sizes
-        parts = [_pack_envelope([PROTOCOL, VERSION, "data", 0, body]), *frames]    # wire.encode's bytes
+        parts = [self._data_packer.pack([PROTOCOL, VERSION, "data", 0, body]), *frames]    # wire.encode's bytes
         if sealed_for is not None:
             parts = relay_parts(self.me, p.urn, self.sealer.seal(sealed_for, self.me, p.urn, parts))
         with contextlib.suppress(zmq.Again):      # the link's queue is full: retransmission resends it
@@ -1573,7 +1573,7 @@ class Endpoint:
             try:
                 if len(parts) < 2:
                     raise CodecError("a message needs an envelope frame")
-                env, _ = decode([parts[1].bytes])
+                env = decode_envelope(parts[1].bytes)
                 # Large payloads stay in ZeroMQ's buffer (no copy); small ones become bytes.
                 frames = [f.buffer if len(f) > 65536 else f.bytes for f in parts[2:]]
                 if env.kind == RELAY:
@@ -1642,13 +1642,13 @@ class Endpoint:
             if held is not None and held.session is not None:
                 self._send_ack(ident, busy_ack(held.session, held.expected - 1), source)
             return
-        payloads = unpack_frames(env, frames)
+        body = env.body
+        payloads = frames if "z" not in body else unpack_frames(env, frames)    # (one payload a frame: as they are)
         session, base, first, tags = parse_data(env, payloads)
         inbound = self.inbound.get(source)
         if inbound is None:
             inbound = self.inbound[source] = Inbound(self.me, source, window=self.window, restore=self.restore)
         self.reply_to[source] = ident
-        body = env.body
         resumed = 0 if "r" not in body else self._resumed(source, body)
         delivered = inbound.accept(session, base, first, tags, payloads, resumed)
         if inbound.wanted:
@@ -1667,7 +1667,7 @@ class Endpoint:
             if plain and not self.application:
                 self._drop_application(source, len(plain))
                 plain = []
-            with self.cond:
+            with self.lock:                     # (cond's lock: `with self.cond` costs two calls more)
                 self.inbox.extend(plain)
                 paused = len(self.inbox) >= self.hwm
                 if paused and not self.paused:
