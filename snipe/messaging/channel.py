@@ -617,7 +617,10 @@ class Inbound:
             self.expected = base
             self.early = {q: m for q, m in self.early.items() if q >= base}
         out: list[Deliver]
-        if first == self.expected and not self.early:        # in order, nothing held early: the usual case
+        if first == self.expected and not self.early and len(tags) == 1 == len(payloads):   # the usual case
+            out = [Deliver(self.source, tags[0], payloads[0], first)]
+            self.expected = first + 1
+        elif first == self.expected and not self.early:        # in order, nothing held early
             src = self.source
             out = [Deliver(src, tag, payload, seq)
                    for seq, tag, payload in zip(range(first, first + len(tags)), tags, payloads, strict=True)]

@@ -82,6 +82,7 @@ from snipe.transport import (
     recv_parts,
     remove_stale_ipc_sockets,
     send_parts,
+    send_two,
     sender_key,
     server_socket,
 )
@@ -147,6 +148,7 @@ DIRECT_GAP_S = 50e-6
 DIRECT_HOLD_S = 0.005
 APP_ACTIVE_S = 0.02
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_zmq_poll = zmq.backend.zmq_poll         # what zmq.Poller.poll calls, without its Python frame
 _DEADLINE_S = operator.itemgetter(3)    # of a queued command (dest, tag, payload, deadline_s)
 
 
@@ -461,11 +463,11 @@ class Endpoint:
         now = time.monotonic()
         lone, self._sent_at = now - self._sent_at >= DIRECT_GAP_S, now
         if lone and not self.commands and not self._io_wants and self.io.acquire(blocking=False):
-            sent = False
             try:
                 sent = self._send_now(dest, tag, payload, now, deadline_s)
                 if sent:
-                    self._read_after_send()
+                    if self._io_polls_fds:
+                        self._read_after_send()
                     soonest = self._touched_soonest()
             finally:
                 self.io.release()
@@ -532,8 +534,10 @@ class Endpoint:
         body = p.out.send_one(tag, payload, now, now + deadline_s)
         if body is None:                # it went to the channel's queue: what the window lets go, goes
             self._transmit(p, p.out.flush(now))
-        else:
-            self._send_data(p, link, body, (payload,), None)
+        else:                           # _send_data for one payload, direct: its two frames at once
+            body["f"] = self.me
+            with contextlib.suppress(zmq.Again):  # the link's queue is full: retransmission resends it
+                send_two(link.sock, self._data_packer.pack([PROTOCOL, VERSION, "data", 0, body]), payload, _NOBLOCK)
         self._touched.add(p.urn)
 
     def _read_after_send(self) -> None:
@@ -543,7 +547,7 @@ class Endpoint:
         signal moved). While it watches only its wake-up (an application thread serves the
         sockets) it reads every socket's EVENTS before it watches their descriptors again
         (`_io_polls_fds`), and the look (two system calls a socket) is spared."""
-        if self._io_polls_fds:
+        if self._io_polls_fds:      # (also looked at by the caller: a call less on the usual path)
             for urn in tuple(self._touched):      # (reading a link may send more: to the same peers)
                 q = self.peers.get(urn)
                 if q is not None:
@@ -695,8 +699,9 @@ class Endpoint:
             return None
         m = None
         held = True
+        now = time.monotonic()
         try:
-            hold = time.monotonic() + DIRECT_HOLD_S
+            hold = now + DIRECT_HOLD_S
             if limit is not None:
                 hold = min(hold, limit)
             poller, readers = self._poller_for_app()
@@ -729,7 +734,7 @@ class Endpoint:
                     poller, readers = self._poller_for_app()
                     ready = {}
                     continue
-                ready = dict(poller.poll(max(0, math.ceil((min(hold, self._acks_due) - now) * 1000))))
+                ready = dict(_zmq_poll(poller.sockets, max(0, math.ceil((min(hold, self._acks_due) - now) * 1000))))
                 polled = True
                 if self.wake_rx in ready:
                     with contextlib.suppress(OSError):
@@ -741,7 +746,7 @@ class Endpoint:
             if m is None:
                 self._hand_back()
             else:
-                self._app_active_until = time.monotonic() + APP_ACTIVE_S
+                self._app_active_until = now + APP_ACTIVE_S     # (when it took the message)
                 self._nudge_io(soonest)
 
     def _take_io(self) -> bool:
@@ -1575,7 +1580,11 @@ class Endpoint:
                     raise CodecError("a message needs an envelope frame")
                 env = decode_envelope(parts[1].bytes)
                 # Large payloads stay in ZeroMQ's buffer (no copy); small ones become bytes.
-                frames = [f.buffer if len(f) > 65536 else f.bytes for f in parts[2:]]
+                if len(parts) == 3:                     # one payload (no comprehension's call)
+                    f = parts[2]
+                    frames = [f.buffer if len(f) > 65536 else f.bytes]
+                else:
+                    frames = [f.buffer if len(f) > 65536 else f.bytes for f in parts[2:]]
                 if env.kind == RELAY:
                     key, env, frames = self._unseal(env, frames)
                     self._on_data(ident, key, env, frames)
@@ -1661,7 +1670,10 @@ class Endpoint:
             self.received[source] = self.received.get(source, 0) + len(delivered)
             nbytes = len(delivered[0].payload) if len(delivered) == 1 else sum([len(d.payload) for d in delivered])
             self.bytes_received[source] = self.bytes_received.get(source, 0) + nbytes
-            plain = [Message(source, d.tag, d.payload) for d in delivered if d.tag >= 0]
+            if len(delivered) == 1 and delivered[0].tag >= 0:     # (no comprehension's call)
+                plain = [Message(source, delivered[0].tag, delivered[0].payload)]
+            else:
+                plain = [Message(source, d.tag, d.payload) for d in delivered if d.tag >= 0]
             if len(plain) != len(delivered):  # reserved tags: the multicast layer's traffic
                 self._on_system([d for d in delivered if d.tag < 0])
             if plain and not self.application:
