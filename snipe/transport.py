@@ -304,6 +304,13 @@ def send_parts(sock: zmq.Socket, parts: Sequence[Any], flags: int = 0) -> None:
         _send_frame(sock, part, more if i < last else flags, len(part) < _ZERO_COPY_FROM)
 
 
+def send_two(sock: zmq.Socket, head: bytes, body: Any, flags: int = 0) -> None:
+    """`send_parts(sock, [head, body], flags)` for the usual message of an envelope (`head`, small:
+    copied) and one payload, without the loop."""
+    _send_frame(sock, head, flags | _SNDMORE, True)
+    _send_frame(sock, body, flags, len(body) < _ZERO_COPY_FROM)
+
+
 def recv_parts(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
     """`sock.recv_multipart(flags, copy=False)`, reading each frame's more-flag from the frame
     itself rather than by a socket option lookup per frame."""

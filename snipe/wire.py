@@ -57,6 +57,11 @@ def decode_envelope(data: bytes) -> Envelope:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises many types (ValueError, ExtraData, TypeError, ...)
         raise CodecError(f"envelope is not valid msgpack: {exc.__class__.__name__}") from None
+    if type(obj) is list and len(obj) == 5:      # the usual envelope, its types checked at once
+        protocol, version, kind, request_id, body = obj
+        if type(protocol) is str and type(kind) is str and type(version) is int and type(request_id) is int \
+                and type(body) is dict:
+            return Envelope(protocol, version, kind, request_id, body)
     if not isinstance(obj, list) or len(obj) != 5:
         raise CodecError("envelope must be a 5-element array [protocol, version, kind, request_id, body]")
     protocol, version, kind, request_id, body = obj

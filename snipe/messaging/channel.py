@@ -571,7 +571,20 @@ class Inbound:
     def on_data(self, session: int, base: int, first: int, tags: Sequence[int], payloads: Sequence[bytes],
                 resumed: int = 0) -> tuple[list[Deliver], Send]:
         """`resumed`: which restore the data answers (`resumed_of`: its "ri", RESUMED_ANY for
-        "r": 1 without "ri", 0 for neither)."""
+        "r": 1 without "ri", 0 for neither). Returns what is delivered and the acknowledgement
+        (`accept`, then `ack`)."""
+        return self.accept(session, base, first, tags, payloads, resumed), self.ack()
+
+    def ack(self) -> Send:
+        """The acknowledgement of where this receiver stands: its session, and the highest seq
+        delivered in order. A shell that delays acknowledgements asks for it when it sends one
+        (it covers everything accepted before)."""
+        return Send(self.source, Envelope(PROTOCOL, VERSION, "ack", 0, {"s": self.session, "c": self.expected - 1}))
+
+    def accept(self, session: int, base: int, first: int, tags: Sequence[int], payloads: Sequence[bytes],
+               resumed: int = 0) -> list[Deliver]:
+        """`on_data` without making the acknowledgement (`ack` makes it: after this call, for
+        `session`)."""
         if session != self.session:
             # Another session: the sender restarted its channel, or this is a late packet of one
             # we left. Resume a session we left where we stopped (never deliver a seq twice), pinned
@@ -604,7 +617,10 @@ class Inbound:
             self.expected = base
             self.early = {q: m for q, m in self.early.items() if q >= base}
         out: list[Deliver]
-        if first == self.expected and not self.early:        # in order, nothing held early: the usual case
+        if first == self.expected and not self.early and len(tags) == 1 == len(payloads):   # the usual case
+            out = [Deliver(self.source, tags[0], payloads[0], first)]
+            self.expected = first + 1
+        elif first == self.expected and not self.early:        # in order, nothing held early
             src = self.source
             out = [Deliver(src, tag, payload, seq)
                    for seq, tag, payload in zip(range(first, first + len(tags)), tags, payloads, strict=True)]
@@ -625,8 +641,7 @@ class Inbound:
                 out.append(Deliver(self.source, tag, payload, self.expected))
                 self.expected += 1
         self.delivered += len(out)
-        ack = Send(self.source, Envelope(PROTOCOL, VERSION, "ack", 0, {"s": session, "c": self.expected - 1}))
-        return out, ack
+        return out
 
 
     def export_state(self) -> dict[str, Any]:
@@ -653,7 +668,7 @@ def parse_data(env: Envelope, frames: Sequence[bytes]) -> tuple[int, int, int, l
         # the exact types, checked at once for the usual message; field_of names what is wrong
         session, base, first = field_of(env, "s", int), field_of(env, "b", int), field_of(env, "q", int)
         tags = field_of(env, "t", list)
-    if len(tags) != len(frames) or not all(type(t) is int for t in tags):
+    if len(tags) != len(frames) or not ((len(tags) == 1 and type(tags[0]) is int) or all(type(t) is int for t in tags)):
         raise CodecError(f"msg/1 data carries {len(frames)} payloads but {len(tags)} tags")
     if not (0 <= session < 2**63 and 1 <= base <= first < 2**62):
         raise CodecError("msg/1 data: session, base and seq out of range (need 1 <= base <= seq)")

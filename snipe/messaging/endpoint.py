@@ -82,10 +82,11 @@ from snipe.transport import (
     recv_parts,
     remove_stale_ipc_sockets,
     send_parts,
+    send_two,
     sender_key,
     server_socket,
 )
-from snipe.wire import Envelope, decode, encode
+from snipe.wire import Envelope, decode, decode_envelope, encode
 
 log = logging.getLogger("snipe.messaging")
 ReplyTo = tuple[zmq.Socket, bytes]       # where a message came from: our ROUTER and the link's identity there
@@ -147,6 +148,7 @@ DIRECT_GAP_S = 50e-6
 DIRECT_HOLD_S = 0.005
 APP_ACTIVE_S = 0.02
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_zmq_poll = zmq.backend.zmq_poll         # what zmq.Poller.poll calls, without its Python frame
 _DEADLINE_S = operator.itemgetter(3)    # of a queued command (dest, tag, payload, deadline_s)
 
 
@@ -287,10 +289,18 @@ class Endpoint:
         # peers sent to since the I/O thread last reckoned every timer (an application thread's
         # direct sends may have set one sooner than the I/O thread's poll ends)
         self._touched: set[str] = set()
+        # Packs data envelopes as snipe.wire.encode_envelope does, from their fields in a list (the
+        # data path makes no Envelope only to take it apart again; one packer, not one a message)
+        self._data_packer = msgpack.Packer(use_bin_type=True)
         self._delivered = 0                      # data messages that delivered something (direct recvs' progress)
         self._recv_waiting = 0                   # threads in recv waiting for the I/O thread to deliver
         self._app_active_until = 0.0             # application threads read the sockets until then
         self._io_wants = False                   # the I/O thread waits for io: no new direct work
+        self._turn_over = threading.Event()      # cleared while it wants io or has it for that turn
+        self._turn_over.set()
+        # The I/O thread's next wait watches the sockets' descriptors (not only its wake-up): set by
+        # it while it holds io, so stable for whoever holds io (_read_after_send).
+        self._io_polls_fds = True
         # (links version, poller, a reader per socket) for direct recvs
         self._app_poller: tuple[int, zmq.Poller, dict[zmq.Socket, Callable[[], None]]] | None = None
         self.commands: deque[tuple[str, int, bytes, float]] = deque()    # (dest, tag, payload, deadline_s)
@@ -304,7 +314,8 @@ class Endpoint:
         self._checks_at = 0.0
         self._timers_at = 0.0                    # when the I/O thread last looked at its timers (every 0.25 s at least)
         self._links_version = 0                  # bumped when a link (socket) is made or remade
-        self._acks: dict[str, list[Any]] = {}    # source -> [ReplyTo, ack envelope, messages, bytes, due]
+        # source -> [ReplyTo, its Inbound, messages, bytes, due]: an ack owed (made when sent: Inbound.ack)
+        self._acks: dict[str, list[Any]] = {}
         self._acks_due = float("inf")
         self._last_data: dict[str, float] = {}  # source -> when its data last came (busy notices)
         self._busy_at = 0.0
@@ -449,6 +460,21 @@ class Endpoint:
                 self.inbox.append(Message(self.me, tag, payload))
                 self.cond.notify_all()
             return
+        now = time.monotonic()
+        lone, self._sent_at = now - self._sent_at >= DIRECT_GAP_S, now
+        if lone and not self.commands and not self._io_wants and self.io.acquire(blocking=False):
+            try:
+                sent = self._send_now(dest, tag, payload, now, deadline_s)
+                if sent:
+                    if self._io_polls_fds:
+                        self._read_after_send()
+                    soonest = self._touched_soonest()
+            finally:
+                self.io.release()
+            if sent:
+                self._app_active_until = now + APP_ACTIVE_S
+                self._nudge_io(soonest)
+                return
         with self.lock:
             n = self.accepted.get(dest, 0)
             if n - self.settled.get(dest, 0) >= self.hwm:
@@ -456,8 +482,6 @@ class Endpoint:
             self.accepted[dest] = n + 1
             self.commands.append((dest, tag, payload, deadline_s))
             alone = len(self.commands) == 1
-        now = time.monotonic()
-        lone, self._sent_at = now - self._sent_at >= DIRECT_GAP_S, now
         if alone and lone and not self._io_wants and self.io.acquire(blocking=False):
             soonest = math.inf
             try:
@@ -474,6 +498,63 @@ class Endpoint:
             self._wake_pending = True
             self._wake()
 
+    def _send_now(self, dest: str, tag: int, payload: bytes, now: float, deadline_s: float) -> bool:
+        """(Holding io.) The usual send, in one step: nothing is queued before it (it would go
+        first: FIFO), `dest` holds fewer than hwm unsettled messages, and its route is direct and
+        up (`_direct_link`): the message goes to its channel (`send_one`) and out, never through
+        the queue. False, having done nothing, in any other case (`send`'s queue then takes it)."""
+        p = self.peers.get(dest)
+        link = self._direct_link(p, now) if p is not None else None
+        if link is None:
+            return False
+        with self.lock:
+            if self.commands:
+                return False
+            n = self.accepted.get(dest, 0)
+            if n - self.settled.get(dest, 0) >= self.hwm:
+                return False                     # the queue's path waits for room
+            self.accepted[dest] = n + 1
+        self._send_one(p, link, tag, payload, now, deadline_s)
+        return True
+
+    def _direct_link(self, p: _Peer, now: float) -> Link | None:
+        """(Holding io.) The link an application thread may send on to `p` itself: its route is
+        resolved, fresh and direct (not a relay's, not a replicated URN's copies), its link made,
+        and we neither migrate nor have moved. None leaves the work to the I/O thread (resolving
+        means asking the catalog; a new link, a relay or copies mean the queue's full path)."""
+        if self.catalog is None or not p.routes or p.waiting_since is not None or p.copies \
+                or now - p.resolved_at > RESOLVE_EVERY_S or self.frozen or self.moved is not None:
+            return None
+        route = p.routes[p.route_index]
+        return p.links.get(route.endpoint) if route.kind != "relay" else None
+
+    def _send_one(self, p: _Peer, link: Link, tag: int, payload: bytes, now: float, deadline_s: float) -> None:
+        """(Holding io.) One message to `p`'s channel and, if its window lets it go, straight out
+        on `link` (what `_direct_link` gave)."""
+        body = p.out.send_one(tag, payload, now, now + deadline_s)
+        if body is None:                # it went to the channel's queue: what the window lets go, goes
+            self._transmit(p, p.out.flush(now))
+        else:                           # _send_data for one payload, direct: its two frames at once
+            body["f"] = self.me
+            with contextlib.suppress(zmq.Again):  # the link's queue is full: retransmission resends it
+                send_two(link.sock, self._data_packer.pack([PROTOCOL, VERSION, "data", 0, body]), payload, _NOBLOCK)
+        self._touched.add(p.urn)
+
+    def _read_after_send(self) -> None:
+        """(Holding io, after a direct send.) A send on a socket may take its descriptor's
+        readiness signal (ZMQ_FD is edge-triggered): while the I/O thread sleeps on the
+        descriptors, read what waits on the sockets this send went out on (no other socket's
+        signal moved). While it watches only its wake-up (an application thread serves the
+        sockets) it reads every socket's EVENTS before it watches their descriptors again
+        (`_io_polls_fds`), and the look (two system calls a socket) is spared."""
+        if self._io_polls_fds:      # (also looked at by the caller: a call less on the usual path)
+            for urn in tuple(self._touched):      # (reading a link may send more: to the same peers)
+                q = self.peers.get(urn)
+                if q is not None:
+                    for link in list(q.links.values()):   # (a redirect read here replaces links)
+                        if link.sock.getsockopt(_EVENTS) & _POLLIN:
+                            self._read_link(q, link)
+
     def _send_direct(self, dest: str, now: float) -> bool:
         """(Holding io.) Transmit what is queued from this thread, if `dest` is resolved and its
         route is up; False leaves it to the I/O thread (resolving means asking the catalog)."""
@@ -483,14 +564,7 @@ class Endpoint:
             return False
         if not self._send_alone(p, now):
             self._take_commands()
-        # A send on a socket may take its descriptor's readiness signal (ZMQ_FD is edge-triggered),
-        # so read what waits on the sockets this send went out on; no other socket's signal moved.
-        for urn in tuple(self._touched):      # (reading a link may send more: to the same peers)
-            q = self.peers.get(urn)
-            if q is not None:
-                for link in list(q.links.values()):   # (a redirect read here replaces links)
-                    if link.sock.getsockopt(_EVENTS) & _POLLIN:
-                        self._read_link(q, link)
+        self._read_after_send()
         return True
 
     def _send_alone(self, p: _Peer, now: float) -> bool:
@@ -506,12 +580,7 @@ class Endpoint:
                 return False
             _, tag, payload, deadline_s = self.commands.popleft()
             self._wake_pending = False
-        body = p.out.send_one(tag, payload, now, now + deadline_s)
-        if body is None:                # it went to the channel's queue: what the window lets go, goes
-            self._transmit(p, p.out.flush(now))
-        else:
-            self._send_data(p, link, Envelope(PROTOCOL, VERSION, "data", 0, body), (payload,), None)
-        self._touched.add(p.urn)
+        self._send_one(p, link, tag, payload, now, deadline_s)
         return True
 
     def _touched_soonest(self) -> float:
@@ -611,6 +680,8 @@ class Endpoint:
             self.cond.notify_all()
 
     def _take_match(self, source: str | None, tag: int | None) -> Message | None:
+        if not self.inbox:          # (a look without the lock: what comes meanwhile, the next look sees)
+            return None
         with self.lock:
             for i, m in enumerate(self.inbox):
                 if (source is None or m.source == source) and (tag is None or m.tag == tag):
@@ -620,16 +691,17 @@ class Endpoint:
 
     def _recv_direct(self, source: str | None, tag: int | None, limit: float | None) -> Message | None:
         """Wait for a message by reading the sockets in this thread, while the I/O thread is
-        idle, for up to DIRECT_HOLD_S, or until the I/O thread wants a turn (its timers, periodic
-        jobs): None then, or if it is busy, and the caller waits for it to deliver."""
-        # The I/O thread holds io for a turn at a time (it may have woken for this very message):
-        # wait for the turn to end rather than for it to hand the message over.
-        if self.catalog is None or self.paused or self._io_wants or not self.io.acquire(timeout=DIRECT_HOLD_S):
+        idle, for up to DIRECT_HOLD_S: None then, or if the I/O thread stays busy, and the caller
+        waits for it to deliver. A turn the I/O thread wants meanwhile (its timers, periodic
+        jobs) it gets (`_take_io`), and the wait goes on after it."""
+        if self.catalog is None or self.paused or not self._take_io():
             self._hand_back()
             return None
         m = None
+        held = True
+        now = time.monotonic()
         try:
-            hold = time.monotonic() + DIRECT_HOLD_S
+            hold = now + DIRECT_HOLD_S
             if limit is not None:
                 hold = min(hold, limit)
             poller, readers = self._poller_for_app()
@@ -639,7 +711,8 @@ class Endpoint:
             ready: dict[Any, int] = {}
             polled = False
             while True:
-                self._take_commands()
+                if self.commands or self._wake_pending:    # (_take_commands's own first look, without a call)
+                    self._take_commands()
                 for sock in ready:
                     reader = readers.get(sock)
                     if reader is not None and not (self.paused and sock in self.routers):
@@ -648,22 +721,45 @@ class Endpoint:
                 if now >= self._acks_due:
                     self._flush_acks(now)
                 m = self._take_match(source, tag)
-                if m is not None or self.paused or (polled and now >= hold) or self._io_wants \
-                        or self.safe_point_due:
+                if m is not None or self.paused or (polled and now >= hold) or self.safe_point_due:
                     return m
-                ready = dict(poller.poll(max(0, math.ceil((min(hold, self._acks_due) - now) * 1000))))
+                if self._io_wants:
+                    # Its turn, then ours again: handing the wait over instead (the caller waiting
+                    # for the I/O thread to deliver) costs a hand-off of the message between the
+                    # threads, and has the I/O thread watch the sockets' descriptors for a while.
+                    self.io.release()
+                    held = self._take_io()
+                    if not held:
+                        return None
+                    poller, readers = self._poller_for_app()
+                    ready = {}
+                    continue
+                ready = dict(_zmq_poll(poller.sockets, max(0, math.ceil((min(hold, self._acks_due) - now) * 1000))))
                 polled = True
                 if self.wake_rx in ready:
                     with contextlib.suppress(OSError):
                         os.read(self.wake_rx, 4096)
         finally:
-            soonest = self._touched_soonest() if m is not None else math.inf
-            self.io.release()
+            soonest = self._touched_soonest() if m is not None and self._touched else math.inf
+            if held:
+                self.io.release()
             if m is None:
                 self._hand_back()
             else:
-                self._app_active_until = time.monotonic() + APP_ACTIVE_S
+                self._app_active_until = now + APP_ACTIVE_S     # (when it took the message)
                 self._nudge_io(soonest)
+
+    def _take_io(self) -> bool:
+        """Take io for a direct recv, waiting up to DIRECT_HOLD_S. The I/O thread holds it for a
+        turn at a time (it may have woken for this very message): wait for the turn to end rather
+        than for it to hand the message over; when it waits for io itself (`_io_wants`), let it
+        have its turn first (`_turn_over`), rather than take io back before it could (False if it
+        still wants io after that)."""
+        if self._io_wants:
+            self._turn_over.wait(DIRECT_HOLD_S)
+            if self._io_wants:
+                return False
+        return self.io.acquire(timeout=DIRECT_HOLD_S)
 
     def _hand_back(self) -> None:
         """The caller will wait for the I/O thread to deliver: it must watch the sockets again
@@ -899,6 +995,7 @@ class Endpoint:
                                 os.read(self.wake_rx, 4096)
                         continue
                 else:
+                    self._turn_over.clear()     # (before _io_wants: who sees that waits for this)
                     self._io_wants = True       # application threads leave io to us until we had it
                     self.io.acquire()
                     self._io_wants = False
@@ -912,6 +1009,7 @@ class Endpoint:
                         fds_for = (self._links_version, self.paused, app)
                         fds = set() if app else {s.getsockopt(zmq.FD) for s in self._input_sockets()
                                                  if s not in self.routers or not self.paused}
+                    self._io_polls_fds = bool(fds)
                     timeout = 0.0 if waiting else self._next_timer(acks=not app)
                     self._touched.clear()                # reckoned in: every peer's timers
                     if app:
@@ -919,6 +1017,8 @@ class Endpoint:
                     self._io_sleep_until = now + timeout
                 finally:
                     self.io.release()
+                    if not self._turn_over.is_set():
+                        self._turn_over.set()   # a direct recv that waited for this turn carries on
                 for fd in fds - watched:
                     poller.register(fd, zmq.POLLIN)
                 for fd in watched - fds:
@@ -1211,18 +1311,21 @@ class Endpoint:
             return
         sealed_for = p.key if p.route is not None and p.route.kind == "relay" else None
         for s in sends:
-            self._send_data(p, link, s.envelope, s.frames, sealed_for)
+            self._send_data(p, link, s.envelope.body, s.frames, sealed_for)
         self._touched.add(p.urn)
 
-    def _send_data(self, p: _Peer, link: Link, env: Envelope, payloads: Sequence[bytes],
+    def _send_data(self, p: _Peer, link: Link, body: dict[str, Any], payloads: Sequence[bytes],
                    sealed_for: bytes | None) -> None:
-        """Put a data envelope the channel made for this send (its body ours to complete) and its
-        payloads on the link to `p`: sealed for `p` when the route is a relay's."""
-        env.body["f"] = self.me
-        sizes, frames = pack_frames(payloads)    # small payloads: one frame for the batch
-        if sizes is not None:
-            env.body["z"] = sizes
-        parts = encode(env, frames)
+        """Put the body of a data envelope the channel made for this send (ours to complete) and
+        its payloads on the link to `p`: sealed for `p` when the route is a relay's."""
+        body["f"] = self.me
+        if len(payloads) == 1:                   # (what pack_frames gives a lone payload)
+            frames: Sequence[bytes] = payloads
+        else:
+            sizes, frames = pack_frames(payloads)    # small payloads: one frame for the batch
+            if sizes is not None:
+                body["z"] = sizes
+        parts = [self._data_packer.pack([PROTOCOL, VERSION, "data", 0, body]), *frames]    # wire.encode's bytes
         if sealed_for is not None:
             parts = relay_parts(self.me, p.urn, self.sealer.seal(sealed_for, self.me, p.urn, parts))
         with contextlib.suppress(zmq.Again):      # the link's queue is full: retransmission resends it
@@ -1475,9 +1578,13 @@ class Endpoint:
             try:
                 if len(parts) < 2:
                     raise CodecError("a message needs an envelope frame")
-                env, _ = decode([parts[1].bytes])
+                env = decode_envelope(parts[1].bytes)
                 # Large payloads stay in ZeroMQ's buffer (no copy); small ones become bytes.
-                frames = [f.buffer if len(f) > 65536 else f.bytes for f in parts[2:]]
+                if len(parts) == 3:                     # one payload (no comprehension's call)
+                    f = parts[2]
+                    frames = [f.buffer if len(f) > 65536 else f.bytes]
+                else:
+                    frames = [f.buffer if len(f) > 65536 else f.bytes for f in parts[2:]]
                 if env.kind == RELAY:
                     key, env, frames = self._unseal(env, frames)
                     self._on_data(ident, key, env, frames)
@@ -1544,15 +1651,15 @@ class Endpoint:
             if held is not None and held.session is not None:
                 self._send_ack(ident, busy_ack(held.session, held.expected - 1), source)
             return
-        payloads = unpack_frames(env, frames)
+        body = env.body
+        payloads = frames if "z" not in body else unpack_frames(env, frames)    # (one payload a frame: as they are)
         session, base, first, tags = parse_data(env, payloads)
         inbound = self.inbound.get(source)
         if inbound is None:
             inbound = self.inbound[source] = Inbound(self.me, source, window=self.window, restore=self.restore)
         self.reply_to[source] = ident
-        body = env.body
         resumed = 0 if "r" not in body else self._resumed(source, body)
-        delivered, ack = inbound.on_data(session, base, first, tags, payloads, resumed)
+        delivered = inbound.accept(session, base, first, tags, payloads, resumed)
         if inbound.wanted:
             from snipe.messaging import snapshot  # (a cycle at module level: snapshot builds on this module)
             snapshot.ask_resume(self, inbound.take_resume_wanted(), time.monotonic())
@@ -1563,13 +1670,16 @@ class Endpoint:
             self.received[source] = self.received.get(source, 0) + len(delivered)
             nbytes = len(delivered[0].payload) if len(delivered) == 1 else sum([len(d.payload) for d in delivered])
             self.bytes_received[source] = self.bytes_received.get(source, 0) + nbytes
-            plain = [Message(source, d.tag, d.payload) for d in delivered if d.tag >= 0]
+            if len(delivered) == 1 and delivered[0].tag >= 0:     # (no comprehension's call)
+                plain = [Message(source, delivered[0].tag, delivered[0].payload)]
+            else:
+                plain = [Message(source, d.tag, d.payload) for d in delivered if d.tag >= 0]
             if len(plain) != len(delivered):  # reserved tags: the multicast layer's traffic
                 self._on_system([d for d in delivered if d.tag < 0])
             if plain and not self.application:
                 self._drop_application(source, len(plain))
                 plain = []
-            with self.cond:
+            with self.lock:                     # (cond's lock: `with self.cond` costs two calls more)
                 self.inbox.extend(plain)
                 paused = len(self.inbox) >= self.hwm
                 if paused and not self.paused:
@@ -1581,16 +1691,16 @@ class Endpoint:
             pending = self._acks.get(source)
             if pending is None:
                 due = now + ACK_DELAY_S
-                pending = self._acks[source] = [ident, ack.envelope, 0, 0, due]
+                pending = self._acks[source] = [ident, inbound, 0, 0, due]
                 self._acks_due = min(self._acks_due, due)
             else:
-                pending[0], pending[1] = ident, ack.envelope      # the latest ack covers the earlier
+                pending[0], pending[1] = ident, inbound      # the latest ack covers the earlier
             pending[2] += len(delivered)
             pending[3] += nbytes
             if pending[2] < ACK_EVERY and pending[3] < ACK_EVERY_BYTES:
                 return
         self._acks.pop(source, None)
-        self._send_ack(ident, ack.envelope, source)
+        self._send_ack(ident, inbound.ack().envelope, source)
 
     def _drop_application(self, source: str, n: int) -> None:
         """(application=False) Nobody reads an inbox here: count and drop, saying so now and then."""
@@ -1623,10 +1733,10 @@ class Endpoint:
     def _flush_acks(self, now: float) -> None:
         """Send the acknowledgements that have waited long enough."""
         due = float("inf")
-        for source, (ident, ack, _, _, at) in list(self._acks.items()):
+        for source, (ident, inbound, _, _, at) in list(self._acks.items()):
             if at <= now:
                 del self._acks[source]
-                self._send_ack(ident, ack, source)
+                self._send_ack(ident, inbound.ack().envelope, source)   # where it stands now: covers all before
             else:
                 due = min(due, at)
         self._acks_due = due
