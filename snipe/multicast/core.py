@@ -48,10 +48,18 @@ SNIPE 4.4, as built here:
   cost per delivery and a member's per message shrink with the load.
 
 Wire: a multicast message rides the unicast channel under a reserved tag. Sender -> router and
-router -> router (MCAST_DATA): a 4-byte header length, a msgpack header [group, origin, seq,
-tag, seen], then the body; the origin is the sender's URN and its incarnation (`origin_of`), so
-a restarted sender's stream, numbered from FIRST_SEQ again, is a new one. Router -> member
-(MCAST_DELIVER, a batch): a 4-byte header length, a
+router -> router (MCAST_DATA), wire form 2: a fixed big-endian header (form byte = DATA_FORM, seq
+and tag as signed 64-bit ints, the byte lengths of the group, the origin and the seen list as
+unsigned 16-bit ints), then the group and the origin in UTF-8, the seen list (each router's
+UTF-8 length in 16 bits, then its bytes), then the body. The origin is the sender's URN and its
+incarnation (`origin_of`), so a restarted sender's stream, numbered from FIRST_SEQ again, is a
+new one. The names (group, origin, seen) repeat from message to message, so both ends keep them
+encoded and decoded in small bounded caches: a message costs one struct call and one dict look-up
+each way, and the decoded names are the same str objects every time (their hashes are kept).
+Form 1 (releases before) was a 4-byte length and a msgpack header, so its first byte is 0: a
+router or member of this release refuses it with a CodecError naming both forms (sender and
+routers run this same code; there is no negotiation, so upgrade a cluster's hosts together).
+Router -> member (MCAST_DELIVER, a batch): a 4-byte header length, a
 msgpack header [group, [[origin, first seq, [tags], [body sizes]], ...]] (runs of consecutive
 seqs of one origin), then the bodies back to back. A resume is msgpack [group, since (ms),
 [[origin, next seq], ...], follow].
@@ -87,7 +95,6 @@ MEMBER_ROUTERS = 2
 BATCH_MESSAGES = 1024        # a batch to members holds at most this many messages
 BATCH_BYTES = 256 << 10      # ... and, unless it is one message, at most this many body bytes
 _LEN = struct.Struct(">I")
-_STR = {str}
 _INT = {int}
 
 
@@ -100,22 +107,110 @@ class Header:
     seen: tuple[str, ...]
 
 
-def pack(h: Header, body: bytes | memoryview) -> bytes:
-    head = msgpack.packb([h.group, h.origin, h.seq, h.tag, list(h.seen)], use_bin_type=True)
-    return _LEN.pack(len(head)) + head + bytes(body)
+# MCAST_DATA, wire form 2 (see the module docstring)
+DATA_FORM = 2
+_DATA_HEAD = struct.Struct(">Bqq")          # form, seq, tag
+_DATA_LENS = struct.Struct(">HHH")          # group, origin and seen bytes
+_DATA_FIXED = struct.Struct(">BqqHHH")      # the two together, as read
+_NAME_LEN = struct.Struct(">H")             # a seen router's bytes
+_NAMES_AT = _DATA_HEAD.size                 # where the lengths and names start
+# Encoded and decoded names, each at most NAMES_CACHE_ENTRIES entries of at most NAMES_CACHE_BYTES
+# bytes (anyone may send a router names of their choosing): a full cache starts over.
+NAMES_CACHE_ENTRIES = 4096
+NAMES_CACHE_BYTES = 2048
+_names_encoded: dict[tuple[str, str, tuple[str, ...]], bytes] = {}
+_names_decoded: dict[bytes, tuple[str, str, tuple[str, ...]]] = {}
 
 
-def unpack(payload: bytes | memoryview) -> tuple[Header, memoryview]:
-    view = memoryview(payload)
+def _encode_names(group: str, origin: str, seen: tuple[str, ...]) -> bytes:
+    """The lengths and names part of a header (cached)."""
     try:
-        (n,) = _LEN.unpack_from(view, 0)
-        group, origin, seq, tag, seen = msgpack.unpackb(view[4:4 + n], raw=False)
-    except Exception:
-        raise CodecError("malformed multicast header") from None
-    if not (type(group) is str and type(origin) is str and type(seq) is int and type(tag) is int
-            and type(seen) is list and set(map(type, seen)) <= _STR):
-        raise CodecError("multicast header fields have the wrong types")
-    return Header(group, origin, seq, tag, tuple(seen)), view[4 + n:]
+        if not (type(group) is str and type(origin) is str and all(type(r) is str for r in seen)):
+            raise TypeError
+        g, o = group.encode(), origin.encode()
+        parts = []
+        for r in seen:
+            b = r.encode()
+            parts.append(_NAME_LEN.pack(len(b)))
+            parts.append(b)
+        s = b"".join(parts)
+        names = _DATA_LENS.pack(len(g), len(o), len(s)) + g + o + s
+    except (TypeError, UnicodeEncodeError, struct.error):
+        raise CodecError(f"a multicast header cannot carry group {group!r}, origin {origin!r}, seen {seen!r}: "
+                         f"strings of valid UTF-8, each at most 65535 bytes, are needed") from None
+    if len(names) <= NAMES_CACHE_BYTES:
+        if len(_names_encoded) >= NAMES_CACHE_ENTRIES:
+            _names_encoded.clear()
+        _names_encoded[(group, origin, seen)] = names
+    return names
+
+
+def _decode_names(key: bytes, glen: int, olen: int, slen: int) -> tuple[str, str, tuple[str, ...]]:
+    """(group, origin, seen) from the lengths and names part of a header (cached); CodecError if
+    malformed."""
+    at = _DATA_LENS.size
+    end = at + glen + olen + slen
+    if len(key) != end:
+        raise CodecError(f"multicast header: its names need {end} bytes, {len(key)} came")
+    try:
+        group = key[at:at + glen].decode()
+        origin = key[at + glen:at + glen + olen].decode()
+        seen = []
+        at += glen + olen
+        while at < end:
+            (n,) = _NAME_LEN.unpack_from(key, at)
+            at += _NAME_LEN.size
+            if at + n > end:
+                raise CodecError("multicast header: a seen router runs past the seen list")
+            seen.append(key[at:at + n].decode())
+            at += n
+    except (UnicodeDecodeError, struct.error):
+        raise CodecError("multicast header: names that are not length-prefixed UTF-8") from None
+    names = (group, origin, tuple(seen))
+    if len(key) <= NAMES_CACHE_BYTES:
+        if len(_names_decoded) >= NAMES_CACHE_ENTRIES:
+            _names_decoded.clear()
+        _names_decoded[key] = names
+    return names
+
+
+def pack(h: Header, body: bytes | memoryview) -> bytes:
+    """An MCAST_DATA payload; CodecError if a field does not fit the header (seq and tag: signed
+    64-bit; each name: at most 65535 bytes of UTF-8)."""
+    seen = h.seen if type(h.seen) is tuple else tuple(h.seen)
+    try:
+        names = _names_encoded.get((h.group, h.origin, seen))
+    except TypeError:                   # an unhashable field: _encode_names says which
+        names = None
+    if names is None:
+        names = _encode_names(h.group, h.origin, seen)
+    try:
+        head = _DATA_HEAD.pack(DATA_FORM, h.seq, h.tag)
+    except struct.error:
+        raise CodecError(f"multicast seq {h.seq!r} and tag {h.tag!r} must be signed 64-bit integers") from None
+    return b"".join((head, names, body))
+
+
+def unpack(payload: bytes | memoryview) -> tuple[Header, bytes]:
+    """The header and body of an MCAST_DATA payload; CodecError if malformed."""
+    if type(payload) is not bytes:
+        payload = bytes(payload)        # a large one may come as ZeroMQ's buffer
+    try:
+        form, seq, tag, glen, olen, slen = _DATA_FIXED.unpack_from(payload, 0)
+    except struct.error:
+        raise CodecError(f"multicast data of {len(payload)} bytes is shorter than its fixed header") from None
+    if form != DATA_FORM:
+        raise CodecError(f"multicast data in wire form {form}; this release reads form {DATA_FORM} only (form 1, "
+                         f"first byte 0, is the msgpack header of earlier releases): run one release on "
+                         f"every host")
+    end = _DATA_FIXED.size + glen + olen + slen
+    if len(payload) < end:
+        raise CodecError(f"multicast data of {len(payload)} bytes is shorter than its header ({end} bytes)")
+    key = payload[_NAMES_AT:end]
+    names = _names_decoded.get(key)
+    if names is None:
+        names = _decode_names(key, glen, olen, slen)
+    return Header(names[0], names[1], seq, tag, names[2]), payload[end:]
 
 
 class Batch:
