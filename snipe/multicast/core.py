@@ -262,8 +262,11 @@ def batches(group: str, items: Iterable[tuple[str, int, int, bytes]]) -> list[by
     return out
 
 
-def unpack_batch(payload: bytes | memoryview) -> tuple[str, list[tuple[str, int, list[int], list[bytes]]]]:
-    """(group, [(origin, first seq, tags, bodies), ...]) of a batch; CodecError if malformed."""
+def read_batch(payload: bytes | memoryview) -> tuple[str, bytes, list[tuple[str, int, list[int], list[int], int]]]:
+    """A batch's group, its payload (as bytes) and its runs as (origin, first seq, tags, body
+    sizes, where the run's bodies start in the payload), all checked (CodecError if malformed);
+    no body is cut out yet (`run_bodies`): a member skips the other router's copy of a run from
+    its header alone."""
     if not isinstance(payload, bytes):
         payload = bytes(payload)        # a large one may come as ZeroMQ's buffer: bodies are bytes
     try:
@@ -281,14 +284,26 @@ def unpack_batch(payload: bytes | memoryview) -> tuple[str, list[tuple[str, int,
                 and type(run[2]) is list and type(run[3]) is list and len(run[2]) == len(run[3]) and run[2]
                 and set(map(type, run[2])) == _INT and set(map(type, run[3])) == _INT and min(run[3]) >= 0):
             raise CodecError("multicast batch: each run must be [origin, first seq, [tags], [sizes]]")
-        bodies = []
-        for k in run[3]:
-            bodies.append(payload[at:at + k])
-            at += k
-        out.append((run[0], run[1], run[2], bodies))
+        out.append((run[0], run[1], run[2], run[3], at))
+        at += sum(run[3])
     if at != len(payload):
         raise CodecError(f"multicast batch: the sizes add up to {at} bytes, the payload has {len(payload)}")
-    return group, out
+    return group, payload, out
+
+
+def run_bodies(payload: bytes, at: int, sizes: Iterable[int]) -> list[bytes]:
+    """The bodies of one run of a batch `read_batch` checked: `sizes` of them from `at` on."""
+    bodies = []
+    for k in sizes:
+        bodies.append(payload[at:at + k])
+        at += k
+    return bodies
+
+
+def unpack_batch(payload: bytes | memoryview) -> tuple[str, list[tuple[str, int, list[int], list[bytes]]]]:
+    """(group, [(origin, first seq, tags, bodies), ...]) of a batch; CodecError if malformed."""
+    group, payload, runs = read_batch(payload)
+    return group, [(origin, first, tags, run_bodies(payload, at, sizes)) for origin, first, tags, sizes, at in runs]
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,7 +524,7 @@ def origin_urn(origin: str) -> str:
 
 
 # --- relay -----------------------------------------------------------------------------------------
-@dataclass
+@dataclass(slots=True)
 class _Seen:
     below: int = 1                       # every seq < below has been seen
     above: set[int] = field(default_factory=set)
@@ -546,20 +561,46 @@ class Relay:
         self.seen: dict[tuple[str, str], _Seen] = {}
         self.relayed = 0
         self.duplicates = 0
+        # The forwards for each seen list, for the routers list they were worked out against (a
+        # tuple, the same object from one message to the next): a message then costs a look-up.
+        self._hops_for: tuple[str, ...] | None = None
+        self._hops: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...] | None]] = {}
 
     def on_data(self, h: Header, members_here: Sequence[str], routers: Sequence[str]) -> Relayed | None:
         """`routers`: the live ones, sorted (the forwards go out in that order)."""
         s = self.seen.get((h.group, h.origin))
         if s is None:
             s = self.seen[(h.group, h.origin)] = _Seen()
-        if not s.add(h.seq):
+        seq = h.seq
+        if seq == s.below and not s.above:       # the next one, nothing out of order: the usual case
+            s.below = seq + 1
+        elif not s.add(seq):
             self.duplicates += 1
             return None
         self.relayed += 1
-        forward = tuple(r for r in routers if r != self.me and r not in h.seen)
-        if forward or self.me not in h.seen:
-            h = Header(h.group, h.origin, h.seq, h.tag, tuple(sorted({*h.seen, self.me, *forward})))
-        return Relayed(tuple(members_here), forward, h)
+        seen = h.seen
+        if type(routers) is tuple and type(seen) is tuple:
+            if routers is not self._hops_for:
+                self._hops_for, self._hops = routers, {}
+            hop = self._hops.get(seen)
+            if hop is None:
+                if len(self._hops) >= 64:        # seen lists are few (rotations of the senders' targets)
+                    self._hops.clear()
+                hop = self._hops[seen] = self._hop(seen, routers)
+        else:
+            hop = self._hop(seen, routers)
+        forward, seen_now = hop
+        if seen_now is not None:
+            h = Header(h.group, h.origin, seq, h.tag, seen_now)
+        return Relayed(members_here if type(members_here) is tuple else tuple(members_here), forward, h)
+
+    def _hop(self, seen: Sequence[str], routers: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+        """The routers a message that `seen` names must be forwarded to, and the seen list the
+        forwards carry (None: `seen` as it is, naming this router and every one)."""
+        forward = tuple(r for r in routers if r != self.me and r not in seen)
+        if forward or self.me not in seen:
+            return forward, tuple(sorted({*seen, self.me, *forward}))
+        return forward, None
 
 
 class History:
