@@ -59,9 +59,11 @@ each way, and the decoded names are the same str objects every time (their hashe
 Form 1 (releases before) was a 4-byte length and a msgpack header, so its first byte is 0: a
 router or member of this release refuses it with a CodecError naming both forms (sender and
 routers run this same code; there is no negotiation, so upgrade a cluster's hosts together).
-Router -> member (MCAST_DELIVER, a batch): a 4-byte header length, a
-msgpack header [group, [[origin, first seq, [tags], [body sizes]], ...]] (runs of consecutive
-seqs of one origin), then the bodies back to back. A resume is msgpack [group, since (ms),
+Router -> member (MCAST_DELIVER, a batch), wire form 2: a form byte (BATCH_FORM), a 4-byte
+header length, a msgpack header [group, [[origin, first seq, count, tag or [tags], body size or
+[body sizes]], ...]] (runs of consecutive seqs of one origin; one tag or size stands for all
+the run's), then the bodies back to back. Form 1 (a 4-byte length first, so first byte 0, and
+runs of [origin, first seq, [tags], [sizes]]) is refused as MCAST_DATA's is. A resume is msgpack [group, since (ms),
 [[origin, next seq], ...], follow].
 """
 
@@ -94,7 +96,8 @@ DEFAULT_WANTED = 2
 MEMBER_ROUTERS = 2
 BATCH_MESSAGES = 1024        # a batch to members holds at most this many messages
 BATCH_BYTES = 256 << 10      # ... and, unless it is one message, at most this many body bytes
-_LEN = struct.Struct(">I")
+BATCH_FORM = 2               # the first byte of an MCAST_DELIVER payload: its wire form
+_BATCH_HEAD = struct.Struct(">BI")    # form, header bytes
 _INT = {int}
 
 
@@ -215,37 +218,50 @@ def unpack(payload: bytes | memoryview) -> tuple[Header, bytes]:
 
 class Batch:
     """Messages of one group for a router's members, in the order it relayed them: runs of
-    consecutive seqs per origin. `pack` makes the one payload every member gets."""
+    consecutive seqs per origin. `pack` makes the one payload every member gets.
+
+    A run is [origin, first seq, count, tags, sizes], its tags one int while they are all the
+    same (most streams use one tag) and a list otherwise, and so its body sizes: adding a
+    message to a run then appends nothing but its body, and a member reads a run (or skips the
+    other router's copy of it) without a look at each message."""
 
     def __init__(self, group: str) -> None:
         self.group = group
-        self.runs: list[list[Any]] = []          # [origin, first seq, [tags], [sizes]]
+        self.runs: list[list[Any]] = []          # [origin, first seq, count, tag or [tags], size or [sizes]]
         self.bodies: list[bytes] = []
         self.count = 0
         self.size = 0
+        self._last: list[Any] | None = None      # runs[-1]
 
     def full(self) -> bool:
         return self.count >= BATCH_MESSAGES or self.size >= BATCH_BYTES
 
     def add(self, origin: str, seq: int, tag: int, body: bytes) -> None:
-        runs = self.runs
-        if runs:
-            run = runs[-1]
-            if run[0] == origin and run[1] + len(run[2]) == seq:
-                run[2].append(tag)
-                run[3].append(len(body))
-                self.bodies.append(body)
-                self.count += 1
-                self.size += len(body)
-                return
-        runs.append([origin, seq, [tag], [len(body)]])
+        size = len(body)
         self.bodies.append(body)
         self.count += 1
-        self.size += len(body)
+        self.size += size
+        run = self._last
+        if run is not None and run[1] + run[2] == seq and run[0] == origin:
+            n = run[2]
+            run[2] = n + 1
+            tags = run[3]
+            if type(tags) is list:
+                tags.append(tag)
+            elif tags != tag:
+                run[3] = [tags] * n + [tag]
+            sizes = run[4]
+            if type(sizes) is list:
+                sizes.append(size)
+            elif sizes != size:
+                run[4] = [sizes] * n + [size]
+            return
+        self._last = run = [origin, seq, 1, tag, size]
+        self.runs.append(run)
 
     def pack(self) -> bytes:
         head = msgpack.packb([self.group, self.runs], use_bin_type=True)
-        return b"".join((_LEN.pack(len(head)), head, *self.bodies))
+        return b"".join((_BATCH_HEAD.pack(BATCH_FORM, len(head)), head, *self.bodies))
 
 
 def batches(group: str, items: Iterable[tuple[str, int, int, bytes]]) -> list[bytes]:
@@ -262,37 +278,68 @@ def batches(group: str, items: Iterable[tuple[str, int, int, bytes]]) -> list[by
     return out
 
 
-def read_batch(payload: bytes | memoryview) -> tuple[str, bytes, list[tuple[str, int, list[int], list[int], int]]]:
-    """A batch's group, its payload (as bytes) and its runs as (origin, first seq, tags, body
-    sizes, where the run's bodies start in the payload), all checked (CodecError if malformed);
-    no body is cut out yet (`run_bodies`): a member skips the other router's copy of a run from
-    its header alone."""
+def _bad_run(run: Any) -> CodecError:
+    return CodecError(f"multicast batch: a run must be [origin, first seq, count (1 to {BATCH_MESSAGES}), tag or "
+                      f"[count tags], size or [count sizes]], not {str(run)[:200]}")
+
+
+def read_batch(payload: bytes | memoryview) -> tuple[str, bytes, list[tuple[str, int, int, Any, Any, int]]]:
+    """A batch's group, its payload (as bytes) and its runs as (origin, first seq, count, tag
+    or tags, size or sizes, where the run's bodies start in the payload), all checked
+    (CodecError if malformed); no body is cut out yet (`run_bodies`): a member skips the other
+    router's copy of a run from its header alone."""
     if not isinstance(payload, bytes):
         payload = bytes(payload)        # a large one may come as ZeroMQ's buffer: bodies are bytes
     try:
-        (n,) = _LEN.unpack_from(payload, 0)
-        group, runs = msgpack.unpackb(payload[4:4 + n], raw=False)
+        form, head_len = _BATCH_HEAD.unpack_from(payload, 0)
+    except struct.error:
+        raise CodecError(f"a multicast batch of {len(payload)} bytes is shorter than its fixed header") from None
+    if form != BATCH_FORM:
+        raise CodecError(f"multicast batch in wire form {form}; this release reads form {BATCH_FORM} only (form 1, "
+                         f"first byte 0, is the batch of earlier releases): run one release on every host")
+    at = _BATCH_HEAD.size
+    try:
+        group, runs = msgpack.unpackb(payload[at:at + head_len], raw=False)
     except Exception:
         raise CodecError("malformed multicast batch header") from None
     if not isinstance(group, str) or not isinstance(runs, list):
         raise CodecError("multicast batch: the header must be [group, runs]")
-    at = 4 + n
+    at += head_len
+    count = 0
     out = []
     for run in runs:
-        # set(map(type, ...)) checks a long run's items far faster than a generator would
-        if not (type(run) is list and len(run) == 4 and type(run[0]) is str and type(run[1]) is int
-                and type(run[2]) is list and type(run[3]) is list and len(run[2]) == len(run[3]) and run[2]
-                and set(map(type, run[2])) == _INT and set(map(type, run[3])) == _INT and min(run[3]) >= 0):
-            raise CodecError("multicast batch: each run must be [origin, first seq, [tags], [sizes]]")
-        out.append((run[0], run[1], run[2], run[3], at))
-        at += sum(run[3])
+        if type(run) is not list or len(run) != 5:
+            raise _bad_run(run)
+        origin, first, n, tags, sizes = run
+        if not (type(origin) is str and type(first) is int and type(n) is int and 1 <= n <= BATCH_MESSAGES - count):
+            raise _bad_run(run)
+        count += n
+        # set(map(type, ...)) checks a long list's items far faster than a generator would
+        if type(tags) is not int and not (type(tags) is list and len(tags) == n and set(map(type, tags)) == _INT):
+            raise _bad_run(run)
+        out.append((origin, first, n, tags, sizes, at))
+        if type(sizes) is int and sizes >= 0:
+            at += sizes * n
+        elif type(sizes) is list and len(sizes) == n and set(map(type, sizes)) == _INT and min(sizes) >= 0:
+            at += sum(sizes)
+        else:
+            raise _bad_run(run)
     if at != len(payload):
         raise CodecError(f"multicast batch: the sizes add up to {at} bytes, the payload has {len(payload)}")
     return group, payload, out
 
 
-def run_bodies(payload: bytes, at: int, sizes: Iterable[int]) -> list[bytes]:
-    """The bodies of one run of a batch `read_batch` checked: `sizes` of them from `at` on."""
+def run_tags(n: int, tags: int | list[int]) -> list[int]:
+    """The `n` tags of a run read_batch checked."""
+    return [tags] * n if type(tags) is int else tags
+
+
+def run_bodies(payload: bytes, at: int, n: int, sizes: int | list[int]) -> list[bytes]:
+    """The `n` bodies of a run read_batch checked, from `at` on."""
+    if type(sizes) is int:
+        if not sizes:
+            return [b""] * n
+        return [payload[i:i + sizes] for i in range(at, at + n * sizes, sizes)]
     bodies = []
     for k in sizes:
         bodies.append(payload[at:at + k])
@@ -303,7 +350,8 @@ def run_bodies(payload: bytes, at: int, sizes: Iterable[int]) -> list[bytes]:
 def unpack_batch(payload: bytes | memoryview) -> tuple[str, list[tuple[str, int, list[int], list[bytes]]]]:
     """(group, [(origin, first seq, tags, bodies), ...]) of a batch; CodecError if malformed."""
     group, payload, runs = read_batch(payload)
-    return group, [(origin, first, tags, run_bodies(payload, at, sizes)) for origin, first, tags, sizes, at in runs]
+    return group, [(origin, first, run_tags(n, tags), run_bodies(payload, at, n, sizes))
+                   for origin, first, n, tags, sizes, at in runs]
 
 
 @dataclass(frozen=True, slots=True)

@@ -521,17 +521,17 @@ class Membership:
                 wait = self.waits.get(group)
                 if wait is not None and wait.heard(batch.source, now):   # its replay is coming in
                     ready.extend(self._hold_new(group, wait.hold_until, now))
-                for origin, first, tags, sizes, at in runs:
+                for origin, first, n, tags, sizes, at in runs:
                     key = (group, origin)
                     r = self.reorder.get(key)
-                    if r is not None and r.skips(first, len(tags)):
+                    if r is not None and r.skips(first, n):
                         continue                 # the other router's copy (half of all runs): bodies not cut out
                     # A sender first seen past its first message: an earlier one may still be on
                     # its way from our other router (one that had it forwarded comes later than
                     # one sent it directly). Ask our routers to replay (below, one ask per group
                     # and call), and start at the lowest seq once they answered (core.take_run).
-                    got, asks = take_run(self.reorder, key, first, len(tags),
-                                         partial(_messages, origin_urn(origin), group, tags, payload, at, sizes),
+                    got, asks = take_run(self.reorder, key, first, n,
+                                         partial(_messages, origin_urn(origin), group, n, tags, payload, at, sizes),
                                          now, self.hold_new_until.get(group, 0.0))
                     if asks:
                         ask[group] = list(self.joined[group])
@@ -550,9 +550,11 @@ class Membership:
             self.endpoint.deliver_local(ready)
 
 
-def _messages(source: str, group: str, tags: list[int], payload: bytes, at: int, sizes: list[int]) -> list[Message]:
+def _messages(source: str, group: str, n: int, tags: int | list[int], payload: bytes, at: int,
+              sizes: int | list[int]) -> list[Message]:
     """The Messages of one run of a batch (core.read_batch), made by map: no Python loop per message."""
-    return list(map(Message, itertools.repeat(source), tags, run_bodies(payload, at, sizes), itertools.repeat(group)))
+    return list(map(Message, itertools.repeat(source, n), itertools.repeat(tags, n) if type(tags) is int else tags,
+                    run_bodies(payload, at, n, sizes), itertools.repeat(group, n)))
 
 
 __all__ = ["MCAST_DATA", "MEMBER_LEASE_S", "Membership", "ensure_group", "live_members", "live_routers",
