@@ -669,10 +669,11 @@ class History:
         size += self.item_overhead
         items.append((origin, seq, at, item, size))
         self.bytes += size
-        while items and (len(items) > self.max_messages or self.bytes > self.max_bytes
-                         or at - items[0][2] > self.max_age):
-            self.bytes -= items.popleft()[4]
-            self.dropped += 1
+        if len(items) > self.max_messages or self.bytes > self.max_bytes or at - items[0][2] > self.max_age:
+            while items and (len(items) > self.max_messages or self.bytes > self.max_bytes
+                             or at - items[0][2] > self.max_age):
+                self.bytes -= items.popleft()[4]
+                self.dropped += 1
 
     def trim(self) -> None:
         """Shed the oldest items until within `max_bytes` (after it was lowered)."""

@@ -178,7 +178,7 @@ class Membership:
         # group name as the caller spelled it -> (monotonic time, URN, `targets` for each seq modulo
         # the number of live routers, the earliest lease expiry in the entry they came from): mcast
         # reads the entry once a second
-        self.routers_seen: dict[str, tuple[float, str, list[list[str]], int | None]] = {}
+        self.routers_seen: dict[str, tuple[float, str, list[tuple[str, ...]], int | None]] = {}
         endpoint.system_handlers[MCAST_DELIVER] = self._on_deliver
         endpoint.system_handlers[MCAST_REPLAYED] = endpoint.one_by_one(self._on_replayed)
         endpoint.periodic.append(self._tend)
@@ -242,11 +242,14 @@ class Membership:
             if not routers:
                 self.routers_seen.pop(asked, None)
                 raise NotFound(f"{group} has no live routers: no member has joined it (or their hosts are gone)")
-            rotations = [targets(routers, i) for i in range(len(routers))]
+            rotations = [tuple(targets(routers, i)) for i in range(len(routers))]
             self.routers_seen[asked] = (now, group, rotations, entry.next_expiry(now_ms()))
-        seq = next(self.seqs.setdefault(group, itertools.count(FIRST_SEQ)))
+        counter = self.seqs.get(group)
+        if counter is None:
+            counter = self.seqs[group] = itertools.count(FIRST_SEQ)
+        seq = next(counter)
         chosen = rotations[seq % len(rotations)]
-        data = pack(Header(group, self.origin, seq, int(tag), tuple(chosen)), payload)
+        data = pack(Header(group, self.origin, seq, int(tag), chosen), payload)
         for r in chosen:
             self.endpoint.send(r, data, MCAST_DATA)
         return seq
