@@ -63,8 +63,8 @@ Router -> member (MCAST_DELIVER, a batch), wire form 2: a form byte (BATCH_FORM)
 header length, a msgpack header [group, [[origin, first seq, count, tag or [tags], body size or
 [body sizes]], ...]] (runs of consecutive seqs of one origin; one tag or size stands for all
 the run's), then the bodies back to back. Form 1 (a 4-byte length first, so first byte 0, and
-runs of [origin, first seq, [tags], [sizes]]) is refused as MCAST_DATA's is. A resume is msgpack [group, since (ms),
-[[origin, next seq], ...], follow].
+runs of [origin, first seq, [tags], [sizes]]) is refused as MCAST_DATA's is. A resume is
+msgpack [group, since (ms), [[origin, next seq], ...], follow].
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ _NAME_LEN = struct.Struct(">H")             # a seen router's bytes
 _NAMES_AT = _DATA_HEAD.size                 # where the lengths and names start
 # Encoded and decoded names, each at most NAMES_CACHE_ENTRIES entries of at most NAMES_CACHE_BYTES
 # bytes (anyone may send a router names of their choosing): a full cache starts over.
-NAMES_CACHE_ENTRIES = 4096
+NAMES_CACHE_ENTRIES = 1024
 NAMES_CACHE_BYTES = 2048
 _names_encoded: dict[tuple[str, str, tuple[str, ...]], bytes] = {}
 _names_decoded: dict[bytes, tuple[str, str, tuple[str, ...]]] = {}
@@ -279,8 +279,9 @@ def batches(group: str, items: Iterable[tuple[str, int, int, bytes]]) -> list[by
 
 
 def _bad_run(run: Any) -> CodecError:
-    return CodecError(f"multicast batch: a run must be [origin, first seq, count (1 to {BATCH_MESSAGES}), tag or "
-                      f"[count tags], size or [count sizes]], not {str(run)[:200]}")
+    what = f"a list of {len(run)}" if type(run) is list else f"a {type(run).__name__}"    # not the run: any size
+    return CodecError(f"multicast batch: each run must be [origin, first seq, count (1 to {BATCH_MESSAGES} in all), "
+                      f"tag or [count tags], size or [count sizes]]; one ({what}) is not")
 
 
 def read_batch(payload: bytes | memoryview) -> tuple[str, bytes, list[tuple[str, int, int, Any, Any, int]]]:
