@@ -560,15 +560,15 @@ class GroupRouter:
         wall = now_ms()
         # A run comes from one source and mostly names one group and origin: what depends only on
         # them (the origin's check, the group's state and view) is looked up when they change.
-        vouched: str | None = None           # an origin the run's source may send
+        vouched: tuple[str, str] | None = None     # a (source, origin) found to be allowed
         group: str | None = None             # the group whose state follows, None: look it up
         relay = view = history = batch = None
         for m, (h, body) in self.endpoint.decoded(messages, unpack, "multicast message"):
-            if h.origin != vouched:
+            if vouched is None or h.origin != vouched[1] or m.source != vouched[0]:
                 if origin_urn(h.origin) != m.source and not is_host(m.source):    # routers pass on others'
                     self._refuse_forged(m.source, h.origin)
                     continue
-                vouched = h.origin
+                vouched = (m.source, h.origin)
             if h.group != group:
                 group = None
                 if h.group not in self.last_traffic:
