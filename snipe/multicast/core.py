@@ -661,26 +661,26 @@ class History:
                  item_overhead: int = 0) -> None:
         self.max_messages, self.max_bytes, self.max_age = max_messages, max_bytes, max_age
         self.item_overhead = item_overhead
-        self.items: deque[tuple[str, int, float, Any, int]] = deque()    # origin, seq, at, item, size
-        self.bytes = 0
+        # origin, seq, at, item, size (without the overhead: a small size is a shared int, not a new one)
+        self.items: deque[tuple[str, int, float, Any, int]] = deque()
+        self.bytes = 0                           # the sizes with the overhead
         self.dropped = 0
 
     def add(self, origin: str, seq: int, at: float, item: Any, size: int) -> None:
         items = self.items
-        size += self.item_overhead
         items.append((origin, seq, at, item, size))
-        self.bytes += size
+        self.bytes += size + self.item_overhead
         if len(items) > self.max_messages or self.bytes > self.max_bytes or at - items[0][2] > self.max_age:
             while items and (len(items) > self.max_messages or self.bytes > self.max_bytes
                              or at - items[0][2] > self.max_age):
-                self.bytes -= items.popleft()[4]
+                self.bytes -= items.popleft()[4] + self.item_overhead
                 self.dropped += 1
 
     def trim(self) -> None:
         """Shed the oldest items until within `max_bytes` (after it was lowered)."""
         items = self.items
         while items and self.bytes > self.max_bytes:
-            self.bytes -= items.popleft()[4]
+            self.bytes -= items.popleft()[4] + self.item_overhead
             self.dropped += 1
 
     @property
