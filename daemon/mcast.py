@@ -571,37 +571,48 @@ class GroupRouter:
     def _on_data(self, messages: list[Deliver]) -> None:
         """A run of multicast messages (from a sender or another router): relay each once."""
         wall = now_ms()
+        # A run comes from one source and mostly names one group and origin: what depends only on
+        # them (the origin's check, the group's state and view) is looked up when they change.
+        vouched: tuple[str, str] | None = None     # a (source, origin) found to be allowed
+        group: str | None = None             # the group whose state follows, None: look it up
+        relay = view = history = batch = None
         for m, (h, body) in self.endpoint.decoded(messages, unpack, "multicast message"):
-            if origin_urn(h.origin) != m.source and not is_host(m.source):    # routers pass on others'
-                self._refuse_forged(m.source, h.origin)
-                continue
-            if h.group not in self.last_traffic:
-                self._make_room(h.group, m.source)
-            self.last_traffic[h.group] = time.monotonic()
-            view = self._view(h.group)
-            if view is None:
-                continue
-            relay = self.relays.get(h.group)
-            if relay is None:
-                relay = self.relays[h.group] = Relay(self.host_urn)
+            if vouched is None or h.origin != vouched[1] or m.source != vouched[0]:
+                if origin_urn(h.origin) != m.source and not is_host(m.source):    # routers pass on others'
+                    self._refuse_forged(m.source, h.origin)
+                    continue
+                vouched = (m.source, h.origin)
+            if h.group != group:
+                group = None
+                if h.group not in self.last_traffic:
+                    self._make_room(h.group, m.source)
+                self.last_traffic[h.group] = time.monotonic()
+                view = self._view(h.group)
+                if view is None:
+                    continue
+                relay = self.relays.get(h.group)
+                if relay is None:
+                    relay = self.relays[h.group] = Relay(self.host_urn)
+                history = self.histories.get(h.group)
+                batch = self.pending.get(h.group)
+                group = h.group
+            assert relay is not None and view is not None
             out = relay.on_data(h, view.members, view.routers)
             if out is None:
                 continue
             self.relayed += 1
-            data = bytes(body)
-            history = self.histories.get(h.group)
             if history is None:
-                history = self.histories[h.group] = History(HISTORY_MESSAGES, HISTORY_BYTES, HISTORY_AGE_S * 1000,
-                                                            HISTORY_ITEM_OVERHEAD)
+                history = self.histories[group] = History(HISTORY_MESSAGES, HISTORY_BYTES, HISTORY_AGE_S * 1000,
+                                                          HISTORY_ITEM_OVERHEAD)
                 self._share_history_bytes()
-            history.add(h.origin, h.seq, wall, (h.origin, h.seq, h.tag, data), len(data))
+            history.add(h.origin, h.seq, wall, (h.origin, h.seq, h.tag, body), len(body))
             if out.deliver_to:
-                batch = self.pending.get(h.group)
                 if batch is None:
-                    batch = self.pending[h.group] = Batch(h.group)
-                batch.add(h.origin, h.seq, h.tag, data)
+                    batch = self.pending[group] = Batch(group)
+                batch.add(h.origin, h.seq, h.tag, body)
                 if batch.full():
-                    self._send_batch(h.group, self.pending.pop(h.group))
+                    self._send_batch(group, self.pending.pop(group))
+                    batch = None
             if out.forward_to:
                 payload = pack(out.header, body)
                 for router in out.forward_to:

@@ -579,9 +579,12 @@ def recv(source: str | None = None, tag: int | None = None, timeout: float | Non
     """The next message (from `source`, with `tag`, if given), waiting up to `timeout` seconds
     (None: forever); None if nothing came. Selective, as PVM's pvm_recv. A task that checkpoints
     periodically does so while it waits here too (waiting for a message is a safe point)."""
+    s = _session                 # a started endpoint without two calls: recv runs once a message
+    ep = s._endpoint if s is not None else None
+    if ep is None:
+        ep = session().endpoint()
     if checkpoints.due == _INF:
-        return session().endpoint().recv(source, tag, timeout)
-    ep = session().endpoint()
+        return ep.recv(source, tag, timeout)
     limit = None if timeout is None else time.monotonic() + timeout
     while True:
         checkpoints.maybe_checkpoint()

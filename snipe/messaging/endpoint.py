@@ -1460,7 +1460,8 @@ class Endpoint:
         """Put messages in the application's inbox (from the I/O thread)."""
         with self.cond:
             self.inbox.extend(messages)
-            self.cond.notify_all()
+            if self._recv_waiting or self._blocked:   # the only waits on cond, counted under it (as _on_data)
+                self.cond.notify_all()
 
     def submit(self, dest: str, tag: int, payload: bytes, deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         """`send` for the I/O thread itself (relays): never blocks; memory is bounded by the

@@ -48,13 +48,23 @@ SNIPE 4.4, as built here:
   cost per delivery and a member's per message shrink with the load.
 
 Wire: a multicast message rides the unicast channel under a reserved tag. Sender -> router and
-router -> router (MCAST_DATA): a 4-byte header length, a msgpack header [group, origin, seq,
-tag, seen], then the body; the origin is the sender's URN and its incarnation (`origin_of`), so
-a restarted sender's stream, numbered from FIRST_SEQ again, is a new one. Router -> member
-(MCAST_DELIVER, a batch): a 4-byte header length, a
-msgpack header [group, [[origin, first seq, [tags], [body sizes]], ...]] (runs of consecutive
-seqs of one origin), then the bodies back to back. A resume is msgpack [group, since (ms),
-[[origin, next seq], ...], follow].
+router -> router (MCAST_DATA), wire form 2: a fixed big-endian header (form byte = DATA_FORM, seq
+and tag as signed 64-bit ints, the byte lengths of the group, the origin and the seen list as
+unsigned 16-bit ints), then the group and the origin in UTF-8, the seen list (each router's
+UTF-8 length in 16 bits, then its bytes), then the body. The origin is the sender's URN and its
+incarnation (`origin_of`), so a restarted sender's stream, numbered from FIRST_SEQ again, is a
+new one. The names (group, origin, seen) repeat from message to message, so both ends keep them
+encoded and decoded in small bounded caches: a message costs one struct call and one dict look-up
+each way, and the decoded names are the same str objects every time (their hashes are kept).
+Form 1 (releases before) was a 4-byte length and a msgpack header, so its first byte is 0: a
+router or member of this release refuses it with a CodecError naming both forms (sender and
+routers run this same code; there is no negotiation, so upgrade a cluster's hosts together).
+Router -> member (MCAST_DELIVER, a batch), wire form 2: a form byte (BATCH_FORM), a 4-byte
+header length, a msgpack header [group, [[origin, first seq, count, tag or [tags], body size or
+[body sizes]], ...]] (runs of consecutive seqs of one origin; one tag or size stands for all
+the run's), then the bodies back to back. Form 1 (a 4-byte length first, so first byte 0, and
+runs of [origin, first seq, [tags], [sizes]]) is refused as MCAST_DATA's is. A resume is
+msgpack [group, since (ms), [[origin, next seq], ...], follow].
 """
 
 from __future__ import annotations
@@ -86,8 +96,8 @@ DEFAULT_WANTED = 2
 MEMBER_ROUTERS = 2
 BATCH_MESSAGES = 1024        # a batch to members holds at most this many messages
 BATCH_BYTES = 256 << 10      # ... and, unless it is one message, at most this many body bytes
-_LEN = struct.Struct(">I")
-_STR = {str}
+BATCH_FORM = 2               # the first byte of an MCAST_DELIVER payload: its wire form
+_BATCH_HEAD = struct.Struct(">BI")    # form, header bytes
 _INT = {int}
 
 
@@ -100,57 +110,158 @@ class Header:
     seen: tuple[str, ...]
 
 
-def pack(h: Header, body: bytes | memoryview) -> bytes:
-    head = msgpack.packb([h.group, h.origin, h.seq, h.tag, list(h.seen)], use_bin_type=True)
-    return _LEN.pack(len(head)) + head + bytes(body)
+# MCAST_DATA, wire form 2 (see the module docstring)
+DATA_FORM = 2
+_DATA_HEAD = struct.Struct(">Bqq")          # form, seq, tag
+_DATA_LENS = struct.Struct(">HHH")          # group, origin and seen bytes
+_DATA_FIXED = struct.Struct(">BqqHHH")      # the two together, as read
+_NAME_LEN = struct.Struct(">H")             # a seen router's bytes
+_NAMES_AT = _DATA_HEAD.size                 # where the lengths and names start
+# Encoded and decoded names, each at most NAMES_CACHE_ENTRIES entries of at most NAMES_CACHE_BYTES
+# bytes (anyone may send a router names of their choosing): a full cache starts over.
+NAMES_CACHE_ENTRIES = 1024
+NAMES_CACHE_BYTES = 2048
+_names_encoded: dict[tuple[str, str, tuple[str, ...]], bytes] = {}
+_names_decoded: dict[bytes, tuple[str, str, tuple[str, ...]]] = {}
 
 
-def unpack(payload: bytes | memoryview) -> tuple[Header, memoryview]:
-    view = memoryview(payload)
+def _encode_names(group: str, origin: str, seen: tuple[str, ...]) -> bytes:
+    """The lengths and names part of a header (cached)."""
     try:
-        (n,) = _LEN.unpack_from(view, 0)
-        group, origin, seq, tag, seen = msgpack.unpackb(view[4:4 + n], raw=False)
-    except Exception:
-        raise CodecError("malformed multicast header") from None
-    if not (type(group) is str and type(origin) is str and type(seq) is int and type(tag) is int
-            and type(seen) is list and set(map(type, seen)) <= _STR):
-        raise CodecError("multicast header fields have the wrong types")
-    return Header(group, origin, seq, tag, tuple(seen)), view[4 + n:]
+        if not (type(group) is str and type(origin) is str and all(type(r) is str for r in seen)):
+            raise TypeError
+        g, o = group.encode(), origin.encode()
+        parts = []
+        for r in seen:
+            b = r.encode()
+            parts.append(_NAME_LEN.pack(len(b)))
+            parts.append(b)
+        s = b"".join(parts)
+        names = _DATA_LENS.pack(len(g), len(o), len(s)) + g + o + s
+    except (TypeError, UnicodeEncodeError, struct.error):
+        raise CodecError(f"a multicast header cannot carry group {group!r}, origin {origin!r}, seen {seen!r}: "
+                         f"strings of valid UTF-8, each at most 65535 bytes, are needed") from None
+    if len(names) <= NAMES_CACHE_BYTES:
+        if len(_names_encoded) >= NAMES_CACHE_ENTRIES:
+            _names_encoded.clear()
+        _names_encoded[(group, origin, seen)] = names
+    return names
+
+
+def _decode_names(key: bytes, glen: int, olen: int, slen: int) -> tuple[str, str, tuple[str, ...]]:
+    """(group, origin, seen) from the lengths and names part of a header (cached); CodecError if
+    malformed."""
+    at = _DATA_LENS.size
+    end = at + glen + olen + slen
+    if len(key) != end:
+        raise CodecError(f"multicast header: its names need {end} bytes, {len(key)} came")
+    try:
+        group = key[at:at + glen].decode()
+        origin = key[at + glen:at + glen + olen].decode()
+        seen = []
+        at += glen + olen
+        while at < end:
+            (n,) = _NAME_LEN.unpack_from(key, at)
+            at += _NAME_LEN.size
+            if at + n > end:
+                raise CodecError("multicast header: a seen router runs past the seen list")
+            seen.append(key[at:at + n].decode())
+            at += n
+    except (UnicodeDecodeError, struct.error):
+        raise CodecError("multicast header: names that are not length-prefixed UTF-8") from None
+    names = (group, origin, tuple(seen))
+    if len(key) <= NAMES_CACHE_BYTES:
+        if len(_names_decoded) >= NAMES_CACHE_ENTRIES:
+            _names_decoded.clear()
+        _names_decoded[key] = names
+    return names
+
+
+def pack(h: Header, body: bytes | memoryview) -> bytes:
+    """An MCAST_DATA payload; CodecError if a field does not fit the header (seq and tag: signed
+    64-bit; each name: at most 65535 bytes of UTF-8)."""
+    seen = h.seen if type(h.seen) is tuple else tuple(h.seen)
+    try:
+        names = _names_encoded.get((h.group, h.origin, seen))
+    except TypeError:                   # an unhashable field: _encode_names says which
+        names = None
+    if names is None:
+        names = _encode_names(h.group, h.origin, seen)
+    try:
+        head = _DATA_HEAD.pack(DATA_FORM, h.seq, h.tag)
+    except struct.error:
+        raise CodecError(f"multicast seq {h.seq!r} and tag {h.tag!r} must be signed 64-bit integers") from None
+    return b"".join((head, names, body))
+
+
+def unpack(payload: bytes | memoryview) -> tuple[Header, bytes]:
+    """The header and body of an MCAST_DATA payload; CodecError if malformed."""
+    if type(payload) is not bytes:
+        payload = bytes(payload)        # a large one may come as ZeroMQ's buffer
+    try:
+        form, seq, tag, glen, olen, slen = _DATA_FIXED.unpack_from(payload, 0)
+    except struct.error:
+        raise CodecError(f"multicast data of {len(payload)} bytes is shorter than its fixed header") from None
+    if form != DATA_FORM:
+        raise CodecError(f"multicast data in wire form {form}; this release reads form {DATA_FORM} only (form 1, "
+                         f"first byte 0, is the msgpack header of earlier releases): run one release on "
+                         f"every host")
+    end = _DATA_FIXED.size + glen + olen + slen
+    if len(payload) < end:
+        raise CodecError(f"multicast data of {len(payload)} bytes is shorter than its header ({end} bytes)")
+    key = payload[_NAMES_AT:end]
+    names = _names_decoded.get(key)
+    if names is None:
+        names = _decode_names(key, glen, olen, slen)
+    return Header(names[0], names[1], seq, tag, names[2]), payload[end:]
 
 
 class Batch:
     """Messages of one group for a router's members, in the order it relayed them: runs of
-    consecutive seqs per origin. `pack` makes the one payload every member gets."""
+    consecutive seqs per origin. `pack` makes the one payload every member gets.
+
+    A run is [origin, first seq, count, tags, sizes], its tags one int while they are all the
+    same (most streams use one tag) and a list otherwise, and so its body sizes: adding a
+    message to a run then appends nothing but its body, and a member reads a run (or skips the
+    other router's copy of it) without a look at each message."""
 
     def __init__(self, group: str) -> None:
         self.group = group
-        self.runs: list[list[Any]] = []          # [origin, first seq, [tags], [sizes]]
+        self.runs: list[list[Any]] = []          # [origin, first seq, count, tag or [tags], size or [sizes]]
         self.bodies: list[bytes] = []
         self.count = 0
         self.size = 0
+        self._last: list[Any] | None = None      # runs[-1]
 
     def full(self) -> bool:
         return self.count >= BATCH_MESSAGES or self.size >= BATCH_BYTES
 
     def add(self, origin: str, seq: int, tag: int, body: bytes) -> None:
-        runs = self.runs
-        if runs:
-            run = runs[-1]
-            if run[0] == origin and run[1] + len(run[2]) == seq:
-                run[2].append(tag)
-                run[3].append(len(body))
-                self.bodies.append(body)
-                self.count += 1
-                self.size += len(body)
-                return
-        runs.append([origin, seq, [tag], [len(body)]])
+        size = len(body)
         self.bodies.append(body)
         self.count += 1
-        self.size += len(body)
+        self.size += size
+        run = self._last
+        if run is not None and run[1] + run[2] == seq and run[0] == origin:
+            n = run[2]
+            run[2] = n + 1
+            tags = run[3]
+            if type(tags) is list:
+                tags.append(tag)
+            elif tags != tag:
+                run[3] = [tags] * n + [tag]
+            sizes = run[4]
+            if type(sizes) is list:
+                sizes.append(size)
+            elif sizes != size:
+                run[4] = [sizes] * n + [size]
+            return
+        self._last = run = [origin, seq, 1, tag, size]
+        self.runs.append(run)
 
     def pack(self) -> bytes:
         head = msgpack.packb([self.group, self.runs], use_bin_type=True)
-        return b"".join((_LEN.pack(len(head)), head, *self.bodies))
+        return b"".join((_BATCH_HEAD.pack(BATCH_FORM, len(head)), head, *self.bodies))
 
 
 def batches(group: str, items: Iterable[tuple[str, int, int, bytes]]) -> list[bytes]:
@@ -167,33 +278,81 @@ def batches(group: str, items: Iterable[tuple[str, int, int, bytes]]) -> list[by
     return out
 
 
-def unpack_batch(payload: bytes | memoryview) -> tuple[str, list[tuple[str, int, list[int], list[bytes]]]]:
-    """(group, [(origin, first seq, tags, bodies), ...]) of a batch; CodecError if malformed."""
+def _bad_run(run: Any) -> CodecError:
+    what = f"a list of {len(run)}" if type(run) is list else f"a {type(run).__name__}"    # not the run: any size
+    return CodecError(f"multicast batch: each run must be [origin, first seq, count (1 to {BATCH_MESSAGES} in all), "
+                      f"tag or [count tags], size or [count sizes]]; one ({what}) is not")
+
+
+def read_batch(payload: bytes | memoryview) -> tuple[str, bytes, list[tuple[str, int, int, Any, Any, int]]]:
+    """A batch's group, its payload (as bytes) and its runs as (origin, first seq, count, tag
+    or tags, size or sizes, where the run's bodies start in the payload), all checked
+    (CodecError if malformed); no body is cut out yet (`run_bodies`): a member skips the other
+    router's copy of a run from its header alone."""
     if not isinstance(payload, bytes):
         payload = bytes(payload)        # a large one may come as ZeroMQ's buffer: bodies are bytes
     try:
-        (n,) = _LEN.unpack_from(payload, 0)
-        group, runs = msgpack.unpackb(payload[4:4 + n], raw=False)
+        form, head_len = _BATCH_HEAD.unpack_from(payload, 0)
+    except struct.error:
+        raise CodecError(f"a multicast batch of {len(payload)} bytes is shorter than its fixed header") from None
+    if form != BATCH_FORM:
+        raise CodecError(f"multicast batch in wire form {form}; this release reads form {BATCH_FORM} only (form 1, "
+                         f"first byte 0, is the batch of earlier releases): run one release on every host")
+    at = _BATCH_HEAD.size
+    try:
+        group, runs = msgpack.unpackb(payload[at:at + head_len], raw=False)
     except Exception:
         raise CodecError("malformed multicast batch header") from None
     if not isinstance(group, str) or not isinstance(runs, list):
         raise CodecError("multicast batch: the header must be [group, runs]")
-    at = 4 + n
+    at += head_len
+    count = 0
     out = []
     for run in runs:
-        # set(map(type, ...)) checks a long run's items far faster than a generator would
-        if not (type(run) is list and len(run) == 4 and type(run[0]) is str and type(run[1]) is int
-                and type(run[2]) is list and type(run[3]) is list and len(run[2]) == len(run[3]) and run[2]
-                and set(map(type, run[2])) == _INT and set(map(type, run[3])) == _INT and min(run[3]) >= 0):
-            raise CodecError("multicast batch: each run must be [origin, first seq, [tags], [sizes]]")
-        bodies = []
-        for k in run[3]:
-            bodies.append(payload[at:at + k])
-            at += k
-        out.append((run[0], run[1], run[2], bodies))
+        if type(run) is not list or len(run) != 5:
+            raise _bad_run(run)
+        origin, first, n, tags, sizes = run
+        if not (type(origin) is str and type(first) is int and type(n) is int and 1 <= n <= BATCH_MESSAGES - count):
+            raise _bad_run(run)
+        count += n
+        # set(map(type, ...)) checks a long list's items far faster than a generator would
+        if type(tags) is not int and not (type(tags) is list and len(tags) == n and set(map(type, tags)) == _INT):
+            raise _bad_run(run)
+        out.append((origin, first, n, tags, sizes, at))
+        if type(sizes) is int and sizes >= 0:
+            at += sizes * n
+        elif type(sizes) is list and len(sizes) == n and set(map(type, sizes)) == _INT and min(sizes) >= 0:
+            at += sum(sizes)
+        else:
+            raise _bad_run(run)
     if at != len(payload):
         raise CodecError(f"multicast batch: the sizes add up to {at} bytes, the payload has {len(payload)}")
-    return group, out
+    return group, payload, out
+
+
+def run_tags(n: int, tags: int | list[int]) -> list[int]:
+    """The `n` tags of a run read_batch checked."""
+    return [tags] * n if type(tags) is int else tags
+
+
+def run_bodies(payload: bytes, at: int, n: int, sizes: int | list[int]) -> list[bytes]:
+    """The `n` bodies of a run read_batch checked, from `at` on."""
+    if type(sizes) is int:
+        if not sizes:
+            return [b""] * n
+        return [payload[i:i + sizes] for i in range(at, at + n * sizes, sizes)]
+    bodies = []
+    for k in sizes:
+        bodies.append(payload[at:at + k])
+        at += k
+    return bodies
+
+
+def unpack_batch(payload: bytes | memoryview) -> tuple[str, list[tuple[str, int, list[int], list[bytes]]]]:
+    """(group, [(origin, first seq, tags, bodies), ...]) of a batch; CodecError if malformed."""
+    group, payload, runs = read_batch(payload)
+    return group, [(origin, first, run_tags(n, tags), run_bodies(payload, at, n, sizes))
+                   for origin, first, n, tags, sizes, at in runs]
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +573,7 @@ def origin_urn(origin: str) -> str:
 
 
 # --- relay -----------------------------------------------------------------------------------------
-@dataclass
+@dataclass(slots=True)
 class _Seen:
     below: int = 1                       # every seq < below has been seen
     above: set[int] = field(default_factory=set)
@@ -451,20 +610,46 @@ class Relay:
         self.seen: dict[tuple[str, str], _Seen] = {}
         self.relayed = 0
         self.duplicates = 0
+        # The forwards for each seen list, for the routers list they were worked out against (a
+        # tuple, the same object from one message to the next): a message then costs a look-up.
+        self._hops_for: tuple[str, ...] | None = None
+        self._hops: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...] | None]] = {}
 
     def on_data(self, h: Header, members_here: Sequence[str], routers: Sequence[str]) -> Relayed | None:
         """`routers`: the live ones, sorted (the forwards go out in that order)."""
         s = self.seen.get((h.group, h.origin))
         if s is None:
             s = self.seen[(h.group, h.origin)] = _Seen()
-        if not s.add(h.seq):
+        seq = h.seq
+        if seq == s.below and not s.above:       # the next one, nothing out of order: the usual case
+            s.below = seq + 1
+        elif not s.add(seq):
             self.duplicates += 1
             return None
         self.relayed += 1
-        forward = tuple(r for r in routers if r != self.me and r not in h.seen)
-        if forward or self.me not in h.seen:
-            h = Header(h.group, h.origin, h.seq, h.tag, tuple(sorted({*h.seen, self.me, *forward})))
-        return Relayed(tuple(members_here), forward, h)
+        seen = h.seen
+        if type(routers) is tuple and type(seen) is tuple:
+            if routers is not self._hops_for:
+                self._hops_for, self._hops = routers, {}
+            hop = self._hops.get(seen)
+            if hop is None:
+                if len(self._hops) >= 64:        # seen lists are few (rotations of the senders' targets)
+                    self._hops.clear()
+                hop = self._hops[seen] = self._hop(seen, routers)
+        else:
+            hop = self._hop(seen, routers)
+        forward, seen_now = hop
+        if seen_now is not None:
+            h = Header(h.group, h.origin, seq, h.tag, seen_now)
+        return Relayed(members_here if type(members_here) is tuple else tuple(members_here), forward, h)
+
+    def _hop(self, seen: Sequence[str], routers: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+        """The routers a message that `seen` names must be forwarded to, and the seen list the
+        forwards carry (None: `seen` as it is, naming this router and every one)."""
+        forward = tuple(r for r in routers if r != self.me and r not in seen)
+        if forward or self.me not in seen:
+            return forward, tuple(sorted({*seen, self.me, *forward}))
+        return forward, None
 
 
 class History:
@@ -476,25 +661,26 @@ class History:
                  item_overhead: int = 0) -> None:
         self.max_messages, self.max_bytes, self.max_age = max_messages, max_bytes, max_age
         self.item_overhead = item_overhead
-        self.items: deque[tuple[str, int, float, Any, int]] = deque()    # origin, seq, at, item, size
-        self.bytes = 0
+        # origin, seq, at, item, size (without the overhead: a small size is a shared int, not a new one)
+        self.items: deque[tuple[str, int, float, Any, int]] = deque()
+        self.bytes = 0                           # the sizes with the overhead
         self.dropped = 0
 
     def add(self, origin: str, seq: int, at: float, item: Any, size: int) -> None:
         items = self.items
-        size += self.item_overhead
         items.append((origin, seq, at, item, size))
-        self.bytes += size
-        while items and (len(items) > self.max_messages or self.bytes > self.max_bytes
-                         or at - items[0][2] > self.max_age):
-            self.bytes -= items.popleft()[4]
-            self.dropped += 1
+        self.bytes += size + self.item_overhead
+        if len(items) > self.max_messages or self.bytes > self.max_bytes or at - items[0][2] > self.max_age:
+            while items and (len(items) > self.max_messages or self.bytes > self.max_bytes
+                             or at - items[0][2] > self.max_age):
+                self.bytes -= items.popleft()[4] + self.item_overhead
+                self.dropped += 1
 
     def trim(self) -> None:
         """Shed the oldest items until within `max_bytes` (after it was lowered)."""
         items = self.items
         while items and self.bytes > self.max_bytes:
-            self.bytes -= items.popleft()[4]
+            self.bytes -= items.popleft()[4] + self.item_overhead
             self.dropped += 1
 
     @property

@@ -37,6 +37,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from snipe import authority
@@ -64,11 +65,12 @@ from snipe.multicast.core import (
     pack,
     pack_resume,
     pick_routers,
+    read_batch,
     resume_next,
     resume_targets,
+    run_bodies,
     take_run,
     targets,
-    unpack_batch,
     unpack_replayed,
 )
 from snipe.urn import is_host, validate_urn
@@ -176,7 +178,7 @@ class Membership:
         # group name as the caller spelled it -> (monotonic time, URN, `targets` for each seq modulo
         # the number of live routers, the earliest lease expiry in the entry they came from): mcast
         # reads the entry once a second
-        self.routers_seen: dict[str, tuple[float, str, list[list[str]], int | None]] = {}
+        self.routers_seen: dict[str, tuple[float, str, list[tuple[str, ...]], int | None]] = {}
         endpoint.system_handlers[MCAST_DELIVER] = self._on_deliver
         endpoint.system_handlers[MCAST_REPLAYED] = endpoint.one_by_one(self._on_replayed)
         endpoint.periodic.append(self._tend)
@@ -240,11 +242,14 @@ class Membership:
             if not routers:
                 self.routers_seen.pop(asked, None)
                 raise NotFound(f"{group} has no live routers: no member has joined it (or their hosts are gone)")
-            rotations = [targets(routers, i) for i in range(len(routers))]
+            rotations = [tuple(targets(routers, i)) for i in range(len(routers))]
             self.routers_seen[asked] = (now, group, rotations, entry.next_expiry(now_ms()))
-        seq = next(self.seqs.setdefault(group, itertools.count(FIRST_SEQ)))
+        counter = self.seqs.get(group)
+        if counter is None:
+            counter = self.seqs[group] = itertools.count(FIRST_SEQ)
+        seq = next(counter)
         chosen = rotations[seq % len(rotations)]
-        data = pack(Header(group, self.origin, seq, int(tag), tuple(chosen)), payload)
+        data = pack(Header(group, self.origin, seq, int(tag), chosen), payload)
         for r in chosen:
             self.endpoint.send(r, data, MCAST_DATA)
         return seq
@@ -507,35 +512,35 @@ class Membership:
     def _on_deliver(self, batches: list[Deliver]) -> None:
         """Batches from a router: each origin's run through its Reorder (once each, in order)."""
         batches = self._from_routers(batches, "batches")
-        decoded = self.endpoint.decoded(batches, unpack_batch, "multicast batch")    # outside the lock
+        decoded = self.endpoint.decoded(batches, read_batch, "multicast batch")    # outside the lock
         ready: list[Message] = []
         ask: dict[str, list[str]] = {}
         now = time.monotonic()
         with self.lock:
-            for batch, (group, runs) in decoded:
+            for batch, (group, payload, runs) in decoded:
                 if group not in self.joined:
                     continue                             # we left: nothing more for us
                 self.heard_at[group] = now
                 wait = self.waits.get(group)
                 if wait is not None and wait.heard(batch.source, now):   # its replay is coming in
                     ready.extend(self._hold_new(group, wait.hold_until, now))
-                for origin, first, tags, bodies in runs:
-                    r = self.reorder.get((group, origin))
-                    if r is not None and r.skips(first, len(tags)):
-                        continue                 # the other router's copy (half of all runs): no more work
+                for origin, first, n, tags, sizes, at in runs:
+                    key = (group, origin)
+                    r = self.reorder.get(key)
+                    if r is not None and r.skips(first, n):
+                        continue                 # the other router's copy (half of all runs): bodies not cut out
                     # A sender first seen past its first message: an earlier one may still be on
                     # its way from our other router (one that had it forwarded comes later than
                     # one sent it directly). Ask our routers to replay (below, one ask per group
                     # and call), and start at the lowest seq once they answered (core.take_run).
-                    source = origin_urn(origin)
-                    got, asks = take_run(self.reorder, (group, origin), first, len(tags),
-                                         lambda source=source, tags=tags, bodies=bodies, group=group: [
-                                             Message(source, t, b, group) for t, b in zip(tags, bodies, strict=True)],
+                    got, asks = take_run(self.reorder, key, first, n,
+                                         partial(_messages, origin_urn(origin), group, n, tags, payload, at, sizes),
                                          now, self.hold_new_until.get(group, 0.0))
                     if asks:
                         ask[group] = list(self.joined[group])
                     ready.extend(got)
-                    r = self.reorder[(group, origin)]
+                    if r is None:
+                        r = self.reorder[key]
                     for a, b in r.take_late():
                         ready.append(Message(origin_urn(origin), -1, b"", group=group, failed=True,
                                              reason=f"multicast messages {a}..{b} from {origin} arrived after "
@@ -546,6 +551,13 @@ class Membership:
             self._resume(group, (), self._submit_resume, routers, new_only=True)
         if ready:
             self.endpoint.deliver_local(ready)
+
+
+def _messages(source: str, group: str, n: int, tags: int | list[int], payload: bytes, at: int,
+              sizes: int | list[int]) -> list[Message]:
+    """The Messages of one run of a batch (core.read_batch), made by map: no Python loop per message."""
+    return list(map(Message, itertools.repeat(source, n), itertools.repeat(tags, n) if type(tags) is int else tags,
+                    run_bodies(payload, at, n, sizes), itertools.repeat(group, n)))
 
 
 __all__ = ["MCAST_DATA", "MEMBER_LEASE_S", "Membership", "ensure_group", "live_members", "live_routers",

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from snipe.errors import CodecError
 from snipe.multicast.core import (
+    BATCH_FORM,
     BATCH_MESSAGES,
     Batch,
     Header,
@@ -44,19 +45,64 @@ def test_batches_are_bounded_by_count():
     assert [sum(len(r[2]) for r in unpack_batch(p)[1]) for p in packed] == [BATCH_MESSAGES, 1]
 
 
+def _form2(header: list, bodies: bytes = b"") -> bytes:
+    head = msgpack.packb(header)
+    return bytes([BATCH_FORM]) + len(head).to_bytes(4, "big") + head + bodies
+
+
 @pytest.mark.parametrize("payload", [
     b"",
-    b"\x00\x00\x00\x05abc",
-    b"\x00\x00\x00\x01\x90",                                                    # header not [group, runs]
-    (lambda h: len(h).to_bytes(4, "big") + h)(msgpack.packb(["g", [["a", 1, [0], [3]]]])) + b"ab",   # short body
-    (lambda h: len(h).to_bytes(4, "big") + h)(msgpack.packb(["g", [["a", 1, [0, 1], [1]]]])) + b"a",  # tags != sizes
-    (lambda h: len(h).to_bytes(4, "big") + h)(msgpack.packb(["g", [["a", "1", [0], [1]]]])) + b"a",   # seq not int
-    (lambda h: len(h).to_bytes(4, "big") + h)(msgpack.packb(["g", [["a", 1, [0], [1]]]])) + b"ab",    # bytes left
+    b"\x02\x00\x00\x00",                                                     # shorter than the fixed header
+    b"\x02\x00\x00\x00\x05abc",                                               # header past the payload
+    b"\x02\x00\x00\x00\x01\x90",                                             # header not [group, runs]
+    _form2(["g", [["a", 1, 1, 0, 3]]], b"ab"),                                # short body
+    _form2(["g", [["a", 1, 2, [0, 1], [1]]]], b"a"),                          # sizes != count
+    _form2(["g", [["a", 1, 2, [0], 1]]], b"aa"),                              # tags != count
+    _form2(["g", [["a", "1", 1, 0, 1]]], b"a"),                               # seq not int
+    _form2(["g", [["a", 1, 0, [], []]]]),                                     # an empty run
+    _form2(["g", [["a", 1, 1, 0, -1]]]),                                      # a negative size
+    _form2(["g", [["a", 1, 1, True, 1]]], b"a"),                              # a tag not an int
+    _form2(["g", [["a", 1, BATCH_MESSAGES + 1, 0, 0]]]),                      # more than a batch holds
+    _form2(["g", [["a", 1, BATCH_MESSAGES, 0, 0], ["b", 1, 1, 0, 0]]]),       # ... over its runs
+    _form2(["g", [["a", 1, 1, 0, 1]]], b"ab"),                                # bytes left
+    _form2(["g", [["a", 1, 1, 0]]], b"a"),                                    # form 1's run of four
+    (lambda h: len(h).to_bytes(4, "big") + h)(msgpack.packb(["g", [["a", 1, [0], [1]]]])) + b"a",  # form 1
 ])
 def test_a_malformed_batch_is_a_codec_error(payload):
     with pytest.raises(CodecError):
         unpack_batch(payload)
 
+
+@given(st.binary(max_size=200))
+def test_any_bytes_read_as_a_batch_or_give_a_codec_error_only(payload):
+    try:
+        group, runs = unpack_batch(payload)
+    except CodecError:
+        return
+    assert type(group) is str and sum(len(b) for r in runs for b in r[3]) <= len(payload)
+    assert all(len(tags) == len(bodies) >= 1 for _, _, tags, bodies in runs)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(1, 6), st.sampled_from([0, 0, 0, 7]),
+                          st.sampled_from([b"", b"xy", b"xy", b"xyz"])), max_size=40))
+def test_a_cut_batch_is_a_codec_error(items):
+    for payload in batches("urn:snipe:group:g", items):
+        for cut in range(len(payload)):
+            try:
+                unpack_batch(payload[:cut])
+            except CodecError:
+                continue
+            raise AssertionError(f"a batch cut to {cut} of {len(payload)} bytes was read")
+
+
+def test_a_run_keeps_one_tag_and_one_size_while_they_are_all_the_same():
+    b = Batch("g")
+    for seq, tag, body in [(1, 0, b"ab"), (2, 0, b"cd"), (3, 0, b"ef")]:
+        b.add("a", seq, tag, body)
+    assert b.runs == [["a", 1, 3, 0, 2]]
+    b.add("a", 4, 9, b"g")
+    assert b.runs == [["a", 1, 4, [0, 0, 0, 9], [2, 2, 2, 1]]]
+    assert unpack_batch(b.pack()) == ("g", [("a", 1, [0, 0, 0, 9], [b"ab", b"cd", b"ef", b"g"])])
 
 
 def test_reorder_takes_a_run_at_once_and_falls_back_to_one_by_one_around_holes():
