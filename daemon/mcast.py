@@ -31,8 +31,9 @@ is forgotten on an explicit leave, and by `tick` once its `member.` lease (which
 renews) is no longer live, JOIN_GRACE_LEASES host leases after its join at the earliest (it writes the lease after
 the join is answered), or at once when the lease names another host: the process moved (a
 migration, a restore from a checkpoint elsewhere), renews the lease from there, and joined
-through that host's daemon (snipe/migration/groups.join_here). The lease, not the daemon's task events, decides: a task's events do not
-say whether the process that joined is gone (forgetting on them dropped live members).
+through that host's daemon (snipe/migration/groups.join_here). The lease, not the daemon's task
+events, decides: a task's events do not say whether the process that joined is gone (forgetting
+on them dropped live members).
 A group with no local member left is kept only while a live member (from anywhere, a process
 without a daemon of its own included) lists this host among its routers; otherwise this router
 steps down (its lease withdrawn, no longer renewed), as a surplus router does: at once on an
