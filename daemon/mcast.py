@@ -29,11 +29,12 @@ members in at most MAX_GROUPS_PER_KEY groups here, and the host in at most MAX_G
 either is refused (QuotaExceeded) before any catalog work. Both count live members only: a member
 is forgotten on an explicit leave, and by `tick` once its `member.` lease (which its own process
 renews) is no longer live, JOIN_GRACE_LEASES host leases after its join at the earliest (it writes the lease after
-the join is answered), or at once when the lease names another host: the process moved (a
-migration, a restore from a checkpoint elsewhere), renews the lease from there, and joined
-through that host's daemon (snipe/migration/groups.join_here). The lease, not the daemon's task
-events, decides: a task's events do not say whether the process that joined is gone (forgetting
-on them dropped live members).
+the join is answered). The lease, not the daemon's task events, decides: a task's events do not
+say whether the process that joined is gone (forgetting on them dropped live members). The one
+exception is a task that migrated away: its original's end here (`forget_moved`) drops it at once,
+as its clone joined through its new host's daemon (snipe/migration/groups.join_here) and renews
+the lease from there. (The lease's host cannot decide it: the copies of a task replicated in mode
+"all" renew one lease from several hosts.)
 A group with no local member left is kept only while a live member (from anywhere, a process
 without a daemon of its own included) lists this host among its routers; otherwise this router
 steps down (its lease withdrawn, no longer renewed), as a surplus router does: at once on an
@@ -143,13 +144,6 @@ class _View:
     expires_ms: int | None         # the earliest lease expiry in the entry it came from
     members: tuple[str, ...]       # members this router delivers to
     routers: tuple[str, ...]       # live routers, this one included, sorted
-
-
-def _moved_away(value: dict[str, Any] | None, host: str) -> bool:
-    """Whether a live `member.` value says its process now stands on another host than `host`
-    (an empty or missing host says nothing: a process without a daemon of its own)."""
-    there = value.get("host") if value is not None else None
-    return isinstance(there, str) and there != "" and there != host
 
 
 def _saved_group(group: str, record: Any) -> tuple[dict[str, str], bool] | None:
@@ -333,6 +327,14 @@ class GroupRouter:
             raise QuotaExceeded(f"mcast-join {group}: {self.host_urn} already serves {held} groups, the most it "
                                 f"takes ({MAX_GROUPS}); join through another host, or leave groups first")
 
+    def forget_moved(self, member: str) -> None:
+        """`member`, a task here, migrated to another host: leave each group it joined here (its
+        clone joined through its new host's daemon, and renews its lease from there)."""
+        with self.lock:
+            groups = [g for g, members in self.local.items() if member in members]
+        for group in groups:
+            self.leave(group, member)
+
     def leave(self, group: str, member: str) -> None:
         """`member` leaves `group`; once no member here is left, this host stops routing it,
         unless a live member elsewhere is registered with it."""
@@ -493,10 +495,7 @@ class GroupRouter:
         with self.lock:
             members = self.local.get(group, {})
             grace = JOIN_GRACE_LEASES * self.lease_s
-            # gone: its lease ran out, or it names another host (it migrated, or was restored
-            # elsewhere from a checkpoint, and renews the lease from there)
-            dead = [u for u, m in members.items()
-                    if (u not in live and now - m.since >= grace) or _moved_away(live.get(u), self.host_urn)]
+            dead = [u for u, m in members.items() if u not in live and now - m.since >= grace]
             for u in dead:
                 del members[u]
             if group in self.local and not members:
@@ -504,8 +503,7 @@ class GroupRouter:
             has_local = bool(members)
         if dead:
             self._persist(group)
-            log.info("%s: forgot %d member(s) of %s whose membership lease ran out or names another host: %s",
-                     self.host_urn,
+            log.info("%s: forgot %d member(s) of %s whose membership lease ran out: %s", self.host_urn,
                      len(dead), group, ", ".join(dead[:5]) + (" …" if len(dead) > 5 else ""))
         if has_local or self._registered_here(entry, wall):
             self._elect(group, entry)

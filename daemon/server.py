@@ -1049,6 +1049,8 @@ class Daemon:
                 self.migrations.clone_exited(ev.urn)
                 self.migrations.forget_clone(ev.urn)
                 return
+            if ev.kind in ("exited", "killed"):
+                self.groups.forget_moved(ev.urn)       # (a clone not yet running has joined nothing here)
             if ev.kind in ("exited", "killed") and not rec.get("accounted"):
                 # the original that moved: what it used here until then is accounted by this host
                 with contextlib.suppress(SnipeError):

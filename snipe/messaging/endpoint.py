@@ -727,6 +727,7 @@ class Endpoint:
                     # Its turn, then ours again: handing the wait over instead (the caller waiting
                     # for the I/O thread to deliver) costs a hand-off of the message between the
                     # threads, and has the I/O thread watch the sockets' descriptors for a while.
+                    held = False                 # (set first: an interrupt in _take_io must not release io)
                     self.io.release()
                     held = self._take_io()
                     if not held:

@@ -183,27 +183,28 @@ def test_the_daemon_state_keeps_group_records_across_a_reopen(tmp_path: Path):
         state.close()
 
 
-def test_a_member_whose_lease_names_another_host_is_forgotten_here_at_once():
-    """A member that migrated (or was restored elsewhere from a checkpoint) renews its lease from
-    its new host: the old host's daemon must not keep it as its own (nor stand as a router, nor
-    count it against its bounds, nor restore it after a restart) just because the lease lives."""
+def test_a_task_that_migrated_away_is_forgotten_here_at_once():
+    """The original of a migrated task ends here (`forget_moved`): its clone joined through its new
+    host's daemon and renews the lease from there, so this daemon must not keep it as its own
+    (nor stand as a router for it alone, nor count it against its bounds, nor restore it)."""
     catalog, clock, store = cluster()
     r = start(catalog, clock, store)
     join(r, catalog, group(1), "urn:snipe:proc:mover", "km")
+    join(r, catalog, group(2), "urn:snipe:proc:mover", "km")
     join(r, catalog, group(1), "urn:snipe:proc:stayer", "ks")
-    catalog.records[group(1)][MEMBER + "urn:snipe:proc:mover"] = {"host": "urn:snipe:host:h2", "routers": [ME],
-                                                                   "since": 0}
-    upkeep_round(r, clock)                       # well within the join grace: the lease, not its lapse, says so
+    r.forget_moved("urn:snipe:proc:mover")
     assert r.status()["local"] == {group(1): ["urn:snipe:proc:stayer"]}
     assert store.groups[group(1)]["members"] == {"urn:snipe:proc:stayer": "ks"}
     assert group(1) in r.status()["routing"]     # the stayer still needs it
 
 
-def test_a_member_whose_lease_names_no_host_is_kept():
-    """A process without a daemon of its own writes an empty host: that says nothing of a move."""
+def test_a_member_whose_lease_names_another_host_is_kept():
+    """The copies of a task replicated in mode "all" renew one `member.` lease from several hosts:
+    the host the lease names last says nothing of a move, and each copy's daemon keeps it."""
     catalog, clock, store = cluster()
     r = start(catalog, clock, store)
     join(r, catalog, group(1), "urn:snipe:proc:a", "ka")
-    catalog.records[group(1)][MEMBER + "urn:snipe:proc:a"] = {"host": "", "routers": [ME], "since": 0}
+    catalog.records[group(1)][MEMBER + "urn:snipe:proc:a"] = {"host": "urn:snipe:host:h2", "routers": [ME],
+                                                               "since": 0}
     upkeep_round(r, clock)
     assert r.status()["local"] == {group(1): ["urn:snipe:proc:a"]}
