@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from daemon.mcast import GroupRouter, _View
 from snipe.messaging.channel import Deliver
 from snipe.multicast.core import MCAST_DATA, MCAST_DELIVER, Header, origin_of, pack, unpack_batch
+from tests.unit.test_multicast_pending_answers import _Endpoint
 
 G = "urn:snipe:group:g"
 H = "urn:snipe:group:h"
@@ -17,18 +18,6 @@ EVE = "urn:snipe:proc:eve"
 M = "urn:snipe:proc:member"
 ME = "urn:snipe:host:r0"
 PEER = "urn:snipe:host:r1"
-
-
-class _Endpoint:
-    def __init__(self) -> None:
-        self.system_handlers: dict = {}
-        self.turn_end: list = []
-        self.sent: list[tuple[str, int, bytes]] = []
-        self.one_by_one = lambda f: f
-        self.decoded = lambda messages, decode, what: [(m, decode(m.payload)) for m in messages]
-
-    def submit(self, to: str, tag: int, payload: bytes, deadline: float | None = None) -> None:
-        self.sent.append((to, tag, payload))
 
 
 def _router() -> tuple[GroupRouter, _Endpoint]:

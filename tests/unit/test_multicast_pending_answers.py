@@ -103,7 +103,7 @@ def test_a_member_not_delivered_to_gets_what_filled_the_holes_replayed_first():
 
 
 # --- the daemon's router: the hole-filling message, then the answer, on the same channel ------------
-class _Endpoint:
+class _Endpoint:  # (also the fake endpoint of test_mcast_router_runs)
     def __init__(self) -> None:
         self.system_handlers: dict = {}
         self.turn_end: list = []
