@@ -462,19 +462,8 @@ class Endpoint:
             return
         now = time.monotonic()
         lone, self._sent_at = now - self._sent_at >= DIRECT_GAP_S, now
-        if lone and not self.commands and not self._io_wants and self.io.acquire(blocking=False):
-            try:
-                sent = self._send_now(dest, tag, payload, now, deadline_s)
-                if sent:
-                    if self._io_polls_fds:
-                        self._read_after_send()
-                    soonest = self._touched_soonest()
-            finally:
-                self.io.release()
-            if sent:
-                self._app_active_until = now + APP_ACTIVE_S
-                self._nudge_io(soonest)
-                return
+        if lone and not self.commands and self._try_direct(now, self._send_now, dest, tag, payload, now, deadline_s):
+            return
         with self.lock:
             n = self.accepted.get(dest, 0)
             if n - self.settled.get(dest, 0) >= self.hwm:
@@ -482,21 +471,28 @@ class Endpoint:
             self.accepted[dest] = n + 1
             self.commands.append((dest, tag, payload, deadline_s))
             alone = len(self.commands) == 1
-        if alone and lone and not self._io_wants and self.io.acquire(blocking=False):
-            soonest = math.inf
-            try:
-                done = self._send_direct(dest, now)
-                if done:
-                    soonest = self._touched_soonest()
-            finally:
-                self.io.release()
-            if done:
-                self._app_active_until = now + APP_ACTIVE_S
-                self._nudge_io(soonest)
-                return
+        if alone and lone and self._try_direct(now, self._send_direct, dest, now):
+            return
         if not self._wake_pending:  # the I/O thread takes the whole queue at once: one wake-up per burst
             self._wake_pending = True
             self._wake()
+
+    def _try_direct(self, now: float, send: Callable[..., bool], *args: Any) -> bool:
+        """(An application thread.) `send(*args)` holding io, if the I/O thread neither has nor
+        wants it; True if that sent (the application then serves the sockets for APP_ACTIVE_S)."""
+        if self._io_wants or not self.io.acquire(blocking=False):
+            return False
+        soonest = math.inf
+        try:
+            done = send(*args)
+            if done:
+                soonest = self._touched_soonest()
+        finally:
+            self.io.release()
+        if done:
+            self._app_active_until = now + APP_ACTIVE_S
+            self._nudge_io(soonest)
+        return done
 
     def _send_now(self, dest: str, tag: int, payload: bytes, now: float, deadline_s: float) -> bool:
         """(Holding io.) The usual send, in one step: nothing is queued before it (it would go
@@ -515,6 +511,7 @@ class Endpoint:
                 return False                     # the queue's path waits for room
             self.accepted[dest] = n + 1
         self._send_one(p, link, tag, payload, now, deadline_s)
+        self._read_after_send()
         return True
 
     def _direct_link(self, p: _Peer, now: float) -> Link | None:
@@ -547,7 +544,7 @@ class Endpoint:
         signal moved). While it watches only its wake-up (an application thread serves the
         sockets) it reads every socket's EVENTS before it watches their descriptors again
         (`_io_polls_fds`), and the look (two system calls a socket) is spared."""
-        if self._io_polls_fds:      # (also looked at by the caller: a call less on the usual path)
+        if self._io_polls_fds:
             for urn in tuple(self._touched):      # (reading a link may send more: to the same peers)
                 q = self.peers.get(urn)
                 if q is not None:
