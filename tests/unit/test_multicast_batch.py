@@ -144,3 +144,11 @@ def test_a_router_relays_each_message_once_and_forwards_only_to_routers_that_hav
     assert relay.on_data(late, [], ["r1"]) is not None and relay.on_data(late, [], ["r1"]) is None
     assert relay.on_data(Header("g", "s", 3, 0, ("r1",)), [], ["r1"]) is not None
     assert (relay.relayed, relay.duplicates) == (4, 2)
+
+
+def test_the_earlier_batch_form_is_refused_naming_both_forms():
+    """A batch from a router of an earlier release (a 4-byte header length, then msgpack): a clear
+    error saying to run one release everywhere, never a misread batch."""
+    head = msgpack.packb(["urn:snipe:group:g", [["urn:snipe:proc:s#1", 1, [0], [4]]]])
+    with pytest.raises(CodecError, match=r"wire form 0; this release reads form 2 .*run one release on every host"):
+        unpack_batch(len(head).to_bytes(4, "big") + head + b"body")
