@@ -260,7 +260,11 @@ class Outbound:
         size = len(payload)
         flight.append(_Held(seq, tag, payload, deadline, size, now, 1))
         if deadline < INF:
-            self._note_deadline(seq, deadline)
+            d = self.deadlines
+            if d and d[-1][0] >= deadline:
+                self._note_deadline(seq, deadline)
+            else:                                # (the usual: later than every held one, _note_deadline's append)
+                d.append([deadline, seq])
         self.flight_bytes += size
         self.sent_bytes += size
         self.sent += 1

@@ -80,11 +80,9 @@ from snipe.transport import (
     KeyGate,
     Link,
     ipc_server_socket,
-    recv_parts,
     remove_stale_ipc_sockets,
     send_parts,
     send_two,
-    sender_key,
     server_socket,
 )
 from snipe.wire import Envelope, decode, encode, envelope_of, unpack_envelope
@@ -155,7 +153,13 @@ APP_ACTIVE_S = 0.02
 LINK_LOOK_S = 0.001
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _wait_fds = type(select.poll()).poll     # a direct recv's sleep: (its poll object, timeout in ms)
+# A look at one socket's EVENTS without a Python call: zmq_poll([(socket, POLLIN)], 0) (pyzmq's
+# getsockopt makes an enum of the option first, two Python calls; this costs a poll(0) more)
+_zmq_poll = zmq.backend.zmq_poll
 _DEADLINE_S = operator.itemgetter(3)    # of a queued command (dest, tag, payload, deadline_s)
+_Watched = tuple[zmq.Socket, Callable[[], None], list[tuple[zmq.Socket, int]]]   # (socket, its reader, its look)
+# (links version, poll of the descriptors, descriptor -> (socket, its reader), the routers', the links')
+_AppWatch = tuple[int, select.poll, dict[int, tuple[zmq.Socket, Callable[[], None]]], list[_Watched], list[_Watched]]
 
 
 @dataclass(slots=True)
@@ -309,9 +313,7 @@ class Endpoint:
         self._io_polls_fds = True
         # (links version, a poll of the wake-up and the sockets' descriptors, descriptor -> socket,
         # (socket, the call that reads it) for each) for direct recvs
-        self._app_watch: tuple[int, select.poll, dict[int, tuple[zmq.Socket, Callable[[], None]]],
-                               list[tuple[zmq.Socket, Callable[[], None]]],
-                               list[tuple[zmq.Socket, Callable[[], None]]]] | None = None
+        self._app_watch: _AppWatch | None = None
         self._links_look_due = 0.0               # a direct recv looks at the links' EVENTS then (LINK_LOOK_S)
         # Sockets a direct recv may sleep on by their descriptors alone (ZMQ_FD is edge-triggered):
         # their EVENTS were looked at, nothing waited, and nothing has used them since. Whatever
@@ -477,7 +479,7 @@ class Endpoint:
             return
         now = time.monotonic()
         lone, self._sent_at = now - self._sent_at >= DIRECT_GAP_S, now
-        if lone and not self.commands and not self._io_wants and self.io.acquire(blocking=False):
+        if lone and not self.commands and not self._io_wants and self.io.acquire(False):
             try:                                 # (_try_direct's steps, for the usual send without its calls)
                 soonest = self._send_now(dest, tag, payload, now, deadline_s)
             finally:
@@ -568,9 +570,10 @@ class Endpoint:
             self._transmit(p, p.out.flush(now))
         else:                           # _send_data for one payload, direct: its two frames at once
             body["f"] = self.me
-            self._clean.discard(link.sock)
+            sock = link.sock
+            self._clean.discard(sock)
             try:  # noqa: SIM105 (suppress() costs three calls a message)
-                send_two(link.sock, self._data_packer.pack([PROTOCOL, VERSION, "data", 0, body]), payload, _NOBLOCK)
+                send_two(sock, self._data_packer.pack([PROTOCOL, VERSION, "data", 0, body]), payload, _NOBLOCK)
             except zmq.Again:                   # the link's queue is full: retransmission resends it
                 pass
         self._touched.add(p.urn)
@@ -736,7 +739,8 @@ class Endpoint:
         look at every socket), and at the links' (acknowledgements, redirects: nothing a recv
         waits for) at most every LINK_LOOK_S. A socket whose descriptor woke it is read at once,
         without a look."""
-        if self.catalog is None or self.paused or not self._take_io():
+        if self.catalog is None or self.paused \
+                or not ((not self._io_wants and self.io.acquire(False)) or self._take_io()):
             self._hand_back()
             return None
         m = None
@@ -746,7 +750,10 @@ class Endpoint:
             hold = now + DIRECT_HOLD_S
             if limit is not None and limit < hold:
                 hold = limit
-            waiter, by_fd, routers, links = self._watch_for_app()
+            watch = self._app_watch
+            if watch is None or watch[0] != self._links_version:
+                watch = self._watch_for_app()
+            _, waiter, by_fd, routers, links = watch
             clean = self._clean
             polled = False
             while True:
@@ -756,23 +763,24 @@ class Endpoint:
                 if now >= self._acks_due:
                     self._flush_acks(now)
                 quiet = True
-                for sock, reader in routers:
+                for sock, reader, look in routers:
                     if sock not in clean:
-                        if not sock.getsockopt(_EVENTS) & _POLLIN:
+                        if not _zmq_poll(look, 0):
                             clean.add(sock)
                         elif not self.paused:
                             reader()
                             quiet = False
                 if now >= self._links_look_due:
                     self._links_look_due = now + LINK_LOOK_S
-                    for sock, reader in links:
+                    for sock, reader, look in links:
                         if sock not in clean:
-                            if not sock.getsockopt(_EVENTS) & _POLLIN:
+                            if not _zmq_poll(look, 0):
                                 clean.add(sock)
                             else:
                                 reader()
                                 quiet = False
-                m = self._take_match(source, tag)
+                if self.inbox:                   # (_take_match's own first look, without a call)
+                    m = self._take_match(source, tag)
                 if m is not None or self.paused or (polled and now >= hold) or self.safe_point_due:
                     return m
                 if self._io_wants:
@@ -784,7 +792,7 @@ class Endpoint:
                     held = self._take_io()
                     if not held:
                         return None
-                    waiter, by_fd, routers, links = self._watch_for_app()
+                    _, waiter, by_fd, routers, links = self._watch_for_app()
                     continue
                 if not quiet and now < hold:    # what a read sent may have used a socket looked at before it
                     continue
@@ -831,28 +839,27 @@ class Endpoint:
             self._app_active_until = 0.0
             self._wake()
 
-    def _watch_for_app(self) -> tuple[select.poll, dict[int, tuple[zmq.Socket, Callable[[], None]]],
-                                      list[tuple[zmq.Socket, Callable[[], None]]],
-                                      list[tuple[zmq.Socket, Callable[[], None]]]]:
-        """(Holding io.) For a direct recv: a poll of the wake-up descriptor and of every socket's
-        descriptor (ZMQ_FD) the endpoint reads, each descriptor's socket and the call that reads
-        it, and those (socket, call) of the routers and of the links."""
+    def _watch_for_app(self) -> _AppWatch:
+        """(Holding io.) For a direct recv, as of this links version: a poll of the wake-up
+        descriptor and of every socket's descriptor (ZMQ_FD) the endpoint reads, each
+        descriptor's socket and the call that reads it, and for the routers and for the links
+        each socket, its reader and the item for a look at its EVENTS (`_zmq_poll`)."""
         watch = self._app_watch
         if watch is None or watch[0] != self._links_version:
-            routers = [(router, functools.partial(self._read_router, router, True)) for router in self.routers]
-            links: list[tuple[zmq.Socket, Callable[[], None]]] = [
-                (link.sock, functools.partial(self._read_link, p, link))
-                for p in self.peers.values() for link in p.links.values()]
+            routers: list[_Watched] = [(router, functools.partial(self._read_router, router, True),
+                                        [(router, _POLLIN)]) for router in self.routers]
+            links: list[_Watched] = [(link.sock, functools.partial(self._read_link, p, link), [(link.sock, _POLLIN)])
+                                     for p in self.peers.values() for link in p.links.values()]
             waiter = select.poll()
             waiter.register(self.wake_rx, select.POLLIN)
             by_fd: dict[int, tuple[zmq.Socket, Callable[[], None]]] = {}
-            for sock, reader in routers + links:
+            for sock, reader, _ in routers + links:
                 fd = sock.getsockopt(zmq.FD)
                 by_fd[fd] = (sock, reader)
                 waiter.register(fd, select.POLLIN)
             self._clean.clear()
             watch = self._app_watch = (self._links_version, waiter, by_fd, routers, links)
-        return watch[1], watch[2], watch[3], watch[4]
+        return watch
 
     def _input_sockets(self) -> list[zmq.Socket]:
         return [*self.routers, *(link.sock for p in self.peers.values() for link in p.links.values())]
@@ -1643,21 +1650,33 @@ class Endpoint:
         delivered = self._delivered
         self._clean.discard(router)
         now = time.monotonic()          # (one look at the clock a read: sources' checks, acks' delays)
+        recv = router.recv
         for _ in range(1000):
             if until_delivered and self._delivered != delivered and not self._recv_waiting:
                 return
+            # A ROUTER's message is its sender's routing id (always followed by more), then what
+            # the sender sent; ZeroMQ delivers a message whole, so after the first part the rest is
+            # there. The key the sender authenticated with rides on every part (`sender_key`).
             try:
-                parts = recv_parts(router, _NOBLOCK)
+                ident = (router, recv(_NOBLOCK))
             except zmq.Again:
                 return
-            ident, key = (router, parts[0].bytes), sender_key(parts[0])
+            envelope = recv(_NOBLOCK, False)
+            try:                                        # (sender_key, without a call)
+                key = envelope.get("User-Id") or ""
+            except zmq.ZMQError:
+                key = ""
+            parts = []
+            more = envelope.more
+            while more:
+                f = recv(_NOBLOCK, False)
+                parts.append(f)
+                more = f.more
             try:
-                if len(parts) < 2:
-                    raise CodecError("a message needs an envelope frame")
-                head = unpack_envelope(parts[1].bytes)
+                head = unpack_envelope(envelope.bytes)
                 # Large payloads stay in ZeroMQ's buffer (no copy); small ones become bytes.
-                if len(parts) == 3:                     # one payload (no comprehension's call)
-                    f = parts[2]
+                if len(parts) == 1:                     # one payload (no comprehension's call)
+                    f = parts[0]
                     payload = f.buffer if len(f) > 65536 else f.bytes
                     if self._take_usual(ident, key, head, payload, now):
                         if self.paused:
@@ -1665,7 +1684,7 @@ class Endpoint:
                         continue
                     frames = [payload]
                 else:
-                    frames = [f.buffer if len(f) > 65536 else f.bytes for f in parts[2:]]
+                    frames = [f.buffer if len(f) > 65536 else f.bytes for f in parts]
                 env = envelope_of(head)
                 if env.kind == RELAY:
                     key, env, frames = self._unseal(env, frames)
@@ -1691,7 +1710,7 @@ class Endpoint:
                 or head[1] != VERSION or type(head[1]) is not int or type(head[3]) is not int:
             return False
         body = head[4]
-        if type(body) is not dict or "z" in body or "r" in body:    # packed, or answering a resume
+        if type(body) is not dict or len(body) != 5:   # f, s, b, q, t only: not packed ("z"), no resume ("r")
             return False
         source, session, base, first, tags = body.get("f"), body.get("s"), body.get("b"), body.get("q"), body.get("t")
         if type(tags) is not list or len(tags) != 1 or type(source) is not str or type(session) is not int \
@@ -1706,7 +1725,9 @@ class Endpoint:
             return False
         self.reply_to[source] = ident
         nbytes = len(payload)
-        self._count_delivered(source, 1, nbytes)
+        self._delivered += 1                    # (_count_delivered, without a call)
+        self.received[source] = self.received.get(source, 0) + 1
+        self.bytes_received[source] = self.bytes_received.get(source, 0) + nbytes
         self._to_inbox([Message(source, tag, payload)])
         self._owe_ack(source, ident, inbound, 1, nbytes, now)
         if self.relayed:                        # it came directly: its acks go back unsealed
@@ -1814,9 +1835,9 @@ class Endpoint:
     def _owe_ack(self, source: str, ident: ReplyTo, inbound: Inbound, n: int, nbytes: int, now: float) -> None:
         """`n` messages (`nbytes`) from `source` delivered: their ack waits ACK_DELAY_S for more to
         cover, unless ACK_EVERY messages or ACK_EVERY_BYTES wait for one."""
-        self._last_data[source] = now
         pending = self._acks.get(source)
         if pending is None:
+            self._last_data[source] = now       # (busy notices: at least once an ack, fine enough)
             due = now + ACK_DELAY_S
             pending = self._acks[source] = [ident, inbound, 0, 0, due]
             if due < self._acks_due:
