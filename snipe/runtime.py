@@ -539,9 +539,12 @@ def send(urn: str, payload: bytes | bytearray | memoryview, tag: int = 0, *, tim
             if len(_valid_dests) >= 4096:
                 _valid_dests.clear()
             _valid_dests[urn] = dest
-    ep = session().endpoint()
+    s = _session                 # a started endpoint without two calls (as recv)
+    ep = s._endpoint if s is not None else None
+    if ep is None:
+        ep = session().endpoint()
     if checkpoints.due == _INF:
-        ep.send(dest, payload, int(tag), timeout=timeout, deadline_s=deadline)
+        ep.send(dest, payload, tag if type(tag) is int else int(tag), timeout=timeout, deadline_s=deadline)
         return
     # A task that checkpoints periodically keeps doing so while a send waits for room: a peer
     # replicated in standby mode settles our messages only once its checkpoint holds them, and

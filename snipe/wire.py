@@ -4,7 +4,7 @@ The envelope is a msgpack array `[protocol, version, kind, request_id, body]`; p
 after it are carried as they are (never re-encoded). Every protocol is named and versioned
 (`rcds/1`, `daemon/1`, `msg/1`, ...); a server answers a version it lacks with a
 `ProtocolVersionError` naming the versions it has.
-Invariant: `decode_envelope` raises nothing but `CodecError` on any input bytes.
+Invariant: `decode_envelope` raises nothing but `CodecError` (or `TooLarge`) on any input bytes.
 """
 
 from __future__ import annotations
@@ -51,12 +51,23 @@ def encode_envelope(env: Envelope) -> bytes:
 
 
 def decode_envelope(data: bytes) -> Envelope:
+    return envelope_of(unpack_envelope(data))
+
+
+def unpack_envelope(data: bytes) -> Any:
+    """What an envelope frame holds, as msgpack decodes it, not yet checked (`envelope_of`
+    checks it): for a hot path that reads its usual message's fields without making an
+    Envelope. Raises nothing but CodecError (or TooLarge, over MAX_ENVELOPE_BYTES)."""
     if len(data) > MAX_ENVELOPE_BYTES:
         raise TooLarge(f"envelope of {len(data)} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit")
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises many types (ValueError, ExtraData, TypeError, ...)
         raise CodecError(f"envelope is not valid msgpack: {exc.__class__.__name__}") from None
+
+
+def envelope_of(obj: Any) -> Envelope:
+    """The Envelope an unpacked envelope frame (`unpack_envelope`) holds; CodecError if malformed."""
     if type(obj) is list and len(obj) == 5:      # the usual envelope, its types checked at once
         protocol, version, kind, request_id, body = obj
         if type(protocol) is str and type(kind) is str and type(version) is int and type(request_id) is int \

@@ -260,7 +260,11 @@ class Outbound:
         size = len(payload)
         flight.append(_Held(seq, tag, payload, deadline, size, now, 1))
         if deadline < INF:
-            self._note_deadline(seq, deadline)
+            d = self.deadlines
+            if d and d[-1][0] >= deadline:
+                self._note_deadline(seq, deadline)
+            else:                                # (the usual: later than every held one, _note_deadline's append)
+                d.append([deadline, seq])
         self.flight_bytes += size
         self.sent_bytes += size
         self.sent += 1
@@ -580,6 +584,17 @@ class Inbound:
         delivered in order. A shell that delays acknowledgements asks for it when it sends one
         (it covers everything accepted before)."""
         return Send(self.source, Envelope(PROTOCOL, VERSION, "ack", 0, {"s": self.session, "c": self.expected - 1}))
+
+    def accept_next(self, session: int, first: int) -> bool:
+        """The usual data, in one step: one message, the next in order of the current session,
+        nothing held early, answering no resume: counted delivered (the caller delivers it, with
+        no `Deliver` made) and True. False, having changed nothing, for anything else (`accept`
+        then). As `accept` would: its base is at most `first`, so no skip."""
+        if session != self.session or first != self.expected or self.early:
+            return False
+        self.expected = first + 1
+        self.delivered += 1
+        return True
 
     def accept(self, session: int, base: int, first: int, tags: Sequence[int], payloads: Sequence[bytes],
                resumed: int = 0) -> list[Deliver]:

@@ -37,6 +37,7 @@ import math
 import operator
 import os
 import random
+import select
 import threading
 import time
 import uuid
@@ -79,14 +80,12 @@ from snipe.transport import (
     KeyGate,
     Link,
     ipc_server_socket,
-    recv_parts,
     remove_stale_ipc_sockets,
     send_parts,
     send_two,
-    sender_key,
     server_socket,
 )
-from snipe.wire import Envelope, decode, decode_envelope, encode
+from snipe.wire import Envelope, decode, encode, envelope_of, unpack_envelope
 
 log = logging.getLogger("snipe.messaging")
 ReplyTo = tuple[zmq.Socket, bytes]       # where a message came from: our ROUTER and the link's identity there
@@ -147,9 +146,20 @@ RETAIN_FOR_RESTART = 65536
 DIRECT_GAP_S = 50e-6
 DIRECT_HOLD_S = 0.005
 APP_ACTIVE_S = 0.02
+# A direct recv looks at the EVENTS of the links (our DEALERs: what comes on them is acknowledgements
+# and redirects, nothing a recv waits for) at most this often: a look costs two system calls, and
+# the send of each round trip takes a link out of `_clean`. An acknowledgement whose readiness signal
+# a send took is read this much later at most (far below MIN_RTO_S).
+LINK_LOOK_S = 0.001
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
-_zmq_poll = zmq.backend.zmq_poll         # what zmq.Poller.poll calls, without its Python frame
+_wait_fds = type(select.poll()).poll     # a direct recv's sleep: (its poll object, timeout in ms)
+# A look at one socket's EVENTS without a Python call: zmq_poll([(socket, POLLIN)], 0) (pyzmq's
+# getsockopt makes an enum of the option first, two Python calls; this costs a poll(0) more)
+_zmq_poll = zmq.backend.zmq_poll
 _DEADLINE_S = operator.itemgetter(3)    # of a queued command (dest, tag, payload, deadline_s)
+_Watched = tuple[zmq.Socket, Callable[[], None], list[tuple[zmq.Socket, int]]]   # (socket, its reader, its look)
+# (links version, poll of the descriptors, descriptor -> (socket, its reader), the routers', the links')
+_AppWatch = tuple[int, select.poll, dict[int, tuple[zmq.Socket, Callable[[], None]]], list[_Watched], list[_Watched]]
 
 
 @dataclass(slots=True)
@@ -301,8 +311,14 @@ class Endpoint:
         # The I/O thread's next wait watches the sockets' descriptors (not only its wake-up): set by
         # it while it holds io, so stable for whoever holds io (_read_after_send).
         self._io_polls_fds = True
-        # (links version, poller, a reader per socket) for direct recvs
-        self._app_poller: tuple[int, zmq.Poller, dict[zmq.Socket, Callable[[], None]]] | None = None
+        # (links version, a poll of the wake-up and the sockets' descriptors, descriptor -> socket,
+        # (socket, the call that reads it) for each) for direct recvs
+        self._app_watch: _AppWatch | None = None
+        self._links_look_due = 0.0               # a direct recv looks at the links' EVENTS then (LINK_LOOK_S)
+        # Sockets a direct recv may sleep on by their descriptors alone (ZMQ_FD is edge-triggered):
+        # their EVENTS were looked at, nothing waited, and nothing has used them since. Whatever
+        # sends or reads on a socket takes it out; the I/O thread's turns empty it. (Holding io.)
+        self._clean: set[zmq.Socket] = set()
         self.commands: deque[tuple[str, int, bytes, float]] = deque()    # (dest, tag, payload, deadline_s)
         self.inbox: deque[Message] = deque()
         # Per destination: messages accepted (send, submit) and settled (acknowledged or reported
@@ -440,6 +456,7 @@ class Endpoint:
         its listener. Senders move to their next route without losing or reordering anything."""
         self.comm = [c for c in self.comm if c.get("transport") != transport]
         self.publish({"comm": self.comm})
+        self._clean.clear()
         with contextlib.suppress(zmq.ZMQError):
             if transport == "ipc":
                 self.ipc_router.unbind(f"ipc://{self.ipc_path}")
@@ -462,8 +479,16 @@ class Endpoint:
             return
         now = time.monotonic()
         lone, self._sent_at = now - self._sent_at >= DIRECT_GAP_S, now
-        if lone and not self.commands and self._try_direct(now, self._send_now, dest, tag, payload, now, deadline_s):
-            return
+        if lone and not self.commands and not self._io_wants and self.io.acquire(False):
+            try:                                 # (_try_direct's steps, for the usual send without its calls)
+                soonest = self._send_now(dest, tag, payload, now, deadline_s)
+            finally:
+                self.io.release()
+            if soonest is not None:
+                self._app_active_until = now + APP_ACTIVE_S
+                if soonest < self._io_sleep_until - APP_ACTIVE_S:     # (_nudge_io)
+                    self._wake()
+                return
         with self.lock:
             n = self.accepted.get(dest, 0)
             if n - self.settled.get(dest, 0) >= self.hwm:
@@ -494,25 +519,37 @@ class Endpoint:
             self._nudge_io(soonest)
         return done
 
-    def _send_now(self, dest: str, tag: int, payload: bytes, now: float, deadline_s: float) -> bool:
+    def _send_now(self, dest: str, tag: int, payload: bytes, now: float, deadline_s: float) -> float | None:
         """(Holding io.) The usual send, in one step: nothing is queued before it (it would go
         first: FIFO), `dest` holds fewer than hwm unsettled messages, and its route is direct and
         up (`_direct_link`): the message goes to its channel (`send_one`) and out, never through
-        the queue. False, having done nothing, in any other case (`send`'s queue then takes it)."""
+        the queue; returns the soonest timer that may need the I/O thread sooner than its poll
+        ends (`_touched_soonest`). None, having done nothing, in any other case (`send`'s queue
+        then takes it)."""
         p = self.peers.get(dest)
         link = self._direct_link(p, now) if p is not None else None
         if link is None:
-            return False
+            return None
         with self.lock:
             if self.commands:
-                return False
+                return None
             n = self.accepted.get(dest, 0)
             if n - self.settled.get(dest, 0) >= self.hwm:
-                return False                     # the queue's path waits for room
+                return None                      # the queue's path waits for room
             self.accepted[dest] = n + 1
+        # What this send sets is due MIN_RTO_S from now at the soonest (a retransmission: no
+        # channel's RTO is shorter, also for what the acks read after it let go), or at its own
+        # deadline. After the I/O thread's poll ends anyway, with nothing earlier to reckon, the
+        # reckoning (`_touched_soonest`, a few calls a peer) is not needed.
+        touched = self._touched
+        reckon = bool(touched) or now + min(MIN_RTO_S, deadline_s) < self._io_sleep_until - APP_ACTIVE_S
         self._send_one(p, link, tag, payload, now, deadline_s)
-        self._read_after_send()
-        return True
+        if self._io_polls_fds:                   # (_read_after_send's own first look, without a call)
+            self._read_after_send()
+        if reckon:
+            return self._touched_soonest()
+        touched.clear()
+        return math.inf
 
     def _direct_link(self, p: _Peer, now: float) -> Link | None:
         """(Holding io.) The link an application thread may send on to `p` itself: its route is
@@ -533,8 +570,12 @@ class Endpoint:
             self._transmit(p, p.out.flush(now))
         else:                           # _send_data for one payload, direct: its two frames at once
             body["f"] = self.me
-            with contextlib.suppress(zmq.Again):  # the link's queue is full: retransmission resends it
-                send_two(link.sock, self._data_packer.pack([PROTOCOL, VERSION, "data", 0, body]), payload, _NOBLOCK)
+            sock = link.sock
+            self._clean.discard(sock)
+            try:  # noqa: SIM105 (suppress() costs three calls a message)
+                send_two(sock, self._data_packer.pack([PROTOCOL, VERSION, "data", 0, body]), payload, _NOBLOCK)
+            except zmq.Again:                   # the link's queue is full: retransmission resends it
+                pass
         self._touched.add(p.urn)
 
     def _read_after_send(self) -> None:
@@ -690,8 +731,16 @@ class Endpoint:
         """Wait for a message by reading the sockets in this thread, while the I/O thread is
         idle, for up to DIRECT_HOLD_S: None then, or if the I/O thread stays busy, and the caller
         waits for it to deliver. A turn the I/O thread wants meanwhile (its timers, periodic
-        jobs) it gets (`_take_io`), and the wait goes on after it."""
-        if self.catalog is None or self.paused or not self._take_io():
+        jobs) it gets (`_take_io`), and the wait goes on after it.
+
+        It sleeps on the sockets' descriptors (ZMQ_FD), which are edge-triggered: a send or read
+        on a socket may take its readiness signal. So before sleeping it looks at the EVENTS of
+        each router used since it was last looked at (`_clean`; two system calls a look, not a
+        look at every socket), and at the links' (acknowledgements, redirects: nothing a recv
+        waits for) at most every LINK_LOOK_S. A socket whose descriptor woke it is read at once,
+        without a look."""
+        if self.catalog is None or self.paused \
+                or not ((not self._io_wants and self.io.acquire(False)) or self._take_io()):
             self._hand_back()
             return None
         m = None
@@ -699,25 +748,39 @@ class Endpoint:
         now = time.monotonic()
         try:
             hold = now + DIRECT_HOLD_S
-            if limit is not None:
-                hold = min(hold, limit)
-            poller, readers = self._poller_for_app()
-            # Read only what poll names (each socket's EVENTS check costs two system calls), from
-            # the first round on: poll looks at every socket before it sleeps, so what already
-            # waits is named at once.
-            ready: dict[Any, int] = {}
+            if limit is not None and limit < hold:
+                hold = limit
+            watch = self._app_watch
+            if watch is None or watch[0] != self._links_version:
+                watch = self._watch_for_app()
+            _, waiter, by_fd, routers, links = watch
+            clean = self._clean
             polled = False
             while True:
                 if self.commands or self._wake_pending:    # (_take_commands's own first look, without a call)
                     self._take_commands()
-                for sock in ready:
-                    reader = readers.get(sock)
-                    if reader is not None and not (self.paused and sock in self.routers):
-                        reader()
                 now = time.monotonic()
                 if now >= self._acks_due:
                     self._flush_acks(now)
-                m = self._take_match(source, tag)
+                quiet = True
+                for sock, reader, look in routers:
+                    if sock not in clean:
+                        if not _zmq_poll(look, 0):
+                            clean.add(sock)
+                        elif not self.paused:
+                            reader()
+                            quiet = False
+                if now >= self._links_look_due:
+                    self._links_look_due = now + LINK_LOOK_S
+                    for sock, reader, look in links:
+                        if sock not in clean:
+                            if not _zmq_poll(look, 0):
+                                clean.add(sock)
+                            else:
+                                reader()
+                                quiet = False
+                if self.inbox:                   # (_take_match's own first look, without a call)
+                    m = self._take_match(source, tag)
                 if m is not None or self.paused or (polled and now >= hold) or self.safe_point_due:
                     return m
                 if self._io_wants:
@@ -729,14 +792,21 @@ class Endpoint:
                     held = self._take_io()
                     if not held:
                         return None
-                    poller, readers = self._poller_for_app()
-                    ready = {}
+                    _, waiter, by_fd, routers, links = self._watch_for_app()
                     continue
-                ready = dict(_zmq_poll(poller.sockets, max(0, math.ceil((min(hold, self._acks_due) - now) * 1000))))
+                if not quiet and now < hold:    # what a read sent may have used a socket looked at before it
+                    continue
+                for fd, _ in _wait_fds(waiter, max(0, math.ceil((min(hold, self._acks_due) - now) * 1000))):
+                    woke = by_fd.get(fd)
+                    if woke is None:
+                        with contextlib.suppress(OSError):
+                            os.read(self.wake_rx, 4096)
+                    elif not (self.paused and woke[0] in self.routers):
+                        woke[1]()                # (the read takes the socket out of `_clean`)
                 polled = True
-                if self.wake_rx in ready:
-                    with contextlib.suppress(OSError):
-                        os.read(self.wake_rx, 4096)
+                m = self._take_match(source, tag)
+                if m is not None:
+                    return m
         finally:
             soonest = self._touched_soonest() if m is not None and self._touched else math.inf
             if held:
@@ -745,7 +815,8 @@ class Endpoint:
                 self._hand_back()
             else:
                 self._app_active_until = now + APP_ACTIVE_S     # (when it took the message)
-                self._nudge_io(soonest)
+                if soonest < self._io_sleep_until - APP_ACTIVE_S:     # (_nudge_io, without a call)
+                    self._wake()
 
     def _take_io(self) -> bool:
         """Take io for a direct recv, waiting up to DIRECT_HOLD_S. The I/O thread holds it for a
@@ -768,22 +839,27 @@ class Endpoint:
             self._app_active_until = 0.0
             self._wake()
 
-    def _poller_for_app(self) -> tuple[zmq.Poller, dict[zmq.Socket, Callable[[], None]]]:
-        """(Holding io.) A poller on every socket the endpoint reads and the wake-up descriptor,
-        and for each socket the call that reads it."""
-        if self._app_poller is None or self._app_poller[0] != self._links_version:
-            poller = zmq.Poller()
-            poller.register(self.wake_rx, zmq.POLLIN)
-            readers: dict[zmq.Socket, Callable[[], None]] = {}
-            for router in self.routers:
-                readers[router] = functools.partial(self._read_router, router, True)
-            for p in self.peers.values():
-                for link in p.links.values():
-                    readers[link.sock] = functools.partial(self._read_link, p, link)
-            for sock in readers:
-                poller.register(sock, zmq.POLLIN)
-            self._app_poller = (self._links_version, poller, readers)
-        return self._app_poller[1], self._app_poller[2]
+    def _watch_for_app(self) -> _AppWatch:
+        """(Holding io.) For a direct recv, as of this links version: a poll of the wake-up
+        descriptor and of every socket's descriptor (ZMQ_FD) the endpoint reads, each
+        descriptor's socket and the call that reads it, and for the routers and for the links
+        each socket, its reader and the item for a look at its EVENTS (`_zmq_poll`)."""
+        watch = self._app_watch
+        if watch is None or watch[0] != self._links_version:
+            routers: list[_Watched] = [(router, functools.partial(self._read_router, router, True),
+                                        [(router, _POLLIN)]) for router in self.routers]
+            links: list[_Watched] = [(link.sock, functools.partial(self._read_link, p, link), [(link.sock, _POLLIN)])
+                                     for p in self.peers.values() for link in p.links.values()]
+            waiter = select.poll()
+            waiter.register(self.wake_rx, select.POLLIN)
+            by_fd: dict[int, tuple[zmq.Socket, Callable[[], None]]] = {}
+            for sock, reader, _ in routers + links:
+                fd = sock.getsockopt(zmq.FD)
+                by_fd[fd] = (sock, reader)
+                waiter.register(fd, select.POLLIN)
+            self._clean.clear()
+            watch = self._app_watch = (self._links_version, waiter, by_fd, routers, links)
+        return watch
 
     def _input_sockets(self) -> list[zmq.Socket]:
         return [*self.routers, *(link.sock for p in self.peers.values() for link in p.links.values())]
@@ -900,6 +976,7 @@ class Endpoint:
             told += 1
         for p in self.peers.values():                   # those we send to
             for link in p.links.values():
+                self._clean.discard(link.sock)
                 with contextlib.suppress(zmq.ZMQError, zmq.Again):
                     link.sock.send_multipart(encode(env), zmq.NOBLOCK)
                     told += 1
@@ -1042,6 +1119,7 @@ class Endpoint:
 
     def _turn(self) -> bool:
         """(Holding io.) One round of the I/O thread's work; True if input is still waiting."""
+        self._clean.clear()             # it may use any socket (and tells nobody which)
         if self.paused and len(self.inbox) < self.hwm // 2:
             self.paused = False         # the application has read half of it (recv wakes us)
         self._take_commands()
@@ -1326,8 +1404,11 @@ class Endpoint:
         parts = [self._data_packer.pack([PROTOCOL, VERSION, "data", 0, body]), *frames]    # wire.encode's bytes
         if sealed_for is not None:
             parts = relay_parts(self.me, p.urn, self.sealer.seal(sealed_for, self.me, p.urn, parts))
-        with contextlib.suppress(zmq.Again):      # the link's queue is full: retransmission resends it
+        self._clean.discard(link.sock)
+        try:  # noqa: SIM105 (suppress() costs three calls a message)
             send_parts(link.sock, parts, _NOBLOCK)
+        except zmq.Again:                        # the link's queue is full: retransmission resends it
+            pass
 
     def _timers(self) -> None:
         now = self._timers_at = time.monotonic()
@@ -1524,6 +1605,7 @@ class Endpoint:
 
     def _read_link(self, p: _Peer, link: Link) -> None:
         now = time.monotonic()
+        self._clean.discard(link.sock)
         for _ in range(1000):
             try:
                 parts = link.sock.recv_multipart(zmq.NOBLOCK)
@@ -1561,34 +1643,54 @@ class Endpoint:
         """Read what waits on `router`; `until_delivered` (a direct recv): stop once a message
         reached the inbox, rather than ask for the next one (which costs a zmq.Again when there
         is none, the usual case for a lone message). What stays (its readiness signal taken) is
-        read by this thread's next recv, whose poll looks at every socket's events before it
+        read by this thread's next recv, which looks at the EVENTS of a router it used before it
         sleeps, or else by the I/O thread's next turn, at most APP_ACTIVE_S after its last: the
         wait any message arriving while the application is active has. Not when another thread
         waits in recv: the I/O thread would not know it is there, so it is read now."""
         delivered = self._delivered
+        self._clean.discard(router)
+        now = time.monotonic()          # (one look at the clock a read: sources' checks, acks' delays)
+        recv = router.recv
         for _ in range(1000):
             if until_delivered and self._delivered != delivered and not self._recv_waiting:
                 return
+            # A ROUTER's message is its sender's routing id (always followed by more), then what
+            # the sender sent; ZeroMQ delivers a message whole, so after the first part the rest is
+            # there. The key the sender authenticated with rides on every part (`sender_key`).
             try:
-                parts = recv_parts(router, _NOBLOCK)
+                ident = (router, recv(_NOBLOCK))
             except zmq.Again:
                 return
-            ident, key = (router, parts[0].bytes), sender_key(parts[0])
+            envelope = recv(_NOBLOCK, False)
+            try:                                        # (sender_key, without a call)
+                key = envelope.get("User-Id") or ""
+            except zmq.ZMQError:
+                key = ""
+            parts = []
+            more = envelope.more
+            while more:
+                f = recv(_NOBLOCK, False)
+                parts.append(f)
+                more = f.more
             try:
-                if len(parts) < 2:
-                    raise CodecError("a message needs an envelope frame")
-                env = decode_envelope(parts[1].bytes)
+                head = unpack_envelope(envelope.bytes)
                 # Large payloads stay in ZeroMQ's buffer (no copy); small ones become bytes.
-                if len(parts) == 3:                     # one payload (no comprehension's call)
-                    f = parts[2]
-                    frames = [f.buffer if len(f) > 65536 else f.bytes]
+                if len(parts) == 1:                     # one payload (no comprehension's call)
+                    f = parts[0]
+                    payload = f.buffer if len(f) > 65536 else f.bytes
+                    if self._take_usual(ident, key, head, payload, now):
+                        if self.paused:
+                            return
+                        continue
+                    frames = [payload]
                 else:
-                    frames = [f.buffer if len(f) > 65536 else f.bytes for f in parts[2:]]
+                    frames = [f.buffer if len(f) > 65536 else f.bytes for f in parts]
+                env = envelope_of(head)
                 if env.kind == RELAY:
                     key, env, frames = self._unseal(env, frames)
-                    self._on_data(ident, key, env, frames)
+                    self._on_data(ident, key, env, frames, now)
                 else:
-                    self._on_data(ident, key, env, frames)
+                    self._on_data(ident, key, env, frames, now)
                     if self.relayed:            # it came directly: its acks go back unsealed
                         self.relayed.pop(env.body.get("f"), None)
             except SnipeError as exc:
@@ -1596,6 +1698,41 @@ class Endpoint:
                                "")
             if self.paused:
                 return
+
+    def _take_usual(self, ident: ReplyTo, key: str, head: Any, payload: Any, now: float) -> bool:
+        """(Holding io.) The usual message, in one step: msg/1 data (`head`, its envelope as
+        unpacked) carrying one application message (`payload`) that is the next in order of its
+        source's session, from a source whose key was checked lately, to an application endpoint
+        that neither migrates nor has moved: into the inbox (no Envelope, Deliver or lists made
+        for it), True. False, having changed nothing, in any other case: `_on_data` takes it
+        then (and says what is wrong with it)."""
+        if type(head) is not list or len(head) != 5 or head[2] != "data" or head[0] != PROTOCOL \
+                or head[1] != VERSION or type(head[1]) is not int or type(head[3]) is not int:
+            return False
+        body = head[4]
+        if type(body) is not dict or len(body) != 5:   # f, s, b, q, t only: not packed ("z"), no resume ("r")
+            return False
+        source, session, base, first, tags = body.get("f"), body.get("s"), body.get("b"), body.get("q"), body.get("t")
+        if type(tags) is not list or len(tags) != 1 or type(source) is not str or type(session) is not int \
+                or type(base) is not int or type(first) is not int or not 1 <= base <= first:
+            return False
+        tag = tags[0]
+        if type(tag) is not int or tag < 0 or not self.application or self.moved is not None or self.frozen:
+            return False
+        checked = self.sources_ok.get((source, key))
+        inbound = self.inbound.get(source)
+        if checked is None or checked <= now or inbound is None or not inbound.accept_next(session, first):
+            return False
+        self.reply_to[source] = ident
+        nbytes = len(payload)
+        self._delivered += 1                    # (_count_delivered, without a call)
+        self.received[source] = self.received.get(source, 0) + 1
+        self.bytes_received[source] = self.bytes_received.get(source, 0) + nbytes
+        self._to_inbox([Message(source, tag, payload)])
+        self._owe_ack(source, ident, inbound, 1, nbytes, now)
+        if self.relayed:                        # it came directly: its acks go back unsealed
+            self.relayed.pop(source, None)
+        return True
 
     def _unseal(self, env: Envelope, frames: list[Any]) -> tuple[str, Envelope, list[bytes]]:
         """Open a message a gateway relayed: (the source's key id, the inner envelope, its frames).
@@ -1630,14 +1767,15 @@ class Endpoint:
                         self.me, source, body.get("ri"))
         return resumed_of(body)
 
-    def _on_data(self, ident: ReplyTo, key: str, env: Envelope, frames: list[Any]) -> None:
+    def _on_data(self, ident: ReplyTo, key: str, env: Envelope, frames: list[Any], now: float) -> None:
         if env.protocol != PROTOCOL or env.version != VERSION:
             raise ProtocolVersionError(f"this endpoint speaks {PROTOCOL}/{VERSION}, not {env.protocol}/{env.version}"
                                        f"; versions on offer: {VERSION}")
         if env.kind not in ("data", "redirect"):
             raise CodecError(f"msg/1 has no message kind {env.kind!r} here (expected data or redirect)")
-        source = env.body.get("f")
-        if not isinstance(source, str) or not self._source_is(source, key):
+        body = env.body
+        source = body.get("f")
+        if not isinstance(source, str) or not self._source_is(source, key, now):
             raise CodecError(f"data claims to come from {source!r}, which key {key[:16]}… does not speak for")
         if env.kind == "redirect":
             self._on_redirect(source, env)
@@ -1650,7 +1788,6 @@ class Endpoint:
             if held is not None and held.session is not None:
                 self._send_ack(ident, busy_ack(held.session, held.expected - 1), source)
             return
-        body = env.body
         payloads = frames if "z" not in body else unpack_frames(env, frames)    # (one payload a frame: as they are)
         session, base, first, tags = parse_data(env, payloads)
         inbound = self.inbound.get(source)
@@ -1661,45 +1798,57 @@ class Endpoint:
         delivered = inbound.accept(session, base, first, tags, payloads, resumed)
         if inbound.wanted:
             from snipe.messaging import snapshot  # (a cycle at module level: snapshot builds on this module)
-            snapshot.ask_resume(self, inbound.take_resume_wanted(), time.monotonic())
-        if delivered:
-            # counted before the messages become visible: a reader that got them and then reads the
-            # counters (another thread may have done the I/O) must see them counted
-            self._delivered += 1
-            self.received[source] = self.received.get(source, 0) + len(delivered)
-            nbytes = len(delivered[0].payload) if len(delivered) == 1 else sum([len(d.payload) for d in delivered])
-            self.bytes_received[source] = self.bytes_received.get(source, 0) + nbytes
-            if len(delivered) == 1 and delivered[0].tag >= 0:     # (no comprehension's call)
-                plain = [Message(source, delivered[0].tag, delivered[0].payload)]
-            else:
-                plain = [Message(source, d.tag, d.payload) for d in delivered if d.tag >= 0]
-            if len(plain) != len(delivered):  # reserved tags: the multicast layer's traffic
-                self._on_system([d for d in delivered if d.tag < 0])
-            if plain and not self.application:
-                self._drop_application(source, len(plain))
-                plain = []
-            with self.lock:                     # (cond's lock: `with self.cond` costs two calls more)
-                self.inbox.extend(plain)
-                paused = len(self.inbox) >= self.hwm
-                if paused and not self.paused:
-                    self._busy_at = 0.0         # tell the senders at once
-                self.paused = paused
-                if self._recv_waiting or self._blocked:   # the only waits on cond, counted under it
-                    self.cond.notify_all()
-            now = self._last_data[source] = time.monotonic()
-            pending = self._acks.get(source)
-            if pending is None:
-                due = now + ACK_DELAY_S
-                pending = self._acks[source] = [ident, inbound, 0, 0, due]
-                self._acks_due = min(self._acks_due, due)
-            else:
-                pending[0], pending[1] = ident, inbound      # the latest ack covers the earlier
-            pending[2] += len(delivered)
-            pending[3] += nbytes
-            if pending[2] < ACK_EVERY and pending[3] < ACK_EVERY_BYTES:
-                return
-        self._acks.pop(source, None)
-        self._send_ack(ident, inbound.ack().envelope, source)
+            snapshot.ask_resume(self, inbound.take_resume_wanted(), now)
+        if not delivered:                       # a duplicate, a gap: acknowledged at once
+            self._acks.pop(source, None)
+            self._send_ack(ident, inbound.ack().envelope, source)
+            return
+        n, nbytes = len(delivered), sum([len(d.payload) for d in delivered])
+        self._count_delivered(source, n, nbytes)
+        plain = [Message(source, d.tag, d.payload) for d in delivered if d.tag >= 0]
+        if len(plain) != n:                     # reserved tags: the multicast layer's traffic
+            self._on_system([d for d in delivered if d.tag < 0])
+        if plain and not self.application:
+            self._drop_application(source, len(plain))
+            plain = []
+        self._to_inbox(plain)
+        self._owe_ack(source, ident, inbound, n, nbytes, now)
+
+    def _count_delivered(self, source: str, n: int, nbytes: int) -> None:
+        """Count `n` messages of `nbytes` from `source` as delivered: before they become visible
+        (a reader that got them and then reads the counters, another thread having done the I/O,
+        must see them counted)."""
+        self._delivered += 1
+        self.received[source] = self.received.get(source, 0) + n
+        self.bytes_received[source] = self.bytes_received.get(source, 0) + nbytes
+
+    def _to_inbox(self, plain: list[Message]) -> None:
+        with self.lock:                     # (cond's lock: `with self.cond` costs two calls more)
+            self.inbox.extend(plain)
+            paused = len(self.inbox) >= self.hwm
+            if paused and not self.paused:
+                self._busy_at = 0.0         # tell the senders at once
+            self.paused = paused
+            if self._recv_waiting or self._blocked:   # the only waits on cond, counted under it
+                self.cond.notify_all()
+
+    def _owe_ack(self, source: str, ident: ReplyTo, inbound: Inbound, n: int, nbytes: int, now: float) -> None:
+        """`n` messages (`nbytes`) from `source` delivered: their ack waits ACK_DELAY_S for more to
+        cover, unless ACK_EVERY messages or ACK_EVERY_BYTES wait for one."""
+        pending = self._acks.get(source)
+        if pending is None:
+            self._last_data[source] = now       # (busy notices: at least once an ack, fine enough)
+            due = now + ACK_DELAY_S
+            pending = self._acks[source] = [ident, inbound, 0, 0, due]
+            if due < self._acks_due:
+                self._acks_due = due
+        else:
+            pending[0], pending[1] = ident, inbound      # the latest ack covers the earlier
+        pending[2] += n
+        pending[3] += nbytes
+        if pending[2] >= ACK_EVERY or pending[3] >= ACK_EVERY_BYTES:
+            del self._acks[source]
+            self._send_ack(ident, inbound.ack().envelope, source)
 
     def _drop_application(self, source: str, n: int) -> None:
         """(application=False) Nobody reads an inbox here: count and drop, saying so now and then."""
@@ -1715,8 +1864,11 @@ class Endpoint:
         key = self.relayed.get(source) if self.relayed else None
         if key is not None:                      # it came through a gateway: seal the ack for it
             parts = relay_parts(self.me, source, self.sealer.seal(key, self.me, source, parts))
-        with contextlib.suppress(zmq.ZMQError):
-            to[0].send_multipart([to[1], *parts], zmq.NOBLOCK)
+        self._clean.discard(to[0])
+        try:  # noqa: SIM105 (suppress() costs three calls a message)
+            send_parts(to[0], [to[1], *parts], _NOBLOCK)
+        except zmq.ZMQError:                     # the connection is gone (ROUTER_MANDATORY), or its queue full
+            pass
 
     def _say_busy(self, now: float) -> None:
         """Tell each source that sent data lately that we are busy (with what we delivered)."""
@@ -1740,10 +1892,10 @@ class Endpoint:
                 due = min(due, at)
         self._acks_due = due
 
-    def _source_is(self, urn: str, key: str) -> bool:
+    def _source_is(self, urn: str, key: str, now: float) -> bool:
         """Does `key` speak for process `urn`? (Its own key, or the key that owns the URN.)"""
         hit = self.sources_ok.get((urn, key))
-        if hit is not None and hit > time.monotonic():
+        if hit is not None and hit > now:
             return True
         assert self.catalog is not None
         try:

@@ -240,6 +240,30 @@ def test_send_one_is_submit_then_flush_for_a_lone_message(ops: list[tuple[str, i
         assert state(one) == state(two)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([1, 2]), st.integers(1, 3), st.integers(-1, 2)), max_size=40),
+       st.sampled_from([0, 7]))
+def test_accept_next_is_accept_for_the_next_lone_message(ops: list[tuple[int, int, int]], restore: int) -> None:
+    """The shell's one-step receive (`accept_next`) delivers what `accept` would, and changes the
+    receiver as it would, when the message is the next in order of the current session; in any
+    other case (another session, a gap, a duplicate, early arrivals held) it changes nothing."""
+    def state(ib: Inbound) -> tuple[object, ...]:
+        return (ib.session, ib.expected, dict(ib.early), dict(ib.left), ib.pinned, set(ib.left_pinned),
+                ib.delivered, ib.duplicates, list(ib.wanted))
+
+    one, two = Inbound("b", "a", restore=restore), Inbound("b", "a", restore=restore)
+    for session, base, offset in ops:
+        first = max(base, two.expected + offset) if session == two.session else base + max(0, offset)
+        before = state(one)
+        if one.accept_next(session, first):
+            assert two.accept(session, base, first, [3], [b"x"]) == [Deliver("a", 3, b"x", first)]
+        else:
+            assert state(one) == before
+            one.accept(session, base, first, [3], [b"x"])
+            two.accept(session, base, first, [3], [b"x"])
+        assert state(one) == state(two)
+
+
 # --- Inbound transcripts ---------------------------------------------------------------------------
 
 
