@@ -1,8 +1,9 @@
-"""`sync = true` in a replica's TOML file: every commit is fsynced before the write is
-acknowledged (rcds/store.py opens LMDB with sync and metasync on), and the replica serves as
-before. Checked on a real rcds-server started from a TOML file, as an operator would, traced by
-strace: the syscalls that flush its LMDB data file are counted while it acknowledges writes, and
-its status reply states the mode it runs in."""
+"""`sync = true` in a replica's TOML file: every commit is flushed to disk before the write is
+acknowledged (rcds/store.py opens LMDB with sync and metasync on; it writes through the map,
+so LMDB flushes with msync), and the replica serves as before. Checked on a real rcds-server
+started from a TOML file, as an operator would, traced by strace: the syscalls that flush its
+LMDB data file are counted while it acknowledges writes, and its status reply states the mode
+it runs in."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tests.support import wait_for
 
 STRACE = shutil.which("strace")
 FLUSHES = "fsync,fdatasync,msync,sync_file_range"
+TRACED = f"{FLUSHES},mmap"      # msync names an address, not a file: the map's mmap says which file
 WRITES = 40
 
 
@@ -67,7 +69,7 @@ class TomlReplica:
         if traced:
             assert STRACE is not None
             self.trace.unlink(missing_ok=True)
-            argv = [STRACE, "-f", "-qq", "-y", "-e", f"trace={FLUSHES}", "-o", str(self.trace), *argv]
+            argv = [STRACE, "-f", "-qq", "-y", "-e", f"trace={TRACED}", "-o", str(self.trace), *argv]
         with open(self.root / "server.log", "ab") as log:
             self.popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         popen = self.popen
@@ -81,11 +83,18 @@ class TomlReplica:
         self.pid = int(json.loads(self.ready.read_text())["pid"])
 
     def data_file_flushes(self) -> int:
-        """How many flushing syscalls the traced replica made on its LMDB data file so far."""
-        data = str(self.data_dir / "data.mdb")
+        """How many flushing syscalls the traced replica made on its LMDB data file so far: on
+        its descriptor, or (msync) on an address in a mapping of it."""
+        data = re.escape(str(self.data_dir / "data.mdb"))
         text = self.trace.read_text(errors="replace") if self.trace.exists() else ""
-        return sum(1 for line in text.splitlines()
-                   if re.search(rf"\b({FLUSHES.replace(',', '|')})\(\d+<{re.escape(data)}>", line))
+        maps = [(int(m[2], 16), int(m[2], 16) + int(m[1])) for m in
+                re.finditer(rf"\bmmap\(\w+, (\d+), [^)]*\d+<{data}>, \w+\)\s*=\s*(0x[0-9a-f]+)", text)]
+        on_file = re.compile(rf"\b({FLUSHES.replace(',', '|')})\(\d+<{data}>")
+
+        def in_map(line: str) -> bool:
+            m = re.search(r"\bmsync\((0x[0-9a-f]+),", line)
+            return m is not None and any(lo <= int(m[1], 16) < hi for lo, hi in maps)
+        return sum(1 for line in text.splitlines() if on_file.search(line) or in_map(line))
 
     def kill9(self) -> None:
         """kill -9 the replica itself (not strace), by the pid it reported, and wait until it is gone."""
