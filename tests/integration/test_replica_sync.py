@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from snipe.catalog import CatalogClient
+from snipe.errors import QuorumError, StorageFull
 from snipe.identity import Identity
 from snipe.localcluster import free_port
 from snipe.runtime import now_ms
@@ -183,6 +184,30 @@ def test_with_sync_true_a_write_acknowledged_by_one_replica_survives_its_kill9(
     assert _read(r) == {f"n{i}": i for i in range(10)}
     _write_acknowledged(r, 10, 5)                 # and it goes on taking writes
     assert _read(r) == {f"n{i}": i for i in range(15)}
+
+
+def test_a_replica_short_of_disk_space_refuses_writes_says_why_and_keeps_serving(
+        make_replica: Callable[..., TomlReplica]) -> None:
+    """A replica whose store's file system has less free than `min_free_mib` (here: more than any
+    disk has, with --min-free-mib) refuses each write with StorageFull, which the client is told,
+    instead of dying of a write into its sparse map on a full disk; it serves reads and status
+    meanwhile, and takes writes again once it has room (here: restarted without the flag)."""
+    r = make_replica("full", sync=False)
+    r.start()
+    _write_acknowledged(r, 0, 3)
+    r.kill9()
+    r.flags = ("--min-free-mib", str(1 << 40))
+    r.start()
+    with pytest.raises((StorageFull, QuorumError), match="MiB free on its file system"):
+        _write_acknowledged(r, 3, 1)
+    assert _read(r) == {f"n{i}": i for i in range(3)}                # what it held, served
+    with CatalogClient([r.address], r.admin, r.admin.key_id) as c:
+        assert c.status()["refused_for_disk"] >= 1
+    r.kill9()
+    r.flags = ()
+    r.start()
+    _write_acknowledged(r, 3, 1)
+    assert _read(r) == {f"n{i}": i for i in range(4)}
 
 
 def test_a_quoted_sync_value_is_refused_not_read_as_true(tmp_path: Path) -> None:
