@@ -1,14 +1,15 @@
 """A budget for the pages of LMDB's memory map that a replica keeps mapped.
 
-LMDB reads through a shared, read-only mapping of its data file (no MDB_WRITEMAP: writes go
-through write(2)). Every page a read touches stays mapped into the replica, and the kernel maps
-cached neighbours with it (fault-around), until the process exits: a replica that served reads
+LMDB reads and writes through a shared mapping of its data file (MDB_WRITEMAP, rcds/store.py).
+Every page a read or a write touches stays mapped into the replica, and the kernel maps cached
+neighbours with it (fault-around), until the process exits: a replica that served reads
 across a large store shows much of the file in its USS although none of it is heap.
 
 `MapBudget.check` reads how much of the mapping is resident (its entry in /proc/self/smaps) at
 most every `interval` seconds and, past `budget` bytes, drops the mapping's page-table entries
-with madvise(MADV_DONTNEED). Nothing is lost: the file is unchanged and the mapping read-only,
-so the pages stay in the page cache and come back on their next access as minor faults.
+with madvise(MADV_DONTNEED). Nothing is lost: the mapping is shared, so dropping a page that a
+write dirtied marks its page-cache page dirty (it is written back as ever), and every page
+stays in the page cache and comes back on its next access as a minor fault.
 Where there is no /proc or no madvise (not Linux), it does nothing.
 """
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import secrets
 import time
@@ -36,7 +37,16 @@ from snipe import authority
 from snipe.assertion import Assertion
 from snipe.catalog import protocol as P
 from snipe.effects import Send, StartTimer
-from snipe.errors import CodecError, ListenError, NotAuthorized, ResyncNeeded, SnipeError, TooLarge, UnknownRequest
+from snipe.errors import (
+    CodecError,
+    ListenError,
+    NotAuthorized,
+    ResyncNeeded,
+    SnipeError,
+    StorageFull,
+    TooLarge,
+    UnknownRequest,
+)
 from snipe.identity import Identity, public_key_from_id
 from snipe.query import matches, parse_predicates
 from snipe.startup import listen_on
@@ -72,6 +82,7 @@ class ServerConfig:
     sync: bool = False
     gc_grace_ms: int = 24 * 3600 * 1000
     map_budget_mib: int = 64       # pages of the LMDB map kept mapped before they are dropped (rcds/mapbudget.py)
+    min_free_mib: int = 64         # writes are refused while the store's file system has less free (rcds/store.py)
 
 
 @dataclass
@@ -92,7 +103,10 @@ SEND_QUEUE_MESSAGES = 5000
 class Server:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
-        self.storage = LmdbStorage(cfg.data_dir, sync=cfg.sync, log_retention=cfg.log_retention)
+        self.storage = LmdbStorage(cfg.data_dir, sync=cfg.sync, log_retention=cfg.log_retention,
+                                   min_free_bytes=cfg.min_free_mib << 20)
+        self.refused_full = 0           # writes (client puts, peer pushes, timers) refused for want of disk
+        self._full_said_at = -math.inf
         self.replica = Replica(self.storage, cfg.admin_key, gc_grace_ms=cfg.gc_grace_ms,
                                watched_urns=(P.REPLICA_SET_URN,))
         self.replicator = Replicator(cfg.replica_id, self.replica, self.storage, interval=cfg.anti_entropy_s,
@@ -189,8 +203,11 @@ class Server:
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + TICK_S
-                    while self.replica.tick(_now_ms()) >= 1000:
-                        pass
+                    try:
+                        while self.replica.tick(_now_ms()) >= 1000:
+                            pass
+                    except StorageFull as exc:           # the timers fire once there is room again
+                        self._storage_full(exc)
                     for link in self.peer_links.values():
                         link.check(now)
                     self._beat(now)
@@ -301,6 +318,9 @@ class Server:
             return []
         try:
             effects = self.replicator.on_message(env, frames, _now_ms())
+        except StorageFull as exc:
+            self._storage_full(exc)
+            return []
         except SnipeError as exc:
             log.warning("bad replication message from %s: %s", sender, exc)
             return []
@@ -323,10 +343,14 @@ class Server:
                     committed.extend(self._on_peer(key, env, frames, run=False))
                 results = self.replica.ingest(records, _now_ms()) if records else []
         except Exception as exc:  # a bug here must not take the replica down; the transaction was aborted
-            log.exception("failed to store %d puts and %d pushes", len(puts), len(pushes))
+            if isinstance(exc, StorageFull):     # (the pushes stay unacknowledged: their senders push again)
+                self._storage_full(exc)
+            else:
+                log.exception("failed to store %d puts and %d pushes", len(puts), len(pushes))
+                exc = _server_error(exc)
             self.errors += len(puts)
             for client, env, _, _ in puts:
-                self._reply(client, env.error_reply(_server_error(exc)))
+                self._reply(client, env.error_reply(exc))
             return
         self._run_effects(committed)
         now = time.monotonic()
@@ -348,6 +372,14 @@ class Server:
                 self._run_effects(self.put_waits.wait(flush, WaitingPut(client, env, out, needed, now + wait_s,
                                                                         turn=len(puts))))
         self._run_effects(self.replicator.flush(time.monotonic()))
+
+    def _storage_full(self, exc: StorageFull) -> None:
+        """Count a write refused for want of disk, and say so at most once a minute."""
+        self.refused_full += 1
+        now = time.monotonic()
+        if now - self._full_said_at >= 60:
+            self._full_said_at = now
+            log.warning("%s (%d writes refused so far)", exc, self.refused_full)
 
     def _relay_of(self, put: Envelope) -> tuple[int, float] | None:
         """For a put its client sent here alone ("relay": how many peers must hold it too, "wait":
@@ -600,7 +632,7 @@ class Server:
             "repaired": st.repaired, "ae_rounds": st.rounds, "ae_deferred": st.deferred, "watchers": len(self.watchers),
             "requests": self.requests, "errors": self.errors, "pid": os.getpid(), "sync": self.cfg.sync,
             "uptime_s": round(time.time() - self.started, 3), "corrupt_records": self.storage.corrupt_total,
-            "refused_keys": len(self.gate.refused),
+            "refused_keys": len(self.gate.refused), "refused_for_disk": self.refused_full,
             "map_resident_mib": round(self.map_budget.resident / 2**20, 1), "map_trims": self.map_budget.trims,
             "digest": hashlib.sha256(b"".join(self.storage.top_digests())).hexdigest()[:32],
         }

@@ -36,7 +36,7 @@ from snipe.startup import (
 )
 
 REPLICA_KEYS = {"id", "listen", "data_dir", "key_file", "admin_key", "anti_entropy_s", "log_retention", "sync",
-                "map_budget_mib"}
+                "map_budget_mib", "min_free_mib"}
 
 
 def parse_peer(text: str) -> PeerInfo:
@@ -74,6 +74,8 @@ def load_config(argv: list[str] | None = None, footprint: Footprint | None = Non
                     help="fsync every commit, to survive a power cut (--no-sync overrides the file's sync = true)")
     ap.add_argument("--map-budget-mib", type=int,
                     help="MiB of the LMDB map kept mapped before its pages are dropped (default 64)")
+    ap.add_argument("--min-free-mib", type=int,
+                    help="MiB kept free on the store's file system: writes are refused below it (default 64)")
     ap.add_argument("--ready-file", help="write {endpoint, key, pid} as JSON here once serving")
     ap.add_argument("--log-level", default=os.environ.get("RCDS_LOG_LEVEL", "WARNING"))
     args = ap.parse_args(argv)
@@ -151,6 +153,7 @@ def load_config(argv: list[str] | None = None, footprint: Footprint | None = Non
     anti_entropy_s = number(args.anti_entropy, "anti_entropy_s", 1.0, float, 0.01)
     log_retention = number(args.log_retention, "log_retention", 200_000, int, 1)
     map_budget_mib = number(args.map_budget_mib, "map_budget_mib", 64, int, 1)
+    min_free_mib = number(args.min_free_mib, "min_free_mib", 64, int, 1)
     # Every setting is checked: only now is anything made on disk.
     if footprint is not None:
         footprint.note(data_path, data_path / "data.mdb", data_path / "lock.mdb", key_path)
@@ -158,6 +161,7 @@ def load_config(argv: list[str] | None = None, footprint: Footprint | None = Non
         replica_id=str(rid), listen=str(listen), data_dir=str(data_dir),
         identity=Identity.load_or_create(key_path), admin_key=admin_key, peers=peers,
         anti_entropy_s=anti_entropy_s, log_retention=log_retention, sync=sync, map_budget_mib=map_budget_mib,
+        min_free_mib=min_free_mib,
     )
     return cfg, args
 

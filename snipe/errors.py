@@ -63,6 +63,13 @@ class QuotaExceeded(SnipeError):
     code = "quota-exceeded"
 
 
+class StorageFull(SnipeError):
+    """A replica's store is short of disk space: the write is refused, and the replica keeps
+    serving reads and what it holds."""
+
+    code = "storage-full"
+
+
 class ProtocolVersionError(SnipeError):
     """The peer asked for a protocol or version this side does not speak."""
 

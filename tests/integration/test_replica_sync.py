@@ -1,8 +1,9 @@
-"""`sync = true` in a replica's TOML file: every commit is fsynced before the write is
-acknowledged (rcds/store.py opens LMDB with sync and metasync on), and the replica serves as
-before. Checked on a real rcds-server started from a TOML file, as an operator would, traced by
-strace: the syscalls that flush its LMDB data file are counted while it acknowledges writes, and
-its status reply states the mode it runs in."""
+"""`sync = true` in a replica's TOML file: every commit is flushed to disk before the write is
+acknowledged (rcds/store.py opens LMDB with sync and metasync on; it writes through the map,
+so LMDB flushes with msync), and the replica serves as before. Checked on a real rcds-server
+started from a TOML file, as an operator would, traced by strace: the syscalls that flush its
+LMDB data file are counted while it acknowledges writes, and its status reply states the mode
+it runs in."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import psutil
 import pytest
 
 from snipe.catalog import CatalogClient
+from snipe.errors import QuorumError, StorageFull
 from snipe.identity import Identity
 from snipe.localcluster import free_port
 from snipe.runtime import now_ms
@@ -27,6 +29,7 @@ from tests.support import wait_for
 
 STRACE = shutil.which("strace")
 FLUSHES = "fsync,fdatasync,msync,sync_file_range"
+TRACED = f"{FLUSHES},mmap"      # msync names an address, not a file: the map's mmap says which file
 WRITES = 40
 
 
@@ -67,7 +70,7 @@ class TomlReplica:
         if traced:
             assert STRACE is not None
             self.trace.unlink(missing_ok=True)
-            argv = [STRACE, "-f", "-qq", "-y", "-e", f"trace={FLUSHES}", "-o", str(self.trace), *argv]
+            argv = [STRACE, "-f", "-qq", "-y", "-e", f"trace={TRACED}", "-o", str(self.trace), *argv]
         with open(self.root / "server.log", "ab") as log:
             self.popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         popen = self.popen
@@ -81,11 +84,18 @@ class TomlReplica:
         self.pid = int(json.loads(self.ready.read_text())["pid"])
 
     def data_file_flushes(self) -> int:
-        """How many flushing syscalls the traced replica made on its LMDB data file so far."""
-        data = str(self.data_dir / "data.mdb")
+        """How many flushing syscalls the traced replica made on its LMDB data file so far: on
+        its descriptor, or (msync) on an address in a mapping of it."""
+        data = re.escape(str(self.data_dir / "data.mdb"))
         text = self.trace.read_text(errors="replace") if self.trace.exists() else ""
-        return sum(1 for line in text.splitlines()
-                   if re.search(rf"\b({FLUSHES.replace(',', '|')})\(\d+<{re.escape(data)}>", line))
+        maps = [(int(m[2], 16), int(m[2], 16) + int(m[1])) for m in
+                re.finditer(rf"\bmmap\(\w+, (\d+), [^)]*\d+<{data}>, \w+\)\s*=\s*(0x[0-9a-f]+)", text)]
+        on_file = re.compile(rf"\b({FLUSHES.replace(',', '|')})\(\d+<{data}>")
+
+        def in_map(line: str) -> bool:
+            m = re.search(r"\bmsync\((0x[0-9a-f]+),", line)
+            return m is not None and any(lo <= int(m[1], 16) < hi for lo, hi in maps)
+        return sum(1 for line in text.splitlines() if on_file.search(line) or in_map(line))
 
     def kill9(self) -> None:
         """kill -9 the replica itself (not strace), by the pid it reported, and wait until it is gone."""
@@ -174,6 +184,30 @@ def test_with_sync_true_a_write_acknowledged_by_one_replica_survives_its_kill9(
     assert _read(r) == {f"n{i}": i for i in range(10)}
     _write_acknowledged(r, 10, 5)                 # and it goes on taking writes
     assert _read(r) == {f"n{i}": i for i in range(15)}
+
+
+def test_a_replica_short_of_disk_space_refuses_writes_says_why_and_keeps_serving(
+        make_replica: Callable[..., TomlReplica]) -> None:
+    """A replica whose store's file system has less free than `min_free_mib` (here: more than any
+    disk has, with --min-free-mib) refuses each write with StorageFull, which the client is told,
+    instead of dying of a write into its sparse map on a full disk; it serves reads and status
+    meanwhile, and takes writes again once it has room (here: restarted without the flag)."""
+    r = make_replica("full", sync=False)
+    r.start()
+    _write_acknowledged(r, 0, 3)
+    r.kill9()
+    r.flags = ("--min-free-mib", str(1 << 40))
+    r.start()
+    with pytest.raises((StorageFull, QuorumError), match="MiB free on its file system"):
+        _write_acknowledged(r, 3, 1)
+    assert _read(r) == {f"n{i}": i for i in range(3)}                # what it held, served
+    with CatalogClient([r.address], r.admin, r.admin.key_id) as c:
+        assert c.status()["refused_for_disk"] >= 1
+    r.kill9()
+    r.flags = ()
+    r.start()
+    _write_acknowledged(r, 3, 1)
+    assert _read(r) == {f"n{i}": i for i in range(4)}
 
 
 def test_a_quoted_sync_value_is_refused_not_read_as_true(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from rcds.storage import (
 from rcds.store import LmdbStorage
 from snipe import hlc
 from snipe.assertion import Assertion, decode_assertion, make_assertion
-from snipe.errors import SignatureError
+from snipe.errors import SignatureError, StorageFull
 from snipe.identity import Identity
 
 ADMIN, ALICE = Identity.from_seed(bytes([21]) * 32), Identity.from_seed(bytes([22]) * 32)
@@ -307,6 +307,26 @@ def test_data_survives_close_and_reopen(lmdb_path):
         assert isinstance(replica.ingest([put(ALICE, "urn:snipe:proc:p", "state", "up", at=4)], NOW)[0], Accepted)
     finally:
         lm.close()
+
+
+def test_a_store_short_of_disk_space_refuses_writes_and_keeps_what_it_holds(lmdb_path):
+    """Writes go into a sparse, map-sized file (writemap): on a full disk such a write would be a
+    SIGBUS. Under `min_free_bytes` free, every write transaction is refused with StorageFull
+    before LMDB is touched; reads go on, and what was stored stays."""
+    lm = LmdbStorage(lmdb_path, map_size=MAP)
+    replica = Replica(lm, ADMIN.public_key, gc_grace_ms=GRACE)
+    held = put(ADMIN, "urn:snipe:group:kept", "n", 1)
+    assert isinstance(replica.ingest([held], NOW)[0], Accepted)
+    before = state(lm)
+    lm.min_free_bytes = 1 << 62                      # more than any file system here has free
+    with pytest.raises(StorageFull, match=r"MiB free on its file system.*writes are refused \(reads go on\)"):
+        replica.ingest([put(ADMIN, "urn:snipe:group:more", "n", 2, at=1)], NOW)
+    with pytest.raises(StorageFull):
+        replica.tick(NOW)                            # timers too: they fire once there is room
+    assert state(lm) == before                       # nothing half-written, every read served
+    lm.min_free_bytes = store.MIN_FREE_BYTES
+    assert isinstance(replica.ingest([put(ADMIN, "urn:snipe:group:more", "n", 2, at=1)], NOW)[0], Accepted)
+    lm.close()
 
 
 def test_admission_records_the_curve_key(lmdb_path):
