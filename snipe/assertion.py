@@ -149,6 +149,12 @@ def _verified_key(body: bytes, signature: bytes) -> bytes:
     return hashlib.blake2b(body, digest_size=16).digest() + signature
 
 
+def forget_verified() -> None:
+    """Forget every signature known good (the next check of each verifies it): for a measurement
+    of verification, whose records were signed in this very process."""
+    _verified.clear()
+
+
 def _remember_verified(cache_key: bytes) -> None:
     _verified[cache_key] = None
     if len(_verified) > _VERIFIED_CACHE_SIZE:
