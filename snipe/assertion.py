@@ -155,6 +155,12 @@ def _remember_verified(cache_key: bytes) -> None:
         _verified.popitem(last=False)
 
 
+def forget_verified() -> None:
+    """Forget every signature known good, so each is verified again when next checked (for
+    measuring what verification costs: records signed in this process count as verified)."""
+    _verified.clear()
+
+
 def _signing_bytes(urn: str, name: str, value: Any, ts: int, ttl_ms: int, deleted: bool, signer: bytes) -> bytes:
     return msgpack.packb([SIGNING_DOMAIN, urn, name, value, ts, ttl_ms, deleted, signer], use_bin_type=True)
 
