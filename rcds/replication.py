@@ -113,7 +113,8 @@ class Replicator:
         self._asked: tuple[int, float] | None = None     # (number, time) of the last flush that asked for acks
         self._holding = False          # writes wait in the outbox for that flush's acks (its timer is set)
         self._later: dict[str, list[bytes]] = {}   # records owed to peers a flush that asked others left out
-        self._later_due: float | None = None       # when they go at the latest (LATER_TIMER is set for it)
+        self._later_since: dict[str, float] = {}   # ... since when each peer is owed them
+        self._later_due: float | None = None       # when LATER_TIMER is set for
         self.pushed = self.received = self.repaired = self.rounds = self.deferred = 0
 
     def stats(self) -> ReplicationStats:
@@ -123,6 +124,7 @@ class Replicator:
         self.peers = sorted({p for p in peers if p != self.me})
         for gone in set(self._later) - set(self.peers):
             del self._later[gone]
+            self._later_since.pop(gone, None)
 
     def _env(self, kind: str, **body: object) -> Envelope:
         return Envelope(PROTOCOL, VERSION, kind, 0, {"from": self.me, **body})
@@ -170,9 +172,10 @@ class Replicator:
         if not self.peers:
             self._outbox.clear()
             self._later.clear()
+            self._later_since.clear()
             return []
         if not self._outbox:
-            return self._push_later() if now is None else []     # (closing: what waits goes now)
+            return self._push_later(None) if now is None else []     # (closing: what waits goes now)
         while self._awaited:
             oldest = next(iter(self._awaited))
             if oldest[0] > seq - MAX_ROUNDS_AWAITED:
@@ -193,18 +196,18 @@ class Replicator:
             if defer and p not in ackers and len(later or ()) < MAX_PUSH_RECORDS:
                 if owed[skips]:
                     self._later.setdefault(p, []).extend(owed[skips])
+                    self._later_since.setdefault(p, now)
                 continue
             if later:
                 del self._later[p]
+                del self._later_since[p]
                 p_frames = _packed(later + owed[skips])
             else:
                 if skips not in frames:
                     frames[skips] = _packed(owed[skips])
                 p_frames = frames[skips]
             effects.extend(self._push(p, p_frames, seq if p in ackers else None, now))
-        if self._later and self._later_due is None and now is not None:
-            self._later_due = now + LATER_S
-            effects.append(StartTimer(LATER_TIMER, self._later_due))
+        effects.extend(self._later_timer())
         self.pushed += sum(1 for _, skip in self._outbox if not skip.issuperset(self.peers))
         self._outbox.clear()
         return effects
@@ -220,11 +223,24 @@ class Replicator:
                 self._asked = (ack, now)
         return [Send(peer, self._env("push", ack=ack), (f,)) for f in frames]
 
-    def _push_later(self) -> list[Effect]:
-        """Push every peer what earlier flushes left it owed, now."""
-        later, self._later, self._later_due = self._later, {}, None
-        return [e for p, records in later.items() if p in self.peers
-                for e in self._push(p, _packed(records), None, None)]
+    def _push_later(self, now: float | None) -> list[Effect]:
+        """Push each peer what earlier flushes left it owed, if it has waited LATER_S by `now`
+        (all of them without a clock), and set the timer for the rest."""
+        due = [p for p, since in self._later_since.items() if now is None or since + LATER_S <= now]
+        effects: list[Effect] = []
+        for p in due:
+            del self._later_since[p]
+            effects.extend(self._push(p, _packed(self._later.pop(p)), None, None))
+        return effects + self._later_timer()
+
+    def _later_timer(self) -> list[Effect]:
+        """LATER_TIMER, set for when the peer owed records longest has waited LATER_S, if that changed."""
+        due = min(self._later_since.values()) + LATER_S if self._later_since else None
+        if due is None or due == self._later_due:
+            self._later_due = due
+            return []
+        self._later_due = due
+        return [StartTimer(LATER_TIMER, due)]
 
     def _asked_awaited(self) -> bool:
         """Whether any peer's acks for the last flush that asked for them are still awaited."""
@@ -251,7 +267,8 @@ class Replicator:
         if key == FLUSH_TIMER:
             return self.flush(now, hold=False)
         if key == LATER_TIMER:
-            return self._push_later()
+            self._later_due = None
+            return self._push_later(now)
         if key != AE_TIMER:
             return []
         effects: list[Effect] = [StartTimer(AE_TIMER, now + self.interval)]

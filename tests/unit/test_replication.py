@@ -179,7 +179,8 @@ def test_writes_wait_for_the_last_confirmed_flush_s_acks_and_then_go_in_one_push
     assert a.on_message(env("push-ack", "B", ack=0, ok=True), [], NOW) == [
         replication.Confirmed("B", 0), StartTimer(FLUSH_TIMER, 0.0)]
     assert a.on_timer(FLUSH_TIMER, 10.003) == [
-        Send("C", env("push", "A", ack=1), (pack_records(raw[:3]),))]     # C asked: all it is owed
+        Send("C", env("push", "A", ack=1), (pack_records(raw[:3]),)),     # C asked: all it is owed
+        StartTimer(replication.LATER_TIMER, 10.003 + replication.LATER_S)]    # B's share waits
     # no ack within HOLD_S (a slow or dead peer): the next write waits only until then
     write(3)
     assert a.flush(10.003 + replication.HOLD_S / 2) == [StartTimer(FLUSH_TIMER, 10.003 + replication.HOLD_S)]
@@ -205,12 +206,13 @@ def test_a_busy_flush_leaves_the_peers_it_does_not_ask_their_records_for_a_later
                              StartTimer(replication.LATER_TIMER, 10.0 + replication.LATER_S)]
     a.on_message(env("push-ack", "B", ack=0, ok=True), [], NOW)
     a.on_local_writes(a.replica.ingest(recs[1:2], NOW), confirm=1)
-    assert sends(a.flush(10.01)) == [("C", 1, raw[:2])]         # C's turn: what it was owed, then the new
+    assert a.flush(10.01) == [Send("C", env("push", "A", ack=1), (pack_records(raw[:2]),)),  # C's turn: all it is owed
+                              StartTimer(replication.LATER_TIMER, 10.01 + replication.LATER_S)]   # B's, now
     a.on_message(env("push-ack", "C", ack=1, ok=True), [], NOW)
     # the time is up for what a flush left B: it goes in a plain push, and only once
-    assert a.on_timer(replication.LATER_TIMER, 10.0 + replication.LATER_S) == [
+    assert a.on_timer(replication.LATER_TIMER, 10.01 + replication.LATER_S) == [
         Send("B", env("push", "A"), (pack_records(raw[1:2]),))]
-    assert a.on_timer(replication.LATER_TIMER, 10.0 + replication.LATER_S) == []
+    assert a.on_timer(replication.LATER_TIMER, 10.01 + replication.LATER_S) == []
     a.on_local_writes(a.replica.ingest(recs[2:3], NOW), confirm=2)           # W=3: both asked, at once
     assert sends(a.flush(10.05)) == [("B", 2, raw[2:3]), ("C", 2, raw[2:3])]
     a.on_local_writes(a.replica.ingest(recs[3:4], NOW))                     # no acks asked: every peer now
