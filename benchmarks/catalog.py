@@ -726,7 +726,7 @@ def run_ceiling(s: Settings, root: Path) -> dict[str, Any]:
         for batch in (1, 100):
             claims, names = records(f"b{batch}")
             replica.ingest(claims, _now_ms())  # untimed: own the URNs first
-            forget_verified()   # signed here, so known good: the timed ingest must verify each, as a replica does
+            forget_verified()        # signed here, so known good: the replica must verify them as received ones
             t0 = time.perf_counter()
             refused = 0
             for i in range(0, len(names), batch):

@@ -149,16 +149,16 @@ def _verified_key(body: bytes, signature: bytes) -> bytes:
     return hashlib.blake2b(body, digest_size=16).digest() + signature
 
 
-def forget_verified() -> None:
-    """Forget every signature known good (the next check of each verifies it): for a measurement
-    of verification, whose records were signed in this very process."""
-    _verified.clear()
-
-
 def _remember_verified(cache_key: bytes) -> None:
     _verified[cache_key] = None
     if len(_verified) > _VERIFIED_CACHE_SIZE:
         _verified.popitem(last=False)
+
+
+def forget_verified() -> None:
+    """Forget every signature known good, so each is verified again when next checked (for
+    measuring what verification costs: records signed in this process count as verified)."""
+    _verified.clear()
 
 
 def _signing_bytes(urn: str, name: str, value: Any, ts: int, ttl_ms: int, deleted: bool, signer: bytes) -> bytes:

@@ -588,3 +588,22 @@ def test_merge_holds_the_greatest_rank_per_key_in_any_delivery_order(items, rnd)
     for a in items:
         expected[a.key] = max(expected.get(a.key, a), a, key=lambda x: x.rank)
     assert merge(shuffled) == merge(items) == expected
+
+
+def test_forget_verified_makes_records_signed_here_verified_again(monkeypatch):
+    """What the catalog benchmark's ceiling relies on to time verification: a record this
+    process signed counts as verified until `forget_verified`."""
+    checked: list[bytes] = []
+    real = assertion_module.verify_detached
+
+    def counting(key: bytes, body: bytes, signature: bytes) -> None:
+        checked.append(signature)
+        real(key, body, signature)
+    monkeypatch.setattr(assertion_module, "verify_detached", counting)
+    a = make_assertion(ALICE, HOST, "n", 1, ts=TS)
+    a.verify()
+    assert checked == []                          # made here: known good
+    assertion_module.forget_verified()
+    a.verify()
+    a.verify()
+    assert checked == [a.signature]               # verified once more, then known good again

@@ -153,19 +153,24 @@ def test_a_confirmed_flush_goes_to_every_peer_and_each_peer_confirms_it_after_al
     assert a.on_message(env("push-ack", "C", ack=0, ok=True), [], NOW) == []
 
 
+def sends(effects: list) -> list[tuple[str, object, list[bytes]]]:
+    """(peer, ack asked, records) of each push among `effects`."""
+    return [(e.to, e.envelope.body.get("ack"), msgpack.unpackb(e.frames[0])) for e in effects if isinstance(e, Send)]
+
+
 def test_writes_wait_for_the_last_confirmed_flush_s_acks_and_then_go_in_one_push():
     """Busy replicas: while the last flush that asked for acks awaits them (at most HOLD_S after
     it went), new writes wait, and go together once the acks come or the time is up. Without
     a clock (`flush()`) nothing waits."""
     a = replicator("A", ["A", "B", "C"])
     recs = [put(ADMIN, "urn:snipe:group:g", f"n{i}", i, hlc.pack(NOW)) for i in range(4)]
+    raw = [r.encode() for r in recs]
 
     def write(i: int) -> int:
         return a.on_local_writes(a.replica.ingest([recs[i]], NOW), confirm=1)
 
     assert write(0) == 0
-    first = a.flush(10.0)
-    assert [(e.to, e.envelope.body.get("ack")) for e in first] == [("B", 0), ("C", None)]
+    assert sends(a.flush(10.0)) == [("B", 0, raw[:1])]          # C's share waits for C's turn
     assert write(1) == 1
     assert a.flush(10.001) == [StartTimer(FLUSH_TIMER, 10.0 + replication.HOLD_S)]   # held
     assert write(2) == 1                                       # in the same flush as the one held
@@ -173,19 +178,61 @@ def test_writes_wait_for_the_last_confirmed_flush_s_acks_and_then_go_in_one_push
     # B's ack: the put that waited on flush 0 is confirmed, and what waited is due at once
     assert a.on_message(env("push-ack", "B", ack=0, ok=True), [], NOW) == [
         replication.Confirmed("B", 0), StartTimer(FLUSH_TIMER, 0.0)]
-    both = (pack_records([recs[1].encode(), recs[2].encode()]),)
-    assert a.on_timer(FLUSH_TIMER, 10.003) == [Send("B", env("push", "A"), both),
-                                               Send("C", env("push", "A", ack=1), both)]
+    assert a.on_timer(FLUSH_TIMER, 10.003) == [
+        Send("C", env("push", "A", ack=1), (pack_records(raw[:3]),)),     # C asked: all it is owed
+        StartTimer(replication.LATER_TIMER, 10.003 + replication.LATER_S)]    # B's share waits
     # no ack within HOLD_S (a slow or dead peer): the next write waits only until then
     write(3)
     assert a.flush(10.003 + replication.HOLD_S / 2) == [StartTimer(FLUSH_TIMER, 10.003 + replication.HOLD_S)]
-    assert [e.to for e in a.on_timer(FLUSH_TIMER, 10.003 + replication.HOLD_S)] == ["B", "C"]
+    assert sends(a.on_timer(FLUSH_TIMER, 10.003 + replication.HOLD_S)) == [("B", 2, raw[1:4])]
     assert a.flush(10.003 + replication.HOLD_S) == []          # nothing left
-    # writes that come after the time is up are not held, nor any flushed without a clock
+    # writes that come after the time is up are not held, nor any flushed without a clock, and
+    # without a clock every peer gets everything it is owed
     write(0)
-    assert len(a.flush(10.003 + 3 * replication.HOLD_S)) == 2
+    assert [to for to, _, _ in sends(a.flush(10.003 + 3 * replication.HOLD_S))] == ["C"]
     write(1)
-    assert len(a.flush()) == 2
+    assert sends(a.flush()) == [("B", 4, [raw[0], raw[1]]), ("C", None, raw[1:2])]
+
+
+def test_a_busy_flush_leaves_the_peers_it_does_not_ask_their_records_for_a_later_push():
+    """A flush that asks one peer for acks pushes to that peer alone; another gets what it is
+    owed with the next flush that asks it, or in a plain push LATER_S after it was left out,
+    whichever comes first. Nothing is left out of a flush that asks every peer, or none."""
+    a = replicator("A", ["A", "B", "C"])
+    recs = [put(ADMIN, "urn:snipe:group:g", f"n{i}", i, hlc.pack(NOW)) for i in range(5)]
+    raw = [r.encode() for r in recs]
+    a.on_local_writes(a.replica.ingest(recs[:1], NOW), confirm=1)
+    assert a.flush(10.0) == [Send("B", env("push", "A", ack=0), (pack_records(raw[:1]),)),
+                             StartTimer(replication.LATER_TIMER, 10.0 + replication.LATER_S)]
+    a.on_message(env("push-ack", "B", ack=0, ok=True), [], NOW)
+    a.on_local_writes(a.replica.ingest(recs[1:2], NOW), confirm=1)
+    assert a.flush(10.01) == [Send("C", env("push", "A", ack=1), (pack_records(raw[:2]),)),  # C's turn: all it is owed
+                              StartTimer(replication.LATER_TIMER, 10.01 + replication.LATER_S)]   # B's, now
+    a.on_message(env("push-ack", "C", ack=1, ok=True), [], NOW)
+    # the time is up for what a flush left B: it goes in a plain push, and only once
+    assert a.on_timer(replication.LATER_TIMER, 10.01 + replication.LATER_S) == [
+        Send("B", env("push", "A"), (pack_records(raw[1:2]),))]
+    assert a.on_timer(replication.LATER_TIMER, 10.01 + replication.LATER_S) == []
+    a.on_local_writes(a.replica.ingest(recs[2:3], NOW), confirm=2)           # W=3: both asked, at once
+    assert sends(a.flush(10.05)) == [("B", 2, raw[2:3]), ("C", 2, raw[2:3])]
+    a.on_local_writes(a.replica.ingest(recs[3:4], NOW))                     # no acks asked: every peer now
+    assert sends(a.flush(10.06)) == [("B", None, raw[3:4]), ("C", None, raw[3:4])]
+
+
+def test_a_peer_owed_a_full_push_gets_it_rather_than_wait_longer():
+    """C never answers, so B (no acks outstanding) is asked each time and C is left out: once
+    C is owed a full push, it gets what it is owed."""
+    a = replicator("A", ["A", "B", "C"])
+    recs = [put(ADMIN, "urn:snipe:group:g", f"n{i}", i, hlc.pack(NOW)) for i in range(MAX_PUSH_RECORDS + 3)]
+    to_c: dict[int, int] = {}
+    for i, r in enumerate(recs):
+        a.on_local_writes(a.replica.ingest([r], NOW), confirm=1)
+        for to, ack, records in sends(a.flush(10.0, hold=False)):
+            if to == "B":
+                a.on_message(env("push-ack", "B", ack=ack, ok=True), [], NOW)
+            else:
+                to_c[i] = to_c.get(i, 0) + len(records)
+    assert to_c == {1: 2, MAX_PUSH_RECORDS + 2: MAX_PUSH_RECORDS + 1}, to_c
 
 
 def test_the_first_peer_to_answer_the_flush_releases_what_waits_even_a_refusal():
@@ -208,11 +255,11 @@ def test_writes_held_when_the_peer_asked_leaves_the_set_go_at_the_next_flush():
     a = replicator("A", ["A", "B", "C"])
     recs = [put(ADMIN, "urn:snipe:group:g", f"n{i}", i, hlc.pack(NOW)) for i in range(2)]
     a.on_local_writes(a.replica.ingest(recs[:1], NOW), confirm=1)
-    assert [(e.to, e.envelope.body.get("ack")) for e in a.flush(10.0)] == [("B", 0), ("C", None)]
+    assert [(e.to, e.envelope.body.get("ack")) for e in a.flush(10.0) if isinstance(e, Send)] == [("B", 0)]
     a.on_local_writes(a.replica.ingest(recs[1:], NOW), confirm=1)
     assert a.flush(10.001) == [StartTimer(FLUSH_TIMER, 10.0 + replication.HOLD_S)]
     a.set_peers(["C"])                                     # B, the peer asked, was removed
-    assert [e.to for e in a.flush(10.002)] == ["C"]         # nothing awaited of the peers left
+    assert sends(a.flush(10.002)) == [("C", 1, [r.encode() for r in recs])]   # nothing awaited of the peers left
 
 
 def test_acks_are_asked_of_the_peers_with_fewest_outstanding_taking_turns():
