@@ -149,7 +149,8 @@ APP_ACTIVE_S = 0.02
 # A direct recv looks at the EVENTS of the links (our DEALERs: what comes on them is acknowledgements
 # and redirects, nothing a recv waits for) at most this often: a look costs two system calls, and
 # the send of each round trip takes a link out of `_clean`. An acknowledgement whose readiness signal
-# a send took is read this much later at most (far below MIN_RTO_S).
+# a send took waits for the next look: after a sleep of up to DIRECT_HOLD_S, or for the I/O thread's
+# next turn, at most APP_ACTIVE_S (far below MIN_RTO_S either way: nothing is resent for it).
 LINK_LOOK_S = 0.001
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _wait_fds = type(select.poll()).poll     # a direct recv's sleep: (its poll object, timeout in ms)
@@ -1661,17 +1662,23 @@ class Endpoint:
                 ident = (router, recv(_NOBLOCK))
             except zmq.Again:
                 return
-            envelope = recv(_NOBLOCK, False)
+            try:
+                envelope = recv(_NOBLOCK, False)
+                parts = []
+                more = envelope.more
+                while more:
+                    f = recv(_NOBLOCK, False)
+                    parts.append(f)
+                    more = f.more
+            except zmq.Again:
+                # What we took for a routing id was the rest of a message whose read an interrupt
+                # cut short (KeyboardInterrupt in an application thread's direct recv): dropped,
+                # and the next read starts at a message again (its sender retransmits it).
+                continue
             try:                                        # (sender_key, without a call)
                 key = envelope.get("User-Id") or ""
             except zmq.ZMQError:
                 key = ""
-            parts = []
-            more = envelope.more
-            while more:
-                f = recv(_NOBLOCK, False)
-                parts.append(f)
-                more = f.more
             try:
                 head = unpack_envelope(envelope.bytes)
                 # Large payloads stay in ZeroMQ's buffer (no copy); small ones become bytes.

@@ -161,3 +161,25 @@ def test_ipc_refuses_a_process_of_another_user(joined: Identity) -> None:
         sock.close(0)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:     # and the file is still there
         s.connect(path)
+
+
+def test_a_read_cut_short_between_parts_leaves_the_endpoint_reading(joined: Identity) -> None:
+    """A direct recv interrupted (KeyboardInterrupt in the application's thread) after it took a
+    message's first parts leaves the rest on the router. The next read drops that rest rather
+    than take it for a routing id and fail on the part it then expects (an I/O thread's read
+    would end the thread), and the endpoint reads and answers on."""
+    ipc, server_key = _ipc_and_key()
+    ep = snipe.session().endpoint()
+    good = Link(zmq.Context.instance(), joined, ipc, server_key, immediate=False, signed_ipc=True)
+    try:
+        assert _answered(good.sock, 10_000), "the admitted key's signed connection was not accepted"
+        router = ep.ipc_router
+        with ep.io:                          # the I/O thread stays out while this thread plays the reader
+            good.sock.send_multipart([b"head", b"payload"])
+            wait_for(lambda: router.poll(0), 10, "the message on the router")
+            router.recv()                    # its routing id and first part; then the "interrupt"
+            router.recv()
+            ep._read_router(router)          # the rest ("payload") first: dropped, no exception
+        assert _answered(good.sock, 10_000), "the endpoint stopped answering after the cut-short read"
+    finally:
+        good.close()
